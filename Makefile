@@ -1,0 +1,53 @@
+# bornfield: the two commands of the README.
+#   make demo   set up everything, run the demo campaign (config/config.yaml) end to end
+#   make test   set up everything, run the test suite
+# Both are idempotent: with nothing changed, set-up is a few stamp checks.
+
+VENV      ?= .venv
+PYTHON    ?= python3
+CORES     ?= 2
+CONFIG    ?= config/config.yaml
+STAMPS    := .make
+BIN       := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: demo test setup system figures report lint dryrun clean-results
+
+demo: setup
+	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG)
+	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) --report results/report.html
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+setup: $(STAMPS)/system.stamp $(STAMPS)/venv.stamp
+
+system: $(STAMPS)/system.stamp
+
+$(STAMPS)/system.stamp: scripts/install-system.sh
+	bash scripts/install-system.sh
+	@mkdir -p $(STAMPS) && touch $@
+
+$(STAMPS)/venv.stamp: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned: pip takes the CPU file on disk (an unpinned torch pulls CUDA)
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,mpich]'
+	@mkdir -p $(STAMPS) && touch $@
+
+figures: setup
+	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) figures
+
+report: setup
+	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) --report results/report.html
+
+lint: setup
+	$(BIN)/snakemake --lint --configfile $(CONFIG)
+
+dryrun: setup
+	for c in config/config.yaml config/paper.yaml .test/config.yaml; do \
+	  $(BIN)/snakemake -n --configfile $$c --quiet || exit 1; done
+
+clean-results:
+	rm -rf results .snakemake

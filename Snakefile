@@ -1,0 +1,20 @@
+# bornfield campaign: structures -> DFT/DFPT -> dataset -> NN models -> field MD -> analysis -> report
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/structures.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        get_final_targets(),

@@ -1,0 +1,53 @@
+"""The ``bornfield`` command: one sub-command per stage.
+
+Each stage module in ``STAGES`` exposes ``register(subparsers)``; every leaf
+parser sets ``func`` to a callable ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from bornfield import __version__
+from bornfield.errors import BornfieldError
+
+STAGES = (
+    "bornfield.structures.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bornfield",
+        description="Ion migration under electric fields: structures, DFT/DFPT, NN models, field MD, analysis.",
+    )
+    parser.add_argument("--version", action="version", version=f"bornfield {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in STAGES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except BornfieldError as exc:
+        print(f"bornfield: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

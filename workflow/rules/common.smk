@@ -1,0 +1,28 @@
+# Shared helpers: config validation first, then small input functions.
+# Logic belongs in src/bornfield (unit-tested); this file stays small.
+import json
+import shlex
+
+from snakemake.utils import validate
+
+
+validate(config, "../schemas/config.schema.yaml")
+
+RESULTS = config["results_dir"]
+LOGS = f"{RESULTS}/logs"
+BENCH = f"{RESULTS}/benchmarks"
+
+# Each rules file registers a function returning its final targets.
+STAGE_TARGETS = {}
+
+
+def get_final_targets():
+    targets = []
+    for stage in STAGE_TARGETS.values():
+        targets.extend(stage())
+    return targets
+
+
+def get_settings(section):
+    """The validated config section as a shell-quoted JSON argument for the CLI."""
+    return shlex.quote(json.dumps(config[section], sort_keys=True))
