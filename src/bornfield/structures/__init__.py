@@ -1,0 +1,7 @@
+"""STRUCTURES stage: Li3PO4 crystals, supercells, Li defects, perturbed DFT
+candidates, amorphous cells by melt-quench (LAMMPS) and structure reports.
+
+Outputs (under ``{results_dir}/structures/``): ``md_cells/<phase>.extxyz``,
+``dft_candidates.extxyz`` and ``report/<set>.json|png``; see
+``docs/architecture.md``.
+"""
