@@ -1,0 +1,50 @@
+"""Common base of bornfield's torch models: hyperparameters, species, dtype, graph building."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from bornfield.models.graph import Graph, build_graph
+
+
+class BornfieldModel(nn.Module):
+    """A torch module that knows how to rebuild itself from its hyperparameters.
+
+    Subclasses set ``kind`` and store every constructor argument in
+    ``self.hyperparameters`` (JSON-serialisable), so a model file is the pair
+    (hyperparameters, state_dict) plus metadata (see :mod:`bornfield.models.io`).
+    """
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self, species: tuple[str, ...] | list[str], cutoff: float):
+        super().__init__()
+        if not species:
+            raise ValueError("a model needs at least one species")
+        if cutoff <= 0:
+            raise ValueError(f"cutoff must be positive (got {cutoff} Å)")
+        self.species = tuple(str(s) for s in species)
+        self.cutoff = float(cutoff)
+        self.hyperparameters: dict[str, Any] = {}
+        self.metadata: dict[str, Any] = {}
+
+    @property
+    def receptive_field(self) -> float:
+        """Å: strictly local single-pass models see exactly their cutoff."""
+        return self.cutoff
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def make_graph(self, positions, numbers, cell, pbc) -> Graph:
+        """Graph of one structure in the model's dtype (open boundaries if ``pbc`` all False)."""
+        return build_graph([(positions, numbers, cell, pbc)], self.species, self.cutoff, self.dtype)
+
+    @staticmethod
+    def _open_cell() -> np.ndarray:
+        return np.zeros((3, 3))

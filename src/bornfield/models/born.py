@@ -1,0 +1,217 @@
+"""Born effective charge models.
+
+:class:`EquivariantBornModel` predicts the full tensor ``Z[atom, α, β]`` (e),
+exactly equivariant under rotations *and* reflections (``Z(Rx) = R Z Rᵀ``).
+A rank-2 tensor of two polar vectors decomposes as 0e ⊕ 1e ⊕ 2e (isotropic
+part, antisymmetric pseudovector part, symmetric traceless part); each
+irreducible part is built from the atomic densities (A1: 1o, A2: 2e) with
+invariant, species-dependent coefficients:
+
+* 0e: ``z0[z_i] + s(inv_i)``;
+* 1e: ``Σ_c a_c (A1_c ⊗ A1'_c)_1e + Σ_c b_c (A2_c ⊗ A2'_c)_1e`` (Wigner 3j);
+* 2e: ``Σ_c d_c A2_c + Σ_c f_c (A1_c ⊗ A1'_c)_2e``;
+
+and mapped to a Cartesian 3×3 matrix with e3nn's ``io.CartesianTensor("ij")``
+change of basis.
+
+Acoustic sum rule: the raw per-atom tensors ``Z̃_i`` are corrected by
+subtracting their mean over the atoms of the structure,
+``Z_i = Z̃_i - (1/N) Σ_j Z̃_j``. This is the minimum-norm correction (the
+smallest change in the Frobenius norm that makes the sum vanish); it
+preserves equivariance because the mean of equivariant tensors is
+equivariant, and it is local-decomposable: under domain decomposition the
+caller subtracts an MPI-reduced mean over owned atoms. The same correction is
+applied to the DFPT targets before training, so the model fits the
+ASR-corrected DFPT tensors.
+
+:class:`PaperRowBaseline` is the paper-style (Shimizu et al. 2023) baseline:
+invariant features -> MLP -> the three components ``Z[atom, a, :]`` for one
+fixed field axis a. It is not equivariant (rotating the structure does not
+rotate its prediction) and only valid in the training frame.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from e3nn import io, o3
+
+from bornfield.models.base import BornfieldModel
+from bornfield.models.graph import Graph
+from bornfield.models.layers import AtomicDensity, SpeciesMLP
+
+
+def structure_mean(values: torch.Tensor, batch: torch.Tensor, n_structures: int) -> torch.Tensor:
+    """Per-structure mean of per-atom values, broadcast back to atoms (same shape as values)."""
+    flat = values.reshape(values.shape[0], -1)
+    sums = flat.new_zeros(n_structures, flat.shape[1]).index_add(0, batch, flat)
+    counts = torch.bincount(batch, minlength=n_structures).to(flat.dtype).clamp(min=1)
+    return (sums / counts[:, None])[batch].reshape(values.shape)
+
+
+def apply_asr(z: torch.Tensor, batch: torch.Tensor, n_structures: int) -> torch.Tensor:
+    """Acoustic-sum-rule correction: subtract the per-structure mean tensor (minimum-norm)."""
+    return z - structure_mean(z, batch, n_structures)
+
+
+class EquivariantBornModel(BornfieldModel):
+    """Full-tensor equivariant Born-charge model (e).
+
+    Args:
+        species: chemical symbols.
+        cutoff: Å.
+        channels, n_basis, radial_hidden, avg_neighbours: atomic density settings.
+        hidden: width of the per-species readout MLP.
+        mean_charges: isotropic prior charge per species (e), e.g. the mean of
+            tr(Z)/3 in the training data; the network learns the rest.
+    """
+
+    kind = "born"
+
+    def __init__(
+        self,
+        species,
+        cutoff: float = 5.0,
+        channels: int = 16,
+        n_basis: int = 8,
+        radial_hidden: int = 32,
+        hidden: int = 64,
+        avg_neighbours: float = 30.0,
+        mean_charges: dict[str, float] | None = None,
+    ):
+        super().__init__(species, cutoff)
+        mean_charges = {s: float((mean_charges or {}).get(s, 0.0)) for s in self.species}
+        self.hyperparameters = {
+            "species": list(self.species),
+            "cutoff": self.cutoff,
+            "channels": int(channels),
+            "n_basis": int(n_basis),
+            "radial_hidden": int(radial_hidden),
+            "hidden": int(hidden),
+            "avg_neighbours": float(avg_neighbours),
+            "mean_charges": mean_charges,
+        }
+        c = int(channels)
+        self.channels = c
+        self.density = AtomicDensity(len(self.species), cutoff, channels, n_basis, radial_hidden, avg_neighbours)
+        self.readout = SpeciesMLP(len(self.species), self.density.n_invariants, hidden, 1 + 4 * c)
+        with torch.no_grad():  # start near the isotropic prior
+            self.readout.rest[-1].weight.mul_(0.1)
+            self.readout.rest[-1].bias.zero_()
+        self.charge_offset = torch.nn.Parameter(torch.tensor([mean_charges[s] for s in self.species]))
+        self.register_buffer("w3j_111", o3.wigner_3j(1, 1, 1) * math.sqrt(3.0))
+        self.register_buffer("w3j_221", o3.wigner_3j(2, 2, 1) * math.sqrt(3.0))
+        self.register_buffer("w3j_112", o3.wigner_3j(1, 1, 2) * math.sqrt(5.0))
+        # (9, 3, 3): irreps 0e+1e+2e -> Cartesian Z[α, β]
+        basis = io.CartesianTensor("ij").reduced_tensor_products().change_of_basis
+        self.register_buffer("to_cartesian", basis.to(torch.get_default_dtype()))
+
+    def set_mean_charges(self, mean_charges: dict[str, float]) -> None:
+        values = {s: float(mean_charges.get(s, 0.0)) for s in self.species}
+        self.hyperparameters["mean_charges"] = values
+        with torch.no_grad():
+            self.charge_offset.copy_(torch.tensor([values[s] for s in self.species]))
+
+    def raw_charges(self, graph: Graph) -> torch.Tensor:
+        """Per-atom tensors (N, 3, 3) e before the ASR correction."""
+        edge_vec = graph.edge_vectors()
+        density = self.density
+        a0, a1, a2 = density.densities(graph.species, graph.edge_src, graph.edge_dst, edge_vec)
+        features = density.invariants(a0, a1, a2)
+        coeffs = self.readout(features, graph.species)
+        c = self.channels
+        a1m = torch.einsum("ncm,cd->ndm", a1, density.mix1)
+        a2m = torch.einsum("ncm,cd->ndm", a2, density.mix2)
+        cross11 = torch.einsum("nci,ncj,ijk->nck", a1, a1m, self.w3j_111)
+        cross22 = torch.einsum("nci,ncj,ijk->nck", a2, a2m, self.w3j_221)
+        sym11 = torch.einsum("nci,ncj,ijk->nck", a1, a1m, self.w3j_112)
+        scalar = coeffs[:, 0:1] + self.charge_offset[graph.species, None] * math.sqrt(3.0)
+        vector = (coeffs[:, 1 : 1 + c, None] * cross11).sum(1) + (coeffs[:, 1 + c : 1 + 2 * c, None] * cross22).sum(1)
+        tensor = (coeffs[:, 1 + 2 * c : 1 + 3 * c, None] * a2).sum(1) + (coeffs[:, 1 + 3 * c :, None] * sym11).sum(1)
+        irreps = torch.cat([scalar, vector, tensor], dim=-1)
+        return torch.einsum("nk,kij->nij", irreps, self.to_cartesian.to(irreps.dtype))
+
+    def forward(self, graph: Graph, asr: bool = True) -> torch.Tensor:
+        """Born charges (N, 3, 3) e; ASR-corrected per structure unless ``asr=False``."""
+        z = self.raw_charges(graph)
+        return apply_asr(z, graph.batch, graph.n_structures) if asr else z
+
+    # ---- BornChargeModel protocol ----------------------------------------------------
+
+    def born_charges(self, positions, numbers, cell, pbc) -> np.ndarray:
+        """Periodic evaluation: Z (N, 3, 3) e, ASR exact."""
+        with torch.no_grad():
+            z = self.forward(self.make_graph(positions, numbers, cell, pbc))
+        return z.double().numpy()
+
+    def cluster_born_charges_raw(self, positions, numbers) -> np.ndarray:
+        """Open-boundary raw tensors (M, 3, 3) e before the ASR correction."""
+        graph = self.make_graph(positions, numbers, self._open_cell(), np.zeros(3, dtype=bool))
+        with torch.no_grad():
+            z = self.raw_charges(graph)
+        return z.double().numpy()
+
+
+class PaperRowBaseline(BornfieldModel):
+    """Paper-style baseline: invariant features -> ``Z[atom, field_axis, :]`` (3 numbers per atom).
+
+    Not equivariant. ``asr=True`` (default) subtracts the per-structure mean
+    row so the predicted row also obeys the sum rule.
+    """
+
+    kind = "born_row"
+
+    def __init__(
+        self,
+        species,
+        cutoff: float = 5.0,
+        field_axis: int = 0,
+        channels: int = 16,
+        n_basis: int = 8,
+        radial_hidden: int = 32,
+        hidden: int = 64,
+        avg_neighbours: float = 30.0,
+        mean_rows: dict[str, list[float]] | None = None,
+        asr: bool = True,
+    ):
+        super().__init__(species, cutoff)
+        if field_axis not in (0, 1, 2):
+            raise ValueError(f"field_axis must be 0, 1 or 2 (got {field_axis})")
+        mean_rows = {s: [float(v) for v in (mean_rows or {}).get(s, [0.0, 0.0, 0.0])] for s in self.species}
+        self.field_axis = int(field_axis)
+        self.asr = bool(asr)
+        self.hyperparameters = {
+            "species": list(self.species),
+            "cutoff": self.cutoff,
+            "field_axis": self.field_axis,
+            "channels": int(channels),
+            "n_basis": int(n_basis),
+            "radial_hidden": int(radial_hidden),
+            "hidden": int(hidden),
+            "avg_neighbours": float(avg_neighbours),
+            "mean_rows": mean_rows,
+            "asr": self.asr,
+        }
+        self.density = AtomicDensity(len(self.species), cutoff, channels, n_basis, radial_hidden, avg_neighbours)
+        self.readout = SpeciesMLP(len(self.species), self.density.n_invariants, hidden, 3)
+        self.row_offset = torch.nn.Parameter(torch.tensor([mean_rows[s] for s in self.species]))
+
+    def set_mean_rows(self, mean_rows: dict[str, list[float]]) -> None:
+        values = {s: [float(v) for v in mean_rows.get(s, [0.0, 0.0, 0.0])] for s in self.species}
+        self.hyperparameters["mean_rows"] = values
+        with torch.no_grad():
+            self.row_offset.copy_(torch.tensor([values[s] for s in self.species]))
+
+    def forward(self, graph: Graph) -> torch.Tensor:
+        """Rows ``Z[:, field_axis, :]`` (N, 3) e."""
+        edge_vec = graph.edge_vectors()
+        a0, a1, a2 = self.density.densities(graph.species, graph.edge_src, graph.edge_dst, edge_vec)
+        rows = self.readout(self.density.invariants(a0, a1, a2), graph.species) + self.row_offset[graph.species]
+        return apply_asr(rows, graph.batch, graph.n_structures) if self.asr else rows
+
+    def born_rows(self, positions, numbers, cell, pbc) -> np.ndarray:
+        """Rows ``Z[:, field_axis, :]`` (N, 3) e for one structure."""
+        with torch.no_grad():
+            return self.forward(self.make_graph(positions, numbers, cell, pbc)).double().numpy()

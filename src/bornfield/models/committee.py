@@ -1,0 +1,124 @@
+"""Committees (ensembles) of independently trained models.
+
+The committee mean is the prediction; the variance across members is the
+uncertainty (per atom for forces and Born charges). Members may have
+different cutoffs: one neighbour list with the largest cutoff serves all of
+them (edges beyond a member's cutoff contribute exactly zero through its
+envelope).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from bornfield.errors import InputFileError
+from bornfield.models.born import EquivariantBornModel, apply_asr
+from bornfield.models.graph import Graph, build_graph
+from bornfield.models.potential import NNPotential
+
+
+def _check_members(members: Sequence, what: str) -> tuple[str, ...]:
+    if not members:
+        raise InputFileError(f"a {what} committee needs at least one model file")
+    species = members[0].species
+    for member in members[1:]:
+        if member.species != species:
+            path = member.metadata.get("path", "?")
+            raise InputFileError(
+                f"{what} committee member {path} has species {list(member.species)}, "
+                f"the first member has {list(species)}"
+            )
+    return species
+
+
+class _Committee:
+    members: list
+
+    def __init__(self, members: Sequence, what: str):
+        self.members = list(members)
+        self.species = _check_members(self.members, what)
+        self.cutoff = max(m.cutoff for m in self.members)
+        self.receptive_field = max(m.receptive_field for m in self.members)
+        self.paths = [m.metadata.get("path") for m in self.members]
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.members[0].dtype
+
+    def make_graph(self, positions, numbers, cell, pbc) -> Graph:
+        return build_graph([(positions, numbers, cell, pbc)], self.species, self.cutoff, self.dtype)
+
+
+class PotentialCommittee(_Committee):
+    """Mean of N :class:`NNPotential` members; implements the PotentialModel protocol."""
+
+    def __init__(self, members: Sequence[NNPotential]):
+        super().__init__(members, "potential")
+
+    def evaluate_graph(self, graph: Graph, stress: bool = True) -> dict[str, np.ndarray]:
+        """Mean and variance over members: energy (eV), forces (N, 3), stress (3, 3) of the first structure.
+
+        Returns keys ``energy``, ``forces``, ``stress`` (means) and
+        ``energy_var``, ``forces_var`` (N, 3), ``stress_var``, all numpy float64.
+        """
+        results = [m.forward(graph.to(m.dtype), forces=True, stress=stress) for m in self.members]
+        out: dict[str, np.ndarray] = {}
+        keys = ["energy", "forces"] + (["stress"] if stress else [])
+        for key in keys:
+            values = np.stack([r[key].detach().double().numpy() for r in results])
+            if key in ("energy", "stress"):
+                values = values[:, 0]
+            out[key] = values.mean(axis=0)
+            out[f"{key}_var"] = values.var(axis=0)
+        sites = np.stack([r["site_energies"].detach().numpy() for r in results])
+        out["energies"] = sites.mean(axis=0)
+        out["energies_var"] = sites.var(axis=0)
+        return out
+
+    def energy_forces_stress(self, positions, numbers, cell, pbc):
+        out = self.evaluate_graph(self.make_graph(positions, numbers, cell, pbc))
+        return float(out["energy"]), out["forces"], out["stress"]
+
+    def cluster_site_energies_forces(self, positions, numbers, energy_mask):
+        graph = self.make_graph(positions, numbers, np.zeros((3, 3)), np.zeros(3, dtype=bool))
+        mask = torch.as_tensor(np.asarray(energy_mask, dtype=bool))
+        sites, forces = [], []
+        for m in self.members:
+            r = m.forward(graph.to(m.dtype), forces=True, energy_mask=mask)
+            sites.append(r["site_energies"].detach().numpy())
+            forces.append(r["forces"].detach().double().numpy())
+        return np.mean(sites, axis=0), np.mean(forces, axis=0)
+
+
+class BornCommittee(_Committee):
+    """Mean of N :class:`EquivariantBornModel` members; implements the BornChargeModel protocol.
+
+    The mean of ASR-exact equivariant tensors is ASR-exact and equivariant.
+    """
+
+    def __init__(self, members: Sequence[EquivariantBornModel]):
+        super().__init__(members, "born")
+
+    def evaluate_graph(self, graph: Graph, asr: bool = True) -> dict[str, np.ndarray]:
+        """``born_charges`` (N, 3, 3) mean and ``born_charges_var`` (N, 3, 3) over members."""
+        with torch.no_grad():
+            values = np.stack(
+                [m.forward(graph.to(m.dtype), asr=asr).double().numpy() for m in self.members]
+            )
+        return {"born_charges": values.mean(axis=0), "born_charges_var": values.var(axis=0)}
+
+    def born_charges(self, positions, numbers, cell, pbc) -> np.ndarray:
+        return self.evaluate_graph(self.make_graph(positions, numbers, cell, pbc))["born_charges"]
+
+    def cluster_born_charges_raw(self, positions, numbers) -> np.ndarray:
+        graph = self.make_graph(positions, numbers, np.zeros((3, 3)), np.zeros(3, dtype=bool))
+        return self.evaluate_graph(graph, asr=False)["born_charges"]
+
+
+__all__ = ["BornCommittee", "PotentialCommittee", "apply_asr"]

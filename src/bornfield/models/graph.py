@@ -1,0 +1,165 @@
+"""Neighbour lists (vesin) and the batched graph that every bornfield model consumes.
+
+A graph holds one or several structures. Edges are directed pairs (i -> j)
+within the cutoff, ``edge_vec = positions[j] - positions[i] + shift`` in Å,
+where ``shift = S @ cell`` is the Cartesian periodic image offset. The same
+graph (hence one neighbour-list computation) can be shared by the potential
+and the Born-charge model when both use the same cutoff.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import vesin
+
+from bornfield.errors import InputFileError
+
+
+@dataclass
+class Graph:
+    """A batch of atomic structures with their neighbour lists.
+
+    Attributes:
+        positions: (N, 3) Å, concatenated over structures.
+        species: (N,) int64 index into the model's ``species`` tuple.
+        edge_src: (E,) int64, centre atom i of each directed edge.
+        edge_dst: (E,) int64, neighbour atom j.
+        edge_shift: (E, 3) Å, Cartesian periodic offset added to ``r_j - r_i``.
+        batch: (N,) int64 structure index of each atom.
+        cells: (B, 3, 3) Å, rows are cell vectors (zeros for open boundaries).
+        volumes: (B,) Å³ (0 for structures that are not fully periodic).
+        n_structures: B.
+    """
+
+    positions: torch.Tensor
+    species: torch.Tensor
+    edge_src: torch.Tensor
+    edge_dst: torch.Tensor
+    edge_shift: torch.Tensor
+    batch: torch.Tensor
+    cells: torch.Tensor
+    volumes: torch.Tensor
+    n_structures: int
+
+    @property
+    def n_atoms(self) -> int:
+        return int(self.positions.shape[0])
+
+    def edge_vectors(self) -> torch.Tensor:
+        """(E, 3) Å, ``r_j - r_i + shift``; differentiable w.r.t. ``positions``."""
+        return self.positions[self.edge_dst] - self.positions[self.edge_src] + self.edge_shift
+
+    def to(self, dtype: torch.dtype) -> Graph:
+        """A copy with floating-point tensors cast to ``dtype``."""
+        return Graph(
+            positions=self.positions.to(dtype),
+            species=self.species,
+            edge_src=self.edge_src,
+            edge_dst=self.edge_dst,
+            edge_shift=self.edge_shift.to(dtype),
+            batch=self.batch,
+            cells=self.cells.to(dtype),
+            volumes=self.volumes.to(dtype),
+            n_structures=self.n_structures,
+        )
+
+
+def species_indices(numbers: np.ndarray, species: Sequence[str]) -> np.ndarray:
+    """Map atomic numbers to indices into ``species`` (chemical symbols).
+
+    Raises:
+        InputFileError: if a structure holds an element the model does not know.
+    """
+    from ase.data import atomic_numbers
+
+    table = np.full(119, -1, dtype=np.int64)
+    for index, symbol in enumerate(species):
+        table[atomic_numbers[symbol]] = index
+    numbers = np.asarray(numbers, dtype=np.int64)
+    indices = table[numbers]
+    if (indices < 0).any():
+        from ase.data import chemical_symbols
+
+        unknown = sorted({chemical_symbols[z] for z in numbers[indices < 0]})
+        raise InputFileError(
+            f"structure contains element(s) {unknown} that the model does not know "
+            f"(model species: {list(species)})"
+        )
+    return indices
+
+
+def neighbour_list(
+    positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Full (both directions) neighbour list with vesin.
+
+    Args:
+        positions: (N, 3) Å. cell: (3, 3) Å rows are cell vectors. pbc: (3,) bool.
+        cutoff: Å.
+
+    Returns:
+        i (E,), j (E,) int64 and the Cartesian shifts (E, 3) Å = S @ cell.
+    """
+    positions = np.ascontiguousarray(positions, dtype=np.float64)
+    pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+    cell = np.asarray(cell, dtype=np.float64)
+    if pbc.any():
+        lengths = np.linalg.norm(cell, axis=1)
+        if np.any(lengths[pbc] == 0.0):
+            raise InputFileError("periodic direction with a zero-length cell vector")
+    else:
+        cell = np.zeros((3, 3))
+    calculator = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
+    i, j, shifts = calculator.compute(positions, cell, [bool(p) for p in pbc], quantities="ijS")
+    cartesian = np.asarray(shifts, dtype=np.float64) @ cell
+    return np.asarray(i, dtype=np.int64), np.asarray(j, dtype=np.int64), cartesian
+
+
+def build_graph(
+    structures: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+    species: Sequence[str],
+    cutoff: float,
+    dtype: torch.dtype = torch.float64,
+) -> Graph:
+    """Batch structures ``(positions, numbers, cell, pbc)`` into one graph."""
+    positions, species_idx, src, dst, shift, batch, cells, volumes = [], [], [], [], [], [], [], []
+    offset = 0
+    for index, (pos, numbers, cell, pbc) in enumerate(structures):
+        pos = np.asarray(pos, dtype=np.float64).reshape(-1, 3)
+        pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+        cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
+        i, j, cartesian = neighbour_list(pos, cell, pbc, cutoff)
+        positions.append(pos)
+        species_idx.append(species_indices(numbers, species))
+        src.append(i + offset)
+        dst.append(j + offset)
+        shift.append(cartesian)
+        batch.append(np.full(len(pos), index, dtype=np.int64))
+        cells.append(cell if pbc.any() else np.zeros((3, 3)))
+        volumes.append(abs(np.linalg.det(cell)) if pbc.all() else 0.0)
+        offset += len(pos)
+    return Graph(
+        positions=torch.tensor(np.concatenate(positions), dtype=dtype),
+        species=torch.from_numpy(np.concatenate(species_idx)),
+        edge_src=torch.from_numpy(np.concatenate(src)),
+        edge_dst=torch.from_numpy(np.concatenate(dst)),
+        edge_shift=torch.tensor(np.concatenate(shift), dtype=dtype),
+        batch=torch.from_numpy(np.concatenate(batch)),
+        cells=torch.tensor(np.stack(cells), dtype=dtype),
+        volumes=torch.tensor(np.asarray(volumes), dtype=dtype),
+        n_structures=len(structures),
+    )
+
+
+def graph_from_atoms(atoms_list, species: Sequence[str], cutoff: float, dtype=torch.float64) -> Graph:
+    """Convenience wrapper of :func:`build_graph` for ``ase.Atoms`` objects."""
+    return build_graph(
+        [(a.positions, a.numbers, np.asarray(a.cell), a.pbc) for a in atoms_list],
+        species,
+        cutoff,
+        dtype,
+    )

@@ -1,0 +1,149 @@
+"""NN interatomic potential: energy, forces = -dE/dr and stress for periodic cells and clusters.
+
+Site energy ``E_i = E0[z_i] + scale * MLP_{z_i}(invariants_i)`` where the
+invariants come from the strictly local :class:`~bornfield.models.layers.AtomicDensity`
+(receptive field = cutoff). Forces and the virial are obtained in one backward
+pass through the edge vectors:
+
+* ``F_k = Σ_{e: src=k} g_e - Σ_{e: dst=k} g_e`` with ``g_e = ∂E/∂r_e`` and
+  ``r_e = r_dst - r_src + shift``;
+* ``σ_ab = (1/V) Σ_e r_{e,a} g_{e,b}`` = ``(1/V) ∂E/∂ε_ab`` (ASE sign convention).
+
+Energies are accumulated in float64 even when the network runs in float32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from bornfield.models.base import BornfieldModel
+from bornfield.models.graph import Graph
+from bornfield.models.layers import AtomicDensity, SpeciesMLP
+
+
+class NNPotential(BornfieldModel):
+    """Strictly local NN potential (eV, Å).
+
+    Args:
+        species: chemical symbols the model knows.
+        cutoff: neighbour cutoff, Å.
+        channels: radial channels per angular momentum l = 0, 1, 2.
+        n_basis: Bessel radial basis size.
+        radial_hidden: width of the radial MLP.
+        hidden: width of the per-species readout MLP.
+        avg_neighbours: normalisation of the neighbour sums.
+        atomic_energies: reference energy per species (eV), added to every site.
+        energy_scale: eV, scale of the network output.
+    """
+
+    kind = "potential"
+
+    def __init__(
+        self,
+        species,
+        cutoff: float = 5.0,
+        channels: int = 16,
+        n_basis: int = 8,
+        radial_hidden: int = 32,
+        hidden: int = 64,
+        avg_neighbours: float = 30.0,
+        atomic_energies: dict[str, float] | None = None,
+        energy_scale: float = 1.0,
+    ):
+        super().__init__(species, cutoff)
+        atomic_energies = {s: float((atomic_energies or {}).get(s, 0.0)) for s in self.species}
+        self.hyperparameters = {
+            "species": list(self.species),
+            "cutoff": self.cutoff,
+            "channels": int(channels),
+            "n_basis": int(n_basis),
+            "radial_hidden": int(radial_hidden),
+            "hidden": int(hidden),
+            "avg_neighbours": float(avg_neighbours),
+            "atomic_energies": atomic_energies,
+            "energy_scale": float(energy_scale),
+        }
+        self.density = AtomicDensity(len(self.species), cutoff, channels, n_basis, radial_hidden, avg_neighbours)
+        self.readout = SpeciesMLP(len(self.species), self.density.n_invariants, hidden, 1)
+        # float64 reference energies kept out of the state dict's dtype casts
+        self._e0 = torch.tensor([atomic_energies[s] for s in self.species], dtype=torch.float64)
+
+    def set_atomic_energies(self, atomic_energies: dict[str, float]) -> None:
+        """Set the per-species reference energies (eV)."""
+        values = {s: float(atomic_energies.get(s, 0.0)) for s in self.species}
+        self.hyperparameters["atomic_energies"] = values
+        self._e0 = torch.tensor([values[s] for s in self.species], dtype=torch.float64)
+
+    def set_energy_scale(self, scale: float) -> None:
+        self.hyperparameters["energy_scale"] = float(scale)
+
+    def site_energies(self, graph: Graph, edge_vec: torch.Tensor) -> torch.Tensor:
+        """Site energies (N,) eV in float64 for the given edge vectors (E, 3) Å."""
+        a0, a1, a2 = self.density.densities(graph.species, graph.edge_src, graph.edge_dst, edge_vec)
+        features = self.density.invariants(a0, a1, a2)
+        network = self.readout(features, graph.species).squeeze(-1) * self.hyperparameters["energy_scale"]
+        return network.to(torch.float64) + self._e0[graph.species]
+
+    def forward(
+        self,
+        graph: Graph,
+        forces: bool = True,
+        stress: bool = False,
+        create_graph: bool = False,
+        energy_mask: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Evaluate a batch.
+
+        Args:
+            graph: structures and neighbour list.
+            forces / stress: which derivatives to compute.
+            create_graph: keep the autograd graph of the derivatives (training on forces).
+            energy_mask: (N,) bool; if given, forces are those of ``sum(site_energies[mask])``.
+
+        Returns:
+            ``site_energies`` (N,) eV, ``energy`` (B,) eV, ``forces`` (N, 3) eV/Å,
+            ``stress`` (B, 3, 3) eV/Å³ (NaN for structures that are not fully periodic).
+        """
+        edge_vec = graph.edge_vectors().detach()
+        if forces or stress:
+            edge_vec.requires_grad_(True)
+        sites = self.site_energies(graph, edge_vec)
+        energy = torch.zeros(graph.n_structures, dtype=torch.float64).index_add(0, graph.batch, sites)
+        out = {"site_energies": sites, "energy": energy}
+        if forces or stress:
+            target = sites[energy_mask].sum() if energy_mask is not None else energy.sum()
+            (grad,) = torch.autograd.grad(target, edge_vec, create_graph=create_graph)
+            if forces:
+                f = torch.zeros_like(graph.positions).index_add(0, graph.edge_src, grad)
+                out["forces"] = f.index_add(0, graph.edge_dst, -grad)
+            if stress:
+                virial = torch.einsum("ea,eb->eab", edge_vec, grad).reshape(-1, 9)
+                per_structure = virial.new_zeros(graph.n_structures, 9).index_add(
+                    0, graph.batch[graph.edge_src], virial
+                )
+                volumes = graph.volumes.to(per_structure.dtype)
+                safe = torch.where(volumes > 0, volumes, torch.ones_like(volumes))
+                s = per_structure.view(-1, 3, 3) / safe.view(-1, 1, 1)
+                s = 0.5 * (s + s.transpose(1, 2))
+                out["stress"] = torch.where(volumes.view(-1, 1, 1) > 0, s, torch.full_like(s, float("nan")))
+        return out
+
+    # ---- PotentialModel protocol (numpy in, numpy out) -------------------------------
+
+    def energy_forces_stress(self, positions, numbers, cell, pbc) -> tuple[float, np.ndarray, np.ndarray]:
+        """Periodic evaluation: energy (eV), forces (N, 3) eV/Å, stress (3, 3) eV/Å³ (ASE sign)."""
+        graph = self.make_graph(positions, numbers, cell, pbc)
+        out = self.forward(graph, forces=True, stress=True)
+        return (
+            float(out["energy"][0].detach()),
+            out["forces"].detach().double().numpy(),
+            out["stress"][0].detach().double().numpy(),
+        )
+
+    def cluster_site_energies_forces(self, positions, numbers, energy_mask) -> tuple[np.ndarray, np.ndarray]:
+        """Open-boundary evaluation: site energies (M,) eV, forces (M, 3) of ``sum(E[mask])``."""
+        graph = self.make_graph(positions, numbers, self._open_cell(), np.zeros(3, dtype=bool))
+        mask = torch.as_tensor(np.asarray(energy_mask, dtype=bool))
+        out = self.forward(graph, forces=True, stress=False, energy_mask=mask)
+        return out["site_energies"].detach().numpy(), out["forces"].detach().double().numpy()
