@@ -16,6 +16,7 @@ from bornfield.errors import BornfieldError
 
 STAGES = (
     "bornfield.structures.cli",
+    "bornfield.md.cli",
 )
 
 

@@ -1,0 +1,320 @@
+"""Single-process field MD with ASE integrators.
+
+Forces: ``F = F_NNP + Z.T @ E`` from :class:`FieldMDCalculator`. Integrators
+(ASE 3.29): ``VelocityVerlet`` (nve), ``Bussi`` (CSVR), ``NoseHooverChainNVT``
+and ``Langevin``. The centre of mass is held fixed with ``ase.constraints.FixCom``
+(3N − 3 degrees of freedom). The net NNP force and — by the acoustic sum rule —
+the net field force vanish, so this only removes round-off; the ASR residual of
+the field forces is checked at every force evaluation.
+
+Thermostats and the field-driven drift (why ``bussi`` is the default):
+
+* ``langevin`` applies −γ m v to the *absolute* velocity of every atom, so it
+  damps the drift velocity itself: the drift settles at v_d = Zᵀ E / (m (γ + γ_phys)),
+  i.e. the mobility is biased low by the artificial friction γ = 1/τ.
+* ``bussi`` and ``nose_hoover_chain`` rescale all velocities by one global
+  factor per step. The drift is rescaled too, but the factor deviates from 1
+  only by what is needed to remove the Joule heat: the effective friction is
+  ⟨ξ⟩ ≈ P_Joule / (2 E_kin), tiny at fields where the response is linear, and
+  independent of τ in the steady state. Bussi is canonical and ergodic
+  (stochastic), so it is the default; its conserved quantity tracks the heat.
+* ``nve`` keeps the dynamics untouched; the Joule heat raises the temperature
+  (visible in thermo.csv: econs stays constant, T rises).
+* The species drifts cancel in momentum (ASR), so removing the centre-of-mass
+  velocity never removes a species' drift relative to the others.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Sequence
+
+import numpy as np
+from ase import Atoms, units
+from ase.calculators.calculator import Calculator, all_changes
+from ase.constraints import FixCom
+from ase.md.bussi import Bussi
+from ase.md.langevin import Langevin
+from ase.md.nose_hoover_chain import NoseHooverChainNVT
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+from ase.md.verlet import VelocityVerlet
+
+from bornfield.md.engine import Backend, BlowUp, Snapshot, kinetic_temperature
+from bornfield.md.fields import FieldSchedule, field_forces
+
+LOG = logging.getLogger(__name__)
+
+
+class FieldMDCalculator(Calculator):
+    """ASE calculator: NNP energy/forces plus the Born-charge field force.
+
+    ``results["forces"]`` = F_NNP + Zᵀ E (eV/Å); ``results["energy"]`` is the
+    NNP energy only (the field does no potential energy — its work is
+    integrated by the backend); ``results["born_effective_charges"]`` (N, 3, 3).
+
+    Args:
+        potential: a :class:`~bornfield.models.interface.PotentialModel`.
+        born: a :class:`~bornfield.models.interface.BornChargeModel` (periodic,
+            ASR-exact predictions).
+        born_refresh_interval: recompute Z every n force evaluations.
+        asr_tolerance: max |Σ_κ F_field| (eV/Å) before raising :class:`BlowUp`.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "born_effective_charges"]
+
+    def __init__(self, potential, born, born_refresh_interval: int = 1, asr_tolerance: float = 1e-6):
+        super().__init__()
+        self.potential = potential
+        self.born = born
+        self.born_refresh_interval = int(born_refresh_interval)
+        self.asr_tolerance = float(asr_tolerance)
+        self.field = np.zeros(3)
+        self.evaluations = 0
+        self.cached_born: np.ndarray | None = None
+        self.last_field_forces: np.ndarray | None = None
+
+    def set_field(self, field_V_per_A: np.ndarray) -> None:
+        """Field for the next force evaluation (cached forces stay valid for their positions)."""
+        self.field = np.asarray(field_V_per_A, dtype=float).copy()
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        positions = self.atoms.get_positions(wrap=True)
+        numbers = self.atoms.numbers
+        cell = np.asarray(self.atoms.cell)
+        pbc = np.asarray(self.atoms.pbc)
+        energy, forces_nnp, _stress = self.potential.energy_forces_stress(positions, numbers, cell, pbc)
+        if self.cached_born is None or self.evaluations % self.born_refresh_interval == 0:
+            born = np.asarray(self.born.born_charges(positions, numbers, cell, pbc), dtype=float)
+            # re-impose the ASR in float64 (float32 models satisfy it only to ~1e-7 per atom)
+            self.cached_born = born - born.mean(axis=0)
+        self.evaluations += 1
+        ffield = field_forces(self.cached_born, self.field)
+        forces = np.asarray(forces_nnp, dtype=float) + ffield
+        if not (np.isfinite(energy) and np.all(np.isfinite(forces))):
+            raise BlowUp("non-finite energy or forces from the models")
+        residual = float(np.abs(ffield.sum(axis=0)).max())
+        if residual > self.asr_tolerance:
+            raise BlowUp(f"acoustic sum rule violated: net field force {residual:.3e} eV/Å "
+                         f"> safety.asr_tolerance_eV_per_A = {self.asr_tolerance:g}")
+        self.last_field_forces = ffield
+        self.results = {
+            "energy": float(energy),
+            "free_energy": float(energy),
+            "forces": forces,
+            "born_effective_charges": self.cached_born.copy(),
+        }
+
+
+def _rng_state(rng: np.random.Generator) -> dict:
+    return rng.bit_generator.state
+
+
+def _set_rng_state(rng: np.random.Generator, state: dict) -> None:
+    rng.bit_generator.state = state
+
+
+class ASEBackend(Backend):
+    """Serial field MD of one replica with ASE (see module docstring).
+
+    Args:
+        atoms: start cell (positions Å, periodic); copied.
+        potential, born: models (see :class:`FieldMDCalculator`).
+        settings: validated ``md`` settings.
+        schedule: the field E(step).
+        temperature_K: thermostat and initial-velocity temperature.
+        seed: replica seed; velocities and thermostat noise come from
+            independent streams of ``np.random.SeedSequence(seed)``.
+        committee: extra potentials used only for the uncertainty check.
+    """
+
+    is_writer = True
+
+    def __init__(self, atoms: Atoms, potential, born, settings: dict, schedule: FieldSchedule,
+                 temperature_K: float, seed: int, committee: Sequence = ()):
+        self.settings = settings
+        self.schedule = schedule
+        self.temperature_K = float(temperature_K)
+        self.committee = list(committee)
+        self.atoms = atoms.copy()
+        self.atoms.set_constraint(FixCom())
+        self.calc = FieldMDCalculator(potential, born,
+                                      born_refresh_interval=settings["born_refresh_interval"],
+                                      asr_tolerance=settings["safety"]["asr_tolerance_eV_per_A"])
+        self.atoms.calc = self.calc
+        self.numbers = self.atoms.numbers.copy()
+        self.masses = self.atoms.get_masses()
+        self.cell = np.asarray(self.atoms.cell).copy()
+        self.dt = float(settings["timestep_fs"]) * units.fs
+        self.n_dof = self.atoms.get_number_of_degrees_of_freedom()
+        velocity_seq, thermostat_seq = np.random.SeedSequence(int(seed)).spawn(2)
+        self.thermostat_rng = np.random.default_rng(thermostat_seq)
+        MaxwellBoltzmannDistribution(self.atoms, temperature_K=self.temperature_K,
+                                     rng=np.random.default_rng(velocity_seq), force_temp=True)
+        Stationary(self.atoms)
+        self.step = 0
+        self.field_work = 0.0
+        self.power_prev: float | None = None
+        self.thermostat_offset = 0.0  # heat removed by a thermostat no longer active (nve equilibration)
+        self.dyn = None
+        self.dyn_kind = None
+        self._set_field_for(self.step)
+        self._ensure_integrator()
+        self._power_after_step()
+
+    # -- integrators ----------------------------------------------------
+    def _wanted_kind(self) -> str:
+        ensemble = self.settings["ensemble"]
+        if ensemble == "nve" and self.step < self.schedule.field_on_step:
+            return "bussi"  # zero-field thermalisation before an NVE production run
+        return ensemble
+
+    def _ensure_integrator(self) -> None:
+        kind = self._wanted_kind()
+        if kind == self.dyn_kind:
+            return
+        if self.dyn is not None:
+            self.thermostat_offset += self._thermostat_energy()
+        tau = float(self.settings["thermostat_time_constant_fs"]) * units.fs
+        if kind == "nve":
+            self.dyn = VelocityVerlet(self.atoms, self.dt)
+        elif kind == "bussi":
+            self.dyn = Bussi(self.atoms, self.dt, temperature_K=self.temperature_K, taut=tau,
+                             rng=self.thermostat_rng)
+        elif kind == "nose_hoover_chain":
+            self.dyn = NoseHooverChainNVT(self.atoms, self.dt, temperature_K=self.temperature_K,
+                                          tdamp=tau, tchain=int(self.settings["nose_hoover_chain_length"]))
+        elif kind == "langevin":
+            self.dyn = Langevin(self.atoms, self.dt, temperature_K=self.temperature_K,
+                                friction=1.0 / tau, fixcm=False, rng=self.thermostat_rng)
+        else:  # guarded by the schema
+            raise ValueError(f"unknown ensemble {kind!r}")
+        self.dyn_kind = kind
+
+    def _thermostat_energy(self) -> float:
+        """Energy the active thermostat has added to the system so far (eV)."""
+        if self.dyn_kind == "bussi":
+            return float(self.dyn.transferred_energy)
+        if self.dyn_kind == "nose_hoover_chain":
+            return -float(self.dyn._thermostat.get_thermostat_energy())
+        if self.dyn_kind == "langevin":
+            return float("nan")
+        return 0.0
+
+    # -- stepping -------------------------------------------------------
+    def _set_field_for(self, step: int) -> None:
+        self.calc.set_field(self.schedule(step))
+
+    def _power_after_step(self) -> float:
+        """Field power Σ F_field · v (eV/fs) at the current full step."""
+        self.atoms.get_forces()
+        velocities = self.atoms.get_velocities() * units.fs  # Å/fs
+        power = float(np.sum(self.calc.last_field_forces * velocities))
+        self.power_prev = power
+        return power
+
+    def advance(self, n_steps: int) -> None:
+        dt_fs = self.dt / units.fs
+        for _ in range(int(n_steps)):
+            self._ensure_integrator()
+            self._set_field_for(self.step + 1)
+            previous = self.power_prev
+            self.dyn.step()
+            self.step += 1
+            power = self._power_after_step()
+            # trapezoid rule for W = ∫ F_field · v dt
+            self.field_work += 0.5 * dt_fs * (previous + power)
+        self._ensure_integrator()
+
+    # -- observables ----------------------------------------------------
+    def snapshot(self, with_arrays: bool) -> Snapshot:
+        epot = float(self.atoms.get_potential_energy())
+        ekin = float(self.atoms.get_kinetic_energy())
+        snap = Snapshot(
+            step=self.step,
+            epot=epot,
+            ekin=ekin,
+            temperature_K=kinetic_temperature(ekin, self.n_dof),
+            field_work=self.field_work,
+            thermostat_energy=self.thermostat_offset + self._thermostat_energy(),
+            field=self.calc.field.copy(),
+        )
+        if with_arrays:
+            snap.positions = self.atoms.get_positions().copy()  # never wrapped: unwrapped
+            snap.velocities = (self.atoms.get_velocities() * units.fs).astype(np.float32)
+            snap.field_forces = self.calc.last_field_forces.astype(np.float32)
+            snap.born_charges = self.calc.cached_born.astype(np.float32)
+        return snap
+
+    def min_distance(self) -> float:
+        from vesin import NeighborList
+
+        cutoff = max(float(self.settings["safety"]["min_distance_A"]), 1e-3)
+        positions = self.atoms.get_positions(wrap=True)
+        i, _j, d = NeighborList(cutoff=cutoff, full_list=False).compute(
+            points=positions, box=self.cell, periodic=bool(np.all(self.atoms.pbc)), quantities="ijd")
+        return float(d.min()) if len(d) else float("inf")
+
+    def committee_force_std(self) -> float | None:
+        if not self.committee:
+            return None
+        positions = self.atoms.get_positions(wrap=True)
+        cell, pbc = self.cell, np.asarray(self.atoms.pbc)
+        forces = [self.calc.potential.energy_forces_stress(positions, self.numbers, cell, pbc)[1]]
+        for member in self.committee:
+            forces.append(member.energy_forces_stress(positions, self.numbers, cell, pbc)[1])
+        return float(np.linalg.norm(np.std(np.stack(forces), axis=0), axis=1).max())
+
+    # -- checkpoints ----------------------------------------------------
+    def checkpoint_state(self) -> tuple[dict[str, np.ndarray], dict]:
+        arrays = {
+            "positions": self.atoms.get_positions(),
+            "momenta": self.atoms.get_momenta(),
+            "born_cache": self.calc.cached_born if self.calc.cached_born is not None else np.zeros(0),
+        }
+        metadata = {
+            "backend": "ase",
+            "step": self.step,
+            "field_work": self.field_work,
+            "power_prev": self.power_prev,
+            "thermostat_offset": self.thermostat_offset,
+            "dyn_kind": self.dyn_kind,
+            "thermostat_rng": json.loads(json.dumps(_rng_state(self.thermostat_rng))),
+            "born_evaluations": self.calc.evaluations,
+        }
+        if self.dyn_kind == "bussi":
+            metadata["bussi_transferred"] = float(self.dyn.transferred_energy)
+        if self.dyn_kind == "nose_hoover_chain":
+            metadata["nhc_eta"] = self.dyn._thermostat._eta.tolist()
+            metadata["nhc_p_eta"] = self.dyn._thermostat._p_eta.tolist()
+        return arrays, metadata
+
+    def restore(self, arrays: dict[str, np.ndarray], metadata: dict) -> None:
+        from bornfield.errors import InputFileError
+
+        if metadata.get("backend") != "ase" or arrays["positions"].shape != (len(self.atoms), 3):
+            raise InputFileError(
+                f"checkpoint does not match this replica (backend {metadata.get('backend')!r}, "
+                f"{arrays['positions'].shape[0]} atoms vs {len(self.atoms)}); delete the replica directory")
+        self.atoms.set_positions(arrays["positions"], apply_constraint=False)
+        self.atoms.set_momenta(arrays["momenta"], apply_constraint=False)
+        self.step = int(metadata["step"])
+        self.field_work = float(metadata["field_work"])
+        self.thermostat_offset = float(metadata["thermostat_offset"])
+        _set_rng_state(self.thermostat_rng, metadata["thermostat_rng"])
+        if arrays["born_cache"].size:
+            self.calc.cached_born = np.array(arrays["born_cache"])
+        self.calc.evaluations = int(metadata["born_evaluations"]) - 1
+        self.calc.results = {}
+        self.dyn = None
+        self.dyn_kind = None
+        self._set_field_for(self.step)
+        self._ensure_integrator()
+        if self.dyn_kind == "bussi":
+            self.dyn.transferred_energy = float(metadata.get("bussi_transferred", 0.0))
+        if self.dyn_kind == "nose_hoover_chain":
+            self.dyn._thermostat._eta = np.array(metadata["nhc_eta"])
+            self.dyn._thermostat._p_eta = np.array(metadata["nhc_p_eta"])
+        self._power_after_step()
+        self.power_prev = float(metadata["power_prev"])

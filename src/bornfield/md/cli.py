@@ -1,0 +1,103 @@
+"""``bornfield md …``: list the conditions of a config, run one condition.
+
+Run one condition with all its replicas (serial or under MPI)::
+
+    bornfield md run --settings '<md section JSON>' --results-dir results \\
+        --condition amorphous_T600K_E0.1_x
+    .venv/bin/mpiexec -n 4 bornfield md run --config config/config.yaml --condition …
+
+Models are read from ``{results_dir}/models/gen<md.model_generation>/``
+(``potential_<i>.pt`` for i < ``md.committee_size``, ``born_0.pt``), start
+cells from ``{results_dir}/structures/md_cells/<phase>.extxyz``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from bornfield.config import add_settings_arguments, load_config, settings_from_args
+from bornfield.errors import InputFileError
+from bornfield.md.conditions import condition_by_name, expand_conditions
+
+LOG = logging.getLogger(__name__)
+
+
+def model_paths(results_dir: Path, settings: dict) -> tuple[list[Path], Path]:
+    """(potential files of the committee, Born model file) for the configured generation."""
+    directory = Path(results_dir) / "models" / f"gen{settings['model_generation']}"
+    potentials = [directory / f"potential_{i}.pt" for i in range(settings["committee_size"])]
+    return potentials, directory / "born_0.pt"
+
+
+def start_cells_path(results_dir: Path, phase: str) -> Path:
+    return Path(results_dir) / "structures" / "md_cells" / f"{phase}.extxyz"
+
+
+def _results_dir(args) -> Path:
+    if args.results_dir:
+        return Path(args.results_dir)
+    if args.config:
+        return Path(load_config(args.config)["results_dir"])
+    return Path("results")
+
+
+def run_list(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args, "md")
+    for condition in expand_conditions(settings):
+        if args.json:
+            print(json.dumps(condition.to_dict(), sort_keys=True))
+        else:
+            print(condition.name)
+    return 0
+
+
+def run_condition_cli(args: argparse.Namespace) -> int:
+    from mpi4py import MPI  # before lammps / torch threads are configured
+
+    comm = MPI.COMM_WORLD
+    settings = settings_from_args(args, "md")
+    condition = condition_by_name(settings, args.condition)
+    results_dir = _results_dir(args)
+    potential_files, born_file = model_paths(results_dir, settings)
+    missing = [str(p) for p in [*potential_files, born_file] if not p.exists()]
+    if missing:
+        raise InputFileError(f"MD models not found: {missing} (written by the train stage)")
+    import torch
+
+    from bornfield.models import load_born, load_potential
+    from bornfield.md.runner import read_start_cells, run_condition
+
+    if comm.Get_size() > 1 or args.threads:
+        torch.set_num_threads(int(args.threads or 1))
+    potentials = [load_potential(p) for p in potential_files]
+    born = load_born(born_file)
+    cells = read_start_cells(start_cells_path(results_dir, condition.phase))
+    outdir = Path(args.outdir) if args.outdir else results_dir / "md" / condition.name
+    summary = run_condition(settings, condition, outdir, potentials[0], born, cells,
+                            committee=potentials[1:], comm=comm, progress=not args.no_progress)
+    if summary is not None:
+        LOG.info("%s: %d/%d replicas completed", condition.name, summary["replicas_completed"],
+                 summary["replicas_total"])
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("md", help="field molecular dynamics (F = F_NNP + e Z^T E)")
+    sub = parser.add_subparsers(dest="md_command", metavar="ACTION")
+
+    listing = sub.add_parser("list", help="print the condition names of the md section")
+    add_settings_arguments(listing)
+    listing.add_argument("--json", action="store_true", help="one JSON object per condition")
+    listing.set_defaults(func=run_list)
+
+    run = sub.add_parser("run", help="run all replicas of one condition (MPI-aware)")
+    add_settings_arguments(run)
+    run.add_argument("--condition", required=True, help="condition name (see 'bornfield md list')")
+    run.add_argument("--results-dir", help="campaign results directory (default: config results_dir or results)")
+    run.add_argument("--outdir", help="output directory (default: <results-dir>/md/<condition>)")
+    run.add_argument("--threads", type=int, default=0, help="torch threads per rank (default: 1 under MPI)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.set_defaults(func=run_condition_cli)

@@ -1,0 +1,217 @@
+"""Per-replica output files: ``traj.h5``, ``thermo.csv``, checkpoints, ``status.json``.
+
+Formats follow ``docs/architecture.md``. Every file that may be read while the
+run continues is written so that a killed run leaves consistent data:
+``traj.h5`` is flushed at each checkpoint and truncated back to the last
+checkpoint on restart; ``thermo.csv`` is truncated the same way; checkpoints
+and JSON files are written to a temporary file and renamed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from bornfield.errors import InputFileError
+
+THERMO_COLUMNS = (
+    "step",
+    "time_fs",
+    "temperature_K",
+    "epot_eV",
+    "ekin_eV",
+    "econs_eV",
+    "field_work_eV",
+    "field_x_V_per_A",
+    "field_y_V_per_A",
+    "field_z_V_per_A",
+)
+"""Columns of thermo.csv. ``econs_eV`` = epot + ekin − field work − energy the
+thermostat removed (NaN for Langevin, whose heat exchange is not tracked);
+``time_fs`` counts from the start of the run (equilibration included)."""
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as exc:
+        raise InputFileError(f"{path}: not valid JSON ({exc})") from exc
+
+
+class TrajectoryWriter:
+    """Appends frames to ``traj.h5`` (format ``bornfield-traj`` version 1).
+
+    Args:
+        path: file path.
+        attributes: root attributes (timestep_fs, stride, temperature_K, …).
+        numbers: (N,) atomic numbers; masses: (N,) amu; cell: (3, 3) Å.
+        velocities / field_forces / born_charges: which optional datasets to write.
+        keep_until_step: on restart, frames with ``step`` greater than this are
+            dropped (they were written after the last checkpoint); None = new file.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        attributes: dict,
+        numbers: np.ndarray,
+        masses: np.ndarray,
+        cell: np.ndarray,
+        velocities: bool = False,
+        field_forces: bool = True,
+        born_charges: bool = False,
+        keep_until_step: int | None = None,
+    ):
+        self.path = Path(path)
+        n_atoms = len(numbers)
+        self.optional = {"velocities": velocities, "field_forces": field_forces, "born_charges": born_charges}
+        if keep_until_step is not None and self.path.exists():
+            self.file = h5py.File(self.path, "a")
+            steps = self.file["step"][:]
+            keep = int(np.searchsorted(steps, keep_until_step, side="right"))
+            for name, dataset in self.file.items():
+                if isinstance(dataset, h5py.Dataset) and dataset.maxshape[0] is None:
+                    dataset.resize(keep, axis=0)
+            self.file.flush()
+            return
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        file = h5py.File(tmp, "w")
+        file.attrs["format"] = "bornfield-traj"
+        file.attrs["version"] = 1
+        file.attrs["units"] = "ASE: Å, eV, fs, amu, e; field V/Å"
+        for key, value in attributes.items():
+            file.attrs[key] = value
+        file.create_dataset("numbers", data=np.asarray(numbers, dtype=np.int32))
+        file.create_dataset("masses", data=np.asarray(masses, dtype=np.float64))
+        file.create_dataset("cell", data=np.asarray(cell, dtype=np.float64))
+        chunk = 16
+
+        def resizable(name, shape, dtype):
+            file.create_dataset(
+                name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype, chunks=(chunk, *shape)
+            )
+
+        resizable("step", (), np.int64)
+        resizable("time_fs", (), np.float64)
+        resizable("field", (3,), np.float64)
+        resizable("positions", (n_atoms, 3), np.float64)
+        if velocities:
+            resizable("velocities", (n_atoms, 3), np.float32)
+        if field_forces:
+            resizable("field_forces", (n_atoms, 3), np.float32)
+        if born_charges:
+            resizable("born_charges", (n_atoms, 3, 3), np.float32)
+        file.close()
+        os.replace(tmp, self.path)
+        self.file = h5py.File(self.path, "a")
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.file["step"].shape[0])
+
+    def append(self, step: int, time_fs: float, field: np.ndarray, positions: np.ndarray,
+               velocities_A_per_fs: np.ndarray | None = None, field_forces: np.ndarray | None = None,
+               born_charges: np.ndarray | None = None) -> None:
+        """Append one frame (positions unwrapped, Å)."""
+        values = {
+            "step": step,
+            "time_fs": time_fs,
+            "field": np.asarray(field, dtype=float),
+            "positions": positions,
+        }
+        if self.optional["velocities"]:
+            values["velocities"] = velocities_A_per_fs
+        if self.optional["field_forces"]:
+            values["field_forces"] = field_forces
+        if self.optional["born_charges"]:
+            values["born_charges"] = born_charges
+        index = self.n_frames
+        for name, value in values.items():
+            dataset = self.file[name]
+            dataset.resize(index + 1, axis=0)
+            dataset[index] = value
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        if self.file.id.valid:
+            self.file.close()
+
+
+class ThermoWriter:
+    """``thermo.csv`` rows; on restart rows after ``keep_until_step`` are dropped."""
+
+    def __init__(self, path: Path, keep_until_step: int | None = None):
+        self.path = Path(path)
+        rows: list[list[str]] = []
+        if keep_until_step is not None and self.path.exists():
+            with open(self.path, newline="", encoding="utf-8") as handle:
+                reader = csv.reader(handle)
+                header = next(reader, None)
+                if header is not None and tuple(header) == THERMO_COLUMNS:
+                    rows = [row for row in reader if row and int(row[0]) <= keep_until_step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(THERMO_COLUMNS)
+            writer.writerows(rows)
+        os.replace(tmp, self.path)
+        self.handle = open(self.path, "a", newline="", encoding="utf-8")
+        self.writer = csv.writer(self.handle)
+
+    def append(self, values: dict) -> None:
+        row = []
+        for column in THERMO_COLUMNS:
+            value = values[column]
+            row.append(str(int(value)) if column == "step" else repr(float(value)))
+        self.writer.writerow(row)
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+    def close(self) -> None:
+        if not self.handle.closed:
+            self.handle.close()
+
+
+def save_checkpoint(path: Path, arrays: dict[str, np.ndarray], metadata: dict) -> None:
+    """Write a checkpoint atomically (npz: arrays + a JSON metadata string)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, metadata=np.array(json.dumps(metadata, sort_keys=True)), **arrays)
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict]:
+    """Read a checkpoint written by :func:`save_checkpoint`."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files if key != "metadata"}
+            metadata = json.loads(str(data["metadata"]))
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputFileError(f"{path}: unreadable MD checkpoint ({exc}); delete it to restart from scratch") from exc
+    return arrays, metadata
