@@ -118,7 +118,7 @@ class EquivariantBornModel(BornfieldModel):
         """Per-atom tensors (N, 3, 3) e before the ASR correction."""
         edge_vec = graph.edge_vectors()
         density = self.density
-        a0, a1, a2 = density.densities(graph.species, graph.edge_src, graph.edge_dst, edge_vec)
+        a0, a1, a2 = density.densities(graph.species, graph.neighbours, edge_vec)
         features = density.invariants(a0, a1, a2)
         coeffs = self.readout(features, graph.species)
         c = self.channels
@@ -207,7 +207,7 @@ class PaperRowBaseline(BornfieldModel):
     def forward(self, graph: Graph) -> torch.Tensor:
         """Rows ``Z[:, field_axis, :]`` (N, 3) e."""
         edge_vec = graph.edge_vectors()
-        a0, a1, a2 = self.density.densities(graph.species, graph.edge_src, graph.edge_dst, edge_vec)
+        a0, a1, a2 = self.density.densities(graph.species, graph.neighbours, edge_vec)
         rows = self.readout(self.density.invariants(a0, a1, a2), graph.species) + self.row_offset[graph.species]
         return apply_asr(rows, graph.batch, graph.n_structures) if self.asr else rows
 

@@ -1,7 +1,8 @@
 """Neighbour lists (vesin) and the batched graph that every bornfield model consumes.
 
 A graph holds one or several structures. Edges are directed pairs (i -> j)
-within the cutoff, ``edge_vec = positions[j] - positions[i] + shift`` in Å,
+within the cutoff, stored as a padded (N, K) neighbour matrix,
+``edge_vec = positions[j] - positions[i] + shift`` in Å,
 where ``shift = S @ cell`` is the Cartesian periodic image offset. The same
 graph (hence one neighbour-list computation) can be shared by the potential
 and the Born-charge model when both use the same cutoff.
@@ -21,50 +22,66 @@ from bornfield.errors import InputFileError
 
 @dataclass
 class Graph:
-    """A batch of atomic structures with their neighbour lists.
+    """A batch of atomic structures with padded neighbour lists.
+
+    Neighbours are stored densely per atom (``K`` = largest neighbour count in
+    the batch) so the per-atom neighbour sums become batched matrix products.
 
     Attributes:
         positions: (N, 3) Å, concatenated over structures.
         species: (N,) int64 index into the model's ``species`` tuple.
-        edge_src: (E,) int64, centre atom i of each directed edge.
-        edge_dst: (E,) int64, neighbour atom j.
-        edge_shift: (E, 3) Å, Cartesian periodic offset added to ``r_j - r_i``.
+        neighbours: (N, K) int64 index of neighbour j of atom i (padding: i itself).
+        mask: (N, K) bool, True for real neighbours within the cutoff.
+        shifts: (N, K, 3) Å, Cartesian periodic offset added to ``r_j - r_i``.
         batch: (N,) int64 structure index of each atom.
         cells: (B, 3, 3) Å, rows are cell vectors (zeros for open boundaries).
         volumes: (B,) Å³ (0 for structures that are not fully periodic).
         n_structures: B.
+        pad_length: Å, length of the vector given to padding slots (beyond every cutoff).
     """
 
     positions: torch.Tensor
     species: torch.Tensor
-    edge_src: torch.Tensor
-    edge_dst: torch.Tensor
-    edge_shift: torch.Tensor
+    neighbours: torch.Tensor
+    mask: torch.Tensor
+    shifts: torch.Tensor
     batch: torch.Tensor
     cells: torch.Tensor
     volumes: torch.Tensor
     n_structures: int
+    pad_length: float
 
     @property
     def n_atoms(self) -> int:
         return int(self.positions.shape[0])
 
-    def edge_vectors(self) -> torch.Tensor:
-        """(E, 3) Å, ``r_j - r_i + shift``; differentiable w.r.t. ``positions``."""
-        return self.positions[self.edge_dst] - self.positions[self.edge_src] + self.edge_shift
+    @property
+    def n_edges(self) -> int:
+        return int(self.mask.sum())
+
+    def edge_vectors(self, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, K, 3) Å, ``r_j - r_i + shift`` (padding slots: a vector longer than the cutoff)."""
+        positions = self.positions if positions is None else positions
+        vec = positions[self.neighbours] - positions.unsqueeze(1) + self.shifts
+        pad = torch.zeros_like(vec)
+        pad[..., 0] = self.pad_length
+        return torch.where(self.mask.unsqueeze(-1), vec, pad)
 
     def to(self, dtype: torch.dtype) -> Graph:
         """A copy with floating-point tensors cast to ``dtype``."""
+        if dtype == self.positions.dtype:
+            return self
         return Graph(
             positions=self.positions.to(dtype),
             species=self.species,
-            edge_src=self.edge_src,
-            edge_dst=self.edge_dst,
-            edge_shift=self.edge_shift.to(dtype),
+            neighbours=self.neighbours,
+            mask=self.mask,
+            shifts=self.shifts.to(dtype),
             batch=self.batch,
             cells=self.cells.to(dtype),
             volumes=self.volumes.to(dtype),
             n_structures=self.n_structures,
+            pad_length=self.pad_length,
         )
 
 
@@ -125,7 +142,7 @@ def build_graph(
     cutoff: float,
     dtype: torch.dtype = torch.float64,
 ) -> Graph:
-    """Batch structures ``(positions, numbers, cell, pbc)`` into one graph."""
+    """Batch structures ``(positions, numbers, cell, pbc)`` into one padded graph."""
     positions, species_idx, src, dst, shift, batch, cells, volumes = [], [], [], [], [], [], [], []
     offset = 0
     for index, (pos, numbers, cell, pbc) in enumerate(structures):
@@ -142,16 +159,33 @@ def build_graph(
         cells.append(cell if pbc.any() else np.zeros((3, 3)))
         volumes.append(abs(np.linalg.det(cell)) if pbc.all() else 0.0)
         offset += len(pos)
+    n_atoms = offset
+    src = np.concatenate(src)
+    dst = np.concatenate(dst)
+    shift = np.concatenate(shift)
+    order = np.argsort(src, kind="stable")
+    src, dst, shift = src[order], dst[order], shift[order]
+    counts = np.bincount(src, minlength=n_atoms)
+    k_max = max(int(counts.max()) if len(counts) else 0, 1)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    slot = np.arange(len(src)) - starts[src]
+    neighbours = np.repeat(np.arange(n_atoms)[:, None], k_max, axis=1)
+    mask = np.zeros((n_atoms, k_max), dtype=bool)
+    shifts = np.zeros((n_atoms, k_max, 3))
+    neighbours[src, slot] = dst
+    mask[src, slot] = True
+    shifts[src, slot] = shift
     return Graph(
         positions=torch.tensor(np.concatenate(positions), dtype=dtype),
         species=torch.from_numpy(np.concatenate(species_idx)),
-        edge_src=torch.from_numpy(np.concatenate(src)),
-        edge_dst=torch.from_numpy(np.concatenate(dst)),
-        edge_shift=torch.tensor(np.concatenate(shift), dtype=dtype),
+        neighbours=torch.from_numpy(neighbours),
+        mask=torch.from_numpy(mask),
+        shifts=torch.tensor(shifts, dtype=dtype),
         batch=torch.from_numpy(np.concatenate(batch)),
         cells=torch.tensor(np.stack(cells), dtype=dtype),
         volumes=torch.tensor(np.asarray(volumes), dtype=dtype),
         n_structures=len(structures),
+        pad_length=2.0 * float(cutoff) + 1.0,
     )
 
 

@@ -115,32 +115,33 @@ class AtomicDensity(nn.Module):
         self.register_buffer("w3j_112", o3.wigner_3j(1, 1, 2) * math.sqrt(5.0))
         self.register_buffer("w3j_222", o3.wigner_3j(2, 2, 2) * math.sqrt(5.0))
         self.n_invariants = 5 * c
+        # standardisation of the invariants (fitted on training data, saved in the state dict)
+        self.register_buffer("feature_shift", torch.zeros(self.n_invariants))
+        self.register_buffer("feature_scale", torch.ones(self.n_invariants))
 
     def densities(
-        self, species: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor, edge_vec: torch.Tensor
+        self, species: torch.Tensor, neighbours: torch.Tensor, edge_vec: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return A0 (N, C), A1 (N, C, 3) Cartesian vectors, A2 (N, C, 5) e3nn 2e components."""
-        n_atoms = species.shape[0]
+        """Neighbour densities of every atom.
+
+        Args:
+            species: (N,) species index. neighbours: (N, K) neighbour index.
+            edge_vec: (N, K, 3) Å; padding slots must be longer than the cutoff.
+
+        Returns:
+            A0 (N, C), A1 (N, C, 3) Cartesian vectors (1o), A2 (N, C, 5) e3nn 2e components.
+        """
         c = self.channels
         r = torch.linalg.norm(edge_vec, dim=-1)
         sh = o3.spherical_harmonics([1, 2], edge_vec, normalize=True, normalization="component")
         onehot = nn.functional.one_hot(species, self.n_species).to(edge_vec.dtype)
-        radial_in = torch.cat([self.basis(r), onehot[edge_src], onehot[edge_dst]], dim=-1)
-        weights = self.radial(radial_in) * polynomial_envelope(r, self.cutoff).unsqueeze(-1)
-        weights = weights.view(-1, 3, c)
-        edge_features = torch.cat(
-            [
-                weights[:, 0, :],
-                (weights[:, 1, :, None] * sh[:, None, 0:3]).reshape(-1, 3 * c),
-                (weights[:, 2, :, None] * sh[:, None, 3:8]).reshape(-1, 5 * c),
-            ],
-            dim=-1,
+        radial_in = torch.cat(
+            [self.basis(r), onehot.unsqueeze(1).expand(-1, r.shape[1], -1), onehot[neighbours]], dim=-1
         )
-        summed = edge_features.new_zeros(n_atoms, 9 * c).index_add_(0, edge_src, edge_features)
-        summed = summed / self.avg_neighbours
-        a0 = summed[:, :c]
-        a1 = summed[:, c : 4 * c].view(n_atoms, c, 3)
-        a2 = summed[:, 4 * c :].view(n_atoms, c, 5)
+        weights = self.radial(radial_in) * (polynomial_envelope(r, self.cutoff) / self.avg_neighbours**0.5).unsqueeze(-1)
+        a0 = weights[..., :c].sum(1)
+        a1 = torch.bmm(weights[..., c : 2 * c].transpose(1, 2), sh[..., 0:3])
+        a2 = torch.bmm(weights[..., 2 * c :].transpose(1, 2), sh[..., 3:8])
         return a0, a1, a2
 
     def invariants(self, a0: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor) -> torch.Tensor:
@@ -153,4 +154,14 @@ class AtomicDensity(nn.Module):
         sym2 = torch.einsum("nci,ncj,ijk->nck", a1, a1m, self.w3j_112)
         t112 = (sym2 * a2n).sum(-1)
         t222 = torch.einsum("nci,ncj,nck,ijk->nc", a2, a2m, a2n, self.w3j_222)
-        return torch.cat([a0, p1, p2, t112, t222], dim=-1)
+        features = torch.cat([a0, p1, p2, t112, t222], dim=-1)
+        return (features - self.feature_shift) / self.feature_scale
+
+    @torch.no_grad()
+    def fit_normalisation(self, features_raw: torch.Tensor) -> None:
+        """Standardise the invariant features with the mean and std of ``features_raw`` (M, 5C).
+
+        Called once by the trainer on the training set before optimisation.
+        """
+        self.feature_shift.copy_(features_raw.mean(0))
+        self.feature_scale.copy_(features_raw.std(0).clamp(min=1e-6))

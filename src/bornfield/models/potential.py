@@ -79,8 +79,8 @@ class NNPotential(BornfieldModel):
         self.hyperparameters["energy_scale"] = float(scale)
 
     def site_energies(self, graph: Graph, edge_vec: torch.Tensor) -> torch.Tensor:
-        """Site energies (N,) eV in float64 for the given edge vectors (E, 3) Å."""
-        a0, a1, a2 = self.density.densities(graph.species, graph.edge_src, graph.edge_dst, edge_vec)
+        """Site energies (N,) eV in float64 for the given edge vectors (N, K, 3) Å."""
+        a0, a1, a2 = self.density.densities(graph.species, graph.neighbours, edge_vec)
         features = self.density.invariants(a0, a1, a2)
         network = self.readout(features, graph.species).squeeze(-1) * self.hyperparameters["energy_scale"]
         return network.to(torch.float64) + self._e0[graph.species]
@@ -115,13 +115,11 @@ class NNPotential(BornfieldModel):
             target = sites[energy_mask].sum() if energy_mask is not None else energy.sum()
             (grad,) = torch.autograd.grad(target, edge_vec, create_graph=create_graph)
             if forces:
-                f = torch.zeros_like(graph.positions).index_add(0, graph.edge_src, grad)
-                out["forces"] = f.index_add(0, graph.edge_dst, -grad)
+                f = grad.sum(1)
+                out["forces"] = f.index_add(0, graph.neighbours.reshape(-1), -grad.reshape(-1, 3))
             if stress:
-                virial = torch.einsum("ea,eb->eab", edge_vec, grad).reshape(-1, 9)
-                per_structure = virial.new_zeros(graph.n_structures, 9).index_add(
-                    0, graph.batch[graph.edge_src], virial
-                )
+                virial = torch.einsum("nka,nkb->nab", edge_vec, grad).reshape(-1, 9)
+                per_structure = virial.new_zeros(graph.n_structures, 9).index_add(0, graph.batch, virial)
                 volumes = graph.volumes.to(per_structure.dtype)
                 safe = torch.where(volumes > 0, volumes, torch.ones_like(volumes))
                 s = per_structure.view(-1, 3, 3) / safe.view(-1, 1, 1)
