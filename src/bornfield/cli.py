@@ -16,6 +16,8 @@ from bornfield.errors import BornfieldError
 
 STAGES = (
     "bornfield.structures.cli",
+    "bornfield.dft.cli",
+    "bornfield.data.cli",
     "bornfield.md.cli",
 )
 

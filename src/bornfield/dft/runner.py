@@ -1,0 +1,339 @@
+"""One DFT job: pw.x SCF (+ ph.x Born charges) in a directory named by its ``dft_id``.
+
+Job directory ``<jobs_dir>/<dft_id>/`` holds ``structure.extxyz``, ``pw.in``,
+``pw.out`` (and ``pw.attempt<k>.out`` of failed attempts), ``ph.in``, ``ph.out``,
+``status.json`` and, when finished, ``labels.json``.
+
+``status.json``: ``state`` (``running`` | ``scf_done`` | ``completed`` | ``failed``),
+``attempts`` (one record per QE run: program, attempt, overrides, outcome, wall time),
+``wall_time_s``, ``qe_version``, ``pseudopotentials`` (file + md5 per element),
+``settings``, ``kpoints``, ``failure`` ({stage, class, reason} or null).
+
+Policy:
+* finished jobs (``completed``/``failed`` with ``labels.json``) are never recomputed;
+* SCF non-convergence is retried with a bounded, logged escalation (lower
+  ``mixing_beta``, more iterations, then the other diagonalization);
+* ph.x failure is retried once (from scratch); then the job keeps its SCF labels and
+  records why the Born charges are missing;
+* a job killed by the walltime resumes from QE restart files: pw.x with
+  ``restart_mode='restart'`` (QE stops itself cleanly at ``max_seconds``), ph.x with
+  ``recover=.true.``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import shlex
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.io import read, write
+
+from bornfield.dft.inputs import DFTSettings, PwOverrides, compute_dft_id, write_ph_input, write_pw_input
+from bornfield.dft.parsers import classify_pw_failure, read_ph_output, read_pw_output
+from bornfield.dft.pseudopotentials import PseudoRecord
+from bornfield.dft.qc import QCThresholds, run_gates
+from bornfield.errors import ConfigError, InputFileError
+
+LOG = logging.getLogger(__name__)
+
+FINISHED_STATES = ("completed", "failed")
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    """How QE is launched and how failures are handled (``dft.run`` config section).
+
+    ``launcher``: MPI launcher command *including* the rank count, e.g.
+    ``/usr/bin/mpirun -n 2`` (Debian QE is built against Open MPI — never the venv's
+    MPICH ``mpirun``) or ``srun -n 2``. Empty string: run serially.
+    ``max_seconds``: QE's own soft walltime (s) so a killed job leaves restart files.
+    """
+
+    launcher: str = "/usr/bin/mpirun -n 2"
+    pw_command: str = "pw.x"
+    ph_command: str = "ph.x"
+    max_scf_attempts: int = 3
+    ph_retries: int = 1
+    max_seconds: float | None = None
+    keep_scratch: bool = False
+
+    @classmethod
+    def from_section(cls, section: dict, launcher: str | None = None) -> RunnerOptions:
+        """Build from the ``dft`` config section; ``launcher`` overrides ``dft.run.launcher``."""
+        run = section.get("run", {})
+        return cls(
+            launcher=launcher if launcher is not None else f"{run.get('launcher', '/usr/bin/mpirun')} -n {int(run.get('ranks', 2))}",
+            pw_command=run.get("pw_command", cls.pw_command),
+            ph_command=run.get("ph_command", cls.ph_command),
+            max_scf_attempts=int(run.get("max_scf_attempts", cls.max_scf_attempts)),
+            ph_retries=int(run.get("ph_retries", cls.ph_retries)),
+            max_seconds=run.get("max_seconds"),
+            keep_scratch=bool(run.get("keep_scratch", cls.keep_scratch)),
+        )
+
+    def command(self, program: str, input_name: str) -> list[str]:
+        """Full argv to run ``program -in input_name`` under the launcher."""
+        argv = shlex.split(self.launcher)
+        if argv and os.path.basename(argv[0]) in ("mpirun", "mpiexec", "orterun") and hasattr(os, "geteuid") and os.geteuid() == 0:
+            if "--allow-run-as-root" not in argv and _is_open_mpi(argv[0]):
+                argv.insert(1, "--allow-run-as-root")
+        return argv + [program, "-in", input_name]
+
+
+def _is_open_mpi(launcher: str) -> bool:
+    path = shutil.which(launcher)
+    if path is None:
+        return False
+    real = os.path.realpath(path)
+    return "openmpi" in real or "orterun" in real or os.path.basename(real) in ("orterun", "mpirun.openmpi")
+
+
+def scf_escalation(settings: DFTSettings, attempt: int) -> PwOverrides:
+    """Overrides of SCF attempt ``attempt`` (1-based): bounded, reproducible escalation.
+
+    1: as configured; 2: half the mixing, twice the iterations; 3+: a quarter of the
+    mixing, three times the iterations and the other diagonalization (david <-> cg).
+    """
+    if attempt <= 1:
+        return PwOverrides()
+    if attempt == 2:
+        return PwOverrides(mixing_beta=settings.mixing_beta * 0.5, electron_maxstep=settings.electron_maxstep * 2)
+    other = "cg" if settings.diagonalization != "cg" else "david"
+    return PwOverrides(
+        mixing_beta=settings.mixing_beta * 0.25,
+        electron_maxstep=settings.electron_maxstep * 3,
+        diagonalization=other,
+    )
+
+
+def _atomic_write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".part")
+    tmp.write_text(json.dumps(data, indent=1, default=_json_default), encoding="utf-8")
+    tmp.replace(path)
+
+
+def _json_default(obj):
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj)}")
+
+
+class DFTJob:
+    """One structure's pw.x + ph.x job in ``jobs_dir/<dft_id>``."""
+
+    def __init__(
+        self,
+        atoms: Atoms,
+        settings: DFTSettings,
+        pseudos: dict[str, PseudoRecord],
+        pseudo_dir: str | Path,
+        jobs_dir: str | Path,
+        options: RunnerOptions,
+        thresholds: QCThresholds | None = None,
+    ) -> None:
+        self.atoms = atoms.copy()
+        self.settings = settings
+        self.pseudos = pseudos
+        self.pseudo_dir = Path(pseudo_dir)
+        self.options = options
+        self.thresholds = thresholds or QCThresholds()
+        missing = sorted(set(atoms.get_chemical_symbols()) - set(pseudos))
+        if missing:
+            raise ConfigError(f"no pseudopotential provisioned for {missing}")
+        self.dft_id = compute_dft_id(atoms, settings, {el: rec.filename for el, rec in pseudos.items()})
+        self.dir = Path(jobs_dir) / self.dft_id
+
+    # ------------------------------------------------------------------ state
+    @property
+    def status_path(self) -> Path:
+        return self.dir / "status.json"
+
+    @property
+    def labels_path(self) -> Path:
+        return self.dir / "labels.json"
+
+    def status(self) -> dict:
+        """Current status.json content (empty dict before the first run)."""
+        if self.status_path.exists():
+            return json.loads(self.status_path.read_text(encoding="utf-8"))
+        return {}
+
+    def is_finished(self) -> bool:
+        """True for completed or failed jobs that wrote their labels."""
+        return self.status().get("state") in FINISHED_STATES and self.labels_path.exists()
+
+    def _save_status(self, status: dict) -> None:
+        _atomic_write_json(self.status_path, status)
+
+    # ------------------------------------------------------------------ running
+    def _run_program(self, program: str, input_name: str, output_name: str) -> float:
+        argv = self.options.command(program, input_name)
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        LOG.info("%s: %s", self.dft_id, " ".join(argv))
+        start = time.perf_counter()
+        with open(self.dir / output_name, "w", encoding="utf-8") as out:
+            proc = subprocess.run(argv, cwd=self.dir, stdout=out, stderr=subprocess.STDOUT, env=env, check=False)  # noqa: S603
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            LOG.warning("%s: %s exited with %d", self.dft_id, program, proc.returncode)
+        return wall
+
+    def run(self, retry_failed: bool = False) -> dict:
+        """Run (or resume) the job; return the labels dict. Never recomputes a finished job."""
+        if self.is_finished() and not (retry_failed and self.status().get("state") == "failed"):
+            LOG.info("%s: already %s, not recomputed", self.dft_id, self.status()["state"])
+            return json.loads(self.labels_path.read_text(encoding="utf-8"))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        write(self.dir / "structure.extxyz", self.atoms, format="extxyz")
+        status = self.status()
+        previous_state = status.get("state")
+        status.update(
+            dft_id=self.dft_id,
+            state="running",
+            settings=self.settings.to_dict(),
+            pseudopotentials={el: {"file": r.filename, "md5": r.md5, "source": r.source} for el, r in sorted(self.pseudos.items())},
+            launcher=self.options.launcher,
+            failure=None,
+        )
+        status.setdefault("attempts", [])
+        status.setdefault("wall_time_s", 0.0)
+        self._save_status(status)
+
+        scf = None
+        if previous_state == "scf_done" and classify_pw_failure(self.dir / "pw.out") is None:
+            scf = read_pw_output(self.dir / "pw.out")
+        else:
+            scf = self._run_scf(status, resume=previous_state == "running")
+        bec = None
+        if scf is not None:
+            status["state"] = "scf_done"
+            status["qe_version"] = scf.qe_version
+            self._save_status(status)
+            if self.settings.born_charges:
+                bec = self._run_ph(status)
+        labels = self._labels(scf, bec, status)
+        status["state"] = "completed" if scf is not None else "failed"
+        if scf is not None and self.settings.born_charges and bec is None:
+            status["state"] = "completed"  # SCF labels are kept; failure records why BEC is missing
+        status["peak_rss_MiB"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+        _atomic_write_json(self.labels_path, labels)
+        self._save_status(status)
+        if not self.options.keep_scratch:
+            shutil.rmtree(self.dir / "tmp", ignore_errors=True)
+        return labels
+
+    def _run_scf(self, status: dict, resume: bool):
+        kpts = None
+        restart = resume and (self.dir / "tmp" / "bornfield.save").exists() and (self.dir / "pw.out").exists()
+        for attempt in range(1, self.options.max_scf_attempts + 1):
+            overrides = scf_escalation(self.settings, attempt)
+            overrides.restart = restart
+            overrides.max_seconds = self.options.max_seconds
+            kpts = write_pw_input(
+                self.dir / "pw.in", self.atoms, self.settings,
+                {el: r.filename for el, r in self.pseudos.items()}, self.pseudo_dir, overrides,
+            )
+            status["kpoints"] = list(kpts)
+            wall = self._run_program(self.options.pw_command, "pw.in", "pw.out")
+            failure = classify_pw_failure(self.dir / "pw.out")
+            record = {
+                "program": "pw.x", "attempt": attempt, "restart": restart, "wall_s": round(wall, 2),
+                "overrides": {k: v for k, v in vars(overrides).items() if v not in (None, {}, False)},
+                "outcome": "converged" if failure is None else failure[0], "reason": None if failure is None else failure[1],
+            }
+            status["attempts"].append(record)
+            status["wall_time_s"] = round(status["wall_time_s"] + wall, 2)
+            self._save_status(status)
+            LOG.info("%s: pw.x attempt %d: %s (%.1f s)", self.dft_id, attempt, record["outcome"], wall)
+            if failure is None:
+                try:
+                    return read_pw_output(self.dir / "pw.out")
+                except InputFileError as exc:
+                    status["failure"] = {"stage": "pw", "class": "unreadable", "reason": str(exc)}
+                    return None
+            shutil.copyfile(self.dir / "pw.out", self.dir / f"pw.attempt{attempt}.out")
+            if failure[0] == "truncated" and "max_seconds" in failure[1]:
+                restart = True  # QE stopped itself cleanly: continue from its restart files
+                continue
+            restart = False
+            if failure[0] != "scf_not_converged":
+                status["failure"] = {"stage": "pw", "class": failure[0], "reason": failure[1]}
+                return None
+        status["failure"] = {
+            "stage": "pw", "class": "scf_not_converged",
+            "reason": f"SCF not converged after {self.options.max_scf_attempts} escalating attempts",
+        }
+        return None
+
+    def _run_ph(self, status: dict):
+        recover = (self.dir / "tmp" / "_ph0").exists() and (self.dir / "ph.out").exists()
+        for attempt in range(1, self.options.ph_retries + 2):
+            write_ph_input(self.dir / "ph.in", self.settings, recover=recover, max_seconds=self.options.max_seconds)
+            wall = self._run_program(self.options.ph_command, "ph.in", "ph.out")
+            status["wall_time_s"] = round(status["wall_time_s"] + wall, 2)
+            try:
+                result = read_ph_output(self.dir / "ph.out")
+            except InputFileError as exc:
+                status["attempts"].append({"program": "ph.x", "attempt": attempt, "recover": recover, "wall_s": round(wall, 2), "outcome": "failed", "reason": str(exc)})
+                self._save_status(status)
+                shutil.copyfile(self.dir / "ph.out", self.dir / f"ph.attempt{attempt}.out")
+                LOG.warning("%s: ph.x attempt %d failed: %s", self.dft_id, attempt, exc)
+                shutil.rmtree(self.dir / "tmp" / "_ph0", ignore_errors=True)
+                recover = False
+                status["failure"] = {"stage": "ph", "class": "ph_failed", "reason": str(exc)}
+                continue
+            status["attempts"].append({"program": "ph.x", "attempt": attempt, "recover": recover, "wall_s": round(wall, 2), "outcome": "converged"})
+            status["failure"] = None
+            # keep the full-precision tensors next to ph.out (scratch is removed later)
+            for xml in (self.dir / "tmp" / "_ph0").glob("*.phsave/tensors.xml"):
+                shutil.copyfile(xml, self.dir / "tensors.xml")
+            self._save_status(status)
+            return result
+        return None
+
+    def _labels(self, scf, bec, status: dict) -> dict:
+        scf_labels = None if scf is None else {"energy": scf.energy, "forces": scf.forces}
+        bec_labels = None if bec is None else {
+            "asr_residual": bec.asr_residual, "epsilon_inf": bec.epsilon_inf, "born_charges_raw": bec.born_charges_raw,
+        }
+        if bec is not None and bec.species != self.atoms.get_chemical_symbols():
+            raise InputFileError(f"{bec.source}: atom species {bec.species} differ from the job structure")
+        qc = run_gates(scf_labels, bec_labels, self.thresholds)
+        labels = {
+            "dft_id": self.dft_id,
+            "state": "completed" if scf is not None else "failed",
+            "failure": status.get("failure"),
+            "qc": qc.to_dict(),
+            "qe_version": status.get("qe_version"),
+            "pseudopotentials": status["pseudopotentials"],
+            "settings": status["settings"],
+        }
+        if scf is not None and qc.scf_ok:
+            labels.update(energy=scf.energy, forces=scf.forces, stress=scf.stress)
+        if bec is not None:
+            labels.update(
+                born_charges_raw=bec.born_charges_raw, asr_residual=bec.asr_residual, epsilon_inf=bec.epsilon_inf,
+                bec_precision=bec.precision,
+            )
+            if qc.bec_ok:
+                labels["born_charges"] = bec.born_charges
+        return labels
+
+
+def load_job_structure(job_dir: str | Path) -> Atoms:
+    """The structure a job directory was run on."""
+    path = Path(job_dir) / "structure.extxyz"
+    if not path.exists():
+        raise InputFileError(f"{path}: job structure missing")
+    return read(path, format="extxyz")

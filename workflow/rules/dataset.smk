@@ -1,0 +1,40 @@
+# DATASET stage: gather the DFT labels of generations 0..k into dataset/gen{k}.extxyz + report.
+# Generic in `gen` so the active-learning loop can ask for later generations.
+
+DATASET = f"{RESULTS}/dataset"
+
+
+rule dataset_assemble:
+    input:
+        labels=lambda wc: get_dft_labels(wc.gen),
+        plans=lambda wc: [f"{DFT}/gen{g}/plan.json" for g in range(int(wc.gen) + 1)],
+    output:
+        extxyz=f"{DATASET}/gen{{gen}}.extxyz",
+        report_json=f"{DATASET}/report/gen{{gen}}.json",
+        report_png=report(
+            f"{DATASET}/report/gen{{gen}}.png",
+            caption="../report/dataset.rst",
+            category="Dataset",
+        ),
+    params:
+        settings=lambda wc: get_settings("dataset"),
+        jobs_dir=f"{DFT}/jobs",
+    log:
+        f"{LOGS}/dataset/gen{{gen}}.log",
+    benchmark:
+        f"{BENCH}/dataset/gen{{gen}}.tsv"
+    conda:
+        "../../envs/bornfield.yaml"
+    threads: 1
+    resources:
+        runtime=10,
+        mem_mb=2000,
+        cpus_per_task=1,
+        tasks=1,
+    shell:
+        "bornfield dataset assemble --settings {params.settings} --plans {input.plans}"
+        " --jobs-dir {params.jobs_dir} --output {output.extxyz}"
+        " --report-json {output.report_json} --report-png {output.report_png} > {log} 2>&1"
+
+
+STAGE_TARGETS["dataset"] = lambda: [f"{DATASET}/gen0.extxyz", f"{DATASET}/report/gen0.json"]

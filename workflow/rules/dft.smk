@@ -1,0 +1,108 @@
+# DFT stage: pseudopotentials, a plan per generation (checkpoint), one pw.x + ph.x job per structure.
+# Outputs under {RESULTS}/dft/ (see docs/architecture.md, Files table).
+
+import json
+import os
+
+DFT = f"{RESULTS}/dft"
+DFT_RUN = config["dft"]["run"]
+_dft_pseudo = config["dft"]["pseudopotentials"]["directory"]
+DFT_PSEUDO_DIR = _dft_pseudo if os.path.isabs(_dft_pseudo) else f"{RESULTS}/{_dft_pseudo}"
+
+
+def get_dft_candidates(wildcards):
+    """Candidate structures of generation `gen`: the structures stage for gen 0,
+    active-learning selections (train stage) afterwards."""
+    gen = int(wildcards.gen)
+    if gen == 0:
+        return f"{RESULTS}/structures/dft_candidates.extxyz"
+    return f"{RESULTS}/active_learning/gen{gen}/candidates.extxyz"
+
+
+def get_dft_labels(gen):
+    """labels.json of every job planned in generations 0..gen (checkpoint-driven)."""
+    labels = []
+    for g in range(int(gen) + 1):
+        plan_file = checkpoints.dft_plan.get(gen=g).output.plan
+        with open(plan_file) as handle:
+            plan = json.load(handle)
+        labels += [f"{DFT}/jobs/{job['dft_id']}/labels.json" for job in plan["jobs"]]
+    return labels
+
+
+rule dft_pseudopotentials:
+    output:
+        manifest=f"{DFT_PSEUDO_DIR}/manifest.json",
+    params:
+        settings=lambda wc: get_settings("dft"),
+        pseudo_dir=DFT_PSEUDO_DIR,
+    log:
+        f"{LOGS}/dft/pseudopotentials.log",
+    benchmark:
+        f"{BENCH}/dft/pseudopotentials.tsv"
+    conda:
+        "../../envs/bornfield.yaml"
+    threads: 1
+    resources:
+        runtime=5,
+        mem_mb=1000,
+        cpus_per_task=1,
+        tasks=1,
+    shell:
+        "bornfield dft provision --settings {params.settings} --pseudo-dir {params.pseudo_dir} > {log} 2>&1"
+
+
+checkpoint dft_plan:
+    input:
+        structures=get_dft_candidates,
+    output:
+        plan=f"{DFT}/gen{{gen}}/plan.json",
+    params:
+        settings=lambda wc: get_settings("dft"),
+        inputs_dir=f"{DFT}/inputs",
+    log:
+        f"{LOGS}/dft/plan_gen{{gen}}.log",
+    benchmark:
+        f"{BENCH}/dft/plan_gen{{gen}}.tsv"
+    conda:
+        "../../envs/bornfield.yaml"
+    threads: 1
+    resources:
+        runtime=5,
+        mem_mb=1000,
+        cpus_per_task=1,
+        tasks=1,
+    shell:
+        "bornfield dft plan --settings {params.settings} --structures {input.structures}"
+        " --inputs-dir {params.inputs_dir} --output {output.plan} --generation {wildcards.gen} > {log} 2>&1"
+
+
+rule dft_job:
+    input:
+        structure=f"{DFT}/inputs/{{dft_id}}.extxyz",
+        manifest=rules.dft_pseudopotentials.output.manifest,
+    output:
+        labels=f"{DFT}/jobs/{{dft_id}}/labels.json",
+    params:
+        settings=lambda wc: get_settings("dft"),
+        pseudo_dir=DFT_PSEUDO_DIR,
+        jobs_dir=f"{DFT}/jobs",
+    log:
+        f"{LOGS}/dft/job_{{dft_id}}.log",
+    benchmark:
+        f"{BENCH}/dft/job_{{dft_id}}.tsv"
+    conda:
+        "../../envs/bornfield.yaml"
+    group:
+        "dft_jobs"
+    threads: DFT_RUN["ranks"]
+    resources:
+        runtime=DFT_RUN["runtime_min"],
+        mem_mb=DFT_RUN["mem_mb"],
+        cpus_per_task=1,
+        tasks=DFT_RUN["ranks"],
+        mpi=shlex.quote(DFT_RUN["launcher"]),
+    shell:
+        "bornfield dft run --settings {params.settings} --structure {input.structure}"
+        " --pseudo-dir {params.pseudo_dir} --jobs-dir {params.jobs_dir}"
+        " --launcher '{resources.mpi} -n {resources.tasks}' > {log} 2>&1"
