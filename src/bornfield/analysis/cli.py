@@ -1,0 +1,94 @@
+"""``bornfield analyze``: per-condition analysis and sweep aggregation.
+
+Examples::
+
+    bornfield analyze condition results/md/amorphous_T600K_E0.1_x \\
+        --output results/analysis/amorphous_T600K_E0.1_x.json --config config/config.yaml
+    bornfield analyze condition my_run/traj.h5 --output my_run.json      # any trajectory
+    bornfield analyze sweep results/analysis/*_E*.json --output-dir results/analysis
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from tqdm import tqdm
+
+from bornfield.analysis.condition import (
+    analyze_condition,
+    analyze_replicas,
+    replicas_from_files,
+    write_json,
+    write_msd_csv,
+)
+from bornfield.analysis.sweep import load_records, write_sweep
+from bornfield.config import add_settings_arguments, settings_from_args
+from bornfield.errors import InputFileError
+
+LOG = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "analyze",
+        help="MSD, drift, mobility, transverse forces, Arrhenius and sweep tables",
+        description="Analyse field-MD trajectories (traj.h5) and aggregate conditions.",
+    )
+    commands = parser.add_subparsers(dest="analyze_command", metavar="WHAT", required=True)
+
+    condition = commands.add_parser(
+        "condition",
+        help="analyse one condition directory (md/<condition>/) or explicit traj.h5 files",
+    )
+    condition.add_argument(
+        "inputs",
+        nargs="+",
+        help="a condition directory with replica_<r>/{traj.h5,status.json}, or one or more traj.h5 files "
+        "(treated as completed replicas of one condition)",
+    )
+    condition.add_argument("--output", required=True, help="analysis record (JSON) to write")
+    condition.add_argument("--csv", help="long-format MSD table (CSV); default: <output stem>_msd.csv")
+    add_settings_arguments(condition)
+    condition.set_defaults(func=run_condition)
+
+    sweep = commands.add_parser("sweep", help="aggregate per-condition JSON records into CSV tables + Arrhenius fit")
+    sweep.add_argument("records", nargs="+", help="per-condition analysis JSON files")
+    sweep.add_argument("--output-dir", required=True, help="directory for sweep_*.csv, arrhenius.json/.csv")
+    add_settings_arguments(sweep)
+    sweep.set_defaults(func=run_sweep)
+
+
+def run_condition(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args, "analysis")
+    inputs = [Path(p) for p in args.inputs]
+    if len(inputs) == 1 and inputs[0].is_dir():
+        record = analyze_condition(inputs[0], settings)
+    elif all(p.suffix in (".h5", ".hdf5") for p in inputs):
+        record = analyze_replicas(replicas_from_files(inputs), settings)
+    else:
+        raise InputFileError(
+            f"analyze condition: {args.inputs} is neither one condition directory nor a list of .h5 trajectories"
+        )
+    output = Path(args.output)
+    csv_path = Path(args.csv) if args.csv else output.with_name(output.stem + "_msd.csv")
+    write_msd_csv(csv_path, record)
+    write_json(output, record)
+    used = record["replicas"]
+    LOG.info(
+        "%s: %s; replicas used %d, failed %d, incomplete %d -> %s, %s",
+        record["condition"].get("name"), record["state"], used["n_used"], used["n_failed"], used["n_incomplete"], output, csv_path,
+    )
+    for note in record["notes"]:
+        LOG.warning("%s", note)
+    return 0
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args, "analysis")
+    records = load_records(tqdm(args.records, desc="records", unit="file", disable=None))
+    paths = write_sweep(records, settings, args.output_dir)
+    for name, path in paths.items():
+        LOG.info("%s -> %s", name, path)
+    return 0

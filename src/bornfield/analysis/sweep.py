@@ -1,0 +1,500 @@
+"""Aggregation over conditions: sweep tables, linear-response verdicts, Arrhenius fits.
+
+Reads the per-condition records of :mod:`bornfield.analysis.condition` and
+writes (under ``{results_dir}/analysis/``):
+
+* ``sweep_transport.csv``: one row per condition and species (D, drift, mobility,
+  Nernst–Einstein mobility, MSD at the reference time);
+* ``sweep_transverse.csv``: transverse field-force statistics per condition and species;
+* ``sweep_linear_response.csv``: mobile species, field runs: mobility vs field
+  strength against (a) the lowest field of the same phase/temperature/direction,
+  (b) ``<Z_∥> e D/(k_B T)`` from the zero-field run (Haven ratio as configured),
+  (c) the hopping model ``sinh(x)/x`` with ``x = e E a/(2 k_B T)``;
+* ``arrhenius.json`` / ``arrhenius.csv``: zero-field diffusion vs temperature per
+  phase, activation energy with its fit uncertainty, Nernst–Einstein conductivity.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+from ase.units import kB
+
+from bornfield.analysis import transport
+from bornfield.analysis.condition import RESULT_FORMAT, write_json
+from bornfield.errors import InputFileError
+
+LOG = logging.getLogger(__name__)
+
+
+def phase_class(phase: str | None) -> str:
+    """``amorphous`` for glass-like phase names, ``crystalline`` otherwise (beta, gamma, defects)."""
+    name = (phase or "").lower()
+    return "amorphous" if any(key in name for key in ("amorph", "glass", "melt")) else "crystalline"
+
+
+def load_records(paths: Iterable[str | Path]) -> list[dict]:
+    """Read per-condition analysis JSON files (raises InputFileError on a foreign or broken file)."""
+    records = []
+    for path in paths:
+        path = Path(path)
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputFileError(f"{path}: cannot read analysis record ({exc})") from exc
+        if record.get("format") != RESULT_FORMAT:
+            raise InputFileError(f"{path}: format {record.get('format')!r}, expected {RESULT_FORMAT!r}")
+        record["_path"] = str(path)
+        records.append(record)
+    return records
+
+
+def _get(entry: dict | None, key: str = "value") -> float:
+    if entry is None:
+        return float("nan")
+    value = entry.get(key)
+    return float("nan") if value is None else float(value)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if not math.isfinite(value) else f"{value:.6g}"
+    return str(value)
+
+
+def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([_fmt(row.get(c)) for c in columns])
+    os.replace(tmp, path)
+    return path
+
+
+def _condition_columns(record: dict) -> dict:
+    condition = record["condition"]
+    return {
+        "condition": condition.get("name"),
+        "phase": condition.get("phase"),
+        "phase_class": phase_class(condition.get("phase")),
+        "temperature_K": condition.get("temperature_K"),
+        "field_V_per_A": condition.get("field_strength_V_per_A"),
+        "direction": condition.get("direction_label"),
+        "ex": record.get("parallel_axis", [None] * 3)[0],
+        "ey": record.get("parallel_axis", [None] * 3)[1],
+        "ez": record.get("parallel_axis", [None] * 3)[2],
+        "n_replicas_used": record["replicas"]["n_used"],
+        "n_replicas_failed": record["replicas"]["n_failed"],
+        "n_replicas_incomplete": record["replicas"]["n_incomplete"],
+    }
+
+
+TRANSPORT_COLUMNS = [
+    "condition", "phase", "phase_class", "temperature_K", "field_V_per_A", "direction", "ex", "ey", "ez",
+    "n_replicas_used", "n_replicas_failed", "n_replicas_incomplete", "species", "n_atoms",
+    "fit_window_start_fs", "fit_window_end_fs", "msd_exponent", "regime",
+    "D_A2_per_fs", "D_sem_A2_per_fs", "D_cm2_per_s", "D_sem_cm2_per_s",
+    "D_parallel_A2_per_fs", "D_parallel_sem_A2_per_fs",
+    "D_perpendicular_A2_per_fs", "D_perpendicular_sem_A2_per_fs",
+    "v_parallel_A_per_fs", "v_parallel_sem_A_per_fs", "v_parallel_m_per_s", "v_parallel_sem_m_per_s",
+    "mobility_A2_per_V_fs", "mobility_sem_A2_per_V_fs", "mobility_cm2_per_V_s", "mobility_sem_cm2_per_V_s",
+    "ne_mobility_A2_per_V_fs", "ne_mobility_sem_A2_per_V_fs", "ne_mobility_cm2_per_V_s", "ne_mobility_sem_cm2_per_V_s",
+    "msd_reference_time_fs", "msd_parallel_at_ref_A2", "msd_parallel_at_ref_sem_A2",
+    "msd_perpendicular_per_direction_at_ref_A2", "msd_perpendicular_per_direction_at_ref_sem_A2",
+    "msd_total_per_direction_at_ref_A2", "msd_total_per_direction_at_ref_sem_A2",
+    "drift_parallel_at_ref_A", "drift_parallel_at_ref_sem_A", "volume_A3",
+]
+
+TRANSVERSE_COLUMNS = [
+    "condition", "phase", "phase_class", "temperature_K", "field_V_per_A", "direction",
+    "n_replicas_used", "species", "hypothetical_unit_field", "n_samples",
+    "mean_abs_perp_eV_per_A", "median_abs_perp_eV_per_A", "p90_abs_perp_eV_per_A",
+    "mean_abs_par_eV_per_A", "mean_par_charge_e", "mean_perp_charge_e",
+    "median_ratio", "p90_ratio", "ratio_threshold", "fraction_above_threshold",
+    "fraction_above_threshold_time_mean", "fraction_above_threshold_time_std",
+    "per_atom_time_averaged_abs_perp_mean_eV_per_A",
+]
+
+
+def transport_rows(records: list[dict]) -> list[dict]:
+    rows = []
+    for record in records:
+        if record.get("state") != "analysed":
+            continue
+        base = _condition_columns(record)
+        for species, data in record["species"].items():
+            diffusion = data["diffusion"]
+            mobility = data.get("mobility") or {}
+            ne = data["nernst_einstein_mobility"]
+            at_ref = data["msd_at_reference"]
+            rows.append(
+                {
+                    **base,
+                    "species": species,
+                    "n_atoms": data["n_atoms"],
+                    "fit_window_start_fs": record["fit_window_fs"][0],
+                    "fit_window_end_fs": record["fit_window_fs"][1],
+                    "msd_exponent": data["msd_exponent_in_fit_window"],
+                    "regime": data["regime"],
+                    "D_A2_per_fs": _get(diffusion["total"]),
+                    "D_sem_A2_per_fs": _get(diffusion["total"], "sem"),
+                    "D_cm2_per_s": _get(diffusion["cm2_per_s"]["total"]),
+                    "D_sem_cm2_per_s": _get(diffusion["cm2_per_s"]["total"], "sem"),
+                    "D_parallel_A2_per_fs": _get(diffusion["parallel"]),
+                    "D_parallel_sem_A2_per_fs": _get(diffusion["parallel"], "sem"),
+                    "D_perpendicular_A2_per_fs": _get(diffusion["perpendicular_per_direction"]),
+                    "D_perpendicular_sem_A2_per_fs": _get(diffusion["perpendicular_per_direction"], "sem"),
+                    "v_parallel_A_per_fs": _get(data["drift_velocity_A_per_fs"]["parallel"]),
+                    "v_parallel_sem_A_per_fs": _get(data["drift_velocity_A_per_fs"]["parallel"], "sem"),
+                    "v_parallel_m_per_s": _get(data["drift_velocity_m_per_s"]),
+                    "v_parallel_sem_m_per_s": _get(data["drift_velocity_m_per_s"], "sem"),
+                    "mobility_A2_per_V_fs": _get(mobility.get("A2_per_V_fs")),
+                    "mobility_sem_A2_per_V_fs": _get(mobility.get("A2_per_V_fs"), "sem"),
+                    "mobility_cm2_per_V_s": _get(mobility.get("cm2_per_V_s")),
+                    "mobility_sem_cm2_per_V_s": _get(mobility.get("cm2_per_V_s"), "sem"),
+                    "ne_mobility_A2_per_V_fs": _get(ne["A2_per_V_fs"]),
+                    "ne_mobility_sem_A2_per_V_fs": _get(ne["A2_per_V_fs"], "sem"),
+                    "ne_mobility_cm2_per_V_s": _get(ne["cm2_per_V_s"]),
+                    "ne_mobility_sem_cm2_per_V_s": _get(ne["cm2_per_V_s"], "sem"),
+                    "msd_reference_time_fs": at_ref["time_fs"],
+                    "msd_parallel_at_ref_A2": _get(at_ref["parallel"]),
+                    "msd_parallel_at_ref_sem_A2": _get(at_ref["parallel"], "sem"),
+                    "msd_perpendicular_per_direction_at_ref_A2": _get(at_ref["perpendicular_per_direction"]),
+                    "msd_perpendicular_per_direction_at_ref_sem_A2": _get(at_ref["perpendicular_per_direction"], "sem"),
+                    "msd_total_per_direction_at_ref_A2": _get(at_ref["total_per_direction"]),
+                    "msd_total_per_direction_at_ref_sem_A2": _get(at_ref["total_per_direction"], "sem"),
+                    "drift_parallel_at_ref_A": _get(at_ref["drift_parallel"]),
+                    "drift_parallel_at_ref_sem_A": _get(at_ref["drift_parallel"], "sem"),
+                    "volume_A3": record["system"]["volume_A3"],
+                }
+            )
+    return rows
+
+
+def transverse_rows(records: list[dict]) -> list[dict]:
+    rows = []
+    for record in records:
+        if record.get("state") != "analysed":
+            continue
+        base = _condition_columns(record)
+        for species, data in record["species"].items():
+            stats = data.get("transverse_forces") or {}
+            if not stats.get("available"):
+                continue
+            rows.append(
+                {
+                    **base,
+                    "species": species,
+                    "hypothetical_unit_field": stats["hypothetical_unit_field"],
+                    **{k: stats.get(k) for k in TRANSVERSE_COLUMNS if k in stats},
+                    "fraction_above_threshold_time_mean": stats["time_average"]["fraction_above_threshold_mean"],
+                    "fraction_above_threshold_time_std": stats["time_average"]["fraction_above_threshold_std"],
+                    "per_atom_time_averaged_abs_perp_mean_eV_per_A": stats["time_average"][
+                        "per_atom_time_averaged_abs_perp_mean_eV_per_A"
+                    ],
+                }
+            )
+    return rows
+
+
+def _ratio(a: float, sa: float, b: float, sb: float) -> tuple[float, float]:
+    """a/b with first-order error propagation (NaN sems count as unknown)."""
+    if not (math.isfinite(a) and math.isfinite(b)) or b == 0:
+        return float("nan"), float("nan")
+    value = a / b
+    if not (math.isfinite(sa) and math.isfinite(sb)):
+        return value, float("nan")
+    return value, abs(value) * math.sqrt((sa / a) ** 2 + (sb / b) ** 2) if a != 0 else abs(sb / b * value)
+
+
+def _verdict(value: float, sem: float, tolerance: float, n_sigma: float) -> str:
+    """Compare a ratio that is 1 in linear response: linear / nonlinear / undetermined."""
+    if not math.isfinite(value):
+        return "undetermined"
+    deviation = abs(value - 1.0)
+    if deviation <= tolerance:
+        return "linear"
+    if math.isfinite(sem) and deviation <= n_sigma * sem:
+        return "linear (within error)"
+    return "nonlinear"
+
+
+def _projected_diffusion(record: dict, species: str, direction: np.ndarray) -> tuple[float, float]:
+    tensor = record["species"][species]["diffusion"]["tensor"]
+    value = float(direction @ np.asarray(tensor["value"]) @ direction)
+    if tensor["sem"] is None:
+        return value, float("nan")
+    sem = np.asarray(tensor["sem"]) * np.outer(direction, direction)
+    return value, float(np.sqrt((sem**2).sum()))
+
+
+def linear_response_rows(records: list[dict], settings: dict) -> list[dict]:
+    """Mobility of the mobile species vs field strength, with linear-response verdicts."""
+    species = settings["mobile_species"]
+    options = settings["linear_response"]
+    tolerance, n_sigma, hop = options["tolerance"], options["n_sigma"], options["hop_length_A"]
+    analysed = [r for r in records if r.get("state") == "analysed" and species in r["species"]]
+    zero_field = {
+        (r["condition"].get("phase"), round(r["condition"]["temperature_K"], 6)): r
+        for r in analysed
+        if r["condition"]["field_strength_V_per_A"] == 0
+    }
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for record in analysed:
+        condition = record["condition"]
+        if condition["field_strength_V_per_A"] > 0:
+            key = (condition.get("phase"), round(condition["temperature_K"], 6), tuple(np.round(record["parallel_axis"], 6)))
+            groups[key].append(record)
+    rows = []
+    for (phase, temperature, axis), members in sorted(groups.items(), key=lambda item: str(item[0])):
+        members.sort(key=lambda r: r["condition"]["field_strength_V_per_A"])
+        lowest = members[0]
+        low_mu = lowest["species"][species]["mobility"]["A2_per_V_fs"]
+        reference = zero_field.get((phase, temperature))
+        direction = np.asarray(axis, dtype=float)
+        for record in members:
+            data = record["species"][species]
+            strength = record["condition"]["field_strength_V_per_A"]
+            mu, mu_sem = _get(data["mobility"]["A2_per_V_fs"]), _get(data["mobility"]["A2_per_V_fs"], "sem")
+            stats = data.get("transverse_forces") or {}
+            z_parallel = stats.get("mean_par_charge_e") if stats.get("available") else None
+            row = {
+                **_condition_columns(record),
+                "species": species,
+                "mobility_A2_per_V_fs": mu,
+                "mobility_sem_A2_per_V_fs": mu_sem,
+                "mobility_cm2_per_V_s": mu * transport.MOBILITY_A2_PER_V_FS_IN_CM2_PER_V_S,
+                "mobility_sem_cm2_per_V_s": mu_sem * transport.MOBILITY_A2_PER_V_FS_IN_CM2_PER_V_S,
+                "mean_par_charge_e": z_parallel,
+                "haven_ratio": settings["arrhenius"]["haven_ratio"],
+            }
+            reasons = []
+            # (a) against the lowest field of the same group
+            if record is lowest or len(members) < 2:
+                ratio_low, ratio_low_sem, verdict_low = 1.0, float("nan"), "reference"
+            else:
+                ratio_low, ratio_low_sem = _ratio(mu, mu_sem, _get(low_mu), _get(low_mu, "sem"))
+                verdict_low = _verdict(ratio_low, ratio_low_sem, tolerance, n_sigma)
+                reasons.append(f"mu/mu(E={lowest['condition']['field_strength_V_per_A']:g}) = {ratio_low:.3g}")
+            row.update({"mu_over_mu_lowest_field": ratio_low, "mu_over_mu_lowest_field_sem": ratio_low_sem, "verdict_vs_lowest_field": verdict_low})
+            # (b) against <Z_par> e D_u / (H_R k_B T) of the zero-field run
+            if reference is not None and species in reference["species"]:
+                d_u, d_u_sem = _projected_diffusion(reference, species, direction)
+                kT = transport.thermal_energy_eV(record["condition"]["temperature_K"])
+                charge = z_parallel if z_parallel is not None else 1.0
+                mu_ne = charge * d_u / (settings["arrhenius"]["haven_ratio"] * kT)
+                mu_ne_sem = charge * d_u_sem / (settings["arrhenius"]["haven_ratio"] * kT)
+                ratio_ne, ratio_ne_sem = _ratio(mu, mu_sem, mu_ne, mu_ne_sem)
+                regime = reference["species"][species]["regime"]
+                verdict_ne = _verdict(ratio_ne, ratio_ne_sem, tolerance, n_sigma) if regime == "diffusive" else "undetermined (zero-field run not diffusive)"
+                row.update(
+                    {
+                        "zero_field_condition": reference["condition"]["name"],
+                        "D_zero_field_along_E_A2_per_fs": d_u,
+                        "D_zero_field_along_E_sem_A2_per_fs": d_u_sem,
+                        "ne_mobility_A2_per_V_fs": mu_ne,
+                        "ne_mobility_sem_A2_per_V_fs": mu_ne_sem,
+                        "ne_mobility_cm2_per_V_s": mu_ne * transport.MOBILITY_A2_PER_V_FS_IN_CM2_PER_V_S,
+                        "mu_over_ne": ratio_ne,
+                        "mu_over_ne_sem": ratio_ne_sem,
+                        "verdict_vs_nernst_einstein": verdict_ne,
+                    }
+                )
+                reasons.append(f"mu/mu_NE = {ratio_ne:.3g}")
+            else:
+                row["verdict_vs_nernst_einstein"] = "undetermined (no zero-field run)"
+            # (c) hopping-model estimate
+            model = transport.hopping_nonlinearity(strength, record["condition"]["temperature_K"], hop)
+            model_verdict = "linear" if model["relative_excess"] <= tolerance else "nonlinear"
+            row.update({"hopping_reduced_field": model["reduced_field"], "hopping_relative_excess": model["relative_excess"], "verdict_hopping_model": model_verdict})
+            data_verdicts = [v for v in (verdict_low, row["verdict_vs_nernst_einstein"]) if v.startswith(("linear", "nonlinear"))]
+            if any(v == "nonlinear" for v in data_verdicts):
+                overall = "nonlinear"
+            elif data_verdicts:
+                overall = "linear"
+            else:
+                overall = f"undetermined (hopping model: {model_verdict})"
+            row["linear_response"] = overall
+            row["basis"] = "; ".join(reasons + [f"eEa/2kT = {model['reduced_field']:.3g}"])
+            rows.append(row)
+    return rows
+
+
+LINEAR_RESPONSE_COLUMNS = [
+    "condition", "phase", "temperature_K", "field_V_per_A", "direction", "n_replicas_used", "species",
+    "mobility_A2_per_V_fs", "mobility_sem_A2_per_V_fs", "mobility_cm2_per_V_s", "mobility_sem_cm2_per_V_s",
+    "mu_over_mu_lowest_field", "mu_over_mu_lowest_field_sem", "verdict_vs_lowest_field",
+    "zero_field_condition", "D_zero_field_along_E_A2_per_fs", "D_zero_field_along_E_sem_A2_per_fs",
+    "mean_par_charge_e", "haven_ratio", "ne_mobility_A2_per_V_fs", "ne_mobility_sem_A2_per_V_fs",
+    "ne_mobility_cm2_per_V_s", "mu_over_ne", "mu_over_ne_sem", "verdict_vs_nernst_einstein",
+    "hopping_reduced_field", "hopping_relative_excess", "verdict_hopping_model", "linear_response", "basis",
+]
+
+
+def weighted_line_fit(x: np.ndarray, y: np.ndarray, sigma: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Least squares ``y = a + b x``; returns (a, b), their covariance (or None) and how it was obtained.
+
+    With per-point ``sigma`` the covariance is absolute (χ² weights); without,
+    it is scaled by the residual variance (needs > 2 points).
+    """
+    design = np.column_stack([np.ones_like(x), x])
+    if sigma is not None:
+        weights = 1.0 / sigma**2
+        normal = design.T @ (design * weights[:, None])
+        coefficients = np.linalg.solve(normal, design.T @ (weights * y))
+        return coefficients, np.linalg.inv(normal), "weighted by the replica standard errors"
+    coefficients, *_ = np.linalg.lstsq(design, y, rcond=None)
+    if len(x) > 2:
+        residual = y - design @ coefficients
+        variance = float(residual @ residual) / (len(x) - 2)
+        return coefficients, variance * np.linalg.inv(design.T @ design), "unweighted, scaled by the residual variance"
+    return coefficients, None, "two points without error bars: no uncertainty"
+
+
+def arrhenius(records: list[dict], settings: dict) -> dict:
+    """Zero-field Arrhenius analysis per phase of the mobile species.
+
+    D(T) = D0 exp(-Ea / k_B T) fitted as ln D = ln D0 - (Ea/k_B)(1/T); the
+    conductivity is σ = n e² D / (H_R k_B T) with n the number density of the
+    mobile species and the configured Haven ratio H_R (1: uncorrelated).
+    """
+    species = settings["mobile_species"]
+    options = settings["arrhenius"]
+    haven = options["haven_ratio"]
+    target = options["extrapolate_to_K"]
+    by_phase: dict[str, list[dict]] = defaultdict(list)
+    for record in records:
+        if record.get("state") == "analysed" and record["condition"]["field_strength_V_per_A"] == 0 and species in record["species"]:
+            by_phase[record["condition"].get("phase") or "unknown"].append(record)
+    result: dict[str, Any] = {
+        "species": species,
+        "haven_ratio": haven,
+        "haven_ratio_note": f"Nernst–Einstein conductivity with Haven ratio {haven:g} (1 = uncorrelated hops; measured for a-Li3PO4 films: 0.55 ± 0.20)",
+        "conductivity_formula": "sigma = n e^2 D / (H_R k_B T), n = number density of the mobile species",
+        "extrapolate_to_K": target,
+        "phases": {},
+    }
+    for phase, members in sorted(by_phase.items()):
+        members.sort(key=lambda r: r["condition"]["temperature_K"])
+        points, notes = [], []
+        for record in members:
+            data = record["species"][species]
+            temperature = record["condition"]["temperature_K"]
+            d, d_sem = _get(data["diffusion"]["total"]), _get(data["diffusion"]["total"], "sem")
+            density = data["n_atoms"] / record["system"]["volume_A3"]
+            usable = data["regime"] == "diffusive" and d > 0
+            if not usable:
+                notes.append(
+                    f"T = {temperature:g} K excluded: {species} MSD exponent {data['msd_exponent_in_fit_window']:.2f} "
+                    f"({data['regime']}), D = {d:.3g} Å²/fs"
+                )
+            points.append(
+                {
+                    "condition": record["condition"]["name"],
+                    "temperature_K": temperature,
+                    "D_A2_per_fs": d,
+                    "D_sem_A2_per_fs": d_sem,
+                    "D_cm2_per_s": d * transport.A2_PER_FS_IN_CM2_PER_S,
+                    "number_density_per_A3": density,
+                    "conductivity_S_per_cm": transport.nernst_einstein_conductivity_S_per_cm(density, d, temperature, haven) if d > 0 else float("nan"),
+                    "n_replicas_used": record["replicas"]["n_used"],
+                    "used_in_fit": usable,
+                }
+            )
+        used = [p for p in points if p["used_in_fit"]]
+        entry: dict[str, Any] = {"points": points, "notes": notes, "fit": None}
+        temperatures = {p["temperature_K"] for p in used}
+        if len(temperatures) < 2:
+            notes.append(f"{len(temperatures)} usable temperature(s): an Arrhenius fit needs at least 2")
+        else:
+            inverse_t = np.array([1.0 / p["temperature_K"] for p in used])
+            log_d = np.log([p["D_A2_per_fs"] for p in used])
+            sems = np.array([p["D_sem_A2_per_fs"] for p in used])
+            sigma = sems / np.array([p["D_A2_per_fs"] for p in used]) if np.all(np.isfinite(sems) & (sems > 0)) else None
+            (intercept, slope), covariance, method = weighted_line_fit(inverse_t, log_d, sigma)
+            activation = -slope * kB
+            activation_sem = math.sqrt(covariance[1, 1]) * kB if covariance is not None else None
+            log_d_target = intercept + slope / target
+            log_d_target_sem = (
+                math.sqrt(covariance[0, 0] + 2 * covariance[0, 1] / target + covariance[1, 1] / target**2)
+                if covariance is not None
+                else None
+            )
+            d_target = math.exp(log_d_target)
+            density = float(np.mean([p["number_density_per_A3"] for p in used]))
+            sigma_target = transport.nernst_einstein_conductivity_S_per_cm(density, d_target, target, haven)
+            entry["fit"] = {
+                "method": method,
+                "n_points": len(used),
+                "activation_energy_eV": float(activation),
+                "activation_energy_sem_eV": activation_sem,
+                "ln_D0_A2_per_fs": float(intercept),
+                "D0_A2_per_fs": float(math.exp(intercept)),
+                "D0_cm2_per_s": float(math.exp(intercept)) * transport.A2_PER_FS_IN_CM2_PER_S,
+                "extrapolated": {
+                    "temperature_K": target,
+                    "D_A2_per_fs": d_target,
+                    "D_cm2_per_s": d_target * transport.A2_PER_FS_IN_CM2_PER_S,
+                    "ln_D_sem": log_d_target_sem,
+                    "conductivity_S_per_cm": sigma_target,
+                    "conductivity_factor_range": (
+                        [math.exp(-log_d_target_sem), math.exp(log_d_target_sem)] if log_d_target_sem is not None else None
+                    ),
+                },
+            }
+            LOG.info("Arrhenius %s %s: Ea = %.3f eV (sem %s), sigma(%g K) = %.3g S/cm", phase, species, activation, activation_sem, target, sigma_target)
+        result["phases"][phase] = entry
+    return result
+
+
+ARRHENIUS_COLUMNS = [
+    "phase", "condition", "temperature_K", "inverse_temperature_1000_per_K", "D_A2_per_fs", "D_sem_A2_per_fs",
+    "D_cm2_per_s", "number_density_per_A3", "conductivity_S_per_cm", "n_replicas_used", "used_in_fit",
+    "activation_energy_eV", "activation_energy_sem_eV",
+]
+
+
+def write_sweep(records: list[dict], settings: dict, output_dir: str | Path) -> dict[str, Path]:
+    """Write every sweep table and the Arrhenius record; returns their paths by name."""
+    output_dir = Path(output_dir)
+    paths = {
+        "transport": _write_csv(output_dir / "sweep_transport.csv", TRANSPORT_COLUMNS, transport_rows(records)),
+        "transverse": _write_csv(output_dir / "sweep_transverse.csv", TRANSVERSE_COLUMNS, transverse_rows(records)),
+        "linear_response": _write_csv(
+            output_dir / "sweep_linear_response.csv", LINEAR_RESPONSE_COLUMNS, linear_response_rows(records, settings)
+        ),
+    }
+    result = arrhenius(records, settings)
+    result["conditions"] = [
+        {"name": r["condition"].get("name"), "state": r.get("state"), "n_used": r["replicas"]["n_used"], "n_failed": r["replicas"]["n_failed"]}
+        for r in records
+    ]
+    paths["arrhenius_json"] = write_json(output_dir / "arrhenius.json", result)
+    rows = []
+    for phase, entry in result["phases"].items():
+        fit = entry["fit"] or {}
+        for point in entry["points"]:
+            rows.append(
+                {
+                    "phase": phase,
+                    **point,
+                    "inverse_temperature_1000_per_K": 1000.0 / point["temperature_K"],
+                    "activation_energy_eV": fit.get("activation_energy_eV"),
+                    "activation_energy_sem_eV": fit.get("activation_energy_sem_eV"),
+                }
+            )
+    paths["arrhenius_csv"] = _write_csv(output_dir / "arrhenius.csv", ARRHENIUS_COLUMNS, rows)
+    return paths

@@ -1,0 +1,280 @@
+"""Synthetic trajectories in the exact ``traj.h5`` format, with known transport.
+
+Used by the tests and for trying the analysis without running MD. Mobile
+species perform a biased Gaussian random walk (diffusion coefficient ``D``
+per Cartesian direction, drift velocity ``v`` along the field), so that the
+mean-squared displacement is exactly ``2 D τ`` per direction about the drift
+``v τ`` at every lag. The immobile framework vibrates about its sites and is
+translated opposite to the drift so that the mass-weighted centre of mass is
+at rest, as it is in field MD with an acoustic-sum-rule-respecting Born
+charge model (the field forces sum to zero).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from ase.data import atomic_masses, atomic_numbers
+
+from bornfield.analysis.trajectory import TRAJ_FORMAT
+
+TRAJ_UNITS = "ASE: Å, eV, fs, amu, e; field V/Å"
+
+
+def write_trajectory(
+    path: str | Path,
+    *,
+    numbers: np.ndarray,
+    masses: np.ndarray,
+    cell: np.ndarray,
+    time_fs: np.ndarray,
+    field: np.ndarray,
+    positions: np.ndarray,
+    timestep_fs: float,
+    stride: int,
+    temperature_K: float,
+    condition: str,
+    replica: int,
+    seed: int,
+    ensemble: str = "synthetic",
+    field_forces: np.ndarray | None = None,
+    born_charges: np.ndarray | None = None,
+    velocities: np.ndarray | None = None,
+) -> Path:
+    """Write one ``traj.h5`` in the bornfield format (atomically: temp file, then rename).
+
+    Shapes: ``positions`` (T, N, 3) Å unwrapped, ``field`` (T, 3) V/Å,
+    ``field_forces`` (T, N, 3) eV/Å, ``born_charges`` (T, N, 3, 3) e,
+    ``velocities`` (T, N, 3) Å/fs. Frame-indexed datasets are resizable along T.
+    """
+    import h5py
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n_frames = len(time_fs)
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as handle:
+        handle.attrs.update(
+            {
+                "format": TRAJ_FORMAT,
+                "version": 1,
+                "timestep_fs": float(timestep_fs),
+                "stride": int(stride),
+                "temperature_K": float(temperature_K),
+                "ensemble": ensemble,
+                "seed": int(seed),
+                "replica": int(replica),
+                "condition": condition,
+                "units": TRAJ_UNITS,
+            }
+        )
+        handle.create_dataset("numbers", data=np.asarray(numbers, dtype=np.int32))
+        handle.create_dataset("masses", data=np.asarray(masses, dtype=np.float64))
+        handle.create_dataset("cell", data=np.asarray(cell, dtype=np.float64))
+
+        def frames(name: str, data: np.ndarray, dtype: Any) -> None:
+            data = np.asarray(data, dtype=dtype)
+            handle.create_dataset(
+                name, data=data, maxshape=(None, *data.shape[1:]), chunks=(min(64, n_frames), *data.shape[1:])
+            )
+
+        frames("step", np.arange(n_frames, dtype=np.int64) * int(stride), np.int64)
+        frames("time_fs", time_fs, np.float64)
+        frames("field", field, np.float64)
+        frames("positions", positions, np.float64)
+        if velocities is not None:
+            frames("velocities", velocities, np.float32)
+        if field_forces is not None:
+            frames("field_forces", field_forces, np.float32)
+        if born_charges is not None:
+            frames("born_charges", born_charges, np.float32)
+    os.replace(tmp, path)
+    return path
+
+
+def li3po4_like_cell(n_formula_units: int = 8, density_g_cm3: float = 2.4, seed: int = 0):
+    """Random (unphysical) Li3PO4-composition positions in a cubic cell of the given density.
+
+    Returns:
+        numbers (N,), masses (N,) amu, cell (3, 3) Å, positions (N, 3) Å.
+    """
+    rng = np.random.default_rng(seed)
+    symbols = ["Li"] * (3 * n_formula_units) + ["P"] * n_formula_units + ["O"] * (4 * n_formula_units)
+    numbers = np.array([atomic_numbers[s] for s in symbols], dtype=int)
+    masses = atomic_masses[numbers]
+    mass_g = masses.sum() * 1.66053906660e-24
+    length = (mass_g / density_g_cm3 * 1e24) ** (1.0 / 3.0)
+    cell = np.eye(3) * length
+    positions = rng.uniform(0.0, length, size=(len(numbers), 3))
+    return numbers, masses, cell, positions
+
+
+def biased_random_walk(
+    *,
+    numbers: np.ndarray,
+    masses: np.ndarray,
+    start: np.ndarray,
+    n_frames: int,
+    frame_interval_fs: float,
+    diffusion_A2_per_fs: dict[int, float],
+    drift_A_per_fs: dict[int, np.ndarray],
+    vibration_A: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Unwrapped positions (T, N, 3): random walks for mobile species, vibration for the rest.
+
+    Args:
+        diffusion_A2_per_fs: atomic number -> D (Å²/fs) per Cartesian direction.
+        drift_A_per_fs: atomic number -> drift velocity vector (Å/fs) of that species.
+        vibration_A: rms displacement per Cartesian direction of immobile atoms about their sites.
+
+    The immobile atoms are translated rigidly so that the total momentum of the
+    drift is zero (centre of mass at rest on average).
+    """
+    n_atoms = len(numbers)
+    times = np.arange(n_frames) * frame_interval_fs
+    positions = np.repeat(start[None], n_frames, axis=0).astype(float)
+    mobile = np.zeros(n_atoms, dtype=bool)
+    momentum = np.zeros(3)
+    for z, diffusion in diffusion_A2_per_fs.items():
+        mask = numbers == z
+        mobile |= mask
+        steps = rng.normal(0.0, np.sqrt(2.0 * diffusion * frame_interval_fs), size=(n_frames - 1, mask.sum(), 3))
+        positions[1:, mask] += np.cumsum(steps, axis=0)
+    for z, velocity in drift_A_per_fs.items():
+        mask = numbers == z
+        mobile |= mask
+        velocity = np.asarray(velocity, dtype=float)
+        positions[:, mask] += times[:, None, None] * velocity
+        momentum += masses[mask].sum() * velocity
+    framework = ~mobile
+    if framework.any():
+        positions[:, framework] += rng.normal(0.0, vibration_A, size=(n_frames, framework.sum(), 3))
+        positions[:, framework] -= times[:, None, None] * momentum / masses[framework].sum()
+    return positions
+
+
+def write_synthetic_condition(
+    condition_dir: str | Path,
+    *,
+    n_replicas: int = 3,
+    n_frames: int = 400,
+    frame_interval_fs: float = 10.0,
+    timestep_fs: float = 1.0,
+    temperature_K: float = 600.0,
+    field_V_per_A: Sequence[float] = (0.0, 0.0, 0.0),
+    diffusion_A2_per_fs: dict[str, float] | None = None,
+    drift_A_per_fs: dict[str, float] | None = None,
+    vibration_A: float = 0.05,
+    born_charges: dict[str, np.ndarray] | None = None,
+    store: str = "field_forces",
+    n_formula_units: int = 8,
+    failed_replicas: Sequence[int] = (),
+    phase: str = "synthetic",
+    seed: int = 1,
+    wrap: bool = False,
+) -> dict[str, Any]:
+    """Write ``condition_dir/replica_<r>/{traj.h5,status.json,thermo.csv}`` and ``summary.json``.
+
+    Args:
+        field_V_per_A: the applied field vector E (V/Å), constant in time.
+        diffusion_A2_per_fs: symbol -> D (Å²/fs) per direction (default Li: 1e-3).
+        drift_A_per_fs: symbol -> drift speed (Å/fs) along the field direction
+            (along x when the field is zero).
+        born_charges: symbol -> 3×3 Born charge tensor (e), ``Z[α, β]``; stored as
+            ``field_forces = Zᵀ E`` (``store="field_forces"``), as ``born_charges``
+            (``store="born_charges"``), both (``"both"``) or neither (``"none"``).
+        failed_replicas: replica numbers written with ``status: failed`` (their
+            trajectory is garbage and must not be used).
+        wrap: store positions wrapped into the cell (not the bornfield format;
+            exercises :func:`bornfield.analysis.trajectory.unwrap`).
+
+    Returns:
+        The summary dictionary (also written to ``summary.json``).
+    """
+    condition_dir = Path(condition_dir)
+    diffusion_A2_per_fs = {"Li": 1.0e-3} if diffusion_A2_per_fs is None else diffusion_A2_per_fs
+    drift_A_per_fs = drift_A_per_fs or {}
+    field_vector = np.asarray(field_V_per_A, dtype=float)
+    strength = float(np.linalg.norm(field_vector))
+    direction = field_vector / strength if strength > 0 else np.array([1.0, 0.0, 0.0])
+    numbers, masses, cell, start = li3po4_like_cell(n_formula_units, seed=seed)
+    name = condition_dir.name
+    time_fs = np.arange(n_frames) * frame_interval_fs
+    stride = max(1, int(round(frame_interval_fs / timestep_fs)))
+    field_series = np.repeat(field_vector[None], n_frames, axis=0)
+    z_per_atom = None
+    if born_charges is not None:
+        z_per_atom = np.zeros((len(numbers), 3, 3))
+        for symbol, tensor in born_charges.items():
+            z_per_atom[numbers == atomic_numbers[symbol]] = np.asarray(tensor, dtype=float)
+    for replica in range(n_replicas):
+        rng = np.random.default_rng([seed, replica])
+        directory = condition_dir / f"replica_{replica}"
+        directory.mkdir(parents=True, exist_ok=True)
+        positions = biased_random_walk(
+            numbers=numbers,
+            masses=masses,
+            start=start,
+            n_frames=n_frames,
+            frame_interval_fs=frame_interval_fs,
+            diffusion_A2_per_fs={atomic_numbers[s]: d for s, d in diffusion_A2_per_fs.items()},
+            drift_A_per_fs={atomic_numbers[s]: v * direction for s, v in drift_A_per_fs.items()},
+            vibration_A=vibration_A,
+            rng=rng,
+        )
+        if replica in failed_replicas:
+            positions = positions + 1.0e3 * rng.normal(size=positions.shape)
+        if wrap:
+            fractional = np.linalg.solve(cell.T, positions.reshape(-1, 3).T).T % 1.0
+            positions = (fractional @ cell).reshape(positions.shape)
+        forces = charges = None
+        if z_per_atom is not None:
+            tensors = np.repeat(z_per_atom[None], n_frames, axis=0)
+            if store in ("field_forces", "both"):
+                forces = np.einsum("tkab,ta->tkb", tensors, field_series)
+            if store in ("born_charges", "both"):
+                charges = tensors
+        write_trajectory(
+            directory / "traj.h5",
+            numbers=numbers,
+            masses=masses,
+            cell=cell,
+            time_fs=time_fs,
+            field=field_series,
+            positions=positions,
+            timestep_fs=timestep_fs,
+            stride=stride,
+            temperature_K=temperature_K,
+            condition=name,
+            replica=replica,
+            seed=int(seed * 1000 + replica),
+            field_forces=forces,
+            born_charges=charges,
+        )
+        state = (
+            {"state": "failed", "reason": "synthetic failure", "steps": n_frames // 2}
+            if replica in failed_replicas
+            else {"state": "completed", "reason": None, "steps": (n_frames - 1) * stride}
+        )
+        (directory / "status.json").write_text(json.dumps(state))
+    summary = {
+        "condition": {
+            "name": name,
+            "phase": phase,
+            "temperature_K": float(temperature_K),
+            "field_strength_V_per_A": strength,
+            "field_direction": direction.tolist() if strength > 0 else [0.0, 0.0, 0.0],
+            "direction_label": "synthetic" if strength > 0 else "none",
+            "replicas": n_replicas,
+            "field_V_per_A": field_vector.tolist(),
+        },
+        "replicas_completed": n_replicas - len(failed_replicas),
+        "replicas_failed": len(failed_replicas),
+    }
+    (condition_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
