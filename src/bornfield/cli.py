@@ -19,6 +19,8 @@ STAGES = (
     "bornfield.dft.cli",
     "bornfield.data.cli",
     "bornfield.md.cli",
+    "bornfield.analysis.cli",
+    "bornfield.plots.cli",
 )
 
 
