@@ -102,12 +102,16 @@ def run_plan(args: argparse.Namespace) -> int:
     entries = []
     for index, atoms in enumerate(frames):
         pseudos = {el: upf_name_for(el, settings.pseudo_set) for el in sorted(set(atoms.get_chemical_symbols()))}
-        dft_id = compute_dft_id(atoms, settings, pseudos)
         atoms.info["dft_generation"] = args.generation
+        # hash the structure exactly as the job will read it back (extxyz text precision)
+        tmp = inputs_dir / f"candidate_{index}.extxyz.part"
+        write(tmp, atoms, format="extxyz")
+        atoms = read(tmp, format="extxyz")
+        dft_id = compute_dft_id(atoms, settings, pseudos)
         target = inputs_dir / f"{dft_id}.extxyz"
-        if not target.exists():
-            tmp = target.with_suffix(".extxyz.part")
-            write(tmp, atoms, format="extxyz")
+        if target.exists():
+            tmp.unlink()
+        else:
             tmp.replace(target)
         entries.append({
             "dft_id": dft_id, "index": index, "n_atoms": len(atoms),

@@ -1,0 +1,72 @@
+"""Pseudopotential generation (real ld1.x), UPF re-wrapping, provisioning and transferability."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from bornfield.dft.pseudopotentials import (
+    PSEUDO_SETS,
+    md5sum,
+    provision_pseudopotentials,
+    transferability_tests,
+    wrap_upf_numeric_lines,
+)
+from bornfield.errors import ConfigError, InputFileError
+
+needs_ld1 = pytest.mark.skipif(shutil.which("ld1.x") is None, reason="QE ld1.x not installed")
+SHIPPED = "/usr/share/espresso/pseudo"
+
+
+def test_wrap_splits_only_long_numeric_lines():
+    long_line = "  " + "  ".join(f"{0.1 * i:.16f}" for i in range(40))
+    text = f'<PP_R type="real" size="40">\n{long_line}\n</PP_R>\n<PP_HEADER a="{"x" * 300}"/>\n'
+    wrapped = wrap_upf_numeric_lines(text)
+    numeric = [line for line in wrapped.splitlines() if "<" not in line]
+    assert all(len(line) <= 100 for line in numeric)
+    assert len(numeric) == 10  # 40 values, 4 per line
+    values = [float(v) for line in numeric for v in line.split()]
+    assert values == pytest.approx([0.1 * i for i in range(40)], abs=1e-15)
+    assert f'<PP_HEADER a="{"x" * 300}"/>' in wrapped  # markup untouched
+
+
+@needs_ld1
+def test_generated_p_is_provisioned_wrapped_and_recorded(tmp_path):
+    records = provision_pseudopotentials(tmp_path, "pbesol_paw")
+    assert set(records) == {"Li", "O", "P"}
+    p_file = tmp_path / records["P"].filename
+    text = p_file.read_text()
+    assert "</UPF>" in text and 'pseudo_type="PAW"' in text
+    assert 'functional=" SLA  PW   PSX  PSC"' in text  # PBEsol
+    assert max(len(line) for line in text.splitlines() if "<" not in line) <= 110  # 4 values a line
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    for element, record in records.items():
+        assert manifest[element]["md5"] == md5sum(tmp_path / record.filename) == record.md5
+    assert records["P"].source.startswith("generated:")
+    # second call finds everything and regenerates nothing
+    before = p_file.stat().st_mtime_ns
+    provision_pseudopotentials(tmp_path, "pbesol_paw")
+    assert p_file.stat().st_mtime_ns == before
+
+
+@needs_ld1
+def test_p_transferability_all_electron_vs_pseudo():
+    """Excitation energies and eigenvalues of ionised/excited P agree with all-electron to < 2 mRy."""
+    results = transferability_tests()
+    assert results[0].excitation_error_Ry == 0.0
+    assert len(results) >= 4
+    for result in results:
+        assert result.excitation_error_Ry < 2e-3, result
+        assert result.max_eigenvalue_error_Ry < 2e-3, result
+    # the tests are not trivial: the configurations differ by ~0.6-2 Ry
+    assert max(r.excitation_ae_Ry for r in results) > 1.0
+
+
+def test_missing_shipped_file_and_unknown_set_raise(tmp_path):
+    with pytest.raises(InputFileError, match="Li.pbesol"):
+        provision_pseudopotentials(tmp_path, "pbesol_paw", elements=("Li",), search_dirs=(str(tmp_path / "none"),))
+    with pytest.raises(ConfigError, match="unknown set"):
+        provision_pseudopotentials(tmp_path, "no_such_set")
+    assert "P" in PSEUDO_SETS["pbesol_paw"]
