@@ -1,15 +1,39 @@
-# STRUCTURES stage: crystals/defects, melt-quench per cell and seed, gathering, reports.
-# Outputs under {RESULTS}/structures/ (see docs/architecture.md, Files table).
-
+# STRUCTURES stage: crystals/defects, one melt-quench per amorphous cell (kind, seed index),
+# gathering into the stage's final files, potential check and structure reports.
+# Outputs under {RESULTS}/structures/ (docs/architecture.md, Files table).
 import os
 
+from bornfield.config import validate_section
+
 STRUCT = f"{RESULTS}/structures"
-STRUCT_CRYSTAL_PHASES = [p for p in config["structures"]["phases"] if p != "amorphous"]
+# the section with every nested default filled in (Snakemake's validate fills the top level only)
+STRUCT_CFG = validate_section(config["structures"], "structures", source="config: structures")
+STRUCT_CRYSTAL_PHASES = [p for p in STRUCT_CFG["phases"] if p != "amorphous"]
+STRUCT_AMORPHOUS = {
+    "dft": list(range(STRUCT_CFG["amorphous"]["dft_cells"]["seeds"])),
+    "md": (
+        list(range(STRUCT_CFG["amorphous"]["md_cells"]["seeds"]))
+        if "amorphous" in STRUCT_CFG["phases"]
+        else []
+    ),
+}
+STRUCT_AMORPHOUS_FILES = [
+    f"{STRUCT}/amorphous/{kind}_{seed}.extxyz"
+    for kind, seeds in STRUCT_AMORPHOUS.items()
+    for seed in seeds
+]
+# report sets: every MD phase, plus the small amorphous DFT cells when there are any
+STRUCT_REPORT_SETS = list(STRUCT_CFG["phases"]) + (
+    ["amorphous_dft"] if STRUCT_AMORPHOUS["dft"] else []
+)
+STRUCT_LAMMPS_RANKS = STRUCT_CFG["amorphous"]["lammps"]["ranks"]
 
 
 rule structures_crystals:
     output:
-        md_cells=expand(f"{STRUCT}/md_cells/{{phase}}.extxyz", phase=STRUCT_CRYSTAL_PHASES),
+        md_cells=expand(
+            f"{STRUCT}/md_cells/{{phase}}.extxyz", phase=STRUCT_CRYSTAL_PHASES
+        ),
         dft=f"{STRUCT}/intermediate/crystals_dft.extxyz",
     params:
         settings=lambda wc: get_settings("structures"),
@@ -32,4 +56,137 @@ rule structures_crystals:
         " --outdir {params.outdir} > {log} 2>&1"
 
 
-STAGE_TARGETS["structures"] = lambda: [*rules.structures_crystals.output]
+rule structures_melt_quench:
+    output:
+        cell=f"{STRUCT}/amorphous/{{kind}}_{{seed}}.extxyz",
+        trace=f"{STRUCT}/amorphous/{{kind}}_{{seed}}.json",
+    wildcard_constraints:
+        kind="dft|md",
+        seed=r"\d+",
+    params:
+        settings=lambda wc: get_settings("structures"),
+        seed=config["seed"],
+    log:
+        main=f"{LOGS}/structures/melt_quench_{{kind}}_{{seed}}.log",
+        lammps=f"{LOGS}/structures/melt_quench_{{kind}}_{{seed}}.lammps.log",
+    benchmark:
+        f"{BENCH}/structures/melt_quench_{{kind}}_{{seed}}.tsv"
+    conda:
+        "../../envs/bornfield.yaml"
+    threads: STRUCT_LAMMPS_RANKS
+    resources:
+        runtime=lambda wc: 60 if wc.kind == "dft" else 600,
+        mem_mb=4000,
+        cpus_per_task=1,
+        tasks=STRUCT_LAMMPS_RANKS,
+        mpi="mpiexec",
+    shell:
+        "{resources.mpi} -n {resources.tasks} bornfield structures melt-quench"
+        " --settings {params.settings} --seed {params.seed} --kind {wildcards.kind}"
+        " --index {wildcards.seed} --output {output.cell} --lammps-log {log.lammps}"
+        " > {log.main} 2>&1"
+
+
+rule structures_gather:
+    input:
+        crystals_dft=rules.structures_crystals.output.dft,
+        amorphous=STRUCT_AMORPHOUS_FILES,
+    output:
+        dft_candidates=f"{STRUCT}/dft_candidates.extxyz",
+        md_cells=(
+            [f"{STRUCT}/md_cells/amorphous.extxyz"] if STRUCT_AMORPHOUS["md"] else []
+        ),
+        amorphous_dft=(
+            [f"{STRUCT}/intermediate/amorphous_dft.extxyz"]
+            if STRUCT_AMORPHOUS["dft"]
+            else []
+        ),
+    params:
+        settings=lambda wc: get_settings("structures"),
+        seed=config["seed"],
+        outdir=lambda wc, output: os.path.dirname(output.dft_candidates),
+    log:
+        f"{LOGS}/structures/gather.log",
+    benchmark:
+        f"{BENCH}/structures/gather.tsv"
+    conda:
+        "../../envs/bornfield.yaml"
+    threads: 1
+    resources:
+        runtime=10,
+        mem_mb=2000,
+        cpus_per_task=1,
+        tasks=1,
+    shell:
+        "bornfield structures gather --settings {params.settings} --seed {params.seed}"
+        " --crystals-dft {input.crystals_dft} --amorphous {input.amorphous}"
+        " --outdir {params.outdir} > {log} 2>&1"
+
+
+rule structures_validate_potential:
+    output:
+        f"{STRUCT}/report/pedone_validation.json",
+    params:
+        settings=lambda wc: get_settings("structures"),
+        seed=config["seed"],
+    log:
+        f"{LOGS}/structures/validate_potential.log",
+    benchmark:
+        f"{BENCH}/structures/validate_potential.tsv"
+    conda:
+        "../../envs/bornfield.yaml"
+    threads: 1
+    resources:
+        runtime=20,
+        mem_mb=2000,
+        cpus_per_task=1,
+        tasks=1,
+    shell:
+        "bornfield structures validate-potential --settings {params.settings}"
+        " --seed {params.seed} --output {output} > {log} 2>&1"
+
+
+rule structures_report:
+    input:
+        lambda wc: (
+            f"{STRUCT}/intermediate/amorphous_dft.extxyz"
+            if wc.set == "amorphous_dft"
+            else f"{STRUCT}/md_cells/{wc.set}.extxyz"
+        ),
+    output:
+        json=f"{STRUCT}/report/{{set}}.json",
+        png=report(
+            f"{STRUCT}/report/{{set}}.png",
+            caption="../report/structures_set.rst",
+            category="Structures",
+            labels={"set": "{set}"},
+        ),
+    wildcard_constraints:
+        set="|".join(STRUCT_REPORT_SETS) or "none",
+    params:
+        settings=lambda wc: get_settings("structures"),
+        seed=config["seed"],
+    log:
+        f"{LOGS}/structures/report_{{set}}.log",
+    benchmark:
+        f"{BENCH}/structures/report_{{set}}.tsv"
+    conda:
+        "../../envs/bornfield.yaml"
+    threads: 1
+    resources:
+        runtime=10,
+        mem_mb=2000,
+        cpus_per_task=1,
+        tasks=1,
+    shell:
+        "bornfield structures report --settings {params.settings} --seed {params.seed}"
+        " --input {input} --set-name {wildcards.set} --json {output.json} --png {output.png}"
+        " > {log} 2>&1"
+
+
+STAGE_TARGETS["structures"] = lambda: [
+    *rules.structures_crystals.output.md_cells,
+    *rules.structures_gather.output,
+    *rules.structures_validate_potential.output,
+    *expand(f"{STRUCT}/report/{{set}}.{{ext}}", set=STRUCT_REPORT_SETS, ext=["json", "png"]),
+]

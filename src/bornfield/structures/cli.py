@@ -17,7 +17,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from bornfield.config import add_settings_arguments, load_config, settings_from_args
+from bornfield.config import add_settings_arguments, load_config, settings_from_args, validate_section
 from bornfield.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,16 @@ def _master_seed(args: argparse.Namespace) -> int:
     raise ConfigError("the master seed is needed: pass --seed INT (or --config FILE with a top-level 'seed')")
 
 
+def _settings(args: argparse.Namespace) -> dict:
+    """The validated ``structures`` section with every nested default filled in.
+
+    Validated once more on its own: loading a whole config (``--config``) fills
+    the defaults of the top level only, not those inside ``$ref``-ed sections.
+    """
+    return validate_section(settings_from_args(args, "structures"), "structures",
+                            source=getattr(args, "config", None) or "--settings (structures)")
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     add_settings_arguments(parser)
     parser.add_argument("--seed", type=int, help="master seed of the campaign (config key 'seed')")
@@ -41,7 +51,7 @@ def run_crystals(args: argparse.Namespace) -> int:
         build_crystal_dft_candidates, build_crystal_md_cells, check_unique_ids)
     from bornfield.structures.io import write_extxyz_atomic
 
-    settings = settings_from_args(args, "structures")
+    settings = _settings(args)
     seed = _master_seed(args)
     outdir = Path(args.outdir)
     md_cells = build_crystal_md_cells(settings, seed)
@@ -55,6 +65,146 @@ def run_crystals(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_root() -> bool:
+    """True on MPI rank 0 (or without MPI): only the root writes files."""
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD.Get_rank() == 0
+
+
+def run_melt_quench(args: argparse.Namespace) -> int:
+    from bornfield.structures.amorphous import make_amorphous_cell
+    from bornfield.structures.io import write_extxyz_atomic, write_json_atomic
+
+    settings = _settings(args)
+    seed = _master_seed(args)
+    output = Path(args.output)
+    if output.suffix != ".extxyz":
+        raise ConfigError(f"--output must end in .extxyz, got {output}")
+    final, snapshots, result = make_amorphous_cell(
+        settings["amorphous"], seed, args.kind, args.index, lammps_log=args.lammps_log)
+    if _is_root():
+        record = {"structure_id": final.info["structure_id"], "seed": final.info["seed"],
+                  "kind": args.kind, "index": args.index, "n_atoms": len(final),
+                  "summary": result.summary, "trace": result.trace}
+        # the trace first: the .extxyz is the rule's completion marker
+        write_json_atomic(output.with_suffix(".json"), record)
+        write_extxyz_atomic(output, [final, *snapshots])
+        log.info("wrote %s: 1 amorphous cell + %d melt snapshots", output, len(snapshots))
+    return 0
+
+
+def gather(settings: dict, master_seed: int, crystals_dft: Path, amorphous_files: list[Path],
+           outdir: Path) -> dict[str, Path]:
+    """Combine crystal candidates and melt-quench results into the stage's final files."""
+    from bornfield.structures.builder import check_unique_ids, perturbed_copies
+    from bornfield.structures.io import read_structures, write_extxyz_atomic
+
+    candidates = read_structures(crystals_dft)
+    md_amorphous, dft_amorphous = [], []
+    for path in amorphous_files:
+        images = read_structures(path)
+        final = images[0]
+        if final.info.get("config_type") != "amorphous":
+            raise ConfigError(f"{path}: first frame is not an amorphous cell "
+                              f"(config_type {final.info.get('config_type')!r})")
+        if final.info.get("amorphous_kind") == "md":
+            md_amorphous.append(final)
+        else:
+            dft_amorphous.append(final)
+            candidates.append(final)
+            candidates.extend(perturbed_copies(final, settings["perturbations"], master_seed))
+            candidates.extend(images[1:])
+    check_unique_ids(candidates, "DFT candidates")
+    written = {"dft_candidates": write_extxyz_atomic(outdir / "dft_candidates.extxyz", candidates)}
+    if "amorphous" in settings["phases"]:
+        if not md_amorphous:
+            raise ConfigError("phase 'amorphous' requested but no md amorphous cells were given "
+                              "(structures.amorphous.md_cells.seeds must be >= 1)")
+        written["amorphous"] = write_extxyz_atomic(outdir / "md_cells" / "amorphous.extxyz", md_amorphous)
+    if dft_amorphous:
+        written["amorphous_dft"] = write_extxyz_atomic(outdir / "intermediate" / "amorphous_dft.extxyz",
+                                                       dft_amorphous)
+    log.info("DFT candidates: %d structures (%s)", len(candidates),
+             ", ".join(f"{t}: {sum(a.info['config_type'] == t for a in candidates)}"
+                       for t in sorted({a.info["config_type"] for a in candidates})))
+    return written
+
+
+def run_gather(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    gather(settings, _master_seed(args), Path(args.crystals_dft), [Path(p) for p in args.amorphous],
+           Path(args.outdir))
+    return 0
+
+
+def run_validate_potential(args: argparse.Namespace) -> int:
+    from bornfield.structures.io import write_json_atomic
+    from bornfield.structures.validation import validate_pedone_on_crystals
+
+    settings = _settings(args)
+    lmp = settings["amorphous"]["lammps"]
+    result = validate_pedone_on_crystals(target_atoms=args.target_atoms, cutoff=lmp["cutoff_A"],
+                                         kspace_accuracy=lmp["kspace_accuracy"])
+    for phase, record in result["phases"].items():
+        log.info("%s: relaxed lattice %s Å vs experiment %s Å (deviation %s); %s", phase,
+                 record["lattice_relaxed_A"], record["lattice_experiment_A"], record["relative_deviation"],
+                 "PASS" if record["pass"] else "FAIL")
+    if _is_root():
+        write_json_atomic(args.output, result)
+    if not result["all_pass"] and args.strict:
+        log.error("Pedone potential fails the crystal check (see %s)", args.output)
+        return 1
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from bornfield.structures.io import read_structures, write_json_atomic
+    from bornfield.structures.report import build_report, plot_report
+
+    settings = _settings(args)
+    images = [atoms for path in args.input for atoms in read_structures(path)]
+    if args.config_type:
+        images = [a for a in images if a.info.get("config_type") == args.config_type]
+        if not images:
+            raise ConfigError(f"no structure with config_type '{args.config_type}' in {args.input}")
+    report = build_report(images, args.set_name, settings["report"])
+    report["inputs"] = [str(p) for p in args.input]
+    plot_report(report, args.png)
+    write_json_atomic(args.json, report)
+    m = report["metrics"]
+    log.info("%s: density %.3f ± %.3f g/cm3, P-O peak %.3f Å, P four-fold %.3f, P2O7 %.2f",
+             args.set_name, m["density_g_cm3"]["mean"], m["density_g_cm3"]["std"],
+             m["P-O_first_peak_A"]["mean"], m["P_fourfold_fraction"]["mean"], m["P2O7_count"]["mean"])
+    if "acceptance" in report:
+        log.info("amorphous acceptance: %s", {k: v["pass"] if isinstance(v, dict) else v
+                                              for k, v in report["acceptance"].items()})
+    return 0
+
+
+def run_build(args: argparse.Namespace) -> int:
+    """Everything in one process (serial), for users without Snakemake."""
+    from bornfield.structures.amorphous import make_amorphous_cell
+    from bornfield.structures.io import write_extxyz_atomic, write_json_atomic
+
+    settings = _settings(args)
+    seed = _master_seed(args)
+    outdir = Path(args.outdir)
+    run_crystals(args)
+    amorphous_files = []
+    for kind in ("dft", "md"):
+        for index in range(settings["amorphous"][f"{kind}_cells"]["seeds"]):
+            if kind == "md" and "amorphous" not in settings["phases"]:
+                continue
+            path = outdir / "amorphous" / f"{kind}_{index}.extxyz"
+            final, snaps, result = make_amorphous_cell(settings["amorphous"], seed, kind, index)
+            write_json_atomic(path.with_suffix(".json"), {"summary": result.summary, "trace": result.trace})
+            write_extxyz_atomic(path, [final, *snaps])
+            amorphous_files.append(path)
+    written = gather(settings, seed, outdir / "intermediate" / "crystals_dft.extxyz", amorphous_files, outdir)
+    return 0 if written else 1
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser("structures", help="crystals, defects, melt-quench, structure reports")
     sub = parser.add_subparsers(dest="structures_command", metavar="ACTION")
@@ -63,5 +213,41 @@ def register(subparsers) -> None:
     _common(p)
     p.add_argument("--outdir", required=True, help="stage directory, e.g. results/structures")
     p.set_defaults(func=run_crystals)
+
+    p = sub.add_parser("melt-quench", help="one amorphous cell by melt-quench (MPI-aware)")
+    _common(p)
+    p.add_argument("--kind", required=True, choices=["dft", "md"], help="small DFT cell or large MD cell")
+    p.add_argument("--index", required=True, type=int, help="cell number 0 .. seeds-1")
+    p.add_argument("--output", required=True, help="<name>.extxyz (a <name>.json trace is written beside it)")
+    p.add_argument("--lammps-log", help="LAMMPS log file")
+    p.set_defaults(func=run_melt_quench)
+
+    p = sub.add_parser("gather", help="md_cells/amorphous.extxyz and dft_candidates.extxyz")
+    _common(p)
+    p.add_argument("--crystals-dft", required=True, help="intermediate/crystals_dft.extxyz")
+    p.add_argument("--amorphous", nargs="*", default=[], help="melt-quench outputs (.extxyz)")
+    p.add_argument("--outdir", required=True, help="stage directory, e.g. results/structures")
+    p.set_defaults(func=run_gather)
+
+    p = sub.add_parser("validate-potential", help="Pedone potential on the crystals (box relaxation)")
+    _common(p)
+    p.add_argument("--output", required=True, help="JSON file")
+    p.add_argument("--target-atoms", type=int, default=128, help="supercell size of the check")
+    p.add_argument("--strict", action="store_true", help="exit 1 if a lattice deviates by more than 3 %%")
+    p.set_defaults(func=run_validate_potential)
+
+    p = sub.add_parser("report", help="structure report (JSON + PNG) of one set")
+    _common(p)
+    p.add_argument("--input", required=True, nargs="+", help="extxyz file(s) of the set")
+    p.add_argument("--set-name", required=True, help="label of the set, e.g. amorphous")
+    p.add_argument("--config-type", help="analyse only frames with this config_type")
+    p.add_argument("--json", required=True, help="output JSON")
+    p.add_argument("--png", required=True, help="output PNG")
+    p.set_defaults(func=run_report)
+
+    p = sub.add_parser("build", help="the whole stage in one process (no Snakemake)")
+    _common(p)
+    p.add_argument("--outdir", required=True, help="stage directory, e.g. results/structures")
+    p.set_defaults(func=run_build)
 
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
