@@ -136,33 +136,45 @@ def neighbour_list(
     return np.asarray(i, dtype=np.int64), np.asarray(j, dtype=np.int64), cartesian
 
 
-def build_graph(
-    structures: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
-    species: Sequence[str],
-    cutoff: float,
-    dtype: torch.dtype = torch.float64,
-) -> Graph:
-    """Batch structures ``(positions, numbers, cell, pbc)`` into one padded graph."""
-    positions, species_idx, src, dst, shift, batch, cells, volumes = [], [], [], [], [], [], [], []
-    offset = 0
-    for index, (pos, numbers, cell, pbc) in enumerate(structures):
-        pos = np.asarray(pos, dtype=np.float64).reshape(-1, 3)
-        pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
-        cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
-        i, j, cartesian = neighbour_list(pos, cell, pbc, cutoff)
-        positions.append(pos)
-        species_idx.append(species_indices(numbers, species))
-        src.append(i + offset)
-        dst.append(j + offset)
-        shift.append(cartesian)
-        batch.append(np.full(len(pos), index, dtype=np.int64))
-        cells.append(cell if pbc.any() else np.zeros((3, 3)))
-        volumes.append(abs(np.linalg.det(cell)) if pbc.all() else 0.0)
-        offset += len(pos)
-    n_atoms = offset
-    src = np.concatenate(src)
-    dst = np.concatenate(dst)
-    shift = np.concatenate(shift)
+@dataclass
+class StructureEdges:
+    """Neighbour list of one structure, computed once (e.g. for every training epoch)."""
+
+    positions: np.ndarray  # (n, 3) Å
+    species: np.ndarray  # (n,) int64
+    src: np.ndarray  # (e,) int64
+    dst: np.ndarray  # (e,) int64
+    shifts: np.ndarray  # (e, 3) Å
+    cell: np.ndarray  # (3, 3) Å (zeros if open)
+    volume: float  # Å³ (0 unless fully periodic)
+    cutoff: float
+
+
+def structure_edges(positions, numbers, cell, pbc, species: Sequence[str], cutoff: float) -> StructureEdges:
+    """Neighbour list and species indices of one structure ``(positions, numbers, cell, pbc)``."""
+    pos = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+    pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+    cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
+    i, j, cartesian = neighbour_list(pos, cell, pbc, cutoff)
+    return StructureEdges(
+        positions=pos,
+        species=species_indices(numbers, species),
+        src=i,
+        dst=j,
+        shifts=cartesian,
+        cell=cell if pbc.any() else np.zeros((3, 3)),
+        volume=float(abs(np.linalg.det(cell))) if pbc.all() else 0.0,
+        cutoff=float(cutoff),
+    )
+
+
+def collate(structures: Sequence[StructureEdges], dtype: torch.dtype = torch.float64) -> Graph:
+    """Concatenate per-structure neighbour lists into one padded :class:`Graph`."""
+    offsets = np.cumsum([0] + [len(s.positions) for s in structures])
+    n_atoms = int(offsets[-1])
+    src = np.concatenate([s.src + o for s, o in zip(structures, offsets)])
+    dst = np.concatenate([s.dst + o for s, o in zip(structures, offsets)])
+    shift = np.concatenate([s.shifts for s in structures])
     order = np.argsort(src, kind="stable")
     src, dst, shift = src[order], dst[order], shift[order]
     counts = np.bincount(src, minlength=n_atoms)
@@ -175,18 +187,29 @@ def build_graph(
     neighbours[src, slot] = dst
     mask[src, slot] = True
     shifts[src, slot] = shift
+    cutoff = max(s.cutoff for s in structures)
     return Graph(
-        positions=torch.tensor(np.concatenate(positions), dtype=dtype),
-        species=torch.from_numpy(np.concatenate(species_idx)),
+        positions=torch.tensor(np.concatenate([s.positions for s in structures]), dtype=dtype),
+        species=torch.from_numpy(np.concatenate([s.species for s in structures])),
         neighbours=torch.from_numpy(neighbours),
         mask=torch.from_numpy(mask),
         shifts=torch.tensor(shifts, dtype=dtype),
-        batch=torch.from_numpy(np.concatenate(batch)),
-        cells=torch.tensor(np.stack(cells), dtype=dtype),
-        volumes=torch.tensor(np.asarray(volumes), dtype=dtype),
+        batch=torch.from_numpy(np.repeat(np.arange(len(structures)), np.diff(offsets))),
+        cells=torch.tensor(np.stack([s.cell for s in structures]), dtype=dtype),
+        volumes=torch.tensor([s.volume for s in structures], dtype=dtype),
         n_structures=len(structures),
-        pad_length=2.0 * float(cutoff) + 1.0,
+        pad_length=2.0 * cutoff + 1.0,
     )
+
+
+def build_graph(
+    structures: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+    species: Sequence[str],
+    cutoff: float,
+    dtype: torch.dtype = torch.float64,
+) -> Graph:
+    """Batch structures ``(positions, numbers, cell, pbc)`` into one padded graph."""
+    return collate([structure_edges(p, n, c, b, species, cutoff) for p, n, c, b in structures], dtype)
 
 
 def graph_from_atoms(atoms_list, species: Sequence[str], cutoff: float, dtype=torch.float64) -> Graph:

@@ -1,0 +1,211 @@
+"""Labelled structures for training: reading extxyz, label extraction, splits, statistics.
+
+Label keys follow the project design notes: ``info["energy"]`` (eV),
+``info["stress"]`` (ASE convention, eV/Å³), ``arrays["forces"]`` (eV/Å),
+``arrays["born_charges"]`` (9 floats per atom, row-major, α major) —
+ASE's extxyz reader may move energy/forces/stress into a
+SinglePointCalculator, so both places are read.
+
+Born-charge targets are ASR-corrected before training exactly as the model
+output is (subtract the per-structure mean tensor); the raw residual is
+kept for reporting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.io import read
+
+from bornfield.errors import InputFileError
+from bornfield.models.graph import StructureEdges, structure_edges
+
+
+@dataclass
+class Sample:
+    """One labelled structure and its neighbour list."""
+
+    index: int  # position in the dataset file
+    atoms: Atoms
+    config_type: str
+    energy: float | None  # eV
+    forces: np.ndarray | None  # (n, 3) eV/Å
+    stress: np.ndarray | None  # (3, 3) eV/Å³
+    born: np.ndarray | None  # (n, 3, 3) e, ASR-corrected
+    born_asr_residual: np.ndarray | None = None  # (3, 3) e, sum over atoms of the raw tensors
+    edges: StructureEdges | None = field(default=None, repr=False)
+
+    @property
+    def n_atoms(self) -> int:
+        return len(self.atoms)
+
+
+def _stress_matrix(value, where: str) -> np.ndarray:
+    s = np.asarray(value, dtype=float).reshape(-1)
+    if s.size == 9:
+        return s.reshape(3, 3)
+    if s.size == 6:  # Voigt xx yy zz yz xz xy
+        xx, yy, zz, yz, xz, xy = s
+        return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+    raise InputFileError(f"{where}: stress has {s.size} values, expected 6 (Voigt) or 9")
+
+
+def labels_of(atoms: Atoms, where: str) -> tuple:
+    """(energy, forces, stress, born_raw) of one frame; absent labels are None."""
+    results = dict(atoms.calc.results) if atoms.calc is not None else {}
+    energy = atoms.info.get("energy", results.get("energy"))
+    forces = atoms.arrays.get("forces", results.get("forces"))
+    stress = atoms.info.get("stress", results.get("stress"))
+    born = atoms.arrays.get("born_charges")
+    if born is None:
+        born = results.get("born_effective_charges")
+    n = len(atoms)
+    if forces is not None:
+        forces = np.asarray(forces, dtype=float)
+        if forces.shape != (n, 3):
+            raise InputFileError(f"{where}: forces have shape {forces.shape}, expected ({n}, 3)")
+    if born is not None:
+        born = np.asarray(born, dtype=float)
+        if born.size != 9 * n:
+            raise InputFileError(f"{where}: born_charges has {born.size} values, expected 9 per atom ({9 * n})")
+        born = born.reshape(n, 3, 3)
+        if not np.all(np.isfinite(born)):
+            raise InputFileError(f"{where}: born_charges contain NaN/inf")
+    return (
+        None if energy is None else float(energy),
+        forces,
+        None if stress is None else _stress_matrix(stress, where),
+        born,
+    )
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of the dataset file (the training-data hash written into model files)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_samples(paths: str | Path | Sequence[str | Path]) -> list[Sample]:
+    """Read one or several extxyz datasets into :class:`Sample` objects (file order kept)."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    samples: list[Sample] = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise InputFileError(f"dataset not found: {path}")
+        try:
+            frames = read(path, index=":", format="extxyz")
+        except Exception as exc:  # ASE raises several types on malformed extxyz
+            raise InputFileError(f"{path}: not a readable extxyz file: {exc}") from exc
+        for k, atoms in enumerate(frames):
+            where = f"{path} frame {k}"
+            energy, forces, stress, born = labels_of(atoms, where)
+            residual = None
+            if born is not None:
+                residual = born.sum(axis=0)
+                born = born - born.mean(axis=0, keepdims=True)
+            samples.append(
+                Sample(
+                    index=len(samples),
+                    atoms=atoms,
+                    config_type=str(atoms.info.get("config_type", "unknown")),
+                    energy=energy,
+                    forces=forces,
+                    stress=stress,
+                    born=born,
+                    born_asr_residual=residual,
+                )
+            )
+    if not samples:
+        raise InputFileError(f"no structures in {', '.join(map(str, paths))}")
+    return samples
+
+
+def attach_edges(samples: Sequence[Sample], species: Sequence[str], cutoff: float) -> None:
+    """Compute (once) the neighbour list of every sample."""
+    for s in samples:
+        if s.edges is None or s.edges.cutoff != cutoff:
+            a = s.atoms
+            s.edges = structure_edges(a.positions, a.numbers, np.asarray(a.cell), a.pbc, species, cutoff)
+
+
+def dataset_species(samples: Sequence[Sample]) -> list[str]:
+    """Chemical symbols present, ordered by atomic number."""
+    from ase.data import chemical_symbols
+
+    numbers = sorted({int(z) for s in samples for z in s.atoms.numbers})
+    return [chemical_symbols[z] for z in numbers]
+
+
+def stratified_split(
+    samples: Sequence[Sample], val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, list[int]]:
+    """Split structures into train/val/test, stratified by ``config_type``.
+
+    Within each config_type the structures are shuffled with ``seed`` and
+    ``round(n * fraction)`` go to test and validation; every config_type
+    keeps at least one training structure, and a group of one structure
+    goes to training. Returns sorted sample indices per split.
+    """
+    rng = np.random.default_rng(seed)
+    groups: dict[str, list[int]] = {}
+    for s in samples:
+        groups.setdefault(s.config_type, []).append(s.index)
+    split = {"train": [], "val": [], "test": []}
+    for name in sorted(groups):
+        members = np.array(groups[name])
+        rng.shuffle(members)
+        n = len(members)
+        n_test = min(int(round(n * test_fraction)), max(n - 1, 0))
+        n_val = min(int(round(n * val_fraction)), max(n - 1 - n_test, 0))
+        split["test"].extend(members[:n_test].tolist())
+        split["val"].extend(members[n_test : n_test + n_val].tolist())
+        split["train"].extend(members[n_test + n_val :].tolist())
+    return {k: sorted(v) for k, v in split.items()}
+
+
+def fit_atomic_energies(samples: Sequence[Sample], species: Sequence[str]) -> dict[str, float]:
+    """Per-species reference energies (eV) by least squares of E against composition.
+
+    For data of a single stoichiometry the system is rank deficient; the
+    minimum-norm solution is used (only the combination that matters is fixed).
+    """
+    rows, energies = [], []
+    for s in samples:
+        if s.energy is None:
+            continue
+        symbols = s.atoms.get_chemical_symbols()
+        rows.append([symbols.count(x) for x in species])
+        energies.append(s.energy)
+    if not rows:
+        raise InputFileError("no structure with an energy label to fit reference energies")
+    solution, *_ = np.linalg.lstsq(np.array(rows, float), np.array(energies), rcond=None)
+    return {x: float(v) for x, v in zip(species, solution)}
+
+
+def mean_neighbours(samples: Sequence[Sample]) -> float:
+    """Average number of neighbours per atom (needs :func:`attach_edges` first)."""
+    edges = sum(len(s.edges.src) for s in samples)
+    atoms = sum(s.n_atoms for s in samples)
+    return max(edges / max(atoms, 1), 1.0)
+
+
+def mean_born_per_species(samples: Sequence[Sample], species: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per-species mean ASR-corrected Born tensor (3, 3) e over the samples that have one."""
+    sums = {x: np.zeros((3, 3)) for x in species}
+    counts = dict.fromkeys(species, 0)
+    for s in samples:
+        if s.born is None:
+            continue
+        for symbol, z in zip(s.atoms.get_chemical_symbols(), s.born):
+            sums[symbol] += z
+            counts[symbol] += 1
+    return {x: sums[x] / counts[x] if counts[x] else np.zeros((3, 3)) for x in species}

@@ -1,0 +1,185 @@
+"""Predictions and error metrics of trained models on labelled samples.
+
+Units: energies reported in meV/atom, forces in meV/Å, stress in GPa, Born
+charges in e. Born-charge targets are the ASR-corrected DFPT tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from ase.units import GPa
+
+from bornfield.models.graph import collate
+from bornfield.train.data import Sample, attach_edges
+
+_DIAG = np.eye(3, dtype=bool)
+
+
+def _batches(samples: Sequence[Sample], size: int):
+    for start in range(0, len(samples), size):
+        yield samples[start : start + size]
+
+
+def _rmse(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x)))) if x.size else float("nan")
+
+
+def _mae(x: np.ndarray) -> float:
+    return float(np.mean(np.abs(x))) if x.size else float("nan")
+
+
+def predict_potential(models, samples: Sequence[Sample], batch_size: int = 8) -> dict[str, np.ndarray]:
+    """Committee-mean predictions of energies (eV), forces (eV/Å) and stress (eV/Å³) for every sample.
+
+    ``models`` is one NNPotential or a list (committee mean). Returns arrays
+    concatenated over samples: ``energy`` (S,), ``forces`` (sum n, 3),
+    ``stress`` (S, 3, 3) (NaN if not periodic), ``forces_std`` (sum n, 3).
+    """
+    models = models if isinstance(models, (list, tuple)) else [models]
+    cutoff = max(m.cutoff for m in models)
+    attach_edges(samples, models[0].species, cutoff)
+    per_model = []
+    for m in models:
+        energies, forces, stresses = [], [], []
+        for batch in _batches(list(samples), batch_size):
+            out = m.forward(collate([s.edges for s in batch], m.dtype), forces=True, stress=True)
+            energies.append(out["energy"].detach().numpy())
+            forces.append(out["forces"].detach().double().numpy())
+            stresses.append(out["stress"].detach().double().numpy())
+        per_model.append((np.concatenate(energies), np.concatenate(forces), np.concatenate(stresses)))
+    stack = [np.stack([p[k] for p in per_model]) for k in range(3)]
+    return {
+        "energy": stack[0].mean(0),
+        "forces": stack[1].mean(0),
+        "stress": stack[2].mean(0),
+        "forces_std": stack[1].std(0),
+    }
+
+
+def predict_born(models, samples: Sequence[Sample], batch_size: int = 8) -> dict[str, np.ndarray]:
+    """Committee-mean Born charges (sum n, 3, 3) e (ASR-corrected) and their std."""
+    models = models if isinstance(models, (list, tuple)) else [models]
+    attach_edges(samples, models[0].species, max(m.cutoff for m in models))
+    per_model = []
+    for m in models:
+        values = []
+        with torch.no_grad():
+            for batch in _batches(list(samples), batch_size):
+                values.append(m.forward(collate([s.edges for s in batch], m.dtype)).double().numpy())
+        per_model.append(np.concatenate(values))
+    stack = np.stack(per_model)
+    return {"born_charges": stack.mean(0), "born_charges_std": stack.std(0)}
+
+
+def predict_rows(models, samples: Sequence[Sample], batch_size: int = 8) -> np.ndarray:
+    """Paper-style baseline rows Z[:, a, :] (sum n, 3) e (committee mean)."""
+    models = models if isinstance(models, (list, tuple)) else [models]
+    attach_edges(samples, models[0].species, max(m.cutoff for m in models))
+    per_model = []
+    for m in models:
+        values = []
+        with torch.no_grad():
+            for batch in _batches(list(samples), batch_size):
+                values.append(m.forward(collate([s.edges for s in batch], m.dtype)).double().numpy())
+        per_model.append(np.concatenate(values))
+    return np.stack(per_model).mean(0)
+
+
+def potential_metrics(models, samples: Sequence[Sample]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Energy/force/stress errors; returns (metrics, arrays for parity plots)."""
+    samples = [s for s in samples if s.energy is not None and s.forces is not None]
+    pred = predict_potential(models, samples)
+    n_atoms = np.array([s.n_atoms for s in samples])
+    e_ref = np.array([s.energy for s in samples]) / n_atoms
+    e_pred = pred["energy"] / n_atoms
+    f_ref = np.concatenate([s.forces for s in samples])
+    symbols = np.concatenate([s.atoms.get_chemical_symbols() for s in samples])
+    de = (e_pred - e_ref) * 1000.0
+    df = (pred["forces"] - f_ref) * 1000.0
+    metrics = {
+        "n_structures": float(len(samples)),
+        "n_atoms": float(n_atoms.sum()),
+        "energy_rmse_meV_per_atom": _rmse(de),
+        "energy_mae_meV_per_atom": _mae(de),
+        "force_rmse_meV_per_A": _rmse(df),
+        "force_mae_meV_per_A": _mae(df),
+    }
+    for symbol in sorted(set(symbols)):
+        metrics[f"force_rmse_meV_per_A_{symbol}"] = _rmse(df[symbols == symbol])
+    has_stress = [k for k, s in enumerate(samples) if s.stress is not None and s.atoms.pbc.all()]
+    arrays = {"energy_ref": e_ref, "energy_pred": e_pred, "forces_ref": f_ref, "forces_pred": pred["forces"]}
+    if has_stress:
+        s_ref = np.stack([samples[k].stress for k in has_stress])
+        s_pred = pred["stress"][has_stress]
+        metrics["stress_rmse_GPa"] = _rmse((s_pred - s_ref) / GPa)
+        arrays["stress_ref"], arrays["stress_pred"] = s_ref / GPa, s_pred / GPa
+    return metrics, arrays
+
+
+def born_error_metrics(
+    z_pred: np.ndarray, z_ref: np.ndarray, symbols: np.ndarray, prefix: str = "bec"
+) -> dict[str, float]:
+    """RMSE/MAE of full tensors: all, diagonal, off-diagonal, per species, per field-axis row."""
+    diff = z_pred - z_ref
+    metrics = {
+        f"{prefix}_rmse_e": _rmse(diff),
+        f"{prefix}_mae_e": _mae(diff),
+        f"{prefix}_rmse_diag_e": _rmse(diff[:, _DIAG]),
+        f"{prefix}_rmse_offdiag_e": _rmse(diff[:, ~_DIAG]),
+        f"{prefix}_mae_diag_e": _mae(diff[:, _DIAG]),
+        f"{prefix}_mae_offdiag_e": _mae(diff[:, ~_DIAG]),
+    }
+    for axis, name in enumerate("xyz"):
+        metrics[f"{prefix}_row_{name}_rmse_e"] = _rmse(diff[:, axis, :])
+        metrics[f"{prefix}_row_{name}_mae_e"] = _mae(diff[:, axis, :])
+    for symbol in sorted(set(symbols)):
+        sel = symbols == symbol
+        metrics[f"{prefix}_rmse_e_{symbol}"] = _rmse(diff[sel])
+        metrics[f"{prefix}_mae_e_{symbol}"] = _mae(diff[sel])
+        metrics[f"{prefix}_rmse_diag_e_{symbol}"] = _rmse(diff[sel][:, _DIAG])
+        metrics[f"{prefix}_rmse_offdiag_e_{symbol}"] = _rmse(diff[sel][:, ~_DIAG])
+    return metrics
+
+
+def born_metrics(models, samples: Sequence[Sample]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Errors of the equivariant model against ASR-corrected DFPT tensors."""
+    samples = [s for s in samples if s.born is not None]
+    pred = predict_born(models, samples)
+    ref = np.concatenate([s.born for s in samples])
+    symbols = np.concatenate([s.atoms.get_chemical_symbols() for s in samples])
+    metrics = {"n_structures": float(len(samples)), "n_atoms": float(len(ref))}
+    metrics.update(born_error_metrics(pred["born_charges"], ref, symbols))
+    z_sum = np.array([0.0])
+    offset = 0
+    for s in samples:  # ASR of the prediction (should be float-precision zero)
+        z_sum = np.maximum(z_sum, np.abs(pred["born_charges"][offset : offset + s.n_atoms].sum(0)).max())
+        offset += s.n_atoms
+    metrics["bec_asr_max_abs_e"] = float(z_sum.max())
+    return metrics, {"born_ref": ref, "born_pred": pred["born_charges"], "symbols": symbols}
+
+
+def row_metrics(models, samples: Sequence[Sample]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Errors of the paper-style baseline on its field-axis row."""
+    samples = [s for s in samples if s.born is not None]
+    models_list = models if isinstance(models, (list, tuple)) else [models]
+    axis = models_list[0].field_axis
+    pred = predict_rows(models, samples)
+    ref = np.concatenate([s.born for s in samples])[:, axis, :]
+    symbols = np.concatenate([s.atoms.get_chemical_symbols() for s in samples])
+    diff = pred - ref
+    name = "xyz"[axis]
+    metrics = {
+        "n_structures": float(len(samples)),
+        "n_atoms": float(len(ref)),
+        f"bec_row_{name}_rmse_e": _rmse(diff),
+        f"bec_row_{name}_mae_e": _mae(diff),
+        f"bec_row_{name}_rmse_diag_e": _rmse(diff[:, axis]),
+        f"bec_row_{name}_rmse_offdiag_e": _rmse(np.delete(diff, axis, axis=1)),
+    }
+    for symbol in sorted(set(symbols)):
+        metrics[f"bec_row_{name}_rmse_e_{symbol}"] = _rmse(diff[symbols == symbol])
+        metrics[f"bec_row_{name}_mae_e_{symbol}"] = _mae(diff[symbols == symbol])
+    return metrics, {"row_ref": ref, "row_pred": pred, "symbols": symbols}

@@ -1,0 +1,315 @@
+"""Training loops for the NN potential, the equivariant Born model and the paper-style baseline.
+
+One loop serves the three model kinds (:data:`KINDS`): Adam, learning rate
+reduced on a validation plateau, early stopping on the validation loss,
+the best parameters kept, a checkpoint written atomically after every epoch
+(``<model>.ckpt``: resumable with ``resume=True``), a metrics CSV and a tqdm
+progress bar. Everything random derives from ``seed`` (initialisation and the
+per-epoch shuffling), so a run is reproducible and a resumed run continues
+exactly where the checkpoint left it.
+
+Losses (per batch of structures):
+
+* potential: ``w_E·mean((ΔE/N)²) + w_F·mean(ΔF²) + w_S·mean(Δσ²)``
+  (eV/atom, eV/Å, eV/Å³; stress only for periodic structures that have it);
+* born: mean squared error over all 9 components of the ASR-corrected tensor (e²);
+* born_row: mean squared error of the field-axis row (e²).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from bornfield.errors import ConfigError, InputFileError
+from bornfield.models.base import BornfieldModel
+from bornfield.models.graph import collate
+from bornfield.models.io import MODEL_CLASSES, atomic_write_bytes, create_model, save_model
+from bornfield.train.data import (
+    Sample,
+    attach_edges,
+    fit_atomic_energies,
+    mean_born_per_species,
+    mean_neighbours,
+)
+
+log = logging.getLogger(__name__)
+
+KINDS = ("potential", "born", "born_row")
+ARCH_KEYS = ("channels", "n_basis", "radial_hidden", "hidden")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def usable_samples(kind: str, samples: Sequence[Sample]) -> list[Sample]:
+    """Samples carrying the labels a model kind trains on."""
+    if kind == "potential":
+        return [s for s in samples if s.energy is not None and s.forces is not None]
+    return [s for s in samples if s.born is not None]
+
+
+def initialise_model(
+    kind: str,
+    species: Sequence[str],
+    cutoff: float,
+    architecture: dict[str, Any],
+    train_samples: Sequence[Sample],
+    seed: int,
+    field_axis: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> BornfieldModel:
+    """A new model whose data-derived constants come from the training samples.
+
+    Sets the neighbour normalisation, reference energies and energy scale
+    (potential), per-species mean charges (born) or rows (born_row), and the
+    standardisation of the invariant features.
+    """
+    attach_edges(train_samples, species, cutoff)
+    hyper = {k: architecture[k] for k in ARCH_KEYS if k in architecture}
+    hyper["avg_neighbours"] = mean_neighbours(train_samples)
+    if kind == "potential":
+        energies = fit_atomic_energies(train_samples, species)
+        forces = np.concatenate([s.forces for s in train_samples])
+        hyper["atomic_energies"] = energies
+        hyper["energy_scale"] = float(max(np.sqrt(np.mean(forces**2)), 1e-3))
+    elif kind == "born":
+        means = mean_born_per_species(train_samples, species)
+        hyper["mean_charges"] = {x: float(np.trace(z) / 3.0) for x, z in means.items()}
+    elif kind == "born_row":
+        means = mean_born_per_species(train_samples, species)
+        hyper["mean_rows"] = {x: z[field_axis].tolist() for x, z in means.items()}
+        hyper["field_axis"] = int(field_axis)
+    else:
+        raise ConfigError(f"unknown model kind '{kind}' (expected one of {KINDS})")
+    model = create_model(kind, species, cutoff, seed=seed, **hyper).to(dtype)
+    # standardise invariant features over (a subset of) the training atoms
+    with torch.no_grad():
+        feats = []
+        for start in range(0, min(len(train_samples), 64), 8):
+            graph = collate([s.edges for s in train_samples[start : start + 8]], dtype)
+            a0, a1, a2 = model.density.densities(graph.species, graph.neighbours, graph.edge_vectors())
+            feats.append(model.density.invariants(a0, a1, a2))
+        model.density.fit_normalisation(torch.cat(feats))
+    return model
+
+
+def batch_loss(
+    model: BornfieldModel, batch: Sequence[Sample], weights: dict[str, float], training: bool
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss of one batch and its squared-error components (for logging)."""
+    graph = collate([s.edges for s in batch], model.dtype)
+    parts: dict[str, float] = {}
+    if model.kind == "potential":
+        need_stress = weights.get("stress", 0.0) > 0 and any(s.stress is not None for s in batch)
+        out = model.forward(graph, forces=True, stress=need_stress, create_graph=training)
+        n_atoms = torch.tensor([s.n_atoms for s in batch], dtype=torch.float64)
+        e_ref = torch.tensor([s.energy for s in batch], dtype=torch.float64)
+        e_err = ((out["energy"] - e_ref) / n_atoms).pow(2).mean()
+        f_ref = torch.from_numpy(np.concatenate([s.forces for s in batch])).to(out["forces"].dtype)
+        f_err = (out["forces"] - f_ref).pow(2).mean()
+        loss = weights["energy"] * e_err.to(f_err.dtype) + weights["forces"] * f_err
+        parts["energy_mse"], parts["forces_mse"] = float(e_err), float(f_err)
+        if need_stress:
+            sel = [k for k, s in enumerate(batch) if s.stress is not None and s.edges.volume > 0]
+            if sel:
+                s_ref = torch.from_numpy(np.stack([batch[k].stress for k in sel])).to(f_err.dtype)
+                s_err = (out["stress"][sel] - s_ref).pow(2).mean()
+                loss = loss + weights["stress"] * s_err
+                parts["stress_mse"] = float(s_err)
+    elif model.kind == "born":
+        z = model.forward(graph)
+        ref = torch.from_numpy(np.concatenate([s.born for s in batch])).to(z.dtype)
+        loss = (z - ref).pow(2).mean()
+        parts["born_mse"] = float(loss)
+    else:
+        rows = model.forward(graph)
+        ref = torch.from_numpy(np.concatenate([s.born[:, model.field_axis, :] for s in batch])).to(rows.dtype)
+        loss = (rows - ref).pow(2).mean()
+        parts["row_mse"] = float(loss)
+    return loss, parts
+
+
+def _epoch_average(model, samples, weights, batch_size, optimizer=None, order=None):
+    training = optimizer is not None
+    model.train(training)
+    totals: dict[str, float] = {}
+    count = 0
+    order = np.arange(len(samples)) if order is None else order
+    for start in range(0, len(samples), batch_size):
+        batch = [samples[k] for k in order[start : start + batch_size]]
+        if training:
+            optimizer.zero_grad(set_to_none=True)
+            loss, parts = batch_loss(model, batch, weights, True)
+            loss.backward()
+            optimizer.step()
+        else:
+            loss, parts = batch_loss(model, batch, weights, False)
+        parts["loss"] = float(loss.detach())
+        for key, value in parts.items():
+            totals[key] = totals.get(key, 0.0) + value * len(batch)
+        count += len(batch)
+    model.train(False)
+    return {k: v / max(count, 1) for k, v in totals.items()}
+
+
+def _write_csv(path: Path, history: list[dict[str, float]]) -> None:
+    keys: list[str] = []
+    for row in history:
+        keys.extend(k for k in row if k not in keys)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_bytes(path, lambda handle: handle.write(buffer.getvalue().encode()))
+
+
+def train_model(
+    kind: str,
+    train: Sequence[Sample],
+    val: Sequence[Sample],
+    settings: dict[str, Any],
+    out_path: str | Path,
+    seed: int,
+    species: Sequence[str],
+    metadata: dict[str, Any] | None = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> tuple[BornfieldModel, list[dict[str, float]]]:
+    """Train one model and write it to ``out_path`` (plus ``.ckpt`` and ``.metrics.csv`` beside it).
+
+    Args:
+        kind: "potential", "born" or "born_row".
+        train / val: labelled samples (validation drives early stopping and the LR schedule).
+        settings: the model's config block (architecture + optimisation keys of train.schema.yaml)
+            plus ``cutoff``, ``dtype`` and (born_row) ``field_axis``.
+        out_path: model file to write.
+        seed: initialisation and shuffling seed.
+        species: elements the model knows.
+        metadata: stored in the model file (training-data hash, split, ...).
+        resume: continue from ``<out_path>.ckpt`` if it exists.
+    """
+    out_path = Path(out_path)
+    ckpt_path = out_path.with_suffix(".ckpt")
+    csv_path = out_path.with_suffix(".metrics.csv")
+    train = usable_samples(kind, train)
+    val = usable_samples(kind, val)
+    if not train:
+        raise InputFileError(f"no training structures carry the labels a '{kind}' model needs")
+    dtype = DTYPES[settings.get("dtype", "float32")]
+    cutoff = float(settings["cutoff"])
+    attach_edges(list(train) + list(val), species, cutoff)
+    weights = {
+        "energy": float(settings.get("energy_weight", 1.0)),
+        "forces": float(settings.get("force_weight", 1.0)),
+        "stress": float(settings.get("stress_weight", 0.0)),
+    }
+    monitor = val if val else train
+    if not val:
+        log.warning("no validation structures: early stopping monitors the training loss")
+
+    state: dict[str, Any] | None = None
+    if resume and ckpt_path.exists():
+        try:
+            state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise InputFileError(f"{ckpt_path}: unreadable training checkpoint: {exc}") from exc
+        expected = (metadata or {}).get("training_data_hash")
+        if state.get("training_data_hash") != expected or state.get("kind") != kind:
+            raise InputFileError(
+                f"{ckpt_path}: checkpoint belongs to other training data or another model kind; "
+                "delete it or train with resume disabled"
+            )
+        model = MODEL_CLASSES[kind](**state["hyperparameters"]).to(dtype)
+        model.load_state_dict(state["model"])
+        log.info("resuming %s from epoch %d", ckpt_path, state["epoch"])
+    else:
+        model = initialise_model(
+            kind, species, cutoff, settings, train, seed, int(settings.get("field_axis", 0)), dtype
+        )
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=float(settings["learning_rate"]))
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, factor=float(settings["lr_factor"]), patience=int(settings["lr_patience"])
+    )
+    history: list[dict[str, float]] = []
+    best_loss, best_state, best_epoch, bad_epochs, start_epoch = math.inf, None, -1, 0, 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history = list(state["history"])
+        best_loss, best_epoch, bad_epochs = state["best_loss"], state["best_epoch"], state["bad_epochs"]
+        best_state = state["best_model"]
+        start_epoch = state["epoch"] + 1
+
+    max_epochs = int(settings["max_epochs"])
+    patience = int(settings["patience"])
+    min_lr = float(settings.get("min_lr", 1e-6))
+    batch_size = int(settings["batch_size"])
+    bar = tqdm(range(start_epoch, max_epochs), desc=f"train {kind} {out_path.name}", disable=not progress,
+               initial=start_epoch, total=max_epochs, mininterval=2.0)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        order = np.random.default_rng([seed, epoch]).permutation(len(train))
+        train_parts = _epoch_average(model, train, weights, batch_size, optimizer, order)
+        val_parts = _epoch_average(model, monitor, weights, batch_size)
+        val_loss = val_parts["loss"]
+        scheduler.step(val_loss)
+        if val_loss < best_loss:
+            best_loss, best_epoch, bad_epochs = val_loss, epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+        lr = optimizer.param_groups[0]["lr"]
+        row = {"epoch": epoch, "lr": lr, "seconds": time.perf_counter() - t0}
+        row.update({f"train_{k}": v for k, v in train_parts.items()})
+        row.update({f"val_{k}": v for k, v in val_parts.items()})
+        history.append(row)
+        bar.set_postfix(train=f"{train_parts['loss']:.3g}", val=f"{val_loss:.3g}", lr=f"{lr:.1e}")
+        checkpoint = {
+            "kind": kind,
+            "training_data_hash": (metadata or {}).get("training_data_hash"),
+            "hyperparameters": model.hyperparameters,
+            "model": model.state_dict(),
+            "best_model": best_state,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch,
+            "best_loss": best_loss,
+            "best_epoch": best_epoch,
+            "bad_epochs": bad_epochs,
+            "history": history,
+        }
+        atomic_write_bytes(ckpt_path, lambda handle, c=checkpoint: torch.save(c, handle))
+        _write_csv(csv_path, history)
+        if not np.isfinite(val_loss):
+            raise InputFileError(f"training of {out_path} diverged (validation loss {val_loss}) at epoch {epoch}")
+        if bad_epochs >= patience or lr < min_lr:
+            log.info("early stop at epoch %d (best epoch %d)", epoch, best_epoch)
+            break
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    meta = dict(metadata or {})
+    meta.update(
+        {
+            "trained": True,
+            "seed": int(seed),
+            "best_epoch": int(best_epoch),
+            "best_monitor_loss": float(best_loss),
+            "epochs_run": len(history),
+            "n_train_structures": len(train),
+            "n_val_structures": len(val),
+            "train_settings": {k: v for k, v in settings.items() if isinstance(v, (int, float, str, bool))},
+        }
+    )
+    save_model(model, out_path, meta)
+    return model, history
