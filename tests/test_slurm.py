@@ -1,0 +1,190 @@
+"""The SLURM machinery: profiles, and a real run through ``snakemake --executor slurm``.
+
+The end-to-end test starts the single-node cluster of
+``scripts/slurm/start-cluster.sh`` itself (root only: it installs packages and
+starts munged/slurmctld/slurmd), runs ``tests/data/slurm/Snakefile`` with the
+``profiles/slurm-local`` workflow profile and stops the cluster again.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+START = REPO / "scripts" / "slurm" / "start-cluster.sh"
+STOP = REPO / "scripts" / "slurm" / "stop-cluster.sh"
+SITE_PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
+LOCAL_PROFILE = REPO / "profiles" / "slurm-local" / "config.yaml"
+TEST_WORKFLOW = REPO / "tests" / "data" / "slurm" / "Snakefile"
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+
+# Keys in which the local test profile may differ from the site profile.
+LOCAL_ONLY_KEYS = {
+    "jobs",
+    "cores",
+    "latency-wait",
+    "slurm-status-command",
+    "slurm-init-seconds-before-status-checks",
+}
+SITE_RESOURCES = {"slurm_partition", "slurm_account"}
+
+
+def _load(path: Path) -> dict:
+    with path.open() as handle:
+        return yaml.safe_load(handle)
+
+
+# --------------------------------------------------------------- profiles
+
+
+@pytest.mark.parametrize("profile", [SITE_PROFILE, LOCAL_PROFILE], ids=["slurm", "slurm-local"])
+def test_profile_follows_the_resource_conventions(profile: Path) -> None:
+    settings = _load(profile)
+    assert settings["executor"] == "slurm"
+    defaults = settings["default-resources"]
+    assert {"slurm_partition", "mem_mb", "runtime"} <= set(defaults)
+    # An `mpi` default would turn every job into an MPI job, which the plugin
+    # rejects for tasks == 1; tasks/cpus_per_task defaults would be summed over
+    # the members of a grouped submission.
+    assert not {"mpi", "tasks", "cpus_per_task"} & set(defaults)
+    # String resources are Python expressions for Snakemake: keep them quoted.
+    for key in SITE_RESOURCES:
+        value = defaults[key]
+        assert re.fullmatch(r"'[^']*'", value), f"{profile}: {key}={value!r} must be quoted"
+    assert isinstance(defaults["mem_mb"], int) and defaults["mem_mb"] > 0
+    assert isinstance(defaults["runtime"], int) and defaults["runtime"] > 0
+    components = dict(item.split("=") for item in settings["group-components"])
+    assert int(components["dft"]) > 1
+
+
+def test_local_profile_differs_from_site_profile_only_in_site_keys() -> None:
+    site, local = _load(SITE_PROFILE), _load(LOCAL_PROFILE)
+    for key in (set(site) | set(local)) - LOCAL_ONLY_KEYS - {"default-resources"}:
+        assert site.get(key) == local.get(key), f"profiles disagree on {key!r}"
+    site_defaults, local_defaults = site["default-resources"], local["default-resources"]
+    for key in (set(site_defaults) | set(local_defaults)) - SITE_RESOURCES:
+        assert site_defaults.get(key) == local_defaults.get(key), f"default-resources.{key}"
+    assert local["slurm-status-command"] == "squeue"  # the test cluster has no accounting
+    assert local_defaults["slurm_partition"] == "'local'"  # start-cluster.sh's default partition
+
+
+def test_profile_rule_names_exist_in_the_workflow() -> None:
+    """Snakemake silently ignores unknown rule names in set-resources: catch typos here."""
+    rules = set()
+    for smk in [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]:
+        rules.update(re.findall(r"^rule\s+(\w+)\s*:", smk.read_text(), flags=re.MULTILINE))
+    for profile in (SITE_PROFILE, LOCAL_PROFILE):
+        named = set(_load(profile).get("set-resources") or {})
+        assert named <= rules, f"{profile} names unknown rules {sorted(named - rules)}"
+
+
+def test_generated_slurm_conf_is_consistent() -> None:
+    """The scripts parse, and the slurm.conf template sets what the plugin relies on."""
+    for script in (START, STOP):
+        subprocess.run(["bash", "-n", str(script)], check=True)
+        assert os.access(script, os.X_OK), f"{script} is not executable"
+    text = START.read_text()
+    for setting in (
+        "ProctrackType=proctrack/linuxproc",
+        "TaskPlugin=task/none",
+        "SelectType=select/cons_tres",
+        "MpiDefault=pmi2",
+        "AccountingStorageType=accounting_storage/none",
+        "MinJobAge=$MIN_JOB_AGE",
+    ):
+        assert setting in text
+    default_age = re.search(r"MIN_JOB_AGE=\$\{BORNFIELD_SLURM_MIN_JOB_AGE:-(\d+)\}", text)
+    assert default_age and int(default_age.group(1)) >= 300
+
+
+# ------------------------------------------------------------ real cluster
+
+
+def _slurm_unavailable_reason() -> str | None:
+    if not sys.platform.startswith("linux"):
+        return "a SLURM test cluster needs Linux"
+    if os.geteuid() != 0:
+        return "starting the SLURM test cluster needs root (scripts/slurm/start-cluster.sh)"
+    if shutil.which("apt-get") is None and shutil.which("slurmctld") is None:
+        return "SLURM is not installed and apt-get is unavailable to install it"
+    if not SNAKEMAKE.exists():
+        return f"snakemake not found next to {sys.executable}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A running single-node SLURM; yields the environment that reaches it."""
+    reason = _slurm_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    state_dir = Path(os.environ.get("BORNFIELD_SLURM_DIR", "/var/lib/bornfield-slurm"))
+    env = dict(os.environ, BORNFIELD_SLURM_DIR=str(state_dir), BORNFIELD_SLURM_PARTITION="local")
+    started = subprocess.run(
+        ["bash", str(START)], env=env, capture_output=True, text=True, timeout=600
+    )
+    if started.returncode != 0:
+        pytest.fail(f"start-cluster.sh failed:\n{started.stdout}\n{started.stderr}")
+    env["SLURM_CONF"] = str(state_dir / "slurm.conf")
+    # Stop the cluster afterwards only if this test started it.
+    started_here = "starting slurmctld" in started.stdout
+    try:
+        yield env
+    finally:
+        if started_here:
+            subprocess.run(["bash", str(STOP)], env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_workflow_runs_through_slurm_executor(slurm_cluster: dict, tmp_path: Path) -> None:
+    env = slurm_cluster
+    sinfo = subprocess.run(
+        ["sinfo", "-h", "-o", "%P %t %c"], env=env, capture_output=True, text=True, check=True
+    )
+    assert re.search(r"^local\*? idle \d+$", sinfo.stdout.strip(), re.MULTILINE), sinfo.stdout
+
+    command = [
+        str(SNAKEMAKE),
+        "--snakefile", str(TEST_WORKFLOW),
+        "--directory", str(tmp_path),
+        "--workflow-profile", str(LOCAL_PROFILE.parent),
+        "--group-components", "small=3",
+        "--config", f"python={sys.executable}",
+    ]  # fmt: skip
+    # A waiting Snakemake ignores SIGTERM; SIGINT makes it cancel its jobs and exit.
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        output, _ = process.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+        pytest.fail(f"snakemake did not finish within 180 s:\n{output[-4000:]}")
+    assert process.returncode == 0, output[-4000:]
+
+    # The MPI rule: one srun step with 2 PMI-2 ranks that saw each other.
+    lines = (tmp_path / "mpi_ranks.txt").read_text().split("\n")
+    ranks = sorted(line for line in lines if line)
+    assert ranks == ["rank 0 size 2", "rank 1 size 2"], ranks
+
+    # The three grouped jobs ran inside one SLURM job (one submission).
+    job_ids = set()
+    for item in range(3):
+        record = (tmp_path / "small" / f"{item}.txt").read_text()
+        match = re.fullmatch(rf"item={item} job=(\d+) host=\S+\n", record)
+        assert match, f"small/{item}.txt: {record!r} (not run by SLURM?)"
+        job_ids.add(match.group(1))
+    assert len(job_ids) == 1, f"grouped jobs ran in SLURM jobs {sorted(job_ids)}"
+
+    assert re.search(r"submitted with SLURM jobid", output), output[-4000:]
