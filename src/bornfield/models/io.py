@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import e3nn
+import numpy as np
 import torch
 
 from bornfield import __version__
@@ -55,6 +57,21 @@ def state_checksum(state_dict: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def plain_data(value: Any) -> Any:
+    """Convert to JSON-like builtins (what ``torch.load(weights_only=True)`` accepts)."""
+    return json.loads(json.dumps(value, default=_to_builtin))
+
+
+def _to_builtin(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot store {type(value).__name__} in a model file")
+
+
 def atomic_write_bytes(path: Path, writer) -> None:
     """Call ``writer(handle)`` on a temporary file next to ``path``, then rename it into place."""
     path = Path(path)
@@ -78,8 +95,8 @@ def save_model(model: BornfieldModel, path: str | Path, metadata: dict[str, Any]
     meta.update(
         {
             "bornfield_version": __version__,
-            "torch_version": torch.__version__,
-            "e3nn_version": e3nn.__version__,
+            "torch_version": str(torch.__version__),
+            "e3nn_version": str(e3nn.__version__),
             "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "dtype": str(model.dtype).removeprefix("torch."),
         }
@@ -93,8 +110,8 @@ def save_model(model: BornfieldModel, path: str | Path, metadata: dict[str, Any]
         "cutoff": float(model.cutoff),
         "receptive_field": float(model.receptive_field),
         "units": dict(UNITS),
-        "hyperparameters": model.hyperparameters,
-        "metadata": meta,
+        "hyperparameters": plain_data(model.hyperparameters),
+        "metadata": plain_data(meta),
         "state_dict": state,
         "state_sha256": state_checksum(state),
     }
