@@ -24,10 +24,19 @@ from bornfield.analysis.condition import (
     write_msd_csv,
 )
 from bornfield.analysis.sweep import load_records, write_sweep
-from bornfield.config import add_settings_arguments, settings_from_args
+from bornfield.config import add_settings_arguments, settings_from_args, validate_section
 from bornfield.errors import InputFileError
 
 LOG = logging.getLogger(__name__)
+
+
+def analysis_settings(args: argparse.Namespace) -> dict:
+    """The validated ``analysis`` section with every nested default filled.
+
+    (``--config`` returns the section as written; validating it once more fills
+    the defaults inside it, exactly as ``--settings`` does.)
+    """
+    return validate_section(settings_from_args(args, "analysis"), "analysis", source="analysis settings")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -61,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_condition(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args, "analysis")
+    settings = analysis_settings(args)
     inputs = [Path(p) for p in args.inputs]
     if len(inputs) == 1 and inputs[0].is_dir():
         record = analyze_condition(inputs[0], settings)
@@ -86,7 +95,7 @@ def run_condition(args: argparse.Namespace) -> int:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args, "analysis")
+    settings = analysis_settings(args)
     records = load_records(tqdm(args.records, desc="records", unit="file", disable=None))
     paths = write_sweep(records, settings, args.output_dir)
     for name, path in paths.items():

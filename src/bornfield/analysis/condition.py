@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
+from tqdm import tqdm
 
 from bornfield import __version__
 from bornfield.analysis import transport
@@ -244,8 +245,9 @@ def analyze_replicas(replicas: ReplicaSet, settings: dict) -> dict:
         record["condition"] = replicas.summary.get("condition", {"name": Path(condition_dir).name})
         return record
 
+    # metadata of every replica first (cheap); positions are then read one replica at a time
     trajectories = [
-        read_trajectory(path, equilibration_fs=settings["equilibration_fs"], unwrap_positions=settings["unwrap"])
+        read_trajectory(path, equilibration_fs=settings["equilibration_fs"], load_positions=False)
         for path in replicas.completed
     ]
     record["replicas"]["used"] = [str(t.path) for t in trajectories]
@@ -318,15 +320,23 @@ def analyze_replicas(replicas: ReplicaSet, settings: dict) -> dict:
         }
     )
 
+    species_indices = {symbol: np.flatnonzero(first.numbers == atomic_numbers[symbol]) for symbol in species_list}
+    moments: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {symbol: [] for symbol in species_list}
+    chunk_atoms = max(8, min(256, 4_000_000 // max(n_frames, 1)))
+    for header in tqdm(trajectories, desc="replicas", unit="replica", disable=None):
+        loaded = read_trajectory(
+            header.path, equilibration_fs=settings["equilibration_fs"], unwrap_positions=settings["unwrap"]
+        )
+        for symbol, indices in species_indices.items():
+            moments[symbol].append(
+                displacement_moments(loaded.positions[:n_frames], loaded.masses, indices, max_lag, chunk_atoms=chunk_atoms)
+            )
+        del loaded
+
     for symbol in species_list:
-        indices = np.flatnonzero(first.numbers == atomic_numbers[symbol])
-        tensors, means = [], []
-        for trajectory in trajectories:
-            tensor, mean = displacement_moments(trajectory.positions[:n_frames], trajectory.masses, indices, max_lag)
-            tensors.append(tensor)
-            means.append(mean)
-        tensors = np.asarray(tensors)  # (R, L, 3, 3)
-        means = np.asarray(means)  # (R, L, 3)
+        indices = species_indices[symbol]
+        tensors = np.asarray([m[0] for m in moments[symbol]])  # (R, L, 3, 3)
+        means = np.asarray([m[1] for m in moments[symbol]])  # (R, L, 3)
         curves = project(tensors, means, direction)  # each (R, L)
         msd_curves = {}
         for key in CURVE_KEYS:

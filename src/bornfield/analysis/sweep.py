@@ -220,16 +220,61 @@ def _ratio(a: float, sa: float, b: float, sb: float) -> tuple[float, float]:
     return value, abs(value) * math.sqrt((sa / a) ** 2 + (sb / b) ** 2) if a != 0 else abs(sb / b * value)
 
 
-def _verdict(value: float, sem: float, tolerance: float, n_sigma: float) -> str:
-    """Compare a ratio that is 1 in linear response: linear / nonlinear / undetermined."""
-    if not math.isfinite(value):
-        return "undetermined"
-    deviation = abs(value - 1.0)
-    if deviation <= tolerance:
+MAX_RELATIVE_ERROR_FOR_VERDICT = 0.5
+"""A mobility known to worse than ±50 % (1 s.e.) cannot decide linear response."""
+
+
+def critical_value(n_sigma: float, degrees_of_freedom: int | None) -> float:
+    """Student-t critical value with the two-sided confidence of ``n_sigma`` Gaussian sigmas.
+
+    Standard errors from a few replicas are themselves uncertain; with 3 replicas
+    (2 degrees of freedom) a "2 sigma" test needs a deviation of about 4.5 s.e.
+    """
+    if degrees_of_freedom is None or degrees_of_freedom < 1:
+        return n_sigma
+    from scipy import stats
+
+    confidence = stats.norm.cdf(n_sigma)
+    return float(stats.t.ppf(confidence, degrees_of_freedom))
+
+
+def _verdict(
+    value: float,
+    sem: float,
+    reference: float,
+    reference_sem: float,
+    tolerance: float,
+    n_sigma: float,
+    degrees_of_freedom: int | None = None,
+) -> str:
+    """Is ``value`` (μ at this field) equal to ``reference`` (what linear response predicts)?
+
+    Works on the difference, not on the ratio, so that noisy references do not
+    produce spurious verdicts:
+
+    * ``undetermined``: the reference or the value is not resolved (non-positive
+      reference, or a standard error above 50 % of the reference), or there is
+      no error estimate and the deviation exceeds the tolerance;
+    * ``linear``: |value − reference| ≤ tolerance·reference;
+    * ``nonlinear``: the deviation exceeds the tolerance and n_sigma combined standard
+      errors (as a Student-t critical value for ``degrees_of_freedom``);
+    * ``linear (within error)``: otherwise.
+    """
+    if not (math.isfinite(value) and math.isfinite(reference)):
+        return "undetermined (no value)"
+    if reference <= 0:
+        return "undetermined (reference mobility not positive)"
+    combined = math.hypot(sem, reference_sem) if math.isfinite(sem) and math.isfinite(reference_sem) else float("nan")
+    if math.isfinite(combined) and combined > MAX_RELATIVE_ERROR_FOR_VERDICT * reference:
+        return f"undetermined (error {combined / reference:.0%} of the reference)"
+    deviation = abs(value - reference)
+    if deviation <= tolerance * reference:
         return "linear"
-    if math.isfinite(sem) and deviation <= n_sigma * sem:
-        return "linear (within error)"
-    return "nonlinear"
+    if not math.isfinite(combined):
+        return "undetermined (no error estimate: one replica)"
+    if deviation > critical_value(n_sigma, degrees_of_freedom) * combined:
+        return "nonlinear"
+    return "linear (within error)"
 
 
 def _projected_diffusion(record: dict, species: str, direction: np.ndarray) -> tuple[float, float]:
@@ -287,7 +332,8 @@ def linear_response_rows(records: list[dict], settings: dict) -> list[dict]:
                 ratio_low, ratio_low_sem, verdict_low = 1.0, float("nan"), "reference"
             else:
                 ratio_low, ratio_low_sem = _ratio(mu, mu_sem, _get(low_mu), _get(low_mu, "sem"))
-                verdict_low = _verdict(ratio_low, ratio_low_sem, tolerance, n_sigma)
+                dof = min(record["replicas"]["n_used"], lowest["replicas"]["n_used"]) - 1
+                verdict_low = _verdict(mu, mu_sem, _get(low_mu), _get(low_mu, "sem"), tolerance, n_sigma, dof)
                 reasons.append(f"mu/mu(E={lowest['condition']['field_strength_V_per_A']:g}) = {ratio_low:.3g}")
             row.update({"mu_over_mu_lowest_field": ratio_low, "mu_over_mu_lowest_field_sem": ratio_low_sem, "verdict_vs_lowest_field": verdict_low})
             # (b) against <Z_par> e D_u / (H_R k_B T) of the zero-field run
@@ -299,7 +345,14 @@ def linear_response_rows(records: list[dict], settings: dict) -> list[dict]:
                 mu_ne_sem = charge * d_u_sem / (settings["arrhenius"]["haven_ratio"] * kT)
                 ratio_ne, ratio_ne_sem = _ratio(mu, mu_sem, mu_ne, mu_ne_sem)
                 regime = reference["species"][species]["regime"]
-                verdict_ne = _verdict(ratio_ne, ratio_ne_sem, tolerance, n_sigma) if regime == "diffusive" else "undetermined (zero-field run not diffusive)"
+                verdict_ne = (
+                    _verdict(
+                        mu, mu_sem, mu_ne, mu_ne_sem, tolerance, n_sigma,
+                        min(record["replicas"]["n_used"], reference["replicas"]["n_used"]) - 1,
+                    )
+                    if regime == "diffusive"
+                    else "undetermined (zero-field run not diffusive)"
+                )
                 row.update(
                     {
                         "zero_field_condition": reference["condition"]["name"],
@@ -436,11 +489,17 @@ def arrhenius(records: list[dict], settings: dict) -> dict:
             d_target = math.exp(log_d_target)
             density = float(np.mean([p["number_density_per_A3"] for p in used]))
             sigma_target = transport.nernst_einstein_conductivity_S_per_cm(density, d_target, target, haven)
+            # 95 % interval with a Student-t factor: replica standard errors (weighted fit) or the
+            # residual variance (unweighted fit) are themselves estimated from few samples
+            dof = min(p["n_replicas_used"] for p in used) - 1 if sigma is not None else len(used) - 2
+            ci95 = activation_sem * critical_value(1.959964, dof) if activation_sem is not None and dof >= 1 else None
             entry["fit"] = {
                 "method": method,
                 "n_points": len(used),
                 "activation_energy_eV": float(activation),
                 "activation_energy_sem_eV": activation_sem,
+                "activation_energy_ci95_halfwidth_eV": ci95,
+                "degrees_of_freedom_for_ci": dof,
                 "ln_D0_A2_per_fs": float(intercept),
                 "D0_A2_per_fs": float(math.exp(intercept)),
                 "D0_cm2_per_s": float(math.exp(intercept)) * transport.A2_PER_FS_IN_CM2_PER_S,
@@ -463,7 +522,7 @@ def arrhenius(records: list[dict], settings: dict) -> dict:
 ARRHENIUS_COLUMNS = [
     "phase", "condition", "temperature_K", "inverse_temperature_1000_per_K", "D_A2_per_fs", "D_sem_A2_per_fs",
     "D_cm2_per_s", "number_density_per_A3", "conductivity_S_per_cm", "n_replicas_used", "used_in_fit",
-    "activation_energy_eV", "activation_energy_sem_eV",
+    "activation_energy_eV", "activation_energy_sem_eV", "activation_energy_ci95_halfwidth_eV",
 ]
 
 
@@ -494,6 +553,7 @@ def write_sweep(records: list[dict], settings: dict, output_dir: str | Path) -> 
                     "inverse_temperature_1000_per_K": 1000.0 / point["temperature_K"],
                     "activation_energy_eV": fit.get("activation_energy_eV"),
                     "activation_energy_sem_eV": fit.get("activation_energy_sem_eV"),
+                    "activation_energy_ci95_halfwidth_eV": fit.get("activation_energy_ci95_halfwidth_eV"),
                 }
             )
     paths["arrhenius_csv"] = _write_csv(output_dir / "arrhenius.csv", ARRHENIUS_COLUMNS, rows)

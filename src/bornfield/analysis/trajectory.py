@@ -42,7 +42,8 @@ class Trajectory:
         cell: (3, 3) Å, rows are cell vectors (fixed cell).
         time_fs: (T,) frame times in fs.
         field: (T, 3) applied field in V/Å.
-        positions: (T, N, 3) unwrapped positions in Å.
+        positions: (T, N, 3) unwrapped positions in Å (None when read with
+            ``load_positions=False``, e.g. to check many replicas cheaply).
         attrs: root attributes of the file (``temperature_K``, ``timestep_fs``, …).
         has_field_forces: the file stores ``field_forces``.
         has_born_charges: the file stores ``born_charges``.
@@ -54,7 +55,7 @@ class Trajectory:
     cell: np.ndarray
     time_fs: np.ndarray
     field: np.ndarray
-    positions: np.ndarray
+    positions: np.ndarray | None
     attrs: dict[str, Any] = field(default_factory=dict)
     has_field_forces: bool = False
     has_born_charges: bool = False
@@ -62,11 +63,11 @@ class Trajectory:
 
     @property
     def n_frames(self) -> int:
-        return int(self.positions.shape[0])
+        return int(self.time_fs.shape[0])
 
     @property
     def n_atoms(self) -> int:
-        return int(self.positions.shape[1])
+        return int(self.numbers.shape[0])
 
     @property
     def frame_interval_fs(self) -> float:
@@ -142,6 +143,7 @@ def read_trajectory(
     *,
     equilibration_fs: float = 0.0,
     unwrap_positions: bool = False,
+    load_positions: bool = True,
 ) -> Trajectory:
     """Read and validate one ``traj.h5``.
 
@@ -151,6 +153,8 @@ def read_trajectory(
             are discarded (the field and thermostat settle).
         unwrap_positions: the file holds *wrapped* positions (not the bornfield
             format, e.g. converted from elsewhere): unwrap them with :func:`unwrap`.
+        load_positions: read the (large) positions dataset; False reads only the
+            metadata, times and field.
 
     Raises:
         InputFileError: missing file, wrong format, missing datasets, inconsistent
@@ -215,13 +219,15 @@ def read_trajectory(
                 f"of a {time_fs[-1] - time_fs[0]:g} fs trajectory"
             )
         frame_slice = slice(first, n_frames)
-        positions = np.asarray(handle["positions"][first:], dtype=float)
+        positions = np.asarray(handle["positions"][first:], dtype=float) if load_positions else None
         field_values = np.asarray(handle["field"][first:], dtype=float)
         has_field_forces = "field_forces" in handle
         has_born_charges = "born_charges" in handle
-    if not (np.all(np.isfinite(positions)) and np.all(np.isfinite(field_values))):
+    if not np.all(np.isfinite(field_values)) or (positions is not None and not np.all(np.isfinite(positions))):
         raise InputFileError(f"{path}: positions or field contain NaN/inf")
-    if unwrap_positions:
+    if positions is None:
+        pass
+    elif unwrap_positions:
         positions = unwrap(positions, cell)
     else:
         jump = max_frame_jump_fraction(positions, cell)

@@ -19,7 +19,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bornfield.analysis.sweep import load_records
-from bornfield.config import add_settings_arguments, settings_from_args
+from bornfield.analysis.cli import analysis_settings
+from bornfield.config import add_settings_arguments
 from bornfield.errors import InputFileError
 from bornfield.plots import figures
 
@@ -63,7 +64,7 @@ def _figure_options(settings: dict) -> dict:
 
 
 def run_condition(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args, "analysis")
+    settings = analysis_settings(args)
     (record,) = load_records([args.record])
     paths = figures.plot_condition(record, args.output_stem, **_figure_options(settings))
     LOG.info("wrote %s", ", ".join(map(str, paths)))
@@ -92,7 +93,7 @@ def draw_sweep(records, linear_response_csv, arrhenius_json, output_dir, setting
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args, "analysis")
+    settings = analysis_settings(args)
     records = load_records(args.records)
     paths = draw_sweep(records, args.linear_response, args.arrhenius, args.output_dir, settings)
     LOG.info("wrote %d files in %s", len(paths), args.output_dir)
@@ -100,7 +101,7 @@ def run_sweep(args: argparse.Namespace) -> int:
 
 
 def run_all(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args, "analysis")
+    settings = analysis_settings(args)
     analysis_dir = Path(args.analysis_dir)
     record_paths = sorted(p for p in analysis_dir.glob("*.json") if p.name != "arrhenius.json")
     if not record_paths:

@@ -44,7 +44,7 @@ def _title(condition: dict) -> str:
 def plot_condition(record: dict, stem: str | Path, formats=("png", "pdf"), dpi: int = 150) -> list[Path]:
     """Three panels for one condition (see module docstring)."""
     with st.style():
-        fig, axes = plt.subplots(1, 3, figsize=(st.DOUBLE_COLUMN_IN, 2.6))
+        fig, axes = plt.subplots(1, 3, figsize=(st.DOUBLE_COLUMN_IN, 2.9))
         if record.get("state") != "analysed":
             for ax in axes:
                 st.no_data(ax, "no completed replica")
@@ -56,37 +56,52 @@ def plot_condition(record: dict, stem: str | Path, formats=("png", "pdf"), dpi: 
         lag_ps = np.asarray(record["lag_fs"]) * PS
         window = np.asarray(record["fit_window_fs"]) * PS
         ax_msd, ax_drift, ax_ratio = axes
+        species_handles = []
+        mobility_lines = []
         for symbol, data in record["species"].items():
             color = st.species_color(symbol)
             msd = data["msd"]
-            st.line_with_band(ax_msd, lag_ps, msd["parallel"]["value"], msd["parallel"]["sem"], color=color, label=f"{symbol} ∥")
+            handle = st.line_with_band(ax_msd, lag_ps, msd["parallel"]["value"], msd["parallel"]["sem"], color=color, label=symbol)
+            species_handles.append(handle)
             st.line_with_band(
                 ax_msd, lag_ps, msd["perpendicular_per_direction"]["value"], msd["perpendicular_per_direction"]["sem"],
-                color=color, linestyle="--", label=f"{symbol} ⊥ (per direction)",
+                color=color, linestyle="--",
             )
             drift = msd["drift_parallel"]
             velocity = data["drift_velocity_A_per_fs"]["parallel"]["value"]
-            label = symbol
+            st.line_with_band(ax_drift, lag_ps, drift["value"], drift["sem"], color=color)
             if has_field and data.get("mobility"):
                 mobility = data["mobility"]["cm2_per_V_s"]
                 sem = mobility["sem"]
-                label = f"{symbol}: μ = {mobility['value']:.2g}" + (f" ± {sem:.1g}" if sem is not None else "") + " cm²/(V·s)"
-            st.line_with_band(ax_drift, lag_ps, drift["value"], drift["sem"], color=color, label=label)
-            if has_field:
+                mobility_lines.append(
+                    f"μ$_{{{symbol}}}$ = {mobility['value']:.3g}" + (f" ± {sem:.2g}" if sem is not None else "")
+                )
                 fit_t = np.linspace(window[0], window[1], 2)
                 offset = _intercept(lag_ps, drift["value"], velocity / PS, window)
-                ax_drift.plot(fit_t, velocity / PS * fit_t + offset, color="0.2", linewidth=0.8, linestyle=":")
+                ax_drift.plot(fit_t, velocity / PS * fit_t + offset, color="0.15", linewidth=0.9, linestyle=":")
         for ax in (ax_msd, ax_drift):
-            ax.axvspan(window[0], window[1], color="0.85", alpha=0.5, linewidth=0, label="fit window")
+            ax.axvspan(window[0], window[1], color="0.85", alpha=0.5, linewidth=0)
             ax.set_xlabel(st.LABELS["lag"])
             ax.set_xlim(0, lag_ps[-1])
         ax_msd.set_ylabel(st.LABELS["msd"])
-        ax_msd.set_title(f"∥ = {'field direction ' if has_field else 'reference axis '}{axis}")
-        ax_msd.legend(ncol=1, loc="upper left")
+        ax_msd.set_title(f"MSD ∥ {'E' if has_field else 'reference axis'} ({axis})")
+        from matplotlib.lines import Line2D
+        from matplotlib.patches import Patch
+
+        ax_msd.legend(
+            handles=[Line2D([], [], color="0.2", label="∥"), Line2D([], [], color="0.2", linestyle="--", label="⊥ (per direction)"),
+                     Patch(color="0.85", label="fit window")],
+            loc="upper left",
+        )
         ax_drift.set_ylabel(st.LABELS["drift"])
         ax_drift.axhline(0.0, color="0.5", linewidth=0.6)
         ax_drift.set_title("drift along ∥ (COM frame)")
-        ax_drift.legend(loc="best")
+        if mobility_lines:
+            ax_drift.text(0.03, 0.97, "cm²/(V·s):\n" + "\n".join(mobility_lines), transform=ax_drift.transAxes, va="top", ha="left",
+                          fontsize=6.5, bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "0.8", "boxstyle": "round,pad=0.3"})
+        elif not has_field:
+            ax_drift.text(0.03, 0.97, "E = 0: no drift expected", transform=ax_drift.transAxes, va="top", fontsize=7)
+        fig.legend(handles=species_handles, loc="outside lower center", ncol=len(species_handles), title=None)
         _ratio_panel(ax_ratio, record)
         n_used, n_failed = record["replicas"]["n_used"], record["replicas"]["n_failed"]
         fig.suptitle(f"{_title(condition)} — {n_used} replica(s) used, {n_failed} failed; bands: ±1 s.e.", fontsize=8.5)
@@ -113,14 +128,14 @@ def _ratio_panel(ax, record: dict) -> None:
         histogram = stats["histograms"]["ratio"]
         edges = np.asarray(histogram["edges"])
         ax.stairs(histogram["density"], edges, color=st.species_color(symbol),
-                  label=f"{symbol}: {100 * stats['fraction_above_threshold']:.0f}% above")
+                  label=f"{symbol}: {100 * stats['fraction_above_threshold']:.0f}% > {stats['ratio_threshold']:g}")
         threshold = stats["ratio_threshold"]
         hypothetical = stats.get("hypothetical_unit_field", False)
         drawn = True
     if not drawn:
         st.no_data(ax, "no field forces or Born charges\nstored in the trajectories")
         return
-    ax.axvline(threshold, color="0.3", linestyle=":", linewidth=0.9, label=f"threshold {threshold:g}")
+    ax.axvline(threshold, color="0.3", linestyle=":", linewidth=0.9)
     ax.set_xlabel(st.LABELS["ratio"])
     ax.set_ylabel(st.LABELS["density"])
     ax.set_yscale("log")

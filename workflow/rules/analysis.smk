@@ -1,0 +1,122 @@
+# ANALYSIS stage: one job per MD condition (all completed replicas), then the sweep
+# tables and Arrhenius fits over all conditions. Outputs under {RESULTS}/analysis/
+# (docs/architecture.md, Files table). Conditions come from the md section via
+# bornfield.md.conditions.expand_conditions, so names are never parsed back.
+import os
+import re
+
+from bornfield.config import validate_section
+from bornfield.md.conditions import expand_conditions
+
+ANALYSIS = f"{RESULTS}/analysis"
+# the section with every nested default filled, exactly as the CLI sees it
+ANALYSIS_SETTINGS = validate_section(config.get("analysis", {}), "analysis", source="config: analysis")
+ANALYSIS_CONDITIONS = [c.name for c in expand_conditions(config["md"])]
+# only names of configured conditions match (keeps sweep/arrhenius files unambiguous)
+ANALYSIS_CONDITION_REGEX = (
+    "|".join(re.escape(name) for name in ANALYSIS_CONDITIONS) or "(?!x)x"
+)
+ANALYSIS_SWEEP_TABLES = {
+    "transport": f"{ANALYSIS}/sweep_transport.csv",
+    "transverse": f"{ANALYSIS}/sweep_transverse.csv",
+    "linear_response": f"{ANALYSIS}/sweep_linear_response.csv",
+    "arrhenius_csv": f"{ANALYSIS}/arrhenius.csv",
+}
+
+
+def get_analysis_records(wildcards=None):
+    """Per-condition analysis records of every configured MD condition."""
+    return expand(f"{ANALYSIS}/{{condition}}.json", condition=ANALYSIS_CONDITIONS)
+
+
+rule analyze_condition:
+    input:
+        summary=f"{RESULTS}/md/{{condition}}/summary.json",
+    output:
+        json=f"{ANALYSIS}/{{condition}}.json",
+        msd=report(
+            f"{ANALYSIS}/{{condition}}_msd.csv",
+            caption="../report/analysis_msd_table.rst",
+            category="Analysis",
+            subcategory="MSD tables",
+            labels={"condition": "{condition}"},
+        ),
+    wildcard_constraints:
+        condition=ANALYSIS_CONDITION_REGEX,
+    params:
+        settings=lambda wc: get_settings("analysis"),
+        condition_dir=lambda wc, input: os.path.dirname(input.summary),
+    log:
+        f"{LOGS}/analysis/{{condition}}.log",
+    benchmark:
+        f"{BENCH}/analysis/{{condition}}.tsv"
+    conda:
+        "../../envs/bornfield.yaml"
+    threads: 1
+    resources:
+        runtime=60,
+        mem_mb=8000,
+        cpus_per_task=1,
+        tasks=1,
+    shell:
+        "bornfield analyze condition {params.condition_dir} --output {output.json}"
+        " --csv {output.msd} --settings {params.settings} > {log} 2>&1"
+
+
+rule analyze_sweep:
+    input:
+        records=get_analysis_records,
+    output:
+        transport=report(
+            ANALYSIS_SWEEP_TABLES["transport"],
+            caption="../report/analysis_sweep_transport.rst",
+            category="Analysis",
+            subcategory="Sweep tables",
+        ),
+        transverse=report(
+            ANALYSIS_SWEEP_TABLES["transverse"],
+            caption="../report/analysis_sweep_transverse.rst",
+            category="Analysis",
+            subcategory="Sweep tables",
+        ),
+        linear_response=report(
+            ANALYSIS_SWEEP_TABLES["linear_response"],
+            caption="../report/analysis_linear_response.rst",
+            category="Analysis",
+            subcategory="Sweep tables",
+        ),
+        arrhenius_json=f"{ANALYSIS}/arrhenius.json",
+        arrhenius_csv=report(
+            ANALYSIS_SWEEP_TABLES["arrhenius_csv"],
+            caption="../report/analysis_arrhenius_table.rst",
+            category="Analysis",
+            subcategory="Sweep tables",
+        ),
+    params:
+        settings=lambda wc: get_settings("analysis"),
+        outdir=lambda wc, output: os.path.dirname(output.transport),
+    log:
+        f"{LOGS}/analysis/sweep.log",
+    benchmark:
+        f"{BENCH}/analysis/sweep.tsv"
+    conda:
+        "../../envs/bornfield.yaml"
+    threads: 1
+    resources:
+        runtime=10,
+        mem_mb=2000,
+        cpus_per_task=1,
+        tasks=1,
+    shell:
+        "bornfield analyze sweep {input.records} --output-dir {params.outdir}"
+        " --settings {params.settings} > {log} 2>&1"
+
+
+def get_analysis_targets():
+    # analysis needs the md rules (md/<condition>/summary.json): nothing without them
+    if not ANALYSIS_CONDITIONS or "md" not in STAGE_TARGETS:
+        return []
+    return get_analysis_records() + list(ANALYSIS_SWEEP_TABLES.values())
+
+
+STAGE_TARGETS["analysis"] = get_analysis_targets
