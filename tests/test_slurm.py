@@ -141,7 +141,9 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory):
         yield env
     finally:
         if started_here:
-            subprocess.run(["bash", str(STOP)], env=env, capture_output=True, text=True, timeout=120)
+            subprocess.run(
+                ["bash", str(STOP)], env=env, capture_output=True, text=True, timeout=120
+            )
 
 
 @pytest.mark.slow
