@@ -63,7 +63,9 @@ def test_profile_follows_the_resource_conventions(profile: Path) -> None:
     assert isinstance(defaults["mem_mb"], int) and defaults["mem_mb"] > 0
     assert isinstance(defaults["runtime"], int) and defaults["runtime"] > 0
     components = dict(item.split("=") for item in settings["group-components"])
-    assert int(components["dft"]) > 1
+    assert int(components["dft_jobs"]) > 1
+    # a grouped MPI rule must not ask for --cpus-per-task (see the profile's "Groups")
+    assert settings["set-resources"]["dft_job"]["cpus_per_task"] < 0
 
 
 def test_local_profile_differs_from_site_profile_only_in_site_keys() -> None:
@@ -77,14 +79,19 @@ def test_local_profile_differs_from_site_profile_only_in_site_keys() -> None:
     assert local_defaults["slurm_partition"] == "'local'"  # start-cluster.sh's default partition
 
 
-def test_profile_rule_names_exist_in_the_workflow() -> None:
-    """Snakemake silently ignores unknown rule names in set-resources: catch typos here."""
-    rules = set()
+def test_profile_rule_and_group_names_exist_in_the_workflow() -> None:
+    """Snakemake silently ignores unknown rule/group names in a profile: catch typos here."""
+    rules, groups = set(), set()
     for smk in [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]:
-        rules.update(re.findall(r"^rule\s+(\w+)\s*:", smk.read_text(), flags=re.MULTILINE))
+        text = smk.read_text()
+        rules.update(re.findall(r"^(?:rule|checkpoint)\s+(\w+)\s*:", text, flags=re.MULTILINE))
+        groups.update(re.findall(r"^\s+group:\s*[\"'](\w+)[\"']", text, flags=re.MULTILINE))
     for profile in (SITE_PROFILE, LOCAL_PROFILE):
-        named = set(_load(profile).get("set-resources") or {})
+        settings = _load(profile)
+        named = set(settings.get("set-resources") or {})
         assert named <= rules, f"{profile} names unknown rules {sorted(named - rules)}"
+        grouped = {item.split("=")[0] for item in settings.get("group-components") or []}
+        assert grouped <= groups, f"{profile} names unknown groups {sorted(grouped - groups)}"
 
 
 def test_generated_slurm_conf_is_consistent() -> None:
