@@ -18,6 +18,7 @@ STAGES = (
     "bornfield.structures.cli",
     "bornfield.dft.cli",
     "bornfield.data.cli",
+    "bornfield.train.cli",
     "bornfield.md.cli",
     "bornfield.analysis.cli",
     "bornfield.plots.cli",

@@ -27,7 +27,7 @@ def _parity(ax, ref, pred, label, unit, groups=None):
     if groups is None:
         ax.scatter(ref, pred, s=4, alpha=0.5)
     else:
-        for name in sorted(set(groups)):
+        for name in sorted(set(np.ravel(groups).tolist())):
             sel = np.ravel(groups) == name
             ax.scatter(ref[sel], pred[sel], s=4, alpha=0.5, label=name)
         ax.legend(fontsize=7, markerscale=3)

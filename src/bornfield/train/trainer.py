@@ -117,24 +117,24 @@ def batch_loss(
         f_ref = torch.from_numpy(np.concatenate([s.forces for s in batch])).to(out["forces"].dtype)
         f_err = (out["forces"] - f_ref).pow(2).mean()
         loss = weights["energy"] * e_err.to(f_err.dtype) + weights["forces"] * f_err
-        parts["energy_mse"], parts["forces_mse"] = float(e_err), float(f_err)
+        parts["energy_mse"], parts["forces_mse"] = float(e_err.detach()), float(f_err.detach())
         if need_stress:
             sel = [k for k, s in enumerate(batch) if s.stress is not None and s.edges.volume > 0]
             if sel:
                 s_ref = torch.from_numpy(np.stack([batch[k].stress for k in sel])).to(f_err.dtype)
                 s_err = (out["stress"][sel] - s_ref).pow(2).mean()
                 loss = loss + weights["stress"] * s_err
-                parts["stress_mse"] = float(s_err)
+                parts["stress_mse"] = float(s_err.detach())
     elif model.kind == "born":
         z = model.forward(graph)
         ref = torch.from_numpy(np.concatenate([s.born for s in batch])).to(z.dtype)
         loss = (z - ref).pow(2).mean()
-        parts["born_mse"] = float(loss)
+        parts["born_mse"] = float(loss.detach())
     else:
         rows = model.forward(graph)
         ref = torch.from_numpy(np.concatenate([s.born[:, model.field_axis, :] for s in batch])).to(rows.dtype)
         loss = (rows - ref).pow(2).mean()
-        parts["row_mse"] = float(loss)
+        parts["row_mse"] = float(loss.detach())
     return loss, parts
 
 

@@ -1,0 +1,448 @@
+"""``bornfield train …`` and ``bornfield predict``.
+
+Sub-commands of ``bornfield train``:
+
+* ``init``      a randomly initialised (untrained, loadable) model file;
+* ``potential`` / ``born`` / ``baseline``  train committee member i on a dataset
+  (writes ``potential_<i>.pt``, ``born_<i>.pt`` or ``born_row_<axis>_<i>.pt`` plus
+  ``.ckpt`` and ``.metrics.csv`` beside it, and the shared ``split.json``);
+* ``evaluate``  test-set metrics as benchmark records (JSON) + parity plots;
+* ``learning-curve``  test error vs training-set size;
+* ``select``    active learning: candidates with the largest committee disagreement.
+
+``bornfield predict`` labels structures with a model committee (extxyz with
+``energy``, ``forces``, ``stress``, ``born_charges`` and their committee spread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bornfield.config import add_settings_arguments, load_config, settings_from_args
+from bornfield.errors import ConfigError, InputFileError
+
+log = logging.getLogger(__name__)
+
+KIND_OF_COMMAND = {"potential": "potential", "born": "born", "baseline": "born_row"}
+SECTION_OF_KIND = {"potential": "potential", "born": "born", "born_row": "baseline"}
+
+
+def derived_seed(master: int, *tags: str | int) -> int:
+    """A reproducible 31-bit seed for one task, derived from the campaign's master seed."""
+    words = [int(master)] + [zlib.crc32(str(t).encode()) for t in tags]
+    return int(np.random.SeedSequence(words).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def model_filename(kind: str, member: int, field_axis: int = 0) -> str:
+    """File name saying what a model is: potential_<i>.pt, born_<i>.pt, born_row_<axis>_<i>.pt."""
+    if kind == "born_row":
+        return f"born_row_{'xyz'[field_axis]}_{member}.pt"
+    return f"{kind}_{member}.pt"
+
+
+def _master_seed(args: argparse.Namespace) -> int:
+    if getattr(args, "seed", None) is not None:
+        return int(args.seed)
+    if getattr(args, "config", None):
+        return int(load_config(args.config)["seed"])
+    raise ConfigError("the master seed is needed: pass --seed INT (or --config FILE with a top-level 'seed')")
+
+
+def _dataset_hash(paths: list[str]) -> str:
+    from bornfield.train.data import file_sha256
+
+    if len(paths) == 1:
+        return file_sha256(paths[0])
+    return "+".join(file_sha256(p) for p in paths)
+
+
+def _write_json(path: Path, data) -> None:
+    from bornfield.models.io import atomic_write_bytes
+
+    text = json.dumps(data, indent=1, sort_keys=False, default=float)
+    atomic_write_bytes(Path(path), lambda handle: handle.write(text.encode()))
+
+
+def resolve_split(samples, settings: dict, master_seed: int, path: Path, data_hash: str) -> dict:
+    """Compute the stratified split and store it in ``path`` (or check the stored one agrees)."""
+    from bornfield.train.data import stratified_split
+
+    split_settings = settings["split"]
+    split = stratified_split(
+        samples, split_settings["val_fraction"], split_settings["test_fraction"], derived_seed(master_seed, "split")
+    )
+    record = {"training_data_hash": data_hash, "n_structures": len(samples), **split}
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored != record:
+            raise InputFileError(
+                f"{path}: stored split differs from the one these settings/data give; "
+                "it belongs to another dataset or split setting - remove it to re-split"
+            )
+    else:
+        _write_json(path, record)
+    return record
+
+
+def run_init(args: argparse.Namespace) -> int:
+    from bornfield.models.io import create_random_model_file
+
+    hyper = {}
+    for key in ("channels", "n_basis", "radial_hidden", "hidden"):
+        if getattr(args, key) is not None:
+            hyper[key] = getattr(args, key)
+    if args.kind == "born_row":
+        hyper["field_axis"] = args.field_axis
+    path = create_random_model_file(args.kind, args.species, args.cutoff, args.out, args.seed, **hyper)
+    print(f"wrote untrained {args.kind} model {path} (species {args.species}, cutoff {args.cutoff} Å)")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from bornfield.train.data import dataset_species, read_samples
+    from bornfield.train.trainer import train_model
+
+    kind = KIND_OF_COMMAND[args.train_command]
+    settings = settings_from_args(args, "train")
+    master = _master_seed(args)
+    torch.set_num_threads(int(settings["threads"]))
+    section = dict(settings[SECTION_OF_KIND[kind]])
+    if kind == "born_row" and not section.get("enabled", True):
+        raise ConfigError("train.baseline.enabled is false: the paper-style baseline is switched off")
+    if not 0 <= args.member < section["committee"]:
+        raise ConfigError(
+            f"--member {args.member} is outside the committee of train.{SECTION_OF_KIND[kind]}.committee = {section['committee']}"
+        )
+    section.update(cutoff=settings["cutoff"], dtype=settings["dtype"])
+    samples = read_samples(args.dataset)
+    data_hash = _dataset_hash(args.dataset)
+    outdir = Path(args.outdir)
+    split = resolve_split(samples, settings, master, outdir / "split.json", data_hash)
+    species = args.species or dataset_species(samples)
+    train = [samples[i] for i in split["train"]]
+    val = [samples[i] for i in split["val"]]
+    field_axis = int(section.get("field_axis", 0))
+    out = outdir / model_filename(kind, args.member, field_axis)
+    seed = derived_seed(master, "train", kind, args.member)
+    metadata = {
+        "training_data_hash": data_hash,
+        "training_data": [str(p) for p in args.dataset],
+        "split_file": str(outdir / "split.json"),
+        "committee_member": args.member,
+        "description": {
+            "potential": "NN potential: energy (eV), forces (eV/Å), stress (eV/Å^3)",
+            "born": "equivariant NN Born charges Z[atom, field α, force β] (e), ASR by mean subtraction",
+            "born_row": f"paper-style baseline: Z[atom, {'xyz'[field_axis]}, :] (e) from invariant features",
+        }[kind],
+    }
+    model, history = train_model(
+        kind, train, val, section, out, seed, species, metadata,
+        resume=not args.no_resume, progress=not args.no_progress,
+    )
+    last = history[-1] if history else {}
+    log.info("wrote %s (best epoch %s, val loss %.4g)", out, model.metadata.get("best_epoch"), last.get("val_loss", float("nan")))
+    return 0
+
+
+def _records(metrics: dict, system: str, baseline: bool, subset: str, notes: str) -> list[dict]:
+    units = {"meV_per_atom": "meV/atom", "meV_per_A": "meV/Å", "GPa": "GPa", "_e": "e"}
+    records = []
+    for key, value in metrics.items():
+        if key.startswith("n_"):
+            continue
+        unit = next((u for suffix, u in units.items() if suffix in key), "")
+        records.append(
+            {
+                "metric": key,
+                "value": float(value),
+                "unit": unit,
+                "system": system,
+                "n_atoms": int(metrics.get("n_atoms", 0)),
+                "n_structures": int(metrics.get("n_structures", 0)),
+                "split": subset,
+                "baseline": baseline,
+                "date": dt.date.today().isoformat(),
+                "machine": "2 cores, no GPU",
+                "notes": notes,
+            }
+        )
+    return records
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from bornfield.models import load_model
+    from bornfield.train import metrics as M
+    from bornfield.train import plots
+    from bornfield.train.data import read_samples
+
+    samples = read_samples(args.dataset)
+    if args.split:
+        split = json.loads(Path(args.split).read_text())
+        if split.get("n_structures") != len(samples):
+            raise InputFileError(f"{args.split}: split is for {split.get('n_structures')} structures, dataset has {len(samples)}")
+        samples = [samples[i] for i in split[args.subset]]
+    if not samples:
+        raise InputFileError(f"the '{args.subset}' subset is empty: nothing to evaluate")
+    records, summary = [], {}
+    plots_dir = Path(args.plots_dir) if args.plots_dir else Path(args.out).parent
+    stem = Path(args.out).stem
+    notes = args.notes or f"dataset {', '.join(args.dataset)}; subset {args.subset}"
+    if args.potential:
+        models = [load_model(p, kind="potential") for p in args.potential]
+        metrics, arrays = M.potential_metrics(models, samples)
+        records += _records(metrics, "bornfield-potential", False, args.subset, notes + f"; committee {len(models)}")
+        summary["potential"] = metrics
+        plots.potential_parity(arrays, plots_dir / f"{stem}_potential_parity.png", f"NN potential ({args.subset})")
+    if args.born:
+        models = [load_model(p, kind="born") for p in args.born]
+        metrics, arrays = M.born_metrics(models, samples)
+        records += _records(metrics, "bornfield-born", False, args.subset, notes + f"; committee {len(models)}")
+        summary["born"] = metrics
+        plots.born_parity(arrays, plots_dir / f"{stem}_born_parity.png", f"equivariant Born model ({args.subset})")
+    if args.baseline:
+        models = [load_model(p, kind="born_row") for p in args.baseline]
+        metrics, arrays = M.row_metrics(models, samples)
+        records += _records(metrics, "paper-row-baseline", True, args.subset, notes + f"; committee {len(models)}")
+        summary["baseline"] = metrics
+        plots.row_parity(arrays, plots_dir / f"{stem}_baseline_parity.png", f"paper-style baseline ({args.subset})")
+    if not records:
+        raise ConfigError("nothing to evaluate: give --potential, --born and/or --baseline model files")
+    _write_json(Path(args.out), records)
+    for name, metrics in summary.items():
+        keys = [k for k in metrics if k.endswith(("rmse_meV_per_atom", "rmse_meV_per_A", "rmse_e", "rmse_offdiag_e", "rmse_GPa"))]
+        print(name + ": " + ", ".join(f"{k}={metrics[k]:.4g}" for k in keys if not k[-2:] in ("Li", "_P", "_O")))
+    return 0
+
+
+def run_learning_curve(args: argparse.Namespace) -> int:
+    from bornfield.train import metrics as M
+    from bornfield.train import plots
+    from bornfield.train.data import dataset_species, read_samples
+    from bornfield.train.trainer import train_model, usable_samples
+
+    kind = {"potential": "potential", "born": "born", "baseline": "born_row"}[args.kind]
+    settings = settings_from_args(args, "train")
+    master = _master_seed(args)
+    torch.set_num_threads(int(settings["threads"]))
+    section = dict(settings[SECTION_OF_KIND[kind]])
+    section.update(cutoff=settings["cutoff"], dtype=settings["dtype"])
+    samples = read_samples(args.dataset)
+    data_hash = _dataset_hash(args.dataset)
+    outdir = Path(args.outdir)
+    split = resolve_split(samples, settings, master, outdir / "split.json", data_hash)
+    species = dataset_species(samples)
+    train_all = usable_samples(kind, [samples[i] for i in split["train"]])
+    val = [samples[i] for i in split["val"]]
+    test = [samples[i] for i in split["test"]]
+    rng = np.random.default_rng(derived_seed(master, "learning-curve"))
+    order = rng.permutation(len(train_all))
+    sizes = sorted({max(1, int(round(f * len(train_all)))) for f in args.fractions})
+    rows = []
+    for size in sizes:
+        subset = [train_all[i] for i in order[:size]]
+        out = outdir / f"{kind}_n{size}.pt"
+        model, _ = train_model(kind, subset, val, section, out, derived_seed(master, "lc", kind, size), species,
+                               {"training_data_hash": data_hash, "learning_curve_size": size},
+                               resume=not args.no_resume, progress=not args.no_progress)
+        fn = {"potential": M.potential_metrics, "born": M.born_metrics, "born_row": M.row_metrics}[kind]
+        metrics, _ = fn(model, test)
+        rows.append({"n_train": size, **metrics})
+        log.info("learning curve: %d training structures -> %s", size, {k: round(v, 4) for k, v in metrics.items() if "rmse" in k and k[-2:] not in ("Li", "_P", "_O")})
+    _write_json(outdir / f"learning_curve_{kind}.json", rows)
+    keys = [k for k in rows[0] if "rmse" in k and k[-2:] not in ("Li", "_P", "_O") and "row" not in k or k.endswith("rmse_e") and "row" in k]
+    keys = [k for k in keys if rows[0][k] == rows[0][k]][:4]
+    plots.learning_curve([r["n_train"] for r in rows], {k: [r[k] for r in rows] for k in keys},
+                         "test RMSE", outdir / f"learning_curve_{kind}.png")
+    return 0
+
+
+def run_select(args: argparse.Namespace) -> int:
+    from ase.io import read, write
+
+    from bornfield.models import load_born, load_potential
+    from bornfield.models.io import atomic_write_bytes
+    from bornfield.train.select import committee_disagreement, select_candidates, selection_scores
+
+    settings = settings_from_args(args, "train")["active_learning"]
+    n_select = args.n if args.n is not None else settings["select_per_generation"]
+    score_name = args.score or settings["score"]
+    gap = args.min_frame_gap if args.min_frame_gap is not None else settings["min_frame_gap"]
+    path = Path(args.candidates)
+    if not path.is_file():
+        raise InputFileError(f"candidate file not found: {path}")
+    try:
+        candidates = read(path, index=":", format="extxyz")
+    except Exception as exc:
+        raise InputFileError(f"{path}: not a readable extxyz file: {exc}") from exc
+    potential = load_potential([Path(p) for p in args.potential]) if args.potential else None
+    born = load_born([Path(p) for p in args.born]) if args.born else None
+    disagreement = committee_disagreement(candidates, potential, born)
+    scores = selection_scores(disagreement, score_name)
+    chosen = select_candidates(candidates, scores, n_select, gap)
+    selected = []
+    for k in chosen:
+        atoms = candidates[k].copy()
+        atoms.calc = None
+        for key in ("energy", "stress", "free_energy"):
+            atoms.info.pop(key, None)
+        for key in ("forces", "born_charges"):
+            if key in atoms.arrays:
+                del atoms.arrays[key]
+        atoms.info.update(al_score=float(scores[k]), al_force_std=float(disagreement["force_std"][k]),
+                          al_born_std=float(disagreement["born_std"][k]), al_candidate_index=int(k),
+                          al_candidates=str(path))
+        if args.generation is not None:
+            atoms.info["al_generation"] = int(args.generation)
+        selected.append(atoms)
+    out = Path(args.out)
+    tmp = out.with_name(f".{out.name}.part")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write(tmp, selected, format="extxyz")
+    tmp.replace(out)
+    if args.report:
+        report = {
+            "candidates": str(path), "n_candidates": len(candidates), "n_selected": len(chosen),
+            "score": score_name, "min_frame_gap": gap, "selected": chosen,
+            "force_std_eV_per_A": disagreement["force_std"].tolist(),
+            "born_std_e": disagreement["born_std"].tolist(), "scores": scores.tolist(),
+        }
+        text = json.dumps(report, indent=1, default=lambda v: None)
+        atomic_write_bytes(Path(args.report), lambda handle: handle.write(text.encode()))
+    print(f"selected {len(chosen)} of {len(candidates)} candidates -> {out}")
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from ase.io import read, write
+
+    from bornfield.calculators import FieldCalculator
+
+    path = Path(args.structures)
+    if not path.is_file():
+        raise InputFileError(f"structure file not found: {path}")
+    try:
+        frames = read(path, index=":", format="extxyz")
+    except Exception as exc:
+        raise InputFileError(f"{path}: not a readable extxyz file: {exc}") from exc
+    calc = FieldCalculator(potential=args.potential or None, born=args.born or None, field=args.field, dtype=args.dtype)
+    out_frames = []
+    from tqdm import tqdm
+
+    for atoms in tqdm(frames, desc="predict", disable=args.no_progress):
+        a = atoms.copy()
+        a.calc = None
+        for key in ("energy", "stress", "free_energy"):
+            a.info.pop(key, None)
+        calc.calculate(a, ["energy"], ["positions", "numbers", "cell", "pbc"])
+        r = calc.results
+        if calc.potential is not None:
+            a.info["energy"] = float(r["energy"])
+            a.info["energy_std"] = float(np.sqrt(r["energy_var"]))
+            a.arrays["forces"] = np.asarray(r["forces"])
+            a.arrays["forces_std"] = np.sqrt(r["forces_var"])
+            if "stress" in r:
+                from ase.stress import voigt_6_to_full_3x3_stress
+
+                a.info["stress"] = voigt_6_to_full_3x3_stress(r["stress"]).reshape(9)
+        if calc.born is not None:
+            a.arrays["born_charges"] = np.asarray(r["born_charges"]).reshape(len(a), 9)
+            a.arrays["born_charges_std"] = np.sqrt(r["born_charges_var"]).reshape(len(a), 9)
+            a.arrays["field_forces"] = np.asarray(r["field_forces"])
+        a.info["field_V_per_A"] = np.asarray(args.field, dtype=float)
+        a.info["predicted_by"] = ";".join(str(p) for p in (args.potential or []) + (args.born or []))
+        out_frames.append(a)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.part")
+    write(tmp, out_frames, format="extxyz")
+    tmp.replace(out)
+    print(f"wrote {len(out_frames)} structures to {out}")
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="train/evaluate NN potential and Born-charge models, active learning")
+    sub = parser.add_subparsers(dest="train_command", metavar="ACTION")
+
+    p = sub.add_parser("init", help="write a randomly initialised (untrained) model file")
+    p.add_argument("--kind", choices=["potential", "born", "born_row"], required=True)
+    p.add_argument("--species", nargs="+", required=True, help="chemical symbols, e.g. Li P O")
+    p.add_argument("--cutoff", type=float, default=5.0, help="Å")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="model file (.pt)")
+    p.add_argument("--field-axis", type=int, choices=[0, 1, 2], default=0, help="born_row only")
+    for key in ("channels", "n_basis", "radial_hidden", "hidden"):
+        p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=int)
+    p.set_defaults(func=run_init)
+
+    for name, help_text in (
+        ("potential", "train one NN-potential committee member"),
+        ("born", "train one equivariant Born-charge committee member"),
+        ("baseline", "train one paper-style (field-axis row) baseline member"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        add_settings_arguments(p)
+        p.add_argument("--seed", type=int, help="master seed of the campaign (config key 'seed')")
+        p.add_argument("--dataset", nargs="+", required=True, help="labelled extxyz file(s)")
+        p.add_argument("--outdir", required=True, help="e.g. results/models/gen0")
+        p.add_argument("--member", type=int, default=0, help="committee member index i")
+        p.add_argument("--species", nargs="+", help="elements the model knows (default: those in the data)")
+        p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.set_defaults(func=run_train)
+
+    p = sub.add_parser("evaluate", help="test-set metrics (benchmark JSON records) and parity plots")
+    p.add_argument("--dataset", nargs="+", required=True)
+    p.add_argument("--split", help="split.json written by training (default: all structures)")
+    p.add_argument("--subset", choices=["train", "val", "test"], default="test")
+    p.add_argument("--potential", nargs="*", default=[])
+    p.add_argument("--born", nargs="*", default=[])
+    p.add_argument("--baseline", nargs="*", default=[])
+    p.add_argument("--out", required=True, help="JSON records")
+    p.add_argument("--plots-dir")
+    p.add_argument("--notes", default="")
+    p.set_defaults(func=run_evaluate)
+
+    p = sub.add_parser("learning-curve", help="test error vs training-set size")
+    add_settings_arguments(p)
+    p.add_argument("--seed", type=int, help="master seed")
+    p.add_argument("--kind", choices=["potential", "born", "baseline"], required=True)
+    p.add_argument("--dataset", nargs="+", required=True)
+    p.add_argument("--outdir", required=True)
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 1.0])
+    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_learning_curve)
+
+    p = sub.add_parser("select", help="active learning: pick candidates by committee disagreement")
+    add_settings_arguments(p)
+    p.add_argument("--candidates", required=True, help="extxyz snapshots (e.g. from NN MD)")
+    p.add_argument("--potential", nargs="*", default=[], help="potential committee files")
+    p.add_argument("--born", nargs="*", default=[], help="Born committee files")
+    p.add_argument("-n", type=int, help="number to select (default: active_learning.select_per_generation)")
+    p.add_argument("--score", choices=["forces", "born", "combined"])
+    p.add_argument("--min-frame-gap", type=int)
+    p.add_argument("--generation", type=int, help="generation the selection is for (stored in info)")
+    p.add_argument("--out", required=True, help="selected structures (extxyz, labels removed)")
+    p.add_argument("--report", help="JSON with every candidate's disagreement")
+    p.set_defaults(func=run_select)
+
+    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+
+    p = subparsers.add_parser("predict", help="label structures with NN potential / Born-charge committees")
+    p.add_argument("--structures", required=True, help="input extxyz")
+    p.add_argument("--potential", nargs="*", default=[], help="potential model file(s)")
+    p.add_argument("--born", nargs="*", default=[], help="Born model file(s)")
+    p.add_argument("--field", type=float, nargs=3, default=[0.0, 0.0, 0.0], metavar=("EX", "EY", "EZ"), help="V/Å")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--out", required=True, help="output extxyz")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_predict)
