@@ -8,6 +8,7 @@ starts munged/slurmctld/slurmd), runs ``tests/data/slurm/Snakefile`` with the
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
@@ -65,7 +66,8 @@ def test_profile_follows_the_resource_conventions(profile: Path) -> None:
     components = dict(item.split("=") for item in settings["group-components"])
     assert int(components["dft_jobs"]) > 1
     # a grouped MPI rule must not ask for --cpus-per-task (see the profile's "Groups")
-    assert settings["set-resources"]["dft_job"]["cpus_per_task"] < 0
+    # (written as the expression "(-1)": Snakemake refuses negative numbers there)
+    assert ast.literal_eval(str(settings["set-resources"]["dft_job"]["cpus_per_task"])) < 0
 
 
 def test_local_profile_differs_from_site_profile_only_in_site_keys() -> None:
@@ -153,6 +155,15 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory):
             )
 
 
+def _mpi_ranks(path: Path) -> list[tuple[int, int, str, str]]:
+    """(rank, size, SLURM job id, step id) that each MPI rank printed into ``path``, sorted."""
+    lines = [line for line in path.read_text().split("\n") if line]
+    pattern = r"rank (\d+) size (\d+) job (\d+) step (\d+)"
+    found = [re.fullmatch(pattern, line) for line in lines]
+    assert all(found), f"{path.name}: {lines}"
+    return sorted((int(m[1]), int(m[2]), m[3], m[4]) for m in found)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_workflow_runs_through_slurm_executor(slurm_cluster: dict, tmp_path: Path) -> None:
@@ -167,7 +178,7 @@ def test_workflow_runs_through_slurm_executor(slurm_cluster: dict, tmp_path: Pat
         "--snakefile", str(TEST_WORKFLOW),
         "--directory", str(tmp_path),
         "--workflow-profile", str(LOCAL_PROFILE.parent),
-        "--group-components", "small=3",
+        "--group-components", "small=3", "dft_jobs=2",
         "--config", f"python={sys.executable}",
     ]  # fmt: skip
     # A waiting Snakemake ignores SIGTERM; SIGINT makes it cancel its jobs and exit.
@@ -183,9 +194,16 @@ def test_workflow_runs_through_slurm_executor(slurm_cluster: dict, tmp_path: Pat
     assert process.returncode == 0, output[-4000:]
 
     # The MPI rule: one srun step with 2 PMI-2 ranks that saw each other.
-    lines = (tmp_path / "mpi_ranks.txt").read_text().split("\n")
-    ranks = sorted(line for line in lines if line)
-    assert ranks == ["rank 0 size 2", "rank 1 size 2"], ranks
+    ranks = _mpi_ranks(tmp_path / "mpi_ranks.txt")
+    assert [(rank, size) for rank, size, _, _ in ranks] == [(0, 2), (1, 2)], ranks
+    assert len({(job, step) for _, _, job, step in ranks}) == 1, ranks
+
+    # The bundled MPI jobs: one SLURM job, one srun step (2 ranks) per DFT-like job.
+    bundle = [_mpi_ranks(tmp_path / "bundle" / f"{item}.txt") for item in range(2)]
+    for ranks in bundle:
+        assert [(rank, size) for rank, size, _, _ in ranks] == [(0, 2), (1, 2)], ranks
+    assert len({job for ranks in bundle for _, _, job, _ in ranks}) == 1, bundle
+    assert len({step for ranks in bundle for _, _, _, step in ranks}) == 2, bundle
 
     # The three grouped jobs ran inside one SLURM job (one submission).
     job_ids = set()
