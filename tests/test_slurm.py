@@ -165,7 +165,7 @@ def _mpi_ranks(path: Path) -> list[tuple[int, int, str, str]]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(600)  # includes a first-time apt-get install of slurm-wlm + munge
 def test_workflow_runs_through_slurm_executor(slurm_cluster: dict, tmp_path: Path) -> None:
     env = slurm_cluster
     sinfo = subprocess.run(

@@ -108,7 +108,7 @@ node_ready() { # the node accepts jobs: idle, or already running some
 
 print_usage() {
   cat <<EOF
-start-cluster: SLURM is up: node $NODE ($(sinfo -h -n "$NODE" -o '%c CPUs, %m MB') ), partition '$PARTITION', state $(sinfo -h -n "$NODE" -o %t)
+start-cluster: SLURM is up: node $NODE ($(sinfo -h -n "$NODE" -o '%c CPUs, %m MB')), partition '$(sinfo -h -n "$NODE" -o %R)', state $(sinfo -h -n "$NODE" -o %t)
 start-cluster: slurm.conf: $CONF   (source $STATE_DIR/env.sh to set SLURM_CONF)
 start-cluster: run: snakemake --workflow-profile profiles/slurm-local --configfile .test/config.yaml
 start-cluster: stop: scripts/slurm/stop-cluster.sh
