@@ -40,7 +40,7 @@ from e3nn import io, o3
 
 from bornfield.models.base import BornfieldModel
 from bornfield.models.graph import Graph
-from bornfield.models.layers import AtomicDensity, SpeciesMLP
+from bornfield.models.layers import AtomicDensity, ExactConstants, SpeciesMLP
 
 
 def structure_mean(values: torch.Tensor, batch: torch.Tensor, n_structures: int) -> torch.Tensor:
@@ -101,12 +101,19 @@ class EquivariantBornModel(BornfieldModel):
             self.readout.rest[-1].weight.mul_(0.1)
             self.readout.rest[-1].bias.zero_()
         self.charge_offset = torch.nn.Parameter(torch.tensor([mean_charges[s] for s in self.species]))
-        self.register_buffer("w3j_111", o3.wigner_3j(1, 1, 1) * math.sqrt(3.0))
-        self.register_buffer("w3j_221", o3.wigner_3j(2, 2, 1) * math.sqrt(3.0))
-        self.register_buffer("w3j_112", o3.wigner_3j(1, 1, 2) * math.sqrt(5.0))
-        # (9, 3, 3): irreps 0e+1e+2e -> Cartesian Z[α, β]
-        basis = io.CartesianTensor("ij").reduced_tensor_products().change_of_basis
-        self.register_buffer("to_cartesian", basis.to(torch.get_default_dtype()))
+        # (9, 3, 3): irreps 0e+1e+2e -> Cartesian Z[α, β]; built in float64 (see ExactConstants)
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)
+        try:
+            basis = io.CartesianTensor("ij").reduced_tensor_products().change_of_basis
+        finally:
+            torch.set_default_dtype(previous)
+        self.constants = ExactConstants(
+            w3j_111=o3.wigner_3j(1, 1, 1, dtype=torch.float64) * math.sqrt(3.0),
+            w3j_221=o3.wigner_3j(2, 2, 1, dtype=torch.float64) * math.sqrt(3.0),
+            w3j_112=o3.wigner_3j(1, 1, 2, dtype=torch.float64) * math.sqrt(5.0),
+            to_cartesian=basis,
+        )
 
     def set_mean_charges(self, mean_charges: dict[str, float]) -> None:
         values = {s: float(mean_charges.get(s, 0.0)) for s in self.species}
@@ -124,14 +131,15 @@ class EquivariantBornModel(BornfieldModel):
         c = self.channels
         a1m = torch.einsum("ncm,cd->ndm", a1, density.mix1)
         a2m = torch.einsum("ncm,cd->ndm", a2, density.mix2)
-        cross11 = torch.einsum("nci,ncj,ijk->nck", a1, a1m, self.w3j_111)
-        cross22 = torch.einsum("nci,ncj,ijk->nck", a2, a2m, self.w3j_221)
-        sym11 = torch.einsum("nci,ncj,ijk->nck", a1, a1m, self.w3j_112)
+        const = self.constants
+        cross11 = torch.einsum("nci,ncj,ijk->nck", a1, a1m, const.get("w3j_111", a1.dtype))
+        cross22 = torch.einsum("nci,ncj,ijk->nck", a2, a2m, const.get("w3j_221", a1.dtype))
+        sym11 = torch.einsum("nci,ncj,ijk->nck", a1, a1m, const.get("w3j_112", a1.dtype))
         scalar = coeffs[:, 0:1] + self.charge_offset[graph.species, None] * math.sqrt(3.0)
         vector = (coeffs[:, 1 : 1 + c, None] * cross11).sum(1) + (coeffs[:, 1 + c : 1 + 2 * c, None] * cross22).sum(1)
         tensor = (coeffs[:, 1 + 2 * c : 1 + 3 * c, None] * a2).sum(1) + (coeffs[:, 1 + 3 * c :, None] * sym11).sum(1)
         irreps = torch.cat([scalar, vector, tensor], dim=-1)
-        return torch.einsum("nk,kij->nij", irreps, self.to_cartesian.to(irreps.dtype))
+        return torch.einsum("nk,kij->nij", irreps, const.get("to_cartesian", irreps.dtype))
 
     def forward(self, graph: Graph, asr: bool = True) -> torch.Tensor:
         """Born charges (N, 3, 3) e; ASR-corrected per structure unless ``asr=False``."""

@@ -179,6 +179,8 @@ def load_model(
     cls = MODEL_CLASSES[payload["kind"]]
     try:
         model = cls(**payload["hyperparameters"])
+        stored = [v.dtype for v in payload["state_dict"].values() if v.is_floating_point()]
+        model.to(stored[0] if stored else dtype)  # load without rounding, then cast
         model.load_state_dict(payload["state_dict"], strict=True)
     except (TypeError, RuntimeError, ValueError, KeyError) as exc:
         raise InputFileError(f"{path}: parameters do not fit a {cls.__name__}: {exc}") from exc

@@ -39,6 +39,24 @@ def polynomial_envelope(r: torch.Tensor, cutoff: float, p: int = 6) -> torch.Ten
     return torch.where(x < 1.0, value, torch.zeros_like(value))
 
 
+class ExactConstants:
+    """Fixed coupling tensors (Wigner 3j, change of basis) kept in float64 and cast on use.
+
+    Not buffers on purpose: a model saved in float32 and loaded in float64 must
+    still use the exact constants, or equivariance degrades to float32 precision.
+    """
+
+    def __init__(self, **tensors: torch.Tensor):
+        self._float64 = {k: v.to(torch.float64) for k, v in tensors.items()}
+        self._cache: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+
+    def get(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        key = (name, dtype)
+        if key not in self._cache:
+            self._cache[key] = self._float64[name].to(dtype)
+        return self._cache[key]
+
+
 class BesselBasis(nn.Module):
     """Radial basis ``sqrt(2/r_c) sin(n π r / r_c) / r`` for n = 1..n_basis (r in Å)."""
 
@@ -112,8 +130,10 @@ class AtomicDensity(nn.Module):
         self.mix1 = nn.Parameter(torch.eye(c) + 0.1 * torch.randn(c, c))
         self.mix2 = nn.Parameter(torch.eye(c) + 0.1 * torch.randn(c, c))
         self.mix2b = nn.Parameter(torch.eye(c) + 0.1 * torch.randn(c, c))
-        self.register_buffer("w3j_112", o3.wigner_3j(1, 1, 2) * math.sqrt(5.0))
-        self.register_buffer("w3j_222", o3.wigner_3j(2, 2, 2) * math.sqrt(5.0))
+        self.constants = ExactConstants(
+            w3j_112=o3.wigner_3j(1, 1, 2, dtype=torch.float64) * math.sqrt(5.0),
+            w3j_222=o3.wigner_3j(2, 2, 2, dtype=torch.float64) * math.sqrt(5.0),
+        )
         self.n_invariants = 5 * c
         # standardisation of the invariants (fitted on training data, saved in the state dict)
         self.register_buffer("feature_shift", torch.zeros(self.n_invariants))
@@ -151,9 +171,9 @@ class AtomicDensity(nn.Module):
         a2n = torch.einsum("ncm,cd->ndm", a2, self.mix2b)
         p1 = (a1 * a1m).sum(-1)
         p2 = (a2 * a2m).sum(-1)
-        sym2 = torch.einsum("nci,ncj,ijk->nck", a1, a1m, self.w3j_112)
+        sym2 = torch.einsum("nci,ncj,ijk->nck", a1, a1m, self.constants.get("w3j_112", a1.dtype))
         t112 = (sym2 * a2n).sum(-1)
-        t222 = torch.einsum("nci,ncj,nck,ijk->nc", a2, a2m, a2n, self.w3j_222)
+        t222 = torch.einsum("nci,ncj,nck,ijk->nc", a2, a2m, a2n, self.constants.get("w3j_222", a1.dtype))
         features = torch.cat([a0, p1, p2, t112, t222], dim=-1)
         return (features - self.feature_shift) / self.feature_scale
 

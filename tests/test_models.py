@@ -1,0 +1,284 @@
+"""Physics and contracts of the NN potential and the equivariant Born-charge model (float64)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.spacegroup import crystal
+from scipy.spatial.transform import Rotation
+
+from bornfield.errors import InputFileError
+from bornfield.models import (
+    BornChargeModel,
+    BornCommittee,
+    PotentialCommittee,
+    PotentialModel,
+    create_model,
+    create_random_model_file,
+    load_born,
+    load_model,
+    load_potential,
+    save_model,
+)
+
+SPECIES = ["Li", "P", "O"]
+SMALL = {"channels": 4, "hidden": 16, "radial_hidden": 16}
+MEAN_CHARGES = {"Li": 1.0, "P": 3.2, "O": -1.55}
+
+
+def beta_li3po4() -> Atoms:
+    """beta-Li3PO4 (Pmn2_1), Keffer et al. 1967 (see LI3PO4_FACTS.md)."""
+    return crystal(
+        ["Li", "Li", "P", "O", "O", "O"],
+        basis=[
+            (0.24810, 0.32770, 0.98600),
+            (0.5, 0.84280, 0.98930),
+            (0, 0.82430, 0),
+            (0.20777, 0.68676, 0.89610),
+            (0, 0.10520, 0.90040),
+            (0.5, 0.18140, 0.81720),
+        ],
+        spacegroup=31,
+        cellpar=[6.1150, 5.2394, 4.8554, 90, 90, 90],
+    )
+
+
+def randomise(model, seed=0, scale=0.3):
+    """Give every parameter a non-trivial random value (so symmetry tests are not vacuous)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return model
+
+
+def make(kind, seed=0, cutoff=4.5, **extra):
+    hyper = dict(SMALL, **extra)
+    if kind == "born":
+        hyper.setdefault("mean_charges", MEAN_CHARGES)
+    return randomise(create_model(kind, SPECIES, cutoff, seed=seed, **hyper).double(), seed)
+
+
+@pytest.fixture(scope="module")
+def structure():
+    atoms = beta_li3po4()
+    atoms.set_cell(np.array(atoms.cell) @ (np.eye(3) + 0.02 * np.random.default_rng(0).normal(size=(3, 3))), scale_atoms=True)
+    atoms.rattle(0.1, seed=1)
+    return atoms
+
+
+@pytest.fixture(scope="module")
+def potential():
+    return make("potential", 1)
+
+
+@pytest.fixture(scope="module")
+def born():
+    return make("born", 2)
+
+
+def args(atoms):
+    return atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc
+
+
+def test_protocols_and_receptive_field(potential, born):
+    assert isinstance(potential, PotentialModel)
+    assert isinstance(born, BornChargeModel)
+    assert potential.receptive_field == potential.cutoff == 4.5
+    assert born.species == tuple(SPECIES)
+
+
+@pytest.mark.parametrize("reflect", [False, True])
+def test_born_equivariance_and_energy_invariance(structure, potential, born, reflect):
+    rotation = Rotation.random(random_state=7).as_matrix()
+    if reflect:
+        rotation = rotation @ np.diag([1.0, 1.0, -1.0])  # improper: rotation times mirror
+        assert np.linalg.det(rotation) < 0
+    rotated = structure.copy()
+    rotated.set_cell(np.asarray(structure.cell) @ rotation.T, scale_atoms=True)
+    z = born.born_charges(*args(structure))
+    z_rot = born.born_charges(*args(rotated))
+    assert np.abs(z).max() > 0.5 and np.abs(z - z.mean(0)).max() > 1e-3  # non-trivial tensors
+    offdiag = z[:, ~np.eye(3, dtype=bool)]
+    assert np.abs(offdiag).max() > 1e-3
+    np.testing.assert_allclose(z_rot, np.einsum("ab,kbc,dc->kad", rotation, z, rotation), atol=1e-10)
+    e, f, s = potential.energy_forces_stress(*args(structure))
+    e_rot, f_rot, s_rot = potential.energy_forces_stress(*args(rotated))
+    assert e_rot == pytest.approx(e, abs=1e-9)
+    np.testing.assert_allclose(f_rot, f @ rotation.T, atol=1e-10)
+    np.testing.assert_allclose(s_rot, rotation @ s @ rotation.T, atol=1e-10)
+
+
+def test_born_is_not_symmetric_in_general(structure, born):
+    """The 1e (antisymmetric) channel is live: Z - Zᵀ ≠ 0, as in DFPT for low-symmetry sites."""
+    z = born.born_charges(*args(structure))
+    assert np.abs(z - z.transpose(0, 2, 1)).max() > 1e-4
+
+
+def test_asr_exact(structure, born):
+    z = born.born_charges(*args(structure))
+    assert np.abs(z.sum(axis=0)).max() < 1e-12
+    raw = born.cluster_born_charges_raw(structure.positions, structure.numbers)
+    assert np.abs(raw.sum(axis=0)).max() > 1e-3  # the correction is doing something
+
+
+def test_permutation_and_translation_invariance(structure, potential, born):
+    perm = np.random.default_rng(3).permutation(len(structure))
+    permuted = structure[perm]
+    e, f, _ = potential.energy_forces_stress(*args(structure))
+    e_p, f_p, _ = potential.energy_forces_stress(*args(permuted))
+    assert e_p == pytest.approx(e, abs=1e-10)
+    np.testing.assert_allclose(f_p, f[perm], atol=1e-10)
+    np.testing.assert_allclose(born.born_charges(*args(permuted)), born.born_charges(*args(structure))[perm], atol=1e-10)
+    shifted = structure.copy()
+    shifted.positions += np.array([0.37, -1.3, 2.9])
+    shifted.wrap()
+    e_t, f_t, _ = potential.energy_forces_stress(*args(shifted))
+    assert e_t == pytest.approx(e, abs=1e-9)
+    np.testing.assert_allclose(f_t, f, atol=1e-10)
+    np.testing.assert_allclose(born.born_charges(*args(shifted)), born.born_charges(*args(structure)), atol=1e-10)
+
+
+def test_supercell_consistency(structure, potential, born):
+    supercell = structure.repeat((2, 1, 2))
+    z = born.born_charges(*args(structure))
+    z_super = born.born_charges(*args(supercell))
+    np.testing.assert_allclose(z_super, np.tile(z, (4, 1, 1)), atol=1e-10)
+    e, f, s = potential.energy_forces_stress(*args(structure))
+    e_s, f_s, s_s = potential.energy_forces_stress(*args(supercell))
+    assert e_s == pytest.approx(4 * e, abs=1e-8)
+    np.testing.assert_allclose(f_s, np.tile(f, (4, 1)), atol=1e-10)
+    np.testing.assert_allclose(s_s, s, atol=1e-12)
+
+
+def test_forces_are_minus_energy_gradient(structure, potential):
+    _, forces, _ = potential.energy_forces_stress(*args(structure))
+    assert np.abs(forces).max() > 1e-3
+    delta = 1e-5
+    for atom, axis in [(0, 0), (5, 1), (9, 2), (15, 0)]:
+        plus, minus = structure.copy(), structure.copy()
+        plus.positions[atom, axis] += delta
+        minus.positions[atom, axis] -= delta
+        e_plus = potential.energy_forces_stress(*args(plus))[0]
+        e_minus = potential.energy_forces_stress(*args(minus))[0]
+        assert forces[atom, axis] == pytest.approx(-(e_plus - e_minus) / (2 * delta), rel=1e-5, abs=1e-8)
+
+
+def test_stress_is_strain_derivative(structure, potential):
+    _, _, stress = potential.energy_forces_stress(*args(structure))
+    volume = structure.get_volume()
+    delta = 1e-5
+    for a, b in [(0, 0), (1, 2), (2, 2), (0, 1)]:
+        energies = []
+        for sign in (1, -1):
+            strain = np.eye(3)
+            strain[a, b] += sign * delta
+            if a != b:
+                strain[b, a] += sign * delta
+            strained = structure.copy()
+            strained.set_cell(np.asarray(structure.cell) @ strain, scale_atoms=True)
+            energies.append(potential.energy_forces_stress(*args(strained))[0])
+        derivative = (energies[0] - energies[1]) / (2 * delta) / volume
+        expected = stress[a, b] * (2 if a != b else 1)
+        assert expected == pytest.approx(derivative, rel=1e-5, abs=1e-9)
+
+
+def test_smooth_at_cutoff(potential, born):
+    """Energy, forces and Born charges reach their isolated-atom values continuously at r_c."""
+    rc = potential.cutoff
+    numbers, mask = np.array([3, 8]), np.array([True, True])
+
+    def evaluate(r):
+        positions = np.array([[0.0, 0.0, 0.0], [r, 0.0, 0.0]])
+        sites, forces = potential.cluster_site_energies_forces(positions, numbers, mask)
+        return sites.sum(), forces, born.cluster_born_charges_raw(positions, numbers)
+
+    e_far, f_far, z_far = evaluate(rc + 1e-6)
+    assert np.abs(f_far).max() == 0.0
+    e_mid, f_mid, z_mid = evaluate(rc - 0.5)
+    assert abs(e_mid - e_far) > 1e-4 and np.abs(f_mid).max() > 1e-4  # the pair does interact inside r_c
+    assert np.abs(z_mid - z_far).max() > 1e-5
+    e_near, f_near, z_near = evaluate(rc - 1e-4)
+    assert abs(e_near - e_far) < 1e-8
+    assert np.abs(f_near).max() < 1e-6
+    assert np.abs(z_near - z_far).max() < 1e-8
+
+
+def test_cluster_evaluation_reproduces_periodic(structure):
+    """Owned atoms + ghosts (open boundaries) give the periodic site energies, forces and raw Z."""
+    potential = make("potential", 4, cutoff=4.0)
+    born = make("born", 5, cutoff=4.0)
+    cell = np.asarray(structure.cell)
+    n = len(structure)
+    images = [(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)]
+    positions = np.concatenate([structure.positions + np.array(s) @ cell for s in images])
+    numbers = np.tile(structure.numbers, len(images))
+    owned = np.zeros(len(positions), dtype=bool)
+    centre = images.index((0, 0, 0))
+    owned[centre * n : (centre + 1) * n] = True
+    sites, forces = potential.cluster_site_energies_forces(positions, numbers, owned)
+    graph = potential.make_graph(*args(structure))
+    periodic = potential.forward(graph)
+    np.testing.assert_allclose(sites[owned], periodic["site_energies"].detach().numpy(), atol=1e-10)
+    # the periodic force on atom k is the sum over its images (LAMMPS reverse communication)
+    np.testing.assert_allclose(forces.reshape(len(images), n, 3).sum(0), periodic["forces"].detach().numpy(), atol=1e-10)
+    raw = born.cluster_born_charges_raw(positions, numbers)[owned]
+    np.testing.assert_allclose(raw - raw.mean(0), born.born_charges(*args(structure)), atol=1e-10)
+
+
+def test_save_load_round_trip(tmp_path, structure, potential, born):
+    for model, name in ((potential, "potential_0.pt"), (born, "born_0.pt")):
+        path = save_model(model, tmp_path / name, {"training_data_hash": "abc"})
+        loaded = load_model(path, dtype=torch.float64)
+        assert loaded.kind == model.kind and loaded.species == model.species and loaded.cutoff == model.cutoff
+        assert loaded.metadata["training_data_hash"] == "abc"
+        assert loaded.metadata["bornfield_version"] and loaded.metadata["e3nn_version"]
+    p = load_potential(tmp_path / "potential_0.pt", dtype=torch.float64)
+    assert p.energy_forces_stress(*args(structure))[0] == pytest.approx(potential.energy_forces_stress(*args(structure))[0], abs=1e-12)
+    b = load_born(tmp_path / "born_0.pt", dtype=torch.float64)
+    np.testing.assert_allclose(b.born_charges(*args(structure)), born.born_charges(*args(structure)), atol=1e-12)
+
+
+def test_corrupted_or_wrong_model_file_is_a_clear_error(tmp_path, potential):
+    path = save_model(potential, tmp_path / "potential_0.pt")
+    data = path.read_bytes()
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputFileError, match="truncated.pt"):
+        load_potential(truncated)
+    payload = torch.load(path, weights_only=True)
+    name = next(iter(payload["state_dict"]))
+    payload["state_dict"][name] = payload["state_dict"][name] + 1.0
+    tampered = tmp_path / "tampered.pt"
+    torch.save(payload, tampered)
+    with pytest.raises(InputFileError, match="checksum"):
+        load_potential(tampered)
+    with pytest.raises(InputFileError, match="expected born"):
+        load_born(path)
+    with pytest.raises(InputFileError, match="not found"):
+        load_potential(tmp_path / "missing.pt")
+    text = tmp_path / "text.pt"
+    text.write_text("not a model")
+    with pytest.raises(InputFileError):
+        load_potential(text)
+
+
+def test_random_model_files_and_committees(tmp_path, structure):
+    paths_p = [create_random_model_file("potential", SPECIES, 4.5, tmp_path / f"potential_{i}.pt", seed=i, **SMALL) for i in range(2)]
+    paths_b = [
+        create_random_model_file("born", SPECIES, 4.5, tmp_path / f"born_{i}.pt", seed=i, mean_charges=MEAN_CHARGES, **SMALL)
+        for i in range(2)
+    ]
+    committee_p = load_potential(paths_p, dtype=torch.float64)
+    committee_b = load_born(paths_b, dtype=torch.float64)
+    assert isinstance(committee_p, PotentialCommittee) and isinstance(committee_b, BornCommittee)
+    assert isinstance(committee_p, PotentialModel) and isinstance(committee_b, BornChargeModel)
+    members = [load_born(p, dtype=torch.float64) for p in paths_b]
+    z = committee_b.born_charges(*args(structure))
+    np.testing.assert_allclose(z, np.mean([m.born_charges(*args(structure)) for m in members], axis=0), atol=1e-12)
+    assert np.abs(z.sum(0)).max() < 1e-12
+    out = committee_p.evaluate_graph(committee_p.make_graph(*args(structure)))
+    assert out["forces_var"].shape == (len(structure), 3) and out["forces_var"].max() > 0
+    assert load_model(paths_p[0]).metadata["trained"] is False
