@@ -200,3 +200,12 @@ def test_interrupted_write_leaves_no_partial_file(tmp_path: Path, monkeypatch) -
     with pytest.raises(OSError, match="disk full"):
         provenance.write_provenance(target, {"seed": 1}, [1])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_qe_is_listed_as_unavailable(tmp_path: Path) -> None:
+    missing = str(tmp_path / "no-such-pw.x")
+    record = provenance.collect_provenance(pw_executable=missing)
+    assert record["quantum_espresso"]["version"] is None
+    assert "not found" in record["unavailable"]["quantum_espresso"]
+    record["quantum_espresso"]["version"] = "edited"  # the per-process cache is not shared
+    assert provenance.collect_provenance(pw_executable=missing)["quantum_espresso"]["version"] is None

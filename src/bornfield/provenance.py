@@ -217,11 +217,11 @@ def mpi_library_version(python: str | None = None) -> tuple[str | None, str | No
 
 
 @functools.lru_cache(maxsize=8)
-def _external_versions(pw_executable: str) -> tuple[str, str]:
-    """QE and MPI probes, cached per process (they cost subprocesses); JSON-encoded."""
-    qe, qe_reason = quantum_espresso_version(pw_executable)
-    mpi, mpi_reason = mpi_library_version()
-    return json.dumps([qe, qe_reason]), json.dumps([mpi, mpi_reason])
+def _external_versions(
+    pw_executable: str,
+) -> tuple[tuple[dict[str, Any], str | None], tuple[str | None, str | None]]:
+    """QE and MPI probes, cached per process (they cost subprocesses). Do not mutate."""
+    return quantum_espresso_version(pw_executable), mpi_library_version()
 
 
 def collect_provenance(*, pw_executable: str = "pw.x") -> dict[str, Any]:
@@ -238,9 +238,8 @@ def collect_provenance(*, pw_executable: str = "pw.x") -> dict[str, Any]:
         "date_utc": ISO 8601, "unavailable": {item: reason}}``.
     """
     packages, unavailable = python_package_versions()
-    qe_json, mpi_json = _external_versions(pw_executable)
-    qe, qe_reason = json.loads(qe_json)
-    mpi_library, mpi_reason = json.loads(mpi_json)
+    (qe_cached, qe_reason), (mpi_library, mpi_reason) = _external_versions(pw_executable)
+    qe = dict(qe_cached)  # a copy: callers may edit the record
     if qe_reason:
         unavailable["quantum_espresso"] = qe_reason
     if mpi_reason:
