@@ -30,12 +30,17 @@ def _image_tree(atoms: Atoms) -> tuple[cKDTree, np.ndarray]:
     return cKDTree(images), shifts
 
 
-def find_voids(atoms: Atoms, grid_spacing: float = 0.2, n_voids: int = 20) -> list[tuple[np.ndarray, float]]:
+def find_voids(atoms: Atoms, grid_spacing: float = 0.25, n_voids: int = 10,
+               exclude_center: np.ndarray | None = None, exclude_radius: float = 0.0
+               ) -> list[tuple[np.ndarray, float]]:
     """Centres and radii of the largest empty spheres of a periodic structure.
 
     A fractional grid (about ``grid_spacing`` Å) is scanned for the distance to
     the nearest atom; local maxima of that field are refined by maximising the
     nearest-atom distance (Nelder–Mead) and returned largest first.
+
+    Grid maxima closer than ``exclude_radius`` Å (minimum image) to
+    ``exclude_center`` are skipped, as are refined centres that drift there.
 
     Returns:
         list of (position (3,) Å, radius Å), at most ``n_voids`` entries,
@@ -58,7 +63,14 @@ def find_voids(atoms: Atoms, grid_spacing: float = 0.2, n_voids: int = 20) -> li
             continue
         is_max &= field >= np.roll(field, tuple(shift), axis=(0, 1, 2))
     candidates = np.flatnonzero(is_max.ravel())
-    candidates = candidates[np.argsort(-dist[candidates])][: 5 * n_voids]
+    candidates = candidates[np.argsort(-dist[candidates])]
+    if exclude_center is not None and exclude_radius > 0:
+        from ase.geometry import get_distances
+
+        _, d = get_distances(frac[candidates] @ cell, np.asarray(exclude_center)[None, :],
+                             cell=atoms.cell, pbc=atoms.pbc)
+        candidates = candidates[d[:, 0] >= exclude_radius]
+    candidates = candidates[: 3 * n_voids]
 
     def negative_clearance(cart: np.ndarray) -> float:
         wrapped = (np.linalg.solve(cell.T, cart) % 1.0) @ cell
@@ -71,6 +83,9 @@ def find_voids(atoms: Atoms, grid_spacing: float = 0.2, n_voids: int = 20) -> li
                           options={"xatol": 1e-4, "fatol": 1e-6, "maxiter": 400})
         position = (np.linalg.solve(cell.T, result.x) % 1.0) @ cell
         radius = -negative_clearance(position)
+        if exclude_center is not None and exclude_radius > 0 and \
+                _min_image_distance(atoms, position, np.asarray(exclude_center)) < exclude_radius:
+            continue
         refined.append((position, radius))
     refined.sort(key=lambda item: -item[1])
     unique: list[tuple[np.ndarray, float]] = []
@@ -130,10 +145,10 @@ def make_li_frenkel(atoms: Atoms, seed: int, min_separation: float = 3.0) -> tup
     site = atoms.positions[index].copy()
     host = atoms.copy()
     del host[index]
-    for position, radius in find_voids(host, n_voids=40):
+    voids = find_voids(host, n_voids=5, exclude_center=site, exclude_radius=min_separation)
+    if voids:
+        position, radius = voids[0]
         separation = _min_image_distance(host, position, site)
-        if separation >= min_separation:
-            break
     else:
         raise ConfigError(
             f"no interstitial void found at >= {min_separation} Å from the vacancy in a "

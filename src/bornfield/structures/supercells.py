@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 from ase import Atoms
 from ase.build import make_supercell
@@ -35,29 +33,29 @@ def choose_repetition(
     n0 = len(atoms)
     if n0 == 0:
         raise ConfigError("cannot build a supercell of an empty structure")
-    best_key, best = None, None
-    fallback_key, fallback = None, None
-    upper = target_atoms * (1.0 + max_excess_fraction)
-    for reps in itertools.product(range(1, max_repeat + 1), repeat=3):
-        n = n0 * reps[0] * reps[1] * reps[2]
-        if n < target_atoms:
-            continue
-        cell = atoms.cell[:] * np.asarray(reps)[:, None]
-        widths = perpendicular_widths(cell)
-        cubicity = widths.min() / abs(np.linalg.det(cell)) ** (1.0 / 3.0)
-        if n <= upper:
-            key = (-round(cubicity, 6), n, reps)
-            if best_key is None or key < best_key:
-                best_key, best = key, reps
-        key = (n, -round(cubicity, 6), reps)
-        if fallback_key is None or key < fallback_key:
-            fallback_key, fallback = key, reps
-    if best is None and fallback is None:
+    min_cells = -(-target_atoms // n0)  # ceil
+    max_cells = max(min_cells, int(target_atoms * (1.0 + max_excess_fraction)) // n0)
+    if min_cells > max_repeat**3:
         raise ConfigError(
             f"no repetition up to {max_repeat} per axis reaches target_atoms={target_atoms} "
             f"from a {n0}-atom cell"
         )
-    return tuple(int(r) for r in (best if best is not None else fallback))
+    r = np.arange(1, min(max_repeat, max_cells) + 1)
+    reps = np.array(np.meshgrid(r, r, r, indexing="ij")).reshape(3, -1).T
+    cells = reps.prod(axis=1)
+    reps = reps[(cells >= min_cells) & (cells <= max_cells)]
+    cells = reps.prod(axis=1)
+    lattice = atoms.cell[:]
+    volume = abs(np.linalg.det(lattice)) * cells
+    # face-to-face widths of the supercell: n_i * (width of the unit cell along i)
+    widths = reps * perpendicular_widths(lattice)[None, :]
+    cubicity = np.round(widths.min(axis=1) / np.cbrt(volume), 6)
+    in_window = cells * n0 <= target_atoms * (1.0 + max_excess_fraction)
+    if in_window.any():
+        order = np.lexsort((reps[:, 2], reps[:, 1], reps[:, 0], cells, -cubicity, ~in_window))
+    else:
+        order = np.lexsort((reps[:, 2], reps[:, 1], reps[:, 0], -cubicity, cells))
+    return tuple(int(x) for x in reps[order[0]])
 
 
 def build_supercell(atoms: Atoms, repetition: tuple[int, int, int]) -> Atoms:
