@@ -14,16 +14,6 @@ import argparse
 import logging
 from pathlib import Path
 
-from tqdm import tqdm
-
-from bornfield.analysis.condition import (
-    analyze_condition,
-    analyze_replicas,
-    replicas_from_files,
-    write_json,
-    write_msd_csv,
-)
-from bornfield.analysis.sweep import load_records, write_sweep
 from bornfield.config import add_settings_arguments, settings_from_args, validate_section
 from bornfield.errors import InputFileError
 
@@ -70,6 +60,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_condition(args: argparse.Namespace) -> int:
+    from bornfield.analysis.condition import (
+        analyze_condition,
+        analyze_replicas,
+        replicas_from_files,
+        write_json,
+        write_msd_csv,
+    )
+
     settings = analysis_settings(args)
     inputs = [Path(p) for p in args.inputs]
     if len(inputs) == 1 and inputs[0].is_dir():
@@ -95,6 +93,10 @@ def run_condition(args: argparse.Namespace) -> int:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from bornfield.analysis.sweep import load_records, write_sweep
+
     settings = analysis_settings(args)
     records = load_records(tqdm(args.records, desc="records", unit="file", disable=None))
     paths = write_sweep(records, settings, args.output_dir)

@@ -89,6 +89,9 @@ def displacement_moments(
     mean_sums = np.zeros((max_lag + 1, 3))
     for lo in range(0, atom_indices.size, chunk_atoms):
         relative = positions[:, atom_indices[lo : lo + chunk_atoms]] - com[:, None, :]
+        # displacements are invariant under a constant shift: measuring from frame 0 keeps the
+        # FFT round-off at the scale of the displacements, not of the absolute positions
+        relative = relative - relative[0]
         for column, (a, b) in enumerate(_PAIRS):
             combination = relative[..., a] if a == b else relative[..., a] + relative[..., b]
             diagonal_sums[:, column] += _summed_msd_columns(combination, max_lag)

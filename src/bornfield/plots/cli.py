@@ -16,13 +16,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from tqdm import tqdm
-
-from bornfield.analysis.sweep import load_records
 from bornfield.analysis.cli import analysis_settings
 from bornfield.config import add_settings_arguments
 from bornfield.errors import InputFileError
-from bornfield.plots import figures
 
 LOG = logging.getLogger(__name__)
 
@@ -53,7 +49,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sweep.set_defaults(func=run_sweep)
 
     everything = commands.add_parser("all", help="every figure from an analysis directory (what `snakemake figures` does)")
-    everything.add_argument("--analysis-dir", required=True)
+    everything.add_argument(
+        "--analysis-dir", required=True,
+        help="directory with sweep_linear_response.csv, arrhenius.json and the per-condition records",
+    )
+    everything.add_argument(
+        "--records", nargs="+",
+        help="per-condition records to draw (default: every <condition>.json in --analysis-dir)",
+    )
     everything.add_argument("--figures-dir", required=True)
     add_settings_arguments(everything)
     everything.set_defaults(func=run_all)
@@ -64,6 +67,9 @@ def _figure_options(settings: dict) -> dict:
 
 
 def run_condition(args: argparse.Namespace) -> int:
+    from bornfield.analysis.sweep import load_records
+    from bornfield.plots import figures
+
     settings = analysis_settings(args)
     (record,) = load_records([args.record])
     paths = figures.plot_condition(record, args.output_stem, **_figure_options(settings))
@@ -72,7 +78,10 @@ def run_condition(args: argparse.Namespace) -> int:
 
 
 def draw_sweep(records, linear_response_csv, arrhenius_json, output_dir, settings) -> list[Path]:
+    """The four campaign-level figures (see ``SWEEP_FIGURES``); returns the written paths."""
     import json
+
+    from bornfield.plots import figures
 
     options = _figure_options(settings)
     species = settings["mobile_species"]
@@ -93,6 +102,8 @@ def draw_sweep(records, linear_response_csv, arrhenius_json, output_dir, setting
 
 
 def run_sweep(args: argparse.Namespace) -> int:
+    from bornfield.analysis.sweep import load_records
+
     settings = analysis_settings(args)
     records = load_records(args.records)
     paths = draw_sweep(records, args.linear_response, args.arrhenius, args.output_dir, settings)
@@ -101,9 +112,17 @@ def run_sweep(args: argparse.Namespace) -> int:
 
 
 def run_all(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from bornfield.analysis.sweep import load_records
+    from bornfield.plots import figures
+
     settings = analysis_settings(args)
     analysis_dir = Path(args.analysis_dir)
-    record_paths = sorted(p for p in analysis_dir.glob("*.json") if p.name != "arrhenius.json")
+    if args.records:
+        record_paths = [Path(p) for p in args.records]
+    else:
+        record_paths = sorted(p for p in analysis_dir.glob("*.json") if p.name != "arrhenius.json")
     if not record_paths:
         raise InputFileError(f"{analysis_dir}: no per-condition analysis records (*.json)")
     records = load_records(record_paths)

@@ -167,7 +167,7 @@ def plot_sweep_msd(records: list[dict], species: str, stem: str | Path, formats=
             groups[(phase, temperature, _axis_name(record["parallel_axis"]))] = []
     temperatures = sorted({k[1] for k in groups})
     with st.style():
-        fig, ax = plt.subplots(figsize=(st.SINGLE_COLUMN_IN + 0.6, 2.9))
+        fig, ax = plt.subplots(figsize=(st.SINGLE_COLUMN_IN + 1.4, 2.9))
         if not groups:
             st.no_data(ax, f"no analysed condition with {species}")
             return st.save_figure(fig, stem, formats, dpi)
@@ -193,16 +193,16 @@ def plot_sweep_msd(records: list[dict], species: str, stem: str | Path, formats=
             points = np.array(points)
             color = st.phase_color(phase)
             marker = st.temperature_marker(temperatures.index(temperature))
-            label = f"{phase} {temperature:g} K, ∥ = {axis}"
-            ax.errorbar(points[:, 0], points[:, 1], yerr=np.nan_to_num(points[:, 2]), color=color, marker=marker, capsize=2, label=label + " (∥)")
+            label = f"{phase} {temperature:g} K" + ("" if axis == "x" else f", E∥{axis}")
+            ax.errorbar(points[:, 0], points[:, 1], yerr=np.nan_to_num(points[:, 2]), color=color, marker=marker, capsize=2, label=label)
             ax.errorbar(points[:, 0], points[:, 3], yerr=np.nan_to_num(points[:, 4]), color=color, marker=marker,
-                        markerfacecolor="white", linestyle="--", capsize=2, label=label + " (⊥/direction)")
+                        markerfacecolor="white", linestyle="--", capsize=2)
         times = ", ".join(f"{t * PS:g}" for t in sorted(reference_times))
         ax.set_xlabel(st.LABELS["field"])
         ax.set_ylabel(f"{species} MSD at τ = {times} ps (Å²)")
         ax.set_yscale("log")
-        ax.set_title(f"{species} MSD parallel (filled) vs perpendicular (open) to E")
-        ax.legend(loc="upper left", fontsize=6.5)
+        ax.set_title(f"{species}: ∥ E (filled, solid) and ⊥ E per direction (open, dashed)", fontsize=8)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=6.5)
         return st.save_figure(fig, stem, formats, dpi)
 
 
@@ -222,47 +222,67 @@ def read_csv(path: str | Path) -> list[dict[str, Any]]:
 
 
 def plot_mobility(linear_rows: list[dict], species: str, stem: str | Path, formats=("png", "pdf"), dpi: int = 150) -> list[Path]:
-    """μ(E) of the mobile species per group, with ⟨Z∥⟩·e·D/(H_R k_B T) of the zero-field run as a band.
+    """Left: μ(E) of the mobile species (log scale) with ⟨Z∥⟩·e·D/(H_R k_B T) of the zero-field
+    run as a dotted line and band. Right: μ / that expectation with the linear-response tolerance.
 
-    Open markers: conditions judged nonlinear.
+    Marker fill: filled = linear, open = nonlinear, faint = undetermined.
     """
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in linear_rows:
         groups[(row["phase"], row["temperature_K"], row["direction"])].append(row)
     temperatures = sorted({k[1] for k in groups})
     with st.style():
-        fig, ax = plt.subplots(figsize=(st.SINGLE_COLUMN_IN + 0.6, 2.9))
+        fig, (ax, ax_ratio) = plt.subplots(1, 2, figsize=(st.DOUBLE_COLUMN_IN, 2.8))
         if not groups:
             st.no_data(ax, "no field-driven condition analysed")
+            st.no_data(ax_ratio, "no field-driven condition analysed")
             return st.save_figure(fig, stem, formats, dpi)
+        hidden = 0
         for (phase, temperature, direction), rows in sorted(groups.items(), key=lambda kv: str(kv[0])):
             rows.sort(key=lambda r: r["field_V_per_A"])
             color = st.phase_color(phase)
             marker = st.temperature_marker(temperatures.index(temperature))
+            label = f"{phase} {temperature:g} K" + ("" if direction == "x" else f", E∥{direction}")
             strengths = np.array([r["field_V_per_A"] for r in rows])
             mobility = np.array([r["mobility_cm2_per_V_s"] for r in rows])
             sem = np.nan_to_num(np.array([r["mobility_sem_cm2_per_V_s"] for r in rows]))
-            ax.plot(strengths, mobility, color=color, linewidth=0.8)
-            for strength, value, error, row in zip(strengths, mobility, sem, rows):
-                nonlinear = row["linear_response"] == "nonlinear"
-                ax.errorbar([strength], [value], yerr=[error], color=color, marker=marker, capsize=2,
-                            markerfacecolor="white" if nonlinear else color)
-            ax.plot([], [], color=color, marker=marker, label=f"{phase} {temperature:g} K, E∥{direction}")
+            positive = mobility > 0
+            hidden += int((~positive).sum())
+            ax.plot(strengths[positive], mobility[positive], color=color, linewidth=0.8, label=label, marker="none")
             ne = rows[0].get("ne_mobility_cm2_per_V_s", float("nan"))
-            if isinstance(ne, float) and math.isfinite(ne):
+            ratio = np.array([r.get("mu_over_ne", float("nan")) for r in rows], dtype=float)
+            ratio_sem = np.nan_to_num(np.array([r.get("mu_over_ne_sem", float("nan")) for r in rows], dtype=float))
+            for i, row in enumerate(rows):
+                verdict = str(row["linear_response"])
+                face = "white" if verdict == "nonlinear" else color
+                alpha = 0.35 if verdict.startswith("undetermined") else 1.0
+                if positive[i]:
+                    ax.errorbar([strengths[i]], [mobility[i]], yerr=[[min(sem[i], 0.999 * mobility[i])], [sem[i]]], color=color,
+                                marker=marker, capsize=2, markerfacecolor=face, alpha=alpha)
+                if math.isfinite(ratio[i]):
+                    ax_ratio.errorbar([strengths[i]], [ratio[i]], yerr=[ratio_sem[i]], color=color, marker=marker, capsize=2,
+                                      markerfacecolor=face, alpha=alpha)
+            if np.isfinite(ratio).any():
+                ax_ratio.plot(strengths[np.isfinite(ratio)], ratio[np.isfinite(ratio)], color=color, linewidth=0.8)
+            if isinstance(ne, float) and math.isfinite(ne) and ne > 0:
                 ne_sem = rows[0].get("ne_mobility_sem_A2_per_V_fs", float("nan")) * MOBILITY_A2_PER_V_FS_IN_CM2_PER_V_S
                 ax.axhline(ne, color=color, linestyle=":", linewidth=1.0)
                 if math.isfinite(ne_sem):
-                    ax.axhspan(ne - ne_sem, ne + ne_sem, color=color, alpha=0.12, linewidth=0)
-        ax.plot([], [], color="0.3", linestyle=":", label="⟨Z∥⟩ e D/(k$_B$T), E = 0 (H$_R$ = 1)")
-        ax.plot([], [], color="0.3", marker="o", markerfacecolor="white", linestyle="none", label="judged nonlinear")
+                    ax.axhspan(max(ne - ne_sem, ne * 1e-3), ne + ne_sem, color=color, alpha=0.12, linewidth=0)
+        ax.plot([], [], color="0.3", linestyle=":", label="⟨Z∥⟩eD/(H$_R$k$_B$T), E = 0")
         ax.set_xlabel(st.LABELS["field"])
         ax.set_ylabel(f"{species} " + st.LABELS["mobility"])
+        ax.set_yscale("log")
         ax.set_xlim(left=0)
-        secondary = ax.secondary_yaxis("right", functions=(lambda y: y / MOBILITY_A2_PER_V_FS_IN_CM2_PER_V_S, lambda y: y * MOBILITY_A2_PER_V_FS_IN_CM2_PER_V_S))
-        secondary.set_ylabel("μ (Å²/(V·fs))")
-        ax.set_title(f"{species} mobility v∥/|E| vs field")
+        ax.set_title(f"{species} mobility v∥/|E|" + (f" ({hidden} non-positive values not shown)" if hidden else ""), fontsize=8)
         ax.legend(loc="best", fontsize=6.5)
+        ax_ratio.axhline(1.0, color="0.3", linewidth=0.8)
+        ax_ratio.set_xlabel(st.LABELS["field"])
+        ax_ratio.set_ylabel("μ / (⟨Z∥⟩ e D/(H$_R$k$_B$T))")
+        ax_ratio.set_xlim(left=0)
+        lower, upper = ax_ratio.get_ylim()
+        ax_ratio.set_ylim(max(lower, -1.0), min(upper, 4.0))
+        ax_ratio.set_title("linear response = 1; filled: linear, open: nonlinear, faint: undetermined", fontsize=7)
         return st.save_figure(fig, stem, formats, dpi)
 
 
@@ -334,7 +354,7 @@ def plot_arrhenius(result: dict, stem: str | Path, formats=("png", "pdf"), dpi: 
             label = phase
             if fit:
                 sem_ea = fit["activation_energy_sem_eV"]
-                label += f": Ea = {fit['activation_energy_eV']:.2f}" + (f" ± {sem_ea:.2f}" if sem_ea is not None else "") + " eV"
+                label += f": Ea = {fit['activation_energy_eV']:.3f}" + (f" ± {sem_ea:.3f}" if sem_ea is not None else "") + " eV"
                 grid = np.linspace(x.min() * 0.97, x.max() * 1.03, 50)
                 ax.plot(grid, np.exp(fit["ln_D0_A2_per_fs"] - fit["activation_energy_eV"] / (8.617333262e-5) * grid / 1000.0) * A2_PER_FS_IN_CM2_PER_S,
                         color=color, linewidth=1.0)
@@ -348,6 +368,6 @@ def plot_arrhenius(result: dict, stem: str | Path, formats=("png", "pdf"), dpi: 
         ax.set_yscale("log")
         ax.set_xlabel(st.LABELS["inverse_T"])
         ax.set_ylabel(f"{species} " + st.LABELS["diffusion"])
-        ax.set_title(f"zero-field {species} diffusion (Haven ratio {result.get('haven_ratio', 1):g} for σ)")
+        ax.set_title(f"zero-field {species} diffusion, Arrhenius fit (Ea ± s.e.)")
         ax.legend(loc="lower left", fontsize=6.5)
         return st.save_figure(fig, stem, formats, dpi)

@@ -53,8 +53,6 @@ RC_PARAMS = {
     "axes.grid": True,
     "grid.alpha": 0.25,
     "grid.linewidth": 0.5,
-    "savefig.bbox": "tight",
-    "savefig.pad_inches": 0.03,
     "figure.constrained_layout.use": True,
     "mathtext.default": "regular",
     "pdf.fonttype": 42,

@@ -1,0 +1,333 @@
+"""Analysis on synthetic trajectories with known transport (biased random walks)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import constants
+
+from bornfield.analysis import transport
+from bornfield.analysis.condition import analyze_condition, fit_window_indices, write_json, write_msd_csv
+from bornfield.analysis.msd import displacement_moments, project
+from bornfield.analysis.synthetic import li3po4_like_cell, write_synthetic_condition, write_trajectory
+from bornfield.analysis.sweep import _verdict, arrhenius, critical_value, write_sweep
+from bornfield.analysis.trajectory import read_trajectory, unwrap
+from bornfield.config import validate_section
+from bornfield.errors import ConfigError, InputFileError
+
+
+@pytest.fixture
+def settings():
+    return validate_section({}, "analysis")
+
+
+def test_fft_moments_equal_direct_all_origin_average():
+    rng = np.random.default_rng(3)
+    positions = np.cumsum(rng.normal(size=(60, 9, 3)), axis=0)
+    masses = rng.uniform(1.0, 30.0, 9)
+    atoms = np.array([0, 2, 5, 7])
+    tensor, mean = displacement_moments(positions, masses, atoms, 25, chunk_atoms=3)
+    com = np.einsum("tnc,n->tc", positions, masses) / masses.sum()
+    relative = positions[:, atoms] - com[:, None]
+    for lag in (1, 7, 25):
+        delta = relative[lag:] - relative[:-lag]
+        direct = np.einsum("tia,tib->ab", delta, delta) / (delta.shape[0] * delta.shape[1])
+        np.testing.assert_allclose(tensor[lag], direct, atol=1e-10)
+        np.testing.assert_allclose(mean[lag], delta.mean(axis=(0, 1)), atol=1e-12)
+
+
+def test_recovers_known_diffusion_and_drift_along_an_oblique_field(tmp_path, settings):
+    diffusion, drift = 2.0e-3, 1.5e-3  # Å²/fs per direction, Å/fs
+    field = np.array([0.06, 0.08, 0.0])  # |E| = 0.1 V/Å, not along an axis
+    write_synthetic_condition(
+        tmp_path / "cond", n_replicas=6, n_frames=400, frame_interval_fs=10.0, field_V_per_A=field,
+        diffusion_A2_per_fs={"Li": diffusion}, drift_A_per_fs={"Li": drift}, n_formula_units=48, seed=11,
+    )
+    record = analyze_condition(tmp_path / "cond", settings)
+    li = record["species"]["Li"]
+    np.testing.assert_allclose(record["parallel_axis"], field / 0.1)
+    d_total = li["diffusion"]["total"]
+    # statistical error plus the ~0.5 % centre-of-mass coupling of a finite cell
+    assert abs(d_total["value"] - diffusion) < 4 * d_total["sem"] + 0.01 * diffusion
+    assert d_total["sem"] < 0.05 * diffusion
+    d_par = li["diffusion"]["parallel"]  # drift removed: no v² τ² contamination
+    assert abs(d_par["value"] - diffusion) < 4 * d_par["sem"] + 0.01 * diffusion
+    velocity = li["drift_velocity_A_per_fs"]["parallel"]
+    assert abs(velocity["value"] - drift) < 4 * velocity["sem"] + 0.01 * drift
+    mobility = li["mobility"]
+    assert mobility["A2_per_V_fs"]["value"] == pytest.approx(velocity["value"] / 0.1)
+    assert mobility["cm2_per_V_s"]["value"] == pytest.approx(0.1 * mobility["A2_per_V_fs"]["value"])
+    assert li["regime"] == "diffusive"
+    # raw MSD_par = 2Dτ + (vτ)² carries the drift; the drift-corrected curve is 2Dτ
+    msd = li["msd"]
+    lag = np.asarray(record["lag_fs"])[1:]
+    corrected = np.asarray(msd["parallel_drift_corrected"]["value"])[1:]
+    raw = np.asarray(msd["parallel"]["value"])[1:]
+    np.testing.assert_allclose(corrected / (2 * diffusion * lag), 1.0, atol=0.08)
+    np.testing.assert_allclose(raw / (2 * diffusion * lag + (drift * lag) ** 2), 1.0, atol=0.08)
+    assert raw[-1] > 1.5 * corrected[-1]
+    # the framework drifts opposite so that the centre of mass is at rest
+    p_velocity = record["species"]["P"]["drift_velocity_A_per_fs"]["parallel"]["value"]
+    assert p_velocity < 0
+    assert record["species"]["P"]["regime"] == "subdiffusive"
+    # Nernst–Einstein mobility of the drift-corrected D
+    assert li["nernst_einstein_mobility"]["A2_per_V_fs"]["value"] == pytest.approx(
+        d_par["value"] / (transport.kB * 600.0)
+    )
+
+
+def test_unwrap_restores_displacements_and_wrapped_input_is_refused(tmp_path, settings):
+    common = dict(n_replicas=1, n_frames=200, frame_interval_fs=10.0, diffusion_A2_per_fs={"Li": 2.0e-2},
+                  n_formula_units=8, seed=4)
+    write_synthetic_condition(tmp_path / "plain", **common)
+    write_synthetic_condition(tmp_path / "wrapped", wrap=True, **common)
+    plain = read_trajectory(tmp_path / "plain/replica_0/traj.h5")
+    with pytest.raises(InputFileError, match="wrapped"):
+        read_trajectory(tmp_path / "wrapped/replica_0/traj.h5")
+    restored = read_trajectory(tmp_path / "wrapped/replica_0/traj.h5", unwrap_positions=True)
+    # atoms do cross the boundaries (Li moves ~ sqrt(6 D t) = 11 Å in a ~10 Å cell)
+    lengths = np.diag(plain.cell)
+    assert np.any(np.abs(plain.positions[-1] - plain.positions[0]) > lengths / 2)
+    np.testing.assert_allclose(restored.positions - restored.positions[0], plain.positions - plain.positions[0], atol=1e-9)
+    direct = unwrap(plain.positions % lengths, plain.cell)
+    np.testing.assert_allclose(direct - direct[0], plain.positions - plain.positions[0], atol=1e-9)
+    record_plain = analyze_condition(tmp_path / "plain", settings)
+    record_wrapped = analyze_condition(tmp_path / "wrapped", {**settings, "unwrap": True})
+    assert record_wrapped["species"]["Li"]["diffusion"]["total"]["value"] == pytest.approx(
+        record_plain["species"]["Li"]["diffusion"]["total"]["value"], rel=1e-9
+    )
+
+
+def _write_static(path, positions, field=(0.0, 0.0, 0.0)):
+    numbers, masses, cell, _ = li3po4_like_cell(4, seed=0)
+    n_frames = positions.shape[0]
+    write_trajectory(
+        path / "replica_0/traj.h5", numbers=numbers, masses=masses, cell=cell, time_fs=np.arange(n_frames) * 5.0,
+        field=np.repeat(np.asarray(field, float)[None], n_frames, axis=0), positions=positions, timestep_fs=1.0,
+        stride=5, temperature_K=300.0, condition=path.name, replica=0, seed=0,
+    )
+    (path / "replica_0/status.json").write_text(json.dumps({"state": "completed"}))
+    return numbers
+
+
+def test_msd_of_a_trajectory_at_rest_is_zero(tmp_path, settings):
+    _, _, _, start = li3po4_like_cell(4, seed=0)
+    _write_static(tmp_path / "rest", np.repeat(start[None], 50, axis=0))
+    record = analyze_condition(tmp_path / "rest", settings)
+    for data in record["species"].values():
+        for key in ("parallel", "perpendicular", "total"):
+            assert np.max(np.abs(data["msd"][key]["value"])) == 0.0
+        assert abs(data["diffusion"]["total"]["value"]) < 1e-20
+        assert abs(data["drift_velocity_A_per_fs"]["parallel"]["value"]) < 1e-20
+
+
+def test_uniform_translation_of_all_atoms_gives_zero_msd(tmp_path, settings):
+    _, _, _, start = li3po4_like_cell(4, seed=0)
+    rng = np.random.default_rng(1)
+    shift = np.cumsum(rng.normal(scale=0.5, size=(80, 3)), axis=0)  # the whole cell wanders ~4 Å
+    _write_static(tmp_path / "shift", start[None] + shift[:, None, :], field=(0.0, 0.0, 0.05))
+    record = analyze_condition(tmp_path / "shift", settings)
+    for data in record["species"].values():
+        # exact up to round-off of the centre-of-mass subtraction (positions ~10 Å)
+        assert np.max(np.abs(data["msd"]["total"]["value"])) < 1e-20
+        assert np.max(np.abs(data["msd"]["drift_parallel"]["value"])) < 1e-12
+
+
+def test_error_bars_shrink_with_more_replicas(tmp_path, settings):
+    # standard errors from few replicas scatter a lot: average them over independent campaigns
+    sems = {3: [], 12: []}
+    for seed in range(1, 5):
+        for n in (3, 12):
+            directory = tmp_path / f"n{n}_s{seed}"
+            write_synthetic_condition(directory, n_replicas=n, n_frames=150, frame_interval_fs=10.0,
+                                      field_V_per_A=(0.1, 0, 0), drift_A_per_fs={"Li": 1e-3}, n_formula_units=8, seed=seed)
+            li = analyze_condition(directory, settings)["species"]["Li"]
+            sems[n].append((li["diffusion"]["total"]["sem"], li["drift_velocity_A_per_fs"]["parallel"]["sem"],
+                            np.mean(li["msd"]["parallel"]["sem"][1:])))
+    few, many = np.mean(sems[3], axis=0), np.mean(sems[12], axis=0)
+    # expected ratio sqrt(12/3) = 2
+    assert np.all(many < 0.75 * few), (few, many)
+    one = write_synthetic_condition(tmp_path / "n1", n_replicas=1, n_frames=200, n_formula_units=8, seed=7)
+    assert one["replicas_completed"] == 1
+    record = analyze_condition(tmp_path / "n1", settings)
+    assert record["species"]["Li"]["diffusion"]["total"]["sem"] is None
+    assert "single replica" in record["error_estimate"]
+
+
+def test_transverse_forces_of_hand_built_born_charges(tmp_path, settings):
+    field = np.array([0.0, 0.2, 0.0])  # along y
+    numbers, masses, cell, start = li3po4_like_cell(2, seed=0)  # 6 Li, 2 P, 8 O
+    n_frames = 20
+    z = np.zeros((len(numbers), 3, 3))
+    li = np.flatnonzero(numbers == 3)
+    z[numbers == 15] = 3.2 * np.eye(3)  # isotropic: no transverse force
+    z[numbers == 8] = -1.5 * np.eye(3)
+    z[li] = np.eye(3)
+    # half of the Li carry off-diagonal Z[y, x] = 0.3, Z[y, z] = 0.4 -> F = 0.2 (0.3, 1, 0.4)
+    z[li[:3], 1, 0] = 0.3
+    z[li[:3], 1, 2] = 0.4
+    charges = np.repeat(z[None], n_frames, axis=0)
+    forces = np.einsum("tkab,a->tkb", charges, field)
+    for store in ("field_forces", "born_charges"):
+        path = tmp_path / store
+        write_trajectory(
+            path / "replica_0/traj.h5", numbers=numbers, masses=masses, cell=cell, time_fs=np.arange(n_frames) * 5.0,
+            field=np.repeat(field[None], n_frames, axis=0), positions=np.repeat(start[None], n_frames, axis=0),
+            timestep_fs=1.0, stride=5, temperature_K=300.0, condition=store, replica=0, seed=0,
+            field_forces=forces if store == "field_forces" else None,
+            born_charges=charges if store == "born_charges" else None,
+        )
+        (path / "replica_0/status.json").write_text(json.dumps({"state": "completed"}))
+        species = analyze_condition(path, settings)["species"]
+        stats = species["Li"]["transverse_forces"]
+        assert stats["available"] and not stats["hypothetical_unit_field"]
+        assert stats["fraction_above_threshold"] == pytest.approx(0.5)
+        assert stats["mean_abs_perp_eV_per_A"] == pytest.approx(0.5 * 0.2 * 0.5, rel=1e-6)  # |(0.3, 0.4)| = 0.5
+        assert stats["max_abs_perp_eV_per_A"] == pytest.approx(0.1, rel=1e-6)
+        assert stats["mean_par_charge_e"] == pytest.approx(1.0, rel=1e-6)
+        assert stats["median_ratio"] == pytest.approx(0.25, rel=1e-5)  # midpoint of 0 and 0.5
+        assert stats["time_average"]["per_atom_time_averaged_abs_perp_max_eV_per_A"] == pytest.approx(0.1, rel=1e-6)
+        assert stats["time_average"]["fraction_above_threshold_std"] == pytest.approx(0.0, abs=1e-12)
+        assert species["P"]["transverse_forces"]["fraction_above_threshold"] == 0.0
+        assert species["O"]["transverse_forces"]["mean_par_charge_e"] == pytest.approx(-1.5, rel=1e-6)
+        assert species["O"]["transverse_forces"]["mean_abs_perp_eV_per_A"] == pytest.approx(0.0, abs=1e-7)
+        histogram = stats["histograms"]["ratio"]
+        width = histogram["edges"][1] - histogram["edges"][0]
+        assert sum(histogram["density"]) * width + histogram["overflow_fraction"] == pytest.approx(1.0)
+
+
+def test_zero_field_uses_reference_axis_and_hypothetical_unit_field(tmp_path, settings):
+    z_li = [[1.0, 0.0, 0.3], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    write_synthetic_condition(tmp_path / "zero", n_replicas=2, n_frames=100, born_charges={"Li": z_li, "P": np.eye(3), "O": np.eye(3)},
+                              store="born_charges", n_formula_units=4)
+    record = analyze_condition(tmp_path / "zero", {**settings, "reference_axis": "x"})
+    assert record["parallel_axis"] == [1.0, 0.0, 0.0]
+    assert "reference axis" in record["parallel_axis_source"]
+    li = record["species"]["Li"]
+    assert li["mobility"] is None
+    stats = li["transverse_forces"]
+    assert stats["hypothetical_unit_field"]
+    assert stats["median_ratio"] == pytest.approx(0.3, rel=1e-6)  # Zᵀx̂ = (1, 0, 0.3)
+    total = np.asarray(li["msd"]["total"]["value"])
+    np.testing.assert_allclose(li["msd"]["total_per_direction"]["value"], total / 3)
+
+
+def test_failed_and_incomplete_replicas_are_not_used(tmp_path, settings):
+    write_synthetic_condition(tmp_path / "c", n_replicas=4, n_frames=100, failed_replicas=[1], n_formula_units=4)
+    (tmp_path / "c/replica_3/status.json").unlink()  # still running / killed
+    record = analyze_condition(tmp_path / "c", settings)
+    replicas = record["replicas"]
+    assert (replicas["n_used"], replicas["n_failed"], replicas["n_incomplete"]) == (2, 1, 1)
+    assert replicas["failed"][0]["reason"] == "synthetic failure"
+    assert all("replica_1" not in path for path in replicas["used"])
+    # the failed replica's garbage (kÅ jumps) never reached the statistics
+    assert record["species"]["Li"]["diffusion"]["total"]["value"] < 0.01
+    for replica in (0, 2):
+        (tmp_path / f"c/replica_{replica}/status.json").write_text(json.dumps({"state": "failed", "reason": "x"}))
+    empty = analyze_condition(tmp_path / "c", settings)
+    assert empty["state"] == "no_completed_replicas" and empty["replicas"]["n_failed"] == 3
+    write_json(tmp_path / "empty.json", empty)
+    write_msd_csv(tmp_path / "empty.csv", empty)
+    (tmp_path / "c/replica_0/status.json").write_text(json.dumps({"state": "exploded"}))
+    with pytest.raises(InputFileError, match="exploded"):
+        analyze_condition(tmp_path / "c", settings)
+
+
+def test_bad_inputs_raise_clear_errors(tmp_path, settings):
+    with pytest.raises(InputFileError, match="not found"):
+        analyze_condition(tmp_path / "missing", settings)
+    bad = tmp_path / "bad/replica_0"
+    bad.mkdir(parents=True)
+    (bad / "traj.h5").write_bytes(b"not hdf5")
+    (bad / "status.json").write_text(json.dumps({"state": "completed"}))
+    with pytest.raises(InputFileError, match="HDF5"):
+        analyze_condition(tmp_path / "bad", settings)
+    with pytest.raises(ConfigError, match="fit window"):
+        fit_window_indices({**settings, "fit_window_fs": [100.0, 110.0]}, 1000.0, 10.0, 50)
+    write_synthetic_condition(tmp_path / "ok", n_replicas=1, n_frames=60, n_formula_units=4)
+    with pytest.raises(ConfigError, match="species"):
+        analyze_condition(tmp_path / "ok", {**settings, "species": ["Na"]})
+
+
+def _fake_record(phase, temperature, diffusion, sem, n_li=96, volume=2560.0, n_used=4):
+    return {
+        "format": "bornfield-analysis", "state": "analysed",
+        "condition": {"name": f"{phase}_T{temperature}", "phase": phase, "temperature_K": temperature,
+                      "field_strength_V_per_A": 0.0},
+        "replicas": {"n_used": n_used, "n_failed": 0, "n_incomplete": 0},
+        "system": {"volume_A3": volume},
+        "species": {"Li": {"n_atoms": n_li, "regime": "diffusive", "msd_exponent_in_fit_window": 1.0,
+                           "diffusion": {"total": {"value": diffusion, "sem": sem}}}},
+    }
+
+
+def test_arrhenius_activation_energy_and_nernst_einstein_conductivity(settings):
+    ea, d0 = 0.55, 0.2  # eV, Å²/fs
+    temperatures = [600.0, 800.0, 1000.0, 1200.0]
+    records = [_fake_record("amorphous", t, d0 * math.exp(-ea / (transport.kB * t)), 0.02 * d0 * math.exp(-ea / (transport.kB * t)))
+               for t in temperatures]
+    result = arrhenius(records, settings)
+    fit = result["phases"]["amorphous"]["fit"]
+    assert fit["activation_energy_eV"] == pytest.approx(ea, rel=1e-9)
+    assert fit["D0_A2_per_fs"] == pytest.approx(d0, rel=1e-9)
+    assert 0 < fit["activation_energy_sem_eV"] < fit["activation_energy_ci95_halfwidth_eV"]
+    # σ = n e² D / (k_B T) in SI, independently of bornfield's unit handling
+    point = result["phases"]["amorphous"]["points"][0]
+    n_si = 96 / 2560.0 * 1e30
+    d_si = point["D_A2_per_fs"] * 1e-20 / 1e-15
+    sigma = n_si * constants.e**2 * d_si / (constants.k * 600.0) / 100.0
+    assert point["conductivity_S_per_cm"] == pytest.approx(sigma, rel=1e-4)
+    assert "Haven ratio 1" in result["haven_ratio_note"]
+    single = arrhenius(records[:1], settings)
+    assert single["phases"]["amorphous"]["fit"] is None
+
+
+def test_unit_conversions_against_scipy_constants():
+    angstrom2_per_fs = 1e-20 / 1e-15  # m²/s
+    assert transport.A2_PER_FS_IN_CM2_PER_S == pytest.approx(angstrom2_per_fs * 1e4)
+    assert transport.MOBILITY_A2_PER_V_FS_IN_CM2_PER_V_S == pytest.approx(angstrom2_per_fs * 1e4)
+    assert transport.nernst_einstein_mobility(1.0, 300.0) == pytest.approx(
+        1.0 / (constants.k * 300.0 / constants.e), rel=1e-6
+    )
+
+
+def test_linear_response_verdicts():
+    assert _verdict(1.05, 0.02, 1.0, 0.02, 0.1, 2.0, 10) == "linear"
+    assert _verdict(1.5, 0.02, 1.0, 0.02, 0.1, 2.0, 10) == "nonlinear"
+    assert _verdict(1.2, 0.1, 1.0, 0.1, 0.1, 2.0, 10) == "linear (within error)"
+    assert _verdict(3.0, 0.9, 1.0, 0.9, 0.1, 2.0, 10).startswith("undetermined")
+    assert _verdict(1.5, float("nan"), 1.0, float("nan"), 0.1, 2.0).startswith("undetermined")
+    # few replicas: the same deviation is significant with 10 but not with 2 degrees of freedom
+    assert critical_value(2.0, 2) > 4.0 > critical_value(2.0, 10) > 2.0
+    assert _verdict(1.35, 0.1, 1.0, 0.0, 0.1, 2.0, 10) == "nonlinear"
+    assert _verdict(1.35, 0.1, 1.0, 0.0, 0.1, 2.0, 2) == "linear (within error)"
+    weak = transport.hopping_nonlinearity(0.001, 600.0, 2.5)
+    strong = transport.hopping_nonlinearity(0.1, 600.0, 2.5)
+    assert weak["relative_excess"] < 1e-3 < 1.0 < strong["relative_excess"]
+
+
+def test_sweep_tables_from_analysed_conditions(tmp_path, settings):
+    common = dict(n_replicas=3, n_frames=150, frame_interval_fs=10.0, n_formula_units=8, phase="amorphous",
+                  born_charges={"Li": [[1.0, 0.2, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], "P": np.eye(3), "O": -np.eye(3)})
+    paths = []
+    for name, field, drift in (("E0", (0, 0, 0), 0.0), ("E1", (0.05, 0, 0), 5e-4), ("E2", (0.1, 0, 0), 1e-3)):
+        write_synthetic_condition(tmp_path / name, field_V_per_A=field, drift_A_per_fs={"Li": drift}, **common)
+        paths.append(write_json(tmp_path / f"{name}.json", analyze_condition(tmp_path / name, settings)))
+    from bornfield.analysis.sweep import load_records
+
+    outputs = write_sweep(load_records(paths), settings, tmp_path / "out")
+    import csv
+
+    rows = list(csv.DictReader(open(outputs["linear_response"])))
+    assert [float(r["field_V_per_A"]) for r in rows] == [0.05, 0.1]
+    assert rows[0]["verdict_vs_lowest_field"] == "reference"
+    assert rows[1]["zero_field_condition"] == "E0"
+    assert float(rows[1]["mu_over_mu_lowest_field"]) == pytest.approx(1.0, abs=0.3)
+    transport_rows = list(csv.DictReader(open(outputs["transport"])))
+    assert len(transport_rows) == 9 and {r["species"] for r in transport_rows} == {"Li", "P", "O"}
+    transverse_rows = list(csv.DictReader(open(outputs["transverse"])))
+    li = [r for r in transverse_rows if r["species"] == "Li" and r["condition"] == "E2"][0]
+    assert float(li["median_ratio"]) == pytest.approx(0.2, rel=1e-5)

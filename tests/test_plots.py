@@ -1,0 +1,104 @@
+"""Figures and the analyze/plot command line, on a small synthetic campaign."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+
+from bornfield.analysis.synthetic import write_synthetic_condition
+from bornfield.cli import main
+from bornfield.plots import figures, style
+
+Z = {"Li": [[1.0, 0.2, 0.0], [0.1, 1.0, 0.0], [0.0, 0.0, 1.0]], "P": 3.0 * np.eye(3), "O": [[-1.5, 0.2, 0.0], [0.0, -1.5, 0.0], [0.0, 0.0, -1.5]]}
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory):
+    """md/<condition>/ for two phases x two temperatures x {0, 0.05, 0.1} V/Å, analysed by the CLI."""
+    root = tmp_path_factory.mktemp("campaign")
+    names = []
+    for phase, ea in (("amorphous", 0.4), ("beta", 0.6)):
+        for temperature in (700.0, 1000.0):
+            diffusion = 5e-2 * np.exp(-ea / (8.617e-5 * temperature))
+            for strength in (0.0, 0.05, 0.1):
+                name = f"{phase}_T{temperature:g}K_E{strength:g}"
+                write_synthetic_condition(
+                    root / "md" / name, n_replicas=3, n_frames=120, frame_interval_fs=20.0, temperature_K=temperature,
+                    field_V_per_A=(strength, 0.0, 0.0), diffusion_A2_per_fs={"Li": diffusion},
+                    drift_A_per_fs={"Li": diffusion / (8.617e-5 * temperature) * strength}, born_charges=Z,
+                    phase=phase, n_formula_units=8, seed=len(names) + 1, failed_replicas=[2] if strength == 0.1 else [],
+                )
+                names.append(name)
+    for name in names:
+        assert main(["analyze", "condition", str(root / "md" / name), "--output", str(root / "analysis" / f"{name}.json")]) == 0
+    records = [str(root / "analysis" / f"{name}.json") for name in names]
+    assert main(["analyze", "sweep", *records, "--output-dir", str(root / "analysis")]) == 0
+    return root, names
+
+
+def test_analysis_cli_writes_records_and_tables(campaign):
+    root, names = campaign
+    record = json.loads((root / "analysis" / f"{names[2]}.json").read_text())
+    assert record["state"] == "analysed"
+    assert (record["replicas"]["n_used"], record["replicas"]["n_failed"]) == (2, 1)
+    assert (root / "analysis" / f"{names[0]}_msd.csv").stat().st_size > 0
+    for table in ("sweep_transport.csv", "sweep_transverse.csv", "sweep_linear_response.csv", "arrhenius.csv", "arrhenius.json"):
+        assert (root / "analysis" / table).stat().st_size > 0
+    arrhenius = json.loads((root / "analysis" / "arrhenius.json").read_text())
+    assert set(arrhenius["phases"]) == {"amorphous", "beta"}
+    assert arrhenius["phases"]["amorphous"]["fit"]["activation_energy_eV"] == pytest.approx(0.4, abs=0.1)
+
+
+def test_analyze_explicit_trajectory_files(campaign, tmp_path):
+    root, names = campaign
+    trajectories = sorted(str(p) for p in (root / "md" / names[1]).glob("replica_*/traj.h5"))
+    output = tmp_path / "any.json"
+    assert main(["analyze", "condition", *trajectories, "--output", str(output)]) == 0
+    record = json.loads(output.read_text())
+    assert record["replicas"]["n_used"] == 3
+    assert record["condition"]["phase"] == "amorphous"  # summary.json beside the replicas was found
+    assert (tmp_path / "any_msd.csv").exists()
+
+
+def test_plot_all_regenerates_every_figure_quickly(campaign):
+    root, names = campaign
+    figures_dir = root / "figures"
+    start = time.perf_counter()
+    assert main(["plot", "all", "--analysis-dir", str(root / "analysis"), "--figures-dir", str(figures_dir)]) == 0
+    elapsed = time.perf_counter() - start
+    assert elapsed < 60.0
+    stems = [f"condition_{name}" for name in names] + ["sweep_msd_vs_field", "mobility_vs_field", "transverse_forces", "arrhenius"]
+    for stem in stems:
+        png = mpimg.imread(figures_dir / f"{stem}.png")
+        assert png.shape[0] > 200 and png.shape[1] > 300
+        assert png.std() > 0.01  # not a blank canvas
+        assert (figures_dir / f"{stem}.pdf").read_bytes().startswith(b"%PDF")
+    assert not list(figures_dir.glob(".*.tmp"))
+
+
+def test_figures_explain_missing_data_instead_of_failing(tmp_path):
+    empty = {"format": "bornfield-analysis", "state": "no_completed_replicas", "condition": {"name": "c"},
+             "replicas": {"n_used": 0, "n_failed": 2, "n_incomplete": 0}}
+    assert figures.plot_condition(empty, tmp_path / "c", formats=("png",))[0].exists()
+    assert figures.plot_sweep_msd([empty], "Li", tmp_path / "m", formats=("png",))[0].exists()
+    assert figures.plot_mobility([], "Li", tmp_path / "mu", formats=("png",))[0].exists()
+    assert figures.plot_transverse([empty], tmp_path / "t", formats=("png",))[0].exists()
+    assert figures.plot_arrhenius({"phases": {}}, tmp_path / "a", formats=("png",))[0].exists()
+
+
+def test_style_is_consistent():
+    assert style.species_color("Li") == style.SPECIES_COLORS["Li"]
+    assert style.phase_color("amorphous") != style.phase_color("beta")
+    assert style.phase_color("some_new_phase") == style.phase_color("some_new_phase")
+    for key in ("lag", "msd", "field", "mobility", "diffusion"):
+        assert "(" in style.LABELS[key]  # every quantity axis carries its unit
+
+
+def test_cli_reports_bad_input(tmp_path, capsys):
+    assert main(["analyze", "condition", str(tmp_path / "nope"), "--output", str(tmp_path / "x.json")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["plot", "all", "--analysis-dir", str(tmp_path), "--figures-dir", str(tmp_path / "f")]) == 2
