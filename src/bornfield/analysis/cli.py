@@ -70,6 +70,9 @@ def run_condition(args: argparse.Namespace) -> int:
 
     settings = analysis_settings(args)
     inputs = [Path(p) for p in args.inputs]
+    missing = [str(p) for p in inputs if not p.exists()]
+    if missing:
+        raise InputFileError(f"analyze condition: {missing} not found")
     if len(inputs) == 1 and inputs[0].is_dir():
         record = analyze_condition(inputs[0], settings)
     elif all(p.suffix in (".h5", ".hdf5") for p in inputs):
