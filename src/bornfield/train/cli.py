@@ -2,6 +2,7 @@
 
 Sub-commands of ``bornfield train``:
 
+* ``split``     the train/val/test split (``split.json``) shared by all models of a generation;
 * ``init``      a randomly initialised (untrained, loadable) model file;
 * ``potential`` / ``born`` / ``baseline``  train committee member i on a dataset
   (writes ``potential_<i>.pt``, ``born_<i>.pt`` or ``born_row_<axis>_<i>.pt`` plus
@@ -90,6 +91,18 @@ def resolve_split(samples, settings: dict, master_seed: int, path: Path, data_ha
     else:
         _write_json(path, record)
     return record
+
+
+def run_split(args: argparse.Namespace) -> int:
+    from bornfield.train.data import read_samples
+
+    settings = settings_from_args(args, "train")
+    samples = read_samples(args.dataset)
+    out = Path(args.out)
+    record = resolve_split(samples, settings, _master_seed(args), out, _dataset_hash(args.dataset))
+    print(f"split of {len(samples)} structures: train {len(record['train'])}, val {len(record['val'])}, "
+          f"test {len(record['test'])} -> {out}")
+    return 0
 
 
 def run_init(args: argparse.Namespace) -> int:
@@ -371,6 +384,13 @@ def run_predict(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     parser = subparsers.add_parser("train", help="train/evaluate NN potential and Born-charge models, active learning")
     sub = parser.add_subparsers(dest="train_command", metavar="ACTION")
+
+    p = sub.add_parser("split", help="train/val/test split by structure, stratified by config_type (split.json)")
+    add_settings_arguments(p)
+    p.add_argument("--seed", type=int, help="master seed of the campaign (config key 'seed')")
+    p.add_argument("--dataset", nargs="+", required=True, help="labelled extxyz file(s)")
+    p.add_argument("--out", required=True, help="split.json (models of this generation go beside it)")
+    p.set_defaults(func=run_split)
 
     p = sub.add_parser("init", help="write a randomly initialised (untrained) model file")
     p.add_argument("--kind", choices=["potential", "born", "born_row"], required=True)

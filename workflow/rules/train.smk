@@ -1,0 +1,183 @@
+# TRAIN stage: split, committees of NN potentials / equivariant Born models / paper-style
+# baseline per dataset generation, and their test-set evaluation.
+# Generic in `gen` so the active-learning loop can ask for later generations.
+
+MODELS = f"{RESULTS}/models"
+
+
+# committee member indices per model kind, and the baseline's field-axis letter
+TRAIN_MEMBERS = {
+    kind: list(range(config["train"][kind]["committee"]))
+    for kind in ("potential", "born", "baseline")
+}
+BASELINE_AXIS = "xyz"[config["train"]["baseline"]["field_axis"]]
+BASELINE_ON = config["train"]["baseline"]["enabled"]
+
+
+rule train_split:
+    wildcard_constraints:
+        gen=r"\d+",
+    input:
+        dataset=f"{RESULTS}/dataset/gen{{gen}}.extxyz",
+    output:
+        split=f"{MODELS}/gen{{gen}}/split.json",
+    params:
+        settings=lambda wc: get_settings("train"),
+        seed=config["seed"],
+    log:
+        f"{LOGS}/train/gen{{gen}}/split.log",
+    benchmark:
+        f"{BENCH}/train/gen{{gen}}/split.tsv"
+    conda:
+        "../../envs/bornfield.yaml"
+    threads: 1
+    resources:
+        runtime=5,
+        mem_mb=1000,
+        cpus_per_task=1,
+        tasks=1,
+    shell:
+        "bornfield train split --settings {params.settings} --seed {params.seed}"
+        " --dataset {input.dataset} --out {output.split} > {log} 2>&1"
+
+
+rule train_potential:
+    wildcard_constraints:
+        gen=r"\d+",
+        member=r"\d+",
+    input:
+        dataset=f"{RESULTS}/dataset/gen{{gen}}.extxyz",
+        split=f"{MODELS}/gen{{gen}}/split.json",
+    output:
+        model=f"{MODELS}/gen{{gen}}/potential_{{member}}.pt",
+    params:
+        settings=lambda wc: get_settings("train"),
+        seed=config["seed"],
+        outdir=lambda wc: f"{MODELS}/gen{wc.gen}",
+    log:
+        f"{LOGS}/train/gen{{gen}}/potential_{{member}}.log",
+    benchmark:
+        f"{BENCH}/train/gen{{gen}}/potential_{{member}}.tsv"
+    conda:
+        "../../envs/bornfield.yaml"
+    threads: config["train"]["threads"]
+    resources:
+        runtime=240,
+        mem_mb=4000,
+        cpus_per_task=config["train"]["threads"],
+        tasks=1,
+    shell:
+        "bornfield train potential --settings {params.settings} --seed {params.seed}"
+        " --dataset {input.dataset} --outdir {params.outdir} --member {wildcards.member}"
+        " > {log} 2>&1"
+
+
+rule train_born:
+    wildcard_constraints:
+        gen=r"\d+",
+        member=r"\d+",
+    input:
+        dataset=f"{RESULTS}/dataset/gen{{gen}}.extxyz",
+        split=f"{MODELS}/gen{{gen}}/split.json",
+    output:
+        model=f"{MODELS}/gen{{gen}}/born_{{member}}.pt",
+    params:
+        settings=lambda wc: get_settings("train"),
+        seed=config["seed"],
+        outdir=lambda wc: f"{MODELS}/gen{wc.gen}",
+    log:
+        f"{LOGS}/train/gen{{gen}}/born_{{member}}.log",
+    benchmark:
+        f"{BENCH}/train/gen{{gen}}/born_{{member}}.tsv"
+    conda:
+        "../../envs/bornfield.yaml"
+    threads: config["train"]["threads"]
+    resources:
+        runtime=240,
+        mem_mb=4000,
+        cpus_per_task=config["train"]["threads"],
+        tasks=1,
+    shell:
+        "bornfield train born --settings {params.settings} --seed {params.seed}"
+        " --dataset {input.dataset} --outdir {params.outdir} --member {wildcards.member}"
+        " > {log} 2>&1"
+
+
+rule train_baseline:
+    input:
+        dataset=f"{RESULTS}/dataset/gen{{gen}}.extxyz",
+        split=f"{MODELS}/gen{{gen}}/split.json",
+    output:
+        model=f"{MODELS}/gen{{gen}}/born_row_{{axis}}_{{member}}.pt",
+    params:
+        settings=lambda wc: get_settings("train"),
+        seed=config["seed"],
+        outdir=lambda wc: f"{MODELS}/gen{wc.gen}",
+    wildcard_constraints:
+        gen=r"\d+",
+        member=r"\d+",
+        axis="[xyz]",
+    log:
+        f"{LOGS}/train/gen{{gen}}/born_row_{{axis}}_{{member}}.log",
+    benchmark:
+        f"{BENCH}/train/gen{{gen}}/born_row_{{axis}}_{{member}}.tsv"
+    conda:
+        "../../envs/bornfield.yaml"
+    threads: config["train"]["threads"]
+    resources:
+        runtime=240,
+        mem_mb=4000,
+        cpus_per_task=config["train"]["threads"],
+        tasks=1,
+    shell:
+        "bornfield train baseline --settings {params.settings} --seed {params.seed}"
+        " --dataset {input.dataset} --outdir {params.outdir} --member {wildcards.member}"
+        " > {log} 2>&1"
+
+
+rule train_evaluate:
+    wildcard_constraints:
+        gen=r"\d+",
+    input:
+        dataset=f"{RESULTS}/dataset/gen{{gen}}.extxyz",
+        split=f"{MODELS}/gen{{gen}}/split.json",
+        potential=lambda wc: expand(
+            f"{MODELS}/gen{wc.gen}/potential_{{i}}.pt", i=TRAIN_MEMBERS["potential"]
+        ),
+        born=lambda wc: expand(f"{MODELS}/gen{wc.gen}/born_{{i}}.pt", i=TRAIN_MEMBERS["born"]),
+        baseline=lambda wc: expand(
+            f"{MODELS}/gen{wc.gen}/born_row_{BASELINE_AXIS}_{{i}}.pt",
+            i=TRAIN_MEMBERS["baseline"] if BASELINE_ON else [],
+        ),
+    output:
+        records=f"{MODELS}/gen{{gen}}/evaluation.json",
+        potential_png=report(
+            f"{MODELS}/gen{{gen}}/evaluation_potential_parity.png",
+            caption="../report/train.rst",
+            category="Models",
+        ),
+        born_png=report(
+            f"{MODELS}/gen{{gen}}/evaluation_born_parity.png",
+            caption="../report/train.rst",
+            category="Models",
+        ),
+    log:
+        f"{LOGS}/train/gen{{gen}}/evaluate.log",
+    benchmark:
+        f"{BENCH}/train/gen{{gen}}/evaluate.tsv"
+    conda:
+        "../../envs/bornfield.yaml"
+    threads: 1
+    resources:
+        runtime=30,
+        mem_mb=4000,
+        cpus_per_task=1,
+        tasks=1,
+    shell:
+        "bornfield train evaluate --dataset {input.dataset} --split {input.split} --subset test"
+        " --potential {input.potential} --born {input.born} --baseline {input.baseline}"
+        " --out {output.records} > {log} 2>&1"
+
+
+# generation 0 now; the active-learning loop (after MD) will ask for later generations
+STAGE_TARGETS["train"] = lambda: [f"{MODELS}/gen0/evaluation.json"]
