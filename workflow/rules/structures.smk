@@ -79,7 +79,7 @@ rule structures_melt_quench:
         mem_mb=4000,
         cpus_per_task=1,
         tasks=STRUCT_LAMMPS_RANKS,
-        mpi="mpiexec",
+        mpi=STRUCT_CFG["amorphous"]["lammps"]["launcher"],
     shell:
         "{resources.mpi} -n {resources.tasks} bornfield structures melt-quench"
         " --settings {params.settings} --seed {params.seed} --kind {wildcards.kind}"
