@@ -53,12 +53,14 @@ def test_profile_follows_the_resource_conventions(profile: Path) -> None:
     assert settings["executor"] == "slurm"
     defaults = settings["default-resources"]
     assert {"slurm_partition", "mem_mb", "runtime"} <= set(defaults)
-    # An `mpi` default would turn every job into an MPI job, which the plugin
-    # rejects for tasks == 1; tasks/cpus_per_task defaults would be summed over
-    # the members of a grouped submission.
-    assert not {"mpi", "tasks", "cpus_per_task"} & set(defaults)
+    # A non-empty `mpi` default would turn every job into an MPI job, which the
+    # plugin rejects for tasks == 1; an empty one keeps jobs out of the plugin's
+    # `srun -n1` wrapper (stale PMI_* variables break single-process mpi4py).
+    assert defaults["mpi"] == "''"
+    # tasks/cpus_per_task defaults would be summed over the members of a bundle.
+    assert not {"tasks", "cpus_per_task"} & set(defaults)
     # String resources are Python expressions for Snakemake: keep them quoted.
-    for key in SITE_RESOURCES:
+    for key in SITE_RESOURCES | {"mpi"}:
         value = defaults[key]
         assert re.fullmatch(r"'[^']*'", value), f"{profile}: {key}={value!r} must be quoted"
     assert isinstance(defaults["mem_mb"], int) and defaults["mem_mb"] > 0
@@ -158,7 +160,7 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory):
 def _mpi_ranks(path: Path) -> list[tuple[int, int, str, str]]:
     """(rank, size, SLURM job id, step id) that each MPI rank printed into ``path``, sorted."""
     lines = [line for line in path.read_text().split("\n") if line]
-    pattern = r"rank (\d+) size (\d+) job (\d+) step (\d+)"
+    pattern = r"rank (\d+) size (\d+) job (\d+) step (\d+|None)"
     found = [re.fullmatch(pattern, line) for line in lines]
     assert all(found), f"{path.name}: {lines}"
     return sorted((int(m[1]), int(m[2]), m[3], m[4]) for m in found)
@@ -204,6 +206,10 @@ def test_workflow_runs_through_slurm_executor(slurm_cluster: dict, tmp_path: Pat
         assert [(rank, size) for rank, size, _, _ in ranks] == [(0, 2), (1, 2)], ranks
     assert len({job for ranks in bundle for _, _, job, _ in ranks}) == 1, bundle
     assert len({step for ranks in bundle for _, _, _, step in ranks}) == 2, bundle
+
+    # A single-process mpi4py program in a non-MPI job (MPI_Init as a singleton).
+    single = _mpi_ranks(tmp_path / "single_rank.txt")
+    assert [(rank, size) for rank, size, _, _ in single] == [(0, 1)], single
 
     # The three grouped jobs ran inside one SLURM job (one submission).
     job_ids = set()
