@@ -18,7 +18,7 @@ rule dataset_assemble:
         ),
     params:
         settings=lambda wc: get_settings("dataset"),
-        jobs_dir=f"{DFT}/jobs",
+        jobs_dir=lambda wc, input: os.path.dirname(os.path.dirname(input.labels[0])) if input.labels else f"{DFT}/jobs",
     log:
         f"{LOGS}/dataset/gen{{gen}}.log",
     benchmark:

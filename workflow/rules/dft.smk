@@ -4,9 +4,13 @@
 import json
 import os
 
+from bornfield.config import validate_section
+
 DFT = f"{RESULTS}/dft"
-DFT_RUN = config["dft"]["run"]
-_dft_pseudo = config["dft"]["pseudopotentials"]["directory"]
+# the section with every default filled in (nested defaults included)
+DFT_CFG = validate_section(config.get("dft", {}), "dft", source="config dft")
+DFT_RUN = DFT_CFG["run"]
+_dft_pseudo = DFT_CFG["pseudopotentials"]["directory"]
 DFT_PSEUDO_DIR = _dft_pseudo if os.path.isabs(_dft_pseudo) else f"{RESULTS}/{_dft_pseudo}"
 
 
@@ -35,7 +39,7 @@ rule dft_pseudopotentials:
         manifest=f"{DFT_PSEUDO_DIR}/manifest.json",
     params:
         settings=lambda wc: get_settings("dft"),
-        pseudo_dir=DFT_PSEUDO_DIR,
+        pseudo_dir=lambda wc, output: os.path.dirname(output.manifest),
     log:
         f"{LOGS}/dft/pseudopotentials.log",
     benchmark:
@@ -59,7 +63,7 @@ checkpoint dft_plan:
         plan=f"{DFT}/gen{{gen}}/plan.json",
     params:
         settings=lambda wc: get_settings("dft"),
-        inputs_dir=f"{DFT}/inputs",
+        inputs_dir=lambda wc, output: os.path.join(os.path.dirname(os.path.dirname(output.plan)), "inputs"),
     log:
         f"{LOGS}/dft/plan_gen{{gen}}.log",
     benchmark:
@@ -85,8 +89,8 @@ rule dft_job:
         labels=f"{DFT}/jobs/{{dft_id}}/labels.json",
     params:
         settings=lambda wc: get_settings("dft"),
-        pseudo_dir=DFT_PSEUDO_DIR,
-        jobs_dir=f"{DFT}/jobs",
+        pseudo_dir=lambda wc, input: os.path.dirname(input.manifest),
+        jobs_dir=lambda wc, output: os.path.dirname(os.path.dirname(output.labels)),
     log:
         f"{LOGS}/dft/job_{{dft_id}}.log",
     benchmark:

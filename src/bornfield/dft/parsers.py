@@ -94,33 +94,34 @@ def _parse_matrix_rows(lines: list[str], start: int, count: int, source: str, wh
     return np.array(rows)
 
 
-def read_tensors_xml(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(ε∞ (3,3), Z (N,3,3) in [atom, α, β] order) from ph.x's ``tensors.xml``.
+def read_tensors_xml(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """(ε∞ (3,3), Z (N,3,3) in [atom, α, β] order or None) from ph.x's ``tensors.xml``.
 
-    The file stores each atom's ``ZSTAR_EU`` block transposed ([β, α]); it is
-    transposed back here.
+    QE writes ``DIELECTRIC_CONSTANT`` and, once the effective charges are done
+    (``DONE_EFFECTIVE_CHARGE_EU`` true), ``EFFECTIVE_CHARGES_EU`` with each atom's 3×3
+    block stored transposed ([β, α], Fortran order of ``zstareu(α, β, κ)``); it is
+    transposed back here. Z is None when the file holds no finished effective charges.
     """
     path = Path(path)
     try:
         root = ET.parse(path).getroot()
     except (ET.ParseError, OSError) as exc:
         raise InputFileError(f"{path}: not readable XML: {exc}") from exc
-    eps_node = root.find(".//EPSILON")
-    if eps_node is None or not (eps_node.text or "").split():
-        raise InputFileError(f"{path}: no EPSILON element")
-    eps = np.array([float(v) for v in eps_node.text.split()]).reshape(3, 3)
-    blocks = []
+    eps_node = root.find(".//DIELECTRIC_CONSTANT")
+    if eps_node is None:
+        eps_node = root.find(".//EPSILON")
+    if eps_node is None or len((eps_node.text or "").split()) != 9:
+        raise InputFileError(f"{path}: no DIELECTRIC_CONSTANT with 9 numbers")
+    eps = np.array([float(v) for v in eps_node.text.split()]).reshape(3, 3).T
+    done = root.find(".//DONE_EFFECTIVE_CHARGE_EU")
     zeu = root.find(".//EFFECTIVE_CHARGES_EU")
-    if zeu is None:
-        raise InputFileError(f"{path}: no EFFECTIVE_CHARGES_EU element")
-    for node in zeu:
-        values = (node.text or "").split()
-        if len(values) != 9:
-            raise InputFileError(f"{path}: {node.tag} has {len(values)} numbers, expected 9")
-        blocks.append(np.array([float(v) for v in values]).reshape(3, 3).T)
-    if not blocks:
-        raise InputFileError(f"{path}: EFFECTIVE_CHARGES_EU is empty")
-    return eps.T, np.array(blocks)
+    if zeu is None or (done is not None and (done.text or "").strip().lower() != "true"):
+        return eps, None
+    values = [float(v) for v in (zeu.text or "").split()]
+    if not values or len(values) % 9:
+        raise InputFileError(f"{path}: EFFECTIVE_CHARGES_EU holds {len(values)} numbers, not a multiple of 9")
+    blocks = np.array(values).reshape(-1, 3, 3)  # per atom, rows = β (stored transposed)
+    return eps, np.transpose(blocks, (0, 2, 1))
 
 
 def read_ph_output(path: str | Path, tensors_xml: str | Path | None = None) -> PhOutput:
@@ -185,6 +186,9 @@ def read_ph_output(path: str | Path, tensors_xml: str | Path | None = None) -> P
     xml_path = Path(tensors_xml) if tensors_xml else _find_tensors_xml(path.parent)
     if xml_path is not None:
         eps_xml, z_xml = read_tensors_xml(xml_path)
+    if xml_path is not None and z_xml is None:
+        notes.append(f"{xml_path} holds no finished effective charges; 5-decimal values from ph.out")
+    elif xml_path is not None:
         if z_xml.shape != z_raw.shape:
             raise InputFileError(f"{xml_path}: {z_xml.shape[0]} atoms, but {source} has {z_raw.shape[0]}")
         dz = float(np.abs(z_xml - z_raw).max())
