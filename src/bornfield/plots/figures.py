@@ -91,7 +91,7 @@ def plot_condition(record: dict, stem: str | Path, formats=("png", "pdf"), dpi: 
         ax_msd.legend(
             handles=[Line2D([], [], color="0.2", label="∥"), Line2D([], [], color="0.2", linestyle="--", label="⊥ (per direction)"),
                      Patch(color="0.85", label="fit window")],
-            loc="upper left",
+            loc="best",
         )
         ax_drift.set_ylabel(st.LABELS["drift"])
         ax_drift.axhline(0.0, color="0.5", linewidth=0.6)
