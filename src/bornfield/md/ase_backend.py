@@ -57,7 +57,8 @@ class FieldMDCalculator(Calculator):
         potential: a :class:`~bornfield.models.interface.PotentialModel`.
         born: a :class:`~bornfield.models.interface.BornChargeModel` (periodic,
             ASR-exact predictions).
-        born_refresh_interval: recompute Z every n force evaluations.
+        born_refresh_interval: recompute Z at MD steps that are multiples of n
+            (``md_step`` is set by the backend); 1 = at every evaluation.
         asr_tolerance: max |Σ_κ F_field| (eV/Å) before raising :class:`BlowUp`.
     """
 
@@ -70,7 +71,8 @@ class FieldMDCalculator(Calculator):
         self.born_refresh_interval = int(born_refresh_interval)
         self.asr_tolerance = float(asr_tolerance)
         self.field = np.zeros(3)
-        self.evaluations = 0
+        self.md_step = 0
+        self.born_step = -1
         self.cached_born: np.ndarray | None = None
         self.last_field_forces: np.ndarray | None = None
 
@@ -85,11 +87,13 @@ class FieldMDCalculator(Calculator):
         cell = np.asarray(self.atoms.cell)
         pbc = np.asarray(self.atoms.pbc)
         energy, forces_nnp, _stress = self.potential.energy_forces_stress(positions, numbers, cell, pbc)
-        if self.cached_born is None or self.evaluations % self.born_refresh_interval == 0:
+        refresh = (self.cached_born is None or self.born_refresh_interval == 1
+                   or (self.md_step % self.born_refresh_interval == 0 and self.born_step != self.md_step))
+        if refresh:
+            self.born_step = self.md_step
             born = np.asarray(self.born.born_charges(positions, numbers, cell, pbc), dtype=float)
             # re-impose the ASR in float64 (float32 models satisfy it only to ~1e-7 per atom)
             self.cached_born = born - born.mean(axis=0)
-        self.evaluations += 1
         ffield = field_forces(self.cached_born, self.field)
         forces = np.asarray(forces_nnp, dtype=float) + ffield
         if not (np.isfinite(energy) and np.all(np.isfinite(forces))):
@@ -105,6 +109,20 @@ class FieldMDCalculator(Calculator):
             "forces": forces,
             "born_effective_charges": self.cached_born.copy(),
         }
+
+
+class _NoseHooverChainNVT(NoseHooverChainNVT):
+    """ASE's NHC integrator keeping its internal (q, p) equal to the constrained atoms.
+
+    ``FixCom`` adjusts positions/momenta when the integrator writes them back;
+    without re-reading them the next write differs by round-off, which makes
+    ASE re-evaluate the (expensive) forces up to three times per step.
+    """
+
+    def _update_atoms(self) -> None:
+        super()._update_atoms()
+        self._q = self.atoms.get_positions()
+        self._p = self.atoms.get_momenta()
 
 
 def _rng_state(rng: np.random.Generator) -> dict:
@@ -183,7 +201,7 @@ class ASEBackend(Backend):
             self.dyn = Bussi(self.atoms, self.dt, temperature_K=self.temperature_K, taut=tau,
                              rng=self.thermostat_rng)
         elif kind == "nose_hoover_chain":
-            self.dyn = NoseHooverChainNVT(self.atoms, self.dt, temperature_K=self.temperature_K,
+            self.dyn = _NoseHooverChainNVT(self.atoms, self.dt, temperature_K=self.temperature_K,
                                           tdamp=tau, tchain=int(self.settings["nose_hoover_chain_length"]))
         elif kind == "langevin":
             self.dyn = Langevin(self.atoms, self.dt, temperature_K=self.temperature_K,
@@ -204,7 +222,9 @@ class ASEBackend(Backend):
 
     # -- stepping -------------------------------------------------------
     def _set_field_for(self, step: int) -> None:
+        """Field and MD step of the next force evaluation (the configuration of ``step``)."""
         self.calc.set_field(self.schedule(step))
+        self.calc.md_step = step
 
     def _power_after_step(self) -> float:
         """Field power Σ F_field · v (eV/fs) at the current full step."""
@@ -281,7 +301,7 @@ class ASEBackend(Backend):
             "thermostat_offset": self.thermostat_offset,
             "dyn_kind": self.dyn_kind,
             "thermostat_rng": json.loads(json.dumps(_rng_state(self.thermostat_rng))),
-            "born_evaluations": self.calc.evaluations,
+            "born_step": self.calc.born_step,
         }
         if self.dyn_kind == "bussi":
             metadata["bussi_transferred"] = float(self.dyn.transferred_energy)
@@ -305,7 +325,7 @@ class ASEBackend(Backend):
         _set_rng_state(self.thermostat_rng, metadata["thermostat_rng"])
         if arrays["born_cache"].size:
             self.calc.cached_born = np.array(arrays["born_cache"])
-        self.calc.evaluations = int(metadata["born_evaluations"]) - 1
+        self.calc.born_step = int(metadata["born_step"])
         self.calc.results = {}
         self.dyn = None
         self.dyn_kind = None
