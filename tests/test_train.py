@@ -1,0 +1,184 @@
+"""Training stage: labels, split, training loop (loss, checkpoint/resume), CLI, active-learning selection.
+
+Synthetic data here are labelled honestly by ASE's Morse pair potential and an
+analytic, equivariant environment-dependent Born tensor (a true 0e+1e+2e
+tensor); they test the machinery. The "training lowers the loss" test on real
+DFT/DFPT labels uses ``tests/data/qe/labelled_small.extxyz`` from the DFT stage.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.calculators.morse import MorsePotential
+from ase.io import read, write
+from ase.neighborlist import neighbor_list
+from ase.spacegroup import crystal
+
+from bornfield.cli import main
+from bornfield.errors import InputFileError
+from bornfield.train.data import dataset_species, read_samples, stratified_split
+from bornfield.train.select import select_candidates
+from bornfield.train.trainer import train_model
+
+REAL_DATA = Path(__file__).resolve().parent / "data" / "qe" / "labelled_small.extxyz"
+TINY = {"channels": 4, "n_basis": 6, "radial_hidden": 16, "hidden": 16, "learning_rate": 0.01, "lr_factor": 0.5,
+        "lr_patience": 5, "patience": 50, "min_lr": 1e-6, "batch_size": 2, "cutoff": 4.0, "dtype": "float32",
+        "energy_weight": 1.0, "force_weight": 1.0, "stress_weight": 0.0}
+
+
+def beta():
+    return crystal(
+        ["Li", "Li", "P", "O", "O", "O"],
+        basis=[(0.24810, 0.32770, 0.98600), (0.5, 0.84280, 0.98930), (0, 0.82430, 0),
+               (0.20777, 0.68676, 0.89610), (0, 0.10520, 0.90040), (0.5, 0.18140, 0.81720)],
+        spacegroup=31, cellpar=[6.1150, 5.2394, 4.8554, 90, 90, 90],
+    )
+
+
+def synthetic_frames(n: int, seed: int = 0):
+    """Rattled beta-Li3PO4 cells with Morse energies/forces/stress and an analytic equivariant Z."""
+    rng = np.random.default_rng(seed)
+    charges = {3: 1.0, 15: 3.3, 8: -1.8}
+    frames = []
+    for k in range(n):
+        atoms = beta()
+        atoms.positions += rng.normal(0, 0.1, atoms.positions.shape)
+        atoms.calc = MorsePotential(epsilon=0.1, r0=2.6, rho0=4.0, rcut1=4.0, rcut2=5.0)
+        energy, forces, stress = atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress(voigt=False)
+        i, j, d = neighbor_list("ijD", atoms, 4.0)
+        r = np.linalg.norm(d, axis=1)
+        u = d / r[:, None]
+        w = np.exp(-((r - 2.0) ** 2))
+        z = np.array([charges[x] * np.eye(3) for x in atoms.numbers])
+        np.add.at(z, i, 0.4 * w[:, None, None] * (u[:, :, None] * u[:, None, :] - np.eye(3) / 3))
+        frame = atoms.copy()
+        frame.calc = None
+        frame.info.update(energy=energy, stress=stress.reshape(9), config_type="beta" if k % 3 else "rattled")
+        frame.arrays["forces"] = forces
+        if k % 4 != 3:  # some structures without DFPT labels, as in real datasets
+            frame.arrays["born_charges"] = (z - 0.9 * z.mean(0)).reshape(-1, 9)  # leave an ASR residual
+        frames.append(frame)
+    return frames
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "gen0.extxyz"
+    write(path, synthetic_frames(24), format="extxyz")
+    return path
+
+
+def test_labels_are_read_and_asr_corrected(dataset):
+    samples = read_samples(dataset)
+    assert len(samples) == 24 and dataset_species(samples) == ["Li", "O", "P"]
+    with_born = [s for s in samples if s.born is not None]
+    assert len(with_born) == 18
+    for s in with_born:
+        assert np.abs(s.born.sum(axis=0)).max() < 1e-12
+        assert np.abs(s.born_asr_residual).max() > 1e-3
+    assert all(s.forces.shape == (16, 3) and s.stress.shape == (3, 3) for s in samples)
+
+
+def test_malformed_labels_are_input_errors(tmp_path):
+    frame = synthetic_frames(1)[0]
+    frame.arrays["born_charges"] = frame.arrays["born_charges"][:, :8].copy()
+    path = tmp_path / "bad.extxyz"
+    write(path, [frame], format="extxyz")
+    with pytest.raises(InputFileError, match="born_charges"):
+        read_samples(path)
+    with pytest.raises(InputFileError, match="not found"):
+        read_samples(tmp_path / "missing.extxyz")
+
+
+def test_split_is_stratified_reproducible_and_disjoint(dataset):
+    samples = read_samples(dataset)
+    split = stratified_split(samples, 0.2, 0.2, seed=1)
+    assert split == stratified_split(samples, 0.2, 0.2, seed=1)
+    assert split != stratified_split(samples, 0.2, 0.2, seed=2)
+    everything = split["train"] + split["val"] + split["test"]
+    assert sorted(everything) == list(range(len(samples)))
+    for name in ("beta", "rattled"):
+        members = [s.index for s in samples if s.config_type == name]
+        assert set(members) & set(split["test"]) and set(members) & set(split["train"])
+
+
+@pytest.mark.parametrize("kind", ["potential", "born", "born_row"])
+def test_training_lowers_loss_and_resumes(dataset, tmp_path, kind):
+    samples = read_samples(dataset)
+    train, val = samples[:18], samples[18:]
+    species = dataset_species(samples)
+    settings = dict(TINY, max_epochs=4, field_axis=1)
+    model, history = train_model(kind, train, val, settings, tmp_path / f"{kind}_0.pt", seed=3, species=species,
+                                 metadata={"training_data_hash": "h"}, progress=False)
+    assert history[-1]["train_loss"] < 0.7 * history[0]["train_loss"]
+    assert history[-1]["val_loss"] < history[0]["val_loss"]
+    assert model.metadata["training_data_hash"] == "h" and model.metadata["trained"] is True
+    assert (tmp_path / f"{kind}_0.ckpt").exists() and (tmp_path / f"{kind}_0.metrics.csv").exists()
+    # resume continues from the checkpoint instead of starting again
+    _, resumed = train_model(kind, train, val, dict(settings, max_epochs=6), tmp_path / f"{kind}_0.pt", seed=3,
+                             species=species, metadata={"training_data_hash": "h"}, progress=False)
+    assert [row["epoch"] for row in resumed] == list(range(6))
+    assert resumed[:4] == history
+    with pytest.raises(InputFileError, match="checkpoint"):
+        train_model(kind, train, val, dict(settings, max_epochs=7), tmp_path / f"{kind}_0.pt", seed=3,
+                    species=species, metadata={"training_data_hash": "other"}, progress=False)
+
+
+@pytest.mark.skipif(not REAL_DATA.exists(), reason=f"real DFT/DFPT labels not available ({REAL_DATA})")
+@pytest.mark.parametrize("kind", ["potential", "born"])
+def test_training_lowers_loss_on_real_dft_data(tmp_path, kind):
+    samples = read_samples(REAL_DATA)
+    usable = [s for s in samples if (s.born is not None if kind == "born" else s.forces is not None)]
+    assert usable, f"{REAL_DATA} has no {kind} labels"
+    settings = dict(TINY, max_epochs=5, cutoff=4.5)
+    _, history = train_model(kind, usable, usable, settings, tmp_path / f"{kind}.pt", seed=0,
+                             species=dataset_species(samples), progress=False)
+    assert history[-1]["train_loss"] < 0.8 * history[0]["train_loss"]
+
+
+def test_cli_train_evaluate_select(dataset, tmp_path):
+    settings = json.dumps({
+        "cutoff": 4.0,
+        "split": {"val_fraction": 0.2, "test_fraction": 0.2},
+        "potential": {"committee": 2, "channels": 4, "hidden": 16, "radial_hidden": 16, "max_epochs": 2, "batch_size": 4},
+        "born": {"committee": 2, "channels": 4, "hidden": 16, "radial_hidden": 16, "max_epochs": 2, "batch_size": 4},
+    })
+    outdir = tmp_path / "gen0"
+    assert main(["train", "split", "--settings", settings, "--seed", "7", "--dataset", str(dataset), "--out", str(outdir / "split.json")]) == 0
+    for kind in ("potential", "born"):
+        for member in (0, 1):
+            assert main(["train", kind, "--settings", settings, "--seed", "7", "--dataset", str(dataset),
+                         "--outdir", str(outdir), "--member", str(member), "--no-progress"]) == 0
+    assert main(["train", "born", "--settings", settings, "--seed", "7", "--dataset", str(dataset),
+                 "--outdir", str(outdir), "--member", "2", "--no-progress"]) == 2  # outside the committee
+    pots = [str(outdir / f"potential_{i}.pt") for i in (0, 1)]
+    borns = [str(outdir / f"born_{i}.pt") for i in (0, 1)]
+    report = tmp_path / "evaluation.json"
+    assert main(["train", "evaluate", "--dataset", str(dataset), "--split", str(outdir / "split.json"),
+                 "--potential", *pots, "--born", *borns, "--out", str(report)]) == 0
+    records = {r["metric"]: r for r in json.loads(report.read_text())}
+    for key in ("bec_rmse_e", "bec_rmse_offdiag_e", "bec_rmse_e_Li", "force_rmse_meV_per_A", "energy_rmse_meV_per_atom"):
+        assert np.isfinite(records[key]["value"]) and records[key]["split"] == "test"
+    assert records["bec_asr_max_abs_e"]["value"] < 1e-5
+    selected = tmp_path / "selected.extxyz"
+    assert main(["train", "select", "--candidates", str(dataset), "--potential", *pots, "--born", *borns,
+                 "-n", "3", "--min-frame-gap", "0", "--out", str(selected), "--report", str(tmp_path / "sel.json")]) == 0
+    frames = read(selected, index=":")
+    assert len(frames) == 3 and "born_charges" not in frames[0].arrays and "al_score" in frames[0].info
+    scores = json.loads((tmp_path / "sel.json").read_text())["scores"]
+    assert min(f.info["al_score"] for f in frames) >= sorted(scores)[-3] - 1e-12
+
+
+def test_selection_is_greedy_and_decorrelated():
+    frames = synthetic_frames(6)
+    for k, atoms in enumerate(frames):
+        atoms.info["trajectory"] = "a" if k < 4 else "b"
+        atoms.info["frame"] = k
+    scores = np.array([1.0, 5.0, 4.9, 0.5, 3.0, 0.1])
+    assert select_candidates(frames, scores, 3, min_frame_gap=0) == [1, 2, 4]
+    # frames 1 and 2 of trajectory "a" are too close: the next best elsewhere is taken
+    assert select_candidates(frames, scores, 3, min_frame_gap=2) == [1, 3, 4]
