@@ -49,6 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     condition.add_argument("--output", required=True, help="analysis record (JSON) to write")
     condition.add_argument("--csv", help="long-format MSD table (CSV); default: <output stem>_msd.csv")
+    condition.add_argument(
+        "--unwrap", action="store_true",
+        help="the trajectories hold wrapped positions (not the bornfield format): unwrap them first",
+    )
     add_settings_arguments(condition)
     condition.set_defaults(func=run_condition)
 
@@ -69,6 +73,8 @@ def run_condition(args: argparse.Namespace) -> int:
     )
 
     settings = analysis_settings(args)
+    if args.unwrap:
+        settings["unwrap"] = True
     inputs = [Path(p) for p in args.inputs]
     missing = [str(p) for p in inputs if not p.exists()]
     if missing:

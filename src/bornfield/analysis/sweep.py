@@ -529,12 +529,21 @@ ARRHENIUS_COLUMNS = [
 def write_sweep(records: list[dict], settings: dict, output_dir: str | Path) -> dict[str, Path]:
     """Write every sweep table and the Arrhenius record; returns their paths by name."""
     output_dir = Path(output_dir)
+    linear = linear_response_rows(records, settings)
+    for row in linear:
+        level = logging.WARNING if row["linear_response"] == "nonlinear" else logging.INFO
+        LOG.log(level, "linear response of %s in %s: %s (%s)", row["species"], row["condition"], row["linear_response"], row["basis"])
+    for record in records:
+        replicas = record["replicas"]
+        if record.get("state") != "analysed" or replicas["n_failed"] or replicas["n_incomplete"]:
+            LOG.warning(
+                "%s: %s, replicas used %d, failed %d, incomplete %d", record["condition"].get("name"),
+                record.get("state"), replicas["n_used"], replicas["n_failed"], replicas["n_incomplete"],
+            )
     paths = {
         "transport": _write_csv(output_dir / "sweep_transport.csv", TRANSPORT_COLUMNS, transport_rows(records)),
         "transverse": _write_csv(output_dir / "sweep_transverse.csv", TRANSVERSE_COLUMNS, transverse_rows(records)),
-        "linear_response": _write_csv(
-            output_dir / "sweep_linear_response.csv", LINEAR_RESPONSE_COLUMNS, linear_response_rows(records, settings)
-        ),
+        "linear_response": _write_csv(output_dir / "sweep_linear_response.csv", LINEAR_RESPONSE_COLUMNS, linear),
     }
     result = arrhenius(records, settings)
     result["conditions"] = [

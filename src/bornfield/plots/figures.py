@@ -287,7 +287,9 @@ def plot_mobility(linear_rows: list[dict], species: str, stem: str | Path, forma
 
 
 def plot_transverse(records: list[dict], stem: str | Path, formats=("png", "pdf"), dpi: int = 150) -> list[Path]:
-    """|F_⊥|/|F_∥| distributions per species, one curve per phase (pooled over T and |E|)."""
+    """Per species (columns): distributions of |F_⊥|/|F_∥| (top) and of |F_⊥|/|E| (bottom, e),
+    one curve per phase pooled over temperatures and field strengths; amorphous solid,
+    crystalline dashed."""
     pooled: dict[tuple[str, str], dict] = {}
     species_order: list[str] = []
     for record in records:
@@ -300,38 +302,55 @@ def plot_transverse(records: list[dict], stem: str | Path, formats=("png", "pdf"
                 continue
             if symbol not in species_order:
                 species_order.append(symbol)
-            histogram = stats["histograms"]["ratio"]
-            entry = pooled.setdefault((symbol, phase), {"edges": np.asarray(histogram["edges"]), "weighted": 0.0, "n": 0, "exceed": 0.0, "real": False})
-            if len(entry["edges"]) != len(histogram["edges"]):
+            ratio = stats["histograms"]["ratio"]
+            charge = stats["histograms"]["perp_charge_e"]
+            entry = pooled.setdefault(
+                (symbol, phase),
+                {"ratio_edges": np.asarray(ratio["edges"]), "charge_edges": np.asarray(charge["edges"]),
+                 "ratio": 0.0, "charge": 0.0, "n": 0, "exceed": 0.0, "perp_charge": 0.0, "real": False},
+            )
+            if len(entry["ratio_edges"]) != len(ratio["edges"]) or len(entry["charge_edges"]) != len(charge["edges"]):
                 continue
             n = stats["n_samples"]
-            entry["weighted"] = entry["weighted"] + np.asarray(histogram["density"]) * n
+            entry["ratio"] = entry["ratio"] + np.asarray(ratio["density"]) * n
+            entry["charge"] = entry["charge"] + np.asarray(charge["density"]) * n
             entry["n"] += n
             entry["exceed"] += stats["fraction_above_threshold"] * n
+            entry["perp_charge"] += stats["mean_perp_charge_e"] * n
             entry["real"] |= not stats.get("hypothetical_unit_field", False)
             entry["threshold"] = stats["ratio_threshold"]
     with st.style():
         n_species = max(len(species_order), 1)
-        fig, axes = plt.subplots(1, n_species, figsize=(st.DOUBLE_COLUMN_IN, 2.5), squeeze=False)
-        axes = axes[0]
+        fig, axes = plt.subplots(2, n_species, figsize=(st.DOUBLE_COLUMN_IN, 4.4), squeeze=False)
         if not species_order:
-            st.no_data(axes[0], "no field forces or Born charges stored in any trajectory")
+            for ax in axes.ravel():
+                st.no_data(ax, "no field forces or Born charges stored in any trajectory")
             return st.save_figure(fig, stem, formats, dpi)
-        for ax, symbol in zip(axes, species_order):
+        for column, symbol in enumerate(species_order):
+            ax_ratio, ax_charge = axes[0, column], axes[1, column]
+            threshold = None
             for (sym, phase), entry in sorted(pooled.items()):
                 if sym != symbol or entry["n"] == 0:
                     continue
                 linestyle = "-" if phase_class(phase) == "amorphous" else "--"
-                ax.stairs(entry["weighted"] / entry["n"], entry["edges"], color=st.phase_color(phase), linestyle=linestyle,
-                          label=f"{phase}: {100 * entry['exceed'] / entry['n']:.0f}% > {entry['threshold']:g}" + ("" if entry["real"] else " (Zᵀê)"))
+                color = st.phase_color(phase)
+                tag = "" if entry["real"] else " (Zᵀê)"
+                ax_ratio.stairs(entry["ratio"] / entry["n"], entry["ratio_edges"], color=color, linestyle=linestyle,
+                                label=f"{phase}: {100 * entry['exceed'] / entry['n']:.0f}% > {entry['threshold']:g}{tag}")
+                ax_charge.stairs(entry["charge"] / entry["n"], entry["charge_edges"], color=color, linestyle=linestyle,
+                                 label=f"{phase}: mean {entry['perp_charge'] / entry['n']:.2f} e{tag}")
                 threshold = entry["threshold"]
-            ax.axvline(threshold, color="0.3", linestyle=":", linewidth=0.9)
-            ax.set_yscale("log")
-            ax.set_xlabel(st.LABELS["ratio"])
-            ax.set_title(f"{symbol}")
-            ax.legend(loc="upper right", fontsize=6.5)
-        axes[0].set_ylabel(st.LABELS["density"])
-        fig.suptitle("transverse / parallel field force: amorphous (solid) vs crystalline (dashed)", fontsize=8.5)
+            if threshold is not None:
+                ax_ratio.axvline(threshold, color="0.3", linestyle=":", linewidth=0.9)
+            for ax in (ax_ratio, ax_charge):
+                ax.set_yscale("log")
+                ax.legend(loc="upper right", fontsize=6)
+            ax_ratio.set_title(symbol)
+            ax_ratio.set_xlabel(st.LABELS["ratio"])
+            ax_charge.set_xlabel("|F$_⊥$| / |E| (e)")
+        axes[0, 0].set_ylabel(st.LABELS["density"])
+        axes[1, 0].set_ylabel(st.LABELS["density"])
+        fig.suptitle("transverse field force F = Zᵀ·E: amorphous (solid) vs crystalline (dashed)", fontsize=8.5)
         return st.save_figure(fig, stem, formats, dpi)
 
 
