@@ -115,33 +115,40 @@ class ConstantBorn:
 
 
 class EnvironmentBorn(ConstantBorn):
-    """Z_κ,raw = Z0[species] (1 + 0.1 Σ_j w(r_κj)), w = (1 − (r/rc)²)² ; ASR by mean subtraction."""
+    """Rotation-equivariant, position-dependent Born charges (ASR by mean subtraction).
 
-    def __init__(self, cutoff=4.0, table=None):
-        super().__init__(table)
+    Z_κ,raw = q_s (1 + 0.1 Σ_j w_κj) I + c_s Σ_j w_κj r̂_κj r̂_κjᵀ,  w = (1 − (r/rc)²)²
+    """
+
+    charges = {3: (1.0, 0.3), 8: (-1.0, -0.5)}
+
+    def __init__(self, cutoff=4.0):
+        super().__init__()
         self.cutoff = cutoff
         self.receptive_field = cutoff
 
-    def _coordination(self, n, i, vec):
+    def _raw(self, numbers, i, vec):
+        n = len(numbers)
         r = np.linalg.norm(vec, axis=1)
         w = (1 - (r / self.cutoff) ** 2) ** 2
+        unit = vec / r[:, None]
         coordination = np.zeros(n)
         np.add.at(coordination, i, w)
-        return coordination
-
-    def _raw(self, positions, numbers, coordination):
-        base = np.stack([self.table[int(z)] for z in numbers]).astype(float)
-        return base * (1.0 + 0.1 * coordination)[:, None, None]
+        outer = np.zeros((n, 3, 3))
+        np.add.at(outer, i, w[:, None, None] * unit[:, :, None] * unit[:, None, :])
+        q = np.array([self.charges[int(z)][0] for z in numbers])
+        c = np.array([self.charges[int(z)][1] for z in numbers])
+        return (q * (1 + 0.1 * coordination))[:, None, None] * np.eye(3) + c[:, None, None] * outer
 
     def cluster_born_charges_raw(self, positions, numbers):
         nl = NeighborList(cutoff=self.cutoff, full_list=True)
         i, vec = nl.compute(points=positions, box=np.zeros((3, 3)), periodic=False, quantities="iD")
-        return self._raw(positions, numbers, self._coordination(len(positions), i, vec))
+        return self._raw(numbers, i, vec)
 
     def born_charges(self, positions, numbers, cell, pbc):
         nl = NeighborList(cutoff=self.cutoff, full_list=True)
         i, vec = nl.compute(points=positions, box=cell, periodic=True, quantities="iD")
-        raw = self._raw(positions, numbers, self._coordination(len(positions), i, vec))
+        raw = self._raw(numbers, i, vec)
         return raw - raw.mean(axis=0)
 
 

@@ -37,6 +37,7 @@ from ase.constraints import FixCom
 from ase.md.bussi import Bussi
 from ase.md.langevin import Langevin
 from ase.md.nose_hoover_chain import NoseHooverChainNVT
+from ase.parallel import DummyMPI
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from ase.md.verlet import VelocityVerlet
 
@@ -169,7 +170,8 @@ class ASEBackend(Backend):
         velocity_seq, thermostat_seq = np.random.SeedSequence(int(seed)).spawn(2)
         self.thermostat_rng = np.random.default_rng(thermostat_seq)
         MaxwellBoltzmannDistribution(self.atoms, temperature_K=self.temperature_K,
-                                     rng=np.random.default_rng(velocity_seq), force_temp=True)
+                                     rng=np.random.default_rng(velocity_seq), force_temp=True,
+                                     comm=DummyMPI())
         Stationary(self.atoms)
         self.step = 0
         self.field_work = 0.0
@@ -195,17 +197,19 @@ class ASEBackend(Backend):
         if self.dyn is not None:
             self.thermostat_offset += self._thermostat_energy()
         tau = float(self.settings["thermostat_time_constant_fs"]) * units.fs
+        serial = DummyMPI()  # one replica per rank: never let ASE broadcast over COMM_WORLD
         if kind == "nve":
-            self.dyn = VelocityVerlet(self.atoms, self.dt)
+            self.dyn = VelocityVerlet(self.atoms, self.dt, comm=serial)
         elif kind == "bussi":
             self.dyn = Bussi(self.atoms, self.dt, temperature_K=self.temperature_K, taut=tau,
-                             rng=self.thermostat_rng)
+                             rng=self.thermostat_rng, comm=serial)
         elif kind == "nose_hoover_chain":
             self.dyn = _NoseHooverChainNVT(self.atoms, self.dt, temperature_K=self.temperature_K,
-                                          tdamp=tau, tchain=int(self.settings["nose_hoover_chain_length"]))
+                                          tdamp=tau, tchain=int(self.settings["nose_hoover_chain_length"]),
+                                           comm=serial)
         elif kind == "langevin":
             self.dyn = Langevin(self.atoms, self.dt, temperature_K=self.temperature_K,
-                                friction=1.0 / tau, fixcm=False, rng=self.thermostat_rng)
+                                friction=1.0 / tau, fixcm=False, rng=self.thermostat_rng, comm=serial)
         else:  # guarded by the schema
             raise ValueError(f"unknown ensemble {kind!r}")
         self.dyn_kind = kind

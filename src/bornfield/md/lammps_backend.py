@@ -36,6 +36,7 @@ from typing import Sequence
 import numpy as np
 from ase import Atoms, units
 from ase.constraints import FixCom
+from ase.parallel import DummyMPI
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 
 from bornfield.errors import InputFileError
@@ -115,7 +116,8 @@ class LammpsBackend(Backend):
         start = atoms.copy()
         start.set_constraint(FixCom())  # 3N - 3 degrees of freedom, as in the ASE backend
         MaxwellBoltzmannDistribution(start, temperature_K=self.temperature_K,
-                                     rng=np.random.default_rng(velocity_seq), force_temp=True)
+                                     rng=np.random.default_rng(velocity_seq), force_temp=True,
+                                     comm=DummyMPI())
         Stationary(start)
         velocities_A_per_fs = start.get_velocities() * units.fs
 

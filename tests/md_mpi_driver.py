@@ -1,0 +1,67 @@
+"""Run one field-MD condition with the analytic test models (used by tests via subprocess/mpiexec).
+
+    python tests/md_mpi_driver.py OUTDIR BACKEND ENSEMBLE STEPS [--cell fcc|triclinic] [--interrupt-at N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mpi4py import MPI  # noqa: F401  (MPI before lammps)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+from ase.build import bulk  # noqa: E402
+from md_testmodels import EnvironmentBorn, MorsePotential, fcc_cell  # noqa: E402
+
+from bornfield.config import validate_section  # noqa: E402
+from bornfield.md.conditions import expand_conditions  # noqa: E402
+from bornfield.md.runner import run_condition  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("outdir")
+    parser.add_argument("backend")
+    parser.add_argument("ensemble")
+    parser.add_argument("steps", type=int)
+    parser.add_argument("--cell", default="fcc")
+    parser.add_argument("--interrupt-at", type=int, default=0)
+    parser.add_argument("--replicas", type=int, default=1)
+    args = parser.parse_args()
+    settings = validate_section({
+        "backend": args.backend, "ensemble": args.ensemble,
+        "equilibration_steps": 0, "production_steps": args.steps,
+        "lammps": {"skin_A": 0.5},
+        "output": {"trajectory_stride": 50, "thermo_stride": 10, "checkpoint_interval": 100,
+                   "velocities": True, "born_charges": True},
+        "sweep": {"phases": ["fcc"], "temperatures_K": [300.0], "field_strengths_V_per_A": [0.1],
+                  "field_directions": [[1.0, 2.0, 3.0]], "replicas": args.replicas},
+    }, "md")
+    if args.cell == "triclinic":
+        atoms = bulk("Cu", "fcc", a=3.6).repeat(5)  # 60° rhombohedral cell, not lower-triangular
+        atoms.set_atomic_numbers(np.where(np.arange(len(atoms)) % 2 == 0, 3, 8))
+        atoms.rattle(0.03, seed=1)
+    else:
+        atoms = fcc_cell(4)
+    if args.interrupt_at:
+        from bornfield.md import lammps_backend
+
+        original = lammps_backend.LammpsBackend.advance
+
+        def interrupted(self, n_steps):
+            if self.step >= args.interrupt_at:
+                raise SystemExit(3)
+            return original(self, n_steps)
+
+        lammps_backend.LammpsBackend.advance = interrupted
+    condition = expand_conditions(settings)[0]
+    run_condition(settings, condition, Path(args.outdir), MorsePotential(cutoff=3.4),
+                  EnvironmentBorn(cutoff=3.0), [atoms], progress=False)
+
+
+if __name__ == "__main__":
+    main()
