@@ -304,8 +304,9 @@ def plot_transverse(records: list[dict], stem: str | Path, formats=("png", "pdf"
                 species_order.append(symbol)
             ratio = stats["histograms"]["ratio"]
             charge = stats["histograms"]["perp_charge_e"]
+            hypothetical = bool(stats.get("hypothetical_unit_field", False))
             entry = pooled.setdefault(
-                (symbol, phase),
+                (symbol, phase, hypothetical),
                 {"ratio_edges": np.asarray(ratio["edges"]), "charge_edges": np.asarray(charge["edges"]),
                  "ratio": 0.0, "charge": 0.0, "n": 0, "exceed": 0.0, "perp_charge": 0.0, "real": False},
             )
@@ -317,8 +318,14 @@ def plot_transverse(records: list[dict], stem: str | Path, formats=("png", "pdf"
             entry["n"] += n
             entry["exceed"] += stats["fraction_above_threshold"] * n
             entry["perp_charge"] += stats["mean_perp_charge_e"] * n
-            entry["real"] |= not stats.get("hypothetical_unit_field", False)
+            entry["real"] = not hypothetical
             entry["threshold"] = stats["ratio_threshold"]
+    # zero-field runs (Zᵀê for a unit field) are shown only for a phase without field runs
+    pooled = {
+        (symbol, phase): entry
+        for (symbol, phase, hypothetical), entry in pooled.items()
+        if not hypothetical or (symbol, phase, False) not in pooled
+    }
     with st.style():
         n_species = max(len(species_order), 1)
         fig, axes = plt.subplots(2, n_species, figsize=(st.DOUBLE_COLUMN_IN, 4.4), squeeze=False)
@@ -342,6 +349,12 @@ def plot_transverse(records: list[dict], stem: str | Path, formats=("png", "pdf"
                 threshold = entry["threshold"]
             if threshold is not None:
                 ax_ratio.axvline(threshold, color="0.3", linestyle=":", linewidth=0.9)
+            # zoom on the occupied range (histogram range from the settings; overflow is in the legend)
+            for ax, key, edges_key, floor in ((ax_ratio, "ratio", "ratio_edges", 3 * (threshold or 0.1)), (ax_charge, "charge", "charge_edges", 0.5)):
+                occupied = [e[edges_key][1:][np.asarray(e[key]) > 0].max() for (sym, _), e in pooled.items()
+                            if sym == symbol and e["n"] and np.any(np.asarray(e[key]) > 0)]
+                if occupied:
+                    ax.set_xlim(0.0, min(max(1.15 * max(occupied), floor), pooled_edges_max(pooled, symbol, edges_key)))
             for ax in (ax_ratio, ax_charge):
                 ax.set_yscale("log")
                 ax.legend(loc="upper right", fontsize=6)
@@ -352,6 +365,11 @@ def plot_transverse(records: list[dict], stem: str | Path, formats=("png", "pdf"
         axes[1, 0].set_ylabel(st.LABELS["density"])
         fig.suptitle("transverse field force F = Zᵀ·E: amorphous (solid) vs crystalline (dashed)", fontsize=8.5)
         return st.save_figure(fig, stem, formats, dpi)
+
+
+def pooled_edges_max(pooled: dict, symbol: str, edges_key: str) -> float:
+    """Upper histogram edge of ``symbol`` (the configured range)."""
+    return max(float(e[edges_key][-1]) for (sym, _), e in pooled.items() if sym == symbol)
 
 
 def plot_arrhenius(result: dict, stem: str | Path, formats=("png", "pdf"), dpi: int = 150) -> list[Path]:
