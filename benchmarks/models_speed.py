@@ -1,0 +1,202 @@
+"""Speed of the NN potential and the Born-charge model on CPU (atom-evaluations per second).
+
+One evaluation = neighbour list (vesin) + what the MD step needs:
+potential energy, forces and stress (forward + backward), Born charges
+(forward, ASR), or both with one shared neighbour list (as FieldCalculator
+does). Sizes: beta-Li3PO4 supercells of 128, 1,024 and 8,192 atoms (rattled
+0.05 Å). Every size runs in its own process so the peak RSS is that of the
+size. Models are randomly initialised with the demo hyperparameters: timing
+depends on the architecture, not on the weights.
+
+    .venv/bin/python benchmarks/models_speed.py            # writes benchmarks/results/models_speed.json/.png
+
+Also records an architecture sweep (channels, radial MLP width, cutoff) at
+1,024 atoms in CPU time of one thread, the measurement used to pick defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+SPECIES = ["Li", "P", "O"]
+SIZES = {128: (2, 2, 2), 1024: (4, 4, 4), 8192: (8, 8, 8)}
+
+
+def beta_supercell(repeat):
+    from ase.spacegroup import crystal
+
+    atoms = crystal(
+        ["Li", "Li", "P", "O", "O", "O"],
+        basis=[(0.24810, 0.32770, 0.98600), (0.5, 0.84280, 0.98930), (0, 0.82430, 0),
+               (0.20777, 0.68676, 0.89610), (0, 0.10520, 0.90040), (0.5, 0.18140, 0.81720)],
+        spacegroup=31, cellpar=[6.1150, 5.2394, 4.8554, 90, 90, 90],
+    ).repeat(repeat)
+    atoms.rattle(0.05, seed=1)
+    return atoms
+
+
+def timed(function, repeats, clock):
+    function()  # warm-up
+    values = []
+    for _ in range(repeats):
+        start = clock()
+        function()
+        values.append(clock() - start)
+    return float(np.min(values)), float(np.median(values))
+
+
+def measure(n_atoms, threads, channels, radial_hidden, cutoff, dtype_name, repeats, clock_name):
+    import torch
+
+    from bornfield.models import create_model
+    from bornfield.models.graph import build_graph
+
+    torch.set_num_threads(threads)
+    dtype = {"float32": torch.float32, "float64": torch.float64}[dtype_name]
+    clock = {"wall": time.perf_counter, "cpu": time.process_time}[clock_name]
+    hyper = {"channels": channels, "radial_hidden": radial_hidden}
+    potential = create_model("potential", SPECIES, cutoff, seed=0, **hyper).to(dtype)
+    born = create_model("born", SPECIES, cutoff, seed=1, **hyper).to(dtype)
+    atoms = beta_supercell(SIZES[n_atoms])
+    args = (atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)
+
+    def run_potential():
+        graph = build_graph([args], SPECIES, cutoff, dtype)
+        potential.forward(graph, forces=True, stress=True)
+
+    def run_born():
+        graph = build_graph([args], SPECIES, cutoff, dtype)
+        with torch.no_grad():
+            born.forward(graph)
+
+    def run_both():
+        graph = build_graph([args], SPECIES, cutoff, dtype)
+        potential.forward(graph, forces=True, stress=True)
+        with torch.no_grad():
+            born.forward(graph)
+
+    out = {}
+    for name, function in (("potential", run_potential), ("born", run_born), ("potential+born", run_both)):
+        best, median = timed(function, repeats, clock)
+        out[name] = {"best_s": best, "median_s": median}
+    out["peak_rss_MiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return out
+
+
+def child(args):
+    result = measure(args.n_atoms, args.threads, args.channels, args.radial_hidden, args.cutoff, args.dtype,
+                     args.repeats, args.clock)
+    print(json.dumps(result))
+    return 0
+
+
+def run_child(n_atoms, threads, channels, radial_hidden, cutoff, dtype, repeats, clock):
+    cmd = [sys.executable, __file__, "--child", "--n-atoms", str(n_atoms), "--threads", str(threads),
+           "--channels", str(channels), "--radial-hidden", str(radial_hidden), "--cutoff", str(cutoff),
+           "--dtype", dtype, "--repeats", str(repeats), "--clock", clock]
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--n-atoms", type=int, default=1024)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--channels", type=int, default=8)
+    parser.add_argument("--radial-hidden", type=int, default=32)
+    parser.add_argument("--cutoff", type=float, default=5.0)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
+    parser.add_argument("--no-sweep", action="store_true")
+    parser.add_argument("--out", default=str(RESULTS / "models_speed.json"))
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+
+    today = dt.date.today().isoformat()
+    records = []
+
+    def record(metric, value, unit, system, n_atoms, threads, notes):
+        records.append({"metric": metric, "value": float(value), "unit": unit, "system": system,
+                        "n_atoms": n_atoms, "ranks": 1, "threads": threads, "baseline": False, "date": today,
+                        "machine": "2 cores, no GPU", "notes": notes})
+
+    base = f"channels {args.channels}, radial_hidden {args.radial_hidden}, hidden 64, cutoff {args.cutoff} Å, {args.dtype}"
+    for n_atoms, threads in [(n, t) for n in SIZES for t in sorted({1, args.threads})]:
+        load = os.getloadavg()[0]
+        repeats = args.repeats if n_atoms <= 1024 else max(2, args.repeats // 2)
+        result = run_child(n_atoms, threads, args.channels, args.radial_hidden, args.cutoff, args.dtype,
+                           repeats, "wall")
+        notes = (f"{base}; wall clock, best of {repeats} (median in notes); includes vesin neighbour list; "
+                 f"potential = energy+forces+stress; 1-min load average {load:.1f} on the shared 2-core machine")
+        for system in ("potential", "born", "potential+born"):
+            best = result[system]["best_s"]
+            median = result[system]["median_s"]
+            record("atom_evals_per_s", n_atoms / best, "atom-evals/s", f"bornfield-{system}", n_atoms, threads,
+                   notes + f"; median {n_atoms / median:.0f} atom-evals/s")
+        record("peak_rss_MiB", result["peak_rss_MiB"], "MiB", "bornfield-potential+born", n_atoms, threads,
+               base + "; peak resident set of the whole benchmark process (python + torch + both models)")
+        print(n_atoms, f"threads {threads}", {k: round(n_atoms / v["best_s"]) for k, v in result.items() if isinstance(v, dict)},
+              f"peak RSS {result['peak_rss_MiB']:.0f} MiB, load {load:.1f}", flush=True)
+
+    if not args.no_sweep:
+        # design sweep in single-thread CPU time (robust to other jobs on the shared machine)
+        for channels, radial_hidden, cutoff, dtype in [
+            (8, 16, 5.0, "float32"), (8, 32, 5.0, "float32"), (12, 32, 5.0, "float32"), (16, 32, 5.0, "float32"),
+            (8, 32, 4.5, "float32"), (8, 32, 5.0, "float64"),
+        ]:
+            result = run_child(1024, 1, channels, radial_hidden, cutoff, dtype, args.repeats, "cpu")
+            notes = (f"design sweep: channels {channels}, radial_hidden {radial_hidden}, cutoff {cutoff} Å, {dtype}; "
+                     "CPU time of one thread, best of repeats; potential energy+forces+stress plus Born charges, shared neighbour list")
+            record("atom_evals_per_cpu_s", 1024 / result["potential+born"]["best_s"], "atom-evals/CPU-s",
+                   "bornfield-potential+born", 1024, 1, notes)
+            print("sweep", channels, radial_hidden, cutoff, dtype, round(1024 / result["potential+born"]["best_s"]), flush=True)
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.part")
+    tmp.write_text(json.dumps(records, indent=1))
+    tmp.replace(out)
+    plot(records, out.with_suffix(".png"))
+    print(f"wrote {out}")
+    return 0
+
+
+def plot(records, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.8))
+    for system in ("bornfield-potential", "bornfield-born", "bornfield-potential+born"):
+        for threads, style in ((1, "s--"), (2, "o-")):
+            rows = [r for r in records if r["system"] == system and r["metric"] == "atom_evals_per_s"
+                    and r["threads"] == threads]
+            if rows:
+                ax.loglog([r["n_atoms"] for r in rows], [r["value"] for r in rows], style,
+                          label=f"{system.removeprefix('bornfield-')} ({threads} thread{'s' * (threads > 1)})")
+    ax.axhline(1e4, color="k", ls="--", lw=0.8, label="target (potential+born)")
+    ax.set_xlabel("atoms")
+    ax.set_ylabel("atom-evaluations / s (wall clock)")
+    ax.legend(fontsize=7)
+    ax.set_title("NN potential / Born model throughput (CPU)", fontsize=9)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
