@@ -11,7 +11,13 @@ from bornfield.md.conditions import expand_conditions
 ANALYSIS = f"{RESULTS}/analysis"
 # the section with every nested default filled, exactly as the CLI sees it
 ANALYSIS_SETTINGS = validate_section(config.get("analysis", {}), "analysis", source="config: analysis")
-ANALYSIS_CONDITIONS = [c.name for c in expand_conditions(config["md"])]
+# the same conditions as the md rules: md section validated with every nested default filled
+ANALYSIS_CONDITIONS = [
+    c.name
+    for c in expand_conditions(
+        validate_section(config.get("md", {}), "md", source="config: md")
+    )
+]
 # only names of configured conditions match (keeps sweep/arrhenius files unambiguous)
 ANALYSIS_CONDITION_REGEX = (
     "|".join(re.escape(name) for name in ANALYSIS_CONDITIONS) or "(?!x)x"
