@@ -121,6 +121,10 @@ if cluster_up && node_ready; then
 fi
 
 install -d -m 0755 "$STATE_DIR"
+install -d -m 0755 -o slurm -g slurm "$STATE_DIR/ctld" "$STATE_DIR/log"
+install -d -m 0755 "$STATE_DIR/slurmd"
+runuser -u slurm -- test -w "$STATE_DIR/ctld" ||
+  die "user slurm cannot write $STATE_DIR/ctld (a parent directory not searchable by others?): choose another BORNFIELD_SLURM_DIR"
 
 # ------------------------------------------------------------------ 2. munge
 if [ ! -s /etc/munge/munge.key ]; then
@@ -155,8 +159,6 @@ for daemon in slurmd slurmctld; do
   fi
 done
 
-install -d -m 0755 -o slurm -g slurm "$STATE_DIR/ctld" "$STATE_DIR/log"
-install -d -m 0755 "$STATE_DIR/slurmd"
 
 ncpus=$(nproc)
 mem_total_mb=$(awk '/^MemTotal:/ {print int($2 / 1024)}' /proc/meminfo)
