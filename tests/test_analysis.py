@@ -11,7 +11,7 @@ from scipy import constants
 
 from bornfield.analysis import transport
 from bornfield.analysis.condition import analyze_condition, fit_window_indices, write_json, write_msd_csv
-from bornfield.analysis.msd import displacement_moments, project
+from bornfield.analysis.msd import displacement_moments
 from bornfield.analysis.synthetic import li3po4_like_cell, write_synthetic_condition, write_trajectory
 from bornfield.analysis.sweep import _verdict, arrhenius, critical_value, write_sweep
 from bornfield.analysis.trajectory import read_trajectory, unwrap
