@@ -60,6 +60,9 @@ class TransverseAccumulator:
     per_atom_force_sum: np.ndarray | None = None
     per_atom_frames: int = 0
     time_averaged_perp: list[np.ndarray] = field(default_factory=list)
+    max_stored_samples: int = 2_000_000
+    """Bound on the values kept for exact percentiles (memory); beyond it every k-th value is kept."""
+    keep_every: int = 1
 
     def __post_init__(self) -> None:
         self.ratio_hist = np.zeros(self.bins, dtype=np.int64)
@@ -93,8 +96,13 @@ class TransverseAccumulator:
         self.frame_time.extend(np.asarray(time_fs, dtype=float).tolist())
         self.frame_perp_mean.extend(perp.mean(axis=1).tolist())
         self.frame_fraction.extend(exceed.mean(axis=1).tolist())
-        self.perp_values.append(perp.astype(np.float32).ravel())
-        self.ratio_values.append(ratio.astype(np.float32).ravel())
+        self.perp_values.append(perp.astype(np.float32).ravel()[:: self.keep_every])
+        self.ratio_values.append(ratio.astype(np.float32).ravel()[:: self.keep_every])
+        if sum(v.size for v in self.perp_values) > self.max_stored_samples:
+            # thin what is stored and what comes: a uniform subsample for the percentiles
+            self.perp_values = [np.concatenate(self.perp_values)[::2]]
+            self.ratio_values = [np.concatenate(self.ratio_values)[::2]]
+            self.keep_every *= 2
         # time average of the transverse force vector per atom: a systematic sideways push
         self.per_atom_force_sum += perp_vectors.sum(axis=0)
         self.per_atom_frames += perp_vectors.shape[0]
@@ -139,6 +147,7 @@ class TransverseAccumulator:
 
         return {
             "n_samples": int(self.n_samples),
+            "n_samples_for_percentiles": int(perp.size),
             "n_atoms": int(self.n_atoms),
             "mean_abs_perp_eV_per_A": self.sums["perp"] / n,
             "median_abs_perp_eV_per_A": float(np.median(perp)) if perp.size else float("nan"),
