@@ -331,3 +331,22 @@ def test_sweep_tables_from_analysed_conditions(tmp_path, settings):
     transverse_rows = list(csv.DictReader(open(outputs["transverse"])))
     li = [r for r in transverse_rows if r["species"] == "Li" and r["condition"] == "E2"][0]
     assert float(li["median_ratio"]) == pytest.approx(0.2, rel=1e-5)
+
+
+def test_transverse_percentiles_stay_accurate_when_samples_are_thinned():
+    from bornfield.analysis.forces import TransverseAccumulator
+
+    rng = np.random.default_rng(2)
+    accumulator = TransverseAccumulator(0.1, 5.0, 3.0, 100, 50, max_stored_samples=4000)
+    field = np.tile([0.0, 0.0, 0.2], (20, 1))
+    all_perp = []
+    for chunk in range(30):
+        forces = rng.normal(size=(20, 50, 3)) * [0.05, 0.05, 0.2]
+        accumulator.add(np.arange(20) + 20.0 * chunk, field, forces)
+        all_perp.append(np.linalg.norm(forces[..., :2], axis=-1).ravel())
+    result = accumulator.result(50)
+    exact = np.concatenate(all_perp)
+    assert result["n_samples"] == exact.size and result["n_samples_for_percentiles"] <= 4000
+    assert result["mean_abs_perp_eV_per_A"] == pytest.approx(exact.mean(), rel=1e-9)  # means are exact
+    assert result["median_abs_perp_eV_per_A"] == pytest.approx(np.median(exact), rel=0.05)
+    assert result["p90_abs_perp_eV_per_A"] == pytest.approx(np.percentile(exact, 90), rel=0.05)
