@@ -10,6 +10,8 @@ CONFIG    ?= config/config.yaml
 STAMPS    := .make
 BIN       := $(VENV)/bin
 PYTEST_ARGS ?=
+# rule commands call `bornfield` and MPI launchers from the venv
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: demo test setup system figures report lint dryrun clean-results
 

@@ -5,8 +5,13 @@ import shlex
 
 from snakemake.utils import validate
 
+from bornfield.config import validate_section
 
+# Snakemake's check first (it names the offending key), then bornfield's own
+# validator, which also fills the defaults of nested sections (Snakemake's
+# set_default does not descend through $ref'd section schemas).
 validate(config, "../schemas/config.schema.yaml")
+config.update(validate_section(config, None, source="config"))
 
 RESULTS = config["results_dir"]
 LOGS = f"{RESULTS}/logs"
