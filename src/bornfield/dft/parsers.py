@@ -124,12 +124,12 @@ def read_tensors_xml(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     return eps, np.transpose(blocks, (0, 2, 1))
 
 
-def read_ph_output(path: str | Path, tensors_xml: str | Path | None = None) -> PhOutput:
+def read_ph_output(path: str | Path, tensors_xml: str | Path | None = None, use_tensors_xml: bool = True) -> PhOutput:
     """Parse a finished ph.x output (QE 6.x/7.x) into a :class:`PhOutput`.
 
     ``tensors_xml``: explicit path of ``tensors.xml``; by default
     ``<dir>/tmp/_ph0/*.phsave/tensors.xml``, ``<dir>/_ph0/*.phsave/tensors.xml`` or
-    ``<dir>/tensors.xml`` is used when present.
+    ``<dir>/tensors.xml`` is used when present (``use_tensors_xml=False``: ph.out only).
     Raises InputFileError for missing, truncated, non-converged or garbled output.
     """
     path = Path(path)
@@ -184,6 +184,8 @@ def read_ph_output(path: str | Path, tensors_xml: str | Path | None = None) -> P
     notes: list[str] = []
     precision = "ph.out"
     xml_path = Path(tensors_xml) if tensors_xml else _find_tensors_xml(path.parent)
+    if not use_tensors_xml:
+        xml_path = None
     if xml_path is not None:
         eps_xml, z_xml = read_tensors_xml(xml_path)
     if xml_path is not None and z_xml is None:
