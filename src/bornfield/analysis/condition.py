@@ -169,6 +169,34 @@ def _condition_metadata(replicas, trajectories: list[Trajectory], field_vector: 
     }
 
 
+def measured_temperature(trajectories: list[Trajectory]) -> dict | None:
+    """Mean ± std of ``temperature_K`` in each replica's ``thermo.csv`` over the analysed frames.
+
+    Returns None when no replica has a readable ``thermo.csv`` (e.g. trajectories from elsewhere).
+    """
+    means = []
+    for trajectory in trajectories:
+        path = trajectory.path.with_name("thermo.csv")
+        if not path.is_file():
+            continue
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        try:
+            values = [
+                float(row["temperature_K"])
+                for row in rows
+                if float(row["time_fs"]) >= trajectory.time_fs[0] - 1e-9
+                and float(row["time_fs"]) <= trajectory.time_fs[-1] + 1e-9
+            ]
+        except (KeyError, ValueError) as exc:
+            raise InputFileError(f"{path}: expected numeric time_fs and temperature_K columns ({exc})") from exc
+        if values:
+            means.append(float(np.mean(values)))
+    if not means:
+        return None
+    return {"mean": float(np.mean(means)), "replica_means": means}
+
+
 def _species_order(numbers: np.ndarray, requested: list[str], source: Path) -> list[str]:
     present = [chemical_symbols[z] for z in dict.fromkeys(numbers.tolist())]
     if not requested:
@@ -286,6 +314,12 @@ def analyze_replicas(replicas: ReplicaSet, settings: dict) -> dict:
     species_list = _species_order(first.numbers, list(settings["species"]), first.path)
     curve_index = np.unique(np.linspace(0, max_lag, min(max_lag + 1, settings["curve_points"])).astype(int))
     kT = transport.thermal_energy_eV(temperature)
+    thermo = measured_temperature(trajectories)
+    if thermo is not None and abs(thermo["mean"] - temperature) > 0.05 * temperature:
+        notes.append(
+            f"measured temperature {thermo['mean']:.1f} K deviates by more than 5 % from the nominal "
+            f"{temperature:g} K used in k_B T (thermostat or field heating?)"
+        )
     record.update(
         {
             "state": "analysed",
@@ -314,6 +348,7 @@ def analyze_replicas(replicas: ReplicaSet, settings: dict) -> dict:
                 "volume_A3": first.volume_A3,
                 "counts": {s: int((first.numbers == atomic_numbers[s]).sum()) for s in dict.fromkeys(first.symbols)},
                 "thermal_energy_eV": kT,
+                "temperature_measured_K": thermo,
             },
             "lag_fs": lags_fs[curve_index].tolist(),
             "species": {},

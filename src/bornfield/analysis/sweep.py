@@ -115,7 +115,7 @@ TRANSPORT_COLUMNS = [
     "msd_reference_time_fs", "msd_parallel_at_ref_A2", "msd_parallel_at_ref_sem_A2",
     "msd_perpendicular_per_direction_at_ref_A2", "msd_perpendicular_per_direction_at_ref_sem_A2",
     "msd_total_per_direction_at_ref_A2", "msd_total_per_direction_at_ref_sem_A2",
-    "drift_parallel_at_ref_A", "drift_parallel_at_ref_sem_A", "volume_A3",
+    "drift_parallel_at_ref_A", "drift_parallel_at_ref_sem_A", "volume_A3", "temperature_measured_K",
 ]
 
 TRANSVERSE_COLUMNS = [
@@ -179,6 +179,7 @@ def transport_rows(records: list[dict]) -> list[dict]:
                     "drift_parallel_at_ref_A": _get(at_ref["drift_parallel"]),
                     "drift_parallel_at_ref_sem_A": _get(at_ref["drift_parallel"], "sem"),
                     "volume_A3": record["system"]["volume_A3"],
+                    "temperature_measured_K": (record["system"].get("temperature_measured_K") or {}).get("mean"),
                 }
             )
     return rows
