@@ -15,6 +15,7 @@ include: "workflow/rules/structures.smk"
 include: "workflow/rules/dft.smk"
 include: "workflow/rules/dataset.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/md.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/report.smk"
 

@@ -19,7 +19,7 @@ import logging
 from pathlib import Path
 
 from bornfield.config import add_settings_arguments, load_config, settings_from_args
-from bornfield.errors import InputFileError
+from bornfield.errors import ConfigError, InputFileError
 from bornfield.md.conditions import condition_by_name, expand_conditions
 
 LOG = logging.getLogger(__name__)
@@ -27,6 +27,10 @@ LOG = logging.getLogger(__name__)
 
 def model_paths(results_dir: Path, settings: dict) -> tuple[list[Path], Path]:
     """(potential files of the committee, Born model file) for the configured generation."""
+    if settings["model_generation"] is None:
+        raise ConfigError(
+            "md.model_generation is null: give the model generation to use (the workflow fills in "
+            "the final active-learning generation)")
     directory = Path(results_dir) / "models" / f"gen{settings['model_generation']}"
     potentials = [directory / f"potential_{i}.pt" for i in range(settings["committee_size"])]
     return potentials, directory / "born_0.pt"
@@ -61,7 +65,12 @@ def run_condition_cli(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, "md")
     condition = condition_by_name(settings, args.condition)
     results_dir = _results_dir(args)
-    potential_files, born_file = model_paths(results_dir, settings)
+    if args.potential or args.born:
+        if not (args.potential and args.born):
+            raise ConfigError("give both --potential and --born (or neither, to use --results-dir)")
+        potential_files, born_file = [Path(p) for p in args.potential], Path(args.born)
+    else:
+        potential_files, born_file = model_paths(results_dir, settings)
     missing = [str(p) for p in [*potential_files, born_file] if not p.exists()]
     if missing:
         raise InputFileError(f"MD models not found: {missing} (written by the train stage)")
@@ -70,11 +79,12 @@ def run_condition_cli(args: argparse.Namespace) -> int:
     from bornfield.models import load_born, load_potential
     from bornfield.md.runner import read_start_cells, run_condition
 
-    if comm.Get_size() > 1 or args.threads:
-        torch.set_num_threads(int(args.threads or 1))
+    # one torch thread per rank by default: the ranks already fill the cores, and
+    # oversubscribed intra-op threads slow the small per-step graphs down by 10x
+    torch.set_num_threads(int(args.threads or 1))
     potentials = [load_potential(p) for p in potential_files]
     born = load_born(born_file)
-    cells = read_start_cells(start_cells_path(results_dir, condition.phase))
+    cells = read_start_cells(Path(args.cells) if args.cells else start_cells_path(results_dir, condition.phase))
     outdir = Path(args.outdir) if args.outdir else results_dir / "md" / condition.name
     summary = run_condition(settings, condition, outdir, potentials[0], born, cells,
                             committee=potentials[1:], comm=comm, progress=not args.no_progress)
@@ -98,6 +108,10 @@ def register(subparsers) -> None:
     run.add_argument("--condition", required=True, help="condition name (see 'bornfield md list')")
     run.add_argument("--results-dir", help="campaign results directory (default: config results_dir or results)")
     run.add_argument("--outdir", help="output directory (default: <results-dir>/md/<condition>)")
-    run.add_argument("--threads", type=int, default=0, help="torch threads per rank (default: 1 under MPI)")
+    run.add_argument("--cells", help="start cells (default: <results-dir>/structures/md_cells/<phase>.extxyz)")
+    run.add_argument("--potential", nargs="+",
+                     help="potential files, member 0 drives (default: <results-dir>/models/gen<k>/potential_<i>.pt)")
+    run.add_argument("--born", help="Born-charge model file (default: <results-dir>/models/gen<k>/born_0.pt)")
+    run.add_argument("--threads", type=int, default=0, help="torch threads per rank (default 1)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=run_condition_cli)

@@ -199,13 +199,17 @@ def expand_conditions(md_settings: dict) -> list[MDCondition]:
     the same name raise :class:`ConfigError`.
 
     Args:
-        md_settings: the ``md`` section (validated, defaults filled). Uses
+        md_settings: the ``md`` section (validated here; defaults filled). Uses
             ``seed``, ``sweep.{phases, temperatures_K, field_strengths_V_per_A,
             field_directions, replicas}`` and ``extra_conditions``.
     """
     if not isinstance(md_settings, dict):
         raise ConfigError(f"md settings must be a mapping, got {type(md_settings).__name__}")
-    master_seed = int(md_settings.get("seed", 0))
+    from bornfield.config import validate_section
+
+    # idempotent: fills the schema defaults when a caller passes a raw config section
+    md_settings = validate_section(md_settings, "md", source="md settings")
+    master_seed = int(md_settings["seed"])
     sweep = md_settings.get("sweep") or {}
     phases: Sequence[str] = sweep.get("phases", [])
     temperatures: Sequence[float] = sweep.get("temperatures_K", [])

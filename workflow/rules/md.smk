@@ -1,0 +1,61 @@
+# MD stage: one job per condition (phase x temperature x field), all its replicas in one
+# (MPI) job: `bornfield md run`. Conditions, names and seeds come from
+# bornfield.md.conditions.expand_conditions (docs/architecture.md, "MD conditions").
+import os
+import re
+
+from bornfield.config import validate_section
+from bornfield.md.conditions import expand_conditions
+
+MD = f"{RESULTS}/md"
+# the md section with every nested default filled, exactly as the CLI sees it;
+# model_generation null -> the final active-learning generation of the train stage
+MD_SETTINGS = validate_section(config.get("md", {}), "md", source="config: md")
+if MD_SETTINGS["model_generation"] is None:
+    MD_SETTINGS["model_generation"] = (
+        config.get("train", {}).get("active_learning", {}).get("generations", 1) - 1
+    )
+MD_CONDITIONS = {c.name: c for c in expand_conditions(MD_SETTINGS)}
+MD_RANKS = MD_SETTINGS["resources"]["tasks"]
+MD_MODELS = f"{RESULTS}/models/gen{MD_SETTINGS['model_generation']}"
+MD_SETTINGS_ARG = shlex.quote(json.dumps(MD_SETTINGS, sort_keys=True))
+
+
+rule md_condition:
+    input:
+        cells=lambda wc: f"{RESULTS}/structures/md_cells/{MD_CONDITIONS[wc.condition].phase}.extxyz",
+        potentials=[
+            f"{MD_MODELS}/potential_{i}.pt" for i in range(MD_SETTINGS["committee_size"])
+        ],
+        born=f"{MD_MODELS}/born_0.pt",
+    output:
+        summary=f"{MD}/{{condition}}/summary.json",
+    wildcard_constraints:
+        condition="|".join(re.escape(name) for name in MD_CONDITIONS) or "(?!x)x",
+    params:
+        settings=MD_SETTINGS_ARG,
+        outdir=lambda wc, output: os.path.dirname(output.summary),
+        launch=lambda wc, resources: (
+            f"{resources.mpi} -n {resources.tasks}" if resources.get("mpi") else ""
+        ),
+    log:
+        f"{LOGS}/md/{{condition}}.log",
+    benchmark:
+        f"{BENCH}/md/{{condition}}.tsv"
+    conda:
+        "../../envs/bornfield.yaml"
+    threads: MD_RANKS
+    resources:
+        runtime=MD_SETTINGS["resources"]["runtime_min"],
+        mem_mb=MD_SETTINGS["resources"]["mem_mb"],
+        cpus_per_task=1,
+        tasks=MD_RANKS,
+        **({"mpi": MD_SETTINGS["resources"]["mpi"]} if MD_RANKS > 1 else {}),
+    shell:
+        "{params.launch} bornfield md run --settings {params.settings}"
+        " --condition {wildcards.condition} --cells {input.cells}"
+        " --potential {input.potentials} --born {input.born} --outdir {params.outdir}"
+        " --threads 1 --no-progress > {log} 2>&1"
+
+
+STAGE_TARGETS["md"] = lambda: [f"{MD}/{name}/summary.json" for name in MD_CONDITIONS]
