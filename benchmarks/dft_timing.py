@@ -1,0 +1,143 @@
+"""Cost of the DFT labels: pw.x SCF and ph.x DFPT (Born charges) per structure vs size.
+
+Reads finished job directories (``status.json`` + QE outputs written by
+``bornfield dft run``) and records, per program and job, the CPU time and the wall
+time that QE itself prints (``PWSCF : … CPU … WALL``), the number of MPI ranks and
+k-points, and the peak resident memory of the largest QE rank (``status.json``).
+With two or more sizes it fits ``time ∝ N^p`` (least squares in log–log) per program.
+
+On a shared machine the wall time depends on the load; the CPU time per rank is the
+number to compare. Usage::
+
+    .venv/bin/python benchmarks/dft_timing.py JOB_DIR [JOB_DIR ...] [--notes TEXT]
+
+writes ``benchmarks/results/dft_timing.json`` and ``.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+MACHINE = "2 cores, no GPU (shared with other jobs)"
+_TIME = r"(?:(\d+)h)?\s*(?:(\d+)m)?\s*([\d.]+)s"
+
+
+def _seconds(match_groups) -> float:
+    hours, minutes, seconds = match_groups
+    return int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(seconds)
+
+
+def qe_times(path: Path, program: str) -> tuple[float, float, int] | None:
+    """(CPU s, wall s, MPI ranks) of a finished QE run, from its own summary line."""
+    if not path.exists():
+        return None
+    text = path.read_text(errors="replace")
+    match = re.findall(rf"^\s*{program}\s*:\s*{_TIME}\s*CPU\s*{_TIME}\s*WALL", text, re.M)
+    if not match or "JOB DONE" not in text:
+        return None
+    last = match[-1]
+    ranks = re.search(r"Number of MPI processes:\s*(\d+)", text)
+    return _seconds(last[0:3]), _seconds(last[3:6]), int(ranks.group(1)) if ranks else 1
+
+
+def records_for(job_dir: Path, notes: str) -> list[dict]:
+    """Benchmark records of one finished job directory."""
+    status = json.loads((job_dir / "status.json").read_text())
+    from ase.io import read
+
+    n_atoms = len(read(job_dir / "structure.extxyz"))
+    out = []
+    today = dt.date.today().isoformat()
+    kpts = "x".join(str(k) for k in status.get("kpoints", []))
+    settings = status.get("settings", {})
+    for program, name, label in (("PWSCF", "pw.out", "pw.x SCF"), ("PHONON", "ph.out", "ph.x DFPT (epsil+zeu)")):
+        times = qe_times(job_dir / name, program)
+        if times is None:
+            continue
+        cpu, wall, ranks = times
+        common = {
+            "system": f"bornfield-dft {label}", "n_atoms": n_atoms, "ranks": ranks, "threads": 1,
+            "baseline": False, "date": today, "machine": MACHINE,
+            "notes": (
+                f"dft_id {status['dft_id']}, k {kpts}, ecut {settings.get('ecutwfc_Ry')}/{settings.get('ecutrho_Ry')} Ry, "
+                f"tr2_ph {settings.get('tr2_ph')}; {notes}"
+            ).strip("; "),
+        }
+        out.append({"metric": "qe_cpu_time_s", "value": cpu, "unit": "s (per rank)", **common})
+        out.append({"metric": "qe_wall_time_s", "value": wall, "unit": "s", **common})
+    if "peak_rss_MiB" in status:
+        out.append({
+            "metric": "peak_rss_MiB", "value": float(status["peak_rss_MiB"]), "unit": "MiB (largest rank)",
+            "system": "bornfield-dft pw.x+ph.x", "n_atoms": n_atoms, "ranks": out[0]["ranks"] if out else None,
+            "threads": 1, "baseline": False, "date": today, "machine": MACHINE, "notes": f"dft_id {status['dft_id']}",
+        })
+    return out
+
+
+def fit_exponents(records: list[dict]) -> list[dict]:
+    """time ∝ N^p per program (CPU time), when at least two sizes were measured."""
+    fits = []
+    for system in sorted({r["system"] for r in records if r["metric"] == "qe_cpu_time_s"}):
+        points = [(r["n_atoms"], r["value"]) for r in records if r["system"] == system and r["metric"] == "qe_cpu_time_s"]
+        sizes = sorted({n for n, _ in points})
+        if len(sizes) < 2:
+            continue
+        n, t = np.log([p[0] for p in points]), np.log([p[1] for p in points])
+        slope = float(np.polyfit(n, t, 1)[0])
+        fits.append({
+            "metric": "scaling_exponent", "value": slope, "unit": "d ln t / d ln N", "system": system,
+            "n_atoms": max(sizes), "ranks": None, "threads": 1, "baseline": False,
+            "date": dt.date.today().isoformat(), "machine": MACHINE, "notes": f"fit over sizes {sizes}",
+        })
+    return fits
+
+
+def plot(records: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for metric, ax in zip(("qe_cpu_time_s", "qe_wall_time_s"), axes, strict=True):
+        for system in sorted({r["system"] for r in records if r["metric"] == metric}):
+            pts = sorted((r["n_atoms"], r["value"]) for r in records if r["metric"] == metric and r["system"] == system)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=system.replace("bornfield-dft ", ""))
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("atoms")
+        ax.set_ylabel(metric.replace("qe_", "").replace("_s", " (s)"))
+        ax.legend(fontsize=8)
+    fig.suptitle("QE cost per structure (shared 2-core machine: compare CPU time)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("job_dirs", nargs="+", type=Path)
+    parser.add_argument("--notes", default="")
+    parser.add_argument("--output", type=Path, default=RESULTS / "dft_timing.json")
+    args = parser.parse_args()
+    records = []
+    for job_dir in args.job_dirs:
+        records += records_for(job_dir, args.notes)
+    records += fit_exponents(records)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(records, indent=1))
+    plot(records, args.output.with_suffix(".png"))
+    for r in records:
+        print(f"{r['system']:45s} N={r['n_atoms']:4d} {r['metric']:18s} {r['value']:10.2f} {r['unit']}")
+
+
+if __name__ == "__main__":
+    main()
