@@ -30,9 +30,8 @@ ANALYSIS_SWEEP_TABLES = {
 }
 
 
-def get_analysis_records(wildcards=None):
-    """Per-condition analysis records of every configured MD condition."""
-    return expand(f"{ANALYSIS}/{{condition}}.json", condition=ANALYSIS_CONDITIONS)
+# every configured condition's record (the inputs of the sweep and of the figures)
+ANALYSIS_RECORDS = [f"{ANALYSIS}/{name}.json" for name in ANALYSIS_CONDITIONS]
 
 
 rule analyze_condition:
@@ -71,7 +70,7 @@ rule analyze_condition:
 
 rule analyze_sweep:
     input:
-        records=get_analysis_records,
+        records=ANALYSIS_RECORDS,
     output:
         transport=report(
             ANALYSIS_SWEEP_TABLES["transport"],
@@ -118,11 +117,9 @@ rule analyze_sweep:
         " --settings {params.settings} > {log} 2>&1"
 
 
-def get_analysis_targets():
-    # analysis needs the md rules (md/<condition>/summary.json): nothing without them
-    if not ANALYSIS_CONDITIONS or "md" not in STAGE_TARGETS:
-        return []
-    return get_analysis_records() + list(ANALYSIS_SWEEP_TABLES.values())
-
-
-STAGE_TARGETS["analysis"] = get_analysis_targets
+# analysis needs the md rules (md/<condition>/summary.json): no targets without them
+STAGE_TARGETS["analysis"] = lambda: (
+    ANALYSIS_RECORDS + list(ANALYSIS_SWEEP_TABLES.values())
+    if ANALYSIS_CONDITIONS and "md" in STAGE_TARGETS
+    else []
+)

@@ -12,43 +12,42 @@ SWEEP_FIGURES = {
 }
 
 
-def figure_files(with_report=False):
-    """Every figure file; PNGs wrapped in report() (with captions) when asked."""
-    files = []
-    for name in ANALYSIS_CONDITIONS:
-        for fmt in FIGURE_FORMATS:
-            path = f"{FIGURES}/condition_{name}.{fmt}"
-            if with_report and fmt == "png":
-                path = report(
-                    path,
-                    caption="../report/figure_condition.rst",
-                    category="Figures",
-                    subcategory="Conditions",
-                    labels={"condition": name},
-                )
-            files.append(path)
-    for name, caption in SWEEP_FIGURES.items():
-        for fmt in FIGURE_FORMATS:
-            path = f"{FIGURES}/{name}.{fmt}"
-            if with_report and fmt == "png":
-                path = report(
-                    path,
-                    caption=caption,
-                    category="Figures",
-                    subcategory="Sweep",
-                    labels={"figure": name},
-                )
-            files.append(path)
-    return files
+# (figure path stem, caption, report subcategory, report labels)
+FIGURE_SPECS = [
+    (
+        f"{FIGURES}/condition_{name}",
+        "../report/figure_condition.rst",
+        "Conditions",
+        {"condition": name},
+    )
+    for name in ANALYSIS_CONDITIONS
+] + [
+    (f"{FIGURES}/{name}", caption, "Sweep", {"figure": name})
+    for name, caption in SWEEP_FIGURES.items()
+]
+FIGURE_FILES = [f"{stem}.{fmt}" for stem, *_ in FIGURE_SPECS for fmt in FIGURE_FORMATS]
+# the PNGs go into the report with their captions; other formats are plain outputs
+# (a line must not start with "report(": Snakemake would read it as the report: keyword)
+FIGURE_OUTPUTS = [
+    f"{stem}.{fmt}" if fmt != "png" else report(
+        f"{stem}.{fmt}",
+        caption=caption,
+        category="Figures",
+        subcategory=subcategory,
+        labels=labels,
+    )
+    for stem, caption, subcategory, labels in FIGURE_SPECS
+    for fmt in FIGURE_FORMATS
+]
 
 
 rule figures:
     input:
-        records=get_analysis_records,
+        records=ANALYSIS_RECORDS,
         linear_response=ANALYSIS_SWEEP_TABLES["linear_response"],
         arrhenius=f"{ANALYSIS}/arrhenius.json",
     output:
-        figure_files(with_report=True),
+        FIGURE_OUTPUTS,
     params:
         settings=lambda wc: get_settings("analysis"),
         analysis_dir=lambda wc, input: os.path.dirname(input.arrhenius),
@@ -70,8 +69,4 @@ rule figures:
         " --figures-dir {params.figures_dir} --settings {params.settings} > {log} 2>&1"
 
 
-def get_figure_targets():
-    return figure_files() if get_analysis_targets() else []
-
-
-STAGE_TARGETS["figures"] = get_figure_targets
+STAGE_TARGETS["figures"] = lambda: FIGURE_FILES if STAGE_TARGETS["analysis"]() else []
