@@ -114,6 +114,20 @@ def run_init(args: argparse.Namespace) -> int:
             hyper[key] = getattr(args, key)
     if args.kind == "born_row":
         hyper["field_axis"] = args.field_axis
+    if args.mean_charge:
+        if args.kind != "born":
+            raise ConfigError("--mean-charge applies to --kind born only")
+        charges = {}
+        for item in args.mean_charge:
+            symbol, _, value = item.partition("=")
+            try:
+                charges[symbol] = float(value)
+            except ValueError as exc:
+                raise ConfigError(f"--mean-charge expects SYMBOL=VALUE (e), got {item!r}") from exc
+        unknown = sorted(set(charges) - set(args.species))
+        if unknown:
+            raise ConfigError(f"--mean-charge for {unknown}, which are not in --species {args.species}")
+        hyper["mean_charges"] = charges
     path = create_random_model_file(args.kind, args.species, args.cutoff, args.out, args.seed, **hyper)
     print(f"wrote untrained {args.kind} model {path} (species {args.species}, cutoff {args.cutoff} Å)")
     return 0
@@ -399,6 +413,8 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="model file (.pt)")
     p.add_argument("--field-axis", type=int, choices=[0, 1, 2], default=0, help="born_row only")
+    p.add_argument("--mean-charge", nargs="*", default=[], metavar="SYMBOL=VALUE",
+                   help="born only: isotropic prior charge per species (e), e.g. Li=1 P=3.3 O=-1.8")
     for key in ("channels", "n_basis", "radial_hidden", "hidden"):
         p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=int)
     p.set_defaults(func=run_init)
