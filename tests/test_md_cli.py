@@ -1,0 +1,95 @@
+"""`bornfield md` with real bornfield model files (random init): CLI, ASE and LAMMPS on 2 ranks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from ase.io import write
+from md_testmodels import fcc_cell
+
+from bornfield.models import create_random_model_file
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory):
+    """results_dir with gen0 models (2 potentials, 1 Born model) and md_cells/fcc.extxyz."""
+    root = tmp_path_factory.mktemp("md_cli")
+    models = root / "models" / "gen0"
+    for i in range(2):
+        create_random_model_file("potential", ["Li", "O"], 3.5, models / f"potential_{i}.pt", seed=i,
+                                 channels=4, hidden=16, radial_hidden=16)
+    create_random_model_file("born", ["Li", "O"], 3.5, models / "born_0.pt", seed=7,
+                             channels=4, hidden=16, radial_hidden=16)
+    cells = root / "structures" / "md_cells"
+    cells.mkdir(parents=True)
+    write(cells / "fcc.extxyz", [fcc_cell(3, a=4.4, seed=0), fcc_cell(3, a=4.4, seed=1)])
+    return root
+
+
+def settings(backend: str, **extra) -> str:
+    data = {
+        "backend": backend, "ensemble": "nve", "equilibration_steps": 0, "production_steps": 30,
+        "committee_size": 2, "model_generation": 0,
+        "output": {"trajectory_stride": 5, "thermo_stride": 5, "checkpoint_interval": 10, "born_charges": True},
+        "safety": {"max_temperature_factor": 50.0, "max_force_uncertainty_eV_per_A": 1e3,
+                   "uncertainty_check_interval": 10, "min_distance_A": 0.5},
+        "sweep": {"phases": ["fcc"], "temperatures_K": [300.0], "field_strengths_V_per_A": [0.1],
+                  "field_directions": [[0.0, 1.0, 1.0]], "replicas": 2},
+        **extra,
+    }
+    return json.dumps(data)
+
+
+def bornfield(*args, ranks=1):
+    command = [str(BIN / "bornfield"), *args]
+    if ranks > 1:
+        command = [str(BIN / "mpiexec"), "-n", str(ranks), *command]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def test_list_prints_condition_names():
+    out = bornfield("md", "list", "--settings", settings("ase")).stdout.split()
+    assert out == ["fcc_T300K_E0.1_u0_0.7071_0.7071"]
+
+
+@pytest.mark.slow
+@pytest.mark.mpi
+def test_run_with_model_files_ase_then_lammps_two_ranks(campaign, tmp_path):
+    name = "fcc_T300K_E0.1_u0_0.7071_0.7071"
+    bornfield("md", "run", "--settings", settings("ase"), "--results-dir", str(campaign),
+              "--condition", name, "--outdir", str(tmp_path / "ase"), "--no-progress")
+    summary = json.loads((tmp_path / "ase" / "summary.json").read_text())
+    assert summary["replicas_completed"] == 2, summary["replicas"]
+    # LAMMPS: one replica group of 2 ranks per replica would need 4 ranks; 2 ranks = 2 groups
+    bornfield("md", "run", "--settings", settings("lammps", sweep={
+        "phases": ["fcc"], "temperatures_K": [300.0], "field_strengths_V_per_A": [0.1],
+        "field_directions": [[0.0, 1.0, 1.0]], "replicas": 1}),
+        "--results-dir", str(campaign), "--condition", name, "--outdir", str(tmp_path / "lammps"),
+        "--no-progress", ranks=2)
+    summary = json.loads((tmp_path / "lammps" / "summary.json").read_text())
+    assert summary["replicas_completed"] == 1 and summary["ranks_per_replica"] == 2
+    # float32 models: periodic (ASE) and cluster (LAMMPS, 2 domains) evaluations agree closely
+    with h5py.File(tmp_path / "ase" / "replica_0" / "traj.h5") as a, \
+            h5py.File(tmp_path / "lammps" / "replica_0" / "traj.h5") as b:
+        assert np.array_equal(a["step"][:], b["step"][:])
+        assert np.abs(a["positions"][:] - b["positions"][:]).max() < 1e-3
+        assert np.abs(a["born_charges"][:] - b["born_charges"][:]).max() < 1e-3
+        assert np.abs(b["born_charges"][:].sum(axis=1)).max() < 1e-4
+
+
+def test_missing_models_is_a_clear_error(tmp_path):
+    result = subprocess.run([str(BIN / "bornfield"), "md", "run", "--settings", settings("ase"),
+                             "--results-dir", str(tmp_path), "--condition", "fcc_T300K_E0.1_u0_0.7071_0.7071"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "MD models not found" in result.stderr and "potential_0.pt" in result.stderr
