@@ -471,7 +471,7 @@ def _transverse(trajectories, indices, n_frames, direction, strength, settings, 
     )
     hypothetical = strength == 0
     if hypothetical and not all(t.has_born_charges for t in trajectories):
-        return {"available": False, "reason": "zero field and no born_charges stored: no field force to analyse"}
+        return {"available": False, "reason": "E = 0 and no born_charges stored: no field force to analyse"}
     for trajectory in trajectories:
         done = 0
         if hypothetical:

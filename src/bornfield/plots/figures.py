@@ -133,7 +133,9 @@ def _ratio_panel(ax, record: dict) -> None:
         hypothetical = stats.get("hypothetical_unit_field", False)
         drawn = True
     if not drawn:
-        st.no_data(ax, "no field forces or Born charges\nstored in the trajectories")
+        reasons = {(data.get("transverse_forces") or {}).get("reason") for data in record["species"].values()} - {None}
+        reason = reasons.pop() if len(reasons) == 1 else "no field forces or Born charges stored"
+        st.no_data(ax, "transverse forces:\n" + reason.replace(": ", ":\n"))
         return
     ax.axvline(threshold, color="0.3", linestyle=":", linewidth=0.9)
     ax.set_xlabel(st.LABELS["ratio"])
