@@ -367,7 +367,10 @@ def linear_response_rows(records: list[dict], settings: dict) -> list[dict]:
                         "verdict_vs_nernst_einstein": verdict_ne,
                     }
                 )
-                reasons.append(f"mu/mu_NE = {ratio_ne:.3g}")
+                reasons.append(
+                    f"mu/mu_NE = {ratio_ne:.3g}"
+                    + (f" with <Z_par> = {charge:.3g} e" if z_parallel is not None else " with <Z_par> = 1 e assumed (no field forces stored)")
+                )
             else:
                 row["verdict_vs_nernst_einstein"] = "undetermined (no zero-field run)"
             # (c) hopping-model estimate
