@@ -42,10 +42,14 @@ def test_every_schema_key_is_documented():
     assert not missing, f"schema keys without description: {missing}"
 
 
-def test_defaults_are_filled():
+def test_defaults_are_filled_down_to_nested_sections():
+    """Defaults of section schemas (reached through $ref) and of their sub-objects are filled."""
     config = validate_section({}, None)
     assert config["results_dir"] == "results"
-    assert "structures" in config
+    for section in ("structures", "dft", "md", "analysis"):
+        assert config[section], f"section {section} got no defaults"
+    nested = [key for key, value in config["md"].items() if isinstance(value, dict) and value]
+    assert nested, "sub-objects of a section get their defaults too"
 
 
 def test_unknown_top_level_key_is_named(tmp_path):

@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 from jsonschema import Draft202012Validator, validators
-from referencing import Registry, Resource
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
 
 from bornfield.errors import ConfigError
 
@@ -30,9 +31,17 @@ def _load_yaml(path: Path) -> Any:
 
 
 def _registry() -> Registry:
+    """All section schemas, addressable by file name from ``$ref``.
+
+    ``$schema`` is dropped from the referenced documents: jsonschema switches
+    to a fresh validator class at a sub-resource that declares its dialect,
+    which would lose the default-filling extension below.
+    """
     resources = []
     for path in sorted(SCHEMA_DIR.glob("*.schema.yaml")):
-        resources.append((path.name, Resource.from_contents(_load_yaml(path))))
+        contents = _load_yaml(path)
+        contents.pop("$schema", None)
+        resources.append((path.name, DRAFT202012.create_resource(contents)))
     return Registry().with_resources(resources)
 
 
