@@ -182,3 +182,22 @@ def test_selection_is_greedy_and_decorrelated():
     assert select_candidates(frames, scores, 3, min_frame_gap=0) == [1, 2, 4]
     # frames 1 and 2 of trajectory "a" are too close: the next best elsewhere is taken
     assert select_candidates(frames, scores, 3, min_frame_gap=2) == [1, 3, 4]
+
+
+def test_charged_cells_train_on_forces_only(dataset):
+    from bornfield.train.data import attach_edges
+    from bornfield.train.trainer import batch_loss, initialise_model
+
+    samples = read_samples(dataset)[:4]
+    species = dataset_species(samples)
+    model = initialise_model("potential", species, 4.0, TINY, samples, seed=0)
+    attach_edges(samples, species, 4.0)
+    weights = {"energy": 1.0, "forces": 1.0, "stress": 0.0}
+    samples[1].charge = -1.0
+    reference, _ = batch_loss(model, samples, weights, training=False)
+    samples[1].energy += 1000.0  # a charged cell's energy label must not matter
+    shifted, parts = batch_loss(model, samples, weights, training=False)
+    assert float(shifted) == pytest.approx(float(reference), rel=1e-6)
+    assert "energy_mse" in parts
+    with_charged_energies, _ = batch_loss(model, samples, dict(weights, charged_energies=1.0), training=False)
+    assert float(with_charged_energies) > float(reference) + 1.0

@@ -38,6 +38,7 @@ class Sample:
     stress: np.ndarray | None  # (3, 3) eV/Å³
     born: np.ndarray | None  # (n, 3, 3) e, ASR-corrected
     born_asr_residual: np.ndarray | None = None  # (3, 3) e, sum over atoms of the raw tensors
+    charge: float = 0.0  # total charge of the cell (e), info["charge"]; non-zero for charged defects
     edges: StructureEdges | None = field(default=None, repr=False)
 
     @property
@@ -122,6 +123,7 @@ def read_samples(paths: str | Path | Sequence[str | Path]) -> list[Sample]:
                     stress=stress,
                     born=born,
                     born_asr_residual=residual,
+                    charge=float(atoms.info.get("charge", 0.0) or 0.0),
                 )
             )
     if not samples:
@@ -180,13 +182,13 @@ def fit_atomic_energies(samples: Sequence[Sample], species: Sequence[str]) -> di
     """
     rows, energies = [], []
     for s in samples:
-        if s.energy is None:
+        if s.energy is None or s.charge != 0:
             continue
         symbols = s.atoms.get_chemical_symbols()
         rows.append([symbols.count(x) for x in species])
         energies.append(s.energy)
     if not rows:
-        raise InputFileError("no structure with an energy label to fit reference energies")
+        raise InputFileError("no neutral structure with an energy label to fit reference energies")
     solution, *_ = np.linalg.lstsq(np.array(rows, float), np.array(energies), rcond=None)
     return {x: float(v) for x, v in zip(species, solution)}
 

@@ -89,19 +89,26 @@ def predict_rows(models, samples: Sequence[Sample], batch_size: int = 8) -> np.n
 
 
 def potential_metrics(models, samples: Sequence[Sample]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Energy/force/stress errors; returns (metrics, arrays for parity plots)."""
+    """Energy/force/stress errors; returns (metrics, arrays for parity plots).
+
+    Energy and stress errors use neutral cells only (charged-cell DFT energies
+    include background terms, see ``charged_cells`` in the train schema); force
+    errors use every structure.
+    """
     samples = [s for s in samples if s.energy is not None and s.forces is not None]
     pred = predict_potential(models, samples)
     n_atoms = np.array([s.n_atoms for s in samples])
+    neutral = np.array([s.charge == 0 for s in samples])
     e_ref = np.array([s.energy for s in samples]) / n_atoms
     e_pred = pred["energy"] / n_atoms
     f_ref = np.concatenate([s.forces for s in samples])
     symbols = np.concatenate([s.atoms.get_chemical_symbols() for s in samples])
-    de = (e_pred - e_ref) * 1000.0
+    de = (e_pred - e_ref)[neutral] * 1000.0
     df = (pred["forces"] - f_ref) * 1000.0
     metrics = {
         "n_structures": float(len(samples)),
         "n_atoms": float(n_atoms.sum()),
+        "n_charged_structures": float((~neutral).sum()),
         "energy_rmse_meV_per_atom": _rmse(de),
         "energy_mae_meV_per_atom": _mae(de),
         "force_rmse_meV_per_A": _rmse(df),
@@ -109,8 +116,9 @@ def potential_metrics(models, samples: Sequence[Sample]) -> tuple[dict[str, floa
     }
     for symbol in sorted(set(symbols)):
         metrics[f"force_rmse_meV_per_A_{symbol}"] = _rmse(df[symbols == symbol])
-    has_stress = [k for k, s in enumerate(samples) if s.stress is not None and s.atoms.pbc.all()]
-    arrays = {"energy_ref": e_ref, "energy_pred": e_pred, "forces_ref": f_ref, "forces_pred": pred["forces"]}
+    has_stress = [k for k, s in enumerate(samples) if s.stress is not None and s.atoms.pbc.all() and neutral[k]]
+    arrays = {"energy_ref": e_ref[neutral], "energy_pred": e_pred[neutral], "forces_ref": f_ref,
+              "forces_pred": pred["forces"]}
     if has_stress:
         s_ref = np.stack([samples[k].stress for k in has_stress])
         s_pred = pred["stress"][has_stress]

@@ -50,10 +50,17 @@ ARCH_KEYS = ("channels", "n_basis", "radial_hidden", "hidden")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def usable_samples(kind: str, samples: Sequence[Sample]) -> list[Sample]:
-    """Samples carrying the labels a model kind trains on."""
+def usable_samples(kind: str, samples: Sequence[Sample], charged_cells: str = "forces_only") -> list[Sample]:
+    """Samples carrying the labels a model kind trains on.
+
+    ``charged_cells`` (potential only): "include" (all labels), "forces_only"
+    (energy/stress of charged cells ignored, see :func:`batch_loss`) or "exclude".
+    """
     if kind == "potential":
-        return [s for s in samples if s.energy is not None and s.forces is not None]
+        usable = [s for s in samples if s.energy is not None and s.forces is not None]
+        if charged_cells == "exclude":
+            usable = [s for s in usable if s.charge == 0]
+        return usable
     return [s for s in samples if s.born is not None]
 
 
@@ -113,13 +120,20 @@ def batch_loss(
         out = model.forward(graph, forces=True, stress=need_stress, create_graph=training)
         n_atoms = torch.tensor([s.n_atoms for s in batch], dtype=torch.float64)
         e_ref = torch.tensor([s.energy for s in batch], dtype=torch.float64)
-        e_err = ((out["energy"] - e_ref) / n_atoms).pow(2).mean()
+        # energies (and stress) of charged cells carry the compensating-background terms of the
+        # DFT code; with charged_cells = "forces_only" they enter the force loss only
+        neutral = torch.tensor([s.charge == 0 or weights.get("charged_energies", 0.0) > 0 for s in batch])
         f_ref = torch.from_numpy(np.concatenate([s.forces for s in batch])).to(out["forces"].dtype)
         f_err = (out["forces"] - f_ref).pow(2).mean()
-        loss = weights["energy"] * e_err.to(f_err.dtype) + weights["forces"] * f_err
-        parts["energy_mse"], parts["forces_mse"] = float(e_err.detach()), float(f_err.detach())
+        loss = weights["forces"] * f_err
+        parts["forces_mse"] = float(f_err.detach())
+        if neutral.any():
+            e_err = ((out["energy"] - e_ref) / n_atoms)[neutral].pow(2).mean()
+            loss = loss + weights["energy"] * e_err.to(f_err.dtype)
+            parts["energy_mse"] = float(e_err.detach())
         if need_stress:
-            sel = [k for k, s in enumerate(batch) if s.stress is not None and s.edges.volume > 0]
+            sel = [k for k, s in enumerate(batch)
+                   if s.stress is not None and s.edges.volume > 0 and bool(neutral[k])]
             if sel:
                 s_ref = torch.from_numpy(np.stack([batch[k].stress for k in sel])).to(f_err.dtype)
                 s_err = (out["stress"][sel] - s_ref).pow(2).mean()
@@ -200,8 +214,14 @@ def train_model(
     out_path = Path(out_path)
     ckpt_path = out_path.with_suffix(".ckpt")
     csv_path = out_path.with_suffix(".metrics.csv")
-    train = usable_samples(kind, train)
-    val = usable_samples(kind, val)
+    charged = str(settings.get("charged_cells", "forces_only"))
+    if charged not in ("include", "forces_only", "exclude"):
+        raise ConfigError(f"charged_cells must be include, forces_only or exclude (got {charged!r})")
+    train = usable_samples(kind, train, charged)
+    val = usable_samples(kind, val, charged)
+    n_charged = sum(1 for s in train if s.charge != 0)
+    if kind == "potential" and n_charged:
+        log.info("%d charged training cells (%s)", n_charged, charged)
     if not train:
         raise InputFileError(f"no training structures carry the labels a '{kind}' model needs")
     dtype = DTYPES[settings.get("dtype", "float32")]
@@ -211,6 +231,7 @@ def train_model(
         "energy": float(settings.get("energy_weight", 1.0)),
         "forces": float(settings.get("force_weight", 1.0)),
         "stress": float(settings.get("stress_weight", 0.0)),
+        "charged_energies": 1.0 if charged == "include" else 0.0,
     }
     monitor = val if val else train
     if not val:
