@@ -5,11 +5,16 @@ LAMMPS integrates (``fix nve`` / ``temp/csvr`` / ``nvt`` / ``langevin``) and
 decomposes the cell; bornfield's models supply the forces in a
 ``fix external pf/callback`` callback on every rank:
 
-* the callback reads the positions of the owned *and* ghost atoms
-  (``extract_atom("x", nelem=nlocal+nghost)``); ghosts reach
-  ``comm_modify cutoff`` = 2 × receptive field + skin, so every site energy that
-  depends on an owned atom is complete and the forces on owned atoms are
-  exact (the potential's cluster call with all sites in the energy mask);
+* one rank per replica: the callback evaluates the models periodically on
+  the whole cell (no ghost overhead);
+* several ranks: the callback reads the positions of the owned *and* ghost
+  atoms (``extract_atom("x", nelem=nlocal+nghost)``); ghosts reach
+  ``comm_modify cutoff`` = receptive field + skin, so the site energies of the
+  owned atoms are complete. The potential's cluster call returns the forces of
+  Σ_owned e_s on owned atoms *and* ghost images; these partial forces are
+  summed onto the real atoms by tag with one ``Allreduce`` of an (N, 3) array
+  (a reverse communication; exact, and half the ghost shell of the
+  2 × receptive-field alternative);
 * the site energies of owned atoms are summed and **allreduced** before being
   handed to ``fix_external_set_energy_global`` (LAMMPS does not sum it);
 * Born charges: raw per-site tensors from the model's cluster call, the ASR
@@ -125,7 +130,13 @@ class LammpsBackend(Backend):
         receptive = max([float(potential.receptive_field), float(born.receptive_field)]
                         + [float(m.receptive_field) for m in self.committee])
         skin = float(settings["lammps"]["skin_A"])
-        self.ghost_cutoff = float(ghost) if ghost is not None else 2.0 * receptive + skin
+        min_distance = float(settings["safety"]["min_distance_A"])
+        if ghost is not None:
+            self.ghost_cutoff = float(ghost)
+        elif self.comm.Get_size() > 1:
+            self.ghost_cutoff = receptive + skin
+        else:  # periodic evaluation; ghosts only for the minimum-distance check
+            self.ghost_cutoff = max(min_distance, 1.0) + skin
         self.potential_reach = max([float(potential.receptive_field)]
                                    + [float(m.receptive_field) for m in self.committee]) + 1e-6
         self.born_reach = float(born.receptive_field) + 1e-6
@@ -249,6 +260,18 @@ class LammpsBackend(Backend):
         self._run(int(n_steps), pre=False)
 
     # -- the force callback -----------------------------------------------
+    def _wrap(self, positions_L: np.ndarray) -> np.ndarray:
+        frac = positions_L @ self.inv_cell_L
+        return (frac - np.floor(frac)) @ self.cell_L
+
+    @staticmethod
+    def _distance_outside_owned(positions: np.ndarray, nlocal: int) -> np.ndarray:
+        """Distance (Å) of each atom from the bounding box of the owned atoms (0 inside)."""
+        if nlocal == 0:
+            return np.full(len(positions), np.inf)
+        lower, upper = positions[:nlocal].min(axis=0), positions[:nlocal].max(axis=0)
+        return np.linalg.norm(np.maximum(np.maximum(lower - positions, positions - upper), 0.0), axis=1)
+
     def _callback(self, caller, ntimestep, nlocal, tag, x, f):  # noqa: ARG002
         setup = self._setup_call
         self._setup_call = False
@@ -264,27 +287,44 @@ class LammpsBackend(Backend):
         positions = np.array(self.lmp.numpy.extract_atom("x", nelem=n), dtype=float).reshape(n, 3)
         types = np.array(self.lmp.numpy.extract_atom("type", nelem=n), dtype=int).reshape(n)
         numbers = self.number_of_type[types]
-        # keep only the ghosts each model needs: within 2 R (potential) / R (Born) of the owned atoms
-        if nlocal:
-            lower, upper = positions[:nlocal].min(axis=0), positions[:nlocal].max(axis=0)
-            outside = np.linalg.norm(np.maximum(np.maximum(lower - positions, positions - upper), 0.0), axis=1)
-        else:
-            outside = np.zeros(n)
-        pot_sel = outside <= 2.0 * self.potential_reach
-        born_sel = outside <= self.born_reach
         error = None
+        partial = None
         try:
-            site_energies, forces = self.potential.cluster_site_energies_forces(
-                positions[pot_sel], numbers[pot_sel], np.ones(int(pot_sel.sum()), dtype=bool))
-            raw = np.asarray(self.born.cluster_born_charges_raw(positions[born_sel], numbers[born_sel]),
-                             dtype=float)[:nlocal]
-            forces = np.asarray(forces, dtype=float)[:nlocal]
-            energy_local = float(np.sum(site_energies[:nlocal]))
+            if comm.Get_size() == 1:
+                # one domain: periodic evaluation of the whole cell, no ghost overhead
+                owned = self._wrap(positions[:nlocal])
+                energy, forces, _ = self.potential.energy_forces_stress(
+                    owned, numbers[:nlocal], self.cell_L, np.ones(3, dtype=bool))
+                raw = np.asarray(self.born.born_charges(owned, numbers[:nlocal], self.cell_L,
+                                                        np.ones(3, dtype=bool)), dtype=float)
+                forces = np.asarray(forces, dtype=float)
+                energy_local = float(energy)
+            else:
+                ids = np.array(self.lmp.numpy.extract_atom("id", nelem=n), dtype=np.int64).reshape(n)
+                outside = self._distance_outside_owned(positions, nlocal)
+                pot_sel = outside <= self.potential_reach
+                born_sel = outside <= self.born_reach
+                mask = np.zeros(int(pot_sel.sum()), dtype=bool)
+                mask[:nlocal] = True  # owned atoms come first and are always selected
+                site_energies, partial_forces = self.potential.cluster_site_energies_forces(
+                    positions[pot_sel], numbers[pot_sel], mask)
+                # forces of the owned site energies on owned atoms and on ghost images,
+                # summed onto the real atoms (tags) over the replica's ranks below
+                partial = np.zeros((self.n_atoms, 3))
+                np.add.at(partial, ids[pot_sel] - 1, np.asarray(partial_forces, dtype=float))
+                energy_local = float(np.sum(site_energies[:nlocal]))
+                raw = np.asarray(self.born.cluster_born_charges_raw(positions[born_sel], numbers[born_sel]),
+                                 dtype=float)[:nlocal]
         except Exception as exc:  # any rank failing must still join the collectives
             error = f"model evaluation failed on rank {self.rank} at step {ntimestep}: {exc!r}"
             raw = np.zeros((nlocal, 3, 3))
             forces = np.zeros((nlocal, 3))
             energy_local = 0.0
+            partial = np.zeros((self.n_atoms, 3))
+        if comm.Get_size() > 1:
+            summed = np.empty_like(partial)
+            comm.Allreduce(partial, summed, op=self.MPI.SUM)
+            forces = summed[tags - 1]
         # ASR: mean over all owned atoms of the replica
         sums = np.empty(10)
         sums[:9] = raw.sum(axis=0).ravel()
@@ -389,9 +429,27 @@ class LammpsBackend(Backend):
         if not self.committee:
             return None
         nlocal, positions, numbers = self._local_and_ghost_positions()
-        mask = np.ones(len(positions), dtype=bool)
-        forces = [np.asarray(m.cluster_site_energies_forces(positions, numbers, mask)[1])[:nlocal]
-                  for m in [self.potential, *self.committee]]
+        members = [self.potential, *self.committee]
+        if self.comm.Get_size() == 1:
+            owned = self._wrap(positions[:nlocal])
+            pbc = np.ones(3, dtype=bool)
+            forces = [np.asarray(m.energy_forces_stress(owned, numbers[:nlocal], self.cell_L, pbc)[1])
+                      for m in members]
+        else:
+            n = len(positions)
+            ids = np.array(self.lmp.numpy.extract_atom("id", nelem=n), dtype=np.int64).reshape(n)
+            tags = ids[:nlocal]
+            sel = self._distance_outside_owned(positions, nlocal) <= self.potential_reach
+            mask = np.zeros(int(sel.sum()), dtype=bool)
+            mask[:nlocal] = True
+            forces = []
+            for member in members:
+                partial = np.zeros((self.n_atoms, 3))
+                np.add.at(partial, ids[sel] - 1,
+                          np.asarray(member.cluster_site_energies_forces(positions[sel], numbers[sel], mask)[1]))
+                summed = np.empty_like(partial)
+                self.comm.Allreduce(partial, summed, op=self.MPI.SUM)
+                forces.append(summed[tags - 1])
         std = np.linalg.norm(np.std(np.stack(forces), axis=0), axis=1)
         local = float(std.max()) if nlocal else 0.0
         return float(self.comm.allreduce(local, op=self.MPI.MAX)) if self.comm.Get_size() > 1 else local

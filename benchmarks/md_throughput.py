@@ -1,0 +1,215 @@
+"""Field-MD throughput: atom-steps/s vs cell size, backends, ranks; replica weak scaling.
+
+Full field MD = NN potential forces + equivariant NN Born charges refreshed every
+step + field force Zᵀ E + Bussi thermostat, for beta-Li3PO4 supercells
+(128 … 8,192 atoms) with bornfield model files (random initialisation with the
+demo config's hyperparameters: cutoff 5 Å, 8 channels, hidden 64; the cost of a
+trained model is the same). One torch thread per rank.
+
+Measured points (each in a fresh process, timed after 3 warm-up steps):
+
+* ``bornfield-ase``: ASE backend, 1 rank;
+* ``bornfield-lammps``: LAMMPS backend (fix external, domain decomposition), 1 and 2 ranks;
+* replica weak scaling (``bornfield-ase-replicas``): R replicas on R ranks, one per rank;
+* peak resident memory per rank (``max_rss_MB_per_rank``).
+
+Usage::
+
+    .venv/bin/python benchmarks/md_throughput.py [--sizes 128 1024 8192] [--steps 10]
+
+Writes ``benchmarks/results/md_throughput.json`` (DESIGN.md records) and ``.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+NAME = "md_throughput"
+BIN = Path(sys.executable).parent
+MACHINE = "2 cores, no GPU (shared with other jobs)"
+
+
+def beta_supercell(n_atoms: int):
+    from bornfield.structures.crystals import build_crystal
+
+    unit = build_crystal("beta")
+    cells = n_atoms // len(unit)
+    reps = {8: (2, 2, 2), 16: (2, 2, 4), 32: (2, 4, 4), 64: (4, 4, 4), 128: (4, 4, 8),
+            256: (4, 8, 8), 512: (8, 8, 8)}[cells]
+    atoms = unit.repeat(reps)
+    atoms.rattle(0.02, seed=1)
+    return atoms
+
+
+def write_models(directory: Path) -> tuple[Path, Path]:
+    from bornfield.models import create_random_model_file
+
+    common = {"channels": 8, "hidden": 64}
+    potential = create_random_model_file("potential", ["Li", "P", "O"], 5.0, directory / "potential.pt",
+                                         seed=1, **common)
+    born = create_random_model_file("born", ["Li", "P", "O"], 5.0, directory / "born.pt", seed=2, **common)
+    return potential, born
+
+
+def worker(args) -> None:
+    """One measurement (possibly under mpiexec); rank 0 prints a JSON line."""
+    from mpi4py import MPI
+    import torch
+
+    torch.set_num_threads(1)
+    from bornfield.config import validate_section
+    from bornfield.md.fields import FieldSchedule
+    from bornfield.models import load_born, load_potential
+
+    comm = MPI.COMM_WORLD
+    settings = validate_section({
+        "backend": args.backend, "ensemble": "bussi", "equilibration_steps": 0,
+        "production_steps": 10**6, "safety": {"max_temperature_factor": 1e3},
+    }, "md")
+    potential, born = load_potential(args.potential), load_born(args.born)
+    atoms = beta_supercell(args.n_atoms)
+    schedule = FieldSchedule((0.1, 0.0, 0.0), field_on_step=0, timestep_fs=1.0)
+    if args.replicas > 1:  # weak scaling: one replica per rank
+        group = comm.Split(color=comm.Get_rank(), key=0)
+    else:
+        group = comm
+    seed = 100 + (comm.Get_rank() if args.replicas > 1 else 0)
+    if args.backend == "ase":
+        from bornfield.md.ase_backend import ASEBackend
+
+        backend = ASEBackend(atoms, potential, born, settings, schedule, 600.0, seed)
+    else:
+        from bornfield.md.lammps_backend import LammpsBackend
+
+        backend = LammpsBackend(atoms, potential, born, settings, schedule, 600.0, seed, comm=group)
+    backend.advance(3)
+    comm.Barrier()
+    start = time.perf_counter()
+    backend.advance(args.steps)
+    comm.Barrier()
+    elapsed = time.perf_counter() - start
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    rss_max = comm.allreduce(rss, op=MPI.MAX)
+    backend.close()
+    if comm.Get_rank() == 0:
+        total_atoms = args.n_atoms * max(args.replicas, 1)
+        print("RESULT " + json.dumps({"elapsed_s": elapsed, "atom_steps_per_s": total_atoms * args.steps / elapsed,
+                                      "max_rss_MB_per_rank": rss_max}))
+
+
+def measure(potential: Path, born: Path, backend: str, n_atoms: int, ranks: int, steps: int,
+            replicas: int = 1) -> dict:
+    command = [str(sys.executable), __file__, "--worker", "--backend", backend, "--n-atoms", str(n_atoms),
+               "--steps", str(steps), "--potential", str(potential), "--born", str(born),
+               "--replicas", str(replicas)]
+    if ranks > 1:
+        command = [str(BIN / "mpiexec"), "-n", str(ranks), *command]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=7200)
+    for line in result.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise RuntimeError(f"{command} failed:\n{result.stderr[-3000:]}")
+
+
+def record(metric, value, unit, system, n_atoms, ranks, notes="") -> dict:
+    return {"metric": metric, "value": float(value), "unit": unit, "system": system, "n_atoms": n_atoms,
+            "ranks": ranks, "threads": 1, "baseline": False, "date": datetime.date.today().isoformat(),
+            "machine": MACHINE, "notes": notes}
+
+
+def plot(records: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    ax = axes[0]
+    for system, ranks, marker in (("bornfield-ase", 1, "o"), ("bornfield-lammps", 1, "s"), ("bornfield-lammps", 2, "^")):
+        points = sorted((r["n_atoms"], r["value"]) for r in records
+                        if r["metric"] == "atom_steps_per_s" and r["system"] == system and r["ranks"] == ranks)
+        if points:
+            x, y = zip(*points)
+            ax.plot(x, y, marker=marker, label=f"{system}, {ranks} rank{'s' if ranks > 1 else ''}")
+    ax.axhline(10_000, color="grey", ls="--", lw=1, label="target 10,000")
+    ax.set(xscale="log", yscale="log", xlabel="atoms", ylabel="atom-steps / s",
+           title="full field MD (NNP + NN Born charges every step)")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    points = sorted((r["ranks"], r["value"]) for r in records if r["system"] == "bornfield-ase-replicas")
+    if points:
+        x, y = zip(*points)
+        ax.bar([str(v) for v in x], y)
+        ax.set(xlabel="replicas (= ranks)", ylabel="total atom-steps / s", title="replica weak scaling (ASE)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--backend", default="ase")
+    parser.add_argument("--n-atoms", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--potential")
+    parser.add_argument("--born")
+    parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 1024, 8192])
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    RESULTS.mkdir(exist_ok=True)
+    records = []
+    with tempfile.TemporaryDirectory() as tmp:
+        potential, born = write_models(Path(tmp))
+        for n_atoms in args.sizes:
+            steps = max(3, min(args.steps * 1024 // n_atoms, 50))
+            for backend, ranks in (("ase", 1), ("lammps", 1), ("lammps", 2)):
+                result = measure(potential, born, backend, n_atoms, ranks, steps)
+                system = f"bornfield-{backend}"
+                notes = f"{steps} timed steps, Bussi NVT 600 K, E = 0.1 V/Å, beta-Li3PO4"
+                records.append(record("atom_steps_per_s", result["atom_steps_per_s"], "atom-steps/s", system,
+                                      n_atoms, ranks, notes))
+                records.append(record("max_rss_MB_per_rank", result["max_rss_MB_per_rank"], "MB", system,
+                                      n_atoms, ranks, notes))
+                print(system, n_atoms, ranks, f"{result['atom_steps_per_s']:.0f} atom-steps/s",
+                      f"{result['max_rss_MB_per_rank']:.0f} MB/rank", flush=True)
+        weak_size = 1024
+        for replicas in (1, 2):
+            steps = max(3, args.steps)
+            result = measure(potential, born, "ase", weak_size, replicas, steps, replicas=replicas)
+            records.append(record("atom_steps_per_s", result["atom_steps_per_s"], "atom-steps/s",
+                                  "bornfield-ase-replicas", weak_size, replicas,
+                                  f"{replicas} replicas of {weak_size} atoms, one per rank; total throughput"))
+            print("replicas", replicas, f"{result['atom_steps_per_s']:.0f} atom-steps/s", flush=True)
+    for r in records:
+        if r["metric"] == "atom_steps_per_s" and r["system"] == "bornfield-lammps" and r["ranks"] == 2:
+            one = [q for q in records if q["metric"] == r["metric"] and q["system"] == r["system"]
+                   and q["ranks"] == 1 and q["n_atoms"] == r["n_atoms"]][0]
+            records.append(record("speedup_1_to_2_ranks", r["value"] / one["value"], "x", "bornfield-lammps",
+                                  r["n_atoms"], 2, "LAMMPS backend, atom-steps/s ratio 2 ranks / 1 rank"))
+    out = RESULTS / f"{NAME}.json"
+    tmp_out = out.with_suffix(".json.tmp")
+    tmp_out.write_text(json.dumps(records, indent=1) + "\n")
+    os.replace(tmp_out, out)
+    plot(records, RESULTS / f"{NAME}.png")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
