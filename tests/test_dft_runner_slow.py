@@ -86,3 +86,27 @@ def test_real_scf_failure_escalates_then_fails_with_reason(tmp_path, pseudos, li
     assert attempts[1]["overrides"]["mixing_beta"] == pytest.approx(0.25)
     assert "energy" not in labels and "born_charges" not in labels
     assert (job.dir / "pw.attempt1.out").exists() and (job.dir / "pw.attempt2.out").exists()
+
+
+def test_walltime_stop_leaves_a_resumable_job_that_restarts(tmp_path, pseudos, li2o):
+    """QE stops itself at max_seconds; the rerun continues with restart_mode='restart'."""
+    from bornfield.dft.runner import JobInterrupted
+
+    pseudo_dir, records = pseudos
+    rattled = li2o.copy()
+    rattled.rattle(0.05, seed=3)
+    scf_only = DFTSettings(**{**TINY.to_dict(), "born_charges": False})  # ph.x recover is QE's own
+    stopping = RunnerOptions(launcher=LAUNCHER, max_seconds=0.5)
+    job = DFTJob(rattled, scf_only, records, pseudo_dir, tmp_path, stopping)
+    with pytest.raises(JobInterrupted):
+        job.run()
+    status = job.status()
+    assert status["state"] == "interrupted" and status["interrupted_stage"] == "pw"
+    assert "Maximum CPU time exceeded" in (job.dir / "pw.out").read_text()
+    assert not job.is_finished() and not job.labels_path.exists()
+    labels = DFTJob(rattled, scf_only, records, pseudo_dir, tmp_path, RunnerOptions(launcher=LAUNCHER)).run()
+    status = job.status()
+    pw_attempts = [a for a in status["attempts"] if a["program"] == "pw.x"]
+    assert pw_attempts[-1]["restart"] is True and pw_attempts[-1]["outcome"] == "converged"
+    assert "restart_mode     = 'restart'" in (job.dir / "pw.in").read_text()
+    assert status["state"] == "completed" and "energy" in labels and "born_charges" not in labels

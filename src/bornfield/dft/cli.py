@@ -21,7 +21,7 @@ from bornfield.config import add_settings_arguments, settings_from_args
 from bornfield.dft.inputs import DFTSettings, compute_dft_id
 from bornfield.dft.pseudopotentials import PseudoRecord, provision_pseudopotentials, upf_name_for
 from bornfield.dft.qc import QCThresholds
-from bornfield.dft.runner import DFTJob, RunnerOptions
+from bornfield.dft.runner import DFTJob, JobInterrupted, RunnerOptions
 from bornfield.errors import InputFileError
 
 LOG = logging.getLogger(__name__)
@@ -156,7 +156,11 @@ def run_job(args: argparse.Namespace) -> int:
             f"{path}: file name says dft_id {path.stem} but structure + settings hash to {job.dft_id} "
             "(settings changed since planning? re-run the plan)"
         )
-    labels = job.run(retry_failed=args.retry_failed)
+    try:
+        labels = job.run(retry_failed=args.retry_failed)
+    except JobInterrupted as exc:
+        LOG.warning("%s (exit 3: resubmit to resume)", exc)
+        return 3
     LOG.info("%s: %s; qc %s", job.dft_id, labels["state"], labels["qc"])
     return 0
 

@@ -246,14 +246,14 @@ def classify_pw_failure(path: str | Path) -> tuple[str, str] | None:
     if not path.exists():
         return "missing", f"{path} does not exist"
     text = path.read_text(encoding="utf-8", errors="replace")
+    if "Maximum CPU time exceeded" in text:
+        return "truncated", f"pw.x stopped at max_seconds; restart files written ({path})"
     if "convergence NOT achieved" in text:
         steps = re.search(r"convergence NOT achieved after\s+(\d+)\s+iterations", text)
         return "scf_not_converged", f"SCF not converged after {steps.group(1) if steps else '?'} iterations ({path})"
     if "Error in routine" in text:
         match = re.search(r"Error in routine\s+(.*)\n\s*(.*)", text)
         return "qe_error", f"pw.x error: {' '.join(match.group(0).split()) if match else '?'} ({path})"
-    if "Maximum CPU time exceeded" in text:
-        return "truncated", f"pw.x stopped at max_seconds; restart files written ({path})"
     if "convergence has been achieved" not in text or "JOB DONE" not in text:
         return "truncated", f"pw.x output ends before 'convergence has been achieved'/'JOB DONE' ({path})"
     return None

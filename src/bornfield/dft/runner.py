@@ -4,7 +4,7 @@ Job directory ``<jobs_dir>/<dft_id>/`` holds ``structure.extxyz``, ``pw.in``,
 ``pw.out`` (and ``pw.attempt<k>.out`` of failed attempts), ``ph.in``, ``ph.out``,
 ``status.json`` and, when finished, ``labels.json``.
 
-``status.json``: ``state`` (``running`` | ``scf_done`` | ``completed`` | ``failed``),
+``status.json``: ``state`` (``running`` | ``scf_done`` | ``interrupted`` | ``completed`` | ``failed``),
 ``attempts`` (one record per QE run: program, attempt, overrides, outcome, wall time),
 ``wall_time_s``, ``qe_version``, ``pseudopotentials`` (file + md5 per element),
 ``settings``, ``kpoints``, ``failure`` ({stage, class, reason} or null).
@@ -15,9 +15,11 @@ Policy:
   ``mixing_beta``, more iterations, then the other diagonalization);
 * ph.x failure is retried once (from scratch); then the job keeps its SCF labels and
   records why the Born charges are missing;
-* a job killed by the walltime resumes from QE restart files: pw.x with
-  ``restart_mode='restart'`` (QE stops itself cleanly at ``max_seconds``), ph.x with
-  ``recover=.true.``.
+* a job stopped by the walltime resumes from QE restart files: QE stops itself
+  cleanly at ``max_seconds`` (state ``interrupted``, :class:`JobInterrupted` raised, the
+  CLI exits non-zero so the scheduler's retry resubmits), and the next run continues
+  pw.x with ``restart_mode='restart'`` or ph.x with ``recover=.true.``; a hard-killed
+  SCF whose restart files are unusable starts over once.
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ from bornfield.errors import ConfigError, InputFileError
 LOG = logging.getLogger(__name__)
 
 FINISHED_STATES = ("completed", "failed")
+_QE_WALLTIME_STOP = "Maximum CPU time exceeded"
+
+
+class JobInterrupted(RuntimeError):
+    """QE stopped itself at ``max_seconds``: the job is resumable, not finished or failed."""
 
 
 @dataclass(frozen=True)
@@ -211,10 +218,11 @@ class DFTJob:
         self._save_status(status)
 
         scf = None
-        if previous_state == "scf_done" and classify_pw_failure(self.dir / "pw.out") is None:
-            scf = read_pw_output(self.dir / "pw.out")
+        scf_finished = (self.dir / "pw.out").exists() and classify_pw_failure(self.dir / "pw.out") is None
+        if previous_state in ("scf_done", "interrupted", "running") and scf_finished and (self.dir / "tmp").exists():
+            scf = read_pw_output(self.dir / "pw.out")  # resume at ph.x
         else:
-            scf = self._run_scf(status, resume=previous_state == "running")
+            scf = self._run_scf(status, resume=previous_state in ("running", "interrupted"))
         bec = None
         if scf is not None:
             status["state"] = "scf_done"
@@ -232,6 +240,13 @@ class DFTJob:
         if not self.options.keep_scratch:
             shutil.rmtree(self.dir / "tmp", ignore_errors=True)
         return labels
+
+    def _interrupt(self, status: dict, stage: str) -> None:
+        status["state"] = "interrupted"
+        status["interrupted_stage"] = stage
+        self._save_status(status)
+        LOG.warning("%s: %s.x stopped at max_seconds; rerun the job to resume from QE restart files", self.dft_id, stage)
+        raise JobInterrupted(f"{self.dft_id}: {stage}.x reached max_seconds; job left resumable in {self.dir}")
 
     def _run_scf(self, status: dict, resume: bool):
         kpts = None
@@ -264,7 +279,13 @@ class DFTJob:
                     return None
             shutil.copyfile(self.dir / "pw.out", self.dir / f"pw.attempt{attempt}.out")
             if failure[0] == "truncated" and "max_seconds" in failure[1]:
-                restart = True  # QE stopped itself cleanly: continue from its restart files
+                # QE stopped itself before the allocation ends: leave a resumable job
+                self._interrupt(status, "pw")
+            if restart and failure[0] != "scf_not_converged":
+                # the restart files of a hard-killed run were unusable: start over once
+                LOG.warning("%s: restart failed (%s); starting the SCF from scratch", self.dft_id, failure[1])
+                restart = False
+                shutil.rmtree(self.dir / "tmp", ignore_errors=True)
                 continue
             restart = False
             if failure[0] != "scf_not_converged":
@@ -282,6 +303,9 @@ class DFTJob:
             write_ph_input(self.dir / "ph.in", self.settings, recover=recover, max_seconds=self.options.max_seconds)
             wall = self._run_program(self.options.ph_command, "ph.in", "ph.out")
             status["wall_time_s"] = round(status["wall_time_s"] + wall, 2)
+            if _QE_WALLTIME_STOP in (self.dir / "ph.out").read_text(errors="replace"):
+                status["attempts"].append({"program": "ph.x", "attempt": attempt, "recover": recover, "wall_s": round(wall, 2), "outcome": "interrupted"})
+                self._interrupt(status, "ph")
             try:
                 result = read_ph_output(self.dir / "ph.out")
             except InputFileError as exc:
