@@ -86,8 +86,15 @@ def run_condition_cli(args: argparse.Namespace) -> int:
     born = load_born(born_file)
     cells = read_start_cells(Path(args.cells) if args.cells else start_cells_path(results_dir, condition.phase))
     outdir = Path(args.outdir) if args.outdir else results_dir / "md" / condition.name
-    summary = run_condition(settings, condition, outdir, potentials[0], born, cells,
-                            committee=potentials[1:], comm=comm, progress=not args.no_progress)
+    try:
+        summary = run_condition(settings, condition, outdir, potentials[0], born, cells,
+                                committee=potentials[1:], comm=comm, progress=not args.no_progress)
+    except BaseException as exc:
+        if comm.Get_size() > 1:
+            # the other ranks would wait forever in a collective: take the whole job down
+            LOG.error("rank %d: %s: %s; aborting the MPI job", comm.Get_rank(), type(exc).__name__, exc)
+            comm.Abort(2)
+        raise
     if summary is not None:
         LOG.info("%s: %d/%d replicas completed", condition.name, summary["replicas_completed"],
                  summary["replicas_total"])
