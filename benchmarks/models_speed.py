@@ -153,6 +153,16 @@ def main():
         print(n_atoms, f"threads {threads}", {k: round(n_atoms / v["best_s"]) for k, v in result.items() if isinstance(v, dict)},
               f"peak RSS {result['peak_rss_MiB']:.0f} MiB, load {load:.1f}", flush=True)
 
+    # the same evaluations in CPU time of one thread: insensitive to other jobs on a shared machine
+    for n_atoms in SIZES:
+        repeats = args.repeats if n_atoms <= 1024 else max(2, args.repeats // 2)
+        result = run_child(n_atoms, 1, args.channels, args.radial_hidden, args.cutoff, args.dtype, repeats, "cpu")
+        for system in ("potential", "born", "potential+born"):
+            record("atom_evals_per_cpu_s", n_atoms / result[system]["best_s"], "atom-evals/CPU-s",
+                   f"bornfield-{system}", n_atoms, 1,
+                   f"{base}; CPU time (process_time) of one thread, best of {repeats}; includes vesin neighbour list")
+        print(n_atoms, "cpu", {k: round(n_atoms / v["best_s"]) for k, v in result.items() if isinstance(v, dict)}, flush=True)
+
     if not args.no_sweep:
         # design sweep in single-thread CPU time (robust to other jobs on the shared machine)
         for channels, radial_hidden, cutoff, dtype in [
