@@ -197,18 +197,20 @@ def plot(records, path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
+    colours = {"bornfield-potential": "tab:blue", "bornfield-born": "tab:green", "bornfield-potential+born": "tab:red"}
     for system in ("bornfield-potential", "bornfield-born", "bornfield-potential+born"):
+        colour = colours[system]
         for threads, style in ((1, "s--"), (2, "o-")):
             rows = [r for r in records if r["system"] == system and r["metric"] == "atom_evals_per_s"
                     and r["threads"] == threads]
             if rows:
-                ax.loglog([r["n_atoms"] for r in rows], [r["value"] for r in rows], style,
-                          label=f"{system.removeprefix('bornfield-')} ({threads} thread{'s' * (threads > 1)})")
+                ax.loglog([r["n_atoms"] for r in rows], [r["value"] for r in rows], style, color=colour,
+                          label=f"{system.removeprefix('bornfield-')}, wall, {threads} thread{'s' * (threads > 1)}")
         rows = [r for r in records if r["system"] == system and r["metric"] == "atom_evals_per_cpu_s"
                 and "design sweep" not in r["notes"]]
         if rows:
-            ax.loglog([r["n_atoms"] for r in rows], [r["value"] for r in rows], "^:",
-                      label=f"{system.removeprefix('bornfield-')} (per CPU-second, 1 thread)")
+            ax.loglog([r["n_atoms"] for r in rows], [r["value"] for r in rows], "^:", color=colour,
+                      label=f"{system.removeprefix('bornfield-')}, per CPU-s")
     ax.axhline(1e4, color="k", ls="--", lw=0.8, label="target (potential+born)")
     ax.set_xlabel("atoms")
     ax.set_ylabel("atom-evaluations / s")
