@@ -202,3 +202,30 @@ def test_charged_cells_train_on_forces_only(dataset):
     assert "energy_mse" in parts
     with_charged_energies = batch_loss(model, samples, dict(weights, charged_energies=1.0), training=False)[0].detach()
     assert float(with_charged_energies) > float(reference) + 1.0
+
+
+def test_candidates_from_md_trajectory(tmp_path):
+    """traj.h5 frames (architecture doc format) become candidates with trajectory/frame info."""
+    import h5py
+
+    from bornfield.train.select import read_candidates
+
+    atoms = beta()
+    frames = 6
+    path = tmp_path / "traj.h5"
+    with h5py.File(path, "w") as handle:
+        handle.attrs["format"] = "bornfield-traj"
+        handle.attrs["version"] = 1
+        handle["numbers"] = atoms.numbers.astype(np.int32)
+        handle["cell"] = np.asarray(atoms.cell)
+        handle["step"] = np.arange(frames, dtype=np.int64) * 10
+        handle["positions"] = np.stack([atoms.positions + 0.01 * t for t in range(frames)])
+    candidates = read_candidates([path], stride=2)
+    assert [c.info["frame"] for c in candidates] == [0, 2, 4]
+    assert candidates[1].info["step"] == 20 and candidates[1].info["trajectory"] == str(path)
+    np.testing.assert_allclose(candidates[2].positions, atoms.positions + 0.04)
+    bad = tmp_path / "other.h5"
+    with h5py.File(bad, "w") as handle:
+        handle["x"] = [1]
+    with pytest.raises(InputFileError, match="not a bornfield trajectory"):
+        read_candidates([bad])

@@ -292,23 +292,24 @@ def run_learning_curve(args: argparse.Namespace) -> int:
 
 
 def run_select(args: argparse.Namespace) -> int:
-    from ase.io import read, write
+    from ase.io import write
 
     from bornfield.models import load_born, load_potential
     from bornfield.models.io import atomic_write_bytes
-    from bornfield.train.select import committee_disagreement, select_candidates, selection_scores
+    from bornfield.train.select import (
+        committee_disagreement,
+        read_candidates,
+        select_candidates,
+        selection_scores,
+    )
 
     settings = settings_from_args(args, "train")["active_learning"]
     n_select = args.n if args.n is not None else settings["select_per_generation"]
     score_name = args.score or settings["score"]
     gap = args.min_frame_gap if args.min_frame_gap is not None else settings["min_frame_gap"]
-    path = Path(args.candidates)
-    if not path.is_file():
-        raise InputFileError(f"candidate file not found: {path}")
-    try:
-        candidates = read(path, index=":", format="extxyz")
-    except Exception as exc:
-        raise InputFileError(f"{path}: not a readable extxyz file: {exc}") from exc
+    candidates = read_candidates(args.candidates, args.stride)
+    if not candidates:
+        raise InputFileError(f"no candidate structures in {args.candidates}")
     potential = load_potential([Path(p) for p in args.potential]) if args.potential else None
     born = load_born([Path(p) for p in args.born]) if args.born else None
     disagreement = committee_disagreement(candidates, potential, born)
@@ -324,8 +325,7 @@ def run_select(args: argparse.Namespace) -> int:
             if key in atoms.arrays:
                 del atoms.arrays[key]
         atoms.info.update(al_score=float(scores[k]), al_force_std=float(disagreement["force_std"][k]),
-                          al_born_std=float(disagreement["born_std"][k]), al_candidate_index=int(k),
-                          al_candidates=str(path))
+                          al_born_std=float(disagreement["born_std"][k]), al_candidate_index=int(k))
         if args.generation is not None:
             atoms.info["al_generation"] = int(args.generation)
         selected.append(atoms)
@@ -336,7 +336,9 @@ def run_select(args: argparse.Namespace) -> int:
     tmp.replace(out)
     if args.report:
         report = {
-            "candidates": str(path), "n_candidates": len(candidates), "n_selected": len(chosen),
+            "candidates": [str(p) for p in args.candidates], "n_candidates": len(candidates),
+            "trajectory": [str(a.info.get("trajectory", "")) for a in candidates],
+            "frame": [int(a.info.get("frame", -1)) for a in candidates], "n_selected": len(chosen),
             "score": score_name, "min_frame_gap": gap, "selected": chosen,
             "force_std_eV_per_A": disagreement["force_std"].tolist(),
             "born_std_e": disagreement["born_std"].tolist(), "scores": scores.tolist(),
@@ -460,7 +462,9 @@ def register(subparsers) -> None:
 
     p = sub.add_parser("select", help="active learning: pick candidates by committee disagreement")
     add_settings_arguments(p)
-    p.add_argument("--candidates", required=True, help="extxyz snapshots (e.g. from NN MD)")
+    p.add_argument("--candidates", nargs="+", required=True,
+                   help="extxyz files and/or MD trajectories traj.h5 (NN MD of the current generation)")
+    p.add_argument("--stride", type=int, default=1, help="take every n-th frame of each candidate file")
     p.add_argument("--potential", nargs="*", default=[], help="potential committee files")
     p.add_argument("--born", nargs="*", default=[], help="Born committee files")
     p.add_argument("-n", type=int, help="number to select (default: active_learning.select_per_generation)")

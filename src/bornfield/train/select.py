@@ -16,12 +16,57 @@ or ``info["source"]``) must be at least ``min_frame_gap`` frames apart
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from ase import Atoms
 
-from bornfield.errors import ConfigError
+from bornfield.errors import ConfigError, InputFileError
 from bornfield.models.committee import BornCommittee, PotentialCommittee
+
+
+def read_candidates(paths: Sequence[str | Path], stride: int = 1) -> list[Atoms]:
+    """Candidate snapshots from extxyz files and/or MD trajectories (``traj.h5``, bornfield-traj).
+
+    Trajectory frames (every ``stride``-th) become Atoms with ``info["trajectory"]``
+    (the file), ``info["frame"]`` and ``info["step"]``; positions are the stored
+    unwrapped ones (periodic images are equivalent for labelling).
+    """
+    from ase.io import read
+
+    if stride < 1:
+        raise ConfigError(f"candidate stride must be >= 1 (got {stride})")
+    frames: list[Atoms] = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise InputFileError(f"candidate file not found: {path}")
+        if path.suffix in (".h5", ".hdf5"):
+            import h5py
+
+            try:
+                with h5py.File(path, "r") as handle:
+                    if handle.attrs.get("format") != "bornfield-traj":
+                        raise InputFileError(f"{path}: not a bornfield trajectory (format attribute)")
+                    numbers = handle["numbers"][()]
+                    cell = handle["cell"][()]
+                    steps = handle["step"][()]
+                    positions = handle["positions"]
+                    for t in range(0, positions.shape[0], stride):
+                        atoms = Atoms(numbers=numbers, positions=positions[t], cell=cell, pbc=True)
+                        atoms.info.update(trajectory=str(path), frame=t, step=int(steps[t]))
+                        frames.append(atoms)
+            except (OSError, KeyError) as exc:
+                raise InputFileError(f"{path}: unreadable trajectory: {exc}") from exc
+        else:
+            try:
+                images = read(path, index=f"::{stride}", format="extxyz")
+            except Exception as exc:  # ASE raises several types on malformed files
+                raise InputFileError(f"{path}: not a readable extxyz file: {exc}") from exc
+            for k, atoms in enumerate(images):
+                atoms.info.setdefault("trajectory", str(path))
+                atoms.info.setdefault("frame", k * stride)
+                frames.append(atoms)
+    return frames
 
 
 def committee_disagreement(
