@@ -143,7 +143,7 @@ def test_constant_born_charges_give_analytic_drift(tmp_path):
 
 @pytest.mark.parametrize("field", [0.0, 0.1])
 def test_nve_energy_conservation(tmp_path, field):
-    """NVE with dt = 1 fs: |Δ econs| < 2e-4 eV/atom/ps (zero field) — and with the field
+    """NVE with dt = 1 fs: econs drift < 2e-5 eV/atom/ps (measured 2e-6 at E = 0, 4e-6 at 0.1 V/Å) — with the field
     the work bookkeeping keeps econs = epot + ekin − W conserved as well."""
     settings = make_settings(production_steps=1000, sweep={"field_strengths_V_per_A": [field]},
                              output={"trajectory_stride": 500, "thermo_stride": 10})
@@ -152,8 +152,8 @@ def test_nve_energy_conservation(tmp_path, field):
     n_atoms = 108
     drift = abs(np.polyfit(thermo["time_fs"] * 1e-3, thermo["econs_eV"], 1)[0]) / n_atoms
     fluctuation = np.std(thermo["econs_eV"]) / n_atoms
-    assert drift < 2e-4, drift
-    assert fluctuation < 1e-4, fluctuation
+    assert drift < 2e-5, drift
+    assert fluctuation < 5e-5, fluctuation
     if field > 0:
         assert np.abs(thermo["field_work_eV"]).max() > 0.05  # the field does work
 
