@@ -218,6 +218,13 @@ class LammpsBackend(Backend):
     def _ecouple(self) -> float:
         return float(self.lmp.get_thermo("ecouple"))
 
+    def _thermostat_energy(self) -> float:
+        """Energy added by thermostats so far (eV); NaN for Langevin (its tally is not
+        consistent with the externally added forces, as in the ASE backend)."""
+        if self.dyn_kind == "langevin":
+            return float("nan")
+        return self.thermostat_offset - self._ecouple()
+
     def _ensure_integrator(self) -> bool:
         kind = self._wanted_kind()
         if kind == self.dyn_kind:
@@ -390,7 +397,7 @@ class LammpsBackend(Backend):
         _, v, types = self._local_state()
         ekin = self._sum(0.5 * MVV2E * float(np.sum(self.mass_of_type[types][:, None] * v * v)))
         work = self._sum(self.work_local)
-        thermostat = self.thermostat_offset - self._ecouple()
+        thermostat = self._thermostat_energy()
         with_arrays = bool(self.comm.bcast(with_arrays, root=0)) if self.comm.Get_size() > 1 else with_arrays
         snap = Snapshot(step=self.step, epot=self.epot, ekin=ekin,
                         temperature_K=kinetic_temperature(ekin, self.n_dof), field_work=work,
@@ -462,7 +469,7 @@ class LammpsBackend(Backend):
             "step": self.step,
             "field_work": self._sum(self.work_local),
             "power_prev": self._sum(self.power_prev_local),
-            "thermostat_energy": self.thermostat_offset - self._ecouple(),
+            "thermostat_energy": self.thermostat_offset - self._ecouple(),  # raw, also for langevin
             "dyn_kind": self.dyn_kind,
         }
         return {"positions": positions, "velocities_A_per_fs": velocities}, metadata
