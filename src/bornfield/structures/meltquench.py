@@ -134,7 +134,6 @@ def random_start(n_atoms: int, density_g_cm3: float, seed: int, min_separation: 
     symbols = [s for s in SPECIES_ORDER for _ in range(FORMULA_UNIT[s] * n_fu)]
     length = cell_length_for_density(symbols, density_g_cm3)
     rng = np.random.default_rng(seed)
-    positions = np.empty((0, 3))
     tries = 0
     # place the heavy, highly charged P first (they end up farthest apart), then O, then Li
     order = sorted(range(n_atoms), key=lambda i: {"P": 0, "O": 1, "Li": 2}[symbols[i]])
@@ -156,8 +155,7 @@ def random_start(n_atoms: int, density_g_cm3: float, seed: int, min_separation: 
             placed[index] = trial
             done.append(index)
             break
-    positions = placed
-    return Atoms(symbols, positions=positions, cell=[length] * 3, pbc=True)
+    return Atoms(symbols, positions=placed, cell=[length] * 3, pbc=True)
 
 
 def crystal_start(n_atoms: int, density_g_cm3: float) -> Atoms:
@@ -266,10 +264,9 @@ thermo_modify flush yes
 
     # --------------------------------------------------------------- actions
     def energy_forces(self, atoms: Atoms) -> tuple[float, np.ndarray, np.ndarray]:
-        """Potential energy (eV), forces (N, 3) eV/Å and pressure tensor diagonal (bar) of ``atoms``."""
+        """Potential energy (eV), forces (N, 3) eV/Å (LAMMPS frame) and the diagonal pressure (bar)."""
         lmp = self._open(atoms)
         try:
-            lmp.command("compute pt all pressure NULL virial")
             lmp.command("run 0")
             energy = lmp.get_thermo("pe")
             forces = np.ctypeslib.as_array(lmp.gather_atoms("f", 1, 3)).reshape(-1, 3).copy()
