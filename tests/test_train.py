@@ -140,6 +140,33 @@ def test_training_lowers_loss_on_real_dft_data(tmp_path, kind):
     assert history[-1]["train_loss"] < 0.8 * history[0]["train_loss"]
 
 
+LI2O = Path(__file__).resolve().parent / "data" / "qe" / "efield_li2o"
+
+
+@pytest.mark.parametrize("kind", ["potential", "born"])
+def test_training_lowers_loss_on_real_qe_li2o(tmp_path, kind):
+    """Real pw.x/ph.x output (QE 6.7, sheared + rattled Li2O without symmetry, DFT stage test data)."""
+    from bornfield.dft import read_ph_output, read_pw_output
+
+    pw = read_pw_output(LI2O / "pw.out")
+    ph = read_ph_output(LI2O / "ph.out")
+    atoms = read(LI2O / "structure.extxyz")
+    atoms.info.update(energy=pw.energy, stress=np.asarray(pw.stress), config_type="li2o_rattled")
+    atoms.arrays["forces"] = np.asarray(pw.forces)
+    atoms.arrays["born_charges"] = np.asarray(ph.born_charges_raw).reshape(len(atoms), 9)
+    path = tmp_path / "li2o.extxyz"
+    write(path, [atoms], format="extxyz")
+    samples = read_samples(path)
+    assert np.abs(samples[0].born.sum(axis=0)).max() < 1e-12  # ASR-corrected target
+    np.testing.assert_allclose(samples[0].born, ph.born_charges, atol=2e-3)  # same correction as the DFT stage
+    # one structure = one optimiser step per epoch
+    steps, rate = {"potential": (8, 0.005), "born": (40, 0.01)}[kind]
+    settings = dict(TINY, max_epochs=steps, cutoff=4.0, learning_rate=rate, stress_weight=10.0)
+    _, history = train_model(kind, samples, samples, settings, tmp_path / f"{kind}.pt", seed=0,
+                             species=dataset_species(samples), progress=False)
+    assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]
+
+
 def test_cli_train_evaluate_select(dataset, tmp_path):
     settings = json.dumps({
         "cutoff": 4.0,

@@ -183,5 +183,9 @@ class AtomicDensity(nn.Module):
 
         Called once by the trainer on the training set before optimisation.
         """
+        # the floor keeps features that barely vary in a small training set (e.g. one crystal)
+        # from being blown up: scale >= 10 % of the feature's RMS
+        rms = features_raw.pow(2).mean(0).sqrt()
+        std = features_raw.std(0) if features_raw.shape[0] > 1 else torch.zeros_like(rms)
         self.feature_shift.copy_(features_raw.mean(0))
-        self.feature_scale.copy_(features_raw.std(0).clamp(min=1e-6))
+        self.feature_scale.copy_(torch.maximum(std, 0.1 * rms).clamp(min=1e-6))
