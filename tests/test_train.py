@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from ase.calculators.morse import MorsePotential
 from ase.io import read, write
 from ase.neighborlist import neighbor_list
@@ -256,3 +257,19 @@ def test_candidates_from_md_trajectory(tmp_path):
         handle["x"] = [1]
     with pytest.raises(InputFileError, match="not a bornfield trajectory"):
         read_candidates([bad])
+
+
+def test_training_is_reproducible(dataset, tmp_path):
+    samples = read_samples(dataset)
+    species = dataset_species(samples)
+    settings = dict(TINY, max_epochs=2)
+    models = [
+        train_model("born", samples[:12], samples[12:16], settings, tmp_path / f"run{k}" / "born_0.pt", seed=11,
+                    species=species, progress=False)[0]
+        for k in range(2)
+    ]
+    other = train_model("born", samples[:12], samples[12:16], settings, tmp_path / "run2" / "born_0.pt", seed=12,
+                        species=species, progress=False)[0]
+    first, second, third = (m.state_dict() for m in (*models, other))
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not all(torch.equal(first[k], third[k]) for k in first)
