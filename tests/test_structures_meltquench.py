@@ -171,3 +171,21 @@ def test_p2o7_dimer_is_counted():
     units = phosphate_units(atoms, 2.0)
     assert units["bridging_O"] == 1 and units["P2O7_count"] == 1
     assert units["P_fourfold_fraction"] == 1.0 and units["isolated_PO4_fraction"] == 0.0
+
+
+def test_npt_quench_branch_sets_the_glass_at_the_anneal_pressure():
+    """With npt_quench_below_K the low-temperature part of the quench runs NPT (volume changes)."""
+    section = json.loads(json.dumps(TINY))
+    section["amorphous"].update({"npt_quench_below_K": 1500, "anneal_time_ps": 0.1, "relax": False,
+                                 "melt_time_ps": 0.3})
+    settings = validate_section(section, "structures")["amorphous"]
+    _, _, result = make_amorphous_cell(settings, master_seed=5, kind="md", index=0)
+    stages = [row["stage"] for row in result.trace]
+    assert "quench" in stages and "quench_npt" in stages
+    nvt = [row["density_g_cm3"] for row in result.trace if row["stage"] == "quench"]
+    npt = [row["density_g_cm3"] for row in result.trace if row["stage"] == "quench_npt"]
+    assert max(abs(d - 2.47) for d in nvt) < 1e-6, "NVT part keeps the start density"
+    assert abs(npt[-1] - 2.47) > 0.01, "NPT part lets the volume relax from ~5 GPa"
+    # the NVT part ends at 1500 K: (3000 - 1500) K at 5000 K/ps = 0.3 ps after the 0.3-ps melt
+    last_nvt = max(row["time_ps"] for row in result.trace if row["stage"] == "quench")
+    assert last_nvt == pytest.approx(0.6, abs=1e-9)
