@@ -48,6 +48,10 @@ def test_crystal_spacegroup_atoms_lattice(phase, symbol, number, n_atoms, abc, r
     assert metrics["Li-O_coordination"] == 4.0
     assert 1.53 < metrics["P-O_min_bond_A"] <= metrics["P-O_max_bond_A"] < 1.55
     assert metrics["P_fourfold_fraction"] == 1.0 and metrics["P2O7_count"] == 0
+    # first RDF peaks are the nearest-neighbour shells: P–O bond, Li–O bond, O–O edge of the PO4
+    assert metrics["P-O_first_peak_A"] == pytest.approx(metrics["P-O_mean_bond_A"], abs=0.01)
+    assert metrics["Li-O_first_peak_A"] == pytest.approx(metrics["Li-O_mean_bond_A"], abs=0.05)
+    assert metrics["O-O_first_peak_A"] == pytest.approx(np.sqrt(8 / 3) * metrics["P-O_mean_bond_A"], abs=0.03)
 
 
 def test_unknown_phase_is_a_config_error():

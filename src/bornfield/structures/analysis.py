@@ -43,18 +43,29 @@ def partial_rdf(atoms: Atoms, a: str, b: str, rmax: float, dr: float) -> tuple[n
     return centres, g
 
 
-def first_peak(r: np.ndarray, g: np.ndarray, window: tuple[float, float]) -> float:
-    """Position (Å) of the maximum of g in ``window``, refined by a parabola through three bins."""
+def first_peak(r: np.ndarray, g: np.ndarray, window: tuple[float, float], smoothing: float = 0.03) -> float:
+    """Position (Å) of the first peak of g(r) inside ``window``.
+
+    g is smoothed with a Gaussian of ``smoothing`` Å (crystals give sharp
+    spikes); the first local maximum reaching half of the window's maximum is
+    refined by a parabola through three bins. For the crystals this picks the
+    nearest-neighbour shell even when a later shell in the window is higher.
+    """
+    dr = r[1] - r[0]
+    sigma = max(smoothing / dr, 1e-9)
+    half = int(np.ceil(4 * sigma))
+    kernel = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma) ** 2)
+    smooth = np.convolve(g, kernel / kernel.sum(), mode="same")
     inside = np.flatnonzero((r >= window[0]) & (r <= window[1]))
-    if inside.size == 0 or not np.any(g[inside] > 0):
+    if inside.size < 3 or not np.any(smooth[inside] > 0):
         return float("nan")
-    k = inside[np.argmax(g[inside])]
-    if 0 < k < len(g) - 1:
-        y0, y1, y2 = g[k - 1], g[k], g[k + 1]
-        denom = y0 - 2 * y1 + y2
-        shift = 0.5 * (y0 - y2) / denom if denom != 0 else 0.0
-        return float(r[k] + np.clip(shift, -0.5, 0.5) * (r[1] - r[0]))
-    return float(r[k])
+    threshold = 0.5 * smooth[inside].max()
+    k = next(i for i in inside[1:-1]
+             if smooth[i] >= threshold and smooth[i] >= smooth[i - 1] and smooth[i] >= smooth[i + 1])
+    y0, y1, y2 = smooth[k - 1], smooth[k], smooth[k + 1]
+    denom = y0 - 2 * y1 + y2
+    shift = 0.5 * (y0 - y2) / denom if denom != 0 else 0.0
+    return float(r[k] + np.clip(shift, -0.5, 0.5) * dr)
 
 
 def coordination(atoms: Atoms, centre: str, neighbour: str, cutoff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
