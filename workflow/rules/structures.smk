@@ -57,6 +57,9 @@ rule structures_crystals:
 
 
 rule structures_melt_quench:
+    input:
+        # the classical potential must first pass the crystal check (--strict below)
+        validation=f"{STRUCT}/report/pedone_validation.json",
     output:
         cell=f"{STRUCT}/amorphous/{{kind}}_{{seed}}.extxyz",
         trace=f"{STRUCT}/amorphous/{{kind}}_{{seed}}.json",
@@ -142,7 +145,7 @@ rule structures_validate_potential:
         cpus_per_task=1,
         tasks=1,
     shell:
-        "bornfield structures validate-potential --settings {params.settings}"
+        "bornfield structures validate-potential --strict --settings {params.settings}"
         " --seed {params.seed} --output {output} > {log} 2>&1"
 
 
