@@ -76,12 +76,13 @@ rule structures_melt_quench:
         f"{BENCH}/structures/melt_quench_{{kind}}_{{seed}}.tsv"
     conda:
         "../../envs/bornfield.yaml"
-    threads: STRUCT_LAMMPS_RANKS
+    threads: lambda wc: 1 if wc.kind == "dft" else STRUCT_LAMMPS_RANKS
     resources:
         runtime=lambda wc: 60 if wc.kind == "dft" else 600,
         mem_mb=4000,
         cpus_per_task=1,
-        tasks=STRUCT_LAMMPS_RANKS,
+        # small DFT cells run on one rank; MD-size cells on amorphous.lammps.ranks
+        tasks=lambda wc: 1 if wc.kind == "dft" else STRUCT_LAMMPS_RANKS,
         mpi=STRUCT_CFG["amorphous"]["lammps"]["launcher"],
     shell:
         "{resources.mpi} -n {resources.tasks} bornfield structures melt-quench"
