@@ -7,6 +7,27 @@ Public entry points::
     create_random_model_file(kind, species, cutoff, path, seed)   # untrained, loadable
 
 Both returned objects implement the Protocols of :mod:`bornfield.models.interface`.
+
+Design (chosen for CPU speed in long field MD; numbers in benchmarks/results/models_speed.json):
+
+* strictly local, single pass (no message passing): receptive field = cutoff (5 Å default),
+  so LAMMPS ghosts need one cutoff and the cost is linear in the number of atoms;
+* per atom, equivariant neighbour densities A_l (l = 0, 1, 2; C channels each) from a
+  species-aware radial MLP times e3nn spherical harmonics, summed with batched matrix
+  products over a padded neighbour matrix (vesin neighbour list, computed once and shared
+  by the potential and the Born model when their species/cutoff agree);
+* invariants: A0, power spectrum of A1/A2 with learned channel mixing, and the (1,1,2) and
+  (2,2,2) Wigner-3j triple products; a per-species MLP gives the site energy;
+* Born model: the same densities give the 0e (isotropic), 1e (antisymmetric, from
+  A1×A1 and A2×A2 cross couplings) and 2e (symmetric traceless, from A2 and (A1⊗A1)_2)
+  parts of Z with invariant, species-dependent coefficients; e3nn's CartesianTensor("ij")
+  change of basis maps them to Z[α, β]. Exactly equivariant under O(3);
+* ASR: subtract the per-structure mean tensor (minimum-norm correction), also applied to
+  the DFPT targets;
+* measured on this 2-core machine (shared, heavily loaded during the session): about
+  9,600 atom-evaluations per CPU-second for potential (energy, forces, stress) + Born
+  model at 1,024 atoms, one thread, float32; channels 8; 1.0 GiB peak RSS at 8,192 atoms.
+  torch.compile gave 1.3x on the density at a 75 s compile per new shape: not used.
 """
 
 from __future__ import annotations
