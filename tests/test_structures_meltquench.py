@@ -103,6 +103,8 @@ def test_tiny_melt_quench_in_lammps_is_physical_and_reproducible():
     assert 1.8 < report["metrics"]["density_g_cm3"]["mean"] < 2.8
     assert 1.45 < report["metrics"]["P-O_first_peak_A"]["mean"] < 1.6
     assert abs(result.summary["final_pressure_bar"]) < 2000
+    assert 1.5 < final.info["anneal_density_g_cm3"] < 3.0
+    assert final.info["pressure_before_anneal_bar"] == pytest.approx(result.summary["pressure_before_anneal_bar"], abs=0.1)
 
 
 class _ScalingEngine:

@@ -72,9 +72,14 @@ def make_amorphous_cell(amorphous: dict, master_seed: int, kind: str, index: int
               f"{amorphous['initial_density_g_cm3']} g/cm3, {protocol.melt_temperature_K:g} K for "
               f"{protocol.melt_time_ps:g} ps, quench {protocol.quench_rate_K_per_ps:g} K/ps, NPT "
               f"{protocol.anneal_pressure_bar:g} bar {protocol.anneal_time_ps:g} ps")
+    extra = {}
+    if "pressure_before_anneal_bar" in result.summary:
+        extra["pressure_before_anneal_bar"] = round(float(result.summary["pressure_before_anneal_bar"]), 1)
+    anneal = [row["density_g_cm3"] for row in result.trace if row.get("stage") == "anneal"]
+    if anneal:  # thermal average at final_temperature_K, second half of the NPT anneal
+        extra["anneal_density_g_cm3"] = round(float(sum(anneal[len(anneal) // 2:]) / len(anneal[len(anneal) // 2:])), 4)
     final = annotate(result.final, config_type="amorphous", seed=seed, source=source, charge=0,
-                     amorphous_kind=kind, amorphous_index=index, engine=engine_obj.name,
-                     pressure_before_anneal_bar=round(float(result.summary.get("pressure_before_anneal_bar", float("nan"))), 1))
+                     amorphous_kind=kind, amorphous_index=index, engine=engine_obj.name, **extra)
     snapshots = [
         annotate(snap, config_type="melt", seed=seed, source=f"melt snapshot at {snap.info.get('melt_time_ps')} ps of {source}",
                  charge=0, amorphous_kind=kind, amorphous_index=index, engine=engine_obj.name)

@@ -65,9 +65,10 @@ def build_report(images: list[Atoms], set_name: str, settings: dict) -> dict:
         "metrics": metrics,
         "rdf": rdf,
     }
-    extra = [a.info.get("pressure_before_anneal_bar") for a in images if "pressure_before_anneal_bar" in a.info]
-    if extra:
-        report["metrics"]["pressure_before_anneal_bar"] = _stats([float(x) for x in extra])
+    for key in ("pressure_before_anneal_bar", "anneal_density_g_cm3"):  # melt-quench records
+        values = [float(a.info[key]) for a in images if key in a.info]
+        if values:
+            report["metrics"][key] = _stats(values)
     if any(a.info.get("config_type") == "amorphous" for a in images):
         report["acceptance"] = acceptance(metrics)
     return report
@@ -115,6 +116,9 @@ def plot_report(report: dict, path: str | Path) -> None:
             f"CN(P–O) {m['P-O_coordination']['mean']:.2f}, CN(Li–O) {m['Li-O_coordination']['mean']:.2f}; "
             f"P four-fold {100 * m['P_fourfold_fraction']['mean']:.0f} %; "
             f"P2O7 {m['P2O7_count']['mean']:.1f} per cell")
+    if "anneal_density_g_cm3" in m:
+        text += f"\nrelaxed cells; during the NPT anneal: {m['anneal_density_g_cm3']['mean']:.3f} ± " \
+                f"{m['anneal_density_g_cm3']['std']:.3f} g/cm³"
     fig.suptitle(text, fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
