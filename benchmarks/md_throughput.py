@@ -145,6 +145,13 @@ def plot(records: list[dict], path: Path) -> None:
         if points:
             x, y = zip(*points)
             ax.plot(x, y, marker=marker, label=f"{system}, {ranks} rank{'s' if ranks > 1 else ''}")
+    baseline_file = RESULTS / "md_uip_baseline.json"
+    if baseline_file.exists():  # side by side: pretrained universal potential, potential only
+        baseline = json.loads(baseline_file.read_text())
+        points = sorted((r["n_atoms"], r["value"]) for r in baseline if r["metric"] == "atom_steps_per_s")
+        if points:
+            x, y = zip(*points)
+            ax.plot(x, y, "x:", color="k", label=f"{baseline[0]['system']} (baseline, no Born/field)")
     ax.axhline(10_000, color="grey", ls="--", lw=1, label="target 10,000")
     ax.set(xscale="log", yscale="log", xlabel="atoms", ylabel="atom-steps / s",
            title="full field MD (NNP + NN Born charges every step)")
@@ -169,7 +176,11 @@ def main() -> None:
     parser.add_argument("--born")
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 1024, 8192])
+    parser.add_argument("--replot", action="store_true", help="only redraw the PNG from the JSON")
     args = parser.parse_args()
+    if args.replot:
+        plot(json.loads((RESULTS / f"{NAME}.json").read_text()), RESULTS / f"{NAME}.png")
+        return
     if args.worker:
         worker(args)
         return
