@@ -293,3 +293,18 @@ def test_condition_dataclass_drives_the_field(tmp_path):
     with h5py.File(out / "replica_0" / "traj.h5") as traj:
         assert np.allclose(traj["field"][:], [0.0, 0.0, 0.2])
         assert traj.attrs["seed"] == 5
+
+
+def test_time_dependent_field_follows_the_schedule(tmp_path):
+    settings = make_settings(equilibration_steps=10, production_steps=40,
+                             field_schedule={"kind": "ramp", "ramp_fs": 20.0},
+                             output={"trajectory_stride": 10})
+    condition = expand_conditions(settings)[0]
+    _, out = run(tmp_path, settings, condition=condition)
+    with h5py.File(out / "replica_0" / "traj.h5") as traj:
+        field, times = traj["field"][:], traj["time_fs"][:]
+        assert traj.attrs["field_on_step"] == 10 and traj.attrs["field_schedule"] == "ramp"
+    expected = np.minimum(times / 20.0, 1.0)[:, None] * condition.field_V_per_A
+    assert np.allclose(field, expected)
+    thermo = read_thermo(out / "replica_0" / "thermo.csv")
+    assert np.all(thermo["field_x_V_per_A"][thermo["step"] <= 10] == 0)

@@ -35,8 +35,9 @@ rule md_condition:
     params:
         settings=MD_SETTINGS_ARG,
         outdir=lambda wc, output: os.path.dirname(output.summary),
+        # one rank: no launcher (profiles set a default `mpi` resource for every rule)
         launch=lambda wc, resources: (
-            f"{resources.mpi} -n {resources.tasks}" if resources.get("mpi") else ""
+            f"{resources.mpi} -n {resources.tasks}" if resources.tasks > 1 else ""
         ),
     log:
         f"{LOGS}/md/{{condition}}.log",
