@@ -274,3 +274,29 @@ def test_training_is_reproducible(dataset, tmp_path):
     first, second, third = (m.state_dict() for m in (*models, other))
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert not all(torch.equal(first[k], third[k]) for k in first)
+
+
+def test_exploration_md_gives_labelled_free_snapshots(tmp_path):
+    """Langevin MD with (untrained) committees: snapshots carry trajectory metadata and the parent's charge."""
+    from bornfield.calculators import FieldCalculator
+    from bornfield.models import create_random_model_file
+    from bornfield.train.explore import ExplorationSettings, explore
+
+    small = {"channels": 4, "hidden": 16, "radial_hidden": 16}
+    pots = [create_random_model_file("potential", ["Li", "P", "O"], 4.0, tmp_path / f"p{i}.pt", seed=i, **small) for i in range(2)]
+    borns = [create_random_model_file("born", ["Li", "P", "O"], 4.0, tmp_path / f"b{i}.pt", seed=i,
+                                      mean_charges={"Li": 1.0, "P": 3.3, "O": -1.8}, **small) for i in range(2)]
+    parent = beta()
+    parent.info.update(structure_id="beta_0", config_type="beta", charge=-1.0)
+    settings = ExplorationSettings(temperatures_K=[300.0], fields_V_per_A=[0.0, 0.1], field_axis=0, steps=6,
+                                   sample_interval=2, timestep_fs=0.5, friction_per_fs=0.01, max_structures=1,
+                                   max_force_eV_per_A=50.0, min_distance_A=0.5)
+    snapshots, records = explore([parent], FieldCalculator(pots, borns), settings, seed=0, progress=False)
+    assert len(records) == 2 and all(r["stopped"] is None for r in records)
+    assert len(snapshots) == 6
+    assert {s.info["trajectory"] for s in snapshots} == {"beta_0_T300_E0", "beta_0_T300_E0.1"}
+    assert all(s.info["charge"] == -1.0 and s.info["config_type"] == "al_beta" for s in snapshots)
+    assert not np.allclose(snapshots[0].positions, parent.positions)
+    strict = ExplorationSettings(**{**settings.__dict__, "min_distance_A": 5.0})
+    _, stopped = explore([parent], FieldCalculator(pots, borns), strict, seed=0, progress=False)
+    assert all("apart" in r["stopped"] for r in stopped)

@@ -179,5 +179,84 @@ rule train_evaluate:
         " --out {output.records} > {log} 2>&1"
 
 
-# generation 0 now; the active-learning loop (after MD) will ask for later generations
-STAGE_TARGETS["train"] = lambda: [f"{MODELS}/gen0/evaluation.json"]
+# Active learning: generation g >= 1 gets its DFT candidates from exploration MD with the
+# generation g-1 committees, picked by committee disagreement (the DFT stage reads
+# active_learning/gen<g>/candidates.extxyz).
+AL = f"{RESULTS}/active_learning"
+
+
+rule train_explore:
+    wildcard_constraints:
+        gen=r"[1-9]\d*",
+    input:
+        structures=f"{RESULTS}/structures/dft_candidates.extxyz",
+        potential=lambda wc: expand(
+            f"{MODELS}/gen{int(wc.gen) - 1}/potential_{{i}}.pt", i=TRAIN_MEMBERS["potential"]
+        ),
+        born=lambda wc: expand(
+            f"{MODELS}/gen{int(wc.gen) - 1}/born_{{i}}.pt", i=TRAIN_MEMBERS["born"]
+        ),
+    output:
+        samples=f"{AL}/gen{{gen}}/samples.extxyz",
+        report=f"{AL}/gen{{gen}}/exploration.json",
+    params:
+        settings=lambda wc: get_settings("train"),
+        seed=config["seed"],
+    log:
+        f"{LOGS}/train/gen{{gen}}/explore.log",
+    benchmark:
+        f"{BENCH}/train/gen{{gen}}/explore.tsv"
+    conda:
+        "../../envs/bornfield.yaml"
+    threads: config["train"]["threads"]
+    resources:
+        runtime=240,
+        mem_mb=4000,
+        cpus_per_task=config["train"]["threads"],
+        tasks=1,
+    shell:
+        "bornfield train explore --settings {params.settings} --seed {params.seed}"
+        " --structures {input.structures} --potential {input.potential} --born {input.born}"
+        " --generation {wildcards.gen} --out {output.samples} --report {output.report}"
+        " --no-progress > {log} 2>&1"
+
+
+rule train_select:
+    wildcard_constraints:
+        gen=r"[1-9]\d*",
+    input:
+        samples=f"{AL}/gen{{gen}}/samples.extxyz",
+        potential=lambda wc: expand(
+            f"{MODELS}/gen{int(wc.gen) - 1}/potential_{{i}}.pt", i=TRAIN_MEMBERS["potential"]
+        ),
+        born=lambda wc: expand(
+            f"{MODELS}/gen{int(wc.gen) - 1}/born_{{i}}.pt", i=TRAIN_MEMBERS["born"]
+        ),
+    output:
+        candidates=f"{AL}/gen{{gen}}/candidates.extxyz",
+        report=f"{AL}/gen{{gen}}/selection.json",
+    params:
+        settings=lambda wc: get_settings("train"),
+    log:
+        f"{LOGS}/train/gen{{gen}}/select.log",
+    benchmark:
+        f"{BENCH}/train/gen{{gen}}/select.tsv"
+    conda:
+        "../../envs/bornfield.yaml"
+    threads: 1
+    resources:
+        runtime=30,
+        mem_mb=4000,
+        cpus_per_task=1,
+        tasks=1,
+    shell:
+        "bornfield train select --settings {params.settings} --candidates {input.samples}"
+        " --potential {input.potential} --born {input.born} --generation {wildcards.gen}"
+        " --out {output.candidates} --report {output.report} > {log} 2>&1"
+
+
+# every generation's evaluation (gen >= 1 pulls in exploration, selection, DFT and dataset)
+STAGE_TARGETS["train"] = lambda: [
+    f"{MODELS}/gen{g}/evaluation.json"
+    for g in range(config["train"]["active_learning"]["generations"])
+]

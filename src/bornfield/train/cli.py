@@ -9,6 +9,7 @@ Sub-commands of ``bornfield train``:
   ``.ckpt`` and ``.metrics.csv`` beside it, and the shared ``split.json``);
 * ``evaluate``  test-set metrics as benchmark records (JSON) + parity plots;
 * ``learning-curve``  test error vs training-set size;
+* ``explore``   active learning: short Langevin MD with the generation-k committees;
 * ``select``    active learning: candidates with the largest committee disagreement.
 
 ``bornfield predict`` labels structures with a model committee (extxyz with
@@ -349,6 +350,44 @@ def run_select(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_explore(args: argparse.Namespace) -> int:
+    from ase.io import read, write
+
+    from bornfield.calculators import FieldCalculator
+    from bornfield.train.explore import ExplorationSettings, explore
+
+    settings = settings_from_args(args, "train")
+    torch.set_num_threads(int(settings["threads"]))
+    exploration = ExplorationSettings.from_config(settings["active_learning"]["exploration"])
+    path = Path(args.structures)
+    if not path.is_file():
+        raise InputFileError(f"starting structures not found: {path}")
+    try:
+        structures = read(path, index=":", format="extxyz")
+    except Exception as exc:
+        raise InputFileError(f"{path}: not a readable extxyz file: {exc}") from exc
+    calculator = FieldCalculator(potential=args.potential, born=args.born)
+    seed = derived_seed(_master_seed(args), "explore", args.generation)
+    snapshots, records = explore(structures, calculator, exploration, seed, progress=not args.no_progress)
+    if not snapshots:
+        raise InputFileError(
+            f"exploration MD from {path} produced no usable snapshot (every trajectory stopped at once): "
+            + "; ".join(f"{r['trajectory']}: {r['stopped']}" for r in records)
+        )
+    for atoms in snapshots:
+        atoms.info["al_generation"] = int(args.generation)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.part")
+    write(tmp, snapshots, format="extxyz")
+    tmp.replace(out)
+    if args.report:
+        _write_json(Path(args.report), {"structures": str(path), "generation": args.generation,
+                                        "n_snapshots": len(snapshots), "trajectories": records})
+    print(f"{len(snapshots)} snapshots from {len(records)} trajectories -> {out}")
+    return 0
+
+
 def run_predict(args: argparse.Namespace) -> int:
     from ase.io import read, write
 
@@ -474,6 +513,18 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="selected structures (extxyz, labels removed)")
     p.add_argument("--report", help="JSON with every candidate's disagreement")
     p.set_defaults(func=run_select)
+
+    p = sub.add_parser("explore", help="active learning: exploration MD with a committee (snapshots for select)")
+    add_settings_arguments(p)
+    p.add_argument("--seed", type=int, help="master seed")
+    p.add_argument("--structures", required=True, help="starting cells (extxyz), e.g. the DFT candidates")
+    p.add_argument("--potential", nargs="+", required=True, help="potential committee of generation k")
+    p.add_argument("--born", nargs="+", required=True, help="Born committee of generation k")
+    p.add_argument("--generation", type=int, required=True, help="generation k+1 the snapshots are for")
+    p.add_argument("--out", required=True, help="snapshots (extxyz)")
+    p.add_argument("--report", help="JSON: one record per trajectory (stops and reasons)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_explore)
 
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
 
