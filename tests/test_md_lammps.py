@@ -99,3 +99,37 @@ def test_replicas_split_over_ranks_reproduce_serial_run(tmp_path):
     summary = json.loads((tmp_path / "mpi" / "summary.json").read_text())
     assert summary["mpi_ranks"] == 2 and summary["ranks_per_replica"] == 1
     assert summary["replicas_completed"] == 2
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_continues_from_checkpoint(tmp_path):
+    """A replica killed with SIGKILL between checkpoints leaves readable files; the
+    re-run resumes from the last checkpoint and reproduces the uninterrupted run."""
+    import os
+    import signal
+    import time
+
+    steps = "1500"
+    command = [str(sys.executable), str(DRIVER), str(tmp_path / "killed"), "ase", "nve", steps, "--cell", "triclinic"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "killed" / "replica_0" / "checkpoint.npz"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if checkpoint.exists() and checkpoint.stat().st_mtime > 0:
+            time.sleep(1.5)  # somewhere after the first checkpoints
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "run finished before it could be killed; make it longer"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    replica = tmp_path / "killed" / "replica_0"
+    assert not (replica / "status.json").exists()
+    with h5py.File(replica / "traj.h5") as traj:  # readable after SIGKILL
+        killed_frames = len(traj["step"])
+    assert killed_frames < 31
+    drive(tmp_path / "killed", "ase", int(steps))
+    drive(tmp_path / "full", "ase", int(steps))
+    full, resumed = load(tmp_path / "full"), load(tmp_path / "killed")
+    assert np.array_equal(full["step"], resumed["step"]) and len(full["positions"]) == 31
+    diff = max_difference(full, resumed, ("positions", "velocities", "econs_eV", "field_work_eV"))
+    assert diff["positions"] < 1e-10 and diff["econs_eV"] < 1e-10, diff

@@ -297,13 +297,9 @@ class ReplicaRunner:
             status = self._status("failed", str(exc), backend.step, time.perf_counter() - start)
             status["last_checkpoint_step"] = last_checkpoint_step
             if writer:
-                # keep the files consistent with the last good checkpoint
-                traj.close()
-                thermo.close()
-                keep_step = -1 if last_checkpoint_step is None else last_checkpoint_step
-                TrajectoryWriter(self.outdir / "traj.h5", {}, backend.numbers, backend.masses,
-                                 backend.cell, keep_until_step=keep_step).close()
-                ThermoWriter(self.outdir / "thermo.csv", keep_until_step=keep_step).close()
+                # the files keep what was written at the last good checkpoint
+                traj.discard()
+                thermo.discard()
         finally:
             if bar is not None:
                 bar.close()

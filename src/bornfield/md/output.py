@@ -1,10 +1,11 @@
 """Per-replica output files: ``traj.h5``, ``thermo.csv``, checkpoints, ``status.json``.
 
-Formats follow ``docs/architecture.md``. Every file that may be read while the
-run continues is written so that a killed run leaves consistent data:
-``traj.h5`` is flushed at each checkpoint and truncated back to the last
-checkpoint on restart; ``thermo.csv`` is truncated the same way; checkpoints
-and JSON files are written to a temporary file and renamed.
+Formats follow ``docs/architecture.md``. A killed run must leave consistent,
+readable data: trajectory frames and thermo rows are queued in memory and
+appended at each checkpoint (the HDF5 file is open only during that write, so
+a SIGKILL between checkpoints cannot corrupt it), then the checkpoint is
+written; on restart both files are truncated back to the checkpoint's step.
+Checkpoints and JSON files are written to a temporary file and renamed.
 """
 
 from __future__ import annotations
@@ -86,114 +87,139 @@ class TrajectoryWriter:
         self.path = Path(path)
         n_atoms = len(numbers)
         self.optional = {"velocities": velocities, "field_forces": field_forces, "born_charges": born_charges}
+        self.buffer: list[dict] = []
         if keep_until_step is not None and self.path.exists():
-            self.file = h5py.File(self.path, "a")
-            steps = self.file["step"][:]
-            keep = int(np.searchsorted(steps, keep_until_step, side="right"))
-            for name, dataset in self.file.items():
-                if isinstance(dataset, h5py.Dataset) and dataset.maxshape[0] is None:
-                    dataset.resize(keep, axis=0)
-            self.file.flush()
-            return
+            try:
+                with h5py.File(self.path, "a") as file:
+                    steps = file["step"][:]
+                    keep = int(np.searchsorted(steps, keep_until_step, side="right"))
+                    for dataset in file.values():
+                        if isinstance(dataset, h5py.Dataset) and dataset.maxshape[0] is None:
+                            dataset.resize(keep, axis=0)
+                return
+            except (OSError, KeyError) as exc:
+                raise InputFileError(
+                    f"{self.path}: trajectory unreadable on restart ({exc}); delete the replica "
+                    "directory to start it again") from exc
         tmp = self.path.with_name(self.path.name + ".tmp")
-        file = h5py.File(tmp, "w")
-        file.attrs["format"] = "bornfield-traj"
-        file.attrs["version"] = 1
-        file.attrs["units"] = "ASE: Å, eV, fs, amu, e; field V/Å"
-        for key, value in attributes.items():
-            file.attrs[key] = value
-        file.create_dataset("numbers", data=np.asarray(numbers, dtype=np.int32))
-        file.create_dataset("masses", data=np.asarray(masses, dtype=np.float64))
-        file.create_dataset("cell", data=np.asarray(cell, dtype=np.float64))
-        chunk = 16
+        with h5py.File(tmp, "w") as file:
+            file.attrs["format"] = "bornfield-traj"
+            file.attrs["version"] = 1
+            file.attrs["units"] = "ASE: Å, eV, fs, amu, e; field V/Å"
+            for key, value in attributes.items():
+                file.attrs[key] = value
+            file.create_dataset("numbers", data=np.asarray(numbers, dtype=np.int32))
+            file.create_dataset("masses", data=np.asarray(masses, dtype=np.float64))
+            file.create_dataset("cell", data=np.asarray(cell, dtype=np.float64))
+            chunk = 16
 
-        def resizable(name, shape, dtype):
-            file.create_dataset(
-                name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype, chunks=(chunk, *shape)
-            )
+            def resizable(name, shape, dtype):
+                file.create_dataset(
+                    name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype, chunks=(chunk, *shape)
+                )
 
-        resizable("step", (), np.int64)
-        resizable("time_fs", (), np.float64)
-        resizable("field", (3,), np.float64)
-        resizable("positions", (n_atoms, 3), np.float64)
-        if velocities:
-            resizable("velocities", (n_atoms, 3), np.float32)
-        if field_forces:
-            resizable("field_forces", (n_atoms, 3), np.float32)
-        if born_charges:
-            resizable("born_charges", (n_atoms, 3, 3), np.float32)
-        file.close()
+            resizable("step", (), np.int64)
+            resizable("time_fs", (), np.float64)
+            resizable("field", (3,), np.float64)
+            resizable("positions", (n_atoms, 3), np.float64)
+            if velocities:
+                resizable("velocities", (n_atoms, 3), np.float32)
+            if field_forces:
+                resizable("field_forces", (n_atoms, 3), np.float32)
+            if born_charges:
+                resizable("born_charges", (n_atoms, 3, 3), np.float32)
         os.replace(tmp, self.path)
-        self.file = h5py.File(self.path, "a")
-
-    @property
-    def n_frames(self) -> int:
-        return int(self.file["step"].shape[0])
 
     def append(self, step: int, time_fs: float, field: np.ndarray, positions: np.ndarray,
                velocities_A_per_fs: np.ndarray | None = None, field_forces: np.ndarray | None = None,
                born_charges: np.ndarray | None = None) -> None:
-        """Append one frame (positions unwrapped, Å)."""
+        """Queue one frame (positions unwrapped, Å); written at the next :meth:`flush`."""
         values = {
             "step": step,
             "time_fs": time_fs,
             "field": np.asarray(field, dtype=float),
-            "positions": positions,
+            "positions": np.array(positions, dtype=np.float64),
         }
         if self.optional["velocities"]:
-            values["velocities"] = velocities_A_per_fs
+            values["velocities"] = np.array(velocities_A_per_fs, dtype=np.float32)
         if self.optional["field_forces"]:
-            values["field_forces"] = field_forces
+            values["field_forces"] = np.array(field_forces, dtype=np.float32)
         if self.optional["born_charges"]:
-            values["born_charges"] = born_charges
-        index = self.n_frames
-        for name, value in values.items():
-            dataset = self.file[name]
-            dataset.resize(index + 1, axis=0)
-            dataset[index] = value
+            values["born_charges"] = np.array(born_charges, dtype=np.float32)
+        self.buffer.append(values)
 
     def flush(self) -> None:
-        self.file.flush()
+        """Append the queued frames; the file is open only during this call, so a
+        killed run leaves it closed and readable (frames up to the last flush)."""
+        if not self.buffer:
+            return
+        with h5py.File(self.path, "a") as file:
+            start = int(file["step"].shape[0])
+            count = len(self.buffer)
+            for name in self.buffer[0]:
+                dataset = file[name]
+                dataset.resize(start + count, axis=0)
+                dataset[start:start + count] = np.stack([frame[name] for frame in self.buffer])
+        self.buffer = []
+
+    def discard(self) -> None:
+        """Drop queued frames (a failed replica keeps only checkpointed frames)."""
+        self.buffer = []
 
     def close(self) -> None:
-        if self.file.id.valid:
-            self.file.close()
+        self.buffer = []
 
 
 class ThermoWriter:
-    """``thermo.csv`` rows; on restart rows after ``keep_until_step`` are dropped."""
+    """``thermo.csv`` rows, queued and appended at :meth:`flush` (checkpoints).
+
+    On restart, rows after ``keep_until_step`` (and any torn last line) are dropped.
+    """
 
     def __init__(self, path: Path, keep_until_step: int | None = None):
         self.path = Path(path)
+        self.buffer: list[list[str]] = []
         rows: list[list[str]] = []
         if keep_until_step is not None and self.path.exists():
             with open(self.path, newline="", encoding="utf-8") as handle:
                 reader = csv.reader(handle)
                 header = next(reader, None)
                 if header is not None and tuple(header) == THERMO_COLUMNS:
-                    rows = [row for row in reader if row and int(row[0]) <= keep_until_step]
+                    for row in reader:
+                        try:
+                            complete = len(row) == len(THERMO_COLUMNS) and all(row)
+                            if complete and int(row[0]) <= keep_until_step:
+                                rows.append(row)
+                        except ValueError:
+                            continue
         tmp = self.path.with_name(self.path.name + ".tmp")
         with open(tmp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(THERMO_COLUMNS)
             writer.writerows(rows)
         os.replace(tmp, self.path)
-        self.handle = open(self.path, "a", newline="", encoding="utf-8")
-        self.writer = csv.writer(self.handle)
 
     def append(self, values: dict) -> None:
         row = []
         for column in THERMO_COLUMNS:
             value = values[column]
             row.append(str(int(value)) if column == "step" else repr(float(value)))
-        self.writer.writerow(row)
+        self.buffer.append(row)
 
     def flush(self) -> None:
-        self.handle.flush()
+        if not self.buffer:
+            return
+        with open(self.path, "a", newline="", encoding="utf-8") as handle:
+            csv.writer(handle).writerows(self.buffer)
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.buffer = []
+
+    def discard(self) -> None:
+        self.buffer = []
 
     def close(self) -> None:
-        if not self.handle.closed:
-            self.handle.close()
+        self.buffer = []
 
 
 def save_checkpoint(path: Path, arrays: dict[str, np.ndarray], metadata: dict) -> None:
