@@ -12,7 +12,8 @@ Step bookkeeping: MD step 0 is the start configuration, steps
 configurations of steps ``≥ equilibration_steps`` (= ``field_on_step``), the
 run ends at ``equilibration_steps + production_steps``. ``traj.h5`` holds the
 production frames (``step ≥ field_on_step``, every ``trajectory_stride``);
-``thermo.csv`` holds every ``thermo_stride``-th step from 0.
+``thermo.csv`` holds every ``thermo_stride``-th step from 0. Both use the same
+clock: ``time_fs = (step − field_on_step) · dt`` (negative during equilibration).
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ class ReplicaRunner:
         if thermo is not None and step % self.thermo_stride == 0:
             thermo.append({
                 "step": step,
-                "time_fs": step * self.dt_fs,
+                "time_fs": (step - self.field_on_step) * self.dt_fs,  # same clock as traj.h5
                 "temperature_K": snap.temperature_K,
                 "epot_eV": snap.epot,
                 "ekin_eV": snap.ekin,

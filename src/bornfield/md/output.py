@@ -34,8 +34,9 @@ THERMO_COLUMNS = (
     "field_z_V_per_A",
 )
 """Columns of thermo.csv. ``econs_eV`` = epot + ekin − field work − energy the
-thermostat removed (NaN for Langevin, whose heat exchange is not tracked);
-``time_fs`` counts from the start of the run (equilibration included)."""
+thermostat added (NaN for Langevin, whose heat exchange is not tracked);
+``time_fs`` = (step − field_on_step)·dt, the clock of traj.h5 (negative during
+the zero-field equilibration)."""
 
 
 def atomic_write_text(path: Path, text: str) -> None:
