@@ -308,3 +308,16 @@ def test_time_dependent_field_follows_the_schedule(tmp_path):
     assert np.allclose(field, expected)
     thermo = read_thermo(out / "replica_0" / "thermo.csv")
     assert np.all(thermo["field_x_V_per_A"][thermo["step"] <= 10] == 0)
+
+
+def test_completed_replica_is_extended_when_production_grows(tmp_path):
+    short = make_settings(ensemble="bussi", production_steps=60, output={"checkpoint_interval": 20})
+    long = make_settings(ensemble="bussi", production_steps=100, output={"checkpoint_interval": 20})
+    condition = expand_conditions(short)[0]
+    run(tmp_path, short, condition=condition, name="ext")
+    summary, out = run(tmp_path, long, condition=condition, name="ext")
+    _, reference = run(tmp_path, long, condition=condition, name="ref")
+    assert summary["replicas"][0]["steps"] == 100
+    with h5py.File(out / "replica_0" / "traj.h5") as a, h5py.File(reference / "replica_0" / "traj.h5") as b:
+        assert np.array_equal(a["step"][:], b["step"][:])
+        assert np.abs(a["positions"][:] - b["positions"][:]).max() < 1e-10

@@ -5,7 +5,9 @@ replica groups of ``W / G`` ranks each are formed by ``Comm.Split`` (W must
 be divisible by G). Replica r runs on group ``r % G``; a group runs its
 replicas one after the other. Within a group the LAMMPS backend decomposes the
 cell over the group's ranks; the ASE backend needs groups of one rank.
-A replica that blows up is marked failed and the others continue.
+A replica that blows up is marked failed and the others continue. Completed
+and failed replicas are not run again, except that a completed replica is
+extended from its final checkpoint when ``production_steps`` was increased.
 """
 
 from __future__ import annotations
@@ -104,10 +106,17 @@ def run_condition(settings: dict, condition: MDCondition, outdir: Path, potentia
         if group_comm.Get_rank() == 0 and status_path.exists():
             existing = read_json(status_path)
         existing = group_comm.bcast(existing, root=0)
-        if existing is not None and existing.get("state") in ("completed", "failed"):
+        total_steps = int(settings["equilibration_steps"]) + int(settings["production_steps"])
+        extend = (existing is not None and existing.get("state") == "completed"
+                  and int(existing.get("total_steps", 0)) < total_steps)
+        if existing is not None and existing.get("state") in ("completed", "failed") and not extend:
             LOG.info("%s: already %s, skipped", replica_dir, existing["state"])
             statuses[replica] = existing
             continue
+        if extend:  # more production steps configured: continue from the final checkpoint
+            LOG.info("%s: extending from %s to %d steps", replica_dir, existing["total_steps"], total_steps)
+            if group_comm.Get_rank() == 0:
+                status_path.unlink()
         seed = condition.seeds[replica]
         atoms = start_cells[replica % len(start_cells)]
         attributes = {
