@@ -142,6 +142,8 @@ def read_ph_output(path: str | Path, tensors_xml: str | Path | None = None, use_
     if "Error in routine" in text:
         match = re.search(r"Error in routine\s+(.*)\n\s*(.*)", text)
         raise InputFileError(f"{source}: ph.x stopped with an error: {match.group(0).strip() if match else ''}")
+    if "JOB DONE" not in text:
+        raise InputFileError(f"{source}: ph.x output is truncated (no 'JOB DONE'; killed or still running?)")
     lines = text.splitlines()
     eps_starts = [i for i, line in enumerate(lines) if "Dielectric constant in cartesian axis" in line]
     if not eps_starts:
@@ -195,7 +197,7 @@ def read_ph_output(path: str | Path, tensors_xml: str | Path | None = None, use_
             raise InputFileError(f"{xml_path}: {z_xml.shape[0]} atoms, but {source} has {z_raw.shape[0]}")
         dz = float(np.abs(z_xml - z_raw).max())
         deps = float(np.abs(eps_xml - epsilon).max())
-        if dz > _PRINT_TOL or deps > 1e-8 + 1e-9 * np.abs(epsilon).max():
+        if dz > _PRINT_TOL or deps > 1e-6 * max(1.0, np.abs(epsilon).max()):
             raise InputFileError(
                 f"{xml_path} disagrees with {source}: max |ΔZ| = {dz:.2e} e, max |Δε| = {deps:.2e}"
             )
