@@ -94,6 +94,11 @@ def run_condition(settings: dict, condition: MDCondition, outdir: Path, potentia
     if world_rank == 0:
         outdir.mkdir(parents=True, exist_ok=True)
     comm.Barrier()
+    if world_rank == 0:
+        LOG.info("%s: %d replicas on %d MPI ranks (%d groups x %d ranks), backend %s, ensemble %s, "
+                 "E = %s V/Å, T = %g K", condition.name, condition.replicas, world_size, n_groups,
+                 group_size, backend_name, settings["ensemble"], condition.field_V_per_A.tolist(),
+                 condition.temperature_K)
     schedule = FieldSchedule.from_settings(condition.field_V_per_A, settings)
     start = time.perf_counter()
     statuses: dict[int, dict] = {}
@@ -119,6 +124,9 @@ def run_condition(settings: dict, condition: MDCondition, outdir: Path, potentia
                 status_path.unlink()
         seed = condition.seeds[replica]
         atoms = start_cells[replica % len(start_cells)]
+        if group_comm.Get_rank() == 0:
+            LOG.info("%s: replica %d, seed %d, start cell %d (%d atoms)", condition.name, replica, seed,
+                     replica % len(start_cells), len(atoms))
         attributes = {
             "condition": condition.name,
             "replica": replica,
