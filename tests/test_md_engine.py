@@ -11,8 +11,9 @@ import pytest
 from ase import units
 from ase.calculators.calculator import Calculator, all_changes
 from ase.constraints import FixCom
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
+from ase.parallel import DummyMPI
 from md_testmodels import ConstantBorn, EnvironmentBorn, MorsePotential, ZeroPotential, fcc_cell
 
 from bornfield.config import validate_section
@@ -101,8 +102,8 @@ def test_zero_field_equals_plain_potential_md(tmp_path):
     atoms = fcc_cell(3)
     atoms.set_constraint(FixCom())
     velocity_seq, _ = np.random.SeedSequence(condition.seeds[0]).spawn(2)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300.0, rng=np.random.default_rng(velocity_seq),
-                                 force_temp=True)
+    thermalize_momenta(atoms, 300.0, rng=np.random.default_rng(velocity_seq), exact_temperature=True,
+                       comm=DummyMPI())
     Stationary(atoms)
     atoms.calc = PlainCalculator(MorsePotential(cutoff=4.0))
     dyn = VelocityVerlet(atoms, 1.0 * units.fs)

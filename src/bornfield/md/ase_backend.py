@@ -38,7 +38,7 @@ from ase.md.bussi import Bussi
 from ase.md.langevin import Langevin
 from ase.md.nose_hoover_chain import NoseHooverChainNVT
 from ase.parallel import DummyMPI
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 
 from bornfield.md.engine import Backend, BlowUp, Snapshot, kinetic_temperature
@@ -169,9 +169,8 @@ class ASEBackend(Backend):
         self.n_dof = self.atoms.get_number_of_degrees_of_freedom()
         velocity_seq, thermostat_seq = np.random.SeedSequence(int(seed)).spawn(2)
         self.thermostat_rng = np.random.default_rng(thermostat_seq)
-        MaxwellBoltzmannDistribution(self.atoms, temperature_K=self.temperature_K,
-                                     rng=np.random.default_rng(velocity_seq), force_temp=True,
-                                     comm=DummyMPI())
+        thermalize_momenta(self.atoms, self.temperature_K, rng=np.random.default_rng(velocity_seq),
+                           exact_temperature=True, comm=DummyMPI())
         Stationary(self.atoms)
         self.step = 0
         self.field_work = 0.0

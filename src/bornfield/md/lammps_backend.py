@@ -42,7 +42,7 @@ import numpy as np
 from ase import Atoms, units
 from ase.constraints import FixCom
 from ase.parallel import DummyMPI
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
 from bornfield.errors import InputFileError
 from bornfield.md.engine import Backend, BlowUp, Snapshot, kinetic_temperature
@@ -120,9 +120,8 @@ class LammpsBackend(Backend):
         self.thermostat_seed = int(thermostat_seq.generate_state(1)[0] % 900_000_000) + 1
         start = atoms.copy()
         start.set_constraint(FixCom())  # 3N - 3 degrees of freedom, as in the ASE backend
-        MaxwellBoltzmannDistribution(start, temperature_K=self.temperature_K,
-                                     rng=np.random.default_rng(velocity_seq), force_temp=True,
-                                     comm=DummyMPI())
+        thermalize_momenta(start, self.temperature_K, rng=np.random.default_rng(velocity_seq),
+                           exact_temperature=True, comm=DummyMPI())
         Stationary(start)
         velocities_A_per_fs = start.get_velocities() * units.fs
 
