@@ -255,8 +255,43 @@ rule train_select:
         " --out {output.candidates} --report {output.report} > {log} 2>&1"
 
 
+rule train_al_report:
+    wildcard_constraints:
+        gen=r"[1-9]\d*",
+    input:
+        dataset=f"{RESULTS}/dataset/gen{{gen}}.extxyz",
+        potential=lambda wc: expand(
+            f"{MODELS}/gen{int(wc.gen) - 1}/potential_{{i}}.pt", i=TRAIN_MEMBERS["potential"]
+        ),
+        born=lambda wc: expand(
+            f"{MODELS}/gen{int(wc.gen) - 1}/born_{{i}}.pt", i=TRAIN_MEMBERS["born"]
+        ),
+    output:
+        records=f"{AL}/gen{{gen}}/previous_models_on_new_data.json",
+    log:
+        f"{LOGS}/train/gen{{gen}}/al_report.log",
+    benchmark:
+        f"{BENCH}/train/gen{{gen}}/al_report.tsv"
+    conda:
+        "../../envs/bornfield.yaml"
+    threads: 1
+    resources:
+        runtime=30,
+        mem_mb=4000,
+        cpus_per_task=1,
+        tasks=1,
+    shell:
+        "bornfield train evaluate --dataset {input.dataset} --dft-generation {wildcards.gen}"
+        " --potential {input.potential} --born {input.born} --out {output.records}"
+        " --notes 'generation-{wildcards.gen} structures (chosen by committee disagreement)"
+        " predicted by the generation-(gen-1) committees' > {log} 2>&1"
+
+
 # every generation's evaluation (gen >= 1 pulls in exploration, selection, DFT and dataset)
 STAGE_TARGETS["train"] = lambda: [
     f"{MODELS}/gen{g}/evaluation.json"
     for g in range(config["train"]["active_learning"]["generations"])
+] + [
+    f"{AL}/gen{g}/previous_models_on_new_data.json"
+    for g in range(1, config["train"]["active_learning"]["generations"])
 ]

@@ -212,35 +212,47 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from bornfield.train.data import read_samples
 
     samples = read_samples(args.dataset)
+    subset = args.subset
     if args.split:
         split = json.loads(Path(args.split).read_text())
         if split.get("n_structures") != len(samples):
             raise InputFileError(f"{args.split}: split is for {split.get('n_structures')} structures, dataset has {len(samples)}")
         samples = [samples[i] for i in split[args.subset]]
+    else:
+        subset = "all"
+    if args.dft_generation is not None:
+        samples = [s for s in samples if int(s.atoms.info.get("dft_generation", 0)) == args.dft_generation]
+        subset = f"{subset}, dft_generation {args.dft_generation}"
     if not samples:
-        raise InputFileError(f"the '{args.subset}' subset is empty: nothing to evaluate")
+        raise InputFileError(f"the '{subset}' subset of {args.dataset} is empty: nothing to evaluate")
     records, summary = [], {}
     plots_dir = Path(args.plots_dir) if args.plots_dir else Path(args.out).parent
     stem = Path(args.out).stem
-    notes = args.notes or f"dataset {', '.join(args.dataset)}; subset {args.subset}"
-    if args.potential:
+    notes = args.notes or f"dataset {', '.join(args.dataset)}; subset {subset}"
+    if args.potential and not any(s.energy is not None and s.forces is not None for s in samples):
+        log.warning("no structure of the subset has the labels of the %s models: not evaluated", "potential")
+    elif args.potential:
         models = [load_model(p, kind="potential") for p in args.potential]
         metrics, arrays = M.potential_metrics(models, samples)
-        records += _records(metrics, "bornfield-potential", False, args.subset, notes + f"; committee {len(models)}")
+        records += _records(metrics, "bornfield-potential", False, subset, notes + f"; committee {len(models)}")
         summary["potential"] = metrics
-        plots.potential_parity(arrays, plots_dir / f"{stem}_potential_parity.png", f"NN potential ({args.subset})")
-    if args.born:
+        plots.potential_parity(arrays, plots_dir / f"{stem}_potential_parity.png", f"NN potential ({subset})")
+    if args.born and not any(s.born is not None for s in samples):
+        log.warning("no structure of the subset has the labels of the %s models: not evaluated", "born")
+    elif args.born:
         models = [load_model(p, kind="born") for p in args.born]
         metrics, arrays = M.born_metrics(models, samples)
-        records += _records(metrics, "bornfield-born", False, args.subset, notes + f"; committee {len(models)}")
+        records += _records(metrics, "bornfield-born", False, subset, notes + f"; committee {len(models)}")
         summary["born"] = metrics
-        plots.born_parity(arrays, plots_dir / f"{stem}_born_parity.png", f"equivariant Born model ({args.subset})")
-    if args.baseline:
+        plots.born_parity(arrays, plots_dir / f"{stem}_born_parity.png", f"equivariant Born model ({subset})")
+    if args.baseline and not any(s.born is not None for s in samples):
+        log.warning("no structure of the subset has the labels of the %s models: not evaluated", "baseline")
+    elif args.baseline:
         models = [load_model(p, kind="born_row") for p in args.baseline]
         metrics, arrays = M.row_metrics(models, samples)
-        records += _records(metrics, "paper-row-baseline", True, args.subset, notes + f"; committee {len(models)}")
+        records += _records(metrics, "paper-row-baseline", True, subset, notes + f"; committee {len(models)}")
         summary["baseline"] = metrics
-        plots.row_parity(arrays, plots_dir / f"{stem}_baseline_parity.png", f"paper-style baseline ({args.subset})")
+        plots.row_parity(arrays, plots_dir / f"{stem}_baseline_parity.png", f"paper-style baseline ({subset})")
     if not records:
         raise ConfigError("nothing to evaluate: give --potential, --born and/or --baseline model files")
     _write_json(Path(args.out), records)
@@ -480,6 +492,8 @@ def register(subparsers) -> None:
     p.add_argument("--dataset", nargs="+", required=True)
     p.add_argument("--split", help="split.json written by training (default: all structures)")
     p.add_argument("--subset", choices=["train", "val", "test"], default="test")
+    p.add_argument("--dft-generation", type=int,
+                   help="only structures labelled in this active-learning generation (info['dft_generation'])")
     p.add_argument("--potential", nargs="*", default=[])
     p.add_argument("--born", nargs="*", default=[])
     p.add_argument("--baseline", nargs="*", default=[])

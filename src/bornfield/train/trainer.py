@@ -3,7 +3,8 @@
 One loop serves the three model kinds (:data:`KINDS`): Adam, learning rate
 reduced on a validation plateau, early stopping on the validation loss,
 the best parameters kept, a checkpoint written atomically after every epoch
-(``<model>.ckpt``: resumable with ``resume=True``), a metrics CSV and a tqdm
+(``<model>.ckpt``: resumable with ``resume=True``; a checkpoint of other
+training data, e.g. after the dataset changed, is ignored with a warning), a metrics CSV and a tqdm
 progress bar. Everything random derives from ``seed`` (initialisation and the
 per-epoch shuffling), so a run is reproducible and a resumed run continues
 exactly where the checkpoint left it.
@@ -245,10 +246,9 @@ def train_model(
             raise InputFileError(f"{ckpt_path}: unreadable training checkpoint: {exc}") from exc
         expected = (metadata or {}).get("training_data_hash")
         if state.get("training_data_hash") != expected or state.get("kind") != kind:
-            raise InputFileError(
-                f"{ckpt_path}: checkpoint belongs to other training data or another model kind; "
-                "delete it or train with resume disabled"
-            )
+            log.warning("%s belongs to other training data or another model kind: starting afresh", ckpt_path)
+            state = None
+    if state is not None:
         model = MODEL_CLASSES[kind](**state["hyperparameters"]).to(dtype)
         model.load_state_dict(state["model"])
         log.info("resuming %s from epoch %d", ckpt_path, state["epoch"])
