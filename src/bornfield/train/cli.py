@@ -419,8 +419,11 @@ def run_predict(args: argparse.Namespace) -> int:
     for atoms in tqdm(frames, desc="predict", disable=args.no_progress):
         a = atoms.copy()
         a.calc = None
-        for key in ("energy", "stress", "free_energy"):
+        for key in ("energy", "stress", "free_energy", "energy_std"):  # never leave input labels behind
             a.info.pop(key, None)
+        for key in ("forces", "forces_std", "born_charges", "born_charges_std", "field_forces"):
+            if key in a.arrays:
+                del a.arrays[key]
         calc.calculate(a, ["energy"], ["positions", "numbers", "cell", "pbc"])
         r = calc.results
         if calc.potential is not None:
