@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from ase import Atoms
+from ase.stress import voigt_6_to_full_3x3_stress
 from ase.io import read, write
 
 from bornfield.errors import InputFileError
@@ -71,7 +72,9 @@ def labelled_atoms(structure: Atoms, labels: dict) -> Atoms | None:
     atoms.info["dft_id"] = labels["dft_id"]
     atoms.info["energy"] = float(labels["energy"])
     if labels.get("stress") is not None:
-        atoms.info["stress"] = np.asarray(labels["stress"], dtype=float)
+        # ASE's extxyz reads info["stress"] only as a full 3x3 (9 numbers): store it so
+        stress = np.asarray(labels["stress"], dtype=float)
+        atoms.info["stress"] = voigt_6_to_full_3x3_stress(stress) if stress.shape == (6,) else stress.reshape(3, 3)
     atoms.arrays["forces"] = forces
     if "born_charges" in labels:
         z = np.asarray(labels["born_charges"], dtype=float)
