@@ -31,11 +31,12 @@ def main() -> None:
     parser.add_argument("--cell", default="fcc")
     parser.add_argument("--interrupt-at", type=int, default=0)
     parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--born-refresh", type=int, default=1)
     args = parser.parse_args()
     settings = validate_section({
         "backend": args.backend, "ensemble": args.ensemble,
         "equilibration_steps": 0, "production_steps": args.steps,
-        "lammps": {"skin_A": 0.5},
+        "lammps": {"skin_A": 0.5}, "born_refresh_interval": args.born_refresh,
         "output": {"trajectory_stride": 50, "thermo_stride": 10, "checkpoint_interval": 100,
                    "velocities": True, "born_charges": True},
         "sweep": {"phases": ["fcc"], "temperatures_K": [300.0], "field_strengths_V_per_A": [0.1],

@@ -179,6 +179,8 @@ class LammpsBackend(Backend):
         self.error: str | None = None
         self._setup_call = False
         self._cache = None  # (ntimestep, tags, forces, field_forces, born)
+        self.born_refresh_interval = int(settings["born_refresh_interval"])
+        self._born_global: np.ndarray | None = None  # (N, 3, 3) by tag, when refreshing every n > 1 steps
         self._create_atoms(atoms.get_positions(), velocities_A_per_fs)
         self._ensure_integrator()
         self._run(0, pre=True)
@@ -295,14 +297,18 @@ class LammpsBackend(Backend):
         numbers = self.number_of_type[types]
         error = None
         partial = None
+        interval = self.born_refresh_interval
+        refresh = interval == 1 or self._born_global is None or ntimestep % interval == 0
+        raw = None
         try:
             if comm.Get_size() == 1:
                 # one domain: periodic evaluation of the whole cell, no ghost overhead
                 owned = self._wrap(positions[:nlocal])
                 energy, forces, _ = self.potential.energy_forces_stress(
                     owned, numbers[:nlocal], self.cell_L, np.ones(3, dtype=bool))
-                raw = np.asarray(self.born.born_charges(owned, numbers[:nlocal], self.cell_L,
-                                                        np.ones(3, dtype=bool)), dtype=float)
+                if refresh:
+                    raw = np.asarray(self.born.born_charges(owned, numbers[:nlocal], self.cell_L,
+                                                            np.ones(3, dtype=bool)), dtype=float)
                 forces = np.asarray(forces, dtype=float)
                 energy_local = float(energy)
             else:
@@ -319,8 +325,9 @@ class LammpsBackend(Backend):
                 partial = np.zeros((self.n_atoms, 3))
                 np.add.at(partial, ids[pot_sel] - 1, np.asarray(partial_forces, dtype=float))
                 energy_local = float(np.sum(site_energies[:nlocal]))
-                raw = np.asarray(self.born.cluster_born_charges_raw(positions[born_sel], numbers[born_sel]),
-                                 dtype=float)[:nlocal]
+                if refresh:
+                    raw = np.asarray(self.born.cluster_born_charges_raw(positions[born_sel],
+                                                                        numbers[born_sel]), dtype=float)[:nlocal]
         except Exception as exc:  # any rank failing must still join the collectives
             error = f"model evaluation failed on rank {self.rank} at step {ntimestep}: {exc!r}"
             raw = np.zeros((nlocal, 3, 3))
@@ -331,13 +338,26 @@ class LammpsBackend(Backend):
             summed = np.empty_like(partial)
             comm.Allreduce(partial, summed, op=self.MPI.SUM)
             forces = summed[tags - 1]
-        # ASR: mean over all owned atoms of the replica
-        sums = np.empty(10)
-        sums[:9] = raw.sum(axis=0).ravel()
-        sums[9] = nlocal
-        if comm.Get_size() > 1:
-            sums = comm.allreduce(sums, op=self.MPI.SUM)
-        born = raw - (sums[:9] / sums[9]).reshape(3, 3)
+        if refresh:
+            if raw is None:
+                raw = np.zeros((nlocal, 3, 3))
+            # ASR: mean over all owned atoms of the replica
+            sums = np.empty(10)
+            sums[:9] = raw.sum(axis=0).ravel()
+            sums[9] = nlocal
+            if comm.Get_size() > 1:
+                sums = comm.allreduce(sums, op=self.MPI.SUM)
+            born = raw - (sums[:9] / sums[9]).reshape(3, 3)
+            if interval > 1:  # keep Z of every atom (by tag) for the steps until the next refresh
+                table = np.zeros((self.n_atoms, 3, 3))
+                table[tags - 1] = born
+                if comm.Get_size() > 1:
+                    summed = np.empty_like(table)
+                    comm.Allreduce(table, summed, op=self.MPI.SUM)
+                    table = summed
+                self._born_global = table
+        else:
+            born = self._born_global[tags - 1]
         field_L = self.schedule(ntimestep) @ self.Q
         ffield = np.einsum("kab,a->kb", born, field_L)
         total = forces + ffield
@@ -493,6 +513,7 @@ class LammpsBackend(Backend):
         self.thermostat_offset = float(metadata["thermostat_energy"])
         self.work_local = float(metadata["field_work"]) if self.rank == 0 else 0.0
         self._cache = None
+        self._born_global = None  # refreshed at the restart step (n > 1: not bit-identical)
         self._run(0, pre=True)
         self.power_prev_local = float(metadata["power_prev"]) if self.rank == 0 else 0.0
 
