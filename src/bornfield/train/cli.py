@@ -412,6 +412,7 @@ def run_predict(args: argparse.Namespace) -> int:
         frames = read(path, index=":", format="extxyz")
     except Exception as exc:
         raise InputFileError(f"{path}: not a readable extxyz file: {exc}") from exc
+    torch.set_num_threads(args.threads)
     calc = FieldCalculator(potential=args.potential or None, born=args.born or None, field=args.field, dtype=args.dtype)
     out_frames = []
     from tqdm import tqdm
@@ -551,6 +552,7 @@ def register(subparsers) -> None:
     p.add_argument("--born", nargs="*", default=[], help="Born model file(s)")
     p.add_argument("--field", type=float, nargs=3, default=[0.0, 0.0, 0.0], metavar=("EX", "EY", "EZ"), help="V/Å")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy machine)")
     p.add_argument("--out", required=True, help="output extxyz")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_predict)
