@@ -43,6 +43,7 @@ from ase.md.verlet import VelocityVerlet
 
 from bornfield.md.engine import Backend, BlowUp, Snapshot, kinetic_temperature
 from bornfield.md.fields import FieldSchedule, field_forces
+from bornfield.models.combined import evaluate_periodic
 
 LOG = logging.getLogger(__name__)
 
@@ -87,13 +88,15 @@ class FieldMDCalculator(Calculator):
         numbers = self.atoms.numbers
         cell = np.asarray(self.atoms.cell)
         pbc = np.asarray(self.atoms.pbc)
-        energy, forces_nnp, _stress = self.potential.energy_forces_stress(positions, numbers, cell, pbc)
         refresh = (self.cached_born is None or self.born_refresh_interval == 1
                    or (self.md_step % self.born_refresh_interval == 0 and self.born_step != self.md_step))
+        # one neighbour list and one set of edge quantities for both models (no stress: MD is NVT)
+        step = evaluate_periodic(self.potential, self.born, positions, numbers, cell, pbc, with_born=refresh)
+        energy, forces_nnp = step.energy, step.forces
         if refresh:
             self.born_step = self.md_step
-            born = np.asarray(self.born.born_charges(positions, numbers, cell, pbc), dtype=float)
-            # re-impose the ASR in float64 (float32 models satisfy it only to ~1e-7 per atom)
+            born = step.born_raw
+            # impose the ASR in float64 (float32 models satisfy it only to ~1e-7 per atom)
             self.cached_born = born - born.mean(axis=0)
         ffield = field_forces(self.cached_born, self.field)
         forces = np.asarray(forces_nnp, dtype=float) + ffield

@@ -15,6 +15,10 @@ decomposes the cell; bornfield's models supply the forces in a
   summed onto the real atoms by tag with one ``Allreduce`` of an (N, 3) array
   (a reverse communication; exact, and half the ghost shell of the
   2 × receptive-field alternative);
+* with bornfield's own models only the owned atoms are neighbour-list centres
+  (ghosts enter as neighbours only, :func:`bornfield.models.combined.evaluate_cluster`),
+  and one graph serves the potential and the Born model, so a rank's cost
+  scales with its owned atoms rather than owned + ghosts;
 * the site energies of owned atoms are summed and **allreduced** before being
   handed to ``fix_external_set_energy_global`` (LAMMPS does not sum it);
 * Born charges: raw per-site tensors from the model's cluster call, the ASR
@@ -47,6 +51,7 @@ from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from bornfield.errors import InputFileError
 from bornfield.md.engine import Backend, BlowUp, Snapshot, kinetic_temperature
 from bornfield.md.fields import FieldSchedule
+from bornfield.models.combined import evaluate_cluster, evaluate_periodic, shared_members
 
 LOG = logging.getLogger(__name__)
 
@@ -139,6 +144,8 @@ class LammpsBackend(Backend):
         self.potential_reach = max([float(potential.receptive_field)]
                                    + [float(m.receptive_field) for m in self.committee]) + 1e-6
         self.born_reach = float(born.receptive_field) + 1e-6
+        # bornfield models sharing species/dtype: one graph per step for both (else Protocol calls)
+        self._shared = shared_members(potential, born) is not None
         self.lmp = lammps(cmdargs=["-screen", "none", "-log", "none", "-nocite"], comm=self.comm)
         lower = self.cell_L
         commands = [
@@ -302,15 +309,27 @@ class LammpsBackend(Backend):
         raw = None
         try:
             if comm.Get_size() == 1:
-                # one domain: periodic evaluation of the whole cell, no ghost overhead
+                # one domain: periodic evaluation of the whole cell, no ghost overhead; one
+                # neighbour list and edge geometry for both models (see bornfield.models.combined)
                 owned = self._wrap(positions[:nlocal])
-                energy, forces, _ = self.potential.energy_forces_stress(
-                    owned, numbers[:nlocal], self.cell_L, np.ones(3, dtype=bool))
-                if refresh:
-                    raw = np.asarray(self.born.born_charges(owned, numbers[:nlocal], self.cell_L,
-                                                            np.ones(3, dtype=bool)), dtype=float)
-                forces = np.asarray(forces, dtype=float)
-                energy_local = float(energy)
+                step = evaluate_periodic(self.potential, self.born, owned, numbers[:nlocal], self.cell_L,
+                                         np.ones(3, dtype=bool), with_born=refresh)
+                raw = step.born_raw
+                forces = step.forces
+                energy_local = step.energy
+            elif self._shared:
+                # owned atoms are the only centres; ghosts enter as neighbours only, so each
+                # rank evaluates its own sites (cost ~ nlocal, not nlocal + nghost)
+                ids = np.array(self.lmp.numpy.extract_atom("id", nelem=n), dtype=np.int64).reshape(n)
+                sel = self._distance_outside_owned(positions, nlocal) <= max(self.potential_reach, self.born_reach)
+                centres = np.zeros(int(sel.sum()), dtype=bool)
+                centres[:nlocal] = True  # owned atoms come first and are always selected
+                step = evaluate_cluster(self.potential, self.born, positions[sel], numbers[sel], centres,
+                                        with_born=refresh)
+                partial = np.zeros((self.n_atoms, 3))
+                np.add.at(partial, ids[sel] - 1, step.forces)
+                energy_local = step.energy
+                raw = step.born_raw
             else:
                 ids = np.array(self.lmp.numpy.extract_atom("id", nelem=n), dtype=np.int64).reshape(n)
                 outside = self._distance_outside_owned(positions, nlocal)

@@ -39,8 +39,9 @@ import torch
 from e3nn import io, o3
 
 from bornfield.models.base import BornfieldModel
-from bornfield.models.graph import Graph
-from bornfield.models.layers import AtomicDensity, ExactConstants, SpeciesMLP
+from bornfield.models.graph import Graph, build_cluster_graph
+from bornfield.models.layers import AtomicDensity, EdgeGeometry, ExactConstants, SpeciesMLP
+from bornfield.models.potential import edge_geometry
 
 
 def structure_mean(values: torch.Tensor, batch: torch.Tensor, n_structures: int) -> torch.Tensor:
@@ -121,13 +122,19 @@ class EquivariantBornModel(BornfieldModel):
         with torch.no_grad():
             self.charge_offset.copy_(torch.tensor([values[s] for s in self.species]))
 
-    def raw_charges(self, graph: Graph) -> torch.Tensor:
-        """Per-atom tensors (N, 3, 3) e before the ASR correction."""
-        edge_vec = graph.edge_vectors()
+    def raw_charges(self, graph: Graph, geometry: EdgeGeometry | None = None) -> torch.Tensor:
+        """Per-centre tensors (N_c, 3, 3) e before the ASR correction.
+
+        ``geometry`` (of the graph's edge vectors) shares distances and spherical
+        harmonics with other models evaluated on the same step.
+        """
+        if geometry is None:
+            geometry = edge_geometry(graph, graph.edge_vectors())
         density = self.density
-        a0, a1, a2 = density.densities(graph.species, graph.neighbours, edge_vec)
+        species = graph.centre_species
+        a0, a1, a2 = density.densities_from_geometry(geometry)
         features = density.invariants(a0, a1, a2)
-        coeffs = self.readout(features, graph.species)
+        coeffs = self.readout(features, species)
         c = self.channels
         a1m = torch.einsum("ncm,cd->ndm", a1, density.mix1)
         a2m = torch.einsum("ncm,cd->ndm", a2, density.mix2)
@@ -135,7 +142,7 @@ class EquivariantBornModel(BornfieldModel):
         cross11 = torch.einsum("nci,ncj,ijk->nck", a1, a1m, const.get("w3j_111", a1.dtype))
         cross22 = torch.einsum("nci,ncj,ijk->nck", a2, a2m, const.get("w3j_221", a1.dtype))
         sym11 = torch.einsum("nci,ncj,ijk->nck", a1, a1m, const.get("w3j_112", a1.dtype))
-        scalar = coeffs[:, 0:1] + self.charge_offset[graph.species, None] * math.sqrt(3.0)
+        scalar = coeffs[:, 0:1] + self.charge_offset[species, None] * math.sqrt(3.0)
         vector = (coeffs[:, 1 : 1 + c, None] * cross11).sum(1) + (coeffs[:, 1 + c : 1 + 2 * c, None] * cross22).sum(1)
         tensor = (coeffs[:, 1 + 2 * c : 1 + 3 * c, None] * a2).sum(1) + (coeffs[:, 1 + 3 * c :, None] * sym11).sum(1)
         irreps = torch.cat([scalar, vector, tensor], dim=-1)
@@ -144,7 +151,7 @@ class EquivariantBornModel(BornfieldModel):
     def forward(self, graph: Graph, asr: bool = True) -> torch.Tensor:
         """Born charges (N, 3, 3) e; ASR-corrected per structure unless ``asr=False``."""
         z = self.raw_charges(graph)
-        return apply_asr(z, graph.batch, graph.n_structures) if asr else z
+        return apply_asr(z, graph.centre_batch, graph.n_structures) if asr else z
 
     # ---- BornChargeModel protocol ----------------------------------------------------
 
@@ -154,9 +161,15 @@ class EquivariantBornModel(BornfieldModel):
             z = self.forward(self.make_graph(positions, numbers, cell, pbc))
         return z.double().numpy()
 
-    def cluster_born_charges_raw(self, positions, numbers) -> np.ndarray:
-        """Open-boundary raw tensors (M, 3, 3) e before the ASR correction."""
-        graph = self.make_graph(positions, numbers, self._open_cell(), np.zeros(3, dtype=bool))
+    def cluster_born_charges_raw(self, positions, numbers, centre_mask=None) -> np.ndarray:
+        """Open-boundary raw tensors (M, 3, 3) e before the ASR correction.
+
+        With ``centre_mask`` (M,) bool only those atoms are evaluated (the others
+        enter as neighbours only) and the result has shape (count, 3, 3).
+        """
+        if centre_mask is None:
+            centre_mask = np.ones(len(numbers), dtype=bool)
+        graph = build_cluster_graph(positions, numbers, centre_mask, self.species, self.cutoff, self.dtype)
         with torch.no_grad():
             z = self.raw_charges(graph)
         return z.double().numpy()

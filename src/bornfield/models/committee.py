@@ -16,7 +16,7 @@ import torch
 
 from bornfield.errors import InputFileError
 from bornfield.models.born import EquivariantBornModel, apply_asr
-from bornfield.models.graph import Graph, build_graph
+from bornfield.models.graph import Graph, build_cluster_graph, build_graph
 from bornfield.models.potential import NNPotential
 
 
@@ -86,14 +86,17 @@ class PotentialCommittee(_Committee):
         return float(out["energy"]), out["forces"], out["stress"]
 
     def cluster_site_energies_forces(self, positions, numbers, energy_mask):
-        graph = self.make_graph(positions, numbers, np.zeros((3, 3)), np.zeros(3, dtype=bool))
-        mask = torch.as_tensor(np.asarray(energy_mask, dtype=bool))
+        """Member means; only ``energy_mask`` atoms are centres (site energies NaN elsewhere)."""
+        mask = np.asarray(energy_mask, dtype=bool)
+        graph = build_cluster_graph(positions, numbers, mask, self.species, self.cutoff, self.dtype)
         sites, forces = [], []
         for m in self.members:
-            r = m.forward(graph.to(m.dtype), forces=True, energy_mask=mask)
+            r = m.forward(graph.to(m.dtype), forces=True)
             sites.append(r["site_energies"].detach().numpy())
             forces.append(r["forces"].detach().double().numpy())
-        return np.mean(sites, axis=0), np.mean(forces, axis=0)
+        all_sites = np.full(len(mask), np.nan)
+        all_sites[mask] = np.mean(sites, axis=0)
+        return all_sites, np.mean(forces, axis=0)
 
 
 class BornCommittee(_Committee):
@@ -116,8 +119,11 @@ class BornCommittee(_Committee):
     def born_charges(self, positions, numbers, cell, pbc) -> np.ndarray:
         return self.evaluate_graph(self.make_graph(positions, numbers, cell, pbc))["born_charges"]
 
-    def cluster_born_charges_raw(self, positions, numbers) -> np.ndarray:
-        graph = self.make_graph(positions, numbers, np.zeros((3, 3)), np.zeros(3, dtype=bool))
+    def cluster_born_charges_raw(self, positions, numbers, centre_mask=None) -> np.ndarray:
+        """Member mean of the raw tensors of all atoms, or of the ``centre_mask`` atoms only."""
+        if centre_mask is None:
+            centre_mask = np.ones(len(numbers), dtype=bool)
+        graph = build_cluster_graph(positions, numbers, centre_mask, self.species, self.cutoff, self.dtype)
         return self.evaluate_graph(graph, asr=False)["born_charges"]
 
 

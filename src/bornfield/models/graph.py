@@ -38,6 +38,11 @@ class Graph:
         volumes: (B,) Å³ (0 for structures that are not fully periodic).
         n_structures: B.
         pad_length: Å, length of the vector given to padding slots (beyond every cutoff).
+        centres: optional (N_c,) int64 indices of the atoms that are neighbour-list
+            centres. ``None`` (the default): every atom is a centre and row n of
+            ``neighbours``/``mask``/``shifts`` belongs to atom n. Otherwise row n belongs
+            to atom ``centres[n]`` and the other atoms (e.g. LAMMPS ghosts) enter only as
+            neighbours: site quantities are computed for the centres alone.
     """
 
     positions: torch.Tensor
@@ -50,10 +55,21 @@ class Graph:
     volumes: torch.Tensor
     n_structures: int
     pad_length: float
+    centres: torch.Tensor | None = None
 
     @property
     def n_atoms(self) -> int:
         return int(self.positions.shape[0])
+
+    @property
+    def centre_species(self) -> torch.Tensor:
+        """(N_c,) species index of the centre atom of each neighbour row."""
+        return self.species if self.centres is None else self.species[self.centres]
+
+    @property
+    def centre_batch(self) -> torch.Tensor:
+        """(N_c,) structure index of the centre atom of each neighbour row."""
+        return self.batch if self.centres is None else self.batch[self.centres]
 
     @property
     def n_edges(self) -> int:
@@ -62,7 +78,8 @@ class Graph:
     def edge_vectors(self, positions: torch.Tensor | None = None) -> torch.Tensor:
         """(N, K, 3) Å, ``r_j - r_i + shift`` (padding slots: a vector longer than the cutoff)."""
         positions = self.positions if positions is None else positions
-        vec = positions[self.neighbours] - positions.unsqueeze(1) + self.shifts
+        origins = positions if self.centres is None else positions[self.centres]
+        vec = positions[self.neighbours] - origins.unsqueeze(1) + self.shifts
         pad = torch.zeros_like(vec)
         pad[..., 0] = self.pad_length
         return torch.where(self.mask.unsqueeze(-1), vec, pad)
@@ -82,6 +99,7 @@ class Graph:
             volumes=self.volumes.to(dtype),
             n_structures=self.n_structures,
             pad_length=self.pad_length,
+            centres=self.centres,
         )
 
 
@@ -175,18 +193,7 @@ def collate(structures: Sequence[StructureEdges], dtype: torch.dtype = torch.flo
     src = np.concatenate([s.src + o for s, o in zip(structures, offsets)])
     dst = np.concatenate([s.dst + o for s, o in zip(structures, offsets)])
     shift = np.concatenate([s.shifts for s in structures])
-    order = np.argsort(src, kind="stable")
-    src, dst, shift = src[order], dst[order], shift[order]
-    counts = np.bincount(src, minlength=n_atoms)
-    k_max = max(int(counts.max()) if len(counts) else 0, 1)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    slot = np.arange(len(src)) - starts[src]
-    neighbours = np.repeat(np.arange(n_atoms)[:, None], k_max, axis=1)
-    mask = np.zeros((n_atoms, k_max), dtype=bool)
-    shifts = np.zeros((n_atoms, k_max, 3))
-    neighbours[src, slot] = dst
-    mask[src, slot] = True
-    shifts[src, slot] = shift
+    neighbours, mask, shifts = _padded_rows(src, dst, shift, np.arange(n_atoms))
     cutoff = max(s.cutoff for s in structures)
     return Graph(
         positions=torch.tensor(np.concatenate([s.positions for s in structures]), dtype=dtype),
@@ -199,6 +206,73 @@ def collate(structures: Sequence[StructureEdges], dtype: torch.dtype = torch.flo
         volumes=torch.tensor([s.volume for s in structures], dtype=dtype),
         n_structures=len(structures),
         pad_length=2.0 * cutoff + 1.0,
+    )
+
+
+def _padded_rows(
+    row: np.ndarray, dst: np.ndarray, shift: np.ndarray, row_atoms: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Padded (R, K) neighbour matrix, mask and (R, K, 3) shifts from edges with row index ``row``.
+
+    ``row_atoms`` (R,) is the atom of each row, used as the padding neighbour.
+    """
+    n_rows = len(row_atoms)
+    order = np.argsort(row, kind="stable")
+    row, dst, shift = row[order], dst[order], shift[order]
+    counts = np.bincount(row, minlength=n_rows)
+    k_max = max(int(counts.max()) if len(counts) else 0, 1)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    slot = np.arange(len(row)) - starts[row]
+    neighbours = np.repeat(np.asarray(row_atoms, dtype=np.int64)[:, None], k_max, axis=1)
+    mask = np.zeros((n_rows, k_max), dtype=bool)
+    shifts = np.zeros((n_rows, k_max, 3))
+    neighbours[row, slot] = dst
+    mask[row, slot] = True
+    shifts[row, slot] = shift
+    return neighbours, mask, shifts
+
+
+def build_cluster_graph(
+    positions: np.ndarray,
+    numbers: np.ndarray,
+    centre_mask: np.ndarray,
+    species: Sequence[str],
+    cutoff: float,
+    dtype: torch.dtype = torch.float64,
+) -> Graph:
+    """Open-boundary graph of M atoms in which only ``centre_mask`` atoms are centres.
+
+    Every atom is a possible neighbour, so the centres' site quantities are the
+    same as in the full graph, while non-centre atoms (ghosts) cost only their
+    neighbour contributions.
+
+    Args:
+        positions: (M, 3) Å. numbers: (M,) atomic numbers. centre_mask: (M,) bool.
+        species: model species. cutoff: Å.
+    """
+    pos = np.ascontiguousarray(np.asarray(positions, dtype=np.float64).reshape(-1, 3))
+    centre_mask = np.asarray(centre_mask, dtype=bool).reshape(-1)
+    if centre_mask.shape != (len(pos),):
+        raise ValueError(f"centre_mask has shape {centre_mask.shape}, expected ({len(pos)},)")
+    atom_species = species_indices(numbers, species)
+    i, j, shift = neighbour_list(pos, np.zeros((3, 3)), np.zeros(3, dtype=bool), cutoff)
+    centres = np.flatnonzero(centre_mask)
+    row_of_atom = np.full(len(pos), -1, dtype=np.int64)
+    row_of_atom[centres] = np.arange(len(centres))
+    keep = centre_mask[i]
+    neighbours, mask, shifts = _padded_rows(row_of_atom[i[keep]], j[keep], shift[keep], centres)
+    return Graph(
+        positions=torch.tensor(pos, dtype=dtype),
+        species=torch.from_numpy(atom_species),
+        neighbours=torch.from_numpy(neighbours),
+        mask=torch.from_numpy(mask),
+        shifts=torch.tensor(shifts, dtype=dtype),
+        batch=torch.zeros(len(pos), dtype=torch.int64),
+        cells=torch.zeros(1, 3, 3, dtype=dtype),
+        volumes=torch.zeros(1, dtype=dtype),
+        n_structures=1,
+        pad_length=2.0 * float(cutoff) + 1.0,
+        centres=torch.from_numpy(centres),
     )
 
 

@@ -30,13 +30,55 @@ from torch import nn
 def polynomial_envelope(r: torch.Tensor, cutoff: float, p: int = 6) -> torch.Tensor:
     """Smooth cutoff envelope (Klicpera et al. 2020): 1 at r=0, 0 with p-1 zero derivatives at r_c."""
     x = r / cutoff
-    value = (
-        1.0
-        - (p + 1) * (p + 2) / 2 * x**p
-        + p * (p + 2) * x ** (p + 1)
-        - p * (p + 1) / 2 * x ** (p + 2)
-    )
+    # 1 - (p+1)(p+2)/2 x^p + p(p+2) x^(p+1) - p(p+1)/2 x^(p+2), in Horner form (fewer kernels)
+    value = 1.0 + x**p * (-(p + 1) * (p + 2) / 2 + x * (p * (p + 2) - p * (p + 1) / 2 * x))
     return torch.where(x < 1.0, value, torch.zeros_like(value))
+
+
+class EdgeGeometry:
+    """Per-edge quantities that do not depend on a model's weights, computed once per step.
+
+    Shared by every :class:`AtomicDensity` evaluated on the same edges (the
+    potential and the Born model of one MD step, committee members), so the
+    distances and spherical harmonics are computed once. Radial inputs
+    (Bessel basis, envelope) are cached per (cutoff, n_basis, avg_neighbours).
+
+    Args:
+        edge_vec: (N, K, 3) Å, padding slots longer than every cutoff.
+        centre_species: (N,) species index of the centre of each row.
+        neighbour_species: (N, K) species index of each neighbour.
+    """
+
+    def __init__(self, edge_vec: torch.Tensor, centre_species: torch.Tensor, neighbour_species: torch.Tensor):
+        self.edge_vec = edge_vec
+        self.centre_species = centre_species
+        self.neighbour_species = neighbour_species
+        self.r = torch.linalg.norm(edge_vec, dim=-1)
+        # (N, K, 9): Y_00 = 1, then the 1o (x, y, z) and 2e components (e3nn "component" normalisation)
+        self.sh = o3.spherical_harmonics([0, 1, 2], edge_vec, normalize=True, normalization="component")
+        self._cache: dict[tuple, torch.Tensor] = {}
+
+    def pair_index(self, n_species: int) -> torch.Tensor:
+        """(N, K) index ``z_i * n_species + z_j`` of the (centre, neighbour) species pair."""
+        key = ("pair", n_species)
+        if key not in self._cache:
+            self._cache[key] = self.centre_species.unsqueeze(1) * n_species + self.neighbour_species
+        return self._cache[key]
+
+    def bessel(self, basis: "BesselBasis") -> torch.Tensor:
+        """(N, K, n_basis) radial basis of the edge lengths."""
+        key = ("bessel", basis.cutoff, int(basis.frequencies.numel()))
+        if key not in self._cache:
+            self._cache[key] = basis(self.r)
+        return self._cache[key]
+
+    def scaled_harmonics(self, cutoff: float, avg_neighbours: float) -> torch.Tensor:
+        """(N, K, 9) spherical harmonics times the cutoff envelope / sqrt(avg_neighbours)."""
+        key = ("sh", float(cutoff), float(avg_neighbours))
+        if key not in self._cache:
+            envelope = polynomial_envelope(self.r, cutoff) * avg_neighbours**-0.5
+            self._cache[key] = self.sh * envelope.unsqueeze(-1)
+        return self._cache[key]
 
 
 class ExactConstants:
@@ -151,18 +193,37 @@ class AtomicDensity(nn.Module):
         Returns:
             A0 (N, C), A1 (N, C, 3) Cartesian vectors (1o), A2 (N, C, 5) e3nn 2e components.
         """
-        c = self.channels
-        r = torch.linalg.norm(edge_vec, dim=-1)
-        sh = o3.spherical_harmonics([1, 2], edge_vec, normalize=True, normalization="component")
-        onehot = nn.functional.one_hot(species, self.n_species).to(edge_vec.dtype)
-        radial_in = torch.cat(
-            [self.basis(r), onehot.unsqueeze(1).expand(-1, r.shape[1], -1), onehot[neighbours]], dim=-1
+        return self.densities_from_geometry(EdgeGeometry(edge_vec, species, species[neighbours]))
+
+    def radial_weights(self, geometry: EdgeGeometry) -> torch.Tensor:
+        """(N, K, 3C) radial channel weights R_{lc}(r_ij, z_i, z_j) before the envelope.
+
+        The first linear layer acts on ``[bessel(r), onehot(z_i), onehot(z_j)]``;
+        its one-hot part is evaluated exactly as a (z_i, z_j) lookup table.
+        """
+        first = self.radial[0]
+        n_basis = first.in_features - 2 * self.n_species
+        weight = first.weight
+        centre_part = weight[:, n_basis : n_basis + self.n_species].t()  # (S, H)
+        neighbour_part = weight[:, n_basis + self.n_species :].t()  # (S, H)
+        table = (centre_part.unsqueeze(1) + neighbour_part.unsqueeze(0) + first.bias).reshape(-1, weight.shape[0])
+        bessel = geometry.bessel(self.basis)
+        n, k = bessel.shape[:2]
+        hidden = torch.addmm(
+            table[geometry.pair_index(self.n_species).reshape(-1)],
+            bessel.reshape(n * k, n_basis),
+            weight[:, :n_basis].t(),
         )
-        weights = self.radial(radial_in) * (polynomial_envelope(r, self.cutoff) / self.avg_neighbours**0.5).unsqueeze(-1)
-        a0 = weights[..., :c].sum(1)
-        a1 = torch.bmm(weights[..., c : 2 * c].transpose(1, 2), sh[..., 0:3])
-        a2 = torch.bmm(weights[..., 2 * c :].transpose(1, 2), sh[..., 3:8])
-        return a0, a1, a2
+        return self.radial[1:](hidden).reshape(n, k, -1)
+
+    def densities_from_geometry(self, geometry: EdgeGeometry) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A0 (N, C), A1 (N, C, 3), A2 (N, C, 5) from shared per-edge quantities (see :meth:`densities`)."""
+        c = self.channels
+        weights = self.radial_weights(geometry)
+        harmonics = geometry.scaled_harmonics(self.cutoff, self.avg_neighbours)
+        # one batched product for all l: (N, 3C, K) @ (N, K, 9); keep the diagonal (l, l) blocks
+        full = torch.bmm(weights.transpose(1, 2), harmonics)
+        return full[:, :c, 0], full[:, c : 2 * c, 1:4], full[:, 2 * c :, 4:9]
 
     def invariants(self, a0: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor) -> torch.Tensor:
         """Invariant features (N, 5C) of the densities."""

@@ -18,8 +18,36 @@ import numpy as np
 import torch
 
 from bornfield.models.base import BornfieldModel
-from bornfield.models.graph import Graph
-from bornfield.models.layers import AtomicDensity, SpeciesMLP
+from bornfield.models.graph import Graph, build_cluster_graph
+from bornfield.models.layers import AtomicDensity, EdgeGeometry, SpeciesMLP
+
+
+def edge_geometry(graph: Graph, edge_vec: torch.Tensor) -> EdgeGeometry:
+    """Model-independent per-edge quantities of ``graph`` for the edge vectors (N_c, K, 3) Å."""
+    return EdgeGeometry(edge_vec, graph.centre_species, graph.species[graph.neighbours])
+
+
+def forces_from_edge_gradient(graph: Graph, grad: torch.Tensor) -> torch.Tensor:
+    """Forces (N, 3) eV/Å on all atoms from ``grad = dE/d(edge_vec)`` (N_c, K, 3) eV/Å.
+
+    ``edge_vec = r_j - r_i + shift``, so ``F_i += Σ_j g_ij`` and ``F_j -= g_ij``.
+    """
+    if graph.centres is None:
+        forces = grad.sum(1)
+    else:
+        forces = grad.new_zeros(graph.n_atoms, 3).index_add(0, graph.centres, grad.sum(1))
+    return forces.index_add(0, graph.neighbours.reshape(-1), -grad.reshape(-1, 3))
+
+
+def stress_from_edge_gradient(graph: Graph, edge_vec: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Stress (B, 3, 3) eV/Å³ (ASE sign), ``σ_ab = (1/V) Σ_e r_{e,a} g_{e,b}``; NaN unless fully periodic."""
+    virial = torch.einsum("nka,nkb->nab", edge_vec, grad).reshape(-1, 9)
+    per_structure = virial.new_zeros(graph.n_structures, 9).index_add(0, graph.centre_batch, virial)
+    volumes = graph.volumes.to(per_structure.dtype)
+    safe = torch.where(volumes > 0, volumes, torch.ones_like(volumes))
+    s = per_structure.view(-1, 3, 3) / safe.view(-1, 1, 1)
+    s = 0.5 * (s + s.transpose(1, 2))
+    return torch.where(volumes.view(-1, 1, 1) > 0, s, torch.full_like(s, float("nan")))
 
 
 class NNPotential(BornfieldModel):
@@ -78,12 +106,21 @@ class NNPotential(BornfieldModel):
     def set_energy_scale(self, scale: float) -> None:
         self.hyperparameters["energy_scale"] = float(scale)
 
-    def site_energies(self, graph: Graph, edge_vec: torch.Tensor) -> torch.Tensor:
-        """Site energies (N,) eV in float64 for the given edge vectors (N, K, 3) Å."""
-        a0, a1, a2 = self.density.densities(graph.species, graph.neighbours, edge_vec)
+    def site_energies(
+        self, graph: Graph, edge_vec: torch.Tensor, geometry: EdgeGeometry | None = None
+    ) -> torch.Tensor:
+        """Site energies (N_c,) eV in float64 of the graph's centres for the edge vectors (N_c, K, 3) Å.
+
+        ``geometry`` (built from the same ``edge_vec``) shares distances and
+        spherical harmonics with other models evaluated on the same step.
+        """
+        if geometry is None:
+            geometry = edge_geometry(graph, edge_vec)
+        a0, a1, a2 = self.density.densities_from_geometry(geometry)
         features = self.density.invariants(a0, a1, a2)
-        network = self.readout(features, graph.species).squeeze(-1) * self.hyperparameters["energy_scale"]
-        return network.to(torch.float64) + self._e0[graph.species]
+        species = graph.centre_species
+        network = self.readout(features, species).squeeze(-1) * self.hyperparameters["energy_scale"]
+        return network.to(torch.float64) + self._e0[species]
 
     def forward(
         self,
@@ -101,6 +138,9 @@ class NNPotential(BornfieldModel):
             create_graph: keep the autograd graph of the derivatives (training on forces).
             energy_mask: (N,) bool; if given, forces are those of ``sum(site_energies[mask])``.
 
+        If the graph has ``centres``, site energies are those of the centres (N_c,),
+        ``energy`` sums them and ``energy_mask`` (N_c,) refers to the centres.
+
         Returns:
             ``site_energies`` (N,) eV, ``energy`` (B,) eV, ``forces`` (N, 3) eV/Å,
             ``stress`` (B, 3, 3) eV/Å³ (NaN for structures that are not fully periodic).
@@ -109,22 +149,15 @@ class NNPotential(BornfieldModel):
         if forces or stress:
             edge_vec.requires_grad_(True)
         sites = self.site_energies(graph, edge_vec)
-        energy = torch.zeros(graph.n_structures, dtype=torch.float64).index_add(0, graph.batch, sites)
+        energy = torch.zeros(graph.n_structures, dtype=torch.float64).index_add(0, graph.centre_batch, sites)
         out = {"site_energies": sites, "energy": energy}
         if forces or stress:
             target = sites[energy_mask].sum() if energy_mask is not None else energy.sum()
             (grad,) = torch.autograd.grad(target, edge_vec, create_graph=create_graph)
             if forces:
-                f = grad.sum(1)
-                out["forces"] = f.index_add(0, graph.neighbours.reshape(-1), -grad.reshape(-1, 3))
+                out["forces"] = forces_from_edge_gradient(graph, grad)
             if stress:
-                virial = torch.einsum("nka,nkb->nab", edge_vec, grad).reshape(-1, 9)
-                per_structure = virial.new_zeros(graph.n_structures, 9).index_add(0, graph.batch, virial)
-                volumes = graph.volumes.to(per_structure.dtype)
-                safe = torch.where(volumes > 0, volumes, torch.ones_like(volumes))
-                s = per_structure.view(-1, 3, 3) / safe.view(-1, 1, 1)
-                s = 0.5 * (s + s.transpose(1, 2))
-                out["stress"] = torch.where(volumes.view(-1, 1, 1) > 0, s, torch.full_like(s, float("nan")))
+                out["stress"] = stress_from_edge_gradient(graph, edge_vec, grad)
         return out
 
     # ---- PotentialModel protocol (numpy in, numpy out) -------------------------------
@@ -140,8 +173,14 @@ class NNPotential(BornfieldModel):
         )
 
     def cluster_site_energies_forces(self, positions, numbers, energy_mask) -> tuple[np.ndarray, np.ndarray]:
-        """Open-boundary evaluation: site energies (M,) eV, forces (M, 3) of ``sum(E[mask])``."""
-        graph = self.make_graph(positions, numbers, self._open_cell(), np.zeros(3, dtype=bool))
-        mask = torch.as_tensor(np.asarray(energy_mask, dtype=bool))
-        out = self.forward(graph, forces=True, stress=False, energy_mask=mask)
-        return out["site_energies"].detach().numpy(), out["forces"].detach().double().numpy()
+        """Open-boundary evaluation: site energies (M,) eV, forces (M, 3) of ``sum(E[mask])``.
+
+        Only the ``energy_mask`` atoms are centres (the others, e.g. ghosts, enter
+        as neighbours only); their site energies are NaN in the returned array.
+        """
+        mask = np.asarray(energy_mask, dtype=bool)
+        graph = build_cluster_graph(positions, numbers, mask, self.species, self.cutoff, self.dtype)
+        out = self.forward(graph, forces=True, stress=False)
+        sites = np.full(len(mask), np.nan)
+        sites[mask] = out["site_energies"].detach().numpy()
+        return sites, out["forces"].detach().double().numpy()

@@ -1,0 +1,155 @@
+"""One evaluation of the potential and the Born model per MD step.
+
+The field MD needs, at every step, the NNP forces and (every
+``born_refresh_interval`` steps) the Born charges of the same configuration.
+:func:`evaluate_periodic` and :func:`evaluate_cluster` compute both from one
+neighbour list and one set of per-edge quantities (distances, spherical
+harmonics, radial basis; :class:`~bornfield.models.layers.EdgeGeometry`),
+with one backward pass for the (committee-mean) forces. Stress is computed
+only on request.
+
+Both functions accept bornfield's models and committees; for any other object
+implementing the Protocols of :mod:`bornfield.models.interface` (or models with
+different species / dtypes) they fall back to the separate Protocol calls, so
+the result is the same either way.
+
+Units: positions Å, energy eV, forces eV/Å, stress eV/Å³ (ASE sign), Z in e
+with index order ``Z[atom, field α, force β]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from bornfield.models.born import EquivariantBornModel
+from bornfield.models.committee import BornCommittee, PotentialCommittee
+from bornfield.models.graph import Graph, build_cluster_graph, build_graph
+from bornfield.models.potential import (
+    NNPotential,
+    edge_geometry,
+    forces_from_edge_gradient,
+    stress_from_edge_gradient,
+)
+
+
+@dataclass
+class StepResult:
+    """Models evaluated on one configuration (numpy, float64).
+
+    Attributes:
+        energy: eV, sum of the site energies of the centres.
+        forces: (M, 3) eV/Å, ``-d energy / d r`` on every atom (ghosts included).
+        stress: (3, 3) eV/Å³ or None (not requested / not periodic).
+        born_raw: (N_c, 3, 3) e raw Born tensors of the centres (no ASR correction), or None.
+        site_energies: (N_c,) eV of the centres.
+    """
+
+    energy: float
+    forces: np.ndarray
+    stress: np.ndarray | None
+    born_raw: np.ndarray | None
+    site_energies: np.ndarray
+
+
+def _members(model, single: type, committee: type) -> list | None:
+    if isinstance(model, single):
+        return [model]
+    if isinstance(model, committee):
+        return list(model.members)
+    return None
+
+
+def shared_members(potential, born) -> tuple[list[NNPotential], list[EquivariantBornModel]] | None:
+    """Members of ``potential`` and ``born`` if one shared evaluation can serve them all, else None."""
+    potentials = _members(potential, NNPotential, PotentialCommittee)
+    borns = [] if born is None else _members(born, EquivariantBornModel, BornCommittee)
+    if potentials is None or borns is None:
+        return None
+    models = potentials + borns
+    if len({m.species for m in models}) != 1 or len({m.dtype for m in models}) != 1:
+        return None
+    return potentials, borns
+
+
+def _evaluate_graph(graph: Graph, potentials, borns, stress: bool) -> StepResult:
+    edge_vec = graph.edge_vectors().detach().requires_grad_(True)
+    geometry = edge_geometry(graph, edge_vec)
+    sites = potentials[0].site_energies(graph, edge_vec, geometry)
+    for member in potentials[1:]:
+        sites = sites + member.site_energies(graph, edge_vec, geometry)
+    sites = sites / len(potentials)
+    born_raw = None
+    if borns:
+        with torch.no_grad():
+            z = sum(member.raw_charges(graph, geometry).double() for member in borns) / len(borns)
+        born_raw = z.numpy()
+    (grad,) = torch.autograd.grad(sites.sum(), edge_vec)
+    with torch.no_grad():
+        forces = forces_from_edge_gradient(graph, grad).double().numpy()
+        stress_value = stress_from_edge_gradient(graph, edge_vec, grad)[0].double().numpy() if stress else None
+    site_energies = sites.detach().numpy()
+    return StepResult(float(site_energies.sum()), forces, stress_value, born_raw, site_energies)
+
+
+def evaluate_periodic(
+    potential, born, positions, numbers, cell, pbc, with_born: bool = True, stress: bool = False
+) -> StepResult:
+    """Potential (energy, forces, optional stress) and raw Born charges of one periodic structure.
+
+    Args:
+        potential: NNPotential / PotentialCommittee (or any PotentialModel).
+        born: EquivariantBornModel / BornCommittee (or any BornChargeModel); None -> no Z.
+        positions: (N, 3) Å. numbers: (N,). cell: (3, 3) Å rows. pbc: (3,) bool.
+        with_born: evaluate the Born model on this step.
+        stress: also compute the stress.
+
+    Returns:
+        :class:`StepResult`; ``born_raw`` is the model's ASR-corrected Z in the
+        fallback path and the raw mean-free-able tensors otherwise: callers
+        subtract the mean over atoms in float64 either way.
+    """
+    with_born = with_born and born is not None
+    shared = shared_members(potential, born if with_born else None)
+    if shared is None:
+        energy, forces, stress_value = potential.energy_forces_stress(positions, numbers, cell, pbc)
+        z = np.asarray(born.born_charges(positions, numbers, cell, pbc), dtype=float) if with_born else None
+        return StepResult(float(energy), np.asarray(forces, dtype=float),
+                          np.asarray(stress_value, dtype=float) if stress else None, z,
+                          np.full(len(numbers), np.nan))
+    potentials, borns = shared
+    cutoff = max(m.cutoff for m in potentials + borns)
+    graph = build_graph([(positions, numbers, cell, pbc)], potentials[0].species, cutoff, potentials[0].dtype)
+    return _evaluate_graph(graph, potentials, borns, stress and bool(np.all(pbc)))
+
+
+def evaluate_cluster(potential, born, positions, numbers, centre_mask, with_born: bool = True) -> StepResult:
+    """Open-boundary evaluation of M atoms (owned + ghosts) in which only ``centre_mask`` atoms are centres.
+
+    ``forces`` (M, 3) are ``-d/dr Σ_{centres} E_i`` on every atom (ghost
+    contributions are summed onto their real atoms by the caller);
+    ``born_raw`` (N_c, 3, 3) are the raw tensors of the centres, in the order
+    of ``np.flatnonzero(centre_mask)``.
+
+    Falls back to the Protocol calls (``cluster_site_energies_forces``,
+    ``cluster_born_charges_raw``) for models that cannot share one graph.
+    """
+    centre_mask = np.asarray(centre_mask, dtype=bool)
+    with_born = with_born and born is not None
+    shared = shared_members(potential, born if with_born else None)
+    if shared is None:
+        sites, forces = potential.cluster_site_energies_forces(positions, numbers, centre_mask)
+        sites = np.asarray(sites, dtype=float)[centre_mask]
+        z = None
+        if with_born:
+            z = np.asarray(born.cluster_born_charges_raw(positions, numbers), dtype=float)[centre_mask]
+        return StepResult(float(sites.sum()), np.asarray(forces, dtype=float), None, z, sites)
+    potentials, borns = shared
+    cutoff = max(m.cutoff for m in potentials + borns)
+    graph = build_cluster_graph(positions, numbers, centre_mask, potentials[0].species, cutoff, potentials[0].dtype)
+    return _evaluate_graph(graph, potentials, borns, stress=False)
+
+
+__all__ = ["StepResult", "evaluate_cluster", "evaluate_periodic", "shared_members"]
