@@ -22,6 +22,7 @@ import numpy as np
 from ase import Atoms
 from ase.stress import voigt_6_to_full_3x3_stress
 from ase.io import read, write
+from ase.stress import full_3x3_to_voigt_6_stress
 
 from bornfield.errors import InputFileError
 
@@ -177,14 +178,32 @@ def write_dataset(frames: list[Atoms], path: str | Path) -> None:
 
 
 def read_dataset(path: str | Path) -> list[Atoms]:
-    """Read a dataset extxyz; Born charges come back as (N, 9) in ``arrays``.
+    """Read a dataset extxyz with the design keys in place.
 
-    Use ``atoms.arrays["born_charges"].reshape(-1, 3, 3)`` for ``Z[atom, α, β]``.
+    ``info["energy"]`` (eV), ``arrays["forces"]`` (eV/Å), ``info["stress"]`` (ASE Voigt,
+    eV/Å³), Born charges as (N, 9) in ``arrays`` — use
+    ``atoms.arrays["born_charges"].reshape(-1, 3, 3)`` for ``Z[atom, α, β]``.
     """
     path = Path(path)
     if not path.exists():
         raise InputFileError(f"dataset not found: {path}")
-    return read(path, index=":", format="extxyz")
+    frames = read(path, index=":", format="extxyz")
+    for atoms in frames:
+        # ASE's extxyz reader moves energy/forces/stress into a SinglePointCalculator;
+        # put them back where the design keys say they live
+        if atoms.calc is not None:
+            results = atoms.calc.results
+            if "energy" in results:
+                atoms.info["energy"] = float(results["energy"])
+            if "forces" in results:
+                atoms.arrays["forces"] = np.asarray(results["forces"], dtype=float)
+            if "stress" in results:
+                atoms.info["stress"] = np.asarray(results["stress"], dtype=float)
+            atoms.calc = None
+        stress = atoms.info.get("stress")
+        if stress is not None and np.shape(stress) in ((3, 3), (9,)):
+            atoms.info["stress"] = full_3x3_to_voigt_6_stress(np.reshape(stress, (3, 3)))
+    return frames
 
 
 def plot_report(frames: list[Atoms], report: AssemblyReport, path: str | Path) -> None:

@@ -32,7 +32,7 @@ import shlex
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,7 @@ from ase import Atoms
 from ase.io import read, write
 
 from bornfield.dft.inputs import DFTSettings, PwOverrides, compute_dft_id, write_ph_input, write_pw_input
-from bornfield.dft.parsers import classify_pw_failure, read_ph_output, read_pw_output
+from bornfield.dft.parsers import apply_asr, classify_pw_failure, read_ph_output, read_pw_output
 from bornfield.dft.pseudopotentials import PseudoRecord
 from bornfield.dft.qc import QCThresholds, run_gates
 from bornfield.errors import ConfigError, InputFileError
@@ -200,7 +200,7 @@ class DFTJob:
         """Run (or resume) the job; return the labels dict. Never recomputes a finished job."""
         if self.is_finished() and not (retry_failed and self.status().get("state") == "failed"):
             LOG.info("%s: already %s, not recomputed", self.dft_id, self.status()["state"])
-            return json.loads(self.labels_path.read_text(encoding="utf-8"))
+            return self.regate()
         self.dir.mkdir(parents=True, exist_ok=True)
         write(self.dir / "structure.extxyz", self.atoms, format="extxyz")
         status = self.status()
@@ -326,6 +326,32 @@ class DFTJob:
             return result
         return None
 
+    def regate(self) -> dict:
+        """Re-apply the QC gates of the current thresholds to a finished job's stored labels.
+
+        QC thresholds are not part of the ``dft_id`` (they do not change QE's output), so a
+        changed threshold re-decides which Born charges are kept without rerunning QE.
+        ``labels.json`` is rewritten only when the decision or thresholds changed.
+        """
+        labels = json.loads(self.labels_path.read_text(encoding="utf-8"))
+        thresholds = asdict(self.thresholds)
+        if labels.get("qc", {}).get("thresholds") == thresholds or "forces" not in labels and "born_charges_raw" not in labels:
+            return labels
+        scf = {"energy": labels.get("energy"), "forces": labels.get("forces")} if "forces" in labels else None
+        bec = None
+        if "born_charges_raw" in labels:
+            bec = {key: np.asarray(labels[key]) for key in ("asr_residual", "epsilon_inf", "born_charges_raw")}
+        if scf is None:
+            return labels
+        qc = run_gates({"energy": scf["energy"], "forces": np.asarray(scf["forces"])}, bec, self.thresholds)
+        labels["qc"] = {**qc.to_dict(), "thresholds": thresholds}
+        labels.pop("born_charges", None)
+        if bec is not None and qc.bec_ok:
+            labels["born_charges"], _ = apply_asr(bec["born_charges_raw"])
+        _atomic_write_json(self.labels_path, labels)
+        LOG.info("%s: QC re-applied with %s: %s", self.dft_id, thresholds, qc.reasons or "accepted")
+        return json.loads(self.labels_path.read_text(encoding="utf-8"))
+
     def _labels(self, scf, bec, status: dict) -> dict:
         scf_labels = None if scf is None else {"energy": scf.energy, "forces": scf.forces}
         bec_labels = None if bec is None else {
@@ -338,7 +364,7 @@ class DFTJob:
             "dft_id": self.dft_id,
             "state": "completed" if scf is not None else "failed",
             "failure": status.get("failure"),
-            "qc": qc.to_dict(),
+            "qc": {**qc.to_dict(), "thresholds": asdict(self.thresholds)},
             "qe_version": status.get("qe_version"),
             "pseudopotentials": status["pseudopotentials"],
             "settings": status["settings"],
