@@ -137,6 +137,10 @@ def test_training_lowers_loss_on_real_dft_data(tmp_path, kind):
     usable = [s for s in samples if (s.born is not None if kind == "born" else s.forces is not None)]
     assert usable, f"{REAL_DATA} has no {kind} labels"
     settings = dict(TINY, max_epochs=5, cutoff=4.5)
+    if kind == "potential":
+        # real DFT forces of a single cell: 1e-2 overshoots from the first Adam step (as the demo
+        # config's 2e-3 suggests); 1e-3 is the stable order of magnitude
+        settings["learning_rate"] = 1e-3
     _, history = train_model(kind, usable, usable, settings, tmp_path / f"{kind}.pt", seed=0,
                              species=dataset_species(samples), progress=False)
     assert history[-1]["train_loss"] < 0.8 * history[0]["train_loss"]
