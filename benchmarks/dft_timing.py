@@ -64,7 +64,8 @@ def records_for(job_dir: Path, notes: str) -> list[dict]:
             continue
         cpu, wall, ranks = times
         common = {
-            "system": f"bornfield-dft {label}", "n_atoms": n_atoms, "ranks": ranks, "threads": 1,
+            # settings in the name: sizes are only compared (and fitted) at equal settings
+            "system": f"bornfield-dft {label} [{settings.get('ecutwfc_Ry')} Ry, k {kpts}]", "n_atoms": n_atoms, "ranks": ranks, "threads": 1,
             "baseline": False, "date": today, "machine": MACHINE,
             "notes": (
                 f"dft_id {status['dft_id']}, k {kpts}, ecut {settings.get('ecutwfc_Ry')}/{settings.get('ecutrho_Ry')} Ry, "
