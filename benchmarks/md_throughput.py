@@ -11,7 +11,11 @@ Measured points (each in a fresh process, timed after 3 warm-up steps):
 * ``bornfield-ase``: ASE backend, 1 rank;
 * ``bornfield-lammps``: LAMMPS backend (fix external, domain decomposition), 1 and 2 ranks;
 * replica weak scaling (``bornfield-ase-replicas``): R replicas on R ranks, one per rank;
-* peak resident memory per rank (``max_rss_MB_per_rank``).
+* peak resident memory per rank (``max_rss_MB_per_rank``);
+* CPU time summed over ranks (``atom_steps_per_cpu_s``): robust to other jobs on a shared machine.
+
+``--before-src DIR`` also measures an older checkout of ``src/`` (``git archive <commit> src``)
+side by side in the same run (systems ``bornfield-before-*``), interleaved point by point.
 
 Usage::
 
@@ -97,26 +101,32 @@ def worker(args) -> None:
     backend.advance(3)
     comm.Barrier()
     start = time.perf_counter()
+    cpu_start = time.process_time()
     backend.advance(args.steps)
+    cpu = time.process_time() - cpu_start
     comm.Barrier()
     elapsed = time.perf_counter() - start
+    cpu_total = comm.allreduce(cpu, op=MPI.SUM)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     rss_max = comm.allreduce(rss, op=MPI.MAX)
     backend.close()
     if comm.Get_rank() == 0:
         total_atoms = args.n_atoms * max(args.replicas, 1)
         print("RESULT " + json.dumps({"elapsed_s": elapsed, "atom_steps_per_s": total_atoms * args.steps / elapsed,
+                                      "cpu_s": cpu_total, "atom_steps_per_cpu_s": total_atoms * args.steps / cpu_total,
                                       "max_rss_MB_per_rank": rss_max}))
 
 
 def measure(potential: Path, born: Path, backend: str, n_atoms: int, ranks: int, steps: int,
-            replicas: int = 1) -> dict:
+            replicas: int = 1, src: str | None = None) -> dict:
     command = [str(sys.executable), __file__, "--worker", "--backend", backend, "--n-atoms", str(n_atoms),
                "--steps", str(steps), "--potential", str(potential), "--born", str(born),
                "--replicas", str(replicas)]
     if ranks > 1:
         command = [str(BIN / "mpiexec"), "-n", str(ranks), *command]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    if src is not None:  # an older bornfield source tree shadows the installed (editable) one
+        env["PYTHONPATH"] = str(Path(src).resolve())
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=7200)
     for line in result.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -138,7 +148,8 @@ def plot(records: list[dict], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     ax = axes[0]
-    for system, ranks, marker in (("bornfield-ase", 1, "o"), ("bornfield-lammps", 1, "s"), ("bornfield-lammps", 2, "^")):
+    for system, ranks, marker in (("bornfield-ase", 1, "o"), ("bornfield-lammps", 1, "s"), ("bornfield-lammps", 2, "^"),
+                                  ("bornfield-before-lammps", 1, "s"), ("bornfield-before-lammps", 2, "^")):
         points = sorted((r["n_atoms"], r["value"]) for r in records
                         if r["metric"] == "atom_steps_per_s" and r["system"] == system and r["ranks"] == ranks)
         if points:
@@ -176,6 +187,7 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 1024, 8192])
     parser.add_argument("--replot", action="store_true", help="only redraw the PNG from the JSON")
+    parser.add_argument("--before-src", default=None, help="an older bornfield src/ tree to measure side by side")
     args = parser.parse_args()
     if args.replot:
         plot(json.loads((RESULTS / f"{NAME}.json").read_text()), RESULTS / f"{NAME}.png")
@@ -189,16 +201,23 @@ def main() -> None:
         potential, born = write_models(Path(tmp))
         for n_atoms in args.sizes:
             steps = max(3, min(args.steps * 1024 // n_atoms, 50))
-            for backend, ranks in (("ase", 1), ("lammps", 1), ("lammps", 2)):
-                result = measure(potential, born, backend, n_atoms, ranks, steps)
-                system = f"bornfield-{backend}"
-                notes = f"{steps} timed steps, Bussi NVT 600 K, E = 0.1 V/Å, beta-Li3PO4"
+            trees = [("bornfield", None)] + ([("bornfield-before", args.before_src)] if args.before_src else [])
+            for (backend, ranks), (prefix, src) in [(c, t) for c in (("ase", 1), ("lammps", 1), ("lammps", 2))
+                                                    for t in trees]:
+                load = os.getloadavg()[0]
+                result = measure(potential, born, backend, n_atoms, ranks, steps, src=src)
+                system = f"{prefix}-{backend}"
+                notes = (f"{steps} timed steps, Bussi NVT 600 K, E = 0.1 V/Å, beta-Li3PO4; wall clock; "
+                         f"1-min load average {load:.1f} before the run")
                 records.append(record("atom_steps_per_s", result["atom_steps_per_s"], "atom-steps/s", system,
                                       n_atoms, ranks, notes))
+                records.append(record("atom_steps_per_cpu_s", result["atom_steps_per_cpu_s"], "atom-steps/CPU-s",
+                                      system, n_atoms, ranks, notes.replace("wall clock", "CPU time summed over ranks")))
                 records.append(record("max_rss_MB_per_rank", result["max_rss_MB_per_rank"], "MB", system,
                                       n_atoms, ranks, notes))
                 print(system, n_atoms, ranks, f"{result['atom_steps_per_s']:.0f} atom-steps/s",
-                      f"{result['max_rss_MB_per_rank']:.0f} MB/rank", flush=True)
+                      f"{result['atom_steps_per_cpu_s']:.0f} atom-steps/CPU-s",
+                      f"{result['max_rss_MB_per_rank']:.0f} MB/rank, load {load:.1f}", flush=True)
         weak_size = 1024
         for replicas in (1, 2):
             steps = max(3, args.steps)
@@ -207,12 +226,18 @@ def main() -> None:
                                   "bornfield-ase-replicas", weak_size, replicas,
                                   f"{replicas} replicas of {weak_size} atoms, one per rank; total throughput"))
             print("replicas", replicas, f"{result['atom_steps_per_s']:.0f} atom-steps/s", flush=True)
-    for r in records:
-        if r["metric"] == "atom_steps_per_s" and r["system"] == "bornfield-lammps" and r["ranks"] == 2:
+    for r in list(records):
+        if (r["metric"] in ("atom_steps_per_s", "atom_steps_per_cpu_s")
+                and r["system"] in ("bornfield-lammps", "bornfield-before-lammps") and r["ranks"] == 2):
             one = [q for q in records if q["metric"] == r["metric"] and q["system"] == r["system"]
                    and q["ranks"] == 1 and q["n_atoms"] == r["n_atoms"]][0]
-            records.append(record("speedup_1_to_2_ranks", r["value"] / one["value"], "x", "bornfield-lammps",
-                                  r["n_atoms"], 2, "LAMMPS backend, atom-steps/s ratio 2 ranks / 1 rank"))
+            if r["metric"] == "atom_steps_per_s":
+                records.append(record("speedup_1_to_2_ranks", r["value"] / one["value"], "x", r["system"],
+                                      r["n_atoms"], 2, "LAMMPS backend, wall-clock atom-steps/s ratio 2 ranks / 1 rank"))
+            else:
+                records.append(record("parallel_efficiency_cpu", r["value"] / one["value"], "x", r["system"],
+                                      r["n_atoms"], 2, "LAMMPS backend, atom-steps per CPU-s, 2 ranks / 1 rank "
+                                      "(1 = no parallel overhead; insensitive to machine load)"))
     out = RESULTS / f"{NAME}.json"
     tmp_out = out.with_suffix(".json.tmp")
     tmp_out.write_text(json.dumps(records, indent=1) + "\n")

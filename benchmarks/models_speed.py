@@ -10,6 +10,13 @@ depends on the architecture, not on the weights.
 
     .venv/bin/python benchmarks/models_speed.py            # writes benchmarks/results/models_speed.json/.png
 
+``md-step`` is what one field-MD step evaluates since the speed work
+(:func:`bornfield.models.combined.evaluate_periodic`): one neighbour list and
+one set of edge quantities for both models, energy + forces (no stress) and
+raw Born charges. ``--before-src DIR`` also measures an older checkout of
+``src/`` (e.g. ``git archive 5d3b398 src | tar -x -C DIR/..``) in the same run,
+recorded as ``bornfield-before-<system>`` (same models, same clock).
+
 Also records an architecture sweep (channels, radial MLP width, cutoff) at
 1,024 atoms in CPU time of one thread, the measurement used to pick defaults.
 """
@@ -87,8 +94,15 @@ def measure(n_atoms, threads, channels, radial_hidden, cutoff, dtype_name, repea
         with torch.no_grad():
             born.forward(graph)
 
+    functions = [("potential", run_potential), ("born", run_born), ("potential+born", run_both)]
+    try:
+        from bornfield.models.combined import evaluate_periodic
+    except ImportError:  # code from before the speed work
+        pass
+    else:
+        functions.append(("md-step", lambda: evaluate_periodic(potential, born, *args, stress=False)))
     out = {}
-    for name, function in (("potential", run_potential), ("born", run_born), ("potential+born", run_both)):
+    for name, function in functions:
         best, median = timed(function, repeats, clock)
         out[name] = {"best_s": best, "median_s": median}
     out["peak_rss_MiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -102,11 +116,14 @@ def child(args):
     return 0
 
 
-def run_child(n_atoms, threads, channels, radial_hidden, cutoff, dtype, repeats, clock):
+def run_child(n_atoms, threads, channels, radial_hidden, cutoff, dtype, repeats, clock, src=None):
     cmd = [sys.executable, __file__, "--child", "--n-atoms", str(n_atoms), "--threads", str(threads),
            "--channels", str(channels), "--radial-hidden", str(radial_hidden), "--cutoff", str(cutoff),
            "--dtype", dtype, "--repeats", str(repeats), "--clock", clock]
-    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    if src is not None:  # an older bornfield source tree shadows the installed (editable) one
+        env["PYTHONPATH"] = str(Path(src).resolve())
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -122,6 +139,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     parser.add_argument("--no-sweep", action="store_true")
+    parser.add_argument("--before-src", default=None, help="an older bornfield src/ tree to measure side by side")
     parser.add_argument("--replot", action="store_true", help="only redraw the PNG from the JSON")
     parser.add_argument("--out", default=str(RESULTS / "models_speed.json"))
     args = parser.parse_args()
@@ -140,32 +158,39 @@ def main():
                         "machine": "2 cores, no GPU", "notes": notes})
 
     base = f"channels {args.channels}, radial_hidden {args.radial_hidden}, hidden 64, cutoff {args.cutoff} Å, {args.dtype}"
+    trees = [("bornfield", None)] + ([("bornfield-before", args.before_src)] if args.before_src else [])
     for n_atoms, threads in [(n, t) for n in SIZES for t in sorted({1, args.threads})]:
-        load = os.getloadavg()[0]
         repeats = args.repeats if n_atoms <= 1024 else max(2, args.repeats // 2)
-        result = run_child(n_atoms, threads, args.channels, args.radial_hidden, args.cutoff, args.dtype,
-                           repeats, "wall")
-        notes = (f"{base}; wall clock, best of {repeats} (median in notes); includes vesin neighbour list; "
-                 f"potential = energy+forces+stress; 1-min load average {load:.1f} on the shared 2-core machine")
-        for system in ("potential", "born", "potential+born"):
-            best = result[system]["best_s"]
-            median = result[system]["median_s"]
-            record("atom_evals_per_s", n_atoms / best, "atom-evals/s", f"bornfield-{system}", n_atoms, threads,
-                   notes + f"; median {n_atoms / median:.0f} atom-evals/s")
-        record("peak_rss_MiB", result["peak_rss_MiB"], "MiB", "bornfield-potential+born", n_atoms, threads,
-               base + "; peak resident set of the whole benchmark process (python + torch + both models)")
-        print(n_atoms, f"threads {threads}", {k: round(n_atoms / v["best_s"]) for k, v in result.items() if isinstance(v, dict)},
-              f"peak RSS {result['peak_rss_MiB']:.0f} MiB, load {load:.1f}", flush=True)
+        for prefix, src in trees:  # interleaved: both trees see the same machine load
+            load = os.getloadavg()[0]
+            result = run_child(n_atoms, threads, args.channels, args.radial_hidden, args.cutoff, args.dtype,
+                               repeats, "wall", src)
+            notes = (f"{base}; wall clock, best of {repeats} (median in notes); includes vesin neighbour list; "
+                     f"potential = energy+forces+stress, md-step = energy+forces+raw Z on one shared graph; "
+                     f"1-min load average {load:.1f} on the shared 2-core machine")
+            systems = [k for k, v in result.items() if isinstance(v, dict)]
+            for system in systems:
+                best = result[system]["best_s"]
+                median = result[system]["median_s"]
+                record("atom_evals_per_s", n_atoms / best, "atom-evals/s", f"{prefix}-{system}", n_atoms, threads,
+                       notes + f"; median {n_atoms / median:.0f} atom-evals/s")
+            record("peak_rss_MiB", result["peak_rss_MiB"], "MiB", f"{prefix}-potential+born", n_atoms, threads,
+                   base + "; peak resident set of the whole benchmark process (python + torch + both models)")
+            print(prefix, n_atoms, f"threads {threads}", {k: round(n_atoms / result[k]["best_s"]) for k in systems},
+                  f"peak RSS {result['peak_rss_MiB']:.0f} MiB, load {load:.1f}", flush=True)
 
     # the same evaluations in CPU time of one thread: insensitive to other jobs on a shared machine
     for n_atoms in SIZES:
         repeats = args.repeats if n_atoms <= 1024 else max(2, args.repeats // 2)
-        result = run_child(n_atoms, 1, args.channels, args.radial_hidden, args.cutoff, args.dtype, repeats, "cpu")
-        for system in ("potential", "born", "potential+born"):
-            record("atom_evals_per_cpu_s", n_atoms / result[system]["best_s"], "atom-evals/CPU-s",
-                   f"bornfield-{system}", n_atoms, 1,
-                   f"{base}; CPU time (process_time) of one thread, best of {repeats}; includes vesin neighbour list")
-        print(n_atoms, "cpu", {k: round(n_atoms / v["best_s"]) for k, v in result.items() if isinstance(v, dict)}, flush=True)
+        for prefix, src in trees:
+            result = run_child(n_atoms, 1, args.channels, args.radial_hidden, args.cutoff, args.dtype, repeats,
+                               "cpu", src)
+            systems = [k for k, v in result.items() if isinstance(v, dict)]
+            for system in systems:
+                record("atom_evals_per_cpu_s", n_atoms / result[system]["best_s"], "atom-evals/CPU-s",
+                       f"{prefix}-{system}", n_atoms, 1,
+                       f"{base}; CPU time (process_time) of one thread, best of {repeats}; includes vesin neighbour list")
+            print(prefix, n_atoms, "cpu", {k: round(n_atoms / result[k]["best_s"]) for k in systems}, flush=True)
 
     if not args.no_sweep:
         # design sweep in single-thread CPU time (robust to other jobs on the shared machine)
@@ -197,8 +222,9 @@ def plot(records, path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    colours = {"bornfield-potential": "tab:blue", "bornfield-born": "tab:green", "bornfield-potential+born": "tab:red"}
-    for system in ("bornfield-potential", "bornfield-born", "bornfield-potential+born"):
+    colours = {"bornfield-potential": "tab:blue", "bornfield-born": "tab:green", "bornfield-potential+born": "tab:red",
+               "bornfield-md-step": "tab:purple", "bornfield-before-potential+born": "tab:gray"}
+    for system in colours:
         colour = colours[system]
         for threads, style in ((1, "s--"), (2, "o-")):
             rows = [r for r in records if r["system"] == system and r["metric"] == "atom_evals_per_s"

@@ -221,15 +221,17 @@ def _padded_rows(
     row, dst, shift = row[order], dst[order], shift[order]
     counts = np.bincount(row, minlength=n_rows)
     k_max = max(int(counts.max()) if len(counts) else 0, 1)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    slot = np.arange(len(row)) - starts[row]
-    neighbours = np.repeat(np.asarray(row_atoms, dtype=np.int64)[:, None], k_max, axis=1)
-    mask = np.zeros((n_rows, k_max), dtype=bool)
-    shifts = np.zeros((n_rows, k_max, 3))
-    neighbours[row, slot] = dst
-    mask[row, slot] = True
-    shifts[row, slot] = shift
-    return neighbours, mask, shifts
+    starts = np.zeros(n_rows, dtype=np.int64)
+    np.cumsum(counts[:-1], out=starts[1:])
+    # flat slot of each edge in the (n_rows, k_max) matrix (edges sorted by row)
+    flat = np.arange(len(row), dtype=np.int64) + (row * k_max - starts[row])
+    neighbours = np.repeat(np.asarray(row_atoms, dtype=np.int64), k_max)
+    neighbours[flat] = dst
+    mask = np.zeros(n_rows * k_max, dtype=bool)
+    mask[flat] = True
+    shifts = np.zeros((n_rows * k_max, 3))
+    shifts[flat] = shift
+    return neighbours.reshape(n_rows, k_max), mask.reshape(n_rows, k_max), shifts.reshape(n_rows, k_max, 3)
 
 
 def build_cluster_graph(

@@ -54,31 +54,45 @@ class EdgeGeometry:
         self.centre_species = centre_species
         self.neighbour_species = neighbour_species
         self.r = torch.linalg.norm(edge_vec, dim=-1)
+        self._with_grad = torch.is_grad_enabled()
         # (N, K, 9): Y_00 = 1, then the 1o (x, y, z) and 2e components (e3nn "component" normalisation)
         self.sh = o3.spherical_harmonics([0, 1, 2], edge_vec, normalize=True, normalization="component")
         self._cache: dict[tuple, torch.Tensor] = {}
 
-    def pair_index(self, n_species: int) -> torch.Tensor:
-        """(N, K) index ``z_i * n_species + z_j`` of the (centre, neighbour) species pair."""
-        key = ("pair", n_species)
-        if key not in self._cache:
-            self._cache[key] = self.centre_species.unsqueeze(1) * n_species + self.neighbour_species
+    def _cached(self, key: tuple, compute) -> torch.Tensor:
+        # a value computed under no_grad must not be reused when gradients are wanted
+        grad = torch.is_grad_enabled()
+        if grad and not self._with_grad and self.edge_vec.requires_grad:
+            raise RuntimeError("EdgeGeometry built under torch.no_grad() cannot serve a gradient evaluation")
+        for mode in ((True,) if grad else (False, True)):
+            if (key, mode) in self._cache:
+                return self._cache[(key, mode)]
+        value = compute()
+        self._cache[(key, grad)] = value
+        return value
+
+    def species_onehot(self, n_species: int, dtype: torch.dtype) -> torch.Tensor:
+        """(N, K, 2 n_species) one-hot species of the centre and of the neighbour of each edge."""
+        key = ("onehot", n_species, dtype)
+        if key not in self._cache:  # no gradient flows through the species
+            eye = torch.eye(n_species, dtype=dtype)
+            n, k = self.neighbour_species.shape
+            self._cache[key] = torch.cat(
+                [eye[self.centre_species].unsqueeze(1).expand(n, k, n_species), eye[self.neighbour_species]], dim=-1
+            )
         return self._cache[key]
 
     def bessel(self, basis: "BesselBasis") -> torch.Tensor:
         """(N, K, n_basis) radial basis of the edge lengths."""
-        key = ("bessel", basis.cutoff, int(basis.frequencies.numel()))
-        if key not in self._cache:
-            self._cache[key] = basis(self.r)
-        return self._cache[key]
+        return self._cached(("bessel", basis.cutoff, int(basis.frequencies.numel())), lambda: basis(self.r))
 
     def scaled_harmonics(self, cutoff: float, avg_neighbours: float) -> torch.Tensor:
         """(N, K, 9) spherical harmonics times the cutoff envelope / sqrt(avg_neighbours)."""
-        key = ("sh", float(cutoff), float(avg_neighbours))
-        if key not in self._cache:
+        def compute() -> torch.Tensor:
             envelope = polynomial_envelope(self.r, cutoff) * avg_neighbours**-0.5
-            self._cache[key] = self.sh * envelope.unsqueeze(-1)
-        return self._cache[key]
+            return self.sh * envelope.unsqueeze(-1)
+
+        return self._cached(("sh", float(cutoff), float(avg_neighbours)), compute)
 
 
 class ExactConstants:
@@ -195,34 +209,41 @@ class AtomicDensity(nn.Module):
         """
         return self.densities_from_geometry(EdgeGeometry(edge_vec, species, species[neighbours]))
 
-    def radial_weights(self, geometry: EdgeGeometry) -> torch.Tensor:
-        """(N, K, 3C) radial channel weights R_{lc}(r_ij, z_i, z_j) before the envelope.
+    #: edges per block of the radial MLP: keeps its (edges, hidden) activations in the CPU's L2 cache
+    EDGES_PER_BLOCK = 8192
 
-        The first linear layer acts on ``[bessel(r), onehot(z_i), onehot(z_j)]``;
-        its one-hot part is evaluated exactly as a (z_i, z_j) lookup table.
+    def radial_weights(self, geometry: EdgeGeometry, rows: slice = slice(None)) -> torch.Tensor:
+        """(n, K, 3C) radial channel weights R_{lc}(r_ij, z_i, z_j) (before the envelope) of the ``rows`` centres.
+
+        The radial MLP acts on ``[bessel(r), onehot(z_i), onehot(z_j)]``.
         """
-        first = self.radial[0]
-        n_basis = first.in_features - 2 * self.n_species
-        weight = first.weight
-        centre_part = weight[:, n_basis : n_basis + self.n_species].t()  # (S, H)
-        neighbour_part = weight[:, n_basis + self.n_species :].t()  # (S, H)
-        table = (centre_part.unsqueeze(1) + neighbour_part.unsqueeze(0) + first.bias).reshape(-1, weight.shape[0])
-        bessel = geometry.bessel(self.basis)
-        n, k = bessel.shape[:2]
-        hidden = torch.addmm(
-            table[geometry.pair_index(self.n_species).reshape(-1)],
-            bessel.reshape(n * k, n_basis),
-            weight[:, :n_basis].t(),
-        )
-        return self.radial[1:](hidden).reshape(n, k, -1)
+        bessel = geometry.bessel(self.basis)[rows]
+        radial_in = torch.cat([bessel, geometry.species_onehot(self.n_species, bessel.dtype)[rows]], dim=-1)
+        if torch.is_grad_enabled():
+            return self.radial(radial_in)
+        # inference: the same layers with in-place activations (no autograd buffers to keep)
+        hidden = radial_in
+        for layer in self.radial:
+            hidden = nn.functional.silu(hidden, inplace=True) if isinstance(layer, nn.SiLU) else layer(hidden)
+        return hidden
 
     def densities_from_geometry(self, geometry: EdgeGeometry) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """A0 (N, C), A1 (N, C, 3), A2 (N, C, 5) from shared per-edge quantities (see :meth:`densities`)."""
+        """A0 (N, C), A1 (N, C, 3), A2 (N, C, 5) from shared per-edge quantities (see :meth:`densities`).
+
+        Evaluated in blocks of centres (cache-sized edge blocks; the result does
+        not depend on the blocking).
+        """
         c = self.channels
-        weights = self.radial_weights(geometry)
         harmonics = geometry.scaled_harmonics(self.cutoff, self.avg_neighbours)
-        # one batched product for all l: (N, 3C, K) @ (N, K, 9); keep the diagonal (l, l) blocks
-        full = torch.bmm(weights.transpose(1, 2), harmonics)
+        n, k = harmonics.shape[:2]
+        block = max(1, self.EDGES_PER_BLOCK // max(k, 1))
+        parts = []
+        for start in range(0, n, block):
+            rows = slice(start, min(start + block, n))
+            weights = self.radial_weights(geometry, rows)
+            # one batched product for all l: (n, 3C, K) @ (n, K, 9); keep the diagonal (l, l) blocks
+            parts.append(torch.bmm(weights.transpose(1, 2), harmonics[rows]))
+        full = parts[0] if len(parts) == 1 else torch.cat(parts)
         return full[:, :c, 0], full[:, c : 2 * c, 1:4], full[:, 2 * c :, 4:9]
 
     def invariants(self, a0: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor) -> torch.Tensor:
