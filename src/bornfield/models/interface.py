@@ -42,7 +42,9 @@ class PotentialModel(Protocol):
 
         Returns:
             site energies (M,) eV, and forces (M, 3) eV/Å equal to
-            ``-d/dr sum(site_energies[energy_mask])``.
+            ``-d/dr sum(site_energies[energy_mask])``. bornfield's models evaluate
+            only the ``energy_mask`` atoms as centres (ghosts cost only their
+            neighbour contributions); their site energies are NaN elsewhere.
         """
 
 
@@ -63,5 +65,7 @@ class BornChargeModel(Protocol):
         """Open-boundary raw tensors (M, 3, 3) before the ASR correction.
 
         The caller subtracts the mean over all owned atoms of the whole cell
-        (an MPI-reduced sum when the cell is split over ranks).
+        (an MPI-reduced sum when the cell is split over ranks). bornfield's
+        models also accept ``centre_mask`` (M,) bool and then return only those
+        atoms' tensors, (count, 3, 3), with all M atoms as neighbours.
         """
