@@ -126,12 +126,13 @@ class EquivariantBornModel(BornfieldModel):
         """Per-centre tensors (N_c, 3, 3) e before the ASR correction.
 
         ``geometry`` (of the graph's edge vectors) shares distances and spherical
-        harmonics with other models evaluated on the same step.
+        harmonics with other models evaluated on the same step; it may cover a
+        block of the graph's centres (then the result is that block's).
         """
         if geometry is None:
             geometry = edge_geometry(graph, graph.edge_vectors())
         density = self.density
-        species = graph.centre_species
+        species = geometry.centre_species
         a0, a1, a2 = density.densities_from_geometry(geometry)
         features = density.invariants(a0, a1, a2)
         coeffs = self.readout(features, species)

@@ -112,13 +112,14 @@ class NNPotential(BornfieldModel):
         """Site energies (N_c,) eV in float64 of the graph's centres for the edge vectors (N_c, K, 3) Å.
 
         ``geometry`` (built from the same ``edge_vec``) shares distances and
-        spherical harmonics with other models evaluated on the same step.
+        spherical harmonics with other models evaluated on the same step; it may
+        cover a block of the graph's centres (then the result is that block's).
         """
         if geometry is None:
             geometry = edge_geometry(graph, edge_vec)
         a0, a1, a2 = self.density.densities_from_geometry(geometry)
         features = self.density.invariants(a0, a1, a2)
-        species = graph.centre_species
+        species = geometry.centre_species
         network = self.readout(features, species).squeeze(-1) * self.hyperparameters["energy_scale"]
         return network.to(torch.float64) + self._e0[species]
 
