@@ -24,10 +24,16 @@ Design (chosen for CPU speed in long field MD; numbers in benchmarks/results/mod
   change of basis maps them to Z[α, β]. Exactly equivariant under O(3);
 * ASR: subtract the per-structure mean tensor (minimum-norm correction), also applied to
   the DFPT targets;
-* measured on this 2-core machine (shared, heavily loaded during the session): about
-  9,600 atom-evaluations per CPU-second for potential (energy, forces, stress) + Born
-  model at 1,024 atoms, one thread, float32; channels 8; 1.0 GiB peak RSS at 8,192 atoms.
-  torch.compile gave 1.3x on the density at a 75 s compile per new shape: not used.
+* one MD step evaluates both models from one neighbour list and one set of edge
+  quantities (:mod:`bornfield.models.combined`), block by block of centres (exact; bounded
+  memory); cluster calls (LAMMPS, several ranks) use only the owned atoms as centres, the
+  ghosts as neighbours;
+* measured on this 2-core machine (shared, load average ~5 during the session), float32,
+  channels 8, one torch thread: one MD step (potential energy + forces + Born charges)
+  ~11,700 atom-evaluations per CPU-second at 1,024 atoms and ~12,100 at 8,192 atoms
+  (9,200 / 6,500 before the speed work); two torch threads were slower than one on the
+  loaded machine, so every MD rank uses one thread. torch.compile gave 1.3x on the density
+  at a 75 s compile per new shape: not used.
 """
 
 from __future__ import annotations
