@@ -31,3 +31,26 @@ def get_final_targets():
 def get_settings(section):
     """The validated config section as a shell-quoted JSON argument for the CLI."""
     return shlex.quote(json.dumps(config[section], sort_keys=True))
+
+
+# --- DFT stage input functions (DFT, RESULTS and checkpoints are resolved when called) ---
+
+
+def get_dft_candidates(wildcards):
+    """Candidate structures of generation `gen`: the structures stage for gen 0,
+    active-learning selections (train stage) afterwards."""
+    gen = int(wildcards.gen)
+    if gen == 0:
+        return f"{RESULTS}/structures/dft_candidates.extxyz"
+    return f"{RESULTS}/active_learning/gen{gen}/candidates.extxyz"
+
+
+def get_dft_labels(gen):
+    """labels.json of every job planned in generations 0..gen (checkpoint-driven)."""
+    labels = []
+    for g in range(int(gen) + 1):
+        plan_file = checkpoints.dft_plan.get(gen=g).output.plan
+        with open(plan_file) as handle:
+            plan = json.load(handle)
+        labels += [f"{DFT}/jobs/{job['dft_id']}/labels.json" for job in plan["jobs"]]
+    return labels

@@ -1,7 +1,6 @@
 # DFT stage: pseudopotentials, a plan per generation (checkpoint), one pw.x + ph.x job per structure.
 # Outputs under {RESULTS}/dft/ (see docs/architecture.md, Files table).
 
-import json
 import os
 
 from bornfield.config import validate_section
@@ -12,26 +11,6 @@ DFT_CFG = validate_section(config.get("dft", {}), "dft", source="config dft")
 DFT_RUN = DFT_CFG["run"]
 _dft_pseudo = DFT_CFG["pseudopotentials"]["directory"]
 DFT_PSEUDO_DIR = _dft_pseudo if os.path.isabs(_dft_pseudo) else f"{RESULTS}/{_dft_pseudo}"
-
-
-def get_dft_candidates(wildcards):
-    """Candidate structures of generation `gen`: the structures stage for gen 0,
-    active-learning selections (train stage) afterwards."""
-    gen = int(wildcards.gen)
-    if gen == 0:
-        return f"{RESULTS}/structures/dft_candidates.extxyz"
-    return f"{RESULTS}/active_learning/gen{gen}/candidates.extxyz"
-
-
-def get_dft_labels(gen):
-    """labels.json of every job planned in generations 0..gen (checkpoint-driven)."""
-    labels = []
-    for g in range(int(gen) + 1):
-        plan_file = checkpoints.dft_plan.get(gen=g).output.plan
-        with open(plan_file) as handle:
-            plan = json.load(handle)
-        labels += [f"{DFT}/jobs/{job['dft_id']}/labels.json" for job in plan["jobs"]]
-    return labels
 
 
 rule dft_pseudopotentials:
