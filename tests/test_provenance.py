@@ -100,8 +100,14 @@ def test_mpi_library_is_asked_without_initialising_mpi_here(record: dict) -> Non
     if record["packages"]["mpich"] is not None:
         # the project venv: mpi4py loads PyPI MPICH, at exactly the installed version
         assert library == f"MPICH Version: {record['packages']['mpich']}"
-    mpi = sys.modules.get("mpi4py.MPI")
-    assert mpi is None or not mpi.Is_initialized()
+    # collecting provenance must not initialise MPI in the calling process; checked in a fresh
+    # interpreter (other tests of this session may have initialised MPI here already)
+    probe = (
+        "import sys; from bornfield import provenance; provenance.collect_provenance(); "
+        "mpi = sys.modules.get('mpi4py.MPI'); print(mpi is None or not mpi.Is_initialized())"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "True"
 
 
 def test_mpi_probe_failure_is_reported_not_invented(tmp_path: Path) -> None:
