@@ -86,8 +86,11 @@ def records_for(job_dir: Path, notes: str) -> list[dict]:
 def fit_exponents(records: list[dict]) -> list[dict]:
     """time ∝ N^p per program (CPU time), when at least two sizes were measured."""
     fits = []
-    for system in sorted({r["system"] for r in records if r["metric"] == "qe_cpu_time_s"}):
-        points = [(r["n_atoms"], r["value"]) for r in records if r["system"] == system and r["metric"] == "qe_cpu_time_s"]
+    for system, ranks in sorted({(r["system"], r["ranks"]) for r in records if r["metric"] == "qe_cpu_time_s"}):
+        points = [
+            (r["n_atoms"], r["value"]) for r in records
+            if r["system"] == system and r["ranks"] == ranks and r["metric"] == "qe_cpu_time_s"
+        ]
         sizes = sorted({n for n, _ in points})
         if len(sizes) < 2:
             continue
@@ -95,7 +98,7 @@ def fit_exponents(records: list[dict]) -> list[dict]:
         slope = float(np.polyfit(n, t, 1)[0])
         fits.append({
             "metric": "scaling_exponent", "value": slope, "unit": "d ln t / d ln N", "system": system,
-            "n_atoms": max(sizes), "ranks": None, "threads": 1, "baseline": False,
+            "n_atoms": max(sizes), "ranks": ranks, "threads": 1, "baseline": False,
             "date": dt.date.today().isoformat(), "machine": MACHINE, "notes": f"fit over sizes {sizes}",
         })
     return fits
