@@ -69,6 +69,11 @@ rule structures_melt_quench:
     params:
         settings=lambda wc: get_settings("structures"),
         seed=config["seed"],
+        # one rank: no launcher (the SLURM plugin refuses an MPI job with one task,
+        # and profiles give every rule a default `mpi`)
+        launch=lambda wc, resources: (
+            f"{resources.mpi} -n {resources.tasks}" if resources.tasks > 1 else ""
+        ),
     log:
         main=f"{LOGS}/structures/melt_quench_{{kind}}_{{seed}}.log",
         lammps=f"{LOGS}/structures/melt_quench_{{kind}}_{{seed}}.lammps.log",
@@ -83,9 +88,13 @@ rule structures_melt_quench:
         cpus_per_task=1,
         # small DFT cells run on one rank; MD-size cells on amorphous.lammps.ranks
         tasks=lambda wc: 1 if wc.kind == "dft" else STRUCT_LAMMPS_RANKS,
-        mpi=STRUCT_CFG["amorphous"]["lammps"]["launcher"],
+        mpi=lambda wc: (
+            STRUCT_CFG["amorphous"]["lammps"]["launcher"]
+            if wc.kind != "dft" and STRUCT_LAMMPS_RANKS > 1
+            else ""
+        ),
     shell:
-        "{resources.mpi} -n {resources.tasks} bornfield structures melt-quench"
+        "{params.launch} bornfield structures melt-quench"
         " --settings {params.settings} --seed {params.seed} --kind {wildcards.kind}"
         " --index {wildcards.seed} --output {output.cell} --lammps-log {log.lammps}"
         " > {log.main} 2>&1"
