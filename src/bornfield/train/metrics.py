@@ -59,8 +59,8 @@ def predict_potential(models, samples: Sequence[Sample], batch_size: int = 8) ->
     }
 
 
-def predict_born(models, samples: Sequence[Sample], batch_size: int = 8) -> dict[str, np.ndarray]:
-    """Committee-mean Born charges (sum n, 3, 3) e (ASR-corrected) and their std."""
+def _committee_forward(models, samples: Sequence[Sample], batch_size: int) -> np.ndarray:
+    """Per-atom outputs of every committee member, shape (n_models, sum n, ...), float64."""
     models = models if isinstance(models, (list, tuple)) else [models]
     attach_edges(samples, models[0].species, max(m.cutoff for m in models))
     per_model = []
@@ -70,22 +70,18 @@ def predict_born(models, samples: Sequence[Sample], batch_size: int = 8) -> dict
             for batch in _batches(list(samples), batch_size):
                 values.append(m.forward(collate([s.edges for s in batch], m.dtype)).double().numpy())
         per_model.append(np.concatenate(values))
-    stack = np.stack(per_model)
+    return np.stack(per_model)
+
+
+def predict_born(models, samples: Sequence[Sample], batch_size: int = 8) -> dict[str, np.ndarray]:
+    """Committee-mean Born charges (sum n, 3, 3) e (ASR-corrected) and their std."""
+    stack = _committee_forward(models, samples, batch_size)
     return {"born_charges": stack.mean(0), "born_charges_std": stack.std(0)}
 
 
 def predict_rows(models, samples: Sequence[Sample], batch_size: int = 8) -> np.ndarray:
     """Paper-style baseline rows Z[:, a, :] (sum n, 3) e (committee mean)."""
-    models = models if isinstance(models, (list, tuple)) else [models]
-    attach_edges(samples, models[0].species, max(m.cutoff for m in models))
-    per_model = []
-    for m in models:
-        values = []
-        with torch.no_grad():
-            for batch in _batches(list(samples), batch_size):
-                values.append(m.forward(collate([s.edges for s in batch], m.dtype)).double().numpy())
-        per_model.append(np.concatenate(values))
-    return np.stack(per_model).mean(0)
+    return _committee_forward(models, samples, batch_size).mean(0)
 
 
 def potential_metrics(models, samples: Sequence[Sample]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
