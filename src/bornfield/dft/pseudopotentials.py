@@ -144,7 +144,7 @@ def generate_pseudopotential(ld1_name: str, target_dir: Path, ld1_command: str =
         upf = produced.read_text(encoding="utf-8")
         if "</UPF>" not in upf:
             raise InputFileError(f"ld1.x wrote a truncated {upf_name} (no </UPF>)")
-        partial = target_dir / (upf_name + ".part")
+        partial = target_dir / f"{upf_name}.{os.getpid()}.part"
         partial.write_text(wrap_upf_numeric_lines(upf), encoding="utf-8")
         final = target_dir / upf_name
         partial.replace(final)
@@ -194,8 +194,9 @@ def provision_pseudopotentials(
                 for directory in search_dirs:
                     candidate = Path(directory) / name
                     if candidate.exists():
-                        shutil.copyfile(candidate, target.with_suffix(".part"))
-                        target.with_suffix(".part").replace(target)
+                        partial = target.with_name(f"{target.name}.{os.getpid()}.part")  # concurrent provisioning
+                        shutil.copyfile(candidate, partial)
+                        partial.replace(target)
                         break
                 else:
                     raise InputFileError(
@@ -210,7 +211,7 @@ def provision_pseudopotentials(
             source = f"generated:{name}"
         records[element] = PseudoRecord(element, target.name, md5sum(target), source)
     manifest = pseudo_dir / "manifest.json"
-    tmp = manifest.with_suffix(".json.part")
+    tmp = manifest.with_name(f"manifest.json.{os.getpid()}.part")
     tmp.write_text(json.dumps({k: asdict(v) for k, v in records.items()}, indent=2), encoding="utf-8")
     tmp.replace(manifest)
     return records

@@ -1,0 +1,199 @@
+"""Run the DFT convergence series for the defaults (cutoff, k mesh, tr2_ph) with bornfield's runner.
+
+One physically sensible structure -- the 16-atom beta-Li3PO4 cell rattled by
+N(0, 0.05 Å) per coordinate (the dataset's rattle amplitude, seed below) -- is
+labelled by :class:`bornfield.dft.DFTJob` at every setting of a queue, so the jobs
+are the workflow's own (hash-named directories, status.json, escalation, QC) and a
+re-run skips finished ones. Two queues can run side by side (``--queue a`` and
+``--queue b``, one MPI rank each: single-rank jobs waste no CPU spinning in MPI
+waits when the machine is shared). ``--analyse`` then compares every run with the
+most accurate one of its series and writes ``benchmarks/results/dft_convergence.json``
+through ``dft_convergence.py``'s record format.
+
+Usage::
+
+    .venv/bin/python benchmarks/dft_convergence_campaign.py --queue a   # and, in parallel, --queue b
+    .venv/bin/python benchmarks/dft_convergence_campaign.py --analyse
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from ase import units
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+
+from bornfield.dft import DFTJob, DFTSettings, RunnerOptions, provision_pseudopotentials, read_ph_output  # noqa: E402
+from bornfield.dft.parsers import read_pw_output  # noqa: E402
+from bornfield.structures.crystals import build_crystal  # noqa: E402
+from bornfield.structures.perturb import rattle  # noqa: E402
+
+WORK = HERE / "work" / "dft_convergence"
+RESULTS = HERE / "results"
+RATTLE_A, SEED = 0.05, 20231
+
+#: k-point densities (points per Å⁻¹, ASE rule) giving these meshes on the 16-atom beta cell
+#: (a, b, c = 6.115, 5.239, 4.855 Å): 0.8 -> 1x1x2, 1.6 -> 2x2x3, 2.4 -> 3x3x4.
+K_DENSITY = {"k112": 0.8, "k223": 1.6, "k334": 2.4}
+
+
+def settings(ecut: float, kmesh: str, tr2: float = 1e-14, born: bool = True) -> DFTSettings:
+    """PAW settings with ecutrho = 8 ecutwfc (PBEsol pslibrary PAW recommendation)."""
+    return replace(
+        DFTSettings(), ecutwfc_Ry=float(ecut), ecutrho_Ry=8.0 * ecut,
+        kpoint_density_per_inv_A=K_DENSITY[kmesh], tr2_ph=tr2, born_charges=born,
+        conv_thr_per_atom_Ry=1e-11,
+    )
+
+
+#: label -> settings. SCF-only series at k 2x2x3 (cutoff) and 50 Ry (k mesh); DFPT series.
+QUEUES: dict[str, list[tuple[str, DFTSettings]]] = {
+    "a": [
+        *[(f"scf_ec{e}_k223", settings(e, "k223", born=False)) for e in (30, 40, 50, 60, 80)],
+        ("scf_ec50_k112", settings(50, "k112", born=False)),
+        ("scf_ec50_k334", settings(50, "k334", born=False)),
+        ("ph_ec30_k112", settings(30, "k112")),
+        ("ph_ec30_k223", settings(30, "k223")),
+        ("ph_ec30_k334", settings(30, "k334")),
+        ("ph_ec30_k223_tr16", settings(30, "k223", tr2=1e-16)),
+    ],
+    "b": [
+        ("ph_ec45_k223", settings(45, "k223")),
+        ("ph_ec60_k223", settings(60, "k223")),
+    ],
+}
+
+
+def structure():
+    """The rattled 16-atom beta cell (deterministic)."""
+    atoms = rattle(build_crystal("beta"), RATTLE_A, SEED)
+    atoms.info.update(config_type="crystal_rattled", seed=SEED, rattle_amplitude_A=RATTLE_A)
+    return atoms
+
+
+def run_queue(name: str, ranks: int) -> None:
+    pseudo_dir = WORK / "pseudo"
+    pseudos = provision_pseudopotentials(pseudo_dir, "pbesol_paw")
+    options = RunnerOptions(launcher=f"/usr/bin/mpirun -n {ranks}" if ranks > 1 else "")
+    atoms = structure()
+    index_path = WORK / "index.json"
+    for label, s in QUEUES[name]:
+        job = DFTJob(atoms, s, pseudos, pseudo_dir, WORK / "jobs", options)
+        start = time.perf_counter()
+        labels = job.run()
+        index = json.loads(index_path.read_text()) if index_path.exists() else {}
+        index[label] = {"dft_id": job.dft_id, "settings": s.to_dict(), "ranks": ranks, "state": labels["state"]}
+        tmp = index_path.with_suffix(".part")
+        tmp.write_text(json.dumps(index, indent=1))
+        tmp.replace(index_path)
+        logging.info("%s (%s): %s in %.0f s", label, job.dft_id, labels["state"], time.perf_counter() - start)
+
+
+def _cpu_seconds(out_path: Path) -> float:
+    """Last 'PWSCF/PHONON : ... CPU' time printed by QE (s per rank)."""
+    import re
+
+    last = None
+    for line in out_path.read_text(errors="replace").splitlines():
+        m = re.search(r"(PWSCF|PHONON)\s*:\s*(?:(\d+)h\s*)?(?:(\d+)m\s*)?([\d.]+)s CPU", line)
+        if m:
+            h, mi, s = (float(x) if x else 0.0 for x in m.groups()[1:])
+            last = 3600 * h + 60 * mi + s
+    return float("nan") if last is None else last
+
+
+def analyse() -> list[dict]:
+    index = json.loads((WORK / "index.json").read_text())
+    today = dt.date.today().isoformat()
+    records = []
+
+    def rec(metric, value, unit, system, notes=""):
+        records.append({
+            "metric": metric, "value": float(value), "unit": unit, "system": system, "n_atoms": 16,
+            "ranks": 1, "threads": 1, "baseline": False, "date": today,
+            "machine": "2 cores, no GPU (two 1-rank QE queues side by side, shared with other jobs)",
+            "notes": f"beta-Li3PO4 16 atoms rattled N(0,{RATTLE_A} Å) seed {SEED}; PAW pbesol, ecutrho=8 ecutwfc; {notes}".strip("; "),
+        })
+
+    def job_dir(label):
+        return WORK / "jobs" / index[label]["dft_id"]
+
+    def done(label):
+        return label in index and index[label]["state"] == "completed"
+
+    scf_ref = "scf_ec80_k223"
+    if done(scf_ref):
+        ref = read_pw_output(job_dir(scf_ref) / "pw.out")
+        for label in [x for x in index if x.startswith("scf_") and x != scf_ref and done(x) and x.endswith("k223")]:
+            run = read_pw_output(job_dir(label) / "pw.out")
+            sysname = f"pw.x {label} vs {scf_ref}"
+            rec("force_max_dev_meV_per_A", np.abs(run.forces - ref.forces).max() * 1000, "meV/Å", sysname)
+            rec("energy_dev_meV_per_atom", abs(run.energy - ref.energy) / 16 * 1000, "meV/atom", sysname)
+            rec("stress_max_dev_kbar", np.abs(run.stress - ref.stress).max() / units.GPa * 10, "kbar", sysname)
+    if done("scf_ec50_k334"):
+        ref = read_pw_output(job_dir("scf_ec50_k334") / "pw.out")
+        for label in ("scf_ec50_k112", "scf_ec50_k223"):
+            if done(label):
+                run = read_pw_output(job_dir(label) / "pw.out")
+                sysname = f"pw.x {label} vs scf_ec50_k334"
+                rec("force_max_dev_meV_per_A", np.abs(run.forces - ref.forces).max() * 1000, "meV/Å", sysname)
+                rec("energy_dev_meV_per_atom", abs(run.energy - ref.energy) / 16 * 1000, "meV/atom", sysname)
+                rec("stress_max_dev_kbar", np.abs(run.stress - ref.stress).max() / units.GPa * 10, "kbar", sysname)
+    comparisons = [
+        ("ph_ec30_k112", "ph_ec30_k334", "k mesh"),
+        ("ph_ec30_k223", "ph_ec30_k334", "k mesh"),
+        ("ph_ec30_k223", "ph_ec45_k223", "cutoff"),
+        ("ph_ec30_k223", "ph_ec60_k223", "cutoff"),
+        ("ph_ec45_k223", "ph_ec60_k223", "cutoff"),
+        ("ph_ec30_k223", "ph_ec30_k223_tr16", "tr2_ph 1e-14 vs 1e-16"),
+    ]
+    for label, ref_label, what in comparisons:
+        if done(label) and done(ref_label):
+            run = read_ph_output(job_dir(label) / "ph.out")
+            ref = read_ph_output(job_dir(ref_label) / "ph.out")
+            dz = np.abs(run.born_charges - ref.born_charges)
+            sysname = f"ph.x {label} vs {ref_label}"
+            rec("bec_max_dev_e", dz.max(), "e", sysname, f"{what}; ASR-corrected Z")
+            rec("bec_rms_dev_e", np.sqrt((dz**2).mean()), "e", sysname, f"{what}; ASR-corrected Z")
+            rec("eps_inf_max_dev", np.abs(run.epsilon_inf - ref.epsilon_inf).max(), "1", sysname, what)
+            rec("asr_residual_max_e", np.abs(run.asr_residual).max(), "e", f"ph.x {label}", "raw sum over atoms")
+    for label in index:
+        if done(label):
+            d = job_dir(label)
+            rec("qe_cpu_time_s", _cpu_seconds(d / "pw.out"), "s (per rank)", f"pw.x {label}", "SCF")
+            if label.startswith("ph_"):
+                rec("qe_cpu_time_s", _cpu_seconds(d / "ph.out"), "s (per rank)", f"ph.x {label}", "DFPT epsil+zeu")
+    return records
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--queue", choices=sorted(QUEUES))
+    parser.add_argument("--ranks", type=int, default=1)
+    parser.add_argument("--analyse", action="store_true")
+    parser.add_argument("--output", type=Path, default=RESULTS / "dft_convergence.json")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.queue:
+        run_queue(args.queue, args.ranks)
+    if args.analyse:
+        records = analyse()
+        tmp = args.output.with_suffix(".part")
+        tmp.write_text(json.dumps(records, indent=1))
+        tmp.replace(args.output)
+        for r in records:
+            print(f"{r['system']:45s} {r['metric']:26s} {r['value']:10.4g} {r['unit']}")
+
+
+if __name__ == "__main__":
+    main()
