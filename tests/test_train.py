@@ -328,3 +328,27 @@ def test_exploration_md_gives_labelled_free_snapshots(tmp_path):
     strict = ExplorationSettings(**{**settings.__dict__, "min_distance_A": 5.0})
     _, stopped = explore([parent], FieldCalculator(pots, borns), strict, seed=0, progress=False)
     assert all("apart" in r["stopped"] for r in stopped)
+
+
+def test_exploration_max_atoms_keeps_small_cells_only(tmp_path):
+    """``max_atoms`` bounds the size (hence the DFT cost) of the cells that start an exploration."""
+    from bornfield.calculators import FieldCalculator
+    from bornfield.errors import ConfigError
+    from bornfield.models import create_random_model_file
+    from bornfield.train.explore import ExplorationSettings, explore
+
+    small = {"channels": 4, "hidden": 16, "radial_hidden": 16}
+    pot = create_random_model_file("potential", ["Li", "P", "O"], 4.0, tmp_path / "p.pt", seed=0, **small)
+    born = create_random_model_file("born", ["Li", "P", "O"], 4.0, tmp_path / "b.pt", seed=0,
+                                    mean_charges={"Li": 1.0, "P": 3.3, "O": -1.8}, **small)
+    cell16, cell32 = beta(), beta().repeat((2, 1, 1))
+    cell16.info.update(structure_id="small", config_type="beta")
+    cell32.info.update(structure_id="large", config_type="beta")
+    settings = ExplorationSettings(temperatures_K=[300.0], fields_V_per_A=[0.0], field_axis=0, steps=2,
+                                   sample_interval=2, timestep_fs=0.5, friction_per_fs=0.01, max_structures=2,
+                                   max_force_eV_per_A=50.0, min_distance_A=0.5, max_atoms=16)
+    snapshots, records = explore([cell32, cell16], FieldCalculator([pot], [born]), settings, seed=0, progress=False)
+    assert len(records) == 1 and {len(s) for s in snapshots} == {16}
+    with pytest.raises(ConfigError, match="max_atoms = 8"):
+        explore([cell32, cell16], FieldCalculator([pot], [born]), ExplorationSettings(**{**settings.__dict__, "max_atoms": 8}),
+                seed=0, progress=False)

@@ -44,6 +44,7 @@ class ExplorationSettings:
     max_structures: int
     max_force_eV_per_A: float
     min_distance_A: float
+    max_atoms: int | None = None  # only cells with at most this many atoms start an exploration
 
     @classmethod
     def from_config(cls, section: dict) -> ExplorationSettings:
@@ -77,9 +78,14 @@ def explore(
     ``config_type``/``structure_id``.
     """
     rng = np.random.default_rng(seed)
-    chosen = list(range(len(structures)))
+    chosen = [k for k, atoms in enumerate(structures) if settings.max_atoms is None or len(atoms) <= settings.max_atoms]
+    if not chosen:
+        raise ConfigError(
+            f"train.active_learning.exploration.max_atoms = {settings.max_atoms}: none of the "
+            f"{len(structures)} DFT candidates is that small (smallest has {min(len(a) for a in structures)} atoms)"
+        )
     if len(chosen) > settings.max_structures:
-        chosen = sorted(rng.choice(len(structures), settings.max_structures, replace=False).tolist())
+        chosen = sorted(rng.choice(chosen, settings.max_structures, replace=False).tolist())
     snapshots: list[Atoms] = []
     records: list[dict] = []
     jobs = [(k, t, e) for k in chosen for t in settings.temperatures_K for e in settings.fields_V_per_A]
