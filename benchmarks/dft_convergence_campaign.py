@@ -74,6 +74,25 @@ QUEUES: dict[str, list[tuple[str, DFTSettings]]] = {
 }
 
 
+#: DFPT cost vs size (issue 4 scaling benchmark): rattled beta supercells at 25/200 Ry, Gamma only,
+#: on 1 rank (16, 32, 64 atoms) and 2 ranks (16, 32); read by ``dft_timing.py``.
+SCALING_SETTINGS = replace(DFTSettings(), ecutwfc_Ry=25.0, ecutrho_Ry=200.0, kpoint_density_per_inv_A=0.1,
+                           conv_thr_per_atom_Ry=1e-10, tr2_ph=1e-14, born_charges=True)
+SCALING_JOBS = [((1, 1, 1), 1), ((1, 1, 2), 1), ((1, 1, 1), 2), ((1, 1, 2), 2), ((2, 1, 2), 1)]
+
+
+def run_scaling() -> None:
+    pseudo_dir = WORK / "pseudo"
+    pseudos = provision_pseudopotentials(pseudo_dir, "pbesol_paw")
+    for repetition, ranks in SCALING_JOBS:
+        atoms = build_crystal("beta").repeat(repetition)
+        atoms.rattle(0.05, seed=21)
+        options = RunnerOptions(launcher=f"/usr/bin/mpirun -n {ranks}" if ranks > 1 else "")
+        job = DFTJob(atoms, SCALING_SETTINGS, pseudos, pseudo_dir, WORK / f"scaling_{ranks}rank", options)
+        labels = job.run()
+        logging.info("scaling %d atoms, %d rank(s): %s (%s)", len(atoms), ranks, labels["state"], job.dir)
+
+
 def structure():
     """The rattled 16-atom beta cell (deterministic)."""
     atoms = rattle(build_crystal("beta"), RATTLE_A, SEED)
@@ -178,13 +197,15 @@ def analyse() -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--queue", choices=sorted(QUEUES))
+    parser.add_argument("--queue", choices=[*sorted(QUEUES), "scaling"])
     parser.add_argument("--ranks", type=int, default=1)
     parser.add_argument("--analyse", action="store_true")
     parser.add_argument("--output", type=Path, default=RESULTS / "dft_convergence.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    if args.queue:
+    if args.queue == "scaling":
+        run_scaling()
+    elif args.queue:
         run_queue(args.queue, args.ranks)
     if args.analyse:
         records = analyse()

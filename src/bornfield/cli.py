@@ -22,6 +22,7 @@ STAGES = (
     "bornfield.md.cli",
     "bornfield.analysis.cli",
     "bornfield.plots.cli",
+    "bornfield.estimate",
 )
 
 

@@ -1,0 +1,207 @@
+"""``bornfield estimate``: core-hours per stage of a campaign config, from measured costs.
+
+A dry-run helper for sizing a campaign before submitting it (locally or to SLURM). It
+counts the work a config asks for -- melt-quench atom-steps, DFT jobs (with their
+sizes and k meshes), training atom-epochs, exploration and production MD atom-steps --
+and multiplies by per-unit costs measured on this project's benchmark machine
+(2 cores, no GPU; ``benchmarks/results/*.json``, see :class:`CostModel`). The numbers
+are upper bounds where the config gives maxima (early stopping usually ends training
+sooner) and scale with the machine: pass ``--speed`` (< 1 on slower cores).
+
+Cost laws (N atoms, cutoff E_cut in Ry, n_k irreducible k-points with time reversal):
+
+* SCF: ``c_scf · (N/16)^p_scf · (E_cut/30)^1.5 · n_k`` core-seconds;
+* DFPT (E-field response + effective charges): ``c_ph · (N/16)^p_ph · (E_cut/30)^1.5 · n_k``;
+* MD: atom-steps / (atom-steps per CPU-second of the backend at that size);
+* training: members × epochs × atoms of the training + validation set × cost per atom-epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bornfield.config import load_config
+from bornfield.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Per-unit costs in core-seconds (1 MPI rank = 1 core), measured on 2-core benchmark machines.
+
+    Sources (``benchmarks/results``): ``dft_timing.json`` (SCF 27.2 s and DFPT 234 s CPU per
+    rank, 16-atom beta, 30 Ry, k 1x1x2 = 2 irreducible k-points, 1 rank; SCF exponent 1.80 from
+    16/32/64 atoms), ``melt_quench_throughput.json`` (LAMMPS Pedone ~45,000 atom-steps/s on 1
+    rank), ``md_throughput.json`` (field MD, potential + Born model every step, atom-steps per
+    CPU-second: 7,500 at 128 atoms, 11,000 at >= 1,024), a 6-epoch timing of the potential and
+    Born trainers (channels 16, hidden 64, float32, 1 thread: 1.4e-3 s per atom-epoch).
+    """
+
+    scf_core_s_per_kpoint: float = 13.6
+    scf_size_exponent: float = 1.80
+    dfpt_core_s_per_kpoint: float = 117.0
+    dfpt_size_exponent: float = 2.0
+    melt_quench_atom_steps_per_core_s: float = 45_000.0
+    md_atom_steps_per_core_s_small: float = 7_500.0  # 128 atoms
+    md_atom_steps_per_core_s_large: float = 11_000.0  # >= 1,024 atoms
+    train_core_s_per_atom_epoch: float = 1.4e-3
+
+    def md_rate(self, n_atoms: int) -> float:
+        """Field-MD atom-steps per core-second at ``n_atoms`` (log-linear between 128 and 1,024)."""
+        x = min(max((math.log(n_atoms) - math.log(128)) / (math.log(1024) - math.log(128)), 0.0), 1.0)
+        return self.md_atom_steps_per_core_s_small + x * (self.md_atom_steps_per_core_s_large - self.md_atom_steps_per_core_s_small)
+
+
+def irreducible_kpoints(mesh: tuple[int, int, int]) -> int:
+    """Monkhorst-Pack (unshifted) points of a cell without symmetry, k and -k merged."""
+    total = int(np.prod(mesh))
+    self_inverse = int(np.prod([2 if n % 2 == 0 else 1 for n in mesh]))
+    return (total + self_inverse) // 2
+
+
+def _amorphous_length(n_atoms: int, density_g_cm3: float) -> float:
+    """Edge (Å) of a cubic Li3PO4 cell of ``n_atoms`` at ``density_g_cm3``."""
+    mass_per_atom_g = (3 * 6.94 + 30.974 + 4 * 15.999) / 8 / 6.02214076e23
+    return (n_atoms * mass_per_atom_g / density_g_cm3 * 1e24) ** (1.0 / 3.0)
+
+
+def dft_candidate_sizes(config: dict) -> list[tuple[str, int, tuple[float, float, float]]]:
+    """(config_type, atoms, cell lengths in Å) of every DFT candidate the structures stage makes."""
+    from bornfield.structures.builder import build_crystal_dft_candidates
+
+    structures = config["structures"]
+    out = [(a.info.get("config_type", "crystal"), len(a), tuple(a.cell.lengths()))
+           for a in build_crystal_dft_candidates(structures, int(config["seed"]))]
+    amorphous = structures["amorphous"]
+    if "amorphous" in structures["phases"] or amorphous["dft_cells"]["seeds"] > 0:
+        spec = amorphous["dft_cells"]
+        perturb = structures["perturbations"]
+        per_seed = 1 + perturb["rattle_copies"] + perturb["strain_copies"] + spec["melt_snapshots"]
+        length = _amorphous_length(spec["n_atoms"], amorphous["initial_density_g_cm3"])
+        out += [("amorphous", spec["n_atoms"], (length,) * 3)] * (spec["seeds"] * per_seed)
+    return out
+
+
+def estimate(config: dict, cost: CostModel | None = None) -> list[dict]:
+    """One row per stage: ``stage``, ``units`` (what was counted), ``core_hours``."""
+    from bornfield.dft.inputs import DFTSettings
+    from bornfield.md.conditions import expand_conditions
+
+    cost = cost or CostModel()
+    rows = []
+    structures = config["structures"]
+    amorphous = structures["amorphous"]
+    steps = (amorphous["melt_time_ps"] + (amorphous["melt_temperature_K"] - amorphous["final_temperature_K"])
+             / amorphous["quench_rate_K_per_ps"] + amorphous["anneal_time_ps"]) * 1000.0 / amorphous["timestep_fs"]
+    cells = [(amorphous["dft_cells"]["n_atoms"], amorphous["dft_cells"]["seeds"])]
+    if "amorphous" in structures["phases"]:
+        cells.append((amorphous["md_cells"]["n_atoms"], amorphous["md_cells"]["seeds"]))
+    atom_steps = sum(n * seeds * steps for n, seeds in cells)
+    rows.append({"stage": "structures (melt-quench)", "units": f"{atom_steps:.3g} atom-steps",
+                 "core_hours": atom_steps / cost.melt_quench_atom_steps_per_core_s / 3600})
+
+    dft = config["dft"]
+    settings = DFTSettings.from_section(dft)
+    candidates = dft_candidate_sizes(config)
+    if dft.get("max_structures") is not None:
+        candidates = candidates[: dft["max_structures"]]
+    al = config["train"]["active_learning"]
+    n_selected = max(al["generations"] - 1, 0) * al["select_per_generation"]
+    max_atoms = al["exploration"].get("max_atoms")
+    explorable = [c for c in dft_candidate_sizes(config) if max_atoms is None or c[1] <= max_atoms]
+    if n_selected and not explorable:
+        raise ConfigError(f"train.active_learning.exploration.max_atoms = {max_atoms}: no DFT candidate is that small")
+    # selected snapshots: as large on average as the cells exploration starts from
+    jobs = candidates + [explorable[k % len(explorable)] for k in range(n_selected)]
+    scale = (settings.ecutwfc_Ry / 30.0) ** 1.5
+    scf_s = ph_s = 0.0
+    for _, n_atoms, lengths in jobs:
+        mesh = tuple(max(1, math.ceil(2 * math.pi * settings.kpoint_density_per_inv_A / length)) for length in lengths)
+        n_k = irreducible_kpoints(mesh)
+        scf_s += cost.scf_core_s_per_kpoint * (n_atoms / 16) ** cost.scf_size_exponent * scale * n_k
+        if settings.born_charges:
+            ph_s += cost.dfpt_core_s_per_kpoint * (n_atoms / 16) ** cost.dfpt_size_exponent * scale * n_k
+    n_atoms_total = sum(j[1] for j in jobs)
+    rows.append({"stage": "dft (pw.x SCF)", "units": f"{len(jobs)} jobs, {n_atoms_total} atoms",
+                 "core_hours": scf_s / 3600})
+    rows.append({"stage": "dft (ph.x DFPT Born charges)", "units": f"{len(jobs) if settings.born_charges else 0} jobs",
+                 "core_hours": ph_s / 3600})
+
+    train = config["train"]
+    generations = max(al["generations"], 1)
+    train_s = 0.0
+    for g in range(generations):
+        labelled_atoms = sum(j[1] for j in jobs[: len(candidates) + g * al["select_per_generation"]])
+        for block in ("potential", "born"):
+            train_s += train[block]["committee"] * train[block]["max_epochs"] * labelled_atoms * cost.train_core_s_per_atom_epoch
+        if train["baseline"]["enabled"]:
+            train_s += train["baseline"]["committee"] * train["baseline"]["max_epochs"] * labelled_atoms * cost.train_core_s_per_atom_epoch
+    rows.append({"stage": "train (committees, upper bound: max_epochs)", "units": f"{generations} generation(s)",
+                 "core_hours": train_s / 3600})
+
+    exploration = al["exploration"]
+    n_traj = min(len(explorable), exploration["max_structures"]) * len(exploration["temperatures_K"]) * len(exploration["fields_V_per_A"])
+    mean_atoms = float(np.mean([c[1] for c in explorable])) if explorable else 0.0
+    explore_steps = max(al["generations"] - 1, 0) * n_traj * exploration["steps"] * mean_atoms
+    explore_s = explore_steps / cost.md_rate(max(int(mean_atoms), 1)) * train["potential"]["committee"] if explorable else 0.0
+    rows.append({"stage": "active-learning exploration MD", "units": f"{explore_steps:.3g} atom-steps x committee",
+                 "core_hours": explore_s / 3600})
+
+    md = config["md"]
+    conditions = expand_conditions(md)
+    md_atoms = {}
+    for phase in {c.phase for c in conditions}:
+        if phase == "amorphous":
+            md_atoms[phase] = amorphous["md_cells"]["n_atoms"]
+        else:
+            from bornfield.structures.builder import phase_cell
+
+            target = structures["md_supercell"]
+            md_atoms[phase] = len(phase_cell(phase, target["target_atoms"], target["max_excess_fraction"], int(config["seed"]),
+                                             "md", structures["frenkel_min_separation_A"]))
+    steps_md = md["equilibration_steps"] + md["production_steps"]
+    md_s = sum(c.replicas * steps_md * md_atoms[c.phase] / cost.md_rate(md_atoms[c.phase]) for c in conditions)
+    rows.append({"stage": "field MD (all conditions x replicas)",
+                 "units": f"{len(conditions)} conditions, {sum(c.replicas for c in conditions)} replicas, {steps_md} steps",
+                 "core_hours": md_s / 3600})
+    return rows
+
+
+def format_table(rows: list[dict], cores: int) -> str:
+    total = sum(r["core_hours"] for r in rows)
+    lines = [f"{'stage':46s} {'core-hours':>11s} {'wall h on ' + str(cores) + ' cores':>16s}  counted", "-" * 110]
+    for r in rows:
+        lines.append(f"{r['stage']:46s} {r['core_hours']:11.2f} {r['core_hours'] / cores:16.2f}  {r['units']}")
+    lines += ["-" * 110, f"{'total':46s} {total:11.2f} {total / cores:16.2f}"]
+    return "\n".join(lines)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "estimate", help="core-hours per stage of a campaign config (dry-run sizing from measured costs)",
+        description=__doc__.splitlines()[0],
+    )
+    parser.add_argument("--config", required=True, help="campaign config (YAML)")
+    parser.add_argument("--cores", type=int, default=2, help="cores of the machine for the wall-time column")
+    parser.add_argument("--speed", type=float, default=1.0, help="relative core speed (2 = twice as fast as the benchmark machine)")
+    parser.add_argument("--json", type=Path, help="also write the rows (+ cost model) as JSON here")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.speed <= 0 or args.cores < 1:
+        raise ConfigError(f"--speed must be > 0 and --cores >= 1 (got {args.speed}, {args.cores})")
+    config = load_config(args.config)
+    rows = estimate(config)
+    for row in rows:
+        row["core_hours"] /= args.speed
+    print(format_table(rows, args.cores))
+    if args.json:
+        args.json.write_text(json.dumps({"config": str(args.config), "rows": rows, "cost_model": asdict(CostModel()),
+                                         "speed": args.speed}, indent=1))
+    return 0
