@@ -155,9 +155,11 @@ def plot(records: list[dict], path: Path) -> None:
         if points:
             x, y = zip(*points)
             ax.plot(x, y, marker=marker, label=f"{system}, {ranks} rank{'s' if ranks > 1 else ''}")
+    baseline = [r for r in records if r.get("baseline")]
     baseline_file = RESULTS / "md_uip_baseline.json"
-    if baseline_file.exists():  # side by side: pretrained universal potential, potential only
+    if not baseline and baseline_file.exists():  # measured in a separate run
         baseline = json.loads(baseline_file.read_text())
+    if baseline:  # side by side: pretrained universal potential, potential only
         points = sorted((r["n_atoms"], r["value"]) for r in baseline if r["metric"] == "atom_steps_per_s")
         if points:
             x, y = zip(*points)
@@ -188,6 +190,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 1024, 8192])
     parser.add_argument("--replot", action="store_true", help="only redraw the PNG from the JSON")
     parser.add_argument("--before-src", default=None, help="an older bornfield src/ tree to measure side by side")
+    parser.add_argument("--with-uip", action="store_true",
+                        help="also measure the CHGNet baseline (benchmarks/.venv-uip) at sizes <= 1,024 in the same run")
     args = parser.parse_args()
     if args.replot:
         plot(json.loads((RESULTS / f"{NAME}.json").read_text()), RESULTS / f"{NAME}.png")
@@ -218,6 +222,17 @@ def main() -> None:
                 print(system, n_atoms, ranks, f"{result['atom_steps_per_s']:.0f} atom-steps/s",
                       f"{result['atom_steps_per_cpu_s']:.0f} atom-steps/CPU-s",
                       f"{result['max_rss_MB_per_rank']:.0f} MB/rank, load {load:.1f}", flush=True)
+            if args.with_uip and n_atoms <= 1024:
+                from md_uip_baseline import measure_chgnet
+
+                load = os.getloadavg()[0]
+                uip_steps = max(3, args.steps * 128 // n_atoms)
+                value = measure_chgnet(n_atoms, uip_steps)
+                records.append({**record("atom_steps_per_s", value, "atom-steps/s", "chgnet-0.4.2-ase (baseline)", n_atoms, 1,
+                                         f"pretrained CHGNet, ASE Bussi 600 K, {uip_steps} timed steps, potential only "
+                                         f"(no Born charges / field); 1-min load average {load:.1f} before the run"),
+                                "baseline": True})
+                print("chgnet", n_atoms, f"{value:.1f} atom-steps/s", flush=True)
         weak_size = 1024
         for replicas in (1, 2):
             steps = max(3, args.steps)

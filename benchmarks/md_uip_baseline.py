@@ -62,6 +62,24 @@ def measure_in_uip_venv(path: str, steps: int) -> None:
     print("RESULT " + json.dumps({"n_atoms": len(atoms), "atom_steps_per_s": len(atoms) * steps / elapsed}))
 
 
+def measure_chgnet(n_atoms: int, steps: int) -> float:
+    """CHGNet ASE-MD atom-steps/s on the rattled beta supercell of ``n_atoms`` (own venv, one thread)."""
+    sys.path.insert(0, str(HERE))
+    from ase.io import write
+    from md_throughput import beta_supercell
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"beta_{n_atoms}.extxyz"
+        write(path, beta_supercell(n_atoms))
+        result = subprocess.run([str(UIP_PYTHON), __file__, "--measure", str(path), "--steps", str(steps)],
+                                capture_output=True, text=True, env=env, timeout=3600)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    if not lines:
+        raise RuntimeError(f"CHGNet measurement failed:\n{result.stderr[-3000:]}")
+    return float(json.loads(lines[0][7:])["atom_steps_per_s"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--measure", help=argparse.SUPPRESS)
@@ -73,30 +91,17 @@ def main() -> None:
         return
     if not UIP_PYTHON.exists():
         sys.exit(f"{UIP_PYTHON} not found; create the baseline venv first (see the module docstring)")
-    sys.path.insert(0, str(HERE))
-    from ase.io import write
-    from md_throughput import beta_supercell
-
     records = []
     today = datetime.date.today().isoformat()
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    with tempfile.TemporaryDirectory() as tmp:
-        for n_atoms in args.sizes:
-            path = Path(tmp) / f"beta_{n_atoms}.extxyz"
-            write(path, beta_supercell(n_atoms))
-            steps = max(3, args.steps * 128 // n_atoms)
-            result = subprocess.run([str(UIP_PYTHON), __file__, "--measure", str(path), "--steps", str(steps)],
-                                    capture_output=True, text=True, env=env, timeout=3600)
-            lines = [l for l in result.stdout.splitlines() if l.startswith("RESULT ")]
-            if not lines:
-                raise RuntimeError(f"CHGNet measurement failed:\n{result.stderr[-3000:]}")
-            value = json.loads(lines[0][7:])["atom_steps_per_s"]
-            print(f"CHGNet 0.4.2, {n_atoms} atoms: {value:.1f} atom-steps/s", flush=True)
-            records.append({"metric": "atom_steps_per_s", "value": value, "unit": "atom-steps/s",
-                            "system": "chgnet-0.4.2-ase", "n_atoms": n_atoms, "ranks": 1, "threads": 1,
-                            "baseline": True, "date": today, "machine": MACHINE,
-                            "notes": f"pretrained CHGNet, ASE Bussi 600 K, {steps} timed steps, potential only "
-                                     "(no Born charges / field)"})
+    for n_atoms in args.sizes:
+        steps = max(3, args.steps * 128 // n_atoms)
+        value = measure_chgnet(n_atoms, steps)
+        print(f"CHGNet 0.4.2, {n_atoms} atoms: {value:.1f} atom-steps/s", flush=True)
+        records.append({"metric": "atom_steps_per_s", "value": value, "unit": "atom-steps/s",
+                        "system": "chgnet-0.4.2-ase", "n_atoms": n_atoms, "ranks": 1, "threads": 1,
+                        "baseline": True, "date": today, "machine": MACHINE,
+                        "notes": f"pretrained CHGNet, ASE Bussi 600 K, {steps} timed steps, potential only "
+                                 "(no Born charges / field)"})
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"{NAME}.json"
     tmp_out = out.with_suffix(".json.tmp")
