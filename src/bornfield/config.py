@@ -71,6 +71,9 @@ def _format_error(error, source: str) -> str:
         allowed = f"; expected type {error.validator_value}"
     elif error.validator == "additionalProperties":
         allowed = f"; allowed keys: {sorted(schema.get('properties', {}))}"
+    elif error.validator == "pattern" and schema.get("description"):
+        # a bare regular expression tells a user little: repeat what the key accepts
+        allowed = f"; expected: {' '.join(str(schema['description']).split())}"
     return f"{source}: invalid config key '{location}' (value {error.instance!r}): {error.message}{allowed}"
 
 
@@ -98,7 +101,34 @@ def validate_section(data: dict, section: str | None, source: str = "config") ->
         list(validator.iter_errors(instance))
         if json.dumps(instance, sort_keys=True, default=str) == before:
             break
+    if section is None:
+        _check_across_sections(instance, source)
     return instance
+
+
+def _check_across_sections(config: dict, source: str) -> None:
+    """Rules that tie sections together (one schema per section cannot express them).
+
+    Every MD phase (``md.sweep.phases``, ``md.extra_conditions[i].phase``) needs start
+    cells, which only the structures stage writes (``structures.phases``): without this
+    check Snakemake would stop at DAG construction with a missing-input error that does
+    not name the config key.
+    """
+    built = list(config.get("structures", {}).get("phases", []))
+    md = config.get("md", {})
+    wanted = [(f"md.sweep.phases.{i}", phase) for i, phase in enumerate(md.get("sweep", {}).get("phases", []))]
+    wanted += [
+        (f"md.extra_conditions.{i}.phase", extra.get("phase"))
+        for i, extra in enumerate(md.get("extra_conditions", []))
+    ]
+    messages = [
+        f"{source}: invalid config key '{key}' (value {phase!r}): no MD start cells for this phase; "
+        f"structures.phases builds {built} (add the phase there or remove it here)"
+        for key, phase in wanted
+        if phase not in built
+    ]
+    if messages:
+        raise ConfigError("\n".join(messages))
 
 
 def load_config(path: str | Path) -> dict:

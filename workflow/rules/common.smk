@@ -7,11 +7,12 @@ from snakemake.utils import validate
 
 from bornfield.config import validate_section
 
-# Snakemake's check first (it names the offending key), then bornfield's own
-# validator, which also fills the defaults of nested sections (Snakemake's
-# set_default does not descend through $ref'd section schemas).
-validate(config, "../schemas/config.schema.yaml")
+# bornfield's validator first: its message names the key as a dotted path with the
+# bad value and what is allowed, it checks rules across sections (MD phases need
+# structures), and it fills the defaults of nested sections (Snakemake's set_default
+# does not descend through $ref'd section schemas). Snakemake's check then confirms.
 config.update(validate_section(config, None, source="config"))
+validate(config, "../schemas/config.schema.yaml")
 
 RESULTS = config["results_dir"]
 LOGS = f"{RESULTS}/logs"

@@ -70,6 +70,11 @@ rule dft_job:
         settings=lambda wc: get_settings("dft"),
         pseudo_dir=lambda wc, input: os.path.dirname(input.manifest),
         jobs_dir=lambda wc, output: os.path.dirname(os.path.dirname(output.labels)),
+        # "<launcher> -n <ranks>" as ONE shell-quoted argument (the launcher may hold flags,
+        # e.g. "srun --mpi=pmix"); one rank: '' = pw.x/ph.x run without launcher
+        launcher=lambda wc, resources: shlex.quote(
+            f"{resources.mpi} -n {resources.tasks}" if resources.tasks > 1 else ""
+        ),
     log:
         f"{LOGS}/dft/job_{{dft_id}}.log",
     benchmark:
@@ -84,8 +89,9 @@ rule dft_job:
         mem_mb=DFT_RUN["mem_mb"],
         cpus_per_task=1,
         tasks=DFT_RUN["ranks"],
-        mpi=shlex.quote(DFT_RUN["launcher"]),
+        # an MPI job only with more than one rank: the SLURM plugin refuses `mpi` with one task
+        **({"mpi": DFT_RUN["launcher"]} if DFT_RUN["ranks"] > 1 else {}),
     shell:
         "bornfield dft run --settings {params.settings} --structure {input.structure}"
         " --pseudo-dir {params.pseudo_dir} --jobs-dir {params.jobs_dir}"
-        " --launcher '{resources.mpi} -n {resources.tasks}' > {log} 2>&1"
+        " --launcher {params.launcher} > {log} 2>&1"

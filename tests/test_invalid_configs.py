@@ -1,0 +1,203 @@
+"""Invalid configs are rejected before any job starts, with a message naming the key.
+
+Each case starts from the tiny CI config (``.test/config.yaml``), breaks one key
+and goes through ``bornfield.config.validate_section`` - the validation the
+Snakefile runs (``workflow/rules/common.smk``) and every stage CLI repeats.
+A few cases also go through a real ``snakemake`` run, which must stop while
+parsing: no job starts, no results directory appears, and no injected shell
+command runs (a canary file must not appear).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bornfield.config import validate_section
+from bornfield.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / ".test" / "config.yaml"
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+
+
+def _tiny() -> dict:
+    with TINY.open() as handle:
+        return yaml.safe_load(handle)
+
+
+def _mutate(config: dict, dotted: str, value) -> dict:
+    """A deep copy of ``config`` with ``dotted`` (a.b.c) set to ``value`` (created if absent)."""
+    config = copy.deepcopy(config)
+    *parents, last = dotted.split(".")
+    node = config
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    return config
+
+
+# (id, dotted key to set, bad value, key the message must name, text the message must hold)
+CASES = [
+    # wrong types
+    ("seed-string", "seed", "abc", "seed", "expected type integer"),
+    ("steps-string", "md.production_steps", "100", "md.production_steps", "expected type integer"),
+    ("committee-float", "train.potential.committee", 2.5, "train.potential.committee", "expected type integer"),
+    ("phases-not-a-list", "structures.phases", "beta", "structures.phases", "expected type array"),
+    # unknown keys at several nesting levels (typos)
+    ("unknown-top-level", "sed", 1, "<top level>", "'sed' was unexpected"),
+    ("unknown-section-key", "md.timestep", 0.5, "md", "'timestep' was unexpected"),
+    ("unknown-nested-key", "md.output.checkpoint_every", 10, "md.output", "'checkpoint_every' was unexpected"),
+    ("unknown-deep-key", "structures.amorphous.lammps.rank", 2, "structures.amorphous.lammps", "'rank' was unexpected"),
+    # unknown names
+    ("unknown-phase", "structures.phases", ["beta", "delta"], "structures.phases.1", "allowed values"),
+    ("md-phase-not-built", "md.sweep.phases", ["gamma"], "md.sweep.phases.0", "structures.phases builds"),
+    ("unknown-ensemble", "md.ensemble", "npt", "md.ensemble", "allowed values: ['nve', 'bussi'"),
+    ("unknown-backend", "md.backend", "gromacs", "md.backend", "allowed values: ['ase', 'lammps']"),
+    ("unknown-pseudo-set", "dft.pseudopotentials.set", "sg15_oncv", "dft.pseudopotentials.set", "allowed values: ['pbesol_paw']"),
+    ("unknown-reference-axis", "analysis.reference_axis", "w", "analysis.reference_axis", "'w'"),
+    # impossible sizes
+    ("supercell-too-small", "structures.dft_cells.crystal_target_atoms", 4, "structures.dft_cells.crystal_target_atoms", "minimum is 16"),
+    ("supercell-too-large", "structures.dft_cells.defect_target_atoms", 10**6, "structures.dft_cells.defect_target_atoms", "maximum is 2000"),
+    # negative or zero rates, temperatures, timesteps
+    ("negative-quench-rate", "structures.amorphous.quench_rate_K_per_ps", -100, "structures.amorphous.quench_rate_K_per_ps", "exclusiveMinimum is 0"),
+    ("negative-temperature", "md.sweep.temperatures_K", [300.0, -300.0], "md.sweep.temperatures_K.1", "exclusiveMinimum is 0"),
+    ("negative-timestep", "md.timestep_fs", -0.5, "md.timestep_fs", "-0.5"),
+    ("zero-timestep", "md.timestep_fs", 0, "md.timestep_fs", "value 0"),
+    ("negative-field", "md.sweep.field_strengths_V_per_A", [-0.1], "md.sweep.field_strengths_V_per_A.0", "minimum is 0"),
+    ("negative-seed", "seed", -3, "seed", "minimum is 0"),
+    # bad field directions
+    ("direction-unknown-axis", "md.sweep.field_directions", ["w"], "md.sweep.field_directions.0", "'w'"),
+    ("direction-two-components", "md.sweep.field_directions", [[1.0, 0.0]], "md.sweep.field_directions.0", "[1.0, 0.0]"),
+    # empty sweeps, zero replicas
+    ("empty-temperatures", "md.sweep.temperatures_K", [], "md.sweep.temperatures_K", "should be non-empty"),
+    ("empty-directions", "md.sweep.field_directions", [], "md.sweep.field_directions", "should be non-empty"),
+    ("zero-replicas", "md.sweep.replicas", 0, "md.sweep.replicas", "minimum is 1"),
+    # fractions out of range
+    ("test-fraction-above-one", "train.split.test_fraction", 1.5, "train.split.test_fraction", "maximum is 0.5"),
+    ("excess-fraction-negative", "structures.md_supercell.max_excess_fraction", -0.1, "structures.md_supercell.max_excess_fraction", "minimum is 0"),
+    # values that reach shell commands: only plain words, no shell syntax
+    ("inject-dft-launcher", "dft.run.launcher", "/usr/bin/mpirun; rm -rf ~", "dft.run.launcher", "reaches a shell command"),
+    ("inject-pw-command", "dft.run.pw_command", "$(touch /tmp/pwned)", "dft.run.pw_command", "One word"),
+    ("inject-ph-command", "dft.run.ph_command", "ph.x && curl evil", "dft.run.ph_command", "One word"),
+    ("inject-ld1-command", "dft.pseudopotentials.ld1_command", "ld1.x|sh", "dft.pseudopotentials.ld1_command", "One word"),
+    ("inject-md-mpi", "md.resources.mpi", "srun `id`", "md.resources.mpi", "reaches a shell command"),
+    ("inject-lammps-launcher", "structures.amorphous.lammps.launcher", "mpiexec > /etc/x", "structures.amorphous.lammps.launcher", "reaches a shell command"),
+    ("launcher-option-first", "dft.run.launcher", "--oversubscribe", "dft.run.launcher", "not starting with '-'"),
+    ("inject-results-dir", "results_dir", "results;touch x", "results_dir", "does not match"),
+    # paths relative to results_dir must stay inside it
+    ("pseudo-dir-escapes", "dft.pseudopotentials.directory", "../../pseudo", "dft.pseudopotentials.directory", "stay inside results_dir"),
+    ("pseudo-dir-escapes-inside", "dft.pseudopotentials.directory", "dft/../../x", "dft.pseudopotentials.directory", "stay inside results_dir"),
+    # a precision the models do not support
+    ("unknown-dtype", "train.dtype", "float16", "train.dtype", "allowed values: ['float32', 'float64']"),
+]
+
+
+def test_there_are_at_least_twenty_cases() -> None:
+    assert len(CASES) >= 20
+    assert len({case[0] for case in CASES}) == len(CASES)
+
+
+def test_the_tiny_config_itself_is_valid() -> None:
+    """Guard: every case below fails because of its one broken key, not the base config."""
+    validate_section(_tiny(), None, source=str(TINY))
+
+
+@pytest.mark.parametrize(("dotted", "value", "key", "hint"), [case[1:] for case in CASES], ids=[c[0] for c in CASES])
+def test_invalid_config_is_rejected_naming_the_key(dotted, value, key, hint) -> None:
+    config = _mutate(_tiny(), dotted, value)
+    with pytest.raises(ConfigError) as raised:
+        validate_section(config, None, source="bad.yaml")
+    message = str(raised.value)
+    assert f"invalid config key '{key}'" in message, message
+    assert message.startswith("bad.yaml: "), message
+    assert hint in message, message
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["dft/pseudo", "/srv/shared/pseudo", "pseudo..v2/files", "./pseudo"],
+)
+def test_acceptable_pseudo_directories_pass(value) -> None:
+    validate_section(_mutate(_tiny(), "dft.pseudopotentials.directory", value), None)
+
+
+@pytest.mark.parametrize(
+    ("dotted", "value"),
+    [
+        ("dft.run.launcher", "srun --mpi=pmix --cpu-bind=cores"),
+        ("dft.run.launcher", "/usr/bin/mpirun --bind-to none"),
+        ("md.resources.mpi", "srun --mpi=pmi2"),
+        ("dft.run.pw_command", "/opt/qe-7.3/bin/pw.x"),
+    ],
+)
+def test_real_launchers_with_flags_pass(dotted, value) -> None:
+    validate_section(_mutate(_tiny(), dotted, value), None)
+
+
+# --------------------------------------------------------- through snakemake
+
+
+def _snakemake(config_file: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    return subprocess.run(
+        [str(SNAKEMAKE), "--cores", "1", "--configfile", str(config_file), *extra],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("dotted", "template", "key"),
+    [
+        ("dft.run.launcher", "/usr/bin/mpirun; touch {canary}", "dft.run.launcher"),
+        ("md.resources.mpi", "$(touch {canary})", "md.resources.mpi"),
+        ("structures.amorphous.lammps.launcher", ".venv/bin/mpiexec `touch {canary}`", "structures.amorphous.lammps.launcher"),
+        ("dft.pseudopotentials.directory", "pseudo && touch {canary}", "dft.pseudopotentials.directory"),
+        ("md.sweep.phases", ["gamma"], "md.sweep.phases.0"),
+    ],
+    ids=["dft-launcher", "md-mpi", "lammps-launcher", "pseudo-dir", "md-phase-not-built"],
+)
+def test_snakemake_stops_before_any_job(tmp_path, dotted, template, key) -> None:
+    """A real (not dry) run: the config is rejected while parsing; nothing runs, nothing is written."""
+    canary = tmp_path / "pwned"
+    value = template.format(canary=canary) if isinstance(template, str) else template
+    results = tmp_path / "results"
+    config = _mutate(_tiny(), dotted, value)
+    config["results_dir"] = str(results)
+    config_file = tmp_path / "bad.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    result = _snakemake(config_file)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    assert key in output, output[-3000:]
+    # no job was scheduled or started, no output tree, and the injected command never ran
+    assert not re.search(r"^\s*(local)?(rule|checkpoint) \w+:", output, re.MULTILINE), output[-3000:]
+    assert "Job stats" not in output
+    assert not results.exists()
+    assert not canary.exists()
+
+
+def test_snakemake_rejects_a_zero_field_vector_while_parsing(tmp_path) -> None:
+    """A 3-vector of zero length passes the schema; the MD rules' condition expansion stops it."""
+    results = tmp_path / "results"
+    config = _mutate(_tiny(), "md.sweep.field_directions", [[0.0, 0.0, 0.0]])
+    config["results_dir"] = str(results)
+    config_file = tmp_path / "bad.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    result = _snakemake(config_file, "-n")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "md.sweep" in output and "zero length" in output, output[-3000:]
+    assert not results.exists()
