@@ -47,10 +47,10 @@ RATTLE_A, SEED = 0.05, 20231
 K_DENSITY = {"k112": 0.8, "k223": 1.6, "k334": 2.4}
 
 
-def settings(ecut: float, kmesh: str, tr2: float = 1e-14, born: bool = True) -> DFTSettings:
-    """PAW settings with ecutrho = 8 ecutwfc (PBEsol pslibrary PAW recommendation)."""
+def settings(ecut: float, kmesh: str, tr2: float = 1e-14, born: bool = True, pseudo_set: str = "pbesol_paw") -> DFTSettings:
+    """Settings with ecutrho = 8 ecutwfc (pslibrary PAW/US recommendation)."""
     return replace(
-        DFTSettings(), ecutwfc_Ry=float(ecut), ecutrho_Ry=8.0 * ecut,
+        DFTSettings(), pseudo_set=pseudo_set, ecutwfc_Ry=float(ecut), ecutrho_Ry=8.0 * ecut,
         kpoint_density_per_inv_A=K_DENSITY[kmesh], tr2_ph=tr2, born_charges=born,
         conv_thr_per_atom_Ry=1e-11,
     )
@@ -69,6 +69,7 @@ QUEUES: dict[str, list[tuple[str, DFTSettings]]] = {
     ],
     "b": [
         ("ph_ec45_k223", settings(45, "k223")),
+        ("ph_us_ec30_k223", settings(30, "k223", pseudo_set="pbesol_us")),
         ("ph_ec60_k223", settings(60, "k223")),
     ],
 }
@@ -101,12 +102,12 @@ def structure():
 
 
 def run_queue(name: str, ranks: int) -> None:
-    pseudo_dir = WORK / "pseudo"
-    pseudos = provision_pseudopotentials(pseudo_dir, "pbesol_paw")
     options = RunnerOptions(launcher=f"/usr/bin/mpirun -n {ranks}" if ranks > 1 else "")
     atoms = structure()
     index_path = WORK / "index.json"
     for label, s in QUEUES[name]:
+        pseudo_dir = WORK / ("pseudo" if s.pseudo_set == "pbesol_paw" else f"pseudo_{s.pseudo_set}")
+        pseudos = provision_pseudopotentials(pseudo_dir, s.pseudo_set)
         job = DFTJob(atoms, s, pseudos, pseudo_dir, WORK / "jobs", options)
         start = time.perf_counter()
         labels = job.run()
@@ -175,6 +176,7 @@ def analyse() -> list[dict]:
         ("ph_ec30_k223", "ph_ec60_k223", "cutoff"),
         ("ph_ec45_k223", "ph_ec60_k223", "cutoff"),
         ("ph_ec30_k223", "ph_ec30_k223_tr16", "tr2_ph 1e-14 vs 1e-16"),
+        ("ph_us_ec30_k223", "ph_ec45_k223", "ultrasoft Li/O vs PAW"),
     ]
     for label, ref_label, what in comparisons:
         if done(label) and done(ref_label):

@@ -70,3 +70,12 @@ def test_missing_shipped_file_and_unknown_set_raise(tmp_path):
     with pytest.raises(ConfigError, match="unknown set"):
         provision_pseudopotentials(tmp_path, "no_such_set")
     assert "P" in PSEUDO_SETS["pbesol_paw"]
+
+
+@needs_ld1
+def test_ultrasoft_set_uses_shipped_rrkjus_li_o_and_the_paw_p(tmp_path):
+    records = provision_pseudopotentials(tmp_path, "pbesol_us")
+    assert records["Li"].filename == "Li.pbesol-s-rrkjus_psl.0.2.1.UPF"
+    assert records["O"].filename == "O.pbesol-n-rrkjus_psl.0.1.UPF"
+    assert 'is_ultrasoft="true" is_paw="false"' in (tmp_path / records["O"].filename).read_text()
+    assert records["P"].filename == PSEUDO_SETS["pbesol_paw"]["P"][1].replace(".ld1.in", ".UPF")

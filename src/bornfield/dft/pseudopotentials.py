@@ -45,6 +45,13 @@ PSEUDO_SETS: dict[str, dict[str, tuple[str, str]]] = {
         "O": ("shipped", "O.pbesol-n-kjpaw_psl.0.1.UPF"),
         "P": ("generate", "P.pbesol-n-kjpaw_bornfield.ld1.in"),
     },
+    # ultrasoft Li/O (15 of 16 atoms of Li3PO4) + the PAW P: the same recipe without PAW
+    # (lpaw=.false.) fails ld1.x's transferability test (0.40 Ry excitation error for 3s1 3p4)
+    "pbesol_us": {
+        "Li": ("shipped", "Li.pbesol-s-rrkjus_psl.0.2.1.UPF"),
+        "O": ("shipped", "O.pbesol-n-rrkjus_psl.0.1.UPF"),
+        "P": ("generate", "P.pbesol-n-kjpaw_bornfield.ld1.in"),
+    },
 }
 
 #: Valence test configurations for the generated P (reference first).
