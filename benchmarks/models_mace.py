@@ -1,0 +1,373 @@
+"""Accuracy of the bornfield NN potential vs a small MACE on the CHGNet proxy data (labels are CHGNet, NOT DFT).
+
+The outside baseline of issue 5: `mace-torch` 0.3.16 (small model:
+hidden irreps 32x0e+32x1o, r_max 5 Å, 2 interactions, max_ell 3,
+correlation 3) and bornfield's potential (the architecture of
+``config/paper.yaml``'s ``train.potential`` block) are trained on the SAME
+split of ``data/chgnet_proxy`` (by structure, stratified by config_type,
+``bornfield train split`` with the master seed) for the SAME number of epochs
+(``--epochs``, each a full pass over the training structures; each model keeps
+its best-validation weights), one torch thread each, one after the other.
+Wall-clock times are recorded. Test-set errors are computed by one function for
+both models: energy RMSE/MAE (meV/atom), force RMSE/MAE (meV/Å), stress RMSE
+(GPa), overall and per config_type.
+
+MACE lives in its own virtualenv ``benchmarks/.venv-mace`` (git-ignored;
+mace-torch pins e3nn 0.4.4, bornfield uses 0.6.0), created here if missing:
+``python3 -m venv``, then ``pip install torch==2.13.0`` (pip takes the CPU
+wheel, as the Makefile does for the main venv) and
+``pip install -c benchmarks/constraints-mace.txt mace-torch==0.3.16``. MACE
+training and prediction run as subprocesses of that interpreter (prediction:
+this file with ``--mace-worker``).
+
+    .venv/bin/python benchmarks/models_mace.py [--epochs 60] [--workdir benchmarks/work/models_mace]
+
+Writes ``benchmarks/results/models_mace.json`` (design-note records, split
+"test") and ``models_mace_parity.png``; the trained models stay in the work
+directory (``potential_0.pt`` + ``split.json`` are reused by
+``chgnet_proxy_calibration.py`` and ``models_mace_speed.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import lzma
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+MACE_VENV = HERE / ".venv-mace"
+MACE_PYTHON = MACE_VENV / "bin" / "python"
+MACE_CONSTRAINTS = HERE / "constraints-mace.txt"
+ARCHIVE = ROOT / "data" / "chgnet_proxy" / "li3po4_chgnet_proxy.extxyz.xz"
+WORKDIR = HERE / "work" / "models_mace"
+MACHINE = "2 cores, no GPU (shared with other jobs)"
+LABELS = "CHGNet 0.4.2 proxy labels (not DFT)"
+
+# Small MACE (the issue's "small model"); everything else is mace-torch's default
+MACE_ARCH = {"model": "MACE", "hidden_irreps": "32x0e+32x1o", "r_max": 5.0, "num_interactions": 2,
+             "max_ell": 3, "correlation": 3, "num_radial_basis": 8, "MLP_irreps": "16x0e"}
+MACE_OPTIM = {"loss": "stress", "energy_weight": 1.0, "forces_weight": 100.0, "stress_weight": 10.0,
+              "batch_size": 4, "valid_batch_size": 8, "lr": 0.01, "scheduler_patience": 5, "ema": True,
+              "ema_decay": 0.99, "default_dtype": "float32", "E0s": "average"}
+SPLIT = {"val_fraction": 0.1, "test_fraction": 0.2}
+
+
+# ============================================================================ helpers
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def unpack_dataset(workdir: Path) -> Path:
+    """The proxy archive decompressed into ``workdir/proxy.extxyz`` (re-done if the archive changed)."""
+    if not ARCHIVE.is_file():
+        raise SystemExit(f"{ARCHIVE} missing: run benchmarks/chgnet_proxy.py first")
+    out = workdir / "proxy.extxyz"
+    stamp = workdir / "proxy.sha256"
+    digest = sha256_of(ARCHIVE)
+    if out.is_file() and stamp.is_file() and stamp.read_text().strip() == digest:
+        return out
+    workdir.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(".proxy.extxyz.tmp")
+    with lzma.open(ARCHIVE, "rb") as src, open(tmp, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    os.replace(tmp, out)
+    stamp.write_text(digest + "\n")
+    return out
+
+
+def train_settings(epochs: int) -> dict:
+    """The ``train`` section: config/paper.yaml's potential block, epochs and split of this benchmark."""
+    from bornfield.config import load_config
+
+    train = load_config(ROOT / "config" / "paper.yaml")["train"]
+    train["split"] = dict(SPLIT)
+    train["threads"] = 1
+    potential = dict(train["potential"])
+    # fixed epoch budget: early stopping off (patience = epochs), the best-validation weights are kept
+    potential.update({"max_epochs": int(epochs), "patience": int(epochs), "min_lr": 1e-7})
+    train["potential"] = potential
+    return train
+
+
+def ensure_mace_venv() -> None:
+    """Create ``benchmarks/.venv-mace`` with the pinned MACE stack if it does not exist."""
+    if MACE_PYTHON.exists():
+        return
+    subprocess.run([sys.executable, "-m", "venv", str(MACE_VENV)], check=True)
+    pip = [str(MACE_PYTHON), "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, "torch==2.13.0"], check=True)  # pinned first: the CPU wheel, never CUDA
+    subprocess.run([*pip, "-c", str(MACE_CONSTRAINTS), "mace-torch==0.3.16"], check=True)
+
+
+def write_mace_split(samples, split: dict, workdir: Path) -> dict[str, Path]:
+    """train/val/test extxyz with MACE's REF_* keys (ASE would hide plain ``energy`` in a calculator)."""
+    from ase.io import write
+
+    paths = {}
+    for name in ("train", "val", "test"):
+        frames = []
+        for index in split[name]:
+            s = samples[index]
+            atoms = s.atoms.copy()
+            atoms.calc = None
+            atoms.info = {"REF_energy": s.energy, "REF_stress": s.stress.ravel().tolist(),
+                          "config_type": s.config_type, "structure_index": int(index)}
+            for key in list(atoms.arrays):
+                if key not in ("numbers", "positions"):
+                    del atoms.arrays[key]
+            atoms.arrays["REF_forces"] = s.forces
+            frames.append(atoms)
+        paths[name] = workdir / "mace" / f"{name}.extxyz"
+        paths[name].parent.mkdir(parents=True, exist_ok=True)
+        tmp = paths[name].with_name(f".{paths[name].name}.tmp")
+        write(tmp, frames, format="extxyz")
+        os.replace(tmp, paths[name])
+    return paths
+
+
+def mace_train_command(paths: dict[str, Path], workdir: Path, epochs: int, seed: int) -> list[str]:
+    args = [str(MACE_VENV / "bin" / "mace_run_train"), "--name=proxy_mace", f"--seed={seed}", "--device=cpu",
+            f"--train_file={paths['train']}", f"--valid_file={paths['val']}", f"--test_file={paths['test']}",
+            "--energy_key=REF_energy", "--forces_key=REF_forces", "--stress_key=REF_stress",
+            "--compute_stress=True", "--error_table=PerAtomRMSEstressvirials", f"--max_num_epochs={epochs}",
+            f"--patience={epochs}", "--eval_interval=1", "--num_workers=0",
+            f"--work_dir={workdir / 'mace'}"]
+    for key, value in {**MACE_ARCH, **MACE_OPTIM}.items():
+        if value is True:
+            args.append(f"--{key}")
+        else:
+            args.append(f"--{key}={value}")
+    return args
+
+
+# ============================================================================ MACE worker (runs in .venv-mace)
+def mace_worker(model_path: str, structures: str, out: str, threads: int) -> None:
+    """Energy (eV), forces (eV/Å) and stress (eV/Å³, 3x3) of every frame with MACECalculator -> npz."""
+    import numpy as np
+    import torch
+    from ase.io import read
+    from mace.calculators import MACECalculator
+
+    torch.set_num_threads(threads)
+    calc = MACECalculator(model_paths=model_path, device="cpu", default_dtype="float32")
+    energies, forces, stresses = [], [], []
+    for atoms in read(structures, index=":", format="extxyz"):
+        atoms.calc = calc
+        energies.append(atoms.get_potential_energy())
+        forces.append(atoms.get_forces())
+        stresses.append(atoms.get_stress(voigt=False))
+    tmp = f"{out}.tmp.npz"
+    np.savez(tmp, energy=np.array(energies), forces=np.concatenate(forces), stress=np.array(stresses))
+    os.replace(tmp, out)
+
+
+def mace_predict(model_path: Path, structures: Path, out: Path) -> dict:
+    import numpy as np
+
+    subprocess.run([str(MACE_PYTHON), str(Path(__file__).resolve()), "--mace-worker", str(model_path),
+                    str(structures), str(out)], check=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    with np.load(out) as data:
+        return {k: data[k] for k in data.files}
+
+
+# ============================================================================ metrics (both models)
+def error_table(samples, pred: dict) -> dict[str, dict[str, float]]:
+    """Errors overall ("all") and per config_type.
+
+    ``pred``: ``energy`` (S,) eV, ``forces`` (sum n, 3) eV/Å, ``stress`` (S, 3, 3) eV/Å³.
+    """
+    import numpy as np
+    from ase.units import GPa
+
+    n_atoms = np.array([s.n_atoms for s in samples])
+    offsets = np.concatenate([[0], np.cumsum(n_atoms)])
+    de = (np.asarray(pred["energy"]) - np.array([s.energy for s in samples])) / n_atoms * 1000.0
+    f_ref = np.concatenate([s.forces for s in samples])
+    df = (np.asarray(pred["forces"]) - f_ref) * 1000.0
+    ds = (np.asarray(pred["stress"]) - np.stack([s.stress for s in samples])) / GPa
+    groups = {"all": list(range(len(samples)))}
+    for k, s in enumerate(samples):
+        groups.setdefault(s.config_type, []).append(k)
+    table = {}
+    for name, members in groups.items():
+        atoms_idx = np.concatenate([np.arange(offsets[k], offsets[k + 1]) for k in members])
+        e, f, st = de[members], df[atoms_idx], ds[members]
+        table[name] = {
+            "n_structures": len(members), "n_atoms": int(n_atoms[members].sum()),
+            "energy_rmse_meV_per_atom": float(np.sqrt(np.mean(e**2))),
+            "energy_mae_meV_per_atom": float(np.mean(np.abs(e))),
+            "force_rmse_meV_per_A": float(np.sqrt(np.mean(f**2))),
+            "force_mae_meV_per_A": float(np.mean(np.abs(f))),
+            "stress_rmse_GPa": float(np.sqrt(np.mean(st**2))),
+            "force_ref_rms_meV_per_A": float(np.sqrt(np.mean((f_ref[atoms_idx] * 1000.0) ** 2))),
+        }
+    return table
+
+
+UNITS = {"energy_rmse_meV_per_atom": "meV/atom", "energy_mae_meV_per_atom": "meV/atom",
+         "force_rmse_meV_per_A": "meV/Å", "force_mae_meV_per_A": "meV/Å", "stress_rmse_GPa": "GPa"}
+
+
+def to_records(table: dict, system: str, baseline: bool, notes: str, extra: dict) -> list[dict]:
+    date = dt.date.today().isoformat()
+    out = []
+    for config_type, row in table.items():
+        for metric, unit in UNITS.items():
+            out.append({"metric": metric, "value": row[metric], "unit": unit, "system": system,
+                        "n_atoms": row["n_atoms"], "ranks": 1, "threads": 1, "baseline": baseline, "date": date,
+                        "machine": MACHINE, "split": "test", "config_type": config_type,
+                        "n_structures": row["n_structures"], **extra, "notes": notes})
+    return out
+
+
+def parity_plot(samples, preds: dict[str, dict], tables: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from ase.units import GPa
+
+    n_atoms = np.array([s.n_atoms for s in samples])
+    refs = {"energy": np.array([s.energy for s in samples]) / n_atoms,
+            "forces": np.concatenate([s.forces for s in samples]).ravel(),
+            "stress": np.stack([s.stress for s in samples]).ravel() / GPa}
+    fig, axes = plt.subplots(len(preds), 3, figsize=(12, 4 * len(preds)), squeeze=False)
+    for row, (name, pred) in enumerate(preds.items()):
+        values = {"energy": np.asarray(pred["energy"]) / n_atoms, "forces": np.asarray(pred["forces"]).ravel(),
+                  "stress": np.asarray(pred["stress"]).ravel() / GPa}
+        t = tables[name]["all"]
+        titles = {"energy": f"energy RMSE {t['energy_rmse_meV_per_atom']:.2f} meV/atom",
+                  "forces": f"force RMSE {t['force_rmse_meV_per_A']:.0f} meV/Å",
+                  "stress": f"stress RMSE {t['stress_rmse_GPa']:.3f} GPa"}
+        units = {"energy": "eV/atom", "forces": "eV/Å", "stress": "GPa"}
+        for col, key in enumerate(("energy", "forces", "stress")):
+            ax = axes[row, col]
+            ax.scatter(refs[key], values[key], s=3, alpha=0.4)
+            lo, hi = float(min(refs[key].min(), values[key].min())), float(max(refs[key].max(), values[key].max()))
+            ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
+            ax.set_xlabel(f"CHGNet {key} ({units[key]})")
+            ax.set_ylabel(f"{name} ({units[key]})")
+            ax.set_title(f"{name}: {titles[key]}", fontsize=9)
+    fig.suptitle(f"Held-out test set of the CHGNet proxy ({len(samples)} structures; labels CHGNet, not DFT)")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def count_parameters_bornfield(path: Path) -> int:
+    from bornfield.models import load_potential
+
+    return int(sum(p.numel() for p in load_potential(path).parameters()))
+
+
+# ============================================================================ main
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=60, help="epochs for both models")
+    parser.add_argument("--seed", type=int, default=20231, help="master seed (split, bornfield init)")
+    parser.add_argument("--workdir", type=Path, default=WORKDIR)
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "models_mace.json")
+    parser.add_argument("--mace-worker", nargs=3, metavar=("MODEL", "IN", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.mace_worker:
+        mace_worker(*args.mace_worker, threads=1)
+        return 0
+
+    import torch
+
+    from bornfield.cli import main as bornfield
+    from bornfield.models import load_potential
+    from bornfield.structures.io import write_json_atomic
+    from bornfield.train.data import read_samples
+    from bornfield.train.metrics import predict_potential
+
+    torch.set_num_threads(1)
+    work = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    dataset = unpack_dataset(work)
+    settings = train_settings(args.epochs)
+    common = ["--settings", json.dumps(settings), "--seed", str(args.seed), "--dataset", str(dataset)]
+    if bornfield(["train", "split", *common, "--out", str(work / "split.json")]) != 0:
+        return 1
+    split = json.loads((work / "split.json").read_text())
+    samples = read_samples(dataset)
+    test = [samples[i] for i in split["test"]]
+    timings = json.loads((work / "timings.json").read_text()) if (work / "timings.json").is_file() else {}
+
+    # --- bornfield potential (member 0), one thread
+    potential_path = work / "potential_0.pt"
+    if not potential_path.is_file():
+        t0 = time.perf_counter()
+        if bornfield(["train", "potential", *common, "--outdir", str(work), "--member", "0"]) != 0:
+            return 1
+        timings["bornfield_potential_train_s"] = time.perf_counter() - t0
+        write_json_atomic(work / "timings.json", timings)
+
+    # --- MACE, one thread, same split and epochs
+    ensure_mace_venv()
+    paths = write_mace_split(samples, split, work)
+    mace_model = work / "mace" / "proxy_mace.model"
+    if not mace_model.is_file():
+        t0 = time.perf_counter()
+        with open(work / "mace" / "train.log", "w") as log:
+            subprocess.run(mace_train_command(paths, work, args.epochs, args.seed), check=True, stdout=log,
+                           stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        timings["mace_train_s"] = time.perf_counter() - t0
+        write_json_atomic(work / "timings.json", timings)
+    if not mace_model.is_file():
+        raise SystemExit(f"MACE training finished without {mace_model}: see {work / 'mace' / 'train.log'}")
+
+    # --- predictions on the test structures and one error function for both
+    model = load_potential(potential_path)
+    preds = {"bornfield-potential": predict_potential([model], test),
+             "mace-0.3.16-small": mace_predict(mace_model, paths["test"], work / "mace" / "test_pred.npz")}
+    tables = {name: error_table(test, pred) for name, pred in preds.items()}
+    mace_params = subprocess.run(
+        [str(MACE_PYTHON), "-c", "import sys,torch; m=torch.load(sys.argv[1], weights_only=False); "
+         "print(sum(p.numel() for p in m.parameters()))", str(mace_model)],
+        check=True, capture_output=True, text=True).stdout.strip()
+    meta = model.metadata if hasattr(model, "metadata") else {}
+    notes_common = (f"{LABELS}; {len(split['train'])}/{len(split['val'])}/{len(split['test'])} train/val/test "
+                    f"structures (split by structure, stratified by config_type, seed {args.seed}); same "
+                    f"{args.epochs} epochs for both, best-validation weights, 1 thread")
+    bf_hyper = {k: settings["potential"][k] for k in ("channels", "hidden", "batch_size", "learning_rate",
+                                                       "energy_weight", "force_weight", "stress_weight")}
+    records = to_records(tables["bornfield-potential"], "bornfield-potential", False,
+                         f"{notes_common}; bornfield potential {bf_hyper}, cutoff {settings['cutoff']} A, float32",
+                         {"epochs": args.epochs, "train_wall_s": round(timings.get("bornfield_potential_train_s", float('nan')), 1),
+                          "n_parameters": count_parameters_bornfield(potential_path)})
+    records += to_records(tables["mace-0.3.16-small"], "mace-0.3.16-small", True,
+                          f"{notes_common}; MACE {MACE_ARCH}, {MACE_OPTIM}",
+                          {"epochs": args.epochs, "train_wall_s": round(timings.get("mace_train_s", float('nan')), 1),
+                           "n_parameters": int(mace_params)})
+    write_json_atomic(args.out, records)
+    parity_plot(test, preds, tables, args.out.with_name("models_mace_parity.png"))
+    for name, table in tables.items():
+        print(f"\n{name}")
+        for config_type, row in table.items():
+            print(f"  {config_type:14s} n={row['n_structures']:3d}  E {row['energy_rmse_meV_per_atom']:7.2f} meV/atom  "
+                  f"F {row['force_rmse_meV_per_A']:7.1f} (MAE {row['force_mae_meV_per_A']:6.1f}) meV/A  "
+                  f"S {row['stress_rmse_GPa']:.3f} GPa")
+    print(json.dumps(timings))
+    del meta
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
