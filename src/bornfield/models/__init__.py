@@ -63,26 +63,24 @@ def _paths(path: str | Path | Sequence[str | Path]) -> list[Path]:
     return [Path(p) for p in path]
 
 
+def _load_one_or_committee(path, kind: str, committee_class, dtype: torch.dtype):
+    """One file -> the model; a list of files -> ``committee_class`` over the members."""
+    members = [load_model(p, kind=kind, dtype=dtype) for p in _paths(path)]
+    return members[0] if isinstance(path, (str, Path)) else committee_class(members)
+
+
 def load_potential(
     path: str | Path | Sequence[str | Path], dtype: torch.dtype = torch.float32
 ) -> NNPotential | PotentialCommittee:
     """One potential file -> NNPotential; a list of files -> PotentialCommittee (mean + variance)."""
-    paths = _paths(path)
-    members = [load_model(p, kind="potential", dtype=dtype) for p in paths]
-    if isinstance(path, (str, Path)):
-        return members[0]
-    return PotentialCommittee(members)
+    return _load_one_or_committee(path, "potential", PotentialCommittee, dtype)
 
 
 def load_born(
     path: str | Path | Sequence[str | Path], dtype: torch.dtype = torch.float32
 ) -> EquivariantBornModel | BornCommittee:
     """One Born-model file -> EquivariantBornModel; a list -> BornCommittee."""
-    paths = _paths(path)
-    members = [load_model(p, kind="born", dtype=dtype) for p in paths]
-    if isinstance(path, (str, Path)):
-        return members[0]
-    return BornCommittee(members)
+    return _load_one_or_committee(path, "born", BornCommittee, dtype)
 
 
 __all__ = [

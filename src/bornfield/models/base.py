@@ -32,6 +32,19 @@ class BornfieldModel(nn.Module):
         self.hyperparameters: dict[str, Any] = {}
         self.metadata: dict[str, Any] = {}
 
+    def _density_hyperparameters(self, channels: int, n_basis: int, radial_hidden: int, hidden: int,
+                                 avg_neighbours: float) -> dict[str, Any]:
+        """The hyperparameters shared by every model built on :class:`AtomicDensity` + a readout MLP."""
+        return {
+            "species": list(self.species),
+            "cutoff": self.cutoff,
+            "channels": int(channels),
+            "n_basis": int(n_basis),
+            "radial_hidden": int(radial_hidden),
+            "hidden": int(hidden),
+            "avg_neighbours": float(avg_neighbours),
+        }
+
     @property
     def receptive_field(self) -> float:
         """Å: strictly local single-pass models see exactly their cutoff."""

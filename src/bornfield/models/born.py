@@ -85,13 +85,7 @@ class EquivariantBornModel(BornfieldModel):
         super().__init__(species, cutoff)
         mean_charges = {s: float((mean_charges or {}).get(s, 0.0)) for s in self.species}
         self.hyperparameters = {
-            "species": list(self.species),
-            "cutoff": self.cutoff,
-            "channels": int(channels),
-            "n_basis": int(n_basis),
-            "radial_hidden": int(radial_hidden),
-            "hidden": int(hidden),
-            "avg_neighbours": float(avg_neighbours),
+            **self._density_hyperparameters(channels, n_basis, radial_hidden, hidden, avg_neighbours),
             "mean_charges": mean_charges,
         }
         c = int(channels)
@@ -205,14 +199,8 @@ class PaperRowBaseline(BornfieldModel):
         self.field_axis = int(field_axis)
         self.asr = bool(asr)
         self.hyperparameters = {
-            "species": list(self.species),
-            "cutoff": self.cutoff,
+            **self._density_hyperparameters(channels, n_basis, radial_hidden, hidden, avg_neighbours),
             "field_axis": self.field_axis,
-            "channels": int(channels),
-            "n_basis": int(n_basis),
-            "radial_hidden": int(radial_hidden),
-            "hidden": int(hidden),
-            "avg_neighbours": float(avg_neighbours),
             "mean_rows": mean_rows,
             "asr": self.asr,
         }

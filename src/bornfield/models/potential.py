@@ -82,13 +82,7 @@ class NNPotential(BornfieldModel):
         super().__init__(species, cutoff)
         atomic_energies = {s: float((atomic_energies or {}).get(s, 0.0)) for s in self.species}
         self.hyperparameters = {
-            "species": list(self.species),
-            "cutoff": self.cutoff,
-            "channels": int(channels),
-            "n_basis": int(n_basis),
-            "radial_hidden": int(radial_hidden),
-            "hidden": int(hidden),
-            "avg_neighbours": float(avg_neighbours),
+            **self._density_hyperparameters(channels, n_basis, radial_hidden, hidden, avg_neighbours),
             "atomic_energies": atomic_energies,
             "energy_scale": float(energy_scale),
         }
