@@ -140,12 +140,6 @@ def test_resume_from_an_intact_checkpoint_is_logged(models, interrupted, tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="md/output.py load_checkpoint catches OSError/ValueError/KeyError only; a truncated npz "
-    "raises zipfile.BadZipFile (an empty one EOFError), which escapes as a traceback without the "
-    "file name (fix: also catch zipfile.BadZipFile and EOFError there)",
-)
 def test_truncated_md_checkpoint_is_a_clear_error_naming_the_file(models, interrupted, tmp_path):
     root = tmp_path / "run"
     shutil.copytree(interrupted, root)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -239,6 +240,6 @@ def load_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict]:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files if key != "metadata"}
             metadata = json.loads(str(data["metadata"]))
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # truncated/corrupt npz
         raise InputFileError(f"{path}: unreadable MD checkpoint ({exc}); delete it to restart from scratch") from exc
     return arrays, metadata
