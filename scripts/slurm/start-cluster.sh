@@ -10,7 +10,9 @@
 #   scripts/slurm/stop-cluster.sh
 #
 # What it does (as root):
-#   1. installs the Debian packages slurm-wlm and munge if missing (apt-get);
+#   1. installs the Debian packages slurm-wlm and munge if missing (apt-get), and
+#      libpmix-dev (srun --mpi=pmix launches Debian's Open MPI, i.e. pw.x/ph.x; Open MPI's
+#      own mpirun fails inside Snakemake's SLURM job steps, which drop SLURM_NODELIST);
 #   2. creates the munge key if missing and starts munged as the munge user
 #      (or reuses a munged that already answers);
 #   3. writes a minimal slurm.conf for this host into the state directory:
@@ -82,6 +84,9 @@ for exe in slurmctld slurmd srun sbatch squeue scontrol; do
   command -v "$exe" >/dev/null 2>&1 || need+=(slurm-wlm)
 done
 command -v munged >/dev/null 2>&1 || need+=(munge)
+# srun --mpi=pmix (Debian's Open MPI, i.e. QE) loads libpmix.so, which only the -dev package links
+compgen -G "/usr/lib/*/libpmix.so" >/dev/null || compgen -G "/usr/lib/*/pmix2/lib/libpmix.so" >/dev/null ||
+  need+=(libpmix-dev)
 if [ ${#need[@]} -gt 0 ]; then
   mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
   log "installing ${need[*]} (apt-get)"
