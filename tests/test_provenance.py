@@ -216,3 +216,30 @@ def test_missing_qe_is_listed_as_unavailable(tmp_path: Path) -> None:
     record["quantum_espresso"]["version"] = "edited"  # the per-process cache is not shared
     again = provenance.collect_provenance(pw_executable=missing)
     assert again["quantum_espresso"]["version"] is None
+
+
+def test_cli_writes_the_record_of_a_campaign_config(tmp_path: Path) -> None:
+    """`bornfield provenance` (the workflow's `provenance` rule): config validated, seeds derived."""
+    repo = Path(__file__).resolve().parents[1]
+    output = tmp_path / "results" / "provenance.json"
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("bornfield")), "provenance",
+         "--config", str(repo / ".test" / "config.yaml"), "--output", str(output)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    record = json.loads(output.read_text())
+    assert record["config"]["seed"] == record["seeds"]["seed"] == 20231
+    assert record["config"]["md"]["sweep"]["phases"] == ["beta"]  # defaults filled, values kept
+    replicas = record["seeds"]["md_replicas"]
+    assert sorted(replicas) == ["beta_T300K_E0.1_x", "beta_T300K_E0_none"]
+    assert all(len(seeds) == 2 and len(set(seeds)) == 2 for seeds in replicas.values())
+    assert record["provenance"]["bornfield"]["version"] == bornfield.__version__
+    assert not list(output.parent.glob(".*.tmp"))
+    bad = subprocess.run(
+        [str(Path(sys.executable).with_name("bornfield")), "provenance",
+         "--config-json", '{"seed": -1}', "--output", str(tmp_path / "bad.json")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "invalid config key 'seed'" in bad.stderr
+    assert not (tmp_path / "bad.json").exists()

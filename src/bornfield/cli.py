@@ -23,6 +23,7 @@ STAGES = (
     "bornfield.analysis.cli",
     "bornfield.plots.cli",
     "bornfield.estimate",
+    "bornfield.provenance",
 )
 
 

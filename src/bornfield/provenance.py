@@ -354,3 +354,60 @@ def write_provenance(
         Path(handle.name).unlink(missing_ok=True)
         raise
     return record
+
+
+def campaign_seeds(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The random seeds of a validated campaign config.
+
+    ``seed`` (master seed; the structures, training and active-learning seeds derive from
+    it), ``md`` (the MD stage's seed) and ``md_replicas``: per MD condition the replica
+    seeds that :func:`bornfield.md.conditions.expand_conditions` derives from it.
+    """
+    from bornfield.md.conditions import expand_conditions  # only the seeds need the md stage
+
+    seeds: dict[str, Any] = {"seed": config.get("seed")}
+    md = config.get("md")
+    if isinstance(md, Mapping) and md:
+        seeds["md"] = md.get("seed")
+        seeds["md_replicas"] = {c.name: list(c.seeds) for c in expand_conditions(md)}
+    return seeds
+
+
+def run_write(args) -> int:
+    """``bornfield provenance``: validate the campaign config, write its provenance record."""
+    from bornfield.config import load_config, validate_section
+
+    if args.config:
+        config = load_config(args.config)
+    else:
+        try:
+            data = json.loads(args.config_json)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--config-json is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError("--config-json: expected a JSON object (the whole campaign config)")
+        config = validate_section(data, None, source="--config-json")
+    record = write_provenance(
+        args.output, config, campaign_seeds(config), pw_executable=config["dft"]["run"]["pw_command"]
+    )
+    missing = record["provenance"]["unavailable"]
+    print(
+        f"provenance: bornfield {record['provenance']['bornfield']['version']}, "
+        f"QE {record['provenance']['quantum_espresso'].get('version')}, "
+        f"MPI {record['provenance']['mpi']['library']} -> {args.output}"
+        + (f" (unavailable: {sorted(missing)})" if missing else "")
+    )
+    return 0
+
+
+def register(subparsers) -> None:
+    """``bornfield provenance --config FILE | --config-json JSON --output FILE``."""
+    parser = subparsers.add_parser(
+        "provenance",
+        help="write the provenance record of a results tree (versions, machine, config, seeds)",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="campaign config (YAML)")
+    source.add_argument("--config-json", help="the whole campaign config as JSON (what the workflow passes)")
+    parser.add_argument("--output", required=True, help="JSON file to write, e.g. results/provenance.json")
+    parser.set_defaults(func=run_write)
