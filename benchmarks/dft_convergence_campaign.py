@@ -154,31 +154,24 @@ def analyse() -> list[dict]:
     def done(label):
         return label in index and index[label]["state"] == "completed"
 
-    scf_ref = "scf_ec60_k223"
-    if done(scf_ref):
-        ref = read_pw_output(job_dir(scf_ref) / "pw.out")
-        for label in [x for x in index if x.startswith("scf_") and x != scf_ref and done(x) and x.endswith("k223")]:
-            run = read_pw_output(job_dir(label) / "pw.out")
-            sysname = f"pw.x {label} vs {scf_ref}"
-            rec("force_max_dev_meV_per_A", np.abs(run.forces - ref.forces).max() * 1000, "meV/Å", sysname)
-            rec("energy_dev_meV_per_atom", abs(run.energy - ref.energy) / 16 * 1000, "meV/atom", sysname)
-            rec("stress_max_dev_kbar", np.abs(run.stress - ref.stress).max() / units.GPa * 10, "kbar", sysname)
-    if done("ph_ec30_k334"):  # k series of the forces: the SCF step of the 30 Ry DFPT jobs
-        ref = read_pw_output(job_dir("ph_ec30_k334") / "pw.out")
-        for label in ("ph_ec30_k112", "ph_ec30_k223"):
-            if done(label):
-                run = read_pw_output(job_dir(label) / "pw.out")
-                sysname = f"pw.x {label.replace('ph_', 'scf_')} vs scf_ec30_k334"
-                rec("force_max_dev_meV_per_A", np.abs(run.forces - ref.forces).max() * 1000, "meV/Å", sysname, "k mesh")
-                rec("energy_dev_meV_per_atom", abs(run.energy - ref.energy) / 16 * 1000, "meV/atom", sysname, "k mesh")
-                rec("stress_max_dev_kbar", np.abs(run.stress - ref.stress).max() / units.GPa * 10, "kbar", sysname, "k mesh")
-    if done("ph_ec45_k223") and done(scf_ref):  # SCF of the 45 Ry DFPT job in the cutoff series
-        run = read_pw_output(job_dir("ph_ec45_k223") / "pw.out")
-        ref = read_pw_output(job_dir(scf_ref) / "pw.out")
-        sysname = f"pw.x scf_ec45_k223 vs {scf_ref}"
-        rec("force_max_dev_meV_per_A", np.abs(run.forces - ref.forces).max() * 1000, "meV/Å", sysname, "cutoff")
-        rec("energy_dev_meV_per_atom", abs(run.energy - ref.energy) / 16 * 1000, "meV/atom", sysname, "cutoff")
-        rec("stress_max_dev_kbar", np.abs(run.stress - ref.stress).max() / units.GPa * 10, "kbar", sysname, "cutoff")
+    def compare_scf(label, ref_label, what):
+        """Force / energy / stress deviation of the SCF in job ``label`` from the one in ``ref_label``."""
+        if not (done(label) and done(ref_label)):
+            return
+        run = read_pw_output(job_dir(label) / "pw.out")
+        ref = read_pw_output(job_dir(ref_label) / "pw.out")
+        sysname = f"pw.x {label.replace('ph_', 'scf_')} vs {ref_label.replace('ph_', 'scf_')}"
+        rec("force_max_dev_meV_per_A", np.abs(run.forces - ref.forces).max() * 1000, "meV/Å", sysname, what)
+        rec("force_rms_dev_meV_per_A", np.sqrt(((run.forces - ref.forces) ** 2).mean()) * 1000, "meV/Å", sysname, what)
+        rec("energy_dev_meV_per_atom", abs(run.energy - ref.energy) / 16 * 1000, "meV/atom", sysname, what)
+        rec("stress_max_dev_kbar", np.abs(run.stress - ref.stress).max() / units.GPa * 10, "kbar", sysname, what)
+
+    # cutoff series at k 2x2x3 (the 45 Ry point is the SCF step of the 45 Ry DFPT job)
+    for label in ("scf_ec30_k223", "scf_ec40_k223", "ph_ec45_k223", "scf_ec50_k223"):
+        compare_scf(label, "scf_ec60_k223", "cutoff")
+    # k series at 30 Ry: the SCF step of the DFPT jobs
+    for label in ("ph_ec30_k112", "ph_ec30_k223"):
+        compare_scf(label, "ph_ec30_k334", "k mesh")
     comparisons = [
         ("ph_ec30_k112", "ph_ec30_k334", "k mesh"),
         ("ph_ec30_k223", "ph_ec30_k334", "k mesh"),
