@@ -20,7 +20,7 @@ The two real DFPT-labelled structures in ``tests/data/qe/labelled_small.extxyz``
 are far too few for a calibration curve (and the models here are trained on
 CHGNet labels, whose energy reference differs from PBEsol): not used.
 
-    .venv/bin/python benchmarks/chgnet_proxy_calibration.py [--members 3] [--epochs 60]
+    .venv/bin/python benchmarks/chgnet_proxy_calibration.py [--members 3] [--epochs 180]
 
 Writes ``benchmarks/results/committee_calibration.json`` and ``.png``.
 """
@@ -56,7 +56,7 @@ def calibration(errors, sigmas, bins: int):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--members", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=60, help="must match models_mace.py's run")
+    parser.add_argument("--epochs", type=int, default=180, help="must match models_mace.py --bornfield-epochs")
     parser.add_argument("--seed", type=int, default=20231)
     parser.add_argument("--bins", type=int, default=10)
     parser.add_argument("--workdir", type=Path, default=WORKDIR)
