@@ -9,6 +9,7 @@ starts munged/slurmctld/slurmd), runs ``tests/data/slurm/Snakefile`` with the
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import shutil
@@ -221,3 +222,92 @@ def test_workflow_runs_through_slurm_executor(slurm_cluster: dict, tmp_path: Pat
     assert len(job_ids) == 1, f"grouped jobs ran in SLURM jobs {sorted(job_ids)}"
 
     assert re.search(r"submitted with SLURM jobid", output), output[-4000:]
+
+
+# ------------------------------------------------- tiny campaign on the cluster
+
+# Both MPI stages through `srun`: MD with 2 PMI-2 ranks (PyPI MPICH; the two replicas of a
+# condition side by side, one rank each), QE with 2 PMIx ranks (Debian's Open MPI). Open MPI's
+# own `mpirun` cannot start inside Snakemake's SLURM job steps: the jobstep executor drops the
+# SLURM_* variables except the job id, and mpirun then stops for want of SLURM_NODELIST.
+# Walltimes: generous, for a loaded machine. Seen here: the two DFT jobs, bundled into one
+# SLURM job of 2 x 10 min, hit its time limit under load; SLURM killed the bundle and Snakemake
+# deleted the outputs of both jobs, so the retry recomputed the one that had finished.
+SLURM_CAMPAIGN_OVERLAY = {
+    "md": {"resources": {"tasks": 2, "mpi": "srun --mpi=pmi2", "runtime_min": 60}},
+    "dft": {"run": {"launcher": "srun --mpi=pmix", "runtime_min": 60}},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)  # ~10 min on 2 idle cores; generous for a loaded machine
+def test_tiny_campaign_runs_end_to_end_through_slurm(slurm_cluster: dict, tmp_path: Path) -> None:
+    """`.test/config.yaml` through `--workflow-profile profiles/slurm-local`, every rule a SLURM job."""
+    results = tmp_path / "results"
+    overlay = tmp_path / "slurm_overlay.yaml"
+    overlay.write_text(yaml.safe_dump({"results_dir": str(results), **SLURM_CAMPAIGN_OVERLAY}))
+    env = dict(slurm_cluster, PATH=f"{SNAKEMAKE.parent}:{slurm_cluster.get('PATH', '')}")
+    base = [
+        str(SNAKEMAKE),
+        "--workflow-profile", str(LOCAL_PROFILE.parent),
+        "--configfile", str(REPO / ".test" / "config.yaml"), str(overlay),
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        [*base, "--slurm-keep-successful-logs"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        output, _ = process.communicate(timeout=2200)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGINT)  # a waiting Snakemake ignores SIGTERM
+        output, _ = process.communicate(timeout=120)
+        pytest.fail(f"snakemake did not finish within 2200 s:\n{output[-6000:]}")
+    (tmp_path / "snakemake.log").write_text(output)
+    assert process.returncode == 0, output[-6000:]
+
+    # every job went through SLURM (nothing ran as a local job)
+    submitted = re.findall(r"submitted with SLURM jobid (\d+)", output)
+    assert len(submitted) >= 10, output[-4000:]
+    assert not re.search(r"^local(rule|checkpoint) (?!all:)", output, re.MULTILINE), "a rule ran outside SLURM"
+    slurm_logs = "".join(
+        path.read_text(errors="replace")
+        for job_id in submitted
+        for path in (REPO / ".snakemake" / "slurm_logs").rglob(f"{job_id}.log")
+    )
+
+    # all final targets exist: a dry run has nothing left to do
+    dry = subprocess.run(
+        [*base, "-n"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
+    assert "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout[-3000:]
+
+    # figures, their analysis inputs and the MD replicas behind them
+    figures = sorted((results / "figures").glob("*.png"))
+    assert figures and all(path.stat().st_size > 5_000 for path in figures), figures
+    records = sorted((results / "analysis").glob("*.json"))
+    conditions = sorted(path.parent.name for path in (results / "md").glob("*/summary.json"))
+    assert conditions == ["beta_T300K_E0.1_x", "beta_T300K_E0_none"], conditions
+    for name in conditions:
+        summary = json.loads((results / "md" / name / "summary.json").read_text())
+        assert summary["replicas_completed"] == 2, summary["replicas"]
+        for replica in (0, 1):
+            assert (results / "md" / name / f"replica_{replica}" / "traj.h5").stat().st_size > 0
+        # the 2-task MPI job: srun started 2 ranks that formed one communicator
+        assert summary["mpi_ranks"] == 2 and summary["ranks_per_replica"] == 1, summary
+        log = (results / "logs" / "md" / f"{name}.log").read_text()
+        assert "2 replicas on 2 MPI ranks" in log, log[-2000:]
+        record = json.loads((results / "analysis" / f"{name}.json").read_text())
+        assert record["replicas"]["n_used"] == 2
+    assert {path.stem for path in records} >= set(conditions)
+    # the srun command line of the MD jobs, as Snakemake ran it inside SLURM
+    assert re.search(r"srun --mpi=pmi2 -n 2 bornfield md run", output + slurm_logs), output[-4000:]
+
+    # DFT: both jobs as 2-rank srun steps inside their (bundled) SLURM job
+    statuses = [json.loads(p.read_text()) for p in (results / "dft" / "jobs").glob("*/status.json")]
+    assert len(statuses) == 2 and all(s["state"] == "completed" for s in statuses), statuses
+    assert all(s["launcher"] == "srun --mpi=pmix -n 2" for s in statuses)
+    for job in (results / "dft" / "jobs").iterdir():
+        for out in ("pw.out", "ph.out"):
+            text = (job / out).read_text()
+            assert re.search(r"Parallel version \(MPI\), running on\s+2 processors", text), job / out
