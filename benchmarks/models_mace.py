@@ -361,7 +361,7 @@ def main() -> int:
     mace_params = subprocess.run(
         [str(MACE_PYTHON), "-c", "import sys,torch; m=torch.load(sys.argv[1], weights_only=False); "
          "print(sum(p.numel() for p in m.parameters()))", str(mace_model)],
-        check=True, capture_output=True, text=True).stdout.strip()
+        check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]  # mace prints notices first
     notes_common = (f"{LABELS}; {len(split['train'])}/{len(split['val'])}/{len(split['test'])} train/val/test "
                     f"structures (split by structure, stratified by config_type, seed {args.seed}); same wall-clock "
                     f"budget (~15 min, 1 thread): bornfield {args.bornfield_epochs} epochs, MACE {args.mace_epochs} "
