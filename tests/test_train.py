@@ -107,6 +107,22 @@ def test_split_is_stratified_reproducible_and_disjoint(dataset):
         assert set(members) & set(split["test"]) and set(members) & set(split["train"])
 
 
+def test_split_of_singleton_config_types_still_holds_out_a_structure(dataset):
+    """Two structures of two config_types (a small campaign's first generation): one is held out for test."""
+    samples = read_samples(dataset)
+    first = {}
+    for s in samples:
+        first.setdefault(s.config_type, s)
+    pair = list(first.values())[:2]
+    assert len({s.config_type for s in pair}) == 2
+    split = stratified_split(pair, 0.1, 0.1, seed=0)
+    assert len(split["test"]) == 1 and len(split["train"]) == 1 and split["val"] == []
+    assert stratified_split(pair, 0.1, 0.0, seed=0)["test"] == []  # nothing asked, nothing taken
+    three = list(first.values())[:2] + [s for s in samples if s.config_type == pair[0].config_type][1:2]
+    split = stratified_split(three, 0.1, 0.1, seed=0)
+    assert len(split["test"]) == 1 and len(split["val"]) == 1 and len(split["train"]) == 1
+
+
 @pytest.mark.parametrize("kind", ["potential", "born", "born_row"])
 def test_training_lowers_loss_and_resumes(dataset, tmp_path, kind):
     samples = read_samples(dataset)

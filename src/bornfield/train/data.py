@@ -155,7 +155,10 @@ def stratified_split(
     Within each config_type the structures are shuffled with ``seed`` and
     ``round(n * fraction)`` go to test and validation; every config_type
     keeps at least one training structure, and a group of one structure
-    goes to training. Returns sorted sample indices per split.
+    goes to training. A subset asked for (fraction > 0) that comes out empty
+    -- small datasets of many singleton config_types -- gets one structure
+    from the largest training group (ties: first name), as long as one
+    training structure remains. Returns sorted sample indices per split.
     """
     rng = np.random.default_rng(seed)
     groups: dict[str, list[int]] = {}
@@ -171,6 +174,14 @@ def stratified_split(
         split["test"].extend(members[:n_test].tolist())
         split["val"].extend(members[n_test : n_test + n_val].tolist())
         split["train"].extend(members[n_test + n_val :].tolist())
+    config_type = {s.index: s.config_type for s in samples}
+    for subset, fraction in (("test", test_fraction), ("val", val_fraction)):
+        if fraction > 0 and not split[subset] and len(split["train"]) > 1:
+            sizes = {name: sum(config_type[i] == name for i in split["train"]) for name in sorted(groups)}
+            donor = max(sorted(sizes), key=lambda name: sizes[name])
+            moved = next(i for i in split["train"] if config_type[i] == donor)
+            split["train"].remove(moved)
+            split[subset].append(moved)
     return {k: sorted(v) for k, v in split.items()}
 
 
