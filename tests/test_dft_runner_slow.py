@@ -70,6 +70,22 @@ def test_tiny_real_scf_and_dfpt_job(tmp_path, pseudos, li2o):
     assert time.perf_counter() - start < 2.0
     assert again == json.loads(job.labels_path.read_text())
     assert len(job.status()["attempts"]) == 2
+    # Snakemake deletes a rule's output (labels.json) before re-running it, e.g. after a code
+    # change: the labels are rebuilt from the finished outputs, QE does not run again
+    job.labels_path.unlink()
+    start = time.perf_counter()
+    rebuilt = DFTJob(li2o, TINY, records, pseudo_dir, tmp_path, RunnerOptions(launcher=LAUNCHER)).run()
+    assert time.perf_counter() - start < 2.0
+    assert json.loads(job.labels_path.read_text()) == again and len(job.status()["attempts"]) == 2
+    assert np.allclose(rebuilt["born_charges"], again["born_charges"])
+    # a job killed after ph.x finished (state still 'running', pw.out lost): only pw.x runs again
+    status = job.status()
+    job.labels_path.unlink()
+    (job.dir / "pw.out").write_text("truncated")
+    job._save_status({**status, "state": "running"})
+    resumed = DFTJob(li2o, TINY, records, pseudo_dir, tmp_path, RunnerOptions(launcher=LAUNCHER)).run()
+    assert [a["program"] for a in job.status()["attempts"]] == ["pw.x", "ph.x", "pw.x"]
+    assert np.allclose(resumed["born_charges"], again["born_charges"])
 
 
 def test_real_scf_failure_escalates_then_fails_with_reason(tmp_path, pseudos, li2o):

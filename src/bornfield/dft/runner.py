@@ -201,6 +201,12 @@ class DFTJob:
         if self.is_finished() and not (retry_failed and self.status().get("state") == "failed"):
             LOG.info("%s: already %s, not recomputed", self.dft_id, self.status()["state"])
             return self.regate()
+        if self.status().get("state") == "completed" and not self.labels_path.exists():
+            # labels.json removed (e.g. Snakemake deletes a rule's output before re-running it
+            # after a code change): rebuild it from the finished QE outputs, do not rerun QE
+            labels = self._labels_from_outputs()
+            if labels is not None:
+                return labels
         self.dir.mkdir(parents=True, exist_ok=True)
         write(self.dir / "structure.extxyz", self.atoms, format="extxyz")
         status = self.status()
@@ -229,7 +235,11 @@ class DFTJob:
             status["qe_version"] = scf.qe_version
             self._save_status(status)
             if self.settings.born_charges:
-                bec = self._run_ph(status)
+                bec = self._finished_ph_output(status)
+                if bec is None:
+                    bec = self._run_ph(status)
+                else:
+                    LOG.info("%s: ph.x finished in an earlier run (same structure and settings); its output is reused", self.dft_id)
         labels = self._labels(scf, bec, status)
         status["state"] = "completed" if scf is not None else "failed"
         if scf is not None and self.settings.born_charges and bec is None:
@@ -239,6 +249,33 @@ class DFTJob:
         self._save_status(status)
         if not self.options.keep_scratch:
             shutil.rmtree(self.dir / "tmp", ignore_errors=True)
+        return labels
+
+    def _finished_ph_output(self, status: dict):
+        """The parsed ``ph.out`` of an earlier converged ph.x attempt of this job, else None."""
+        converged = any(a.get("program") == "ph.x" and a.get("outcome") == "converged" for a in status.get("attempts", []))
+        if not converged or not (self.dir / "ph.out").exists():
+            return None
+        try:
+            return read_ph_output(self.dir / "ph.out")
+        except InputFileError as exc:
+            LOG.warning("%s: earlier ph.x output unusable (%s); running ph.x again", self.dft_id, exc)
+            return None
+
+    def _labels_from_outputs(self) -> dict | None:
+        """Labels of a completed job rebuilt from pw.out/ph.out (None when they do not parse)."""
+        status = self.status()
+        try:
+            scf = read_pw_output(self.dir / "pw.out")
+        except InputFileError as exc:
+            LOG.warning("%s: completed but pw.out unusable (%s); the job runs again", self.dft_id, exc)
+            return None
+        bec = self._finished_ph_output(status) if self.settings.born_charges else None
+        if self.settings.born_charges and bec is None and status.get("failure") is None:
+            return None  # Born charges expected and not recoverable: run again
+        labels = self._labels(scf, bec, status)
+        _atomic_write_json(self.labels_path, labels)
+        LOG.info("%s: labels.json rebuilt from the finished QE outputs (QE not rerun)", self.dft_id)
         return labels
 
     def _interrupt(self, status: dict, stage: str) -> None:
