@@ -146,9 +146,19 @@ def _dft_job_running(jobs: Path, charged: set[str]):
 
 
 def _md_replica_after_checkpoint(md: Path):
-    """A replica directory with a checkpoint but no final status yet."""
+    """A replica directory with a checkpoint after step 0 but no final status yet.
+
+    (The engine also checkpoints at step 0; a kill right after it would only show a restart
+    from the beginning - seen in a first version of this test.)
+    """
     for checkpoint in sorted(md.glob("*/replica_*/checkpoint.npz")):
-        if not (checkpoint.parent / "status.json").exists():
+        if (checkpoint.parent / "status.json").exists():
+            continue
+        try:
+            _, metadata = load_checkpoint(checkpoint)
+        except Exception:  # noqa: BLE001 - replaced between glob and read: look again
+            continue
+        if int(metadata["step"]) > 0:
             return checkpoint.parent
     return None
 
@@ -202,6 +212,7 @@ def test_kill_during_dft_and_md_then_rerun_completes_with_failure_reported(tmp_p
     assert not (replica / "status.json").exists(), "the replica finished before the kill"
     _, checkpoint_meta = load_checkpoint(replica / "checkpoint.npz")
     checkpoint_step = int(checkpoint_meta["step"])
+    assert checkpoint_step > 0
     condition = replica.parent.name
     assert not (replica.parent / "summary.json").exists()
     text2 = log2.read_text()

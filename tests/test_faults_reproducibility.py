@@ -65,6 +65,7 @@ def test_melt_quench_is_bit_identical_for_the_same_seed(tmp_path):
 
     def quench(name: str, seed: int) -> Path:
         output = tmp_path / name / "dft_0.extxyz"
+        output.parent.mkdir()  # for the LAMMPS log (the rule's log directory)
         bornfield("structures", "melt-quench", "--settings", settings, "--seed", str(seed), "--kind", "dft",
                   "--index", "0", "--output", str(output), "--lammps-log", str(tmp_path / name / "lammps.log"))
         return output
