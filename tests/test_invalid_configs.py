@@ -61,7 +61,7 @@ CASES = [
     ("md-phase-not-built", "md.sweep.phases", ["gamma"], "md.sweep.phases.0", "structures.phases builds"),
     ("unknown-ensemble", "md.ensemble", "npt", "md.ensemble", "allowed values: ['nve', 'bussi'"),
     ("unknown-backend", "md.backend", "gromacs", "md.backend", "allowed values: ['ase', 'lammps']"),
-    ("unknown-pseudo-set", "dft.pseudopotentials.set", "sg15_oncv", "dft.pseudopotentials.set", "allowed values: ['pbesol_paw']"),
+    ("unknown-pseudo-set", "dft.pseudopotentials.set", "sg15_oncv", "dft.pseudopotentials.set", "allowed values: ['pbesol_paw'"),
     ("unknown-reference-axis", "analysis.reference_axis", "w", "analysis.reference_axis", "'w'"),
     # impossible sizes
     ("supercell-too-small", "structures.dft_cells.crystal_target_atoms", 4, "structures.dft_cells.crystal_target_atoms", "minimum is 16"),
