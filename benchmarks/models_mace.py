@@ -364,8 +364,10 @@ def main() -> int:
         check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]  # mace prints notices first
     notes_common = (f"{LABELS}; {len(split['train'])}/{len(split['val'])}/{len(split['test'])} train/val/test "
                     f"structures (split by structure, stratified by config_type, seed {args.seed}); same wall-clock "
-                    f"budget (~15 min, 1 thread): bornfield {args.bornfield_epochs} epochs, MACE {args.mace_epochs} "
-                    "epochs; best-validation weights")
+                    f"budget, 1 thread: bornfield {args.bornfield_epochs} epochs in "
+                    f"{timings.get('bornfield_potential_train_s', float('nan')) / 60:.1f} min, MACE {args.mace_epochs} "
+                    f"epochs in {timings.get('mace_train_s', float('nan')) / 60:.1f} min (incl. its final evaluation); "
+                    "best-validation weights")
     bf_hyper = {k: settings["potential"][k] for k in ("channels", "hidden", "batch_size", "learning_rate",
                                                        "energy_weight", "force_weight", "stress_weight")}
     records = to_records(tables["bornfield-potential"], "bornfield-potential", False,
