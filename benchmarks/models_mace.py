@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import lzma
 import os
@@ -67,12 +66,7 @@ SPLIT = {"val_fraction": 0.1, "test_fraction": 0.2}
 
 
 # ============================================================================ helpers
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from chgnet_proxy import sha256_of  # noqa: E402  (same directory, stdlib-only at import)
 
 
 def unpack_dataset(workdir: Path) -> Path:

@@ -45,19 +45,7 @@ MACE_PYTHON = HERE / ".venv-mace" / "bin" / "python"
 SIZES = {128: (2, 2, 2), 1024: (4, 4, 4), 8192: (8, 8, 8)}
 MACHINE = "2 cores, no GPU (shared with other jobs)"
 
-
-def beta_supercell(repeat):
-    """Rattled (0.05 Å, seed 1) beta-Li3PO4 supercell, the cells of models_speed.py."""
-    from ase.spacegroup import crystal
-
-    atoms = crystal(
-        ["Li", "Li", "P", "O", "O", "O"],
-        basis=[(0.24810, 0.32770, 0.98600), (0.5, 0.84280, 0.98930), (0, 0.82430, 0),
-               (0.20777, 0.68676, 0.89610), (0, 0.10520, 0.90040), (0.5, 0.18140, 0.81720)],
-        spacegroup=31, cellpar=[6.1150, 5.2394, 4.8554, 90, 90, 90],
-    ).repeat(repeat)
-    atoms.rattle(0.05, seed=1)
-    return atoms
+from models_speed import beta_supercell  # noqa: E402  (same directory; numpy/ase only)
 
 
 def timed(function, repeats):
