@@ -248,6 +248,9 @@ def classify_pw_failure(path: str | Path) -> tuple[str, str] | None:
     if not path.exists():
         return "missing", f"{path} does not exist"
     text = path.read_text(encoding="utf-8", errors="replace")
+    if "Program PWSCF" not in text:
+        tail = " ".join(text.strip().splitlines()[-3:])[:300]
+        return "not_started", f"pw.x never started (MPI launcher or environment failure): {tail!r} ({path})"
     if "Maximum CPU time exceeded" in text:
         return "truncated", f"pw.x stopped at max_seconds; restart files written ({path})"
     if "convergence NOT achieved" in text:

@@ -43,7 +43,7 @@ from bornfield.dft.inputs import DFTSettings, PwOverrides, compute_dft_id, write
 from bornfield.dft.parsers import apply_asr, classify_pw_failure, read_ph_output, read_pw_output
 from bornfield.dft.pseudopotentials import PseudoRecord
 from bornfield.dft.qc import QCThresholds, run_gates
-from bornfield.errors import ConfigError, InputFileError
+from bornfield.errors import BornfieldError, ConfigError, InputFileError
 
 LOG = logging.getLogger(__name__)
 
@@ -53,6 +53,11 @@ _QE_WALLTIME_STOP = "Maximum CPU time exceeded"
 
 class JobInterrupted(RuntimeError):
     """QE stopped itself at ``max_seconds``: the job is resumable, not finished or failed."""
+
+
+class LaunchFailed(BornfieldError):
+    """QE never started (launcher/MPI/environment problem): not a property of the structure,
+    so the job is neither completed nor failed; fix the launcher and run it again."""
 
 
 @dataclass(frozen=True)
@@ -225,7 +230,7 @@ class DFTJob:
 
         scf = None
         scf_finished = (self.dir / "pw.out").exists() and classify_pw_failure(self.dir / "pw.out") is None
-        if previous_state in ("scf_done", "interrupted", "running") and scf_finished and (self.dir / "tmp").exists():
+        if previous_state in ("scf_done", "interrupted", "running", "launch_failed") and scf_finished and (self.dir / "tmp").exists():
             scf = read_pw_output(self.dir / "pw.out")  # resume at ph.x
         else:
             scf = self._run_scf(status, resume=previous_state in ("running", "interrupted"))
@@ -278,6 +283,15 @@ class DFTJob:
         LOG.info("%s: labels.json rebuilt from the finished QE outputs (QE not rerun)", self.dft_id)
         return labels
 
+    def _launch_failed(self, status: dict, program: str, reason: str) -> None:
+        status["state"] = "launch_failed"
+        status["failure"] = {"stage": program, "class": "not_started", "reason": reason}
+        self._save_status(status)
+        raise LaunchFailed(
+            f"{self.dir}: {program} never started with launcher {self.options.launcher!r} ({reason}); "
+            "the job is not marked failed -- fix dft.run.launcher and run it again"
+        )
+
     def _interrupt(self, status: dict, stage: str) -> None:
         status["state"] = "interrupted"
         status["interrupted_stage"] = stage
@@ -299,6 +313,8 @@ class DFTJob:
             status["kpoints"] = list(kpts)
             wall = self._run_program(self.options.pw_command, "pw.in", "pw.out")
             failure = classify_pw_failure(self.dir / "pw.out")
+            if failure is not None and failure[0] == "not_started":
+                self._launch_failed(status, "pw.x", failure[1])
             record = {
                 "program": "pw.x", "attempt": attempt, "restart": restart, "wall_s": round(wall, 2),
                 "overrides": {k: v for k, v in vars(overrides).items() if v not in (None, {}, False)},
@@ -340,6 +356,9 @@ class DFTJob:
             write_ph_input(self.dir / "ph.in", self.settings, recover=recover, max_seconds=self.options.max_seconds)
             wall = self._run_program(self.options.ph_command, "ph.in", "ph.out")
             status["wall_time_s"] = round(status["wall_time_s"] + wall, 2)
+            ph_text = (self.dir / "ph.out").read_text(errors="replace")
+            if "Program PHONON" not in ph_text:
+                self._launch_failed(status, "ph.x", " ".join(ph_text.strip().splitlines()[-3:])[:300])
             if _QE_WALLTIME_STOP in (self.dir / "ph.out").read_text(errors="replace"):
                 status["attempts"].append({"program": "ph.x", "attempt": attempt, "recover": recover, "wall_s": round(wall, 2), "outcome": "interrupted"})
                 self._interrupt(status, "ph")
