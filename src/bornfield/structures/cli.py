@@ -81,6 +81,8 @@ def run_melt_quench(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.suffix != ".extxyz":
         raise ConfigError(f"--output must end in .extxyz, got {output}")
+    if args.lammps_log and _is_root():
+        Path(args.lammps_log).parent.mkdir(parents=True, exist_ok=True)
     final, snapshots, result = make_amorphous_cell(
         settings["amorphous"], seed, args.kind, args.index, lammps_log=args.lammps_log)
     if _is_root():
