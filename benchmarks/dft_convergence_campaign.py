@@ -170,9 +170,11 @@ def analyse() -> list[dict]:
     for label in ("scf_ec30_k223", "scf_ec40_k223", "ph_ec45_k223", "scf_ec50_k223"):
         compare_scf(label, "scf_ec60_k223", "cutoff")
     # k series at 30 Ry: the SCF step of the DFPT jobs
+    compare_scf("ph_ec30_k112", "ph_ec30_k223", "k mesh (demo 1x1x2 vs 2x2x3)")
     for label in ("ph_ec30_k112", "ph_ec30_k223"):
         compare_scf(label, "ph_ec30_k334", "k mesh")
     comparisons = [
+        ("ph_ec30_k112", "ph_ec30_k223", "k mesh (demo 1x1x2 vs 2x2x3)"),
         ("ph_ec30_k112", "ph_ec30_k334", "k mesh"),
         ("ph_ec30_k223", "ph_ec30_k334", "k mesh"),
         ("ph_ec30_k223", "ph_ec45_k223", "cutoff"),
@@ -198,6 +200,28 @@ def analyse() -> list[dict]:
     return records
 
 
+def plot(records: list[dict], path: Path) -> None:
+    """Bars of the max force and Born-charge deviations against the bounds of the issue."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("force_max_dev_meV_per_A", "max |ΔF| (meV/Å)", 20.0), ("bec_max_dev_e", "max |ΔZ| (e)", 0.02)]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, (metric, label, bound) in zip(axes, panels):
+        rows = [r for r in records if r["metric"] == metric]
+        ax.barh([r["system"] for r in rows], [r["value"] for r in rows], color="tab:blue")
+        ax.axvline(bound, color="tab:red", ls="--", label=f"bound {bound:g}")
+        ax.set(xlabel=label, xlim=(0, None))
+        ax.legend(fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+    fig.suptitle("DFT convergence, 16-atom beta-Li3PO4 rattled 0.05 Å (PAW PBEsol)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queue", choices=[*sorted(QUEUES), "scaling"])
@@ -215,6 +239,7 @@ def main() -> None:
         tmp = args.output.with_suffix(".part")
         tmp.write_text(json.dumps(records, indent=1))
         tmp.replace(args.output)
+        plot(records, args.output.with_suffix(".png"))
         for r in records:
             print(f"{r['system']:45s} {r['metric']:26s} {r['value']:10.4g} {r['unit']}")
 
