@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from ase import Atoms
 
 from bornfield.config import load_config
 from bornfield.errors import ConfigError
@@ -70,12 +71,12 @@ def _amorphous_length(n_atoms: int, density_g_cm3: float) -> float:
     return (n_atoms * mass_per_atom_g / density_g_cm3 * 1e24) ** (1.0 / 3.0)
 
 
-def dft_candidate_sizes(config: dict) -> list[tuple[str, int, tuple[float, float, float]]]:
-    """(config_type, atoms, cell lengths in Å) of every DFT candidate the structures stage makes."""
+def dft_candidate_cells(config: dict) -> list[tuple[str, int, np.ndarray]]:
+    """(config_type, atoms, cell (3, 3) in Å) of every DFT candidate the structures stage makes."""
     from bornfield.structures.builder import build_crystal_dft_candidates
 
     structures = config["structures"]
-    out = [(a.info.get("config_type", "crystal"), len(a), tuple(a.cell.lengths()))
+    out = [(a.info.get("config_type", "crystal"), len(a), a.cell[:])
            for a in build_crystal_dft_candidates(structures, int(config["seed"]))]
     amorphous = structures["amorphous"]
     if "amorphous" in structures["phases"] or amorphous["dft_cells"]["seeds"] > 0:
@@ -83,13 +84,13 @@ def dft_candidate_sizes(config: dict) -> list[tuple[str, int, tuple[float, float
         perturb = structures["perturbations"]
         per_seed = 1 + perturb["rattle_copies"] + perturb["strain_copies"] + spec["melt_snapshots"]
         length = _amorphous_length(spec["n_atoms"], amorphous["initial_density_g_cm3"])
-        out += [("amorphous", spec["n_atoms"], (length,) * 3)] * (spec["seeds"] * per_seed)
+        out += [("amorphous", spec["n_atoms"], length * np.eye(3))] * (spec["seeds"] * per_seed)
     return out
 
 
 def estimate(config: dict, cost: CostModel | None = None) -> list[dict]:
     """One row per stage: ``stage``, ``units`` (what was counted), ``core_hours``."""
-    from bornfield.dft.inputs import DFTSettings
+    from bornfield.dft.inputs import DFTSettings, kpoint_mesh
     from bornfield.md.conditions import expand_conditions
 
     cost = cost or CostModel()
@@ -107,22 +108,23 @@ def estimate(config: dict, cost: CostModel | None = None) -> list[dict]:
 
     dft = config["dft"]
     settings = DFTSettings.from_section(dft)
-    candidates = dft_candidate_sizes(config)
+    all_candidates = dft_candidate_cells(config)
+    candidates = all_candidates
     if dft.get("max_structures") is not None:
         candidates = candidates[: dft["max_structures"]]
     al = config["train"]["active_learning"]
     n_selected = max(al["generations"] - 1, 0) * al["select_per_generation"]
     max_atoms = al["exploration"].get("max_atoms")
-    explorable = [c for c in dft_candidate_sizes(config) if max_atoms is None or c[1] <= max_atoms]
+    explorable = [c for c in all_candidates if max_atoms is None or c[1] <= max_atoms]
     if n_selected and not explorable:
         raise ConfigError(f"train.active_learning.exploration.max_atoms = {max_atoms}: no DFT candidate is that small")
     # selected snapshots: as large on average as the cells exploration starts from
     jobs = candidates + [explorable[k % len(explorable)] for k in range(n_selected)]
     scale = (settings.ecutwfc_Ry / 30.0) ** 1.5
     scf_s = ph_s = 0.0
-    for _, n_atoms, lengths in jobs:
-        mesh = tuple(max(1, math.ceil(2 * math.pi * settings.kpoint_density_per_inv_A / length)) for length in lengths)
-        n_k = irreducible_kpoints(mesh)
+    for _, n_atoms, cell in jobs:
+        # the mesh the DFT stage will use (same function as the runner's input writer)
+        n_k = irreducible_kpoints(kpoint_mesh(Atoms(cell=cell, pbc=True), settings.kpoint_density_per_inv_A))
         scf_s += cost.scf_core_s_per_kpoint * (n_atoms / 16) ** cost.scf_size_exponent * scale * n_k
         if settings.born_charges:
             ph_s += cost.dfpt_core_s_per_kpoint * (n_atoms / 16) ** cost.dfpt_size_exponent * scale * n_k
