@@ -242,15 +242,27 @@ class PwOutput:
 PW_FAILURES = ("scf_not_converged", "truncated", "qe_error", "missing")
 
 
+def never_started(text: str, program: str) -> str | None:
+    """Why a QE output shows that ``program`` ("PWSCF", "PHONON") never started, else None.
+
+    QE prints ``Program <NAME>`` first; without it the launcher, MPI or environment
+    failed, which says nothing about the structure (the output's last lines say why).
+    """
+    if f"Program {program}" in text:
+        return None
+    tail = " ".join(text.strip().splitlines()[-3:])[:300]
+    return f"{program} never started (MPI launcher or environment failure): {tail!r}"
+
+
 def classify_pw_failure(path: str | Path) -> tuple[str, str] | None:
     """None if the pw.x output finished a converged SCF, else (class, human reason)."""
     path = Path(path)
     if not path.exists():
         return "missing", f"{path} does not exist"
     text = path.read_text(encoding="utf-8", errors="replace")
-    if "Program PWSCF" not in text:
-        tail = " ".join(text.strip().splitlines()[-3:])[:300]
-        return "not_started", f"pw.x never started (MPI launcher or environment failure): {tail!r} ({path})"
+    reason = never_started(text, "PWSCF")
+    if reason is not None:
+        return "not_started", f"{reason} ({path})"
     if "Maximum CPU time exceeded" in text:
         return "truncated", f"pw.x stopped at max_seconds; restart files written ({path})"
     if "convergence NOT achieved" in text:

@@ -40,7 +40,7 @@ from ase import Atoms
 from ase.io import read, write
 
 from bornfield.dft.inputs import DFTSettings, PwOverrides, compute_dft_id, write_ph_input, write_pw_input
-from bornfield.dft.parsers import apply_asr, classify_pw_failure, read_ph_output, read_pw_output
+from bornfield.dft.parsers import apply_asr, classify_pw_failure, never_started, read_ph_output, read_pw_output
 from bornfield.dft.pseudopotentials import PseudoRecord
 from bornfield.dft.qc import QCThresholds, run_gates
 from bornfield.errors import BornfieldError, ConfigError, InputFileError
@@ -357,9 +357,10 @@ class DFTJob:
             wall = self._run_program(self.options.ph_command, "ph.in", "ph.out")
             status["wall_time_s"] = round(status["wall_time_s"] + wall, 2)
             ph_text = (self.dir / "ph.out").read_text(errors="replace")
-            if "Program PHONON" not in ph_text:
-                self._launch_failed(status, "ph.x", " ".join(ph_text.strip().splitlines()[-3:])[:300])
-            if _QE_WALLTIME_STOP in (self.dir / "ph.out").read_text(errors="replace"):
+            reason = never_started(ph_text, "PHONON")
+            if reason is not None:
+                self._launch_failed(status, "ph.x", reason)
+            if _QE_WALLTIME_STOP in ph_text:
                 status["attempts"].append({"program": "ph.x", "attempt": attempt, "recover": recover, "wall_s": round(wall, 2), "outcome": "interrupted"})
                 self._interrupt(status, "ph")
             try:
