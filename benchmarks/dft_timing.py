@@ -27,12 +27,13 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 MACHINE = "2 cores, no GPU (shared with other jobs)"
-_TIME = r"(?:(\d+)h)?\s*(?:(\d+)m)?\s*([\d.]+)s"
+# QE prints e.g. "27.22s", "17m36.50s", "1h 9m" (no seconds once an hour has passed)
+_TIME = r"(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:([\d.]+)s)?"
 
 
 def _seconds(match_groups) -> float:
     hours, minutes, seconds = match_groups
-    return int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(seconds)
+    return int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(seconds or 0.0)
 
 
 def qe_times(path: Path, program: str) -> tuple[float, float, int] | None:
