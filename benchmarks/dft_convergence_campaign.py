@@ -122,17 +122,12 @@ def run_queue(name: str, ranks: int) -> None:
         logging.info("%s (%s): %s in %.0f s", label, job.dft_id, labels["state"], time.perf_counter() - start)
 
 
-def _cpu_seconds(out_path: Path) -> float:
-    """Last 'PWSCF/PHONON : ... CPU' time printed by QE (s per rank)."""
-    import re
+def _cpu_seconds(out_path: Path, program: str) -> float:
+    """CPU seconds per rank that QE printed for a finished run (``dft_timing.qe_times``), NaN if unfinished."""
+    from dft_timing import qe_times  # same directory
 
-    last = None
-    for line in out_path.read_text(errors="replace").splitlines():
-        m = re.search(r"(PWSCF|PHONON)\s*:\s*(?:(\d+)h\s*)?(?:(\d+)m\s*)?([\d.]+)s CPU", line)
-        if m:
-            h, mi, s = (float(x) if x else 0.0 for x in m.groups()[1:])
-            last = 3600 * h + 60 * mi + s
-    return float("nan") if last is None else last
+    times = qe_times(out_path, program)
+    return float("nan") if times is None else times[0]
 
 
 def analyse() -> list[dict]:
@@ -194,9 +189,9 @@ def analyse() -> list[dict]:
     for label in index:
         if done(label):
             d = job_dir(label)
-            rec("qe_cpu_time_s", _cpu_seconds(d / "pw.out"), "s (per rank)", f"pw.x {label}", "SCF")
+            rec("qe_cpu_time_s", _cpu_seconds(d / "pw.out", "PWSCF"), "s (per rank)", f"pw.x {label}", "SCF")
             if label.startswith("ph_"):
-                rec("qe_cpu_time_s", _cpu_seconds(d / "ph.out"), "s (per rank)", f"ph.x {label}", "DFPT epsil+zeu")
+                rec("qe_cpu_time_s", _cpu_seconds(d / "ph.out", "PHONON"), "s (per rank)", f"ph.x {label}", "DFPT epsil+zeu")
     return records
 
 
