@@ -43,6 +43,8 @@ EXPERIMENT_ABC_A = (6.1150, 5.2394, 4.8554)
 SETTINGS = replace(DFTSettings(), ecutwfc_Ry=50.0, ecutrho_Ry=400.0, kpoint_density_per_inv_A=1.6, conv_thr_per_atom_Ry=1e-11)
 VC_RELAX = PwOverrides(
     extra_control={"calculation": "vc-relax", "nstep": 80, "etot_conv_thr": 1e-5, "forc_conv_thr": 1e-3},
+    extra_namelists={"ions": {"ion_dynamics": "bfgs"},
+                     "cell": {"cell_dynamics": "bfgs", "press_conv_thr": 0.5, "cell_dofree": "all"}},
 )
 
 
@@ -51,12 +53,6 @@ def write_input() -> tuple[int, int, int]:
     atoms = build_crystal("beta")
     path = WORK / "pw.in"
     kpts = write_pw_input(path, atoms, SETTINGS, {k: v.filename for k, v in pseudos.items()}, WORK / "pseudo", VC_RELAX)
-    # bornfield's writer fills only &CONTROL/&SYSTEM/&ELECTRONS (ASE writes empty &IONS/&CELL)
-    text = path.read_text()
-    filled = "&IONS\n   ion_dynamics = 'bfgs'\n/\n&CELL\n   cell_dynamics = 'bfgs'\n   press_conv_thr = 0.5\n   cell_dofree = 'all'\n/\n"
-    if "&IONS\n/\n&CELL\n/\n" not in text:
-        raise SystemExit(f"{path}: unexpected layout of ASE's &IONS/&CELL namelists")
-    path.write_text(text.replace("&IONS\n/\n&CELL\n/\n", filled, 1))
     (WORK / "pseudo_manifest.json").write_text(json.dumps({k: v.md5 for k, v in pseudos.items()}, indent=1))
     return kpts
 

@@ -131,3 +131,15 @@ def test_real_scf_capped_at_three_iterations_is_classified(data_dir):
     with pytest.raises(InputFileError, match="not converged"):
         read_pw_output(path)
     assert classify_pw_failure(path.parent / "absent.out")[0] == "missing"
+
+
+def test_extra_namelists_reach_the_input(tmp_path, beta):
+    """A vc-relax's &IONS/&CELL go through the same writer as every SCF (no text surgery)."""
+    overrides = PwOverrides(extra_control={"calculation": "vc-relax"},
+                            extra_namelists={"ions": {"ion_dynamics": "bfgs"}, "cell": {"cell_dofree": "all"}})
+    path = tmp_path / "pw.in"
+    write_pw_input(path, beta, DFTSettings(), {"Li": "Li.UPF", "P": "P.UPF", "O": "O.UPF"}, tmp_path, overrides)
+    text = path.read_text()
+    assert re.search(r"&IONS\s+ion_dynamics\s*=\s*'bfgs'\s*/", text)
+    assert re.search(r"&CELL\s+cell_dofree\s*=\s*'all'\s*/", text)
+    assert re.search(r"calculation\s*=\s*'vc-relax'", text)

@@ -92,6 +92,8 @@ class PwOverrides:
     extra_control: dict = field(default_factory=dict)
     extra_system: dict = field(default_factory=dict)
     extra_electrons: dict = field(default_factory=dict)
+    #: further namelists for ASE's writer, e.g. {"ions": {...}, "cell": {...}} of a vc-relax
+    extra_namelists: dict = field(default_factory=dict)
 
 
 def pw_input_data(atoms: Atoms, settings: DFTSettings, pseudo_dir: str | Path, overrides: PwOverrides | None = None) -> dict:
@@ -122,7 +124,7 @@ def pw_input_data(atoms: Atoms, settings: DFTSettings, pseudo_dir: str | Path, o
         "diagonalization": overrides.diagonalization or settings.diagonalization,
     }
     electrons.update(overrides.extra_electrons)
-    return {"control": control, "system": system, "electrons": electrons}
+    return {"control": control, "system": system, "electrons": electrons, **overrides.extra_namelists}
 
 
 def write_pw_input(
