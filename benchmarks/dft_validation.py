@@ -40,7 +40,7 @@ WORK = HERE / "work" / "dft_validation"
 TEST_DATA = ROOT / "tests" / "data" / "qe" / "vcrelax_beta"
 #: Keffer, Mighell, Mauer, Swanson, Block (1967), Inorg. Chem. 6, 119 (LI3PO4_FACTS.md)
 EXPERIMENT_ABC_A = (6.1150, 5.2394, 4.8554)
-SETTINGS = replace(DFTSettings(), ecutwfc_Ry=50.0, ecutrho_Ry=400.0, kpoint_density_per_inv_A=1.6, conv_thr_per_atom_Ry=1e-11)
+SETTINGS = replace(DFTSettings(), ecutwfc_Ry=80.0, ecutrho_Ry=640.0, kpoint_density_per_inv_A=1.6, conv_thr_per_atom_Ry=1e-11)
 VC_RELAX = PwOverrides(
     extra_control={"calculation": "vc-relax", "nstep": 80, "etot_conv_thr": 1e-5, "forc_conv_thr": 1e-3},
     extra_namelists={"ions": {"ion_dynamics": "bfgs"},
@@ -49,12 +49,19 @@ VC_RELAX = PwOverrides(
 
 
 def write_input() -> tuple[int, int, int]:
-    pseudos = provision_pseudopotentials(WORK / "pseudo", SETTINGS.pseudo_set)
+    pseudos = write_manifest()
     atoms = build_crystal("beta")
     path = WORK / "pw.in"
-    kpts = write_pw_input(path, atoms, SETTINGS, {k: v.filename for k, v in pseudos.items()}, WORK / "pseudo", VC_RELAX)
-    (WORK / "pseudo_manifest.json").write_text(json.dumps({k: v.md5 for k, v in pseudos.items()}, indent=1))
-    return kpts
+    return write_pw_input(path, atoms, SETTINGS, {k: v.filename for k, v in pseudos.items()}, WORK / "pseudo", VC_RELAX)
+
+
+def write_manifest() -> dict:
+    """Provision (or find) the set's pseudopotentials; record set name, files, md5s and sources."""
+    pseudos = provision_pseudopotentials(WORK / "pseudo", SETTINGS.pseudo_set)
+    manifest = {"set": SETTINGS.pseudo_set, "md5": {k: v.md5 for k, v in pseudos.items()},
+                "file": {k: v.filename for k, v in pseudos.items()}, "source": {k: v.source for k, v in pseudos.items()}}
+    (WORK / "pseudo_manifest.json").write_text(json.dumps(manifest, indent=1))
+    return pseudos
 
 
 def run(ranks: int) -> None:
@@ -110,6 +117,8 @@ def analyse(output: Path) -> list[dict]:
     TEST_DATA.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(WORK / "pw.in", TEST_DATA / "pw.in")
     shutil.copyfile(out, TEST_DATA / "pw.out")
+    write_manifest()  # the files in WORK/pseudo are found, not regenerated
+    shutil.copyfile(WORK / "pseudo_manifest.json", TEST_DATA / "pseudo_manifest.json")
     for r in records:
         print(f"{r['metric']:26s} {r['value']:.4f} {r['unit']}")
     return records
