@@ -11,6 +11,7 @@ from bornfield.cli import main
 from bornfield.dft.inputs import DFTSettings
 from bornfield.dft.pseudopotentials import PseudoRecord
 from bornfield.dft.runner import DFTJob, LaunchFailed, RunnerOptions
+from bornfield.errors import ConfigError
 
 
 def _job(tmp_path, launcher):
@@ -47,3 +48,16 @@ def test_launch_failure_is_a_clear_cli_error(tmp_path, capsys):
                  "--launcher", "/bin/false"])
     assert code == 2
     assert "never started" in capsys.readouterr().err
+
+
+def test_pools_reach_pw_and_ph_command_lines():
+    options = RunnerOptions.from_section({"run": {"launcher": "srun", "ranks": 4, "pools": 2}})
+    assert options.command("pw.x", "pw.in") == ["srun", "-n", "4", "pw.x", "-nk", "2", "-in", "pw.in"]
+    assert options.command("ph.x", "ph.in")[-4:] == ["-nk", "2", "-in", "ph.in"]
+    # one pool: QE's own default, no flag
+    assert "-nk" not in RunnerOptions.from_section({"run": {"launcher": "srun", "ranks": 4}}).command("pw.x", "pw.in")
+
+
+def test_pools_must_divide_ranks():
+    with pytest.raises(ConfigError, match=r"dft.run.pools = 3 must divide dft.run.ranks = 4"):
+        RunnerOptions.from_section({"run": {"launcher": "srun", "ranks": 4, "pools": 3}})

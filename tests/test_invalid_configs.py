@@ -95,6 +95,8 @@ CASES = [
     # paths relative to results_dir must stay inside it
     ("pseudo-dir-escapes", "dft.pseudopotentials.directory", "../../pseudo", "dft.pseudopotentials.directory", "stay inside results_dir"),
     ("pseudo-dir-escapes-inside", "dft.pseudopotentials.directory", "dft/../../x", "dft.pseudopotentials.directory", "stay inside results_dir"),
+    # k-point pools that do not split the ranks
+    ("pools-not-dividing-ranks", "dft.run.pools", 3, "dft.run.pools", "must divide dft.run.ranks"),
     # a precision the models do not support
     ("unknown-dtype", "train.dtype", "float16", "train.dtype", "allowed values: ['float32', 'float64']"),
 ]

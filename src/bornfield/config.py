@@ -127,6 +127,12 @@ def _check_across_sections(config: dict, source: str) -> None:
         for key, phase in wanted
         if phase not in built
     ]
+    run = config.get("dft", {}).get("run", {})
+    if "pools" in run and int(run.get("ranks", 2)) % int(run["pools"]):
+        messages.append(
+            f"{source}: invalid config key 'dft.run.pools' (value {run['pools']!r}): must divide "
+            f"dft.run.ranks = {run.get('ranks', 2)} (QE splits the ranks into k-point pools)"
+        )
     if messages:
         raise ConfigError("\n".join(messages))
 

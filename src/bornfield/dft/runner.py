@@ -68,11 +68,13 @@ class RunnerOptions:
     ``/usr/bin/mpirun -n 2`` (Debian QE is built against Open MPI — never the venv's
     MPICH ``mpirun``) or ``srun -n 2``. Empty string: run serially.
     ``max_seconds``: QE's own soft walltime (s) so a killed job leaves restart files.
+    ``pools``: k-point pools (QE's ``-nk``) for pw.x and ph.x; must divide the rank count.
     """
 
     launcher: str = "/usr/bin/mpirun -n 2"
     pw_command: str = "pw.x"
     ph_command: str = "ph.x"
+    pools: int = 1
     max_scf_attempts: int = 3
     ph_retries: int = 1
     max_seconds: float | None = None
@@ -82,8 +84,13 @@ class RunnerOptions:
     def from_section(cls, section: dict, launcher: str | None = None) -> RunnerOptions:
         """Build from the ``dft`` config section; ``launcher`` overrides ``dft.run.launcher``."""
         run = section.get("run", {})
+        pools = int(run.get("pools", cls.pools))
+        ranks = int(run.get("ranks", 2))
+        if launcher is None and ranks % pools:
+            raise ConfigError(f"dft.run.pools = {pools} must divide dft.run.ranks = {ranks} (QE splits the ranks into pools)")
         return cls(
-            launcher=launcher if launcher is not None else f"{run.get('launcher', '/usr/bin/mpirun')} -n {int(run.get('ranks', 2))}",
+            launcher=launcher if launcher is not None else f"{run.get('launcher', '/usr/bin/mpirun')} -n {ranks}",
+            pools=pools,
             pw_command=run.get("pw_command", cls.pw_command),
             ph_command=run.get("ph_command", cls.ph_command),
             max_scf_attempts=int(run.get("max_scf_attempts", cls.max_scf_attempts)),
@@ -98,7 +105,7 @@ class RunnerOptions:
         if argv and os.path.basename(argv[0]) in ("mpirun", "mpiexec", "orterun") and hasattr(os, "geteuid") and os.geteuid() == 0:
             if "--allow-run-as-root" not in argv and _is_open_mpi(argv[0]):
                 argv.insert(1, "--allow-run-as-root")
-        return argv + [program, "-in", input_name]
+        return argv + [program, *(["-nk", str(self.pools)] if self.pools > 1 else []), "-in", input_name]
 
 
 def _is_open_mpi(launcher: str) -> bool:
