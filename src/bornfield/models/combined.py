@@ -85,7 +85,9 @@ def _evaluate_graph(graph: Graph, potentials, borns, stress: bool) -> StepResult
 
     Site energies and Born charges of a centre depend only on its own row of
     edge vectors, so each block's gradient is complete on its own: exact, and
-    the autograd buffers of one block are freed before the next.
+    the saved activations of one block are freed before the next. The edge
+    gradient is the potentials' hand-written backward
+    (:meth:`NNPotential.site_energies_and_edge_gradient`).
     """
     edge_vec = graph.edge_vectors().detach()
     n, k = edge_vec.shape[:2]
@@ -95,18 +97,18 @@ def _evaluate_graph(graph: Graph, potentials, borns, stress: bool) -> StepResult
     sites_parts, grad_parts, born_parts = [], [], []
     for start in range(0, n, block):
         rows = slice(start, min(start + block, n))
-        vec = edge_vec[rows].requires_grad_(True)
-        geometry = EdgeGeometry(vec, centre_species[rows], neighbour_species[rows])
-        sites = potentials[0].site_energies(graph, vec, geometry)
+        vec = edge_vec[rows]
+        with torch.no_grad():
+            geometry = EdgeGeometry(vec, centre_species[rows], neighbour_species[rows])
+        sites, grad = potentials[0].site_energies_and_edge_gradient(graph, vec, geometry)
         for member in potentials[1:]:
-            sites = sites + member.site_energies(graph, vec, geometry)
-        sites = sites / len(potentials)
+            member_sites, member_grad = member.site_energies_and_edge_gradient(graph, vec, geometry)
+            sites, grad = sites + member_sites, grad + member_grad
         if borns:
             with torch.no_grad():
                 born_parts.append(sum(member.raw_charges(graph, geometry).double() for member in borns) / len(borns))
-        (grad,) = torch.autograd.grad(sites.sum(), vec)
-        sites_parts.append(sites.detach())
-        grad_parts.append(grad)
+        sites_parts.append(sites / len(potentials))
+        grad_parts.append(grad / len(potentials))
     grad = torch.cat(grad_parts) if len(grad_parts) > 1 else grad_parts[0]
     with torch.no_grad():
         forces = forces_from_edge_gradient(graph, grad).double().numpy()

@@ -35,6 +35,38 @@ def polynomial_envelope(r: torch.Tensor, cutoff: float, p: int = 6) -> torch.Ten
     return torch.where(x < 1.0, value, torch.zeros_like(value))
 
 
+def polynomial_envelope_derivative(r: torch.Tensor, cutoff: float, p: int = 6) -> torch.Tensor:
+    """d/dr of :func:`polynomial_envelope` (1/Å); zero beyond the cutoff."""
+    x = r / cutoff
+    a, b, c = -(p + 1) * (p + 2) / 2, p * (p + 2), -p * (p + 1) / 2
+    value = x ** (p - 1) * (p * a + x * ((p + 1) * b + (p + 2) * c * x)) / cutoff
+    return torch.where(x < 1.0, value, torch.zeros_like(value))
+
+
+def _harmonic_polynomials() -> dict[str, torch.Tensor]:
+    """e3nn's l = 1, 2 "component" spherical harmonics as homogeneous polynomials of the unit vector u.
+
+    ``Y1_m(u) = Σ_a linear[m, a] u_a`` and ``Y2_m(u) = Σ_ab quadratic[m, a, b] u_a u_b``
+    (quadratic symmetric), read off e3nn by polarisation in float64. Used for the
+    analytic gradient ``∂Y/∂v = (1 - u uᵀ) ∇P(u) / |v|`` (:class:`DensityTape`).
+    """
+    eye = torch.eye(3, dtype=torch.float64)
+
+    def homogeneous(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # P_l(v) = |v|^l Y_l(v / |v|)
+        sh = o3.spherical_harmonics([1, 2], v, normalize=True, normalization="component")
+        norm = v.norm(dim=-1, keepdim=True)
+        return sh[..., :3] * norm, sh[..., 3:] * norm**2
+
+    linear, diagonal = homogeneous(eye)  # (3 axes, 3 m), (3 axes, 5 m)
+    quadratic = torch.zeros(5, 3, 3, dtype=torch.float64)
+    for a in range(3):
+        quadratic[:, a, a] = diagonal[a]
+        for b in range(a + 1, 3):
+            mixed = (homogeneous(eye[a] + eye[b])[1] - diagonal[a] - diagonal[b]) / 2
+            quadratic[:, a, b] = quadratic[:, b, a] = mixed
+    return {"linear": linear.T.contiguous(), "quadratic": quadratic}
+
+
 class EdgeGeometry:
     """Per-edge quantities that do not depend on a model's weights, computed once per step.
 
@@ -71,6 +103,10 @@ class EdgeGeometry:
         self._cache[(key, grad)] = value
         return value
 
+    def unit_vectors(self) -> torch.Tensor:
+        """(N, K, 3) edge directions ``edge_vec / r``."""
+        return self._cached(("unit",), lambda: self.edge_vec / self.r.unsqueeze(-1))
+
     def species_onehot(self, n_species: int, dtype: torch.dtype) -> torch.Tensor:
         """(N, K, 2 n_species) one-hot species of the centre and of the neighbour of each edge."""
         key = ("onehot", n_species, dtype)
@@ -85,6 +121,27 @@ class EdgeGeometry:
     def bessel(self, basis: "BesselBasis") -> torch.Tensor:
         """(N, K, n_basis) radial basis of the edge lengths."""
         return self._cached(("bessel", basis.cutoff, int(basis.frequencies.numel())), lambda: basis(self.r))
+
+    def radial_inputs(self, basis: "BesselBasis", n_species: int, rows_per_block: int) -> list[torch.Tensor]:
+        """Blocks of ``rows_per_block`` centres of the radial MLP input ``[bessel(r), onehot(z_i), onehot(z_j)]``.
+
+        Each block is (n, K, n_basis + 2 n_species). The blocks come from one
+        ``split`` of the full tensors, so a backward pass through all of them
+        concatenates their gradients once (slicing each block out of the full
+        tensor would zero-fill a full-size gradient per block).
+        """
+        def compute() -> list[torch.Tensor]:
+            bessel = self.bessel(basis)
+            onehot = self.species_onehot(n_species, bessel.dtype)
+            return [torch.cat(pair, dim=-1) for pair in zip(bessel.split(rows_per_block), onehot.split(rows_per_block))]
+
+        key = ("radial_in", basis.cutoff, int(basis.frequencies.numel()), n_species, rows_per_block)
+        return self._cached(key, compute)
+
+    def scaled_harmonics_blocks(self, cutoff: float, avg_neighbours: float, rows_per_block: int) -> list[torch.Tensor]:
+        """:meth:`scaled_harmonics` split into blocks of ``rows_per_block`` centres, (n, K, 9) each."""
+        key = ("sh_blocks", float(cutoff), float(avg_neighbours), rows_per_block)
+        return self._cached(key, lambda: list(self.scaled_harmonics(cutoff, avg_neighbours).split(rows_per_block)))
 
     def scaled_harmonics(self, cutoff: float, avg_neighbours: float) -> torch.Tensor:
         """(N, K, 9) spherical harmonics times the cutoff envelope / sqrt(avg_neighbours)."""
@@ -124,6 +181,11 @@ class BesselBasis(nn.Module):
     def forward(self, r: torch.Tensor) -> torch.Tensor:
         r = r.unsqueeze(-1)
         return math.sqrt(2.0 / self.cutoff) * torch.sin(self.frequencies * r) / r
+
+    def derivative(self, r: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """d/dr (1/Å) of the basis ``values = self(r)``: ``(sqrt(2/r_c) f cos(f r) - values) / r``."""
+        r = r.unsqueeze(-1)
+        return (math.sqrt(2.0 / self.cutoff) * self.frequencies * torch.cos(self.frequencies * r) - values) / r
 
 
 class SpeciesMLP(nn.Module):
@@ -212,13 +274,16 @@ class AtomicDensity(nn.Module):
     #: edges per block of the radial MLP: keeps its (edges, hidden) activations in the CPU's L2 cache
     EDGES_PER_BLOCK = 8192
 
-    def radial_weights(self, geometry: EdgeGeometry, rows: slice = slice(None)) -> torch.Tensor:
-        """(n, K, 3C) radial channel weights R_{lc}(r_ij, z_i, z_j) (before the envelope) of the ``rows`` centres.
+    def rows_per_block(self, n_neighbours: int) -> int:
+        """Centres per block of :meth:`densities_from_geometry` for ``n_neighbours`` (K) slots per centre."""
+        return max(1, self.EDGES_PER_BLOCK // max(n_neighbours, 1))
 
-        The radial MLP acts on ``[bessel(r), onehot(z_i), onehot(z_j)]``.
+    def radial_network(self, radial_in: torch.Tensor) -> torch.Tensor:
+        """(..., 3C) radial channel weights R_{lc}(r_ij, z_i, z_j) (before the envelope) of radial MLP inputs.
+
+        ``radial_in`` is ``[bessel(r), onehot(z_i), onehot(z_j)]`` (..., n_basis + 2 n_species),
+        see :meth:`EdgeGeometry.radial_inputs`.
         """
-        bessel = geometry.bessel(self.basis)[rows]
-        radial_in = torch.cat([bessel, geometry.species_onehot(self.n_species, bessel.dtype)[rows]], dim=-1)
         if torch.is_grad_enabled():
             return self.radial(radial_in)
         # inference: the same layers with in-place activations (no autograd buffers to keep)
@@ -234,17 +299,42 @@ class AtomicDensity(nn.Module):
         not depend on the blocking).
         """
         c = self.channels
-        harmonics = geometry.scaled_harmonics(self.cutoff, self.avg_neighbours)
-        n, k = harmonics.shape[:2]
-        block = max(1, self.EDGES_PER_BLOCK // max(k, 1))
-        parts = []
-        for start in range(0, n, block):
-            rows = slice(start, min(start + block, n))
-            weights = self.radial_weights(geometry, rows)
-            # one batched product for all l: (n, 3C, K) @ (n, K, 9); keep the diagonal (l, l) blocks
-            parts.append(torch.bmm(weights.transpose(1, 2), harmonics[rows]))
+        rows = self.rows_per_block(geometry.r.shape[1])
+        inputs = geometry.radial_inputs(self.basis, self.n_species, rows)
+        harmonics = geometry.scaled_harmonics_blocks(self.cutoff, self.avg_neighbours, rows)
+        # one batched product for all l per block: (n, 3C, K) @ (n, K, 9); keep the diagonal (l, l) blocks
+        parts = [torch.bmm(self.radial_network(x).transpose(1, 2), h) for x, h in zip(inputs, harmonics)]
         full = parts[0] if len(parts) == 1 else torch.cat(parts)
         return full[:, :c, 0], full[:, c : 2 * c, 1:4], full[:, 2 * c :, 4:9]
+
+    def densities_with_tape(
+        self, geometry: EdgeGeometry
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], "DensityTape"]:
+        """:meth:`densities_from_geometry` without autograd, plus what :class:`DensityTape` needs.
+
+        For inference forces: the densities are the same numbers as
+        :meth:`densities_from_geometry`; ``tape.edge_gradient(dE/dA0, dE/dA1, dE/dA2)``
+        then gives ``dE/d edge_vec`` with a hand-written backward pass (no autograd
+        graph over the edges). Call under ``torch.no_grad()`` with a geometry built
+        under ``no_grad`` from edge vectors that do not require grad.
+        """
+        first, act1, second, act2, last = self.radial
+        if not (isinstance(act1, nn.SiLU) and isinstance(act2, nn.SiLU)):
+            raise TypeError("densities_with_tape expects the Linear-SiLU-Linear-SiLU-Linear radial MLP")
+        c = self.channels
+        rows = self.rows_per_block(geometry.r.shape[1])
+        inputs = geometry.radial_inputs(self.basis, self.n_species, rows)
+        harmonics = geometry.scaled_harmonics_blocks(self.cutoff, self.avg_neighbours, rows)
+        saved, parts = [], []
+        for x, h in zip(inputs, harmonics):
+            pre1 = first(x)
+            pre2 = second(nn.functional.silu(pre1))
+            weights = last(nn.functional.silu(pre2))
+            saved.append((pre1, pre2, weights))
+            parts.append(torch.bmm(weights.transpose(1, 2), h))
+        full = parts[0] if len(parts) == 1 else torch.cat(parts)
+        densities = (full[:, :c, 0], full[:, c : 2 * c, 1:4], full[:, 2 * c :, 4:9])
+        return densities, DensityTape(self, geometry, rows, saved, harmonics)
 
     def invariants(self, a0: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor) -> torch.Tensor:
         """Invariant features (N, 5C) of the densities."""
@@ -271,3 +361,72 @@ class AtomicDensity(nn.Module):
         std = features_raw.std(0) if features_raw.shape[0] > 1 else torch.zeros_like(rms)
         self.feature_shift.copy_(features_raw.mean(0))
         self.feature_scale.copy_(torch.maximum(std, 0.1 * rms).clamp(min=1e-6))
+
+
+class DensityTape:
+    """Hand-written backward pass from the densities of :meth:`AtomicDensity.densities_with_tape` to the edges.
+
+    With ``G = dE/dA`` (the upstream gradient of the densities, any scalar E):
+
+    * ``dE/dR[e, lc] = Σ_m G[i, lc, m] H[e, m]`` and ``dE/dH[e, m] = Σ_c G[i, lc, m] R[e, lc]``
+      (R radial weights, H scaled harmonics of edge e = (i, k));
+    * through the radial MLP (saved pre-activations, ``silu_backward``) to the Bessel
+      basis, then ``dE/dr`` with the analytic Bessel and envelope derivatives;
+    * ``dE/dv = dE/dr u + (1 - u uᵀ) ∇P(u)·dE/dY / r`` for the harmonics (l = 1, 2
+      polynomials of :func:`_harmonic_polynomials`; Y_00 is constant).
+
+    Same result as autograd through :meth:`AtomicDensity.densities_from_geometry`
+    (tested in float64); no autograd graph over the (N, K) edges is built.
+    """
+
+    def __init__(self, density: AtomicDensity, geometry: EdgeGeometry, rows: int, saved: list, harmonics: list):
+        self.density = density
+        self.geometry = geometry
+        self.rows = rows
+        self.saved = saved
+        self.harmonics = harmonics
+
+    def edge_gradient(self, grad_a0: torch.Tensor, grad_a1: torch.Tensor, grad_a2: torch.Tensor) -> torch.Tensor:
+        """dE/d edge_vec (N, K, 3) from dE/dA0 (N, C), dE/dA1 (N, C, 3), dE/dA2 (N, C, 5)."""
+        density, geometry = self.density, self.geometry
+        c = density.channels
+        dtype = self.harmonics[0].dtype
+        upstream = grad_a0.new_zeros(grad_a0.shape[0], 3 * c, 9)
+        upstream[:, :c, 0] = grad_a0
+        upstream[:, c : 2 * c, 1:4] = grad_a1
+        upstream[:, 2 * c :, 4:9] = grad_a2
+        first, _, second, _, last = density.radial
+        n_basis = int(density.basis.frequencies.numel())
+        bessel_weight = first.weight[:, :n_basis]
+        polynomials = _HARMONIC_POLYNOMIALS.get("linear", dtype), _HARMONIC_POLYNOMIALS.get("quadratic", dtype)
+        linear, quadratic = polynomials[0], polynomials[1].reshape(5, 9)
+        scale = density.avg_neighbours**-0.5
+        rows = self.rows
+        r_blocks = geometry.r.split(rows)
+        unit_blocks = geometry.unit_vectors().split(rows)
+        sh_blocks = geometry.sh.split(rows)
+        bessel_blocks = geometry.bessel(density.basis).split(rows)
+        parts = []
+        for (pre1, pre2, weights), h, g, r, unit, sh, bessel in zip(
+            self.saved, self.harmonics, upstream.split(rows), r_blocks, unit_blocks, sh_blocks, bessel_blocks
+        ):
+            grad_weights = torch.bmm(h, g.transpose(1, 2))  # (n, K, 3C)
+            grad_h = torch.bmm(weights, g)  # (n, K, 9)
+            grad = torch.ops.aten.silu_backward(grad_weights @ last.weight, pre2)
+            grad = torch.ops.aten.silu_backward(grad @ second.weight, pre1)
+            grad_bessel = grad @ bessel_weight  # (n, K, n_basis)
+            grad_r = (grad_bessel * density.basis.derivative(r, bessel)).sum(-1)
+            envelope = polynomial_envelope(r, density.cutoff) * scale
+            envelope_slope = polynomial_envelope_derivative(r, density.cutoff) * scale
+            grad_r = grad_r + (grad_h * sh).sum(-1) * envelope_slope
+            grad_sh = grad_h * envelope.unsqueeze(-1)
+            # ∇P(u)·dE/dY: l = 1 linear, l = 2 2 Q u
+            tangent = grad_sh[..., 1:4] @ linear
+            quad = (grad_sh[..., 4:9] @ quadratic).unflatten(-1, (3, 3))
+            tangent = tangent + 2.0 * (quad @ unit.unsqueeze(-1)).squeeze(-1)
+            radial_part = tangent - (tangent * unit).sum(-1, keepdim=True) * unit
+            parts.append(grad_r.unsqueeze(-1) * unit + radial_part / r.unsqueeze(-1))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+_HARMONIC_POLYNOMIALS = ExactConstants(**_harmonic_polynomials())

@@ -111,11 +111,43 @@ class NNPotential(BornfieldModel):
         """
         if geometry is None:
             geometry = edge_geometry(graph, edge_vec)
-        a0, a1, a2 = self.density.densities_from_geometry(geometry)
-        features = self.density.invariants(a0, a1, a2)
+        return self._site_energies_from_densities(self.density.densities_from_geometry(geometry), geometry)
+
+    def _site_energies_from_densities(self, densities, geometry: EdgeGeometry) -> torch.Tensor:
+        features = self.density.invariants(*densities)
         species = geometry.centre_species
         network = self.readout(features, species).squeeze(-1) * self.hyperparameters["energy_scale"]
         return network.to(torch.float64) + self._e0[species]
+
+    def site_energies_and_edge_gradient(
+        self,
+        graph: Graph,
+        edge_vec: torch.Tensor,
+        geometry: EdgeGeometry | None = None,
+        energy_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Site energies (N_c,) eV (float64, detached) and ``dE/d edge_vec`` (N_c, K, 3) eV/Å for inference.
+
+        ``E = Σ site_energies`` (or ``Σ site_energies[energy_mask]``). Autograd runs
+        only through the per-atom invariants and readout; the gradient through the
+        (N_c, K) edges is the hand-written :class:`~bornfield.models.layers.DensityTape`
+        (same numbers as autograd, much less work per edge). The result carries no
+        graph: use :meth:`forward` with ``create_graph=True`` to train on forces.
+
+        ``geometry`` (built under ``torch.no_grad()`` from the same ``edge_vec``)
+        shares per-edge quantities with other models evaluated on the same step.
+        """
+        with torch.no_grad():
+            if geometry is None:
+                geometry = edge_geometry(graph, edge_vec.detach())
+            densities, tape = self.density.densities_with_tape(geometry)
+        with torch.enable_grad():
+            leaves = [d.detach().requires_grad_(True) for d in densities]
+            sites = self._site_energies_from_densities(leaves, geometry)
+            target = sites[energy_mask].sum() if energy_mask is not None else sites.sum()
+            upstream = torch.autograd.grad(target, leaves)
+        with torch.no_grad():
+            return sites.detach(), tape.edge_gradient(*upstream)
 
     def forward(
         self,
@@ -130,7 +162,9 @@ class NNPotential(BornfieldModel):
         Args:
             graph: structures and neighbour list.
             forces / stress: which derivatives to compute.
-            create_graph: keep the autograd graph of the derivatives (training on forces).
+            create_graph: keep the autograd graph of the derivatives (training on forces). Without it,
+                forces/stress come from the hand-written edge backward of
+                :meth:`site_energies_and_edge_gradient` and every output is detached.
             energy_mask: (N,) bool; if given, forces are those of ``sum(site_energies[mask])``.
 
         If the graph has ``centres``, site energies are those of the centres (N_c,),
@@ -141,18 +175,22 @@ class NNPotential(BornfieldModel):
             ``stress`` (B, 3, 3) eV/Å³ (NaN for structures that are not fully periodic).
         """
         edge_vec = graph.edge_vectors().detach()
-        if forces or stress:
+        grad = None
+        if not (forces or stress):
+            sites = self.site_energies(graph, edge_vec)
+        elif create_graph:  # training on forces: autograd through the edges, graph of the derivatives kept
             edge_vec.requires_grad_(True)
-        sites = self.site_energies(graph, edge_vec)
+            sites = self.site_energies(graph, edge_vec)
+            target = sites[energy_mask].sum() if energy_mask is not None else sites.sum()
+            (grad,) = torch.autograd.grad(target, edge_vec, create_graph=True)
+        else:  # inference: hand-written backward over the edges (same numbers, a fraction of the work)
+            sites, grad = self.site_energies_and_edge_gradient(graph, edge_vec, energy_mask=energy_mask)
         energy = torch.zeros(graph.n_structures, dtype=torch.float64).index_add(0, graph.centre_batch, sites)
         out = {"site_energies": sites, "energy": energy}
-        if forces or stress:
-            target = sites[energy_mask].sum() if energy_mask is not None else energy.sum()
-            (grad,) = torch.autograd.grad(target, edge_vec, create_graph=create_graph)
-            if forces:
-                out["forces"] = forces_from_edge_gradient(graph, grad)
-            if stress:
-                out["stress"] = stress_from_edge_gradient(graph, edge_vec, grad)
+        if forces:
+            out["forces"] = forces_from_edge_gradient(graph, grad)
+        if stress:
+            out["stress"] = stress_from_edge_gradient(graph, edge_vec, grad)
         return out
 
     # ---- PotentialModel protocol (numpy in, numpy out) -------------------------------

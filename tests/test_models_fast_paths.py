@@ -1,0 +1,142 @@
+"""The inference fast paths of the models give the numbers of the plain autograd evaluation.
+
+* :class:`bornfield.models.layers.DensityTape` (hand-written backward over the edges,
+  used by ``NNPotential.forward(create_graph=False)`` and ``models.combined``) equals
+  autograd through the edges, float64, periodic and open-boundary (centres/ghosts,
+  energy mask), committees included;
+* a saved model file written before the speed work (tests/data/models, see
+  make_reference.py there) still loads and gives its recorded outputs to float32
+  round-off.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from e3nn import o3
+
+from bornfield.models import PotentialCommittee, BornCommittee, load_born, load_potential
+from bornfield.models.combined import evaluate_cluster, evaluate_periodic
+from bornfield.models.graph import build_cluster_graph, build_graph
+from bornfield.models.layers import _HARMONIC_POLYNOMIALS, polynomial_envelope, polynomial_envelope_derivative
+
+from test_models import SPECIES, beta_li3po4, make
+
+DATA = Path(__file__).resolve().parent / "data" / "models"
+
+
+def rattled(repeat=(1, 1, 1), seed=0, amplitude=0.15):
+    atoms = beta_li3po4().repeat(repeat)
+    strain = np.eye(3) + 0.03 * np.random.default_rng(seed).normal(size=(3, 3))
+    atoms.set_cell(np.asarray(atoms.cell) @ strain, scale_atoms=True)
+    atoms.rattle(amplitude, seed=seed + 1)
+    return atoms
+
+
+def autograd_reference(model, graph, energy_mask=None):
+    """Energy, forces, stress by autograd through the edge vectors (the training path)."""
+    out = model.forward(graph, forces=True, stress=True, create_graph=True, energy_mask=energy_mask)
+    return {k: v.detach() for k, v in out.items()}
+
+
+def test_harmonic_polynomials_reproduce_e3nn():
+    u = torch.nn.functional.normalize(torch.randn(200, 3, dtype=torch.float64), dim=-1)
+    sh = o3.spherical_harmonics([1, 2], u, normalize=True, normalization="component")
+    linear = _HARMONIC_POLYNOMIALS.get("linear", torch.float64)
+    quadratic = _HARMONIC_POLYNOMIALS.get("quadratic", torch.float64)
+    torch.testing.assert_close(u @ linear.T, sh[:, :3], rtol=0, atol=1e-13)
+    torch.testing.assert_close(torch.einsum("na,mab,nb->nm", u, quadratic, u), sh[:, 3:], rtol=0, atol=1e-13)
+
+
+def test_envelope_derivative_is_the_gradient():
+    r = torch.linspace(0.3, 5.5, 400, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(polynomial_envelope(r, 5.0).sum(), r)
+    torch.testing.assert_close(polynomial_envelope_derivative(r.detach(), 5.0), grad, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("repeat", [(1, 1, 1), (2, 2, 1)])
+def test_tape_equals_autograd_periodic(repeat):
+    potential = make("potential", 3, cutoff=5.0, channels=6, radial_hidden=24)
+    atoms = rattled(repeat, seed=sum(repeat))
+    graph = build_graph([(atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)], SPECIES, 5.0)
+    reference = autograd_reference(potential, graph)
+    fast = potential.forward(graph, forces=True, stress=True)
+    assert not fast["forces"].requires_grad
+    assert float(reference["forces"].abs().max()) > 1e-2  # not a vacuous comparison
+    for key in ("site_energies", "energy", "forces", "stress"):
+        torch.testing.assert_close(fast[key], reference[key], rtol=1e-10, atol=1e-12, msg=key)
+
+
+def test_tape_equals_autograd_batched_structures_and_energy_mask():
+    potential = make("potential", 4, cutoff=4.5)
+    structures = [rattled(seed=s) for s in (1, 2)]
+    graph = build_graph([(a.positions, a.numbers, np.asarray(a.cell), a.pbc) for a in structures], SPECIES, 4.5)
+    mask = torch.from_numpy(np.random.default_rng(5).random(graph.n_atoms) < 0.4)
+    reference = autograd_reference(potential, graph, energy_mask=mask)
+    fast = potential.forward(graph, forces=True, stress=True, energy_mask=mask)
+    for key in ("energy", "forces", "stress"):
+        torch.testing.assert_close(fast[key], reference[key], rtol=1e-10, atol=1e-12, msg=key)
+
+
+def test_tape_equals_autograd_cluster_with_ghosts():
+    potential = make("potential", 5, cutoff=4.5)
+    atoms = rattled(seed=9)
+    atoms.pbc = False
+    centres = np.random.default_rng(2).random(len(atoms)) < 0.5
+    graph = build_cluster_graph(atoms.positions, atoms.numbers, centres, SPECIES, 4.5)
+    reference = autograd_reference(potential, graph)
+    fast = potential.forward(graph, forces=True, stress=False)
+    torch.testing.assert_close(fast["site_energies"], reference["site_energies"], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fast["forces"], reference["forces"], rtol=1e-10, atol=1e-12)
+
+
+def test_combined_step_equals_separate_autograd_evaluations():
+    potentials = [make("potential", s, cutoff=c) for s, c in ((6, 4.5), (7, 5.0))]
+    borns = [make("born", s, cutoff=4.5) for s in (8, 9)]
+    atoms = rattled((1, 2, 1), seed=4)
+    args = (atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)
+    step = evaluate_periodic(PotentialCommittee(potentials), BornCommittee(borns), *args, stress=True)
+    graph = build_graph([args], SPECIES, 5.0)
+    references = [autograd_reference(p, graph) for p in potentials]
+    np.testing.assert_allclose(step.energy, np.mean([float(r["energy"][0]) for r in references]), rtol=1e-12)
+    np.testing.assert_allclose(step.forces, np.mean([r["forces"].numpy() for r in references], 0),
+                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(step.stress, np.mean([r["stress"][0].numpy() for r in references], 0),
+                               rtol=1e-10, atol=1e-12)
+    with torch.no_grad():
+        z_raw = np.mean([b.forward(graph, asr=False).numpy() for b in borns], 0)
+    np.testing.assert_allclose(step.born_raw, z_raw, rtol=1e-10, atol=1e-12)
+
+    centres = np.arange(len(atoms)) % 3 != 0
+    atoms.pbc = False
+    cluster = evaluate_cluster(PotentialCommittee(potentials), BornCommittee(borns), atoms.positions,
+                               atoms.numbers, centres)
+    cluster_graph = build_cluster_graph(atoms.positions, atoms.numbers, centres, SPECIES, 5.0)
+    references = [autograd_reference(p, cluster_graph) for p in potentials]
+    np.testing.assert_allclose(cluster.forces, np.mean([r["forces"].numpy() for r in references], 0),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_saved_model_gives_its_recorded_outputs():
+    """Model files written by the code before the speed work: same numbers to float32 round-off."""
+    potential = load_potential(DATA / "potential_ref.pt")
+    born = load_born(DATA / "born_ref.pt")
+    assert potential.dtype == torch.float32 and born.dtype == torch.float32
+    ref = np.load(DATA / "reference_outputs.npz")
+    args = (ref["positions"], ref["numbers"], ref["cell"], np.array([True, True, True]))
+    energy, forces, stress = potential.energy_forces_stress(*args)
+    force_scale = float(np.abs(ref["forces"]).max())
+    assert force_scale > 0.1
+    np.testing.assert_allclose(energy, ref["energy"], rtol=2e-6)
+    np.testing.assert_allclose(forces, ref["forces"], rtol=0, atol=2e-5 * force_scale)
+    np.testing.assert_allclose(stress, ref["stress"], rtol=0, atol=2e-5 * float(np.abs(ref["stress"]).max()))
+    np.testing.assert_allclose(born.born_charges(*args), ref["born_charges"], rtol=0, atol=2e-6)
+    step = evaluate_periodic(potential, born, *args, stress=True)
+    np.testing.assert_allclose(step.energy, ref["step_energy"], rtol=2e-6)
+    np.testing.assert_allclose(step.forces, ref["step_forces"], rtol=0, atol=2e-5 * force_scale)
+    np.testing.assert_allclose(step.stress, ref["step_stress"], rtol=0,
+                               atol=2e-5 * float(np.abs(ref["step_stress"]).max()))
+    np.testing.assert_allclose(step.born_raw, ref["step_born_raw"], rtol=0, atol=2e-6)
