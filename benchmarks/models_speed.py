@@ -15,7 +15,13 @@ depends on the architecture, not on the weights.
 one set of edge quantities for both models, energy + forces (no stress) and
 raw Born charges. ``--before-src DIR`` also measures an older checkout of
 ``src/`` (e.g. ``git archive 5d3b398 src | tar -x -C DIR/..``) in the same run,
-recorded as ``bornfield-before-<system>`` (same models, same clock).
+recorded as ``bornfield-before-<system>`` (same models, same clock); ``--intraop``
+also measures the current tree with torch's intra-op threading instead of
+parallel blocks of centres (``BORNFIELD_MODEL_THREADS=intraop``,
+:mod:`bornfield.models.threads`) as ``bornfield-intraop-<system>``. ``--parts``,
+``--wall-threads``, ``--sizes`` and ``--append`` split a campaign into parts
+(e.g. 1-thread parts while other jobs load the machine, 2-thread wall clock in
+a quiet window) merged into one JSON.
 
 Also records an architecture sweep (channels, radial MLP width, cutoff) at
 1,024 atoms in CPU time of one thread, the measurement used to pick defaults.
@@ -116,11 +122,11 @@ def child(args):
     return 0
 
 
-def run_child(n_atoms, threads, channels, radial_hidden, cutoff, dtype, repeats, clock, src=None):
+def run_child(n_atoms, threads, channels, radial_hidden, cutoff, dtype, repeats, clock, src=None, extra_env=None):
     cmd = [sys.executable, __file__, "--child", "--n-atoms", str(n_atoms), "--threads", str(threads),
            "--channels", str(channels), "--radial-hidden", str(radial_hidden), "--cutoff", str(cutoff),
            "--dtype", dtype, "--repeats", str(repeats), "--clock", clock]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), **(extra_env or {}))
     if src is not None:  # an older bornfield source tree shadows the installed (editable) one
         env["PYTHONPATH"] = str(Path(src).resolve())
     done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
@@ -139,6 +145,18 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     parser.add_argument("--no-sweep", action="store_true")
+    parser.add_argument("--parts", default="wall,cpu,sweep",
+                        help="comma list of wall (wall clock at 1 and --threads threads), cpu (1-thread CPU time), sweep")
+    parser.add_argument("--wall-threads", default=None,
+                        help="comma list of thread counts of the wall-clock part (default: 1 and --threads)")
+    parser.add_argument("--sizes", default=",".join(str(n) for n in SIZES), help="comma list of atom counts")
+    parser.add_argument("--intraop", action="store_true",
+                        help="also measure the current tree with BORNFIELD_MODEL_THREADS=intraop (torch's own "
+                             "intra-op threads instead of parallel blocks of centres) at more than one thread")
+    parser.add_argument("--machine", default="2 cores, no GPU", help="the record's machine field (note other load)")
+    parser.add_argument("--append", action="store_true",
+                        help="merge into the existing --out JSON (records with the same metric/system/size/threads/kind "
+                             "are replaced)")
     parser.add_argument("--before-src", default=None, help="an older bornfield src/ tree to measure side by side")
     parser.add_argument("--replot", action="store_true", help="only redraw the PNG from the JSON")
     parser.add_argument("--out", default=str(RESULTS / "models_speed.json"))
@@ -155,19 +173,31 @@ def main():
     def record(metric, value, unit, system, n_atoms, threads, notes):
         records.append({"metric": metric, "value": float(value), "unit": unit, "system": system,
                         "n_atoms": n_atoms, "ranks": 1, "threads": threads, "baseline": False, "date": today,
-                        "machine": "2 cores, no GPU", "notes": notes})
+                        "machine": args.machine, "notes": notes})
+
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    if args.no_sweep:
+        parts.discard("sweep")
+    sizes = [int(n) for n in args.sizes.split(",")]
+    wall_threads = (sorted({int(t) for t in args.wall_threads.split(",")}) if args.wall_threads
+                    else sorted({1, args.threads}))
 
     base = f"channels {args.channels}, radial_hidden {args.radial_hidden}, hidden 64, cutoff {args.cutoff} Å, {args.dtype}"
-    trees = [("bornfield", None)] + ([("bornfield-before", args.before_src)] if args.before_src else [])
-    for n_atoms, threads in [(n, t) for n in SIZES for t in sorted({1, args.threads})]:
+    trees = [("bornfield", None, None)] + ([("bornfield-before", args.before_src, None)] if args.before_src else [])
+    intraop = ("bornfield-intraop", None, {"BORNFIELD_MODEL_THREADS": "intraop"})
+    wall_runs = [(n, t) for n in sizes for t in wall_threads] if "wall" in parts else []
+    for n_atoms, threads in wall_runs:
         repeats = args.repeats if n_atoms <= 1024 else max(2, args.repeats // 2)
-        for prefix, src in trees:  # interleaved: both trees see the same machine load
+        for prefix, src, extra_env in trees + ([intraop] if args.intraop and threads > 1 else []):
+            # interleaved: all trees see the same machine load
             load = os.getloadavg()[0]
             result = run_child(n_atoms, threads, args.channels, args.radial_hidden, args.cutoff, args.dtype,
-                               repeats, "wall", src)
+                               repeats, "wall", src, extra_env)
             notes = (f"{base}; wall clock, best of {repeats} (median in notes); includes vesin neighbour list; "
                      f"potential = energy+forces+stress, md-step = energy+forces+raw Z on one shared graph; "
                      f"1-min load average {load:.1f} on the shared 2-core machine")
+            if extra_env:
+                notes += f"; environment {extra_env}"
             systems = [k for k, v in result.items() if isinstance(v, dict)]
             for system in systems:
                 best = result[system]["best_s"]
@@ -180,9 +210,9 @@ def main():
                   f"peak RSS {result['peak_rss_MiB']:.0f} MiB, load {load:.1f}", flush=True)
 
     # the same evaluations in CPU time of one thread: insensitive to other jobs on a shared machine
-    for n_atoms in SIZES:
+    for n_atoms in (sizes if "cpu" in parts else []):
         repeats = args.repeats if n_atoms <= 1024 else max(2, args.repeats // 2)
-        for prefix, src in trees:
+        for prefix, src, _ in trees:
             result = run_child(n_atoms, 1, args.channels, args.radial_hidden, args.cutoff, args.dtype, repeats,
                                "cpu", src)
             systems = [k for k, v in result.items() if isinstance(v, dict)]
@@ -192,7 +222,7 @@ def main():
                        f"{base}; CPU time (process_time) of one thread, best of {repeats}; includes vesin neighbour list")
             print(prefix, n_atoms, "cpu", {k: round(n_atoms / result[k]["best_s"]) for k in systems}, flush=True)
 
-    if not args.no_sweep:
+    if "sweep" in parts:
         # design sweep in single-thread CPU time (robust to other jobs on the shared machine)
         for channels, radial_hidden, cutoff, dtype in [
             (8, 16, 5.0, "float32"), (8, 32, 5.0, "float32"), (12, 32, 5.0, "float32"), (16, 32, 5.0, "float32"),
@@ -207,6 +237,12 @@ def main():
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.append and out.is_file():
+        def key(r):
+            return (r["metric"], r["system"], r["n_atoms"], r["threads"], "design sweep" in r["notes"],
+                    r["notes"].split(";")[0] if "design sweep" in r["notes"] else "")
+        new_keys = {key(r) for r in records}
+        records = [r for r in json.loads(out.read_text()) if key(r) not in new_keys] + records
     tmp = out.with_suffix(".json.part")
     tmp.write_text(json.dumps(records, indent=1))
     tmp.replace(out)
@@ -223,7 +259,8 @@ def plot(records, path):
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     colours = {"bornfield-potential": "tab:blue", "bornfield-born": "tab:green", "bornfield-potential+born": "tab:red",
-               "bornfield-md-step": "tab:purple", "bornfield-before-potential+born": "tab:gray"}
+               "bornfield-md-step": "tab:purple", "bornfield-before-potential+born": "tab:gray",
+               "bornfield-before-md-step": "tab:brown", "bornfield-intraop-potential+born": "tab:orange"}
     for system in colours:
         colour = colours[system]
         for threads, style in ((1, "s--"), (2, "o-")):

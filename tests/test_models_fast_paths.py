@@ -140,3 +140,69 @@ def test_saved_model_gives_its_recorded_outputs():
     np.testing.assert_allclose(step.stress, ref["step_stress"], rtol=0,
                                atol=2e-5 * float(np.abs(ref["step_stress"]).max()))
     np.testing.assert_allclose(step.born_raw, ref["step_born_raw"], rtol=0, atol=2e-6)
+
+
+@pytest.fixture
+def two_torch_threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_centre_blocks_cover_every_row_once():
+    from bornfield.models.threads import centre_blocks
+
+    for n_rows, k, edges, workers in [(1, 40, 65536, 2), (7, 40, 100, 2), (1024, 53, 65536, 2), (8192, 53, 65536, 1),
+                                      (1000, 60, 5000, 3)]:
+        blocks = centre_blocks(n_rows, k, edges, workers)
+        rows = np.concatenate([np.arange(n_rows)[b] for b in blocks])
+        np.testing.assert_array_equal(rows, np.arange(n_rows))
+        if workers > 1 and n_rows >= workers:
+            assert len(blocks) % workers == 0 or len(blocks) == n_rows
+        assert max(b.stop - b.start for b in blocks) * k <= max(edges, k) * 2
+
+
+@pytest.mark.parametrize("mode", ["blocks", "intraop"])
+def test_parallel_blocks_give_the_serial_numbers(monkeypatch, two_torch_threads, mode):
+    """Two threads (blocks of centres in parallel, or torch's intra-op threads): the 1-thread numbers."""
+    from bornfield.models import threads
+
+    potential = make("potential", 10, cutoff=4.5)
+    born = make("born", 11, cutoff=4.5)
+    atoms = rattled((2, 1, 1), seed=12)
+    args = (atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)
+    graph = build_graph([args], SPECIES, 4.5)
+    monkeypatch.setenv("BORNFIELD_MODEL_THREADS", "intraop")
+    torch.set_num_threads(1)
+    serial = potential.forward(graph, forces=True, stress=True)
+    with torch.no_grad():
+        z_serial = born.forward(graph)
+    step_serial = evaluate_periodic(potential, born, *args, stress=True)
+    torch.set_num_threads(2)
+    monkeypatch.setenv("BORNFIELD_MODEL_THREADS", mode)
+    # small tasks so that even this cell is split into several parallel blocks
+    monkeypatch.setattr(threads, "EDGES_PER_TASK", 300)
+    monkeypatch.setattr(threads, "_POOLS", {})
+    monkeypatch.setattr(threads.map_geometry_blocks, "__defaults__", (300,))
+    assert threads.parallel_workers() == (2 if mode == "blocks" else 1)
+    parallel = potential.forward(graph, forces=True, stress=True)
+    with torch.no_grad():
+        z_parallel = born.forward(graph)
+    step = evaluate_periodic(potential, born, *args, stress=True)
+    assert torch.get_num_threads() == 2  # restored after the parallel section
+    assert bool(threads._POOLS) == (mode == "blocks")  # the blocks did run in the thread pool
+    for key in ("site_energies", "forces", "stress"):
+        torch.testing.assert_close(parallel[key], serial[key], rtol=1e-12, atol=1e-13, msg=key)
+    torch.testing.assert_close(z_parallel, z_serial, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(step.forces, step_serial.forces, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(step.born_raw, step_serial.born_raw, rtol=1e-12, atol=1e-13)
+
+
+def test_unknown_threading_mode_is_a_config_error(monkeypatch):
+    from bornfield.errors import ConfigError
+    from bornfield.models.threads import parallel_workers
+
+    monkeypatch.setenv("BORNFIELD_MODEL_THREADS", "gpu")
+    with pytest.raises(ConfigError, match="BORNFIELD_MODEL_THREADS"):
+        parallel_workers()

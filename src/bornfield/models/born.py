@@ -42,6 +42,7 @@ from bornfield.models.base import BornfieldModel
 from bornfield.models.graph import Graph, build_cluster_graph
 from bornfield.models.layers import AtomicDensity, EdgeGeometry, ExactConstants, SpeciesMLP
 from bornfield.models.potential import edge_geometry
+from bornfield.models.threads import map_geometry_blocks
 
 
 def structure_mean(values: torch.Tensor, batch: torch.Tensor, n_structures: int) -> torch.Tensor:
@@ -144,8 +145,16 @@ class EquivariantBornModel(BornfieldModel):
         return torch.einsum("nk,kij->nij", irreps, const.get("to_cartesian", irreps.dtype))
 
     def forward(self, graph: Graph, asr: bool = True) -> torch.Tensor:
-        """Born charges (N, 3, 3) e; ASR-corrected per structure unless ``asr=False``."""
-        z = self.raw_charges(graph)
+        """Born charges (N, 3, 3) e; ASR-corrected per structure unless ``asr=False``.
+
+        Under ``torch.no_grad()`` (inference) the raw tensors are computed block by
+        block of centres, in parallel threads when torch has several
+        (:mod:`bornfield.models.threads`); the same numbers as one pass.
+        """
+        if torch.is_grad_enabled():
+            z = self.raw_charges(graph)
+        else:
+            z = torch.cat(map_geometry_blocks(graph, graph.edge_vectors(), lambda rows, g: self.raw_charges(graph, g)))
         return apply_asr(z, graph.centre_batch, graph.n_structures) if asr else z
 
     # ---- BornChargeModel protocol ----------------------------------------------------

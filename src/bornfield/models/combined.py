@@ -28,6 +28,7 @@ from bornfield.models.born import EquivariantBornModel
 from bornfield.models.committee import BornCommittee, PotentialCommittee
 from bornfield.models.graph import Graph, build_cluster_graph, build_graph
 from bornfield.models.layers import EdgeGeometry
+from bornfield.models.threads import EDGES_PER_TASK, map_geometry_blocks
 from bornfield.models.potential import (
     NNPotential,
     forces_from_edge_gradient,
@@ -77,7 +78,7 @@ def shared_members(potential, born) -> tuple[list[NNPotential], list[Equivariant
 #: centres per block in :func:`_evaluate_graph`: the working set of one block (edges x hidden
 #: activations kept for the backward pass) stays that of a ~1,000-atom cell, so large cells
 #: run at the per-atom speed of small ones instead of being memory-bandwidth bound
-EDGES_PER_BLOCK = 65536
+EDGES_PER_BLOCK = EDGES_PER_TASK
 
 
 def _evaluate_graph(graph: Graph, potentials, borns, stress: bool) -> StepResult:
@@ -87,28 +88,24 @@ def _evaluate_graph(graph: Graph, potentials, borns, stress: bool) -> StepResult
     edge vectors, so each block's gradient is complete on its own: exact, and
     the saved activations of one block are freed before the next. The edge
     gradient is the potentials' hand-written backward
-    (:meth:`NNPotential.site_energies_and_edge_gradient`).
+    (:meth:`NNPotential.site_energies_and_edge_gradient`). With several torch
+    threads the blocks run in parallel threads (:mod:`bornfield.models.threads`).
     """
     edge_vec = graph.edge_vectors().detach()
-    n, k = edge_vec.shape[:2]
-    block = max(1, EDGES_PER_BLOCK // max(k, 1))
-    centre_species = graph.centre_species
-    neighbour_species = graph.species[graph.neighbours]
-    sites_parts, grad_parts, born_parts = [], [], []
-    for start in range(0, n, block):
-        rows = slice(start, min(start + block, n))
-        vec = edge_vec[rows]
-        with torch.no_grad():
-            geometry = EdgeGeometry(vec, centre_species[rows], neighbour_species[rows])
+
+    def evaluate_block(rows: slice, geometry: EdgeGeometry):
+        vec = geometry.edge_vec
         sites, grad = potentials[0].site_energies_and_edge_gradient(graph, vec, geometry)
         for member in potentials[1:]:
             member_sites, member_grad = member.site_energies_and_edge_gradient(graph, vec, geometry)
             sites, grad = sites + member_sites, grad + member_grad
+        born = None
         if borns:
             with torch.no_grad():
-                born_parts.append(sum(member.raw_charges(graph, geometry).double() for member in borns) / len(borns))
-        sites_parts.append(sites / len(potentials))
-        grad_parts.append(grad / len(potentials))
+                born = sum(member.raw_charges(graph, geometry).double() for member in borns) / len(borns)
+        return sites / len(potentials), grad / len(potentials), born
+
+    sites_parts, grad_parts, born_parts = zip(*map_geometry_blocks(graph, edge_vec, evaluate_block, EDGES_PER_BLOCK))
     grad = torch.cat(grad_parts) if len(grad_parts) > 1 else grad_parts[0]
     with torch.no_grad():
         forces = forces_from_edge_gradient(graph, grad).double().numpy()

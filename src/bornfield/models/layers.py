@@ -422,8 +422,9 @@ class DensityTape:
             grad_sh = grad_h * envelope.unsqueeze(-1)
             # ∇P(u)·dE/dY: l = 1 linear, l = 2 2 Q u
             tangent = grad_sh[..., 1:4] @ linear
-            quad = (grad_sh[..., 4:9] @ quadratic).unflatten(-1, (3, 3))
-            tangent = tangent + 2.0 * (quad @ unit.unsqueeze(-1)).squeeze(-1)
+            weighted = grad_sh[..., 4:9] @ quadratic  # (n, K, 9): M_ab = Σ_m dE/dY2_m Q_m[a, b]
+            for b in range(3):  # tangent_a += 2 Σ_b M_ab u_b (fused multiply-adds, no batched 3x3 products)
+                tangent = torch.addcmul(tangent, weighted[..., b::3], unit[..., b : b + 1], value=2.0)
             radial_part = tangent - (tangent * unit).sum(-1, keepdim=True) * unit
             parts.append(grad_r.unsqueeze(-1) * unit + radial_part / r.unsqueeze(-1))
         return parts[0] if len(parts) == 1 else torch.cat(parts)

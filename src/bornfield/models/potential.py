@@ -20,6 +20,7 @@ import torch
 from bornfield.models.base import BornfieldModel
 from bornfield.models.graph import Graph, build_cluster_graph
 from bornfield.models.layers import AtomicDensity, EdgeGeometry, SpeciesMLP
+from bornfield.models.threads import map_geometry_blocks
 
 
 def edge_geometry(graph: Graph, edge_vec: torch.Tensor) -> EdgeGeometry:
@@ -164,7 +165,8 @@ class NNPotential(BornfieldModel):
             forces / stress: which derivatives to compute.
             create_graph: keep the autograd graph of the derivatives (training on forces). Without it,
                 forces/stress come from the hand-written edge backward of
-                :meth:`site_energies_and_edge_gradient` and every output is detached.
+                :meth:`site_energies_and_edge_gradient` (blocks of centres, in parallel threads
+                when torch has several, :mod:`bornfield.models.threads`) and every output is detached.
             energy_mask: (N,) bool; if given, forces are those of ``sum(site_energies[mask])``.
 
         If the graph has ``centres``, site energies are those of the centres (N_c,),
@@ -184,7 +186,13 @@ class NNPotential(BornfieldModel):
             target = sites[energy_mask].sum() if energy_mask is not None else sites.sum()
             (grad,) = torch.autograd.grad(target, edge_vec, create_graph=True)
         else:  # inference: hand-written backward over the edges (same numbers, a fraction of the work)
-            sites, grad = self.site_energies_and_edge_gradient(graph, edge_vec, energy_mask=energy_mask)
+
+            def block(rows: slice, geometry: EdgeGeometry):
+                mask = None if energy_mask is None else energy_mask[rows]
+                return self.site_energies_and_edge_gradient(graph, geometry.edge_vec, geometry, mask)
+
+            site_parts, grad_parts = zip(*map_geometry_blocks(graph, edge_vec, block))
+            sites, grad = torch.cat(site_parts), torch.cat(grad_parts)
         energy = torch.zeros(graph.n_structures, dtype=torch.float64).index_add(0, graph.centre_batch, sites)
         out = {"site_energies": sites, "energy": energy}
         if forces:

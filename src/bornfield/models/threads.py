@@ -1,0 +1,109 @@
+"""Data-parallel evaluation of independent blocks of centres on the CPU cores.
+
+Site energies, their edge gradients and Born charges of a centre depend only
+on its own row of edge vectors, so contiguous blocks of centres can be
+evaluated independently and concatenated (exact: the same numbers as one
+pass). :func:`map_blocks` runs the blocks in ``torch.get_num_threads()``
+Python threads, each running torch ops on one core (torch releases the GIL
+inside its kernels): coarse-grained parallelism instead of torch's intra-op
+fork-join around every small kernel. Measured on the 2-core benchmark machine
+(``benchmarks/results/models_speed.json``); ``BORNFIELD_MODEL_THREADS=intraop``
+switches back to torch's own intra-op threading (same results).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+#: one parallel section at a time: torch's intra-op thread count is process-wide
+_SECTION = threading.Lock()
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+
+
+def threading_mode() -> str:
+    """``"blocks"`` (default, :func:`map_blocks` parallel over blocks) or ``"intraop"`` (torch's threads)."""
+    mode = os.environ.get("BORNFIELD_MODEL_THREADS", "blocks").strip().lower()
+    if mode not in ("blocks", "intraop"):
+        from bornfield.errors import ConfigError
+
+        raise ConfigError(f"BORNFIELD_MODEL_THREADS={mode!r}: expected 'blocks' or 'intraop'")
+    return mode
+
+
+def parallel_workers() -> int:
+    """Threads :func:`map_blocks` uses: ``torch.get_num_threads()`` in "blocks" mode, else 1."""
+    return torch.get_num_threads() if threading_mode() == "blocks" else 1
+
+
+def centre_blocks(n_rows: int, n_neighbours: int, edges_per_block: int, workers: int = 1) -> list[slice]:
+    """Contiguous slices of ``n_rows`` centres with at most ~``edges_per_block`` edge slots each.
+
+    With ``workers`` > 1 the number of blocks is a multiple of ``workers`` (equal
+    shares for the threads), unless there are fewer rows than that.
+    """
+    if n_rows <= 0:
+        return []
+    count = max(1, math.ceil(n_rows * max(n_neighbours, 1) / edges_per_block))
+    if workers > 1:
+        count = math.ceil(count / workers) * workers
+    count = min(count, n_rows)
+    size = math.ceil(n_rows / count)
+    return [slice(start, min(start + size, n_rows)) for start in range(0, n_rows, size)]
+
+
+def map_blocks(function: Callable[[slice], T], blocks: Sequence[slice], workers: int | None = None) -> list[T]:
+    """``[function(block) for block in blocks]``, evaluated by ``workers`` threads (default :func:`parallel_workers`).
+
+    With more than one worker, torch's intra-op thread count is 1 while the
+    blocks run (each worker is one core) and restored afterwards. ``function``
+    must only read shared tensors. Results are in the order of ``blocks``.
+    """
+    workers = parallel_workers() if workers is None else workers
+    workers = min(workers, len(blocks))
+    if workers <= 1:
+        return [function(block) for block in blocks]
+    with _SECTION:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            key = (os.getpid(), workers)  # a forked child needs its own threads
+            pool = _POOLS.get(key)
+            if pool is None:
+                pool = _POOLS[key] = ThreadPoolExecutor(workers, thread_name_prefix="bornfield-model")
+            return list(pool.map(function, blocks))
+        finally:
+            torch.set_num_threads(previous)
+
+
+#: edge slots per parallel task: the working set of one task (edges x hidden activations) stays
+#: that of a ~1,000-atom cell, so large cells run at the per-atom speed of small ones
+EDGES_PER_TASK = 65536
+
+
+def map_geometry_blocks(graph, edge_vec: torch.Tensor, function: Callable, edges_per_task: int = EDGES_PER_TASK) -> list:
+    """``function(rows, geometry)`` for blocks of the graph's centres, in parallel (see :func:`map_blocks`).
+
+    ``geometry`` is the :class:`~bornfield.models.layers.EdgeGeometry` of
+    ``edge_vec[rows]`` (N_c, K, 3) Å, built under ``torch.no_grad()`` (inference).
+    """
+    from bornfield.models.layers import EdgeGeometry
+
+    n, k = edge_vec.shape[:2]
+    centre_species = graph.centre_species
+    neighbour_species = graph.species[graph.neighbours]
+
+    def run(rows: slice):
+        with torch.no_grad():
+            geometry = EdgeGeometry(edge_vec[rows], centre_species[rows], neighbour_species[rows])
+        return function(rows, geometry)
+
+    return map_blocks(run, centre_blocks(n, k, edges_per_task, parallel_workers()))
