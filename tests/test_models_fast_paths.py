@@ -206,3 +206,33 @@ def test_unknown_threading_mode_is_a_config_error(monkeypatch):
     monkeypatch.setenv("BORNFIELD_MODEL_THREADS", "gpu")
     with pytest.raises(ConfigError, match="BORNFIELD_MODEL_THREADS"):
         parallel_workers()
+
+
+def test_graph_cache_is_shared_and_follows_position_changes():
+    """Potential and Born model share the cached edge geometry of a graph; moved atoms invalidate it."""
+    potential = make("potential", 13, cutoff=4.5)
+    born = make("born", 14, cutoff=4.5)
+    atoms = rattled(seed=15)
+    args = (atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)
+    graph = build_graph([args], SPECIES, 4.5)
+    forces = potential.forward(graph)["forces"]
+    geometries = [v for k, v in graph._cache.items() if k[0] == "edge_geometry"]
+    assert geometries
+    with torch.no_grad():
+        z = born.forward(graph)
+    assert [v for k, v in graph._cache.items() if k[0] == "edge_geometry"] == geometries  # reused, not rebuilt
+
+    def fresh(positions):
+        g = build_graph([(positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)], SPECIES, 4.5)
+        with torch.no_grad():
+            return potential.forward(g)["forces"], born.forward(g)
+
+    with torch.no_grad():
+        graph.positions[3] += torch.tensor([0.05, -0.02, 0.03], dtype=graph.positions.dtype)  # in place
+        moved = potential.forward(graph)["forces"], born.forward(graph)
+    reference = fresh(graph.positions.numpy())
+    assert not torch.allclose(moved[0], forces) and not torch.allclose(moved[1], z)
+    torch.testing.assert_close(moved[0], reference[0], rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(moved[1], reference[1], rtol=1e-12, atol=1e-13)
+    graph.positions = torch.from_numpy(atoms.positions.copy())  # a new tensor: back to the first positions
+    torch.testing.assert_close(potential.forward(graph)["forces"], forces, rtol=1e-12, atol=1e-13)

@@ -40,7 +40,7 @@ from e3nn import io, o3
 
 from bornfield.models.base import BornfieldModel
 from bornfield.models.graph import Graph, build_cluster_graph
-from bornfield.models.layers import AtomicDensity, EdgeGeometry, ExactConstants, SpeciesMLP
+from bornfield.models.layers import AtomicDensity, EdgeGeometry, ExactConstants, SpeciesMLP, coupled
 from bornfield.models.potential import edge_geometry
 from bornfield.models.threads import map_geometry_blocks
 
@@ -135,9 +135,9 @@ class EquivariantBornModel(BornfieldModel):
         a1m = torch.einsum("ncm,cd->ndm", a1, density.mix1)
         a2m = torch.einsum("ncm,cd->ndm", a2, density.mix2)
         const = self.constants
-        cross11 = torch.einsum("nci,ncj,ijk->nck", a1, a1m, const.get("w3j_111", a1.dtype))
-        cross22 = torch.einsum("nci,ncj,ijk->nck", a2, a2m, const.get("w3j_221", a1.dtype))
-        sym11 = torch.einsum("nci,ncj,ijk->nck", a1, a1m, const.get("w3j_112", a1.dtype))
+        cross11 = coupled(a1, a1m, const.get("w3j_111", a1.dtype))
+        cross22 = coupled(a2, a2m, const.get("w3j_221", a1.dtype))
+        sym11 = coupled(a1, a1m, const.get("w3j_112", a1.dtype))
         scalar = coeffs[:, 0:1] + self.charge_offset[species, None] * math.sqrt(3.0)
         vector = (coeffs[:, 1 : 1 + c, None] * cross11).sum(1) + (coeffs[:, 1 + c : 1 + 2 * c, None] * cross22).sum(1)
         tensor = (coeffs[:, 1 + 2 * c : 1 + 3 * c, None] * a2).sum(1) + (coeffs[:, 1 + 3 * c :, None] * sym11).sum(1)
@@ -154,7 +154,7 @@ class EquivariantBornModel(BornfieldModel):
         if torch.is_grad_enabled():
             z = self.raw_charges(graph)
         else:
-            z = torch.cat(map_geometry_blocks(graph, graph.edge_vectors(), lambda rows, g: self.raw_charges(graph, g)))
+            z = torch.cat(map_geometry_blocks(graph, lambda rows, geometry: self.raw_charges(graph, geometry)))
         return apply_asr(z, graph.centre_batch, graph.n_structures) if asr else z
 
     # ---- BornChargeModel protocol ----------------------------------------------------

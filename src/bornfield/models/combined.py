@@ -91,8 +91,6 @@ def _evaluate_graph(graph: Graph, potentials, borns, stress: bool) -> StepResult
     (:meth:`NNPotential.site_energies_and_edge_gradient`). With several torch
     threads the blocks run in parallel threads (:mod:`bornfield.models.threads`).
     """
-    edge_vec = graph.edge_vectors().detach()
-
     def evaluate_block(rows: slice, geometry: EdgeGeometry):
         vec = geometry.edge_vec
         sites, grad = potentials[0].site_energies_and_edge_gradient(graph, vec, geometry)
@@ -105,7 +103,9 @@ def _evaluate_graph(graph: Graph, potentials, borns, stress: bool) -> StepResult
                 born = sum(member.raw_charges(graph, geometry).double() for member in borns) / len(borns)
         return sites / len(potentials), grad / len(potentials), born
 
-    sites_parts, grad_parts, born_parts = zip(*map_geometry_blocks(graph, edge_vec, evaluate_block, EDGES_PER_BLOCK))
+    sites_parts, grad_parts, born_parts = zip(*map_geometry_blocks(graph, evaluate_block, EDGES_PER_BLOCK))
+    with torch.no_grad():  # the edge vectors of the blocks (kept in the graph's cache)
+        edge_vec = graph.cached(("edge_vectors",), graph.edge_vectors)
     grad = torch.cat(grad_parts) if len(grad_parts) > 1 else grad_parts[0]
     with torch.no_grad():
         forces = forces_from_edge_gradient(graph, grad).double().numpy()

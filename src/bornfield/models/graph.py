@@ -10,8 +10,9 @@ and the Born-charge model when both use the same cutoff.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,6 +57,23 @@ class Graph:
     n_structures: int
     pad_length: float
     centres: torch.Tensor | None = None
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def cached(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per graph state: derived inference quantities (edge vectors, edge geometry).
+
+        An entry is valid while ``positions``, ``shifts``, ``neighbours`` and
+        ``mask`` are the same tensors, unmodified in place (torch version
+        counters): the potential, the Born model and committee members evaluated
+        on one graph share them. Not for quantities that need autograd.
+        """
+        stamp = tuple((t, t._version) for t in (self.positions, self.shifts, self.neighbours, self.mask))
+        entry = self._cache.get(key)
+        if entry is not None and all(a is b and va == vb for (a, va), (b, vb) in zip(entry[0], stamp)):
+            return entry[1]
+        value = compute()
+        self._cache[key] = (stamp, value)
+        return value
 
     @property
     def n_atoms(self) -> int:

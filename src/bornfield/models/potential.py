@@ -176,12 +176,12 @@ class NNPotential(BornfieldModel):
             ``site_energies`` (N,) eV, ``energy`` (B,) eV, ``forces`` (N, 3) eV/Å,
             ``stress`` (B, 3, 3) eV/Å³ (NaN for structures that are not fully periodic).
         """
-        edge_vec = graph.edge_vectors().detach()
         grad = None
         if not (forces or stress):
+            edge_vec = graph.edge_vectors().detach()
             sites = self.site_energies(graph, edge_vec)
         elif create_graph:  # training on forces: autograd through the edges, graph of the derivatives kept
-            edge_vec.requires_grad_(True)
+            edge_vec = graph.edge_vectors().detach().requires_grad_(True)
             sites = self.site_energies(graph, edge_vec)
             target = sites[energy_mask].sum() if energy_mask is not None else sites.sum()
             (grad,) = torch.autograd.grad(target, edge_vec, create_graph=True)
@@ -191,7 +191,9 @@ class NNPotential(BornfieldModel):
                 mask = None if energy_mask is None else energy_mask[rows]
                 return self.site_energies_and_edge_gradient(graph, geometry.edge_vec, geometry, mask)
 
-            site_parts, grad_parts = zip(*map_geometry_blocks(graph, edge_vec, block))
+            site_parts, grad_parts = zip(*map_geometry_blocks(graph, block))
+            with torch.no_grad():  # the edge vectors of the blocks (kept in the graph's cache)
+                edge_vec = graph.cached(("edge_vectors",), graph.edge_vectors)
             sites, grad = torch.cat(site_parts), torch.cat(grad_parts)
         energy = torch.zeros(graph.n_structures, dtype=torch.float64).index_add(0, graph.centre_batch, sites)
         out = {"site_energies": sites, "energy": energy}

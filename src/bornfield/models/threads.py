@@ -89,21 +89,28 @@ def map_blocks(function: Callable[[slice], T], blocks: Sequence[slice], workers:
 EDGES_PER_TASK = 65536
 
 
-def map_geometry_blocks(graph, edge_vec: torch.Tensor, function: Callable, edges_per_task: int = EDGES_PER_TASK) -> list:
+def map_geometry_blocks(graph, function: Callable, edges_per_task: int = EDGES_PER_TASK) -> list:
     """``function(rows, geometry)`` for blocks of the graph's centres, in parallel (see :func:`map_blocks`).
 
-    ``geometry`` is the :class:`~bornfield.models.layers.EdgeGeometry` of
-    ``edge_vec[rows]`` (N_c, K, 3) Å, built under ``torch.no_grad()`` (inference).
+    ``geometry`` is the :class:`~bornfield.models.layers.EdgeGeometry` of rows
+    ``rows`` of ``graph.edge_vectors()`` (N_c, K, 3) Å, built under
+    ``torch.no_grad()`` (inference) and kept in the graph's cache
+    (:meth:`~bornfield.models.graph.Graph.cached`), so every model evaluated on
+    the same graph (potential, Born model, committee members) shares one
+    neighbour geometry per block.
     """
     from bornfield.models.layers import EdgeGeometry
 
+    with torch.no_grad():
+        edge_vec = graph.cached(("edge_vectors",), graph.edge_vectors)
     n, k = edge_vec.shape[:2]
-    centre_species = graph.centre_species
-    neighbour_species = graph.species[graph.neighbours]
+    blocks = centre_blocks(n, k, edges_per_task, parallel_workers())
 
-    def run(rows: slice):
-        with torch.no_grad():
-            geometry = EdgeGeometry(edge_vec[rows], centre_species[rows], neighbour_species[rows])
-        return function(rows, geometry)
+    def geometry(rows: slice) -> EdgeGeometry:
+        def build() -> EdgeGeometry:
+            with torch.no_grad():
+                return EdgeGeometry(edge_vec[rows], graph.centre_species[rows], graph.species[graph.neighbours[rows]])
 
-    return map_blocks(run, centre_blocks(n, k, edges_per_task, parallel_workers()))
+        return graph.cached(("edge_geometry", rows.start, rows.stop), build)
+
+    return map_blocks(lambda rows: function(rows, geometry(rows)), blocks)
