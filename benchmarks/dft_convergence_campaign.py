@@ -208,6 +208,26 @@ def analyse() -> list[dict]:
         if done(label) and label.startswith("ph_"):
             run = read_ph_output(job_dir(label) / "ph.out")
             rec("asr_residual_max_e", np.abs(run.asr_residual).max(), "e", f"ph.x {label}", "raw sum over atoms")
+    # finite-field pw.x (lelfield, +-E) vs DFPT for the Born charges: the index-order proof's real
+    # runs (tests/data/qe/efield_beta, same cell, cutoffs and k mesh, 2 ranks): one field axis
+    # needs two Berry-phase SCFs, all three axes six
+    efield = HERE.parent / "tests" / "data" / "qe" / "efield_beta"
+    from dft_timing import qe_times  # same directory
+
+    ph_cpu = qe_times(efield / "ph.out", "PHONON")
+    ff_cpu = [qe_times(efield / f"pw_efield_{sign}.out", "PWSCF") for sign in ("plus", "minus")]
+    if ph_cpu and all(ff_cpu):
+        note = ("beta 16 atoms rattled 0.05 Å seed 11, 30/240 Ry, k 1x1x2, 2 ranks; finite field: lelfield "
+                "nberrycyc 3, ±0.0364 V/Å, nosym; its zz diagonals differ from DFPT by up to 0.17 e (two-point "
+                "Berry strings along c)")
+        records.append({
+            "metric": "born_charges_cpu_time_s", "value": 3 * (ff_cpu[0][0] + ff_cpu[1][0]), "unit": "s (per rank)",
+            "system": "pw.x finite field ±E, 3 axes (6 SCFs)", "n_atoms": 16, "ranks": 2, "threads": 1,
+            "baseline": True, "date": today, "machine": "2 cores, no GPU (shared)", "notes": note})
+        records.append({
+            "metric": "born_charges_cpu_time_s", "value": ph_cpu[0], "unit": "s (per rank)",
+            "system": "ph.x DFPT epsil+zeu", "n_atoms": 16, "ranks": 2, "threads": 1,
+            "baseline": False, "date": today, "machine": "2 cores, no GPU (shared)", "notes": note})
     for label in index:
         if done(label):
             d = job_dir(label)
