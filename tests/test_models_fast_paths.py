@@ -236,3 +236,15 @@ def test_graph_cache_is_shared_and_follows_position_changes():
     torch.testing.assert_close(moved[1], reference[1], rtol=1e-12, atol=1e-13)
     graph.positions = torch.from_numpy(atoms.positions.copy())  # a new tensor: back to the first positions
     torch.testing.assert_close(potential.forward(graph)["forces"], forces, rtol=1e-12, atol=1e-13)
+
+
+def test_parallel_blocks_run_in_the_callers_autograd_mode(two_torch_threads, monkeypatch):
+    from bornfield.models import threads
+
+    monkeypatch.setenv("BORNFIELD_MODEL_THREADS", "blocks")
+    blocks = [slice(0, 1), slice(1, 2), slice(2, 3), slice(3, 4)]
+    with torch.no_grad():
+        assert threads.map_blocks(lambda b: torch.is_grad_enabled(), blocks) == [False] * 4
+    assert threads.map_blocks(lambda b: torch.is_grad_enabled(), blocks) == [True] * 4
+    names = threads.map_blocks(lambda b: __import__("threading").current_thread().name, blocks)
+    assert all(name.startswith("bornfield-model") for name in names)

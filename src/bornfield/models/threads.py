@@ -64,13 +64,22 @@ def map_blocks(function: Callable[[slice], T], blocks: Sequence[slice], workers:
     """``[function(block) for block in blocks]``, evaluated by ``workers`` threads (default :func:`parallel_workers`).
 
     With more than one worker, torch's intra-op thread count is 1 while the
-    blocks run (each worker is one core) and restored afterwards. ``function``
-    must only read shared tensors. Results are in the order of ``blocks``.
+    blocks run (each worker is one core) and restored afterwards; the workers
+    run in the caller's autograd mode (``torch.no_grad()`` carries over).
+    ``function`` must only read shared tensors. Results are in the order of
+    ``blocks``. Not re-entrant with more than one worker (a nested call runs
+    serially, since torch then has one thread).
     """
     workers = parallel_workers() if workers is None else workers
     workers = min(workers, len(blocks))
     if workers <= 1:
         return [function(block) for block in blocks]
+    grad_enabled = torch.is_grad_enabled()  # autograd mode is per thread: run the blocks in the caller's
+
+    def run(block: slice) -> T:
+        with torch.set_grad_enabled(grad_enabled):
+            return function(block)
+
     with _SECTION:
         previous = torch.get_num_threads()
         torch.set_num_threads(1)
@@ -79,7 +88,7 @@ def map_blocks(function: Callable[[slice], T], blocks: Sequence[slice], workers:
             pool = _POOLS.get(key)
             if pool is None:
                 pool = _POOLS[key] = ThreadPoolExecutor(workers, thread_name_prefix="bornfield-model")
-            return list(pool.map(function, blocks))
+            return list(pool.map(run, blocks))
         finally:
             torch.set_num_threads(previous)
 
