@@ -155,6 +155,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="A B alternations per size")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--out", type=Path, default=HERE / "results" / "models_mace_speed.json")
+    parser.add_argument("--machine", default=MACHINE, help="the records' machine field (note other load)")
     args = parser.parse_args()
     if args.child:
         child = child_mace if args.child == "mace" else child_bornfield
@@ -187,7 +188,7 @@ def main() -> int:
                     best.setdefault((system, n_atoms), []).extend([b, m])
                 print(n_atoms, which, {k: round(n_atoms / v[0]) for k, v in result.items()},
                       f"load {loads[n_atoms][-1]:.2f}", flush=True)
-    base = {"unit": "atom-evals/s", "ranks": 1, "threads": args.threads, "date": today, "machine": MACHINE}
+    base = {"unit": "atom-evals/s", "ranks": 1, "threads": args.threads, "date": today, "machine": args.machine}
     for (system, n_atoms), values in best.items():
         b, medians = min(values[0::2]), values[1::2]
         load = loads[n_atoms]
