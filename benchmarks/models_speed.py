@@ -252,34 +252,43 @@ def main():
 
 
 def plot(records, path):
+    """Three panels: wall clock at 1 thread, at the largest thread count, CPU time of one thread."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    colours = {"bornfield-potential": "tab:blue", "bornfield-born": "tab:green", "bornfield-potential+born": "tab:red",
-               "bornfield-md-step": "tab:purple", "bornfield-before-potential+born": "tab:gray",
-               "bornfield-before-md-step": "tab:brown", "bornfield-intraop-potential+born": "tab:orange"}
-    for system in colours:
-        colour = colours[system]
-        for threads, style in ((1, "s--"), (2, "o-")):
-            rows = [r for r in records if r["system"] == system and r["metric"] == "atom_evals_per_s"
-                    and r["threads"] == threads]
-            if rows:
-                ax.loglog([r["n_atoms"] for r in rows], [r["value"] for r in rows], style, color=colour,
-                          label=f"{system.removeprefix('bornfield-')}, wall, {threads} thread{'s' * (threads > 1)}")
-        rows = [r for r in records if r["system"] == system and r["metric"] == "atom_evals_per_cpu_s"
-                and "design sweep" not in r["notes"]]
-        if rows:
-            ax.loglog([r["n_atoms"] for r in rows], [r["value"] for r in rows], "^:", color=colour,
-                      label=f"{system.removeprefix('bornfield-')}, per CPU-s")
-    ax.axhline(1e4, color="k", ls="--", lw=0.8, label="target (potential+born)")
-    ax.set_xlabel("atoms")
-    ax.set_ylabel("atom-evaluations / s")
-    ax.legend(fontsize=6, ncol=2)
-    ax.set_title("NN potential / Born model throughput (wall clock on a shared, loaded machine; CPU time)", fontsize=8)
+    styles = {"potential": ("tab:blue", "o"), "born": ("tab:green", "s"), "potential+born": ("tab:red", "D"),
+              "md-step": ("tab:purple", "^")}
+    trees = {"bornfield": "-", "bornfield-before": ":", "bornfield-intraop": "--"}
+    rows = [r for r in records if "design sweep" not in r["notes"]]
+    wall_threads = sorted({r["threads"] for r in rows if r["metric"] == "atom_evals_per_s"})
+    panels = [("atom_evals_per_s", t, f"wall clock, {t} thread{'s' * (t > 1)}") for t in wall_threads]
+    panels.append(("atom_evals_per_cpu_s", 1, "CPU time of one thread"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), sharey=True, squeeze=False)
+    for ax, (metric, threads, title) in zip(axes[0], panels):
+        for tree, line in trees.items():
+            for system, (colour, marker) in styles.items():
+                data = sorted((r["n_atoms"], r["value"]) for r in rows if r["metric"] == metric
+                              and r["threads"] == threads and r["system"] == f"{tree}-{system}")
+                if data:
+                    ax.loglog(*zip(*data), line, marker=marker, color=colour, ms=4,
+                              label=f"{tree.removeprefix('bornfield').lstrip('-') or 'now'}: {system}")
+        ax.axhline(1e4, color="k", ls="--", lw=0.8)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("atoms")
+    axes[0][0].set_ylabel("atom-evaluations / s")
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    for ax in axes[0][:-1]:
+        for h, l in zip(*ax.get_legend_handles_labels()):
+            if l not in labels:
+                handles.append(h)
+                labels.append(l)
+    fig.legend(handles, labels, fontsize=7, ncol=4, loc="lower center", bbox_to_anchor=(0.5, -0.12))
+    fig.suptitle("NN potential / Born model throughput (dashed black: 10,000 target for potential+born; "
+                 "now = solid, before = dotted, intra-op threads = dashed)", fontsize=8)
     fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
 
 
 if __name__ == "__main__":
