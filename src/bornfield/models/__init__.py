@@ -28,12 +28,19 @@ Design (chosen for CPU speed in long field MD; numbers in benchmarks/results/mod
   quantities (:mod:`bornfield.models.combined`), block by block of centres (exact; bounded
   memory); cluster calls (LAMMPS, several ranks) use only the owned atoms as centres, the
   ghosts as neighbours;
-* measured on this 2-core machine (shared, load average ~5 during the session), float32,
-  channels 8, one torch thread: one MD step (potential energy + forces + Born charges)
-  ~11,700 atom-evaluations per CPU-second at 1,024 atoms and ~12,100 at 8,192 atoms
-  (9,200 / 6,500 before the speed work); two torch threads were slower than one on the
-  loaded machine, so every MD rank uses one thread. torch.compile gave 1.3x on the density
-  at a 75 s compile per new shape: not used.
+* inference forces/stress come from a hand-written backward over the edges
+  (:class:`~bornfield.models.layers.DensityTape`: radial MLP through ``silu_backward`` of the
+  saved pre-activations, analytic Bessel, envelope and spherical-harmonic derivatives;
+  autograd only over the per-atom invariants), the same numbers as autograd (tested in
+  float64) at a fraction of the work; training (``create_graph=True``) keeps autograd;
+* blocks of centres run in ``torch.get_num_threads()`` Python threads
+  (:mod:`bornfield.models.threads`), and a graph caches its edge vectors and per-block edge
+  geometry, shared by the potential, the Born model and committee members;
+* measured (benchmarks/results/models_speed.json, float32, channels 8, 1,024 atoms, one
+  thread, CPU time on the loaded shared machine): potential + Born 12,400 atom-evaluations
+  per CPU-second (8,800 before this work), 11,900 at 8,192 atoms (7,100 before); peak RSS at
+  8,192 atoms 534 MiB. torch.compile (inductor, dynamic shapes) of the edge backward gave
+  1.3x on that part (~6 % of a step) for a 12 s compile per process: not used.
 """
 
 from __future__ import annotations
