@@ -248,3 +248,31 @@ def test_parallel_blocks_run_in_the_callers_autograd_mode(two_torch_threads, mon
     assert threads.map_blocks(lambda b: torch.is_grad_enabled(), blocks) == [True] * 4
     names = threads.map_blocks(lambda b: __import__("threading").current_thread().name, blocks)
     assert all(name.startswith("bornfield-model") for name in names)
+
+
+def test_parallel_section_runs_torch_single_threaded_and_restores(two_torch_threads, monkeypatch):
+    from bornfield.models import threads
+
+    monkeypatch.setenv("BORNFIELD_MODEL_THREADS", "blocks")
+    with threads.parallel_section():
+        assert torch.get_num_threads() == 1
+        assert threads.parallel_workers() == 2
+        with threads.parallel_section():  # re-entrant
+            assert torch.get_num_threads() == 1
+        names = threads.map_blocks(lambda b: __import__("threading").current_thread().name, [slice(0, 1), slice(1, 2)])
+        assert all(name.startswith("bornfield-model") for name in names)
+    assert torch.get_num_threads() == 2 and threads.parallel_workers() == 2
+    # training keeps torch's threads: forces with create_graph=True are not a parallel section
+    potential = make("potential", 16, cutoff=4.5)
+    atoms = rattled(seed=17)
+    graph = build_graph([(atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)], SPECIES, 4.5)
+    seen = []
+    original = potential.site_energies
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(potential, "site_energies", spy)
+    potential.forward(graph, forces=True, create_graph=True)
+    assert seen == [2]

@@ -42,7 +42,7 @@ from bornfield.models.base import BornfieldModel
 from bornfield.models.graph import Graph, build_cluster_graph
 from bornfield.models.layers import AtomicDensity, EdgeGeometry, ExactConstants, SpeciesMLP, coupled
 from bornfield.models.potential import edge_geometry
-from bornfield.models.threads import map_geometry_blocks
+from bornfield.models.threads import map_geometry_blocks, parallel_section
 
 
 def structure_mean(values: torch.Tensor, batch: torch.Tensor, n_structures: int) -> torch.Tensor:
@@ -153,9 +153,10 @@ class EquivariantBornModel(BornfieldModel):
         """
         if torch.is_grad_enabled():
             z = self.raw_charges(graph)
-        else:
+            return apply_asr(z, graph.centre_batch, graph.n_structures) if asr else z
+        with parallel_section():
             z = torch.cat(map_geometry_blocks(graph, lambda rows, geometry: self.raw_charges(graph, geometry)))
-        return apply_asr(z, graph.centre_batch, graph.n_structures) if asr else z
+            return apply_asr(z, graph.centre_batch, graph.n_structures) if asr else z
 
     # ---- BornChargeModel protocol ----------------------------------------------------
 

@@ -28,7 +28,7 @@ from bornfield.models.born import EquivariantBornModel
 from bornfield.models.committee import BornCommittee, PotentialCommittee
 from bornfield.models.graph import Graph, build_cluster_graph, build_graph
 from bornfield.models.layers import EdgeGeometry
-from bornfield.models.threads import EDGES_PER_TASK, map_geometry_blocks
+from bornfield.models.threads import EDGES_PER_TASK, map_geometry_blocks, parallel_section
 from bornfield.models.potential import (
     NNPotential,
     forces_from_edge_gradient,
@@ -82,6 +82,12 @@ EDGES_PER_BLOCK = EDGES_PER_TASK
 
 
 def _evaluate_graph(graph: Graph, potentials, borns, stress: bool) -> StepResult:
+    """:func:`_evaluate_blocks` in one :func:`~bornfield.models.threads.parallel_section`."""
+    with parallel_section():
+        return _evaluate_blocks(graph, potentials, borns, stress)
+
+
+def _evaluate_blocks(graph: Graph, potentials, borns, stress: bool) -> StepResult:
     """Forward, backward and Born charges block by block of centres.
 
     Site energies and Born charges of a centre depend only on its own row of

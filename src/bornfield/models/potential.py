@@ -20,7 +20,7 @@ import torch
 from bornfield.models.base import BornfieldModel
 from bornfield.models.graph import Graph, build_cluster_graph
 from bornfield.models.layers import AtomicDensity, EdgeGeometry, SpeciesMLP
-from bornfield.models.threads import map_geometry_blocks
+from bornfield.models.threads import map_geometry_blocks, parallel_section
 
 
 def edge_geometry(graph: Graph, edge_vec: torch.Tensor) -> EdgeGeometry:
@@ -176,6 +176,12 @@ class NNPotential(BornfieldModel):
             ``site_energies`` (N,) eV, ``energy`` (B,) eV, ``forces`` (N, 3) eV/Å,
             ``stress`` (B, 3, 3) eV/Å³ (NaN for structures that are not fully periodic).
         """
+        if (forces or stress) and not create_graph:  # inference: blocks of centres in parallel
+            with parallel_section():
+                return self._forward(graph, forces, stress, create_graph, energy_mask)
+        return self._forward(graph, forces, stress, create_graph, energy_mask)
+
+    def _forward(self, graph, forces, stress, create_graph, energy_mask) -> dict[str, torch.Tensor]:
         grad = None
         if not (forces or stress):
             edge_vec = graph.edge_vectors().detach()

@@ -16,8 +16,9 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import TypeVar
 
 import torch
@@ -27,6 +28,8 @@ T = TypeVar("T")
 #: one parallel section at a time: torch's intra-op thread count is process-wide
 _SECTION = threading.Lock()
 _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+#: worker count of the parallel section the current thread is in (None outside one)
+_ACTIVE = threading.local()
 
 
 def threading_mode() -> str:
@@ -40,8 +43,41 @@ def threading_mode() -> str:
 
 
 def parallel_workers() -> int:
-    """Threads :func:`map_blocks` uses: ``torch.get_num_threads()`` in "blocks" mode, else 1."""
+    """Threads :func:`map_blocks` uses: ``torch.get_num_threads()`` in "blocks" mode, else 1.
+
+    Inside :func:`parallel_section`, the thread count torch had when it was entered.
+    """
+    active = getattr(_ACTIVE, "workers", None)
+    if active is not None:
+        return active
     return torch.get_num_threads() if threading_mode() == "blocks" else 1
+
+
+@contextmanager
+def parallel_section() -> Iterator[None]:
+    """One model evaluation whose parallelism is :func:`map_blocks` alone.
+
+    In "blocks" mode with more than one torch thread, torch's intra-op thread
+    count is 1 for the whole section (the few per-step operations outside the
+    blocks, e.g. the force scatter, then run without fork-join barriers, which
+    stall when other jobs load the cores) and restored on exit; blocks inside
+    run on the original number of threads. Re-entrant; a no-op otherwise.
+    """
+    if getattr(_ACTIVE, "workers", None) is not None or threading_mode() != "blocks":
+        yield
+        return
+    workers = torch.get_num_threads()
+    if workers <= 1:
+        yield
+        return
+    with _SECTION:
+        torch.set_num_threads(1)
+        _ACTIVE.workers = workers
+        try:
+            yield
+        finally:
+            _ACTIVE.workers = None
+            torch.set_num_threads(workers)
 
 
 def centre_blocks(n_rows: int, n_neighbours: int, edges_per_block: int, workers: int = 1) -> list[slice]:
@@ -80,15 +116,20 @@ def map_blocks(function: Callable[[slice], T], blocks: Sequence[slice], workers:
         with torch.set_grad_enabled(grad_enabled):
             return function(block)
 
+    def run_all() -> list[T]:
+        key = (os.getpid(), workers)  # a forked child needs its own threads
+        pool = _POOLS.get(key)
+        if pool is None:
+            pool = _POOLS[key] = ThreadPoolExecutor(workers, thread_name_prefix="bornfield-model")
+        return list(pool.map(run, blocks))
+
+    if getattr(_ACTIVE, "workers", None) is not None:  # inside parallel_section: torch has 1 thread already
+        return run_all()
     with _SECTION:
         previous = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            key = (os.getpid(), workers)  # a forked child needs its own threads
-            pool = _POOLS.get(key)
-            if pool is None:
-                pool = _POOLS[key] = ThreadPoolExecutor(workers, thread_name_prefix="bornfield-model")
-            return list(pool.map(run, blocks))
+            return run_all()
         finally:
             torch.set_num_threads(previous)
 
