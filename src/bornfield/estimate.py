@@ -10,8 +10,8 @@ sooner) and scale with the machine: pass ``--speed`` (< 1 on slower cores).
 
 Cost laws (N atoms, cutoff E_cut in Ry, n_k irreducible k-points with time reversal):
 
-* SCF: ``c_scf · (N/16)^p_scf · (E_cut/30)^1.5 · n_k`` core-seconds;
-* DFPT (E-field response + effective charges): ``c_ph · (N/16)^p_ph · (E_cut/30)^1.5 · n_k``;
+* SCF: ``c_scf · (N/16)^p_scf · (E_cut/30)^p_cut · n_k`` core-seconds;
+* DFPT (E-field response + effective charges): ``c_ph · (N/16)^p_ph · (E_cut/30)^p_cut · n_k``;
 * MD: atom-steps / (atom-steps per CPU-second of the backend at that size);
 * training: members × epochs × atoms of the training + validation set × cost per atom-epoch.
 """
@@ -37,7 +37,8 @@ class CostModel:
 
     Sources (``benchmarks/results``): ``dft_timing.json`` (SCF 27.2 s and DFPT 234 s CPU per
     rank, 16-atom beta, 30 Ry, k 1x1x2 = 2 irreducible k-points, 1 rank; SCF exponent 1.80 from
-    16/32/64 atoms), ``melt_quench_throughput.json`` (LAMMPS Pedone ~45,000 atom-steps/s on 1
+    16/32/64 atoms; cutoff exponent 1.8 fitted to the pw.x CPU times at 30-100 Ry, ecutrho = 8
+    ecutwfc, in ``dft_convergence.json``), ``melt_quench_throughput.json`` (LAMMPS Pedone ~45,000 atom-steps/s on 1
     rank), ``md_throughput.json`` (field MD, potential + Born model every step, atom-steps per
     CPU-second: 7,500 at 128 atoms, 11,000 at >= 1,024), a 6-epoch timing of the potential and
     Born trainers (channels 16, hidden 64, float32, 1 thread: 1.4e-3 s per atom-epoch).
@@ -47,6 +48,7 @@ class CostModel:
     scf_size_exponent: float = 1.80
     dfpt_core_s_per_kpoint: float = 117.0
     dfpt_size_exponent: float = 2.0
+    cutoff_exponent: float = 1.8
     melt_quench_atom_steps_per_core_s: float = 45_000.0
     md_atom_steps_per_core_s_small: float = 7_500.0  # 128 atoms
     md_atom_steps_per_core_s_large: float = 11_000.0  # >= 1,024 atoms
@@ -120,7 +122,7 @@ def estimate(config: dict, cost: CostModel | None = None) -> list[dict]:
         raise ConfigError(f"train.active_learning.exploration.max_atoms = {max_atoms}: no DFT candidate is that small")
     # selected snapshots: as large on average as the cells exploration starts from
     jobs = candidates + [explorable[k % len(explorable)] for k in range(n_selected)]
-    scale = (settings.ecutwfc_Ry / 30.0) ** 1.5
+    scale = (settings.ecutwfc_Ry / 30.0) ** cost.cutoff_exponent
     scf_s = ph_s = 0.0
     for _, n_atoms, cell in jobs:
         # the mesh the DFT stage will use (same function as the runner's input writer)
