@@ -36,11 +36,15 @@ Design (chosen for CPU speed in long field MD; numbers in benchmarks/results/mod
 * blocks of centres run in ``torch.get_num_threads()`` Python threads
   (:mod:`bornfield.models.threads`), and a graph caches its edge vectors and per-block edge
   geometry, shared by the potential, the Born model and committee members;
-* measured (benchmarks/results/models_speed.json, float32, channels 8, 1,024 atoms, one
-  thread, CPU time on the loaded shared machine): potential + Born 12,400 atom-evaluations
-  per CPU-second (8,800 before this work), 11,900 at 8,192 atoms (7,100 before); peak RSS at
-  8,192 atoms 534 MiB. torch.compile (inductor, dynamic shapes) of the edge backward gave
-  1.3x on that part (~6 % of a step) for a 12 s compile per process: not used.
+* measured (benchmarks/results/models_speed*.json, float32, potential energy + forces +
+  stress and Born charges on one neighbour list): 2 threads on the quiet machine, channels 8,
+  20,900 atom-evaluations/s at 1,024 atoms and 21,400 at 8,192 (18,000 / 13,500 before this
+  work); channels 16 (paper) 18,500 / 19,600; one thread, CPU time on the loaded machine,
+  channels 8: 14,300 / 14,800 (9,800 / 8,300 before); peak RSS at 8,192 atoms ~0.6 GiB.
+  torch's own intra-op threads (``BORNFIELD_MODEL_THREADS=intraop``) were 3-10 % faster on
+  the quiet machine but 2-30x slower while other jobs loaded the cores, hence parallel blocks
+  by default. torch.compile (inductor, dynamic shapes) of the edge backward gave 1.3x on that
+  part (~6 % of a step) for a 12 s compile per process: not used.
 """
 
 from __future__ import annotations
