@@ -9,7 +9,8 @@ inside its kernels): coarse-grained parallelism instead of torch's intra-op
 fork-join around every small kernel. Measured on the 2-core benchmark machine
 (``benchmarks/results/models_speed.json``, potential + Born, 1,024 atoms, 2
 threads): 20,900 atom-evaluations/s quiet (torch intra-op threads: 22,900), and
-11,100 vs 5,500 (128 atoms: 8,300 vs 280) while other jobs loaded both cores,
+10,300 vs 5,500 (128 atoms: 8,300 vs 280) while other jobs loaded both cores
+(``models_speed_loaded.json``),
 so parallel blocks are the default; ``BORNFIELD_MODEL_THREADS=intraop`` switches
 to torch's own intra-op threading (same results) for dedicated nodes.
 """
