@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from ase.calculators.fd import calculate_numerical_stress
 from ase.io import read, write
-from ase.spacegroup import crystal
 
 from bornfield.calculators import FieldCalculator
 from bornfield.cli import main
 from bornfield.errors import ConfigError
 from bornfield.models import create_random_model_file
+from bornfield.structures.crystals import build_crystal
 
 SPECIES = ["Li", "P", "O"]
 SMALL = {"channels": 4, "hidden": 16, "radial_hidden": 16}
@@ -31,12 +31,7 @@ def model_files(tmp_path_factory):
 
 @pytest.fixture()
 def atoms():
-    a = crystal(
-        ["Li", "Li", "P", "O", "O", "O"],
-        basis=[(0.24810, 0.32770, 0.98600), (0.5, 0.84280, 0.98930), (0, 0.82430, 0),
-               (0.20777, 0.68676, 0.89610), (0, 0.10520, 0.90040), (0.5, 0.18140, 0.81720)],
-        spacegroup=31, cellpar=[6.1150, 5.2394, 4.8554, 90, 90, 90],
-    )
+    a = build_crystal("beta")
     a.rattle(0.08, seed=3)
     return a
 

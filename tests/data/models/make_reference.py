@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ase.spacegroup import crystal
 
 from bornfield.models import create_model, save_model
+from bornfield.structures.crystals import build_crystal
 from bornfield.models.combined import evaluate_periodic
 
 HERE = Path(__file__).resolve().parent
@@ -31,12 +31,7 @@ HYPER = {"channels": 8, "radial_hidden": 32, "hidden": 64}
 
 
 def reference_structure():
-    atoms = crystal(
-        ["Li", "Li", "P", "O", "O", "O"],
-        basis=[(0.24810, 0.32770, 0.98600), (0.5, 0.84280, 0.98930), (0, 0.82430, 0),
-               (0.20777, 0.68676, 0.89610), (0, 0.10520, 0.90040), (0.5, 0.18140, 0.81720)],
-        spacegroup=31, cellpar=[6.1150, 5.2394, 4.8554, 90, 90, 90],
-    ).repeat((2, 1, 2))
+    atoms = build_crystal("beta").repeat((2, 1, 2))
     strain = np.eye(3) + 0.02 * np.random.default_rng(7).normal(size=(3, 3))
     atoms.set_cell(np.asarray(atoms.cell) @ strain, scale_atoms=True)
     atoms.rattle(0.12, seed=3)
