@@ -22,8 +22,10 @@ import argparse
 import datetime as dt
 import fcntl
 import json
+import functools
 import logging
 import os
+import re
 import sys
 import time
 from dataclasses import replace
@@ -39,6 +41,7 @@ from bornfield.dft import DFTJob, DFTSettings, RunnerOptions, provision_pseudopo
 from bornfield.dft.parsers import read_pw_output  # noqa: E402
 from bornfield.structures.crystals import build_crystal  # noqa: E402
 from bornfield.structures.perturb import rattle  # noqa: E402
+from dft_timing import qe_times  # noqa: E402  (same directory)
 
 WORK = HERE / "work" / "dft_convergence"
 RESULTS = HERE / "results"
@@ -141,8 +144,6 @@ def run_queue(name: str, ranks: int) -> None:
 
 def _cpu_seconds(out_path: Path, program: str) -> float:
     """CPU seconds per rank that QE printed for a finished run (``dft_timing.qe_times``), NaN if unfinished."""
-    from dft_timing import qe_times  # same directory
-
     times = qe_times(out_path, program)
     return float("nan") if times is None else times[0]
 
@@ -152,12 +153,14 @@ def analyse() -> list[dict]:
     today = dt.date.today().isoformat()
     records = []
 
-    def rec(metric, value, unit, system, notes=""):
+    def rec(metric, value, unit, system, what="", **fields):
+        """One record of the convergence cell (``what`` ends its notes); ``fields`` override the defaults."""
         records.append({
             "metric": metric, "value": float(value), "unit": unit, "system": system, "n_atoms": 16,
             "ranks": 1, "threads": 1, "baseline": False, "date": today,
             "machine": "2 cores, no GPU (two 1-rank QE queues side by side, shared with other jobs)",
-            "notes": f"beta-Li3PO4 16 atoms rattled N(0,{RATTLE_A} Å) seed {SEED}; PAW pbesol, ecutrho=8 ecutwfc; {notes}".strip("; "),
+            "notes": f"beta-Li3PO4 16 atoms rattled N(0,{RATTLE_A} Å) seed {SEED}; PAW pbesol, ecutrho=8 ecutwfc; {what}".strip("; "),
+            **fields,
         })
 
     def job_dir(label):
@@ -166,17 +169,25 @@ def analyse() -> list[dict]:
     def done(label):
         return label in index and index[label]["state"] == "completed"
 
+    @functools.cache
+    def pw(label):
+        return read_pw_output(job_dir(label) / "pw.out")
+
+    @functools.cache
+    def ph(label):
+        return read_ph_output(job_dir(label) / "ph.out")
+
     def cutoff_series(pattern, what):
         """(label, reference, what) for every completed cutoff of ``pattern``, reference = highest cutoff."""
-        cutoffs = sorted(int(c) for c in range(20, 201, 5) if done(pattern.format(c)))
+        matches = (re.fullmatch(pattern.format(r"(\d+)"), label) for label in index if done(label))
+        cutoffs = sorted(int(m.group(1)) for m in matches if m)
         return [(pattern.format(c), pattern.format(cutoffs[-1]), what) for c in cutoffs[:-1]]
 
     def compare_scf(label, ref_label, what):
         """Force / energy / stress deviation of the SCF in job ``label`` from the one in ``ref_label``."""
         if not (done(label) and done(ref_label)):
             return
-        run = read_pw_output(job_dir(label) / "pw.out")
-        ref = read_pw_output(job_dir(ref_label) / "pw.out")
+        run, ref = pw(label), pw(ref_label)
         sysname = f"pw.x {label.replace('ph_', 'scf_')} vs {ref_label.replace('ph_', 'scf_')}"
         rec("force_max_dev_meV_per_A", np.abs(run.forces - ref.forces).max() * 1000, "meV/Å", sysname, what)
         rec("force_rms_dev_meV_per_A", np.sqrt(((run.forces - ref.forces) ** 2).mean()) * 1000, "meV/Å", sysname, what)
@@ -202,8 +213,7 @@ def analyse() -> list[dict]:
     ]
     for label, ref_label, what in comparisons:
         if done(label) and done(ref_label):
-            run = read_ph_output(job_dir(label) / "ph.out")
-            ref = read_ph_output(job_dir(ref_label) / "ph.out")
+            run, ref = ph(label), ph(ref_label)
             dz = np.abs(run.born_charges - ref.born_charges)
             sysname = f"ph.x {label} vs {ref_label}"
             rec("bec_max_dev_e", dz.max(), "e", sysname, f"{what}; ASR-corrected Z")
@@ -211,28 +221,21 @@ def analyse() -> list[dict]:
             rec("eps_inf_max_dev", np.abs(run.epsilon_inf - ref.epsilon_inf).max(), "1", sysname, what)
     for label in index:
         if done(label) and label.startswith("ph_"):
-            run = read_ph_output(job_dir(label) / "ph.out")
-            rec("asr_residual_max_e", np.abs(run.asr_residual).max(), "e", f"ph.x {label}", "raw sum over atoms")
+            rec("asr_residual_max_e", np.abs(ph(label).asr_residual).max(), "e", f"ph.x {label}", "raw sum over atoms")
     # finite-field pw.x (lelfield, +-E) vs DFPT for the Born charges: the index-order proof's real
     # runs (tests/data/qe/efield_beta, same cell, cutoffs and k mesh, 2 ranks): one field axis
     # needs two Berry-phase SCFs, all three axes six
     efield = HERE.parent / "tests" / "data" / "qe" / "efield_beta"
-    from dft_timing import qe_times  # same directory
-
     ph_cpu = qe_times(efield / "ph.out", "PHONON")
     ff_cpu = [qe_times(efield / f"pw_efield_{sign}.out", "PWSCF") for sign in ("plus", "minus")]
     if ph_cpu and all(ff_cpu):
         note = ("beta 16 atoms rattled 0.05 Å seed 11, 30/240 Ry, k 1x1x2, 2 ranks; finite field: lelfield "
                 "nberrycyc 3, ±0.0364 V/Å, nosym; its zz diagonals differ from DFPT by up to 0.17 e (two-point "
                 "Berry strings along c)")
-        records.append({
-            "metric": "born_charges_cpu_time_s", "value": 3 * (ff_cpu[0][0] + ff_cpu[1][0]), "unit": "s (per rank)",
-            "system": "pw.x finite field ±E, 3 axes (6 SCFs)", "n_atoms": 16, "ranks": 2, "threads": 1,
-            "baseline": True, "date": today, "machine": "2 cores, no GPU (shared)", "notes": note})
-        records.append({
-            "metric": "born_charges_cpu_time_s", "value": ph_cpu[0], "unit": "s (per rank)",
-            "system": "ph.x DFPT epsil+zeu", "n_atoms": 16, "ranks": 2, "threads": 1,
-            "baseline": False, "date": today, "machine": "2 cores, no GPU (shared)", "notes": note})
+        other = {"ranks": 2, "machine": "2 cores, no GPU (shared)", "notes": note}
+        rec("born_charges_cpu_time_s", 3 * (ff_cpu[0][0] + ff_cpu[1][0]), "s (per rank)",
+            "pw.x finite field ±E, 3 axes (6 SCFs)", baseline=True, **other)
+        rec("born_charges_cpu_time_s", ph_cpu[0], "s (per rank)", "ph.x DFPT epsil+zeu", **other)
     for label in index:
         if done(label):
             d = job_dir(label)
@@ -273,13 +276,11 @@ def main() -> None:
     parser.add_argument("--analyse", action="store_true")
     parser.add_argument("--output", type=Path, default=RESULTS / "dft_convergence.json")
     args = parser.parse_args()
-    args.ranks_given = args.ranks is not None
-    args.ranks = args.ranks or 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.queue == "scaling":
-        run_scaling(args.ranks if args.ranks_given else None)
+        run_scaling(args.ranks)
     elif args.queue:
-        run_queue(args.queue, args.ranks)
+        run_queue(args.queue, args.ranks or 1)
     if args.analyse:
         records = analyse()
         tmp = args.output.with_suffix(".part")
