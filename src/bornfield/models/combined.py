@@ -28,7 +28,7 @@ from bornfield.models.born import EquivariantBornModel
 from bornfield.models.committee import BornCommittee, PotentialCommittee
 from bornfield.models.graph import Graph, build_cluster_graph, build_graph
 from bornfield.models.layers import EdgeGeometry
-from bornfield.models.threads import EDGES_PER_TASK, map_geometry_blocks, parallel_section
+from bornfield.models.threads import map_geometry_blocks, parallel_section
 from bornfield.models.potential import (
     NNPotential,
     forces_from_edge_gradient,
@@ -75,12 +75,6 @@ def shared_members(potential, born) -> tuple[list[NNPotential], list[Equivariant
     return potentials, borns
 
 
-#: centres per block in :func:`_evaluate_graph`: the working set of one block (edges x hidden
-#: activations kept for the backward pass) stays that of a ~1,000-atom cell, so large cells
-#: run at the per-atom speed of small ones instead of being memory-bandwidth bound
-EDGES_PER_BLOCK = EDGES_PER_TASK
-
-
 def _evaluate_graph(graph: Graph, potentials, borns, stress: bool) -> StepResult:
     """:func:`_evaluate_blocks` in one :func:`~bornfield.models.threads.parallel_section`."""
     with parallel_section():
@@ -109,9 +103,8 @@ def _evaluate_blocks(graph: Graph, potentials, borns, stress: bool) -> StepResul
                 born = sum(member.raw_charges(graph, geometry).double() for member in borns) / len(borns)
         return sites / len(potentials), grad / len(potentials), born
 
-    sites_parts, grad_parts, born_parts = zip(*map_geometry_blocks(graph, evaluate_block, EDGES_PER_BLOCK))
-    with torch.no_grad():  # the edge vectors of the blocks (kept in the graph's cache)
-        edge_vec = graph.cached(("edge_vectors",), graph.edge_vectors)
+    sites_parts, grad_parts, born_parts = zip(*map_geometry_blocks(graph, evaluate_block))
+    edge_vec = graph.inference_edge_vectors()  # those of the blocks (the graph's cache)
     grad = torch.cat(grad_parts) if len(grad_parts) > 1 else grad_parts[0]
     with torch.no_grad():
         forces = forces_from_edge_gradient(graph, grad).double().numpy()

@@ -76,6 +76,11 @@ class Graph:
         self._cache[key] = (stamp, value)
         return value
 
+    def inference_edge_vectors(self) -> torch.Tensor:
+        """:meth:`edge_vectors` (N, K, 3) Å without autograd, computed once per graph state (:meth:`cached`)."""
+        with torch.no_grad():
+            return self.cached(("edge_vectors",), self.edge_vectors)
+
     @property
     def n_atoms(self) -> int:
         return int(self.positions.shape[0])

@@ -198,8 +198,7 @@ class NNPotential(BornfieldModel):
                 return self.site_energies_and_edge_gradient(graph, geometry.edge_vec, geometry, mask)
 
             site_parts, grad_parts = zip(*map_geometry_blocks(graph, block))
-            with torch.no_grad():  # the edge vectors of the blocks (kept in the graph's cache)
-                edge_vec = graph.cached(("edge_vectors",), graph.edge_vectors)
+            edge_vec = graph.inference_edge_vectors()  # those of the blocks (the graph's cache)
             sites, grad = torch.cat(site_parts), torch.cat(grad_parts)
         energy = torch.zeros(graph.n_structures, dtype=torch.float64).index_add(0, graph.centre_batch, sites)
         out = {"site_energies": sites, "energy": energy}

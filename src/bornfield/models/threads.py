@@ -74,14 +74,22 @@ def parallel_section() -> Iterator[None]:
     if workers <= 1:
         yield
         return
+    with _torch_on_one_thread(workers):
+        yield
+
+
+@contextmanager
+def _torch_on_one_thread(workers: int) -> Iterator[None]:
+    """Torch's intra-op thread count 1 (restored on exit) while ``workers`` block threads run."""
     with _SECTION:
+        previous = torch.get_num_threads()
         torch.set_num_threads(1)
         _ACTIVE.workers = workers
         try:
             yield
         finally:
             _ACTIVE.workers = None
-            torch.set_num_threads(workers)
+            torch.set_num_threads(previous)
 
 
 def centre_blocks(n_rows: int, n_neighbours: int, edges_per_block: int, workers: int = 1) -> list[slice]:
@@ -129,13 +137,8 @@ def map_blocks(function: Callable[[slice], T], blocks: Sequence[slice], workers:
 
     if getattr(_ACTIVE, "workers", None) is not None:  # inside parallel_section: torch has 1 thread already
         return run_all()
-    with _SECTION:
-        previous = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return run_all()
-        finally:
-            torch.set_num_threads(previous)
+    with _torch_on_one_thread(workers):
+        return run_all()
 
 
 #: edge slots per parallel task: the working set of one task (edges x hidden activations) stays
@@ -155,8 +158,7 @@ def map_geometry_blocks(graph, function: Callable, edges_per_task: int = EDGES_P
     """
     from bornfield.models.layers import EdgeGeometry
 
-    with torch.no_grad():
-        edge_vec = graph.cached(("edge_vectors",), graph.edge_vectors)
+    edge_vec = graph.inference_edge_vectors()
     n, k = edge_vec.shape[:2]
     blocks = centre_blocks(n, k, edges_per_task, parallel_workers())
 
