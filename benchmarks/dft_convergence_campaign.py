@@ -13,6 +13,10 @@ through ``dft_convergence.py``'s record format.
 Usage::
 
     .venv/bin/python benchmarks/dft_convergence_campaign.py --queue a   # and, in parallel, --queue b
+    .venv/bin/python benchmarks/dft_convergence_campaign.py --queue pools   # 2 ranks, idle machine
+    # BLAS: Debian's QE links the reference BLAS; compare with OpenBLAS unpacked (not installed):
+    #   apt-get download libopenblas0-serial && dpkg-deb -x libopenblas0-serial_*.deb /tmp/oblas
+    #   ... --queue blas &  ... --queue blas --blas-dir /tmp/oblas/usr/lib/x86_64-linux-gnu/openblas-serial
     .venv/bin/python benchmarks/dft_convergence_campaign.py --analyse
 """
 
@@ -91,7 +95,17 @@ QUEUES: dict[str, list[tuple[str, DFTSettings]]] = {
         ("ph_ec45_k223", settings(45, "k223")),
         ("ph_us_ec30_k223", settings(30, "k223", pseudo_set="pbesol_us")),
     ],
+    # the shipped defaults themselves (70/560 Ry, k 2x2x3, tr2_ph 1e-16, conv_thr 1e-12 Ry/atom):
+    # the raw ASR residual and cost a production label actually has
+    "defaults": [
+        ("ph_default", DFTSettings()),
+    ],
 }
+
+#: k-point pools (QE -nk) on 2 ranks: the same SCF + DFPT job (30/240 Ry, k 1x1x2 = 2 k-points,
+#: so -nk 2 gives one k-point per rank) with 1 and 2 pools, each in its own directory.
+POOLS_SETTINGS = settings(30, "k112")
+POOLS_JOBS = (1, 2)
 
 #: DFPT cost vs size (issue 4 scaling benchmark): rattled beta supercells at 25/200 Ry, Gamma only,
 #: on 1 rank (16, 32, 64 atoms) and 2 ranks (16, 32); read by ``dft_timing.py``.
@@ -113,6 +127,33 @@ def run_scaling(only_ranks: int | None = None) -> None:
         job = DFTJob(atoms, SCALING_SETTINGS, pseudos, pseudo_dir, WORK / f"scaling_{ranks}rank", options)
         labels = job.run()
         logging.info("scaling %d atoms, %d rank(s): %s (%s)", len(atoms), ranks, labels["state"], job.dir)
+
+
+def run_pools() -> None:
+    """The pools pair on 2 ranks (wants an otherwise idle machine: wall times are compared)."""
+    pseudo_dir = WORK / "pseudo"
+    pseudos = provision_pseudopotentials(pseudo_dir, "pbesol_paw")
+    for pools in POOLS_JOBS:
+        options = RunnerOptions(launcher="/usr/bin/mpirun -n 2", pools=pools)
+        job = DFTJob(structure(), POOLS_SETTINGS, pseudos, pseudo_dir, WORK / f"pools_2rank_nk{pools}", options)
+        labels = job.run()
+        logging.info("pools %d on 2 ranks: %s (%s)", pools, labels["state"], job.dir)
+
+
+def run_blas(blas_dir: str) -> None:
+    """The 16-atom scaling job (25/200 Ry, Gamma, 1 rank) with QE linked at run time against the
+    BLAS/LAPACK in ``blas_dir`` (``LD_LIBRARY_PATH``; empty: the system's). Start one process per
+    library at the same time on an otherwise idle 2-core machine: the pair then shares conditions."""
+    pseudo_dir = WORK / "pseudo"
+    pseudos = provision_pseudopotentials(pseudo_dir, "pbesol_paw")
+    if blas_dir:
+        os.environ["LD_LIBRARY_PATH"] = ":".join(filter(None, [blas_dir, os.environ.get("LD_LIBRARY_PATH")]))
+    atoms = build_crystal("beta").repeat(SCALING_JOBS[0][0])
+    atoms.rattle(0.05, seed=21)
+    name = Path(blas_dir).name if blas_dir else "system"
+    job = DFTJob(atoms, SCALING_SETTINGS, pseudos, pseudo_dir, WORK / f"blas_{name}", RunnerOptions(launcher=""))
+    labels = job.run()
+    logging.info("BLAS %s: %s (%s)", name, labels["state"], job.dir)
 
 
 def structure():
@@ -221,7 +262,11 @@ def analyse() -> list[dict]:
             rec("eps_inf_max_dev", np.abs(run.epsilon_inf - ref.epsilon_inf).max(), "1", sysname, what)
     for label in index:
         if done(label) and label.startswith("ph_"):
-            rec("asr_residual_max_e", np.abs(ph(label).asr_residual).max(), "e", f"ph.x {label}", "raw sum over atoms")
+            residual = ph(label).asr_residual
+            rec("asr_residual_max_e", np.abs(residual).max(), "e", f"ph.x {label}", "raw sum over atoms")
+            for i, axis in enumerate("xyz"):  # signed: cutoff and k-mesh errors add with opposite signs
+                rec("asr_residual_diag_e", residual[i, i], "e", f"ph.x {label}", f"raw sum over atoms, {axis}{axis}",
+                    component=f"{axis}{axis}")
     # finite-field pw.x (lelfield, +-E) vs DFPT for the Born charges: the index-order proof's real
     # runs (tests/data/qe/efield_beta, same cell, cutoffs and k mesh, 2 ranks): one field axis
     # needs two Berry-phase SCFs, all three axes six
@@ -242,6 +287,24 @@ def analyse() -> list[dict]:
             rec("qe_cpu_time_s", _cpu_seconds(d / "pw.out", "PWSCF"), "s (per rank)", f"pw.x {label}", "SCF")
             if label.startswith("ph_"):
                 rec("qe_cpu_time_s", _cpu_seconds(d / "ph.out", "PHONON"), "s (per rank)", f"ph.x {label}", "DFPT epsil+zeu")
+    for program, name in (("PWSCF", "pw.out"), ("PHONON", "ph.out")):
+        for pools in POOLS_JOBS:
+            outs = sorted((WORK / f"pools_2rank_nk{pools}").glob(f"*/{name}"))
+            times = qe_times(outs[0], program) if outs else None
+            if times:
+                rec("qe_wall_time_s", times[1], "s", f"{name.split('.')[0]}.x 2 ranks -nk {pools}",
+                    "30/240 Ry, k 1x1x2 (2 k-points); k-point pools", ranks=2, pools=pools, baseline=pools == 1,
+                    machine="2 cores, no GPU, otherwise idle (other QE jobs paused)")
+    for blas_run in sorted(WORK.glob("blas_*")):
+        for program, name in (("PWSCF", "pw.out"), ("PHONON", "ph.out")):
+            outs = sorted(blas_run.glob(f"*/{name}"))
+            times = qe_times(outs[0], program) if outs else None
+            if times:
+                library = blas_run.name.removeprefix("blas_")
+                rec("qe_cpu_time_s", times[0], "s (per rank)", f"{name.split('.')[0]}.x BLAS {library}",
+                    "scaling job: beta 16 atoms rattled 0.05 Å seed 21, 25/200 Ry, Gamma; the two libraries run at the same time",
+                    baseline=library == "system", blas=library,
+                    machine="2 cores, no GPU, one run per core, other QE jobs paused")
     return records
 
 
@@ -270,7 +333,9 @@ def plot(records: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--queue", choices=[*sorted(QUEUES), "scaling"])
+    parser.add_argument("--queue", choices=[*sorted(QUEUES), "scaling", "pools", "blas"])
+    parser.add_argument("--blas-dir", default="",
+                        help="with --queue blas: directory holding libblas.so.3/liblapack.so.3 (empty: the system's)")
     parser.add_argument("--ranks", type=int, default=None,
                         help="MPI ranks per job of a queue (default 1); with --queue scaling: run only the jobs with this many ranks")
     parser.add_argument("--analyse", action="store_true")
@@ -279,6 +344,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.queue == "scaling":
         run_scaling(args.ranks)
+    elif args.queue == "pools":
+        run_pools()
+    elif args.queue == "blas":
+        run_blas(args.blas_dir)
     elif args.queue:
         run_queue(args.queue, args.ranks or 1)
     if args.analyse:
