@@ -45,7 +45,8 @@ def qe_times(path: Path, program: str) -> tuple[float, float, int] | None:
     if not match or "JOB DONE" not in text:
         return None
     last = match[-1]
-    ranks = re.search(r"Number of MPI processes:\s*(\d+)", text)
+    # QE 6.7 prints "Parallel version (MPI), running on     2 processors"; newer ones "Number of MPI processes: 2"
+    ranks = re.search(r"(?:Number of MPI processes:|running on)\s*(\d+)", text)
     return _seconds(last[0:3]), _seconds(last[3:6]), int(ranks.group(1)) if ranks else 1
 
 
@@ -113,9 +114,11 @@ def plot(records: list[dict], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for metric, ax in zip(("qe_cpu_time_s", "qe_wall_time_s"), axes, strict=True):
-        for system in sorted({r["system"] for r in records if r["metric"] == metric}):
-            pts = sorted((r["n_atoms"], r["value"]) for r in records if r["metric"] == metric and r["system"] == system)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=system.replace("bornfield-dft ", ""))
+        for system, ranks in sorted({(r["system"], r["ranks"]) for r in records if r["metric"] == metric}):
+            pts = sorted((r["n_atoms"], r["value"]) for r in records
+                         if r["metric"] == metric and r["system"] == system and r["ranks"] == ranks)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if ranks == 1 else "s--",
+                    label=f"{system.replace('bornfield-dft ', '')}, {ranks} rank{'s' if ranks > 1 else ''}")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("atoms")
@@ -141,7 +144,7 @@ def main() -> None:
     args.output.write_text(json.dumps(records, indent=1))
     plot(records, args.output.with_suffix(".png"))
     for r in records:
-        print(f"{r['system']:45s} N={r['n_atoms']:4d} {r['metric']:18s} {r['value']:10.2f} {r['unit']}")
+        print(f"{r['system']:45s} N={r['n_atoms']:4d} ranks={r['ranks']} {r['metric']:18s} {r['value']:10.2f} {r['unit']}")
 
 
 if __name__ == "__main__":
