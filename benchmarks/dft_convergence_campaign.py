@@ -52,15 +52,17 @@ RESULTS = HERE / "results"
 RATTLE_A, SEED = 0.05, 20231
 
 #: k-point densities (points per Å⁻¹, ASE rule) giving these meshes on the 16-atom beta cell
-#: (a, b, c = 6.115, 5.239, 4.855 Å): 0.8 -> 1x1x2, 1.6 -> 2x2x3, 2.4 -> 3x3x4.
-K_DENSITY = {"k112": 0.8, "k223": 1.6, "k334": 2.4}
+#: (a, b, c = 6.115, 5.239, 4.855 Å): 0.8 -> 1x1x2, 1.6 -> 2x2x3, 2.4 -> 3x3x4,
+#: 3.2 -> 4x4x5, 4.0 -> 5x5x6. A trailing "s" (e.g. "k223s") shifts the mesh off Gamma (QE's 1 1 1).
+K_DENSITY = {"k112": 0.8, "k223": 1.6, "k334": 2.4, "k445": 3.2, "k556": 4.0}
 
 
 def settings(ecut: float, kmesh: str, tr2: float = 1e-14, born: bool = True, pseudo_set: str = "pbesol_paw") -> DFTSettings:
     """Settings with ecutrho = 8 ecutwfc (pslibrary PAW/US recommendation)."""
     return replace(
         DFTSettings(), pseudo_set=pseudo_set, ecutwfc_Ry=float(ecut), ecutrho_Ry=8.0 * ecut,
-        kpoint_density_per_inv_A=K_DENSITY[kmesh], tr2_ph=tr2, born_charges=born,
+        kpoint_density_per_inv_A=K_DENSITY[kmesh.removesuffix("s")], kpoint_offset=kmesh.endswith("s"),
+        tr2_ph=tr2, born_charges=born,
         conv_thr_per_atom_Ry=1e-11,
     )
 
@@ -103,6 +105,15 @@ QUEUES: dict[str, list[tuple[str, DFTSettings]]] = {
     ],
     # the 3x3x4 reference again, in one go: the first run was resumed twice through ph.x's
     # recover files (session ends) and a few of its Z entries jump by up to 0.25 e
+    # forces moved by 17 meV/Å from 2x2x3 to 3x3x4: one SCF further to see 3x3x4 converged
+    # and odd/even meshes alternate (3x3x4 is further from 4x4x5 in energy than 2x2x3): the
+    # largest mesh as reference, and shifted meshes, which converge faster in insulators
+    "kmesh_scf": [
+        ("scf_ec30_k445", settings(30, "k445", born=False)),
+        ("scf_ec30_k223s", settings(30, "k223s", born=False)),
+        ("scf_ec30_k556", settings(30, "k556", born=False)),
+        ("scf_ec30_k334s", settings(30, "k334s", born=False)),
+    ],
     "k334_uninterrupted": [
         ("ph_ec30_k334_uninterrupted", settings(30, "k334")),
     ],
@@ -252,6 +263,8 @@ def analyse() -> list[dict]:
     compare_scf("ph_ec30_k112", "ph_ec30_k223", "k mesh (demo 1x1x2 vs 2x2x3)")
     for label in ("ph_ec30_k112", "ph_ec30_k223"):
         compare_scf(label, "ph_ec30_k334", "k mesh")
+    for label in ("ph_ec30_k223", "ph_ec30_k334", "scf_ec30_k223s", "scf_ec30_k334s", "scf_ec30_k445"):
+        compare_scf(label, "scf_ec30_k556", "k mesh (s: shifted off Gamma)")
     comparisons = [
         ("ph_ec30_k112", "ph_ec30_k223", "k mesh (demo 1x1x2 vs 2x2x3)"),
         ("ph_ec30_k112", "ph_ec30_k334", "k mesh"),

@@ -3,8 +3,9 @@
 Every numerical setting comes from the validated ``dft`` config section
 (:class:`DFTSettings`). The k-point mesh follows a density in points per Å⁻¹
 (ASE's convention, ``n_i = ceil(2π |b_i| · density)`` with ``b_i`` the reciprocal
-vectors without 2π); for the experimental beta-Li3PO4 cell a density of 1.6 Å gives
-the 2×2×3 mesh found necessary (coarser meshes moved Z by up to 0.30 e).
+vectors without 2π); for the experimental beta-Li3PO4 cell the default density of 2.4 Å
+gives 3×3×4, the mesh whose forces are within 5 meV/Å of 5×5×6 (2×2×3: 12.7 meV/Å;
+benchmarks/results/dft_convergence.json).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class DFTSettings:
     pseudo_set: str = "pbesol_paw"
     ecutwfc_Ry: float = 70.0  # forces within 5 meV/Å (benchmarks/results/dft_convergence.json)
     ecutrho_Ry: float = 560.0
-    kpoint_density_per_inv_A: float = 1.6
+    kpoint_density_per_inv_A: float = 2.4  # 3x3x4 on 16 atoms: forces within 4.5 meV/Å of 5x5x6
     kpoint_offset: bool = False
     conv_thr_per_atom_Ry: float = 1e-12
     mixing_beta: float = 0.5
