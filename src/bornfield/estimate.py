@@ -35,18 +35,21 @@ from bornfield.errors import ConfigError
 class CostModel:
     """Per-unit costs in core-seconds (1 MPI rank = 1 core), measured on 2-core benchmark machines.
 
-    Sources (``benchmarks/results``): ``dft_timing.json`` (SCF 27.2 s and DFPT 234 s CPU per
-    rank, 16-atom beta, 30 Ry, k 1x1x2 = 2 irreducible k-points, 1 rank; SCF exponent 1.80 from
-    16/32/64 atoms; DFPT exponent 2.67 from 16/32 atoms at Γ, ``dft_scaling.json``; cutoff exponent 1.8 fitted to the pw.x CPU times at 30-100 Ry, ecutrho = 8
-    ecutwfc, in ``dft_convergence.json``), ``melt_quench_throughput.json`` (LAMMPS Pedone ~45,000 atom-steps/s on 1
+    Sources (``benchmarks/results``): ``dft_convergence.json`` "ph_default" (the production
+    settings: 16-atom beta rattled, 70/560 Ry, k 2x2x3 = 8 irreducible k-points, tr2_ph 1e-16,
+    1 rank, serial OpenBLAS: SCF 148 s, DFPT 2,021 s CPU, divided by 8 k-points and by
+    (70/30)^1.8 to give the per-k-point cost at the 30 Ry reference; the default tr2_ph 1e-14
+    needs ~17 % less); SCF exponent 1.80 from 16/32/64 atoms; DFPT exponent 2.67 from 16/32
+    atoms at Γ, ``dft_scaling.json``; cutoff exponent 1.8 fitted to the pw.x CPU times at
+    30-100 Ry, ecutrho = 8 ecutwfc, in ``dft_convergence.json``), ``melt_quench_throughput.json`` (LAMMPS Pedone ~45,000 atom-steps/s on 1
     rank), ``md_throughput.json`` (field MD, potential + Born model every step, atom-steps per
     CPU-second: 7,500 at 128 atoms, 11,000 at >= 1,024), a 6-epoch timing of the potential and
     Born trainers (channels 16, hidden 64, float32, 1 thread: 1.4e-3 s per atom-epoch).
     """
 
-    scf_core_s_per_kpoint: float = 13.6
+    scf_core_s_per_kpoint: float = 4.03
     scf_size_exponent: float = 1.80
-    dfpt_core_s_per_kpoint: float = 117.0
+    dfpt_core_s_per_kpoint: float = 55.0
     dfpt_size_exponent: float = 2.67  # per k-point, 16 -> 32 atoms at Γ (dft_scaling.json)
     cutoff_exponent: float = 1.8
     melt_quench_atom_steps_per_core_s: float = 45_000.0
