@@ -10,8 +10,10 @@ sooner) and scale with the machine: pass ``--speed`` (< 1 on slower cores).
 
 Cost laws (N atoms, cutoff E_cut in Ry, n_k irreducible k-points with time reversal):
 
-* SCF: ``c_scf · (N/16)^p_scf · (E_cut/30)^p_cut · n_k`` core-seconds;
-* DFPT (E-field response + effective charges): ``c_ph · (N/16)^p_ph · (E_cut/30)^p_cut · n_k``;
+* SCF: ``c_scf · f(N) · (E_cut/30)^p_cut · n_k`` core-seconds with the size factor
+  ``f(N) = (N/16)^p`` up to 32 atoms and ``(32/16)^p · (N/32)^p_large`` beyond (the measured
+  exponent steepens: dense linear algebra takes over);
+* DFPT (E-field response + effective charges): the same form with its own exponents;
 * MD: atom-steps / (atom-steps per CPU-second of the backend at that size);
 * training: members × epochs × atoms of the training + validation set × cost per atom-epoch.
 """
@@ -39,8 +41,10 @@ class CostModel:
     settings: 16-atom beta rattled, 70/560 Ry, k 2x2x3 = 8 irreducible k-points, tr2_ph 1e-16,
     1 rank, serial OpenBLAS: SCF 148 s, DFPT 2,021 s CPU, divided by 8 k-points and by
     (70/30)^1.8 to give the per-k-point cost at the 30 Ry reference; the default tr2_ph 1e-14
-    needs ~17 % less); SCF exponent 1.80 from 16/32/64 atoms; DFPT exponent 2.67 from 16/32
-    atoms at Γ, ``dft_scaling.json``; cutoff exponent 1.8 fitted to the pw.x CPU times at
+    needs ~17 % less); size exponents from ``dft_scaling.json`` (25/200 Ry, Γ, 1 rank,
+    reference BLAS): SCF 1.80 for 16 -> 32 atoms and 2.52 for 32 -> 64; DFPT 2.67 for 16 -> 32
+    and at least 3.2 for 32 -> 64 (the 64-atom ph.x had not finished its first electric-field
+    iteration after 3,822 CPU-s, against ~415 s at 32 atoms); cutoff exponent 1.8 fitted to the pw.x CPU times at
     30-100 Ry, ecutrho = 8 ecutwfc, in ``dft_convergence.json``), ``melt_quench_throughput.json`` (LAMMPS Pedone ~45,000 atom-steps/s on 1
     rank), ``md_throughput.json`` (field MD, potential + Born model every step, atom-steps per
     CPU-second: 7,500 at 128 atoms, 11,000 at >= 1,024), a 6-epoch timing of the potential and
@@ -49,13 +53,22 @@ class CostModel:
 
     scf_core_s_per_kpoint: float = 4.03
     scf_size_exponent: float = 1.80
+    scf_size_exponent_large: float = 2.52  # above 32 atoms
     dfpt_core_s_per_kpoint: float = 55.0
     dfpt_size_exponent: float = 2.67  # per k-point, 16 -> 32 atoms at Γ (dft_scaling.json)
+    dfpt_size_exponent_large: float = 3.2  # above 32 atoms: a lower bound (see above)
     cutoff_exponent: float = 1.8
     melt_quench_atom_steps_per_core_s: float = 45_000.0
     md_atom_steps_per_core_s_small: float = 7_500.0  # 128 atoms
     md_atom_steps_per_core_s_large: float = 11_000.0  # >= 1,024 atoms
     train_core_s_per_atom_epoch: float = 1.4e-3
+
+    @staticmethod
+    def size_factor(n_atoms: int, exponent: float, exponent_large: float) -> float:
+        """Cost at ``n_atoms`` relative to 16 atoms: one power law to 32 atoms, a steeper one beyond."""
+        if n_atoms <= 32:
+            return (n_atoms / 16) ** exponent
+        return 2.0**exponent * (n_atoms / 32) ** exponent_large
 
     def md_rate(self, n_atoms: int) -> float:
         """Field-MD atom-steps per core-second at ``n_atoms`` (log-linear between 128 and 1,024)."""
@@ -130,9 +143,9 @@ def estimate(config: dict, cost: CostModel | None = None) -> list[dict]:
     for _, n_atoms, cell in jobs:
         # the mesh the DFT stage will use (same function as the runner's input writer)
         n_k = irreducible_kpoints(kpoint_mesh(Atoms(cell=cell, pbc=True), settings.kpoint_density_per_inv_A))
-        scf_s += cost.scf_core_s_per_kpoint * (n_atoms / 16) ** cost.scf_size_exponent * scale * n_k
+        scf_s += cost.scf_core_s_per_kpoint * cost.size_factor(n_atoms, cost.scf_size_exponent, cost.scf_size_exponent_large) * scale * n_k
         if settings.born_charges:
-            ph_s += cost.dfpt_core_s_per_kpoint * (n_atoms / 16) ** cost.dfpt_size_exponent * scale * n_k
+            ph_s += cost.dfpt_core_s_per_kpoint * cost.size_factor(n_atoms, cost.dfpt_size_exponent, cost.dfpt_size_exponent_large) * scale * n_k
     n_atoms_total = sum(j[1] for j in jobs)
     rows.append({"stage": "dft (pw.x SCF)", "units": f"{len(jobs)} jobs, {n_atoms_total} atoms",
                  "core_hours": scf_s / 3600})
