@@ -128,23 +128,36 @@ POOLS_SETTINGS = settings(30, "k112")
 POOLS_JOBS = (1, 2)
 
 #: DFPT cost vs size (issue 4 scaling benchmark): rattled beta supercells at 25/200 Ry, Gamma only,
-#: on 1 rank (16, 32, 64 atoms) and 2 ranks (16, 32); read by ``dft_timing.py``.
+#: on 1 and 2 ranks (16, 32, 64 atoms); read by ``dft_timing.py``. Series are kept per BLAS (``scaling_dir``).
 SCALING_SETTINGS = replace(DFTSettings(), ecutwfc_Ry=25.0, ecutrho_Ry=200.0, kpoint_density_per_inv_A=0.1,
                            conv_thr_per_atom_Ry=1e-10, tr2_ph=1e-14, born_charges=True)
-SCALING_JOBS = [((1, 1, 1), 1), ((1, 1, 2), 1), ((1, 1, 1), 2), ((1, 1, 2), 2), ((2, 1, 2), 1)]
+SCALING_JOBS = [((1, 1, 1), 1), ((1, 1, 2), 1), ((1, 1, 1), 2), ((1, 1, 2), 2), ((2, 1, 2), 1), ((2, 1, 2), 2)]
 
 
-def run_scaling(only_ranks: int | None = None) -> None:
-    """The size series; ``only_ranks`` runs just the jobs with that many ranks (2-rank jobs want an idle machine)."""
+def blas_tag() -> str:
+    """'openblas' when QE's libblas.so.3 resolves to OpenBLAS (Debian alternatives), else 'refblas'."""
+    return "openblas" if "openblas" in os.path.realpath("/lib/x86_64-linux-gnu/libblas.so.3") else "refblas"
+
+
+def scaling_dir(ranks: int) -> Path:
+    """Size-series directory: the first series (reference BLAS) keeps its name, later ones are tagged."""
+    return WORK / (f"scaling_{ranks}rank" if blas_tag() == "refblas" else f"scaling_{blas_tag()}_{ranks}rank")
+
+
+def run_scaling(only_ranks: int | None = None, max_atoms: int | None = None) -> None:
+    """The size series; ``only_ranks`` runs just the jobs with that many ranks (2-rank jobs want an
+    idle machine), ``max_atoms`` skips larger cells."""
     pseudo_dir = WORK / "pseudo"
     pseudos = provision_pseudopotentials(pseudo_dir, "pbesol_paw")
     for repetition, ranks in SCALING_JOBS:
         if only_ranks is not None and ranks != only_ranks:
             continue
+        if max_atoms is not None and 16 * int(np.prod(repetition)) > max_atoms:
+            continue
         atoms = build_crystal("beta").repeat(repetition)
         atoms.rattle(0.05, seed=21)
         options = RunnerOptions(launcher=f"/usr/bin/mpirun -n {ranks}" if ranks > 1 else "")
-        job = DFTJob(atoms, SCALING_SETTINGS, pseudos, pseudo_dir, WORK / f"scaling_{ranks}rank", options)
+        job = DFTJob(atoms, SCALING_SETTINGS, pseudos, pseudo_dir, scaling_dir(ranks), options)
         labels = job.run()
         logging.info("scaling %d atoms, %d rank(s): %s (%s)", len(atoms), ranks, labels["state"], job.dir)
 
@@ -360,6 +373,7 @@ def plot(records: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queue", choices=[*sorted(QUEUES), "scaling", "pools", "blas"])
+    parser.add_argument("--max-atoms", type=int, default=None, help="with --queue scaling: skip larger cells")
     parser.add_argument("--blas-dir", default="",
                         help="with --queue blas: directory holding libblas.so.3/liblapack.so.3 (empty: the system's)")
     parser.add_argument("--ranks", type=int, default=None,
@@ -369,7 +383,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.queue == "scaling":
-        run_scaling(args.ranks)
+        run_scaling(args.ranks, args.max_atoms)
     elif args.queue == "pools":
         run_pools()
     elif args.queue == "blas":

@@ -30,6 +30,8 @@ HEADLINE = {
     "v_relative_bias",
     "msd_atom_frames_per_s",
     "peak_rss_MiB",
+    "scaling_exponent",
+    "asr_residual_max_e",
 }
 
 

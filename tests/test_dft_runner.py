@@ -61,3 +61,50 @@ def test_pools_reach_pw_and_ph_command_lines():
 def test_pools_must_divide_ranks():
     with pytest.raises(ConfigError, match=r"dft.run.pools = 3 must divide dft.run.ranks = 4"):
         RunnerOptions.from_section({"run": {"launcher": "srun", "ranks": 4, "pools": 3}})
+
+
+REAL = __import__("pathlib").Path(__file__).parent / "data" / "qe" / "beta_rattled16"
+
+
+def _resume_ph(tmp_path, previous_status: dict):
+    """A job whose SCF finished and whose ph.x stopped part-way, resumed with a stand-in ph.x
+    that records what it was given (recover flag, scratch present) and prints a real ph.out."""
+    from ase.io import read
+
+    fake_ph = tmp_path / "ph.x"
+    fake_ph.write_text(
+        "#!/bin/sh\n"
+        "grep -o 'recover = [.a-z]*' \"$2\" > seen_recover.txt\n"
+        "if [ -d tmp/_ph0 ]; then echo kept > seen_scratch.txt; else echo removed > seen_scratch.txt; fi\n"
+        f"cat {REAL / 'ph.out'}\n"
+    )
+    fake_ph.chmod(0o755)
+    pseudos = {el: PseudoRecord(el, f"{el}.UPF", "0" * 32, "test") for el in ("Li", "P", "O")}
+    job = DFTJob(read(REAL / "structure.extxyz"), DFTSettings(), pseudos, tmp_path / "pseudo", tmp_path / "jobs",
+                 RunnerOptions(launcher="", ph_command=str(fake_ph)))
+    (job.dir / "tmp" / "_ph0").mkdir(parents=True)
+    (job.dir / "tmp" / "_ph0" / "bornfield.recover").write_text("left by the stopped ph.x")
+    (job.dir / "pw.out").write_text((REAL / "pw.out").read_text())
+    (job.dir / "ph.out").write_text("\n".join((REAL / "ph.out").read_text().splitlines()[:60]))  # stopped part-way
+    job.status_path.write_text(json.dumps({"attempts": [], "wall_time_s": 0.0, **previous_status}))
+    labels = job.run()
+    return job, labels
+
+
+def test_hard_killed_ph_starts_over_instead_of_trusting_recover_files(tmp_path, caplog):
+    """No clean stop recorded (state still scf_done): QE's recover files are removed, recover=.false."""
+    job, labels = _resume_ph(tmp_path, {"state": "scf_done"})
+    assert (job.dir / "seen_recover.txt").read_text().strip() == "recover = .false."
+    assert (job.dir / "seen_scratch.txt").read_text().strip() == "removed"
+    assert "not trusted" in caplog.text
+    ph = [a for a in job.status()["attempts"] if a["program"] == "ph.x"]
+    assert ph == [{**ph[0], "recover": False, "outcome": "converged"}]
+    assert job.status()["state"] == "completed" and "born_charges_raw" in labels
+
+
+def test_ph_stopped_cleanly_at_max_seconds_resumes_with_recover(tmp_path):
+    """QE's own max_seconds stop (state interrupted at ph): ph.x continues from its recover files."""
+    job, _ = _resume_ph(tmp_path, {"state": "interrupted", "interrupted_stage": "ph"})
+    assert (job.dir / "seen_recover.txt").read_text().strip() == "recover = .true."
+    assert (job.dir / "seen_scratch.txt").read_text().strip() == "kept"
+    assert [a["recover"] for a in job.status()["attempts"] if a["program"] == "ph.x"] == [True]

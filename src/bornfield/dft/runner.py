@@ -19,7 +19,11 @@ Policy:
   cleanly at ``max_seconds`` (state ``interrupted``, :class:`JobInterrupted` raised, the
   CLI exits non-zero so the scheduler's retry resubmits), and the next run continues
   pw.x with ``restart_mode='restart'`` or ph.x with ``recover=.true.``; a hard-killed
-  SCF whose restart files are unusable starts over once.
+  SCF whose restart files are unusable starts over once;
+* a hard-killed ph.x (no clean stop: SIGKILL, node failure) starts over from the SCF: QE
+  6.7's recover files of such a run gave Born charges off by up to 0.24 e in a few
+  entries (eps_inf unchanged) against an uninterrupted run of the same job
+  (benchmarks/results/dft_convergence.json, "ph.x resumed" records).
 """
 
 from __future__ import annotations
@@ -249,7 +253,8 @@ class DFTJob:
             if self.settings.born_charges:
                 bec = self._finished_ph_output(status)
                 if bec is None:
-                    bec = self._run_ph(status)
+                    clean_stop = previous_state == "interrupted" and status.get("interrupted_stage") == "ph"
+                    bec = self._run_ph(status, recover_allowed=clean_stop)
                 else:
                     LOG.info("%s: ph.x finished in an earlier run (same structure and settings); its output is reused", self.dft_id)
         labels = self._labels(scf, bec, status)
@@ -357,8 +362,14 @@ class DFTJob:
         }
         return None
 
-    def _run_ph(self, status: dict):
-        recover = (self.dir / "tmp" / "_ph0").exists() and (self.dir / "ph.out").exists()
+    def _run_ph(self, status: dict, recover_allowed: bool):
+        """ph.x with one retry; resumes QE's recover files only after QE's own clean stop."""
+        scratch = self.dir / "tmp" / "_ph0"
+        recover = recover_allowed and scratch.exists() and (self.dir / "ph.out").exists()
+        if scratch.exists() and not recover:
+            LOG.warning("%s: ph.x was killed without a clean stop; its recover files are not trusted "
+                        "(wrong Born charges seen after such resumes), ph.x starts over", self.dft_id)
+            shutil.rmtree(scratch)
         for attempt in range(1, self.options.ph_retries + 2):
             write_ph_input(self.dir / "ph.in", self.settings, recover=recover, max_seconds=self.options.max_seconds)
             wall = self._run_program(self.options.ph_command, "ph.in", "ph.out")
