@@ -114,6 +114,10 @@ QUEUES: dict[str, list[tuple[str, DFTSettings]]] = {
         ("scf_ec30_k556", settings(30, "k556", born=False)),
         ("scf_ec30_k334s", settings(30, "k334s", born=False)),
     ],
+    # does the k-mesh error at 30 Ry hold at the production cutoff? (the 70 Ry 2x2x3 SCF is ph_default's)
+    "kmesh_scf70": [
+        ("scf_ec70_k334", settings(70, "k334", born=False)),
+    ],
     "k334_uninterrupted": [
         ("ph_ec30_k334_uninterrupted", settings(30, "k334")),
     ],
@@ -278,6 +282,7 @@ def analyse() -> list[dict]:
         compare_scf(label, "ph_ec30_k334", "k mesh")
     for label in ("ph_ec30_k223", "ph_ec30_k334", "scf_ec30_k223s", "scf_ec30_k334s", "scf_ec30_k445"):
         compare_scf(label, "scf_ec30_k556", "k mesh (s: shifted off Gamma)")
+    compare_scf("ph_default", "scf_ec70_k334", "k mesh at 70 Ry (2x2x3 SCF of the production-settings job)")
     comparisons = [
         ("ph_ec30_k112", "ph_ec30_k223", "k mesh (demo 1x1x2 vs 2x2x3)"),
         ("ph_ec30_k112", "ph_ec30_k334", "k mesh"),
