@@ -117,6 +117,7 @@ QUEUES: dict[str, list[tuple[str, DFTSettings]]] = {
     # does the k-mesh error at 30 Ry hold at the production cutoff? (the 70 Ry 2x2x3 SCF is ph_default's)
     "kmesh_scf70": [
         ("scf_ec70_k334", settings(70, "k334", born=False)),
+        ("scf_ec70_k445", settings(70, "k445", born=False)),
     ],
     "k334_uninterrupted": [
         ("ph_ec30_k334_uninterrupted", settings(30, "k334")),
@@ -283,6 +284,8 @@ def analyse() -> list[dict]:
     for label in ("ph_ec30_k223", "ph_ec30_k334", "scf_ec30_k223s", "scf_ec30_k334s", "scf_ec30_k445"):
         compare_scf(label, "scf_ec30_k556", "k mesh (s: shifted off Gamma)")
     compare_scf("ph_default", "scf_ec70_k334", "k mesh at 70 Ry (2x2x3 SCF of the production-settings job)")
+    for label in ("ph_default", "scf_ec70_k334"):
+        compare_scf(label, "scf_ec70_k445", "k mesh at 70 Ry")
     comparisons = [
         ("ph_ec30_k112", "ph_ec30_k223", "k mesh (demo 1x1x2 vs 2x2x3)"),
         ("ph_ec30_k112", "ph_ec30_k334", "k mesh"),
@@ -328,9 +331,11 @@ def analyse() -> list[dict]:
     for label in index:
         if done(label):
             d = job_dir(label)
-            rec("qe_cpu_time_s", _cpu_seconds(d / "pw.out", "PWSCF"), "s (per rank)", f"pw.x {label}", "SCF")
+            ranks = index[label].get("ranks", 1)
+            rec("qe_cpu_time_s", _cpu_seconds(d / "pw.out", "PWSCF"), "s (per rank)", f"pw.x {label}", "SCF", ranks=ranks)
             if label.startswith("ph_"):
-                rec("qe_cpu_time_s", _cpu_seconds(d / "ph.out", "PHONON"), "s (per rank)", f"ph.x {label}", "DFPT epsil+zeu")
+                rec("qe_cpu_time_s", _cpu_seconds(d / "ph.out", "PHONON"), "s (per rank)", f"ph.x {label}", "DFPT epsil+zeu",
+                    ranks=ranks)
     for program, name in (("PWSCF", "pw.out"), ("PHONON", "ph.out")):
         for pools in POOLS_JOBS:
             outs = sorted((WORK / f"pools_2rank_nk{pools}").glob(f"*/{name}"))

@@ -3,9 +3,10 @@
 Every numerical setting comes from the validated ``dft`` config section
 (:class:`DFTSettings`). The k-point mesh follows a density in points per Å⁻¹
 (ASE's convention, ``n_i = ceil(2π |b_i| · density)`` with ``b_i`` the reciprocal
-vectors without 2π); for the experimental beta-Li3PO4 cell the default density of 2.4 Å
-gives 3×3×4, the mesh whose forces are within 5 meV/Å of 5×5×6 (2×2×3: 12.7 meV/Å;
-benchmarks/results/dft_convergence.json).
+vectors without 2π); for the experimental beta-Li3PO4 cell the default density of 1.6 Å
+gives 2×2×3: at 70 Ry its forces are within 2.9 meV/Å of 4×4×5 and its Born charges within
+0.004 e of 3×3×4 (benchmarks/results/dft_convergence.json; at 30 Ry the basis error inflates
+the k-mesh error to 12.7 meV/Å, so k meshes are converged at the production cutoff).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class DFTSettings:
     pseudo_set: str = "pbesol_paw"
     ecutwfc_Ry: float = 70.0  # forces within 5 meV/Å (benchmarks/results/dft_convergence.json)
     ecutrho_Ry: float = 560.0
-    kpoint_density_per_inv_A: float = 2.4  # 3x3x4 on 16 atoms: forces within 4.5 meV/Å of 5x5x6
+    kpoint_density_per_inv_A: float = 1.6  # 2x2x3 on 16 atoms: forces 2.9 meV/Å from 4x4x5 at 70 Ry
     kpoint_offset: bool = False
     conv_thr_per_atom_Ry: float = 1e-12
     mixing_beta: float = 0.5
