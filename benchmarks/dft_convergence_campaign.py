@@ -103,8 +103,6 @@ QUEUES: dict[str, list[tuple[str, DFTSettings]]] = {
     "defaults": [
         ("ph_default", replace(DFTSettings(), tr2_ph=1e-16)),
     ],
-    # the 3x3x4 reference again, in one go: the first run was resumed twice through ph.x's
-    # recover files (session ends) and a few of its Z entries jump by up to 0.25 e
     # forces moved by 17 meV/Å from 2x2x3 to 3x3x4: one SCF further to see 3x3x4 converged
     # and odd/even meshes alternate (3x3x4 is further from 4x4x5 in energy than 2x2x3): the
     # largest mesh as reference, and shifted meshes, which converge faster in insulators
@@ -119,6 +117,8 @@ QUEUES: dict[str, list[tuple[str, DFTSettings]]] = {
         ("scf_ec70_k334", settings(70, "k334", born=False)),
         ("scf_ec70_k445", settings(70, "k445", born=False)),
     ],
+    # the 3x3x4 reference again, in one go: the first run was resumed twice through ph.x's
+    # recover files (session ends) and a few of its Z entries jump by up to 0.25 e
     "k334_uninterrupted": [
         ("ph_ec30_k334_uninterrupted", settings(30, "k334")),
     ],
@@ -149,18 +149,29 @@ def scaling_dir(ranks: int) -> Path:
     return WORK / (f"scaling_{ranks}rank" if blas_tag() == "refblas" else f"scaling_{blas_tag()}_{ranks}rank")
 
 
+def paw_pseudos() -> tuple[dict, Path]:
+    """The pbesol_paw set provisioned in the campaign's shared pseudopotential directory."""
+    pseudo_dir = WORK / "pseudo"
+    return provision_pseudopotentials(pseudo_dir, "pbesol_paw"), pseudo_dir
+
+
+def scaling_structure(repetition: tuple[int, int, int]):
+    """A beta supercell of the size series, rattled N(0, 0.05 Å) with seed 21 (deterministic)."""
+    atoms = build_crystal("beta").repeat(repetition)
+    atoms.rattle(0.05, seed=21)
+    return atoms
+
+
 def run_scaling(only_ranks: int | None = None, max_atoms: int | None = None) -> None:
     """The size series; ``only_ranks`` runs just the jobs with that many ranks (2-rank jobs want an
     idle machine), ``max_atoms`` skips larger cells."""
-    pseudo_dir = WORK / "pseudo"
-    pseudos = provision_pseudopotentials(pseudo_dir, "pbesol_paw")
+    pseudos, pseudo_dir = paw_pseudos()
     for repetition, ranks in SCALING_JOBS:
         if only_ranks is not None and ranks != only_ranks:
             continue
         if max_atoms is not None and 16 * int(np.prod(repetition)) > max_atoms:
             continue
-        atoms = build_crystal("beta").repeat(repetition)
-        atoms.rattle(0.05, seed=21)
+        atoms = scaling_structure(repetition)
         options = RunnerOptions(launcher=f"/usr/bin/mpirun -n {ranks}" if ranks > 1 else "")
         job = DFTJob(atoms, SCALING_SETTINGS, pseudos, pseudo_dir, scaling_dir(ranks), options)
         labels = job.run()
@@ -169,8 +180,7 @@ def run_scaling(only_ranks: int | None = None, max_atoms: int | None = None) -> 
 
 def run_pools() -> None:
     """The pools pair on 2 ranks (wants an otherwise idle machine: wall times are compared)."""
-    pseudo_dir = WORK / "pseudo"
-    pseudos = provision_pseudopotentials(pseudo_dir, "pbesol_paw")
+    pseudos, pseudo_dir = paw_pseudos()
     for pools in POOLS_JOBS:
         options = RunnerOptions(launcher="/usr/bin/mpirun -n 2", pools=pools)
         job = DFTJob(structure(), POOLS_SETTINGS, pseudos, pseudo_dir, WORK / f"pools_2rank_nk{pools}", options)
@@ -182,14 +192,11 @@ def run_blas(blas_dir: str) -> None:
     """The 16-atom scaling job (25/200 Ry, Gamma, 1 rank) with QE linked at run time against the
     BLAS/LAPACK in ``blas_dir`` (``LD_LIBRARY_PATH``; empty: the system's). Start one process per
     library at the same time on an otherwise idle 2-core machine: the pair then shares conditions."""
-    pseudo_dir = WORK / "pseudo"
-    pseudos = provision_pseudopotentials(pseudo_dir, "pbesol_paw")
+    pseudos, pseudo_dir = paw_pseudos()
     if blas_dir:
         os.environ["LD_LIBRARY_PATH"] = ":".join(filter(None, [blas_dir, os.environ.get("LD_LIBRARY_PATH")]))
-    atoms = build_crystal("beta").repeat(SCALING_JOBS[0][0])
-    atoms.rattle(0.05, seed=21)
     name = Path(blas_dir).name if blas_dir else "system"
-    job = DFTJob(atoms, SCALING_SETTINGS, pseudos, pseudo_dir, WORK / f"blas_{name}", RunnerOptions(launcher=""))
+    job = DFTJob(scaling_structure(SCALING_JOBS[0][0]), SCALING_SETTINGS, pseudos, pseudo_dir, WORK / f"blas_{name}", RunnerOptions(launcher=""))
     labels = job.run()
     logging.info("BLAS %s: %s (%s)", name, labels["state"], job.dir)
 
@@ -336,24 +343,26 @@ def analyse() -> list[dict]:
             if label.startswith("ph_"):
                 rec("qe_cpu_time_s", _cpu_seconds(d / "ph.out", "PHONON"), "s (per rank)", f"ph.x {label}", "DFPT epsil+zeu",
                     ranks=ranks)
-    for program, name in (("PWSCF", "pw.out"), ("PHONON", "ph.out")):
-        for pools in POOLS_JOBS:
-            outs = sorted((WORK / f"pools_2rank_nk{pools}").glob(f"*/{name}"))
+    def side_job_times(directory: Path):
+        """(program name, QE times) of the one job under a side directory (pools, BLAS), per finished program."""
+        for program, name in (("PWSCF", "pw.x"), ("PHONON", "ph.x")):
+            outs = sorted(directory.glob(f"*/{name.removesuffix('.x')}.out"))
             times = qe_times(outs[0], program) if outs else None
             if times:
-                rec("qe_wall_time_s", times[1], "s", f"{name.split('.')[0]}.x 2 ranks -nk {pools}",
-                    "30/240 Ry, k 1x1x2 (2 k-points); k-point pools", ranks=2, pools=pools, baseline=pools == 1,
-                    machine="2 cores, no GPU, otherwise idle (other QE jobs paused)")
+                yield name, times
+
+    for pools in POOLS_JOBS:
+        for name, times in side_job_times(WORK / f"pools_2rank_nk{pools}"):
+            rec("qe_wall_time_s", times[1], "s", f"{name} 2 ranks -nk {pools}",
+                "30/240 Ry, k 1x1x2 (2 k-points); k-point pools", ranks=2, pools=pools, baseline=pools == 1,
+                machine="2 cores, no GPU, otherwise idle (other QE jobs paused)")
     for blas_run in sorted(WORK.glob("blas_*")):
-        for program, name in (("PWSCF", "pw.out"), ("PHONON", "ph.out")):
-            outs = sorted(blas_run.glob(f"*/{name}"))
-            times = qe_times(outs[0], program) if outs else None
-            if times:
-                library = blas_run.name.removeprefix("blas_")
-                rec("qe_cpu_time_s", times[0], "s (per rank)", f"{name.split('.')[0]}.x BLAS {library}",
-                    "scaling job: beta 16 atoms rattled 0.05 Å seed 21, 25/200 Ry, Gamma; the two libraries run at the same time",
-                    baseline=library == "system", blas=library,
-                    machine="2 cores, no GPU, one run per core, other QE jobs paused")
+        library = blas_run.name.removeprefix("blas_")
+        for name, times in side_job_times(blas_run):
+            rec("qe_cpu_time_s", times[0], "s (per rank)", f"{name} BLAS {library}",
+                "scaling job: beta 16 atoms rattled 0.05 Å seed 21, 25/200 Ry, Gamma; the two libraries run at the same time",
+                baseline=library == "system", blas=library,
+                machine="2 cores, no GPU, one run per core, other QE jobs paused")
     return records
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from ase.build import bulk
@@ -63,7 +64,7 @@ def test_pools_must_divide_ranks():
         RunnerOptions.from_section({"run": {"launcher": "srun", "ranks": 4, "pools": 3}})
 
 
-REAL = __import__("pathlib").Path(__file__).parent / "data" / "qe" / "beta_rattled16"
+REAL = Path(__file__).parent / "data" / "qe" / "beta_rattled16"
 
 
 def _resume_ph(tmp_path, previous_status: dict):

@@ -45,9 +45,10 @@ class CostModel:
     OpenBLAS like the calibration job): SCF 1.21 for 16 -> 32 atoms (1 rank) and 1.51 for
     32 -> 64 (2 ranks); DFPT 2.22 for 16 -> 32 (1 rank) and at least 2.9 for 32 -> 64 (the
     64-atom ph.x on 2 ranks was stopped unfinished after 2,330 s wall, 311 s at 32 atoms; with
-    the reference BLAS, ``dft_scaling.json``, the exponents are steeper: 1.8/2.5 and 2.67/>=3.2); cutoff exponent 1.8 fitted to the pw.x CPU times at
-    30-100 Ry, ecutrho = 8 ecutwfc, in ``dft_convergence.json``), ``melt_quench_throughput.json`` (LAMMPS Pedone ~45,000 atom-steps/s on 1
-    rank), ``md_throughput.json`` (field MD, potential + Born model every step, atom-steps per
+    the reference BLAS, ``dft_scaling.json``, the exponents are steeper: 1.8/2.5 and
+    2.67/>=3.2); cutoff exponent 1.8 fitted to the pw.x CPU times at 30-100 Ry, ecutrho = 8
+    ecutwfc, in ``dft_convergence.json``), ``melt_quench_throughput.json`` (LAMMPS Pedone
+    ~45,000 atom-steps/s on 1 rank), ``md_throughput.json`` (field MD, potential + Born model every step, atom-steps per
     CPU-second: 7,500 at 128 atoms, 11,000 at >= 1,024), a 6-epoch timing of the potential and
     Born trainers (channels 16, hidden 64, float32, 1 thread: 1.4e-3 s per atom-epoch).
     """
