@@ -109,3 +109,31 @@ def test_ph_stopped_cleanly_at_max_seconds_resumes_with_recover(tmp_path):
     assert (job.dir / "seen_recover.txt").read_text().strip() == "recover = .true."
     assert (job.dir / "seen_scratch.txt").read_text().strip() == "kept"
     assert [a["recover"] for a in job.status()["attempts"] if a["program"] == "ph.x"] == [True]
+
+
+def test_peak_memory_is_measured_per_run_and_includes_the_launched_ranks(tmp_path):
+    """run_measured reports each QE run's own peak, not the driver's memory (Linux hands a
+    parent's high-water mark to its children across exec), and counts the processes the
+    launcher starts, as mpirun starts the ranks."""
+    import sys
+
+    from bornfield.dft.runner import run_measured
+
+    ballast = bytearray(400 * 2**20)  # the driver (this process) is big
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    allocate = "import time; b = bytearray({mib} * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(0.2)"
+    via_launcher = ("import subprocess, sys; "
+                    f"subprocess.run([sys.executable, '-c', {allocate.format(mib=150)!r}], check=True)")
+    peaks = {}
+    for name, code in (("big_via_launcher", via_launcher), ("small", allocate.format(mib=20))):
+        with open(tmp_path / f"{name}.out", "w") as out:
+            returncode, wall, peaks[name] = run_measured([sys.executable, "-I", "-S", "-c", code], tmp_path, out, {})
+        assert returncode == 0 and wall > 0.2
+    del ballast
+    assert 150 < peaks["big_via_launcher"] < 250
+    assert peaks["small"] < 80
+    with open(tmp_path / "fail.out", "w") as out:
+        assert run_measured([sys.executable, "-c", "raise SystemExit(3)"], tmp_path, out, {})[0] == 3
+    with open(tmp_path / "missing.out", "w") as out:
+        returncode, _, peak = run_measured([str(tmp_path / "no-such-pw.x")], tmp_path, out, {})
+    assert returncode == 127 and "cannot start" in (tmp_path / "missing.out").read_text()

@@ -5,8 +5,9 @@ Job directory ``<jobs_dir>/<dft_id>/`` holds ``structure.extxyz``, ``pw.in``,
 ``status.json`` and, when finished, ``labels.json``.
 
 ``status.json``: ``state`` (``running`` | ``scf_done`` | ``interrupted`` | ``completed`` | ``failed``),
-``attempts`` (one record per QE run: program, attempt, overrides, outcome, wall time),
-``wall_time_s``, ``qe_version``, ``pseudopotentials`` (file + md5 per element),
+``attempts`` (one record per QE run: program, attempt, overrides, outcome, wall time,
+peak resident memory of its largest local process), ``wall_time_s``, ``peak_rss_MiB`` (largest
+over the job's QE runs), ``qe_version``, ``pseudopotentials`` (file + md5 per element),
 ``settings``, ``kpoints``, ``failure`` ({stage, class, reason} or null).
 
 Policy:
@@ -31,10 +32,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import resource
 import shlex
 import shutil
 import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,6 +55,55 @@ LOG = logging.getLogger(__name__)
 
 FINISHED_STATES = ("completed", "failed")
 _QE_WALLTIME_STOP = "Maximum CPU time exceeded"
+
+
+# Run by a bare interpreter between the runner and QE: it starts the command, forwards SIGTERM
+# and SIGINT to it, and writes the command's peak RSS in KiB (wait4) to the file argv[1].
+_MEASURE = """
+import os, signal, subprocess, sys
+try:
+    proc = subprocess.Popen(sys.argv[2:])
+except OSError as exc:
+    print(f"bornfield: cannot start {sys.argv[2]!r}: {exc}", flush=True)
+    sys.exit(127)
+for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, lambda number, frame: proc.send_signal(number))
+_, status, usage = os.wait4(proc.pid, 0)
+with open(sys.argv[1], "w") as report:
+    report.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def run_measured(argv: list[str], cwd: Path, stdout, env: dict) -> tuple[int, float, float]:
+    """Run ``argv`` to completion; (exit code, wall s, peak RSS MiB).
+
+    The peak is the largest resident set of the command and of the descendants it waited for
+    (with ``mpirun``: the largest local MPI rank), for this run alone. Linux carries a
+    parent's memory high-water mark into a child across ``exec``, so the command is started
+    from a bare interpreter (about 10 MiB), not from this process; otherwise every job would
+    report at least the driver's own memory. Ranks that ``srun`` starts on other nodes are
+    not seen: on SLURM read ``sacct --format=MaxRSS``.
+    """
+    with tempfile.TemporaryDirectory(prefix="bornfield-rss-") as scratch:
+        report = Path(scratch) / "peak_rss_KiB"
+        start = time.perf_counter()
+        proc = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-I", "-S", "-c", _MEASURE, str(report), *argv],
+            cwd=cwd, stdout=stdout, stderr=subprocess.STDOUT, env=env,
+        )
+        try:
+            returncode = proc.wait()
+        except BaseException:
+            proc.terminate()  # forwarded to the command (mpirun passes it on to the ranks)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+        wall = time.perf_counter() - start
+        peak_kib = float(report.read_text()) if report.exists() else float("nan")
+    return returncode, wall, peak_kib / 1024.0
 
 
 class JobInterrupted(RuntimeError):
@@ -200,17 +251,22 @@ class DFTJob:
         _atomic_write_json(self.status_path, status)
 
     # ------------------------------------------------------------------ running
-    def _run_program(self, program: str, input_name: str, output_name: str) -> float:
+    def _run_program(self, program: str, input_name: str, output_name: str) -> tuple[float, float]:
+        """Run one QE program; (wall s, peak RSS MiB of its largest local process)."""
         argv = self.options.command(program, input_name)
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         LOG.info("%s: %s", self.dft_id, " ".join(argv))
-        start = time.perf_counter()
         with open(self.dir / output_name, "w", encoding="utf-8") as out:
-            proc = subprocess.run(argv, cwd=self.dir, stdout=out, stderr=subprocess.STDOUT, env=env, check=False)  # noqa: S603
-        wall = time.perf_counter() - start
-        if proc.returncode != 0:
-            LOG.warning("%s: %s exited with %d", self.dft_id, program, proc.returncode)
-        return wall
+            returncode, wall, peak_rss = run_measured(argv, self.dir, out, env)
+        if returncode != 0:
+            LOG.warning("%s: %s exited with %d", self.dft_id, program, returncode)
+        return wall, peak_rss
+
+    def _record_peak_rss(self, status: dict, record: dict, peak_rss: float) -> None:
+        if not np.isfinite(peak_rss):  # the command never started
+            return
+        record["peak_rss_MiB"] = round(peak_rss, 1)
+        status["peak_rss_MiB"] = round(max(status.get("peak_rss_MiB") or 0.0, peak_rss), 1)
 
     def run(self, retry_failed: bool = False) -> dict:
         """Run (or resume) the job; return the labels dict. Never recomputes a finished job."""
@@ -261,7 +317,6 @@ class DFTJob:
         status["state"] = "completed" if scf is not None else "failed"
         if scf is not None and self.settings.born_charges and bec is None:
             status["state"] = "completed"  # SCF labels are kept; failure records why BEC is missing
-        status["peak_rss_MiB"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
         _atomic_write_json(self.labels_path, labels)
         self._save_status(status)
         if not self.options.keep_scratch:
@@ -323,7 +378,7 @@ class DFTJob:
                 {el: r.filename for el, r in self.pseudos.items()}, self.pseudo_dir, overrides,
             )
             status["kpoints"] = list(kpts)
-            wall = self._run_program(self.options.pw_command, "pw.in", "pw.out")
+            wall, peak_rss = self._run_program(self.options.pw_command, "pw.in", "pw.out")
             failure = classify_pw_failure(self.dir / "pw.out")
             if failure is not None and failure[0] == "not_started":
                 self._launch_failed(status, "pw.x", failure[1])
@@ -332,6 +387,7 @@ class DFTJob:
                 "overrides": {k: v for k, v in vars(overrides).items() if v not in (None, {}, False)},
                 "outcome": "converged" if failure is None else failure[0], "reason": None if failure is None else failure[1],
             }
+            self._record_peak_rss(status, record, peak_rss)
             status["attempts"].append(record)
             status["wall_time_s"] = round(status["wall_time_s"] + wall, 2)
             self._save_status(status)
@@ -372,19 +428,21 @@ class DFTJob:
             shutil.rmtree(scratch)
         for attempt in range(1, self.options.ph_retries + 2):
             write_ph_input(self.dir / "ph.in", self.settings, recover=recover, max_seconds=self.options.max_seconds)
-            wall = self._run_program(self.options.ph_command, "ph.in", "ph.out")
+            wall, peak_rss = self._run_program(self.options.ph_command, "ph.in", "ph.out")
             status["wall_time_s"] = round(status["wall_time_s"] + wall, 2)
+            record = {"program": "ph.x", "attempt": attempt, "recover": recover, "wall_s": round(wall, 2)}
+            self._record_peak_rss(status, record, peak_rss)
             ph_text = (self.dir / "ph.out").read_text(errors="replace")
             reason = never_started(ph_text, "PHONON")
             if reason is not None:
                 self._launch_failed(status, "ph.x", reason)
             if _QE_WALLTIME_STOP in ph_text:
-                status["attempts"].append({"program": "ph.x", "attempt": attempt, "recover": recover, "wall_s": round(wall, 2), "outcome": "interrupted"})
+                status["attempts"].append({**record, "outcome": "interrupted"})
                 self._interrupt(status, "ph")
             try:
                 result = read_ph_output(self.dir / "ph.out")
             except InputFileError as exc:
-                status["attempts"].append({"program": "ph.x", "attempt": attempt, "recover": recover, "wall_s": round(wall, 2), "outcome": "failed", "reason": str(exc)})
+                status["attempts"].append({**record, "outcome": "failed", "reason": str(exc)})
                 self._save_status(status)
                 shutil.copyfile(self.dir / "ph.out", self.dir / f"ph.attempt{attempt}.out")
                 LOG.warning("%s: ph.x attempt %d failed: %s", self.dft_id, attempt, exc)
@@ -392,7 +450,7 @@ class DFTJob:
                 recover = False
                 status["failure"] = {"stage": "ph", "class": "ph_failed", "reason": str(exc)}
                 continue
-            status["attempts"].append({"program": "ph.x", "attempt": attempt, "recover": recover, "wall_s": round(wall, 2), "outcome": "converged"})
+            status["attempts"].append({**record, "outcome": "converged"})
             status["failure"] = None
             # keep the full-precision tensors next to ph.out (scratch is removed later)
             for xml in (self.dir / "tmp" / "_ph0").glob("*.phsave/tensors.xml"):
