@@ -150,9 +150,12 @@ def blas_tag() -> str:
     return "openblas" if "openblas" in os.path.realpath("/lib/x86_64-linux-gnu/libblas.so.3") else "refblas"
 
 
-def scaling_dir(ranks: int) -> Path:
-    """Size-series directory: the first series (reference BLAS) keeps its name, later ones are tagged."""
-    return WORK / (f"scaling_{ranks}rank" if blas_tag() == "refblas" else f"scaling_{blas_tag()}_{ranks}rank")
+def scaling_dir(ranks: int, repeat: int = 0) -> Path:
+    """Size-series directory: the first series (reference BLAS) keeps its name, later ones are
+    tagged; ``repeat`` > 0 runs the same jobs again in their own directory (finished jobs are
+    never recomputed in place)."""
+    name = f"scaling_{ranks}rank" if blas_tag() == "refblas" else f"scaling_{blas_tag()}_{ranks}rank"
+    return WORK / (f"{name}_repeat{repeat}" if repeat else name)
 
 
 def paw_pseudos() -> tuple[dict, Path]:
@@ -168,9 +171,9 @@ def scaling_structure(repetition: tuple[int, int, int]):
     return atoms
 
 
-def run_scaling(only_ranks: int | None = None, max_atoms: int | None = None) -> None:
+def run_scaling(only_ranks: int | None = None, max_atoms: int | None = None, repeat: int = 0) -> None:
     """The size series; ``only_ranks`` runs just the jobs with that many ranks (2-rank jobs want an
-    idle machine), ``max_atoms`` skips larger cells."""
+    idle machine), ``max_atoms`` skips larger cells, ``repeat`` runs it again (``scaling_dir``)."""
     pseudos, pseudo_dir = paw_pseudos()
     for repetition, ranks in SCALING_JOBS:
         if only_ranks is not None and ranks != only_ranks:
@@ -179,7 +182,7 @@ def run_scaling(only_ranks: int | None = None, max_atoms: int | None = None) -> 
             continue
         atoms = scaling_structure(repetition)
         options = RunnerOptions(launcher=f"/usr/bin/mpirun -n {ranks}" if ranks > 1 else "")
-        job = DFTJob(atoms, SCALING_SETTINGS, pseudos, pseudo_dir, scaling_dir(ranks), options)
+        job = DFTJob(atoms, SCALING_SETTINGS, pseudos, pseudo_dir, scaling_dir(ranks, repeat), options)
         labels = job.run()
         logging.info("scaling %d atoms, %d rank(s): %s (%s)", len(atoms), ranks, labels["state"], job.dir)
 
@@ -403,6 +406,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queue", choices=[*sorted(QUEUES), "scaling", "pools", "blas"])
     parser.add_argument("--max-atoms", type=int, default=None, help="with --queue scaling: skip larger cells")
+    parser.add_argument("--repeat", type=int, default=0,
+                        help="with --queue scaling: run the series again in its own directory (..._repeatN)")
     parser.add_argument("--blas-dir", default="",
                         help="with --queue blas: directory holding libblas.so.3/liblapack.so.3 (empty: the system's)")
     parser.add_argument("--ranks", type=int, default=None,
@@ -412,7 +417,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.queue == "scaling":
-        run_scaling(args.ranks, args.max_atoms)
+        run_scaling(args.ranks, args.max_atoms, args.repeat)
     elif args.queue == "pools":
         run_pools()
     elif args.queue == "blas":
