@@ -304,8 +304,8 @@ def analyse() -> list[dict]:
     compare_scf("ph_default", "scf_ec70_k334", "k mesh at 70 Ry (2x2x3 SCF of the production-settings job)")
     for label in ("ph_default", "scf_ec70_k334"):
         compare_scf(label, "scf_ec70_k445", "k mesh at 70 Ry")
-    compare_scf("ph_us_ec70_k112", "ph_ec70_k112", "pseudopotential family: ultrasoft Li/O vs PAW (P PAW in both), same numerics",
-                same_pseudopotentials=False)
+    family = "pseudopotential family: ultrasoft Li/O vs PAW (P PAW in both), same numerics"
+    compare_scf("ph_us_ec70_k112", "ph_ec70_k112", family, same_pseudopotentials=False)
     comparisons = [
         ("ph_ec30_k112", "ph_ec30_k223", "k mesh (demo 1x1x2 vs 2x2x3)"),
         ("ph_ec30_k112", "ph_ec30_k334", "k mesh"),
@@ -317,7 +317,7 @@ def analyse() -> list[dict]:
         ("ph_ec30_k223", "ph_ec45_k223", "cutoff"),
         ("ph_ec30_k112", "ph_ec30_k112_tr16", "tr2_ph 1e-14 vs 1e-16"),
         ("ph_ec30_k223", "ph_ec30_k223_tr16", "tr2_ph 1e-14 vs 1e-16"),
-        ("ph_us_ec70_k112", "ph_ec70_k112", "pseudopotential family: ultrasoft Li/O vs PAW (P PAW in both), same numerics"),
+        ("ph_us_ec70_k112", "ph_ec70_k112", family),
     ]
     for label, ref_label, what in comparisons:
         if done(label) and done(ref_label):

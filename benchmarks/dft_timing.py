@@ -84,7 +84,7 @@ def records_for(job_dir: Path, notes: str) -> list[dict]:
         out.append({"metric": "qe_cpu_time_s", "value": cpu, "unit": "s (per rank)", **common})
         out.append({"metric": "qe_wall_time_s", "value": wall, "unit": "s", **common})
         if program == "PHONON":
-            out += ph_phase_records(job_dir, common)
+            out += ph_phase_records(job_dir, cpu, common)
         peak = program_peak_rss(status, "pw.x" if program == "PWSCF" else "ph.x")
         if peak is not None:
             out.append({"metric": "peak_rss_MiB", "value": peak, "unit": "MiB (largest rank)", **common})
@@ -128,15 +128,15 @@ def fit_exponents(records: list[dict]) -> list[dict]:
     return fits
 
 
-def ph_phase_records(job_dir: Path, base: dict) -> list[dict]:
+def ph_phase_records(job_dir: Path, total_cpu: float, base: dict) -> list[dict]:
     """CPU time of ph.x's phases (QE's clock lines): set-up before the E-field response,
-    the E-field response (``solve_e``) and the effective charges (``zstar_eu``)."""
+    the E-field response (``solve_e``) and the effective charges (``zstar_eu``);
+    ``total_cpu`` is ph.x's own total (``qe_times``)."""
     text = (job_dir / "ph.out").read_text(errors="replace")
     clock = {name: float(value) for name, value in re.findall(r"^\s*(solve_e|zstar_eu)\s*:\s*([\d.]+)s CPU", text, re.M)}
-    total = qe_times(job_dir / "ph.out", "PHONON")
-    if total is None or set(clock) != {"solve_e", "zstar_eu"}:
+    if set(clock) != {"solve_e", "zstar_eu"}:
         return []
-    phases = {"setup": total[0] - clock["solve_e"] - clock["zstar_eu"], **clock}
+    phases = {"setup": total_cpu - clock["solve_e"] - clock["zstar_eu"], **clock}
     return [{**base, "metric": "ph_phase_cpu_time_s", "phase": phase, "value": round(value, 2), "unit": "s (per rank)"}
             for phase, value in phases.items()]
 

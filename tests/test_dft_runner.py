@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from ase.build import bulk
 from bornfield.cli import main
 from bornfield.dft.inputs import DFTSettings
 from bornfield.dft.pseudopotentials import PseudoRecord
-from bornfield.dft.runner import DFTJob, LaunchFailed, RunnerOptions
+from bornfield.dft.runner import DFTJob, LaunchFailed, RunnerOptions, run_measured
 from bornfield.errors import ConfigError
 
 
@@ -115,10 +116,6 @@ def test_peak_memory_is_measured_per_run_and_includes_the_launched_ranks(tmp_pat
     """run_measured reports each QE run's own peak, not the driver's memory (Linux hands a
     parent's high-water mark to its children across exec), and counts the processes the
     launcher starts, as mpirun starts the ranks."""
-    import sys
-
-    from bornfield.dft.runner import run_measured
-
     ballast = bytearray(400 * 2**20)  # the driver (this process) is big
     ballast[::4096] = b"x" * len(ballast[::4096])
     allocate = "import time; b = bytearray({mib} * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(0.2)"
