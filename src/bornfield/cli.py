@@ -17,6 +17,7 @@ from bornfield.errors import BornfieldError
 STAGES = (
     "bornfield.structures.cli",
     "bornfield.dft.cli",
+    "bornfield.ledger.cli",
     "bornfield.data.cli",
     "bornfield.train.cli",
     "bornfield.md.cli",

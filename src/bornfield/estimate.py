@@ -85,6 +85,24 @@ def irreducible_kpoints(mesh: tuple[int, int, int]) -> int:
     return (total + self_inverse) // 2
 
 
+def dft_job_core_seconds(n_atoms: int, cell: np.ndarray, settings, cost: CostModel | None = None) -> tuple[float, float]:
+    """(SCF, DFPT) core-seconds of one DFT job of ``n_atoms`` in ``cell`` (3, 3) Å at ``settings``.
+
+    ``settings`` is a :class:`bornfield.dft.inputs.DFTSettings`; DFPT is 0 when it asks for no
+    Born charges. The k mesh is the one the runner's input writer will use.
+    """
+    from bornfield.dft.inputs import kpoint_mesh
+
+    cost = cost or CostModel()
+    scale = (settings.ecutwfc_Ry / 30.0) ** cost.cutoff_exponent
+    n_k = irreducible_kpoints(kpoint_mesh(Atoms(cell=cell, pbc=True), settings.kpoint_density_per_inv_A))
+    scf = cost.scf_core_s_per_kpoint * cost.size_factor(n_atoms, cost.scf_size_exponent, cost.scf_size_exponent_large) * scale * n_k
+    ph = 0.0
+    if settings.born_charges:
+        ph = cost.dfpt_core_s_per_kpoint * cost.size_factor(n_atoms, cost.dfpt_size_exponent, cost.dfpt_size_exponent_large) * scale * n_k
+    return scf, ph
+
+
 def _amorphous_length(n_atoms: int, density_g_cm3: float) -> float:
     """Edge (Å) of a cubic Li3PO4 cell of ``n_atoms`` at ``density_g_cm3``."""
     mass_per_atom_g = (3 * 6.94 + 30.974 + 4 * 15.999) / 8 / 6.02214076e23
@@ -110,7 +128,7 @@ def dft_candidate_cells(config: dict) -> list[tuple[str, int, np.ndarray]]:
 
 def estimate(config: dict, cost: CostModel | None = None) -> list[dict]:
     """One row per stage: ``stage``, ``units`` (what was counted), ``core_hours``."""
-    from bornfield.dft.inputs import DFTSettings, kpoint_mesh
+    from bornfield.dft.inputs import DFTSettings
     from bornfield.md.conditions import expand_conditions
 
     cost = cost or CostModel()
@@ -140,14 +158,11 @@ def estimate(config: dict, cost: CostModel | None = None) -> list[dict]:
         raise ConfigError(f"train.active_learning.exploration.max_atoms = {max_atoms}: no DFT candidate is that small")
     # selected snapshots: as large on average as the cells exploration starts from
     jobs = candidates + [explorable[k % len(explorable)] for k in range(n_selected)]
-    scale = (settings.ecutwfc_Ry / 30.0) ** cost.cutoff_exponent
     scf_s = ph_s = 0.0
     for _, n_atoms, cell in jobs:
-        # the mesh the DFT stage will use (same function as the runner's input writer)
-        n_k = irreducible_kpoints(kpoint_mesh(Atoms(cell=cell, pbc=True), settings.kpoint_density_per_inv_A))
-        scf_s += cost.scf_core_s_per_kpoint * cost.size_factor(n_atoms, cost.scf_size_exponent, cost.scf_size_exponent_large) * scale * n_k
-        if settings.born_charges:
-            ph_s += cost.dfpt_core_s_per_kpoint * cost.size_factor(n_atoms, cost.dfpt_size_exponent, cost.dfpt_size_exponent_large) * scale * n_k
+        job_scf, job_ph = dft_job_core_seconds(n_atoms, cell, settings, cost)
+        scf_s += job_scf
+        ph_s += job_ph
     n_atoms_total = sum(j[1] for j in jobs)
     rows.append({"stage": "dft (pw.x SCF)", "units": f"{len(jobs)} jobs, {n_atoms_total} atoms",
                  "core_hours": scf_s / 3600})

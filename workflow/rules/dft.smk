@@ -75,6 +75,10 @@ rule dft_job:
         launcher=lambda wc, resources: shlex.quote(
             f"{resources.mpi} -n {resources.tasks}" if resources.tasks > 1 else ""
         ),
+        ledger=(
+            f"--ledger {shlex.quote(DFT_CFG['ledger'])}" if DFT_CFG["ledger"] is not None else ""
+        ),
+        entries_dir=f"{DFT}/entries",
     log:
         f"{LOGS}/dft/job_{{dft_id}}.log",
     benchmark:
@@ -94,4 +98,4 @@ rule dft_job:
     shell:
         "bornfield dft run --settings {params.settings} --structure {input.structure}"
         " --pseudo-dir {params.pseudo_dir} --jobs-dir {params.jobs_dir}"
-        " --launcher {params.launcher} > {log} 2>&1"
+        " --launcher {params.launcher} {params.ledger} --entries-dir {params.entries_dir} > {log} 2>&1"

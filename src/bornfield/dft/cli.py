@@ -52,6 +52,8 @@ def register(subparsers) -> None:
     job.add_argument("--jobs-dir", required=True, help="parent of the <dft_id> job directories")
     job.add_argument("--launcher", default=None, help="MPI launcher with rank count, e.g. '/usr/bin/mpirun -n 2' or 'srun -n 4'")
     job.add_argument("--retry-failed", action="store_true", help="rerun a job whose state is 'failed'")
+    job.add_argument("--ledger", default=None, help="label ledger to take a finished job from (default: none)")
+    job.add_argument("--entries-dir", default=None, help="also write the finished job here in the ledger's entry format")
     job.set_defaults(func=run_job)
 
     many = sub.add_parser("run-plan", help="run every job of a plan sequentially (local)")
@@ -156,13 +158,38 @@ def run_job(args: argparse.Namespace) -> int:
             f"{path}: file name says dft_id {path.stem} but structure + settings hash to {job.dft_id} "
             "(settings changed since planning? re-run the plan)"
         )
+    if args.ledger and not job.is_finished():
+        take_from_ledger(job, args.ledger, args.jobs_dir)
     try:
         labels = job.run(retry_failed=args.retry_failed)
     except JobInterrupted as exc:
         LOG.warning("%s (exit 3: resubmit to resume)", exc)
         return 3
     LOG.info("%s: %s; qc %s", job.dft_id, labels["state"], labels["qc"])
+    if args.entries_dir:
+        from bornfield.ledger.store import pack_entry
+
+        Path(args.entries_dir).mkdir(parents=True, exist_ok=True)
+        pack_entry(job.dir, job.status(), Path(args.entries_dir))
     return 0
+
+
+def take_from_ledger(job: DFTJob, ledger_dir: str, jobs_dir: str) -> bool:
+    """Unpack the ledger's entry of ``job`` into ``jobs_dir`` if the ledger holds it; True if so."""
+    from bornfield.ledger.store import Ledger, identity_of
+
+    if not (Path(ledger_dir) / "ledger.json").exists():
+        LOG.info("no ledger at %s: %s runs QE", ledger_dir, job.dft_id)
+        return False
+    ledger = Ledger(ledger_dir)
+    if identity_of(job.settings, job.pseudos) != ledger.identity:
+        LOG.info("ledger %s holds other settings (identity %s): %s runs QE", ledger_dir, ledger.identity, job.dft_id)
+        return False
+    if job.dft_id not in ledger:
+        return False
+    ledger.materialise(job.dft_id, jobs_dir)
+    LOG.info("%s: labels taken from ledger %s (QE not run)", job.dft_id, ledger_dir)
+    return True
 
 
 def run_many(args: argparse.Namespace) -> int:

@@ -96,6 +96,17 @@ def wrap_upf_numeric_lines(text: str, values_per_line: int = 4) -> str:
     return "\n".join(out) + "\n"
 
 
+def without_generation_date(upf_text: str) -> str:
+    """``upf_text`` with ld1.x's generation date replaced by a fixed word.
+
+    ld1.x stamps the day into the UPF header, so the same recipe gave a different md5 every
+    day; the md5 is part of a label ledger's settings identity and must depend only on the
+    pseudopotential's content.
+    """
+    text = re.sub(r"(Generation date:)[^\n]*", r"\1  (not recorded)", upf_text)
+    return re.sub(r'(<PP_HEADER[^>]*?\sdate=")[^"]*(")', r"\1not recorded\2", text, flags=re.S)
+
+
 def ld1_input_text(name: str) -> str:
     """The text of a committed ``ld1.x`` input (package data ``bornfield/dft/data/<name>``)."""
     try:
@@ -152,7 +163,7 @@ def generate_pseudopotential(ld1_name: str, target_dir: Path, ld1_command: str =
         if "</UPF>" not in upf:
             raise InputFileError(f"ld1.x wrote a truncated {upf_name} (no </UPF>)")
         partial = target_dir / f"{upf_name}.{os.getpid()}.part"
-        partial.write_text(wrap_upf_numeric_lines(upf), encoding="utf-8")
+        partial.write_text(wrap_upf_numeric_lines(without_generation_date(upf)), encoding="utf-8")
         final = target_dir / upf_name
         partial.replace(final)
     LOG.info("generated %s with %s (md5 %s)", final, ld1_command, md5sum(final))

@@ -131,6 +131,28 @@ def make_li_vacancy(atoms: Atoms, seed: int) -> tuple[Atoms, dict]:
     return defect, detail
 
 
+def make_li_interstitial(atoms: Atoms, seed: int) -> tuple[Atoms, dict]:
+    """Add one Li ion at the centre of the largest void; the cell gets ``info["charge"] = +1``.
+
+    Li_i^• (Kröger–Vink): the ion comes without its electron (pw.x ``tot_charge = +1``).
+    ``seed`` picks among the largest voids of equal radius (within 0.05 Å).
+    """
+    voids = find_voids(atoms, n_voids=5)
+    if not voids:
+        raise ConfigError(f"no interstitial void found in a {len(atoms)}-atom cell")
+    largest = [v for v in voids if v[1] >= voids[0][1] - 0.05]
+    position, radius = largest[int(np.random.default_rng(seed).integers(len(largest)))]
+    defect = atoms.copy()
+    defect.append("Li")
+    defect.positions[-1] = position
+    defect.info = dict(atoms.info)
+    defect.info["charge"] = 1
+    defect.info["defect"] = "Li_i"
+    defect.info["interstitial_void_radius"] = round(float(radius), 4)
+    detail = {"defect": "Li_i", "site_A": np.round(position, 6).tolist(), "void_radius_A": float(radius)}
+    return defect, detail
+
+
 def make_li_frenkel(atoms: Atoms, seed: int, min_separation: float = 3.0) -> tuple[Atoms, dict]:
     """Move one Li to the largest void at least ``min_separation`` Å from its site.
 

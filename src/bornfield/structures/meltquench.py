@@ -300,6 +300,43 @@ thermo_modify flush yes
             lmp.close()
         return relaxed, summary
 
+    def thermal_snapshots(self, atoms: Atoms, temperature_K: float, n_snapshots: int, seed: int,
+                          equilibration_ps: float = 2.0, interval_ps: float = 1.0,
+                          timestep_fs: float = 1.0) -> list[Atoms]:
+        """Snapshots of NVT MD (Nose-Hoover, fixed cell) at ``temperature_K``.
+
+        Velocities drawn with ``seed``; ``equilibration_ps`` before the first snapshot, then one
+        every ``interval_ps``. Returns ``n_snapshots`` Atoms (LAMMPS frame: a along x) with
+        ``info["md_temperature_K"]`` and ``info["md_time_ps"]``.
+        """
+        if temperature_K <= 0 or n_snapshots < 1 or interval_ps <= 0 or equilibration_ps < 0:
+            raise ConfigError(
+                f"thermal snapshots need temperature_K > 0, n_snapshots >= 1, interval_ps > 0, "
+                f"equilibration_ps >= 0 (got {temperature_K}, {n_snapshots}, {interval_ps}, {equilibration_ps})")
+        symbols = atoms.get_chemical_symbols()
+        lmp = self._open(atoms)
+        snapshots = []
+        steps_per_ps = 1000.0 / timestep_fs
+        try:
+            lmp.command(f"timestep {timestep_fs / 1000.0}")
+            lmp.command(f"velocity all create {float(temperature_K)} {seed % 900000000 + 1} mom yes rot yes dist gaussian")
+            lmp.command(f"fix md all nvt temp {float(temperature_K)} {float(temperature_K)} {100 * timestep_fs / 1000.0}")
+            elapsed = 0
+            first = int(round(equilibration_ps * steps_per_ps))
+            for k in range(n_snapshots):
+                target = first + int(round(k * interval_ps * steps_per_ps))
+                if target > elapsed:
+                    lmp.command(f"run {target - elapsed}")
+                    elapsed = target
+                if not math.isfinite(lmp.get_thermo("pe")):
+                    raise RuntimeError(f"thermal MD at {temperature_K} K diverged by step {elapsed}")
+                snap = self._atoms(lmp, symbols)
+                snap.info.update(md_temperature_K=float(temperature_K), md_time_ps=round(elapsed / steps_per_ps, 6))
+                snapshots.append(snap)
+        finally:
+            lmp.close()
+        return snapshots
+
     def melt_quench(self, atoms: Atoms, protocol: MeltQuenchProtocol, seed: int,
                     n_melt_snapshots: int) -> MeltQuenchResult:
         """Run the protocol of the module docstring; ``seed`` seeds the initial velocities."""

@@ -1,0 +1,165 @@
+"""``bornfield label`` (budgeted labelling) and ``bornfield ledger …`` (create, plan, inspect, merge).
+
+* ``label --hours H``: run queue entries into the ledger within H hours of wall time.
+* ``ledger init``: fix a new ledger's settings from a config's ``dft`` section.
+* ``ledger plan``: write the designed base queue (once; later additions are appended).
+* ``ledger status``: entries, pending queue and cost per kind and family.
+* ``ledger add``: add finished job directories (e.g. a cluster campaign's ``dft/jobs/*``).
+* ``ledger export``: every labelled entry as one extxyz dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from bornfield.config import load_config
+from bornfield.errors import InputFileError
+
+LOG = logging.getLogger(__name__)
+
+DEFAULT_LEDGER = "data/ledger"
+DEFAULT_WORK = ".label-work"
+
+
+def register(subparsers) -> None:
+    """Add the ``label`` and ``ledger`` commands."""
+    lab = subparsers.add_parser("label", help="label queue entries into the ledger within a wall-time budget")
+    lab.add_argument("--hours", type=float, required=True, help="wall-time budget (h); no job starts that would not fit")
+    lab.add_argument("--ranks", type=int, default=2, help="MPI ranks per QE job (default: 2; 1 leaves a core free)")
+    lab.add_argument("--ledger", default=DEFAULT_LEDGER, help=f"ledger directory (default: {DEFAULT_LEDGER})")
+    lab.add_argument("--work-dir", default=DEFAULT_WORK, help=f"job directory, not committed (default: {DEFAULT_WORK})")
+    lab.add_argument("--launcher", default="/usr/bin/mpirun", help="MPI launcher of QE without the rank count (default: /usr/bin/mpirun)")
+    lab.add_argument("--max-jobs", type=int, default=None, help="stop after this many finished jobs (default: no limit)")
+    lab.add_argument("--kind", choices=["dfpt", "scf"], action="append", help="label only this kind (repeatable; default: both)")
+    lab.add_argument("--summary", type=Path, default=None, help="also write the run's summary as JSON here")
+    lab.set_defaults(func=run_label)
+
+    parser = subparsers.add_parser("ledger", help="the committed DFT label ledger: init, plan, status, add, export")
+    sub = parser.add_subparsers(dest="ledger_command", metavar="SUBCOMMAND", required=True)
+
+    init = sub.add_parser("init", help="create a ledger with the dft settings of a config")
+    init.add_argument("--config", required=True, help="campaign config whose dft section fixes the ledger's settings")
+    init.add_argument("--ledger", default=DEFAULT_LEDGER, help=f"ledger directory (default: {DEFAULT_LEDGER})")
+    init.set_defaults(func=run_init)
+
+    plan = sub.add_parser("plan", help="write the designed base queue (queue.extxyz) of a ledger")
+    plan.add_argument("--ledger", default=DEFAULT_LEDGER, help=f"ledger directory (default: {DEFAULT_LEDGER})")
+    plan.add_argument("--seed", type=int, default=20231, help="master seed of the base set (default: 20231)")
+    plan.set_defaults(func=run_plan)
+
+    status = sub.add_parser("status", help="entries, pending queue and cost per kind and family")
+    status.add_argument("--ledger", default=DEFAULT_LEDGER, help=f"ledger directory (default: {DEFAULT_LEDGER})")
+    status.add_argument("--json", type=Path, default=None, help="also write the status as JSON here")
+    status.set_defaults(func=run_status)
+
+    add = sub.add_parser("add", help="add finished DFT job directories (refused at other settings)")
+    add.add_argument("job_dirs", nargs="+", type=Path, help="job directories <jobs>/<dft_id> with status.json + labels.json")
+    add.add_argument("--ledger", default=DEFAULT_LEDGER, help=f"ledger directory (default: {DEFAULT_LEDGER})")
+    add.set_defaults(func=run_add)
+
+    export = sub.add_parser("export", help="every labelled entry as one extxyz file")
+    export.add_argument("--ledger", default=DEFAULT_LEDGER, help=f"ledger directory (default: {DEFAULT_LEDGER})")
+    export.add_argument("--output", type=Path, required=True, help="extxyz file to write")
+    export.set_defaults(func=run_export)
+
+
+def run_label(args: argparse.Namespace) -> int:
+    from bornfield.ledger.labeller import label
+
+    summary = label(args.ledger, args.hours, args.ranks, args.work_dir, args.launcher, args.max_jobs,
+                    tuple(args.kind or ("dfpt", "scf")))
+    if args.summary:
+        args.summary.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    return 0
+
+
+def run_init(args: argparse.Namespace) -> int:
+    from bornfield.dft.inputs import DFTSettings
+    from bornfield.dft.pseudopotentials import provision_pseudopotentials
+    from bornfield.dft.qc import QCThresholds
+    from bornfield.ledger.store import Ledger, LedgerSpec, identity_of
+
+    section = load_config(args.config)["dft"]
+    settings = DFTSettings.from_section(section)
+    pp = section["pseudopotentials"]
+    with tempfile.TemporaryDirectory(prefix="bornfield-ledger-pseudo-") as scratch:
+        pseudos = provision_pseudopotentials(scratch, pp["set"], search_dirs=tuple(pp["search_dirs"]), ld1_command=pp["ld1_command"])
+    spec = LedgerSpec(identity_of(settings, pseudos), settings, pseudos, QCThresholds.from_section(section))
+    ledger = Ledger.create(args.ledger, spec)
+    LOG.info("created ledger %s, identity %s", ledger.root, ledger.identity)
+    return 0
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from bornfield.ledger.queue import build_base_queue, write_queue
+    from bornfield.ledger.store import Ledger
+
+    ledger = Ledger(args.ledger)
+    path = ledger.root / "queue.extxyz"
+    if path.exists():
+        raise InputFileError(f"{path} exists: the base queue is written once; append active-learning picks instead")
+    frames = build_base_queue(ledger.spec.settings, args.seed)
+    write_queue(path, frames)
+    kinds = Counter(a.info["label_kind"] for a in frames)
+    hours = sum(a.info["est_core_s"] for a in frames) / 3600
+    LOG.info("queue %s: %d structures (%s), estimated %.1f core-hours", path, len(frames), dict(kinds), hours)
+    return 0
+
+
+def ledger_status(ledger_dir: str | Path) -> dict:
+    """Counts and costs of a ledger: entries and pending queue per kind and family."""
+    from bornfield.ledger.labeller import pending_jobs
+    from bornfield.ledger.store import Ledger
+
+    ledger = Ledger(ledger_dir)
+    entries: dict = defaultdict(Counter)
+    spent = 0.0
+    for dft_id in ledger.dft_ids():
+        status = ledger.status(dft_id)
+        kind = "dfpt" if status["settings"].get("born_charges") else "scf"
+        entries[kind][status["state"]] += 1
+        spent += status.get("wall_time_s", 0.0) * status.get("ranks", 1)
+    pending = pending_jobs(ledger)
+    by_family: dict = defaultdict(Counter)
+    for job in pending:
+        by_family[job.kind][job.atoms.info.get("family", "?")] += 1
+    return {
+        "ledger": str(ledger.root), "identity": ledger.identity,
+        "entries": {k: dict(v) for k, v in entries.items()},
+        "core_hours_spent": round(spent / 3600, 2),
+        "pending": {k: dict(v) for k, v in by_family.items()},
+        "pending_core_hours_estimate": round(sum(j.est_core_s for j in pending) / 3600, 1),
+    }
+
+
+def run_status(args: argparse.Namespace) -> int:
+    status = ledger_status(args.ledger)
+    print(json.dumps(status, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(status, indent=1) + "\n", encoding="utf-8")
+    return 0
+
+
+def run_add(args: argparse.Namespace) -> int:
+    from bornfield.ledger.store import Ledger
+
+    ledger = Ledger(args.ledger)
+    added = sum(ledger.add_job(job_dir) for job_dir in args.job_dirs)
+    LOG.info("added %d of %d job(s) to %s (%d already there)", added, len(args.job_dirs), ledger.root,
+             len(args.job_dirs) - added)
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from bornfield.ledger.store import Ledger
+    from bornfield.structures.io import write_extxyz_atomic
+
+    frames = Ledger(args.ledger).frames()
+    write_extxyz_atomic(args.output, frames)
+    LOG.info("wrote %d labelled structures to %s", len(frames), args.output)
+    return 0

@@ -1,0 +1,194 @@
+"""``bornfield label``: run queue entries into the ledger until a wall-time budget is spent.
+
+A job starts only if its estimated wall time fits what is left of the budget: the cost
+model's core-seconds (``est_core_s`` of the queue entry) times a correction measured on the
+ledger's own entries of the same kind (median of measured core-seconds / estimate), divided
+by the ranks. QE gets the rest of the budget as ``max_seconds``, so a wrong estimate ends in
+QE's clean stop (resumable next time) rather than in a kill. Jobs run in a work directory
+(not committed) with the DFT runner's rules for resuming; a finished job (completed or
+failed) enters the ledger atomically and its work directory is removed. Several labellers
+may share a ledger and work directory: a job is claimed with a lock that dies with its process.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+
+from bornfield.dft.inputs import compute_dft_id
+from bornfield.dft.pseudopotentials import provision_pseudopotentials
+from bornfield.dft.runner import DFTJob, JobInterrupted, RunnerOptions
+from bornfield.errors import ConfigError
+from bornfield.ledger.queue import read_queue
+from bornfield.ledger.store import Ledger, settings_for_kind
+
+LOG = logging.getLogger(__name__)
+
+#: estimates are multiplied by this before they are compared with the budget left
+SAFETY = 1.15
+#: no job starts with less than this left (s): QE's own start-up and the final packing
+MIN_START_S = 120.0
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    """One queue entry with the job id it gets at the ledger's settings."""
+
+    atoms: Atoms
+    kind: str
+    dft_id: str
+    est_core_s: float
+
+
+def job_id(ledger: Ledger, atoms: Atoms, kind: str) -> str:
+    """The ``dft_id`` of a queue entry's job at the ledger's settings."""
+    names = {el: rec.filename for el, rec in ledger.spec.pseudopotentials.items()}
+    return compute_dft_id(atoms, settings_for_kind(ledger.spec.settings, kind), names)
+
+
+def is_labelled(ledger: Ledger, atoms: Atoms, kind: str) -> bool:
+    """True if the ledger holds this structure's job of ``kind`` (an SCF request is met by its DFPT job)."""
+    if job_id(ledger, atoms, kind) in ledger:
+        return True
+    return kind == "scf" and job_id(ledger, atoms, "dfpt") in ledger
+
+
+def pending_jobs(ledger: Ledger) -> list[PlannedJob]:
+    """Queue entries not yet in the ledger, in queue order."""
+    out = []
+    for atoms in read_queue(ledger.root / "queue.extxyz"):
+        kind = atoms.info["label_kind"]
+        if not is_labelled(ledger, atoms, kind):
+            out.append(PlannedJob(atoms, kind, job_id(ledger, atoms, kind), float(atoms.info["est_core_s"])))
+    return out
+
+
+def cost_correction(ledger: Ledger) -> dict[str, float]:
+    """Median (measured core-seconds / estimate) per kind over the ledger's entries (1.0 without data)."""
+    ratios: dict[str, list[float]] = {"scf": [], "dfpt": []}
+    for dft_id in ledger.dft_ids():
+        status = ledger.status(dft_id)
+        estimate = status.get("est_core_s")
+        ranks = status.get("ranks")
+        if not estimate or not ranks or status.get("state") != "completed":
+            continue
+        kind = "dfpt" if status["settings"].get("born_charges") else "scf"
+        ratios[kind].append(status["wall_time_s"] * ranks / estimate)
+    return {kind: float(np.median(values)) if values else 1.0 for kind, values in ratios.items()}
+
+
+def provision_checked(ledger: Ledger, pseudo_dir: Path) -> None:
+    """Provision the ledger's pseudopotential set in ``pseudo_dir``; its md5s must be the ledger's."""
+    records = provision_pseudopotentials(pseudo_dir, ledger.spec.settings.pseudo_set)
+    for element, expected in ledger.spec.pseudopotentials.items():
+        got = records.get(element)
+        if got is None or got.md5 != expected.md5:
+            raise ConfigError(
+                f"pseudopotential {element}: provisioned {got.filename if got else 'nothing'} md5 "
+                f"{got.md5 if got else None} in {pseudo_dir}, ledger {ledger.root} was made with "
+                f"{expected.filename} md5 {expected.md5}; labels would not be comparable (other QE/ld1.x build?)")
+
+
+class _Claim:
+    """An exclusive, process-lifetime lock on one job in the work directory."""
+
+    def __init__(self, lock_dir: Path, dft_id: str):
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        self.handle = open(lock_dir / f"{dft_id}.lock", "w")  # noqa: SIM115 - held while the job runs
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.held = True
+        except BlockingIOError:
+            self.held = False
+
+    def release(self) -> None:
+        self.handle.close()
+
+
+def label(ledger_dir: str | Path, hours: float, ranks: int, work_dir: str | Path, launcher: str = "/usr/bin/mpirun",
+          max_jobs: int | None = None, kinds: tuple[str, ...] = ("dfpt", "scf"), clock=time.monotonic) -> dict:
+    """Label queue entries into the ledger within ``hours`` of wall time; return a summary dict."""
+    if hours <= 0 or ranks < 1:
+        raise ConfigError(f"label needs --hours > 0 and --ranks >= 1 (got {hours}, {ranks})")
+    from tqdm import tqdm
+
+    start = clock()
+    deadline = start + hours * 3600.0
+    ledger = Ledger(ledger_dir)
+    work = Path(work_dir)
+    pseudo_dir = work / "pseudo"
+    provision_checked(ledger, pseudo_dir)
+    options = RunnerOptions(launcher=f"{launcher} -n {ranks}" if ranks > 1 else "")
+    pending = [job for job in pending_jobs(ledger) if job.kind in kinds]
+    correction = cost_correction(ledger)
+    LOG.info("ledger %s: %d entries; %d queue jobs pending (%s); cost correction %s",
+             ledger.root, len(ledger.dft_ids()), len(pending), ", ".join(kinds),
+             {k: round(v, 2) for k, v in correction.items()})
+    done: list[dict] = []
+    skipped_for_budget = 0
+    bar = tqdm(total=len(pending), unit="job", desc="labelling", mininterval=10.0)
+    try:
+        while max_jobs is None or len(done) < max_jobs:
+            left = deadline - clock()
+            job, claim = None, None
+            for candidate in pending:
+                wall = SAFETY * candidate.est_core_s * correction[candidate.kind] / ranks
+                if wall > left or left < MIN_START_S or candidate.dft_id in ledger:
+                    continue
+                claim = _Claim(work / "locks", candidate.dft_id)
+                if claim.held:
+                    job = candidate
+                    break
+                claim.release()
+            if job is None:
+                skipped_for_budget = sum(1 for c in pending if c.dft_id not in ledger)
+                break
+            pending.remove(job)
+            wall = SAFETY * job.est_core_s * correction[job.kind] / ranks
+            LOG.info("label %s: %s %s, %d atoms (%s), estimated %.0f min, %.0f min of budget left",
+                     job.dft_id, job.kind, job.atoms.info.get("family"), len(job.atoms), job.atoms.info["config_type"],
+                     wall / 60, left / 60)
+            try:
+                record = _run_one(ledger, job, ranks, work, pseudo_dir, options, max_seconds=max(60.0, left - 60.0))
+            except JobInterrupted as exc:
+                LOG.warning("%s; it resumes in the next labelling run", exc)
+                break
+            finally:
+                claim.release()
+            done.append(record)
+            bar.update(1)
+            remaining = sum(SAFETY * c.est_core_s * correction[c.kind] / ranks for c in pending)
+            bar.set_postfix_str(f"last {record['wall_time_s'] / 60:.0f} min; queue left ~{remaining / 3600:.1f} h at {ranks} rank(s)")
+    finally:
+        bar.close()
+    summary = {
+        "jobs_finished": len(done), "jobs": done, "pending_not_started": skipped_for_budget,
+        "wall_time_s": round(clock() - start, 1), "ledger_entries": len(ledger.dft_ids()),
+    }
+    LOG.info("labelled %d job(s) in %.1f min; %d queue job(s) still pending; ledger holds %d entries",
+             len(done), summary["wall_time_s"] / 60, skipped_for_budget, summary["ledger_entries"])
+    return summary
+
+
+def _run_one(ledger: Ledger, job: PlannedJob, ranks: int, work: Path, pseudo_dir: Path, options: RunnerOptions,
+             max_seconds: float) -> dict:
+    settings = settings_for_kind(ledger.spec.settings, job.kind)
+    run_options = RunnerOptions(**{**options.__dict__, "max_seconds": max_seconds})
+    dft_job = DFTJob(job.atoms, settings, ledger.spec.pseudopotentials, pseudo_dir, work / "jobs", run_options, ledger.spec.qc)
+    if dft_job.dft_id != job.dft_id:
+        raise ConfigError(f"queue entry {job.atoms.info.get('queue_index')}: job id {dft_job.dft_id} != planned {job.dft_id}")
+    labels = dft_job.run()
+    status = dft_job.status()
+    # what the cost correction needs: the estimate and the ranks of this run
+    ledger.add_job(dft_job.dir, {"est_core_s": job.est_core_s, "ranks": ranks, "queue_index": int(job.atoms.info["queue_index"])})
+    shutil.rmtree(dft_job.dir, ignore_errors=True)
+    return {"dft_id": job.dft_id, "kind": job.kind, "state": labels["state"], "n_atoms": len(job.atoms),
+            "wall_time_s": status["wall_time_s"], "est_core_s": job.est_core_s,
+            "bec": "born_charges" in labels, "qc": labels["qc"].get("reasons", [])}

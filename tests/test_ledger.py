@@ -1,0 +1,241 @@
+"""Label ledger contracts: entries round trip, settings identity, budget, queue, campaign reuse, kill -9.
+
+QE is replaced by stand-in ``pw.x``/``ph.x`` scripts that print real QE 6.7 outputs of the
+16-atom beta cell (tests/data/qe/beta_rattled16), so the runner, parsers, QC and ledger code
+are the real ones; the pseudopotentials are provisioned for real (ld1.x) because their md5s
+are part of the ledger identity.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.io import read, write
+
+from bornfield.cli import main
+from bornfield.dft.inputs import DFTSettings
+from bornfield.dft.pseudopotentials import provision_pseudopotentials
+from bornfield.dft.qc import QCThresholds
+from bornfield.errors import ConfigError, InputFileError
+from bornfield.ledger import labeller
+from bornfield.ledger.labeller import cost_correction, label, pending_jobs
+from bornfield.ledger.queue import deduplicate, finalise, interleave, near_duplicate, read_queue, write_queue, Family
+from bornfield.ledger.store import Ledger, LedgerSpec, identity_of
+
+REAL = Path(__file__).parent / "data" / "qe" / "beta_rattled16"
+SETTINGS = DFTSettings()  # the production settings (schema defaults)
+#: the stand-in outputs are from coarse settings (k 1x1x2): raw ASR residual up to 1.35 e
+QC = QCThresholds(max_asr_residual_e=2.0)
+
+
+@pytest.fixture(scope="module")
+def pseudo(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pseudo")
+    return path, provision_pseudopotentials(path, "pbesol_paw")
+
+
+@pytest.fixture
+def fake_qe(tmp_path, monkeypatch):
+    """Stand-in pw.x / ph.x on PATH printing real outputs after ``FAKE_QE_SLEEP`` seconds."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for program, out in (("pw.x", "pw.out"), ("ph.x", "ph.out")):
+        script = bin_dir / program
+        script.write_text(f"#!/bin/sh\nsleep ${{FAKE_QE_SLEEP:-0}}\ncat {REAL / out}\n")
+        script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return bin_dir
+
+
+def _ledger(root: Path, pseudo) -> Ledger:
+    _, records = pseudo
+    spec = LedgerSpec(identity_of(SETTINGS, records), SETTINGS, records, QC)
+    return Ledger.create(root, spec)
+
+
+def _structure(shift: float = 0.0, kind: str = "dfpt", family: str = "beta_thermal"):
+    atoms = read(REAL / "structure.extxyz")
+    atoms.positions[0, 0] += shift
+    atoms.info.clear()
+    atoms.info.update(config_type="beta", label_kind=kind, family=family, seed=-1)
+    return atoms
+
+
+def _queue(ledger: Ledger, frames) -> None:
+    write_queue(ledger.root / "queue.extxyz", finalise(frames, ledger.spec.settings))
+
+
+def test_identity_ignores_the_dfpt_switch_and_follows_settings_and_pseudopotential_md5(pseudo):
+    _, records = pseudo
+    base = identity_of(SETTINGS, records)
+    assert identity_of(replace(SETTINGS, born_charges=False), records) == base
+    assert identity_of(replace(SETTINGS, ecutrho_Ry=360.0), records) != base
+    other = dict(records)
+    other["P"] = replace(records["P"], md5="0" * 32)
+    assert identity_of(SETTINGS, other) != base
+
+
+def test_provisioned_generated_pseudopotential_is_reproducible(tmp_path):
+    """ld1.x stamps the day into the UPF; the provisioned file must not depend on it."""
+    first = provision_pseudopotentials(tmp_path / "a", "pbesol_paw")["P"]
+    second = provision_pseudopotentials(tmp_path / "b", "pbesol_paw")["P"]
+    assert first.md5 == second.md5
+    text = (tmp_path / "a" / first.filename).read_text()
+    assert "Generation date:  (not recorded)" in text and 'date="not recorded"' in text
+
+
+def test_entry_round_trip_and_campaign_reuse(tmp_path, pseudo, fake_qe):
+    ledger = _ledger(tmp_path / "ledger", pseudo)
+    _queue(ledger, [_structure()])
+    summary = label(ledger.root, hours=1.0, ranks=1, work_dir=tmp_path / "work")
+    assert summary["jobs_finished"] == 1 and pending_jobs(ledger) == []
+    (dft_id,) = ledger.dft_ids()
+    entry = ledger.root / "entries" / dft_id
+    assert sorted(p.name for p in entry.iterdir()) == ["entry.extxyz", "qe.tar.xz", "status.json"]
+    assert sum(p.stat().st_size for p in entry.iterdir()) < 30_000
+    assert not (tmp_path / "work" / "jobs" / dft_id).exists()  # work directory cleaned
+    # the labelled row: DESIGN.md keys, ASR-corrected Z with its raw tensor kept
+    (atoms,) = ledger.frames()
+    labels = ledger.labels(dft_id)
+    z = atoms.arrays["born_charges"].reshape(-1, 3, 3)
+    # extxyz keeps 8 decimals; labels.json in the archive keeps full precision
+    np.testing.assert_allclose(z, np.asarray(labels["born_charges"]), atol=1e-8)
+    np.testing.assert_allclose(z.sum(axis=0), 0.0, atol=1e-6)
+    raw = atoms.arrays["born_charges_raw"].reshape(-1, 3, 3)
+    assert np.abs(raw.sum(axis=0)).max() > 1e-4  # the raw residual is kept, not zeroed
+    np.testing.assert_allclose(atoms.arrays["forces"], labels["forces"], atol=1e-8)
+    assert atoms.info["dft_id"] == dft_id and atoms.info["config_type"] == "beta"
+    status = ledger.status(dft_id)
+    assert status["ranks"] == 1 and status["est_core_s"] > 0
+
+    # the campaign's `dft run` takes the job from the ledger: QE must not run (pw.x fails)
+    (fake_qe / "pw.x").write_text("#!/bin/sh\necho QE should not run >&2\nexit 1\n")
+    pseudo_dir = tmp_path / "campaign_pseudo"
+    assert main(["dft", "provision", "--pseudo-dir", str(pseudo_dir)]) == 0
+    structure = tmp_path / "s.extxyz"
+    write(structure, read_queue(ledger.root / "queue.extxyz")[0], format="extxyz")
+    jobs = tmp_path / "campaign_jobs"
+    entries = tmp_path / "campaign_entries"
+    qc = json.dumps({"qc": {"max_asr_residual_e": QC.max_asr_residual_e}})
+    assert main(["dft", "run", "--settings", qc, "--structure", str(structure), "--pseudo-dir", str(pseudo_dir),
+                 "--jobs-dir", str(jobs), "--launcher", "", "--ledger", str(ledger.root),
+                 "--entries-dir", str(entries)]) == 0
+    reused = json.loads((jobs / dft_id / "labels.json").read_text())
+    assert reused["forces"] == labels["forces"] and reused["born_charges"] == labels["born_charges"]
+    # ... and writes the entry format, which another ledger of the same settings accepts
+    other = _ledger(tmp_path / "other", pseudo)
+    assert main(["ledger", "add", "--ledger", str(other.root), str(entries / dft_id)]) == 0
+    assert other.dft_ids() == [dft_id]
+    assert not other.add_job(entries / dft_id)  # never twice
+
+
+def test_entry_made_at_other_settings_is_refused(tmp_path, pseudo, fake_qe):
+    ledger = _ledger(tmp_path / "ledger", pseudo)
+    _queue(ledger, [_structure()])
+    label(ledger.root, hours=1.0, ranks=1, work_dir=tmp_path / "work")
+    (dft_id,) = ledger.dft_ids()
+    _, records = pseudo
+    coarse = replace(SETTINGS, ecutwfc_Ry=30.0, ecutrho_Ry=240.0)
+    other = Ledger.create(tmp_path / "coarse", LedgerSpec(identity_of(coarse, records), coarse, records, QC))
+    with pytest.raises(ConfigError, match=r"ecutwfc_Ry 70.0 vs 30.0.*refused"):
+        other.add_job(ledger.root / "entries" / dft_id)
+    assert other.dft_ids() == []
+    with pytest.raises(InputFileError, match="settings are fixed once created"):
+        _ledger(tmp_path / "ledger", pseudo)
+    # a tampered ledger.json (settings edited, identity kept) is not read
+    meta = json.loads((ledger.root / "ledger.json").read_text())
+    meta["settings"]["tr2_ph"] = 1e-12
+    (ledger.root / "ledger.json").write_text(json.dumps(meta))
+    with pytest.raises(InputFileError, match="does not match its settings"):
+        Ledger(ledger.root)
+
+
+def test_queue_order_interleaves_families_and_drops_near_duplicates():
+    def frames(tag, n):
+        out = []
+        for k in range(n):
+            atoms = _structure(shift=0.1 * (k + 1))
+            atoms.info["tag"] = f"{tag}{k}"
+            out.append(atoms)
+        return out
+
+    fams = [(Family("a", "dfpt", None), frames("a", 3)), (Family("b", "dfpt", None), frames("b", 1)),
+            (Family("s", "scf", None), frames("s", 3))]
+    order = [a.info["tag"] for a in interleave(fams)]
+    assert order == ["a0", "b0", "s0", "a1", "a2", "s1", "s2"]
+    base = _structure()
+    assert near_duplicate(base, _structure(shift=0.005))
+    assert not near_duplicate(base, _structure(shift=0.05))
+    wrapped = _structure()
+    wrapped.positions[3] += wrapped.cell[0]  # the same structure across the periodic boundary
+    assert near_duplicate(base, wrapped)
+    kept = deduplicate([base, _structure(shift=0.005), _structure(shift=0.2)], existing=[_structure(shift=0.2)])
+    assert len(kept) == 1 and kept[0] is base
+
+
+def test_budget_starts_only_jobs_that_fit(tmp_path, pseudo, fake_qe):
+    ledger = _ledger(tmp_path / "ledger", pseudo)
+    dfpt, scf = _structure(0.01), _structure(0.02, kind="scf")
+    _queue(ledger, [dfpt, scf])
+    queue = read_queue(ledger.root / "queue.extxyz")
+    assert [a.info["label_kind"] for a in queue] == ["dfpt", "scf"]
+    est = {a.info["label_kind"]: a.info["est_core_s"] for a in queue}
+    assert est["dfpt"] > est["scf"] > 0
+    # a budget between the SCF and DFPT estimates (1 rank, safety factor): only the SCF job runs
+    hours = (labeller.SAFETY * est["scf"] + 0.5 * (est["dfpt"] - est["scf"])) / 3600
+    assert labeller.SAFETY * est["scf"] / 3600 < hours < labeller.SAFETY * est["dfpt"] / 3600
+    summary = label(ledger.root, hours=hours, ranks=1, work_dir=tmp_path / "work")
+    assert [j["kind"] for j in summary["jobs"]] == ["scf"] and summary["pending_not_started"] == 1
+    # on 2 ranks the same DFPT estimate halves
+    assert labeller.SAFETY * est["dfpt"] / 2 / 3600 < 2 * hours
+    # the measured cost corrects later estimates (fake QE takes ~0 s: ratio far below 1)
+    assert cost_correction(ledger)["scf"] < 0.1 and cost_correction(ledger)["dfpt"] == 1.0
+    # an SCF request is met by a DFPT entry of the same structure
+    again = tmp_path / "again"
+    other = _ledger(again, pseudo)
+    _queue(other, [_structure(0.03), _structure(0.03, kind="scf")])
+    label(other.root, hours=1.0, ranks=1, work_dir=tmp_path / "work2", max_jobs=1)
+    assert pending_jobs(other) == [] and len(other.dft_ids()) == 1
+
+
+def test_kill_9_mid_job_loses_only_that_job(tmp_path, pseudo, fake_qe):
+    ledger = _ledger(tmp_path / "ledger", pseudo)
+    _queue(ledger, [_structure(0.01), _structure(0.02)])
+    work = tmp_path / "work"
+    env = {**os.environ, "FAKE_QE_SLEEP": "0"}
+    # first job quick; then slow jobs: kill -9 while the second job's pw.x runs
+    cmd = [sys.executable, "-m", "bornfield.cli", "label", "--hours", "1", "--ranks", "1",
+           "--ledger", str(ledger.root), "--work-dir", str(work)]
+    subprocess.run([*cmd, "--max-jobs", "1"], env=env, check=True, capture_output=True)
+    assert len(ledger.dft_ids()) == 1
+    proc = subprocess.Popen(cmd, env={**env, "FAKE_QE_SLEEP": "60"}, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not list((work / "jobs").glob("*/pw.out")) and time.time() < deadline:
+            time.sleep(0.2)
+        assert list((work / "jobs").glob("*/pw.out")), "the second job never started"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    # the finished entry is intact, nothing half-written entered the ledger
+    assert len(ledger.dft_ids()) == 1
+    assert [p.name for p in (ledger.root / "entries").iterdir()] == ledger.dft_ids()
+    assert len(ledger.frames()) == 1
+    # the next run redoes the killed job and completes the queue
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    assert len(ledger.dft_ids()) == 2 and pending_jobs(ledger) == []
+
+
+def test_label_cli_rejects_a_missing_ledger(tmp_path, capsys):
+    assert main(["label", "--hours", "0.1", "--ledger", str(tmp_path / "none")]) == 2
+    assert "ledger.json missing" in capsys.readouterr().err
