@@ -1,6 +1,7 @@
 # bornfield: the two commands of the README.
 #   make demo   set up everything, run the demo campaign (config/config.yaml) end to end
 #   make test   set up everything, run the test suite
+#   make label HOURS=2 RANKS=1   add DFT labels to the committed ledger (data/ledger) within a budget
 # Both are idempotent: with nothing changed, set-up is a few stamp checks.
 
 VENV      ?= .venv
@@ -10,10 +11,14 @@ CONFIG    ?= config/config.yaml
 STAMPS    := .make
 BIN       := $(VENV)/bin
 PYTEST_ARGS ?=
+# label ledger: wall-time budget (h) and MPI ranks per QE job of `make label`
+HOURS     ?= 1
+RANKS     ?= 2
+LEDGER    ?= data/ledger
 # rule commands call `bornfield` and MPI launchers from the venv
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo test setup system figures report lint dryrun clean-results
+.PHONY: demo test setup system label figures report lint dryrun clean-results
 
 demo: setup
 	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG)
@@ -21,6 +26,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# run queue entries of the committed label ledger for HOURS of wall time (commit data/ afterwards)
+label: setup
+	$(BIN)/bornfield label --hours $(HOURS) --ranks $(RANKS) --ledger $(LEDGER)
 
 setup: $(STAMPS)/system.stamp $(STAMPS)/venv.stamp
 

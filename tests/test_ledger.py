@@ -116,6 +116,14 @@ def test_entry_round_trip_and_campaign_reuse(tmp_path, pseudo, fake_qe):
     assert atoms.info["dft_id"] == dft_id and atoms.info["config_type"] == "beta"
     status = ledger.status(dft_id)
     assert status["ranks"] == 1 and status["est_core_s"] > 0
+    # the ledger report
+    assert main(["dataset", "report", "--ledger", str(ledger.root), "--report-json", str(tmp_path / "r.json"),
+                 "--report-png", str(tmp_path / "r.png")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["entries"] == {"dfpt": {"completed": 1}} and report["n_with_born_charges"] == 1
+    assert report["atoms_labelled"] == {"scf": 16, "born_charges": 16}
+    assert report["asr_residuals"][0]["max_abs_e"] == pytest.approx(np.abs(raw.sum(axis=0)).max(), abs=1e-6)
+    assert report["statistics"]["born_charges"]["P"]["n_atoms"] == 2 and (tmp_path / "r.png").stat().st_size > 10_000
 
     # the campaign's `dft run` takes the job from the ledger: QE must not run (pw.x fails)
     (fake_qe / "pw.x").write_text("#!/bin/sh\necho QE should not run >&2\nexit 1\n")

@@ -26,6 +26,11 @@ def register(subparsers) -> None:
     asm.add_argument("--report-json", required=True)
     asm.add_argument("--report-png", required=True)
     asm.set_defaults(func=run_assemble)
+    rep = sub.add_parser("report", help="report of a label ledger: counts, label distributions, residuals, cost; one figure")
+    rep.add_argument("--ledger", default="data/ledger", help="ledger directory (default: data/ledger)")
+    rep.add_argument("--report-json", required=True, help="JSON report to write")
+    rep.add_argument("--report-png", required=True, help="figure to write")
+    rep.set_defaults(func=run_report)
 
 
 def run_assemble(args: argparse.Namespace) -> int:
@@ -63,4 +68,21 @@ def run_assemble(args: argparse.Namespace) -> int:
         args.output, report.n_structures, report.n_with_born_charges, len(report.failed),
         len(report.rejected_bec), report.failure_counts,
     )
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """The ledger report (JSON + figure)."""
+    from bornfield.ledger.report import ledger_report, plot_ledger_report
+    from bornfield.ledger.store import Ledger
+
+    frames, report = ledger_report(Ledger(args.ledger))
+    out = Path(args.report_json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.part")
+    tmp.write_text(json.dumps(report, indent=1), encoding="utf-8")
+    tmp.replace(out)
+    plot_ledger_report(frames, report, args.report_png)
+    LOG.info("ledger %s: %d structures, %d with Born charges, %d failed; core-hours %s",
+             args.ledger, report["n_structures"], report["n_with_born_charges"], len(report["failed"]), report["core_hours_spent"])
     return 0

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,20 +93,28 @@ def labelled_atoms(structure: Atoms, labels: dict) -> Atoms | None:
 
 def assemble(job_dirs: list[Path]) -> tuple[list[Atoms], AssemblyReport]:
     """Read ``structure.extxyz`` + ``labels.json`` of each job directory (in order)."""
+    def jobs():
+        for job_dir in job_dirs:
+            labels_path = job_dir / "labels.json"
+            if not labels_path.exists():
+                raise InputFileError(f"{labels_path} missing: the DFT job has not finished")
+            labels = json.loads(labels_path.read_text(encoding="utf-8"))
+            yield read(job_dir / "structure.extxyz", format="extxyz"), labels
+
+    return assemble_labels(jobs())
+
+
+def assemble_labels(jobs: Iterable[tuple[Atoms, dict]]) -> tuple[list[Atoms], AssemblyReport]:
+    """Labelled frames and the report from (job structure, ``labels.json`` content) pairs, in order."""
     frames: list[Atoms] = []
     report = AssemblyReport()
     counts: dict[str, Counter] = defaultdict(Counter)
     failure_classes: Counter = Counter()
     seen: set[str] = set()
-    for job_dir in job_dirs:
-        labels_path = job_dir / "labels.json"
-        if not labels_path.exists():
-            raise InputFileError(f"{labels_path} missing: the DFT job has not finished")
-        labels = json.loads(labels_path.read_text(encoding="utf-8"))
+    for structure, labels in jobs:
         if labels["dft_id"] in seen:
             continue
         seen.add(labels["dft_id"])
-        structure = read(job_dir / "structure.extxyz", format="extxyz")
         config_type = structure.info.get("config_type", "unknown")
         atoms = labelled_atoms(structure, labels)
         if atoms is None:

@@ -193,6 +193,17 @@ class Ledger:
         LOG.info("ledger %s: added %s (%s)", self.root, dft_id, status["state"])
         return True
 
+    def jobs(self):
+        """(job structure, labels.json content, status) of every entry, sorted by dft_id."""
+        for dft_id in self.dft_ids():
+            with tarfile.open(self.entries_dir / dft_id / "qe.tar.xz", "r:xz") as tar:
+                files = {name: tar.extractfile(name) for name in ("structure.extxyz", "labels.json")}
+                if any(handle is None for handle in files.values()):
+                    raise InputFileError(f"{self.entries_dir / dft_id}: archive lacks structure.extxyz or labels.json")
+                structure = read(io.StringIO(files["structure.extxyz"].read().decode("utf-8")), format="extxyz")
+                labels = json.loads(files["labels.json"].read().decode("utf-8"))
+            yield structure, labels, self.status(dft_id)
+
     def frames(self) -> list[Atoms]:
         """Every entry with SCF labels as labelled Atoms (DESIGN.md keys), sorted by dft_id."""
         frames = []
