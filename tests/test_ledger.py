@@ -247,3 +247,30 @@ def test_kill_9_mid_job_loses_only_that_job(tmp_path, pseudo, fake_qe):
 def test_label_cli_rejects_a_missing_ledger(tmp_path, capsys):
     assert main(["label", "--hours", "0.1", "--ledger", str(tmp_path / "none")]) == 2
     assert "ledger.json missing" in capsys.readouterr().err
+
+
+def test_fixed_test_split_holds_out_whole_melt_quench_groups():
+    from bornfield.ledger.queue import assign_test_split
+
+    frames = []
+    for seed in range(8):  # 8 melt-quench groups of 3 correlated cells
+        for k in range(3):
+            atoms = _structure(shift=0.01 * (3 * seed + k), family="amorphous")
+            atoms.info.update(melt_seed=seed, structure_id=f"a{seed}{k}")
+            frames.append(atoms)
+    for k in range(20):
+        atoms = _structure(shift=0.5 + 0.01 * k, family="thermal")
+        atoms.info["structure_id"] = f"t{k}"
+        frames.append(atoms)
+    small = _structure(family="ideal")
+    small.info["structure_id"] = "ideal"
+    frames.append(small)
+    assign_test_split(frames, seed=1)
+    test = [a for a in frames if a.info["split"] == "test"]
+    groups = {a.info["melt_seed"] for a in test if "melt_seed" in a.info}
+    assert len(groups) == 1 and sum(a.info.get("melt_seed") in groups for a in frames) == 3
+    assert sum(a.info["family"] == "thermal" for a in test) == 3  # nearest to 15 % of 20
+    assert small.info["split"] == "train"
+    before = [a.info["split"] for a in frames]
+    assign_test_split(frames, seed=1)
+    assert [a.info["split"] for a in frames] == before  # deterministic

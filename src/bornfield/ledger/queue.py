@@ -4,8 +4,9 @@
 structure, ``info``: ``queue_index`` (position), ``label_kind`` (``dfpt``: SCF + Born charges;
 ``scf``: energy, forces, stress only), ``family`` (the design family it came from),
 ``config_type``, ``structure_id``, ``seed``, ``source``, ``charge`` (e), ``est_core_s`` (core-
-seconds from :func:`bornfield.estimate.dft_job_core_seconds`) and what made it
-(``thermal_K``, ``strain``, ``melt_seed``...). A structure is done when the ledger holds its
+seconds from :func:`bornfield.estimate.dft_job_core_seconds`), ``split`` (``test``: the fixed
+held-out set, never trained on; ``train``) and what made it (``thermal_K``, ``strain``,
+``melt_seed``...). A structure is done when the ledger holds its
 job (or, for an SCF request, the DFPT job of the same structure).
 
 The base set (:func:`base_set`) follows the cost laws: Born-charge labels in 15-32-atom cells
@@ -39,6 +40,8 @@ KINDS = ("dfpt", "scf")
 #: two positions in a position-to-label sequence, the DFPT:SCF ratio of the interleaved order
 DFPT_PER_SCF = 2
 NEAR_DUPLICATE_A = 0.01
+#: share of each family's structures held out as the fixed test set
+TEST_FRACTION = 0.15
 
 
 @dataclass(frozen=True)
@@ -212,8 +215,34 @@ def finalise(frames: list[Atoms], settings, start_index: int = 0) -> list[Atoms]
     return out
 
 
+def assign_test_split(frames: list[Atoms], seed: int, fraction: float = TEST_FRACTION) -> None:
+    """Mark a fixed held-out set: ``info["split"]`` = ``test`` or ``train`` (train includes validation).
+
+    Correlated structures are held out together: the cells and snapshots of one melt-quench
+    (``melt_seed``) form one group, every other structure is its own group. Per family, groups
+    are drawn in a seeded order while that brings the held-out share nearer to ``fraction``;
+    families of fewer than 4 structures stay in training.
+    """
+    by_family: dict[str, dict[str, list[Atoms]]] = {}
+    for atoms in frames:
+        group = str(atoms.info.get("melt_seed", atoms.info["structure_id"]))
+        by_family.setdefault(atoms.info["family"], {}).setdefault(group, []).append(atoms)
+        atoms.info["split"] = "train"
+    for family, groups in by_family.items():
+        total = sum(len(g) for g in groups.values())
+        if total < 4:
+            continue
+        held = 0
+        for group in sorted(groups, key=lambda g: derive_seed(seed, "test_split", family, g)):
+            if held + len(groups[group]) / 2 >= fraction * total:  # nearest to the target share
+                break
+            for atoms in groups[group]:
+                atoms.info["split"] = "test"
+            held += len(groups[group])
+
+
 def build_base_queue(settings, seed: int, families: list[Family] | None = None) -> list[Atoms]:
-    """Every base-set structure, de-duplicated and in label order."""
+    """Every base-set structure, de-duplicated, with its fixed test/train split, in label order."""
     built = []
     for family in families or base_families():
         frames = family.build(derive_seed(seed, "ledger", family.name))
@@ -224,7 +253,9 @@ def build_base_queue(settings, seed: int, families: list[Family] | None = None) 
             atoms.info.setdefault("seed", derive_seed(seed, "ledger", family.name))
         LOG.info("queue family %s (%s): %d structures", family.name, family.kind, len(frames))
         built.append((family, frames))
-    return finalise(deduplicate(interleave(built)), settings)
+    frames = deduplicate(interleave(built))
+    assign_test_split(frames, seed)
+    return finalise(frames, settings)
 
 
 def read_queue(path: str | Path) -> list[Atoms]:

@@ -246,7 +246,7 @@ def pack_entry(job_dir: Path, status: dict, entries_dir: Path) -> Path:
     partial.mkdir(parents=True)
     atoms = labelled_atoms(structure, labels)
     if atoms is not None:
-        for key in ("label_kind", "queue_index", "thermal_K", "perturbation", "parent_id"):
+        for key in ("label_kind", "queue_index", "family", "split", "melt_seed", "thermal_K", "perturbation", "strain", "defect"):
             if key in structure.info:
                 atoms.info[key] = structure.info[key]
         if "born_charges_raw" in labels:
