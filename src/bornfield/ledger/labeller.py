@@ -143,7 +143,7 @@ def label(ledger_dir: str | Path, hours: float, ranks: int, work_dir: str | Path
                 if wall > left or left < MIN_START_S or candidate.dft_id in ledger:
                     continue
                 claim = _Claim(work / "locks", candidate.dft_id)
-                if claim.held:
+                if claim.held and candidate.dft_id not in ledger:  # another labeller may have just finished it
                     job = candidate
                     break
                 claim.release()
