@@ -274,3 +274,19 @@ def test_fixed_test_split_holds_out_whole_melt_quench_groups():
     before = [a.info["split"] for a in frames]
     assign_test_split(frames, seed=1)
     assert [a.info["split"] for a in frames] == before  # deterministic
+
+
+def test_append_to_queue_drops_near_duplicates_and_keeps_order(tmp_path, pseudo):
+    ledger = _ledger(tmp_path / "ledger", pseudo)
+    _queue(ledger, [_structure(0.01), _structure(0.02, kind="scf")])
+    picks = tmp_path / "picks.extxyz"
+    new = [_structure(0.3), _structure(0.015), _structure(0.3005)]  # a near-duplicate of the queue, then of a pick
+    for atoms in new:
+        atoms.info.pop("label_kind")
+        atoms.info.pop("family")
+    write(picks, new, format="extxyz")
+    assert main(["ledger", "append", "--ledger", str(ledger.root), "--structures", str(picks), "--kind", "scf"]) == 0
+    queue = read_queue(ledger.root / "queue.extxyz")
+    assert [a.info["queue_index"] for a in queue] == [0, 1, 2]
+    assert queue[2].info["label_kind"] == "scf" and queue[2].info["family"] == "active_learning"
+    assert queue[2].positions[0, 0] == pytest.approx(_structure(0.3).positions[0, 0])

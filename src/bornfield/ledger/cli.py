@@ -2,7 +2,8 @@
 
 * ``label --hours H``: run queue entries into the ledger within H hours of wall time.
 * ``ledger init``: fix a new ledger's settings from a config's ``dft`` section.
-* ``ledger plan``: write the designed base queue (once; later additions are appended).
+* ``ledger plan``: write the designed base queue (once).
+* ``ledger append``: append structures (active-learning picks) to the queue.
 * ``ledger status``: entries, pending queue and cost per kind and family.
 * ``ledger add``: add finished job directories (e.g. a cluster campaign's ``dft/jobs/*``).
 * ``ledger export``: every labelled entry as one extxyz dataset.
@@ -56,6 +57,12 @@ def register(subparsers) -> None:
     status.add_argument("--ledger", default=DEFAULT_LEDGER, help=f"ledger directory (default: {DEFAULT_LEDGER})")
     status.add_argument("--json", type=Path, default=None, help="also write the status as JSON here")
     status.set_defaults(func=run_status)
+
+    append = sub.add_parser("append", help="append structures (e.g. active-learning picks) to the queue, near-duplicates dropped")
+    append.add_argument("--structures", type=Path, required=True, help="extxyz of structures to label (config_type in info)")
+    append.add_argument("--kind", choices=["dfpt", "scf"], required=True, help="label kind of these structures")
+    append.add_argument("--ledger", default=DEFAULT_LEDGER, help=f"ledger directory (default: {DEFAULT_LEDGER})")
+    append.set_defaults(func=run_append)
 
     add = sub.add_parser("add", help="add finished DFT job directories (refused at other settings)")
     add.add_argument("job_dirs", nargs="+", type=Path, help="job directories <jobs>/<dft_id> with status.json + labels.json")
@@ -142,6 +149,23 @@ def run_status(args: argparse.Namespace) -> int:
     print(json.dumps(status, indent=1))
     if args.json:
         args.json.write_text(json.dumps(status, indent=1) + "\n", encoding="utf-8")
+    return 0
+
+
+def run_append(args: argparse.Namespace) -> int:
+    from bornfield.ledger.queue import append_to_queue
+    from bornfield.ledger.store import Ledger
+    from bornfield.structures.io import read_structures
+
+    ledger = Ledger(args.ledger)
+    frames = read_structures(args.structures, require_info=False)
+    for index, atoms in enumerate(frames):
+        if "config_type" not in atoms.info:
+            raise InputFileError(f"{args.structures}: frame {index} has no info['config_type']")
+        atoms.info["label_kind"] = args.kind
+        atoms.info.setdefault("split", "train")
+    added = append_to_queue(ledger.root / "queue.extxyz", frames, ledger.spec.settings)
+    LOG.info("appended %d of %d structures to %s (near-duplicates dropped)", len(added), len(frames), ledger.root / "queue.extxyz")
     return 0
 
 
