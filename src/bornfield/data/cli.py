@@ -10,6 +10,7 @@ from pathlib import Path
 from bornfield.config import add_settings_arguments, settings_from_args
 from bornfield.data.dataset import assemble, label_statistics, plot_report, write_dataset
 from bornfield.errors import InputFileError
+from bornfield.structures.io import write_json_atomic
 
 LOG = logging.getLogger(__name__)
 
@@ -57,11 +58,8 @@ def run_assemble(args: argparse.Namespace) -> int:
         )
     write_dataset(frames, args.output)
     data = {"dataset": str(args.output), **report.to_dict(), "statistics": label_statistics(frames)}
-    out = Path(args.report_json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.part")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    tmp.replace(out)
+    Path(args.report_json).parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.report_json, data)
     plot_report(frames, report, args.report_png)
     LOG.info(
         "dataset %s: %d structures (%d with Born charges), %d failed, BEC rejected %d; failures %s",
@@ -77,11 +75,8 @@ def run_report(args: argparse.Namespace) -> int:
     from bornfield.ledger.store import Ledger
 
     frames, report = ledger_report(Ledger(args.ledger))
-    out = Path(args.report_json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.part")
-    tmp.write_text(json.dumps(report, indent=1), encoding="utf-8")
-    tmp.replace(out)
+    Path(args.report_json).parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.report_json, report)
     plot_ledger_report(frames, report, args.report_png)
     LOG.info("ledger %s: %d structures, %d with Born charges, %d failed; core-hours %s",
              args.ledger, report["n_structures"], report["n_with_born_charges"], len(report["failed"]), report["core_hours_spent"])

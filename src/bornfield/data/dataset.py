@@ -222,6 +222,8 @@ def plot_report(frames: list[Atoms], report: AssemblyReport, path: str | Path) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from bornfield.plots.style import save_figure
+
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
     types = sorted(report.per_config_type)
     n_struct = [report.per_config_type[t].get("structures", 0) for t in types]
@@ -252,8 +254,4 @@ def plot_report(frames: list[Atoms], report: AssemblyReport, path: str | Path) -
             axes[3].legend()
     fig.suptitle(f"dataset: {report.n_structures} structures, {report.n_with_born_charges} with Born charges, {len(report.failed)} failed")
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".part.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, Path(path).with_suffix(""), formats=("png",), dpi=110)

@@ -60,6 +60,8 @@ def plot_ledger_report(frames: list, report: dict, path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from bornfield.plots.style import save_figure
+
     fig, axes = plt.subplots(1, 5, figsize=(20, 3.8))
     per_type = report["per_config_type"]
     types = sorted(per_type)
@@ -98,8 +100,4 @@ def plot_ledger_report(frames: list, report: dict, path: str | Path) -> None:
     fig.suptitle(f"label ledger {report['identity']}: {report['n_structures']} structures with SCF labels, "
                  f"{n_dfpt} with Born charges, {len(report['failed'])} failed; entries {entries}")
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".part.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, Path(path).with_suffix(""), formats=("png",), dpi=110)
