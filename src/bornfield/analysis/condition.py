@@ -22,7 +22,7 @@ from tqdm import tqdm
 from bornfield import __version__
 from bornfield.analysis import transport
 from bornfield.analysis.forces import TransverseAccumulator
-from bornfield.analysis.msd import displacement_moments, project
+from bornfield.analysis.msd import drift_free_covariance, project, species_moments
 from bornfield.analysis.trajectory import (
     ReplicaSet,
     Trajectory,
@@ -209,6 +209,65 @@ def _species_order(numbers: np.ndarray, requested: list[str], source: Path) -> l
     return list(requested)
 
 
+def host_atoms(numbers: np.ndarray, masses: np.ndarray, mobile_species: str) -> tuple[np.ndarray, dict]:
+    """Indices of the host framework (every atom not of ``mobile_species``) and its description.
+
+    Drift velocities and mobilities are measured relative to the host's mass-weighted centre:
+    that is the frame of Nernst–Einstein (tracer D relative to the lattice) and of the charge
+    current of a neutral cell, which equals the mobile charge times its velocity relative to the
+    host. Without a host (no atom of ``mobile_species``, or nothing else) the whole cell is used.
+    """
+    if mobile_species not in atomic_numbers:
+        raise ConfigError(f"analysis.mobile_species: {mobile_species!r} is not a chemical symbol")
+    mobile = numbers == atomic_numbers[mobile_species]
+    masses = np.asarray(masses, dtype=float)
+    if mobile.any() and not mobile.all():
+        host = np.flatnonzero(~mobile)
+        note = None
+        reference = f"mass-weighted centre of the host: every atom that is not {mobile_species} (analysis.mobile_species)"
+    else:
+        host = np.arange(len(numbers))
+        reason = "absent" if not mobile.any() else "the only species"
+        note = f"mobile species {mobile_species} is {reason}: drifts are measured relative to the whole cell's centre of mass"
+        reference = "mass-weighted centre of mass of the whole cell (no host framework)"
+    return host, {
+        "mobile_species": mobile_species,
+        "host_species": [chemical_symbols[z] for z in dict.fromkeys(numbers[host].tolist())],
+        "mobile_mass_fraction": float(masses[mobile].sum() / masses.sum()),
+        "reference": reference,
+        "note": note,
+    }
+
+
+def diffusion_tensors(
+    moments: list[dict[str, np.ndarray]], n_atoms: int, lags_fs: np.ndarray, first: int, last: int
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Per-replica diffusion tensors of one species from its :func:`species_moments` per replica.
+
+    ``D_ab = (1/2) dC_ab/dτ``, fitted over the lags ``first…last`` (inclusive) of ``lags_fs`` (fs),
+    where C is the displacement covariance about the species mean of each time origin (a
+    field-driven drift, the host's recoil and any common shift do not masquerade as diffusion;
+    for one atom, the time-averaged drift is removed instead).
+
+    Returns:
+        covariance (R, L, 3, 3) Å², diffusion tensors (R, 3, 3) Å²/fs, and the definition used.
+    """
+    tensors = np.asarray([m["tensor"] for m in moments])
+    if n_atoms > 1:
+        covariance = drift_free_covariance(tensors, np.asarray([m["centroid_tensor"] for m in moments]), n_atoms)
+        definition = (
+            "D_ab = slope/2 over the fit window of N/(N-1) <(du_a - <du_a>_N)(du_b - <du_b>_N)>, "
+            "<.>_N the species mean at the same time origin (species drift removed)"
+        )
+    else:
+        means = np.asarray([m["mean"] for m in moments])
+        covariance = tensors - np.einsum("rla,rlb->rlab", means, means)
+        definition = "D_ab = slope/2 of <du_a du_b> - <du_a><du_b> over the fit window (one atom: time-averaged drift removed)"
+    # linear in the data, so the mean of the replica fits is the fit of the mean curve
+    slope = transport.linear_slope(lags_fs[first : last + 1], np.moveaxis(covariance[:, first : last + 1], 1, 0))
+    return covariance, 0.5 * slope, definition
+
+
 def analyze_condition(condition_dir: str | Path, settings: dict) -> dict:
     """Analyse every completed replica of one condition.
 
@@ -356,7 +415,11 @@ def analyze_replicas(replicas: ReplicaSet, settings: dict) -> dict:
     )
 
     species_indices = {symbol: np.flatnonzero(first.numbers == atomic_numbers[symbol]) for symbol in species_list}
-    moments: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {symbol: [] for symbol in species_list}
+    host_indices, host_frame = host_atoms(first.numbers, first.masses, settings["mobile_species"])
+    record["host_frame"] = host_frame
+    if host_frame["note"]:
+        notes.append(host_frame["note"])
+    moments: dict[str, list[dict[str, np.ndarray]]] = {symbol: [] for symbol in species_list}
     chunk_atoms = max(8, min(256, 4_000_000 // max(n_frames, 1)))
     for header in tqdm(trajectories, desc="replicas", unit="replica", disable=None):
         loaded = read_trajectory(
@@ -364,40 +427,39 @@ def analyze_replicas(replicas: ReplicaSet, settings: dict) -> dict:
         )
         for symbol, indices in species_indices.items():
             moments[symbol].append(
-                displacement_moments(loaded.positions[:n_frames], loaded.masses, indices, max_lag, chunk_atoms=chunk_atoms)
+                species_moments(loaded.positions[:n_frames], loaded.masses, indices, host_indices, max_lag, chunk_atoms=chunk_atoms)
             )
         del loaded
 
     for symbol in species_list:
         indices = species_indices[symbol]
-        tensors = np.asarray([m[0] for m in moments[symbol]])  # (R, L, 3, 3)
-        means = np.asarray([m[1] for m in moments[symbol]])  # (R, L, 3)
+        tensors = np.asarray([m["tensor"] for m in moments[symbol]])  # (R, L, 3, 3)
+        means = np.asarray([m["mean"] for m in moments[symbol]])  # (R, L, 3)
+        means_host = np.asarray([m["mean_relative_to_host"] for m in moments[symbol]])  # (R, L, 3)
         curves = project(tensors, means, direction)  # each (R, L)
         msd_curves = {}
         for key in CURVE_KEYS:
             mean, sem = transport.mean_and_sem(curves[key][:, curve_index])
             msd_curves[key] = _value(mean, sem)
-        # Diffusion from the displacement covariance C_ab = M_ab - d_a d_b (the species' drift
-        # removed, so a field-driven drift does not masquerade as diffusion; at zero field d ≈ 0).
-        # Fits per replica over the window; linear in the data, so mean of fits = fit of mean.
-        # N/(N-1): the species mean is estimated from the same N atoms (Bessel's correction)
-        bessel = indices.size / (indices.size - 1) if indices.size > 1 else 1.0
-        covariance = bessel * (tensors - np.einsum("rla,rlb->rlab", means, means))
-        slope_tensor = transport.linear_slope(window_lags, np.moveaxis(covariance[:, i0 : i1 + 1], 1, 0))
-        diffusion_tensor = 0.5 * slope_tensor  # (R, 3, 3)
+        covariance, diffusion_tensor, definition = diffusion_tensors(moments[symbol], int(indices.size), lags_fs, i0, i1)
+        if indices.size == 1:
+            notes.append(f"{symbol}: a single atom; its D has the time-averaged drift removed, not the per-origin species mean")
         d_total = np.trace(diffusion_tensor, axis1=1, axis2=2) / 3.0
         d_parallel = np.einsum("rab,a,b->r", diffusion_tensor, direction, direction)
         d_perpendicular = (3.0 * d_total - d_parallel) / 2.0
         velocity = transport.linear_slope(window_lags, np.moveaxis(means[:, i0 : i1 + 1], 1, 0))  # (R,3)
         v_parallel = velocity @ direction
+        velocity_host = transport.linear_slope(window_lags, np.moveaxis(means_host[:, i0 : i1 + 1], 1, 0))
+        v_host_parallel = velocity_host @ direction
 
         def stat(samples: np.ndarray) -> dict:
             return _value(*transport.mean_and_sem(samples))
 
         diffusion = {
             "unit": "A2/fs",
-            "definition": "D_ab = slope/2 of N/(N-1) (<du_a du_b> - <du_a><du_b>) over the fit window (species drift removed)",
+            "definition": definition,
             "tensor": stat(diffusion_tensor),
+            "tensor_per_replica": diffusion_tensor.tolist(),
             "total": stat(d_total),
             "parallel": stat(d_parallel),
             "perpendicular_per_direction": stat(d_perpendicular),
@@ -411,7 +473,8 @@ def analyze_replicas(replicas: ReplicaSet, settings: dict) -> dict:
         species_record_regime = (
             "diffusive" if 0.8 <= exponent <= 1.2 else ("subdiffusive" if exponent < 0.8 else "superdiffusive")
         )
-        # e·D/(k_B T) with D along the parallel axis (drift removed)
+        # e·D/(k_B T) with D along the parallel axis (drift removed; the covariance about the
+        # species mean does not depend on the frame, so it is the host-frame D)
         ne = stat(d_parallel / kT)
         species_record: dict[str, Any] = {
             "n_atoms": int(indices.size),
@@ -421,6 +484,7 @@ def analyze_replicas(replicas: ReplicaSet, settings: dict) -> dict:
             "diffusion": diffusion,
             "drift_velocity_A_per_fs": {"vector": stat(velocity), "parallel": stat(v_parallel)},
             "drift_velocity_m_per_s": _scaled(stat(v_parallel), transport.A_PER_FS_IN_M_PER_S),
+            "drift_velocity_relative_to_host_A_per_fs": {"vector": stat(velocity_host), "parallel": stat(v_host_parallel)},
             "nernst_einstein_mobility": {
                 "definition": "e*D_parallel/(k_B*T) per unit charge (drift removed from D)",
                 "A2_per_V_fs": ne,
@@ -433,9 +497,9 @@ def analyze_replicas(replicas: ReplicaSet, settings: dict) -> dict:
             },
         }
         if strength > 0:
-            mobility = stat(v_parallel / strength)
+            mobility = stat(v_host_parallel / strength)
             species_record["mobility"] = {
-                "definition": "v_parallel / |E|",
+                "definition": "v_parallel relative to the host framework / |E| (see host_frame)",
                 "A2_per_V_fs": mobility,
                 "cm2_per_V_s": _scaled(mobility, transport.MOBILITY_A2_PER_V_FS_IN_CM2_PER_V_S),
             }

@@ -6,7 +6,11 @@ taken relative to the mass-weighted centre of mass of the whole cell,
 k = 0…K (τ = kΔt), averaged over all T-k time origins and all atoms of s:
 
 * the displacement second-moment tensor ``M_ab(τ) = <Δu_a Δu_b>`` (Å², 3×3);
-* the mean displacement ``d_a(τ) = <Δu_a>`` (Å), whose growth is the drift.
+* the mean displacement ``d_a(τ) = <Δu_a>`` (Å), whose growth is the drift;
+* the same two moments of one point's trajectory (:func:`point_moments`), e.g. the
+  species centroid ``ū(t)`` (whose all-origins ``<Δū_a Δū_b>`` is what the
+  per-origin removal of the species' collective motion needs, see
+  :func:`drift_free_covariance`) or the centroid relative to the host framework.
 
 From these, for a unit vector ê (field direction, or a reference axis at zero
 field): ``MSD_∥ = êᵀ M ê``, ``MSD_total = tr M``, ``MSD_⊥ = tr M - MSD_∥`` (two
@@ -110,6 +114,67 @@ def displacement_moments(
     tensor[0] = 0.0
     mean_sums[0] = 0.0
     return tensor, mean_sums
+
+
+def point_moments(trajectory: np.ndarray, max_lag: int) -> tuple[np.ndarray, np.ndarray]:
+    """All-origins ``<Δx_a Δx_b>`` (max_lag + 1, 3, 3) Å² and ``<Δx_a>`` (max_lag + 1, 3) Å of one point (T, 3)."""
+    trajectory = np.asarray(trajectory, dtype=float)
+    return displacement_moments(trajectory[:, None, :], np.ones(1), np.zeros(1, dtype=int), max_lag, remove_com=False)
+
+
+def drift_free_covariance(tensor: np.ndarray, centroid_tensor: np.ndarray, n_atoms: int) -> np.ndarray:
+    """Displacement covariance about the species mean, taken at each time origin (…, 3, 3) Å².
+
+    ``C_ab = N/(N-1) <(Δu_a - Δū_a)(Δu_b - Δū_b)> = N/(N-1) (M_ab - <Δū_a Δū_b>)`` with ``Δū`` the
+    mean displacement of the N atoms over the same origin and lag (``centroid_tensor``, from
+    :func:`point_moments` of the species centroid). For N independent walkers with a common drift
+    (and any common shift, e.g. the host's recoil) it is unbiased for ``2 D τ``. For N = 1 there is
+    nothing to subtract per origin: the caller must remove a time-averaged drift instead.
+    """
+    if n_atoms < 2:
+        raise ValueError(f"the covariance about the species mean needs at least 2 atoms, got {n_atoms}")
+    return n_atoms / (n_atoms - 1) * (np.asarray(tensor) - np.asarray(centroid_tensor))
+
+
+def species_moments(
+    positions: np.ndarray,
+    masses: np.ndarray,
+    atom_indices: np.ndarray,
+    host_indices: np.ndarray,
+    max_lag: int,
+    *,
+    chunk_atoms: int = 128,
+) -> dict[str, np.ndarray]:
+    """Every moment the transport analysis of one species needs, for one trajectory.
+
+    Args:
+        positions: (T, N, 3) unwrapped positions in Å; masses: (N,) amu.
+        atom_indices: the species' atoms; host_indices: the atoms of the host framework.
+        max_lag: largest lag in frames (< T).
+
+    Returns (lags 0…max_lag): ``tensor`` (L, 3, 3) and ``mean`` (L, 3), relative to the whole
+    cell's centre of mass (:func:`displacement_moments`); ``centroid_tensor`` (L, 3, 3), the
+    all-origins ``<Δū_a Δū_b>`` of the species centroid ū (for :func:`drift_free_covariance`);
+    ``mean_relative_to_host`` (L, 3), the mean displacement relative to the mass-weighted centre
+    of the host atoms.
+    """
+    positions = np.asarray(positions, dtype=float)
+    masses = np.asarray(masses, dtype=float)
+    atom_indices = np.asarray(atom_indices, dtype=int)
+    host_indices = np.asarray(host_indices, dtype=int)
+    if host_indices.size == 0:
+        raise ValueError("no host atoms to measure the drift against")
+    tensor, mean = displacement_moments(positions, masses, atom_indices, max_lag, chunk_atoms=chunk_atoms)
+    centroid = positions[:, atom_indices].mean(axis=1)
+    host = center_of_mass_positions(positions[:, host_indices], masses[host_indices])
+    centroid_tensor, _ = point_moments(centroid - center_of_mass_positions(positions, masses), max_lag)
+    _, mean_relative_to_host = point_moments(centroid - host, max_lag)
+    return {
+        "tensor": tensor,
+        "mean": mean,
+        "centroid_tensor": centroid_tensor,
+        "mean_relative_to_host": mean_relative_to_host,
+    }
 
 
 def project(tensor: np.ndarray, mean: np.ndarray, direction: np.ndarray) -> dict[str, np.ndarray]:

@@ -6,8 +6,9 @@ writes (under ``{results_dir}/analysis/``):
 * ``sweep_transport.csv``: one row per condition and species (D, drift, mobility,
   Nernst–Einstein mobility, MSD at the reference time);
 * ``sweep_transverse.csv``: transverse field-force statistics per condition and species;
-* ``sweep_linear_response.csv``: mobile species, field runs: mobility vs field
-  strength against (a) the lowest field of the same phase/temperature/direction,
+* ``sweep_linear_response.csv``: mobile species, field runs: mobility (drift
+  relative to the host framework per |E|) vs field strength against (a) the
+  lowest field of the same phase/temperature/direction,
   (b) ``<Z_∥> e D/(k_B T)`` from the zero-field run (Haven ratio as configured),
   (c) the hopping model ``sinh(x)/x`` with ``x = e E a/(2 k_B T)``;
 * ``arrhenius.json`` / ``arrhenius.csv``: zero-field diffusion vs temperature per
@@ -278,13 +279,21 @@ def _verdict(
     return "linear (within error)"
 
 
-def _projected_diffusion(record: dict, species: str, direction: np.ndarray) -> tuple[float, float]:
-    tensor = record["species"][species]["diffusion"]["tensor"]
-    value = float(direction @ np.asarray(tensor["value"]) @ direction)
-    if tensor["sem"] is None:
-        return value, float("nan")
-    sem = np.asarray(tensor["sem"]) * np.outer(direction, direction)
-    return value, float(np.sqrt((sem**2).sum()))
+def projected_diffusion(record: dict, species: str, direction: np.ndarray) -> tuple[float, float]:
+    """``êᵀ D ê`` (Å²/fs) of a record and its standard error over replicas.
+
+    The error is that of the per-replica projections: the tensor components of one replica are
+    correlated (D_xy and D_yx are one number), so their separate errors do not combine in quadrature.
+    """
+    diffusion = record["species"][species]["diffusion"]
+    if "tensor_per_replica" not in diffusion:
+        raise InputFileError(
+            f"{record.get('_path', record['condition'].get('name'))}: species.{species}.diffusion has no "
+            "tensor_per_replica (written by an older bornfield); re-run `bornfield analyze condition`"
+        )
+    tensors = np.asarray(diffusion["tensor_per_replica"], dtype=float)  # (R, 3, 3)
+    mean, sem = transport.mean_and_sem(np.einsum("rab,a,b->r", tensors, direction, direction))
+    return float(mean), float("nan") if sem is None else float(sem)
 
 
 def linear_response_rows(records: list[dict], settings: dict) -> list[dict]:
@@ -339,7 +348,7 @@ def linear_response_rows(records: list[dict], settings: dict) -> list[dict]:
             row.update({"mu_over_mu_lowest_field": ratio_low, "mu_over_mu_lowest_field_sem": ratio_low_sem, "verdict_vs_lowest_field": verdict_low})
             # (b) against <Z_par> e D_u / (H_R k_B T) of the zero-field run
             if reference is not None and species in reference["species"]:
-                d_u, d_u_sem = _projected_diffusion(reference, species, direction)
+                d_u, d_u_sem = projected_diffusion(reference, species, direction)
                 kT = transport.thermal_energy_eV(record["condition"]["temperature_K"])
                 charge = z_parallel if z_parallel is not None else 1.0
                 mu_ne = charge * d_u / (settings["arrhenius"]["haven_ratio"] * kT)

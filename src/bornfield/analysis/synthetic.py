@@ -1,13 +1,16 @@
 """Synthetic trajectories in the exact ``traj.h5`` format, with known transport.
 
 Used by the tests and for trying the analysis without running MD. Mobile
-species perform a biased Gaussian random walk (diffusion coefficient ``D``
-per Cartesian direction, drift velocity ``v`` along the field), so that the
-mean-squared displacement is exactly ``2 D τ`` per direction about the drift
-``v τ`` at every lag. The immobile framework vibrates about its sites and is
-translated opposite to the drift so that the mass-weighted centre of mass is
-at rest, as it is in field MD with an acoustic-sum-rule-respecting Born
-charge model (the field forces sum to zero).
+species perform a biased Gaussian random walk relative to the framework (the
+host): diffusion tensor ``D`` (a scalar means ``D·I``), drift velocity ``v``
+along the field, so that relative to the host the displacement covariance is
+exactly ``2 D τ`` about the drift ``v τ`` at every lag. The immobile framework
+vibrates about its sites. Then every frame is shifted so that the mass-weighted
+centre of mass stays exactly where it started, as in field MD with an
+acoustic-sum-rule-respecting Born charge model and ``FixCom``: the framework
+recoils against the drift and the diffusion of the mobile atoms, and the
+mobile species' drift relative to the centre of mass is ``(1 - f) v`` with
+``f`` its mass fraction of the cell (single mobile species).
 """
 
 from __future__ import annotations
@@ -113,6 +116,18 @@ def li3po4_like_cell(n_formula_units: int = 8, density_g_cm3: float = 2.4, seed:
     return numbers, masses, cell, positions
 
 
+def _step_matrix(diffusion: float | np.ndarray, frame_interval_fs: float) -> np.ndarray:
+    """B with B Bᵀ = 2 D Δt, for a scalar D (Å²/fs, per direction) or a symmetric PSD 3×3 tensor."""
+    tensor = np.asarray(diffusion, dtype=float)
+    tensor = tensor * np.eye(3) if tensor.ndim == 0 else tensor
+    if tensor.shape != (3, 3) or not np.allclose(tensor, tensor.T):
+        raise ValueError(f"diffusion must be a scalar or a symmetric 3x3 tensor (A2/fs), got {diffusion!r}")
+    eigenvalues, vectors = np.linalg.eigh(2.0 * frame_interval_fs * tensor)
+    if eigenvalues.min() < -1e-12 * max(eigenvalues.max(), 1e-300):
+        raise ValueError(f"diffusion tensor {tensor.tolist()} is not positive semi-definite")
+    return vectors * np.sqrt(np.clip(eigenvalues, 0.0, None))
+
+
 def biased_random_walk(
     *,
     numbers: np.ndarray,
@@ -120,7 +135,7 @@ def biased_random_walk(
     start: np.ndarray,
     n_frames: int,
     frame_interval_fs: float,
-    diffusion_A2_per_fs: dict[int, float],
+    diffusion_A2_per_fs: dict[int, float | np.ndarray],
     drift_A_per_fs: dict[int, np.ndarray],
     vibration_A: float,
     rng: np.random.Generator,
@@ -128,34 +143,34 @@ def biased_random_walk(
     """Unwrapped positions (T, N, 3): random walks for mobile species, vibration for the rest.
 
     Args:
-        diffusion_A2_per_fs: atomic number -> D (Å²/fs) per Cartesian direction.
-        drift_A_per_fs: atomic number -> drift velocity vector (Å/fs) of that species.
+        diffusion_A2_per_fs: atomic number -> D (Å²/fs per Cartesian direction, or a 3×3
+            tensor) relative to the framework.
+        drift_A_per_fs: atomic number -> drift velocity vector (Å/fs) of that species
+            relative to the framework.
         vibration_A: rms displacement per Cartesian direction of immobile atoms about their sites.
 
-    The immobile atoms are translated rigidly so that the total momentum of the
-    drift is zero (centre of mass at rest on average).
+    The whole configuration is then translated frame by frame so that the mass-weighted
+    centre of mass stays at its initial position exactly.
     """
     n_atoms = len(numbers)
+    masses = np.asarray(masses, dtype=float)
     times = np.arange(n_frames) * frame_interval_fs
     positions = np.repeat(start[None], n_frames, axis=0).astype(float)
     mobile = np.zeros(n_atoms, dtype=bool)
-    momentum = np.zeros(3)
     for z, diffusion in diffusion_A2_per_fs.items():
         mask = numbers == z
         mobile |= mask
-        steps = rng.normal(0.0, np.sqrt(2.0 * diffusion * frame_interval_fs), size=(n_frames - 1, mask.sum(), 3))
+        steps = rng.normal(size=(n_frames - 1, mask.sum(), 3)) @ _step_matrix(diffusion, frame_interval_fs).T
         positions[1:, mask] += np.cumsum(steps, axis=0)
     for z, velocity in drift_A_per_fs.items():
         mask = numbers == z
         mobile |= mask
-        velocity = np.asarray(velocity, dtype=float)
-        positions[:, mask] += times[:, None, None] * velocity
-        momentum += masses[mask].sum() * velocity
+        positions[:, mask] += times[:, None, None] * np.asarray(velocity, dtype=float)
     framework = ~mobile
     if framework.any():
         positions[:, framework] += rng.normal(0.0, vibration_A, size=(n_frames, framework.sum(), 3))
-        positions[:, framework] -= times[:, None, None] * momentum / masses[framework].sum()
-    return positions
+    centre = np.einsum("tnc,n->tc", positions, masses) / masses.sum()
+    return positions - (centre - centre[0])[:, None, :]
 
 
 def write_synthetic_condition(
@@ -167,7 +182,7 @@ def write_synthetic_condition(
     timestep_fs: float = 1.0,
     temperature_K: float = 600.0,
     field_V_per_A: Sequence[float] = (0.0, 0.0, 0.0),
-    diffusion_A2_per_fs: dict[str, float] | None = None,
+    diffusion_A2_per_fs: dict[str, float | np.ndarray] | None = None,
     drift_A_per_fs: dict[str, float] | None = None,
     vibration_A: float = 0.05,
     born_charges: dict[str, np.ndarray] | None = None,
@@ -182,9 +197,10 @@ def write_synthetic_condition(
 
     Args:
         field_V_per_A: the applied field vector E (V/Å), constant in time.
-        diffusion_A2_per_fs: symbol -> D (Å²/fs) per direction (default Li: 1e-3).
-        drift_A_per_fs: symbol -> drift speed (Å/fs) along the field direction
-            (along x when the field is zero).
+        diffusion_A2_per_fs: symbol -> D (Å²/fs) per direction, or a 3×3 tensor, relative to
+            the framework (default Li: 1e-3).
+        drift_A_per_fs: symbol -> drift speed (Å/fs) relative to the framework along the field
+            direction (along x when the field is zero).
         born_charges: symbol -> 3×3 Born charge tensor (e), ``Z[α, β]``; stored as
             ``field_forces = Zᵀ E`` (``store="field_forces"``), as ``born_charges``
             (``store="born_charges"``), both (``"both"``) or neither (``"none"``).

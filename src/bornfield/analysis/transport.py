@@ -1,12 +1,15 @@
 """Fits and unit conversions for transport coefficients.
 
-Conventions (per species, positions relative to the cell's centre of mass):
+Conventions (per species):
 
-* diffusion tensor ``D_ab = (1/2) d<Δu_a Δu_b>/dτ`` in the linear (diffusive)
-  regime; ``D = tr(D)/3`` (the isotropic tracer diffusion coefficient, slope of
-  the total MSD over 6); along a unit vector ê: ``D_ê = êᵀ D ê`` (slope/2);
-* drift velocity ``v = d<Δu>/dτ`` (Å/fs), ``v_∥ = v·ê``;
-* field-driven mobility ``μ = v_∥ / |E|`` (Å²/(V·fs) for E in V/Å);
+* diffusion tensor ``D_ab = (1/2) dC_ab/dτ`` in the linear (diffusive) regime, C the
+  displacement covariance about the species mean (frame-independent, the tracer D
+  relative to the host); ``D = tr(D)/3`` (the isotropic tracer diffusion
+  coefficient); along a unit vector ê: ``D_ê = êᵀ D ê``;
+* drift velocity ``v = d<Δu>/dτ`` (Å/fs), ``v_∥ = v·ê``, relative to the cell's
+  centre of mass or to the host framework (atoms other than the mobile species);
+* field-driven mobility ``μ = v_∥ / |E|`` (Å²/(V·fs) for E in V/Å) with v relative
+  to the host, the frame in which Nernst–Einstein holds;
 * Nernst–Einstein mobility of a unit charge ``μ_NE = e D_ê / (k_B T)``: with D in
   Å²/fs and k_B T in eV, e·D/(k_B T) is in Å²/(V·fs).
 """

@@ -97,7 +97,7 @@ def plot_condition(record: dict, stem: str | Path, formats=("png", "pdf"), dpi: 
         ax_drift.axhline(0.0, color="0.5", linewidth=0.6)
         ax_drift.set_title("drift along ∥ (COM frame)")
         if mobility_lines:
-            ax_drift.text(0.03, 0.97, "cm²/(V·s):\n" + "\n".join(mobility_lines), transform=ax_drift.transAxes, va="top", ha="left",
+            ax_drift.text(0.03, 0.97, "v∥ rel. host / |E|, cm²/(V·s):\n" + "\n".join(mobility_lines), transform=ax_drift.transAxes, va="top", ha="left",
                           fontsize=6.5, bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "0.8", "boxstyle": "round,pad=0.3"})
         elif not has_field:
             ax_drift.text(0.03, 0.97, "E = 0: no drift expected", transform=ax_drift.transAxes, va="top", fontsize=7)
