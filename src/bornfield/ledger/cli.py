@@ -120,7 +120,7 @@ def run_plan(args: argparse.Namespace) -> int:
 
 def ledger_status(ledger_dir: str | Path) -> dict:
     """Counts and costs of a ledger: entries and pending queue per kind and family."""
-    from bornfield.ledger.labeller import pending_jobs
+    from bornfield.ledger.labeller import pending_core_hours, pending_jobs
     from bornfield.ledger.store import Ledger
 
     ledger = Ledger(ledger_dir)
@@ -140,7 +140,7 @@ def ledger_status(ledger_dir: str | Path) -> dict:
         "entries": {k: dict(v) for k, v in entries.items()},
         "core_hours_spent": round(spent / 3600, 2),
         "pending": {k: dict(v) for k, v in by_family.items()},
-        "pending_core_hours_estimate": round(sum(j.est_core_s for j in pending) / 3600, 1),
+        "pending_core_hours_estimate": round(pending_core_hours(ledger, pending), 1),
     }
 
 

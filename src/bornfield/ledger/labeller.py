@@ -84,6 +84,13 @@ def cost_correction(ledger: Ledger) -> dict[str, float]:
     return {kind: float(np.median(values)) if values else 1.0 for kind, values in ratios.items()}
 
 
+def pending_core_hours(ledger: Ledger, pending: list[PlannedJob] | None = None) -> float:
+    """Core-hours the pending queue needs: estimates times the measured correction of their kind."""
+    correction = cost_correction(ledger)
+    jobs = pending_jobs(ledger) if pending is None else pending
+    return sum(job.est_core_s * correction[job.kind] for job in jobs) / 3600
+
+
 def provision_checked(ledger: Ledger, pseudo_dir: Path) -> None:
     """Provision the ledger's pseudopotential set in ``pseudo_dir``; its md5s must be the ledger's."""
     records = provision_pseudopotentials(pseudo_dir, ledger.spec.settings.pseudo_set)

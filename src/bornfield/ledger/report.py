@@ -3,7 +3,7 @@
 JSON: the dataset report of every entry (counts per ``config_type``, failures and Born-charge
 rejections with reasons, label statistics, Born charges per species) plus entries per kind
 and state, atoms labelled, raw acoustic-sum-rule residuals, core-hours spent per kind and
-the pending queue. Figure: the dataset report's panels plus residuals and cost.
+the pending queue (cost-model estimates times the correction measured on the entries). Figure: the dataset report's panels plus residuals and cost.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from bornfield.data.dataset import assemble_labels, label_statistics
-from bornfield.ledger.labeller import pending_jobs
+from bornfield.ledger.labeller import pending_core_hours, pending_jobs
 from bornfield.ledger.store import Ledger
 
 
@@ -46,7 +46,7 @@ def ledger_report(ledger: Ledger) -> tuple[list, dict]:
         "core_hours_spent": {kind: round(seconds / 3600, 2) for kind, seconds in sorted(core_s.items())},
         "asr_residuals": residuals,
         "pending": dict(Counter(job.kind for job in pending)),
-        "pending_core_hours_estimate": round(sum(job.est_core_s for job in pending) / 3600, 1),
+        "pending_core_hours_estimate": round(pending_core_hours(ledger, pending), 1),
         **assembly.to_dict(),
         "statistics": label_statistics(frames),
     }
