@@ -170,6 +170,7 @@ def label(ledger_dir: str | Path, hours: float, ranks: int, work_dir: str | Path
             finally:
                 claim.release()
             done.append(record)
+            correction = cost_correction(ledger)  # every finished job sharpens the next estimates
             bar.update(1)
             remaining = sum(SAFETY * c.est_core_s * correction[c.kind] / ranks for c in pending)
             bar.set_postfix_str(f"last {record['wall_time_s'] / 60:.0f} min; queue left ~{remaining / 3600:.1f} h at {ranks} rank(s)")
