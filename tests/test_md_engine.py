@@ -18,7 +18,8 @@ from md_testmodels import ConstantBorn, EnvironmentBorn, MorsePotential, ZeroPot
 
 from bornfield.config import validate_section
 from bornfield.md.conditions import MDCondition, expand_conditions
-from bornfield.md.fields import FieldSchedule, asr_correct, field_forces
+from bornfield.fieldphysics import asr_correct, field_forces
+from bornfield.md.fields import FieldSchedule
 from bornfield.md.runner import run_condition
 
 

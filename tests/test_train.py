@@ -343,7 +343,7 @@ def test_exploration_md_gives_labelled_free_snapshots(tmp_path):
     assert not np.allclose(snapshots[0].positions, parent.positions)
     strict = ExplorationSettings(**{**settings.__dict__, "min_distance_A": 5.0})
     _, stopped = explore([parent], FieldCalculator(pots, borns), strict, seed=0, progress=False)
-    assert all("apart" in r["stopped"] for r in stopped)
+    assert all("too close at step 2" in r["stopped"] for r in stopped)
 
 
 def test_exploration_max_atoms_keeps_small_cells_only(tmp_path):

@@ -8,7 +8,8 @@
 
 Units: field in V/Å, forces eV/Å, energy eV, stress eV/Å³ (ASE sign), Born
 charges e. The field force on atom κ is ``F_κβ = Σ_α Z_καβ E_α``
-(``np.einsum("kab,a->kb", Z, E)``, e·V/Å = eV/Å).
+(:func:`bornfield.fieldphysics.field_forces`, e·V/Å = eV/Å); the acoustic sum
+rule is imposed on Z in float64 (:func:`bornfield.fieldphysics.asr_correct`).
 
 ``energy`` and ``stress`` are those of the NN potential alone: the Born-charge
 force is in general not the gradient of any energy (Z depends on the
@@ -20,6 +21,19 @@ A list of model files makes a committee: results are the member means and
 (N, 3), ``stress_var``, ``born_charges_var`` (N, 3, 3)); ``forces_uncertainty``
 and ``born_charges_uncertainty`` (N,) are the per-atom standard deviations
 ``sqrt(Σ var)``. Forces variance includes only the potential committee.
+
+Evaluation: the means (energy, forces, stress, Z) come from one neighbour list
+and one pass through both models (:func:`bornfield.models.combined.evaluate_periodic`);
+the committee statistics (``*_var``, ``*_uncertainty``, per-atom ``energies``)
+evaluate the members one by one and are computed when one of them is requested
+(ASE asks again for a property missing from the results). Non-finite results,
+and a net field force above ``safety.asr_tolerance_eV_per_A``, raise
+:class:`bornfield.fieldphysics.UnsafeState`.
+
+This is also the force field of the ASE MD backend and of the exploration MD:
+``set_field(E, keep_results=True)`` applies E from the next evaluation on (the
+forces of the current positions stay valid), and ``born_refresh_interval = n``
+recomputes Z only when ``step`` (set by the integrator loop) is a multiple of n.
 """
 
 from __future__ import annotations
@@ -33,34 +47,42 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from bornfield.errors import ConfigError
+from bornfield.fieldphysics import SafetyLimits, asr_correct, check_finite, field_forces, per_atom_uncertainty
 from bornfield.models import load_born, load_potential
 from bornfield.models.born import EquivariantBornModel
+from bornfield.models.combined import evaluate_periodic
 from bornfield.models.committee import BornCommittee, PotentialCommittee
 from bornfield.models.graph import build_graph
+from bornfield.models.interface import BornChargeModel, PotentialModel
 from bornfield.models.potential import NNPotential
 
-ModelSpec = str | Path | Sequence[str | Path] | NNPotential | EquivariantBornModel | PotentialCommittee | BornCommittee | None
+ModelSpec = (str | Path | Sequence[str | Path] | NNPotential | EquivariantBornModel | PotentialCommittee
+             | BornCommittee | PotentialModel | BornChargeModel | None)
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_STATISTICS = frozenset({"energies", "energy_var", "energies_var", "forces_var", "stress_var", "born_charges_var",
+                         "forces_uncertainty", "born_charges_uncertainty"})
 
 
-def _as_potential_committee(spec, dtype) -> PotentialCommittee | None:
-    if spec is None:
-        return None
-    if isinstance(spec, PotentialCommittee):
+def _as_potential(spec, dtype):
+    """A PotentialCommittee of bornfield models, or any other PotentialModel as it is."""
+    if spec is None or isinstance(spec, PotentialCommittee):
         return spec
     if isinstance(spec, NNPotential):
         return PotentialCommittee([spec])
+    if isinstance(spec, PotentialModel):
+        return spec
     loaded = load_potential(spec, dtype=dtype)
     return loaded if isinstance(loaded, PotentialCommittee) else PotentialCommittee([loaded])
 
 
-def _as_born_committee(spec, dtype) -> BornCommittee | None:
-    if spec is None:
-        return None
-    if isinstance(spec, BornCommittee):
+def _as_born(spec, dtype):
+    """A BornCommittee of bornfield models, or any other BornChargeModel as it is."""
+    if spec is None or isinstance(spec, BornCommittee):
         return spec
     if isinstance(spec, EquivariantBornModel):
         return BornCommittee([spec])
+    if isinstance(spec, BornChargeModel):
+        return spec
     loaded = load_born(spec, dtype=dtype)
     return loaded if isinstance(loaded, BornCommittee) else BornCommittee([loaded])
 
@@ -69,10 +91,15 @@ class FieldCalculator(Calculator):
     """NN potential + NN Born charges + uniform field (V/Å) as an ASE calculator.
 
     Args:
-        potential: model file, list of files (committee) or a loaded model; None for Born-only use.
-        born: model file(s) or loaded model; required for a non-zero field.
+        potential: model file, list of files (committee), a loaded model or any
+            :class:`~bornfield.models.interface.PotentialModel`; None for Born-only use.
+        born: model file(s), a loaded model or any
+            :class:`~bornfield.models.interface.BornChargeModel`; required for a non-zero field.
         field: (Ex, Ey, Ez) in V/Å.
-        dtype: "float32" (fast, default) or "float64".
+        dtype: "float32" (fast, default) or "float64" for models loaded from files.
+        born_refresh_interval: recompute Z when ``step`` is a multiple of n
+            (1 = at every evaluation); in between the cached Z is used.
+        safety: limits checked at every evaluation (the ASR tolerance; default: none).
     """
 
     implemented_properties = [
@@ -93,16 +120,26 @@ class FieldCalculator(Calculator):
         "born_charges_uncertainty",
     ]
 
-    def __init__(self, potential: ModelSpec = None, born: ModelSpec = None, field=(0.0, 0.0, 0.0), dtype: str = "float32", **kwargs):
+    def __init__(self, potential: ModelSpec = None, born: ModelSpec = None, field=(0.0, 0.0, 0.0),
+                 dtype: str = "float32", born_refresh_interval: int = 1, safety: SafetyLimits | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
         if dtype not in _DTYPES:
             raise ConfigError(f"FieldCalculator dtype must be one of {sorted(_DTYPES)} (got {dtype!r})")
         torch_dtype = _DTYPES[dtype]
-        self.potential = _as_potential_committee(potential, torch_dtype)
-        self.born = _as_born_committee(born, torch_dtype)
+        self.potential = _as_potential(potential, torch_dtype)
+        self.born = _as_born(born, torch_dtype)
         if self.potential is None and self.born is None:
             raise ConfigError("FieldCalculator needs a potential and/or a Born-charge model")
+        if int(born_refresh_interval) < 1:
+            raise ConfigError(f"FieldCalculator born_refresh_interval must be >= 1 (got {born_refresh_interval!r})")
+        self.born_refresh_interval = int(born_refresh_interval)
+        self.safety = safety if safety is not None else SafetyLimits()
         self.field = self._check_field(field)
+        self.step = 0  # MD step of the next evaluation (for born_refresh_interval > 1)
+        self.born_step = -1  # step at which cached_born was computed
+        self.cached_born: np.ndarray | None = None  # (N, 3, 3) e, ASR-corrected
+        self.cached_born_var: np.ndarray | None = None
 
     def _check_field(self, field) -> np.ndarray:
         field = np.asarray(field, dtype=float).reshape(-1)
@@ -112,52 +149,98 @@ class FieldCalculator(Calculator):
             raise ConfigError("a non-zero field needs a Born-charge model (born=...)")
         return field
 
-    def set_field(self, field) -> None:
-        """Change the field (V/Å); cached results are discarded."""
+    def set_field(self, field, keep_results: bool = False) -> None:
+        """Change the field (V/Å).
+
+        ``keep_results=False`` discards the cached results (the next property is
+        recomputed with the new field); ``True`` keeps them, so the new field acts
+        from the next evaluation (new positions) on — what an MD step needs.
+        """
         self.field = self._check_field(field)
-        self.reset()
+        if not keep_results:
+            self.reset()
 
     @property
     def receptive_field(self) -> float:
         return max(m.receptive_field for m in (self.potential, self.born) if m is not None)
 
+    def _born_due(self) -> bool:
+        n = self.born_refresh_interval
+        return self.cached_born is None or n == 1 or (self.step % n == 0 and self.born_step != self.step)
+
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
-        args = (atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)
+        structure = (atoms.get_positions(wrap=True), atoms.numbers, np.asarray(atoms.cell), np.asarray(atoms.pbc))
         periodic = bool(np.all(atoms.pbc))
-        results: dict[str, np.ndarray | float] = {}
-        shared = None
-        if self.potential is not None and self.born is not None and self.potential.species == self.born.species:
-            cutoff = max(self.potential.cutoff, self.born.cutoff)
-            shared = build_graph([args], self.potential.species, cutoff, self.potential.dtype)
+        statistics = self.potential is None or not _STATISTICS.isdisjoint(properties)
+        refresh = self.born is not None and (statistics or self._born_due())
+        if statistics:
+            results, born, born_var = self._evaluate_members(structure, refresh, periodic)
+        else:
+            results, born = self._evaluate_shared(structure, refresh, "stress" in properties and periodic)
+            born_var = None
+        if refresh:
+            self.cached_born, self.cached_born_var = born, born_var
+            self.born_step = self.step
+        forces = results.get("forces")
+        if self.born is not None:
+            z = self.cached_born
+            ffield = field_forces(z, self.field)
+            results.update(born_charges=z, born_effective_charges=z, field_forces=ffield)
+            if statistics:
+                results["born_charges_var"] = self.cached_born_var
+                results["born_charges_uncertainty"] = per_atom_uncertainty(self.cached_born_var)
+            forces = ffield if forces is None else forces + ffield
         if self.potential is not None:
-            graph = shared if shared is not None else self.potential.make_graph(*args)
-            out = self.potential.evaluate_graph(graph, stress=periodic)
-            results["energy"] = float(out["energy"])
-            results["free_energy"] = float(out["energy"])
-            results["energy_var"] = float(out["energy_var"])
-            results["energies"] = out["energies"]
-            results["energies_var"] = out["energies_var"]
-            forces = out["forces"]
-            results["forces_var"] = out["forces_var"]
-            results["forces_uncertainty"] = np.sqrt(out["forces_var"].sum(axis=1))
+            check_finite("energy or forces from the models", results["energy"], forces)
+        if self.born is not None:
+            check_finite("Born charges from the model", z)
+            self.safety.check_asr(ffield.sum(axis=0))
+        if self.potential is not None or np.any(self.field != 0):
+            results["forces"] = forces
+        else:
+            results.pop("forces", None)
+        self.results = results
+
+    def _evaluate_shared(self, structure, refresh: bool, stress: bool) -> tuple[dict, np.ndarray | None]:
+        """Committee means of both models from one neighbour list; Z ASR-corrected (or None)."""
+        step = evaluate_periodic(self.potential, self.born, *structure, with_born=refresh, stress=stress)
+        results = {"energy": float(step.energy), "free_energy": float(step.energy), "forces": step.forces}
+        if step.stress is not None:
+            results["stress"] = full_3x3_to_voigt_6_stress(step.stress)
+        return results, None if step.born_raw is None else asr_correct(step.born_raw)
+
+    def _evaluate_members(self, structure, refresh: bool, periodic: bool):
+        """Means and variances over the committee members; Z mean and variance of ASR-corrected members."""
+        potential, born = self.potential, self.born
+        graph = None
+        if (isinstance(potential, PotentialCommittee) and isinstance(born, BornCommittee)
+                and potential.species == born.species):
+            graph = build_graph([structure], potential.species, max(potential.cutoff, born.cutoff), potential.dtype)
+        results: dict[str, np.ndarray | float] = {}
+        if isinstance(potential, PotentialCommittee):
+            out = potential.evaluate_graph(graph if graph is not None else potential.make_graph(*structure),
+                                           stress=periodic)
+            results.update(energies=out["energies"], energies_var=out["energies_var"])
+        elif potential is not None:  # another PotentialModel: one member
+            energy, forces, stress = potential.energy_forces_stress(*structure)
+            forces = np.asarray(forces, dtype=float)
+            out = {"energy": float(energy), "energy_var": 0.0, "forces": forces, "forces_var": np.zeros_like(forces),
+                   "stress": np.asarray(stress, dtype=float), "stress_var": np.zeros((3, 3))}
+        if potential is not None:
+            results.update(energy=float(out["energy"]), free_energy=float(out["energy"]),
+                           energy_var=float(out["energy_var"]), forces=out["forces"], forces_var=out["forces_var"],
+                           forces_uncertainty=per_atom_uncertainty(out["forces_var"]))
             if periodic:
                 results["stress"] = full_3x3_to_voigt_6_stress(out["stress"])
                 results["stress_var"] = full_3x3_to_voigt_6_stress(out["stress_var"])
-        else:
-            forces = np.zeros((len(atoms), 3))
-        if self.born is not None:
-            graph = shared if shared is not None else self.born.make_graph(*args)
-            out = self.born.evaluate_graph(graph.to(self.born.dtype))
-            z = out["born_charges"]
-            results["born_charges"] = z
-            results["born_effective_charges"] = z
-            results["born_charges_var"] = out["born_charges_var"]
-            results["born_charges_uncertainty"] = np.sqrt(out["born_charges_var"].sum(axis=(1, 2)))
-            field_forces = np.einsum("kab,a->kb", z, self.field)
-            results["field_forces"] = field_forces
-            forces = forces + field_forces
-        if self.potential is not None or np.any(self.field != 0):
-            results["forces"] = forces
-        self.results = results
+        if not refresh:
+            return results, None, None
+        if isinstance(born, BornCommittee):
+            born_graph = graph if graph is not None else born.make_graph(*structure)
+            raw = born.member_charges(born_graph.to(born.dtype), asr=False)
+        else:  # another BornChargeModel: one member
+            raw = np.asarray(born.born_charges(*structure), dtype=float)[None]
+        members = np.stack([asr_correct(z) for z in raw])
+        return results, members.mean(axis=0), members.var(axis=0)

@@ -32,6 +32,7 @@ from bornfield.analysis.trajectory import (
     read_trajectory,
 )
 from bornfield.errors import ConfigError, InputFileError
+from bornfield.fieldphysics import field_forces
 
 LOG = logging.getLogger(__name__)
 
@@ -545,7 +546,7 @@ def _transverse(trajectories, indices, n_frames, direction, strength, settings, 
                 if take <= 0:
                     break
                 unit_field = np.repeat(direction[None], take, axis=0)
-                forces = np.einsum("tkab,ta->tkb", charges[:take], unit_field)
+                forces = field_forces(charges[:take], unit_field)
                 accumulator.add(trajectory.time_fs[done : done + take], unit_field, forces)
                 done += take
         else:

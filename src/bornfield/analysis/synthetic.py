@@ -24,6 +24,7 @@ import numpy as np
 from ase.data import atomic_masses, atomic_numbers
 
 from bornfield.analysis.trajectory import TRAJ_FORMAT
+from bornfield import fieldphysics
 
 TRAJ_UNITS = "ASE: Å, eV, fs, amu, e; field V/Å"
 
@@ -252,7 +253,7 @@ def write_synthetic_condition(
         if z_per_atom is not None:
             tensors = np.repeat(z_per_atom[None], n_frames, axis=0)
             if store in ("field_forces", "both"):
-                forces = np.einsum("tkab,ta->tkb", tensors, field_series)
+                forces = fieldphysics.field_forces(tensors, field_series)
             if store in ("born_charges", "both"):
                 charges = tensors
         write_trajectory(

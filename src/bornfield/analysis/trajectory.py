@@ -22,6 +22,7 @@ import numpy as np
 from ase.geometry import find_mic
 
 from bornfield.errors import InputFileError
+from bornfield.fieldphysics import field_forces
 
 LOG = logging.getLogger(__name__)
 
@@ -256,7 +257,7 @@ def iter_field_forces(trajectory: Trajectory, atom_indices: np.ndarray, chunk_fr
     """Yield (field (t, 3) V/Å, field forces (t, n, 3) eV/Å) in chunks of frames.
 
     Uses the stored ``field_forces`` if present, else recomputes
-    ``F[κ] = Z[κ].T @ E`` from ``born_charges`` (``einsum("tkab,ta->tkb")``).
+    ``F[κ] = Z[κ].T @ E`` from ``born_charges`` (:func:`bornfield.fieldphysics.field_forces`).
 
     Raises:
         InputFileError: the file stores neither dataset.
@@ -276,7 +277,7 @@ def iter_field_forces(trajectory: Trajectory, atom_indices: np.ndarray, chunk_fr
                 forces = np.asarray(handle["field_forces"][lo:hi], dtype=float)[:, atom_indices]
             else:
                 charges = np.asarray(handle["born_charges"][lo:hi], dtype=float)[:, atom_indices]
-                forces = np.einsum("tkab,ta->tkb", charges, field_chunk)
+                forces = field_forces(charges, field_chunk)
             yield field_chunk, forces
 
 

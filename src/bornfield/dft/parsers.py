@@ -27,6 +27,7 @@ import numpy as np
 from ase.io import read as ase_read
 
 from bornfield.errors import InputFileError
+from bornfield.fieldphysics import asr_correct
 
 _FLOAT = r"[-+]?(?:\d+\.\d*|\.\d+)(?:[eEdD][-+]?\d+)?"
 _VERSION_RE = re.compile(r"Program\s+(\w+)\s+v\.(\S+)\s+starts")
@@ -78,8 +79,7 @@ def apply_asr(z_raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     Returns (corrected Z with ``sum(axis=0) == 0``, residual ``z_raw.sum(axis=0)``).
     """
-    residual = z_raw.sum(axis=0)
-    return z_raw - residual[None, :, :] / z_raw.shape[0], residual
+    return asr_correct(z_raw), z_raw.sum(axis=0)
 
 
 def _parse_matrix_rows(lines: list[str], start: int, count: int, source: str, what: str) -> np.ndarray:

@@ -1,11 +1,12 @@
 """Single-process field MD with ASE integrators.
 
-Forces: ``F = F_NNP + Z.T @ E`` from :class:`FieldMDCalculator`. Integrators
-(ASE 3.29): ``VelocityVerlet`` (nve), ``Bussi`` (CSVR), ``NoseHooverChainNVT``
-and ``Langevin``. The centre of mass is held fixed with ``ase.constraints.FixCom``
+Forces: ``F = F_NNP + Z.T @ E`` from :class:`bornfield.calculators.FieldCalculator`
+(which imposes the ASR and checks finite values and the ASR residual of the field
+forces at every evaluation). Integrators (ASE 3.29, :func:`ase_integrator`):
+``VelocityVerlet`` (nve), ``Bussi`` (CSVR), ``NoseHooverChainNVT`` and
+``Langevin``. The centre of mass is held fixed with ``ase.constraints.FixCom``
 (3N − 3 degrees of freedom). The net NNP force and — by the acoustic sum rule —
-the net field force vanish, so this only removes round-off; the ASR residual of
-the field forces is checked at every force evaluation.
+the net field force vanish, so this only removes round-off.
 
 Thermostats and the field-driven drift (why ``bussi`` is the default):
 
@@ -32,7 +33,6 @@ from typing import Sequence
 
 import numpy as np
 from ase import Atoms, units
-from ase.calculators.calculator import Calculator, all_changes
 from ase.constraints import FixCom
 from ase.md.bussi import Bussi
 from ase.md.langevin import Langevin
@@ -41,78 +41,12 @@ from ase.parallel import DummyMPI
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 
-from bornfield.md.engine import Backend, BlowUp, Snapshot, kinetic_temperature
-from bornfield.md.fields import FieldSchedule, field_forces
-from bornfield.models.combined import evaluate_periodic
+from bornfield.calculators import FieldCalculator
+from bornfield.fieldphysics import SafetyLimits, committee_force_uncertainty, min_distance
+from bornfield.md.engine import Backend, Snapshot, kinetic_temperature
+from bornfield.md.fields import FieldSchedule
 
 LOG = logging.getLogger(__name__)
-
-
-class FieldMDCalculator(Calculator):
-    """ASE calculator: NNP energy/forces plus the Born-charge field force.
-
-    ``results["forces"]`` = F_NNP + Zᵀ E (eV/Å); ``results["energy"]`` is the
-    NNP energy only (the field does no potential energy — its work is
-    integrated by the backend); ``results["born_effective_charges"]`` (N, 3, 3).
-
-    Args:
-        potential: a :class:`~bornfield.models.interface.PotentialModel`.
-        born: a :class:`~bornfield.models.interface.BornChargeModel` (periodic,
-            ASR-exact predictions).
-        born_refresh_interval: recompute Z at MD steps that are multiples of n
-            (``md_step`` is set by the backend); 1 = at every evaluation.
-        asr_tolerance: max |Σ_κ F_field| (eV/Å) before raising :class:`BlowUp`.
-    """
-
-    implemented_properties = ["energy", "free_energy", "forces", "born_effective_charges"]
-
-    def __init__(self, potential, born, born_refresh_interval: int = 1, asr_tolerance: float = 1e-6):
-        super().__init__()
-        self.potential = potential
-        self.born = born
-        self.born_refresh_interval = int(born_refresh_interval)
-        self.asr_tolerance = float(asr_tolerance)
-        self.field = np.zeros(3)
-        self.md_step = 0
-        self.born_step = -1
-        self.cached_born: np.ndarray | None = None
-        self.last_field_forces: np.ndarray | None = None
-
-    def set_field(self, field_V_per_A: np.ndarray) -> None:
-        """Field for the next force evaluation (cached forces stay valid for their positions)."""
-        self.field = np.asarray(field_V_per_A, dtype=float).copy()
-
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        super().calculate(atoms, properties, system_changes)
-        positions = self.atoms.get_positions(wrap=True)
-        numbers = self.atoms.numbers
-        cell = np.asarray(self.atoms.cell)
-        pbc = np.asarray(self.atoms.pbc)
-        refresh = (self.cached_born is None or self.born_refresh_interval == 1
-                   or (self.md_step % self.born_refresh_interval == 0 and self.born_step != self.md_step))
-        # one neighbour list and one set of edge quantities for both models (no stress: MD is NVT)
-        step = evaluate_periodic(self.potential, self.born, positions, numbers, cell, pbc, with_born=refresh)
-        energy, forces_nnp = step.energy, step.forces
-        if refresh:
-            self.born_step = self.md_step
-            born = step.born_raw
-            # impose the ASR in float64 (float32 models satisfy it only to ~1e-7 per atom)
-            self.cached_born = born - born.mean(axis=0)
-        ffield = field_forces(self.cached_born, self.field)
-        forces = np.asarray(forces_nnp, dtype=float) + ffield
-        if not (np.isfinite(energy) and np.all(np.isfinite(forces))):
-            raise BlowUp("non-finite energy or forces from the models")
-        residual = float(np.abs(ffield.sum(axis=0)).max())
-        if residual > self.asr_tolerance:
-            raise BlowUp(f"acoustic sum rule violated: net field force {residual:.3e} eV/Å "
-                         f"> safety.asr_tolerance_eV_per_A = {self.asr_tolerance:g}")
-        self.last_field_forces = ffield
-        self.results = {
-            "energy": float(energy),
-            "free_energy": float(energy),
-            "forces": forces,
-            "born_effective_charges": self.cached_born.copy(),
-        }
 
 
 class _NoseHooverChainNVT(NoseHooverChainNVT):
@@ -129,6 +63,35 @@ class _NoseHooverChainNVT(NoseHooverChainNVT):
         self._p = self.atoms.get_momenta()
 
 
+def ase_integrator(kind: str, atoms: Atoms, timestep_fs: float, temperature_K: float, tau_fs: float,
+                   rng: np.random.Generator, chain_length: int = 3):
+    """The ASE integrator of an ensemble, for a single process (no MPI broadcast).
+
+    Args:
+        kind: ``nve`` (VelocityVerlet), ``bussi``, ``nose_hoover_chain`` or
+            ``langevin`` (friction 1/τ on the absolute velocities, ``fixcm=False``:
+            the centre of mass is held by ``FixCom``).
+        atoms: the atoms (with their calculator).
+        timestep_fs: fs. temperature_K: K. tau_fs: thermostat time constant (fs).
+        rng: the thermostat's random stream (Bussi, Langevin).
+        chain_length: Nosé–Hoover chain length.
+    """
+    dt = float(timestep_fs) * units.fs
+    tau = float(tau_fs) * units.fs
+    serial = DummyMPI()  # one replica per rank: never let ASE broadcast over COMM_WORLD
+    if kind == "nve":
+        return VelocityVerlet(atoms, dt, comm=serial)
+    if kind == "bussi":
+        return Bussi(atoms, dt, temperature_K=temperature_K, taut=tau, rng=rng, comm=serial)
+    if kind == "nose_hoover_chain":
+        return _NoseHooverChainNVT(atoms, dt, temperature_K=temperature_K, tdamp=tau, tchain=int(chain_length),
+                                   comm=serial)
+    if kind == "langevin":
+        return Langevin(atoms, dt, temperature_K=temperature_K, friction=1.0 / tau, fixcm=False, rng=rng,
+                        comm=serial)
+    raise ValueError(f"unknown ensemble {kind!r}")  # guarded by the schema
+
+
 def _rng_state(rng: np.random.Generator) -> dict:
     return rng.bit_generator.state
 
@@ -142,7 +105,7 @@ class ASEBackend(Backend):
 
     Args:
         atoms: start cell (positions Å, periodic); copied.
-        potential, born: models (see :class:`FieldMDCalculator`).
+        potential, born: models (see :class:`~bornfield.calculators.FieldCalculator`).
         settings: validated ``md`` settings.
         schedule: the field E(step).
         temperature_K: thermostat and initial-velocity temperature.
@@ -158,12 +121,13 @@ class ASEBackend(Backend):
         self.settings = settings
         self.schedule = schedule
         self.temperature_K = float(temperature_K)
+        self.potential = potential
         self.committee = list(committee)
         self.atoms = atoms.copy()
         self.atoms.set_constraint(FixCom())
-        self.calc = FieldMDCalculator(potential, born,
-                                      born_refresh_interval=settings["born_refresh_interval"],
-                                      asr_tolerance=settings["safety"]["asr_tolerance_eV_per_A"])
+        self.safety = SafetyLimits.from_md_settings(settings)
+        self.calc = FieldCalculator(potential, born, born_refresh_interval=settings["born_refresh_interval"],
+                                    safety=self.safety)
         self.atoms.calc = self.calc
         self.numbers = self.atoms.numbers.copy()
         self.masses = self.atoms.get_masses()
@@ -198,22 +162,9 @@ class ASEBackend(Backend):
             return
         if self.dyn is not None:
             self.thermostat_offset += self._thermostat_energy()
-        tau = float(self.settings["thermostat_time_constant_fs"]) * units.fs
-        serial = DummyMPI()  # one replica per rank: never let ASE broadcast over COMM_WORLD
-        if kind == "nve":
-            self.dyn = VelocityVerlet(self.atoms, self.dt, comm=serial)
-        elif kind == "bussi":
-            self.dyn = Bussi(self.atoms, self.dt, temperature_K=self.temperature_K, taut=tau,
-                             rng=self.thermostat_rng, comm=serial)
-        elif kind == "nose_hoover_chain":
-            self.dyn = _NoseHooverChainNVT(self.atoms, self.dt, temperature_K=self.temperature_K,
-                                          tdamp=tau, tchain=int(self.settings["nose_hoover_chain_length"]),
-                                           comm=serial)
-        elif kind == "langevin":
-            self.dyn = Langevin(self.atoms, self.dt, temperature_K=self.temperature_K,
-                                friction=1.0 / tau, fixcm=False, rng=self.thermostat_rng, comm=serial)
-        else:  # guarded by the schema
-            raise ValueError(f"unknown ensemble {kind!r}")
+        self.dyn = ase_integrator(kind, self.atoms, float(self.settings["timestep_fs"]), self.temperature_K,
+                                  float(self.settings["thermostat_time_constant_fs"]), self.thermostat_rng,
+                                  int(self.settings["nose_hoover_chain_length"]))
         self.dyn_kind = kind
 
     def _thermostat_energy(self) -> float:
@@ -229,14 +180,14 @@ class ASEBackend(Backend):
     # -- stepping -------------------------------------------------------
     def _set_field_for(self, step: int) -> None:
         """Field and MD step of the next force evaluation (the configuration of ``step``)."""
-        self.calc.set_field(self.schedule(step))
-        self.calc.md_step = step
+        self.calc.set_field(self.schedule(step), keep_results=True)
+        self.calc.step = step
 
     def _power_after_step(self) -> float:
         """Field power Σ F_field · v (eV/fs) at the current full step."""
         self.atoms.get_forces()
         velocities = self.atoms.get_velocities() * units.fs  # Å/fs
-        power = float(np.sum(self.calc.last_field_forces * velocities))
+        power = float(np.sum(self.calc.results["field_forces"] * velocities))
         self.power_prev = power
         return power
 
@@ -269,28 +220,22 @@ class ASEBackend(Backend):
         if with_arrays:
             snap.positions = self.atoms.get_positions().copy()  # never wrapped: unwrapped
             snap.velocities = (self.atoms.get_velocities() * units.fs).astype(np.float32)
-            snap.field_forces = self.calc.last_field_forces.astype(np.float32)
+            snap.field_forces = self.calc.results["field_forces"].astype(np.float32)
             snap.born_charges = self.calc.cached_born.astype(np.float32)
         return snap
 
     def min_distance(self) -> float:
-        from vesin import NeighborList
-
-        cutoff = max(float(self.settings["safety"]["min_distance_A"]), 1e-3)
-        positions = self.atoms.get_positions(wrap=True)
-        i, _j, d = NeighborList(cutoff=cutoff, full_list=False).compute(
-            points=positions, box=self.cell, periodic=bool(np.all(self.atoms.pbc)), quantities="ijd")
-        return float(d.min()) if len(d) else float("inf")
+        return min_distance(self.atoms.get_positions(wrap=True), self.settings["safety"]["min_distance_A"],
+                            cell=self.cell, pbc=self.atoms.pbc)
 
     def committee_force_std(self) -> float | None:
         if not self.committee:
             return None
         positions = self.atoms.get_positions(wrap=True)
         cell, pbc = self.cell, np.asarray(self.atoms.pbc)
-        forces = [self.calc.potential.energy_forces_stress(positions, self.numbers, cell, pbc)[1]]
-        for member in self.committee:
-            forces.append(member.energy_forces_stress(positions, self.numbers, cell, pbc)[1])
-        return float(np.linalg.norm(np.std(np.stack(forces), axis=0), axis=1).max())
+        members = [self.potential, *self.committee]
+        return committee_force_uncertainty([m.energy_forces_stress(positions, self.numbers, cell, pbc)[1]
+                                            for m in members])
 
     # -- checkpoints ----------------------------------------------------
     def checkpoint_state(self) -> tuple[dict[str, np.ndarray], dict]:

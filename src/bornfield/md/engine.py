@@ -19,7 +19,6 @@ clock: ``time_fs = (step − field_on_step) · dt`` (negative during equilibrati
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from ase import units
 
+from bornfield.fieldphysics import SafetyLimits, UnsafeState, check_finite
 from bornfield.md.output import (
     ThermoWriter,
     TrajectoryWriter,
@@ -40,9 +40,9 @@ LOG = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint.npz"
 
 
-class BlowUp(RuntimeError):
-    """A replica became unphysical (NaN, atoms overlapping, temperature runaway,
-    committee uncertainty too large, ASR violated). The message says which."""
+BlowUp = UnsafeState
+"""A replica became unphysical (NaN, atoms overlapping, temperature runaway,
+committee uncertainty too large, ASR violated). The message says which."""
 
 
 @dataclass
@@ -150,6 +150,7 @@ class ReplicaRunner:
         safety = settings["safety"]
         self.distance_interval = int(safety["distance_check_interval"])
         self.uncertainty_interval = int(safety["uncertainty_check_interval"])
+        self.limits = SafetyLimits.from_md_settings(settings)
 
     # -- helpers --------------------------------------------------------
     def _bcast(self, value):
@@ -203,26 +204,18 @@ class ReplicaRunner:
     def _check(self, snap: Snapshot) -> None:
         """Safety checks at an event step (raise BlowUp with a clear reason)."""
         safety = self.settings["safety"]
-        values = [snap.epot, snap.ekin, snap.temperature_K]
-        if not all(math.isfinite(v) for v in values):
-            raise BlowUp(f"non-finite energy or temperature at step {snap.step}: "
-                         f"epot={snap.epot}, ekin={snap.ekin}, T={snap.temperature_K}")
+        check_finite(f"energy or temperature at step {snap.step}: "
+                     f"epot={snap.epot}, ekin={snap.ekin}, T={snap.temperature_K}",
+                     snap.epot, snap.ekin, snap.temperature_K)
         limit = float(safety["max_temperature_factor"]) * self.target_temperature_K
         if snap.temperature_K > limit:
             raise BlowUp(f"temperature runaway at step {snap.step}: T = {snap.temperature_K:.1f} K "
                          f"> {safety['max_temperature_factor']} x {self.target_temperature_K:g} K")
         step = snap.step
         if step % self.distance_interval == 0:
-            dmin = self.backend.min_distance()
-            if dmin < float(safety["min_distance_A"]):
-                raise BlowUp(f"atoms too close at step {step}: minimum distance {dmin:.3f} Å "
-                             f"< safety.min_distance_A = {safety['min_distance_A']} Å")
+            self.limits.check_min_distance(self.backend.min_distance(), f" at step {step}")
         if step % self.uncertainty_interval == 0:
-            std = self.backend.committee_force_std()
-            if std is not None and std > float(safety["max_force_uncertainty_eV_per_A"]):
-                raise BlowUp(f"committee force uncertainty {std:.3f} eV/Å at step {step} exceeds "
-                             f"safety.max_force_uncertainty_eV_per_A = "
-                             f"{safety['max_force_uncertainty_eV_per_A']} (extrapolation)")
+            self.limits.check_force_uncertainty(self.backend.committee_force_std(), f" at step {step}")
 
     # -- main loop ------------------------------------------------------
     def run(self) -> dict:

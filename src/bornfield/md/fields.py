@@ -1,9 +1,7 @@
-"""Field forces, the acoustic sum rule and time-dependent field schedules.
+"""The time-dependent field of an MD run: E(step) in V/Å.
 
-Conventions (binding, see the design notes): ``Z[κ, α, β]`` with α the field
-index and β the force index; the field force on atom κ is
-``F_field[κ] = e Z[κ].T @ E`` = ``np.einsum("kab,a->kb", Z, E)`` in eV/Å
-for E in V/Å (ASE units, e = 1).
+The field forces, the acoustic sum rule and the safety checks are in
+:mod:`bornfield.fieldphysics`.
 """
 
 from __future__ import annotations
@@ -14,44 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from bornfield.errors import ConfigError
-
-
-def field_forces(born_charges: np.ndarray, field_V_per_A: np.ndarray) -> np.ndarray:
-    """Field forces ``Z[κ].T @ E`` (N, 3) in eV/Å.
-
-    Args:
-        born_charges: (N, 3, 3) in e, index order [atom, field α, force β].
-        field_V_per_A: (3,) field in V/Å.
-    """
-    return np.einsum("kab,a->kb", born_charges, np.asarray(field_V_per_A, dtype=float))
-
-
-def asr_correct(raw: np.ndarray, owned_mask: np.ndarray | None = None, comm=None) -> np.ndarray:
-    """Subtract the mean Born tensor so that the owned tensors sum to zero.
-
-    Args:
-        raw: (M, 3, 3) raw per-site tensors (owned atoms and ghosts).
-        owned_mask: (M,) bool, the atoms this process owns (default: all).
-        comm: mpi4py communicator of the replica; the sum and the count are
-            reduced over it so the correction uses the whole cell.
-
-    Returns:
-        (M, 3, 3) corrected tensors (ghost entries corrected with the same mean).
-    """
-    owned = raw if owned_mask is None else raw[owned_mask]
-    total = np.empty(10)
-    total[:9] = owned.sum(axis=0).ravel()
-    total[9] = len(owned)
-    if comm is not None and comm.Get_size() > 1:
-        from mpi4py import MPI
-
-        reduced = np.empty_like(total)
-        comm.Allreduce(total, reduced, op=MPI.SUM)
-        total = reduced
-    if total[9] == 0:
-        return raw.copy()
-    mean = (total[:9] / total[9]).reshape(3, 3)
-    return raw - mean
 
 
 @dataclass(frozen=True)

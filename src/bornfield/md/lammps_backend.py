@@ -49,6 +49,15 @@ from ase.parallel import DummyMPI
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
 from bornfield.errors import InputFileError
+from bornfield.fieldphysics import (
+    SafetyLimits,
+    UnsafeState,
+    all_finite,
+    asr_correct,
+    committee_force_uncertainty,
+    field_forces,
+    min_distance,
+)
 from bornfield.md.engine import Backend, BlowUp, Snapshot, kinetic_temperature
 from bornfield.md.fields import FieldSchedule
 from bornfield.models.combined import evaluate_cluster, evaluate_periodic, shared_members
@@ -119,7 +128,7 @@ class LammpsBackend(Backend):
             self.number_of_type[t] = z
             self.mass_of_type[t] = self.masses[self.numbers == z][0]
         self.types = np.array([self.type_of_number[int(z)] for z in self.numbers], dtype=int)
-        self.asr_tolerance = float(settings["safety"]["asr_tolerance_eV_per_A"])
+        self.safety = SafetyLimits.from_md_settings(settings)
 
         velocity_seq, thermostat_seq = np.random.SeedSequence(int(seed)).spawn(2)
         self.thermostat_seed = int(thermostat_seq.generate_state(1)[0] % 900_000_000) + 1
@@ -360,13 +369,7 @@ class LammpsBackend(Backend):
         if refresh:
             if raw is None:
                 raw = np.zeros((nlocal, 3, 3))
-            # ASR: mean over all owned atoms of the replica
-            sums = np.empty(10)
-            sums[:9] = raw.sum(axis=0).ravel()
-            sums[9] = nlocal
-            if comm.Get_size() > 1:
-                sums = comm.allreduce(sums, op=self.MPI.SUM)
-            born = raw - (sums[:9] / sums[9]).reshape(3, 3)
+            born = asr_correct(raw, comm=comm)  # mean over all owned atoms of the replica
             if interval > 1:  # keep Z of every atom (by tag) for the steps until the next refresh
                 table = np.zeros((self.n_atoms, 3, 3))
                 table[tags - 1] = born
@@ -378,20 +381,21 @@ class LammpsBackend(Backend):
         else:
             born = self._born_global[tags - 1]
         field_L = self.schedule(ntimestep) @ self.Q
-        ffield = np.einsum("kab,a->kb", born, field_L)
+        ffield = field_forces(born, field_L)
         total = forces + ffield
-        bad = 0.0 if (error is None and np.all(np.isfinite(total)) and np.isfinite(energy_local)) else 1.0
+        bad = 0.0 if (error is None and all_finite(total, energy_local)) else 1.0
         reduced = np.array([energy_local, *ffield.sum(axis=0), bad])
         if comm.Get_size() > 1:
             reduced = comm.allreduce(reduced, op=self.MPI.SUM)
         self.epot = float(reduced[0])
-        residual = float(np.abs(reduced[1:4]).max())
         if reduced[4] > 0:
             self.error = error or f"non-finite energy or forces at step {ntimestep}"
             total = np.zeros_like(total)
-        elif residual > self.asr_tolerance:
-            self.error = (f"acoustic sum rule violated at step {ntimestep}: net field force {residual:.3e} "
-                          f"eV/Å > safety.asr_tolerance_eV_per_A = {self.asr_tolerance:g}")
+        else:
+            try:
+                self.safety.check_asr(reduced[1:4], f" at step {ntimestep}")
+            except UnsafeState as exc:  # raised on every rank after the run (collectives first)
+                self.error = str(exc)
         f[:] = total
         self.lmp.fix_external_set_energy_global("ext", self.epot)
         # field power with full-step velocities
@@ -460,15 +464,8 @@ class LammpsBackend(Backend):
         return nlocal, positions, self.number_of_type[types]
 
     def min_distance(self) -> float:
-        from vesin import NeighborList
-
         nlocal, positions, _ = self._local_and_ghost_positions()
-        cutoff = max(float(self.settings["safety"]["min_distance_A"]), 1e-3)
-        i, j, d = NeighborList(cutoff=cutoff, full_list=False).compute(
-            points=positions, box=np.zeros((3, 3)), periodic=False, quantities="ijd")
-        keep = (i < nlocal) | (j < nlocal)
-        local = float(d[keep].min()) if np.any(keep) else float("inf")
-        return float(self.comm.allreduce(local, op=self.MPI.MIN)) if self.comm.Get_size() > 1 else local
+        return min_distance(positions, self.settings["safety"]["min_distance_A"], n_owned=nlocal, comm=self.comm)
 
     def committee_force_std(self) -> float | None:
         if not self.committee:
@@ -495,9 +492,7 @@ class LammpsBackend(Backend):
                 summed = np.empty_like(partial)
                 self.comm.Allreduce(partial, summed, op=self.MPI.SUM)
                 forces.append(summed[tags - 1])
-        std = np.linalg.norm(np.std(np.stack(forces), axis=0), axis=1)
-        local = float(std.max()) if nlocal else 0.0
-        return float(self.comm.allreduce(local, op=self.MPI.MAX)) if self.comm.Get_size() > 1 else local
+        return committee_force_uncertainty(forces, comm=self.comm)
 
     # -- checkpoints ----------------------------------------------------
     def checkpoint_state(self) -> tuple[dict[str, np.ndarray], dict]:

@@ -54,7 +54,8 @@ from pathlib import Path
 
 import torch
 
-from bornfield.models.born import EquivariantBornModel, PaperRowBaseline, apply_asr
+from bornfield.fieldphysics import asr_correct_batched as apply_asr
+from bornfield.models.born import EquivariantBornModel, PaperRowBaseline
 from bornfield.models.committee import BornCommittee, PotentialCommittee
 from bornfield.models.graph import Graph, build_graph, graph_from_atoms
 from bornfield.models.interface import BornChargeModel, PotentialModel

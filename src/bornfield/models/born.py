@@ -20,7 +20,8 @@ subtracting their mean over the atoms of the structure,
 smallest change in the Frobenius norm that makes the sum vanish); it
 preserves equivariance because the mean of equivariant tensors is
 equivariant, and it is local-decomposable: under domain decomposition the
-caller subtracts an MPI-reduced mean over owned atoms. The same correction is
+caller subtracts an MPI-reduced mean over owned atoms (both are
+:mod:`bornfield.fieldphysics`). The same correction is
 applied to the DFPT targets before training, so the model fits the
 ASR-corrected DFPT tensors.
 
@@ -38,24 +39,12 @@ import numpy as np
 import torch
 from e3nn import io, o3
 
+from bornfield.fieldphysics import asr_correct_batched
 from bornfield.models.base import BornfieldModel
 from bornfield.models.graph import Graph, build_cluster_graph
 from bornfield.models.layers import AtomicDensity, EdgeGeometry, ExactConstants, SpeciesMLP, coupled
 from bornfield.models.potential import edge_geometry
 from bornfield.models.threads import map_geometry_blocks, parallel_section
-
-
-def structure_mean(values: torch.Tensor, batch: torch.Tensor, n_structures: int) -> torch.Tensor:
-    """Per-structure mean of per-atom values, broadcast back to atoms (same shape as values)."""
-    flat = values.reshape(values.shape[0], -1)
-    sums = flat.new_zeros(n_structures, flat.shape[1]).index_add(0, batch, flat)
-    counts = torch.bincount(batch, minlength=n_structures).to(flat.dtype).clamp(min=1)
-    return (sums / counts[:, None])[batch].reshape(values.shape)
-
-
-def apply_asr(z: torch.Tensor, batch: torch.Tensor, n_structures: int) -> torch.Tensor:
-    """Acoustic-sum-rule correction: subtract the per-structure mean tensor (minimum-norm)."""
-    return z - structure_mean(z, batch, n_structures)
 
 
 class EquivariantBornModel(BornfieldModel):
@@ -153,10 +142,10 @@ class EquivariantBornModel(BornfieldModel):
         """
         if torch.is_grad_enabled():
             z = self.raw_charges(graph)
-            return apply_asr(z, graph.centre_batch, graph.n_structures) if asr else z
+            return asr_correct_batched(z, graph.centre_batch, graph.n_structures) if asr else z
         with parallel_section():
             z = torch.cat(map_geometry_blocks(graph, lambda rows, geometry: self.raw_charges(graph, geometry)))
-            return apply_asr(z, graph.centre_batch, graph.n_structures) if asr else z
+            return asr_correct_batched(z, graph.centre_batch, graph.n_structures) if asr else z
 
     # ---- BornChargeModel protocol ----------------------------------------------------
 
@@ -229,7 +218,7 @@ class PaperRowBaseline(BornfieldModel):
         edge_vec = graph.edge_vectors()
         a0, a1, a2 = self.density.densities(graph.species, graph.neighbours, edge_vec)
         rows = self.readout(self.density.invariants(a0, a1, a2), graph.species) + self.row_offset[graph.species]
-        return apply_asr(rows, graph.batch, graph.n_structures) if self.asr else rows
+        return asr_correct_batched(rows, graph.batch, graph.n_structures) if self.asr else rows
 
     def born_rows(self, positions, numbers, cell, pbc) -> np.ndarray:
         """Rows ``Z[:, field_axis, :]`` (N, 3) e for one structure."""

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from bornfield.errors import InputFileError
-from bornfield.models.born import EquivariantBornModel, apply_asr
+from bornfield.models.born import EquivariantBornModel
 from bornfield.models.graph import Graph, build_cluster_graph, build_graph
 from bornfield.models.potential import NNPotential
 
@@ -108,12 +108,14 @@ class BornCommittee(_Committee):
     def __init__(self, members: Sequence[EquivariantBornModel]):
         super().__init__(members, "born")
 
+    def member_charges(self, graph: Graph, asr: bool = True) -> np.ndarray:
+        """Each member's Born charges (members, N, 3, 3) e, float64 (raw if ``asr=False``)."""
+        with torch.no_grad():
+            return np.stack([m.forward(graph.to(m.dtype), asr=asr).double().numpy() for m in self.members])
+
     def evaluate_graph(self, graph: Graph, asr: bool = True) -> dict[str, np.ndarray]:
         """``born_charges`` (N, 3, 3) mean and ``born_charges_var`` (N, 3, 3) over members."""
-        with torch.no_grad():
-            values = np.stack(
-                [m.forward(graph.to(m.dtype), asr=asr).double().numpy() for m in self.members]
-            )
+        values = self.member_charges(graph, asr)
         return {"born_charges": values.mean(axis=0), "born_charges_var": values.var(axis=0)}
 
     def born_charges(self, positions, numbers, cell, pbc) -> np.ndarray:
@@ -127,4 +129,4 @@ class BornCommittee(_Committee):
         return self.evaluate_graph(graph, asr=False)["born_charges"]
 
 
-__all__ = ["BornCommittee", "PotentialCommittee", "apply_asr"]
+__all__ = ["BornCommittee", "PotentialCommittee"]

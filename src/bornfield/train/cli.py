@@ -404,6 +404,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from ase.io import read, write
 
     from bornfield.calculators import FieldCalculator
+    from bornfield.fieldphysics import UnsafeState
 
     path = Path(args.structures)
     if not path.is_file():
@@ -425,7 +426,11 @@ def run_predict(args: argparse.Namespace) -> int:
         for key in ("forces", "forces_std", "born_charges", "born_charges_std", "field_forces"):
             if key in a.arrays:
                 del a.arrays[key]
-        calc.calculate(a, ["energy"], ["positions", "numbers", "cell", "pbc"])
+        try:
+            calc.calculate(a, ["energy", "forces", "energy_var", "forces_var", "born_charges_var"],
+                           ["positions", "numbers", "cell", "pbc"])
+        except UnsafeState as exc:
+            raise InputFileError(f"{path} frame {len(out_frames)}: {exc}") from exc
         r = calc.results
         if calc.potential is not None:
             a.info["energy"] = float(r["energy"])

@@ -23,6 +23,7 @@ from ase import Atoms
 from ase.io import read
 
 from bornfield.errors import InputFileError
+from bornfield.fieldphysics import asr_correct
 from bornfield.models.graph import StructureEdges, structure_edges
 
 
@@ -112,7 +113,7 @@ def read_samples(paths: str | Path | Sequence[str | Path]) -> list[Sample]:
             residual = None
             if born is not None:
                 residual = born.sum(axis=0)
-                born = born - born.mean(axis=0, keepdims=True)
+                born = asr_correct(born)
             samples.append(
                 Sample(
                     index=len(samples),

@@ -3,12 +3,18 @@
 Generation k+1 needs new structures that the generation-k models do not
 describe well. This module runs short Langevin MD with the generation-k
 committees (:class:`~bornfield.calculators.FieldCalculator`: NN forces plus
-the Born-charge field force ``Zᵀ·E``) from small DFT-sized cells at several
-temperatures and fields, and returns snapshots for
-:mod:`bornfield.train.select`. A trajectory that goes unphysical (non-finite
-or huge forces, atoms closer than ``min_distance_A``) is stopped, and its
-frames up to that point are kept: such regions are exactly where new labels
-help most.
+the Born-charge field force ``Zᵀ·E``; the MD backend's Langevin integrator,
+:func:`bornfield.md.ase_backend.ase_integrator`) from small DFT-sized cells at
+several temperatures and fields, and returns snapshots for
+:mod:`bornfield.train.select`. A trajectory that goes unphysical (the safety
+checks of :mod:`bornfield.fieldphysics`: non-finite or huge forces, atoms
+closer than ``min_distance_A``) is stopped, and its frames up to that point are
+kept: such regions are exactly where new labels help most.
+
+Unlike a production replica (:class:`bornfield.md.ase_backend.ASEBackend`), a
+trajectory starts from Maxwell–Boltzmann velocities without rescaling to the
+exact temperature, and one random stream serves all trajectories in turn
+(velocities and Langevin noise), so the sampled starts stay what they were.
 """
 
 from __future__ import annotations
@@ -18,14 +24,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from ase import Atoms, units
-from ase.md.langevin import Langevin
+from ase import Atoms
 from ase.constraints import FixCom
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from tqdm import tqdm
 
 from bornfield.calculators import FieldCalculator
 from bornfield.errors import ConfigError
+from bornfield.fieldphysics import SafetyLimits, UnsafeState, min_distance
+from bornfield.md.ase_backend import ase_integrator
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +63,6 @@ class ExplorationSettings:
         return settings
 
 
-def _minimum_distance(atoms: Atoms, cutoff: float) -> float:
-    """Shortest interatomic distance if below ``cutoff`` (Å), else inf."""
-    from ase.neighborlist import neighbor_list
-
-    d = neighbor_list("d", atoms, cutoff)
-    return float(d.min()) if len(d) else np.inf
-
-
 def explore(
     structures: Sequence[Atoms],
     calculator: FieldCalculator,
@@ -78,6 +77,8 @@ def explore(
     ``config_type``/``structure_id``.
     """
     rng = np.random.default_rng(seed)
+    limits = SafetyLimits(min_distance_A=settings.min_distance_A, max_force_eV_per_A=settings.max_force_eV_per_A,
+                          key_prefix="train.active_learning.exploration.")
     chosen = [k for k, atoms in enumerate(structures) if settings.max_atoms is None or len(atoms) <= settings.max_atoms]
     if not chosen:
         raise ConfigError(
@@ -99,28 +100,22 @@ def explore(
         thermalize_momenta(atoms, temperature_K=temperature, rng=rng)
         Stationary(atoms)
         atoms.set_constraint(FixCom())
-        dynamics = Langevin(
-            atoms,
-            timestep=settings.timestep_fs * units.fs,
-            temperature_K=temperature,
-            friction=settings.friction_per_fs / units.fs,
-            rng=rng,
-            fixcm=False,
-        )
+        dynamics = ase_integrator("langevin", atoms, settings.timestep_fs, temperature,
+                                  tau_fs=1.0 / settings.friction_per_fs, rng=rng)
         name = f"{parent.info.get('structure_id', k)}_T{temperature:g}_E{magnitude:g}"
         record = {"trajectory": name, "structure_index": k, "temperature_K": temperature,
                   "field_V_per_A": field.tolist(), "steps_done": 0, "stopped": None}
         frame = 0
         for step in range(settings.sample_interval, settings.steps + 1, settings.sample_interval):
-            dynamics.run(settings.sample_interval)
-            record["steps_done"] = step
-            forces = atoms.get_forces()
-            if not np.all(np.isfinite(forces)) or np.abs(forces).max() > settings.max_force_eV_per_A:
-                record["stopped"] = f"force above {settings.max_force_eV_per_A} eV/Å at step {step}"
-                break
-            distance = _minimum_distance(atoms, settings.min_distance_A)
-            if distance < settings.min_distance_A:
-                record["stopped"] = f"atoms {distance:.2f} Å apart at step {step}"
+            try:
+                dynamics.run(settings.sample_interval)
+                record["steps_done"] = step
+                where = f" at step {step}"
+                limits.check_forces(atoms.get_forces(), where)
+                limits.check_min_distance(min_distance(atoms.get_positions(wrap=True), settings.min_distance_A,
+                                                       cell=atoms.cell.array, pbc=atoms.pbc), where)
+            except UnsafeState as exc:
+                record["stopped"] = str(exc) if record["steps_done"] == step else f"{exc} before step {step}"
                 break
             snap = Atoms(numbers=atoms.numbers, positions=atoms.get_positions(), cell=atoms.cell, pbc=atoms.pbc)
             parent_id = str(parent.info.get("structure_id", k))
