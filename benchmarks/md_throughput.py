@@ -15,7 +15,10 @@ Measured points (each in a fresh process, timed after 3 warm-up steps):
 * CPU time summed over ranks (``atom_steps_per_cpu_s``): robust to other jobs on a shared machine.
 
 ``--before-src DIR`` also measures an older checkout of ``src/`` (``git archive <commit> src``)
-side by side in the same run (systems ``bornfield-before-*``), interleaved point by point.
+side by side in the same run (systems ``bornfield-before-*``), interleaved point by point;
+``--repeats N`` measures every point N times (interleaved rounds), ``--no-replicas`` skips the
+weak scaling, ``--note TEXT`` starts every record's notes, and ``--append`` keeps the records
+already in the JSON file (the new ones are added after them).
 
 Usage::
 
@@ -134,6 +137,11 @@ def measure(potential: Path, born: Path, backend: str, n_atoms: int, ranks: int,
     raise RuntimeError(f"{command} failed:\n{result.stderr[-3000:]}")
 
 
+def repeat_of(r: dict) -> str:
+    """The ``; repeat k of N`` tail of a record's notes ('' without repeats)."""
+    return "; repeat" + r["notes"].split("; repeat")[-1] if "; repeat" in r["notes"] else ""
+
+
 def record(metric, value, unit, system, n_atoms, ranks, notes="") -> dict:
     return {"metric": metric, "value": float(value), "unit": unit, "system": system, "n_atoms": n_atoms,
             "ranks": ranks, "threads": 1, "baseline": False, "date": datetime.date.today().isoformat(),
@@ -150,8 +158,11 @@ def plot(records: list[dict], path: Path) -> None:
     ax = axes[0]
     for system, ranks, marker in (("bornfield-ase", 1, "o"), ("bornfield-lammps", 1, "s"), ("bornfield-lammps", 2, "^"),
                                   ("bornfield-before-lammps", 1, "s"), ("bornfield-before-lammps", 2, "^")):
-        points = sorted((r["n_atoms"], r["value"]) for r in records
-                        if r["metric"] == "atom_steps_per_s" and r["system"] == system and r["ranks"] == ranks)
+        best: dict[int, float] = {}  # other jobs only slow a run down: the best run per size
+        for r in records:
+            if r["metric"] == "atom_steps_per_s" and r["system"] == system and r["ranks"] == ranks:
+                best[r["n_atoms"]] = max(best.get(r["n_atoms"], 0.0), r["value"])
+        points = sorted(best.items())
         if points:
             x, y = zip(*points)
             ax.plot(x, y, marker=marker, label=f"{system}, {ranks} rank{'s' if ranks > 1 else ''}")
@@ -165,11 +176,15 @@ def plot(records: list[dict], path: Path) -> None:
             x, y = zip(*points)
             ax.plot(x, y, "x:", color="k", label=f"{baseline[0]['system']} (baseline, no Born/field)")
     ax.axhline(10_000, color="grey", ls="--", lw=1, label="target 10,000")
-    ax.set(xscale="log", yscale="log", xlabel="atoms", ylabel="atom-steps / s",
+    ax.set(xscale="log", yscale="log", xlabel="atoms", ylabel="atom-steps / s (best run per point)",
            title="full field MD (NNP + NN Born charges every step)")
     ax.legend(fontsize=8)
     ax = axes[1]
-    points = sorted((r["ranks"], r["value"]) for r in records if r["system"] == "bornfield-ase-replicas")
+    replicas: dict[int, float] = {}
+    for r in records:
+        if r["system"] == "bornfield-ase-replicas":
+            replicas[r["ranks"]] = max(replicas.get(r["ranks"], 0.0), r["value"])
+    points = sorted(replicas.items())
     if points:
         x, y = zip(*points)
         ax.bar([str(v) for v in x], y)
@@ -190,6 +205,10 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 1024, 8192])
     parser.add_argument("--replot", action="store_true", help="only redraw the PNG from the JSON")
     parser.add_argument("--before-src", default=None, help="an older bornfield src/ tree to measure side by side")
+    parser.add_argument("--repeats", type=int, default=1, help="measure every point this many times (interleaved)")
+    parser.add_argument("--no-replicas", action="store_true", help="skip the replica weak-scaling points")
+    parser.add_argument("--note", default="", help="text put at the start of every record's notes")
+    parser.add_argument("--append", action="store_true", help="keep the records already in the JSON file")
     parser.add_argument("--with-uip", action="store_true",
                         help="also measure the CHGNet baseline (benchmarks/.venv-uip) at sizes <= 1,024 in the same run")
     args = parser.parse_args()
@@ -206,13 +225,15 @@ def main() -> None:
         for n_atoms in args.sizes:
             steps = max(3, min(args.steps * 1024 // n_atoms, 50))
             trees = [("bornfield", None)] + ([("bornfield-before", args.before_src)] if args.before_src else [])
-            for (backend, ranks), (prefix, src) in [(c, t) for c in (("ase", 1), ("lammps", 1), ("lammps", 2))
-                                                    for t in trees]:
+            points = [(c, t, k) for k in range(args.repeats) for c in (("ase", 1), ("lammps", 1), ("lammps", 2))
+                      for t in trees]
+            for (backend, ranks), (prefix, src), repeat in points:
                 load = os.getloadavg()[0]
                 result = measure(potential, born, backend, n_atoms, ranks, steps, src=src)
                 system = f"{prefix}-{backend}"
-                notes = (f"{steps} timed steps, Bussi NVT 600 K, E = 0.1 V/Å, beta-Li3PO4; wall clock; "
-                         f"1-min load average {load:.1f} before the run")
+                notes = (f"{args.note}{steps} timed steps, Bussi NVT 600 K, E = 0.1 V/Å, beta-Li3PO4; wall clock; "
+                         f"1-min load average {load:.1f} before the run"
+                         + (f"; repeat {repeat + 1} of {args.repeats}" if args.repeats > 1 else ""))
                 records.append(record("atom_steps_per_s", result["atom_steps_per_s"], "atom-steps/s", system,
                                       n_atoms, ranks, notes))
                 records.append(record("atom_steps_per_cpu_s", result["atom_steps_per_cpu_s"], "atom-steps/CPU-s",
@@ -234,26 +255,30 @@ def main() -> None:
                                 "baseline": True})
                 print("chgnet", n_atoms, f"{value:.1f} atom-steps/s", flush=True)
         weak_size = 1024
-        for replicas in (1, 2):
+        for replicas in () if args.no_replicas else (1, 2):
             steps = max(3, args.steps)
             result = measure(potential, born, "ase", weak_size, replicas, steps, replicas=replicas)
             records.append(record("atom_steps_per_s", result["atom_steps_per_s"], "atom-steps/s",
                                   "bornfield-ase-replicas", weak_size, replicas,
-                                  f"{replicas} replicas of {weak_size} atoms, one per rank; total throughput"))
+                                  f"{args.note}{replicas} replicas of {weak_size} atoms, one per rank; "
+                                  "total throughput"))
             print("replicas", replicas, f"{result['atom_steps_per_s']:.0f} atom-steps/s", flush=True)
     for r in list(records):
         if (r["metric"] in ("atom_steps_per_s", "atom_steps_per_cpu_s")
                 and r["system"] in ("bornfield-lammps", "bornfield-before-lammps") and r["ranks"] == 2):
             one = [q for q in records if q["metric"] == r["metric"] and q["system"] == r["system"]
-                   and q["ranks"] == 1 and q["n_atoms"] == r["n_atoms"]][0]
+                   and q["ranks"] == 1 and q["n_atoms"] == r["n_atoms"] and repeat_of(q) == repeat_of(r)][0]
             if r["metric"] == "atom_steps_per_s":
                 records.append(record("speedup_1_to_2_ranks", r["value"] / one["value"], "x", r["system"],
-                                      r["n_atoms"], 2, "LAMMPS backend, wall-clock atom-steps/s ratio 2 ranks / 1 rank"))
+                                      r["n_atoms"], 2, f"{args.note}LAMMPS backend, wall-clock atom-steps/s ratio "
+                                      f"2 ranks / 1 rank{repeat_of(r)}"))
             else:
                 records.append(record("parallel_efficiency_cpu", r["value"] / one["value"], "x", r["system"],
-                                      r["n_atoms"], 2, "LAMMPS backend, atom-steps per CPU-s, 2 ranks / 1 rank "
-                                      "(1 = no parallel overhead; insensitive to machine load)"))
+                                      r["n_atoms"], 2, f"{args.note}LAMMPS backend, atom-steps per CPU-s, 2 ranks / "
+                                      f"1 rank (1 = no parallel overhead; insensitive to machine load){repeat_of(r)}"))
     out = RESULTS / f"{NAME}.json"
+    if args.append and out.exists():
+        records = json.loads(out.read_text()) + records
     tmp_out = out.with_suffix(".json.tmp")
     tmp_out.write_text(json.dumps(records, indent=1) + "\n")
     os.replace(tmp_out, out)
