@@ -95,7 +95,9 @@ def test_provisioned_generated_pseudopotential_is_reproducible(tmp_path):
 
 def test_entry_round_trip_and_campaign_reuse(tmp_path, pseudo, fake_qe):
     ledger = _ledger(tmp_path / "ledger", pseudo)
-    _queue(ledger, [_structure()])
+    held_out = _structure()
+    held_out.info["split"] = "test"
+    _queue(ledger, [held_out])
     summary = label(ledger.root, hours=1.0, ranks=1, work_dir=tmp_path / "work")
     assert summary["jobs_finished"] == 1 and pending_jobs(ledger) == []
     (dft_id,) = ledger.dft_ids()
@@ -116,6 +118,14 @@ def test_entry_round_trip_and_campaign_reuse(tmp_path, pseudo, fake_qe):
     assert atoms.info["dft_id"] == dft_id and atoms.info["config_type"] == "beta"
     status = ledger.status(dft_id)
     assert status["ranks"] == 1 and status["est_core_s"] > 0
+    # an entry packed before the queue keys existed takes them from its queue row
+    assert (atoms.info["family"], atoms.info["split"]) == ("beta_thermal", "test")
+    bare = read(entry / "entry.extxyz")
+    for key in ("family", "split", "label_kind"):
+        del bare.info[key]
+    write(entry / "entry.extxyz", bare, format="extxyz")
+    (restored,) = ledger.frames()
+    assert (restored.info["family"], restored.info["split"], restored.info["label_kind"]) == ("beta_thermal", "test", "dfpt")
     # the ledger report
     assert main(["dataset", "report", "--ledger", str(ledger.root), "--report-json", str(tmp_path / "r.json"),
                  "--report-png", str(tmp_path / "r.png")]) == 0

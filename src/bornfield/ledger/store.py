@@ -100,6 +100,10 @@ class LedgerSpec:
         return cls(identity, settings, pseudos, qc)
 
 
+QUEUE_KEYS = ("label_kind", "queue_index", "family", "split", "melt_seed", "thermal_K", "perturbation", "strain", "defect")
+"""Queue-row keys an entry carries (structure family, held-out split, how the structure was made)."""
+
+
 class Ledger:
     """A ledger directory (see the module docstring)."""
 
@@ -205,12 +209,24 @@ class Ledger:
             yield structure, labels, self.status(dft_id)
 
     def frames(self) -> list[Atoms]:
-        """Every entry with SCF labels as labelled Atoms (DESIGN.md keys), sorted by dft_id."""
+        """Every entry with SCF labels as labelled Atoms (DESIGN.md keys), sorted by dft_id.
+
+        Queue keys an entry lacks (``family``, ``split``, ...: entries packed before the key existed)
+        are taken from the queue row of the same ``structure_id``; the queue is their source.
+        """
+        from bornfield.ledger.queue import read_queue
+
+        queued = {str(a.info.get("structure_id")): a.info for a in read_queue(self.root / "queue.extxyz")}
         frames = []
         for dft_id in self.dft_ids():
             path = self.entries_dir / dft_id / "entry.extxyz"
             if path.exists():
-                frames += read_dataset(path)
+                for atoms in read_dataset(path):
+                    row = queued.get(str(atoms.info.get("structure_id")), {})
+                    for key in QUEUE_KEYS:
+                        if key not in atoms.info and key in row:
+                            atoms.info[key] = row[key]
+                    frames.append(atoms)
         return frames
 
     def materialise(self, dft_id: str, jobs_dir: str | Path) -> Path:
@@ -246,7 +262,7 @@ def pack_entry(job_dir: Path, status: dict, entries_dir: Path) -> Path:
     partial.mkdir(parents=True)
     atoms = labelled_atoms(structure, labels)
     if atoms is not None:
-        for key in ("label_kind", "queue_index", "family", "split", "melt_seed", "thermal_K", "perturbation", "strain", "defect"):
+        for key in QUEUE_KEYS:
             if key in structure.info:
                 atoms.info[key] = structure.info[key]
         if "born_charges_raw" in labels:
