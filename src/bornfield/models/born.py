@@ -180,7 +180,8 @@ class EquivariantBornModel(BornfieldModel):
             self.readout.rest[-1].weight.mul_(0.1)
             self.readout.rest[-1].bias.zero_()
         self.charge_offset = torch.nn.Parameter(torch.tensor([mean_charges[s] for s in self.species]))
-        self.register_buffer("charge_scale", torch.tensor([charge_scales[s] for s in self.species]))
+        if self.interactions == 2:  # (model files of one interaction predate the per-species scale)
+            self.register_buffer("charge_scale", torch.tensor([charge_scales[s] for s in self.species]))
         # (9, 3, 3): irreps 0e+1e+2e -> Cartesian Z[α, β]; built in float64 (see ExactConstants)
         previous = torch.get_default_dtype()
         torch.set_default_dtype(torch.float64)
@@ -206,8 +207,9 @@ class EquivariantBornModel(BornfieldModel):
         """Per-species scale (e) of the network output (the spread of the training tensors)."""
         values = {s: float(charge_scales.get(s, 1.0)) for s in self.species}
         self.hyperparameters["charge_scales"] = values
-        with torch.no_grad():
-            self.charge_scale.copy_(torch.tensor([values[s] for s in self.species]))
+        if self.interactions == 2:
+            with torch.no_grad():
+                self.charge_scale.copy_(torch.tensor([values[s] for s in self.species]))
 
     @torch.no_grad()
     def fit_normalisation(self, graphs) -> None:
