@@ -24,10 +24,13 @@ Steps:
    go to ``benchmarks/results/sio2_allegro_pol.json``.
 
     nice -n 10 .venv/bin/python benchmarks/sio2_allegro_pol.py --data /path/to/SiO2.xyz \
-        [--variant default] [--workdir benchmarks/work/sio2] [--seed 7]
+        [--variant default legacy] [--baseline] [--model NAME FILE.pt|FILE.ckpt] \
+        [--max-epochs N] [--workdir benchmarks/work/sio2] [--seed 7]
 
 A variant is a name of :data:`VARIANTS` (train.born settings merged over the
-schema defaults). Records of a variant replace that variant's earlier records.
+schema defaults); ``--model`` evaluates a model trained elsewhere (or the best
+state of a training checkpoint) on the same test frames. Records of a system
+replace that system's earlier records in the JSON.
 """
 
 from __future__ import annotations
@@ -117,6 +120,21 @@ def merge_records(path: Path, new: list[dict], systems: set[str]) -> None:
     atomic_write_bytes(path, lambda handle: handle.write(text.encode()))
 
 
+def model_from_checkpoint(checkpoint: Path, out: Path) -> tuple[Path, str]:
+    """Model file of the best state of a (possibly unfinished) training checkpoint, and a note saying so."""
+    import torch
+
+    from bornfield.models.io import MODEL_CLASSES, save_model
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    model = MODEL_CLASSES[state["kind"]](**state["hyperparameters"])
+    model.load_state_dict(state["best_model"])
+    note = (f"best state (epoch {state['best_epoch']}, validation loss {state['best_loss']:.4g}) of checkpoint "
+            f"{checkpoint} after {state['epoch'] + 1} epochs")
+    save_model(model, out, {"trained": True, "from_checkpoint": note, "best_epoch": int(state["best_epoch"])})
+    return out, note
+
+
 def evaluate(work: Path, data: Path, models: dict[str, list[str]], system: str, baseline: bool,
              command: str, extra_notes: str) -> list[dict]:
     """``bornfield train evaluate`` on the test frames -> records tagged with the dataset and command."""
@@ -146,7 +164,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7, help="split and training seed")
     parser.add_argument("--max-epochs", type=int, help="override train.*.max_epochs (default: the schema's)")
     parser.add_argument("--model", nargs=2, action="append", default=[], metavar=("NAME", "FILE"),
-                        help="also evaluate an existing Born model file (recorded as bornfield-born[NAME])")
+                        help="also evaluate an existing Born model file, or the best state of a training "
+                             "checkpoint (.ckpt), recorded as bornfield-born[NAME]")
     parser.add_argument("--model-notes", default="", help="how the --model files were made (goes into notes)")
     parser.add_argument("--out", default=str(HERE / "results" / "sio2_allegro_pol.json"))
     args = parser.parse_args()
@@ -175,8 +194,11 @@ def main() -> int:
     epochs = {} if args.max_epochs is None else {"max_epochs": args.max_epochs}
     for name, path in args.model:
         system = f"bornfield-born[{name}]"
-        records = evaluate(work, data, {"born": [path]}, system, False, command,
-                           data_notes + f"; model file {path}: {args.model_notes}")
+        origin = f"model file {path}"
+        if path.endswith(".ckpt"):  # the best state so far of a training run
+            path, origin = model_from_checkpoint(Path(path), work / f"{name}.pt")
+        records = evaluate(work, data, {"born": [str(path)]}, system, False, command,
+                           data_notes + f"; {origin}: {args.model_notes}")
         merge_records(out, records, {system})
     for name in args.variant:
         born = {"committee": 1, **epochs, **VARIANTS[name]}
