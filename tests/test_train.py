@@ -395,6 +395,17 @@ def test_predefined_split_is_honoured(tmp_path, capsys):
     assert {k: split[k] for k in user} == user
     model = torch.load(tmp_path / "file" / "born_0.pt", weights_only=True)
     assert model["metadata"]["n_train_structures"] == 6 - sum(k % 4 == 3 for k in user["train"])
+    # a key without validation structures (the ledger's train/test): validation comes from its train frames
+    ledger_like = [f.copy() for f in frames]
+    for frame, label in zip(ledger_like, labels):
+        frame.info["split"] = "test" if label == "test" else "train"
+    write(tmp_path / "ledger_like.extxyz", ledger_like, format="extxyz")
+    ledger_settings = json.dumps({**json.loads(settings), "split": {"val_fraction": 0.25}})
+    assert main(["train", "born", "--settings", ledger_settings, "--seed", "3", "--dataset",
+                 str(tmp_path / "ledger_like.extxyz"), "--no-progress", "--outdir", str(tmp_path / "ledger")]) == 0
+    split = json.loads((tmp_path / "ledger" / "split.json").read_text())
+    assert split["test"] == [2, 5] and len(split["val"]) == 2
+    assert sorted(split["train"] + split["val"]) == [k for k, label in enumerate(labels) if label != "test"]
     # evaluate takes the subset from the key
     assert main(["train", "evaluate", "--dataset", str(data), "--split-key", "--subset", "test",
                  "--born", str(tmp_path / "key" / "born_0.pt"), "--out", str(tmp_path / "eval.json")]) == 0

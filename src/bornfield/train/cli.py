@@ -78,7 +78,10 @@ def resolve_split(samples, settings: dict, master_seed: int, path: Path, data_ha
     """The split, stored in ``path`` (or checked against the stored one).
 
     A predefined split wins: ``split_file`` (else ``train.split.file``), then the
-    dataset's ``info["split"]`` keys; otherwise the seeded stratified split.
+    dataset's ``info["split"]`` keys; otherwise the seeded stratified split. A
+    predefined split without validation structures (e.g. the ledger's train/test
+    keys, whose "train" includes validation) takes ``val_fraction`` of its training
+    structures for validation (stratified, seeded); its test set is kept as given.
     """
     from bornfield.train.data import read_split_file, split_from_info, stratified_split
 
@@ -94,6 +97,11 @@ def resolve_split(samples, settings: dict, master_seed: int, path: Path, data_ha
         split = stratified_split(
             samples, split_settings["val_fraction"], split_settings["test_fraction"], derived_seed(master_seed, "split")
         )
+    if source and not split["val"] and split_settings["val_fraction"] > 0:
+        train = [samples[i] for i in split["train"]]
+        carved = stratified_split(train, split_settings["val_fraction"], 0.0, derived_seed(master_seed, "split"))
+        split = {"train": carved["train"], "val": carved["val"], "test": split["test"]}  # dataset indices
+        source["source"] += f"; validation: val_fraction {split_settings['val_fraction']} of its training structures"
     if source:
         log.info("predefined split (%s): train %d, val %d, test %d", source["source"], *map(len, split.values()))
     record = {"training_data_hash": data_hash, "n_structures": len(samples), **source, **split}
