@@ -167,13 +167,17 @@ def batch_loss(
 class WeightAverage:
     """Exponential moving average of a model's floating-point state (``decay`` per optimiser step).
 
-    ``decay = 0`` keeps no average (:meth:`swap` is then a no-op). Buffers that are not
-    trained (feature standardisation) are copied, not averaged.
+    The decay of update n is ``min(decay, (1 + n) / (10 + n))``, so the average follows
+    the first steps closely (short runs and small datasets are not stuck near the
+    initial weights). ``decay = 0`` keeps no average (:meth:`swap` is then a no-op).
+    Buffers that are not trained (feature standardisation) are copied, not averaged.
     """
 
-    def __init__(self, model: torch.nn.Module, decay: float, state: dict[str, torch.Tensor] | None = None):
+    def __init__(self, model: torch.nn.Module, decay: float, state: dict[str, torch.Tensor] | None = None,
+                 updates: int = 0):
         self.decay = float(decay)
         self.model = model
+        self.updates = int(updates)
         self.average = None
         if self.decay > 0:
             source = state if state is not None else model.state_dict()
@@ -183,9 +187,11 @@ class WeightAverage:
     def update(self) -> None:
         if self.average is None:
             return
+        decay = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        self.updates += 1
         for key, value in self.model.state_dict().items():
             if value.is_floating_point():
-                self.average[key].lerp_(value, 1.0 - self.decay)
+                self.average[key].lerp_(value, 1.0 - decay)
             else:
                 self.average[key].copy_(value)
 
@@ -325,8 +331,8 @@ def train_model(
         best_loss, best_epoch, bad_epochs = state["best_loss"], state["best_epoch"], state["bad_epochs"]
         best_state = state["best_model"]
         start_epoch = state["epoch"] + 1
-    average = WeightAverage(model, float(settings.get("ema_decay", 0.0)), (state or {}).get("average"))
     counter = {"step": start_epoch * steps_per_epoch}
+    average = WeightAverage(model, float(settings.get("ema_decay", 0.0)), (state or {}).get("average"), counter["step"])
 
     def before_step(loss: torch.Tensor) -> float:
         """Warm-up learning rate and gradient clipping for one optimiser step; returns the gradient norm."""
