@@ -24,7 +24,7 @@ Steps:
    go to ``benchmarks/results/sio2_allegro_pol.json``.
 
     nice -n 10 .venv/bin/python benchmarks/sio2_allegro_pol.py --data /path/to/SiO2.xyz \
-        [--variant default legacy] [--baseline] [--model NAME FILE.pt|FILE.ckpt] \
+        [--variant default legacy] [--baseline | --baseline-files X Y Z] [--model NAME FILE.pt|FILE.ckpt] \
         [--max-epochs N] [--workdir benchmarks/work/sio2] [--seed 7]
 
 A variant is a name of :data:`VARIANTS` (train.born settings merged over the
@@ -167,6 +167,9 @@ def main() -> int:
                         help="also evaluate an existing Born model file, or the best state of a training "
                              "checkpoint (.ckpt), recorded as bornfield-born[NAME]")
     parser.add_argument("--model-notes", default="", help="how the --model files were made (goes into notes)")
+    parser.add_argument("--baseline-files", nargs=3, metavar=("X", "Y", "Z"),
+                        help="evaluate these row-baseline files (field axes x, y, z; .pt or the best state of a "
+                             ".ckpt) instead of training them")
     parser.add_argument("--out", default=str(HERE / "results" / "sio2_allegro_pol.json"))
     args = parser.parse_args()
     command = "nice -n 10 python benchmarks/sio2_allegro_pol.py " + shlex.join(sys.argv[1:])
@@ -211,7 +214,20 @@ def main() -> int:
         records = evaluate(work, data, {"born": [str(outdir / "born_0.pt")]}, system, False, command,
                            data_notes + f"; train.born {json.dumps(born)}")
         merge_records(out, records, {system})
-    if args.baseline:
+    if args.baseline_files:
+        files, origins = [], []
+        for axis, path in zip("xyz", args.baseline_files):
+            origin = f"model file {path}"
+            if path.endswith(".ckpt"):
+                path, origin = model_from_checkpoint(Path(path), work / f"born_row_{axis}_from_checkpoint.pt")
+            files.append(str(path))
+            origins.append(origin)
+        system = "paper-row-baseline"
+        records = evaluate(work, data, {"baseline": files}, system, True, command,
+                           data_notes + "; one row model per field axis (x, y, z), rows stacked into Z; "
+                           + "; ".join(origins) + f"; {args.model_notes}")
+        merge_records(out, records, {system})
+    elif args.baseline:
         outdir = work / "baseline"
         files = []
         for axis in range(3):
