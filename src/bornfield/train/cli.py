@@ -302,15 +302,21 @@ def summary_line(name: str, metrics: dict) -> str:
         if "stress_rmse_GPa" in metrics:
             parts.append(f"stress RMSE {metrics['stress_rmse_GPa']:.4g} GPa")
         return f"{name}: " + "; ".join(parts)
-    prefix = next((k[: -len("_rmse_e")] for k in metrics if k.endswith("_rmse_e") and k.startswith("bec")), "bec")
-    parts = []
-    for label, suffix in (("all", ""), ("diagonal", "_diag"), ("off-diagonal", "_offdiag")):
-        rmse, mae = metrics.get(f"{prefix}_rmse{suffix}_e"), metrics.get(f"{prefix}_mae{suffix}_e")
-        if rmse is not None:
-            parts.append(f"{label} RMSE {rmse:.4g} MAE {mae:.4g}")
+    # full tensors if present, else the first field-axis row of a row baseline
+    prefix = "bec" if "bec_rmse_e" in metrics else next(
+        (k[: -len("_rmse_e")] for k in metrics if k.startswith("bec_row_") and k.endswith("_rmse_e")), "bec")
+
+    def pair(rmse_key: str, mae_key: str) -> str:
+        mae = metrics.get(mae_key)
+        return f"RMSE {metrics[rmse_key]:.4g}" + (f" MAE {mae:.4g}" if mae is not None else "")
+
+    parts = [f"{label} " + pair(f"{prefix}_rmse{suffix}_e", f"{prefix}_mae{suffix}_e")
+             for label, suffix in (("all", ""), ("diagonal", "_diag"), ("off-diagonal", "_offdiag"))
+             if f"{prefix}_rmse{suffix}_e" in metrics]
     species = sorted(k.rsplit("_", 1)[1] for k in metrics if k.startswith(f"{prefix}_rmse_e_"))
-    parts += [f"{x} RMSE {metrics[f'{prefix}_rmse_e_{x}']:.4g} MAE {metrics[f'{prefix}_mae_e_{x}']:.4g}" for x in species]
-    return f"{name} (e): " + "; ".join(parts)
+    parts += [f"{x} " + pair(f"{prefix}_rmse_e_{x}", f"{prefix}_mae_e_{x}") for x in species]
+    label = "" if prefix == "bec" else f" row {prefix.rsplit('_', 1)[1]}"
+    return f"{name}{label} (e): " + "; ".join(parts)
 
 
 def run_learning_curve(args: argparse.Namespace) -> int:
