@@ -70,7 +70,7 @@ def timed(function, repeats, clock):
     return float(np.min(values)), float(np.median(values))
 
 
-def measure(n_atoms, threads, channels, radial_hidden, cutoff, dtype_name, repeats, clock_name):
+def measure(n_atoms, threads, channels, radial_hidden, cutoff, dtype_name, repeats, clock_name, born_interactions=None):
     import torch
 
     from bornfield.models import create_model
@@ -81,7 +81,8 @@ def measure(n_atoms, threads, channels, radial_hidden, cutoff, dtype_name, repea
     clock = {"wall": time.perf_counter, "cpu": time.process_time}[clock_name]
     hyper = {"channels": channels, "radial_hidden": radial_hidden}
     potential = create_model("potential", SPECIES, cutoff, seed=0, **hyper).to(dtype)
-    born = create_model("born", SPECIES, cutoff, seed=1, **hyper).to(dtype)
+    born_hyper = dict(hyper, **({"interactions": born_interactions} if born_interactions else {}))
+    born = create_model("born", SPECIES, cutoff, seed=1, **born_hyper).to(dtype)
     atoms = beta_supercell(SIZES[n_atoms])
     args = (atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)
 
@@ -117,20 +118,29 @@ def measure(n_atoms, threads, channels, radial_hidden, cutoff, dtype_name, repea
 
 def child(args):
     result = measure(args.n_atoms, args.threads, args.channels, args.radial_hidden, args.cutoff, args.dtype,
-                     args.repeats, args.clock)
+                     args.repeats, args.clock, args.born_interactions)
     print(json.dumps(result))
     return 0
 
 
-def run_child(n_atoms, threads, channels, radial_hidden, cutoff, dtype, repeats, clock, src=None, extra_env=None):
+def run_child(n_atoms, threads, channels, radial_hidden, cutoff, dtype, repeats, clock, src=None, extra_env=None,
+              born_interactions=None):
     cmd = [sys.executable, __file__, "--child", "--n-atoms", str(n_atoms), "--threads", str(threads),
            "--channels", str(channels), "--radial-hidden", str(radial_hidden), "--cutoff", str(cutoff),
            "--dtype", dtype, "--repeats", str(repeats), "--clock", clock]
+    if born_interactions:
+        cmd += ["--born-interactions", str(born_interactions)]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), **(extra_env or {}))
     if src is not None:  # an older bornfield source tree shadows the installed (editable) one
         env["PYTHONPATH"] = str(Path(src).resolve())
     done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _split_variant(extra_env):
+    """(environment without the internal "_born_interactions" entry, that entry or None)."""
+    env = dict(extra_env or {})
+    return env, env.pop("_born_interactions", None)
 
 
 def main():
@@ -145,6 +155,11 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     parser.add_argument("--no-sweep", action="store_true")
+    parser.add_argument("--born-interactions", type=int, default=None,
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--born-variants", default="",
+                        help="comma list of Born-model interactions (1, 2) measured side by side as "
+                             "bornfield-i<k>-<system> (default: the model constructor's default, as bornfield-<system>)")
     parser.add_argument("--parts", default="wall,cpu,sweep",
                         help="comma list of wall (wall clock at 1 and --threads threads), cpu (1-thread CPU time), sweep")
     parser.add_argument("--wall-threads", default=None,
@@ -183,7 +198,9 @@ def main():
                     else sorted({1, args.threads}))
 
     base = f"channels {args.channels}, radial_hidden {args.radial_hidden}, hidden 64, cutoff {args.cutoff} Å, {args.dtype}"
-    trees = [("bornfield", None, None)] + ([("bornfield-before", args.before_src, None)] if args.before_src else [])
+    variants = [int(v) for v in args.born_variants.split(",") if v.strip()]
+    trees = ([(f"bornfield-i{k}", None, {"_born_interactions": k}) for k in variants] or [("bornfield", None, None)])
+    trees += [("bornfield-before", args.before_src, None)] if args.before_src else []
     intraop = ("bornfield-intraop", None, {"BORNFIELD_MODEL_THREADS": "intraop"})
     wall_runs = [(n, t) for n in sizes for t in wall_threads] if "wall" in parts else []
     for n_atoms, threads in wall_runs:
@@ -191,13 +208,16 @@ def main():
         for prefix, src, extra_env in trees + ([intraop] if args.intraop and threads > 1 else []):
             # interleaved: all trees see the same machine load
             load = os.getloadavg()[0]
+            env, born_k = _split_variant(extra_env)
             result = run_child(n_atoms, threads, args.channels, args.radial_hidden, args.cutoff, args.dtype,
-                               repeats, "wall", src, extra_env)
+                               repeats, "wall", src, env, born_k)
             notes = (f"{base}; wall clock, best of {repeats} (median in notes); includes vesin neighbour list; "
                      f"potential = energy+forces+stress, md-step = energy+forces+raw Z on one shared graph; "
                      f"1-min load average {load:.1f} on the shared 2-core machine")
-            if extra_env:
-                notes += f"; environment {extra_env}"
+            if env:
+                notes += f"; environment {env}"
+            if born_k:
+                notes += f"; Born model with {born_k} interaction(s)"
             systems = [k for k, v in result.items() if isinstance(v, dict)]
             for system in systems:
                 best = result[system]["best_s"]
@@ -212,9 +232,10 @@ def main():
     # the same evaluations in CPU time of one thread: insensitive to other jobs on a shared machine
     for n_atoms in (sizes if "cpu" in parts else []):
         repeats = args.repeats if n_atoms <= 1024 else max(2, args.repeats // 2)
-        for prefix, src, _ in trees:
+        for prefix, src, extra_env in trees:
+            env, born_k = _split_variant(extra_env)
             result = run_child(n_atoms, 1, args.channels, args.radial_hidden, args.cutoff, args.dtype, repeats,
-                               "cpu", src)
+                               "cpu", src, env, born_k)
             systems = [k for k, v in result.items() if isinstance(v, dict)]
             for system in systems:
                 record("atom_evals_per_cpu_s", n_atoms / result[system]["best_s"], "atom-evals/CPU-s",

@@ -21,6 +21,7 @@ HEADLINE = {
     "atom_evals_per_s",
     "amorphous_density_g_cm3",
     "bec_row_x_rmse_e",
+    "bec_rmse_e",
     "field_force_rel_rmse",
     "qe_wall_time_s",
     "qe_cpu_time_s",

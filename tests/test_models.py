@@ -74,9 +74,10 @@ def potential():
     return make("potential", 1)
 
 
-@pytest.fixture(scope="module")
-def born():
-    return make("born", 2)
+@pytest.fixture(scope="module", params=[1, 2], ids=["one-interaction", "two-interactions"])
+def born(request):
+    """The Born model with one density and with the second, strictly local interaction (float64)."""
+    return make("born", 2, interactions=request.param, charge_scales={"Li": 0.3, "P": 0.5, "O": 0.4})
 
 
 def args(atoms):
@@ -206,10 +207,11 @@ def test_smooth_at_cutoff(potential, born):
     assert np.abs(z_near - z_far).max() < 1e-8
 
 
-def test_cluster_evaluation_reproduces_periodic(structure):
+@pytest.mark.parametrize("interactions", [1, 2])
+def test_cluster_evaluation_reproduces_periodic(structure, interactions):
     """Owned atoms + ghosts (open boundaries) give the periodic site energies, forces and raw Z."""
     potential = make("potential", 4, cutoff=4.0)
-    born = make("born", 5, cutoff=4.0)
+    born = make("born", 5, cutoff=4.0, interactions=interactions)
     cell = np.asarray(structure.cell)
     n = len(structure)
     images = [(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)]

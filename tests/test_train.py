@@ -368,3 +368,101 @@ def test_exploration_max_atoms_keeps_small_cells_only(tmp_path):
     with pytest.raises(ConfigError, match="max_atoms = 8"):
         explore([cell32, cell16], FieldCalculator([pot], [born]), ExplorationSettings(**{**settings.__dict__, "max_atoms": 8}),
                 seed=0, progress=False)
+
+
+def test_predefined_split_is_honoured(tmp_path, capsys):
+    """info['split'] of the dataset, or a user split file, is the split: not recomputed, stored in split.json."""
+    frames = synthetic_frames(10, seed=2)
+    labels = ["train", "val", "test", "train", "train", "test", "val", "train", "train", "train"]
+    for frame, label in zip(frames, labels):
+        frame.info["split"] = label
+    data = tmp_path / "split_key.extxyz"
+    write(data, frames, format="extxyz")
+    settings = json.dumps({"cutoff": 4.0, "born": dict({k: v for k, v in TINY.items() if k in (
+        "channels", "n_basis", "radial_hidden", "hidden", "batch_size")}, committee=1, max_epochs=1, interactions=1)})
+    common = ["--settings", settings, "--seed", "3", "--dataset", str(data), "--no-progress"]
+    assert main(["train", "born", *common, "--outdir", str(tmp_path / "key")]) == 0
+    split = json.loads((tmp_path / "key" / "split.json").read_text())
+    for name in ("train", "val", "test"):
+        assert split[name] == [k for k, label in enumerate(labels) if label == name]
+    assert split["source"] == "dataset info['split']"
+    # a split file wins over the key
+    user = {"train": [0, 1, 2, 3, 4, 5], "val": [6, 7], "test": [8, 9]}
+    (tmp_path / "mine.json").write_text(json.dumps(user))
+    assert main(["train", "born", *common, "--outdir", str(tmp_path / "file"),
+                 "--split-file", str(tmp_path / "mine.json")]) == 0
+    split = json.loads((tmp_path / "file" / "split.json").read_text())
+    assert {k: split[k] for k in user} == user
+    model = torch.load(tmp_path / "file" / "born_0.pt", weights_only=True)
+    assert model["metadata"]["n_train_structures"] == 6 - sum(k % 4 == 3 for k in user["train"])
+    # a key without validation structures (the ledger's train/test): validation comes from its train frames
+    ledger_like = [f.copy() for f in frames]
+    for frame, label in zip(ledger_like, labels):
+        frame.info["split"] = "test" if label == "test" else "train"
+    write(tmp_path / "ledger_like.extxyz", ledger_like, format="extxyz")
+    ledger_settings = json.dumps({**json.loads(settings), "split": {"val_fraction": 0.25}})
+    assert main(["train", "born", "--settings", ledger_settings, "--seed", "3", "--dataset",
+                 str(tmp_path / "ledger_like.extxyz"), "--no-progress", "--outdir", str(tmp_path / "ledger")]) == 0
+    split = json.loads((tmp_path / "ledger" / "split.json").read_text())
+    assert split["test"] == [2, 5] and len(split["val"]) == 2
+    assert sorted(split["train"] + split["val"]) == [k for k, label in enumerate(labels) if label != "test"]
+    # evaluate takes the subset from the key
+    assert main(["train", "evaluate", "--dataset", str(data), "--split-key", "--subset", "test",
+                 "--born", str(tmp_path / "key" / "born_0.pt"), "--out", str(tmp_path / "eval.json")]) == 0
+    records = json.loads((tmp_path / "eval.json").read_text())
+    assert {r["n_structures"] for r in records} == {2}
+    # a key on some frames only, a bad value, a bad file: clear errors
+    frames[3].info.pop("split")
+    write(data, frames, format="extxyz")
+    assert main(["train", "born", *common, "--outdir", str(tmp_path / "partial")]) != 0
+    assert "not on structure(s) [3]" in capsys.readouterr().err
+    frames[3].info["split"] = "holdout"
+    write(data, frames, format="extxyz")
+    assert main(["train", "born", *common, "--outdir", str(tmp_path / "bad")]) != 0
+    assert "holdout" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text(json.dumps({"train": [0, 1], "test": [1, 12]}))
+    assert main(["train", "born", *common, "--outdir", str(tmp_path / "badfile"),
+                 "--split-file", str(tmp_path / "bad.json")]) != 0
+    assert "outside 0..9" in capsys.readouterr().err
+
+
+def test_warmup_and_clipping_catch_a_diverging_run(tmp_path):
+    """A hostile set (stiff forces x30, learning rate 0.05): plain Adam blows the loss up, the default schedule does not."""
+    frames = synthetic_frames(10, seed=5)
+    for frame in frames:
+        frame.arrays["forces"] *= 30
+        frame.info["energy"] *= 30
+    write(tmp_path / "hostile.extxyz", frames, format="extxyz")
+    samples = read_samples(tmp_path / "hostile.extxyz")
+    species = dataset_species(samples)
+    runs = {}
+    for name, schedule in (("plain", {}), ("default", {"warmup_epochs": 5, "grad_clip": 10.0, "ema_decay": 0.99})):
+        settings = dict(TINY, max_epochs=8, learning_rate=0.05, patience=100, **schedule)
+        _, runs[name] = train_model("potential", samples[:8], samples[8:], settings, tmp_path / f"{name}.pt",
+                                    seed=1, species=species, resume=False, progress=False)
+    start = runs["default"][0]["val_loss"]  # about the untrained model's loss (tiny first warm-up steps)
+    assert max(row["val_loss"] for row in runs["plain"]) > 1000 * start
+    assert all(np.isfinite(row["val_loss"]) and row["val_loss"] < 10 * start for row in runs["default"])
+    assert min(row["val_loss"] for row in runs["default"]) < 0.7 * start
+    assert all(row["train_grad_norm"] > 10.0 for row in runs["default"])  # clipping was active
+
+
+def test_log_reports_the_best_epoch(dataset, tmp_path, caplog):
+    """The final log line and the model file name the best epoch and its validation loss, not the last epoch's."""
+    import csv
+    import logging
+
+    settings = json.dumps({"cutoff": 4.0, "born": {"committee": 1, "channels": 4, "n_basis": 6, "radial_hidden": 16,
+                                                   "hidden": 16, "max_epochs": 12, "learning_rate": 0.05, "patience": 2,
+                                                   "warmup_epochs": 0, "ema_decay": 0, "interactions": 1}})
+    with caplog.at_level(logging.INFO, logger="bornfield.train"):
+        assert main(["train", "born", "--settings", settings, "--seed", "3", "--dataset", str(dataset),
+                     "--outdir", str(tmp_path), "--no-progress"]) == 0
+    rows = list(csv.DictReader((tmp_path / "born_0.metrics.csv").open()))
+    losses = [float(r["val_loss"]) for r in rows]
+    best = int(np.argmin(losses))
+    assert len(losses) < 12 and best == len(losses) - 3  # early stop after 2 epochs without improvement
+    line = next(r.getMessage() for r in caplog.records if "wrote" in r.getMessage())
+    assert f"best epoch {best} of {len(losses)}" in line and f"{losses[best]:.4g}" in line
+    meta = torch.load(tmp_path / "born_0.pt", weights_only=True)["metadata"]
+    assert meta["best_epoch"] == best and meta["best_monitor_loss"] == pytest.approx(losses[best])

@@ -14,6 +14,18 @@ invariant, species-dependent coefficients:
 and mapped to a Cartesian 3×3 matrix with e3nn's ``io.CartesianTensor("ij")``
 change of basis.
 
+With ``interactions=2`` a second, strictly local interaction (:class:`EdgeInteraction`)
+builds a second density ``B_i[l, c] = Σ_j W_c(s_ij, h_i) Y_l(r̂_ij)`` whose edge
+weights depend on invariants of the edge *in the centre's environment*
+(``s_ij``: radial basis, species, ``Y_1(r̂_ij)·A1_i``, ``Y_2(r̂_ij)·A2_i``) and on the
+centre's latent ``h_i``; neighbours at equal distance get different weights, which
+one density with radial weights cannot do. The readout then also uses
+``B2``, ``(A1 ⊗ B1)_1e,2e`` and ``(A2 ⊗ B2)_1e,2e``. The receptive field stays the
+cutoff (every quantity is a sum over the centre's own edges), so the MD contracts
+(ghosts reach one cutoff, blocks of centres are independent) are unchanged.
+``charge_scales`` (e, per species, the spread of the training tensors) multiply the
+network output: per-species normalisation of the targets.
+
 Acoustic sum rule: the raw per-atom tensors ``Z̃_i`` are corrected by
 subtracting their mean over the atoms of the structure,
 ``Z_i = Z̃_i - (1/N) Σ_j Z̃_j``. This is the minimum-norm correction (the
@@ -38,6 +50,7 @@ import math
 import numpy as np
 import torch
 from e3nn import io, o3
+from torch import nn
 
 from bornfield.fieldphysics import asr_correct_batched
 from bornfield.models.base import BornfieldModel
@@ -45,6 +58,70 @@ from bornfield.models.graph import Graph, build_cluster_graph
 from bornfield.models.layers import AtomicDensity, EdgeGeometry, ExactConstants, SpeciesMLP, coupled
 from bornfield.models.potential import edge_geometry
 from bornfield.models.threads import map_geometry_blocks, parallel_section
+
+
+class EdgeInteraction(nn.Module):
+    """Second strictly local interaction: a density whose edge weights see the centre's environment.
+
+    Edge scalars ``s_ij = [bessel(r_ij), onehot(z_i), onehot(z_j), Y1(r̂_ij)·A1_i,c, Y2(r̂_ij)·A2_i,c]``
+    (the last two standardised) and the centre latent ``h_i`` give, through an MLP,
+    ``W_ij`` (3C): ``B_i[l, c] = Σ_j W_ij,lc env(r_ij) Y_l(r̂_ij) / sqrt(avg_neighbours)``.
+    Invariants of the pair (A, B): ``B0``, ``B1·A1``, ``B2·A2``, ``|B1|²``, ``|B2|²`` (5C, standardised).
+    """
+
+    def __init__(self, n_species: int, n_basis: int, channels: int, hidden: int, latent: int):
+        super().__init__()
+        c = channels
+        self.channels = c
+        self.first = nn.Linear(n_basis + 2 * n_species + 2 * c, hidden)
+        self.from_latent = nn.Linear(latent, hidden, bias=False)
+        self.rest = nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 3 * c))
+        self.n_invariants = 5 * c
+        self.register_buffer("edge_shift", torch.zeros(2 * c))
+        self.register_buffer("edge_scale", torch.ones(2 * c))
+        self.register_buffer("feature_shift", torch.zeros(5 * c))
+        self.register_buffer("feature_scale", torch.ones(5 * c))
+
+    @staticmethod
+    def edge_invariants(geometry: EdgeGeometry, a1: torch.Tensor, a2: torch.Tensor) -> torch.Tensor:
+        """(N, K, 2C) unstandardised ``Y1(r̂_ij)·A1_i,c`` and ``Y2(r̂_ij)·A2_i,c``."""
+        sh = geometry.sh
+        return torch.cat([torch.bmm(sh[..., 1:4], a1.transpose(1, 2)), torch.bmm(sh[..., 4:9], a2.transpose(1, 2))], -1)
+
+    def densities(self, geometry: EdgeGeometry, density: AtomicDensity, a1, a2, latent):
+        """Second density B0 (N, C), B1 (N, C, 3), B2 (N, C, 5) of the centres of ``geometry``."""
+        edge = (self.edge_invariants(geometry, a1, a2) - self.edge_shift) / self.edge_scale
+        radial_in = torch.cat([geometry.bessel(density.basis), geometry.species_onehot(density.n_species, a1.dtype)], -1)
+        hidden = self.first(torch.cat([radial_in, edge], -1)) + self.from_latent(latent).unsqueeze(1)
+        weights = self.rest(hidden)  # (N, K, 3C)
+        harmonics = geometry.scaled_harmonics(density.cutoff, density.avg_neighbours)  # (N, K, 9), envelope included
+        full = torch.bmm(weights.transpose(1, 2), harmonics)  # (N, 3C, 9)
+        c = self.channels
+        return full[:, :c, 0], full[:, c : 2 * c, 1:4], full[:, 2 * c :, 4:9]
+
+    def raw_invariants(self, geometry, density, a1, a2, latent) -> torch.Tensor:
+        """(N, 5C) unstandardised invariants of (A, B)."""
+        b0, b1, b2 = self.densities(geometry, density, a1, a2, latent)
+        return self._invariants(a1, a2, b0, b1, b2)
+
+    @staticmethod
+    def _invariants(a1, a2, b0, b1, b2) -> torch.Tensor:
+        return torch.cat([b0, (b1 * a1).sum(-1), (b2 * a2).sum(-1), b1.pow(2).sum(-1), b2.pow(2).sum(-1)], -1)
+
+    def forward(self, geometry, density, a1, a2, latent):
+        """B0 (N, C), B1 (N, C, 3), B2 (N, C, 5) and the standardised invariants (N, 5C)."""
+        b0, b1, b2 = self.densities(geometry, density, a1, a2, latent)
+        invariants = (self._invariants(a1, a2, b0, b1, b2) - self.feature_shift) / self.feature_scale
+        return b0, b1, b2, invariants
+
+    @staticmethod
+    @torch.no_grad()
+    def fit_normalisation(shift: torch.Tensor, scale: torch.Tensor, values: torch.Tensor) -> None:
+        """Mean/std standardisation of ``values`` (M, F) into the buffers (std floored at 10 % of the RMS)."""
+        rms = values.pow(2).mean(0).sqrt()
+        std = values.std(0) if values.shape[0] > 1 else torch.zeros_like(rms)
+        shift.copy_(values.mean(0))
+        scale.copy_(torch.maximum(std, 0.1 * rms).clamp(min=1e-6))
 
 
 class EquivariantBornModel(BornfieldModel):
@@ -57,6 +134,8 @@ class EquivariantBornModel(BornfieldModel):
         hidden: width of the per-species readout MLP.
         mean_charges: isotropic prior charge per species (e), e.g. the mean of
             tr(Z)/3 in the training data; the network learns the rest.
+        interactions: 1 (one density, the original model) or 2 (plus :class:`EdgeInteraction`).
+        charge_scales: per-species scale (e) of the learned part (interactions=2; 1 if absent).
     """
 
     kind = "born"
@@ -71,21 +150,38 @@ class EquivariantBornModel(BornfieldModel):
         hidden: int = 64,
         avg_neighbours: float = 30.0,
         mean_charges: dict[str, float] | None = None,
+        interactions: int = 1,
+        charge_scales: dict[str, float] | None = None,
     ):
         super().__init__(species, cutoff)
+        if interactions not in (1, 2):
+            raise ValueError(f"interactions must be 1 or 2 (got {interactions})")
         mean_charges = {s: float((mean_charges or {}).get(s, 0.0)) for s in self.species}
+        charge_scales = {s: float((charge_scales or {}).get(s, 1.0)) for s in self.species}
         self.hyperparameters = {
             **self._density_hyperparameters(channels, n_basis, radial_hidden, hidden, avg_neighbours),
             "mean_charges": mean_charges,
+            "interactions": int(interactions),
+            "charge_scales": charge_scales,
         }
         c = int(channels)
         self.channels = c
-        self.density = AtomicDensity(len(self.species), cutoff, channels, n_basis, radial_hidden, avg_neighbours)
-        self.readout = SpeciesMLP(len(self.species), self.density.n_invariants, hidden, 1 + 4 * c)
+        self.interactions = int(interactions)
+        n_species = len(self.species)
+        self.density = AtomicDensity(n_species, cutoff, channels, n_basis, radial_hidden, avg_neighbours)
+        if self.interactions == 1:
+            self.readout = SpeciesMLP(n_species, self.density.n_invariants, hidden, 1 + 4 * c)
+        else:
+            self.latent = SpeciesMLP(n_species, self.density.n_invariants, hidden, hidden)
+            self.interaction = EdgeInteraction(n_species, n_basis, c, radial_hidden, hidden)
+            # 0e: 1; 1e: A1xA1', A2xA2', A1xB1, A2xB2; 2e: A2, (A1A1')_2, B2, (A1B1)_2, (A2B2)_2
+            self.readout = SpeciesMLP(n_species, hidden + self.interaction.n_invariants, hidden, 1 + 9 * c)
         with torch.no_grad():  # start near the isotropic prior
             self.readout.rest[-1].weight.mul_(0.1)
             self.readout.rest[-1].bias.zero_()
         self.charge_offset = torch.nn.Parameter(torch.tensor([mean_charges[s] for s in self.species]))
+        if self.interactions == 2:  # (model files of one interaction predate the per-species scale)
+            self.register_buffer("charge_scale", torch.tensor([charge_scales[s] for s in self.species]))
         # (9, 3, 3): irreps 0e+1e+2e -> Cartesian Z[α, β]; built in float64 (see ExactConstants)
         previous = torch.get_default_dtype()
         torch.set_default_dtype(torch.float64)
@@ -97,6 +193,7 @@ class EquivariantBornModel(BornfieldModel):
             w3j_111=o3.wigner_3j(1, 1, 1, dtype=torch.float64) * math.sqrt(3.0),
             w3j_221=o3.wigner_3j(2, 2, 1, dtype=torch.float64) * math.sqrt(3.0),
             w3j_112=o3.wigner_3j(1, 1, 2, dtype=torch.float64) * math.sqrt(5.0),
+            w3j_222=o3.wigner_3j(2, 2, 2, dtype=torch.float64) * math.sqrt(5.0),
             to_cartesian=basis,
         )
 
@@ -105,6 +202,41 @@ class EquivariantBornModel(BornfieldModel):
         self.hyperparameters["mean_charges"] = values
         with torch.no_grad():
             self.charge_offset.copy_(torch.tensor([values[s] for s in self.species]))
+
+    def set_charge_scales(self, charge_scales: dict[str, float]) -> None:
+        """Per-species scale (e) of the network output (the spread of the training tensors)."""
+        values = {s: float(charge_scales.get(s, 1.0)) for s in self.species}
+        self.hyperparameters["charge_scales"] = values
+        if self.interactions == 2:
+            with torch.no_grad():
+                self.charge_scale.copy_(torch.tensor([values[s] for s in self.species]))
+
+    @torch.no_grad()
+    def fit_normalisation(self, graphs) -> None:
+        """Standardise the invariant features of both interactions on training graphs (list of Graph).
+
+        In order: the first density's invariants, then the edge invariants of the
+        second interaction, then the invariants of its density (each fit uses the
+        standardisation fitted before it).
+        """
+        geometries = [edge_geometry(graph, graph.edge_vectors()) for graph in graphs]
+        density = self.density
+        self.density.fit_normalisation(torch.cat([density.invariants(*density.densities_from_geometry(g))
+                                                  for g in geometries]))
+        if self.interactions == 1:
+            return
+        interaction = self.interaction
+        first = [self._first_interaction(g) for g in geometries]
+        edge = [interaction.edge_invariants(g, a1, a2)[g.r < density.cutoff] for g, (a1, a2, _) in zip(geometries, first)]
+        interaction.fit_normalisation(interaction.edge_shift, interaction.edge_scale, torch.cat(edge))
+        node = [interaction.raw_invariants(g, density, a1, a2, latent) for g, (a1, a2, latent) in zip(geometries, first)]
+        interaction.fit_normalisation(interaction.feature_shift, interaction.feature_scale, torch.cat(node))
+
+    def _first_interaction(self, geometry: EdgeGeometry):
+        """A1 (N, C, 3), A2 (N, C, 5) and the latent (N, hidden) of the centres of ``geometry``."""
+        density = self.density
+        a0, a1, a2 = density.densities_from_geometry(geometry)
+        return a1, a2, self.latent(density.invariants(a0, a1, a2), geometry.centre_species)
 
     def raw_charges(self, graph: Graph, geometry: EdgeGeometry | None = None) -> torch.Tensor:
         """Per-centre tensors (N_c, 3, 3) e before the ASR correction.
@@ -115,6 +247,8 @@ class EquivariantBornModel(BornfieldModel):
         """
         if geometry is None:
             geometry = edge_geometry(graph, graph.edge_vectors())
+        if self.interactions == 2:
+            return self._raw_charges_two(geometry)
         density = self.density
         species = geometry.centre_species
         a0, a1, a2 = density.densities_from_geometry(geometry)
@@ -131,6 +265,28 @@ class EquivariantBornModel(BornfieldModel):
         vector = (coeffs[:, 1 : 1 + c, None] * cross11).sum(1) + (coeffs[:, 1 + c : 1 + 2 * c, None] * cross22).sum(1)
         tensor = (coeffs[:, 1 + 2 * c : 1 + 3 * c, None] * a2).sum(1) + (coeffs[:, 1 + 3 * c :, None] * sym11).sum(1)
         irreps = torch.cat([scalar, vector, tensor], dim=-1)
+        return torch.einsum("nk,kij->nij", irreps, const.get("to_cartesian", irreps.dtype))
+
+    def _raw_charges_two(self, geometry: EdgeGeometry) -> torch.Tensor:
+        """:meth:`raw_charges` with the second interaction (``interactions=2``)."""
+        a1, a2, latent = self._first_interaction(geometry)
+        _, b1, b2, invariants = self.interaction(geometry, self.density, a1, a2, latent)
+        species = geometry.centre_species
+        coeffs = self.readout(torch.cat([latent, invariants], dim=-1), species)
+        c = self.channels
+        density = self.density
+        const = self.constants
+        a1m = torch.einsum("ncm,cd->ndm", a1, density.mix1)
+        a2m = torch.einsum("ncm,cd->ndm", a2, density.mix2)
+        w111, w221 = const.get("w3j_111", a1.dtype), const.get("w3j_221", a1.dtype)
+        w112, w222 = const.get("w3j_112", a1.dtype), const.get("w3j_222", a1.dtype)
+        vectors = (coupled(a1, a1m, w111), coupled(a2, a2m, w221), coupled(a1, b1, w111), coupled(a2, b2, w221))
+        tensors = (a2, coupled(a1, a1m, w112), b2, coupled(a1, b1, w112), coupled(a2, b2, w222))
+        vector = sum((coeffs[:, 1 + k * c : 1 + (k + 1) * c, None] * v).sum(1) for k, v in enumerate(vectors))
+        tensor = sum((coeffs[:, 1 + (4 + k) * c : 1 + (5 + k) * c, None] * t).sum(1) for k, t in enumerate(tensors))
+        scale = self.charge_scale[species, None]
+        scalar = coeffs[:, 0:1] * scale + self.charge_offset[species, None] * math.sqrt(3.0)
+        irreps = torch.cat([scalar, vector * scale, tensor * scale], dim=-1)
         return torch.einsum("nk,kij->nij", irreps, const.get("to_cartesian", irreps.dtype))
 
     def forward(self, graph: Graph, asr: bool = True) -> torch.Tensor:

@@ -73,15 +73,38 @@ def _write_json(path: Path, data) -> None:
     atomic_write_bytes(Path(path), lambda handle: handle.write(text.encode()))
 
 
-def resolve_split(samples, settings: dict, master_seed: int, path: Path, data_hash: str) -> dict:
-    """Compute the stratified split and store it in ``path`` (or check the stored one agrees)."""
-    from bornfield.train.data import stratified_split
+def resolve_split(samples, settings: dict, master_seed: int, path: Path, data_hash: str,
+                  split_file: str | None = None) -> dict:
+    """The split, stored in ``path`` (or checked against the stored one).
+
+    A predefined split wins: ``split_file`` (else ``train.split.file``), then the
+    dataset's ``info["split"]`` keys; otherwise the seeded stratified split. A
+    predefined split without validation structures (e.g. the ledger's train/test
+    keys, whose "train" includes validation) takes ``val_fraction`` of its training
+    structures for validation (stratified, seeded); its test set is kept as given.
+    """
+    from bornfield.train.data import read_split_file, split_from_info, stratified_split
 
     split_settings = settings["split"]
-    split = stratified_split(
-        samples, split_settings["val_fraction"], split_settings["test_fraction"], derived_seed(master_seed, "split")
-    )
-    record = {"training_data_hash": data_hash, "n_structures": len(samples), **split}
+    split_file = split_file or split_settings.get("file") or None
+    source = {}
+    if split_file:
+        split = read_split_file(split_file, len(samples))
+        source = {"source": f"split file {split_file}"}
+    elif (predefined := split_from_info(samples)) is not None:
+        split, source = predefined, {"source": "dataset info['split']"}
+    else:
+        split = stratified_split(
+            samples, split_settings["val_fraction"], split_settings["test_fraction"], derived_seed(master_seed, "split")
+        )
+    if source and not split["val"] and split_settings["val_fraction"] > 0:
+        train = [samples[i] for i in split["train"]]
+        carved = stratified_split(train, split_settings["val_fraction"], 0.0, derived_seed(master_seed, "split"))
+        split = {"train": carved["train"], "val": carved["val"], "test": split["test"]}  # dataset indices
+        source["source"] += f"; validation: val_fraction {split_settings['val_fraction']} of its training structures"
+    if source:
+        log.info("predefined split (%s): train %d, val %d, test %d", source["source"], *map(len, split.values()))
+    record = {"training_data_hash": data_hash, "n_structures": len(samples), **source, **split}
     if path.exists():
         stored = json.loads(path.read_text())
         if stored != record:
@@ -100,7 +123,7 @@ def run_split(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, "train")
     samples = read_samples(args.dataset)
     out = Path(args.out)
-    record = resolve_split(samples, settings, _master_seed(args), out, _dataset_hash(args.dataset))
+    record = resolve_split(samples, settings, _master_seed(args), out, _dataset_hash(args.dataset), args.split_file)
     print(f"split of {len(samples)} structures: train {len(record['train'])}, val {len(record['val'])}, "
           f"test {len(record['test'])} -> {out}")
     return 0
@@ -153,7 +176,7 @@ def run_train(args: argparse.Namespace) -> int:
     samples = read_samples(args.dataset)
     data_hash = _dataset_hash(args.dataset)
     outdir = Path(args.outdir)
-    split = resolve_split(samples, settings, master, outdir / "split.json", data_hash)
+    split = resolve_split(samples, settings, master, outdir / "split.json", data_hash, args.split_file)
     species = args.species or dataset_species(samples)
     train = [samples[i] for i in split["train"]]
     val = [samples[i] for i in split["val"]]
@@ -175,8 +198,8 @@ def run_train(args: argparse.Namespace) -> int:
         kind, train, val, section, out, seed, species, metadata,
         resume=not args.no_resume, progress=not args.no_progress,
     )
-    last = history[-1] if history else {}
-    log.info("wrote %s (best epoch %s, val loss %.4g)", out, model.metadata.get("best_epoch"), last.get("val_loss", float("nan")))
+    log.info("wrote %s (best epoch %s of %d, validation loss %.4g at the best epoch)", out,
+             model.metadata.get("best_epoch"), len(history), model.metadata.get("best_monitor_loss", float("nan")))
     return 0
 
 
@@ -213,7 +236,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     samples = read_samples(args.dataset)
     subset = args.subset
-    if args.split:
+    if args.split and args.split_key:
+        raise ConfigError("give --split FILE or --split-key, not both")
+    if args.split_key:
+        from bornfield.train.data import split_from_info
+
+        split = split_from_info(samples)
+        if split is None:
+            raise InputFileError(f"--split-key: no structure of {', '.join(args.dataset)} has info['split']")
+        samples = [samples[i] for i in split[args.subset]]
+    elif args.split:
         split = json.loads(Path(args.split).read_text())
         if split.get("n_structures") != len(samples):
             raise InputFileError(f"{args.split}: split is for {split.get('n_structures')} structures, dataset has {len(samples)}")
@@ -257,9 +289,34 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError("nothing to evaluate: give --potential, --born and/or --baseline model files")
     _write_json(Path(args.out), records)
     for name, metrics in summary.items():
-        keys = [k for k in metrics if k.endswith(("rmse_meV_per_atom", "rmse_meV_per_A", "rmse_e", "rmse_offdiag_e", "rmse_GPa"))]
-        print(name + ": " + ", ".join(f"{k}={metrics[k]:.4g}" for k in keys if not k[-2:] in ("Li", "_P", "_O")))
+        print(summary_line(name, metrics))
     return 0
+
+
+def summary_line(name: str, metrics: dict) -> str:
+    """One printed line of test metrics: RMSE and MAE (all, diagonal, off-diagonal, per species)."""
+    if "energy_rmse_meV_per_atom" in metrics:
+        parts = [f"energy RMSE {metrics['energy_rmse_meV_per_atom']:.4g} MAE {metrics['energy_mae_meV_per_atom']:.4g} meV/atom",
+                 f"force RMSE {metrics['force_rmse_meV_per_A']:.4g} MAE {metrics['force_mae_meV_per_A']:.4g} meV/Å"]
+        parts += [f"{k.rsplit('_', 1)[1]} {v:.4g}" for k, v in metrics.items() if k.startswith("force_rmse_meV_per_A_")]
+        if "stress_rmse_GPa" in metrics:
+            parts.append(f"stress RMSE {metrics['stress_rmse_GPa']:.4g} GPa")
+        return f"{name}: " + "; ".join(parts)
+    # full tensors if present, else the first field-axis row of a row baseline
+    prefix = "bec" if "bec_rmse_e" in metrics else next(
+        (k[: -len("_rmse_e")] for k in metrics if k.startswith("bec_row_") and k.endswith("_rmse_e")), "bec")
+
+    def pair(rmse_key: str, mae_key: str) -> str:
+        mae = metrics.get(mae_key)
+        return f"RMSE {metrics[rmse_key]:.4g}" + (f" MAE {mae:.4g}" if mae is not None else "")
+
+    parts = [f"{label} " + pair(f"{prefix}_rmse{suffix}_e", f"{prefix}_mae{suffix}_e")
+             for label, suffix in (("all", ""), ("diagonal", "_diag"), ("off-diagonal", "_offdiag"))
+             if f"{prefix}_rmse{suffix}_e" in metrics]
+    species = sorted(k.rsplit("_", 1)[1] for k in metrics if k.startswith(f"{prefix}_rmse_e_"))
+    parts += [f"{x} " + pair(f"{prefix}_rmse_e_{x}", f"{prefix}_mae_e_{x}") for x in species]
+    label = "" if prefix == "bec" else f" row {prefix.rsplit('_', 1)[1]}"
+    return f"{name}{label} (e): " + "; ".join(parts)
 
 
 def run_learning_curve(args: argparse.Namespace) -> int:
@@ -277,7 +334,7 @@ def run_learning_curve(args: argparse.Namespace) -> int:
     samples = read_samples(args.dataset)
     data_hash = _dataset_hash(args.dataset)
     outdir = Path(args.outdir)
-    split = resolve_split(samples, settings, master, outdir / "split.json", data_hash)
+    split = resolve_split(samples, settings, master, outdir / "split.json", data_hash, args.split_file)
     species = dataset_species(samples)
     train_all = usable_samples(kind, [samples[i] for i in split["train"]])
     val = [samples[i] for i in split["val"]]
@@ -466,6 +523,8 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, help="master seed of the campaign (config key 'seed')")
     p.add_argument("--dataset", nargs="+", required=True, help="labelled extxyz file(s)")
     p.add_argument("--out", required=True, help="split.json (models of this generation go beside it)")
+    p.add_argument("--split-file", help="predefined split: JSON lists train/val/test of structure indices "
+                   "(else train.split.file, else info['split'] of the dataset, else the stratified split)")
     p.set_defaults(func=run_split)
 
     p = sub.add_parser("init", help="write a randomly initialised (untrained) model file")
@@ -493,6 +552,8 @@ def register(subparsers) -> None:
         p.add_argument("--outdir", required=True, help="e.g. results/models/gen0")
         p.add_argument("--member", type=int, default=0, help="committee member index i")
         p.add_argument("--species", nargs="+", help="elements the model knows (default: those in the data)")
+        p.add_argument("--split-file", help="predefined split: JSON lists train/val/test of structure indices "
+                       "(else train.split.file, else info['split'] of the dataset, else the stratified split)")
         p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         p.set_defaults(func=run_train)
@@ -500,6 +561,8 @@ def register(subparsers) -> None:
     p = sub.add_parser("evaluate", help="test-set metrics (benchmark JSON records) and parity plots")
     p.add_argument("--dataset", nargs="+", required=True)
     p.add_argument("--split", help="split.json written by training (default: all structures)")
+    p.add_argument("--split-key", action="store_true",
+                   help="take the --subset structures from the dataset's info['split'] keys")
     p.add_argument("--subset", choices=["train", "val", "test"], default="test")
     p.add_argument("--dft-generation", type=int,
                    help="only structures labelled in this active-learning generation (info['dft_generation'])")
@@ -518,6 +581,8 @@ def register(subparsers) -> None:
     p.add_argument("--dataset", nargs="+", required=True)
     p.add_argument("--outdir", required=True)
     p.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 1.0])
+    p.add_argument("--split-file", help="predefined split: JSON lists train/val/test of structure indices "
+                   "(else train.split.file, else info['split'] of the dataset, else the stratified split)")
     p.add_argument("--no-resume", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_learning_curve)

@@ -186,6 +186,65 @@ def stratified_split(
     return {k: sorted(v) for k, v in split.items()}
 
 
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def split_from_info(samples: Sequence[Sample]) -> dict[str, list[int]] | None:
+    """The predefined split of the extxyz key ``info["split"]`` (train, val or test), or None if no frame has it.
+
+    Raises:
+        InputFileError: if only some frames carry the key or a value is not a split name.
+    """
+    labels = [s.atoms.info.get("split") for s in samples]
+    if all(label is None for label in labels):
+        return None
+    missing = [s.index for s, label in zip(samples, labels) if label is None]
+    if missing:
+        raise InputFileError(
+            f"info['split'] is set on some structures but not on structure(s) {missing[:10]}: "
+            "give it to every structure (train, val or test) or to none"
+        )
+    bad = sorted({str(label) for label in labels} - set(SPLIT_NAMES))
+    if bad:
+        raise InputFileError(f"info['split'] has value(s) {bad}; expected one of {list(SPLIT_NAMES)}")
+    return {name: [s.index for s, label in zip(samples, labels) if label == name] for name in SPLIT_NAMES}
+
+
+def read_split_file(path: str | Path, n_structures: int) -> dict[str, list[int]]:
+    """A user split file: JSON with lists "train", "val", "test" of 0-based structure indices.
+
+    Missing lists are empty; structures in no list are not used. Indices must be
+    integers in range and each structure may appear in one list only.
+    """
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"split file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputFileError(f"{path}: not valid JSON: {exc}") from exc
+    if not isinstance(data, dict) or not any(name in data for name in SPLIT_NAMES):
+        raise InputFileError(f"{path}: expected a JSON object with lists {list(SPLIT_NAMES)}")
+    split, seen = {}, set()
+    for name in SPLIT_NAMES:
+        values = data.get(name, [])
+        if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise InputFileError(f"{path}: '{name}' must be a list of integer structure indices")
+        outside = [v for v in values if not 0 <= v < n_structures]
+        if outside:
+            raise InputFileError(f"{path}: '{name}' has indices {outside[:5]} outside 0..{n_structures - 1}")
+        twice = sorted(seen & set(values))
+        if twice or len(set(values)) != len(values):
+            raise InputFileError(f"{path}: structure(s) {twice[:5] or values[:0]} listed more than once")
+        seen |= set(values)
+        split[name] = sorted(values)
+    if not split["train"]:
+        raise InputFileError(f"{path}: the 'train' list is empty")
+    return split
+
+
 def fit_atomic_energies(samples: Sequence[Sample], species: Sequence[str]) -> dict[str, float]:
     """Per-species reference energies (eV) by least squares of E against composition.
 
@@ -223,3 +282,18 @@ def mean_born_per_species(samples: Sequence[Sample], species: Sequence[str]) -> 
             sums[symbol] += z
             counts[symbol] += 1
     return {x: sums[x] / counts[x] if counts[x] else np.zeros((3, 3)) for x in species}
+
+
+def born_scale_per_species(
+    samples: Sequence[Sample], species: Sequence[str], mean_charges: dict[str, float]
+) -> dict[str, float]:
+    """Per-species RMS (e) of ``Z - m_s·1`` over atoms and components (floored at 0.01 e; 1 if absent)."""
+    sums = dict.fromkeys(species, 0.0)
+    counts = dict.fromkeys(species, 0)
+    for s in samples:
+        if s.born is None:
+            continue
+        for symbol, z in zip(s.atoms.get_chemical_symbols(), s.born):
+            sums[symbol] += float(np.sum((z - mean_charges.get(symbol, 0.0) * np.eye(3)) ** 2))
+            counts[symbol] += 9
+    return {x: max(float(np.sqrt(sums[x] / counts[x])), 0.01) if counts[x] else 1.0 for x in species}

@@ -166,24 +166,43 @@ def born_metrics(models, samples: Sequence[Sample]) -> tuple[dict[str, float], d
 
 
 def row_metrics(models, samples: Sequence[Sample]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Errors of the paper-style baseline on its field-axis row."""
+    """Errors of the paper-style baseline on its field-axis row(s).
+
+    Models are grouped by field axis (a committee per axis); each axis gets its row
+    metrics (``bec_row_<x>_*``). When the models cover all three axes, their rows are
+    stacked into full tensors ``Z[atom, α, :]`` and the full-tensor metrics
+    (``bec_rmse_e``, diagonal, off-diagonal, per species) are added, comparable with
+    the equivariant model's.
+    """
     samples = [s for s in samples if s.born is not None]
-    models_list = models if isinstance(models, (list, tuple)) else [models]
-    axis = models_list[0].field_axis
-    pred = predict_rows(models, samples)
-    ref = np.concatenate([s.born for s in samples])[:, axis, :]
+    models_list = list(models) if isinstance(models, (list, tuple)) else [models]
+    by_axis: dict[int, list] = {}
+    for m in models_list:
+        by_axis.setdefault(int(m.field_axis), []).append(m)
+    ref_full = np.concatenate([s.born for s in samples])
     symbols = np.concatenate([s.atoms.get_chemical_symbols() for s in samples])
-    diff = pred - ref
-    name = "xyz"[axis]
-    metrics = {
-        "n_structures": float(len(samples)),
-        "n_atoms": float(len(ref)),
-        f"bec_row_{name}_rmse_e": _rmse(diff),
-        f"bec_row_{name}_mae_e": _mae(diff),
-        f"bec_row_{name}_rmse_diag_e": _rmse(diff[:, axis]),
-        f"bec_row_{name}_rmse_offdiag_e": _rmse(np.delete(diff, axis, axis=1)),
-    }
-    for symbol in sorted(set(symbols)):
-        metrics[f"bec_row_{name}_rmse_e_{symbol}"] = _rmse(diff[symbols == symbol])
-        metrics[f"bec_row_{name}_mae_e_{symbol}"] = _mae(diff[symbols == symbol])
-    return metrics, {"row_ref": ref, "row_pred": pred, "symbols": symbols}
+    metrics = {"n_structures": float(len(samples)), "n_atoms": float(len(ref_full))}
+    arrays: dict[str, np.ndarray] = {"symbols": symbols}
+    rows = {}
+    for axis in sorted(by_axis):
+        pred = predict_rows(by_axis[axis], samples)
+        rows[axis] = pred
+        ref = ref_full[:, axis, :]
+        diff = pred - ref
+        name = "xyz"[axis]
+        metrics.update({
+            f"bec_row_{name}_rmse_e": _rmse(diff),
+            f"bec_row_{name}_mae_e": _mae(diff),
+            f"bec_row_{name}_rmse_diag_e": _rmse(diff[:, axis]),
+            f"bec_row_{name}_rmse_offdiag_e": _rmse(np.delete(diff, axis, axis=1)),
+        })
+        for symbol in sorted(set(symbols)):
+            metrics[f"bec_row_{name}_rmse_e_{symbol}"] = _rmse(diff[symbols == symbol])
+            metrics[f"bec_row_{name}_mae_e_{symbol}"] = _mae(diff[symbols == symbol])
+        if "row_ref" not in arrays:
+            arrays["row_ref"], arrays["row_pred"] = ref, pred
+    if sorted(rows) == [0, 1, 2]:
+        z_pred = np.stack([rows[a] for a in range(3)], axis=1)
+        metrics.update(born_error_metrics(z_pred, ref_full, symbols))
+        arrays["born_ref"], arrays["born_pred"] = ref_full, z_pred
+    return metrics, arrays

@@ -1,8 +1,12 @@
 """Training loops for the NN potential, the equivariant Born model and the paper-style baseline.
 
-One loop serves the three model kinds (:data:`KINDS`): Adam, learning rate
-reduced on a validation plateau, early stopping on the validation loss,
-the best parameters kept, a checkpoint written atomically after every epoch
+One loop serves the three model kinds (:data:`KINDS`): Adam (AdamW with
+``weight_decay`` > 0), a linear learning-rate warm-up over ``warmup_epochs``,
+gradient-norm clipping at ``grad_clip``, an exponential moving average of the
+weights (``ema_decay``; validation, early stopping and the saved model use the
+averaged weights), learning rate reduced on a validation plateau, early
+stopping on the validation loss, the best parameters kept (the log and the
+model file name the best epoch and its validation loss), a checkpoint written atomically after every epoch
 (``<model>.ckpt``: resumable with ``resume=True``; a checkpoint of other
 training data, e.g. after the dataset changed, is ignored with a warning), a metrics CSV and a tqdm
 progress bar. Everything random derives from ``seed`` (initialisation and the
@@ -39,6 +43,7 @@ from bornfield.models.io import MODEL_CLASSES, atomic_write_bytes, create_model,
 from bornfield.train.data import (
     Sample,
     attach_edges,
+    born_scale_per_species,
     fit_atomic_energies,
     mean_born_per_species,
     mean_neighbours,
@@ -47,7 +52,7 @@ from bornfield.train.data import (
 log = logging.getLogger(__name__)
 
 KINDS = ("potential", "born", "born_row")
-ARCH_KEYS = ("channels", "n_basis", "radial_hidden", "hidden")
+ARCH_KEYS = ("channels", "n_basis", "radial_hidden", "hidden", "interactions")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -92,6 +97,8 @@ def initialise_model(
     elif kind == "born":
         means = mean_born_per_species(train_samples, species)
         hyper["mean_charges"] = {x: float(np.trace(z) / 3.0) for x, z in means.items()}
+        if int(architecture.get("interactions", 1)) > 1:
+            hyper["charge_scales"] = born_scale_per_species(train_samples, species, hyper["mean_charges"])
     elif kind == "born_row":
         means = mean_born_per_species(train_samples, species)
         hyper["mean_rows"] = {x: z[field_axis].tolist() for x, z in means.items()}
@@ -100,13 +107,17 @@ def initialise_model(
         raise ConfigError(f"unknown model kind '{kind}' (expected one of {KINDS})")
     model = create_model(kind, species, cutoff, seed=seed, **hyper).to(dtype)
     # standardise invariant features over (a subset of) the training atoms
+    graphs = [collate([s.edges for s in train_samples[start : start + 8]], dtype)
+              for start in range(0, min(len(train_samples), 64), 8)]
     with torch.no_grad():
-        feats = []
-        for start in range(0, min(len(train_samples), 64), 8):
-            graph = collate([s.edges for s in train_samples[start : start + 8]], dtype)
-            a0, a1, a2 = model.density.densities(graph.species, graph.neighbours, graph.edge_vectors())
-            feats.append(model.density.invariants(a0, a1, a2))
-        model.density.fit_normalisation(torch.cat(feats))
+        if kind == "born":
+            model.fit_normalisation(graphs)
+        else:
+            feats = []
+            for graph in graphs:
+                a0, a1, a2 = model.density.densities(graph.species, graph.neighbours, graph.edge_vectors())
+                feats.append(model.density.invariants(a0, a1, a2))
+            model.density.fit_normalisation(torch.cat(feats))
     return model
 
 
@@ -153,7 +164,48 @@ def batch_loss(
     return loss, parts
 
 
-def _epoch_average(model, samples, weights, batch_size, optimizer=None, order=None):
+class WeightAverage:
+    """Exponential moving average of a model's floating-point state (``decay`` per optimiser step).
+
+    The decay of update n is ``min(decay, (1 + n) / (10 + n))``, so the average follows
+    the first steps closely (short runs and small datasets are not stuck near the
+    initial weights). ``decay = 0`` keeps no average (:meth:`swap` is then a no-op).
+    Buffers that are not trained (feature standardisation) are copied, not averaged.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float, state: dict[str, torch.Tensor] | None = None,
+                 updates: int = 0):
+        self.decay = float(decay)
+        self.model = model
+        self.updates = int(updates)
+        self.average = None
+        if self.decay > 0:
+            source = state if state is not None else model.state_dict()
+            self.average = {k: v.detach().clone() for k, v in source.items()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        if self.average is None:
+            return
+        decay = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        self.updates += 1
+        for key, value in self.model.state_dict().items():
+            if value.is_floating_point():
+                self.average[key].lerp_(value, 1.0 - decay)
+            else:
+                self.average[key].copy_(value)
+
+    def swap(self) -> None:
+        """Exchange the model's weights and the average (call twice to restore)."""
+        if self.average is None:
+            return
+        current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(self.average)
+        self.average = current
+
+
+def _epoch_average(model, samples, weights, batch_size, optimizer=None, order=None, step=None):
+    """Mean loss parts over ``samples``; with ``optimizer``, one training epoch (``step`` after each update)."""
     training = optimizer is not None
     model.train(training)
     totals: dict[str, float] = {}
@@ -165,6 +217,7 @@ def _epoch_average(model, samples, weights, batch_size, optimizer=None, order=No
             optimizer.zero_grad(set_to_none=True)
             loss, parts = batch_loss(model, batch, weights, True)
             loss.backward()
+            parts["grad_norm"] = step(loss) if step is not None else float("nan")
             optimizer.step()
         else:
             loss, parts = batch_loss(model, batch, weights, False)
@@ -257,10 +310,18 @@ def train_model(
             kind, species, cutoff, settings, train, seed, int(settings.get("field_axis", 0)), dtype
         )
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=float(settings["learning_rate"]))
+    base_lr = float(settings["learning_rate"])
+    weight_decay = float(settings.get("weight_decay", 0.0))
+    if weight_decay > 0:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=base_lr, weight_decay=weight_decay)
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=base_lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, factor=float(settings["lr_factor"]), patience=int(settings["lr_patience"])
     )
+    warmup_epochs = int(settings.get("warmup_epochs", 0))
+    grad_clip = float(settings.get("grad_clip", 0.0))
+    steps_per_epoch = max(1, math.ceil(len(train) / int(settings["batch_size"])))
     history: list[dict[str, float]] = []
     best_loss, best_state, best_epoch, bad_epochs, start_epoch = math.inf, None, -1, 0, 0
     if state is not None:
@@ -270,6 +331,28 @@ def train_model(
         best_loss, best_epoch, bad_epochs = state["best_loss"], state["best_epoch"], state["bad_epochs"]
         best_state = state["best_model"]
         start_epoch = state["epoch"] + 1
+    counter = {"step": start_epoch * steps_per_epoch}
+    average = WeightAverage(model, float(settings.get("ema_decay", 0.0)), (state or {}).get("average"), counter["step"])
+
+    def before_step(loss: torch.Tensor) -> float:
+        """Warm-up learning rate and gradient clipping for one optimiser step; returns the gradient norm."""
+        counter["step"] += 1
+        if counter["step"] <= warmup_epochs * steps_per_epoch:
+            for group in optimizer.param_groups:
+                group["lr"] = base_lr * counter["step"] / (warmup_epochs * steps_per_epoch)
+        if not torch.isfinite(loss):
+            raise InputFileError(f"training of {out_path} diverged (training loss {float(loss)})")
+        parameters = [p for p in model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(parameters, grad_clip if grad_clip > 0 else math.inf)
+        return float(norm)
+
+    class _Step:  # optimiser wrapper: the moving average follows every update
+        def zero_grad(self, set_to_none=True):
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+        def step(self):
+            optimizer.step()
+            average.update()
 
     max_epochs = int(settings["max_epochs"])
     patience = int(settings["patience"])
@@ -280,15 +363,18 @@ def train_model(
     for epoch in bar:
         t0 = time.perf_counter()
         order = np.random.default_rng([seed, epoch]).permutation(len(train))
-        train_parts = _epoch_average(model, train, weights, batch_size, optimizer, order)
+        train_parts = _epoch_average(model, train, weights, batch_size, _Step(), order, before_step)
+        average.swap()  # validate (and keep) the averaged weights
         val_parts = _epoch_average(model, monitor, weights, batch_size)
         val_loss = val_parts["loss"]
-        scheduler.step(val_loss)
+        if epoch + 1 >= warmup_epochs:  # the plateau schedule starts after the warm-up
+            scheduler.step(val_loss)
         if val_loss < best_loss:
             best_loss, best_epoch, bad_epochs = val_loss, epoch, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             bad_epochs += 1
+        average.swap()
         lr = optimizer.param_groups[0]["lr"]
         row = {"epoch": epoch, "lr": lr, "seconds": time.perf_counter() - t0}
         row.update({f"train_{k}": v for k, v in train_parts.items()})
@@ -301,6 +387,7 @@ def train_model(
             "hyperparameters": model.hyperparameters,
             "model": model.state_dict(),
             "best_model": best_state,
+            "average": average.average,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "epoch": epoch,
@@ -313,8 +400,8 @@ def train_model(
         _write_csv(csv_path, history)
         if not np.isfinite(val_loss):
             raise InputFileError(f"training of {out_path} diverged (validation loss {val_loss}) at epoch {epoch}")
-        if bad_epochs >= patience or lr < min_lr:
-            log.info("early stop at epoch %d (best epoch %d)", epoch, best_epoch)
+        if bad_epochs >= patience or (lr < min_lr and epoch + 1 >= warmup_epochs):
+            log.info("early stop at epoch %d (best epoch %d, validation loss %.4g)", epoch, best_epoch, best_loss)
             break
     bar.close()
     if best_state is not None:
