@@ -514,6 +514,37 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_ship(args: argparse.Namespace) -> int:
+    from ase.io import read
+
+    from bornfield.train.shipped import accuracy_table, read_model_set, write_model_set
+
+    frames = read(args.dataset, index=":", format="extxyz")
+    splits = {name: [str(a.info.get("dft_id", i)) for i, a in enumerate(frames) if a.info.get("split") == name]
+              for name in ("train", "val", "test")}
+    test_frames = [a for a in frames if a.info.get("split") == "test"]
+    source = {"dataset": str(args.dataset), "dataset_sha256": _dataset_hash([args.dataset]), "n_entries": len(frames),
+              "n_train": len(splits["train"]), "n_val": len(splits["val"]), "n_test": len(splits["test"]),
+              "dft_ids": splits}
+    if args.ledger:
+        from bornfield.ledger.store import Ledger
+
+        ledger = Ledger(args.ledger)
+        source.update(ledger=str(args.ledger), ledger_identity=ledger.identity, ledger_entries=len(ledger.dft_ids()))
+    records = json.loads(Path(args.metrics).read_text(encoding="utf-8")) if args.metrics else []
+    models = {kind: getattr(args, kind) for kind in ("potential", "born", "baseline") if getattr(args, kind)}
+    out = write_model_set(args.outdir, models, test_frames, records, source)
+    print(accuracy_table(read_model_set(out)), end="")
+    return 0
+
+
+def run_table(args: argparse.Namespace) -> int:
+    from bornfield.train.shipped import accuracy_table, read_model_set
+
+    print(accuracy_table(read_model_set(args.models)), end="")
+    return 0
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser("train", help="train/evaluate NN potential and Born-charge models, active learning")
     sub = parser.add_subparsers(dest="train_command", metavar="ACTION")
@@ -613,6 +644,20 @@ def register(subparsers) -> None:
     p.add_argument("--report", help="JSON: one record per trajectory (stops and reasons)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_explore)
+
+    p = sub.add_parser("ship", help="write a model set (committees + held-out set + metrics + manifest), e.g. models/li3po4")
+    p.add_argument("--dataset", required=True, help="the labelled extxyz the models were trained on (info['split'] per row)")
+    p.add_argument("--metrics", help="JSON records of 'train evaluate' on the dataset's test rows")
+    p.add_argument("--ledger", help="ledger the dataset was exported from (its identity goes into the manifest)")
+    p.add_argument("--potential", nargs="*", default=[], help="potential committee files")
+    p.add_argument("--born", nargs="*", default=[], help="Born committee files")
+    p.add_argument("--baseline", nargs="*", default=[], help="paper-style row baseline files")
+    p.add_argument("--outdir", required=True, help="model set directory (replaced as a whole)")
+    p.set_defaults(func=run_ship)
+
+    p = sub.add_parser("table", help="print the held-out accuracy table of a model set (Markdown)")
+    p.add_argument("--models", default="models/li3po4", help="model set directory (default: %(default)s)")
+    p.set_defaults(func=run_table)
 
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
 

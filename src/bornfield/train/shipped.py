@@ -1,0 +1,188 @@
+"""Shipped model sets: committed committees with the data and metrics that describe them.
+
+A model set directory (e.g. ``models/li3po4``) holds::
+
+    potential_<i>.pt, born_<i>.pt, born_row_<axis>_<i>.pt   model files (bornfield.models.io format)
+    test.extxyz      the held-out labelled structures the metrics were measured on
+    metrics.json     benchmark records of ``bornfield train evaluate`` on test.extxyz
+    manifest.json    what the set is: source ledger (identity, entries, dft_ids per split),
+                     file checksums (sha256), training settings per member, creation time
+
+Reading a set checks every checksum, so a model file edited after shipping is refused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ase.io import write
+
+from bornfield import __version__
+from bornfield.errors import InputFileError
+from bornfield.models.io import file_sha256, read_model_file
+from bornfield.structures.io import write_json_atomic
+
+MANIFEST = "manifest.json"
+FORMAT = "bornfield-model-set"
+KINDS = {"potential": "potential", "born": "born", "baseline": "born_row"}
+_MEMBER = {
+    "potential": re.compile(r"potential_(\d+)\.pt$"),
+    "born": re.compile(r"born_(\d+)\.pt$"),
+    "baseline": re.compile(r"born_row_[xyz]_(\d+)\.pt$"),
+}
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """A checked model set: member files per kind (member order), test set, metrics, manifest."""
+
+    root: Path
+    potential: tuple[Path, ...]
+    born: tuple[Path, ...]
+    baseline: tuple[Path, ...]
+    test_set: Path | None
+    records: tuple[dict, ...]
+    manifest: dict
+
+
+def _member_order(path: Path, kind: str) -> int:
+    match = _MEMBER[kind].search(path.name)
+    if match is None:
+        raise InputFileError(f"{path}: a {kind} member file must be named like {_MEMBER[kind].pattern}")
+    return int(match.group(1))
+
+
+def write_model_set(outdir: str | Path, models: dict[str, list[str | Path]], test_frames: list,
+                    records: list[dict], source: dict) -> Path:
+    """Write a model set atomically (a complete new directory replaces the old one).
+
+    Args:
+        outdir: target directory.
+        models: kind (potential, born, baseline) -> member files.
+        test_frames: held-out labelled Atoms the records were measured on (may be empty).
+        records: benchmark records of those frames (``bornfield train evaluate`` output).
+        source: provenance of the training data (ledger identity, entries, dft_ids per split, ...).
+    """
+    outdir = Path(outdir)
+    unknown = sorted(set(models) - set(KINDS))
+    if unknown:
+        raise InputFileError(f"unknown model kinds {unknown} (known: {sorted(KINDS)})")
+    checked = {}
+    for kind, paths in models.items():
+        checked[kind] = []
+        for path in sorted(map(Path, paths), key=lambda p: _member_order(p, kind)):
+            payload = read_model_file(path)
+            if payload["kind"] != KINDS[kind]:
+                raise InputFileError(f"{path}: holds a '{payload['kind']}' model, expected {KINDS[kind]}")
+            checked[kind].append((path, payload))
+    partial = outdir.with_name(f".{outdir.name}.part")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    files, members = {}, {}
+    for kind, pairs in checked.items():
+        entries = []
+        for path, payload in pairs:
+            shutil.copyfile(path, partial / path.name)
+            files[path.name] = file_sha256(partial / path.name)
+            meta = payload["metadata"]
+            entries.append({
+                "file": path.name,
+                "species": list(payload["species"]),
+                "cutoff_A": float(payload["cutoff"]),
+                "hyperparameters": payload["hyperparameters"],
+                "training": {k: meta.get(k) for k in ("seed", "best_epoch", "best_monitor_loss", "training_data_hash",
+                                                       "train_settings", "split") if k in meta},
+            })
+        members[kind] = entries
+    if test_frames:
+        write(partial / "test.extxyz", test_frames, format="extxyz")
+        files["test.extxyz"] = file_sha256(partial / "test.extxyz")
+    write_json_atomic(partial / "metrics.json", records)
+    files["metrics.json"] = file_sha256(partial / "metrics.json")
+    manifest = {
+        "format": FORMAT,
+        "name": outdir.name,
+        "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "bornfield_version": __version__,
+        "source": source,
+        "members": members,
+        "n_test_structures": len(test_frames),
+        "files": files,
+    }
+    write_json_atomic(partial / MANIFEST, manifest)
+    if outdir.exists():
+        old = outdir.with_name(f".{outdir.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        outdir.replace(old)
+        partial.replace(outdir)
+        shutil.rmtree(old)
+    else:
+        partial.replace(outdir)
+    return outdir
+
+
+def read_model_set(root: str | Path) -> ModelSet:
+    """Open a model set, checking its manifest and every file's checksum."""
+    root = Path(root)
+    path = root / MANIFEST
+    if not path.is_file():
+        raise InputFileError(f"{path} missing: {root} is not a model set (make one with 'make models')")
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if manifest.get("format") != FORMAT:
+        raise InputFileError(f"{path}: not a model-set manifest (format {manifest.get('format')!r}, expected {FORMAT!r})")
+    for name, digest in manifest["files"].items():
+        if not (root / name).is_file():
+            raise InputFileError(f"{root / name} listed in {path} is missing")
+        if file_sha256(root / name) != digest:
+            raise InputFileError(f"{root / name}: checksum differs from {path} (edited after shipping?)")
+    kinds = {kind: tuple(root / m["file"] for m in manifest["members"].get(kind, [])) for kind in KINDS}
+    test_set = root / "test.extxyz" if "test.extxyz" in manifest["files"] else None
+    records = tuple(json.loads((root / "metrics.json").read_text(encoding="utf-8")))
+    return ModelSet(root, kinds["potential"], kinds["born"], kinds["baseline"], test_set, records, manifest)
+
+
+def _metric(records, system: str, metric: str):
+    values = [r["value"] for r in records if r["system"] == system and r["metric"] == metric]
+    return values[0] if values else None
+
+
+def accuracy_table(model_set: ModelSet) -> str:
+    """Markdown accuracy table of a model set (held-out metrics, units in the header)."""
+    src = model_set.manifest["source"]
+    rec = model_set.records
+    lines = [
+        f"Model set `{model_set.root}`: ledger `{src.get('ledger_identity', '?')}`, "
+        f"{src.get('n_entries', '?')} entries ({src.get('n_train', '?')} train, {src.get('n_val', '?')} validation, "
+        f"{src.get('n_test', '?')} held out); committees: {len(model_set.potential)} potentials, "
+        f"{len(model_set.born)} Born models.",
+        "",
+    ]
+    if not rec:
+        lines.append("No held-out structure is labelled yet: no accuracy to report.")
+        return "\n".join(lines) + "\n"
+    rows = [
+        ("Born RMSE, all 9 components (e)", "bornfield-born", "bec_rmse_e"),
+        ("Born MAE, all 9 components (e)", "bornfield-born", "bec_mae_e"),
+        ("Born RMSE, diagonal (e)", "bornfield-born", "bec_rmse_diag_e"),
+        ("Born RMSE, off-diagonal (e)", "bornfield-born", "bec_rmse_offdiag_e"),
+        ("Born RMSE, field-axis row x (e; paper's row model 0.0376 on its data)", "bornfield-born", "bec_row_x_rmse_e"),
+        ("Paper-style row baseline RMSE, row x (e)", "paper-row-baseline", "bec_row_x_rmse_e"),
+        ("Force RMSE (meV/Å)", "bornfield-potential", "force_rmse_meV_per_A"),
+        ("Energy RMSE (meV/atom)", "bornfield-potential", "energy_rmse_meV_per_atom"),
+    ]
+    species = sorted({r["metric"].removeprefix("bec_rmse_e_") for r in rec
+                      if r["system"] == "bornfield-born" and re.fullmatch(r"bec_rmse_e_[A-Z][a-z]?", r["metric"])})
+    rows += [(f"Born RMSE, {s} (e)", "bornfield-born", f"bec_rmse_e_{s}") for s in species]
+    lines += ["| held-out metric | value |", "|---|---|"]
+    for label, system, metric in rows:
+        value = _metric(rec, system, metric)
+        if value is not None:
+            lines.append(f"| {label} | {value:.4g} |")
+    n = {r["system"]: r["n_structures"] for r in rec}
+    lines += ["", "Held-out structures: " + ", ".join(f"{k} {v}" for k, v in sorted(n.items())) + "."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,79 @@
+"""Model sets (bornfield.train.shipped): ship, read back with checksums, accuracy table."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from ase.io import read, write
+
+from bornfield.cli import main
+from bornfield.errors import InputFileError
+from bornfield.models import create_random_model_file
+from bornfield.train.shipped import read_model_set
+
+SPECIES = ["Li", "P", "O"]
+SMALL = {"channels": 4, "hidden": 16, "radial_hidden": 16}
+
+
+@pytest.fixture()
+def shipped(tmp_path, data_dir):
+    frames = read(data_dir / "qe" / "labelled_small.extxyz", index=":")
+    for frame, split in zip(frames, ("train", "test")):
+        frame.info["split"] = split
+    dataset = tmp_path / "ledger.extxyz"
+    write(dataset, frames, format="extxyz")
+    models = tmp_path / "work"
+    potentials = [create_random_model_file("potential", SPECIES, 4.5, models / f"potential_{i}.pt", seed=i, **SMALL)
+                  for i in range(2)]
+    borns = [create_random_model_file("born", SPECIES, 4.5, models / f"born_{i}.pt", seed=5 + i, **SMALL)
+             for i in range(2)]
+    metrics = tmp_path / "metrics.json"
+    assert main(["train", "evaluate", "--dataset", str(dataset), "--split-key", "--subset", "test",
+                 "--potential", *map(str, potentials), "--born", *map(str, borns), "--out", str(metrics)]) == 0
+    outdir = tmp_path / "models" / "li3po4"
+    assert main(["train", "ship", "--dataset", str(dataset), "--metrics", str(metrics), "--outdir", str(outdir),
+                 "--potential", *map(str, reversed(potentials)), "--born", *map(str, borns)]) == 0
+    return outdir, frames, json.loads(metrics.read_text())
+
+
+def test_model_set_round_trip_keeps_member_order_test_rows_and_metrics(shipped, capsys):
+    outdir, frames, records = shipped
+    model_set = read_model_set(outdir)
+    assert [p.name for p in model_set.potential] == ["potential_0.pt", "potential_1.pt"]
+    assert [p.name for p in model_set.born] == ["born_0.pt", "born_1.pt"] and model_set.baseline == ()
+    (test_row,) = read(model_set.test_set, index=":")
+    np.testing.assert_allclose(test_row.positions, frames[1].positions)
+    assert list(model_set.records) == records
+    source = model_set.manifest["source"]
+    assert (source["n_entries"], source["n_train"], source["n_test"]) == (2, 1, 1)
+    assert main(["train", "table", "--models", str(outdir)]) == 0
+    table = capsys.readouterr().out
+    rmse = next(r["value"] for r in records if r["metric"] == "bec_rmse_e" and r["system"] == "bornfield-born")
+    assert f"| Born RMSE, all 9 components (e) | {rmse:.4g} |" in table
+    assert "| Force RMSE (meV/Å) |" in table and "Born RMSE, Li (e)" in table
+
+
+def test_model_set_refuses_edited_or_missing_files(shipped):
+    outdir, _, _ = shipped
+    with open(outdir / "born_1.pt", "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(InputFileError, match="born_1.pt: checksum differs"):
+        read_model_set(outdir)
+    (outdir / "born_1.pt").unlink()
+    with pytest.raises(InputFileError, match="born_1.pt listed in .* is missing"):
+        read_model_set(outdir)
+    with pytest.raises(InputFileError, match="not a model set"):
+        read_model_set(outdir.parent)
+
+
+def test_ship_refuses_a_model_of_the_wrong_kind(shipped, tmp_path, capsys):
+    outdir, _, _ = shipped
+    wrong = tmp_path / "born_0.pt"
+    wrong.write_bytes((outdir / "potential_0.pt").read_bytes())
+    assert main(["train", "ship", "--dataset", str(tmp_path / "ledger.extxyz"), "--outdir", str(tmp_path / "x"),
+                 "--born", str(wrong)]) != 0
+    assert "born_0.pt: holds a 'potential' model, expected born" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / ".x.part").exists()  # nothing half-written
+    assert read_model_set(outdir).born  # the shipped set is intact
