@@ -300,3 +300,22 @@ def test_append_to_queue_drops_near_duplicates_and_keeps_order(tmp_path, pseudo)
     assert [a.info["queue_index"] for a in queue] == [0, 1, 2]
     assert queue[2].info["label_kind"] == "scf" and queue[2].info["family"] == "active_learning"
     assert queue[2].positions[0, 0] == pytest.approx(_structure(0.3).positions[0, 0])
+
+
+def test_charged_cells_get_scf_labels_and_revise_leaves_labelled_entries(tmp_path, pseudo, fake_qe):
+    ledger = _ledger(tmp_path / "ledger", pseudo)
+    neutral, charged = _structure(0.01), _structure(0.02)
+    charged.info["charge"] = -1
+    assert [a.info["label_kind"] for a in finalise([neutral.copy(), charged.copy()], ledger.spec.settings)] == ["dfpt", "scf"]
+
+    # a queue written before the rule: label the first entry, then revise the rest
+    frames = finalise([neutral, _structure(0.03), charged], ledger.spec.settings)
+    frames[2].info["label_kind"] = "dfpt"
+    write_queue(ledger.root / "queue.extxyz", frames)
+    label(ledger.root, hours=1.0, ranks=1, work_dir=tmp_path / "work", max_jobs=1)
+    assert len(ledger.dft_ids()) == 1
+    assert main(["ledger", "revise", "--ledger", str(ledger.root)]) == 0
+    queue = read_queue(ledger.root / "queue.extxyz")
+    assert [a.info["label_kind"] for a in queue] == ["dfpt", "dfpt", "scf"]
+    assert [a.info["queue_index"] for a in queue] == [0, 1, 2]
+    assert [job.kind for job in pending_jobs(Ledger(ledger.root))] == ["dfpt", "scf"]

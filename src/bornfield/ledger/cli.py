@@ -64,6 +64,10 @@ def register(subparsers) -> None:
     append.add_argument("--ledger", default=DEFAULT_LEDGER, help=f"ledger directory (default: {DEFAULT_LEDGER})")
     append.set_defaults(func=run_append)
 
+    revise = sub.add_parser("revise", help="re-apply the queue rules (label kind, cost) to pending entries; labelled ones stay")
+    revise.add_argument("--ledger", default=DEFAULT_LEDGER, help=f"ledger directory (default: {DEFAULT_LEDGER})")
+    revise.set_defaults(func=run_revise)
+
     add = sub.add_parser("add", help="add finished DFT job directories (refused at other settings)")
     add.add_argument("job_dirs", nargs="+", type=Path, help="job directories <jobs>/<dft_id> with status.json + labels.json")
     add.add_argument("--ledger", default=DEFAULT_LEDGER, help=f"ledger directory (default: {DEFAULT_LEDGER})")
@@ -166,6 +170,22 @@ def run_append(args: argparse.Namespace) -> int:
         atoms.info.setdefault("split", "train")
     added = append_to_queue(ledger.root / "queue.extxyz", frames, ledger.spec.settings)
     LOG.info("appended %d of %d structures to %s (near-duplicates dropped)", len(added), len(frames), ledger.root / "queue.extxyz")
+    return 0
+
+
+def run_revise(args: argparse.Namespace) -> int:
+    from bornfield.ledger.labeller import is_labelled
+    from bornfield.ledger.queue import read_queue, revise_pending, write_queue
+    from bornfield.ledger.store import Ledger
+
+    ledger = Ledger(args.ledger)
+    path = ledger.root / "queue.extxyz"
+    queue = read_queue(path)
+    before = {int(a.info["queue_index"]): a.info["label_kind"] for a in queue}
+    revised = revise_pending(queue, lambda a: not is_labelled(ledger, a, a.info["label_kind"]), ledger.spec.settings)
+    changed = [i for i, a in ((int(a.info["queue_index"]), a) for a in revised) if a.info["label_kind"] != before[i]]
+    write_queue(path, revised)
+    LOG.info("queue %s: %d pending entries changed kind (queue indices %s)", path, len(changed), changed)
     return 0
 
 

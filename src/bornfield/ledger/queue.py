@@ -195,6 +195,30 @@ def deduplicate(frames: list[Atoms], existing: list[Atoms] = ()) -> list[Atoms]:
     return kept
 
 
+def label_kind_for(atoms: Atoms) -> str:
+    """The kind a structure is labelled with: DFPT only in neutral cells, SCF otherwise.
+
+    The Born charges of a charged cell sum to its charge, not to zero, so no sum-rule
+    correction applies and they cannot train the Born model; such a cell gets forces only.
+    """
+    kind = atoms.info["label_kind"]
+    if kind == "dfpt" and int(atoms.info.get("charge", 0) or 0) != 0:
+        LOG.info("queue: %s has charge %s, labelled SCF only (Born charges need a neutral cell)",
+                 atoms.info.get("structure_id"), atoms.info["charge"])
+        return "scf"
+    return kind
+
+
+def revise_pending(queue: list[Atoms], is_pending: Callable[[Atoms], bool], settings) -> list[Atoms]:
+    """The queue with every pending entry re-annotated by the current rules (kind, cost); labelled entries and the order stay."""
+    revised = []
+    for atoms in queue:
+        if is_pending(atoms):
+            atoms = finalise([atoms], settings, int(atoms.info["queue_index"]))[0]
+        revised.append(atoms)
+    return revised
+
+
 def finalise(frames: list[Atoms], settings, start_index: int = 0) -> list[Atoms]:
     """Annotate queue entries: ids, kind, cost (``settings``: the ledger's DFTSettings)."""
     from bornfield.estimate import dft_job_core_seconds
@@ -205,6 +229,7 @@ def finalise(frames: list[Atoms], settings, start_index: int = 0) -> list[Atoms]
         kind = atoms.info["label_kind"]
         if kind not in KINDS:
             raise ConfigError(f"queue entry {offset}: label_kind {kind!r}, expected one of {KINDS}")
+        kind = atoms.info["label_kind"] = label_kind_for(atoms)
         scf_s, ph_s = dft_job_core_seconds(len(atoms), atoms.cell[:], settings_for_kind(settings, kind))
         seed = atoms.info.get("seed", -1)
         source = atoms.info.get("source", f"bornfield.ledger.queue family {atoms.info['family']}")
