@@ -198,11 +198,10 @@ def test_write_provenance_rejects_bad_input_and_keeps_old_file(
 def test_interrupted_write_leaves_no_partial_file(tmp_path: Path, monkeypatch) -> None:
     target = tmp_path / "provenance.json"
 
-    def fail_midway(obj, handle, **kwargs):
-        handle.write('{"provenance": ')
+    def fail_midway(fd):  # the data is in the temporary file; flushing it to disk fails
         raise OSError("disk full")
 
-    monkeypatch.setattr(provenance.json, "dump", fail_midway)
+    monkeypatch.setattr(provenance.atomic.os, "fsync", fail_midway)
     with pytest.raises(OSError, match="disk full"):
         provenance.write_provenance(target, {"seed": 1}, [1])
     assert list(tmp_path.iterdir()) == []

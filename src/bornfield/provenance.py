@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import bornfield
+from bornfield import atomic
 from bornfield.errors import ConfigError
 
 #: Distribution names (PyPI) whose versions are recorded, keyed by record name.
@@ -338,21 +339,7 @@ def write_provenance(
         "config": _to_json(config, "config"),
         "seeds": _to_json(seeds, "seeds"),
     }
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(
-        "w", dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            json.dump(record, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, target)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    atomic.write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
     return record
 
 

@@ -11,7 +11,6 @@ import csv
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
 from tqdm import tqdm
 
-from bornfield import __version__
+from bornfield import __version__, atomic
 from bornfield.analysis import transport
 from bornfield.analysis.forces import TransverseAccumulator
 from bornfield.analysis.msd import drift_free_covariance, project, species_moments
@@ -106,7 +105,7 @@ def fit_window_indices(settings: dict, duration_fs: float, frame_interval_fs: fl
         ConfigError: the window is empty, inverted or has fewer than 3 lags.
     """
     notes: list[str] = []
-    if settings.get("fit_window_fs") is not None:
+    if settings["fit_window_fs"] is not None:
         start_fs, end_fs = (float(v) for v in settings["fit_window_fs"])
         key = "analysis.fit_window_fs"
     else:
@@ -568,13 +567,6 @@ def _transverse(trajectories, indices, n_frames, direction, strength, settings, 
     return result
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
@@ -597,21 +589,19 @@ def _finite_json(value: Any) -> Any:
 def write_json(path: str | Path, record: dict) -> Path:
     """Write a JSON record atomically (temp file + rename); NaN/inf become null."""
     path = Path(path)
-    _atomic_write_text(path, json.dumps(_finite_json(json.loads(json.dumps(record, default=_json_default))), indent=1))
+    atomic.write_text(path, json.dumps(_finite_json(json.loads(json.dumps(record, default=_json_default))), indent=1))
     return path
 
 
 def write_msd_csv(path: str | Path, record: dict) -> Path:
     """Long-format MSD table: one row per species and lag (Å², Å; sem empty for one replica)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     columns = ["condition", "species", "lag_fs"]
     keys = [k for k in CURVE_KEYS]
     for key in keys:
         unit = "A" if key == "drift_parallel" else "A2"
         columns += [f"msd_{key}_{unit}" if key != "drift_parallel" else f"{key}_{unit}", f"{key}_sem_{unit}"]
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+    with atomic.atomic_path(path) as tmp, open(tmp, "x", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(columns)
         if record.get("state") == "analysed":
@@ -624,5 +614,4 @@ def write_msd_csv(path: str | Path, record: dict) -> Path:
                         row.append(f"{entry['value'][i]:.8g}")
                         row.append("" if entry["sem"] is None else f"{entry['sem'][i]:.6g}")
                     writer.writerow(row)
-    os.replace(tmp, path)
     return path

@@ -21,7 +21,6 @@ import csv
 import json
 import logging
 import math
-import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
@@ -31,6 +30,7 @@ from ase.units import kB
 
 from bornfield.analysis import transport
 from bornfield.analysis.condition import RESULT_FORMAT, write_json
+from bornfield.atomic import atomic_path
 from bornfield.errors import InputFileError
 
 LOG = logging.getLogger(__name__)
@@ -74,14 +74,11 @@ def _fmt(value: Any) -> str:
 
 
 def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+    with atomic_path(path) as tmp, open(tmp, "x", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(columns)
         for row in rows:
             writer.writerow([_fmt(row.get(c)) for c in columns])
-    os.replace(tmp, path)
     return path
 
 

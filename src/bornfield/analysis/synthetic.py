@@ -15,8 +15,6 @@ mobile species' drift relative to the centre of mass is ``(1 - f) v`` with
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,7 +22,8 @@ import numpy as np
 from ase.data import atomic_masses, atomic_numbers
 
 from bornfield.analysis.trajectory import TRAJ_FORMAT
-from bornfield import fieldphysics
+from bornfield import atomic, fieldphysics
+from bornfield.atomic import atomic_path
 
 TRAJ_UNITS = "ASE: Å, eV, fs, amu, e; field V/Å"
 
@@ -58,10 +57,8 @@ def write_trajectory(
     import h5py
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     n_frames = len(time_fs)
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as handle:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
         handle.attrs.update(
             {
                 "format": TRAJ_FORMAT,
@@ -96,7 +93,6 @@ def write_trajectory(
             frames("field_forces", field_forces, np.float32)
         if born_charges is not None:
             frames("born_charges", born_charges, np.float32)
-    os.replace(tmp, path)
     return path
 
 
@@ -278,7 +274,7 @@ def write_synthetic_condition(
             if replica in failed_replicas
             else {"state": "completed", "reason": None, "steps": (n_frames - 1) * stride}
         )
-        (directory / "status.json").write_text(json.dumps(state))
+        atomic.write_json(directory / "status.json", state)
     summary = {
         "condition": {
             "name": name,
@@ -293,5 +289,5 @@ def write_synthetic_condition(
         "replicas_completed": n_replicas - len(failed_replicas),
         "replicas_failed": len(failed_replicas),
     }
-    (condition_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    atomic.write_json(condition_dir / "summary.json", summary)
     return summary

@@ -58,7 +58,6 @@ def run_assemble(args: argparse.Namespace) -> int:
         )
     write_dataset(frames, args.output)
     data = {"dataset": str(args.output), **report.to_dict(), "statistics": label_statistics(frames)}
-    Path(args.report_json).parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.report_json, data)
     plot_report(frames, report, args.report_png)
     LOG.info(

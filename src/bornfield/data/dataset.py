@@ -25,6 +25,7 @@ from ase.stress import voigt_6_to_full_3x3_stress
 from ase.io import read, write
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from bornfield.atomic import atomic_path
 from bornfield.errors import InputFileError
 
 LOG = logging.getLogger(__name__)
@@ -179,11 +180,8 @@ def label_statistics(frames: list[Atoms]) -> dict:
 
 def write_dataset(frames: list[Atoms], path: str | Path) -> None:
     """Write frames to extxyz atomically (temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".extxyz.part")
-    write(tmp, frames, format="extxyz", write_results=False)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        write(tmp, frames, format="extxyz", write_results=False)
 
 
 def read_dataset(path: str | Path) -> list[Atoms]:

@@ -18,6 +18,7 @@ import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from bornfield import atomic
 from bornfield.config import load_config
 from bornfield.errors import InputFileError
 
@@ -85,7 +86,7 @@ def run_label(args: argparse.Namespace) -> int:
     summary = label(args.ledger, args.hours, args.ranks, args.work_dir, args.launcher, args.max_jobs,
                     tuple(args.kind or ("dfpt", "scf")))
     if args.summary:
-        args.summary.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+        atomic.write_text(args.summary, json.dumps(summary, indent=1) + "\n")
     return 0
 
 
@@ -152,7 +153,7 @@ def run_status(args: argparse.Namespace) -> int:
     status = ledger_status(args.ledger)
     print(json.dumps(status, indent=1))
     if args.json:
-        args.json.write_text(json.dumps(status, indent=1) + "\n", encoding="utf-8")
+        atomic.write_text(args.json, json.dumps(status, indent=1) + "\n")
     return 0
 
 

@@ -35,6 +35,7 @@ from bornfield.data.dataset import labelled_atoms, read_dataset
 from bornfield.dft.inputs import DFTSettings
 from bornfield.dft.pseudopotentials import PseudoRecord
 from bornfield.dft.qc import QCThresholds
+from bornfield import atomic
 from bornfield.errors import ConfigError, InputFileError
 
 LOG = logging.getLogger(__name__)
@@ -298,6 +299,4 @@ def _differences(settings: DFTSettings, pseudos: dict[str, PseudoRecord], spec: 
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)
+    atomic.write_text(path, text)

@@ -20,6 +20,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from bornfield import atomic
 from bornfield.errors import InputFileError
 
 THERMO_COLUMNS = (
@@ -40,18 +41,8 @@ thermostat added (NaN for Langevin, whose heat exchange is not tracked);
 the zero-field equilibration)."""
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    atomic.write_json(path, data, indent=2, sort_keys=True)
 
 
 def read_json(path: Path) -> Any:
@@ -103,8 +94,7 @@ class TrajectoryWriter:
                 raise InputFileError(
                     f"{self.path}: trajectory unreadable on restart ({exc}); delete the replica "
                     "directory to start it again") from exc
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with h5py.File(tmp, "w") as file:
+        with atomic.atomic_path(self.path) as tmp, h5py.File(tmp, "w") as file:
             file.attrs["format"] = "bornfield-traj"
             file.attrs["version"] = 1
             file.attrs["units"] = "ASE: Å, eV, fs, amu, e; field V/Å"
@@ -130,7 +120,6 @@ class TrajectoryWriter:
                 resizable("field_forces", (n_atoms, 3), np.float32)
             if born_charges:
                 resizable("born_charges", (n_atoms, 3, 3), np.float32)
-        os.replace(tmp, self.path)
 
     def append(self, step: int, time_fs: float, field: np.ndarray, positions: np.ndarray,
                velocities_A_per_fs: np.ndarray | None = None, field_forces: np.ndarray | None = None,
@@ -194,12 +183,10 @@ class ThermoWriter:
                                 rows.append(row)
                         except ValueError:
                             continue
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+        with atomic.atomic_path(self.path) as tmp, open(tmp, "x", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(THERMO_COLUMNS)
             writer.writerows(rows)
-        os.replace(tmp, self.path)
 
     def append(self, values: dict) -> None:
         row = []
@@ -226,12 +213,8 @@ class ThermoWriter:
 
 def save_checkpoint(path: Path, arrays: dict[str, np.ndarray], metadata: dict) -> None:
     """Write a checkpoint atomically (npz: arrays + a JSON metadata string)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, metadata=np.array(json.dumps(metadata, sort_keys=True)), **arrays)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    with atomic.atomic_path(path) as tmp, open(tmp, "xb") as handle:
+        np.savez(handle, metadata=np.array(json.dumps(metadata, sort_keys=True)), **arrays)
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict]:

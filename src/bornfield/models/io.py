@@ -20,8 +20,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,7 @@ import e3nn
 import numpy as np
 import torch
 
-from bornfield import __version__
+from bornfield import __version__, atomic
 from bornfield.errors import InputFileError
 from bornfield.models.base import BornfieldModel
 from bornfield.models.born import EquivariantBornModel, PaperRowBaseline
@@ -72,21 +70,6 @@ def _to_builtin(value: Any) -> Any:
     raise TypeError(f"cannot store {type(value).__name__} in a model file")
 
 
-def atomic_write_bytes(path: Path, writer) -> None:
-    """Call ``writer(handle)`` on a temporary file next to ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            writer(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_model(model: BornfieldModel, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
     """Write ``model`` to ``path`` atomically with its hyperparameters and metadata."""
     meta = dict(model.metadata)
@@ -116,7 +99,7 @@ def save_model(model: BornfieldModel, path: str | Path, metadata: dict[str, Any]
         "state_sha256": state_checksum(state),
     }
     path = Path(path)
-    atomic_write_bytes(path, lambda handle: torch.save(payload, handle))
+    atomic.write_bytes(path, lambda handle: torch.save(payload, handle))
     model.metadata = meta
     return path
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -21,6 +20,8 @@ matplotlib.use("Agg")
 logging.getLogger("fontTools").setLevel(logging.WARNING)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from bornfield.atomic import atomic_path  # noqa: E402
 
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 SPECIES_COLORS = {"Li": "#0072B2", "P": "#E69F00", "O": "#D55E00"}
@@ -121,13 +122,13 @@ def no_data(ax, message: str) -> None:
 def save_figure(fig, stem: str | Path, formats: Sequence[str] = ("png", "pdf"), dpi: int = 150) -> list[Path]:
     """Save ``fig`` as ``<stem>.<fmt>`` for every format (atomic), close it, return the paths."""
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
-    for fmt in formats:
-        target = stem.with_name(f"{stem.name}.{fmt}")
-        tmp = stem.with_name(f".{stem.name}.{fmt}.tmp")
-        fig.savefig(tmp, format=fmt, dpi=dpi)
-        os.replace(tmp, target)
-        paths.append(target)
-    plt.close(fig)
+    try:
+        for fmt in formats:
+            target = stem.with_name(f"{stem.name}.{fmt}")
+            with atomic_path(target) as tmp:
+                fig.savefig(tmp, format=fmt, dpi=dpi)
+            paths.append(target)
+    finally:
+        plt.close(fig)
     return paths

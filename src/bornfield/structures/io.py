@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
@@ -12,15 +9,9 @@ import numpy as np
 from ase import Atoms
 from ase.io import read, write
 
+from bornfield import atomic
 from bornfield.errors import InputFileError
 from bornfield.structures.identity import REQUIRED_INFO_KEYS
-
-
-def _atomic_target(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    return Path(tmp)
 
 
 def write_extxyz_atomic(path: str | Path, images: Iterable[Atoms]) -> Path:
@@ -32,42 +23,19 @@ def write_extxyz_atomic(path: str | Path, images: Iterable[Atoms]) -> Path:
     images = list(images)
     if not images:
         raise ValueError(f"refusing to write an empty structure file {path}")
-    tmp = _atomic_target(path)
-    try:
-        clean = []
-        for atoms in images:
-            copy = atoms.copy()
-            copy.calc = None
-            clean.append(copy)
+    clean = []
+    for atoms in images:
+        copy = atoms.copy()
+        copy.calc = None
+        clean.append(copy)
+    with atomic.atomic_path(path) as tmp:
         write(tmp, clean, format="extxyz")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
 def write_json_atomic(path: str | Path, data: object) -> Path:
     """Write JSON via a temporary file and a rename."""
-    path = Path(path)
-    tmp = _atomic_target(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True, default=_json_default)
-            handle.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value)}")
+    return atomic.write_json(path, data, indent=2, sort_keys=True)
 
 
 def read_structures(path: str | Path, require_info: bool = True) -> list[Atoms]:

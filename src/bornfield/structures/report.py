@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
+from bornfield.atomic import atomic_path
 from bornfield.structures.analysis import RDF_PAIRS, analyse_structure
 
 SCALAR_METRICS = (
@@ -87,8 +88,6 @@ def acceptance(metrics: dict) -> dict:
 
 def plot_report(report: dict, path: str | Path) -> None:
     """Partial RDFs (mean ± std over cells) with the key numbers, saved as PNG (atomically)."""
-    import os
-    import tempfile
 
     import matplotlib
 
@@ -120,13 +119,8 @@ def plot_report(report: dict, path: str | Path) -> None:
         text += f"\nrelaxed cells; during the NPT anneal: {m['anneal_density_g_cm3']['mean']:.3f} ± " \
                 f"{m['anneal_density_g_cm3']['std']:.3f} g/cm³"
     fig.suptitle(text, fontsize=9)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(handle)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)

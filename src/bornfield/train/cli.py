@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bornfield import atomic
+from bornfield.atomic import atomic_path
 from bornfield.config import add_settings_arguments, load_config, settings_from_args
 from bornfield.errors import ConfigError, InputFileError
 
@@ -67,10 +69,7 @@ def _dataset_hash(paths: list[str]) -> str:
 
 
 def _write_json(path: Path, data) -> None:
-    from bornfield.models.io import atomic_write_bytes
-
-    text = json.dumps(data, indent=1, sort_keys=False, default=float)
-    atomic_write_bytes(Path(path), lambda handle: handle.write(text.encode()))
+    atomic.write_text(path, json.dumps(data, indent=1, sort_keys=False, default=float))
 
 
 def resolve_split(samples, settings: dict, master_seed: int, path: Path, data_hash: str,
@@ -365,7 +364,6 @@ def run_select(args: argparse.Namespace) -> int:
     from ase.io import write
 
     from bornfield.models import load_born, load_potential
-    from bornfield.models.io import atomic_write_bytes
     from bornfield.train.select import (
         committee_disagreement,
         read_candidates,
@@ -400,10 +398,8 @@ def run_select(args: argparse.Namespace) -> int:
             atoms.info["al_generation"] = int(args.generation)
         selected.append(atoms)
     out = Path(args.out)
-    tmp = out.with_name(f".{out.name}.part")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write(tmp, selected, format="extxyz")
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        write(tmp, selected, format="extxyz")
     if args.report:
         report = {
             "candidates": [str(p) for p in args.candidates], "n_candidates": len(candidates),
@@ -413,8 +409,7 @@ def run_select(args: argparse.Namespace) -> int:
             "force_std_eV_per_A": disagreement["force_std"].tolist(),
             "born_std_e": disagreement["born_std"].tolist(), "scores": scores.tolist(),
         }
-        text = json.dumps(report, indent=1, default=lambda v: None)
-        atomic_write_bytes(Path(args.report), lambda handle: handle.write(text.encode()))
+        atomic.write_text(args.report, json.dumps(report, indent=1, default=lambda v: None))
     print(f"selected {len(chosen)} of {len(candidates)} candidates -> {out}")
     return 0
 
@@ -446,10 +441,8 @@ def run_explore(args: argparse.Namespace) -> int:
     for atoms in snapshots:
         atoms.info["al_generation"] = int(args.generation)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.part")
-    write(tmp, snapshots, format="extxyz")
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        write(tmp, snapshots, format="extxyz")
     if args.report:
         _write_json(Path(args.report), {"structures": str(path), "generation": args.generation,
                                         "n_snapshots": len(snapshots), "trajectories": records})
@@ -506,10 +499,8 @@ def run_predict(args: argparse.Namespace) -> int:
         a.info["predicted_by"] = ";".join(str(p) for p in (args.potential or []) + (args.born or []))
         out_frames.append(a)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.part")
-    write(tmp, out_frames, format="extxyz")
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        write(tmp, out_frames, format="extxyz")
     print(f"wrote {len(out_frames)} structures to {out}")
     return 0
 

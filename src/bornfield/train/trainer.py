@@ -39,7 +39,8 @@ from tqdm import tqdm
 from bornfield.errors import ConfigError, InputFileError
 from bornfield.models.base import BornfieldModel
 from bornfield.models.graph import collate
-from bornfield.models.io import MODEL_CLASSES, atomic_write_bytes, create_model, save_model
+from bornfield.atomic import write_bytes
+from bornfield.models.io import MODEL_CLASSES, create_model, save_model
 from bornfield.train.data import (
     Sample,
     attach_edges,
@@ -237,7 +238,7 @@ def _write_csv(path: Path, history: list[dict[str, float]]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=keys)
     writer.writeheader()
     writer.writerows(history)
-    atomic_write_bytes(path, lambda handle: handle.write(buffer.getvalue().encode()))
+    write_bytes(path, buffer.getvalue().encode())
 
 
 def train_model(
@@ -396,7 +397,7 @@ def train_model(
             "bad_epochs": bad_epochs,
             "history": history,
         }
-        atomic_write_bytes(ckpt_path, lambda handle, c=checkpoint: torch.save(c, handle))
+        write_bytes(ckpt_path, lambda handle, c=checkpoint: torch.save(c, handle))
         _write_csv(csv_path, history)
         if not np.isfinite(val_loss):
             raise InputFileError(f"training of {out_path} diverged (validation loss {val_loss}) at epoch {epoch}")
