@@ -4,7 +4,8 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The config is --configfile (config/config.yaml, the demo, without one), every key it leaves
+# out at its schema default: see workflow/rules/common.smk and config/README.md.
 
 
 report: "workflow/report/workflow.rst"

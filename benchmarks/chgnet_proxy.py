@@ -105,9 +105,9 @@ def _md_snapshots(engine, start, temperature_K: float, n_snapshots: int, seed: i
     from bornfield.structures.meltquench import MeltQuenchProtocol
 
     run_ps = 2.0 * n_snapshots * MD_SNAPSHOT_SPACING_FS / 1000.0
-    protocol = MeltQuenchProtocol(melt_temperature_K=temperature_K, melt_time_ps=run_ps,
-                                  final_temperature_K=temperature_K, anneal_time_ps=0.0, relax=False,
-                                  timestep_fs=1.0, thermostat_damping_fs=100.0)
+    protocol = MeltQuenchProtocol.defaults(melt_temperature_K=temperature_K, melt_time_ps=run_ps,
+                                           final_temperature_K=temperature_K, anneal_time_ps=0.0, relax=False,
+                                           timestep_fs=1.0, thermostat_damping_fs=100.0)
     result = engine.melt_quench(start, protocol, seed, n_snapshots)
     if len(result.melt_snapshots) != n_snapshots:
         raise RuntimeError(f"MD at {temperature_K} K gave {len(result.melt_snapshots)} snapshots, "
@@ -157,9 +157,8 @@ def build_structures(master_seed: int, workdir: Path) -> list:
     amorphous = dict(config["structures"]["amorphous"])
     amorphous.update(AMORPHOUS_PROTOCOL)
     amorphous["dft_cells"] = dict(AMORPHOUS_CELLS)
-    lammps = amorphous.get("lammps", {})
-    engine = PedoneLammpsEngine(cutoff=lammps.get("cutoff_A", 10.0),
-                                kspace_accuracy=lammps.get("kspace_accuracy", 1e-5),
+    lammps = amorphous["lammps"]
+    engine = PedoneLammpsEngine(cutoff=lammps["cutoff_A"], kspace_accuracy=lammps["kspace_accuracy"],
                                 thermo_every=100, logfile=None, progress=False)
     for index in range(AMORPHOUS_CELLS["seeds"]):
         final, melt, result = make_amorphous_cell(amorphous, master_seed, "dft", index, engine=engine)

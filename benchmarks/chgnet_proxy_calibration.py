@@ -79,7 +79,7 @@ def main() -> int:
     work = args.workdir
     dataset = unpack_dataset(work)
     settings = train_settings(args.epochs)
-    common = ["--settings", json.dumps(settings), "--seed", str(args.seed), "--dataset", str(dataset)]
+    common = ["--settings", json.dumps({"train": settings}), "--seed", str(args.seed), "--dataset", str(dataset)]
     timings_path = work / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     paths = []

@@ -60,7 +60,7 @@ K_DENSITY = {"k112": 0.8, "k223": 1.6, "k334": 2.4, "k445": 3.2, "k556": 4.0}
 def settings(ecut: float, kmesh: str, tr2: float = 1e-14, born: bool = True, pseudo_set: str = "pbesol_paw") -> DFTSettings:
     """Settings with ecutrho = 8 ecutwfc (pslibrary PAW/US recommendation)."""
     return replace(
-        DFTSettings(), pseudo_set=pseudo_set, ecutwfc_Ry=float(ecut), ecutrho_Ry=8.0 * ecut,
+        DFTSettings.defaults(), pseudo_set=pseudo_set, ecutwfc_Ry=float(ecut), ecutrho_Ry=8.0 * ecut,
         kpoint_density_per_inv_A=K_DENSITY[kmesh.removesuffix("s")], kpoint_offset=kmesh.endswith("s"),
         tr2_ph=tr2, born_charges=born,
         conv_thr_per_atom_Ry=1e-11,
@@ -107,7 +107,7 @@ QUEUES: dict[str, list[tuple[str, DFTSettings]]] = {
     # tr2_ph series relaxed tr2_ph to 1e-14 (Z within 0.0013 e): the raw ASR residual and the
     # cost a production label actually has
     "defaults": [
-        ("ph_default", replace(DFTSettings(), tr2_ph=1e-16)),
+        ("ph_default", replace(DFTSettings.defaults(), tr2_ph=1e-16)),
     ],
     # forces moved by 17 meV/Å from 2x2x3 to 3x3x4: one SCF further to see 3x3x4 converged
     # and odd/even meshes alternate (3x3x4 is further from 4x4x5 in energy than 2x2x3): the
@@ -140,7 +140,7 @@ POOLS_JOBS = (1, 2)
 
 #: DFPT cost vs size (issue 4 scaling benchmark): rattled beta supercells at 25/200 Ry, Gamma only,
 #: on 1 and 2 ranks (16, 32, 64 atoms); read by ``dft_timing.py``. Series are kept per BLAS (``scaling_dir``).
-SCALING_SETTINGS = replace(DFTSettings(), ecutwfc_Ry=25.0, ecutrho_Ry=200.0, kpoint_density_per_inv_A=0.1,
+SCALING_SETTINGS = replace(DFTSettings.defaults(), ecutwfc_Ry=25.0, ecutrho_Ry=200.0, kpoint_density_per_inv_A=0.1,
                            conv_thr_per_atom_Ry=1e-10, tr2_ph=1e-14, born_charges=True)
 SCALING_JOBS = [((1, 1, 1), 1), ((1, 1, 2), 1), ((1, 1, 1), 2), ((1, 1, 2), 2), ((2, 1, 2), 1), ((2, 1, 2), 2)]
 
@@ -181,7 +181,7 @@ def run_scaling(only_ranks: int | None = None, max_atoms: int | None = None, rep
         if max_atoms is not None and 16 * int(np.prod(repetition)) > max_atoms:
             continue
         atoms = scaling_structure(repetition)
-        options = RunnerOptions(launcher=f"/usr/bin/mpirun -n {ranks}" if ranks > 1 else "")
+        options = RunnerOptions.defaults(launcher=f"/usr/bin/mpirun -n {ranks}" if ranks > 1 else "")
         job = DFTJob(atoms, SCALING_SETTINGS, pseudos, pseudo_dir, scaling_dir(ranks, repeat), options)
         labels = job.run()
         logging.info("scaling %d atoms, %d rank(s): %s (%s)", len(atoms), ranks, labels["state"], job.dir)
@@ -191,7 +191,7 @@ def run_pools() -> None:
     """The pools pair on 2 ranks (wants an otherwise idle machine: wall times are compared)."""
     pseudos, pseudo_dir = paw_pseudos()
     for pools in POOLS_JOBS:
-        options = RunnerOptions(launcher="/usr/bin/mpirun -n 2", pools=pools)
+        options = RunnerOptions.defaults(launcher="/usr/bin/mpirun -n 2", pools=pools)
         job = DFTJob(structure(), POOLS_SETTINGS, pseudos, pseudo_dir, WORK / f"pools_2rank_nk{pools}", options)
         labels = job.run()
         logging.info("pools %d on 2 ranks: %s (%s)", pools, labels["state"], job.dir)
@@ -205,7 +205,7 @@ def run_blas(blas_dir: str) -> None:
     if blas_dir:
         os.environ["LD_LIBRARY_PATH"] = ":".join(filter(None, [blas_dir, os.environ.get("LD_LIBRARY_PATH")]))
     name = Path(blas_dir).name if blas_dir else "system"
-    job = DFTJob(scaling_structure(SCALING_JOBS[0][0]), SCALING_SETTINGS, pseudos, pseudo_dir, WORK / f"blas_{name}", RunnerOptions(launcher=""))
+    job = DFTJob(scaling_structure(SCALING_JOBS[0][0]), SCALING_SETTINGS, pseudos, pseudo_dir, WORK / f"blas_{name}", RunnerOptions.defaults(launcher=""))
     labels = job.run()
     logging.info("BLAS %s: %s (%s)", name, labels["state"], job.dir)
 
@@ -218,7 +218,7 @@ def structure():
 
 
 def run_queue(name: str, ranks: int) -> None:
-    options = RunnerOptions(launcher=f"/usr/bin/mpirun -n {ranks}" if ranks > 1 else "")
+    options = RunnerOptions.defaults(launcher=f"/usr/bin/mpirun -n {ranks}" if ranks > 1 else "")
     atoms = structure()
     index_path = WORK / "index.json"
     for label, s in QUEUES[name]:

@@ -40,7 +40,7 @@ WORK = HERE / "work" / "dft_validation"
 TEST_DATA = ROOT / "tests" / "data" / "qe" / "vcrelax_beta"
 #: Keffer, Mighell, Mauer, Swanson, Block (1967), Inorg. Chem. 6, 119 (LI3PO4_FACTS.md)
 EXPERIMENT_ABC_A = (6.1150, 5.2394, 4.8554)
-SETTINGS = replace(DFTSettings(), ecutwfc_Ry=80.0, ecutrho_Ry=640.0, kpoint_density_per_inv_A=1.6, conv_thr_per_atom_Ry=1e-11)
+SETTINGS = replace(DFTSettings.defaults(), ecutwfc_Ry=80.0, ecutrho_Ry=640.0, kpoint_density_per_inv_A=1.6, conv_thr_per_atom_Ry=1e-11)
 VC_RELAX = PwOverrides(
     extra_control={"calculation": "vc-relax", "nstep": 80, "etot_conv_thr": 1e-5, "forc_conv_thr": 1e-3},
     extra_namelists={"ions": {"ion_dynamics": "bfgs"},

@@ -80,7 +80,7 @@ def run_worker(queue: Path, config: Path) -> None:
         pseudos = provision_pseudopotentials(pseudo_dir, "pbesol_paw")
     for atoms in structures(queue):
         for name, settings in variants(config).items():
-            job = DFTJob(atoms, settings, pseudos, pseudo_dir, WORK / name / "jobs", RunnerOptions(launcher=""),
+            job = DFTJob(atoms, settings, pseudos, pseudo_dir, WORK / name / "jobs", RunnerOptions.defaults(launcher=""),
                          QCThresholds.from_section(section))
             job.dir.parent.mkdir(parents=True, exist_ok=True)
             with open(job.dir.parent / f"{job.dft_id}.lock", "w") as claim:

@@ -41,7 +41,7 @@ def main() -> int:
 
     config = load_config(args.config)
     train = config["train"]
-    settings = json.dumps(train)
+    settings = json.dumps({"train": train})
     seed = str(config["seed"])
     work = Path(args.workdir)
     if args.no_resume and work.exists():

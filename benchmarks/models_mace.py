@@ -91,7 +91,7 @@ def train_settings(epochs: int) -> dict:
     """The ``train`` section: config/paper.yaml's potential block, epochs and split of this benchmark."""
     from bornfield.config import load_config
 
-    train = load_config(ROOT / "config" / "paper.yaml")["train"]
+    train = load_config(ROOT / "config" / "paper.yaml").train.to_dict()
     train["split"] = dict(SPLIT)
     train["threads"] = 1
     potential = dict(train["potential"])
@@ -302,7 +302,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     dataset = unpack_dataset(work)
     settings = train_settings(args.bornfield_epochs)
-    common = ["--settings", json.dumps(settings), "--seed", str(args.seed), "--dataset", str(dataset)]
+    common = ["--settings", json.dumps({"train": settings}), "--seed", str(args.seed), "--dataset", str(dataset)]
     if bornfield(["train", "split", *common, "--out", str(work / "split.json")]) != 0:
         return 1
     split = json.loads((work / "split.json").read_text())
@@ -339,7 +339,7 @@ def main() -> int:
     if not same_epochs_path.is_file():
         same_epochs_dir.mkdir(exist_ok=True)
         shutil.copy(work / "split.json", same_epochs_dir / "split.json")
-        short = ["--settings", json.dumps(train_settings(args.mace_epochs)), *common[2:]]
+        short = ["--settings", json.dumps({"train": train_settings(args.mace_epochs)}), *common[2:]]
         t0 = time.perf_counter()
         if bornfield(["train", "potential", *short, "--outdir", str(same_epochs_dir), "--member", "0"]) != 0:
             return 1

@@ -1,13 +1,30 @@
-"""Config validation: the CLI and Snakemake validate against the same schema files."""
+"""Config loading: one meaning of a config (schema defaults) for Snakemake and the CLI."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import pickle
+import shlex
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
-from bornfield.config import SCHEMA_DIR, load_config, validate_section
+from bornfield.config import (
+    COMMAND_KEYS,
+    SCHEMA_DIR,
+    Settings,
+    command_settings,
+    default_settings,
+    load_config,
+    resolve_config,
+    settings_from_args,
+    validate_section,
+)
 from bornfield.errors import ConfigError
 
 CONFIGS = ["config/config.yaml", "config/paper.yaml", ".test/config.yaml"]
@@ -86,3 +103,168 @@ def test_missing_and_malformed_files(tmp_path):
     listy.write_text(json.dumps([1, 2]))
     with pytest.raises(ConfigError, match="mapping"):
         load_config(listy)
+
+
+# ------------------------------------------------- one meaning, Snakemake and CLI
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+PARTIAL = {"results_dir": "results/partial", "dft": {"qe": {"ecutwfc_Ry": 40, "ecutrho_Ry": 320}},
+           "md": {"sweep": {"phases": ["beta"], "temperatures_K": [500]}}}
+
+
+def _dry_run(workdir: Path, *configfile: Path) -> str:
+    """`snakemake -n -p` of the repository's workflow in ``workdir``; its output."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    args = [str(SNAKEMAKE), "-n", "-p", "-s", str(REPO / "Snakefile"), "--directory", str(workdir)]
+    if configfile:
+        args += ["--configfile", *map(str, configfile)]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    return output
+
+
+def _commands(output: str) -> list[list[str]]:
+    """argv (from 'bornfield') of every job's shell command in a dry run."""
+    commands = []
+    for line in output.splitlines():
+        if "bornfield " in line and ("--settings" in line or "--config-json" in line):
+            argv = shlex.split(line[line.index("bornfield "):].split(" > ")[0])
+            commands.append(argv)
+    return commands
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv else None
+
+
+def _command_and_context(argv: list[str]) -> tuple[str, dict]:
+    words = argv[1:3]
+    command = "plot" if words[0] == "plot" else " ".join(words)
+    context = {}
+    if command == "structures crystals":
+        context["only"] = _option(argv, "--only")
+    elif command == "structures melt-quench":
+        context["kind"] = _option(argv, "--kind")
+    elif command == "md run":
+        context.update(condition=_option(argv, "--condition"), inputs_given=True)
+    elif command == "dft run":
+        context["launcher_given"] = "--launcher" in argv
+    return command, context
+
+
+@pytest.fixture(params=["config/config.yaml", "config/paper.yaml", ".test/config.yaml", "partial"])
+def config_file(request, tmp_path) -> Path:
+    if request.param == "partial":
+        path = tmp_path / "partial.yaml"
+        path.write_text(yaml.safe_dump(PARTIAL))
+        return path
+    return REPO / request.param
+
+
+def test_snakemake_and_the_cli_resolve_a_config_identically(config_file, tmp_path):
+    """The config the workflow records, and the settings every job of a dry run gets, are what the
+    CLI resolves from the same file: through --config and through the rule's --settings alike."""
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    commands = _commands(_dry_run(workdir, config_file))
+    resolved = load_config(config_file)
+    (provenance,) = [argv for argv in commands if argv[1] == "provenance"]
+    assert json.loads(_option(provenance, "--config-json")) == resolved.to_dict()
+    checked = set()
+    for argv in commands:
+        if argv[1] == "provenance":
+            continue
+        command, context = _command_and_context(argv)
+        passed = json.loads(_option(argv, "--settings"))
+        assert passed == command_settings(resolved, command, **context).to_dict(), command
+        via_config = settings_from_args(argparse.Namespace(config=str(config_file), settings=None), command, **context)
+        via_rule = settings_from_args(argparse.Namespace(config=None, settings=_option(argv, "--settings")),
+                                      command, **context)
+        assert via_rule == via_config, command
+        checked.add(command)
+    assert {"structures crystals", "structures melt-quench", "dft plan", "train potential", "train born",
+            "md run", "analyze condition", "analyze sweep", "plot"} <= checked
+
+
+def test_a_partial_config_means_the_schema_defaults_everywhere(tmp_path):
+    """Keys a config leaves out take the schema default -- never the demo config's value."""
+    path = tmp_path / "partial.yaml"
+    path.write_text(yaml.safe_dump(PARTIAL))
+    resolved = load_config(path)
+    schema = default_settings()
+    assert resolved.dft.qe.ecutwfc_Ry == 40 and resolved.dft.qe.kpoint_density_per_inv_A == schema.dft.qe.kpoint_density_per_inv_A
+    assert resolved.dft.max_structures is None  # the demo labels only 2
+    assert resolved.train.potential.learning_rate == 0.005  # .test and the demo set 0.002
+    assert resolved.md.model_generation == resolved.train.active_learning.generations - 1
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    (provenance,) = [a for a in _commands(_dry_run(workdir, path)) if a[1] == "provenance"]
+    assert json.loads(_option(provenance, "--config-json")) == resolved.to_dict()
+
+
+def test_snakemake_without_configfile_runs_the_demo(tmp_path):
+    """`make demo` passes config/config.yaml; plain `snakemake` means the same."""
+    (provenance,) = [a for a in _commands(_dry_run(tmp_path)) if a[1] == "provenance"]
+    assert json.loads(_option(provenance, "--config-json")) == load_config(REPO / "config" / "config.yaml").to_dict()
+
+
+def test_settings_are_read_only_and_have_no_fallbacks():
+    settings = load_config(REPO / ".test" / "config.yaml")
+    assert settings.train.potential.min_lr == settings["train"]["potential"]["min_lr"] == 1e-5
+    with pytest.raises(TypeError, match="index them"):
+        settings.train.potential.get("min_lr", 1e-6)
+    with pytest.raises(KeyError, match="train.potential.min_lrr"):
+        settings.train.potential["min_lrr"]
+    with pytest.raises(TypeError, match="read-only"):
+        settings.md["timestep_fs"] = 2.0
+    assert isinstance(settings.md.sweep.phases, tuple)
+    assert pickle.loads(pickle.dumps(settings)) == settings
+    assert json.loads(json.dumps(settings)) == settings.to_dict()
+    changed = settings.analysis.replaced(unwrap=True)
+    assert changed.unwrap is True and settings.analysis.unwrap is False
+
+
+def test_a_command_sees_only_the_keys_it_reads():
+    settings = load_config(REPO / "config" / "paper.yaml")
+    born = command_settings(settings, "train born")
+    assert set(born) == {"seed", "train"} and "potential" not in born.train
+    with pytest.raises(KeyError, match="'bornfield train born' reads only"):
+        born.train["potential"]
+    run = command_settings(settings, "dft run", launcher_given=True)
+    assert "runtime_min" not in run.dft.run and "ranks" not in run.dft.run  # resources: no re-run of a job
+
+
+def test_every_command_table_entry_names_real_keys():
+    settings = default_settings()
+    contexts = {"structures crystals": [{"only": None}, {"only": "md-cells"}, {"only": "dft"}],
+                "structures melt-quench": [{"kind": "dft"}, {"kind": "md"}],
+                "dft run": [{"launcher_given": True}, {"launcher_given": False}],
+                "train learning-curve": [{"kind": k} for k in ("potential", "born", "baseline")],
+                "md run": [{"condition": c, "inputs_given": g} for c in ("amorphous_T600K_E0_none",) for g in (True, False)]}
+    for command in COMMAND_KEYS:
+        for context in contexts.get(command, [{}]):
+            part = command_settings(settings, command, **context)
+            assert isinstance(part, Settings) and part, command
+
+
+def test_md_run_settings_reproduce_every_condition_exactly():
+    """The one-condition sweep a job gets has the same name, seeds and field as in the full sweep."""
+    from bornfield.md.conditions import expand_conditions
+
+    settings = load_config(REPO / "config" / "paper.yaml")
+    conditions = expand_conditions(settings.md)
+    assert len(conditions) > 100
+    for condition in conditions:
+        part = command_settings(settings, "md run", condition=condition.name, inputs_given=True)
+        assert expand_conditions(part.md) == [condition]
+
+
+def test_resolve_config_fills_derived_values():
+    settings = resolve_config({"train": {"active_learning": {"generations": 3}},
+                               "md": {"extra_conditions": [{"phase": "beta", "temperature_K": 600,
+                                                            "field_strength_V_per_A": 0.1}]}})
+    assert settings.md.model_generation == 2
+    assert settings.md.extra_conditions[0].replicas == settings.md.sweep.replicas
+    assert settings.md.extra_conditions[0].field_direction == "x"

@@ -118,7 +118,7 @@ def test_cli_plan_and_assemble(job_dirs, tmp_path):
                       "kpoint_density_per_inv_A": settings["kpoint_density_per_inv_A"],
                       "conv_thr_per_atom_Ry": settings["conv_thr_per_atom_Ry"], "tr2_ph": settings["tr2_ph"]}}
     plan_path = tmp_path / "gen0" / "plan.json"
-    assert main(["dft", "plan", "--settings", json.dumps(section), "--structures", str(tmp_path / "candidates.extxyz"),
+    assert main(["dft", "plan", "--settings", json.dumps({"dft": section}), "--structures", str(tmp_path / "candidates.extxyz"),
                  "--inputs-dir", str(tmp_path / "inputs"), "--output", str(plan_path)]) == 0
     plan = json.loads(plan_path.read_text())
     assert [entry["dft_id"] for entry in plan["jobs"]] == [job.name for job in job_dirs]  # same ids as the real runs
@@ -128,6 +128,6 @@ def test_cli_plan_and_assemble(job_dirs, tmp_path):
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["n_structures"] == len(job_dirs) and len(read_dataset(out)) == len(job_dirs)
     assert (tmp_path / "r.png").exists()
-    assert main(["dataset", "assemble", "--settings", json.dumps({"min_labelled_structures": 99}), "--plans", str(plan_path),
+    assert main(["dataset", "assemble", "--settings", json.dumps({"dataset": {"min_labelled_structures": 99}}), "--plans", str(plan_path),
                  "--jobs-dir", str(job_dirs[0].parent), "--output", str(out), "--report-json", str(tmp_path / "r.json"),
                  "--report-png", str(tmp_path / "r.png")]) == 2

@@ -46,7 +46,7 @@ def test_kpoint_density_gives_the_converged_beta_mesh(beta):
 
 
 def test_pw_input_carries_every_setting_and_charge(tmp_path, beta):
-    settings = DFTSettings(ecutwfc_Ry=50, ecutrho_Ry=400, conv_thr_per_atom_Ry=1e-11, mixing_beta=0.3, diagonalization="cg")
+    settings = DFTSettings.defaults(ecutwfc_Ry=50, ecutrho_Ry=400, conv_thr_per_atom_Ry=1e-11, mixing_beta=0.3, diagonalization="cg")
     charged = beta.copy()
     del charged[0]  # a Li vacancy: V_Li' cell
     charged.info["charge"] = -1.0
@@ -71,7 +71,7 @@ def test_pw_input_carries_every_setting_and_charge(tmp_path, beta):
 
 
 def test_restart_and_escalation_overrides(tmp_path, beta):
-    settings = DFTSettings(mixing_beta=0.4, electron_maxstep=50, diagonalization="david")
+    settings = DFTSettings.defaults(mixing_beta=0.4, electron_maxstep=50, diagonalization="david")
     assert scf_escalation(settings, 1) == PwOverrides()
     second, third = scf_escalation(settings, 2), scf_escalation(settings, 3)
     assert second.mixing_beta == pytest.approx(0.2) and second.electron_maxstep == 100
@@ -85,20 +85,20 @@ def test_restart_and_escalation_overrides(tmp_path, beta):
 
 def test_missing_pseudopotential_is_a_config_error(tmp_path, beta):
     with pytest.raises(ConfigError, match="P"):
-        write_pw_input(tmp_path / "pw.in", beta, DFTSettings(), {"Li": "a", "O": "b"}, tmp_path)
+        write_pw_input(tmp_path / "pw.in", beta, DFTSettings.defaults(), {"Li": "a", "O": "b"}, tmp_path)
 
 
 def test_ph_input_asks_for_efield_response_and_born_charges():
-    text = ph_input_text(DFTSettings(tr2_ph=1e-16))
+    text = ph_input_text(DFTSettings.defaults(tr2_ph=1e-16))
     assert "epsil = .true." in text and "zeu = .true." in text and "trans = .false." in text
     assert "recover = .false." in text and float(re.search(r"tr2_ph = (\S+)", text).group(1)) == 1e-16
-    assert "recover = .true." in ph_input_text(DFTSettings(), recover=True)
-    assert "trans = .true." in ph_input_text(DFTSettings(gamma_phonons=True))
+    assert "recover = .true." in ph_input_text(DFTSettings.defaults(), recover=True)
+    assert "trans = .true." in ph_input_text(DFTSettings.defaults(gamma_phonons=True))
     assert text.rstrip().endswith("0.0 0.0 0.0")
 
 
 def test_dft_id_stable_under_extxyz_round_trip_and_sensitive_to_inputs(tmp_path, beta):
-    settings = DFTSettings()
+    settings = DFTSettings.defaults()
     write(tmp_path / "s.extxyz", beta)
     once = read(tmp_path / "s.extxyz")
     first = compute_dft_id(once, settings, PSEUDOS)
@@ -108,7 +108,7 @@ def test_dft_id_stable_under_extxyz_round_trip_and_sensitive_to_inputs(tmp_path,
     moved = beta.copy()
     moved.positions[3, 0] += 1e-4
     assert compute_dft_id(moved, settings, PSEUDOS) != first
-    assert compute_dft_id(beta, DFTSettings(ecutwfc_Ry=50), PSEUDOS) != first
+    assert compute_dft_id(beta, DFTSettings.defaults(ecutwfc_Ry=50), PSEUDOS) != first
     charged = beta.copy()
     charged.info["charge"] = 1
     assert compute_dft_id(charged, settings, PSEUDOS) != first
@@ -116,9 +116,9 @@ def test_dft_id_stable_under_extxyz_round_trip_and_sensitive_to_inputs(tmp_path,
 
 
 def test_launcher_command_keeps_the_configured_mpi():
-    options = RunnerOptions(launcher="srun -n 4")
+    options = RunnerOptions.defaults(launcher="srun -n 4")
     assert options.command("pw.x", "pw.in") == ["srun", "-n", "4", "pw.x", "-in", "pw.in"]
-    serial = RunnerOptions(launcher="")
+    serial = RunnerOptions.defaults(launcher="")
     assert serial.command("ph.x", "ph.in") == ["ph.x", "-in", "ph.in"]
 
 
@@ -138,7 +138,7 @@ def test_extra_namelists_reach_the_input(tmp_path, beta):
     overrides = PwOverrides(extra_control={"calculation": "vc-relax"},
                             extra_namelists={"ions": {"ion_dynamics": "bfgs"}, "cell": {"cell_dofree": "all"}})
     path = tmp_path / "pw.in"
-    write_pw_input(path, beta, DFTSettings(), {"Li": "Li.UPF", "P": "P.UPF", "O": "O.UPF"}, tmp_path, overrides)
+    write_pw_input(path, beta, DFTSettings.defaults(), {"Li": "Li.UPF", "P": "P.UPF", "O": "O.UPF"}, tmp_path, overrides)
     text = path.read_text()
     assert re.search(r"&IONS\s+ion_dynamics\s*=\s*'bfgs'\s*/", text)
     assert re.search(r"&CELL\s+cell_dofree\s*=\s*'all'\s*/", text)

@@ -92,10 +92,10 @@ def test_gamma_only_output_fails_the_gates(ph, qe_dir):
     scf = read_pw_output(qe_dir / "pw.out")
     assert np.abs(ph.asr_residual).max() > 1.0  # Γ-only sampling of a 16-atom cell breaks the ASR badly
     bec = {"asr_residual": ph.asr_residual, "epsilon_inf": ph.epsilon_inf, "born_charges_raw": ph.born_charges_raw}
-    qc = run_gates({"energy": scf.energy, "forces": scf.forces}, bec, QCThresholds(max_asr_residual_e=0.3, max_force_eV_per_A=100))
+    qc = run_gates({"energy": scf.energy, "forces": scf.forces}, bec, QCThresholds.defaults(max_asr_residual_e=0.3, max_force_eV_per_A=100))
     assert qc.scf_ok and not qc.bec_ok and "ASR residual" in qc.reasons[0]
     # the 1.17 Å P–O contact of this rattled cell gives ~58 eV/Å: the default force gate rejects it
-    assert not run_gates({"energy": scf.energy, "forces": scf.forces}, bec, QCThresholds()).scf_ok
+    assert not run_gates({"energy": scf.energy, "forces": scf.forces}, bec, QCThresholds.defaults()).scf_ok
 
 
 def test_pw_output_labels(qe_dir):

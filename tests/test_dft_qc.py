@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from bornfield.dft.parsers import apply_asr
+from bornfield.config import validate_section
 from bornfield.dft.qc import QCThresholds, check_bec, run_gates
 
 
@@ -28,7 +29,7 @@ def test_asr_correction_removes_residual_and_keeps_differences():
 
 
 def test_gates_accept_good_labels():
-    result = run_gates({"energy": -100.0, "forces": np.zeros((4, 3))}, _good_bec(), QCThresholds())
+    result = run_gates({"energy": -100.0, "forces": np.zeros((4, 3))}, _good_bec(), QCThresholds.defaults())
     assert result.scf_ok and result.bec_ok and result.reasons == []
 
 
@@ -45,7 +46,7 @@ def test_gates_accept_good_labels():
 def test_bad_bec_loses_bec_but_keeps_scf(mutate, reason):
     bec = _good_bec()
     mutate(bec)
-    result = run_gates({"energy": -100.0, "forces": np.zeros((4, 3))}, bec, QCThresholds(max_asr_residual_e=0.3))
+    result = run_gates({"energy": -100.0, "forces": np.zeros((4, 3))}, bec, QCThresholds.defaults(max_asr_residual_e=0.3))
     assert result.scf_ok and not result.bec_ok
     assert any(reason in r for r in result.reasons), result.reasons
 
@@ -53,19 +54,19 @@ def test_bad_bec_loses_bec_but_keeps_scf(mutate, reason):
 def test_bad_scf_rejects_everything():
     forces = np.zeros((4, 3))
     forces[1, 2] = np.inf
-    result = run_gates({"energy": -100.0, "forces": forces}, _good_bec(), QCThresholds())
+    result = run_gates({"energy": -100.0, "forces": forces}, _good_bec(), QCThresholds.defaults())
     assert not result.scf_ok and not result.bec_ok and "not finite" in result.reasons[0]
     huge = np.zeros((4, 3))
     huge[0, 0] = 80.0
-    assert not run_gates({"energy": -1.0, "forces": huge}, None, QCThresholds()).scf_ok
-    assert run_gates(None, None, QCThresholds()).reasons == ["SCF failed"]
-    no_dfpt = run_gates({"energy": -1.0, "forces": np.zeros((4, 3))}, None, QCThresholds())
+    assert not run_gates({"energy": -1.0, "forces": huge}, None, QCThresholds.defaults()).scf_ok
+    assert run_gates(None, None, QCThresholds.defaults()).reasons == ["SCF failed"]
+    no_dfpt = run_gates({"energy": -1.0, "forces": np.zeros((4, 3))}, None, QCThresholds.defaults())
     assert no_dfpt.scf_ok and not no_dfpt.bec_ok
 
 
 def test_threshold_is_configurable():
     bec = _good_bec()
     bec["asr_residual"] = np.full((3, 3), 0.2)
-    assert check_bec(bec["asr_residual"], bec["epsilon_inf"], bec["born_charges_raw"], QCThresholds(max_asr_residual_e=0.3)) == []
-    assert check_bec(bec["asr_residual"], bec["epsilon_inf"], bec["born_charges_raw"], QCThresholds(max_asr_residual_e=0.1))
-    assert QCThresholds.from_section({"qc": {"max_asr_residual_e": 0.05}}).max_asr_residual_e == 0.05
+    assert check_bec(bec["asr_residual"], bec["epsilon_inf"], bec["born_charges_raw"], QCThresholds.defaults(max_asr_residual_e=0.3)) == []
+    assert check_bec(bec["asr_residual"], bec["epsilon_inf"], bec["born_charges_raw"], QCThresholds.defaults(max_asr_residual_e=0.1))
+    assert QCThresholds.from_section(validate_section({"qc": {"max_asr_residual_e": 0.05}}, "dft")).max_asr_residual_e == 0.05

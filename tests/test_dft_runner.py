@@ -12,15 +12,16 @@ from ase.build import bulk
 from bornfield.cli import main
 from bornfield.dft.inputs import DFTSettings
 from bornfield.dft.pseudopotentials import PseudoRecord
+from bornfield.config import validate_section
 from bornfield.dft.runner import DFTJob, LaunchFailed, RunnerOptions, run_measured
 from bornfield.errors import ConfigError
 
 
 def _job(tmp_path, launcher):
     pseudos = {el: PseudoRecord(el, f"{el}.UPF", "0" * 32, "test") for el in ("Li", "O")}
-    settings = DFTSettings(ecutwfc_Ry=25, ecutrho_Ry=200, kpoint_density_per_inv_A=0.5)
+    settings = DFTSettings.defaults(ecutwfc_Ry=25, ecutrho_Ry=200, kpoint_density_per_inv_A=0.5)
     return DFTJob(bulk("OLi2", "fluorite", a=4.61), settings, pseudos, tmp_path / "pseudo", tmp_path / "jobs",
-                  RunnerOptions(launcher=launcher))
+                  RunnerOptions.defaults(launcher=launcher))
 
 
 def test_launcher_that_never_starts_qe_raises_and_leaves_no_labels(tmp_path):
@@ -45,7 +46,7 @@ def test_launch_failure_is_a_clear_cli_error(tmp_path, capsys):
     pseudo_dir.mkdir()
     (pseudo_dir / "manifest.json").write_text(json.dumps(
         {el: {"element": el, "filename": f"{el}.UPF", "md5": "0" * 32, "source": "test"} for el in ("Li", "O")}))
-    code = main(["dft", "run", "--settings", json.dumps({"qe": {"ecutwfc_Ry": 25, "ecutrho_Ry": 200}}),
+    code = main(["dft", "run", "--settings", json.dumps({"dft": {"qe": {"ecutwfc_Ry": 25, "ecutrho_Ry": 200}}}),
                  "--structure", str(structure), "--pseudo-dir", str(pseudo_dir), "--jobs-dir", str(tmp_path / "jobs"),
                  "--launcher", "/bin/false"])
     assert code == 2
@@ -53,16 +54,16 @@ def test_launch_failure_is_a_clear_cli_error(tmp_path, capsys):
 
 
 def test_pools_reach_pw_and_ph_command_lines():
-    options = RunnerOptions.from_section({"run": {"launcher": "srun", "ranks": 4, "pools": 2}})
+    options = RunnerOptions.from_section(validate_section({"run": {"launcher": "srun", "ranks": 4, "pools": 2}}, "dft"))
     assert options.command("pw.x", "pw.in") == ["srun", "-n", "4", "pw.x", "-nk", "2", "-in", "pw.in"]
     assert options.command("ph.x", "ph.in")[-4:] == ["-nk", "2", "-in", "ph.in"]
     # one pool: QE's own default, no flag
-    assert "-nk" not in RunnerOptions.from_section({"run": {"launcher": "srun", "ranks": 4}}).command("pw.x", "pw.in")
+    assert "-nk" not in RunnerOptions.from_section(validate_section({"run": {"launcher": "srun", "ranks": 4}}, "dft")).command("pw.x", "pw.in")
 
 
 def test_pools_must_divide_ranks():
     with pytest.raises(ConfigError, match=r"dft.run.pools = 3 must divide dft.run.ranks = 4"):
-        RunnerOptions.from_section({"run": {"launcher": "srun", "ranks": 4, "pools": 3}})
+        RunnerOptions.from_section(validate_section({"run": {"launcher": "srun", "ranks": 4, "pools": 3}}, "dft"))
 
 
 REAL = Path(__file__).parent / "data" / "qe" / "beta_rattled16"
@@ -82,8 +83,8 @@ def _resume_ph(tmp_path, previous_status: dict):
     )
     fake_ph.chmod(0o755)
     pseudos = {el: PseudoRecord(el, f"{el}.UPF", "0" * 32, "test") for el in ("Li", "P", "O")}
-    job = DFTJob(read(REAL / "structure.extxyz"), DFTSettings(), pseudos, tmp_path / "pseudo", tmp_path / "jobs",
-                 RunnerOptions(launcher="", ph_command=str(fake_ph)))
+    job = DFTJob(read(REAL / "structure.extxyz"), DFTSettings.defaults(), pseudos, tmp_path / "pseudo", tmp_path / "jobs",
+                 RunnerOptions.defaults(launcher="", ph_command=str(fake_ph)))
     (job.dir / "tmp" / "_ph0").mkdir(parents=True)
     (job.dir / "tmp" / "_ph0" / "bornfield.recover").write_text("left by the stopped ph.x")
     (job.dir / "pw.out").write_text((REAL / "pw.out").read_text())

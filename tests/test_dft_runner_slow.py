@@ -26,7 +26,7 @@ pytestmark = [
     pytest.mark.timeout(400),
 ]
 
-TINY = DFTSettings(ecutwfc_Ry=25, ecutrho_Ry=200, kpoint_density_per_inv_A=1.2, conv_thr_per_atom_Ry=1e-10, tr2_ph=1e-12)
+TINY = DFTSettings.defaults(ecutwfc_Ry=25, ecutrho_Ry=200, kpoint_density_per_inv_A=1.2, conv_thr_per_atom_Ry=1e-10, tr2_ph=1e-12)
 LAUNCHER = "/usr/bin/mpirun -n 2"
 
 
@@ -43,7 +43,7 @@ def li2o():
 
 def test_tiny_real_scf_and_dfpt_job(tmp_path, pseudos, li2o):
     pseudo_dir, records = pseudos
-    job = DFTJob(li2o, TINY, records, pseudo_dir, tmp_path, RunnerOptions(launcher=LAUNCHER))
+    job = DFTJob(li2o, TINY, records, pseudo_dir, tmp_path, RunnerOptions.defaults(launcher=LAUNCHER))
     labels = job.run()
     status = job.status()
     assert status["state"] == "completed" and labels["qc"]["bec_ok"], (status, labels["qc"])
@@ -66,7 +66,7 @@ def test_tiny_real_scf_and_dfpt_job(tmp_path, pseudos, li2o):
     assert (job.dir / "tensors.xml").exists() and labels["bec_precision"] == "tensors.xml"
     # finished jobs are never recomputed
     start = time.perf_counter()
-    again = DFTJob(li2o, TINY, records, pseudo_dir, tmp_path, RunnerOptions(launcher=LAUNCHER)).run()
+    again = DFTJob(li2o, TINY, records, pseudo_dir, tmp_path, RunnerOptions.defaults(launcher=LAUNCHER)).run()
     assert time.perf_counter() - start < 2.0
     assert again == json.loads(job.labels_path.read_text())
     assert len(job.status()["attempts"]) == 2
@@ -74,7 +74,7 @@ def test_tiny_real_scf_and_dfpt_job(tmp_path, pseudos, li2o):
     # change: the labels are rebuilt from the finished outputs, QE does not run again
     job.labels_path.unlink()
     start = time.perf_counter()
-    rebuilt = DFTJob(li2o, TINY, records, pseudo_dir, tmp_path, RunnerOptions(launcher=LAUNCHER)).run()
+    rebuilt = DFTJob(li2o, TINY, records, pseudo_dir, tmp_path, RunnerOptions.defaults(launcher=LAUNCHER)).run()
     assert time.perf_counter() - start < 2.0
     assert json.loads(job.labels_path.read_text()) == again and len(job.status()["attempts"]) == 2
     assert np.allclose(rebuilt["born_charges"], again["born_charges"])
@@ -83,15 +83,15 @@ def test_tiny_real_scf_and_dfpt_job(tmp_path, pseudos, li2o):
     job.labels_path.unlink()
     (job.dir / "pw.out").write_text("truncated")
     job._save_status({**status, "state": "running"})
-    resumed = DFTJob(li2o, TINY, records, pseudo_dir, tmp_path, RunnerOptions(launcher=LAUNCHER)).run()
+    resumed = DFTJob(li2o, TINY, records, pseudo_dir, tmp_path, RunnerOptions.defaults(launcher=LAUNCHER)).run()
     assert [a["program"] for a in job.status()["attempts"]] == ["pw.x", "ph.x", "pw.x"]
     assert np.allclose(resumed["born_charges"], again["born_charges"])
 
 
 def test_real_scf_failure_escalates_then_fails_with_reason(tmp_path, pseudos, li2o):
     pseudo_dir, records = pseudos
-    capped = DFTSettings(**{**TINY.to_dict(), "electron_maxstep": 2})
-    job = DFTJob(li2o, capped, records, pseudo_dir, tmp_path, RunnerOptions(launcher=LAUNCHER, max_scf_attempts=2))
+    capped = DFTSettings.defaults(**{**TINY.to_dict(), "electron_maxstep": 2})
+    job = DFTJob(li2o, capped, records, pseudo_dir, tmp_path, RunnerOptions.defaults(launcher=LAUNCHER, max_scf_attempts=2))
     labels = job.run()
     status = job.status()
     assert status["state"] == "failed" and labels["state"] == "failed"
@@ -111,8 +111,8 @@ def test_walltime_stop_leaves_a_resumable_job_that_restarts(tmp_path, pseudos, l
     pseudo_dir, records = pseudos
     rattled = li2o.copy()
     rattled.rattle(0.05, seed=3)
-    scf_only = DFTSettings(**{**TINY.to_dict(), "born_charges": False})  # ph.x recover is QE's own
-    stopping = RunnerOptions(launcher=LAUNCHER, max_seconds=0.5)
+    scf_only = DFTSettings.defaults(**{**TINY.to_dict(), "born_charges": False})  # ph.x recover is QE's own
+    stopping = RunnerOptions.defaults(launcher=LAUNCHER, max_seconds=0.5)
     job = DFTJob(rattled, scf_only, records, pseudo_dir, tmp_path, stopping)
     with pytest.raises(JobInterrupted):
         job.run()
@@ -120,7 +120,7 @@ def test_walltime_stop_leaves_a_resumable_job_that_restarts(tmp_path, pseudos, l
     assert status["state"] == "interrupted" and status["interrupted_stage"] == "pw"
     assert "Maximum CPU time exceeded" in (job.dir / "pw.out").read_text()
     assert not job.is_finished() and not job.labels_path.exists()
-    labels = DFTJob(rattled, scf_only, records, pseudo_dir, tmp_path, RunnerOptions(launcher=LAUNCHER)).run()
+    labels = DFTJob(rattled, scf_only, records, pseudo_dir, tmp_path, RunnerOptions.defaults(launcher=LAUNCHER)).run()
     status = job.status()
     pw_attempts = [a for a in status["attempts"] if a["program"] == "pw.x"]
     assert pw_attempts[-1]["restart"] is True and pw_attempts[-1]["outcome"] == "converged"

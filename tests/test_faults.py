@@ -64,7 +64,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
 def run_md(models: dict[str, Path], cells: Path, outdir: Path, settings: dict, potential: Path | None = None):
     potentials = [str(potential or models["potential_0"]), str(models["potential_1"])]
     return bornfield(
-        "md", "run", "--settings", json.dumps(settings), "--condition", CONDITION,
+        "md", "run", "--settings", json.dumps({"md": settings}), "--condition", CONDITION,
         "--cells", str(cells), "--potential", *potentials, "--born", str(models["born"]),
         "--outdir", str(outdir), "--no-progress",
     )
@@ -97,7 +97,7 @@ def test_blown_up_replica_stops_alone_and_the_analysis_counts_the_replicas_used(
 
     record_path = tmp_path / "analysis" / f"{CONDITION}.json"
     result = bornfield("analyze", "condition", str(outdir), "--output", str(record_path),
-                       "--settings", json.dumps({"fit_window_fraction": [0.1, 0.5]}))
+                       "--settings", json.dumps({"analysis": {"fit_window_fraction": [0.1, 0.5]}}))
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads(record_path.read_text())
     assert record["state"] == "analysed"

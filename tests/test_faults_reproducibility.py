@@ -44,7 +44,7 @@ def tree_hashes(root: Path, pattern: str) -> dict[str, str]:
 
 
 def test_structures_are_bit_identical_for_the_same_seed(tmp_path):
-    settings = json.dumps(TINY["structures"])
+    settings = json.dumps({"structures": TINY["structures"]})
 
     def build(name: str, seed: int) -> dict[str, str]:
         outdir = tmp_path / name / "structures"
@@ -61,7 +61,7 @@ def test_structures_are_bit_identical_for_the_same_seed(tmp_path):
 @pytest.mark.slow
 def test_melt_quench_is_bit_identical_for_the_same_seed(tmp_path):
     """One small amorphous DFT cell by LAMMPS (1 rank, the tiny protocol), twice."""
-    settings = json.dumps(TINY["structures"])
+    settings = json.dumps({"structures": TINY["structures"]})
 
     def quench(name: str, seed: int) -> Path:
         output = tmp_path / name / "dft_0.extxyz"
@@ -95,7 +95,7 @@ CONDITION = "fcc_T300K_E0.1_x"
 
 
 def md_settings(seed: int) -> str:
-    return json.dumps({
+    return json.dumps({"md": {
         "seed": seed, "backend": "ase", "ensemble": "bussi", "timestep_fs": 1.0,
         "equilibration_steps": 5, "production_steps": 20, "committee_size": 1, "model_generation": 0,
         "output": {"trajectory_stride": 5, "thermo_stride": 5, "checkpoint_interval": 10,
@@ -103,7 +103,7 @@ def md_settings(seed: int) -> str:
         "safety": {"max_temperature_factor": 50.0, "min_distance_A": 0.8},
         "sweep": {"phases": ["fcc"], "temperatures_K": [300.0], "field_strengths_V_per_A": [0.1],
                   "field_directions": ["x"], "replicas": 2},
-    })
+    }})
 
 
 @pytest.mark.slow

@@ -1,11 +1,11 @@
-"""Invalid configs are rejected before any job starts, with a message naming the key.
+"""Invalid configs are rejected before any job starts, with a short message naming the key.
 
 Each case starts from the tiny CI config (``.test/config.yaml``), breaks one key
-and goes through ``bornfield.config.validate_section`` - the validation the
-Snakefile runs (``workflow/rules/common.smk``) and every stage CLI repeats.
-A few cases also go through a real ``snakemake`` run, which must stop while
-parsing: no job starts, no results directory appears, and no injected shell
-command runs (a canary file must not appear).
+and goes through ``bornfield.config.resolve_config`` - what the Snakefile
+(``workflow/rules/common.smk``) and every ``bornfield --config`` run: schema
+checks, then the rules across keys. A few cases also go through a real
+``snakemake`` run, which must stop while parsing: no job starts, no results
+directory appears, and no injected shell command runs (a canary file must not appear).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bornfield.config import validate_section
+from bornfield.config import load_config, resolve_config
 from bornfield.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,37 +52,38 @@ CASES = [
     ("committee-float", "train.potential.committee", 2.5, "train.potential.committee", "expected type integer"),
     ("phases-not-a-list", "structures.phases", "beta", "structures.phases", "expected type array"),
     # unknown keys at several nesting levels (typos)
-    ("unknown-top-level", "sed", 1, "<top level>", "'sed' was unexpected"),
-    ("unknown-section-key", "md.timestep", 0.5, "md", "'timestep' was unexpected"),
-    ("unknown-nested-key", "md.output.checkpoint_every", 10, "md.output", "'checkpoint_every' was unexpected"),
-    ("unknown-deep-key", "structures.amorphous.lammps.rank", 2, "structures.amorphous.lammps", "'rank' was unexpected"),
+    ("unknown-top-level", "sed", 1, "sed", "did you mean 'seed'?"),
+    ("unknown-section-key", "md.timestep", 0.5, "md.timestep", "did you mean 'timestep_fs'?"),
+    ("unknown-nested-key", "md.output.checkpoint_every", 10, "md.output.checkpoint_every", "'checkpoint_interval'"),
+    ("unknown-deep-key", "structures.amorphous.lammps.rank", 2, "structures.amorphous.lammps.rank", "'ranks'"),
+    ("unknown-model-key", "train.born.learning_rte", 0.1, "train.born.learning_rte", "did you mean 'learning_rate'?"),
     # unknown names
     ("unknown-phase", "structures.phases", ["beta", "delta"], "structures.phases.1", "allowed values"),
     ("md-phase-not-built", "md.sweep.phases", ["gamma"], "md.sweep.phases.0", "structures.phases builds"),
     ("unknown-ensemble", "md.ensemble", "npt", "md.ensemble", "allowed values: ['nve', 'bussi'"),
     ("unknown-backend", "md.backend", "gromacs", "md.backend", "allowed values: ['ase', 'lammps']"),
     ("unknown-pseudo-set", "dft.pseudopotentials.set", "sg15_oncv", "dft.pseudopotentials.set", "allowed values: ['pbesol_paw'"),
-    ("unknown-reference-axis", "analysis.reference_axis", "w", "analysis.reference_axis", "'w'"),
+    ("unknown-reference-axis", "analysis.reference_axis", "w", "analysis.reference_axis", "one of ['x', 'y', 'z']"),
     # impossible sizes
-    ("supercell-too-small", "structures.dft_cells.crystal_target_atoms", 4, "structures.dft_cells.crystal_target_atoms", "minimum is 16"),
-    ("supercell-too-large", "structures.dft_cells.defect_target_atoms", 10**6, "structures.dft_cells.defect_target_atoms", "maximum is 2000"),
+    ("supercell-too-small", "structures.dft_cells.crystal_target_atoms", 4, "structures.dft_cells.crystal_target_atoms", "allowed: >= 16"),
+    ("supercell-too-large", "structures.dft_cells.defect_target_atoms", 10**6, "structures.dft_cells.defect_target_atoms", "allowed: <= 2000"),
     # negative or zero rates, temperatures, timesteps
-    ("negative-quench-rate", "structures.amorphous.quench_rate_K_per_ps", -100, "structures.amorphous.quench_rate_K_per_ps", "exclusiveMinimum is 0"),
-    ("negative-temperature", "md.sweep.temperatures_K", [300.0, -300.0], "md.sweep.temperatures_K.1", "exclusiveMinimum is 0"),
+    ("negative-quench-rate", "structures.amorphous.quench_rate_K_per_ps", -100, "structures.amorphous.quench_rate_K_per_ps", "allowed: > 0"),
+    ("negative-temperature", "md.sweep.temperatures_K", [300.0, -300.0], "md.sweep.temperatures_K.1", "allowed: > 0"),
     ("negative-timestep", "md.timestep_fs", -0.5, "md.timestep_fs", "-0.5"),
     ("zero-timestep", "md.timestep_fs", 0, "md.timestep_fs", "value 0"),
-    ("negative-field", "md.sweep.field_strengths_V_per_A", [-0.1], "md.sweep.field_strengths_V_per_A.0", "minimum is 0"),
-    ("negative-seed", "seed", -3, "seed", "minimum is 0"),
+    ("negative-field", "md.sweep.field_strengths_V_per_A", [-0.1], "md.sweep.field_strengths_V_per_A.0", "allowed: >= 0"),
+    ("negative-seed", "seed", -3, "seed", "allowed: >= 0"),
     # bad field directions
-    ("direction-unknown-axis", "md.sweep.field_directions", ["w"], "md.sweep.field_directions.0", "'w'"),
+    ("direction-unknown-axis", "md.sweep.field_directions", ["w"], "md.sweep.field_directions.0", "one of ['x', 'y', 'z', '-x'"),
     ("direction-two-components", "md.sweep.field_directions", [[1.0, 0.0]], "md.sweep.field_directions.0", "[1.0, 0.0]"),
     # empty sweeps, zero replicas
     ("empty-temperatures", "md.sweep.temperatures_K", [], "md.sweep.temperatures_K", "should be non-empty"),
     ("empty-directions", "md.sweep.field_directions", [], "md.sweep.field_directions", "should be non-empty"),
-    ("zero-replicas", "md.sweep.replicas", 0, "md.sweep.replicas", "minimum is 1"),
+    ("zero-replicas", "md.sweep.replicas", 0, "md.sweep.replicas", "allowed: >= 1"),
     # fractions out of range
-    ("test-fraction-above-one", "train.split.test_fraction", 1.5, "train.split.test_fraction", "maximum is 0.5"),
-    ("excess-fraction-negative", "structures.md_supercell.max_excess_fraction", -0.1, "structures.md_supercell.max_excess_fraction", "minimum is 0"),
+    ("test-fraction-above-one", "train.split.test_fraction", 1.5, "train.split.test_fraction", "allowed: <= 0.5"),
+    ("excess-fraction-negative", "structures.md_supercell.max_excess_fraction", -0.1, "structures.md_supercell.max_excess_fraction", "allowed: >= 0"),
     # values that reach shell commands: only plain words, no shell syntax
     ("inject-dft-launcher", "dft.run.launcher", "/usr/bin/mpirun; rm -rf ~", "dft.run.launcher", "reaches a shell command"),
     ("inject-pw-command", "dft.run.pw_command", "$(touch /tmp/pwned)", "dft.run.pw_command", "One word"),
@@ -99,6 +100,25 @@ CASES = [
     ("pools-not-dividing-ranks", "dft.run.pools", 3, "dft.run.pools", "must divide dft.run.ranks"),
     # a precision the models do not support
     ("unknown-dtype", "train.dtype", "float16", "train.dtype", "allowed values: ['float32', 'float64']"),
+    # accepted silently before (issue 19): rules across keys, absurd values
+    ("ecutrho-below-4-ecutwfc", "dft.qe.ecutrho_Ry", 90, "dft.qe.ecutrho_Ry", "at least 4 x dft.qe.ecutwfc_Ry = 100 Ry"),
+    ("ecutrho-below-ecutwfc", "dft.qe.ecutwfc_Ry", 250, "dft.qe.ecutrho_Ry", "at least 4 x dft.qe.ecutwfc_Ry = 1000 Ry"),
+    ("model-generation-not-trained", "md.model_generation", 1, "md.model_generation", "allowed: null (= 0) or 0..0"),
+    ("md-committee-larger-than-trained", "md.committee_size", 3, "md.committee_size", "allowed: 1..2"),
+    ("fit-window-reversed", "analysis.fit_window_fraction", [0.5, 0.1], "analysis.fit_window_fraction", "start < end"),
+    ("fit-window-fs-reversed", "analysis.fit_window_fs", [500.0, 100.0], "analysis.fit_window_fs", "start < end"),
+    ("trajectory-stride-beyond-run", "md.output.trajectory_stride", 100, "md.output.trajectory_stride", "allowed: 1..40"),
+    ("mobile-species-not-in-system", "analysis.mobile_species", "Na", "analysis.mobile_species", "allowed: ['Li', 'P', 'O']"),
+    ("analysis-species-not-in-system", "analysis.species", ["Li", "Na"], "analysis.species", "['Na'] not in the system"),
+    ("empty-md-sweep", "md.sweep.phases", [], "md.sweep.phases", "would run no MD at all"),
+    ("field-500-V-per-A", "md.sweep.field_strengths_V_per_A", [0.0, 500.0], "md.sweep.field_strengths_V_per_A.1", "allowed: <= 1.0"),
+    ("extra-field-too-strong", "md.extra_conditions", [{"phase": "beta", "temperature_K": 300, "field_strength_V_per_A": 5}],
+     "md.extra_conditions.0.field_strength_V_per_A", "allowed: <= 1.0"),
+    ("exploration-field-too-strong", "train.active_learning.exploration.fields_V_per_A", [2.0],
+     "train.active_learning.exploration.fields_V_per_A.0", "allowed: <= 1.0"),
+    ("sample-interval-beyond-steps", "train.active_learning.exploration.sample_interval", 50,
+     "train.active_learning.exploration.sample_interval", "allowed: 1..10"),
+    ("split-leaves-no-training-data", "train.split.val_fraction", 0.5, "train.split.test_fraction", "must be < 1"),
 ]
 
 
@@ -109,18 +129,19 @@ def test_there_are_at_least_twenty_cases() -> None:
 
 def test_the_tiny_config_itself_is_valid() -> None:
     """Guard: every case below fails because of its one broken key, not the base config."""
-    validate_section(_tiny(), None, source=str(TINY))
+    resolve_config(_tiny(), source=str(TINY))
 
 
 @pytest.mark.parametrize(("dotted", "value", "key", "hint"), [case[1:] for case in CASES], ids=[c[0] for c in CASES])
 def test_invalid_config_is_rejected_naming_the_key(dotted, value, key, hint) -> None:
     config = _mutate(_tiny(), dotted, value)
     with pytest.raises(ConfigError) as raised:
-        validate_section(config, None, source="bad.yaml")
+        resolve_config(config, source="bad.yaml")
     message = str(raised.value)
-    assert f"invalid config key '{key}'" in message, message
+    assert f"config key '{key}'" in message, message
     assert message.startswith("bad.yaml: "), message
     assert hint in message, message
+    assert len(message) < 600, f"{len(message)} characters: {message}"
 
 
 @pytest.mark.parametrize(
@@ -128,7 +149,7 @@ def test_invalid_config_is_rejected_naming_the_key(dotted, value, key, hint) -> 
     ["dft/pseudo", "/srv/shared/pseudo", "pseudo..v2/files", "./pseudo"],
 )
 def test_acceptable_pseudo_directories_pass(value) -> None:
-    validate_section(_mutate(_tiny(), "dft.pseudopotentials.directory", value), None)
+    resolve_config(_mutate(_tiny(), "dft.pseudopotentials.directory", value))
 
 
 @pytest.mark.parametrize(
@@ -141,7 +162,7 @@ def test_acceptable_pseudo_directories_pass(value) -> None:
     ],
 )
 def test_real_launchers_with_flags_pass(dotted, value) -> None:
-    validate_section(_mutate(_tiny(), dotted, value), None)
+    resolve_config(_mutate(_tiny(), dotted, value))
 
 
 # --------------------------------------------------------- through snakemake
@@ -168,8 +189,13 @@ def _snakemake(config_file: Path, *extra: str) -> subprocess.CompletedProcess:
         ("structures.amorphous.lammps.launcher", ".venv/bin/mpiexec `touch {canary}`", "structures.amorphous.lammps.launcher"),
         ("dft.pseudopotentials.directory", "pseudo && touch {canary}", "dft.pseudopotentials.directory"),
         ("md.sweep.phases", ["gamma"], "md.sweep.phases.0"),
+        ("dft.qe.ecutrho_Ry", 90, "dft.qe.ecutrho_Ry"),
+        ("md.model_generation", 3, "md.model_generation"),
+        ("md.sweep.field_strengths_V_per_A", [500.0], "md.sweep.field_strengths_V_per_A.0"),
+        ("analysis.mobile_species", "Na", "analysis.mobile_species"),
     ],
-    ids=["dft-launcher", "md-mpi", "lammps-launcher", "pseudo-dir", "md-phase-not-built"],
+    ids=["dft-launcher", "md-mpi", "lammps-launcher", "pseudo-dir", "md-phase-not-built", "ecutrho",
+         "model-generation", "field-500", "mobile-species"],
 )
 def test_snakemake_stops_before_any_job(tmp_path, dotted, template, key) -> None:
     """A real (not dry) run: the config is rejected while parsing; nothing runs, nothing is written."""
@@ -203,3 +229,31 @@ def test_snakemake_rejects_a_zero_field_vector_while_parsing(tmp_path) -> None:
     assert result.returncode != 0
     assert "md.sweep" in output and "zero length" in output, output[-3000:]
     assert not results.exists()
+
+
+def test_a_key_given_twice_is_rejected_by_the_cli_and_snakemake(tmp_path) -> None:
+    """YAML keeps the last of two equal keys silently; a config must not."""
+    results = tmp_path / "results"
+    text = TINY.read_text().replace("results_dir: results/test", f"results_dir: {results}")
+    text = text.replace("  production_steps: 40\n", "  production_steps: 40\n  production_steps: 400\n")
+    config_file = tmp_path / "twice.yaml"
+    config_file.write_text(text)
+    with pytest.raises(ConfigError) as raised:
+        load_config(config_file)
+    message = str(raised.value)
+    assert "'md.production_steps' is given twice" in message and "twice.yaml:" in message, message
+    result = _snakemake(config_file, "-n")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "'md.production_steps' is given twice" in output, output[-3000:]
+    assert not results.exists()
+
+
+def test_a_typo_gives_a_short_message_without_the_config(tmp_path) -> None:
+    """No dump of the whole config (6 kB before) for one misspelt top-level key."""
+    config_file = tmp_path / "typo.yaml"
+    config_file.write_text(yaml.safe_dump(_mutate(_tiny(), "resutls_dir", "x")))
+    result = _snakemake(config_file, "-n")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "unknown config key 'resutls_dir' (did you mean 'results_dir'?)" in output, output[-3000:]
+    assert "'structures': {" not in output and len(output) < 4000, output

@@ -32,9 +32,9 @@ from bornfield.ledger.queue import deduplicate, finalise, interleave, near_dupli
 from bornfield.ledger.store import Ledger, LedgerSpec, identity_of
 
 REAL = Path(__file__).parent / "data" / "qe" / "beta_rattled16"
-SETTINGS = DFTSettings()  # the production settings (schema defaults)
+SETTINGS = DFTSettings.defaults()  # the production settings (schema defaults)
 #: the stand-in outputs are from coarse settings (k 1x1x2): raw ASR residual up to 1.35 e
-QC = QCThresholds(max_asr_residual_e=2.0)
+QC = QCThresholds.defaults(max_asr_residual_e=2.0)
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def test_entry_round_trip_and_campaign_reuse(tmp_path, pseudo, fake_qe):
     write(structure, read_queue(ledger.root / "queue.extxyz")[0], format="extxyz")
     jobs = tmp_path / "campaign_jobs"
     entries = tmp_path / "campaign_entries"
-    qc = json.dumps({"qc": {"max_asr_residual_e": QC.max_asr_residual_e}})
+    qc = json.dumps({"dft": {"qc": {"max_asr_residual_e": QC.max_asr_residual_e}}})
     assert main(["dft", "run", "--settings", qc, "--structure", str(structure), "--pseudo-dir", str(pseudo_dir),
                  "--jobs-dir", str(jobs), "--launcher", "", "--ledger", str(ledger.root),
                  "--entries-dir", str(entries)]) == 0

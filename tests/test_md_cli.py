@@ -45,7 +45,7 @@ def settings(backend: str, **extra) -> str:
                   "field_directions": [[0.0, 1.0, 1.0]], "replicas": 2},
         **extra,
     }
-    return json.dumps(data)
+    return json.dumps({"md": data})
 
 
 def bornfield(*args, ranks=1):

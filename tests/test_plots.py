@@ -69,7 +69,7 @@ def test_plot_all_regenerates_every_figure_quickly(campaign):
     root, names = campaign
     figures_dir = root / "figures"
     start = time.perf_counter()
-    png_only = json.dumps({"figures": {"formats": ["png"], "dpi": 100}})
+    png_only = json.dumps({"analysis": {"figures": {"formats": ["png"], "dpi": 100}}})
     assert main(["plot", "all", "--analysis-dir", str(root / "analysis"), "--figures-dir", str(figures_dir),
                  "--settings", png_only]) == 0
     assert time.perf_counter() - start < 60.0

@@ -222,7 +222,7 @@ def test_schema_defaults_are_complete(settings):
 def test_cli_crystals_writes_md_cells_and_candidates(tmp_path):
     section = {"phases": ["beta", "beta_vacancy", "gamma_frenkel"], "md_supercell": {"target_atoms": 64},
                "perturbations": {"rattle_copies": 1, "strain_copies": 0}}
-    code = main(["structures", "crystals", "--settings", json.dumps(section), "--seed", "3",
+    code = main(["structures", "crystals", "--settings", json.dumps({"structures": section}), "--seed", "3",
                  "--outdir", str(tmp_path)])
     assert code == 0
     for phase in section["phases"]:
@@ -236,7 +236,7 @@ def test_cli_crystals_writes_md_cells_and_candidates(tmp_path):
 
 
 def test_cli_rejects_bad_settings_with_exit_code_2(tmp_path, capsys):
-    code = main(["structures", "crystals", "--settings", '{"phases": ["beta"], "bogus": 1}', "--seed", "1",
+    code = main(["structures", "crystals", "--settings", '{"structures": {"phases": ["beta"], "bogus": 1}}', "--seed", "1",
                  "--outdir", str(tmp_path)])
     assert code == 2
     assert "bogus" in capsys.readouterr().err

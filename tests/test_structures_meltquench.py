@@ -44,7 +44,7 @@ def test_pedone_energy_matches_a_direct_evaluation_for_a_dimer():
     """
     from bornfield.structures.meltquench import PEDONE_CHARGES, PEDONE_PAIRS
 
-    engine = PedoneLammpsEngine(cutoff=12.0, kspace_accuracy=1e-6, progress=False)
+    engine = PedoneLammpsEngine(cutoff=12.0, kspace_accuracy=1e-6, thermo_every=500, progress=False)
     d0, alpha, r0, c0 = PEDONE_PAIRS[("P", "O")]
 
     def analytic(r):
@@ -62,7 +62,7 @@ def test_pedone_energy_matches_a_direct_evaluation_for_a_dimer():
 
 def test_pedone_potential_reproduces_the_crystals():
     """Box relaxation keeps both crystals within 3 % of experiment, with intact PO4 tetrahedra."""
-    result = validate_pedone_on_crystals(target_atoms=64)
+    result = validate_pedone_on_crystals(validate_section({}, "structures")["amorphous"]["lammps"], target_atoms=64)
     assert result["all_pass"], result
     for phase, record in result["phases"].items():
         assert max(abs(x) for x in record["relative_deviation"]) < 0.03, (phase, record)
@@ -130,13 +130,14 @@ def test_engine_hook_accepts_an_object():
     with pytest.raises(ConfigError, match="engine"):
         get_engine("nequip", settings)
     with pytest.raises(ConfigError, match="index"):
-        make_amorphous_cell(settings, 5, "md", 3, engine=engine)
+        make_amorphous_cell(settings, 5, "md", -1, engine=engine)
     assert MeltQuenchProtocol.from_settings(settings).quench_time_ps == pytest.approx(2700 / 5000)
 
 
 def test_cli_build_gather_and_report(tmp_path):
     out = tmp_path / "structures"
-    assert main(["structures", "build", "--settings", json.dumps(TINY), "--seed", "9", "--outdir", str(out)]) == 0
+    assert main(["structures", "build", "--settings", json.dumps({"structures": TINY}), "--seed", "9",
+                 "--outdir", str(out)]) == 0
     amorphous = read_structures(out / "md_cells" / "amorphous.extxyz")
     assert len(amorphous) == 1 and amorphous[0].info["amorphous_kind"] == "md"
     candidates = read_structures(out / "dft_candidates.extxyz")

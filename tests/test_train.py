@@ -28,7 +28,7 @@ from bornfield.train.trainer import train_model
 REAL_DATA = Path(__file__).resolve().parent / "data" / "qe" / "labelled_small.extxyz"
 TINY = {"channels": 4, "n_basis": 6, "radial_hidden": 16, "hidden": 16, "learning_rate": 0.01, "lr_factor": 0.5,
         "lr_patience": 5, "patience": 50, "min_lr": 1e-6, "batch_size": 2, "cutoff": 4.0, "dtype": "float32",
-        "energy_weight": 1.0, "force_weight": 1.0, "stress_weight": 0.0}
+        "energy_weight": 1.0, "force_weight": 1.0, "stress_weight": 0.0, "charged_cells": "forces_only"}
 
 
 def beta():
@@ -214,12 +214,12 @@ def test_training_lowers_loss_on_real_qe_labels(tmp_path, kind):
 
 
 def test_cli_train_evaluate_select(dataset, tmp_path):
-    settings = json.dumps({
+    settings = json.dumps({"train": {
         "cutoff": 4.0,
         "split": {"val_fraction": 0.2, "test_fraction": 0.2},
         "potential": {"committee": 2, "channels": 4, "hidden": 16, "radial_hidden": 16, "max_epochs": 2, "batch_size": 4},
         "born": {"committee": 2, "channels": 4, "hidden": 16, "radial_hidden": 16, "max_epochs": 2, "batch_size": 4},
-    })
+    }})
     outdir = tmp_path / "gen0"
     assert main(["train", "split", "--settings", settings, "--seed", "7", "--dataset", str(dataset), "--out", str(outdir / "split.json")]) == 0
     for kind in ("potential", "born"):
@@ -265,7 +265,7 @@ def test_charged_cells_train_on_forces_only(dataset):
     species = dataset_species(samples)
     model = initialise_model("potential", species, 4.0, TINY, samples, seed=0)
     attach_edges(samples, species, 4.0)
-    weights = {"energy": 1.0, "forces": 1.0, "stress": 0.0}
+    weights = {"energy": 1.0, "forces": 1.0, "stress": 0.0, "charged_energies": 0.0}
     samples[1].charge = -1.0
     reference = batch_loss(model, samples, weights, training=False)[0].detach()
     samples[1].energy += 1000.0  # a charged cell's energy label must not matter

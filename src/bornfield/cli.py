@@ -15,6 +15,7 @@ from bornfield import __version__
 from bornfield.errors import BornfieldError
 
 STAGES = (
+    "bornfield.config",
     "bornfield.structures.cli",
     "bornfield.dft.cli",
     "bornfield.ledger.cli",

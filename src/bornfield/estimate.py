@@ -148,11 +148,11 @@ def estimate(config: dict, cost: CostModel | None = None) -> list[dict]:
     settings = DFTSettings.from_section(dft)
     all_candidates = dft_candidate_cells(config)
     candidates = all_candidates
-    if dft.get("max_structures") is not None:
+    if dft["max_structures"] is not None:
         candidates = candidates[: dft["max_structures"]]
     al = config["train"]["active_learning"]
     n_selected = max(al["generations"] - 1, 0) * al["select_per_generation"]
-    max_atoms = al["exploration"].get("max_atoms")
+    max_atoms = al["exploration"]["max_atoms"]
     explorable = [c for c in all_candidates if max_atoms is None or c[1] <= max_atoms]
     if n_selected and not explorable:
         raise ConfigError(f"train.active_learning.exploration.max_atoms = {max_atoms}: no DFT candidate is that small")

@@ -352,17 +352,14 @@ def campaign_seeds(config: Mapping[str, Any]) -> dict[str, Any]:
     """
     from bornfield.md.conditions import expand_conditions  # only the seeds need the md stage
 
-    seeds: dict[str, Any] = {"seed": config.get("seed")}
-    md = config.get("md")
-    if isinstance(md, Mapping) and md:
-        seeds["md"] = md.get("seed")
-        seeds["md_replicas"] = {c.name: list(c.seeds) for c in expand_conditions(md)}
-    return seeds
+    md = config["md"]
+    return {"seed": config["seed"], "md": md["seed"],
+            "md_replicas": {c.name: list(c.seeds) for c in expand_conditions(md)}}
 
 
 def run_write(args) -> int:
-    """``bornfield provenance``: validate the campaign config, write its provenance record."""
-    from bornfield.config import load_config, validate_section
+    """``bornfield provenance``: resolve the campaign config, write its provenance record."""
+    from bornfield.config import load_config, resolve_config
 
     if args.config:
         config = load_config(args.config)
@@ -373,7 +370,7 @@ def run_write(args) -> int:
             raise ConfigError(f"--config-json is not valid JSON: {exc}") from exc
         if not isinstance(data, dict):
             raise ConfigError("--config-json: expected a JSON object (the whole campaign config)")
-        config = validate_section(data, None, source="--config-json")
+        config = resolve_config(data, source="--config-json")
     record = write_provenance(
         args.output, config, campaign_seeds(config), pw_executable=config["dft"]["run"]["pw_command"]
     )

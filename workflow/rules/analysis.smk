@@ -5,19 +5,12 @@
 import os
 import re
 
-from bornfield.config import validate_section
 from bornfield.md.conditions import expand_conditions
 
 ANALYSIS = f"{RESULTS}/analysis"
-# the section with every nested default filled, exactly as the CLI sees it
-ANALYSIS_SETTINGS = validate_section(config.get("analysis", {}), "analysis", source="config: analysis")
-# the same conditions as the md rules: md section validated with every nested default filled
-ANALYSIS_CONDITIONS = [
-    c.name
-    for c in expand_conditions(
-        validate_section(config.get("md", {}), "md", source="config: md")
-    )
-]
+ANALYSIS_SETTINGS = SETTINGS.analysis
+# the same conditions as the md rules
+ANALYSIS_CONDITIONS = [c.name for c in expand_conditions(SETTINGS.md)]
 # only names of configured conditions match (keeps sweep/arrhenius files unambiguous)
 ANALYSIS_CONDITION_REGEX = (
     "|".join(re.escape(name) for name in ANALYSIS_CONDITIONS) or "(?!x)x"
@@ -49,7 +42,7 @@ rule analyze_condition:
     wildcard_constraints:
         condition=ANALYSIS_CONDITION_REGEX,
     params:
-        settings=lambda wc: get_settings("analysis"),
+        settings=lambda wc: settings_arg("analyze condition"),
         condition_dir=lambda wc, input: os.path.dirname(input.summary),
     log:
         f"{LOGS}/analysis/{{condition}}.log",
@@ -98,7 +91,7 @@ rule analyze_sweep:
             subcategory="Sweep tables",
         ),
     params:
-        settings=lambda wc: get_settings("analysis"),
+        settings=lambda wc: settings_arg("analyze sweep"),
         outdir=lambda wc, output: os.path.dirname(output.transport),
     log:
         f"{LOGS}/analysis/sweep.log",

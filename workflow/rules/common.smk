@@ -1,20 +1,33 @@
-# Shared helpers: config validation first, then small input functions.
+# Shared helpers: the resolved config first, then small input functions.
 # Logic belongs in src/bornfield (unit-tested); this file stays small.
 import json
 import shlex
+from pathlib import Path
 
-from snakemake.utils import validate
+from snakemake.utils import update_config
 
-from bornfield.config import validate_section
+from bornfield.config import read_config_file, resolve_config, settings_json
 
-# bornfield's validator first: its message names the key as a dotted path with the
-# bad value and what is allowed, it checks rules across sections (MD phases need
-# structures), and it fills the defaults of nested sections (Snakemake's set_default
-# does not descend through $ref'd section schemas). Snakemake's check then confirms.
-config.update(validate_section(config, None, source="config"))
-validate(config, "../schemas/config.schema.yaml")
+# One meaning of a config, the CLI's (bornfield.config.resolve_config): the files given with
+# --configfile (merged by Snakemake, later files win) plus --config overrides, and every key
+# they leave out at its schema default -- never at the value of another file. Without
+# --configfile the demo, config/config.yaml, is the config. Files are read strictly (a key
+# given twice is an error); the message of a bad key names it with its value and what is
+# allowed, before any job starts.
+CONFIG_FILES = [Path(p) for p in workflow.configfiles]  # --configfile, or a configfile: directive
+if CONFIG_FILES:
+    for _path in CONFIG_FILES:
+        read_config_file(_path)
+    _given = config
+else:
+    CONFIG_FILES = [Path(workflow.basedir) / "config" / "config.yaml"]
+    _given = read_config_file(CONFIG_FILES[0])
+    update_config(_given, config)
+SETTINGS = resolve_config(_given, source=", ".join(map(str, CONFIG_FILES)))
+config.clear()
+config.update(SETTINGS.to_dict())
 
-RESULTS = config["results_dir"]
+RESULTS = SETTINGS.results_dir
 LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
 
@@ -29,9 +42,10 @@ def get_final_targets():
     return targets
 
 
-def get_settings(section):
-    """The validated config section as a shell-quoted JSON argument for the CLI."""
-    return shlex.quote(json.dumps(config[section], sort_keys=True))
+def settings_arg(command, **context):
+    """The settings `bornfield <command>` reads (bornfield.config.COMMAND_KEYS), as one
+    shell-quoted JSON argument: a job's params change exactly when one of them does."""
+    return shlex.quote(settings_json(SETTINGS, command, **context))
 
 
 # --- DFT stage input functions (DFT, RESULTS and checkpoints are resolved when called) ---

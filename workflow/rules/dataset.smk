@@ -17,7 +17,7 @@ rule dataset_assemble:
             category="Dataset",
         ),
     params:
-        settings=lambda wc: get_settings("dataset"),
+        settings=lambda wc: settings_arg("dataset assemble"),
         jobs_dir=lambda wc, input: os.path.dirname(os.path.dirname(input.labels[0])) if input.labels else f"{DFT}/jobs",
     log:
         f"{LOGS}/dataset/gen{{gen}}.log",

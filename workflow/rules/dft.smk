@@ -3,11 +3,8 @@
 
 import os
 
-from bornfield.config import validate_section
-
 DFT = f"{RESULTS}/dft"
-# the section with every default filled in (nested defaults included)
-DFT_CFG = validate_section(config.get("dft", {}), "dft", source="config dft")
+DFT_CFG = SETTINGS.dft
 DFT_RUN = DFT_CFG["run"]
 _dft_pseudo = DFT_CFG["pseudopotentials"]["directory"]
 DFT_PSEUDO_DIR = _dft_pseudo if os.path.isabs(_dft_pseudo) else f"{RESULTS}/{_dft_pseudo}"
@@ -17,7 +14,7 @@ rule dft_pseudopotentials:
     output:
         manifest=f"{DFT_PSEUDO_DIR}/manifest.json",
     params:
-        settings=lambda wc: get_settings("dft"),
+        settings=lambda wc: settings_arg("dft provision"),
         pseudo_dir=lambda wc, output: os.path.dirname(output.manifest),
     log:
         f"{LOGS}/dft/pseudopotentials.log",
@@ -41,7 +38,7 @@ checkpoint dft_plan:
     output:
         plan=f"{DFT}/gen{{gen}}/plan.json",
     params:
-        settings=lambda wc: get_settings("dft"),
+        settings=lambda wc: settings_arg("dft plan"),
         inputs_dir=lambda wc, output: os.path.join(os.path.dirname(os.path.dirname(output.plan)), "inputs"),
     log:
         f"{LOGS}/dft/plan_gen{{gen}}.log",
@@ -67,7 +64,7 @@ rule dft_job:
     output:
         labels=f"{DFT}/jobs/{{dft_id}}/labels.json",
     params:
-        settings=lambda wc: get_settings("dft"),
+        settings=lambda wc: settings_arg("dft run", launcher_given=True),
         pseudo_dir=lambda wc, input: os.path.dirname(input.manifest),
         jobs_dir=lambda wc, output: os.path.dirname(os.path.dirname(output.labels)),
         # "<launcher> -n <ranks>" as ONE shell-quoted argument (the launcher may hold flags,

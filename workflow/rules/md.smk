@@ -4,21 +4,14 @@
 import os
 import re
 
-from bornfield.config import validate_section
 from bornfield.md.conditions import expand_conditions
 
 MD = f"{RESULTS}/md"
-# the md section with every nested default filled, exactly as the CLI sees it;
-# model_generation null -> the final active-learning generation of the train stage
-MD_SETTINGS = validate_section(config.get("md", {}), "md", source="config: md")
-if MD_SETTINGS["model_generation"] is None:
-    MD_SETTINGS["model_generation"] = (
-        config.get("train", {}).get("active_learning", {}).get("generations", 1) - 1
-    )
+# resolved: model_generation null is the final active-learning generation
+MD_SETTINGS = SETTINGS.md
 MD_CONDITIONS = {c.name: c for c in expand_conditions(MD_SETTINGS)}
 MD_RANKS = MD_SETTINGS["resources"]["tasks"]
 MD_MODELS = f"{RESULTS}/models/gen{MD_SETTINGS['model_generation']}"
-MD_SETTINGS_ARG = shlex.quote(json.dumps(MD_SETTINGS, sort_keys=True))
 
 
 rule md_condition:
@@ -33,7 +26,8 @@ rule md_condition:
     wildcard_constraints:
         condition="|".join(re.escape(name) for name in MD_CONDITIONS) or "(?!x)x",
     params:
-        settings=MD_SETTINGS_ARG,
+        # this condition and the dynamics keys only: a new sweep value re-runs no other condition
+        settings=lambda wc: settings_arg("md run", condition=wc.condition, inputs_given=True),
         outdir=lambda wc, output: os.path.dirname(output.summary),
         # one rank: no launcher (profiles set a default `mpi` resource for every rule)
         launch=lambda wc, resources: (

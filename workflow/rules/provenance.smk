@@ -15,7 +15,7 @@ rule provenance:
     output:
         record=f"{RESULTS}/provenance.json",
     params:
-        config=lambda wc: shlex.quote(json.dumps(config, sort_keys=True)),
+        config=lambda wc: settings_arg("provenance"),
     log:
         f"{LOGS}/provenance.log",
     benchmark:

@@ -49,7 +49,7 @@ rule figures:
     output:
         FIGURE_OUTPUTS,
     params:
-        settings=lambda wc: get_settings("analysis"),
+        settings=lambda wc: settings_arg("plot"),
         analysis_dir=lambda wc, input: os.path.dirname(input.arrhenius),
         figures_dir=lambda wc, output: os.path.dirname(output[0]),
     log:

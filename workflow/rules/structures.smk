@@ -3,11 +3,8 @@
 # Outputs under {RESULTS}/structures/ (docs/architecture.md, Files table).
 import os
 
-from bornfield.config import validate_section
-
 STRUCT = f"{RESULTS}/structures"
-# the section with every nested default filled in (Snakemake's validate fills the top level only)
-STRUCT_CFG = validate_section(config["structures"], "structures", source="config: structures")
+STRUCT_CFG = SETTINGS.structures
 STRUCT_CRYSTAL_PHASES = [p for p in STRUCT_CFG["phases"] if p != "amorphous"]
 STRUCT_AMORPHOUS = {
     "dft": list(range(STRUCT_CFG["amorphous"]["dft_cells"]["seeds"])),
@@ -29,20 +26,18 @@ STRUCT_REPORT_SETS = list(STRUCT_CFG["phases"]) + (
 STRUCT_LAMMPS_RANKS = STRUCT_CFG["amorphous"]["lammps"]["ranks"]
 
 
-rule structures_crystals:
+rule structures_md_cells:
     output:
         md_cells=expand(
             f"{STRUCT}/md_cells/{{phase}}.extxyz", phase=STRUCT_CRYSTAL_PHASES
         ),
-        dft=f"{STRUCT}/intermediate/crystals_dft.extxyz",
     params:
-        settings=lambda wc: get_settings("structures"),
-        seed=config["seed"],
-        outdir=lambda wc, output: os.path.dirname(os.path.dirname(output.dft)),
+        settings=lambda wc: settings_arg("structures crystals", only="md-cells"),
+        outdir=lambda wc, output: STRUCT,
     log:
-        f"{LOGS}/structures/crystals.log",
+        f"{LOGS}/structures/md_cells.log",
     benchmark:
-        f"{BENCH}/structures/crystals.tsv"
+        f"{BENCH}/structures/md_cells.tsv"
     conda:
         "../../envs/bornfield.yaml"
     threads: 1
@@ -52,7 +47,30 @@ rule structures_crystals:
         cpus_per_task=1,
         tasks=1,
     shell:
-        "bornfield structures crystals --settings {params.settings} --seed {params.seed}"
+        "bornfield structures crystals --only md-cells --settings {params.settings}"
+        " --outdir {params.outdir} > {log} 2>&1"
+
+
+rule structures_crystals_dft:
+    output:
+        dft=f"{STRUCT}/intermediate/crystals_dft.extxyz",
+    params:
+        settings=lambda wc: settings_arg("structures crystals", only="dft"),
+        outdir=lambda wc, output: os.path.dirname(os.path.dirname(output.dft)),
+    log:
+        f"{LOGS}/structures/crystals_dft.log",
+    benchmark:
+        f"{BENCH}/structures/crystals_dft.tsv"
+    conda:
+        "../../envs/bornfield.yaml"
+    threads: 1
+    resources:
+        runtime=10,
+        mem_mb=2000,
+        cpus_per_task=1,
+        tasks=1,
+    shell:
+        "bornfield structures crystals --only dft --settings {params.settings}"
         " --outdir {params.outdir} > {log} 2>&1"
 
 
@@ -67,8 +85,7 @@ rule structures_melt_quench:
         kind="dft|md",
         seed=r"\d+",
     params:
-        settings=lambda wc: get_settings("structures"),
-        seed=config["seed"],
+        settings=lambda wc: settings_arg("structures melt-quench", kind=wc.kind),
         # one rank: no launcher (the SLURM plugin refuses an MPI job with one task,
         # and profiles give every rule a default `mpi`)
         launch=lambda wc, resources: (
@@ -95,14 +112,14 @@ rule structures_melt_quench:
         ),
     shell:
         "{params.launch} bornfield structures melt-quench"
-        " --settings {params.settings} --seed {params.seed} --kind {wildcards.kind}"
+        " --settings {params.settings} --kind {wildcards.kind}"
         " --index {wildcards.seed} --output {output.cell} --lammps-log {log.lammps}"
         " > {log.main} 2>&1"
 
 
 rule structures_gather:
     input:
-        crystals_dft=rules.structures_crystals.output.dft,
+        crystals_dft=rules.structures_crystals_dft.output.dft,
         amorphous=STRUCT_AMORPHOUS_FILES,
     output:
         dft_candidates=f"{STRUCT}/dft_candidates.extxyz",
@@ -115,8 +132,7 @@ rule structures_gather:
             else []
         ),
     params:
-        settings=lambda wc: get_settings("structures"),
-        seed=config["seed"],
+        settings=lambda wc: settings_arg("structures gather"),
         outdir=lambda wc, output: os.path.dirname(output.dft_candidates),
     log:
         f"{LOGS}/structures/gather.log",
@@ -131,7 +147,7 @@ rule structures_gather:
         cpus_per_task=1,
         tasks=1,
     shell:
-        "bornfield structures gather --settings {params.settings} --seed {params.seed}"
+        "bornfield structures gather --settings {params.settings}"
         " --crystals-dft {input.crystals_dft} --amorphous {input.amorphous}"
         " --outdir {params.outdir} > {log} 2>&1"
 
@@ -140,8 +156,7 @@ rule structures_validate_potential:
     output:
         f"{STRUCT}/report/pedone_validation.json",
     params:
-        settings=lambda wc: get_settings("structures"),
-        seed=config["seed"],
+        settings=lambda wc: settings_arg("structures validate-potential"),
     log:
         f"{LOGS}/structures/validate_potential.log",
     benchmark:
@@ -156,7 +171,7 @@ rule structures_validate_potential:
         tasks=1,
     shell:
         "bornfield structures validate-potential --strict --settings {params.settings}"
-        " --seed {params.seed} --output {output} > {log} 2>&1"
+        " --output {output} > {log} 2>&1"
 
 
 rule structures_report:
@@ -177,8 +192,7 @@ rule structures_report:
     wildcard_constraints:
         set="|".join(STRUCT_REPORT_SETS) or "none",
     params:
-        settings=lambda wc: get_settings("structures"),
-        seed=config["seed"],
+        settings=lambda wc: settings_arg("structures report"),
     log:
         f"{LOGS}/structures/report_{{set}}.log",
     benchmark:
@@ -192,13 +206,13 @@ rule structures_report:
         cpus_per_task=1,
         tasks=1,
     shell:
-        "bornfield structures report --settings {params.settings} --seed {params.seed}"
+        "bornfield structures report --settings {params.settings}"
         " --input {input} --set-name {wildcards.set} --json {output.json} --png {output.png}"
         " > {log} 2>&1"
 
 
 STAGE_TARGETS["structures"] = lambda: [
-    *rules.structures_crystals.output.md_cells,
+    *rules.structures_md_cells.output.md_cells,
     *rules.structures_gather.output,
     *rules.structures_validate_potential.output,
     *expand(f"{STRUCT}/report/{{set}}.{{ext}}", set=STRUCT_REPORT_SETS, ext=["json", "png"]),

@@ -6,12 +6,12 @@ MODELS = f"{RESULTS}/models"
 
 
 # committee member indices per model kind, and the baseline's field-axis letter
+TRAIN = SETTINGS.train
 TRAIN_MEMBERS = {
-    kind: list(range(config["train"][kind]["committee"]))
-    for kind in ("potential", "born", "baseline")
+    kind: list(range(TRAIN[kind]["committee"])) for kind in ("potential", "born", "baseline")
 }
-BASELINE_AXIS = "xyz"[config["train"]["baseline"]["field_axis"]]
-BASELINE_ON = config["train"]["baseline"]["enabled"]
+BASELINE_AXIS = "xyz"[TRAIN.baseline.field_axis]
+BASELINE_ON = TRAIN.baseline.enabled
 
 
 rule train_split:
@@ -22,8 +22,7 @@ rule train_split:
     output:
         split=f"{MODELS}/gen{{gen}}/split.json",
     params:
-        settings=lambda wc: get_settings("train"),
-        seed=config["seed"],
+        settings=lambda wc: settings_arg("train split"),
     log:
         f"{LOGS}/train/gen{{gen}}/split.log",
     benchmark:
@@ -37,7 +36,7 @@ rule train_split:
         cpus_per_task=1,
         tasks=1,
     shell:
-        "bornfield train split --settings {params.settings} --seed {params.seed}"
+        "bornfield train split --settings {params.settings}"
         " --dataset {input.dataset} --out {output.split} > {log} 2>&1"
 
 
@@ -51,8 +50,7 @@ rule train_potential:
     output:
         model=f"{MODELS}/gen{{gen}}/potential_{{member}}.pt",
     params:
-        settings=lambda wc: get_settings("train"),
-        seed=config["seed"],
+        settings=lambda wc: settings_arg("train potential"),
         outdir=lambda wc: f"{MODELS}/gen{wc.gen}",
     log:
         f"{LOGS}/train/gen{{gen}}/potential_{{member}}.log",
@@ -60,14 +58,14 @@ rule train_potential:
         f"{BENCH}/train/gen{{gen}}/potential_{{member}}.tsv"
     conda:
         "../../envs/bornfield.yaml"
-    threads: config["train"]["threads"]
+    threads: TRAIN.threads
     resources:
         runtime=240,
         mem_mb=4000,
-        cpus_per_task=config["train"]["threads"],
+        cpus_per_task=TRAIN.threads,
         tasks=1,
     shell:
-        "bornfield train potential --settings {params.settings} --seed {params.seed}"
+        "bornfield train potential --settings {params.settings}"
         " --dataset {input.dataset} --outdir {params.outdir} --member {wildcards.member}"
         " > {log} 2>&1"
 
@@ -82,8 +80,7 @@ rule train_born:
     output:
         model=f"{MODELS}/gen{{gen}}/born_{{member}}.pt",
     params:
-        settings=lambda wc: get_settings("train"),
-        seed=config["seed"],
+        settings=lambda wc: settings_arg("train born"),
         outdir=lambda wc: f"{MODELS}/gen{wc.gen}",
     log:
         f"{LOGS}/train/gen{{gen}}/born_{{member}}.log",
@@ -91,14 +88,14 @@ rule train_born:
         f"{BENCH}/train/gen{{gen}}/born_{{member}}.tsv"
     conda:
         "../../envs/bornfield.yaml"
-    threads: config["train"]["threads"]
+    threads: TRAIN.threads
     resources:
         runtime=240,
         mem_mb=4000,
-        cpus_per_task=config["train"]["threads"],
+        cpus_per_task=TRAIN.threads,
         tasks=1,
     shell:
-        "bornfield train born --settings {params.settings} --seed {params.seed}"
+        "bornfield train born --settings {params.settings}"
         " --dataset {input.dataset} --outdir {params.outdir} --member {wildcards.member}"
         " > {log} 2>&1"
 
@@ -110,8 +107,7 @@ rule train_baseline:
     output:
         model=f"{MODELS}/gen{{gen}}/born_row_{{axis}}_{{member}}.pt",
     params:
-        settings=lambda wc: get_settings("train"),
-        seed=config["seed"],
+        settings=lambda wc: settings_arg("train baseline"),
         outdir=lambda wc: f"{MODELS}/gen{wc.gen}",
     wildcard_constraints:
         gen=r"\d+",
@@ -123,14 +119,14 @@ rule train_baseline:
         f"{BENCH}/train/gen{{gen}}/born_row_{{axis}}_{{member}}.tsv"
     conda:
         "../../envs/bornfield.yaml"
-    threads: config["train"]["threads"]
+    threads: TRAIN.threads
     resources:
         runtime=240,
         mem_mb=4000,
-        cpus_per_task=config["train"]["threads"],
+        cpus_per_task=TRAIN.threads,
         tasks=1,
     shell:
-        "bornfield train baseline --settings {params.settings} --seed {params.seed}"
+        "bornfield train baseline --settings {params.settings}"
         " --dataset {input.dataset} --outdir {params.outdir} --member {wildcards.member}"
         " > {log} 2>&1"
 
@@ -200,22 +196,21 @@ rule train_explore:
         samples=f"{AL}/gen{{gen}}/samples.extxyz",
         report=f"{AL}/gen{{gen}}/exploration.json",
     params:
-        settings=lambda wc: get_settings("train"),
-        seed=config["seed"],
+        settings=lambda wc: settings_arg("train explore"),
     log:
         f"{LOGS}/train/gen{{gen}}/explore.log",
     benchmark:
         f"{BENCH}/train/gen{{gen}}/explore.tsv"
     conda:
         "../../envs/bornfield.yaml"
-    threads: config["train"]["threads"]
+    threads: TRAIN.threads
     resources:
         runtime=240,
         mem_mb=4000,
-        cpus_per_task=config["train"]["threads"],
+        cpus_per_task=TRAIN.threads,
         tasks=1,
     shell:
-        "bornfield train explore --settings {params.settings} --seed {params.seed}"
+        "bornfield train explore --settings {params.settings}"
         " --structures {input.structures} --potential {input.potential} --born {input.born}"
         " --generation {wildcards.gen} --out {output.samples} --report {output.report}"
         " --no-progress > {log} 2>&1"
@@ -236,7 +231,7 @@ rule train_select:
         candidates=f"{AL}/gen{{gen}}/candidates.extxyz",
         report=f"{AL}/gen{{gen}}/selection.json",
     params:
-        settings=lambda wc: get_settings("train"),
+        settings=lambda wc: settings_arg("train select"),
     log:
         f"{LOGS}/train/gen{{gen}}/select.log",
     benchmark:
@@ -290,8 +285,8 @@ rule train_al_report:
 # every generation's evaluation (gen >= 1 pulls in exploration, selection, DFT and dataset)
 STAGE_TARGETS["train"] = lambda: [
     f"{MODELS}/gen{g}/evaluation.json"
-    for g in range(config["train"]["active_learning"]["generations"])
+    for g in range(TRAIN.active_learning.generations)
 ] + [
     f"{AL}/gen{g}/previous_models_on_new_data.json"
-    for g in range(1, config["train"]["active_learning"]["generations"])
+    for g in range(1, TRAIN.active_learning.generations)
 ]

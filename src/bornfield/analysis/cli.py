@@ -14,19 +14,15 @@ import argparse
 import logging
 from pathlib import Path
 
-from bornfield.config import add_settings_arguments, settings_from_args, validate_section
+from bornfield.config import add_settings_arguments, settings_from_args
 from bornfield.errors import InputFileError
 
 LOG = logging.getLogger(__name__)
 
 
-def analysis_settings(args: argparse.Namespace) -> dict:
-    """The validated ``analysis`` section with every nested default filled.
-
-    (``--config`` returns the section as written; validating it once more fills
-    the defaults inside it, exactly as ``--settings`` does.)
-    """
-    return validate_section(settings_from_args(args, "analysis"), "analysis", source="analysis settings")
+def analysis_settings(args: argparse.Namespace, command: str):
+    """The ``analysis`` settings ``bornfield <command>`` reads (resolved: every default filled)."""
+    return settings_from_args(args, command).analysis
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -72,9 +68,9 @@ def run_condition(args: argparse.Namespace) -> int:
         write_msd_csv,
     )
 
-    settings = analysis_settings(args)
+    settings = analysis_settings(args, "analyze condition")
     if args.unwrap:
-        settings["unwrap"] = True
+        settings = settings.replaced(unwrap=True)
     inputs = [Path(p) for p in args.inputs]
     missing = [str(p) for p in inputs if not p.exists()]
     if missing:
@@ -106,7 +102,7 @@ def run_sweep(args: argparse.Namespace) -> int:
 
     from bornfield.analysis.sweep import load_records, write_sweep
 
-    settings = analysis_settings(args)
+    settings = analysis_settings(args, "analyze sweep")
     records = load_records(tqdm(args.records, desc="records", unit="file", disable=None))
     paths = write_sweep(records, settings, args.output_dir)
     for name, path in paths.items():

@@ -36,7 +36,7 @@ def register(subparsers) -> None:
 
 def run_assemble(args: argparse.Namespace) -> int:
     """Assemble, check the configured minimum, write extxyz, JSON report and figure."""
-    settings = settings_from_args(args, "dataset")
+    settings = settings_from_args(args, "dataset assemble").dataset
     job_dirs = []
     for plan_path in args.plans:
         path = Path(plan_path)

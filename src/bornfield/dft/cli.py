@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 from ase.io import read, write
 from tqdm import tqdm
 
+from bornfield import atomic
 from bornfield.config import add_settings_arguments, settings_from_args
 from bornfield.dft.inputs import DFTSettings, compute_dft_id
 from bornfield.dft.pseudopotentials import PseudoRecord, provision_pseudopotentials, upf_name_for
@@ -76,7 +78,7 @@ def load_manifest(pseudo_dir: str | Path) -> dict[str, PseudoRecord]:
 
 def run_provision(args: argparse.Namespace) -> int:
     """Provision the configured pseudopotential set."""
-    settings = settings_from_args(args, "dft")
+    settings = settings_from_args(args, "dft provision").dft
     pp = settings["pseudopotentials"]
     records = provision_pseudopotentials(
         args.pseudo_dir, pp["set"], search_dirs=tuple(pp["search_dirs"]), ld1_command=pp["ld1_command"]
@@ -88,7 +90,7 @@ def run_provision(args: argparse.Namespace) -> int:
 
 def run_plan(args: argparse.Namespace) -> int:
     """Write one structure file per job and the plan (list of dft_ids with metadata)."""
-    section = settings_from_args(args, "dft")
+    section = settings_from_args(args, "dft plan").dft
     settings = DFTSettings.from_section(section)
     path = Path(args.structures)
     if not path.exists():
@@ -106,15 +108,14 @@ def run_plan(args: argparse.Namespace) -> int:
         pseudos = {el: upf_name_for(el, settings.pseudo_set) for el in sorted(set(atoms.get_chemical_symbols()))}
         atoms.info["dft_generation"] = args.generation
         # hash the structure exactly as the job will read it back (extxyz text precision)
-        tmp = inputs_dir / f"candidate_{index}.extxyz.part"
-        write(tmp, atoms, format="extxyz")
-        atoms = read(tmp, format="extxyz")
+        text = io.StringIO()
+        write(text, atoms, format="extxyz")
+        text = text.getvalue()
+        atoms = read(io.StringIO(text), format="extxyz")
         dft_id = compute_dft_id(atoms, settings, pseudos)
         target = inputs_dir / f"{dft_id}.extxyz"
-        if target.exists():
-            tmp.unlink()
-        else:
-            tmp.replace(target)
+        if not target.exists():
+            atomic.write_text(target, text)
         entries.append({
             "dft_id": dft_id, "index": index, "n_atoms": len(atoms),
             "config_type": atoms.info.get("config_type", "unknown"),
@@ -124,11 +125,7 @@ def run_plan(args: argparse.Namespace) -> int:
     if len(set(ids)) != len(ids):
         LOG.warning("duplicate structures in %s: %d unique of %d", path, len(set(ids)), len(ids))
     plan = {"generation": args.generation, "source": str(path), "inputs_dir": str(inputs_dir), "settings": settings.to_dict(), "jobs": entries}
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.part")
-    tmp.write_text(json.dumps(plan, indent=1), encoding="utf-8")
-    tmp.replace(out)
+    atomic.write_json(args.output, plan)
     LOG.info("planned %d DFT jobs (generation %d) from %s", len(entries), args.generation, path)
     return 0
 
@@ -147,7 +144,7 @@ def _job(atoms, section: dict, pseudo_dir: str, jobs_dir: str, launcher: str | N
 
 def run_job(args: argparse.Namespace) -> int:
     """Run one job; exit 0 also when QE failed (the failure is recorded as data)."""
-    section = settings_from_args(args, "dft")
+    section = settings_from_args(args, "dft run", launcher_given=args.launcher is not None).dft
     path = Path(args.structure)
     if not path.exists():
         raise InputFileError(f"job structure not found: {path}")
@@ -194,7 +191,7 @@ def take_from_ledger(job: DFTJob, ledger_dir: str, jobs_dir: str) -> bool:
 
 def run_many(args: argparse.Namespace) -> int:
     """Run all jobs of a plan, one after the other, with a progress bar."""
-    section = settings_from_args(args, "dft")
+    section = settings_from_args(args, "dft run", launcher_given=args.launcher is not None).dft
     plan = json.loads(Path(args.plan).read_text(encoding="utf-8"))
     inputs_dir = Path(plan["inputs_dir"])
     failed = 0

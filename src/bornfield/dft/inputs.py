@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ from ase import Atoms
 from ase.calculators.calculator import kptdensity2monkhorstpack
 from ase.io.espresso import write_espresso_in
 
+from bornfield.atomic import atomic_path, write_text
 from bornfield.errors import ConfigError
 
 PREFIX = "bornfield"
@@ -34,40 +35,44 @@ class DFTSettings:
     Energies in Ry (QE's input units), k-point density in points per Å⁻¹.
     """
 
-    pseudo_set: str = "pbesol_paw"
-    ecutwfc_Ry: float = 70.0  # forces within 5 meV/Å (benchmarks/results/dft_convergence.json)
-    ecutrho_Ry: float = 560.0
-    kpoint_density_per_inv_A: float = 1.6  # 2x2x3 on 16 atoms: forces 2.9 meV/Å from 4x4x5 at 70 Ry
-    kpoint_offset: bool = False
-    conv_thr_per_atom_Ry: float = 1e-12
-    mixing_beta: float = 0.5
-    diagonalization: str = "david"
-    electron_maxstep: int = 100
-    tr2_ph: float = 1e-14  # Z within 0.0013 e of 1e-16, 3 fewer E-field iterations (dft_convergence.json)
-    born_charges: bool = True
-    gamma_phonons: bool = False
+    pseudo_set: str
+    ecutwfc_Ry: float
+    ecutrho_Ry: float
+    kpoint_density_per_inv_A: float
+    kpoint_offset: bool
+    conv_thr_per_atom_Ry: float
+    mixing_beta: float
+    diagonalization: str
+    electron_maxstep: int
+    tr2_ph: float
+    born_charges: bool
+    gamma_phonons: bool
 
     @classmethod
     def from_section(cls, section: dict) -> DFTSettings:
-        """Build from a validated ``dft`` config section."""
-        qe = section.get("qe", {})
-        try:
-            return cls(
-                pseudo_set=section.get("pseudopotentials", {}).get("set", cls.pseudo_set),
-                ecutwfc_Ry=float(qe.get("ecutwfc_Ry", cls.ecutwfc_Ry)),
-                ecutrho_Ry=float(qe.get("ecutrho_Ry", cls.ecutrho_Ry)),
-                kpoint_density_per_inv_A=float(qe.get("kpoint_density_per_inv_A", cls.kpoint_density_per_inv_A)),
-                kpoint_offset=bool(qe.get("kpoint_offset", cls.kpoint_offset)),
-                conv_thr_per_atom_Ry=float(qe.get("conv_thr_per_atom_Ry", cls.conv_thr_per_atom_Ry)),
-                mixing_beta=float(qe.get("mixing_beta", cls.mixing_beta)),
-                diagonalization=str(qe.get("diagonalization", cls.diagonalization)),
-                electron_maxstep=int(qe.get("electron_maxstep", cls.electron_maxstep)),
-                tr2_ph=float(qe.get("tr2_ph", cls.tr2_ph)),
-                born_charges=bool(qe.get("born_charges", cls.born_charges)),
-                gamma_phonons=bool(qe.get("gamma_phonons", cls.gamma_phonons)),
-            )
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"dft.qe: bad numerical setting: {exc}") from exc
+        """Build from resolved ``dft`` settings (reads ``qe`` and ``pseudopotentials.set``)."""
+        qe = section["qe"]
+        return cls(
+            pseudo_set=str(section["pseudopotentials"]["set"]),
+            ecutwfc_Ry=float(qe["ecutwfc_Ry"]),
+            ecutrho_Ry=float(qe["ecutrho_Ry"]),
+            kpoint_density_per_inv_A=float(qe["kpoint_density_per_inv_A"]),
+            kpoint_offset=bool(qe["kpoint_offset"]),
+            conv_thr_per_atom_Ry=float(qe["conv_thr_per_atom_Ry"]),
+            mixing_beta=float(qe["mixing_beta"]),
+            diagonalization=str(qe["diagonalization"]),
+            electron_maxstep=int(qe["electron_maxstep"]),
+            tr2_ph=float(qe["tr2_ph"]),
+            born_charges=bool(qe["born_charges"]),
+            gamma_phonons=bool(qe["gamma_phonons"]),
+        )
+
+    @classmethod
+    def defaults(cls, **changes) -> DFTSettings:
+        """The schema's default ``dft`` settings with some fields changed (scripts, tests)."""
+        from bornfield.config import default_settings
+
+        return replace(cls.from_section(default_settings().dft), **changes)
 
     def to_dict(self) -> dict:
         """Plain dict (for hashing and provenance)."""
@@ -148,9 +153,7 @@ def write_pw_input(
     kpts = kpoint_mesh(atoms, settings.kpoint_density_per_inv_A)
     offset = (1, 1, 1) if settings.kpoint_offset else (0, 0, 0)
     data = pw_input_data(atoms, settings, pseudo_dir, overrides)
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".part")
-    with open(tmp, "w", encoding="utf-8") as handle:
+    with atomic_path(path) as tmp, open(tmp, "x", encoding="utf-8") as handle:
         write_espresso_in(
             handle,
             atoms,
@@ -159,7 +162,6 @@ def write_pw_input(
             kpts=kpts,
             koffset=offset,
         )
-    tmp.replace(path)
     return kpts
 
 
@@ -188,10 +190,7 @@ def ph_input_text(settings: DFTSettings, recover: bool = False, max_seconds: flo
 
 def write_ph_input(path: str | Path, settings: DFTSettings, recover: bool = False, max_seconds: float | None = None) -> None:
     """Write :func:`ph_input_text` atomically."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".part")
-    tmp.write_text(ph_input_text(settings, recover, max_seconds), encoding="utf-8")
-    tmp.replace(path)
+    write_text(path, ph_input_text(settings, recover, max_seconds))
 
 
 def compute_dft_id(atoms: Atoms, settings: DFTSettings, pseudopotentials: dict[str, str]) -> str:

@@ -20,7 +20,6 @@ are compared (:func:`transferability_tests`).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -31,12 +30,12 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
+from bornfield import atomic
 from bornfield.errors import ConfigError, InputFileError
 
 LOG = logging.getLogger(__name__)
 
 #: Directories searched for shipped pseudopotentials, after the configured one.
-DEFAULT_SEARCH_DIRS = ("/usr/share/espresso/pseudo",)
 
 #: Named pseudopotential sets: element -> ("shipped", filename) or ("generate", ld1 input name).
 PSEUDO_SETS: dict[str, dict[str, tuple[str, str]]] = {
@@ -144,7 +143,7 @@ def _run_ld1(ld1_text: str, workdir: Path, ld1_command: str) -> str:
     return out
 
 
-def generate_pseudopotential(ld1_name: str, target_dir: Path, ld1_command: str = "ld1.x") -> Path:
+def generate_pseudopotential(ld1_name: str, target_dir: Path, ld1_command: str) -> Path:
     """Generate a UPF file with ``ld1.x`` from committed input ``ld1_name``; re-wrap; install.
 
     The file is written to a temporary name and renamed into ``target_dir`` only after
@@ -162,12 +161,16 @@ def generate_pseudopotential(ld1_name: str, target_dir: Path, ld1_command: str =
         upf = produced.read_text(encoding="utf-8")
         if "</UPF>" not in upf:
             raise InputFileError(f"ld1.x wrote a truncated {upf_name} (no </UPF>)")
-        partial = target_dir / f"{upf_name}.{os.getpid()}.part"
-        partial.write_text(wrap_upf_numeric_lines(without_generation_date(upf)), encoding="utf-8")
-        final = target_dir / upf_name
-        partial.replace(final)
+        final = atomic.write_text(target_dir / upf_name, wrap_upf_numeric_lines(without_generation_date(upf)))
     LOG.info("generated %s with %s (md5 %s)", final, ld1_command, md5sum(final))
     return final
+
+
+def pseudo_elements(set_name: str) -> tuple[str, ...]:
+    """Elements the pseudopotential set ``set_name`` covers (ConfigError for an unknown set)."""
+    if set_name not in PSEUDO_SETS:
+        raise ConfigError(f"dft.pseudopotentials.set: unknown set '{set_name}'; known: {sorted(PSEUDO_SETS)}")
+    return tuple(PSEUDO_SETS[set_name])
 
 
 def upf_name_for(element: str, set_name: str) -> str:
@@ -185,10 +188,10 @@ def upf_name_for(element: str, set_name: str) -> str:
 
 def provision_pseudopotentials(
     pseudo_dir: str | Path,
-    set_name: str = "pbesol_paw",
+    set_name: str,
     elements: tuple[str, ...] | None = None,
-    search_dirs: tuple[str, ...] = DEFAULT_SEARCH_DIRS,
-    ld1_command: str = "ld1.x",
+    search_dirs: tuple[str, ...] | None = None,
+    ld1_command: str | None = None,
 ) -> dict[str, PseudoRecord]:
     """Find or create every pseudopotential of ``set_name`` in ``pseudo_dir``.
 
@@ -196,6 +199,11 @@ def provision_pseudopotentials(
     with ``ld1.x``. Writes ``pseudo_dir/manifest.json`` (element -> filename, md5,
     source) and returns the same records.
     """
+    from bornfield.config import default_settings
+
+    defaults = default_settings().dft.pseudopotentials  # None: the schema's value
+    search_dirs = defaults.search_dirs if search_dirs is None else search_dirs
+    ld1_command = defaults.ld1_command if ld1_command is None else ld1_command
     if set_name not in PSEUDO_SETS:
         raise ConfigError(f"dft.pseudopotentials.set: unknown set '{set_name}'; known: {sorted(PSEUDO_SETS)}")
     pseudo_dir = Path(pseudo_dir)
@@ -212,9 +220,8 @@ def provision_pseudopotentials(
                 for directory in search_dirs:
                     candidate = Path(directory) / name
                     if candidate.exists():
-                        partial = target.with_name(f"{target.name}.{os.getpid()}.part")  # concurrent provisioning
-                        shutil.copyfile(candidate, partial)
-                        partial.replace(target)
+                        with atomic.atomic_path(target) as partial:  # concurrent provisioning
+                            shutil.copyfile(candidate, partial)
                         break
                 else:
                     raise InputFileError(
@@ -228,10 +235,7 @@ def provision_pseudopotentials(
                 generate_pseudopotential(name, pseudo_dir, ld1_command)
             source = f"generated:{name}"
         records[element] = PseudoRecord(element, target.name, md5sum(target), source)
-    manifest = pseudo_dir / "manifest.json"
-    tmp = manifest.with_name(f"manifest.json.{os.getpid()}.part")
-    tmp.write_text(json.dumps({k: asdict(v) for k, v in records.items()}, indent=2), encoding="utf-8")
-    tmp.replace(manifest)
+    atomic.write_json(pseudo_dir / "manifest.json", {k: asdict(v) for k, v in records.items()}, indent=2)
     return records
 
 

@@ -8,7 +8,7 @@ its Born charges and is listed with the reason.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -17,19 +17,26 @@ import numpy as np
 class QCThresholds:
     """Gate thresholds (from ``dft.qc``)."""
 
-    max_asr_residual_e: float = 0.3
-    max_epsilon_asymmetry: float = 1e-3
-    max_force_eV_per_A: float = 50.0
+    max_asr_residual_e: float
+    max_epsilon_asymmetry: float
+    max_force_eV_per_A: float
 
     @classmethod
     def from_section(cls, section: dict) -> QCThresholds:
-        """Build from the ``dft`` config section (reads ``dft.qc``)."""
-        qc = section.get("qc", {})
+        """Build from resolved ``dft`` settings (reads ``dft.qc``)."""
+        qc = section["qc"]
         return cls(
-            max_asr_residual_e=float(qc.get("max_asr_residual_e", cls.max_asr_residual_e)),
-            max_epsilon_asymmetry=float(qc.get("max_epsilon_asymmetry", cls.max_epsilon_asymmetry)),
-            max_force_eV_per_A=float(qc.get("max_force_eV_per_A", cls.max_force_eV_per_A)),
+            max_asr_residual_e=float(qc["max_asr_residual_e"]),
+            max_epsilon_asymmetry=float(qc["max_epsilon_asymmetry"]),
+            max_force_eV_per_A=float(qc["max_force_eV_per_A"]),
         )
+
+    @classmethod
+    def defaults(cls, **changes) -> QCThresholds:
+        """The schema's default ``dft.qc`` thresholds with some changed (scripts, tests)."""
+        from bornfield.config import default_settings
+
+        return replace(cls.from_section(default_settings().dft), **changes)
 
 
 @dataclass

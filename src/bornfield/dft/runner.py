@@ -38,13 +38,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from ase import Atoms
 from ase.io import read, write
 
+from bornfield import atomic
 from bornfield.dft.inputs import DFTSettings, PwOverrides, compute_dft_id, write_ph_input, write_pw_input
 from bornfield.dft.parsers import apply_asr, classify_pw_failure, never_started, read_ph_output, read_pw_output
 from bornfield.dft.pseudopotentials import PseudoRecord
@@ -126,33 +127,42 @@ class RunnerOptions:
     ``pools``: k-point pools (QE's ``-nk``) for pw.x and ph.x; must divide the rank count.
     """
 
-    launcher: str = "/usr/bin/mpirun -n 2"
-    pw_command: str = "pw.x"
-    ph_command: str = "ph.x"
-    pools: int = 1
-    max_scf_attempts: int = 3
-    ph_retries: int = 1
-    max_seconds: float | None = None
-    keep_scratch: bool = False
+    launcher: str
+    pw_command: str
+    ph_command: str
+    pools: int
+    max_scf_attempts: int
+    ph_retries: int
+    max_seconds: float | None
+    keep_scratch: bool
 
     @classmethod
     def from_section(cls, section: dict, launcher: str | None = None) -> RunnerOptions:
-        """Build from the ``dft`` config section; ``launcher`` overrides ``dft.run.launcher``."""
-        run = section.get("run", {})
-        pools = int(run.get("pools", cls.pools))
-        ranks = int(run.get("ranks", 2))
-        if launcher is None and ranks % pools:
-            raise ConfigError(f"dft.run.pools = {pools} must divide dft.run.ranks = {ranks} (QE splits the ranks into pools)")
+        """Build from resolved ``dft`` settings; ``launcher`` (with the rank count) replaces
+        ``dft.run.launcher -n dft.run.ranks``."""
+        run = section["run"]
+        if launcher is None:
+            if run["ranks"] % run["pools"]:
+                raise ConfigError(f"dft.run.pools = {run['pools']} must divide dft.run.ranks = {run['ranks']} "
+                                  "(QE splits the ranks into pools)")
+            launcher = f"{run['launcher']} -n {run['ranks']}"
         return cls(
-            launcher=launcher if launcher is not None else f"{run.get('launcher', '/usr/bin/mpirun')} -n {ranks}",
-            pools=pools,
-            pw_command=run.get("pw_command", cls.pw_command),
-            ph_command=run.get("ph_command", cls.ph_command),
-            max_scf_attempts=int(run.get("max_scf_attempts", cls.max_scf_attempts)),
-            ph_retries=int(run.get("ph_retries", cls.ph_retries)),
-            max_seconds=run.get("max_seconds"),
-            keep_scratch=bool(run.get("keep_scratch", cls.keep_scratch)),
+            launcher=launcher,
+            pools=int(run["pools"]),
+            pw_command=run["pw_command"],
+            ph_command=run["ph_command"],
+            max_scf_attempts=int(run["max_scf_attempts"]),
+            ph_retries=int(run["ph_retries"]),
+            max_seconds=run["max_seconds"],
+            keep_scratch=bool(run["keep_scratch"]),
         )
+
+    @classmethod
+    def defaults(cls, **changes) -> RunnerOptions:
+        """The schema's default ``dft.run`` settings with some fields changed (scripts, tests)."""
+        from bornfield.config import default_settings
+
+        return replace(cls.from_section(default_settings().dft), **changes)
 
     def command(self, program: str, input_name: str) -> list[str]:
         """Full argv to run ``program -in input_name`` under the launcher."""
@@ -189,20 +199,6 @@ def scf_escalation(settings: DFTSettings, attempt: int) -> PwOverrides:
     )
 
 
-def _atomic_write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".part")
-    tmp.write_text(json.dumps(data, indent=1, default=_json_default), encoding="utf-8")
-    tmp.replace(path)
-
-
-def _json_default(obj):
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    raise TypeError(f"not JSON serialisable: {type(obj)}")
-
-
 class DFTJob:
     """One structure's pw.x + ph.x job in ``jobs_dir/<dft_id>``."""
 
@@ -221,7 +217,7 @@ class DFTJob:
         self.pseudos = pseudos
         self.pseudo_dir = Path(pseudo_dir)
         self.options = options
-        self.thresholds = thresholds or QCThresholds()
+        self.thresholds = thresholds or QCThresholds.defaults()
         missing = sorted(set(atoms.get_chemical_symbols()) - set(pseudos))
         if missing:
             raise ConfigError(f"no pseudopotential provisioned for {missing}")
@@ -248,7 +244,7 @@ class DFTJob:
         return self.status().get("state") in FINISHED_STATES and self.labels_path.exists()
 
     def _save_status(self, status: dict) -> None:
-        _atomic_write_json(self.status_path, status)
+        atomic.write_json(self.status_path, status)
 
     # ------------------------------------------------------------------ running
     def _run_program(self, program: str, input_name: str, output_name: str) -> tuple[float, float]:
@@ -280,7 +276,8 @@ class DFTJob:
             if labels is not None:
                 return labels
         self.dir.mkdir(parents=True, exist_ok=True)
-        write(self.dir / "structure.extxyz", self.atoms, format="extxyz")
+        with atomic.atomic_path(self.dir / "structure.extxyz") as tmp:
+            write(tmp, self.atoms, format="extxyz")
         status = self.status()
         previous_state = status.get("state")
         status.update(
@@ -317,7 +314,7 @@ class DFTJob:
         status["state"] = "completed" if scf is not None else "failed"
         if scf is not None and self.settings.born_charges and bec is None:
             status["state"] = "completed"  # SCF labels are kept; failure records why BEC is missing
-        _atomic_write_json(self.labels_path, labels)
+        atomic.write_json(self.labels_path, labels)
         self._save_status(status)
         if not self.options.keep_scratch:
             shutil.rmtree(self.dir / "tmp", ignore_errors=True)
@@ -346,7 +343,7 @@ class DFTJob:
         if self.settings.born_charges and bec is None and status.get("failure") is None:
             return None  # Born charges expected and not recoverable: run again
         labels = self._labels(scf, bec, status)
-        _atomic_write_json(self.labels_path, labels)
+        atomic.write_json(self.labels_path, labels)
         LOG.info("%s: labels.json rebuilt from the finished QE outputs (QE not rerun)", self.dft_id)
         return labels
 
@@ -481,7 +478,7 @@ class DFTJob:
         labels.pop("born_charges", None)
         if bec is not None and qc.bec_ok:
             labels["born_charges"], _ = apply_asr(bec["born_charges_raw"])
-        _atomic_write_json(self.labels_path, labels)
+        atomic.write_json(self.labels_path, labels)
         LOG.info("%s: QC re-applied with %s: %s", self.dft_id, thresholds, qc.reasons or "accepted")
         return json.loads(self.labels_path.read_text(encoding="utf-8"))
 

@@ -132,7 +132,7 @@ def label(ledger_dir: str | Path, hours: float, ranks: int, work_dir: str | Path
     work = Path(work_dir)
     pseudo_dir = work / "pseudo"
     provision_checked(ledger, pseudo_dir)
-    options = RunnerOptions(launcher=f"{launcher} -n {ranks}" if ranks > 1 else "")
+    options = RunnerOptions.defaults(launcher=f"{launcher} -n {ranks}" if ranks > 1 else "")
     pending = [job for job in pending_jobs(ledger) if job.kind in kinds]
     correction = cost_correction(ledger)
     LOG.info("ledger %s: %d entries; %d queue jobs pending (%s); cost correction %s",

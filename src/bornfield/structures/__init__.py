@@ -5,3 +5,6 @@ Outputs (under ``{results_dir}/structures/``): ``md_cells/<phase>.extxyz``,
 ``dft_candidates.extxyz`` and ``report/<set>.json|png``; see
 ``docs/architecture.md``.
 """
+
+SPECIES = ("Li", "P", "O")
+"""Elements of every structure the stage builds (Li3PO4 and its Li defects), in LAMMPS type order."""

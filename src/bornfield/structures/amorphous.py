@@ -48,7 +48,7 @@ def make_amorphous_cell(amorphous: dict, master_seed: int, kind: str, index: int
         amorphous: validated ``structures.amorphous`` settings.
         master_seed: campaign seed.
         kind: ``"dft"`` or ``"md"``.
-        index: cell number 0 .. seeds-1.
+        index: cell number (the stage makes 0 .. ``<kind>_cells.seeds`` - 1).
         engine: engine name or object (default: ``amorphous["engine"]``).
         lammps_log: LAMMPS log file of the built-in engine.
 
@@ -57,15 +57,14 @@ def make_amorphous_cell(amorphous: dict, master_seed: int, kind: str, index: int
         (config_type ``melt``, DFT cells only) and the raw engine result.
     """
     spec = cell_spec(amorphous, kind)
-    if not 0 <= index < spec["seeds"]:
-        raise ConfigError(f"amorphous {kind} cell index {index} outside 0..{spec['seeds'] - 1} "
-                          f"(structures.amorphous.{kind}_cells.seeds = {spec['seeds']})")
+    if index < 0:
+        raise ConfigError(f"amorphous {kind} cell index {index} must be >= 0")
     n_atoms = spec["n_atoms"]
     seed = amorphous_seed(master_seed, kind, n_atoms, index)
     engine_obj = get_engine(engine if engine is not None else amorphous["engine"], amorphous, lammps_log)
     protocol = MeltQuenchProtocol.from_settings(amorphous)
     start = starting_cell(amorphous, n_atoms, seed)
-    n_snapshots = spec.get("melt_snapshots", 0)
+    n_snapshots = spec["melt_snapshots"] if kind == "dft" else 0  # MD cells keep no melt snapshots
     log.info("melt-quench %s cell %d: %d atoms, seed %d, engine %s", kind, index, n_atoms, seed, engine_obj.name)
     result = engine_obj.melt_quench(start, protocol, seed, n_snapshots)
     source = (f"melt-quench ({engine_obj.name}) {kind} cell {index}: start {amorphous['start']} at "

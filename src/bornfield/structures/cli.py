@@ -17,33 +17,23 @@ import argparse
 import logging
 from pathlib import Path
 
-from bornfield.config import add_settings_arguments, load_config, settings_from_args, validate_section
+from bornfield.config import add_settings_arguments, settings_from_args
 from bornfield.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
-def _master_seed(args: argparse.Namespace) -> int:
-    if getattr(args, "seed", None) is not None:
-        return int(args.seed)
-    if getattr(args, "config", None):
-        return int(load_config(args.config)["seed"])
-    raise ConfigError("the master seed is needed: pass --seed INT (or --config FILE with a top-level 'seed')")
+def _settings(args: argparse.Namespace, **context) -> tuple:
+    """(``structures`` settings this command reads, master seed): ``--seed`` overrides the config's."""
+    settings = settings_from_args(args, f"structures {args.structures_command}", **context)
+    seed = args.seed if getattr(args, "seed", None) is not None else settings["seed"] if "seed" in settings else None
+    return settings.structures, seed
 
 
-def _settings(args: argparse.Namespace) -> dict:
-    """The validated ``structures`` section with every nested default filled in.
-
-    Validated once more on its own: loading a whole config (``--config``) fills
-    the defaults of the top level only, not those inside ``$ref``-ed sections.
-    """
-    return validate_section(settings_from_args(args, "structures"), "structures",
-                            source=getattr(args, "config", None) or "--settings (structures)")
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(parser: argparse.ArgumentParser, seed: bool = True) -> None:
     add_settings_arguments(parser)
-    parser.add_argument("--seed", type=int, help="master seed of the campaign (config key 'seed')")
+    if seed:
+        parser.add_argument("--seed", type=int, help="master seed of the campaign (default: the config's 'seed')")
 
 
 def run_crystals(args: argparse.Namespace) -> int:
@@ -51,17 +41,18 @@ def run_crystals(args: argparse.Namespace) -> int:
         build_crystal_dft_candidates, build_crystal_md_cells, check_unique_ids)
     from bornfield.structures.io import write_extxyz_atomic
 
-    settings = _settings(args)
-    seed = _master_seed(args)
+    only = getattr(args, "only", None)
+    settings, seed = _settings(args, only=only)
     outdir = Path(args.outdir)
-    md_cells = build_crystal_md_cells(settings, seed)
-    candidates = build_crystal_dft_candidates(settings, seed)
-    check_unique_ids(candidates, "crystal DFT candidates")
-    for name, images in md_cells.items():
-        path = write_extxyz_atomic(outdir / "md_cells" / f"{name}.extxyz", images)
-        log.info("wrote %s (%d atoms)", path, len(images[0]))
-    path = write_extxyz_atomic(outdir / "intermediate" / "crystals_dft.extxyz", candidates)
-    log.info("wrote %s (%d structures)", path, len(candidates))
+    if only in (None, "md-cells"):
+        for name, images in build_crystal_md_cells(settings, seed).items():
+            path = write_extxyz_atomic(outdir / "md_cells" / f"{name}.extxyz", images)
+            log.info("wrote %s (%d atoms)", path, len(images[0]))
+    if only in (None, "dft"):
+        candidates = build_crystal_dft_candidates(settings, seed)
+        check_unique_ids(candidates, "crystal DFT candidates")
+        path = write_extxyz_atomic(outdir / "intermediate" / "crystals_dft.extxyz", candidates)
+        log.info("wrote %s (%d structures)", path, len(candidates))
     return 0
 
 
@@ -76,8 +67,7 @@ def run_melt_quench(args: argparse.Namespace) -> int:
     from bornfield.structures.amorphous import make_amorphous_cell
     from bornfield.structures.io import write_extxyz_atomic, write_json_atomic
 
-    settings = _settings(args)
-    seed = _master_seed(args)
+    settings, seed = _settings(args, kind=args.kind)
     output = Path(args.output)
     if output.suffix != ".extxyz":
         raise ConfigError(f"--output must end in .extxyz, got {output}")
@@ -98,7 +88,11 @@ def run_melt_quench(args: argparse.Namespace) -> int:
 
 def gather(settings: dict, master_seed: int, crystals_dft: Path, amorphous_files: list[Path],
            outdir: Path) -> dict[str, Path]:
-    """Combine crystal candidates and melt-quench results into the stage's final files."""
+    """Combine crystal candidates and melt-quench results into the stage's final files.
+
+    Reads ``settings["perturbations"]``. ``md_cells/amorphous.extxyz`` is written when
+    ``amorphous_files`` hold MD cells (kind ``md``).
+    """
     from bornfield.structures.builder import check_unique_ids, perturbed_copies
     from bornfield.structures.io import read_structures, write_extxyz_atomic
 
@@ -119,10 +113,7 @@ def gather(settings: dict, master_seed: int, crystals_dft: Path, amorphous_files
             candidates.extend(images[1:])
     check_unique_ids(candidates, "DFT candidates")
     written = {"dft_candidates": write_extxyz_atomic(outdir / "dft_candidates.extxyz", candidates)}
-    if "amorphous" in settings["phases"]:
-        if not md_amorphous:
-            raise ConfigError("phase 'amorphous' requested but no md amorphous cells were given "
-                              "(structures.amorphous.md_cells.seeds must be >= 1)")
+    if md_amorphous:
         written["amorphous"] = write_extxyz_atomic(outdir / "md_cells" / "amorphous.extxyz", md_amorphous)
     if dft_amorphous:
         written["amorphous_dft"] = write_extxyz_atomic(outdir / "intermediate" / "amorphous_dft.extxyz",
@@ -134,9 +125,8 @@ def gather(settings: dict, master_seed: int, crystals_dft: Path, amorphous_files
 
 
 def run_gather(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    gather(settings, _master_seed(args), Path(args.crystals_dft), [Path(p) for p in args.amorphous],
-           Path(args.outdir))
+    settings, seed = _settings(args)
+    gather(settings, seed, Path(args.crystals_dft), [Path(p) for p in args.amorphous], Path(args.outdir))
     return 0
 
 
@@ -144,10 +134,9 @@ def run_validate_potential(args: argparse.Namespace) -> int:
     from bornfield.structures.io import write_json_atomic
     from bornfield.structures.validation import validate_pedone_on_crystals
 
-    settings = _settings(args)
+    settings, _ = _settings(args)
     lmp = settings["amorphous"]["lammps"]
-    result = validate_pedone_on_crystals(target_atoms=args.target_atoms, cutoff=lmp["cutoff_A"],
-                                         kspace_accuracy=lmp["kspace_accuracy"])
+    result = validate_pedone_on_crystals(lmp, target_atoms=args.target_atoms)
     for phase, record in result["phases"].items():
         log.info("%s: relaxed lattice %s Å vs experiment %s Å (deviation %s); %s", phase,
                  record["lattice_relaxed_A"], record["lattice_experiment_A"], record["relative_deviation"],
@@ -164,7 +153,7 @@ def run_report(args: argparse.Namespace) -> int:
     from bornfield.structures.io import read_structures, write_json_atomic
     from bornfield.structures.report import build_report, plot_report
 
-    settings = _settings(args)
+    settings, _ = _settings(args)
     images = [atoms for path in args.input for atoms in read_structures(path)]
     if args.config_type:
         images = [a for a in images if a.info.get("config_type") == args.config_type]
@@ -189,10 +178,9 @@ def run_build(args: argparse.Namespace) -> int:
     from bornfield.structures.amorphous import make_amorphous_cell
     from bornfield.structures.io import write_extxyz_atomic, write_json_atomic
 
-    settings = _settings(args)
-    seed = _master_seed(args)
+    settings, seed = _settings(args)
     outdir = Path(args.outdir)
-    run_crystals(args)
+    run_crystals(argparse.Namespace(**{**vars(args), "only": None}))
     amorphous_files = []
     for kind in ("dft", "md"):
         for index in range(settings["amorphous"][f"{kind}_cells"]["seeds"]):
@@ -214,6 +202,8 @@ def register(subparsers) -> None:
     p = sub.add_parser("crystals", help="crystal/defect MD cells and crystal DFT candidates")
     _common(p)
     p.add_argument("--outdir", required=True, help="stage directory, e.g. results/structures")
+    p.add_argument("--only", choices=["md-cells", "dft"],
+                   help="only md_cells/<phase>.extxyz or only intermediate/crystals_dft.extxyz (default: both)")
     p.set_defaults(func=run_crystals)
 
     p = sub.add_parser("melt-quench", help="one amorphous cell by melt-quench (MPI-aware)")
@@ -232,14 +222,14 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_gather)
 
     p = sub.add_parser("validate-potential", help="Pedone potential on the crystals (box relaxation)")
-    _common(p)
+    _common(p, seed=False)
     p.add_argument("--output", required=True, help="JSON file")
     p.add_argument("--target-atoms", type=int, default=128, help="supercell size of the check")
     p.add_argument("--strict", action="store_true", help="exit 1 if a lattice deviates by more than 3 %%")
     p.set_defaults(func=run_validate_potential)
 
     p = sub.add_parser("report", help="structure report (JSON + PNG) of one set")
-    _common(p)
+    _common(p, seed=False)
     p.add_argument("--input", required=True, nargs="+", help="extxyz file(s) of the set")
     p.add_argument("--set-name", required=True, help="label of the set, e.g. amorphous")
     p.add_argument("--config-type", help="analyse only frames with this config_type")

@@ -42,6 +42,7 @@ from ase.data import atomic_masses, atomic_numbers
 from ase.units import _amu
 
 from bornfield.errors import ConfigError
+from bornfield.structures import SPECIES
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ PEDONE_PAIRS = {
     ("P", "O"): (0.831326, 2.585833, 1.800790, 1.0),
     ("O", "O"): (0.042395, 1.379316, 3.618701, 22.0),
 }
-SPECIES_ORDER = ("Li", "P", "O")
+SPECIES_ORDER = SPECIES
 FORMULA_UNIT = {"Li": 3, "P": 1, "O": 4}
 
 
@@ -61,22 +62,30 @@ FORMULA_UNIT = {"Li": 3, "P": 1, "O": 4}
 class MeltQuenchProtocol:
     """Melt-quench settings (see module docstring); built from the config with :meth:`from_settings`."""
 
-    melt_temperature_K: float = 3000.0
-    melt_time_ps: float = 20.0
-    quench_rate_K_per_ps: float = 100.0
-    final_temperature_K: float = 300.0
-    anneal_time_ps: float = 10.0
-    anneal_pressure_bar: float = 0.0
-    npt_quench_below_K: float = 0.0
-    relax: bool = True
-    timestep_fs: float = 1.0
-    thermostat_damping_fs: float = 100.0
-    barostat_damping_fs: float = 1000.0
+    melt_temperature_K: float
+    melt_time_ps: float
+    quench_rate_K_per_ps: float
+    final_temperature_K: float
+    anneal_time_ps: float
+    anneal_pressure_bar: float
+    npt_quench_below_K: float
+    relax: bool
+    timestep_fs: float
+    thermostat_damping_fs: float
+    barostat_damping_fs: float
 
     @classmethod
     def from_settings(cls, amorphous: dict) -> "MeltQuenchProtocol":
-        names = cls.__dataclass_fields__
-        return cls(**{k: amorphous[k] for k in names if k in amorphous})
+        """From ``structures.amorphous`` settings (every field must be there)."""
+        return cls(**{k: amorphous[k] for k in cls.__dataclass_fields__})
+
+    @classmethod
+    def defaults(cls, **changes) -> "MeltQuenchProtocol":
+        """The schema's default protocol with some fields changed."""
+        from bornfield.config import default_settings
+
+        return cls(**{**{k: default_settings().structures.amorphous[k] for k in cls.__dataclass_fields__},
+                      **changes})
 
     def steps(self, time_ps: float) -> int:
         return int(round(time_ps * 1000.0 / self.timestep_fs))
@@ -189,13 +198,22 @@ class PedoneLammpsEngine:
 
     name = "pedone"
 
-    def __init__(self, cutoff: float = 10.0, kspace_accuracy: float = 1e-5, thermo_every: int = 500,
+    def __init__(self, cutoff: float, kspace_accuracy: float, thermo_every: int,
                  logfile: str | None = None, progress: bool = True):
         self.cutoff = float(cutoff)
         self.kspace_accuracy = float(kspace_accuracy)
         self.thermo_every = int(thermo_every)
         self.logfile = logfile
         self.progress = progress
+
+    @classmethod
+    def defaults(cls, **changes) -> "PedoneLammpsEngine":
+        """The engine with the schema's ``structures.amorphous.lammps`` settings, some changed."""
+        from bornfield.config import default_settings
+
+        lmp = default_settings().structures.amorphous.lammps
+        return cls(**{"cutoff": lmp.cutoff_A, "kspace_accuracy": lmp.kspace_accuracy,
+                      "thermo_every": lmp.thermo_every, **changes})
 
     # ---------------------------------------------------------------- set-up
     def _open(self, atoms: Atoms):
@@ -451,8 +469,7 @@ def get_engine(engine: str | MeltQuenchEngine, amorphous: dict, logfile: str | N
             raise ConfigError(f"melt-quench engine object {engine!r} lacks name / melt_quench(...)")
         return engine
     if engine == "pedone":
-        lmp = amorphous.get("lammps", {})
-        return PedoneLammpsEngine(cutoff=lmp.get("cutoff_A", 10.0),
-                                  kspace_accuracy=lmp.get("kspace_accuracy", 1e-5),
-                                  thermo_every=lmp.get("thermo_every", 500), logfile=logfile)
+        lmp = amorphous["lammps"]
+        return PedoneLammpsEngine(cutoff=lmp["cutoff_A"], kspace_accuracy=lmp["kspace_accuracy"],
+                                  thermo_every=lmp["thermo_every"], logfile=logfile)
     raise ConfigError(f"unknown melt-quench engine '{engine}'; known: ['pedone'] or an engine object")

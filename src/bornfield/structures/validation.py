@@ -16,9 +16,11 @@ from bornfield.structures.meltquench import PedoneLammpsEngine
 from bornfield.structures.supercells import build_supercell, choose_repetition
 
 
-def validate_pedone_on_crystals(phases=("beta", "gamma"), target_atoms: int = 64, tolerance: float = 0.03,
-                                cutoff: float = 10.0, kspace_accuracy: float = 1e-5) -> dict:
+def validate_pedone_on_crystals(lammps: dict, phases=("beta", "gamma"), target_atoms: int = 64,
+                                tolerance: float = 0.03) -> dict:
     """Relax each crystal with the Pedone engine and compare with experiment.
+
+    ``lammps``: the ``structures.amorphous.lammps`` settings (cutoff_A, kspace_accuracy, thermo_every).
 
     Returns:
         dict per phase: experimental and relaxed lattice (Å), relative
@@ -26,7 +28,8 @@ def validate_pedone_on_crystals(phases=("beta", "gamma"), target_atoms: int = 64
         relaxation (symprec 0.05 Å), density (g/cm^3), ``pass``; and
         ``all_pass``.
     """
-    engine = PedoneLammpsEngine(cutoff=cutoff, kspace_accuracy=kspace_accuracy, progress=False)
+    engine = PedoneLammpsEngine(cutoff=lammps["cutoff_A"], kspace_accuracy=lammps["kspace_accuracy"],
+                                thermo_every=lammps["thermo_every"], progress=False)
     out: dict = {"potential": "Pedone et al., J. Phys. Chem. B 110, 11780 (2006)", "tolerance": tolerance,
                  "phases": {}}
     for phase in phases:

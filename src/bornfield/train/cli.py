@@ -30,7 +30,7 @@ import torch
 
 from bornfield import atomic
 from bornfield.atomic import atomic_path
-from bornfield.config import add_settings_arguments, load_config, settings_from_args
+from bornfield.config import add_settings_arguments, settings_from_args
 from bornfield.errors import ConfigError, InputFileError
 
 log = logging.getLogger(__name__)
@@ -52,12 +52,11 @@ def model_filename(kind: str, member: int, field_axis: int = 0) -> str:
     return f"{kind}_{member}.pt"
 
 
-def _master_seed(args: argparse.Namespace) -> int:
-    if getattr(args, "seed", None) is not None:
-        return int(args.seed)
-    if getattr(args, "config", None):
-        return int(load_config(args.config)["seed"])
-    raise ConfigError("the master seed is needed: pass --seed INT (or --config FILE with a top-level 'seed')")
+def _settings(args: argparse.Namespace, command: str, **context) -> tuple:
+    """(the ``train`` settings ``command`` reads, master seed): ``--seed`` overrides the config's."""
+    settings = settings_from_args(args, command, **context)
+    seed = args.seed if getattr(args, "seed", None) is not None else settings["seed"] if "seed" in settings else None
+    return settings.train, seed
 
 
 def _dataset_hash(paths: list[str]) -> str:
@@ -119,10 +118,10 @@ def resolve_split(samples, settings: dict, master_seed: int, path: Path, data_ha
 def run_split(args: argparse.Namespace) -> int:
     from bornfield.train.data import read_samples
 
-    settings = settings_from_args(args, "train")
+    settings, master = _settings(args, "train split")
     samples = read_samples(args.dataset)
     out = Path(args.out)
-    record = resolve_split(samples, settings, _master_seed(args), out, _dataset_hash(args.dataset), args.split_file)
+    record = resolve_split(samples, settings, master, out, _dataset_hash(args.dataset), args.split_file)
     print(f"split of {len(samples)} structures: train {len(record['train'])}, val {len(record['val'])}, "
           f"test {len(record['test'])} -> {out}")
     return 0
@@ -161,11 +160,10 @@ def run_train(args: argparse.Namespace) -> int:
     from bornfield.train.trainer import train_model
 
     kind = KIND_OF_COMMAND[args.train_command]
-    settings = settings_from_args(args, "train")
-    master = _master_seed(args)
+    settings, master = _settings(args, f"train {args.train_command}")
     torch.set_num_threads(int(settings["threads"]))
     section = dict(settings[SECTION_OF_KIND[kind]])
-    if kind == "born_row" and not section.get("enabled", True):
+    if kind == "born_row" and not section["enabled"]:
         raise ConfigError("train.baseline.enabled is false: the paper-style baseline is switched off")
     if not 0 <= args.member < section["committee"]:
         raise ConfigError(
@@ -179,7 +177,7 @@ def run_train(args: argparse.Namespace) -> int:
     species = args.species or dataset_species(samples)
     train = [samples[i] for i in split["train"]]
     val = [samples[i] for i in split["val"]]
-    field_axis = int(section.get("field_axis", 0))
+    field_axis = int(section["field_axis"]) if kind == "born_row" else 0
     out = outdir / model_filename(kind, args.member, field_axis)
     seed = derived_seed(master, "train", kind, args.member)
     metadata = {
@@ -325,8 +323,7 @@ def run_learning_curve(args: argparse.Namespace) -> int:
     from bornfield.train.trainer import train_model, usable_samples
 
     kind = {"potential": "potential", "born": "born", "baseline": "born_row"}[args.kind]
-    settings = settings_from_args(args, "train")
-    master = _master_seed(args)
+    settings, master = _settings(args, "train learning-curve", kind=args.kind)
     torch.set_num_threads(int(settings["threads"]))
     section = dict(settings[SECTION_OF_KIND[kind]])
     section.update(cutoff=settings["cutoff"], dtype=settings["dtype"])
@@ -371,7 +368,7 @@ def run_select(args: argparse.Namespace) -> int:
         selection_scores,
     )
 
-    settings = settings_from_args(args, "train")["active_learning"]
+    settings = settings_from_args(args, "train select").train.active_learning
     n_select = args.n if args.n is not None else settings["select_per_generation"]
     score_name = args.score or settings["score"]
     gap = args.min_frame_gap if args.min_frame_gap is not None else settings["min_frame_gap"]
@@ -380,6 +377,7 @@ def run_select(args: argparse.Namespace) -> int:
         raise InputFileError(f"no candidate structures in {args.candidates}")
     potential = load_potential([Path(p) for p in args.potential]) if args.potential else None
     born = load_born([Path(p) for p in args.born]) if args.born else None
+
     disagreement = committee_disagreement(candidates, potential, born)
     scores = selection_scores(disagreement, score_name)
     chosen = select_candidates(candidates, scores, n_select, gap)
@@ -420,7 +418,7 @@ def run_explore(args: argparse.Namespace) -> int:
     from bornfield.calculators import FieldCalculator
     from bornfield.train.explore import ExplorationSettings, explore
 
-    settings = settings_from_args(args, "train")
+    settings, master = _settings(args, "train explore")
     torch.set_num_threads(int(settings["threads"]))
     exploration = ExplorationSettings.from_config(settings["active_learning"]["exploration"])
     path = Path(args.structures)
@@ -431,7 +429,7 @@ def run_explore(args: argparse.Namespace) -> int:
     except Exception as exc:
         raise InputFileError(f"{path}: not a readable extxyz file: {exc}") from exc
     calculator = FieldCalculator(potential=args.potential, born=args.born)
-    seed = derived_seed(_master_seed(args), "explore", args.generation)
+    seed = derived_seed(master, "explore", args.generation)
     snapshots, records = explore(structures, calculator, exploration, seed, progress=not args.no_progress)
     if not snapshots:
         raise InputFileError(

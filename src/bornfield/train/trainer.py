@@ -129,13 +129,13 @@ def batch_loss(
     graph = collate([s.edges for s in batch], model.dtype)
     parts: dict[str, float] = {}
     if model.kind == "potential":
-        need_stress = weights.get("stress", 0.0) > 0 and any(s.stress is not None for s in batch)
+        need_stress = weights["stress"] > 0 and any(s.stress is not None for s in batch)
         out = model.forward(graph, forces=True, stress=need_stress, create_graph=training)
         n_atoms = torch.tensor([s.n_atoms for s in batch], dtype=torch.float64)
         e_ref = torch.tensor([s.energy for s in batch], dtype=torch.float64)
         # energies (and stress) of charged cells carry the compensating-background terms of the
         # DFT code; with charged_cells = "forces_only" they enter the force loss only
-        neutral = torch.tensor([s.charge == 0 or weights.get("charged_energies", 0.0) > 0 for s in batch])
+        neutral = torch.tensor([s.charge == 0 or weights["charged_energies"] > 0 for s in batch])
         f_ref = torch.from_numpy(np.concatenate([s.forces for s in batch])).to(out["forces"].dtype)
         f_err = (out["forces"] - f_ref).pow(2).mean()
         loss = weights["forces"] * f_err
@@ -258,8 +258,9 @@ def train_model(
     Args:
         kind: "potential", "born" or "born_row".
         train / val: labelled samples (validation drives early stopping and the LR schedule).
-        settings: the model's config block (architecture + optimisation keys of train.schema.yaml)
-            plus ``cutoff``, ``dtype`` and (born_row) ``field_axis``.
+        settings: the model's config block (architecture + optimisation keys of train.schema.yaml;
+            a potential's also its loss weights and ``charged_cells``, a baseline's ``field_axis``)
+            plus ``cutoff`` and ``dtype``.
         out_path: model file to write.
         seed: initialisation and shuffling seed.
         species: elements the model knows.
@@ -269,7 +270,8 @@ def train_model(
     out_path = Path(out_path)
     ckpt_path = out_path.with_suffix(".ckpt")
     csv_path = out_path.with_suffix(".metrics.csv")
-    charged = str(settings.get("charged_cells", "forces_only"))
+    # charged cells matter to the potential only (their energies carry the background terms)
+    charged = str(settings["charged_cells"]) if kind == "potential" else "include"
     if charged not in ("include", "forces_only", "exclude"):
         raise ConfigError(f"charged_cells must be include, forces_only or exclude (got {charged!r})")
     train = usable_samples(kind, train, charged)
@@ -279,15 +281,15 @@ def train_model(
         log.info("%d charged training cells (%s)", n_charged, charged)
     if not train:
         raise InputFileError(f"no training structures carry the labels a '{kind}' model needs")
-    dtype = DTYPES[settings.get("dtype", "float32")]
+    dtype = DTYPES[settings["dtype"]]
     cutoff = float(settings["cutoff"])
     attach_edges(list(train) + list(val), species, cutoff)
-    weights = {
-        "energy": float(settings.get("energy_weight", 1.0)),
-        "forces": float(settings.get("force_weight", 1.0)),
-        "stress": float(settings.get("stress_weight", 0.0)),
+    weights = {  # the loss of a potential (Born models: the squared error of Z)
+        "energy": float(settings["energy_weight"]),
+        "forces": float(settings["force_weight"]),
+        "stress": float(settings["stress_weight"]),
         "charged_energies": 1.0 if charged == "include" else 0.0,
-    }
+    } if kind == "potential" else {}
     monitor = val if val else train
     if not val:
         log.warning("no validation structures: early stopping monitors the training loss")
@@ -308,7 +310,7 @@ def train_model(
         log.info("resuming %s from epoch %d", ckpt_path, state["epoch"])
     else:
         model = initialise_model(
-            kind, species, cutoff, settings, train, seed, int(settings.get("field_axis", 0)), dtype
+            kind, species, cutoff, settings, train, seed, int(settings["field_axis"]) if kind == "born_row" else 0, dtype
         )
 
     base_lr = float(settings["learning_rate"])
@@ -357,7 +359,7 @@ def train_model(
 
     max_epochs = int(settings["max_epochs"])
     patience = int(settings["patience"])
-    min_lr = float(settings.get("min_lr", 1e-6))
+    min_lr = float(settings["min_lr"])
     batch_size = int(settings["batch_size"])
     bar = tqdm(range(start_epoch, max_epochs), desc=f"train {kind} {out_path.name}", disable=not progress,
                initial=start_epoch, total=max_epochs, mininterval=2.0)

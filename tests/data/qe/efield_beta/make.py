@@ -3,7 +3,7 @@ same cutoffs / k mesh / pseudopotentials as its ph.x run (30/240 Ry, k 1x1x2).""
 from ase.io import read
 from bornfield.dft.inputs import DFTSettings, PwOverrides, write_pw_input
 a = read("/work/scratch_dft/runs/demo_v2/candidates.extxyz", index=0)
-S = DFTSettings(ecutwfc_Ry=30, ecutrho_Ry=240, kpoint_density_per_inv_A=0.8, conv_thr_per_atom_Ry=1e-11)
+S = DFTSettings.defaults(ecutwfc_Ry=30, ecutrho_Ry=240, kpoint_density_per_inv_A=0.8, conv_thr_per_atom_Ry=1e-11)
 PP = {"Li": "Li.pbesol-s-kjpaw_psl.0.2.1.UPF", "O": "O.pbesol-n-kjpaw_psl.0.1.UPF", "P": "P.pbesol-n-kjpaw_bornfield.UPF"}
 for tag, sign in (("plus", 1), ("minus", -1)):
     o = PwOverrides(extra_control={"lelfield": True, "nberrycyc": 3, "tstress": False, "prefix": f"ef{tag}"},

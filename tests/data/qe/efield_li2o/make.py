@@ -11,7 +11,7 @@ a.set_cell(a.cell[:] @ shear, scale_atoms=True)
 a.rattle(stdev=0.12, seed=5)
 print("spacegroup:", spglib.get_spacegroup((a.cell[:], a.get_scaled_positions(), a.numbers), symprec=1e-3))
 write("structure.extxyz", a)
-S = DFTSettings(ecutwfc_Ry=35, ecutrho_Ry=280, kpoint_density_per_inv_A=1.6, conv_thr_per_atom_Ry=1e-12, tr2_ph=1e-16)
+S = DFTSettings.defaults(ecutwfc_Ry=35, ecutrho_Ry=280, kpoint_density_per_inv_A=1.6, conv_thr_per_atom_Ry=1e-12, tr2_ph=1e-16)
 PP = {"Li": "Li.pbesol-s-kjpaw_psl.0.2.1.UPF", "O": "O.pbesol-n-kjpaw_psl.0.1.UPF"}
 print("k:", write_pw_input("pw.in", a, S, PP, "/work/scratch_dft/pseudo_set"))
 write_ph_input("ph.in", S)
