@@ -72,10 +72,11 @@ def run_md(models: dict[str, Path], cells: Path, outdir: Path, settings: dict, p
 
 @pytest.mark.slow
 def test_blown_up_replica_stops_alone_and_the_analysis_counts_the_replicas_used(models, tmp_path):
-    """Replica 1 starts with two atoms 0.3 Å apart: it stops with its reason, 0 and 2 finish,
+    """Replica 1 starts with two atoms 0.6 Å apart (a valid input, above the 0.5 Å of the input
+    check, below md.safety.min_distance_A = 0.8): it stops with its reason, 0 and 2 finish,
     and `bornfield analyze condition` uses 2 replicas and reports the failed one."""
     bad = fcc_cell(2, a=4.4, seed=1)
-    bad.positions[1] = bad.positions[0] + [0.3, 0.0, 0.0]
+    bad.positions[1] = bad.positions[0] + [0.6, 0.0, 0.0]
     cells = tmp_path / "cells.extxyz"
     write(cells, [fcc_cell(2, a=4.4, seed=0), bad, fcc_cell(2, a=4.4, seed=2)])
     outdir = tmp_path / "md" / CONDITION

@@ -21,10 +21,11 @@ from tqdm import tqdm
 from bornfield import atomic
 from bornfield.config import add_settings_arguments, settings_from_args
 from bornfield.dft.inputs import DFTSettings, compute_dft_id
-from bornfield.dft.pseudopotentials import PseudoRecord, provision_pseudopotentials, upf_name_for
+from bornfield.dft.pseudopotentials import PseudoRecord, provision_pseudopotentials, pseudo_elements, upf_name_for
 from bornfield.dft.qc import QCThresholds
 from bornfield.dft.runner import DFTJob, JobInterrupted, RunnerOptions
 from bornfield.errors import InputFileError
+from bornfield.structures.io import read_checked
 
 LOG = logging.getLogger(__name__)
 
@@ -93,12 +94,8 @@ def run_plan(args: argparse.Namespace) -> int:
     section = settings_from_args(args, "dft plan").dft
     settings = DFTSettings.from_section(section)
     path = Path(args.structures)
-    if not path.exists():
-        raise InputFileError(f"candidate structures not found: {path}")
-    try:
-        frames = read(path, index=":", format="extxyz")
-    except Exception as exc:  # noqa: BLE001
-        raise InputFileError(f"{path}: not a readable extxyz file: {exc}") from exc
+    # every frame checked before any file is written (no NaN or coincident atoms reach pw.x)
+    frames = read_checked(path, species=pseudo_elements(settings.pseudo_set))
     if section["max_structures"] is not None:
         frames = frames[: section["max_structures"]]
     inputs_dir = Path(args.inputs_dir)
@@ -146,9 +143,7 @@ def run_job(args: argparse.Namespace) -> int:
     """Run one job; exit 0 also when QE failed (the failure is recorded as data)."""
     section = settings_from_args(args, "dft run", launcher_given=args.launcher is not None).dft
     path = Path(args.structure)
-    if not path.exists():
-        raise InputFileError(f"job structure not found: {path}")
-    atoms = read(path, format="extxyz")
+    atoms = read_checked(path, species=pseudo_elements(section["pseudopotentials"]["set"]))[-1]
     job = _job(atoms, section, args.pseudo_dir, args.jobs_dir, args.launcher)
     if path.stem != job.dft_id and len(path.stem) == 16:
         raise InputFileError(
@@ -199,7 +194,8 @@ def run_many(args: argparse.Namespace) -> int:
         structure = inputs_dir / f"{entry['dft_id']}.extxyz"
         if not structure.exists():
             raise InputFileError(f"{structure}: structure of job {entry['dft_id']} (plan {args.plan}) missing")
-        labels = _job(read(structure), section, args.pseudo_dir, args.jobs_dir, args.launcher).run()
+        atoms = read_checked(structure, species=pseudo_elements(section["pseudopotentials"]["set"]))[-1]
+        labels = _job(atoms, section, args.pseudo_dir, args.jobs_dir, args.launcher).run()
         failed += labels["state"] != "completed"
     LOG.info("%d jobs, %d failed", len(plan["jobs"]), failed)
     return 0

@@ -70,13 +70,17 @@ def run_condition_cli(args: argparse.Namespace) -> int:
 
     from bornfield.md.runner import read_start_cells, run_condition
     from bornfield.models import load_born, load_potential
+    from bornfield.structures.io import check_structure
 
     # one torch thread per rank by default: the ranks already fill the cores, and
     # oversubscribed intra-op threads slow the small per-step graphs down by 10x
     torch.set_num_threads(int(args.threads or 1))
     potentials = [load_potential(p) for p in potential_files]
     born = load_born(born_file)
-    cells = read_start_cells(Path(args.cells) if args.cells else start_cells_path(results_dir, condition.phase))
+    cells_path = Path(args.cells) if args.cells else start_cells_path(results_dir, condition.phase)
+    cells = read_start_cells(cells_path)
+    for index, atoms in enumerate(cells):  # before any step: no NaN, coincident atoms or unknown elements
+        check_structure(atoms, f"{cells_path} frame {index}", potentials[0].species)
     outdir = Path(args.outdir) if args.outdir else results_dir / "md" / condition.name
     try:
         summary = run_condition(settings, condition, outdir, potentials[0], born, cells,

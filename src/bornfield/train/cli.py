@@ -361,6 +361,7 @@ def run_select(args: argparse.Namespace) -> int:
     from ase.io import write
 
     from bornfield.models import load_born, load_potential
+    from bornfield.structures.io import check_structure
     from bornfield.train.select import (
         committee_disagreement,
         read_candidates,
@@ -377,7 +378,10 @@ def run_select(args: argparse.Namespace) -> int:
         raise InputFileError(f"no candidate structures in {args.candidates}")
     potential = load_potential([Path(p) for p in args.potential]) if args.potential else None
     born = load_born([Path(p) for p in args.born]) if args.born else None
-
+    model = potential if potential is not None else born
+    species = model.species if model is not None else None
+    for atoms in candidates:
+        check_structure(atoms, f"{atoms.info['trajectory']} frame {atoms.info['frame']}", species)
     disagreement = committee_disagreement(candidates, potential, born)
     scores = selection_scores(disagreement, score_name)
     chosen = select_candidates(candidates, scores, n_select, gap)
@@ -412,8 +416,15 @@ def run_select(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_species(calculator) -> tuple[str, ...]:
+    """Elements the models of ``calculator`` know (every structure they see must hold only these)."""
+    return tuple((calculator.potential if calculator.potential is not None else calculator.born).species)
+
+
 def run_explore(args: argparse.Namespace) -> int:
-    from ase.io import read, write
+    from ase.io import write
+
+    from bornfield.structures.io import read_checked
 
     from bornfield.calculators import FieldCalculator
     from bornfield.train.explore import ExplorationSettings, explore
@@ -422,13 +433,8 @@ def run_explore(args: argparse.Namespace) -> int:
     torch.set_num_threads(int(settings["threads"]))
     exploration = ExplorationSettings.from_config(settings["active_learning"]["exploration"])
     path = Path(args.structures)
-    if not path.is_file():
-        raise InputFileError(f"starting structures not found: {path}")
-    try:
-        structures = read(path, index=":", format="extxyz")
-    except Exception as exc:
-        raise InputFileError(f"{path}: not a readable extxyz file: {exc}") from exc
     calculator = FieldCalculator(potential=args.potential, born=args.born)
+    structures = read_checked(path, species=_model_species(calculator))
     seed = derived_seed(master, "explore", args.generation)
     snapshots, records = explore(structures, calculator, exploration, seed, progress=not args.no_progress)
     if not snapshots:
@@ -449,20 +455,17 @@ def run_explore(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from ase.io import read, write
+    from ase.io import write
+
+    from bornfield.structures.io import read_checked
 
     from bornfield.calculators import FieldCalculator
     from bornfield.fieldphysics import UnsafeState
 
-    path = Path(args.structures)
-    if not path.is_file():
-        raise InputFileError(f"structure file not found: {path}")
-    try:
-        frames = read(path, index=":", format="extxyz")
-    except Exception as exc:
-        raise InputFileError(f"{path}: not a readable extxyz file: {exc}") from exc
     torch.set_num_threads(args.threads)
     calc = FieldCalculator(potential=args.potential or None, born=args.born or None, field=args.field, dtype=args.dtype)
+    path = Path(args.structures)
+    frames = read_checked(path, species=_model_species(calc))
     out_frames = []
     from tqdm import tqdm
 

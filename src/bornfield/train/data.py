@@ -24,6 +24,7 @@ from ase.io import read
 
 from bornfield.errors import InputFileError
 from bornfield.fieldphysics import asr_correct
+from bornfield.structures.io import check_structure
 from bornfield.models.graph import StructureEdges, structure_edges
 
 
@@ -67,23 +68,33 @@ def labels_of(atoms: Atoms, where: str) -> tuple:
     if born is None:
         born = results.get("born_effective_charges")
     n = len(atoms)
+    if energy is not None and not np.isfinite(float(energy)):
+        raise InputFileError(f"{where}: label 'energy' is {float(energy)} (not finite)")
     if forces is not None:
         forces = np.asarray(forces, dtype=float)
         if forces.shape != (n, 3):
             raise InputFileError(f"{where}: forces have shape {forces.shape}, expected ({n}, 3)")
+        _finite_per_atom(atoms, forces, "forces", where)
     if born is not None:
         born = np.asarray(born, dtype=float)
         if born.size != 9 * n:
             raise InputFileError(f"{where}: born_charges has {born.size} values, expected 9 per atom ({9 * n})")
         born = born.reshape(n, 3, 3)
-        if not np.all(np.isfinite(born)):
-            raise InputFileError(f"{where}: born_charges contain NaN/inf")
-    return (
-        None if energy is None else float(energy),
-        forces,
-        None if stress is None else _stress_matrix(stress, where),
-        born,
-    )
+        _finite_per_atom(atoms, born, "born_charges", where)
+    if stress is not None:
+        stress = _stress_matrix(stress, where)
+        if not np.isfinite(stress).all():
+            raise InputFileError(f"{where}: label 'stress' is {stress.reshape(-1).tolist()} (not finite)")
+    return None if energy is None else float(energy), forces, stress, born
+
+
+def _finite_per_atom(atoms: Atoms, values: np.ndarray, key: str, where: str) -> None:
+    """InputFileError naming the first atom whose ``key`` label is NaN or infinite."""
+    bad = np.flatnonzero(~np.isfinite(values.reshape(len(atoms), -1)).all(axis=1))
+    if bad.size:
+        k = int(bad[0])
+        raise InputFileError(f"{where}, atom {k} ({atoms[k].symbol}): label '{key}' is "
+                             f"{values[k].reshape(-1).tolist()} (not finite; {bad.size} atom(s) affected)")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -109,6 +120,7 @@ def read_samples(paths: str | Path | Sequence[str | Path]) -> list[Sample]:
             raise InputFileError(f"{path}: not a readable extxyz file: {exc}") from exc
         for k, atoms in enumerate(frames):
             where = f"{path} frame {k}"
+            check_structure(atoms, where, species=None)
             energy, forces, stress, born = labels_of(atoms, where)
             residual = None
             if born is not None:
