@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from bornfield.cli import main
-from bornfield.config import load_config
-from bornfield.estimate import CostModel, estimate, irreducible_kpoints
+from bornfield.config import load_config, resolve_config
+from bornfield.estimate import COST_FILE, CostModel, cost_model_from_records, estimate, irreducible_kpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,19 +25,43 @@ def test_estimate_counts_the_configured_work():
     assert rows["dft (pw.x SCF)"]["units"].startswith(f"{config['dft']['max_structures']} jobs")
     assert all(r["core_hours"] >= 0 for r in rows.values())
     # doubling the production steps doubles (nearly) the MD cost; DFT is unchanged
-    longer = load_config(ROOT / ".test" / "config.yaml")
+    longer = load_config(ROOT / ".test" / "config.yaml").to_dict()
     longer["md"]["production_steps"] = 2 * config["md"]["production_steps"] + config["md"]["equilibration_steps"]
-    rows2 = {r["stage"]: r for r in estimate(longer)}
+    rows2 = {r["stage"]: r for r in estimate(resolve_config(longer))}
     assert rows2["field MD (all conditions x replicas)"]["core_hours"] == pytest.approx(
         2 * rows["field MD (all conditions x replicas)"]["core_hours"])
     assert rows2["dft (pw.x SCF)"]["core_hours"] == rows["dft (pw.x SCF)"]["core_hours"]
 
 
 def test_md_rate_interpolates_between_measured_sizes():
-    cost = CostModel()
-    assert cost.md_rate(64) == cost.md_atom_steps_per_core_s_small
-    assert cost.md_rate(8192) == cost.md_atom_steps_per_core_s_large
-    assert cost.md_atom_steps_per_core_s_small < cost.md_rate(400) < cost.md_atom_steps_per_core_s_large
+    cost = CostModel.load()
+    table = cost.md_atom_steps_per_core_s["ase"]
+    smallest, largest = min(table), max(table)
+    assert cost.md_rate(smallest // 2, "ase") == table[smallest]
+    assert cost.md_rate(largest * 2, "ase") == table[largest]
+    middle = int((smallest * sorted(table)[1]) ** 0.5)
+    assert min(table[smallest], table[sorted(table)[1]]) < cost.md_rate(middle, "ase") < max(
+        table[smallest], table[sorted(table)[1]])
+
+
+def test_shipped_cost_model_is_the_one_the_benchmark_records_give():
+    """Re-running a benchmark without `python benchmarks/cost_model.py` makes this fail."""
+    results = ROOT / "benchmarks" / "results"
+    if not results.is_dir():
+        pytest.skip("benchmarks/results not present (installed package)")
+    assert json.loads(COST_FILE.read_text()) == cost_model_from_records(results).to_dict()
+
+
+def test_estimate_uses_the_recorded_costs():
+    """The DFT cost of one 16-atom job at the calibration settings is the calibration job's CPU time."""
+    cost = CostModel.load()
+    records = json.loads((ROOT / "benchmarks" / "results" / "dft_convergence.json").read_text())
+    (pw,) = [r for r in records if r["system"] == "pw.x ph_default" and r["metric"] == "qe_cpu_time_s"]
+    config = resolve_config({"dft": {"max_structures": 1}, "structures": {"dft_cells": {"crystals": ["beta"]}},
+                             "train": {"active_learning": {"generations": 1}}})
+    rows = {r["stage"]: r for r in estimate(config, cost)}
+    assert rows["dft (pw.x SCF)"]["units"].startswith("1 jobs, 16 atoms")
+    assert rows["dft (pw.x SCF)"]["core_hours"] * 3600 == pytest.approx(pw["value"], rel=1e-9)
 
 
 def test_estimate_cli_prints_table_and_json(tmp_path, capsys):
@@ -46,14 +70,12 @@ def test_estimate_cli_prints_table_and_json(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "dft (ph.x DFPT Born charges)" in printed and "total" in printed
     data = json.loads(out.read_text())
-    assert data["rows"] and data["cost_model"]["scf_size_exponent"] == pytest.approx(1.20)
+    assert data["rows"] and data["cost_model"] == CostModel.load().to_dict()
     assert main(["estimate", "--config", str(ROOT / "config" / "paper.yaml"), "--speed", "0"]) == 2
 
 
 def test_size_factor_is_continuous_and_steeper_above_32_atoms():
-    from bornfield.estimate import CostModel
-
-    cost = CostModel()
+    cost = CostModel.load()
     factor = lambda n: cost.size_factor(n, cost.dfpt_size_exponent, cost.dfpt_size_exponent_large)  # noqa: E731
     small, large = cost.dfpt_size_exponent, cost.dfpt_size_exponent_large
     assert factor(16) == pytest.approx(1.0) and factor(32) == pytest.approx(2.0**small)

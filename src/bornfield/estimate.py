@@ -4,8 +4,11 @@ A dry-run helper for sizing a campaign before submitting it (locally or to SLURM
 counts the work a config asks for -- melt-quench atom-steps, DFT jobs (with their
 sizes and k meshes), training atom-epochs, exploration and production MD atom-steps --
 and multiplies by per-unit costs measured on this project's benchmark machine
-(2 cores, no GPU; ``benchmarks/results/*.json``, see :class:`CostModel`). The numbers
-are upper bounds where the config gives maxima (early stopping usually ends training
+(2 cores, no GPU). The costs are derived from the benchmark records
+(``benchmarks/results/*.json``) by :func:`cost_model_from_records` and shipped as
+``bornfield/cost_model.json``; regenerate that file after re-running a benchmark with
+``python benchmarks/cost_model.py`` (a test fails while it is stale). The numbers are
+upper bounds where the config gives maxima (early stopping usually ends training
 sooner) and scale with the machine: pass ``--speed`` (< 1 on slower cores).
 
 Cost laws (N atoms, cutoff E_cut in Ry, n_k irreducible k-points with time reversal):
@@ -14,8 +17,9 @@ Cost laws (N atoms, cutoff E_cut in Ry, n_k irreducible k-points with time rever
   ``f(N) = (N/16)^p`` up to 32 atoms and ``(32/16)^p · (N/32)^p_large`` beyond (the measured
   exponent steepens: dense linear algebra takes over);
 * DFPT (E-field response + effective charges): the same form with its own exponents;
-* MD: atom-steps / (atom-steps per CPU-second of the backend at that size);
-* training: members × epochs × atoms of the training + validation set × cost per atom-epoch.
+* melt-quench and MD: atom-steps / (atom-steps per CPU-second, interpolated in log N
+  between the measured sizes, constant beyond them);
+* training: members × epochs × atoms of the labelled structures × CPU-s per atom-epoch.
 """
 
 from __future__ import annotations
@@ -23,47 +27,65 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from ase import Atoms
 
+from bornfield import atomic
 from bornfield.config import load_config
-from bornfield.errors import ConfigError
+from bornfield.errors import ConfigError, InputFileError
+
+COST_FILE = Path(__file__).with_name("cost_model.json")
+"""The cost model shipped with the package (written by ``benchmarks/cost_model.py``)."""
+
+REFERENCE_DFT_JOB = {"system": "ph_default", "ecutwfc_Ry": 70.0, "kpoint_mesh": (2, 2, 3), "n_atoms": 16}
+"""The calibration job of ``benchmarks/dft_convergence_campaign.py``: the schema's production
+settings (70/560 Ry, k 2x2x3 on the rattled 16-atom beta cell), tr2_ph 1e-16, 1 rank."""
+
+CUTOFF_REFERENCE_RY = 30.0
+"""Cutoff at which the per-k-point DFT costs are quoted."""
 
 
 @dataclass(frozen=True)
 class CostModel:
-    """Per-unit costs in core-seconds (1 MPI rank = 1 core), measured on 2-core benchmark machines.
+    """Per-unit costs in core-seconds (1 MPI rank = 1 core), derived from the benchmark records.
 
-    Sources (``benchmarks/results``): ``dft_convergence.json`` "ph_default" (the production
-    settings: 16-atom beta rattled, 70/560 Ry, k 2x2x3 = 8 irreducible k-points, tr2_ph 1e-16,
-    1 rank, serial OpenBLAS: SCF 148 s, DFPT 2,021 s CPU, divided by 8 k-points and by
-    (70/30)^1.8 to give the per-k-point cost at the 30 Ry reference; the default tr2_ph 1e-14
-    needs ~17 % less); size exponents from ``dft_scaling_openblas.json`` (25/200 Ry, Γ,
-    OpenBLAS like the calibration job, 1 rank; local exponents between neighbouring sizes, the
-    16- and 32-atom jobs measured twice): SCF 1.20 for 16 -> 32 atoms and 1.61 for 32 -> 64;
-    DFPT 2.25 and 2.89 (the 64-atom ph.x: 4,800 s CPU, of which 2,441 s set-up, 888 s E-field
-    response and 1,471 s effective charges; with the reference BLAS, ``dft_scaling.json``, the
-    exponents are steeper: 1.8/2.5 and 2.67/>=3.2); cutoff exponent 1.8 fitted to the pw.x CPU
-    times at 30-100 Ry, ecutrho = 8 ecutwfc, in ``dft_convergence.json``), ``melt_quench_throughput.json`` (LAMMPS Pedone
-    ~45,000 atom-steps/s on 1 rank), ``md_throughput.json`` (field MD, potential + Born model every step, atom-steps per
-    CPU-second: 7,500 at 128 atoms, 11,000 at >= 1,024), a 6-epoch timing of the potential and
-    Born trainers (channels 16, hidden 64, float32, 1 thread: 1.4e-3 s per atom-epoch).
+    ``*_atom_steps_per_core_s`` map a cell size (atoms) to the measured rate; MD rates per
+    backend (``ase``, ``lammps``); training costs per model kind (``potential``, ``born``).
+    ``sources`` names the record files and entries each field comes from.
     """
 
-    scf_core_s_per_kpoint: float = 4.03
-    scf_size_exponent: float = 1.20
-    scf_size_exponent_large: float = 1.61  # above 32 atoms
-    dfpt_core_s_per_kpoint: float = 55.0
-    dfpt_size_exponent: float = 2.25  # per k-point, 16 -> 32 atoms at Γ (dft_scaling_openblas.json)
-    dfpt_size_exponent_large: float = 2.89  # 32 -> 64 atoms
-    cutoff_exponent: float = 1.8
-    melt_quench_atom_steps_per_core_s: float = 45_000.0
-    md_atom_steps_per_core_s_small: float = 7_500.0  # 128 atoms
-    md_atom_steps_per_core_s_large: float = 11_000.0  # >= 1,024 atoms
-    train_core_s_per_atom_epoch: float = 1.4e-3
+    scf_core_s_per_kpoint: float
+    scf_size_exponent: float
+    scf_size_exponent_large: float  # above 32 atoms
+    dfpt_core_s_per_kpoint: float
+    dfpt_size_exponent: float
+    dfpt_size_exponent_large: float
+    cutoff_exponent: float
+    melt_quench_atom_steps_per_core_s: dict[int, float]
+    md_atom_steps_per_core_s: dict[str, dict[int, float]]
+    train_core_s_per_atom_epoch: dict[str, float]
+    sources: dict[str, str]
+
+    @classmethod
+    def load(cls, path: str | Path = COST_FILE) -> CostModel:
+        """Read a cost-model JSON file (the shipped one by default)."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            data["melt_quench_atom_steps_per_core_s"] = _sizes(data["melt_quench_atom_steps_per_core_s"])
+            data["md_atom_steps_per_core_s"] = {k: _sizes(v) for k, v in data["md_atom_steps_per_core_s"].items()}
+            return cls(**data)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InputFileError(f"{path}: not a readable cost model ({exc}); regenerate it with "
+                                 "python benchmarks/cost_model.py") from exc
+
+    def to_dict(self) -> dict:
+        """JSON form (size keys as strings)."""
+        return json.loads(json.dumps(asdict(self)))
 
     @staticmethod
     def size_factor(n_atoms: int, exponent: float, exponent_large: float) -> float:
@@ -72,10 +94,123 @@ class CostModel:
             return (n_atoms / 16) ** exponent
         return 2.0**exponent * (n_atoms / 32) ** exponent_large
 
-    def md_rate(self, n_atoms: int) -> float:
-        """Field-MD atom-steps per core-second at ``n_atoms`` (log-linear between 128 and 1,024)."""
-        x = min(max((math.log(n_atoms) - math.log(128)) / (math.log(1024) - math.log(128)), 0.0), 1.0)
-        return self.md_atom_steps_per_core_s_small + x * (self.md_atom_steps_per_core_s_large - self.md_atom_steps_per_core_s_small)
+    def md_rate(self, n_atoms: int, backend: str) -> float:
+        """Field-MD atom-steps per core-second of ``backend`` at ``n_atoms``."""
+        if backend not in self.md_atom_steps_per_core_s:
+            raise ConfigError(f"cost model has no MD rate for backend {backend!r} "
+                              f"(measured: {sorted(self.md_atom_steps_per_core_s)})")
+        return _log_interpolate(self.md_atom_steps_per_core_s[backend], n_atoms)
+
+    def melt_quench_rate(self, n_atoms: int) -> float:
+        """LAMMPS melt-quench atom-steps per core-second at ``n_atoms``."""
+        return _log_interpolate(self.melt_quench_atom_steps_per_core_s, n_atoms)
+
+
+def _sizes(table: dict) -> dict[int, float]:
+    return {int(n): float(v) for n, v in table.items()}
+
+
+def _log_interpolate(table: dict[int, float], n_atoms: int) -> float:
+    """Linear in log(N) between the measured sizes, constant outside them."""
+    sizes = sorted(table)
+    return float(np.interp(math.log(max(n_atoms, 1)), np.log(sizes), [table[n] for n in sizes]))
+
+
+def _records(results_dir: Path, name: str) -> list[dict]:
+    path = results_dir / name
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputFileError(f"{path}: benchmark records needed by the cost model are unreadable ({exc})") from exc
+
+
+def _one(records: list[dict], where: str, **match) -> dict:
+    found = [r for r in records if all(r.get(k) == v for k, v in match.items())]
+    if len(found) != 1:
+        raise InputFileError(f"{where}: expected one record with {match}, found {len(found)}")
+    return found[0]
+
+
+def cost_model_from_records(results_dir: str | Path) -> CostModel:
+    """The cost model of the benchmark records in ``results_dir`` (``benchmarks/results``).
+
+    * DFT per-k-point costs: CPU time of the calibration job :data:`REFERENCE_DFT_JOB` in
+      ``dft_convergence.json`` (pw.x and ph.x, 1 rank) over its irreducible k-points, scaled
+      to :data:`CUTOFF_REFERENCE_RY` with the cutoff exponent;
+    * cutoff exponent: least-squares slope of log CPU time vs log cutoff of the pw.x SCF
+      series ``scf_ec<E>_k223`` (1 rank) in ``dft_convergence.json``;
+    * size exponents: the local exponents 16-32 and 32-64 atoms (1 rank) of
+      ``dft_scaling_openblas.json`` (OpenBLAS, like the calibration job);
+    * melt-quench: ``melt_quench_throughput.json``, atom-steps/s on 1 rank per cell size;
+    * MD: ``md_throughput.json``, atom-steps per CPU-s of ``bornfield-ase`` / ``bornfield-lammps``
+      on 1 rank, mean of the repeated runs per cell size;
+    * training: ``train_speed.json``, CPU-s per atom-epoch of the potential and the Born model.
+    """
+    results_dir = Path(results_dir)
+    convergence = _records(results_dir, "dft_convergence.json")
+    where = "dft_convergence.json"
+    series = []
+    for r in convergence:
+        m = re.fullmatch(r"pw\.x scf_ec(\d+)_k223", r["system"])
+        if m and r["metric"] == "qe_cpu_time_s" and r["ranks"] == 1:
+            series.append((float(m.group(1)), float(r["value"])))
+    if len(series) < 3:
+        raise InputFileError(f"{where}: fewer than 3 pw.x scf_ec<E>_k223 CPU times for the cutoff exponent")
+    cutoffs, times = np.array(sorted(series)).T
+    cutoff_exponent = float(np.polyfit(np.log(cutoffs), np.log(times), 1)[0])
+    job = REFERENCE_DFT_JOB
+    n_k = irreducible_kpoints(job["kpoint_mesh"])
+    to_reference = (job["ecutwfc_Ry"] / CUTOFF_REFERENCE_RY) ** cutoff_exponent
+    per_kpoint = {
+        program: float(_one(convergence, where, metric="qe_cpu_time_s", ranks=1,
+                            system=f"{program} {job['system']}")["value"]) / n_k / to_reference
+        for program in ("pw.x", "ph.x")
+    }
+
+    scaling = _records(results_dir, "dft_scaling_openblas.json")
+
+    def exponent(program: str, size_range: str) -> float:
+        found = [r for r in scaling if r["metric"] == "scaling_exponent" and r["ranks"] == 1
+                 and r["size_range"] == size_range and f" {program} " in r["system"]]
+        if len(found) != 1:
+            raise InputFileError(f"dft_scaling_openblas.json: expected one {program} exponent {size_range} "
+                                 f"on 1 rank, found {len(found)}")
+        return float(found[0]["value"])
+
+    melt = _records(results_dir, "melt_quench_throughput.json")
+    melt_rates = {int(r["n_atoms"]): float(r["value"]) for r in melt
+                  if r["metric"] == "atom_steps_per_s" and r["ranks"] == 1}
+    md = _records(results_dir, "md_throughput.json")
+    md_rates: dict[str, dict[int, float]] = {}
+    for backend in ("ase", "lammps"):
+        by_size: dict[int, list[float]] = {}
+        for r in md:
+            if r["metric"] == "atom_steps_per_cpu_s" and r["ranks"] == 1 and r["system"] == f"bornfield-{backend}":
+                by_size.setdefault(int(r["n_atoms"]), []).append(float(r["value"]))
+        md_rates[backend] = {n: float(np.mean(v)) for n, v in sorted(by_size.items())}
+    train = _records(results_dir, "train_speed.json")
+    train_costs = {kind: float(_one(train, "train_speed.json", metric="train_cpu_s_per_atom_epoch",
+                                    system=f"bornfield-{kind}")["value"]) for kind in ("potential", "born")}
+    for name, table in [("melt_quench_throughput.json", melt_rates), *md_rates.items()]:
+        if not table:
+            raise InputFileError(f"{name}: no 1-rank throughput records for the cost model")
+    return CostModel(
+        scf_core_s_per_kpoint=per_kpoint["pw.x"],
+        scf_size_exponent=exponent("pw.x", "16-32"),
+        scf_size_exponent_large=exponent("pw.x", "32-64"),
+        dfpt_core_s_per_kpoint=per_kpoint["ph.x"],
+        dfpt_size_exponent=exponent("ph.x", "16-32"),
+        dfpt_size_exponent_large=exponent("ph.x", "32-64"),
+        cutoff_exponent=cutoff_exponent,
+        melt_quench_atom_steps_per_core_s=melt_rates,
+        md_atom_steps_per_core_s=md_rates,
+        train_core_s_per_atom_epoch=train_costs,
+        sources={
+            "dft": f"dft_convergence.json ({job['system']}, scf_ec<E>_k223), dft_scaling_openblas.json",
+            "melt_quench": "melt_quench_throughput.json", "md": "md_throughput.json",
+            "train": "train_speed.json",
+        },
+    )
 
 
 def irreducible_kpoints(mesh: tuple[int, int, int]) -> int:
@@ -93,8 +228,8 @@ def dft_job_core_seconds(n_atoms: int, cell: np.ndarray, settings, cost: CostMod
     """
     from bornfield.dft.inputs import kpoint_mesh
 
-    cost = cost or CostModel()
-    scale = (settings.ecutwfc_Ry / 30.0) ** cost.cutoff_exponent
+    cost = cost or CostModel.load()
+    scale = (settings.ecutwfc_Ry / CUTOFF_REFERENCE_RY) ** cost.cutoff_exponent
     n_k = irreducible_kpoints(kpoint_mesh(Atoms(cell=cell, pbc=True), settings.kpoint_density_per_inv_A))
     scf = cost.scf_core_s_per_kpoint * cost.size_factor(n_atoms, cost.scf_size_exponent, cost.scf_size_exponent_large) * scale * n_k
     ph = 0.0
@@ -131,7 +266,7 @@ def estimate(config: dict, cost: CostModel | None = None) -> list[dict]:
     from bornfield.dft.inputs import DFTSettings
     from bornfield.md.conditions import expand_conditions
 
-    cost = cost or CostModel()
+    cost = cost or CostModel.load()
     rows = []
     structures = config["structures"]
     amorphous = structures["amorphous"]
@@ -141,8 +276,9 @@ def estimate(config: dict, cost: CostModel | None = None) -> list[dict]:
     if "amorphous" in structures["phases"]:
         cells.append((amorphous["md_cells"]["n_atoms"], amorphous["md_cells"]["seeds"]))
     atom_steps = sum(n * seeds * steps for n, seeds in cells)
+    melt_s = sum(n * seeds * steps / cost.melt_quench_rate(n) for n, seeds in cells)
     rows.append({"stage": "structures (melt-quench)", "units": f"{atom_steps:.3g} atom-steps",
-                 "core_hours": atom_steps / cost.melt_quench_atom_steps_per_core_s / 3600})
+                 "core_hours": melt_s / 3600})
 
     dft = config["dft"]
     settings = DFTSettings.from_section(dft)
@@ -174,10 +310,11 @@ def estimate(config: dict, cost: CostModel | None = None) -> list[dict]:
     train_s = 0.0
     for g in range(generations):
         labelled_atoms = sum(j[1] for j in jobs[: len(candidates) + g * al["select_per_generation"]])
-        for block in ("potential", "born"):
-            train_s += train[block]["committee"] * train[block]["max_epochs"] * labelled_atoms * cost.train_core_s_per_atom_epoch
-        if train["baseline"]["enabled"]:
-            train_s += train["baseline"]["committee"] * train["baseline"]["max_epochs"] * labelled_atoms * cost.train_core_s_per_atom_epoch
+        # the baseline (invariant features, one row of Z) is charged at the Born model's cost: an upper bound
+        blocks = [("potential", "potential"), ("born", "born")] + ([("baseline", "born")] if train["baseline"]["enabled"] else [])
+        for block, measured in blocks:
+            train_s += (train[block]["committee"] * train[block]["max_epochs"] * labelled_atoms
+                        * cost.train_core_s_per_atom_epoch[measured])
     rows.append({"stage": "train (committees, upper bound: max_epochs)", "units": f"{generations} generation(s)",
                  "core_hours": train_s / 3600})
 
@@ -185,7 +322,8 @@ def estimate(config: dict, cost: CostModel | None = None) -> list[dict]:
     n_traj = min(len(explorable), exploration["max_structures"]) * len(exploration["temperatures_K"]) * len(exploration["fields_V_per_A"])
     mean_atoms = float(np.mean([c[1] for c in explorable])) if explorable else 0.0
     explore_steps = max(al["generations"] - 1, 0) * n_traj * exploration["steps"] * mean_atoms
-    explore_s = explore_steps / cost.md_rate(max(int(mean_atoms), 1)) * train["potential"]["committee"] if explorable else 0.0
+    explore_s = (explore_steps / cost.md_rate(max(int(mean_atoms), 1), "ase") * train["potential"]["committee"]
+                 if explorable else 0.0)
     rows.append({"stage": "active-learning exploration MD", "units": f"{explore_steps:.3g} atom-steps x committee",
                  "core_hours": explore_s / 3600})
 
@@ -202,7 +340,8 @@ def estimate(config: dict, cost: CostModel | None = None) -> list[dict]:
             md_atoms[phase] = len(phase_cell(phase, target["target_atoms"], target["max_excess_fraction"], int(config["seed"]),
                                              "md", structures["frenkel_min_separation_A"]))
     steps_md = md["equilibration_steps"] + md["production_steps"]
-    md_s = sum(c.replicas * steps_md * md_atoms[c.phase] / cost.md_rate(md_atoms[c.phase]) for c in conditions)
+    md_s = sum(c.replicas * steps_md * md_atoms[c.phase] / cost.md_rate(md_atoms[c.phase], md["backend"])
+               for c in conditions)
     rows.append({"stage": "field MD (all conditions x replicas)",
                  "units": f"{len(conditions)} conditions, {sum(c.replicas for c in conditions)} replicas, {steps_md} steps",
                  "core_hours": md_s / 3600})
@@ -227,6 +366,8 @@ def register(subparsers) -> None:
     parser.add_argument("--cores", type=int, default=2, help="cores of the machine for the wall-time column")
     parser.add_argument("--speed", type=float, default=1.0, help="relative core speed (2 = twice as fast as the benchmark machine)")
     parser.add_argument("--json", type=Path, help="also write the rows (+ cost model) as JSON here")
+    parser.add_argument("--cost-model", type=Path, default=COST_FILE,
+                        help="cost-model JSON (default: the one derived from this project's benchmark records)")
     parser.set_defaults(func=run)
 
 
@@ -234,11 +375,12 @@ def run(args: argparse.Namespace) -> int:
     if args.speed <= 0 or args.cores < 1:
         raise ConfigError(f"--speed must be > 0 and --cores >= 1 (got {args.speed}, {args.cores})")
     config = load_config(args.config)
-    rows = estimate(config)
+    cost = CostModel.load(args.cost_model)
+    rows = estimate(config, cost)
     for row in rows:
         row["core_hours"] /= args.speed
     print(format_table(rows, args.cores))
     if args.json:
-        args.json.write_text(json.dumps({"config": str(args.config), "rows": rows, "cost_model": asdict(CostModel()),
-                                         "speed": args.speed}, indent=1))
+        atomic.write_json(args.json, {"config": str(args.config), "rows": rows, "cost_model": cost.to_dict(),
+                                      "speed": args.speed})
     return 0
