@@ -22,6 +22,7 @@ from bornfield.config import (
     default_settings,
     load_config,
     resolve_config,
+    schema_default,
     settings_from_args,
     validate_section,
 )
@@ -196,7 +197,8 @@ def test_a_partial_config_means_the_schema_defaults_everywhere(tmp_path):
     schema = default_settings()
     assert resolved.dft.qe.ecutwfc_Ry == 40 and resolved.dft.qe.kpoint_density_per_inv_A == schema.dft.qe.kpoint_density_per_inv_A
     assert resolved.dft.max_structures is None  # the demo labels only 2
-    assert resolved.train.potential.learning_rate == 0.005  # .test and the demo set 0.002
+    demo = load_config(REPO / "config" / "config.yaml")
+    assert resolved.train == schema.train != demo.train  # the demo's smaller models are not inherited
     assert resolved.md.model_generation == resolved.train.active_learning.generations - 1
     workdir = tmp_path / "work"
     workdir.mkdir()
@@ -234,13 +236,23 @@ def test_a_command_sees_only_the_keys_it_reads():
         born.train["potential"]
     run = command_settings(settings, "dft run", launcher_given=True)
     assert "runtime_min" not in run.dft.run and "ranks" not in run.dft.run  # resources: no re-run of a job
+    assert run.dft.ledger == settings.dft.ledger  # what the rule passes; --ledger replaces it
+    assert "ledger" not in command_settings(settings, "dft run", launcher_given=True, ledger_given=True).dft
+
+
+@pytest.mark.parametrize("dotted", ["dft.ledger", "dft.run.launcher", "dft.run.ranks", "seed", "md.sweep.replicas"])
+def test_schema_default_of_one_key_is_the_default_setting(dotted):
+    """Command-line options standing for a config key (``bornfield label --ledger``) default to the schema."""
+    assert schema_default(dotted) == default_settings().lookup(dotted)
+    with pytest.raises(KeyError, match="no config key 'dft.ledgr'"):
+        schema_default("dft.ledgr")
 
 
 def test_every_command_table_entry_names_real_keys():
     settings = default_settings()
     contexts = {"structures crystals": [{"only": None}, {"only": "md-cells"}, {"only": "dft"}],
                 "structures melt-quench": [{"kind": "dft"}, {"kind": "md"}],
-                "dft run": [{"launcher_given": True}, {"launcher_given": False}],
+                "dft run": [{"launcher_given": True}, {"launcher_given": False, "ledger_given": True}],
                 "train learning-curve": [{"kind": k} for k in ("potential", "born", "baseline")],
                 "md run": [{"condition": c, "inputs_given": g} for c in ("amorphous_T600K_E0_none",) for g in (True, False)]}
     for command in COMMAND_KEYS:

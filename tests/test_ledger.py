@@ -143,12 +143,16 @@ def test_entry_round_trip_and_campaign_reuse(tmp_path, pseudo, fake_qe):
     write(structure, read_queue(ledger.root / "queue.extxyz")[0], format="extxyz")
     jobs = tmp_path / "campaign_jobs"
     entries = tmp_path / "campaign_entries"
-    qc = json.dumps({"dft": {"qc": {"max_asr_residual_e": QC.max_asr_residual_e}}})
-    assert main(["dft", "run", "--settings", qc, "--structure", str(structure), "--pseudo-dir", str(pseudo_dir),
-                 "--jobs-dir", str(jobs), "--launcher", "", "--ledger", str(ledger.root),
-                 "--entries-dir", str(entries)]) == 0
+    # the ledger as the Snakemake rule passes it: the config key dft.ledger in --settings
+    settings = json.dumps({"dft": {"qc": {"max_asr_residual_e": QC.max_asr_residual_e}, "ledger": str(ledger.root)}})
+    assert main(["dft", "run", "--settings", settings, "--structure", str(structure), "--pseudo-dir", str(pseudo_dir),
+                 "--jobs-dir", str(jobs), "--launcher", "", "--entries-dir", str(entries)]) == 0
     reused = json.loads((jobs / dft_id / "labels.json").read_text())
     assert reused["forces"] == labels["forces"] and reused["born_charges"] == labels["born_charges"]
+    # --ledger '' overrides the config's ledger: QE runs (the stand-in pw.x refuses)
+    assert main(["dft", "run", "--settings", settings, "--structure", str(structure), "--pseudo-dir", str(pseudo_dir),
+                 "--jobs-dir", str(tmp_path / "no_ledger_jobs"), "--launcher", "", "--ledger", ""]) != 0
+    assert "QE should not run" in (tmp_path / "no_ledger_jobs" / dft_id / "pw.out").read_text()
     # ... and writes the entry format, which another ledger of the same settings accepts
     other = _ledger(tmp_path / "other", pseudo)
     assert main(["ledger", "add", "--ledger", str(other.root), str(entries / dft_id)]) == 0

@@ -361,6 +361,26 @@ def default_settings() -> Settings:
     return resolve_config({}, source="schema defaults")
 
 
+def schema_default(dotted: str) -> Any:
+    """The schema's ``default`` of one dotted key, read from the schema files alone.
+
+    Cheap (no validation): for the defaults and help texts of command-line options
+    that stand for a config key, e.g. ``schema_default("dft.ledger")``. Equal to
+    ``default_settings().lookup(dotted)`` for keys with a plain default.
+    """
+    node = _schema(TOP_SCHEMA)
+    for part in dotted.split("."):
+        while "$ref" in node and not node["$ref"].startswith("#"):
+            node = _schema(node["$ref"])
+        try:
+            node = node["properties"][part]
+        except KeyError:
+            raise KeyError(f"no config key '{dotted}' in the schema") from None
+    if "default" not in node:
+        raise KeyError(f"config key '{dotted}' has no schema default")
+    return copy.deepcopy(node["default"])
+
+
 # ------------------------------------------------------------------ cross-checks
 
 def check_config(config: Mapping, source: str = "config") -> list[str]:
@@ -481,8 +501,9 @@ COMMAND_KEYS: dict[str, Callable[..., tuple[str, ...]] | tuple[str, ...]] = {
     "dft provision": ("dft.pseudopotentials.set", "dft.pseudopotentials.search_dirs",
                       "dft.pseudopotentials.ld1_command"),
     "dft plan": ("dft.qe", "dft.pseudopotentials.set", "dft.max_structures"),
-    # the launcher (with the rank count) comes from --launcher when given
-    "dft run": lambda launcher_given: _DFT_JOB + (() if launcher_given else ("dft.run.launcher", "dft.run.ranks")),
+    # the launcher (with the rank count) comes from --launcher, the ledger from --ledger, when given
+    "dft run": lambda launcher_given, ledger_given=False: _DFT_JOB + (
+        () if launcher_given else ("dft.run.launcher", "dft.run.ranks")) + (() if ledger_given else ("dft.ledger",)),
     "dataset assemble": ("dataset",),
     "train split": ("seed", "train.split"),
     "train potential": _TRAIN_MODEL + ("train.potential",),

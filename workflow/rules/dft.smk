@@ -64,6 +64,7 @@ rule dft_job:
     output:
         labels=f"{DFT}/jobs/{{dft_id}}/labels.json",
     params:
+        # with dft.ledger: a job the ledger holds is taken from it (QE not run)
         settings=lambda wc: settings_arg("dft run", launcher_given=True),
         pseudo_dir=lambda wc, input: os.path.dirname(input.manifest),
         jobs_dir=lambda wc, output: os.path.dirname(os.path.dirname(output.labels)),
@@ -71,9 +72,6 @@ rule dft_job:
         # e.g. "srun --mpi=pmix"); one rank: '' = pw.x/ph.x run without launcher
         launcher=lambda wc, resources: shlex.quote(
             f"{resources.mpi} -n {resources.tasks}" if resources.tasks > 1 else ""
-        ),
-        ledger=(
-            f"--ledger {shlex.quote(DFT_CFG['ledger'])}" if DFT_CFG["ledger"] is not None else ""
         ),
         entries_dir=f"{DFT}/entries",
     log:
@@ -95,4 +93,4 @@ rule dft_job:
     shell:
         "bornfield dft run --settings {params.settings} --structure {input.structure}"
         " --pseudo-dir {params.pseudo_dir} --jobs-dir {params.jobs_dir}"
-        " --launcher {params.launcher} {params.ledger} --entries-dir {params.entries_dir} > {log} 2>&1"
+        " --launcher {params.launcher} --entries-dir {params.entries_dir} > {log} 2>&1"

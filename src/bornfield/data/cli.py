@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from bornfield.config import add_settings_arguments, settings_from_args
+from bornfield.config import add_settings_arguments, schema_default, settings_from_args
 from bornfield.data.dataset import assemble, label_statistics, plot_report, write_dataset
 from bornfield.errors import InputFileError
 from bornfield.structures.io import write_json_atomic
@@ -28,7 +28,8 @@ def register(subparsers) -> None:
     asm.add_argument("--report-png", required=True)
     asm.set_defaults(func=run_assemble)
     rep = sub.add_parser("report", help="report of a label ledger: counts, label distributions, residuals, cost; one figure")
-    rep.add_argument("--ledger", default="data/ledger", help="ledger directory (default: data/ledger)")
+    ledger = schema_default("dft.ledger")
+    rep.add_argument("--ledger", default=ledger, help=f"ledger directory (default: {ledger}, the schema default of dft.ledger)")
     rep.add_argument("--report-json", required=True, help="JSON report to write")
     rep.add_argument("--report-png", required=True, help="figure to write")
     rep.set_defaults(func=run_report)

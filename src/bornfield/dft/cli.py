@@ -55,7 +55,9 @@ def register(subparsers) -> None:
     job.add_argument("--jobs-dir", required=True, help="parent of the <dft_id> job directories")
     job.add_argument("--launcher", default=None, help="MPI launcher with rank count, e.g. '/usr/bin/mpirun -n 2' or 'srun -n 4'")
     job.add_argument("--retry-failed", action="store_true", help="rerun a job whose state is 'failed'")
-    job.add_argument("--ledger", default=None, help="label ledger to take a finished job from (default: none)")
+    job.add_argument("--ledger", default=None,
+                     help="label ledger to take a finished job from instead of running QE "
+                     "(default: dft.ledger of the config; '' for none)")
     job.add_argument("--entries-dir", default=None, help="also write the finished job here in the ledger's entry format")
     job.set_defaults(func=run_job)
 
@@ -141,7 +143,9 @@ def _job(atoms, section: dict, pseudo_dir: str, jobs_dir: str, launcher: str | N
 
 def run_job(args: argparse.Namespace) -> int:
     """Run one job; exit 0 also when QE failed (the failure is recorded as data)."""
-    section = settings_from_args(args, "dft run", launcher_given=args.launcher is not None).dft
+    section = settings_from_args(args, "dft run", launcher_given=args.launcher is not None,
+                                 ledger_given=args.ledger is not None).dft
+    ledger = args.ledger if args.ledger is not None else section["ledger"]
     path = Path(args.structure)
     atoms = read_checked(path, species=pseudo_elements(section["pseudopotentials"]["set"]))[-1]
     job = _job(atoms, section, args.pseudo_dir, args.jobs_dir, args.launcher)
@@ -150,8 +154,8 @@ def run_job(args: argparse.Namespace) -> int:
             f"{path}: file name says dft_id {path.stem} but structure + settings hash to {job.dft_id} "
             "(settings changed since planning? re-run the plan)"
         )
-    if args.ledger and not job.is_finished():
-        take_from_ledger(job, args.ledger, args.jobs_dir)
+    if ledger and not job.is_finished():
+        take_from_ledger(job, ledger, args.jobs_dir)
     try:
         labels = job.run(retry_failed=args.retry_failed)
     except JobInterrupted as exc:

@@ -19,23 +19,31 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from bornfield import atomic
-from bornfield.config import load_config
+from bornfield.config import load_config, schema_default
 from bornfield.errors import InputFileError
 
 LOG = logging.getLogger(__name__)
 
-DEFAULT_LEDGER = "data/ledger"
 DEFAULT_WORK = ".label-work"
 
 
 def register(subparsers) -> None:
-    """Add the ``label`` and ``ledger`` commands."""
+    """Add the ``label`` and ``ledger`` commands.
+
+    The ledger directory, MPI launcher and rank count default to the schema defaults of
+    ``dft.ledger``, ``dft.run.launcher`` and ``dft.run.ranks`` (what a campaign uses).
+    """
+    ledger_dir = schema_default("dft.ledger")
+    ledger_help = f"ledger directory (default: {ledger_dir}, the schema default of dft.ledger)"
+    launcher, ranks = schema_default("dft.run.launcher"), schema_default("dft.run.ranks")
     lab = subparsers.add_parser("label", help="label queue entries into the ledger within a wall-time budget")
     lab.add_argument("--hours", type=float, required=True, help="wall-time budget (h); no job starts that would not fit")
-    lab.add_argument("--ranks", type=int, default=2, help="MPI ranks per QE job (default: 2; 1 leaves a core free)")
-    lab.add_argument("--ledger", default=DEFAULT_LEDGER, help=f"ledger directory (default: {DEFAULT_LEDGER})")
+    lab.add_argument("--ranks", type=int, default=ranks,
+                     help=f"MPI ranks per QE job (default: {ranks}, dft.run.ranks; 1 leaves a core free)")
+    lab.add_argument("--ledger", default=ledger_dir, help=ledger_help)
     lab.add_argument("--work-dir", default=DEFAULT_WORK, help=f"job directory, not committed (default: {DEFAULT_WORK})")
-    lab.add_argument("--launcher", default="/usr/bin/mpirun", help="MPI launcher of QE without the rank count (default: /usr/bin/mpirun)")
+    lab.add_argument("--launcher", default=launcher,
+                     help=f"MPI launcher of QE without the rank count (default: {launcher}, dft.run.launcher)")
     lab.add_argument("--max-jobs", type=int, default=None, help="stop after this many finished jobs (default: no limit)")
     lab.add_argument("--kind", choices=["dfpt", "scf"], action="append", help="label only this kind (repeatable; default: both)")
     lab.add_argument("--summary", type=Path, default=None, help="also write the run's summary as JSON here")
@@ -46,23 +54,23 @@ def register(subparsers) -> None:
 
     init = sub.add_parser("init", help="create a ledger with the dft settings of a config")
     init.add_argument("--config", required=True, help="campaign config whose dft section fixes the ledger's settings")
-    init.add_argument("--ledger", default=DEFAULT_LEDGER, help=f"ledger directory (default: {DEFAULT_LEDGER})")
+    init.add_argument("--ledger", default=ledger_dir, help=ledger_help)
     init.set_defaults(func=run_init)
 
     plan = sub.add_parser("plan", help="write the designed base queue (queue.extxyz) of a ledger")
-    plan.add_argument("--ledger", default=DEFAULT_LEDGER, help=f"ledger directory (default: {DEFAULT_LEDGER})")
+    plan.add_argument("--ledger", default=ledger_dir, help=ledger_help)
     plan.add_argument("--seed", type=int, default=20231, help="master seed of the base set (default: 20231)")
     plan.set_defaults(func=run_plan)
 
     status = sub.add_parser("status", help="entries, pending queue and cost per kind and family")
-    status.add_argument("--ledger", default=DEFAULT_LEDGER, help=f"ledger directory (default: {DEFAULT_LEDGER})")
+    status.add_argument("--ledger", default=ledger_dir, help=ledger_help)
     status.add_argument("--json", type=Path, default=None, help="also write the status as JSON here")
     status.set_defaults(func=run_status)
 
     append = sub.add_parser("append", help="append structures (e.g. active-learning picks) to the queue, near-duplicates dropped")
     append.add_argument("--structures", type=Path, required=True, help="extxyz of structures to label (config_type in info)")
     append.add_argument("--kind", choices=["dfpt", "scf"], required=True, help="label kind of these structures")
-    append.add_argument("--ledger", default=DEFAULT_LEDGER, help=f"ledger directory (default: {DEFAULT_LEDGER})")
+    append.add_argument("--ledger", default=ledger_dir, help=ledger_help)
     append.set_defaults(func=run_append)
 
     revise = sub.add_parser("revise", help="re-apply the queue rules (label kind, cost) to pending entries; labelled ones stay")
@@ -71,11 +79,11 @@ def register(subparsers) -> None:
 
     add = sub.add_parser("add", help="add finished DFT job directories (refused at other settings)")
     add.add_argument("job_dirs", nargs="+", type=Path, help="job directories <jobs>/<dft_id> with status.json + labels.json")
-    add.add_argument("--ledger", default=DEFAULT_LEDGER, help=f"ledger directory (default: {DEFAULT_LEDGER})")
+    add.add_argument("--ledger", default=ledger_dir, help=ledger_help)
     add.set_defaults(func=run_add)
 
     export = sub.add_parser("export", help="every labelled entry as one extxyz file")
-    export.add_argument("--ledger", default=DEFAULT_LEDGER, help=f"ledger directory (default: {DEFAULT_LEDGER})")
+    export.add_argument("--ledger", default=ledger_dir, help=ledger_help)
     export.add_argument("--output", type=Path, required=True, help="extxyz file to write")
     export.set_defaults(func=run_export)
 

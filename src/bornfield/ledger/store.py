@@ -31,11 +31,11 @@ import numpy as np
 from ase import Atoms
 from ase.io import read, write
 
+from bornfield import atomic
 from bornfield.data.dataset import labelled_atoms, read_dataset
 from bornfield.dft.inputs import DFTSettings
 from bornfield.dft.pseudopotentials import PseudoRecord
 from bornfield.dft.qc import QCThresholds
-from bornfield import atomic
 from bornfield.errors import ConfigError, InputFileError
 
 LOG = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class Ledger:
         if path.exists():
             raise InputFileError(f"{path} exists: a ledger's settings are fixed once created")
         (root / "entries").mkdir(parents=True, exist_ok=True)
-        _write_text_atomic(path, json.dumps(spec.to_dict(), indent=1) + "\n")
+        atomic.write_text(path, json.dumps(spec.to_dict(), indent=1) + "\n")
         return cls(root)
 
     @property
@@ -296,7 +296,3 @@ def _differences(settings: DFTSettings, pseudos: dict[str, PseudoRecord], spec: 
         if a is None or b is None or a.md5 != b.md5:
             diffs.append(f"{el} pseudopotential md5 {a.md5 if a else None} vs {b.md5 if b else None}")
     return "; ".join(diffs) or "same values, other identity"
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    atomic.write_text(path, text)
