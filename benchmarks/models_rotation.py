@@ -99,7 +99,9 @@ def main() -> int:
     species = dataset_species(train)
     settings = {"cutoff": 5.0, "dtype": "float32", "channels": 8, "n_basis": 8, "radial_hidden": 32, "hidden": 64,
                 "learning_rate": 0.005, "lr_factor": 0.5, "lr_patience": 10, "patience": 30, "min_lr": 1e-5,
-                "batch_size": 4, "max_epochs": 200, "field_axis": 0}
+                "batch_size": 4, "max_epochs": 200, "field_axis": 0,
+                # the model and schedule of the record: one interaction, plain Adam
+                "interactions": 1, "warmup_epochs": 0, "grad_clip": 0.0, "ema_decay": 0.0, "weight_decay": 0.0}
     WORK.mkdir(parents=True, exist_ok=True)
     born, _ = train_model("born", train, val, settings, WORK / "born_0.pt", 1, species, resume=False, progress=True)
     row, _ = train_model("born_row", train, val, settings, WORK / "born_row_x_0.pt", 2, species, resume=False,

@@ -44,8 +44,8 @@ from pathlib import Path
 import numpy as np
 from ase.io import read, write
 
+from bornfield import atomic
 from bornfield.cli import main as bornfield
-from bornfield.models.io import atomic_write_bytes
 
 HERE = Path(__file__).resolve().parent
 DATASET = "allegro-pol-SiO2"
@@ -116,8 +116,7 @@ def merge_records(path: Path, new: list[dict], systems: set[str]) -> None:
     """Replace the records of ``systems`` in ``path`` by ``new`` (other systems' records kept)."""
     old = json.loads(path.read_text()) if path.exists() else []
     kept = [r for r in old if r.get("system") not in systems]
-    text = json.dumps(kept + new, indent=1)
-    atomic_write_bytes(path, lambda handle: handle.write(text.encode()))
+    atomic.write_text(path, json.dumps(kept + new, indent=1))
 
 
 def model_from_checkpoint(checkpoint: Path, out: Path) -> tuple[Path, str]:
@@ -205,7 +204,7 @@ def main() -> int:
         merge_records(out, records, {system})
     for name in args.variant:
         born = {"committee": 1, **epochs, **VARIANTS[name]}
-        settings = json.dumps({"born": born})
+        settings = json.dumps({"train": {"born": born}})
         outdir = work / name
         if bornfield(["train", "born", "--settings", settings, "--seed", str(args.seed), "--dataset", str(data),
                       "--outdir", str(outdir), "--no-progress"]) != 0:
@@ -231,7 +230,7 @@ def main() -> int:
         outdir = work / "baseline"
         files = []
         for axis in range(3):
-            settings = json.dumps({"baseline": {"committee": 1, "field_axis": axis, **epochs, **BASELINE_SETTINGS}})
+            settings = json.dumps({"train": {"baseline": {"committee": 1, "field_axis": axis, **epochs, **BASELINE_SETTINGS}}})
             if bornfield(["train", "baseline", "--settings", settings, "--seed", str(args.seed), "--dataset",
                           str(data), "--outdir", str(outdir), "--no-progress"]) != 0:
                 return 1

@@ -28,7 +28,8 @@ from bornfield.train.trainer import train_model
 REAL_DATA = Path(__file__).resolve().parent / "data" / "qe" / "labelled_small.extxyz"
 TINY = {"channels": 4, "n_basis": 6, "radial_hidden": 16, "hidden": 16, "learning_rate": 0.01, "lr_factor": 0.5,
         "lr_patience": 5, "patience": 50, "min_lr": 1e-6, "batch_size": 2, "cutoff": 4.0, "dtype": "float32",
-        "energy_weight": 1.0, "force_weight": 1.0, "stress_weight": 0.0, "charged_cells": "forces_only"}
+        "energy_weight": 1.0, "force_weight": 1.0, "stress_weight": 0.0, "charged_cells": "forces_only",
+        "interactions": 1, "warmup_epochs": 0, "grad_clip": 0.0, "ema_decay": 0.0, "weight_decay": 0.0}
 
 
 def beta():
@@ -378,8 +379,8 @@ def test_predefined_split_is_honoured(tmp_path, capsys):
         frame.info["split"] = label
     data = tmp_path / "split_key.extxyz"
     write(data, frames, format="extxyz")
-    settings = json.dumps({"cutoff": 4.0, "born": dict({k: v for k, v in TINY.items() if k in (
-        "channels", "n_basis", "radial_hidden", "hidden", "batch_size")}, committee=1, max_epochs=1, interactions=1)})
+    settings = json.dumps({"train": {"cutoff": 4.0, "born": dict({k: v for k, v in TINY.items() if k in (
+        "channels", "n_basis", "radial_hidden", "hidden", "batch_size")}, committee=1, max_epochs=1, interactions=1)}})
     common = ["--settings", settings, "--seed", "3", "--dataset", str(data), "--no-progress"]
     assert main(["train", "born", *common, "--outdir", str(tmp_path / "key")]) == 0
     split = json.loads((tmp_path / "key" / "split.json").read_text())
@@ -400,7 +401,7 @@ def test_predefined_split_is_honoured(tmp_path, capsys):
     for frame, label in zip(ledger_like, labels):
         frame.info["split"] = "test" if label == "test" else "train"
     write(tmp_path / "ledger_like.extxyz", ledger_like, format="extxyz")
-    ledger_settings = json.dumps({**json.loads(settings), "split": {"val_fraction": 0.25}})
+    ledger_settings = json.dumps({"train": {**json.loads(settings)["train"], "split": {"val_fraction": 0.25}}})
     assert main(["train", "born", "--settings", ledger_settings, "--seed", "3", "--dataset",
                  str(tmp_path / "ledger_like.extxyz"), "--no-progress", "--outdir", str(tmp_path / "ledger")]) == 0
     split = json.loads((tmp_path / "ledger" / "split.json").read_text())
@@ -452,9 +453,9 @@ def test_log_reports_the_best_epoch(dataset, tmp_path, caplog):
     import csv
     import logging
 
-    settings = json.dumps({"cutoff": 4.0, "born": {"committee": 1, "channels": 4, "n_basis": 6, "radial_hidden": 16,
-                                                   "hidden": 16, "max_epochs": 12, "learning_rate": 0.05, "patience": 2,
-                                                   "warmup_epochs": 0, "ema_decay": 0, "interactions": 1}})
+    settings = json.dumps({"train": {"cutoff": 4.0, "born": {
+        "committee": 1, "channels": 4, "n_basis": 6, "radial_hidden": 16, "hidden": 16, "max_epochs": 12,
+        "learning_rate": 0.05, "patience": 2, "warmup_epochs": 0, "ema_decay": 0, "interactions": 1}}})
     with caplog.at_level(logging.INFO, logger="bornfield.train"):
         assert main(["train", "born", "--settings", settings, "--seed", "3", "--dataset", str(dataset),
                      "--outdir", str(tmp_path), "--no-progress"]) == 0

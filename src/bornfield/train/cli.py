@@ -84,7 +84,7 @@ def resolve_split(samples, settings: dict, master_seed: int, path: Path, data_ha
     from bornfield.train.data import read_split_file, split_from_info, stratified_split
 
     split_settings = settings["split"]
-    split_file = split_file or split_settings.get("file") or None
+    split_file = split_file or split_settings["file"] or None
     source = {}
     if split_file:
         split = read_split_file(split_file, len(samples))

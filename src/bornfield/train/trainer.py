@@ -53,7 +53,7 @@ from bornfield.train.data import (
 log = logging.getLogger(__name__)
 
 KINDS = ("potential", "born", "born_row")
-ARCH_KEYS = ("channels", "n_basis", "radial_hidden", "hidden", "interactions")
+ARCH_KEYS = ("channels", "n_basis", "radial_hidden", "hidden")  # every model; a Born model also "interactions"
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -88,7 +88,7 @@ def initialise_model(
     standardisation of the invariant features.
     """
     attach_edges(train_samples, species, cutoff)
-    hyper = {k: architecture[k] for k in ARCH_KEYS if k in architecture}
+    hyper = {k: architecture[k] for k in ARCH_KEYS}
     hyper["avg_neighbours"] = mean_neighbours(train_samples)
     if kind == "potential":
         energies = fit_atomic_energies(train_samples, species)
@@ -98,7 +98,8 @@ def initialise_model(
     elif kind == "born":
         means = mean_born_per_species(train_samples, species)
         hyper["mean_charges"] = {x: float(np.trace(z) / 3.0) for x, z in means.items()}
-        if int(architecture.get("interactions", 1)) > 1:
+        hyper["interactions"] = int(architecture["interactions"])
+        if hyper["interactions"] > 1:
             hyper["charge_scales"] = born_scale_per_species(train_samples, species, hyper["mean_charges"])
     elif kind == "born_row":
         means = mean_born_per_species(train_samples, species)
@@ -258,8 +259,9 @@ def train_model(
     Args:
         kind: "potential", "born" or "born_row".
         train / val: labelled samples (validation drives early stopping and the LR schedule).
-        settings: the model's config block (architecture + optimisation keys of train.schema.yaml;
-            a potential's also its loss weights and ``charged_cells``, a baseline's ``field_axis``)
+        settings: the model's config block (architecture, optimisation and schedule keys of
+            train.schema.yaml -- every one, no fallbacks; a potential's also its loss weights and
+            ``charged_cells``, a Born model's ``interactions``, a baseline's ``field_axis``)
             plus ``cutoff`` and ``dtype``.
         out_path: model file to write.
         seed: initialisation and shuffling seed.
@@ -314,7 +316,7 @@ def train_model(
         )
 
     base_lr = float(settings["learning_rate"])
-    weight_decay = float(settings.get("weight_decay", 0.0))
+    weight_decay = float(settings["weight_decay"])
     if weight_decay > 0:
         optimizer = torch.optim.AdamW(model.parameters(), lr=base_lr, weight_decay=weight_decay)
     else:
@@ -322,8 +324,8 @@ def train_model(
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, factor=float(settings["lr_factor"]), patience=int(settings["lr_patience"])
     )
-    warmup_epochs = int(settings.get("warmup_epochs", 0))
-    grad_clip = float(settings.get("grad_clip", 0.0))
+    warmup_epochs = int(settings["warmup_epochs"])
+    grad_clip = float(settings["grad_clip"])
     steps_per_epoch = max(1, math.ceil(len(train) / int(settings["batch_size"])))
     history: list[dict[str, float]] = []
     best_loss, best_state, best_epoch, bad_epochs, start_epoch = math.inf, None, -1, 0, 0
@@ -335,7 +337,7 @@ def train_model(
         best_state = state["best_model"]
         start_epoch = state["epoch"] + 1
     counter = {"step": start_epoch * steps_per_epoch}
-    average = WeightAverage(model, float(settings.get("ema_decay", 0.0)), (state or {}).get("average"), counter["step"])
+    average = WeightAverage(model, float(settings["ema_decay"]), (state or {}).get("average"), counter["step"])
 
     def before_step(loss: torch.Tensor) -> float:
         """Warm-up learning rate and gradient clipping for one optimiser step; returns the gradient norm."""
