@@ -79,8 +79,11 @@ def main() -> None:
             per_epoch_wall = float(np.mean(timed))
             # CPU share of the timed epochs: the run's CPU time scaled by their wall-time share
             per_epoch_cpu = cpu * sum(timed) / wall / len(timed)
+            interactions = f"interactions {block['interactions']}, " if kind == "born" else ""
             notes = (f"config/paper.yaml train.{kind} architecture (channels {block['channels']}, hidden "
-                     f"{block['hidden']}, radial_hidden {block['radial_hidden']}, batch {block['batch_size']}), "
+                     f"{block['hidden']}, radial_hidden {block['radial_hidden']}, {interactions}batch "
+                     f"{block['batch_size']}; gradient clipping {block['grad_clip']}, weight average "
+                     f"{block['ema_decay']}, weight decay {block['weight_decay']}), "
                      f"cutoff {block['cutoff']} Å, {block['dtype']}, 1 thread; {len(frames)} CHGNet-proxy cells "
                      f"({n_atoms} atoms) trained and validated each epoch; mean of {len(timed)} epochs after one "
                      f"warm-up ({per_epoch_wall:.2f} s wall per epoch); 1-min load average {load:.1f} before")
