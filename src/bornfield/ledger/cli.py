@@ -74,7 +74,7 @@ def register(subparsers) -> None:
     append.set_defaults(func=run_append)
 
     revise = sub.add_parser("revise", help="re-apply the queue rules (label kind, cost) to pending entries; labelled ones stay")
-    revise.add_argument("--ledger", default=DEFAULT_LEDGER, help=f"ledger directory (default: {DEFAULT_LEDGER})")
+    revise.add_argument("--ledger", default=ledger_dir, help=ledger_help)
     revise.set_defaults(func=run_revise)
 
     add = sub.add_parser("add", help="add finished DFT job directories (refused at other settings)")
