@@ -2,6 +2,7 @@
 #   make demo   set up everything, run the demo campaign (config/config.yaml) end to end
 #   make test   set up everything, run the test suite
 #   make label HOURS=2 RANKS=1   add DFT labels to the committed ledger (data/ledger) within a budget
+#   make models  retrain the shipped committees (models/li3po4) on the ledger (commit models/ afterwards)
 # Both are idempotent: with nothing changed, set-up is a few stamp checks.
 
 VENV      ?= .venv
@@ -18,7 +19,7 @@ LEDGER    ?= data/ledger
 # rule commands call `bornfield` and MPI launchers from the venv
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo test setup system label figures report lint dryrun clean-results
+.PHONY: demo test setup system label models figures report lint dryrun clean-results
 
 demo: setup
 	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG)
@@ -30,6 +31,11 @@ test: setup
 # run queue entries of the committed label ledger for HOURS of wall time (commit data/ afterwards)
 label: setup
 	$(BIN)/bornfield label --hours $(HOURS) --ranks $(RANKS) --ledger $(LEDGER)
+
+# train the committees of config/models.yaml on the ledger and write the model set (train.ship_to)
+MODELS_CONFIG ?= config/models.yaml
+models: setup
+	$(BIN)/snakemake ship_models --cores $(CORES) --configfile $(MODELS_CONFIG)
 
 setup: $(STAMPS)/system.stamp $(STAMPS)/venv.stamp
 

@@ -119,6 +119,9 @@ CASES = [
     ("sample-interval-beyond-steps", "train.active_learning.exploration.sample_interval", 50,
      "train.active_learning.exploration.sample_interval", "allowed: 1..10"),
     ("split-leaves-no-training-data", "train.split.val_fraction", 0.5, "train.split.test_fraction", "must be < 1"),
+    # model sets and the ledger as the data source
+    ("md-models-not-a-model-set", "md.models", "config", "md.models", "not a model set"),
+    ("dataset-source-unknown", "dataset.source", "cloud", "dataset.source", "allowed values: ['campaign', 'ledger']"),
 ]
 
 
@@ -257,3 +260,18 @@ def test_a_typo_gives_a_short_message_without_the_config(tmp_path) -> None:
     assert result.returncode != 0
     assert "unknown config key 'resutls_dir' (did you mean 'results_dir'?)" in output, output[-3000:]
     assert "'structures': {" not in output and len(output) < 4000, output
+
+
+def test_md_committee_is_checked_against_the_model_set(tmp_path) -> None:
+    (tmp_path / "manifest.json").write_text('{"members": {"potential": [{"file": "potential_0.pt"}]}}')
+    config = _mutate(_mutate(_tiny(), "md.models", str(tmp_path)), "md.committee_size", 2)
+    with pytest.raises(ConfigError, match=r"md.committee_size.*holds 1 potentials; allowed: 1..1"):
+        resolve_config(config, source="bad.yaml")
+    resolve_config(_mutate(config, "md.committee_size", 1), source="ok.yaml")
+
+
+def test_ledger_source_trains_one_generation() -> None:
+    config = _mutate(_mutate(_tiny(), "dataset.source", "ledger"), "train.active_learning.generations", 2)
+    with pytest.raises(ConfigError, match=r"train.active_learning.generations.*allowed: 1"):
+        resolve_config(config, source="bad.yaml")
+    resolve_config(_mutate(config, "train.active_learning.generations", 1), source="ok.yaml")

@@ -77,3 +77,33 @@ def test_ship_refuses_a_model_of_the_wrong_kind(shipped, tmp_path, capsys):
     assert "born_0.pt: holds a 'potential' model, expected born" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / ".x.part").exists()  # nothing half-written
     assert read_model_set(outdir).born  # the shipped set is intact
+
+
+def test_ship_evaluates_the_held_out_rows_itself(shipped, tmp_path):
+    outdir, _, records = shipped
+    model_set = read_model_set(outdir)
+    again = tmp_path / "again"
+    assert main(["train", "ship", "--dataset", str(tmp_path / "ledger.extxyz"), "--outdir", str(again),
+                 "--potential", *map(str, model_set.potential), "--born", *map(str, model_set.born)]) == 0
+    rebuilt = read_model_set(again)
+    value = {(r["system"], r["metric"]): r["value"] for r in records}
+    assert {(r["system"], r["metric"]): r["value"] for r in rebuilt.records} == pytest.approx(value)
+    assert {"evaluation_born_parity.png", "evaluation_potential_parity.png"} <= set(rebuilt.manifest["files"])
+
+
+def test_campaign_on_a_model_set_labels_and_trains_nothing(shipped, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    outdir, _, _ = shipped
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(f"results_dir: {tmp_path / 'results'}\nmd: {{models: {outdir}}}\n")
+    dry = subprocess.run([str(Path(sys.executable).with_name("snakemake")), "-n", "--cores", "1", "--configfile",
+                          str(repo / ".test" / "config.yaml"), str(overlay)], cwd=repo, capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
+    jobs = dry.stdout
+    assert "md_condition" in jobs and f"{outdir}/potential_1.pt" in jobs
+    for rule in ("dft_plan", "dft_run", "dataset_assemble", "train_potential", "train_born"):
+        assert f"rule {rule}:" not in jobs, rule

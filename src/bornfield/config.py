@@ -383,6 +383,14 @@ def schema_default(dotted: str) -> Any:
 
 # ------------------------------------------------------------------ cross-checks
 
+def _model_set_members(root: str) -> int | None:
+    """Number of potentials in the model set at ``root`` (None: no manifest there)."""
+    path = Path(root) / "manifest.json"
+    if not path.is_file():
+        return None
+    return len(json.loads(path.read_text(encoding="utf-8")).get("members", {}).get("potential", []))
+
+
 def check_config(config: Mapping, source: str = "config") -> list[str]:
     """Messages for every broken rule across keys of a schema-valid config (empty: fine).
 
@@ -426,9 +434,20 @@ def check_config(config: Mapping, source: str = "config") -> list[str]:
         bad("md.model_generation", md["model_generation"], f"train.active_learning.generations = "
             f"{generations} trains generations 0..{generations - 1}; allowed: null (= {generations - 1}) "
             f"or 0..{generations - 1}")
-    if md["committee_size"] > train["potential"]["committee"]:
+    if not md["models"] and md["committee_size"] > train["potential"]["committee"]:
         bad("md.committee_size", md["committee_size"], f"only train.potential.committee = "
             f"{train['potential']['committee']} potentials are trained; allowed: 1..{train['potential']['committee']}")
+    if config["dataset"]["source"] == "ledger" and generations != 1:
+        bad("train.active_learning.generations", generations, "dataset.source = ledger trains one generation "
+            "on the ledger's entries (active-learning picks join the ledger's queue instead); allowed: 1")
+    if md["models"]:
+        members = _model_set_members(md["models"])
+        if members is None:
+            bad("md.models", md["models"], "not a model set (no manifest.json there); give a directory "
+                "written by 'make models' (e.g. models/li3po4) or '' for this campaign's models")
+        elif md["committee_size"] > members:
+            bad("md.committee_size", md["committee_size"], f"the model set {md['models']} holds {members} "
+                f"potentials; allowed: 1..{members}")
     exploration = train["active_learning"]["exploration"]
     if exploration["sample_interval"] > exploration["steps"]:
         bad("train.active_learning.exploration.sample_interval", exploration["sample_interval"],

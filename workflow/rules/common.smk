@@ -35,10 +35,16 @@ BENCH = f"{RESULTS}/benchmarks"
 STAGE_TARGETS = {}
 
 
-def get_final_targets():
+# with a model set (md.models) the campaign labels and trains nothing
+MODEL_STAGES = ("dft", "dataset", "train")
+
+
+def get_final_targets(skip=()):
+    """Targets of every stage but those in ``skip`` (and the model stages with a model set)."""
     targets = []
-    for stage in STAGE_TARGETS.values():
-        targets.extend(stage())
+    for name, stage in STAGE_TARGETS.items():
+        if name not in skip and not (SETTINGS.md["models"] and name in MODEL_STAGES):
+            targets.extend(stage())
     return targets
 
 

@@ -11,7 +11,8 @@ MD = f"{RESULTS}/md"
 MD_SETTINGS = SETTINGS.md
 MD_CONDITIONS = {c.name: c for c in expand_conditions(MD_SETTINGS)}
 MD_RANKS = MD_SETTINGS["resources"]["tasks"]
-MD_MODELS = f"{RESULTS}/models/gen{MD_SETTINGS['model_generation']}"
+# a model set (md.models, written by `make models`) or this campaign's generation
+MD_MODELS = MD_SETTINGS["models"] or f"{RESULTS}/models/gen{MD_SETTINGS['model_generation']}"
 
 
 rule md_condition:

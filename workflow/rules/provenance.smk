@@ -6,12 +6,7 @@
 
 rule provenance:
     input:
-        lambda wc: [
-            target
-            for stage, targets in STAGE_TARGETS.items()
-            if stage != "provenance"
-            for target in targets()
-        ],
+        lambda wc: get_final_targets(skip=("provenance",)),
     output:
         record=f"{RESULTS}/provenance.json",
     params:

@@ -7,7 +7,8 @@ STRUCT = f"{RESULTS}/structures"
 STRUCT_CFG = SETTINGS.structures
 STRUCT_CRYSTAL_PHASES = [p for p in STRUCT_CFG["phases"] if p != "amorphous"]
 STRUCT_AMORPHOUS = {
-    "dft": list(range(STRUCT_CFG["amorphous"]["dft_cells"]["seeds"])),
+    # no DFT cells when a model set drives the MD (nothing is labelled)
+    "dft": [] if SETTINGS.md["models"] else list(range(STRUCT_CFG["amorphous"]["dft_cells"]["seeds"])),
     "md": (
         list(range(STRUCT_CFG["amorphous"]["md_cells"]["seeds"]))
         if "amorphous" in STRUCT_CFG["phases"]

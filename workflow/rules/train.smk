@@ -290,3 +290,37 @@ STAGE_TARGETS["train"] = lambda: [
     f"{AL}/gen{g}/previous_models_on_new_data.json"
     for g in range(1, TRAIN.active_learning.generations)
 ]
+
+
+# train.ship_to: the generation-0 committees as a committed model set (`make models`)
+if TRAIN.ship_to:
+
+    rule ship_models:
+        input:
+            dataset=f"{RESULTS}/dataset/gen0.extxyz",
+            potential=expand(f"{MODELS}/gen0/potential_{{i}}.pt", i=TRAIN_MEMBERS["potential"]),
+            born=expand(f"{MODELS}/gen0/born_{{i}}.pt", i=TRAIN_MEMBERS["born"]),
+            baseline=expand(
+                f"{MODELS}/gen0/born_row_{BASELINE_AXIS}_{{i}}.pt",
+                i=TRAIN_MEMBERS["baseline"] if BASELINE_ON else [],
+            ),
+        output:
+            manifest=f"{TRAIN.ship_to}/manifest.json",
+        params:
+            ledger=(
+                f"--ledger {SETTINGS.dft['ledger']}" if SETTINGS.dataset["source"] == "ledger" else ""
+            ),
+            outdir=TRAIN.ship_to,
+        log:
+            f"{LOGS}/train/ship_models.log",
+        conda:
+            "../../envs/bornfield.yaml"
+        threads: 1
+        resources:
+            runtime=30,
+            mem_mb=4000,
+            cpus_per_task=1,
+            tasks=1,
+        shell:
+            "bornfield train ship --dataset {input.dataset} {params.ledger} --potential {input.potential}"
+            " --born {input.born} --baseline {input.baseline} --outdir {params.outdir} > {log} 2>&1"

@@ -22,6 +22,7 @@ import argparse
 import datetime as dt
 import json
 import logging
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -523,9 +524,23 @@ def run_ship(args: argparse.Namespace) -> int:
 
         ledger = Ledger(args.ledger)
         source.update(ledger=str(args.ledger), ledger_identity=ledger.identity, ledger_entries=len(ledger.dft_ids()))
-    records = json.loads(Path(args.metrics).read_text(encoding="utf-8")) if args.metrics else []
     models = {kind: getattr(args, kind) for kind in ("potential", "born", "baseline") if getattr(args, kind)}
-    out = write_model_set(args.outdir, models, test_frames, records, source)
+    figures = []
+    with tempfile.TemporaryDirectory() as scratch:
+        if args.metrics:
+            records = json.loads(Path(args.metrics).read_text(encoding="utf-8"))
+        elif test_frames:  # the held-out rows, evaluated here with the one evaluation path
+            metrics = Path(scratch) / "evaluation.json"
+            run_evaluate(argparse.Namespace(
+                dataset=[str(args.dataset)], split=None, split_key=True, subset="test", dft_generation=None,
+                potential=args.potential, born=args.born, baseline=args.baseline, out=str(metrics),
+                plots_dir=scratch, notes=f"held-out rows (info split=test) of {args.dataset}"))
+            records = json.loads(metrics.read_text(encoding="utf-8"))
+            figures = sorted(Path(scratch).glob("*.png"))
+        else:
+            log.warning("%s has no held-out rows (info split=test): the model set has no accuracy yet", args.dataset)
+            records = []
+        out = write_model_set(args.outdir, models, test_frames, records, source, figures)
     print(accuracy_table(read_model_set(out)), end="")
     return 0
 
@@ -639,7 +654,8 @@ def register(subparsers) -> None:
 
     p = sub.add_parser("ship", help="write a model set (committees + held-out set + metrics + manifest), e.g. models/li3po4")
     p.add_argument("--dataset", required=True, help="the labelled extxyz the models were trained on (info['split'] per row)")
-    p.add_argument("--metrics", help="JSON records of 'train evaluate' on the dataset's test rows")
+    p.add_argument("--metrics", help="JSON records of 'train evaluate' on the dataset's test rows "
+                   "(default: evaluate the test rows here)")
     p.add_argument("--ledger", help="ledger the dataset was exported from (its identity goes into the manifest)")
     p.add_argument("--potential", nargs="*", default=[], help="potential committee files")
     p.add_argument("--born", nargs="*", default=[], help="Born committee files")

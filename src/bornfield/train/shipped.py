@@ -5,6 +5,7 @@ A model set directory (e.g. ``models/li3po4``) holds::
     potential_<i>.pt, born_<i>.pt, born_row_<axis>_<i>.pt   model files (bornfield.models.io format)
     test.extxyz      the held-out labelled structures the metrics were measured on
     metrics.json     benchmark records of ``bornfield train evaluate`` on test.extxyz
+    *_parity.png     parity plots of those records
     manifest.json    what the set is: source ledger (identity, entries, dft_ids per split),
                      file checksums (sha256), training settings per member, creation time
 
@@ -58,7 +59,7 @@ def _member_order(path: Path, kind: str) -> int:
 
 
 def write_model_set(outdir: str | Path, models: dict[str, list[str | Path]], test_frames: list,
-                    records: list[dict], source: dict) -> Path:
+                    records: list[dict], source: dict, figures: list[str | Path] = ()) -> Path:
     """Write a model set atomically (a complete new directory replaces the old one).
 
     Args:
@@ -67,6 +68,7 @@ def write_model_set(outdir: str | Path, models: dict[str, list[str | Path]], tes
         test_frames: held-out labelled Atoms the records were measured on (may be empty).
         records: benchmark records of those frames (``bornfield train evaluate`` output).
         source: provenance of the training data (ledger identity, entries, dft_ids per split, ...).
+        figures: files copied into the set as they are (e.g. parity plots of the records).
     """
     outdir = Path(outdir)
     unknown = sorted(set(models) - set(KINDS))
@@ -102,6 +104,9 @@ def write_model_set(outdir: str | Path, models: dict[str, list[str | Path]], tes
     if test_frames:
         write(partial / "test.extxyz", test_frames, format="extxyz")
         files["test.extxyz"] = file_sha256(partial / "test.extxyz")
+    for figure in map(Path, figures):
+        shutil.copyfile(figure, partial / figure.name)
+        files[figure.name] = file_sha256(partial / figure.name)
     write_json_atomic(partial / "metrics.json", records)
     files["metrics.json"] = file_sha256(partial / "metrics.json")
     manifest = {
