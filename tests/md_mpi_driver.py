@@ -1,6 +1,11 @@
 """Run one field-MD condition with the analytic test models (used by tests via subprocess/mpiexec).
 
-    python tests/md_mpi_driver.py OUTDIR BACKEND ENSEMBLE STEPS [--cell fcc|triclinic] [--interrupt-at N]
+    python tests/md_mpi_driver.py OUTDIR BACKEND ENSEMBLE STEPS [--cell fcc|triclinic|beta] [--interrupt-at N]
+        [--models analytic|nn-baseline]
+
+``--models nn-baseline``: small random bornfield models (float64) instead of the analytic ones, an
+NN potential with the Pedone baseline (8 Å, longer than the network's 4 Å) and an equivariant Born
+model, on a 2x2x2 beta-Li3PO4 cell (``--cell beta``).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ def main() -> None:
     parser.add_argument("--interrupt-at", type=int, default=0)
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--born-refresh", type=int, default=1)
+    parser.add_argument("--models", default="analytic")
     args = parser.parse_args()
     settings = validate_section({
         "backend": args.backend, "ensemble": args.ensemble,
@@ -42,7 +48,12 @@ def main() -> None:
         "sweep": {"phases": ["fcc"], "temperatures_K": [300.0], "field_strengths_V_per_A": [0.1],
                   "field_directions": [[1.0, 2.0, 3.0]], "replicas": args.replicas},
     }, "md")
-    if args.cell == "triclinic":
+    if args.cell == "beta":
+        from bornfield.structures.crystals import build_crystal
+
+        atoms = build_crystal("beta").repeat((2, 2, 2))
+        atoms.rattle(0.03, seed=1)
+    elif args.cell == "triclinic":
         atoms = bulk("Cu", "fcc", a=3.6).repeat(5)  # 60° rhombohedral cell, not lower-triangular
         atoms.set_atomic_numbers(np.where(np.arange(len(atoms)) % 2 == 0, 3, 8))
         atoms.rattle(0.03, seed=1)
@@ -60,8 +71,30 @@ def main() -> None:
 
         lammps_backend.LammpsBackend.advance = interrupted
     condition = expand_conditions(settings)[0]
-    run_condition(settings, condition, Path(args.outdir), MorsePotential(cutoff=3.4),
-                  EnvironmentBorn(cutoff=3.0), [atoms], progress=False)
+    if args.models == "nn-baseline":
+        potential, born = nn_models_with_baseline()
+    else:
+        potential, born = MorsePotential(cutoff=3.4), EnvironmentBorn(cutoff=3.0)
+    run_condition(settings, condition, Path(args.outdir), potential, born, [atoms], progress=False)
+
+
+def nn_models_with_baseline():
+    """Random (seeded, identical on every rank) float64 potential with the Pedone baseline + Born model."""
+    import torch
+
+    from bornfield.models import create_model
+    from bornfield.models.baseline import pedone_baseline
+
+    small = {"channels": 4, "hidden": 16, "radial_hidden": 16}
+    potential = create_model("potential", ["Li", "P", "O"], 4.0, seed=1, baseline=pedone_baseline(8.0, 0.22), **small)
+    born = create_model("born", ["Li", "P", "O"], 4.0, seed=2, mean_charges={"Li": 1.0, "P": 3.2, "O": -1.55}, **small)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for model in (potential, born):
+            for parameter in model.parameters():
+                parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+    potential.set_energy_scale(0.05)
+    return potential.double().eval(), born.double().eval()
 
 
 if __name__ == "__main__":

@@ -25,9 +25,9 @@ MPIEXEC = BIN / "mpiexec"
 pytestmark = pytest.mark.skipif(not MPIEXEC.exists(), reason="needs the venv's MPICH mpiexec")
 
 
-def drive(outdir, backend, steps, ranks=1, extra=(), check=True):
+def drive(outdir, backend, steps, ranks=1, extra=(), check=True, cell="triclinic"):
     command = [str(sys.executable), str(DRIVER), str(outdir), backend, "nve", str(steps),
-               "--cell", "triclinic", *extra]
+               "--cell", cell, *extra]
     if ranks > 1:
         command = [str(MPIEXEC), "-n", str(ranks), *command]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -143,3 +143,20 @@ def test_born_refresh_interval_same_in_both_backends(tmp_path):
     diff = max_difference(load(tmp_path / "ase"), load(tmp_path / "l2"),
                           ("positions", "field_forces", "field_work_eV", "econs_eV"))
     assert diff["positions"] < 1e-6 and diff["field_work_eV"] < 1e-6, diff
+
+
+@pytest.mark.mpi
+def test_nn_potential_with_baseline_one_and_two_ranks(tmp_path):
+    """A potential whose physical baseline (8 Å) reaches beyond its network (4 Å): the ghost
+    shell follows the receptive field, so 2 LAMMPS ranks reproduce 1 rank and the ASE backend."""
+    extra = ("--models", "nn-baseline")
+    drive(tmp_path / "ase", "ase", 50, extra=extra, cell="beta")
+    drive(tmp_path / "l1", "lammps", 50, extra=extra, cell="beta")
+    drive(tmp_path / "l2", "lammps", 50, ranks=2, extra=extra, cell="beta")
+    ase, one, two = load(tmp_path / "ase"), load(tmp_path / "l1"), load(tmp_path / "l2")
+    assert one["step"][-1] == 50 and np.ptp(one["epot_eV"]) > 1e-2
+    keys = ("positions", "velocities", "epot_eV", "econs_eV", "field_work_eV")
+    ase_vs_lammps = max_difference(ase, one, keys)
+    assert ase_vs_lammps["positions"] < 1e-6 and ase_vs_lammps["epot_eV"] < 1e-5, ase_vs_lammps
+    ranks = max_difference(one, two, keys)
+    assert ranks["positions"] < 1e-9 and ranks["epot_eV"] < 1e-8, ranks

@@ -11,7 +11,10 @@ Both returned objects implement the Protocols of :mod:`bornfield.models.interfac
 Design (chosen for CPU speed in long field MD; numbers in benchmarks/results/models_speed.json):
 
 * strictly local, single pass (no message passing): receptive field = cutoff (5 Å default),
-  so LAMMPS ghosts need one cutoff and the cost is linear in the number of atoms;
+  so LAMMPS ghosts need one cutoff and the cost is linear in the number of atoms; an optional
+  physical baseline of the potential (:mod:`bornfield.models.baseline`, Pedone 2006 + DSF
+  Coulomb, a fixed pair potential with a longer cutoff) makes the neighbour list and the
+  receptive field that longer cutoff while the network keeps its own;
 * per atom, equivariant neighbour densities A_l (l = 0, 1, 2; C channels each) from a
   species-aware radial MLP times e3nn spherical harmonics, summed with batched matrix
   products over a padded neighbour matrix (vesin neighbour list, computed once and shared

@@ -28,7 +28,10 @@ class BornfieldModel(nn.Module):
         if cutoff <= 0:
             raise ValueError(f"cutoff must be positive (got {cutoff} Å)")
         self.species = tuple(str(s) for s in species)
+        #: Å, neighbour-list cutoff the model needs (a subclass with a longer-ranged part raises it)
         self.cutoff = float(cutoff)
+        #: Å, cutoff of the learned local part (the ``cutoff`` hyperparameter)
+        self.local_cutoff = float(cutoff)
         self.hyperparameters: dict[str, Any] = {}
         self.metadata: dict[str, Any] = {}
 
@@ -37,7 +40,7 @@ class BornfieldModel(nn.Module):
         """The hyperparameters shared by every model built on :class:`AtomicDensity` + a readout MLP."""
         return {
             "species": list(self.species),
-            "cutoff": self.cutoff,
+            "cutoff": self.local_cutoff,
             "channels": int(channels),
             "n_basis": int(n_basis),
             "radial_hidden": int(radial_hidden),
@@ -47,7 +50,7 @@ class BornfieldModel(nn.Module):
 
     @property
     def receptive_field(self) -> float:
-        """Å: strictly local single-pass models see exactly their cutoff."""
+        """Å: single-pass models see exactly their (neighbour-list) cutoff."""
         return self.cutoff
 
     @property

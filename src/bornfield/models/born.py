@@ -246,6 +246,7 @@ class EquivariantBornModel(BornfieldModel):
         block of the graph's centres (then the result is that block's).
         """
         if geometry is None:
+            graph = graph.within(self.cutoff)
             geometry = edge_geometry(graph, graph.edge_vectors())
         if self.interactions == 2:
             return self._raw_charges_two(geometry)
@@ -294,8 +295,10 @@ class EquivariantBornModel(BornfieldModel):
 
         Under ``torch.no_grad()`` (inference) the raw tensors are computed block by
         block of centres, in parallel threads when torch has several
-        (:mod:`bornfield.models.threads`); the same numbers as one pass.
+        (:mod:`bornfield.models.threads`); the same numbers as one pass. A graph with
+        longer pairs than the model's cutoff is restricted to it (:meth:`Graph.within`).
         """
+        graph = graph.within(self.cutoff)
         if torch.is_grad_enabled():
             z = self.raw_charges(graph)
             return asr_correct_batched(z, graph.centre_batch, graph.n_structures) if asr else z
@@ -371,6 +374,7 @@ class PaperRowBaseline(BornfieldModel):
 
     def forward(self, graph: Graph) -> torch.Tensor:
         """Rows ``Z[:, field_axis, :]`` (N, 3) e."""
+        graph = graph.within(self.cutoff)
         edge_vec = graph.edge_vectors()
         a0, a1, a2 = self.density.densities(graph.species, graph.neighbours, edge_vec)
         rows = self.readout(self.density.invariants(a0, a1, a2), graph.species) + self.row_offset[graph.species]

@@ -19,6 +19,7 @@ with index order ``Z[atom, field α, force β]``.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,7 +91,13 @@ def _evaluate_blocks(graph: Graph, potentials, borns, stress: bool) -> StepResul
     gradient is the potentials' hand-written backward
     (:meth:`NNPotential.site_energies_and_edge_gradient`). With several torch
     threads the blocks run in parallel threads (:mod:`bornfield.models.threads`).
+    The networks see the pairs within their local cutoffs (:meth:`Graph.within`);
+    the potentials' physical baselines (each distinct one evaluated once) use the
+    whole graph.
     """
+    full = graph
+    graph = full.within(max(m.local_cutoff for m in potentials + borns))
+
     def evaluate_block(rows: slice, geometry: EdgeGeometry):
         vec = geometry.edge_vec
         sites, grad = potentials[0].site_energies_and_edge_gradient(graph, vec, geometry)
@@ -106,12 +113,31 @@ def _evaluate_blocks(graph: Graph, potentials, borns, stress: bool) -> StepResul
     sites_parts, grad_parts, born_parts = zip(*map_geometry_blocks(graph, evaluate_block))
     edge_vec = graph.inference_edge_vectors()  # those of the blocks (the graph's cache)
     grad = torch.cat(grad_parts) if len(grad_parts) > 1 else grad_parts[0]
+    site_energies = torch.cat(sites_parts)
     with torch.no_grad():
-        forces = forces_from_edge_gradient(graph, grad).double().numpy()
-        stress_value = stress_from_edge_gradient(graph, edge_vec, grad)[0].double().numpy() if stress else None
-    site_energies = torch.cat(sites_parts).numpy()
+        forces = forces_from_edge_gradient(graph, grad).double()
+        stress_value = stress_from_edge_gradient(graph, edge_vec, grad)[0].double() if stress else None
+        for baseline, weight in _baselines(potentials):
+            b_sites, b_grad = baseline.site_energies_and_edge_gradient(full)
+            site_energies = site_energies + weight * b_sites
+            forces = forces + weight * forces_from_edge_gradient(full, b_grad)
+            if stress:
+                b_vec = full.inference_edge_vectors().to(torch.float64)
+                stress_value = stress_value + weight * stress_from_edge_gradient(full, b_vec, b_grad)[0]
+    site_energies = site_energies.numpy()
     born_raw = torch.cat(born_parts).numpy() if borns else None
-    return StepResult(float(site_energies.sum()), forces, stress_value, born_raw, site_energies)
+    return StepResult(float(site_energies.sum()), forces.numpy(), None if stress_value is None else stress_value.numpy(),
+                      born_raw, site_energies)
+
+
+def _baselines(potentials) -> list[tuple]:
+    """(baseline, weight in the committee mean) per distinct baseline of the members."""
+    groups: dict[str, list] = {}
+    for member in potentials:
+        if member.baseline is not None:
+            key = json.dumps(member.baseline.hyperparameters, sort_keys=True)
+            groups.setdefault(key, []).append(member.baseline)
+    return [(members[0], len(members) / len(potentials)) for members in groups.values()]
 
 
 def evaluate_periodic(

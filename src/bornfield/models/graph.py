@@ -4,8 +4,11 @@ A graph holds one or several structures. Edges are directed pairs (i -> j)
 within the cutoff, stored as a padded (N, K) neighbour matrix,
 ``edge_vec = positions[j] - positions[i] + shift`` in Å,
 where ``shift = S @ cell`` is the Cartesian periodic image offset. The same
-graph (hence one neighbour-list computation) can be shared by the potential
-and the Born-charge model when both use the same cutoff.
+graph (hence one neighbour-list computation) serves the potential and the
+Born-charge model; a model whose local cutoff is shorter than the graph's
+(e.g. the NN part of a potential with a long-range physical baseline) works on
+:meth:`Graph.within`, the sub-graph of the shorter pairs, computed once per
+graph state.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class Graph:
             ``neighbours``/``mask``/``shifts`` belongs to atom n. Otherwise row n belongs
             to atom ``centres[n]`` and the other atoms (e.g. LAMMPS ghosts) enter only as
             neighbours: site quantities are computed for the centres alone.
+        cutoff: Å, every pair closer than this is in the graph (None: not known).
     """
 
     positions: torch.Tensor
@@ -58,6 +62,7 @@ class Graph:
     n_structures: int
     pad_length: float
     centres: torch.Tensor | None = None
+    cutoff: float | None = None
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def cached(self, key: tuple, compute: Callable[[], Any]) -> Any:
@@ -124,7 +129,53 @@ class Graph:
             n_structures=self.n_structures,
             pad_length=self.pad_length,
             centres=self.centres,
+            cutoff=self.cutoff,
         )
+
+    def within(self, cutoff: float) -> Graph:
+        """The graph of the pairs closer than ``cutoff`` Å (same atoms, centres and positions tensor).
+
+        ``self`` if the graph holds no longer pairs (``self.cutoff <= cutoff``);
+        otherwise the rows are compacted (edges keep their order), computed once
+        per graph state (:meth:`cached`). Index data only: not for autograd
+        through ``shifts``.
+        """
+        if self.cutoff is not None and self.cutoff <= cutoff:
+            return self
+        return self.cached(("within", float(cutoff)), lambda: _restrict(self, float(cutoff)))
+
+
+def _restrict(graph: Graph, cutoff: float) -> Graph:
+    """:meth:`Graph.within`: the rows of ``graph`` compacted to the pairs closer than ``cutoff`` Å."""
+    with torch.no_grad():
+        r = torch.linalg.norm(graph.inference_edge_vectors(), dim=-1)
+        keep = graph.mask & (r < cutoff)
+        n, k = keep.shape
+        width = max(int(keep.sum(1).max()) if n else 0, 1)
+        rows = torch.arange(n).unsqueeze(1).expand(n, k)[keep]
+        slots = (keep.cumsum(1) - 1)[keep]
+        row_atoms = torch.arange(n) if graph.centres is None else graph.centres
+        neighbours = row_atoms.unsqueeze(1).repeat(1, width)
+        neighbours[rows, slots] = graph.neighbours[keep]
+        mask = torch.zeros(n, width, dtype=torch.bool)
+        mask[rows, slots] = True
+        shifts = graph.shifts.new_zeros(n, width, 3)
+        shifts[..., 0] = graph.pad_length
+        shifts[rows, slots] = graph.shifts[keep]
+    return Graph(
+        positions=graph.positions,
+        species=graph.species,
+        neighbours=neighbours,
+        mask=mask,
+        shifts=shifts,
+        batch=graph.batch,
+        cells=graph.cells,
+        volumes=graph.volumes,
+        n_structures=graph.n_structures,
+        pad_length=graph.pad_length,
+        centres=graph.centres,
+        cutoff=cutoff,
+    )
 
 
 def species_indices(numbers: np.ndarray, species: Sequence[str]) -> np.ndarray:
@@ -230,6 +281,7 @@ def collate(structures: Sequence[StructureEdges], dtype: torch.dtype = torch.flo
         volumes=torch.tensor([s.volume for s in structures], dtype=dtype),
         n_structures=len(structures),
         pad_length=_pad_length(cutoff),
+        cutoff=min(s.cutoff for s in structures),
     )
 
 
@@ -310,6 +362,7 @@ def build_cluster_graph(
         n_structures=1,
         pad_length=_pad_length(cutoff),
         centres=torch.from_numpy(centres),
+        cutoff=float(cutoff),
     )
 
 

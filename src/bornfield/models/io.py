@@ -5,7 +5,8 @@ A model file is ``torch.save`` of a plain dict (loadable with
 
     format: "bornfield-model", format_version: 1
     kind: "potential" | "born" | "born_row"
-    species: [...], cutoff: Å, receptive_field: Å
+    species: [...], cutoff: Å (the ``cutoff`` hyperparameter: the learned part's), receptive_field: Å
+    (the neighbour-list reach, longer with a physical baseline)
     units: {"length": "Å", "energy": "eV", "force": "eV/Å", "stress": "eV/Å^3", "charge": "e"}
     hyperparameters: constructor arguments
     metadata: training_data_hash, bornfield/torch/e3nn versions, created_utc, seed, ...
@@ -90,7 +91,7 @@ def save_model(model: BornfieldModel, path: str | Path, metadata: dict[str, Any]
         "format_version": FORMAT_VERSION,
         "kind": model.kind,
         "species": list(model.species),
-        "cutoff": float(model.cutoff),
+        "cutoff": float(model.local_cutoff),
         "receptive_field": float(model.receptive_field),
         "units": dict(UNITS),
         "hyperparameters": plain_data(model.hyperparameters),

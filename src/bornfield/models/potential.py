@@ -1,15 +1,20 @@
 """NN interatomic potential: energy, forces = -dE/dr and stress for periodic cells and clusters.
 
-Site energy ``E_i = E0[z_i] + scale * MLP_{z_i}(invariants_i)`` where the
+Site energy ``E_i = E0[z_i] + scale * MLP_{z_i}(invariants_i) [+ baseline_i]`` where the
 invariants come from the strictly local :class:`~bornfield.models.layers.AtomicDensity`
-(receptive field = cutoff). Forces and the virial are obtained in one backward
-pass through the edge vectors:
+(receptive field = cutoff) and the optional physical baseline
+(:mod:`bornfield.models.baseline`, Δ-learning: the network learns the residual to it)
+is a fixed pair potential with its own, usually longer, cutoff. The model's
+neighbour list covers the longer of the two (``cutoff``); the network sees only
+the pairs within its own (``local_cutoff``, :meth:`~bornfield.models.graph.Graph.within`).
+Forces and the virial are obtained in one backward pass through the edge vectors:
 
 * ``F_k = Σ_{e: src=k} g_e - Σ_{e: dst=k} g_e`` with ``g_e = ∂E/∂r_e`` and
   ``r_e = r_dst - r_src + shift``;
 * ``σ_ab = (1/V) Σ_e r_{e,a} g_{e,b}`` = ``(1/V) ∂E/∂ε_ab`` (ASE sign convention).
 
-Energies are accumulated in float64 even when the network runs in float32.
+Energies are accumulated in float64 even when the network runs in float32; the
+baseline is evaluated in float64.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import numpy as np
 import torch
 
 from bornfield.models.base import BornfieldModel
+from bornfield.models.baseline import PairBaseline
 from bornfield.models.graph import Graph, build_cluster_graph
 from bornfield.models.layers import AtomicDensity, EdgeGeometry, SpeciesMLP
 from bornfield.models.threads import map_geometry_blocks, parallel_section
@@ -56,7 +62,7 @@ class NNPotential(BornfieldModel):
 
     Args:
         species: chemical symbols the model knows.
-        cutoff: neighbour cutoff, Å.
+        cutoff: neighbour cutoff of the network, Å.
         channels: radial channels per angular momentum l = 0, 1, 2.
         n_basis: Bessel radial basis size.
         radial_hidden: width of the radial MLP.
@@ -64,6 +70,8 @@ class NNPotential(BornfieldModel):
         avg_neighbours: normalisation of the neighbour sums.
         atomic_energies: reference energy per species (eV), added to every site.
         energy_scale: eV, scale of the network output.
+        baseline: hyperparameters of a physical baseline added to the energy
+            (:func:`bornfield.models.baseline.pedone_baseline`), or None (no baseline).
     """
 
     kind = "potential"
@@ -79,6 +87,7 @@ class NNPotential(BornfieldModel):
         avg_neighbours: float = 30.0,
         atomic_energies: dict[str, float] | None = None,
         energy_scale: float = 1.0,
+        baseline: dict | None = None,
     ):
         super().__init__(species, cutoff)
         atomic_energies = {s: float((atomic_energies or {}).get(s, 0.0)) for s in self.species}
@@ -91,6 +100,10 @@ class NNPotential(BornfieldModel):
         self.readout = SpeciesMLP(len(self.species), self.density.n_invariants, hidden, 1)
         # float64 reference energies kept out of the state dict's dtype casts
         self._e0 = torch.tensor([atomic_energies[s] for s in self.species], dtype=torch.float64)
+        self.baseline = None if baseline is None else PairBaseline(self.species, baseline)
+        if self.baseline is not None:
+            self.hyperparameters["baseline"] = self.baseline.hyperparameters
+            self.cutoff = max(self.local_cutoff, self.baseline.cutoff)
 
     def set_atomic_energies(self, atomic_energies: dict[str, float]) -> None:
         """Set the per-species reference energies (eV)."""
@@ -171,6 +184,8 @@ class NNPotential(BornfieldModel):
 
         If the graph has ``centres``, site energies are those of the centres (N_c,),
         ``energy`` sums them and ``energy_mask`` (N_c,) refers to the centres.
+        The graph must hold the pairs within :attr:`cutoff` (the network uses those
+        within :attr:`local_cutoff`); with a baseline the outputs are float64.
 
         Returns:
             ``site_energies`` (N,) eV, ``energy`` (B,) eV, ``forces`` (N, 3) eV/Å,
@@ -182,6 +197,7 @@ class NNPotential(BornfieldModel):
         return self._forward(graph, forces, stress, create_graph, energy_mask)
 
     def _forward(self, graph, forces, stress, create_graph, energy_mask) -> dict[str, torch.Tensor]:
+        full, graph = graph, graph.within(self.local_cutoff)  # the network's pairs
         grad = None
         if not (forces or stress):
             edge_vec = graph.edge_vectors().detach()
@@ -200,12 +216,21 @@ class NNPotential(BornfieldModel):
             site_parts, grad_parts = zip(*map_geometry_blocks(graph, block))
             edge_vec = graph.inference_edge_vectors()  # those of the blocks (the graph's cache)
             sites, grad = torch.cat(site_parts), torch.cat(grad_parts)
+        baseline = None
+        if self.baseline is not None:  # fixed pair potential on the full neighbour list (no parameters)
+            baseline = self.baseline.site_energies_and_edge_gradient(full, energy_mask if forces or stress else None)
+            sites = sites + baseline[0]
         energy = torch.zeros(graph.n_structures, dtype=torch.float64).index_add(0, graph.centre_batch, sites)
         out = {"site_energies": sites, "energy": energy}
         if forces:
             out["forces"] = forces_from_edge_gradient(graph, grad)
+            if baseline is not None:
+                out["forces"] = out["forces"] + forces_from_edge_gradient(full, baseline[1])
         if stress:
             out["stress"] = stress_from_edge_gradient(graph, edge_vec, grad)
+            if baseline is not None:
+                out["stress"] = out["stress"] + stress_from_edge_gradient(
+                    full, full.inference_edge_vectors().to(torch.float64), baseline[1])
         return out
 
     # ---- PotentialModel protocol (numpy in, numpy out) -------------------------------

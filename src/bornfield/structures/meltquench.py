@@ -18,8 +18,8 @@ Protocol (all from the config, units K, ps, bar, g/cm^3):
   4. NPT anneal at ``final_temperature_K`` and ``anneal_pressure_bar``;
   5. optional minimisation of positions and box (isotropic, 0 bar).
 
-Pedone potential: Pedone, Malavasi, Menziani, Cormack, Segre, J. Phys. Chem. B
-110, 11780 (2006), doi:10.1021/jp0611018, evaluated by LAMMPS ``pair_style
+Pedone potential (parameters in :mod:`bornfield.pedone`): Pedone, Malavasi, Menziani,
+Cormack, Segre, J. Phys. Chem. B 110, 11780 (2006), doi:10.1021/jp0611018, evaluated by LAMMPS ``pair_style
 pedone`` (E = D0[exp(-2a(r-r0)) - 2exp(-a(r-r0))] + C0/r^12, pair_coeff order
 D0 a r0 C0, as in the LAMMPS documentation whose O–O example line is the
 Pedone O–O entry) overlaid with ``coul/long`` and PPPM.
@@ -42,18 +42,11 @@ from ase.data import atomic_masses, atomic_numbers
 from ase.units import _amu
 
 from bornfield.errors import ConfigError
+from bornfield.pedone import PEDONE_CHARGES, PEDONE_PAIRS, lammps_pair_coefficients  # noqa: F401 (PEDONE_PAIRS re-exported)
 from bornfield.structures import SPECIES
 
 log = logging.getLogger(__name__)
 
-#: Pedone 2006 partial charges (e).
-PEDONE_CHARGES = {"Li": 0.6, "P": 3.0, "O": -1.2}
-#: Pedone 2006 pair parameters (D0 eV, alpha 1/Å, r0 Å, C0 eV Å^12); cation–cation pairs are Coulomb only.
-PEDONE_PAIRS = {
-    ("Li", "O"): (0.001114, 3.429506, 2.681360, 1.0),
-    ("P", "O"): (0.831326, 2.585833, 1.800790, 1.0),
-    ("O", "O"): (0.042395, 1.379316, 3.618701, 22.0),
-}
 SPECIES_ORDER = SPECIES
 FORMULA_UNIT = {"Li": 3, "P": 1, "O": 4}
 
@@ -246,8 +239,7 @@ create_box 3 box
         rc = self.cutoff
         lmp.command(f"pair_style hybrid/overlay pedone {rc} coul/long {rc}")
         lmp.command("pair_coeff * * coul/long")
-        for (a, b), (d0, alpha, r0, c0) in PEDONE_PAIRS.items():
-            i, j = sorted((SPECIES_ORDER.index(a) + 1, SPECIES_ORDER.index(b) + 1))
+        for i, j, (d0, alpha, r0, c0) in lammps_pair_coefficients(SPECIES_ORDER):
             lmp.command(f"pair_coeff {i} {j} pedone {d0} {alpha} {r0} {c0}")
         lmp.commands_string(f"""
 kspace_style pppm {self.kspace_accuracy}

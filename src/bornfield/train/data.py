@@ -257,19 +257,23 @@ def read_split_file(path: str | Path, n_structures: int) -> dict[str, list[int]]
     return split
 
 
-def fit_atomic_energies(samples: Sequence[Sample], species: Sequence[str]) -> dict[str, float]:
-    """Per-species reference energies (eV) by least squares of E against composition.
+def fit_atomic_energies(
+    samples: Sequence[Sample], species: Sequence[str], offsets: Sequence[float] | None = None
+) -> dict[str, float]:
+    """Per-species reference energies (eV) by least squares of E - offset against composition.
 
-    For data of a single stoichiometry the system is rank deficient; the
-    minimum-norm solution is used (only the combination that matters is fixed).
+    ``offsets`` (eV, one per sample; default 0) is the part of the energy the
+    model gets elsewhere, e.g. a physical baseline. For data of a single
+    stoichiometry the system is rank deficient; the minimum-norm solution is
+    used (only the combination that matters is fixed).
     """
     rows, energies = [], []
-    for s in samples:
+    for k, s in enumerate(samples):
         if s.energy is None or s.charge != 0:
             continue
         symbols = s.atoms.get_chemical_symbols()
         rows.append([symbols.count(x) for x in species])
-        energies.append(s.energy)
+        energies.append(s.energy - (0.0 if offsets is None else float(offsets[k])))
     if not rows:
         raise InputFileError("no neutral structure with an energy label to fit reference energies")
     solution, *_ = np.linalg.lstsq(np.array(rows, float), np.array(energies), rcond=None)

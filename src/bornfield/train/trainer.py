@@ -71,6 +71,38 @@ def usable_samples(kind: str, samples: Sequence[Sample], charged_cells: str = "f
     return [s for s in samples if s.born is not None]
 
 
+def potential_baseline(settings: dict[str, Any]) -> dict[str, Any] | None:
+    """Hyperparameters of the physical baseline that ``train.potential`` asks for (None for ``baseline: none``)."""
+    name = str(settings.get("baseline", "none"))
+    if name == "none":
+        return None
+    if name == "pedone":
+        from bornfield.models.baseline import pedone_baseline
+
+        return pedone_baseline(float(settings["baseline_cutoff_A"]), float(settings["baseline_dsf_alpha_per_A"]))
+    raise ConfigError(f"train.potential.baseline = {name!r}: expected 'none' or 'pedone'")
+
+
+def baseline_labels(model: BornfieldModel, samples: Sequence[Sample]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Energies (eV, per sample) and forces (eV/Å, per sample) of the potential's physical baseline.
+
+    Zeros for a model without a baseline. Attaches neighbour lists at the model's cutoff.
+    """
+    baseline = getattr(model, "baseline", None)
+    if baseline is None:
+        return np.zeros(len(samples)), [np.zeros((s.n_atoms, 3)) for s in samples]
+    from bornfield.models.potential import forces_from_edge_gradient
+
+    attach_edges(samples, model.species, model.cutoff)
+    energies, forces = [], []
+    for s in samples:
+        graph = collate([s.edges], torch.float64)
+        sites, grad = baseline.site_energies_and_edge_gradient(graph)
+        energies.append(float(sites.sum()))
+        forces.append(forces_from_edge_gradient(graph, grad).numpy())
+    return np.array(energies), forces
+
+
 def initialise_model(
     kind: str,
     species: Sequence[str],
@@ -85,16 +117,18 @@ def initialise_model(
 
     Sets the neighbour normalisation, reference energies and energy scale
     (potential), per-species mean charges (born) or rows (born_row), and the
-    standardisation of the invariant features.
+    standardisation of the invariant features. A potential with a physical
+    baseline (``architecture["baseline"]``, :func:`potential_baseline`) learns the
+    residual to it, so its reference energies are fitted to ``E_DFT - E_baseline``
+    and its energy scale is the RMS of ``F_DFT - F_baseline``.
     """
     attach_edges(train_samples, species, cutoff)
     hyper = {k: architecture[k] for k in ARCH_KEYS}
     hyper["avg_neighbours"] = mean_neighbours(train_samples)
     if kind == "potential":
-        energies = fit_atomic_energies(train_samples, species)
-        forces = np.concatenate([s.forces for s in train_samples])
-        hyper["atomic_energies"] = energies
-        hyper["energy_scale"] = float(max(np.sqrt(np.mean(forces**2)), 1e-3))
+        baseline = potential_baseline(architecture)
+        if baseline is not None:
+            hyper["baseline"] = baseline
     elif kind == "born":
         means = mean_born_per_species(train_samples, species)
         hyper["mean_charges"] = {x: float(np.trace(z) / 3.0) for x, z in means.items()}
@@ -117,9 +151,15 @@ def initialise_model(
         else:
             feats = []
             for graph in graphs:
+                graph = graph.within(cutoff)
                 a0, a1, a2 = model.density.densities(graph.species, graph.neighbours, graph.edge_vectors())
                 feats.append(model.density.invariants(a0, a1, a2))
             model.density.fit_normalisation(torch.cat(feats))
+    if kind == "potential":
+        offsets, baseline_forces = baseline_labels(model, train_samples)
+        residual = np.concatenate([s.forces - f for s, f in zip(train_samples, baseline_forces)])
+        model.set_atomic_energies(fit_atomic_energies(train_samples, species, offsets))
+        model.set_energy_scale(float(max(np.sqrt(np.mean(residual**2)), 1e-3)))
     return model
 
 
@@ -314,6 +354,7 @@ def train_model(
         model = initialise_model(
             kind, species, cutoff, settings, train, seed, int(settings["field_axis"]) if kind == "born_row" else 0, dtype
         )
+    attach_edges(list(train) + list(val), species, model.cutoff)  # longer with a physical baseline
 
     base_lr = float(settings["learning_rate"])
     weight_decay = float(settings["weight_decay"])

@@ -1,0 +1,193 @@
+"""Physical baseline of the NN potential (Δ-learning): a classical pair potential, E = E_pair + E_NN.
+
+The baseline is the Pedone 2006 potential (:mod:`bornfield.pedone`), made
+smooth at one cutoff ``r_c`` (Å) so that energy and forces go to zero there:
+
+* short range per anion pair, shifted force:
+  ``φ_SR(r) = m(r) - m(r_c) - (r - r_c) m'(r_c)``,
+  ``m(r) = D0[exp(-2a(r-r0)) - 2exp(-a(r-r0))] + C0/r^12``
+  (LAMMPS ``morse/smooth/linear`` for the Morse part);
+* Coulomb between the partial charges by the damped shifted force method
+  (Fennell & Gezelter, J. Chem. Phys. 124, 234104 (2006)), exactly as LAMMPS
+  ``coul/dsf`` (damping α, 1/Å):
+  ``φ_C(r) = k q_i q_j [erfc(αr)/r - e_s - r f_s]`` with
+  ``f_s = -(erfc(α r_c)/r_c² + 2α/√π exp(-α² r_c²)/r_c)``, ``e_s = erfc(α r_c)/r_c - f_s r_c``,
+  plus the per-atom self term ``-k q_i² (e_s/2 + α/√π)``.
+
+``E = Σ_i [self_i + ½ Σ_{j: r_ij < r_c} (φ_SR + φ_C)(r_ij)]``: site energies
+are half pair sums, so the baseline works on the same neighbour rows as the
+NN (periodic graphs and clusters of owned atoms + ghosts alike). It has no
+trainable parameters: its energy and its edge gradient ``∂E/∂r_e = ½ φ'(r) r̂``
+are computed analytically in float64, and forces/stress follow from the edge
+gradient exactly as for the NN. The parameters, the cutoff and the source are
+the model file's hyperparameters (:func:`pedone_baseline`), so a file keeps
+its baseline if the constants in the code change.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from ase import units
+from torch import nn
+
+from bornfield.models.graph import Graph
+from bornfield.models.threads import centre_blocks, map_blocks, parallel_workers, EDGES_PER_TASK
+
+NAME = "pedone2006-dsf"
+#: e²/(4πε0) in eV·Å (ASE units)
+COULOMB_CONSTANT = units.Hartree * units.Bohr
+FORM = (
+    "E = sum_i [self_i + 1/2 sum_{j: r<cutoff} (phi_SR + phi_C)(r_ij)]; "
+    "phi_SR = m(r) - m(rc) - (r - rc) m'(rc), m = D0[exp(-2a(r-r0)) - 2exp(-a(r-r0))] + C0/r^12 per pair "
+    "(other pairs: Coulomb only); phi_C = k q_i q_j [erfc(alpha r)/r - e_s - r f_s], "
+    "f_s = -(erfc(alpha rc)/rc^2 + 2 alpha/sqrt(pi) exp(-alpha^2 rc^2)/rc), e_s = erfc(alpha rc)/rc - f_s rc "
+    "(damped shifted force, Fennell & Gezelter 2006, as LAMMPS coul/dsf); self_i = -k q_i^2 (e_s/2 + alpha/sqrt(pi))"
+)
+
+
+def pedone_baseline(cutoff: float, dsf_alpha: float) -> dict[str, Any]:
+    """Hyperparameters of the Pedone 2006 + DSF Coulomb baseline (what a model file stores).
+
+    Args:
+        cutoff: Å, cutoff of both the short-range and the Coulomb part.
+        dsf_alpha: 1/Å, damping of the DSF Coulomb sum.
+    """
+    from bornfield.pedone import PEDONE_CHARGES, PEDONE_PAIRS, SOURCE
+
+    return {
+        "name": NAME,
+        "form": FORM,
+        "source": SOURCE + "; Coulomb: Fennell & Gezelter, J. Chem. Phys. 124, 234104 (2006)",
+        "units": "eV, Å, e; pairs: [D0 eV, a 1/Å, r0 Å, C0 eV Å^12]",
+        "cutoff": float(cutoff),
+        "dsf_alpha": float(dsf_alpha),
+        "coulomb_constant": float(COULOMB_CONSTANT),
+        "charges": dict(PEDONE_CHARGES),
+        "pairs": {f"{a}-{b}": [float(v) for v in values] for (a, b), values in PEDONE_PAIRS.items()},
+    }
+
+
+class PairBaseline(nn.Module):
+    """The baseline of :func:`pedone_baseline` for the model's species (no trainable parameters).
+
+    Args:
+        species: the model's chemical symbols (index order of the graph's species).
+        hyperparameters: a dict as returned by :func:`pedone_baseline`.
+
+    Raises:
+        ValueError: unknown baseline name, missing keys, a species without a charge,
+            a pair naming an unknown species, or non-positive cutoff/damping.
+    """
+
+    def __init__(self, species, hyperparameters: dict[str, Any]):
+        super().__init__()
+        h = dict(hyperparameters)
+        if h.get("name") != NAME:
+            raise ValueError(f"unknown potential baseline {h.get('name')!r} (known: {NAME!r})")
+        missing = [k for k in ("cutoff", "dsf_alpha", "coulomb_constant", "charges", "pairs") if k not in h]
+        if missing:
+            raise ValueError(f"potential baseline {NAME!r} lacks {missing}")
+        self.species = tuple(species)
+        self.cutoff = float(h["cutoff"])
+        self.alpha = float(h["dsf_alpha"])
+        self.k = float(h["coulomb_constant"])
+        if not self.cutoff > 0 or not self.alpha > 0:
+            raise ValueError(f"baseline cutoff and dsf_alpha must be positive (got {self.cutoff} Å, {self.alpha} 1/Å)")
+        charges = {str(s): float(q) for s, q in h["charges"].items()}
+        unknown = [s for s in self.species if s not in charges]
+        if unknown:
+            raise ValueError(f"baseline {NAME!r} has no charge for species {unknown} (charges: {charges})")
+        n = len(self.species)
+        table = torch.zeros(4, n, n, dtype=torch.float64)  # D0, a, r0, C0 per species pair
+        table[2] = 1.0  # r0 of pairs without a short-range term (D0 = C0 = 0): any finite value
+        for name, values in h["pairs"].items():
+            a, _, b = name.partition("-")
+            if a not in charges or b not in charges or len(values) != 4:
+                raise ValueError(f"baseline pair {name!r}: expected 'A-B' of known species and 4 numbers (got {values})")
+            if a in self.species and b in self.species:
+                i, j = self.species.index(a), self.species.index(b)
+                table[:, i, j] = table[:, j, i] = torch.tensor([float(v) for v in values], dtype=torch.float64)
+        self.hyperparameters = {**h, "charges": charges,
+                                "pairs": {k: [float(v) for v in values] for k, values in h["pairs"].items()}}
+        # float64 constants, kept out of the module's dtype casts (plain attributes)
+        self._charges = torch.tensor([charges[s] for s in self.species], dtype=torch.float64)
+        self._table = table
+        rc, alpha = self.cutoff, self.alpha
+        erfc_rc = math.erfc(alpha * rc)
+        self._f_shift = -(erfc_rc / rc**2 + 2.0 * alpha / math.sqrt(math.pi) * math.exp(-((alpha * rc) ** 2)) / rc)
+        self._e_shift = erfc_rc / rc - self._f_shift * rc
+        self._self_factor = -self.k * (self._e_shift / 2.0 + alpha / math.sqrt(math.pi))
+        d0, a, r0, c0 = table
+        x = torch.exp(-a * (rc - r0))
+        self._sr_at_cutoff = d0 * (x * x - 2.0 * x) + c0 / rc**12  # (S, S) eV
+        self._sr_slope_at_cutoff = -2.0 * a * d0 * (x * x - x) - 12.0 * c0 / rc**13  # (S, S) eV/Å
+
+    def self_energies(self, species: torch.Tensor) -> torch.Tensor:
+        """Per-atom DSF self energy (eV, float64) of atoms with species indices ``species``."""
+        return self._self_factor * self._charges[species] ** 2
+
+    def pair_energy_and_derivative(self, r: torch.Tensor, si: torch.Tensor, sj: torch.Tensor):
+        """``φ(r)`` (eV) and ``φ'(r)`` (eV/Å) of pairs at distances ``r`` (float64, r > 0) with species ``si``, ``sj``.
+
+        Valid for ``r < cutoff``; the caller masks pairs beyond it.
+        """
+        rc, alpha, k = self.cutoff, self.alpha, self.k
+        qq = k * self._charges[si] * self._charges[sj]
+        erfc = torch.special.erfc(alpha * r)
+        gauss = torch.exp(-(alpha * r) ** 2)
+        inv_r = 1.0 / r
+        phi = qq * (erfc * inv_r - self._e_shift - r * self._f_shift)
+        dphi = qq * (-erfc * inv_r * inv_r - (2.0 * alpha / math.sqrt(math.pi)) * gauss * inv_r - self._f_shift)
+        d0, a, r0, c0 = (t[si, sj] for t in self._table)
+        x = torch.exp(-a * (r - r0))
+        inv_r12 = inv_r**12
+        phi = phi + d0 * (x * x - 2.0 * x) + c0 * inv_r12 - self._sr_at_cutoff[si, sj] \
+            - (r - rc) * self._sr_slope_at_cutoff[si, sj]
+        dphi = dphi - 2.0 * a * d0 * (x * x - x) - 12.0 * c0 * inv_r12 * inv_r - self._sr_slope_at_cutoff[si, sj]
+        return phi, dphi
+
+    def site_energies_and_edge_gradient(
+        self, graph: Graph, energy_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Site energies (N_c,) eV and ``dE/d edge_vec`` (N_c, K, 3) eV/Å, float64, no autograd graph.
+
+        ``graph`` must hold every pair closer than :attr:`cutoff` (``graph.cutoff >= cutoff``).
+        ``E = Σ site_energies`` (or ``Σ site_energies[energy_mask]``, (N_c,) bool, for the gradient).
+        Rows are evaluated in blocks of centres (in parallel threads, :mod:`bornfield.models.threads`).
+        """
+        if graph.cutoff is not None and graph.cutoff < self.cutoff:
+            raise ValueError(
+                f"the neighbour list ({graph.cutoff} Å) is shorter than the potential baseline's cutoff "
+                f"({self.cutoff} Å): build the graph with the model's cutoff")
+        with torch.no_grad():
+            edge_vec = graph.inference_edge_vectors()
+            centre_species = graph.centre_species
+            n, k = edge_vec.shape[:2]
+
+            def block(rows: slice):
+                vec = edge_vec[rows].to(torch.float64)
+                r = torch.linalg.norm(vec, dim=-1)
+                valid = graph.mask[rows] & (r < self.cutoff)
+                r_safe = torch.where(valid, r, torch.full_like(r, self.cutoff))
+                si = centre_species[rows].unsqueeze(1).expand_as(r)
+                sj = graph.species[graph.neighbours[rows]]
+                phi, dphi = self.pair_energy_and_derivative(r_safe, si, sj)
+                zero = torch.zeros_like(phi)
+                phi, dphi = torch.where(valid, phi, zero), torch.where(valid, dphi, zero)
+                sites = 0.5 * phi.sum(1) + self.self_energies(centre_species[rows])
+                grad = (0.5 * dphi / r_safe).unsqueeze(-1) * vec
+                if energy_mask is not None:
+                    grad = grad * energy_mask[rows].to(grad.dtype).view(-1, 1, 1)
+                return sites, grad
+
+            parts = map_blocks(block, centre_blocks(n, k, EDGES_PER_TASK, parallel_workers()))
+            if not parts:
+                return torch.zeros(0, dtype=torch.float64), torch.zeros(0, k, 3, dtype=torch.float64)
+            sites, grads = zip(*parts)
+            return torch.cat(sites), torch.cat(grads)
+
+
+__all__ = ["COULOMB_CONSTANT", "NAME", "PairBaseline", "pedone_baseline"]
