@@ -16,6 +16,9 @@ Measured points (each in a fresh process, timed after 3 warm-up steps):
 
 ``--before-src DIR`` also measures an older checkout of ``src/`` (``git archive <commit> src``)
 side by side in the same run (systems ``bornfield-before-*``), interleaved point by point;
+``--baseline-cutoffs 8 10`` also measures, interleaved, the same potential with the physical
+baseline (Pedone 2006 + DSF Coulomb, ``train.potential.baseline: pedone``, alpha ``--baseline-alpha``)
+at each cutoff (systems ``bornfield-pedone<rc>-*``); ``--backends ase,lammps1`` limits the backends;
 ``--repeats N`` measures every point N times (interleaved rounds), ``--no-replicas`` skips the
 weak scaling, ``--note TEXT`` starts every record's notes, and ``--append`` keeps the records
 already in the JSON file (the new ones are added after them).
@@ -60,12 +63,16 @@ def beta_supercell(n_atoms: int):
     return atoms
 
 
-def write_models(directory: Path) -> tuple[Path, Path]:
+def write_models(directory: Path, baseline_cutoff: float | None = None, alpha: float = 0.2) -> tuple[Path, Path]:
+    """Random demo-architecture model files; ``baseline_cutoff`` (Å): the potential gets the Pedone baseline."""
     from bornfield.models import create_random_model_file
+    from bornfield.models.baseline import pedone_baseline
 
     common = {"channels": 8, "hidden": 64}
-    potential = create_random_model_file("potential", ["Li", "P", "O"], 5.0, directory / "potential.pt",
-                                         seed=1, **common)
+    extra = {} if baseline_cutoff is None else {"baseline": pedone_baseline(baseline_cutoff, alpha)}
+    name = "potential.pt" if baseline_cutoff is None else f"potential_pedone{baseline_cutoff:g}.pt"
+    potential = create_random_model_file("potential", ["Li", "P", "O"], 5.0, directory / name,
+                                         seed=1, **common, **extra)
     born = create_random_model_file("born", ["Li", "P", "O"], 5.0, directory / "born.pt", seed=2, **common)
     return potential, born
 
@@ -153,11 +160,14 @@ def plot(records: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     ax = axes[0]
-    for system, ranks, marker in (("bornfield-ase", 1, "o"), ("bornfield-lammps", 1, "s"), ("bornfield-lammps", 2, "^"),
-                                  ("bornfield-before-lammps", 1, "s"), ("bornfield-before-lammps", 2, "^")):
+    measured = sorted({(r["system"], r["ranks"]) for r in records if r["metric"] == "atom_steps_per_s"
+                       and not r.get("baseline") and r["system"] != "bornfield-ase-replicas"})
+    for system, ranks in measured:
+        marker = "o" if system.endswith("-ase") else ("s" if ranks == 1 else "^")
         best: dict[int, float] = {}  # other jobs only slow a run down: the best run per size
         for r in records:
             if r["metric"] == "atom_steps_per_s" and r["system"] == system and r["ranks"] == ranks:
@@ -189,6 +199,17 @@ def plot(records: list[dict], path: Path) -> None:
         x, y = zip(*points)
         ax.bar([str(v) for v in x], y)
         ax.set(xlabel="replicas (= ranks)", ylabel="total atom-steps / s", title="replica weak scaling (ASE)")
+    else:  # side by side per system and ranks: median over repeats, CPU time (robust to other jobs)
+        labels, values = [], []
+        for system, ranks in measured:
+            per_cpu = [r["value"] for r in records if r["metric"] == "atom_steps_per_cpu_s"
+                       and r["system"] == system and r["ranks"] == ranks]
+            if per_cpu:
+                labels.append(f"{system.replace('bornfield-', '')}\n{ranks} rank{'s' if ranks > 1 else ''}")
+                values.append(float(np.median(per_cpu)))
+        ax.bar(range(len(values)), values)
+        ax.set_xticks(range(len(values)), labels, fontsize=7)
+        ax.set(ylabel="atom-steps / CPU-s (median over repeats)", title="CPU-time throughput side by side")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -209,11 +230,18 @@ def main() -> None:
     parser.add_argument("--no-replicas", action="store_true", help="skip the replica weak-scaling points")
     parser.add_argument("--note", default="", help="text put at the start of every record's notes")
     parser.add_argument("--append", action="store_true", help="keep the records already in the JSON file")
+    parser.add_argument("--baseline-cutoffs", type=float, nargs="*", default=[],
+                        help="also measure the potential with the Pedone baseline at these cutoffs (Å)")
+    parser.add_argument("--baseline-alpha", type=float, default=0.2, help="DSF damping of the baseline (1/Å)")
+    parser.add_argument("--backends", default="ase,lammps1,lammps2",
+                        help="comma list of ase, lammps1, lammps2 (LAMMPS with 1 or 2 ranks)")
+    parser.add_argument("--out", default=None, help=f"JSON file (default benchmarks/results/{NAME}.json)")
     parser.add_argument("--with-uip", action="store_true",
                         help="also measure the CHGNet baseline (benchmarks/.venv-uip) at sizes <= 1,024 in the same run")
     args = parser.parse_args()
+    out = Path(args.out) if args.out else RESULTS / f"{NAME}.json"
     if args.replot:
-        plot(json.loads((RESULTS / f"{NAME}.json").read_text()), RESULTS / f"{NAME}.png")
+        plot(json.loads(out.read_text()), out.with_suffix(".png"))
         return
     if args.worker:
         worker(args)
@@ -222,16 +250,23 @@ def main() -> None:
     records = []
     with tempfile.TemporaryDirectory() as tmp:
         potential, born = write_models(Path(tmp))
+        potentials = {None: potential}
+        for cutoff in args.baseline_cutoffs:
+            potentials[cutoff] = write_models(Path(tmp), cutoff, args.baseline_alpha)[0]
+        backends = {"ase": ("ase", 1), "lammps1": ("lammps", 1), "lammps2": ("lammps", 2)}
+        configurations = [backends[b] for b in args.backends.split(",")]
         for n_atoms in args.sizes:
             steps = max(3, min(args.steps * 1024 // n_atoms, 50))
-            trees = [("bornfield", None)] + ([("bornfield-before", args.before_src)] if args.before_src else [])
-            points = [(c, t, k) for k in range(args.repeats) for c in (("ase", 1), ("lammps", 1), ("lammps", 2))
-                      for t in trees]
-            for (backend, ranks), (prefix, src), repeat in points:
+            trees = [("bornfield", None, None)] + ([("bornfield-before", args.before_src, None)] if args.before_src else [])
+            trees += [(f"bornfield-pedone{cutoff:g}", None, cutoff) for cutoff in args.baseline_cutoffs]
+            points = [(c, t, k) for k in range(args.repeats) for c in configurations for t in trees]
+            for (backend, ranks), (prefix, src, cutoff), repeat in points:
                 load = os.getloadavg()[0]
-                result = measure(potential, born, backend, n_atoms, ranks, steps, src=src)
+                result = measure(potentials[cutoff], born, backend, n_atoms, ranks, steps, src=src)
                 system = f"{prefix}-{backend}"
-                notes = (f"{args.note}{steps} timed steps, Bussi NVT 600 K, E = 0.1 V/Å, beta-Li3PO4; wall clock; "
+                model_note = ("" if cutoff is None else
+                              f"potential + Pedone baseline (rc {cutoff:g} Å, DSF alpha {args.baseline_alpha:g}/Å); ")
+                notes = (f"{args.note}{model_note}{steps} timed steps, Bussi NVT 600 K, E = 0.1 V/Å, beta-Li3PO4; wall clock; "
                          f"1-min load average {load:.1f} before the run"
                          + (f"; repeat {repeat + 1} of {args.repeats}" if args.repeats > 1 else ""))
                 records.append(record("atom_steps_per_s", result["atom_steps_per_s"], "atom-steps/s", system,
@@ -265,7 +300,8 @@ def main() -> None:
             print("replicas", replicas, f"{result['atom_steps_per_s']:.0f} atom-steps/s", flush=True)
     for r in list(records):
         if (r["metric"] in ("atom_steps_per_s", "atom_steps_per_cpu_s")
-                and r["system"] in ("bornfield-lammps", "bornfield-before-lammps") and r["ranks"] == 2):
+                and r["system"] in ("bornfield-lammps", "bornfield-before-lammps") and r["ranks"] == 2
+                and any(q["system"] == r["system"] and q["ranks"] == 1 for q in records)):
             one = [q for q in records if q["metric"] == r["metric"] and q["system"] == r["system"]
                    and q["ranks"] == 1 and q["n_atoms"] == r["n_atoms"] and repeat_of(q) == repeat_of(r)][0]
             if r["metric"] == "atom_steps_per_s":
@@ -276,13 +312,12 @@ def main() -> None:
                 records.append(record("parallel_efficiency_cpu", r["value"] / one["value"], "x", r["system"],
                                       r["n_atoms"], 2, f"{args.note}LAMMPS backend, atom-steps per CPU-s, 2 ranks / "
                                       f"1 rank (1 = no parallel overhead; insensitive to machine load){repeat_of(r)}"))
-    out = RESULTS / f"{NAME}.json"
     if args.append and out.exists():
         records = json.loads(out.read_text()) + records
     tmp_out = out.with_suffix(".json.tmp")
     tmp_out.write_text(json.dumps(records, indent=1) + "\n")
     os.replace(tmp_out, out)
-    plot(records, RESULTS / f"{NAME}.png")
+    plot(records, out.with_suffix(".png"))
     print(f"wrote {out}")
 
 
