@@ -11,8 +11,9 @@ Parts (each a separate process; records of a part replace that part's records in
   Ewald (``coul/long`` + ``kspace_style ewald 1e-10``), Pedone charges, on 900 K Pedone snapshots of
   beta and amorphous (5 configurations each): force RMSE, configuration-to-configuration spread of
   the energy offset, beta-vs-amorphous offset difference, stress error, for a grid of (alpha, r_c).
-* ``train``: on ``bornfield ledger export`` (info['split']: train on 'train', report 'test' rows if
-  any, else the training rows, and say so), the demo's train.potential settings with the network
+* ``train``: on ``bornfield ledger export`` (the split ``bornfield train potential`` uses: info['split'],
+  validation carved from its 'train' rows; report 'test' rows if any, else the fitting rows, and say
+  so), the demo's train.potential settings with the network
   sizes of ``--arch`` (e.g. ``c16=channels:16 c4=channels:4,hidden:16,radial_hidden:16``), with and
   without the baseline, 2 seeds each (the committee's seeds of ``bornfield train potential``),
   1 torch thread; also the Pedone baseline alone (reference energies fitted to the residual).
@@ -250,7 +251,7 @@ def part_train(args) -> None:
 
     from bornfield.models import load_model
     from bornfield.models.baseline import pedone_baseline
-    from bornfield.train.cli import derived_seed
+    from bornfield.train.cli import derived_seed, resolve_split
     from bornfield.train.data import dataset_species, file_sha256
     from bornfield.train.metrics import potential_metrics
     from bornfield.train.trainer import baseline_labels, train_model, usable_samples
@@ -259,17 +260,21 @@ def part_train(args) -> None:
 
     torch.set_num_threads(1)
     path, samples = ledger_samples(args)
-    split = {s.index: str(s.atoms.info.get("split", "")) for s in samples}
-    train = [s for s in samples if split[s.index] == "train"]
-    val = [s for s in samples if split[s.index] == "val"]
-    test = [s for s in samples if split[s.index] == "test"]
-    report, subset = (test, "test") if test else (train, "train")
-    species = dataset_species(samples)
-    master = demo_config()["seed"]
+    config = demo_config()
+    master = config["seed"]
     data_hash = file_sha256(path)
-    size_note = (f"ledger export {len(samples)} structures ({sum(s.n_atoms for s in samples)} atoms; "
-                 f"split train {len(train)}, val {len(val)}, test {len(test)}); reported on '{subset}'"
-                 + ("" if test else " rows: the ledger has no test rows yet, so these are training errors"))
+    split_path = Path(args.workdir) / "models" / "split.json"
+    split_path.unlink(missing_ok=True)
+    split_path.parent.mkdir(parents=True, exist_ok=True)
+    # the split of `bornfield train potential`: info['split'], validation carved from its train rows
+    split = resolve_split(samples, config["train"], master, split_path, data_hash)
+    train, val, test = ([samples[i] for i in split[k]] for k in ("train", "val", "test"))
+    report, subset = (test, "test") if test else (train + val, "train+val")
+    species = dataset_species(samples)
+    size_note = (f"ledger export {len(samples)} structures ({sum(s.n_atoms for s in samples)} atoms), "
+                 f"all info['split'] = train; split of bornfield train potential: train {len(train)}, "
+                 f"val {len(val)} (carved from the train rows), test {len(test)}; reported on '{subset}'"
+                 + ("" if test else " rows: the ledger has no test rows yet, so these are fitting errors"))
     records = []
     for arch_name, arch in architectures(args).items():
         for variant in VARIANTS:
@@ -277,26 +282,37 @@ def part_train(args) -> None:
             members = []
             for member, out in enumerate(model_paths(args.workdir, arch_name, variant)):
                 seed = derived_seed(master, "train", "potential", member)
-                start = time.process_time()
-                train_model("potential", train, val, settings, out, seed, species,
-                            {"training_data_hash": data_hash, "committee_member": member}, resume=True,
-                            progress=False)
-                print(arch_name, variant, member, f"trained in {time.process_time() - start:.0f} CPU-s", flush=True)
+                if args.retrain or not out.exists():
+                    start = time.process_time()
+                    train_model("potential", train, val, settings, out, seed, species,
+                                {"training_data_hash": data_hash, "committee_member": member}, resume=False,
+                                progress=False)
+                    print(arch_name, variant, member, f"trained in {time.process_time() - start:.0f} CPU-s",
+                          flush=True)
                 members.append(load_model(out, kind="potential"))
             system = f"bornfield-potential {arch_name} baseline={variant}"
             notes = (f"{size_note}; demo train.potential settings with {arch_note(arch_name, arch)}; "
                      + (f"Pedone baseline rc {args.baseline_cutoff:g} Å, DSF alpha {args.alpha:g}/Å; "
                         if variant != "none" else "")
                      + "committee of 2 (seeds of bornfield train potential), float32, 1 thread")
-            for label, models in (("committee", members), ("member0", members[0]), ("member1", members[1])):
-                metrics, _ = potential_metrics(models, report)
-                for key in ("energy_rmse_meV_per_atom", "force_rmse_meV_per_A", "stress_rmse_GPa"):
-                    if key in metrics:
-                        records.append(record("train", key, metrics[key], key.split("_")[-1].replace("per", "/"),
-                                              f"{system} ({label})", metrics["n_atoms"], notes, dataset=DATASET,
-                                              split=subset, baseline_kind=variant, arch=arch_name))
-                print(arch_name, variant, label, {k: round(v, 2) for k, v in metrics.items() if "rmse" in k},
-                      flush=True)
+            rows = [(subset, report, notes)]
+            if val and not test:
+                rows.append(("val", val, notes + f"; the {len(val)} validation structure(s) "
+                             f"({', '.join(str(s.atoms.info.get('family')) for s in val)}) are held out from the "
+                             "fit but pick the early-stopping epoch"))
+            for split_name, rows_samples, row_notes in rows:
+                for label, models in (("committee", members), ("member0", members[0]), ("member1", members[1])):
+                    metrics, _ = potential_metrics(models, rows_samples)
+                    for key in ("energy_rmse_meV_per_atom", "force_rmse_meV_per_A", "stress_rmse_GPa"):
+                        if key in metrics:
+                            unit = {"atom": "meV/atom", "A": "meV/Å", "GPa": "GPa"}[key.split("_")[-1]]
+                            records.append(record("train", key, metrics[key], unit, f"{system} ({label})",
+                                                  metrics["n_atoms"], row_notes, dataset=DATASET, split=split_name,
+                                                  baseline_kind=variant, arch=arch_name,
+                                                  epochs=[int(m.metadata.get("epochs_run", 0)) for m in members]))
+                    print(arch_name, variant, split_name, label,
+                          {k: round(v, 1) for k, v in metrics.items() if "rmse" in k and k[-2:] not in ("Li", "_P", "_O")},
+                          flush=True)
     # the Pedone baseline alone: reference energies fitted to E - E_pair, no network
     alone = create_model("potential", species, 5.0, seed=0,
                          baseline=pedone_baseline(args.baseline_cutoff, args.alpha)).double()
@@ -307,7 +323,8 @@ def part_train(args) -> None:
     metrics, _ = potential_metrics(alone, report)
     for key in ("energy_rmse_meV_per_atom", "force_rmse_meV_per_A", "stress_rmse_GPa"):
         if key in metrics:
-            records.append(record("train", key, metrics[key], key.split("_")[-1].replace("per", "/"),
+            records.append(record("train", key, metrics[key],
+                                  {"atom": "meV/atom", "A": "meV/Å", "GPa": "GPa"}[key.split("_")[-1]],
                                   "pedone-dsf alone (no network)", metrics["n_atoms"],
                                   f"{size_note}; reference energies fitted to E_DFT - E_Pedone on the train rows",
                                   dataset=DATASET, split=subset, baseline_kind="pedone"))
@@ -490,6 +507,7 @@ def main() -> None:
     parser.add_argument("--stride", type=int, default=20)
     parser.add_argument("--budget", type=float, default=3600.0, help="wall-clock seconds per MD run")
     parser.add_argument("--uncertainty-limit", type=float, default=1.0, help="eV/Å")
+    parser.add_argument("--retrain", action="store_true", help="train: train again models that exist")
     parser.add_argument("--rerun", action="store_true", help="md: run again the runs already in the traces file")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
