@@ -499,8 +499,12 @@ def main() -> None:
     parser.add_argument("--cutoffs", default="6,8,10,12")
     parser.add_argument("--arch", nargs="+", default=["c16=channels:16"],
                         help="networks NAME=key:value,... (train.potential sizes), e.g. c4=channels:4,hidden:16")
-    parser.add_argument("--baseline-cutoff", type=float, default=10.0, help="Å")
-    parser.add_argument("--alpha", type=float, default=0.2, help="DSF damping, 1/Å")
+    from bornfield.config import schema_default
+
+    parser.add_argument("--baseline-cutoff", type=float, default=schema_default("train.potential.baseline_cutoff_A"),
+                        help="Å (default: the schema's train.potential.baseline_cutoff_A)")
+    parser.add_argument("--alpha", type=float, default=schema_default("train.potential.baseline_dsf_alpha_per_A"),
+                        help="DSF damping, 1/Å (default: the schema's train.potential.baseline_dsf_alpha_per_A)")
     parser.add_argument("--temperatures", default="600,900")
     parser.add_argument("--variants", default="none,pedone")
     parser.add_argument("--steps", type=int, default=20000)

@@ -319,8 +319,11 @@ def test_reference_energies_fit_the_residual_to_the_baseline():
     from bornfield.train.data import Sample
     from bornfield.train.trainer import baseline_labels, initialise_model
 
-    settings = {"channels": 4, "hidden": 16, "radial_hidden": 16, "baseline": "pedone",
-                "baseline_cutoff_A": CUTOFF, "baseline_dsf_alpha_per_A": ALPHA}
+    from bornfield.config import validate_section
+
+    settings = validate_section({"potential": {"channels": 4, "hidden": 16, "radial_hidden": 16, "baseline": "pedone",
+                                               "baseline_cutoff_A": CUTOFF, "baseline_dsf_alpha_per_A": ALPHA}},
+                                "train")["potential"]
     reference = {"Li": -190.5, "O": -430.25, "P": -180.0}
     pair_model = baseline_model()
     rng = np.random.default_rng(0)
@@ -369,3 +372,49 @@ def test_training_with_the_baseline_writes_a_self_describing_model(tmp_path):
     loaded = load_model(tmp_path / "potential_0.pt", dtype=torch.float64)
     for a, b in zip(loaded.energy_forces_stress(*args(samples[5].atoms)), model.energy_forces_stress(*args(samples[5].atoms))):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-10)
+
+
+def test_trained_model_round_trip_and_its_baseline_part(tmp_path):
+    """Two epochs of 'train potential' settings with baseline = pedone on four 16-atom frames, float64:
+    the saved file alone (no config) rebuilds the trained model exactly, and E, F = the network
+    (same file without its baseline) + the standalone PairBaseline of the configured cutoff and alpha."""
+    from bornfield.config import command_settings, resolve_config
+    from bornfield.models.io import MODEL_CLASSES
+    from bornfield.models.potential import forces_from_edge_gradient
+    from bornfield.train.data import Sample
+    from bornfield.train.trainer import train_model
+
+    config = {"train": {"cutoff": 4.5, "dtype": "float64", "potential": {
+        "baseline": "pedone", "baseline_cutoff_A": CUTOFF, "baseline_dsf_alpha_per_A": ALPHA,
+        "channels": 4, "hidden": 16, "radial_hidden": 16, "max_epochs": 2, "batch_size": 2, "warmup_epochs": 0}}}
+    train = command_settings(resolve_config(config), "train potential").train  # what the CLI reads
+    section = dict(train.potential, cutoff=train.cutoff, dtype=train.dtype)
+    truth = baseline_model(13, network=True)
+    samples = []
+    for k in range(4):
+        atoms = rattled_beta((1, 1, 1), amplitude=0.1, seed=40 + k)
+        energy, forces, stress = truth.energy_forces_stress(*args(atoms))
+        samples.append(Sample(index=k, atoms=atoms, config_type="beta", energy=energy, forces=forces,
+                              stress=stress, born=None))
+    path = tmp_path / "potential_0.pt"
+    trained, history = train_model("potential", samples[:3], samples[3:], section, path, seed=2, species=SPECIES,
+                                   resume=False, progress=False)
+    assert len(history) == 2 and all(np.isfinite(row["train_loss"]) for row in history)
+    loaded = load_model(path, dtype=torch.float64)
+    assert loaded.baseline.hyperparameters == pedone_baseline(CUTOFF, ALPHA)  # the file describes its baseline
+    assert (loaded.local_cutoff, loaded.cutoff, loaded.receptive_field) == (4.5, CUTOFF, CUTOFF)
+    payload = read_model_file(path)
+    network = MODEL_CLASSES["potential"](**{k: v for k, v in payload["hyperparameters"].items() if k != "baseline"})
+    network.double().load_state_dict(payload["state_dict"])  # the baseline has no parameters
+    standalone = PairBaseline(SPECIES, pedone_baseline(CUTOFF, ALPHA))
+    atoms = rattled_beta((2, 1, 1), amplitude=0.1, seed=50)  # not a training frame
+    energy, forces, stress = loaded.energy_forces_stress(*args(atoms))
+    for a, b in zip((energy, forces, stress), trained.energy_forces_stress(*args(atoms))):
+        np.testing.assert_array_equal(a, b)
+    graph = build_graph([args(atoms)], SPECIES, CUTOFF, torch.float64)
+    sites, grad = standalone.site_energies_and_edge_gradient(graph)
+    pair_forces = forces_from_edge_gradient(graph, grad).numpy()
+    net_energy, net_forces, _ = network.energy_forces_stress(*args(atoms))
+    assert abs(float(sites.sum())) > 10.0 and np.abs(pair_forces).max() > 0.1  # a baseline that matters
+    assert energy == pytest.approx(net_energy + float(sites.sum()), rel=0, abs=1e-9)
+    np.testing.assert_allclose(forces, net_forces + pair_forces, rtol=0, atol=1e-10)

@@ -29,7 +29,7 @@ REAL_DATA = Path(__file__).resolve().parent / "data" / "qe" / "labelled_small.ex
 TINY = {"channels": 4, "n_basis": 6, "radial_hidden": 16, "hidden": 16, "learning_rate": 0.01, "lr_factor": 0.5,
         "lr_patience": 5, "patience": 50, "min_lr": 1e-6, "batch_size": 2, "cutoff": 4.0, "dtype": "float32",
         "energy_weight": 1.0, "force_weight": 1.0, "stress_weight": 0.0, "charged_cells": "forces_only",
-        "interactions": 1, "warmup_epochs": 0, "grad_clip": 0.0, "ema_decay": 0.0, "weight_decay": 0.0}
+        "baseline": "none", "interactions": 1, "warmup_epochs": 0, "grad_clip": 0.0, "ema_decay": 0.0, "weight_decay": 0.0}
 
 
 def beta():

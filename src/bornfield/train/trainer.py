@@ -72,8 +72,12 @@ def usable_samples(kind: str, samples: Sequence[Sample], charged_cells: str = "f
 
 
 def potential_baseline(settings: dict[str, Any]) -> dict[str, Any] | None:
-    """Hyperparameters of the physical baseline that ``train.potential`` asks for (None for ``baseline: none``)."""
-    name = str(settings.get("baseline", "none"))
+    """Hyperparameters of the physical baseline that ``train.potential`` asks for (None for ``baseline: none``).
+
+    ``settings``: the ``train.potential`` block (keys ``baseline``, ``baseline_cutoff_A`` in Å,
+    ``baseline_dsf_alpha_per_A`` in 1/Å; every one, no fallbacks).
+    """
+    name = str(settings["baseline"])
     if name == "none":
         return None
     if name == "pedone":
@@ -300,8 +304,9 @@ def train_model(
         kind: "potential", "born" or "born_row".
         train / val: labelled samples (validation drives early stopping and the LR schedule).
         settings: the model's config block (architecture, optimisation and schedule keys of
-            train.schema.yaml -- every one, no fallbacks; a potential's also its loss weights and
-            ``charged_cells``, a Born model's ``interactions``, a baseline's ``field_axis``)
+            train.schema.yaml -- every one, no fallbacks; a potential's also its loss weights,
+            ``charged_cells`` and physical-baseline keys (:func:`potential_baseline`), a Born
+            model's ``interactions``, a baseline's ``field_axis``)
             plus ``cutoff`` and ``dtype``.
         out_path: model file to write.
         seed: initialisation and shuffling seed.
