@@ -122,6 +122,13 @@ CASES = [
     # model sets and the ledger as the data source
     ("md-models-not-a-model-set", "md.models", "config", "md.models", "not a model set"),
     ("dataset-source-unknown", "dataset.source", "cloud", "dataset.source", "allowed values: ['campaign', 'ledger']"),
+    # the potential's physical baseline
+    ("unknown-potential-baseline", "train.potential.baseline", "buckingham", "train.potential.baseline",
+     "allowed values: ['none', 'pedone']"),
+    ("baseline-cutoff-too-short", "train.potential.baseline_cutoff_A", 0.5, "train.potential.baseline_cutoff_A",
+     "allowed: > 1.0"),
+    ("baseline-dsf-alpha-zero", "train.potential.baseline_dsf_alpha_per_A", 0, "train.potential.baseline_dsf_alpha_per_A",
+     "allowed: > 0"),
 ]
 
 
@@ -275,3 +282,20 @@ def test_ledger_source_trains_one_generation() -> None:
     with pytest.raises(ConfigError, match=r"train.active_learning.generations.*allowed: 1"):
         resolve_config(config, source="bad.yaml")
     resolve_config(_mutate(config, "train.active_learning.generations", 1), source="ok.yaml")
+
+
+def test_an_explicit_ghost_shell_covers_the_baseline_when_a_replica_spans_ranks() -> None:
+    """LAMMPS with 4 ranks for 2 replicas: ghosts must reach the receptive field (+ skin 1 Å), which
+    a Pedone baseline of 8 Å makes longer than train.cutoff (4.5 Å in the tiny config)."""
+    config = _mutate(_mutate(_tiny(), "md.backend", "lammps"), "md.resources.tasks", 4)
+    config = _mutate(_mutate(config, "md.lammps.ghost_cutoff_A", 6.0), "train.potential.baseline", "pedone")
+    config = _mutate(config, "train.potential.baseline_cutoff_A", 8.0)
+    with pytest.raises(ConfigError) as raised:
+        resolve_config(config, source="bad.yaml")
+    message = str(raised.value)
+    assert "config key 'md.lammps.ghost_cutoff_A' (value 6.0)" in message and "allowed: null or >= 9" in message, message
+    assert "train.potential.baseline_cutoff_A = 8 Å" in message, message
+    resolve_config(_mutate(config, "md.lammps.ghost_cutoff_A", 9.0), source="ok.yaml")
+    resolve_config(_mutate(config, "md.lammps.ghost_cutoff_A", None), source="ok.yaml")  # follows the models
+    resolve_config(_mutate(config, "train.potential.baseline", "none"), source="ok.yaml")  # 4.5 + 1 <= 6
+    resolve_config(_mutate(config, "md.resources.tasks", 2), source="ok.yaml")  # one rank per replica

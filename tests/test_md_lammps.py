@@ -160,3 +160,16 @@ def test_nn_potential_with_baseline_one_and_two_ranks(tmp_path):
     assert ase_vs_lammps["positions"] < 1e-6 and ase_vs_lammps["epot_eV"] < 1e-5, ase_vs_lammps
     ranks = max_difference(one, two, keys)
     assert ranks["positions"] < 1e-9 and ranks["epot_eV"] < 1e-8, ranks
+
+
+@pytest.mark.mpi
+def test_a_ghost_shell_shorter_than_the_baseline_is_refused(tmp_path):
+    """md.lammps.ghost_cutoff_A = 6 Å with the 8 Å baseline on 2 ranks would drop neighbours
+    (site energies of owned atoms need ghosts up to the receptive field + skin): refused before MD."""
+    extra = ("--models", "nn-baseline", "--ghost-cutoff", "6.0")
+    result = drive(tmp_path / "short", "lammps", 5, ranks=2, extra=extra, cell="beta", check=False)
+    assert result.returncode != 0
+    assert "md.lammps.ghost_cutoff_A = 6.0 Å" in result.stderr and "at least 8.5 Å" in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "short" / "replica_0" / "traj.h5").exists()
+    drive(tmp_path / "enough", "lammps", 5, ranks=2, extra=("--models", "nn-baseline", "--ghost-cutoff", "8.5"),
+          cell="beta")

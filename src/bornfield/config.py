@@ -464,9 +464,11 @@ def check_config(config: Mapping, source: str = "config") -> list[str]:
         from bornfield.md.conditions import expand_conditions
 
         try:
-            expand_conditions(md)
+            conditions = expand_conditions(md)
         except ConfigError as exc:
             out.append(f"{source}: {exc}")
+        else:
+            _check_ghost_shell(config, conditions, bad)
 
     for key in ("fit_window_fraction", "fit_window_fs"):
         window = analysis[key]
@@ -479,6 +481,34 @@ def check_config(config: Mapping, source: str = "config") -> list[str]:
             value = analysis["mobile_species"] if key == "analysis.mobile_species" else analysis["species"]
             bad(key, value, f"{unknown} not in the system; allowed: {list(SYSTEM_SPECIES)}")
     return out
+
+
+def _check_ghost_shell(config: Mapping, conditions, bad: Callable[[str, Any, str], None]) -> None:
+    """An explicit LAMMPS ghost shell must cover this campaign's models when a replica spans ranks.
+
+    The receptive field of the trained models is ``train.cutoff``, or the baseline cutoff of a
+    potential with a physical baseline when that is longer; LAMMPS keeps ghosts for
+    ``ghost_cutoff_A`` between neighbour-list rebuilds, so it needs that plus ``skin_A``. A
+    replica spans ranks when ``md.resources.tasks`` exceeds its replicas (md.runner.replica_layout).
+    Model sets (``md.models``) are checked when the MD job reads their files.
+    """
+    md, train = config["md"], config["train"]
+    ghost, tasks = md["lammps"]["ghost_cutoff_A"], md["resources"]["tasks"]
+    if md["backend"] != "lammps" or ghost is None or md["models"]:
+        return
+    split = [c for c in conditions if c.replicas < tasks]
+    if not split:
+        return
+    potential = train["potential"]
+    reach = max(train["cutoff"], potential["baseline_cutoff_A"] if potential["baseline"] != "none" else 0.0)
+    needed = reach + md["lammps"]["skin_A"]
+    if ghost < needed:
+        origin = (f"train.potential.baseline_cutoff_A = {reach:g} Å (baseline {potential['baseline']})"
+                  if reach > train["cutoff"] else f"train.cutoff = {reach:g} Å")
+        bad("md.lammps.ghost_cutoff_A", ghost,
+            f"shorter than the models' receptive field, {origin}, + md.lammps.skin_A = "
+            f"{md['lammps']['skin_A']:g} Å, while md.resources.tasks = {tasks} splits a replica of "
+            f"condition {split[0].name!r} ({split[0].replicas} replicas) over ranks; allowed: null or >= {needed:g}")
 
 
 # ------------------------------------------------------- what each command reads

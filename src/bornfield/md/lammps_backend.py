@@ -48,7 +48,7 @@ from ase.constraints import FixCom
 from ase.parallel import DummyMPI
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
-from bornfield.errors import InputFileError
+from bornfield.errors import ConfigError, InputFileError
 from bornfield.fieldphysics import (
     SafetyLimits,
     UnsafeState,
@@ -145,6 +145,12 @@ class LammpsBackend(Backend):
         skin = float(settings["lammps"]["skin_A"])
         min_distance = float(settings["safety"]["min_distance_A"])
         if ghost is not None:
+            if self.comm.Get_size() > 1 and float(ghost) < receptive + skin:
+                raise ConfigError(
+                    f"md.lammps.ghost_cutoff_A = {ghost} Å is shorter than the models' receptive field "
+                    f"({receptive:g} Å, a physical baseline included) + md.lammps.skin_A ({skin:g} Å) while "
+                    f"{self.comm.Get_size()} ranks share a replica: site energies would miss neighbours; "
+                    f"use null or at least {receptive + skin:g} Å")
             self.ghost_cutoff = float(ghost)
         elif self.comm.Get_size() > 1:
             self.ghost_cutoff = receptive + skin
