@@ -103,6 +103,40 @@ class PwOverrides:
     extra_namelists: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class PwVariant:
+    """A pw.x job that differs from the plain SCF of its settings (e.g. a finite field).
+
+    ``control``/``system``/``electrons``: namelist keys added to every attempt's input;
+    ``kpoint_multiplier``: the settings' Monkhorst-Pack mesh is multiplied by it per
+    reciprocal vector. The whole variant enters the job's ``dft_id`` and ``status.json``.
+    """
+
+    kind: str
+    control: dict = field(default_factory=dict)
+    system: dict = field(default_factory=dict)
+    electrons: dict = field(default_factory=dict)
+    kpoint_multiplier: tuple[int, int, int] = (1, 1, 1)
+
+    def __post_init__(self) -> None:
+        if len(self.kpoint_multiplier) != 3 or any(int(m) != m or m < 1 for m in self.kpoint_multiplier):
+            raise ConfigError(f"k-point multiplier must be three integers >= 1, got {self.kpoint_multiplier!r}")
+
+    def to_dict(self) -> dict:
+        """Plain dict (for hashing and provenance)."""
+        return {"kind": self.kind, "control": dict(self.control), "system": dict(self.system),
+                "electrons": dict(self.electrons), "kpoint_multiplier": [int(m) for m in self.kpoint_multiplier]}
+
+    def overrides(self, base: PwOverrides) -> PwOverrides:
+        """``base`` (an attempt's escalation/restart) with this variant's namelist keys added."""
+        return replace(
+            base,
+            extra_control={**base.extra_control, **self.control},
+            extra_system={**base.extra_system, **self.system},
+            extra_electrons={**base.extra_electrons, **self.electrons},
+        )
+
+
 def pw_input_data(atoms: Atoms, settings: DFTSettings, pseudo_dir: str | Path, overrides: PwOverrides | None = None) -> dict:
     """The namelist dict handed to :func:`ase.io.espresso.write_espresso_in`."""
     overrides = overrides or PwOverrides()
@@ -141,16 +175,18 @@ def write_pw_input(
     pseudopotentials: dict[str, str],
     pseudo_dir: str | Path,
     overrides: PwOverrides | None = None,
+    kpoint_multiplier: tuple[int, int, int] = (1, 1, 1),
 ) -> tuple[int, int, int]:
     """Write a pw.x SCF input with ASE's QE writer; return the k-point mesh used.
 
     ``pseudopotentials`` maps element symbol -> UPF file name inside ``pseudo_dir``.
-    ``atoms.info["charge"]`` (e) becomes ``tot_charge``.
+    ``atoms.info["charge"]`` (e) becomes ``tot_charge``. The settings' mesh is multiplied
+    by ``kpoint_multiplier`` per reciprocal vector (a denser Berry-phase string).
     """
     missing = sorted(set(atoms.get_chemical_symbols()) - set(pseudopotentials))
     if missing:
         raise ConfigError(f"no pseudopotential for elements {missing} in the configured set")
-    kpts = kpoint_mesh(atoms, settings.kpoint_density_per_inv_A)
+    kpts = tuple(int(n) * int(m) for n, m in zip(kpoint_mesh(atoms, settings.kpoint_density_per_inv_A), kpoint_multiplier))
     offset = (1, 1, 1) if settings.kpoint_offset else (0, 0, 0)
     data = pw_input_data(atoms, settings, pseudo_dir, overrides)
     with atomic_path(path) as tmp, open(tmp, "x", encoding="utf-8") as handle:
@@ -193,10 +229,12 @@ def write_ph_input(path: str | Path, settings: DFTSettings, recover: bool = Fals
     write_text(path, ph_input_text(settings, recover, max_seconds))
 
 
-def compute_dft_id(atoms: Atoms, settings: DFTSettings, pseudopotentials: dict[str, str]) -> str:
-    """Stable 16-hex id of (structure, charge, settings, pseudopotential files).
+def compute_dft_id(atoms: Atoms, settings: DFTSettings, pseudopotentials: dict[str, str],
+                   variant: PwVariant | None = None) -> str:
+    """Stable 16-hex id of (structure, charge, settings, pseudopotential files[, pw.x variant]).
 
     Positions and cell enter rounded to 1e-6 Å so that a re-read extxyz gives the same id.
+    Without a variant the payload is that of a plain SCF/DFPT job (ledger ids unchanged).
     """
     payload = {
         "numbers": [int(z) for z in atoms.numbers],
@@ -207,5 +245,7 @@ def compute_dft_id(atoms: Atoms, settings: DFTSettings, pseudopotentials: dict[s
         "settings": settings.to_dict(),
         "pseudopotentials": dict(sorted(pseudopotentials.items())),
     }
+    if variant is not None:
+        payload["variant"] = variant.to_dict()
     blob = json.dumps(payload, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

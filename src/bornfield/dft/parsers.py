@@ -304,3 +304,22 @@ def read_pw_output(path: str | Path) -> PwOutput:
         source=str(path),
         atoms=atoms,
     )
+
+
+_BERRY_FIELD_RE = re.compile(
+    r"Using Berry phase electric field\s*\n\s*In a\.u\.\(Ry\)\s+cartesian system of reference\s*\n"
+    rf"\s*({_FLOAT})\s*\n\s*({_FLOAT})\s*\n\s*({_FLOAT})")
+
+
+def read_berry_field(path: str | Path) -> np.ndarray | None:
+    """The homogeneous field (Ry a.u., Cartesian, shape (3,)) a ``lelfield`` pw.x run printed.
+
+    None when the output shows no Berry-phase field (``lelfield`` off). QE's Rydberg atomic
+    unit of field is 36.3609 V/Å (bornfield.dft.efield.RY_AU_FIELD_V_PER_A).
+    """
+    path = Path(path)
+    text = _read_text(path, "pw.x output")
+    match = _BERRY_FIELD_RE.search(text)
+    if match is None:
+        return None
+    return np.array([float(v.replace("D", "E").replace("d", "e")) for v in match.groups()])

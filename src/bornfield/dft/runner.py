@@ -46,7 +46,7 @@ from ase import Atoms
 from ase.io import read, write
 
 from bornfield import atomic
-from bornfield.dft.inputs import DFTSettings, PwOverrides, compute_dft_id, write_ph_input, write_pw_input
+from bornfield.dft.inputs import DFTSettings, PwOverrides, PwVariant, compute_dft_id, write_ph_input, write_pw_input
 from bornfield.dft.parsers import apply_asr, classify_pw_failure, never_started, read_ph_output, read_pw_output
 from bornfield.dft.pseudopotentials import PseudoRecord
 from bornfield.dft.qc import QCThresholds, run_gates
@@ -200,7 +200,12 @@ def scf_escalation(settings: DFTSettings, attempt: int) -> PwOverrides:
 
 
 class DFTJob:
-    """One structure's pw.x + ph.x job in ``jobs_dir/<dft_id>``."""
+    """One structure's pw.x + ph.x job in ``jobs_dir/<dft_id>``.
+
+    ``variant``: a pw.x-only job of another kind (e.g. a finite field, bornfield.dft.efield):
+    its namelist keys are added to every SCF attempt, its k mesh multiplier applied, and it
+    is part of the ``dft_id``; the resume, retry and never-recompute rules are the same.
+    """
 
     def __init__(
         self,
@@ -211,8 +216,12 @@ class DFTJob:
         jobs_dir: str | Path,
         options: RunnerOptions,
         thresholds: QCThresholds | None = None,
+        variant: PwVariant | None = None,
     ) -> None:
+        if variant is not None and settings.born_charges:
+            raise ConfigError(f"a {variant.kind} pw.x job runs no ph.x: settings.born_charges must be false")
         self.atoms = atoms.copy()
+        self.variant = variant
         self.settings = settings
         self.pseudos = pseudos
         self.pseudo_dir = Path(pseudo_dir)
@@ -221,7 +230,7 @@ class DFTJob:
         missing = sorted(set(atoms.get_chemical_symbols()) - set(pseudos))
         if missing:
             raise ConfigError(f"no pseudopotential provisioned for {missing}")
-        self.dft_id = compute_dft_id(atoms, settings, {el: rec.filename for el, rec in pseudos.items()})
+        self.dft_id = compute_dft_id(atoms, settings, {el: rec.filename for el, rec in pseudos.items()}, variant)
         self.dir = Path(jobs_dir) / self.dft_id
 
     # ------------------------------------------------------------------ state
@@ -288,6 +297,8 @@ class DFTJob:
             launcher=self.options.launcher,
             failure=None,
         )
+        if self.variant is not None:
+            status["variant"] = self.variant.to_dict()
         status.setdefault("attempts", [])
         status.setdefault("wall_time_s", 0.0)
         self._save_status(status)
@@ -370,9 +381,12 @@ class DFTJob:
             overrides = scf_escalation(self.settings, attempt)
             overrides.restart = restart
             overrides.max_seconds = self.options.max_seconds
+            multiplier = (1, 1, 1)
+            if self.variant is not None:
+                overrides, multiplier = self.variant.overrides(overrides), self.variant.kpoint_multiplier
             kpts = write_pw_input(
                 self.dir / "pw.in", self.atoms, self.settings,
-                {el: r.filename for el, r in self.pseudos.items()}, self.pseudo_dir, overrides,
+                {el: r.filename for el, r in self.pseudos.items()}, self.pseudo_dir, overrides, multiplier,
             )
             status["kpoints"] = list(kpts)
             wall, peak_rss = self._run_program(self.options.pw_command, "pw.in", "pw.out")

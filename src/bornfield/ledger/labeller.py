@@ -103,7 +103,7 @@ def provision_checked(ledger: Ledger, pseudo_dir: Path) -> None:
                 f"{expected.filename} md5 {expected.md5}; labels would not be comparable (other QE/ld1.x build?)")
 
 
-class _Claim:
+class JobClaim:
     """An exclusive, process-lifetime lock on one job in the work directory."""
 
     def __init__(self, lock_dir: Path, dft_id: str):
@@ -149,7 +149,7 @@ def label(ledger_dir: str | Path, hours: float, ranks: int, work_dir: str | Path
                 wall = SAFETY * candidate.est_core_s * correction[candidate.kind] / ranks
                 if wall > left or left < MIN_START_S or candidate.dft_id in ledger:
                     continue
-                claim = _Claim(work / "locks", candidate.dft_id)
+                claim = JobClaim(work / "locks", candidate.dft_id)
                 if claim.held and candidate.dft_id not in ledger:  # another labeller may have just finished it
                     job = candidate
                     break

@@ -148,11 +148,21 @@ class Ledger:
 
     def labels(self, dft_id: str) -> dict:
         """The entry's ``labels.json`` (from its archive)."""
-        with tarfile.open(self.entries_dir / dft_id / "qe.tar.xz", "r:xz") as tar:
-            member = tar.extractfile("labels.json")
+        return json.loads(self.archived_text(dft_id, "labels.json"))
+
+    def archived_text(self, dft_id: str, name: str) -> str:
+        """The text of one file of the entry's archive (``pw.out``, ``structure.extxyz``, ...)."""
+        path = self.entries_dir / dft_id / "qe.tar.xz"
+        if not path.exists():
+            raise InputFileError(f"{path} missing: no entry {dft_id} in ledger {self.root}")
+        with tarfile.open(path, "r:xz") as tar:
+            try:
+                member = tar.extractfile(name)
+            except KeyError:
+                member = None
             if member is None:
-                raise InputFileError(f"{self.entries_dir / dft_id}: archive has no labels.json")
-            return json.loads(member.read().decode("utf-8"))
+                raise InputFileError(f"{path}: archive has no {name}")
+            return member.read().decode("utf-8", errors="replace")
 
     def check_job(self, job_dir: Path) -> dict:
         """The status of a finished job or entry directory, after checking it was made at this identity."""
