@@ -14,11 +14,8 @@ import re
 
 import numpy as np
 import pytest
-from ase import units
-
+from bornfield.dft.efield import RY_AU_FIELD_V_PER_A as RY_AU_FIELD_IN_V_PER_A
 from bornfield.dft.parsers import read_ph_output, read_pw_output
-
-RY_AU_FIELD_IN_V_PER_A = np.sqrt(2.0) * units.Rydberg / units.Bohr
 
 
 def _field_z(path) -> float:

@@ -7,6 +7,8 @@
 * ``ledger status``: entries, pending queue and cost per kind and family.
 * ``ledger add``: add finished job directories (e.g. a cluster campaign's ``dft/jobs/*``).
 * ``ledger export``: every labelled entry as one extxyz dataset.
+* ``ledger efield``: finite-field pw.x at 0, ±E beside a DFPT entry (stored under ``<ledger>/efield``).
+* ``ledger efield-report``: those forces against the entries' DFPT Born charges (benchmark records).
 """
 
 from __future__ import annotations
@@ -87,6 +89,29 @@ def register(subparsers) -> None:
     export.add_argument("--output", type=Path, required=True, help="extxyz file to write")
     export.set_defaults(func=run_export)
 
+    field = max(schema_default("md.sweep.field_strengths_V_per_A"))
+    efield = sub.add_parser("efield", help="finite-field pw.x (Berry phase) at E = 0, +E, -E on a DFPT entry's structure")
+    efield.add_argument("--dft-id", required=True, help="the DFPT entry (16 hex digits) whose structure and Born charges are checked")
+    efield.add_argument("--axis", choices=["x", "y", "z"], default="z", help="Cartesian field axis (default: z)")
+    efield.add_argument("--field-V-per-A", type=float, default=field,
+                        help=f"field strength in V/Å (default: {field:g}, the largest default of md.sweep.field_strengths_V_per_A)")
+    efield.add_argument("--field-k-factor", type=int, default=1,
+                        help="multiply the k mesh along the field's reciprocal vector (denser Berry-phase strings; default: 1)")
+    efield.add_argument("--ranks", type=int, default=ranks, help=f"MPI ranks per pw.x run (default: {ranks}, dft.run.ranks)")
+    efield.add_argument("--launcher", default=launcher,
+                        help=f"MPI launcher of QE without the rank count (default: {launcher}, dft.run.launcher)")
+    efield.add_argument("--ledger", default=ledger_dir, help=ledger_help)
+    efield.add_argument("--work-dir", default=DEFAULT_WORK, help=f"job directory, not committed (default: {DEFAULT_WORK})")
+    efield.add_argument("--max-seconds", type=float, default=None,
+                        help="QE's soft walltime per pw.x run (s); a stopped run resumes on the next call (default: none)")
+    efield.add_argument("--estimate-only", action="store_true", help="print the estimate and stop")
+    efield.set_defaults(func=run_efield)
+
+    efield_report = sub.add_parser("efield-report", help="finite-field forces vs DFPT Born charges: linear and non-linear parts")
+    efield_report.add_argument("--ledger", default=ledger_dir, help=ledger_help)
+    efield_report.add_argument("--json", type=Path, default=None, help="write the benchmark records (DESIGN.md format) here")
+    efield_report.set_defaults(func=run_efield_report)
+
 
 def run_label(args: argparse.Namespace) -> int:
     from bornfield.ledger.labeller import label
@@ -144,6 +169,9 @@ def ledger_status(ledger_dir: str | Path) -> dict:
         kind = "dfpt" if status["settings"].get("born_charges") else "scf"
         entries[kind][status["state"]] += 1
         spent += status.get("wall_time_s", 0.0) * status.get("ranks", 1)
+    from bornfield.ledger.efield import result_statuses
+
+    efield = list(result_statuses(ledger))
     pending = pending_jobs(ledger)
     by_family: dict = defaultdict(Counter)
     for job in pending:
@@ -154,6 +182,8 @@ def ledger_status(ledger_dir: str | Path) -> dict:
         "core_hours_spent": round(spent / 3600, 2),
         "pending": {k: dict(v) for k, v in by_family.items()},
         "pending_core_hours_estimate": round(pending_core_hours(ledger, pending), 1),
+        "efield": {"results": [item["name"] for item in efield],
+                   "core_hours_spent": round(sum(item["core_time_s"] for item in efield) / 3600, 2)},
     }
 
 
@@ -215,4 +245,38 @@ def run_export(args: argparse.Namespace) -> int:
     frames = Ledger(args.ledger).frames()
     write_extxyz_atomic(args.output, frames)
     LOG.info("wrote %d labelled structures to %s", len(frames), args.output)
+    return 0
+
+
+def run_efield(args: argparse.Namespace) -> int:
+    from bornfield.ledger.efield import EfieldRequest, estimate, run_efield as run
+    from bornfield.ledger.store import Ledger
+
+    request = EfieldRequest(args.dft_id, args.axis, args.field_V_per_A, args.field_k_factor)
+    if args.estimate_only:
+        print(json.dumps(estimate(Ledger(args.ledger), request, args.ranks), indent=1))
+        return 0
+    run(args.ledger, request, args.ranks, args.launcher, args.work_dir, args.max_seconds)
+    return 0
+
+
+def run_efield_report(args: argparse.Namespace) -> int:
+    from bornfield.ledger.efield import efield_report
+
+    records, summaries = efield_report(args.ledger)
+    if not summaries:
+        raise InputFileError(f"{args.ledger}: no finite-field results under efield/ (run 'bornfield ledger efield' first)")
+    for item in summaries:
+        m = item["metrics"]
+        print(f"{item['name']} ({item['config_type']}, {item['n_atoms']} atoms, k {'x'.join(map(str, item['kpoints']))}): "
+              f"|ZᵀE| RMS {m['field_force_rms_meV_per_A']:.3g} meV/Å (transverse {m['transverse_force_rms_meV_per_A']:.3g})")
+        for label, sm in [("all", m), *item["species"].items()]:
+            print(f"  {label:3s} ({sm['n_atoms']:3d}): |F_odd − ZᵀE| RMS {sm['linear_force_error_rms_meV_per_A']:.3g} meV/Å "
+                  f"(max {sm['linear_force_error_max_meV_per_A']:.3g}, {100 * sm['linear_force_error_rel']:.3g} %, "
+                  f"transverse {sm['transverse_force_error_rms_meV_per_A']:.3g}); |F_even| RMS "
+                  f"{sm['nonlinear_force_rms_meV_per_A']:.3g} meV/Å (max {sm['nonlinear_force_max_meV_per_A']:.3g}, "
+                  f"{100 * sm['nonlinear_force_rel']:.3g} %); Born row RMSE {sm['bec_row_rmse_e']:.3g} e")
+    if args.json:
+        atomic.write_text(args.json, json.dumps(records, indent=1) + "\n")
+        LOG.info("wrote %d records of %d result(s) to %s", len(records), len(summaries), args.json)
     return 0
