@@ -130,6 +130,8 @@ def _measured_ratio(ledger: Ledger) -> float | None:
     for status in result_statuses(ledger):
         per_k = status["estimate"]["entry_pw_core_s_per_k"]
         n_k = int(np.prod(status["kpoints"]))
+        if per_k <= 0:
+            continue
         ratios += [run["wall_time_s"] * status["ranks"] / n_k / per_k for run in status["runs"].values()]
     return float(np.median(ratios)) if ratios else None
 
@@ -145,7 +147,7 @@ def estimate(ledger: Ledger, request: EfieldRequest, ranks: int) -> dict:
     ratio = measured if measured is not None else LELFIELD_COST_RATIO
     per_run = per_k * int(np.prod(kpts)) * ratio
     return {
-        "entry_pw_core_s_per_k": round(per_k, 2), "kpoints": list(kpts), "cost_ratio": round(ratio, 3),
+        "entry_pw_core_s_per_k": per_k, "kpoints": list(kpts), "cost_ratio": round(ratio, 3),
         "cost_ratio_source": "measured finite-field runs of this ledger" if measured is not None else "LELFIELD_COST_RATIO",
         "core_s_per_run": round(per_run, 1), "core_s": round(3 * per_run, 1), "wall_s": round(3 * per_run / ranks, 1),
         "ranks": ranks, "entry_wall_time_s": status.get("wall_time_s"),
