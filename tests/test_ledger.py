@@ -323,3 +323,29 @@ def test_charged_cells_get_scf_labels_and_revise_leaves_labelled_entries(tmp_pat
     assert [a.info["label_kind"] for a in queue] == ["dfpt", "dfpt", "scf"]
     assert [a.info["queue_index"] for a in queue] == [0, 1, 2]
     assert [job.kind for job in pending_jobs(Ledger(ledger.root))] == ["dfpt", "scf"]
+
+
+def test_sigterm_to_the_labeller_alone_stops_its_qe_child(tmp_path, pseudo, fake_qe):
+    ledger = _ledger(tmp_path / "ledger", pseudo)
+    _queue(ledger, [_structure(0.01)])
+    work = tmp_path / "work"
+    cmd = [sys.executable, "-m", "bornfield.cli", "label", "--hours", "1", "--ranks", "1",
+           "--ledger", str(ledger.root), "--work-dir", str(work)]
+    proc = subprocess.Popen(cmd, env={**os.environ, "FAKE_QE_SLEEP": "120"}, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    qe_pattern = str(fake_qe / "pw.x")
+    try:
+        deadline = time.time() + 60
+        while subprocess.run(["pgrep", "-f", qe_pattern], capture_output=True).returncode and time.time() < deadline:
+            time.sleep(0.2)
+        assert not subprocess.run(["pgrep", "-f", qe_pattern], capture_output=True).returncode, "pw.x never started"
+        proc.send_signal(signal.SIGTERM)  # the labeller only, not its process group
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+        deadline = time.time() + 30
+        while not subprocess.run(["pgrep", "-f", qe_pattern], capture_output=True).returncode and time.time() < deadline:
+            time.sleep(0.2)
+        assert subprocess.run(["pgrep", "-f", qe_pattern], capture_output=True).returncode, "pw.x outlived the labeller"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert ledger.dft_ids() == []

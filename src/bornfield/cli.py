@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 
 from bornfield import __version__
 from bornfield.errors import BornfieldError
@@ -52,11 +54,29 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
+    previous = _exit_on_sigterm() if getattr(args, "exit_on_sigterm", False) else None
     try:
         return int(args.func(args) or 0)
     except BornfieldError as exc:
         print(f"bornfield: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminated(number, frame):
+    raise SystemExit(128 + number)
+
+
+def _exit_on_sigterm():
+    """SIGTERM raises SystemExit (exit code 143) instead of killing the interpreter, so a command
+    that drives QE (parsers with ``exit_on_sigterm=True``) still terminates its QE child and
+    leaves a resumable job. Not for MPI commands: a handler cannot run inside a blocking MPI
+    call. Returns the previous handler (None off the main thread, where none can be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _terminated)
 
 
 if __name__ == "__main__":

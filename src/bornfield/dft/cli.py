@@ -59,7 +59,7 @@ def register(subparsers) -> None:
                      help="label ledger to take a finished job from instead of running QE "
                      "(default: dft.ledger of the config; '' for none)")
     job.add_argument("--entries-dir", default=None, help="also write the finished job here in the ledger's entry format")
-    job.set_defaults(func=run_job)
+    job.set_defaults(func=run_job, exit_on_sigterm=True)
 
     many = sub.add_parser("run-plan", help="run every job of a plan sequentially (local)")
     add_settings_arguments(many)
@@ -67,7 +67,7 @@ def register(subparsers) -> None:
     many.add_argument("--pseudo-dir", required=True)
     many.add_argument("--jobs-dir", required=True)
     many.add_argument("--launcher", default=None)
-    many.set_defaults(func=run_many)
+    many.set_defaults(func=run_many, exit_on_sigterm=True)
 
 
 def load_manifest(pseudo_dir: str | Path) -> dict[str, PseudoRecord]:

@@ -49,7 +49,7 @@ def register(subparsers) -> None:
     lab.add_argument("--max-jobs", type=int, default=None, help="stop after this many finished jobs (default: no limit)")
     lab.add_argument("--kind", choices=["dfpt", "scf"], action="append", help="label only this kind (repeatable; default: both)")
     lab.add_argument("--summary", type=Path, default=None, help="also write the run's summary as JSON here")
-    lab.set_defaults(func=run_label)
+    lab.set_defaults(func=run_label, exit_on_sigterm=True)
 
     parser = subparsers.add_parser("ledger", help="the committed DFT label ledger: init, plan, status, add, export")
     sub = parser.add_subparsers(dest="ledger_command", metavar="SUBCOMMAND", required=True)
@@ -105,7 +105,7 @@ def register(subparsers) -> None:
     efield.add_argument("--max-seconds", type=float, default=None,
                         help="QE's soft walltime per pw.x run (s); a stopped run resumes on the next call (default: none)")
     efield.add_argument("--estimate-only", action="store_true", help="print the estimate and stop")
-    efield.set_defaults(func=run_efield)
+    efield.set_defaults(func=run_efield, exit_on_sigterm=True)
 
     efield_report = sub.add_parser("efield-report", help="finite-field forces vs DFPT Born charges: linear and non-linear parts")
     efield_report.add_argument("--ledger", default=ledger_dir, help=ledger_help)
