@@ -4,9 +4,7 @@ Every numerical setting comes from the validated ``dft`` config section
 (:class:`DFTSettings`). The k-point mesh follows a density in points per Å⁻¹
 (ASE's convention, ``n_i = ceil(2π |b_i| · density)`` with ``b_i`` the reciprocal
 vectors without 2π); for the experimental beta-Li3PO4 cell the default density of 1.6 Å
-gives 2×2×3: at 70 Ry its forces are within 2.9 meV/Å of 4×4×5 and its Born charges within
-0.004 e of 3×3×4 (benchmarks/results/dft_convergence.json; at 30 Ry the basis error inflates
-the k-mesh error to 12.7 meV/Å, so k meshes are converged at the production cutoff).
+gives 2×2×3 (why: ``docs/decisions.md``).
 """
 
 from __future__ import annotations

@@ -98,9 +98,8 @@ def wrap_upf_numeric_lines(text: str, values_per_line: int = 4) -> str:
 def without_generation_date(upf_text: str) -> str:
     """``upf_text`` with ld1.x's generation date replaced by a fixed word.
 
-    ld1.x stamps the day into the UPF header, so the same recipe gave a different md5 every
-    day; the md5 is part of a label ledger's settings identity and must depend only on the
-    pseudopotential's content.
+    ld1.x stamps the day into the UPF header; the md5 is part of a label ledger's settings
+    identity and must depend only on the pseudopotential's content.
     """
     text = re.sub(r"(Generation date:)[^\n]*", r"\1  (not recorded)", upf_text)
     return re.sub(r'(<PP_HEADER[^>]*?\sdate=")[^"]*(")', r"\1not recorded\2", text, flags=re.S)

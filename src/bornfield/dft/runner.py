@@ -21,10 +21,8 @@ Policy:
   CLI exits non-zero so the scheduler's retry resubmits), and the next run continues
   pw.x with ``restart_mode='restart'`` or ph.x with ``recover=.true.``; a hard-killed
   SCF whose restart files are unusable starts over once;
-* a hard-killed ph.x (no clean stop: SIGKILL, node failure) starts over from the SCF: QE
-  6.7's recover files of such a run gave Born charges off by up to 0.24 e in a few
-  entries (eps_inf unchanged) against an uninterrupted run of the same job
-  (benchmarks/results/dft_convergence.json, "ph.x resumed" records).
+* a hard-killed ph.x (no clean stop: SIGKILL, node failure) starts over from the SCF: the
+  recover files of such a run are not trusted (why: ``docs/decisions.md``).
 """
 
 from __future__ import annotations

@@ -52,8 +52,8 @@ RESULT_FORMAT = 1
 #: the three runs: name, sign of the field
 RUNS = (("zero", 0.0), ("plus", 1.0), ("minus", -1.0))
 #: core-seconds per k point of a lelfield pw.x run (nberrycyc 3) over those of the plain SCF
-#: of the same cell, used until the ledger holds measured finite-field runs: 2.9 measured on
-#: tests/data/qe/efield_beta (16 atoms, 30/240 Ry, 2 k points each; 78.4 and 79.7 s vs 27.2 s CPU)
+#: of the same cell, used until the ledger holds finite-field runs of its own (source:
+#: tests/data/qe/efield_beta, docs/decisions.md)
 LELFIELD_COST_RATIO = 2.9
 #: warn when the potential drop across the k-mesh supercell exceeds this share of the gap
 ZENER_WARN_FRACTION = 0.5

@@ -8,7 +8,7 @@ Public entry points::
 
 Both returned objects implement the Protocols of :mod:`bornfield.models.interface`.
 
-Design (chosen for CPU speed in long field MD; numbers in benchmarks/results/models_speed.json):
+Design (chosen for CPU speed in long field MD; measurements in ``docs/decisions.md``):
 
 * strictly local, single pass (no message passing): receptive field = cutoff (5 Å default),
   so LAMMPS ghosts need one cutoff and the cost is linear in the number of atoms; an optional
@@ -38,16 +38,7 @@ Design (chosen for CPU speed in long field MD; numbers in benchmarks/results/mod
   float64) at a fraction of the work; training (``create_graph=True``) keeps autograd;
 * blocks of centres run in ``torch.get_num_threads()`` Python threads
   (:mod:`bornfield.models.threads`), and a graph caches its edge vectors and per-block edge
-  geometry, shared by the potential, the Born model and committee members;
-* measured (benchmarks/results/models_speed*.json, float32, potential energy + forces +
-  stress and Born charges on one neighbour list): 2 threads on the quiet machine, channels 8,
-  20,900 atom-evaluations/s at 1,024 atoms and 21,400 at 8,192 (18,000 / 13,500 before this
-  work); channels 16 (paper) 18,500 / 19,600; one thread, CPU time on the loaded machine,
-  channels 8: 14,300 / 14,800 (9,800 / 8,300 before); peak RSS at 8,192 atoms ~0.6 GiB.
-  torch's own intra-op threads (``BORNFIELD_MODEL_THREADS=intraop``) were 3-10 % faster on
-  the quiet machine but 2-30x slower while other jobs loaded the cores, hence parallel blocks
-  by default. torch.compile (inductor, dynamic shapes) of the edge backward gave 1.3x on that
-  part (~6 % of a step) for a 12 s compile per process: not used.
+  geometry, shared by the potential, the Born model and committee members.
 """
 
 from __future__ import annotations

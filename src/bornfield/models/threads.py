@@ -6,13 +6,9 @@ evaluated independently and concatenated (exact: the same numbers as one
 pass). :func:`map_blocks` runs the blocks in ``torch.get_num_threads()``
 Python threads, each running torch ops on one core (torch releases the GIL
 inside its kernels): coarse-grained parallelism instead of torch's intra-op
-fork-join around every small kernel. Measured on the 2-core benchmark machine
-(``benchmarks/results/models_speed.json``, potential + Born, 1,024 atoms, 2
-threads): 20,900 atom-evaluations/s quiet (torch intra-op threads: 22,900), and
-10,300 vs 5,500 (128 atoms: 8,300 vs 280) while other jobs loaded both cores
-(``models_speed_loaded.json``),
-so parallel blocks are the default; ``BORNFIELD_MODEL_THREADS=intraop`` switches
-to torch's own intra-op threading (same results) for dedicated nodes.
+fork-join around every small kernel. Parallel blocks are the default (why:
+``docs/decisions.md``); ``BORNFIELD_MODEL_THREADS=intraop`` switches to torch's own
+intra-op threading (same results) for dedicated nodes.
 """
 
 from __future__ import annotations
