@@ -26,7 +26,7 @@ fi
 mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
 if [ "$(id -u)" -ne 0 ]; then
   if command -v sudo >/dev/null 2>&1; then SUDO=sudo; else
-    echo "install-system: missing ${need[*]} and not root: install them or load the modules (README, 'Cluster install')" >&2
+    echo "install-system: missing ${need[*]} and not root: install them or load the modules (README, 'On a SLURM cluster')" >&2
     exit 1
   fi
 else
