@@ -81,3 +81,13 @@ def test_recorded_held_out_metrics_are_reproduced(model_set, tmp_path):
     for key, value in recorded.items():
         assert fresh[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
 
+
+
+def test_readme_accuracy_table_is_the_model_sets(model_set):
+    from bornfield.train.shipped import accuracy_table
+
+    readme = (SHIPPED.parents[1] / "README.md").read_text(encoding="utf-8")
+    begin, end = "<!-- model-set-table:begin -->\n", "\n<!-- model-set-table:end -->"
+    shown = readme[readme.index(begin) + len(begin):readme.index(end)]
+    expected = accuracy_table(model_set).replace(str(model_set.root), "models/li3po4")
+    assert shown.strip() == expected.strip(), "regenerate with: bornfield train table --models models/li3po4"
