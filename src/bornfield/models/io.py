@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import e3nn
-import numpy as np
 import torch
 
 from bornfield import __version__, atomic
@@ -58,17 +57,7 @@ def state_checksum(state_dict: dict[str, torch.Tensor]) -> str:
 
 def plain_data(value: Any) -> Any:
     """Convert to JSON-like builtins (what ``torch.load(weights_only=True)`` accepts)."""
-    return json.loads(json.dumps(value, default=_to_builtin))
-
-
-def _to_builtin(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot store {type(value).__name__} in a model file")
+    return json.loads(json.dumps(value, default=atomic.json_default))
 
 
 def save_model(model: BornfieldModel, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
