@@ -38,7 +38,7 @@ from bornfield.models.combined import evaluate_cluster, evaluate_periodic
 from bornfield.models.graph import build_graph
 from bornfield.pedone import PEDONE_CHARGES
 
-from test_models import SPECIES, beta_li3po4, make
+from test_models import SPECIES, beta_li3po4, make, strain_derivative
 
 CUTOFF, ALPHA = 8.0, 0.22
 DRIVER = Path(__file__).resolve().parent / "pedone_lammps_driver.py"
@@ -118,16 +118,7 @@ def test_forces_and_stress_are_energy_derivatives(small_cell, network):
         assert forces[atom, axis] == pytest.approx(-(energies[0] - energies[1]) / (2 * delta), rel=1e-6, abs=1e-7)
     volume = small_cell.get_volume()
     for a, b in [(0, 0), (1, 2), (2, 2), (0, 1)]:
-        energies = []
-        for sign in (1, -1):
-            strain = np.eye(3)
-            strain[a, b] += sign * delta
-            if a != b:
-                strain[b, a] += sign * delta
-            strained = small_cell.copy()
-            strained.set_cell(np.asarray(small_cell.cell) @ strain, scale_atoms=True)
-            energies.append(model.energy_forces_stress(*args(strained))[0])
-        derivative = (energies[0] - energies[1]) / (2 * delta) / volume
+        derivative = strain_derivative(model, small_cell, a, b, delta) / volume
         assert stress[a, b] * (2 if a != b else 1) == pytest.approx(derivative, rel=1e-6, abs=1e-9)
 
 

@@ -167,21 +167,26 @@ def test_forces_are_minus_energy_gradient(structure, potential):
         assert forces[atom, axis] == pytest.approx(-(e_plus - e_minus) / (2 * delta), rel=1e-5, abs=1e-8)
 
 
+def strain_derivative(potential, atoms, a: int, b: int, delta: float) -> float:
+    """Central difference dE/dε_ab (eV) under the symmetric strain ε_ab = ε_ba = ±delta."""
+    energies = []
+    for sign in (1, -1):
+        strain = np.eye(3)
+        strain[a, b] += sign * delta
+        if a != b:
+            strain[b, a] += sign * delta
+        strained = atoms.copy()
+        strained.set_cell(np.asarray(atoms.cell) @ strain, scale_atoms=True)
+        energies.append(potential.energy_forces_stress(*args(strained))[0])
+    return (energies[0] - energies[1]) / (2 * delta)
+
+
 def test_stress_is_strain_derivative(structure, potential):
     _, _, stress = potential.energy_forces_stress(*args(structure))
     volume = structure.get_volume()
     delta = 1e-5
     for a, b in [(0, 0), (1, 2), (2, 2), (0, 1)]:
-        energies = []
-        for sign in (1, -1):
-            strain = np.eye(3)
-            strain[a, b] += sign * delta
-            if a != b:
-                strain[b, a] += sign * delta
-            strained = structure.copy()
-            strained.set_cell(np.asarray(structure.cell) @ strain, scale_atoms=True)
-            energies.append(potential.energy_forces_stress(*args(strained))[0])
-        derivative = (energies[0] - energies[1]) / (2 * delta) / volume
+        derivative = strain_derivative(potential, structure, a, b, delta) / volume
         expected = stress[a, b] * (2 if a != b else 1)
         assert expected == pytest.approx(derivative, rel=1e-5, abs=1e-9)
 
