@@ -467,3 +467,42 @@ def test_log_reports_the_best_epoch(dataset, tmp_path, caplog):
     assert f"best epoch {best} of {len(losses)}" in line and f"{losses[best]:.4g}" in line
     meta = torch.load(tmp_path / "born_0.pt", weights_only=True)["metadata"]
     assert meta["best_epoch"] == best and meta["best_monitor_loss"] == pytest.approx(losses[best])
+
+
+def test_fine_tuning_starts_from_the_given_model_with_refitted_reference_energies(dataset, tmp_path):
+    from bornfield.models.graph import collate
+    from bornfield.train.data import attach_edges
+    from bornfield.errors import ConfigError
+    from bornfield.train.trainer import fine_tuning_start
+
+    samples = read_samples(dataset)
+    species = dataset_species(samples)
+    pretrained, _ = train_model("potential", samples[:18], samples[18:], dict(TINY, max_epochs=3), tmp_path / "pre.pt",
+                                seed=3, species=species, metadata={"training_data_hash": "a"}, progress=False)
+    # the same structures labelled by "another code": energies shifted by a constant per element
+    shift = {"Li": -7.0, "P": 2.5, "O": 0.75}
+    other = read_samples(dataset)
+    for s in other:
+        s.energy += sum(shift[x] for x in s.atoms.get_chemical_symbols())
+    start = fine_tuning_start(pretrained, "potential", species, other[:18], torch.float32)
+    attach_edges(other, species, start.cutoff)
+    graph = collate([s.edges for s in other[18:]], torch.float32)
+    before, after = pretrained(graph), start(graph)
+    assert torch.allclose(after["forces"], before["forces"])  # weights kept
+    # the reference energies absorb the shift: the starting energy error is the pre-trained one
+    shifted = torch.tensor([s.energy for s in other[18:]], dtype=torch.float64)
+    original = shifted - torch.tensor([sum(shift[x] for x in s.atoms.get_chemical_symbols()) for s in other[18:]])
+    err_start = (after["energy"] - shifted).abs().max()
+    err_pretrained = (before["energy"] - original).abs().max()
+    assert float(err_start) < float(err_pretrained) + 0.05 * len(other[18].atoms)
+    assert float((before["energy"] - shifted).abs().max()) > 10.0  # without the re-fit it would be far off
+    # training from it continues from the pre-trained state, not from a random model
+    model, history = train_model("potential", other[:18], other[18:], dict(TINY, max_epochs=1), tmp_path / "fine.pt",
+                                 seed=3, species=species, metadata={"training_data_hash": "b"}, progress=False,
+                                 init_model=pretrained)
+    _, fresh = train_model("potential", other[:18], other[18:], dict(TINY, max_epochs=1), tmp_path / "fresh.pt",
+                           seed=3, species=species, metadata={"training_data_hash": "b"}, progress=False)
+    assert history[0]["val_loss"] < fresh[0]["val_loss"]
+    assert model.metadata["trained"] is True
+    with pytest.raises(ConfigError, match="fine-tuning a 'born' model"):
+        fine_tuning_start(pretrained, "born", species, other[:18], torch.float32)

@@ -157,7 +157,7 @@ def run_init(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from bornfield.train.data import dataset_species, read_samples
+    from bornfield.train.data import dataset_species, file_sha256, read_samples
     from bornfield.train.trainer import train_model
 
     kind = KIND_OF_COMMAND[args.train_command]
@@ -192,9 +192,16 @@ def run_train(args: argparse.Namespace) -> int:
             "born_row": f"paper-style baseline: Z[atom, {'xyz'[field_axis]}, :] (e) from invariant features",
         }[kind],
     }
+    init_model = None
+    if args.init_model is not None:
+        from bornfield.models.io import load_model
+
+        init_model = load_model(args.init_model, kind=kind, species=species)
+        metadata["initial_model"] = {"file": str(args.init_model), "sha256": file_sha256(args.init_model),
+                                     "training_data": init_model.metadata.get("training_data")}
     model, history = train_model(
         kind, train, val, section, out, seed, species, metadata,
-        resume=not args.no_resume, progress=not args.no_progress,
+        resume=not args.no_resume, progress=not args.no_progress, init_model=init_model,
     )
     log.info("wrote %s (best epoch %s of %d, validation loss %.4g at the best epoch)", out,
              model.metadata.get("best_epoch"), len(history), model.metadata.get("best_monitor_loss", float("nan")))
@@ -320,7 +327,7 @@ def summary_line(name: str, metrics: dict) -> str:
 def run_learning_curve(args: argparse.Namespace) -> int:
     from bornfield.train import metrics as M
     from bornfield.train import plots
-    from bornfield.train.data import dataset_species, read_samples
+    from bornfield.train.data import dataset_species, file_sha256, read_samples
     from bornfield.train.trainer import train_model, usable_samples
 
     kind = {"potential": "potential", "born": "born", "baseline": "born_row"}[args.kind]
@@ -592,6 +599,9 @@ def register(subparsers) -> None:
         p.add_argument("--species", nargs="+", help="elements the model knows (default: those in the data)")
         p.add_argument("--split-file", help="predefined split: JSON lists train/val/test of structure indices "
                        "(else train.split.file, else info['split'] of the dataset, else the stratified split)")
+        p.add_argument("--init-model", type=Path, default=None,
+                       help="fine-tune: start from this trained model file of the same kind, e.g. one pre-trained "
+                       "on other labels (default: a new random model)")
         p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         p.set_defaults(func=run_train)

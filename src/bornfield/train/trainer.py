@@ -167,6 +167,31 @@ def initialise_model(
     return model
 
 
+def fine_tuning_start(
+    init_model: BornfieldModel, kind: str, species: Sequence[str], train_samples: Sequence[Sample], dtype: torch.dtype
+) -> BornfieldModel:
+    """A trainable copy of ``init_model`` for ``train_samples``: same kind, species and weights.
+
+    A potential's per-species reference energies are re-fitted by least squares to the
+    energies the copy misses on the training samples (labels of another code or another
+    pseudopotential set differ by a constant per element).
+    """
+    if init_model.kind != kind:
+        raise ConfigError(f"fine-tuning a '{kind}' model from a '{init_model.kind}' model")
+    if list(init_model.species) != list(species):
+        raise ConfigError(f"fine-tuning: the initial model knows {list(init_model.species)}, the data has {list(species)}")
+    model = MODEL_CLASSES[kind](**init_model.hyperparameters).to(dtype)
+    model.load_state_dict(init_model.state_dict())
+    if kind == "potential":
+        attach_edges(train_samples, species, model.cutoff)
+        zero = {x: 0.0 for x in species}
+        model.set_atomic_energies(zero)
+        with torch.no_grad():
+            offsets = [float(model(collate([s.edges], dtype), forces=False)["energy"].sum()) for s in train_samples]
+        model.set_atomic_energies(fit_atomic_energies(train_samples, species, offsets))
+    return model
+
+
 def batch_loss(
     model: BornfieldModel, batch: Sequence[Sample], weights: dict[str, float], training: bool
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -297,6 +322,7 @@ def train_model(
     metadata: dict[str, Any] | None = None,
     resume: bool = True,
     progress: bool = True,
+    init_model: BornfieldModel | None = None,
 ) -> tuple[BornfieldModel, list[dict[str, float]]]:
     """Train one model and write it to ``out_path`` (plus ``.ckpt`` and ``.metrics.csv`` beside it).
 
@@ -313,6 +339,9 @@ def train_model(
         species: elements the model knows.
         metadata: stored in the model file (training-data hash, split, ...).
         resume: continue from ``<out_path>.ckpt`` if it exists.
+        init_model: start from this trained model of the same kind (fine-tuning, e.g. after
+            pre-training on other labels) instead of a random one: its architecture and weights
+            are kept; a potential's reference energies are re-fitted to these training samples.
     """
     out_path = Path(out_path)
     ckpt_path = out_path.with_suffix(".ckpt")
@@ -355,6 +384,8 @@ def train_model(
         model = MODEL_CLASSES[kind](**state["hyperparameters"]).to(dtype)
         model.load_state_dict(state["model"])
         log.info("resuming %s from epoch %d", ckpt_path, state["epoch"])
+    elif init_model is not None:
+        model = fine_tuning_start(init_model, kind, species, train, dtype)
     else:
         model = initialise_model(
             kind, species, cutoff, settings, train, seed, int(settings["field_axis"]) if kind == "born_row" else 0, dtype
