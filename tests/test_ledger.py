@@ -306,6 +306,28 @@ def test_append_to_queue_drops_near_duplicates_and_keeps_order(tmp_path, pseudo)
     assert queue[2].positions[0, 0] == pytest.approx(_structure(0.3).positions[0, 0])
 
 
+def test_append_first_puts_picks_ahead_of_pending_entries_only(tmp_path, pseudo, fake_qe):
+    ledger = _ledger(tmp_path / "ledger", pseudo)
+    _queue(ledger, [_structure(0.01), _structure(0.02), _structure(0.03, kind="scf")])
+    label(ledger.root, hours=1.0, ranks=1, work_dir=tmp_path / "work", max_jobs=1)  # entry 0 labelled
+    labelled = read_queue(ledger.root / "queue.extxyz")[0].info["structure_id"]
+    picks = tmp_path / "picks.extxyz"
+    new = [_structure(0.3), _structure(0.4)]
+    for atoms in new:
+        atoms.info.pop("label_kind")
+        atoms.info.pop("family")
+    write(picks, new, format="extxyz")
+    assert main(["ledger", "append", "--ledger", str(ledger.root), "--structures", str(picks), "--kind", "scf",
+                 "--first"]) == 0
+    queue = read_queue(ledger.root / "queue.extxyz")
+    assert [a.info["queue_index"] for a in queue] == [0, 1, 2, 3, 4]
+    assert queue[0].info["structure_id"] == labelled  # a labelled entry keeps its position
+    assert [a.info["family"] for a in queue[1:3]] == ["active_learning"] * 2
+    assert queue[1].positions[0, 0] == pytest.approx(_structure(0.3).positions[0, 0])
+    assert [a.info["label_kind"] for a in queue[3:]] == ["dfpt", "scf"]  # the pending ones follow, in their order
+    assert [job.atoms.info["family"] for job in pending_jobs(Ledger(ledger.root))][:2] == ["active_learning"] * 2
+
+
 def test_charged_cells_get_scf_labels_and_revise_leaves_labelled_entries(tmp_path, pseudo, fake_qe):
     ledger = _ledger(tmp_path / "ledger", pseudo)
     neutral, charged = _structure(0.01), _structure(0.02)

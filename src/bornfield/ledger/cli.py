@@ -73,6 +73,9 @@ def register(subparsers) -> None:
     append.add_argument("--structures", type=Path, required=True, help="extxyz of structures to label (config_type in info)")
     append.add_argument("--kind", choices=["dfpt", "scf"], required=True, help="label kind of these structures")
     append.add_argument("--ledger", default=ledger_dir, help=ledger_help)
+    append.add_argument("--first", action="store_true",
+                        help="put them ahead of every pending entry, so the next labelling run starts with them "
+                        "(default: at the end of the queue)")
     append.set_defaults(func=run_append)
 
     revise = sub.add_parser("revise", help="re-apply the queue rules (label kind, cost) to pending entries; labelled ones stay")
@@ -207,8 +210,16 @@ def run_append(args: argparse.Namespace) -> int:
             raise InputFileError(f"{args.structures}: frame {index} has no info['config_type']")
         atoms.info["label_kind"] = args.kind
         atoms.info.setdefault("split", "train")
-    added = append_to_queue(ledger.root / "queue.extxyz", frames, ledger.spec.settings)
-    LOG.info("appended %d of %d structures to %s (near-duplicates dropped)", len(added), len(frames), ledger.root / "queue.extxyz")
+    is_pending = None
+    if args.first:
+        from bornfield.ledger.labeller import is_labelled
+
+        def is_pending(atoms):
+            return not is_labelled(ledger, atoms, atoms.info["label_kind"])
+
+    added = append_to_queue(ledger.root / "queue.extxyz", frames, ledger.spec.settings, is_pending)
+    LOG.info("added %d of %d structures to %s %s (near-duplicates dropped)", len(added), len(frames),
+             ledger.root / "queue.extxyz", "ahead of the pending entries" if args.first else "at the end")
     return 0
 
 

@@ -301,12 +301,23 @@ def write_queue(path: str | Path, frames: list[Atoms]) -> None:
     write_extxyz_atomic(path, sorted(frames, key=lambda a: int(a.info["queue_index"])))
 
 
-def append_to_queue(path: str | Path, new: list[Atoms], settings) -> list[Atoms]:
-    """Append structures (e.g. active-learning picks, ``info["label_kind"]`` set) after de-duplication."""
+def append_to_queue(path: str | Path, new: list[Atoms], settings,
+                    is_pending: Callable[[Atoms], bool] | None = None) -> list[Atoms]:
+    """Add structures (e.g. active-learning picks, ``info["label_kind"]`` set) after de-duplication.
+
+    By default they go to the end of the queue. With ``is_pending`` they go ahead of every
+    pending entry: the pending entries and the new ones share the pending entries' positions
+    plus new ones at the end, new first; labelled entries keep their positions.
+    """
     queue = read_queue(path)
     start = 1 + max((int(a.info["queue_index"]) for a in queue), default=-1)
     for atoms in new:
         atoms.info.setdefault("family", "active_learning")
     added = finalise(deduplicate(new, queue), settings, start)
+    if is_pending is not None:
+        pending = [a for a in queue if is_pending(a)]
+        slots = sorted(int(a.info["queue_index"]) for a in pending + added)
+        for atoms, index in zip(added + pending, slots):
+            atoms.info["queue_index"] = index
     write_queue(path, queue + added)
     return added
