@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="MSD, drift, mobility, transverse forces, Arrhenius and sweep tables",
         description="Analyse field-MD trajectories (traj.h5) and aggregate conditions.",
     )
-    commands = parser.add_subparsers(dest="analyze_command", metavar="WHAT", required=True)
+    commands = parser.add_subparsers(dest="analyze_command", metavar="SUBCOMMAND", required=True)
 
     condition = commands.add_parser(
         "condition",
@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(treated as completed replicas of one condition)",
     )
     condition.add_argument("--output", required=True, help="analysis record (JSON) to write")
-    condition.add_argument("--csv", help="long-format MSD table (CSV); default: <output stem>_msd.csv")
+    condition.add_argument("--csv", help="long-format MSD table (CSV) (default: <output stem>_msd.csv)")
     condition.add_argument(
         "--unwrap", action="store_true",
         help="the trajectories hold wrapped positions (not the bornfield format): unwrap them first",

@@ -53,20 +53,21 @@ def register(subparsers) -> None:
     job.add_argument("--structure", required=True, help="extxyz with one structure (from plan)")
     job.add_argument("--pseudo-dir", required=True, help="provisioned pseudopotential directory (manifest.json)")
     job.add_argument("--jobs-dir", required=True, help="parent of the <dft_id> job directories")
-    job.add_argument("--launcher", default=None, help="MPI launcher with rank count, e.g. '/usr/bin/mpirun -n 2' or 'srun -n 4'")
+    job.add_argument("--launcher", default=None, help="MPI launcher with rank count, e.g. '/usr/bin/mpirun -n 2' or 'srun -n 4'; '' runs QE serially "
+                     "(default: dft.run.launcher -n dft.run.ranks of the config)")
     job.add_argument("--retry-failed", action="store_true", help="rerun a job whose state is 'failed'")
     job.add_argument("--ledger", default=None,
                      help="label ledger to take a finished job from instead of running QE "
                      "(default: dft.ledger of the config; '' for none)")
-    job.add_argument("--entries-dir", default=None, help="also write the finished job here in the ledger's entry format")
+    job.add_argument("--entries-dir", default=None, help="also write the finished job here in the ledger's entry format (default: not written)")
     job.set_defaults(func=run_job, exit_on_sigterm=True)
 
     many = sub.add_parser("run-plan", help="run every job of a plan sequentially (local)")
     add_settings_arguments(many)
     many.add_argument("--plan", required=True, help="plan.json from 'bornfield dft plan'")
-    many.add_argument("--pseudo-dir", required=True)
-    many.add_argument("--jobs-dir", required=True)
-    many.add_argument("--launcher", default=None)
+    many.add_argument("--pseudo-dir", required=True, help="provisioned pseudopotential directory (manifest.json)")
+    many.add_argument("--jobs-dir", required=True, help="parent of the <dft_id> job directories")
+    many.add_argument("--launcher", default=None, help="MPI launcher with rank count (default: dft.run.launcher -n dft.run.ranks of the config)")
     many.set_defaults(func=run_many, exit_on_sigterm=True)
 
 

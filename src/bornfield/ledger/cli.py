@@ -36,19 +36,19 @@ def register(subparsers) -> None:
     ``dft.ledger``, ``dft.run.launcher`` and ``dft.run.ranks`` (what a campaign uses).
     """
     ledger_dir = schema_default("dft.ledger")
-    ledger_help = f"ledger directory (default: {ledger_dir}, the schema default of dft.ledger)"
+    ledger_help = "ledger directory (the schema default of dft.ledger)"
     launcher, ranks = schema_default("dft.run.launcher"), schema_default("dft.run.ranks")
     lab = subparsers.add_parser("label", help="label queue entries into the ledger within a wall-time budget")
     lab.add_argument("--hours", type=float, required=True, help="wall-time budget (h); no job starts that would not fit")
     lab.add_argument("--ranks", type=int, default=ranks,
-                     help=f"MPI ranks per QE job (default: {ranks}, dft.run.ranks; 1 leaves a core free)")
+                     help="MPI ranks per QE job (the schema default of dft.run.ranks; 1 leaves a core free)")
     lab.add_argument("--ledger", default=ledger_dir, help=ledger_help)
-    lab.add_argument("--work-dir", default=DEFAULT_WORK, help=f"job directory, not committed (default: {DEFAULT_WORK})")
+    lab.add_argument("--work-dir", default=DEFAULT_WORK, help="job directory, not committed")
     lab.add_argument("--launcher", default=launcher,
-                     help=f"MPI launcher of QE without the rank count (default: {launcher}, dft.run.launcher)")
+                     help="MPI launcher of QE without the rank count (the schema default of dft.run.launcher)")
     lab.add_argument("--max-jobs", type=int, default=None, help="stop after this many finished jobs (default: no limit)")
-    lab.add_argument("--kind", choices=["dfpt", "scf"], action="append", help="label only this kind (repeatable; default: both)")
-    lab.add_argument("--summary", type=Path, default=None, help="also write the run's summary as JSON here")
+    lab.add_argument("--kind", choices=["dfpt", "scf"], action="append", help="label only this kind, repeatable (default: both)")
+    lab.add_argument("--summary", type=Path, default=None, help="also write the run's summary as JSON here (default: not written)")
     lab.set_defaults(func=run_label, exit_on_sigterm=True)
 
     parser = subparsers.add_parser("ledger", help="the committed DFT label ledger: init, plan, status, add, export")
@@ -61,12 +61,12 @@ def register(subparsers) -> None:
 
     plan = sub.add_parser("plan", help="write the designed base queue (queue.extxyz) of a ledger")
     plan.add_argument("--ledger", default=ledger_dir, help=ledger_help)
-    plan.add_argument("--seed", type=int, default=20231, help="master seed of the base set (default: 20231)")
+    plan.add_argument("--seed", type=int, default=20231, help="master seed of the base set")
     plan.set_defaults(func=run_plan)
 
     status = sub.add_parser("status", help="entries, pending queue and cost per kind and family")
     status.add_argument("--ledger", default=ledger_dir, help=ledger_help)
-    status.add_argument("--json", type=Path, default=None, help="also write the status as JSON here")
+    status.add_argument("--json", type=Path, default=None, help="also write the status as JSON here (default: not written)")
     status.set_defaults(func=run_status)
 
     append = sub.add_parser("append", help="append structures (e.g. active-learning picks) to the queue, near-duplicates dropped")

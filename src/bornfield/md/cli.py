@@ -74,7 +74,7 @@ def run_condition_cli(args: argparse.Namespace) -> int:
 
     # one torch thread per rank by default: the ranks already fill the cores, and
     # oversubscribed intra-op threads slow the small per-step graphs down by 10x
-    torch.set_num_threads(int(args.threads or 1))
+    torch.set_num_threads(args.threads)
     potentials = [load_potential(p) for p in potential_files]
     born = load_born(born_file)
     cells_path = Path(args.cells) if args.cells else start_cells_path(results_dir, condition.phase)
@@ -99,11 +99,11 @@ def run_condition_cli(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("md", help="field molecular dynamics (F = F_NNP + e Z^T E)")
-    sub = parser.add_subparsers(dest="md_command", metavar="ACTION")
+    sub = parser.add_subparsers(dest="md_command", metavar="SUBCOMMAND", required=True)
 
     listing = sub.add_parser("list", help="print the condition names of the md section")
     add_settings_arguments(listing)
-    listing.add_argument("--json", action="store_true", help="one JSON object per condition")
+    listing.add_argument("--json", action="store_true", help="print one JSON object per condition instead of its name")
     listing.set_defaults(func=run_list)
 
     run = sub.add_parser("run", help="run all replicas of one condition (MPI-aware)")
@@ -115,6 +115,6 @@ def register(subparsers) -> None:
     run.add_argument("--potential", nargs="+",
                      help="potential files, member 0 drives (default: <results-dir>/models/gen<k>/potential_<i>.pt)")
     run.add_argument("--born", help="Born-charge model file (default: <results-dir>/models/gen<k>/born_0.pt)")
-    run.add_argument("--threads", type=int, default=0, help="torch threads per rank (default 1)")
+    run.add_argument("--threads", type=int, default=1, help="torch threads per rank")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=run_condition_cli)

@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="figures (PNG + PDF) from stored analysis results",
         description="Draw the bornfield figures from analysis JSON/CSV files.",
     )
-    commands = parser.add_subparsers(dest="plot_command", metavar="WHAT", required=True)
+    commands = parser.add_subparsers(dest="plot_command", metavar="SUBCOMMAND", required=True)
 
     condition = commands.add_parser("condition", help="MSD, drift and transverse-force figure of one condition")
     condition.add_argument("record", help="analysis/<condition>.json")
@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_settings_arguments(sweep)
     sweep.set_defaults(func=run_sweep)
 
-    everything = commands.add_parser("all", help="every figure from an analysis directory (what `snakemake figures` does)")
+    everything = commands.add_parser("all", help="every figure from an analysis directory (what 'snakemake figures' does)")
     everything.add_argument(
         "--analysis-dir", required=True,
         help="directory with sweep_linear_response.csv, arrhenius.json and the per-condition records",
@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--records", nargs="+",
         help="per-condition records to draw (default: every <condition>.json in --analysis-dir)",
     )
-    everything.add_argument("--figures-dir", required=True)
+    everything.add_argument("--figures-dir", required=True, help="figure directory")
     add_settings_arguments(everything)
     everything.set_defaults(func=run_all)
 

@@ -197,7 +197,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("structures", help="crystals, defects, melt-quench, structure reports")
-    sub = parser.add_subparsers(dest="structures_command", metavar="ACTION")
+    sub = parser.add_subparsers(dest="structures_command", metavar="SUBCOMMAND", required=True)
 
     p = sub.add_parser("crystals", help="crystal/defect MD cells and crystal DFT candidates")
     _common(p)
@@ -211,7 +211,7 @@ def register(subparsers) -> None:
     p.add_argument("--kind", required=True, choices=["dft", "md"], help="small DFT cell or large MD cell")
     p.add_argument("--index", required=True, type=int, help="cell number 0 .. seeds-1")
     p.add_argument("--output", required=True, help="<name>.extxyz (a <name>.json trace is written beside it)")
-    p.add_argument("--lammps-log", help="LAMMPS log file")
+    p.add_argument("--lammps-log", help="LAMMPS log file (default: none written)")
     p.set_defaults(func=run_melt_quench)
 
     p = sub.add_parser("gather", help="md_cells/amorphous.extxyz and dft_candidates.extxyz")
@@ -224,7 +224,7 @@ def register(subparsers) -> None:
     p = sub.add_parser("validate-potential", help="Pedone potential on the crystals (box relaxation)")
     _common(p, seed=False)
     p.add_argument("--output", required=True, help="JSON file")
-    p.add_argument("--target-atoms", type=int, default=128, help="supercell size of the check")
+    p.add_argument("--target-atoms", type=int, default=128, help="supercell size of the check (atoms)")
     p.add_argument("--strict", action="store_true", help="exit 1 if a lattice deviates by more than 3 %%")
     p.set_defaults(func=run_validate_potential)
 
@@ -232,7 +232,7 @@ def register(subparsers) -> None:
     _common(p, seed=False)
     p.add_argument("--input", required=True, nargs="+", help="extxyz file(s) of the set")
     p.add_argument("--set-name", required=True, help="label of the set, e.g. amorphous")
-    p.add_argument("--config-type", help="analyse only frames with this config_type")
+    p.add_argument("--config-type", help="analyse only frames with this config_type (default: every frame)")
     p.add_argument("--json", required=True, help="output JSON")
     p.add_argument("--png", required=True, help="output PNG")
     p.set_defaults(func=run_report)
@@ -242,4 +242,3 @@ def register(subparsers) -> None:
     p.add_argument("--outdir", required=True, help="stage directory, e.g. results/structures")
     p.set_defaults(func=run_build)
 
-    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])

@@ -552,30 +552,34 @@ def run_table(args: argparse.Namespace) -> int:
     return 0
 
 
+SPLIT_FILE_HELP = ("predefined split: JSON lists train/val/test of structure indices (default: train.split.file, "
+                   "else info['split'] of the dataset, else the stratified split)")
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser("train", help="train/evaluate NN potential and Born-charge models, active learning")
-    sub = parser.add_subparsers(dest="train_command", metavar="ACTION")
+    sub = parser.add_subparsers(dest="train_command", metavar="SUBCOMMAND", required=True)
 
     p = sub.add_parser("split", help="train/val/test split by structure, stratified by config_type (split.json)")
     add_settings_arguments(p)
-    p.add_argument("--seed", type=int, help="master seed of the campaign (config key 'seed')")
+    p.add_argument("--seed", type=int, help="master seed of the campaign (default: the config's 'seed')")
     p.add_argument("--dataset", nargs="+", required=True, help="labelled extxyz file(s)")
     p.add_argument("--out", required=True, help="split.json (models of this generation go beside it)")
-    p.add_argument("--split-file", help="predefined split: JSON lists train/val/test of structure indices "
-                   "(else train.split.file, else info['split'] of the dataset, else the stratified split)")
+    p.add_argument("--split-file", help=SPLIT_FILE_HELP)
     p.set_defaults(func=run_split)
 
     p = sub.add_parser("init", help="write a randomly initialised (untrained) model file")
-    p.add_argument("--kind", choices=["potential", "born", "born_row"], required=True)
+    p.add_argument("--kind", choices=["potential", "born", "born_row"], required=True, help="model kind")
     p.add_argument("--species", nargs="+", required=True, help="chemical symbols, e.g. Li P O")
-    p.add_argument("--cutoff", type=float, default=5.0, help="Å")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cutoff", type=float, default=5.0, help="radial cutoff (Å)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
     p.add_argument("--out", required=True, help="model file (.pt)")
-    p.add_argument("--field-axis", type=int, choices=[0, 1, 2], default=0, help="born_row only")
+    p.add_argument("--field-axis", type=int, choices=[0, 1, 2], default=0, help="field axis of a born_row model (0 = x)")
     p.add_argument("--mean-charge", nargs="*", default=[], metavar="SYMBOL=VALUE",
                    help="born only: isotropic prior charge per species (e), e.g. Li=1 P=3.3 O=-1.8")
     for key in ("channels", "n_basis", "radial_hidden", "hidden"):
-        p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=int)
+        p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=int,
+                       help=f"model hyperparameter '{key}' (default: the model's own default)")
     p.set_defaults(func=run_init)
 
     for name, help_text in (
@@ -585,44 +589,45 @@ def register(subparsers) -> None:
     ):
         p = sub.add_parser(name, help=help_text)
         add_settings_arguments(p)
-        p.add_argument("--seed", type=int, help="master seed of the campaign (config key 'seed')")
+        p.add_argument("--seed", type=int, help="master seed of the campaign (default: the config's 'seed')")
         p.add_argument("--dataset", nargs="+", required=True, help="labelled extxyz file(s)")
         p.add_argument("--outdir", required=True, help="e.g. results/models/gen0")
         p.add_argument("--member", type=int, default=0, help="committee member index i")
         p.add_argument("--species", nargs="+", help="elements the model knows (default: those in the data)")
-        p.add_argument("--split-file", help="predefined split: JSON lists train/val/test of structure indices "
-                       "(else train.split.file, else info['split'] of the dataset, else the stratified split)")
+        p.add_argument("--split-file", help=SPLIT_FILE_HELP)
         p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         p.set_defaults(func=run_train)
 
     p = sub.add_parser("evaluate", help="test-set metrics (benchmark JSON records) and parity plots")
-    p.add_argument("--dataset", nargs="+", required=True)
+    p.add_argument("--dataset", nargs="+", required=True, help="labelled extxyz file(s)")
     p.add_argument("--split", help="split.json written by training (default: all structures)")
     p.add_argument("--split-key", action="store_true",
                    help="take the --subset structures from the dataset's info['split'] keys")
-    p.add_argument("--subset", choices=["train", "val", "test"], default="test")
+    p.add_argument("--subset", choices=["train", "val", "test"], default="test",
+                   help="subset of --split or --split-key to evaluate")
     p.add_argument("--dft-generation", type=int,
-                   help="only structures labelled in this active-learning generation (info['dft_generation'])")
-    p.add_argument("--potential", nargs="*", default=[])
-    p.add_argument("--born", nargs="*", default=[])
-    p.add_argument("--baseline", nargs="*", default=[])
+                   help="only structures labelled in this active-learning generation (info['dft_generation']) "
+                   "(default: every generation)")
+    p.add_argument("--potential", nargs="*", default=[], help="potential committee files")
+    p.add_argument("--born", nargs="*", default=[], help="Born committee files")
+    p.add_argument("--baseline", nargs="*", default=[], help="paper-style row baseline files")
     p.add_argument("--out", required=True, help="JSON records")
-    p.add_argument("--plots-dir")
-    p.add_argument("--notes", default="")
+    p.add_argument("--plots-dir", help="directory of the parity plots (default: beside --out)")
+    p.add_argument("--notes", help="notes field of every record (default: names the dataset and subset)")
     p.set_defaults(func=run_evaluate)
 
     p = sub.add_parser("learning-curve", help="test error vs training-set size")
     add_settings_arguments(p)
-    p.add_argument("--seed", type=int, help="master seed")
-    p.add_argument("--kind", choices=["potential", "born", "baseline"], required=True)
-    p.add_argument("--dataset", nargs="+", required=True)
-    p.add_argument("--outdir", required=True)
-    p.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 1.0])
-    p.add_argument("--split-file", help="predefined split: JSON lists train/val/test of structure indices "
-                   "(else train.split.file, else info['split'] of the dataset, else the stratified split)")
-    p.add_argument("--no-resume", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--seed", type=int, help="master seed of the campaign (default: the config's 'seed')")
+    p.add_argument("--kind", choices=["potential", "born", "baseline"], required=True, help="model kind to train")
+    p.add_argument("--dataset", nargs="+", required=True, help="labelled extxyz file(s)")
+    p.add_argument("--outdir", required=True, help="directory of the models, learning_curve_<kind>.json and .png")
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 1.0],
+                   help="fractions of the training set to train on")
+    p.add_argument("--split-file", help=SPLIT_FILE_HELP)
+    p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_learning_curve)
 
     p = sub.add_parser("select", help="active learning: pick candidates by committee disagreement")
@@ -632,31 +637,34 @@ def register(subparsers) -> None:
     p.add_argument("--stride", type=int, default=1, help="take every n-th frame of each candidate file")
     p.add_argument("--potential", nargs="*", default=[], help="potential committee files")
     p.add_argument("--born", nargs="*", default=[], help="Born committee files")
-    p.add_argument("-n", type=int, help="number to select (default: active_learning.select_per_generation)")
-    p.add_argument("--score", choices=["forces", "born", "combined"])
-    p.add_argument("--min-frame-gap", type=int)
-    p.add_argument("--generation", type=int, help="generation the selection is for (stored in info)")
+    p.add_argument("-n", type=int, help="number to select (default: train.active_learning.select_per_generation)")
+    p.add_argument("--score", choices=["forces", "born", "combined"],
+                   help="disagreement score to rank by (default: train.active_learning.score)")
+    p.add_argument("--min-frame-gap", type=int,
+                   help="minimum frame distance of two picks from one trajectory "
+                   "(default: train.active_learning.min_frame_gap)")
+    p.add_argument("--generation", type=int, help="generation the selection is for, stored in info (default: not stored)")
     p.add_argument("--out", required=True, help="selected structures (extxyz, labels removed)")
-    p.add_argument("--report", help="JSON with every candidate's disagreement")
+    p.add_argument("--report", help="JSON with every candidate's disagreement (default: not written)")
     p.set_defaults(func=run_select)
 
     p = sub.add_parser("explore", help="active learning: exploration MD with a committee (snapshots for select)")
     add_settings_arguments(p)
-    p.add_argument("--seed", type=int, help="master seed")
+    p.add_argument("--seed", type=int, help="master seed of the campaign (default: the config's 'seed')")
     p.add_argument("--structures", required=True, help="starting cells (extxyz), e.g. the DFT candidates")
     p.add_argument("--potential", nargs="+", required=True, help="potential committee of generation k")
     p.add_argument("--born", nargs="+", required=True, help="Born committee of generation k")
     p.add_argument("--generation", type=int, required=True, help="generation k+1 the snapshots are for")
     p.add_argument("--out", required=True, help="snapshots (extxyz)")
-    p.add_argument("--report", help="JSON: one record per trajectory (stops and reasons)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--report", help="JSON: one record per trajectory, stops and reasons (default: not written)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_explore)
 
     p = sub.add_parser("ship", help="write a model set (committees + held-out set + metrics + manifest), e.g. models/li3po4")
     p.add_argument("--dataset", required=True, help="the labelled extxyz the models were trained on (info['split'] per row)")
     p.add_argument("--metrics", help="JSON records of 'train evaluate' on the dataset's test rows "
                    "(default: evaluate the test rows here)")
-    p.add_argument("--ledger", help="ledger the dataset was exported from (its identity goes into the manifest)")
+    p.add_argument("--ledger", help="ledger the dataset was exported from; its identity goes into the manifest (default: none recorded)")
     p.add_argument("--potential", nargs="*", default=[], help="potential committee files")
     p.add_argument("--born", nargs="*", default=[], help="Born committee files")
     p.add_argument("--baseline", nargs="*", default=[], help="paper-style row baseline files")
@@ -664,18 +672,17 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_ship)
 
     p = sub.add_parser("table", help="print the held-out accuracy table of a model set (Markdown)")
-    p.add_argument("--models", default="models/li3po4", help="model set directory (default: %(default)s)")
+    p.add_argument("--models", default="models/li3po4", help="model set directory")
     p.set_defaults(func=run_table)
-
-    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
 
     p = subparsers.add_parser("predict", help="label structures with NN potential / Born-charge committees")
     p.add_argument("--structures", required=True, help="input extxyz")
     p.add_argument("--potential", nargs="*", default=[], help="potential model file(s)")
     p.add_argument("--born", nargs="*", default=[], help="Born model file(s)")
-    p.add_argument("--field", type=float, nargs=3, default=[0.0, 0.0, 0.0], metavar=("EX", "EY", "EZ"), help="V/Å")
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--field", type=float, nargs=3, default=[0.0, 0.0, 0.0], metavar=("EX", "EY", "EZ"),
+                   help="electric field (V/Å)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="evaluation precision")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy machine)")
     p.add_argument("--out", required=True, help="output extxyz")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_predict)
