@@ -87,7 +87,7 @@ def main() -> int:
         path = work / f"potential_{member}.pt"
         if not path.is_file():
             t0 = time.perf_counter()
-            if bornfield(["train", "potential", *common, "--outdir", str(work), "--member", str(member)]) != 0:
+            if bornfield(["train", "potential", *common, "--output-dir", str(work), "--member", str(member)]) != 0:
                 return 1
             timings[f"bornfield_potential_{member}_train_s"] = time.perf_counter() - t0
             write_json_atomic(timings_path, timings)

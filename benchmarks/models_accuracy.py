@@ -48,7 +48,7 @@ def main() -> int:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     common = ["--settings", settings, "--seed", seed, "--dataset", args.dataset]
-    if bornfield(["train", "split", *common, "--out", str(work / "split.json")]) != 0:
+    if bornfield(["train", "split", *common, "--output", str(work / "split.json")]) != 0:
         return 1
     files = {"potential": [], "born": [], "baseline": []}
     axis = "xyz"[train["baseline"]["field_axis"]]
@@ -56,7 +56,7 @@ def main() -> int:
         if kind == "baseline" and not train["baseline"]["enabled"]:
             continue
         for member in range(train[kind]["committee"]):
-            if bornfield(["train", kind, *common, "--outdir", str(work), "--member", str(member), "--no-progress"]) != 0:
+            if bornfield(["train", kind, *common, "--output-dir", str(work), "--member", str(member), "--no-progress"]) != 0:
                 return 1
             name = f"born_row_{axis}_{member}.pt" if kind == "baseline" else f"{kind}_{member}.pt"
             files[kind].append(str(work / name))
@@ -66,7 +66,7 @@ def main() -> int:
              "0.0376 e/atom for the field-axis BEC components")
     code = bornfield(["train", "evaluate", "--dataset", args.dataset, "--split", str(work / "split.json"),
                       "--subset", "test", "--potential", *files["potential"], "--born", *files["born"],
-                      "--baseline", *files["baseline"], "--out", str(out), "--plots-dir", str(out.parent),
+                      "--baseline", *files["baseline"], "--output", str(out),
                       "--notes", notes])
     return code
 

@@ -303,7 +303,7 @@ def main() -> int:
     dataset = unpack_dataset(work)
     settings = train_settings(args.bornfield_epochs)
     common = ["--settings", json.dumps({"train": settings}), "--seed", str(args.seed), "--dataset", str(dataset)]
-    if bornfield(["train", "split", *common, "--out", str(work / "split.json")]) != 0:
+    if bornfield(["train", "split", *common, "--output", str(work / "split.json")]) != 0:
         return 1
     split = json.loads((work / "split.json").read_text())
     samples = read_samples(dataset)
@@ -314,7 +314,7 @@ def main() -> int:
     potential_path = work / "potential_0.pt"
     if not potential_path.is_file():
         t0 = time.perf_counter()
-        if bornfield(["train", "potential", *common, "--outdir", str(work), "--member", "0"]) != 0:
+        if bornfield(["train", "potential", *common, "--output-dir", str(work), "--member", "0"]) != 0:
             return 1
         timings["bornfield_potential_train_s"] = time.perf_counter() - t0
         write_json_atomic(work / "timings.json", timings)
@@ -341,7 +341,7 @@ def main() -> int:
         shutil.copy(work / "split.json", same_epochs_dir / "split.json")
         short = ["--settings", json.dumps({"train": train_settings(args.mace_epochs)}), *common[2:]]
         t0 = time.perf_counter()
-        if bornfield(["train", "potential", *short, "--outdir", str(same_epochs_dir), "--member", "0"]) != 0:
+        if bornfield(["train", "potential", *short, "--output-dir", str(same_epochs_dir), "--member", "0"]) != 0:
             return 1
         timings["bornfield_potential_same_epochs_train_s"] = time.perf_counter() - t0
         write_json_atomic(work / "timings.json", timings)

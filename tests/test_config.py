@@ -130,7 +130,7 @@ def _commands(output: str) -> list[list[str]]:
     """argv (from 'bornfield') of every job's shell command in a dry run."""
     commands = []
     for line in output.splitlines():
-        if "bornfield " in line and ("--settings" in line or "--config-json" in line):
+        if "bornfield " in line and "--settings" in line:
             argv = shlex.split(line[line.index("bornfield "):].split(" > ")[0])
             commands.append(argv)
     return commands
@@ -172,7 +172,7 @@ def test_snakemake_and_the_cli_resolve_a_config_identically(config_file, tmp_pat
     commands = _commands(_dry_run(workdir, config_file))
     resolved = load_config(config_file)
     (provenance,) = [argv for argv in commands if argv[1] == "provenance"]
-    assert json.loads(_option(provenance, "--config-json")) == resolved.to_dict()
+    assert json.loads(_option(provenance, "--settings")) == resolved.to_dict()
     checked = set()
     for argv in commands:
         if argv[1] == "provenance":
@@ -203,13 +203,13 @@ def test_a_partial_config_means_the_schema_defaults_everywhere(tmp_path):
     workdir = tmp_path / "work"
     workdir.mkdir()
     (provenance,) = [a for a in _commands(_dry_run(workdir, path)) if a[1] == "provenance"]
-    assert json.loads(_option(provenance, "--config-json")) == resolved.to_dict()
+    assert json.loads(_option(provenance, "--settings")) == resolved.to_dict()
 
 
 def test_snakemake_without_configfile_runs_the_demo(tmp_path):
     """`make demo` passes config/config.yaml; plain `snakemake` means the same."""
     (provenance,) = [a for a in _commands(_dry_run(tmp_path)) if a[1] == "provenance"]
-    assert json.loads(_option(provenance, "--config-json")) == load_config(REPO / "config" / "config.yaml").to_dict()
+    assert json.loads(_option(provenance, "--settings")) == load_config(REPO / "config" / "config.yaml").to_dict()
 
 
 def test_settings_are_read_only_and_have_no_fallbacks():

@@ -564,7 +564,7 @@ COMMAND_KEYS: dict[str, Callable[..., tuple[str, ...]] | tuple[str, ...]] = {
                      "train.active_learning.min_frame_gap"),
     "md list": ("md.seed", "md.sweep", "md.extra_conditions"),
     # the condition itself, as a one-condition sweep (see command_settings); the model
-    # files and start cells come from --potential/--born/--cells when given
+    # files, start cells and output directory come from --potential/--born/--structures/--output-dir when given
     "md run": lambda condition, inputs_given: _MD_DYNAMICS + (
         () if inputs_given else ("results_dir", "md.model_generation", "md.committee_size")),
     "analyze condition": _ANALYSIS_CONDITION,

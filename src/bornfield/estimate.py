@@ -366,7 +366,7 @@ def register(subparsers) -> None:
     parser.add_argument("--config", required=True, help="campaign config (YAML)")
     parser.add_argument("--cores", type=int, default=2, help="cores of the machine for the wall-time column")
     parser.add_argument("--speed", type=float, default=1.0, help="relative core speed (2 = twice as fast as the benchmark machine)")
-    parser.add_argument("--json", type=Path, help="also write the rows (+ cost model) as JSON here (default: not written)")
+    parser.add_argument("--report-json", type=Path, help="also write the rows (+ cost model) as JSON here (default: not written)")
     parser.add_argument("--cost-model", type=Path,
                         help="cost-model JSON (default: the shipped one, derived from this project's benchmark records)")
     parser.set_defaults(func=run)
@@ -381,7 +381,7 @@ def run(args: argparse.Namespace) -> int:
     for row in rows:
         row["core_hours"] /= args.speed
     print(format_table(rows, args.cores))
-    if args.json:
-        atomic.write_json(args.json, {"config": str(args.config), "rows": rows, "cost_model": cost.to_dict(),
+    if args.report_json:
+        atomic.write_json(args.report_json, {"config": str(args.config), "rows": rows, "cost_model": cost.to_dict(),
                                       "speed": args.speed})
     return 0

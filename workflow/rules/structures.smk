@@ -49,7 +49,7 @@ rule structures_md_cells:
         tasks=1,
     shell:
         "bornfield structures crystals --only md-cells --settings {params.settings}"
-        " --outdir {params.outdir} > {log} 2>&1"
+        " --output-dir {params.outdir} > {log} 2>&1"
 
 
 rule structures_crystals_dft:
@@ -72,7 +72,7 @@ rule structures_crystals_dft:
         tasks=1,
     shell:
         "bornfield structures crystals --only dft --settings {params.settings}"
-        " --outdir {params.outdir} > {log} 2>&1"
+        " --output-dir {params.outdir} > {log} 2>&1"
 
 
 rule structures_melt_quench:
@@ -150,7 +150,7 @@ rule structures_gather:
     shell:
         "bornfield structures gather --settings {params.settings}"
         " --crystals-dft {input.crystals_dft} --amorphous {input.amorphous}"
-        " --outdir {params.outdir} > {log} 2>&1"
+        " --output-dir {params.outdir} > {log} 2>&1"
 
 
 rule structures_validate_potential:
@@ -208,7 +208,7 @@ rule structures_report:
         tasks=1,
     shell:
         "bornfield structures report --settings {params.settings}"
-        " --input {input} --set-name {wildcards.set} --json {output.json} --png {output.png}"
+        " --structures {input} --set-name {wildcards.set} --report-json {output.json} --report-png {output.png}"
         " > {log} 2>&1"
 
 

@@ -48,7 +48,7 @@ def register(subparsers) -> None:
                      help="MPI launcher of QE without the rank count (the schema default of dft.run.launcher)")
     lab.add_argument("--max-jobs", type=int, default=None, help="stop after this many finished jobs (default: no limit)")
     lab.add_argument("--kind", choices=["dfpt", "scf"], action="append", help="label only this kind, repeatable (default: both)")
-    lab.add_argument("--summary", type=Path, default=None, help="also write the run's summary as JSON here (default: not written)")
+    lab.add_argument("--report-json", type=Path, default=None, help="also write the run's summary as JSON here (default: not written)")
     lab.set_defaults(func=run_label, exit_on_sigterm=True)
 
     parser = subparsers.add_parser("ledger", help="the committed DFT label ledger: init, plan, status, add, export")
@@ -66,7 +66,7 @@ def register(subparsers) -> None:
 
     status = sub.add_parser("status", help="entries, pending queue and cost per kind and family")
     status.add_argument("--ledger", default=ledger_dir, help=ledger_help)
-    status.add_argument("--json", type=Path, default=None, help="also write the status as JSON here (default: not written)")
+    status.add_argument("--report-json", type=Path, default=None, help="also write the status as JSON here (default: not written)")
     status.set_defaults(func=run_status)
 
     append = sub.add_parser("append", help="append structures (e.g. active-learning picks) to the queue, near-duplicates dropped")
@@ -118,8 +118,8 @@ def run_label(args: argparse.Namespace) -> int:
 
     summary = label(args.ledger, args.hours, args.ranks, args.work_dir, args.launcher, args.max_jobs,
                     tuple(args.kind or ("dfpt", "scf")))
-    if args.summary:
-        atomic.write_text(args.summary, json.dumps(summary, indent=1) + "\n")
+    if args.report_json:
+        atomic.write_text(args.report_json, json.dumps(summary, indent=1) + "\n")
     return 0
 
 
@@ -190,8 +190,8 @@ def ledger_status(ledger_dir: str | Path) -> dict:
 def run_status(args: argparse.Namespace) -> int:
     status = ledger_status(args.ledger)
     print(json.dumps(status, indent=1))
-    if args.json:
-        atomic.write_text(args.json, json.dumps(status, indent=1) + "\n")
+    if args.report_json:
+        atomic.write_text(args.report_json, json.dumps(status, indent=1) + "\n")
     return 0
 
 

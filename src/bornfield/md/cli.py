@@ -8,7 +8,8 @@ Run one condition with all its replicas (serial or under MPI)::
 
 Models are read from ``{results_dir}/models/gen<md.model_generation>/``
 (``potential_<i>.pt`` for i < ``md.committee_size``, ``born_0.pt``), start
-cells from ``{results_dir}/structures/md_cells/<phase>.extxyz``.
+cells from ``{results_dir}/structures/md_cells/<phase>.extxyz`` (or ``--potential``,
+``--born``, ``--structures`` and ``--output-dir``, all four given).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def run_condition_cli(args: argparse.Namespace) -> int:
     if bool(args.potential) != bool(args.born):
         raise ConfigError("give both --potential and --born (or neither, to use --results-dir)")
     # the model files, start cells and output directory given: the campaign layout is not read
-    inputs_given = bool(args.potential and args.cells and args.outdir)
+    inputs_given = bool(args.potential and args.structures and args.output_dir)
     full = settings_from_args(args, "md run", condition=args.condition, inputs_given=inputs_given)
     settings = full.md
     (condition,) = expand_conditions(settings)
@@ -77,11 +78,11 @@ def run_condition_cli(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     potentials = [load_potential(p) for p in potential_files]
     born = load_born(born_file)
-    cells_path = Path(args.cells) if args.cells else start_cells_path(results_dir, condition.phase)
+    cells_path = Path(args.structures) if args.structures else start_cells_path(results_dir, condition.phase)
     cells = read_start_cells(cells_path)
     for index, atoms in enumerate(cells):  # before any step: no NaN, coincident atoms or unknown elements
         check_structure(atoms, f"{cells_path} frame {index}", potentials[0].species)
-    outdir = Path(args.outdir) if args.outdir else results_dir / "md" / condition.name
+    outdir = Path(args.output_dir) if args.output_dir else results_dir / "md" / condition.name
     try:
         summary = run_condition(settings, condition, outdir, potentials[0], born, cells,
                                 committee=potentials[1:], comm=comm, progress=not args.no_progress)
@@ -110,8 +111,8 @@ def register(subparsers) -> None:
     add_settings_arguments(run)
     run.add_argument("--condition", required=True, help="condition name (see 'bornfield md list')")
     run.add_argument("--results-dir", help="campaign results directory (default: the config's results_dir)")
-    run.add_argument("--outdir", help="output directory (default: <results-dir>/md/<condition>)")
-    run.add_argument("--cells", help="start cells (default: <results-dir>/structures/md_cells/<phase>.extxyz)")
+    run.add_argument("--output-dir", help="output directory (default: <results-dir>/md/<condition>)")
+    run.add_argument("--structures", help="start cells, extxyz (default: <results-dir>/structures/md_cells/<phase>.extxyz)")
     run.add_argument("--potential", nargs="+",
                      help="potential files, member 0 drives (default: <results-dir>/models/gen<k>/potential_<i>.pt)")
     run.add_argument("--born", help="Born-charge model file (default: <results-dir>/models/gen<k>/born_0.pt)")
