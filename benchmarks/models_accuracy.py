@@ -64,10 +64,9 @@ def main() -> int:
     notes = (f"dataset {args.dataset}; config {args.config}; committees potential {len(files['potential'])}, "
              f"born {len(files['born'])}, baseline {len(files['baseline'])}; paper (Shimizu et al. 2023): "
              "0.0376 e/atom for the field-axis BEC components")
+    models = [arg for kind, paths in files.items() if paths for arg in (f"--{kind}", *paths)]
     code = bornfield(["train", "evaluate", "--dataset", args.dataset, "--split", str(work / "split.json"),
-                      "--subset", "test", "--potential", *files["potential"], "--born", *files["born"],
-                      "--baseline", *files["baseline"], "--output", str(out),
-                      "--notes", notes])
+                      "--subset", "test", *models, "--output", str(out), "--notes", notes])
     return code
 
 

@@ -66,3 +66,33 @@ def test_md_list_verbose_with_a_config(repo_root, capsys):
     assert main(["md", "list", "-v", "--config", str(repo_root / ".test" / "config.yaml")]) == 0
     names = capsys.readouterr().out.split()
     assert names and all("_T" in name for name in names)
+
+
+def test_train_init_takes_the_model_kinds_of_the_other_commands(tmp_path):
+    """--kind baseline (as in 'train baseline', 'learning-curve --kind', '--baseline') writes a row model."""
+    from bornfield.models import load_model
+
+    path = tmp_path / "baseline.pt"
+    assert main(["train", "init", "--kind", "baseline", "--species", "Li", "O", "--cutoff", "3.0",
+                 "--field-axis", "2", "--output", str(path)]) == 0
+    model = load_model(path, kind="born_row")
+    assert tuple(model.species) == ("Li", "O")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "init", "--kind", "born_row", "--species", "Li", "--output", "x.pt"])
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "evaluate", "--dataset", "d.extxyz", "--output", "r.json", "--potential"],
+    ["predict", "--structures", "s.extxyz", "--output", "o.extxyz", "--born"],
+    ["md", "run", "--condition", "c", "--potential"],
+])
+def test_a_model_option_takes_one_or_more_files(argv, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(argv)
+    assert "expected at least one argument" in capsys.readouterr().err
+
+
+def test_md_run_refuses_a_born_committee(tmp_path, capsys):
+    assert main(["md", "run", "--condition", "beta_T300K_E0_none", "--potential", "p0.pt", "p1.pt",
+                 "--born", "b0.pt", "b1.pt"]) == 2
+    assert "give one file" in capsys.readouterr().err

@@ -240,7 +240,7 @@ def test_cli_train_evaluate_select(dataset, tmp_path):
     assert records["bec_asr_max_abs_e"]["value"] < 1e-5
     selected = tmp_path / "selected.extxyz"
     assert main(["train", "select", "--candidates", str(dataset), "--potential", *pots, "--born", *borns,
-                 "-n", "3", "--min-frame-gap", "0", "--output", str(selected), "--report-json", str(tmp_path / "sel.json")]) == 0
+                 "--select-per-generation", "3", "--min-frame-gap", "0", "--output", str(selected), "--report-json", str(tmp_path / "sel.json")]) == 0
     frames = read(selected, index=":")
     assert len(frames) == 3 and "born_charges" not in frames[0].arrays and "al_score" in frames[0].info
     scores = json.loads((tmp_path / "sel.json").read_text())["scores"]

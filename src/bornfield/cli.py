@@ -69,6 +69,22 @@ class BornfieldParser(argparse.ArgumentParser):
                           help="debug logging (accepted before or after any sub-command)")
 
 
+MODEL_HELP = {
+    "potential": "NN-potential file(s), one or more (a committee, member 0 first)",
+    "born": "Born-charge model file(s), one or more (a committee, member 0 first)",
+    "baseline": "paper-style row baseline file(s), one or more",
+}
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, kinds: tuple[str, ...], required: bool = False,
+                        absent: str = "none of this kind", note: str = "") -> None:
+    """``--potential/--born/--baseline FILE...``: one or more model files each (``nargs='+'``);
+    ``absent`` says what leaving an optional one out means, ``note`` what the command does with them."""
+    for kind in kinds:
+        parser.add_argument(f"--{kind}", nargs="+", metavar="FILE", required=required,
+                            help=MODEL_HELP[kind] + note + ("" if required else f" (default: {absent})"))
+
+
 def build_parser() -> BornfieldParser:
     parser = BornfieldParser(
         prog="bornfield",

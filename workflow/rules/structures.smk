@@ -134,6 +134,7 @@ rule structures_gather:
         ),
     params:
         settings=lambda wc: settings_arg("structures gather"),
+        amorphous=lambda wc, input: files_option("--amorphous", input.amorphous),
         outdir=lambda wc, output: os.path.dirname(output.dft_candidates),
     log:
         f"{LOGS}/structures/gather.log",
@@ -149,7 +150,7 @@ rule structures_gather:
         tasks=1,
     shell:
         "bornfield structures gather --settings {params.settings}"
-        " --crystals-dft {input.crystals_dft} --amorphous {input.amorphous}"
+        " --crystals-dft {input.crystals_dft} {params.amorphous}"
         " --output-dir {params.outdir} > {log} 2>&1"
 
 

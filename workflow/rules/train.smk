@@ -157,6 +157,8 @@ rule train_evaluate:
             caption="../report/train.rst",
             category="Models",
         ),
+    params:
+        baseline=lambda wc, input: files_option("--baseline", input.baseline),
     log:
         f"{LOGS}/train/gen{{gen}}/evaluate.log",
     benchmark:
@@ -171,7 +173,7 @@ rule train_evaluate:
         tasks=1,
     shell:
         "bornfield train evaluate --dataset {input.dataset} --split {input.split} --subset test"
-        " --potential {input.potential} --born {input.born} --baseline {input.baseline}"
+        " --potential {input.potential} --born {input.born} {params.baseline}"
         " --output {output.records} > {log} 2>&1"
 
 
@@ -311,6 +313,7 @@ if TRAIN.ship_to:
                 f"--ledger {SETTINGS.dft['ledger']}" if SETTINGS.dataset["source"] == "ledger" else ""
             ),
             outdir=TRAIN.ship_to,
+            baseline=lambda wc, input: files_option("--baseline", input.baseline),
         log:
             f"{LOGS}/train/ship_models.log",
         conda:
@@ -323,4 +326,4 @@ if TRAIN.ship_to:
             tasks=1,
         shell:
             "bornfield train ship --dataset {input.dataset} {params.ledger} --potential {input.potential}"
-            " --born {input.born} --baseline {input.baseline} --output-dir {params.outdir} > {log} 2>&1"
+            " --born {input.born} {params.baseline} --output-dir {params.outdir} > {log} 2>&1"

@@ -19,6 +19,7 @@ import json
 import logging
 from pathlib import Path
 
+from bornfield.cli import add_model_arguments
 from bornfield.config import add_settings_arguments, settings_from_args
 from bornfield.errors import ConfigError, InputFileError
 from bornfield.md.conditions import expand_conditions
@@ -54,6 +55,8 @@ def run_condition_cli(args: argparse.Namespace) -> int:
     comm = MPI.COMM_WORLD
     if bool(args.potential) != bool(args.born):
         raise ConfigError("give both --potential and --born (or neither, to use --results-dir)")
+    if args.born and len(args.born) > 1:
+        raise ConfigError(f"md run drives the MD with one Born-charge model, got --born {' '.join(args.born)}: give one file")
     # the model files, start cells and output directory given: the campaign layout is not read
     inputs_given = bool(args.potential and args.structures and args.output_dir)
     full = settings_from_args(args, "md run", condition=args.condition, inputs_given=inputs_given)
@@ -61,7 +64,7 @@ def run_condition_cli(args: argparse.Namespace) -> int:
     (condition,) = expand_conditions(settings)
     results_dir = None if inputs_given else Path(args.results_dir or full.results_dir)
     if args.potential:
-        potential_files, born_file = [Path(p) for p in args.potential], Path(args.born)
+        potential_files, born_file = [Path(p) for p in args.potential], Path(args.born[0])
     else:
         potential_files, born_file = model_paths(results_dir, settings)
     missing = [str(p) for p in [*potential_files, born_file] if not p.exists()]
@@ -113,9 +116,10 @@ def register(subparsers) -> None:
     run.add_argument("--results-dir", help="campaign results directory (default: the config's results_dir)")
     run.add_argument("--output-dir", help="output directory (default: <results-dir>/md/<condition>)")
     run.add_argument("--structures", help="start cells, extxyz (default: <results-dir>/structures/md_cells/<phase>.extxyz)")
-    run.add_argument("--potential", nargs="+",
-                     help="potential files, member 0 drives (default: <results-dir>/models/gen<k>/potential_<i>.pt)")
-    run.add_argument("--born", help="Born-charge model file (default: <results-dir>/models/gen<k>/born_0.pt)")
+    add_model_arguments(run, ("potential",), absent="<results-dir>/models/gen<k>/potential_<i>.pt",
+                        note="; member 0 drives the MD, the others give its force uncertainty")
+    add_model_arguments(run, ("born",), absent="<results-dir>/models/gen<k>/born_0.pt",
+                        note="; the MD takes exactly one")
     run.add_argument("--threads", type=int, default=1, help="torch threads per rank")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=run_condition_cli)

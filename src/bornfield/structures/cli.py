@@ -217,7 +217,7 @@ def register(subparsers) -> None:
     p = sub.add_parser("gather", help="md_cells/amorphous.extxyz and dft_candidates.extxyz")
     _common(p)
     p.add_argument("--crystals-dft", required=True, help="intermediate/crystals_dft.extxyz")
-    p.add_argument("--amorphous", nargs="*", default=[], help="melt-quench outputs (.extxyz)")
+    p.add_argument("--amorphous", nargs="+", metavar="FILE", default=[], help="melt-quench outputs (.extxyz), one or more")
     p.add_argument("--output-dir", required=True, help="stage directory, e.g. results/structures")
     p.set_defaults(func=run_gather)
 

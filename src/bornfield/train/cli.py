@@ -31,6 +31,7 @@ import torch
 
 from bornfield import atomic
 from bornfield.atomic import atomic_path
+from bornfield.cli import add_model_arguments
 from bornfield.config import add_settings_arguments, settings_from_args
 from bornfield.errors import ConfigError, InputFileError
 
@@ -131,11 +132,12 @@ def run_split(args: argparse.Namespace) -> int:
 def run_init(args: argparse.Namespace) -> int:
     from bornfield.models.io import create_random_model_file
 
+    kind = KIND_OF_COMMAND[args.kind]
     hyper = {}
     for key in ("channels", "n_basis", "radial_hidden", "hidden"):
         if getattr(args, key) is not None:
             hyper[key] = getattr(args, key)
-    if args.kind == "born_row":
+    if kind == "born_row":
         hyper["field_axis"] = args.field_axis
     if args.mean_charge:
         if args.kind != "born":
@@ -151,7 +153,7 @@ def run_init(args: argparse.Namespace) -> int:
         if unknown:
             raise ConfigError(f"--mean-charge for {unknown}, which are not in --species {args.species}")
         hyper["mean_charges"] = charges
-    path = create_random_model_file(args.kind, args.species, args.cutoff, args.output, args.seed, **hyper)
+    path = create_random_model_file(kind, args.species, args.cutoff, args.output, args.seed, **hyper)
     print(f"wrote untrained {args.kind} model {path} (species {args.species}, cutoff {args.cutoff} Å)")
     return 0
 
@@ -323,7 +325,7 @@ def run_learning_curve(args: argparse.Namespace) -> int:
     from bornfield.train.data import dataset_species, read_samples
     from bornfield.train.trainer import train_model, usable_samples
 
-    kind = {"potential": "potential", "born": "born", "baseline": "born_row"}[args.kind]
+    kind = KIND_OF_COMMAND[args.kind]
     settings, master = _settings(args, "train learning-curve", kind=args.kind)
     torch.set_num_threads(int(settings["threads"]))
     section = dict(settings[SECTION_OF_KIND[kind]])
@@ -371,7 +373,7 @@ def run_select(args: argparse.Namespace) -> int:
     )
 
     settings = settings_from_args(args, "train select").train.active_learning
-    n_select = args.n if args.n is not None else settings["select_per_generation"]
+    n_select = args.select_per_generation if args.select_per_generation is not None else settings["select_per_generation"]
     score_name = args.score or settings["score"]
     gap = args.min_frame_gap if args.min_frame_gap is not None else settings["min_frame_gap"]
     candidates = read_candidates(args.candidates, args.stride)
@@ -569,14 +571,15 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_split)
 
     p = sub.add_parser("init", help="write a randomly initialised (untrained) model file")
-    p.add_argument("--kind", choices=["potential", "born", "born_row"], required=True, help="model kind")
+    p.add_argument("--kind", choices=["potential", "born", "baseline"], required=True, help="model kind")
     p.add_argument("--species", nargs="+", required=True, help="chemical symbols, e.g. Li P O")
     p.add_argument("--cutoff", type=float, default=5.0, help="radial cutoff (Å)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
     p.add_argument("--output", required=True, help="model file (.pt)")
-    p.add_argument("--field-axis", type=int, choices=[0, 1, 2], default=0, help="field axis of a born_row model (0 = x)")
-    p.add_argument("--mean-charge", nargs="*", default=[], metavar="SYMBOL=VALUE",
-                   help="born only: isotropic prior charge per species (e), e.g. Li=1 P=3.3 O=-1.8")
+    p.add_argument("--field-axis", type=int, choices=[0, 1, 2], default=0, help="field axis of a baseline model (0 = x)")
+    p.add_argument("--mean-charge", nargs="+", metavar="SYMBOL=VALUE",
+                   help="born only: isotropic prior charge per species (e), e.g. Li=1 P=3.3 O=-1.8 "
+                   "(default: the model's own prior)")
     for key in ("channels", "n_basis", "radial_hidden", "hidden"):
         p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=int,
                        help=f"model hyperparameter '{key}' (default: the model's own default)")
@@ -609,9 +612,7 @@ def register(subparsers) -> None:
     p.add_argument("--dft-generation", type=int,
                    help="only structures labelled in this active-learning generation (info['dft_generation']) "
                    "(default: every generation)")
-    p.add_argument("--potential", nargs="*", default=[], help="potential committee files")
-    p.add_argument("--born", nargs="*", default=[], help="Born committee files")
-    p.add_argument("--baseline", nargs="*", default=[], help="paper-style row baseline files")
+    add_model_arguments(p, ("potential", "born", "baseline"))
     p.add_argument("--output", required=True, help="JSON records")
     p.add_argument("--figures-dir", help="directory of the parity plots (default: beside --output)")
     p.add_argument("--notes", help="notes field of every record (default: names the dataset and subset)")
@@ -635,9 +636,9 @@ def register(subparsers) -> None:
     p.add_argument("--candidates", nargs="+", required=True,
                    help="extxyz files and/or MD trajectories traj.h5 (NN MD of the current generation)")
     p.add_argument("--stride", type=int, default=1, help="take every n-th frame of each candidate file")
-    p.add_argument("--potential", nargs="*", default=[], help="potential committee files")
-    p.add_argument("--born", nargs="*", default=[], help="Born committee files")
-    p.add_argument("-n", type=int, help="number to select (default: train.active_learning.select_per_generation)")
+    add_model_arguments(p, ("potential", "born"))
+    p.add_argument("--select-per-generation", type=int,
+                   help="number to select (default: train.active_learning.select_per_generation)")
     p.add_argument("--score", choices=["forces", "born", "combined"],
                    help="disagreement score to rank by (default: train.active_learning.score)")
     p.add_argument("--min-frame-gap", type=int,
@@ -652,8 +653,7 @@ def register(subparsers) -> None:
     add_settings_arguments(p)
     p.add_argument("--seed", type=int, help="master seed of the campaign (default: the config's 'seed')")
     p.add_argument("--structures", required=True, help="starting cells (extxyz), e.g. the DFT candidates")
-    p.add_argument("--potential", nargs="+", required=True, help="potential committee of generation k")
-    p.add_argument("--born", nargs="+", required=True, help="Born committee of generation k")
+    add_model_arguments(p, ("potential", "born"), required=True)
     p.add_argument("--generation", type=int, required=True, help="generation k+1 the snapshots are for")
     p.add_argument("--output", required=True, help="snapshots (extxyz)")
     p.add_argument("--report-json", help="JSON: one record per trajectory, stops and reasons (default: not written)")
@@ -665,9 +665,7 @@ def register(subparsers) -> None:
     p.add_argument("--metrics", help="JSON records of 'train evaluate' on the dataset's test rows "
                    "(default: evaluate the test rows here)")
     p.add_argument("--ledger", help="ledger the dataset was exported from; its identity goes into the manifest (default: none recorded)")
-    p.add_argument("--potential", nargs="*", default=[], help="potential committee files")
-    p.add_argument("--born", nargs="*", default=[], help="Born committee files")
-    p.add_argument("--baseline", nargs="*", default=[], help="paper-style row baseline files")
+    add_model_arguments(p, ("potential", "born", "baseline"))
     p.add_argument("--output-dir", required=True, help="model set directory (replaced as a whole)")
     p.set_defaults(func=run_ship)
 
@@ -677,8 +675,7 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("predict", help="label structures with NN potential / Born-charge committees")
     p.add_argument("--structures", required=True, help="input extxyz")
-    p.add_argument("--potential", nargs="*", default=[], help="potential model file(s)")
-    p.add_argument("--born", nargs="*", default=[], help="Born model file(s)")
+    add_model_arguments(p, ("potential", "born"))
     p.add_argument("--field", type=float, nargs=3, default=[0.0, 0.0, 0.0], metavar=("EX", "EY", "EZ"),
                    help="electric field (V/Å)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="evaluation precision")
