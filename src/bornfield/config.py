@@ -550,9 +550,10 @@ COMMAND_KEYS: dict[str, Callable[..., tuple[str, ...]] | tuple[str, ...]] = {
     "dft provision": ("dft.pseudopotentials.set", "dft.pseudopotentials.search_dirs",
                       "dft.pseudopotentials.ld1_command"),
     "dft plan": ("dft.qe", "dft.pseudopotentials.set", "dft.max_structures"),
-    # the launcher (with the rank count) comes from --launcher, the ledger from --ledger, when given
-    "dft run": lambda launcher_given, ledger_given=False: _DFT_JOB + (
-        () if launcher_given else ("dft.run.launcher", "dft.run.ranks")) + (() if ledger_given else ("dft.ledger",)),
+    # the launcher, rank count and ledger come from --launcher, --ranks and --ledger when given
+    "dft run": lambda launcher_given=False, ranks_given=False, ledger_given=False: _DFT_JOB + (
+        () if launcher_given else ("dft.run.launcher",)) + (() if ranks_given else ("dft.run.ranks",)) + (
+        () if ledger_given else ("dft.ledger",)),
     "dataset assemble": ("dataset",),
     "train split": ("seed", "train.split"),
     "train potential": _TRAIN_MODEL + ("train.potential",),
