@@ -35,7 +35,7 @@ def main() -> int:
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--config", default=str(HERE.parent / "config" / "config.yaml"))
     parser.add_argument("--workdir", default=str(HERE / "work" / "accuracy"))
-    parser.add_argument("--out", default=str(HERE / "results" / "models_accuracy.json"))
+    parser.add_argument("--output", default=str(HERE / "results" / "models_accuracy.json"))
     parser.add_argument("--no-resume", action="store_true")
     args = parser.parse_args()
 
@@ -60,7 +60,7 @@ def main() -> int:
                 return 1
             name = f"born_row_{axis}_{member}.pt" if kind == "baseline" else f"{kind}_{member}.pt"
             files[kind].append(str(work / name))
-    out = Path(args.out)
+    out = Path(args.output)
     notes = (f"dataset {args.dataset}; config {args.config}; committees potential {len(files['potential'])}, "
              f"born {len(files['born'])}, baseline {len(files['baseline'])}; paper (Shimizu et al. 2023): "
              "0.0376 e/atom for the field-axis BEC components")

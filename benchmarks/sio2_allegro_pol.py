@@ -169,7 +169,7 @@ def main() -> int:
     parser.add_argument("--baseline-files", nargs=3, metavar=("X", "Y", "Z"),
                         help="evaluate these row-baseline files (field axes x, y, z; .pt or the best state of a "
                              ".ckpt) instead of training them")
-    parser.add_argument("--out", default=str(HERE / "results" / "sio2_allegro_pol.json"))
+    parser.add_argument("--output", default=str(HERE / "results" / "sio2_allegro_pol.json"))
     args = parser.parse_args()
     command = "nice -n 10 python benchmarks/sio2_allegro_pol.py " + shlex.join(sys.argv[1:])
 
@@ -192,7 +192,7 @@ def main() -> int:
                   f"x 72 atoms; seeded split by frame (seed {args.seed}) train {counts['train']} / val "
                   f"{counts['val']} / test {counts['test']}; index check |dP - Z du| {check['field_rows_eA']:.3f} "
                   f"(rows) vs {check['transposed_eA']:.3f} e*A (transposed)")
-    out = Path(args.out)
+    out = Path(args.output)
     epochs = {} if args.max_epochs is None else {"max_epochs": args.max_epochs}
     for name, path in args.model:
         system = f"bornfield-born[{name}]"
