@@ -61,7 +61,7 @@ def test_every_option_has_help_and_shows_its_default():
             shown = formatter._get_help_string(action)
             assert "(default: " in shown, f"{where}: default not shown: {shown!r}"
             if action.default is not None:
-                assert "(default" not in action.help, f"{where}: default written by hand: {action.help!r}"
+                assert "default:" not in action.help, f"{where}: default written by hand: {action.help!r}"
 
 
 @pytest.mark.parametrize("argv", [["-v", "md", "list"], ["md", "-v", "list"], ["md", "list", "-v"]])

@@ -92,16 +92,16 @@ def register(subparsers) -> None:
     field = max(schema_default("md.sweep.field_strengths_V_per_A"))
     efield = sub.add_parser("efield", help="finite-field pw.x (Berry phase) at E = 0, +E, -E on a DFPT entry's structure")
     efield.add_argument("--dft-id", required=True, help="the DFPT entry (16 hex digits) whose structure and Born charges are checked")
-    efield.add_argument("--axis", choices=["x", "y", "z"], default="z", help="Cartesian field axis (default: z)")
+    efield.add_argument("--axis", choices=["x", "y", "z"], default="z", help="Cartesian field axis")
     efield.add_argument("--field-V-per-A", type=float, default=field,
-                        help=f"field strength in V/Å (default: {field:g}, the largest default of md.sweep.field_strengths_V_per_A)")
+                        help="field strength in V/Å (the largest schema default of md.sweep.field_strengths_V_per_A)")
     efield.add_argument("--field-k-factor", type=int, default=1,
-                        help="multiply the k mesh along the field's reciprocal vector (denser Berry-phase strings; default: 1)")
-    efield.add_argument("--ranks", type=int, default=ranks, help=f"MPI ranks per pw.x run (default: {ranks}, dft.run.ranks)")
+                        help="multiply the k mesh along the field's reciprocal vector (denser Berry-phase strings)")
+    efield.add_argument("--ranks", type=int, default=ranks, help="MPI ranks per pw.x run (the schema default of dft.run.ranks)")
     efield.add_argument("--launcher", default=launcher,
-                        help=f"MPI launcher of QE without the rank count (default: {launcher}, dft.run.launcher)")
+                        help="MPI launcher of QE without the rank count (the schema default of dft.run.launcher)")
     efield.add_argument("--ledger", default=ledger_dir, help=ledger_help)
-    efield.add_argument("--work-dir", default=DEFAULT_WORK, help=f"job directory, not committed (default: {DEFAULT_WORK})")
+    efield.add_argument("--work-dir", default=DEFAULT_WORK, help="job directory, not committed")
     efield.add_argument("--max-seconds", type=float, default=None,
                         help="QE's soft walltime per pw.x run (s); a stopped run resumes on the next call (default: none)")
     efield.add_argument("--estimate-only", action="store_true", help="print the estimate and stop")
@@ -109,7 +109,8 @@ def register(subparsers) -> None:
 
     efield_report = sub.add_parser("efield-report", help="finite-field forces vs DFPT Born charges: linear and non-linear parts")
     efield_report.add_argument("--ledger", default=ledger_dir, help=ledger_help)
-    efield_report.add_argument("--json", type=Path, default=None, help="write the benchmark records (DESIGN.md format) here")
+    efield_report.add_argument("--report-json", type=Path, default=None,
+                               help="also write the benchmark records (DESIGN.md format) here (default: not written)")
     efield_report.set_defaults(func=run_efield_report)
 
 
@@ -276,7 +277,7 @@ def run_efield_report(args: argparse.Namespace) -> int:
                   f"transverse {sm['transverse_force_error_rms_meV_per_A']:.3g}); |F_even| RMS "
                   f"{sm['nonlinear_force_rms_meV_per_A']:.3g} meV/Å (max {sm['nonlinear_force_max_meV_per_A']:.3g}, "
                   f"{100 * sm['nonlinear_force_rel']:.3g} %); Born row RMSE {sm['bec_row_rmse_e']:.3g} e")
-    if args.json:
-        atomic.write_text(args.json, json.dumps(records, indent=1) + "\n")
-        LOG.info("wrote %d records of %d result(s) to %s", len(records), len(summaries), args.json)
+    if args.report_json:
+        atomic.write_text(args.report_json, json.dumps(records, indent=1) + "\n")
+        LOG.info("wrote %d records of %d result(s) to %s", len(records), len(summaries), args.report_json)
     return 0
