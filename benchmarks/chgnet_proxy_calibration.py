@@ -60,7 +60,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=20231)
     parser.add_argument("--bins", type=int, default=10)
     parser.add_argument("--workdir", type=Path, default=WORKDIR)
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "committee_calibration.json")
+    parser.add_argument("--output", type=Path, default=HERE / "results" / "committee_calibration.json")
     args = parser.parse_args()
     if args.members < 3:
         raise SystemExit("--members must be >= 3")
@@ -87,7 +87,7 @@ def main() -> int:
         path = work / f"potential_{member}.pt"
         if not path.is_file():
             t0 = time.perf_counter()
-            if bornfield(["train", "potential", *common, "--outdir", str(work), "--member", str(member)]) != 0:
+            if bornfield(["train", "potential", *common, "--output-dir", str(work), "--member", str(member)]) != 0:
                 return 1
             timings[f"bornfield_potential_{member}_train_s"] = time.perf_counter() - t0
             write_json_atomic(timings_path, timings)
@@ -157,7 +157,7 @@ def main() -> int:
              notes="tests/data/qe/labelled_small.extxyz holds 2 DFPT-labelled cells: too few for a calibration "
                    "curve, not used"),
     ]
-    write_json_atomic(args.out, records)
+    write_json_atomic(args.output, records)
 
     import matplotlib
 
@@ -193,7 +193,7 @@ def main() -> int:
     fig.suptitle(f"bornfield potential committee ({args.members}) on the CHGNet proxy test set (labels CHGNet, not DFT)",
                  fontsize=10)
     fig.tight_layout()
-    png = args.out.with_suffix(".png")
+    png = args.output.with_suffix(".png")
     tmp = png.with_name(f".{png.stem}.tmp.png")
     fig.savefig(tmp, dpi=110)
     plt.close(fig)

@@ -43,6 +43,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 from bornfield.dft import DFTJob, DFTSettings, RunnerOptions, provision_pseudopotentials, read_ph_output  # noqa: E402
 from bornfield.dft.parsers import read_pw_output  # noqa: E402
+from bornfield.dft.runner import launch_prefix  # noqa: E402
 from bornfield.structures.crystals import build_crystal  # noqa: E402
 from bornfield.structures.perturb import rattle  # noqa: E402
 from dft_timing import qe_times  # noqa: E402  (same directory)
@@ -181,7 +182,7 @@ def run_scaling(only_ranks: int | None = None, max_atoms: int | None = None, rep
         if max_atoms is not None and 16 * int(np.prod(repetition)) > max_atoms:
             continue
         atoms = scaling_structure(repetition)
-        options = RunnerOptions.defaults(launcher=f"/usr/bin/mpirun -n {ranks}" if ranks > 1 else "")
+        options = RunnerOptions.defaults(launcher=launch_prefix("/usr/bin/mpirun", ranks))
         job = DFTJob(atoms, SCALING_SETTINGS, pseudos, pseudo_dir, scaling_dir(ranks, repeat), options)
         labels = job.run()
         logging.info("scaling %d atoms, %d rank(s): %s (%s)", len(atoms), ranks, labels["state"], job.dir)
@@ -218,7 +219,7 @@ def structure():
 
 
 def run_queue(name: str, ranks: int) -> None:
-    options = RunnerOptions.defaults(launcher=f"/usr/bin/mpirun -n {ranks}" if ranks > 1 else "")
+    options = RunnerOptions.defaults(launcher=launch_prefix("/usr/bin/mpirun", ranks))
     atoms = structure()
     index_path = WORK / "index.json"
     for label, s in QUEUES[name]:

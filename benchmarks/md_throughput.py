@@ -235,11 +235,11 @@ def main() -> None:
     parser.add_argument("--baseline-alpha", type=float, default=0.2, help="DSF damping of the baseline (1/Å)")
     parser.add_argument("--backends", default="ase,lammps1,lammps2",
                         help="comma list of ase, lammps1, lammps2 (LAMMPS with 1 or 2 ranks)")
-    parser.add_argument("--out", default=None, help=f"JSON file (default benchmarks/results/{NAME}.json)")
+    parser.add_argument("--output", default=None, help=f"JSON file (default benchmarks/results/{NAME}.json)")
     parser.add_argument("--with-uip", action="store_true",
                         help="also measure the CHGNet baseline (benchmarks/.venv-uip) at sizes <= 1,024 in the same run")
     args = parser.parse_args()
-    out = Path(args.out) if args.out else RESULTS / f"{NAME}.json"
+    out = Path(args.output) if args.output else RESULTS / f"{NAME}.json"
     if args.replot:
         plot(json.loads(out.read_text()), out.with_suffix(".png"))
         return

@@ -35,7 +35,7 @@ def main() -> int:
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--config", default=str(HERE.parent / "config" / "config.yaml"))
     parser.add_argument("--workdir", default=str(HERE / "work" / "accuracy"))
-    parser.add_argument("--out", default=str(HERE / "results" / "models_accuracy.json"))
+    parser.add_argument("--output", default=str(HERE / "results" / "models_accuracy.json"))
     parser.add_argument("--no-resume", action="store_true")
     args = parser.parse_args()
 
@@ -48,7 +48,7 @@ def main() -> int:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     common = ["--settings", settings, "--seed", seed, "--dataset", args.dataset]
-    if bornfield(["train", "split", *common, "--out", str(work / "split.json")]) != 0:
+    if bornfield(["train", "split", *common, "--output", str(work / "split.json")]) != 0:
         return 1
     files = {"potential": [], "born": [], "baseline": []}
     axis = "xyz"[train["baseline"]["field_axis"]]
@@ -56,18 +56,17 @@ def main() -> int:
         if kind == "baseline" and not train["baseline"]["enabled"]:
             continue
         for member in range(train[kind]["committee"]):
-            if bornfield(["train", kind, *common, "--outdir", str(work), "--member", str(member), "--no-progress"]) != 0:
+            if bornfield(["train", kind, *common, "--output-dir", str(work), "--member", str(member), "--no-progress"]) != 0:
                 return 1
             name = f"born_row_{axis}_{member}.pt" if kind == "baseline" else f"{kind}_{member}.pt"
             files[kind].append(str(work / name))
-    out = Path(args.out)
+    out = Path(args.output)
     notes = (f"dataset {args.dataset}; config {args.config}; committees potential {len(files['potential'])}, "
              f"born {len(files['born'])}, baseline {len(files['baseline'])}; paper (Shimizu et al. 2023): "
              "0.0376 e/atom for the field-axis BEC components")
+    models = [arg for kind, paths in files.items() if paths for arg in (f"--{kind}", *paths)]
     code = bornfield(["train", "evaluate", "--dataset", args.dataset, "--split", str(work / "split.json"),
-                      "--subset", "test", "--potential", *files["potential"], "--born", *files["born"],
-                      "--baseline", *files["baseline"], "--out", str(out), "--plots-dir", str(out.parent),
-                      "--notes", notes])
+                      "--subset", "test", *models, "--output", str(out), "--notes", notes])
     return code
 
 

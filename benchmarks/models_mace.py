@@ -282,7 +282,7 @@ def main() -> int:
     parser.add_argument("--mace-epochs", type=int, default=5, help="epochs of MACE (same wall budget, see above)")
     parser.add_argument("--seed", type=int, default=20231, help="master seed (split, bornfield init)")
     parser.add_argument("--workdir", type=Path, default=WORKDIR)
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "models_mace.json")
+    parser.add_argument("--output", type=Path, default=HERE / "results" / "models_mace.json")
     parser.add_argument("--mace-worker", nargs=3, metavar=("MODEL", "IN", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.mace_worker:
@@ -303,7 +303,7 @@ def main() -> int:
     dataset = unpack_dataset(work)
     settings = train_settings(args.bornfield_epochs)
     common = ["--settings", json.dumps({"train": settings}), "--seed", str(args.seed), "--dataset", str(dataset)]
-    if bornfield(["train", "split", *common, "--out", str(work / "split.json")]) != 0:
+    if bornfield(["train", "split", *common, "--output", str(work / "split.json")]) != 0:
         return 1
     split = json.loads((work / "split.json").read_text())
     samples = read_samples(dataset)
@@ -314,7 +314,7 @@ def main() -> int:
     potential_path = work / "potential_0.pt"
     if not potential_path.is_file():
         t0 = time.perf_counter()
-        if bornfield(["train", "potential", *common, "--outdir", str(work), "--member", "0"]) != 0:
+        if bornfield(["train", "potential", *common, "--output-dir", str(work), "--member", "0"]) != 0:
             return 1
         timings["bornfield_potential_train_s"] = time.perf_counter() - t0
         write_json_atomic(work / "timings.json", timings)
@@ -341,7 +341,7 @@ def main() -> int:
         shutil.copy(work / "split.json", same_epochs_dir / "split.json")
         short = ["--settings", json.dumps({"train": train_settings(args.mace_epochs)}), *common[2:]]
         t0 = time.perf_counter()
-        if bornfield(["train", "potential", *short, "--outdir", str(same_epochs_dir), "--member", "0"]) != 0:
+        if bornfield(["train", "potential", *short, "--output-dir", str(same_epochs_dir), "--member", "0"]) != 0:
             return 1
         timings["bornfield_potential_same_epochs_train_s"] = time.perf_counter() - t0
         write_json_atomic(work / "timings.json", timings)
@@ -378,9 +378,9 @@ def main() -> int:
                           {"epochs": args.mace_epochs,
                            "train_wall_s": round(timings.get("bornfield_potential_same_epochs_train_s", float('nan')), 1),
                            "n_parameters": count_parameters_bornfield(same_epochs_path)})
-    write_json_atomic(args.out, records)
+    write_json_atomic(args.output, records)
     parity_plot(test, {k: preds[k] for k in ("bornfield-potential", "mace-0.3.16-small")}, tables,
-                args.out.with_name("models_mace_parity.png"))
+                args.output.with_name("models_mace_parity.png"))
     for name, table in tables.items():
         print(f"\n{name}")
         for config_type, row in table.items():

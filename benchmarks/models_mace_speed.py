@@ -154,7 +154,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2, help="A B alternations per size")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "models_mace_speed.json")
+    parser.add_argument("--output", type=Path, default=HERE / "results" / "models_mace_speed.json")
     parser.add_argument("--machine", default=MACHINE, help="the records' machine field (note other load)")
     args = parser.parse_args()
     if args.child:
@@ -215,8 +215,8 @@ def main() -> int:
                 records.append(dict(base, metric="speed_ratio_to_mace", value=ours / mace, unit="x",
                                     system=system, n_atoms=n_atoms, baseline=False,
                                     notes=f"{system} atom-evals/s divided by mace-0.3.16-small's, same run"))
-    write_json_atomic(args.out, records)
-    plot(records, args.out.with_suffix(".png"))
+    write_json_atomic(args.output, records)
+    plot(records, args.output.with_suffix(".png"))
     for r in records:
         print(r["metric"], r["system"], r["n_atoms"], round(r["value"], 2), r["unit"])
     return 0

@@ -170,16 +170,16 @@ def main():
                              "intra-op threads instead of parallel blocks of centres) at more than one thread")
     parser.add_argument("--machine", default="2 cores, no GPU", help="the record's machine field (note other load)")
     parser.add_argument("--append", action="store_true",
-                        help="merge into the existing --out JSON (records with the same metric/system/size/threads/kind "
+                        help="merge into the existing --output JSON (records with the same metric/system/size/threads/kind "
                              "are replaced)")
     parser.add_argument("--before-src", default=None, help="an older bornfield src/ tree to measure side by side")
     parser.add_argument("--replot", action="store_true", help="only redraw the PNG from the JSON")
-    parser.add_argument("--out", default=str(RESULTS / "models_speed.json"))
+    parser.add_argument("--output", default=str(RESULTS / "models_speed.json"))
     args = parser.parse_args()
     if args.child:
         return child(args)
     if args.replot:
-        plot(json.loads(Path(args.out).read_text()), Path(args.out).with_suffix(".png"))
+        plot(json.loads(Path(args.output).read_text()), Path(args.output).with_suffix(".png"))
         return 0
 
     today = dt.date.today().isoformat()
@@ -256,7 +256,7 @@ def main():
                    "bornfield-potential+born", 1024, 1, notes)
             print("sweep", channels, radial_hidden, cutoff, dtype, round(1024 / result["potential+born"]["best_s"]), flush=True)
 
-    out = Path(args.out)
+    out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.append and out.is_file():
         def key(r):

@@ -139,7 +139,7 @@ def evaluate(work: Path, data: Path, models: dict[str, list[str]], system: str, 
     """``bornfield train evaluate`` on the test frames -> records tagged with the dataset and command."""
     out = work / f"eval_{system}.json"
     args = ["train", "evaluate", "--dataset", str(data), "--split-key", "--subset", "test",
-            "--out", str(out), "--plots-dir", str(work)]
+            "--output", str(out), "--figures-dir", str(work)]
     for kind, files in models.items():
         args += [f"--{kind}", *files]
     if bornfield(args) != 0:
@@ -169,7 +169,7 @@ def main() -> int:
     parser.add_argument("--baseline-files", nargs=3, metavar=("X", "Y", "Z"),
                         help="evaluate these row-baseline files (field axes x, y, z; .pt or the best state of a "
                              ".ckpt) instead of training them")
-    parser.add_argument("--out", default=str(HERE / "results" / "sio2_allegro_pol.json"))
+    parser.add_argument("--output", default=str(HERE / "results" / "sio2_allegro_pol.json"))
     args = parser.parse_args()
     command = "nice -n 10 python benchmarks/sio2_allegro_pol.py " + shlex.join(sys.argv[1:])
 
@@ -192,7 +192,7 @@ def main() -> int:
                   f"x 72 atoms; seeded split by frame (seed {args.seed}) train {counts['train']} / val "
                   f"{counts['val']} / test {counts['test']}; index check |dP - Z du| {check['field_rows_eA']:.3f} "
                   f"(rows) vs {check['transposed_eA']:.3f} e*A (transposed)")
-    out = Path(args.out)
+    out = Path(args.output)
     epochs = {} if args.max_epochs is None else {"max_epochs": args.max_epochs}
     for name, path in args.model:
         system = f"bornfield-born[{name}]"
@@ -207,7 +207,7 @@ def main() -> int:
         settings = json.dumps({"train": {"born": born}})
         outdir = work / name
         if bornfield(["train", "born", "--settings", settings, "--seed", str(args.seed), "--dataset", str(data),
-                      "--outdir", str(outdir), "--no-progress"]) != 0:
+                      "--output-dir", str(outdir), "--no-progress"]) != 0:
             return 1
         system = f"bornfield-born[{name}]"
         records = evaluate(work, data, {"born": [str(outdir / "born_0.pt")]}, system, False, command,
@@ -232,7 +232,7 @@ def main() -> int:
         for axis in range(3):
             settings = json.dumps({"train": {"baseline": {"committee": 1, "field_axis": axis, **epochs, **BASELINE_SETTINGS}}})
             if bornfield(["train", "baseline", "--settings", settings, "--seed", str(args.seed), "--dataset",
-                          str(data), "--outdir", str(outdir), "--no-progress"]) != 0:
+                          str(data), "--output-dir", str(outdir), "--no-progress"]) != 0:
                 return 1
             files.append(str(outdir / f"born_row_{'xyz'[axis]}_0.pt"))
         system = "paper-row-baseline"

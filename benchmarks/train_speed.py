@@ -41,7 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--structures", type=int, default=40, help="proxy cells trained on")
     parser.add_argument("--epochs", type=int, default=4, help="timed epochs (after one warm-up epoch)")
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--output", type=Path, default=OUT)
     args = parser.parse_args()
 
     import torch
@@ -94,8 +94,8 @@ def main() -> None:
                 "system": f"bornfield-{kind}", "n_atoms": n_atoms, "ranks": 1, "threads": 1, "baseline": False,
                 "date": dt.date.today().isoformat(), "machine": MACHINE, "notes": notes,
             })
-    atomic.write_text(args.out, json.dumps(records, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    atomic.write_text(args.output, json.dumps(records, indent=1) + "\n")
+    print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":

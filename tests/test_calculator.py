@@ -92,7 +92,7 @@ def test_predict_cli_writes_born_charges(model_files, atoms, tmp_path):
     write(src, [atoms, atoms.copy()], format="extxyz")
     out = tmp_path / "out.extxyz"
     argv = ["predict", "--structures", str(src), "--potential", *map(str, potentials), "--born", *map(str, borns),
-            "--field", "0.1", "0", "0", "--dtype", "float64", "--out", str(out), "--no-progress"]
+            "--field", "0.1", "0", "0", "--dtype", "float64", "--output", str(out), "--no-progress"]
     assert main(argv) == 0
     frames = read(out, index=":")
     assert len(frames) == 2
@@ -100,4 +100,4 @@ def test_predict_cli_writes_born_charges(model_files, atoms, tmp_path):
     z = calc.get_property("born_charges", atoms.copy())
     np.testing.assert_allclose(frames[0].arrays["born_charges"].reshape(-1, 3, 3), z, atol=1e-8)
     assert frames[0].arrays["born_charges_std"].shape == (len(atoms), 9)
-    assert main(["predict", "--structures", str(tmp_path / "missing.extxyz"), "--born", str(borns[0]), "--out", str(out)]) == 2
+    assert main(["predict", "--structures", str(tmp_path / "missing.extxyz"), "--born", str(borns[0]), "--output", str(out)]) == 2

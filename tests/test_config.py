@@ -130,7 +130,7 @@ def _commands(output: str) -> list[list[str]]:
     """argv (from 'bornfield') of every job's shell command in a dry run."""
     commands = []
     for line in output.splitlines():
-        if "bornfield " in line and ("--settings" in line or "--config-json" in line):
+        if "bornfield " in line and "--settings" in line:
             argv = shlex.split(line[line.index("bornfield "):].split(" > ")[0])
             commands.append(argv)
     return commands
@@ -151,7 +151,7 @@ def _command_and_context(argv: list[str]) -> tuple[str, dict]:
     elif command == "md run":
         context.update(condition=_option(argv, "--condition"), inputs_given=True)
     elif command == "dft run":
-        context["launcher_given"] = "--launcher" in argv
+        context.update(launcher_given="--launcher" in argv, ranks_given="--ranks" in argv)
     return command, context
 
 
@@ -172,7 +172,7 @@ def test_snakemake_and_the_cli_resolve_a_config_identically(config_file, tmp_pat
     commands = _commands(_dry_run(workdir, config_file))
     resolved = load_config(config_file)
     (provenance,) = [argv for argv in commands if argv[1] == "provenance"]
-    assert json.loads(_option(provenance, "--config-json")) == resolved.to_dict()
+    assert json.loads(_option(provenance, "--settings")) == resolved.to_dict()
     checked = set()
     for argv in commands:
         if argv[1] == "provenance":
@@ -203,13 +203,13 @@ def test_a_partial_config_means_the_schema_defaults_everywhere(tmp_path):
     workdir = tmp_path / "work"
     workdir.mkdir()
     (provenance,) = [a for a in _commands(_dry_run(workdir, path)) if a[1] == "provenance"]
-    assert json.loads(_option(provenance, "--config-json")) == resolved.to_dict()
+    assert json.loads(_option(provenance, "--settings")) == resolved.to_dict()
 
 
 def test_snakemake_without_configfile_runs_the_demo(tmp_path):
     """`make demo` passes config/config.yaml; plain `snakemake` means the same."""
     (provenance,) = [a for a in _commands(_dry_run(tmp_path)) if a[1] == "provenance"]
-    assert json.loads(_option(provenance, "--config-json")) == load_config(REPO / "config" / "config.yaml").to_dict()
+    assert json.loads(_option(provenance, "--settings")) == load_config(REPO / "config" / "config.yaml").to_dict()
 
 
 def test_settings_are_read_only_and_have_no_fallbacks():
@@ -234,10 +234,11 @@ def test_a_command_sees_only_the_keys_it_reads():
     assert set(born) == {"seed", "train"} and "potential" not in born.train
     with pytest.raises(KeyError, match="'bornfield train born' reads only"):
         born.train["potential"]
-    run = command_settings(settings, "dft run", launcher_given=True)
+    run = command_settings(settings, "dft run", launcher_given=True, ranks_given=True)
     assert "runtime_min" not in run.dft.run and "ranks" not in run.dft.run  # resources: no re-run of a job
     assert run.dft.ledger == settings.dft.ledger  # what the rule passes; --ledger replaces it
-    assert "ledger" not in command_settings(settings, "dft run", launcher_given=True, ledger_given=True).dft
+    assert "ledger" not in command_settings(settings, "dft run", launcher_given=True, ranks_given=True, ledger_given=True).dft
+    assert "ranks" in command_settings(settings, "dft run", launcher_given=True).dft.run
 
 
 @pytest.mark.parametrize("dotted", ["dft.ledger", "dft.run.launcher", "dft.run.ranks", "seed", "md.sweep.replicas"])
@@ -252,7 +253,7 @@ def test_every_command_table_entry_names_real_keys():
     settings = default_settings()
     contexts = {"structures crystals": [{"only": None}, {"only": "md-cells"}, {"only": "dft"}],
                 "structures melt-quench": [{"kind": "dft"}, {"kind": "md"}],
-                "dft run": [{"launcher_given": True}, {"launcher_given": False, "ledger_given": True}],
+                "dft run": [{"launcher_given": True, "ranks_given": True}, {"ledger_given": True}, {}],
                 "train learning-curve": [{"kind": k} for k in ("potential", "born", "baseline")],
                 "md run": [{"condition": c, "inputs_given": g} for c in ("amorphous_T600K_E0_none",) for g in (True, False)]}
     for command in COMMAND_KEYS:

@@ -13,7 +13,7 @@ from bornfield.cli import main
 from bornfield.dft.inputs import DFTSettings
 from bornfield.dft.pseudopotentials import PseudoRecord
 from bornfield.config import validate_section
-from bornfield.dft.runner import DFTJob, LaunchFailed, RunnerOptions, run_measured
+from bornfield.dft.runner import DFTJob, LaunchFailed, RunnerOptions, launch_prefix, run_measured
 from bornfield.errors import ConfigError
 
 
@@ -62,8 +62,20 @@ def test_pools_reach_pw_and_ph_command_lines():
 
 
 def test_pools_must_divide_ranks():
-    with pytest.raises(ConfigError, match=r"dft.run.pools = 3 must divide dft.run.ranks = 4"):
+    with pytest.raises(ConfigError, match=r"dft.run.pools = 3 must divide the 4 MPI rank"):
         RunnerOptions.from_section(validate_section({"run": {"launcher": "srun", "ranks": 4, "pools": 3}}, "dft"))
+    with pytest.raises(ConfigError, match=r"dft.run.pools = 2 must divide the 3 MPI rank"):
+        RunnerOptions.from_section(validate_section({"run": {"ranks": 4, "pools": 2}}, "dft"), ranks=3)
+
+
+def test_launcher_and_ranks_mean_the_config_keys_everywhere():
+    """--launcher/--ranks of 'dft run' and 'label' are dft.run.launcher (no rank count) and dft.run.ranks."""
+    section = validate_section({"run": {"launcher": "/usr/bin/mpirun", "ranks": 2}}, "dft")
+    assert RunnerOptions.from_section(section).launcher == "/usr/bin/mpirun -n 2"
+    assert RunnerOptions.from_section(section, "srun --mpi=pmix", 4).launcher == "srun --mpi=pmix -n 4"
+    assert RunnerOptions.from_section(section, ranks=1).launcher == ""  # one rank: QE without launcher
+    assert RunnerOptions.from_section(section, "").launcher == ""
+    assert launch_prefix("srun", 8) == "srun -n 8" and launch_prefix("srun", 1) == launch_prefix("", 8) == ""
 
 
 REAL = Path(__file__).parent / "data" / "qe" / "beta_rattled16"

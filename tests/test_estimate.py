@@ -66,7 +66,7 @@ def test_estimate_uses_the_recorded_costs():
 
 def test_estimate_cli_prints_table_and_json(tmp_path, capsys):
     out = tmp_path / "estimate.json"
-    assert main(["estimate", "--config", str(ROOT / "config" / "paper.yaml"), "--cores", "64", "--json", str(out)]) == 0
+    assert main(["estimate", "--config", str(ROOT / "config" / "paper.yaml"), "--cores", "64", "--report-json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "dft (ph.x DFPT Born charges)" in printed and "total" in printed
     data = json.loads(out.read_text())

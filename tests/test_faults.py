@@ -65,8 +65,8 @@ def run_md(models: dict[str, Path], cells: Path, outdir: Path, settings: dict, p
     potentials = [str(potential or models["potential_0"]), str(models["potential_1"])]
     return bornfield(
         "md", "run", "--settings", json.dumps({"md": settings}), "--condition", CONDITION,
-        "--cells", str(cells), "--potential", *potentials, "--born", str(models["born"]),
-        "--outdir", str(outdir), "--no-progress",
+        "--structures", str(cells), "--potential", *potentials, "--born", str(models["born"]),
+        "--output-dir", str(outdir), "--no-progress",
     )
 
 

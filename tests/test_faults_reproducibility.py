@@ -48,7 +48,7 @@ def test_structures_are_bit_identical_for_the_same_seed(tmp_path):
 
     def build(name: str, seed: int) -> dict[str, str]:
         outdir = tmp_path / name / "structures"
-        bornfield("structures", "crystals", "--settings", settings, "--seed", str(seed), "--outdir", str(outdir))
+        bornfield("structures", "crystals", "--settings", settings, "--seed", str(seed), "--output-dir", str(outdir))
         return tree_hashes(outdir, "*.extxyz")
 
     first, second = build("a", TINY["seed"]), build("b", TINY["seed"])
@@ -117,8 +117,8 @@ def test_field_md_trajectories_are_bit_identical_for_the_same_seed(tmp_path):
 
     def run(name: str, seed: int) -> Path:
         outdir = tmp_path / name
-        bornfield("md", "run", "--settings", md_settings(seed), "--condition", CONDITION, "--cells", str(cells),
-                  "--potential", str(potential), "--born", str(born), "--outdir", str(outdir),
+        bornfield("md", "run", "--settings", md_settings(seed), "--condition", CONDITION, "--structures", str(cells),
+                  "--potential", str(potential), "--born", str(born), "--output-dir", str(outdir),
                   "--threads", "1", "--no-progress")
         return outdir
 

@@ -80,13 +80,13 @@ def test_predict_refuses_coincident_atoms_instead_of_writing_nan(tmp_path, capsy
     write(structures, [_beta(), _broken("coincident")], format="extxyz")
     out = tmp_path / "out.extxyz"
     code = main(["predict", "--structures", str(structures), "--potential", str(models["potential"]),
-                 "--born", str(models["born"]), "--out", str(out), "--no-progress"])
+                 "--born", str(models["born"]), "--output", str(out), "--no-progress"])
     assert code == 2
     assert f"{structures} frame 1: atoms 3 (Li) and 7 (P)" in capsys.readouterr().err
     assert not out.exists()
     write(structures, [_beta()], format="extxyz")
     assert main(["predict", "--structures", str(structures), "--potential", str(models["potential"]),
-                 "--out", str(out), "--no-progress"]) == 0
+                 "--output", str(out), "--no-progress"]) == 0
     assert np.isfinite(read(out).get_forces()).all()
 
 
@@ -94,12 +94,12 @@ def test_explore_and_select_refuse_broken_structures(tmp_path, capsys, models):
     structures = tmp_path / "start.extxyz"
     write(structures, [_broken("nan")], format="extxyz")
     code = main(["train", "explore", "--structures", str(structures), "--potential", str(models["potential"]),
-                 "--born", str(models["born"]), "--generation", "1", "--out", str(tmp_path / "s.extxyz"),
+                 "--born", str(models["born"]), "--generation", "1", "--output", str(tmp_path / "s.extxyz"),
                  "--no-progress"])
     assert code == 2 and f"{structures} frame 0: atom 5 (Li)" in capsys.readouterr().err
     write(structures, [_beta(), _broken("species")], format="extxyz")
     code = main(["train", "select", "--candidates", str(structures), "--potential", str(models["potential"]),
-                 "--out", str(tmp_path / "c.extxyz")])
+                 "--output", str(tmp_path / "c.extxyz")])
     assert code == 2 and f"{structures} frame 1: element(s) ['Na']" in capsys.readouterr().err
     assert not list(tmp_path.glob("[sc].extxyz"))
 
@@ -111,8 +111,8 @@ def test_md_run_refuses_a_broken_start_cell_before_any_step(tmp_path, capsys, mo
                                  "replicas": 1}, "equilibration_steps": 0, "production_steps": 10}}
     outdir = tmp_path / "md"
     code = main(["md", "run", "--settings", json.dumps(settings), "--condition", "beta_T300K_E0.1_x",
-                 "--cells", str(cells), "--potential", str(models["potential"]), "--born", str(models["born"]),
-                 "--outdir", str(outdir), "--no-progress"])
+                 "--structures", str(cells), "--potential", str(models["potential"]), "--born", str(models["born"]),
+                 "--output-dir", str(outdir), "--no-progress"])
     assert code == 2 and f"{cells} frame 1: atoms 3 (Li) and 7 (P)" in capsys.readouterr().err
     assert not outdir.exists()
 
@@ -123,7 +123,7 @@ def test_a_nan_force_in_the_dataset_names_file_frame_atom_and_key(tmp_path, caps
     dataset = tmp_path / "gen0.extxyz"
     write(dataset, frames, format="extxyz")
     outdir = tmp_path / "models" / "gen0"
-    code = main(["train", "potential", "--dataset", str(dataset), "--outdir", str(outdir), "--no-progress"])
+    code = main(["train", "potential", "--dataset", str(dataset), "--output-dir", str(outdir), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2
     assert f"{dataset} frame 1, atom 3 (" in err and "label 'forces'" in err and "diverged" not in err, err
@@ -133,7 +133,7 @@ def test_a_nan_force_in_the_dataset_names_file_frame_atom_and_key(tmp_path, caps
 def test_structures_report_names_the_broken_frame(tmp_path, capsys):
     path = tmp_path / "set.extxyz"
     write(path, [_beta(), _broken("nan")], format="extxyz")
-    code = main(["structures", "report", "--input", str(path), "--set-name", "x",
-                 "--json", str(tmp_path / "x.json"), "--png", str(tmp_path / "x.png")])
+    code = main(["structures", "report", "--structures", str(path), "--set-name", "x",
+                 "--report-json", str(tmp_path / "x.json"), "--report-png", str(tmp_path / "x.png")])
     assert code == 2 and f"{path} frame 1: atom 5 (Li)" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()

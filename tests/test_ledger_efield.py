@@ -286,7 +286,7 @@ def test_finite_field_results_are_stored_once_beside_the_ledger(tmp_path, pseudo
 
     # the report: the real Li2O numbers, recomputed here from the QE files
     out = tmp_path / "efield.json"
-    assert main(["ledger", "efield-report", "--ledger", str(ledger.root), "--json", str(out)]) == 0
+    assert main(["ledger", "efield-report", "--ledger", str(ledger.root), "--report-json", str(out)]) == 0
     records = json.loads(out.read_text())
     cell = {r["metric"]: r for r in records if "species" not in r}
     f0, fp, fm = (read_pw_output(LI2O / f"pw_efield_{run}.out").forces for run in ("zero", "plus", "minus"))
@@ -306,7 +306,7 @@ def test_finite_field_results_are_stored_once_beside_the_ledger(tmp_path, pseudo
         assert key in record
     assert record["dft_id"] == dfpt_id and record["n_atoms"] == 3 and record["dataset"] == "li3po4-ledger"
     assert {r["species"] for r in records if "species" in r} == {"Li", "O"}
-    assert main(["ledger", "status", "--ledger", str(ledger.root), "--json", str(tmp_path / "status.json")]) == 0
+    assert main(["ledger", "status", "--ledger", str(ledger.root), "--report-json", str(tmp_path / "status.json")]) == 0
     assert json.loads((tmp_path / "status.json").read_text())["efield"]["results"] == [request.name]
     # a stored result makes the next estimate use the measured cost ratio
     assert estimate(ledger, request, 1)["cost_ratio_source"].startswith("measured")

@@ -67,14 +67,14 @@ def test_list_prints_condition_names():
 def test_run_with_model_files_ase_then_lammps_two_ranks(campaign, tmp_path):
     name = "fcc_T300K_E0.1_u0_0.7071_0.7071"
     bornfield("md", "run", "--settings", settings("ase"), "--results-dir", str(campaign),
-              "--condition", name, "--outdir", str(tmp_path / "ase"), "--no-progress")
+              "--condition", name, "--output-dir", str(tmp_path / "ase"), "--no-progress")
     summary = json.loads((tmp_path / "ase" / "summary.json").read_text())
     assert summary["replicas_completed"] == 2, summary["replicas"]
     # LAMMPS: one replica group of 2 ranks per replica would need 4 ranks; 2 ranks = 2 groups
     bornfield("md", "run", "--settings", settings("lammps", sweep={
         "phases": ["fcc"], "temperatures_K": [300.0], "field_strengths_V_per_A": [0.1],
         "field_directions": [[0.0, 1.0, 1.0]], "replicas": 1}),
-        "--results-dir", str(campaign), "--condition", name, "--outdir", str(tmp_path / "lammps"),
+        "--results-dir", str(campaign), "--condition", name, "--output-dir", str(tmp_path / "lammps"),
         "--no-progress", ranks=2)
     summary = json.loads((tmp_path / "lammps" / "summary.json").read_text())
     assert summary["replicas_completed"] == 1 and summary["ranks_per_replica"] == 2

@@ -31,9 +31,9 @@ def shipped(tmp_path, data_dir):
              for i in range(2)]
     metrics = tmp_path / "metrics.json"
     assert main(["train", "evaluate", "--dataset", str(dataset), "--split-key", "--subset", "test",
-                 "--potential", *map(str, potentials), "--born", *map(str, borns), "--out", str(metrics)]) == 0
+                 "--potential", *map(str, potentials), "--born", *map(str, borns), "--output", str(metrics)]) == 0
     outdir = tmp_path / "models" / "li3po4"
-    assert main(["train", "ship", "--dataset", str(dataset), "--metrics", str(metrics), "--outdir", str(outdir),
+    assert main(["train", "ship", "--dataset", str(dataset), "--metrics", str(metrics), "--output-dir", str(outdir),
                  "--potential", *map(str, reversed(potentials)), "--born", *map(str, borns)]) == 0
     return outdir, frames, json.loads(metrics.read_text())
 
@@ -72,7 +72,7 @@ def test_ship_refuses_a_model_of_the_wrong_kind(shipped, tmp_path, capsys):
     outdir, _, _ = shipped
     wrong = tmp_path / "born_0.pt"
     wrong.write_bytes((outdir / "potential_0.pt").read_bytes())
-    assert main(["train", "ship", "--dataset", str(tmp_path / "ledger.extxyz"), "--outdir", str(tmp_path / "x"),
+    assert main(["train", "ship", "--dataset", str(tmp_path / "ledger.extxyz"), "--output-dir", str(tmp_path / "x"),
                  "--born", str(wrong)]) != 0
     assert "born_0.pt: holds a 'potential' model, expected born" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / ".x.part").exists()  # nothing half-written
@@ -83,7 +83,7 @@ def test_ship_evaluates_the_held_out_rows_itself(shipped, tmp_path):
     outdir, _, records = shipped
     model_set = read_model_set(outdir)
     again = tmp_path / "again"
-    assert main(["train", "ship", "--dataset", str(tmp_path / "ledger.extxyz"), "--outdir", str(again),
+    assert main(["train", "ship", "--dataset", str(tmp_path / "ledger.extxyz"), "--output-dir", str(again),
                  "--potential", *map(str, model_set.potential), "--born", *map(str, model_set.born)]) == 0
     rebuilt = read_model_set(again)
     value = {(r["system"], r["metric"]): r["value"] for r in records}

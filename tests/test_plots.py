@@ -70,7 +70,7 @@ def test_plot_all_regenerates_every_figure_quickly(campaign):
     figures_dir = root / "figures"
     start = time.perf_counter()
     png_only = json.dumps({"analysis": {"figures": {"formats": ["png"], "dpi": 100}}})
-    assert main(["plot", "all", "--analysis-dir", str(root / "analysis"), "--figures-dir", str(figures_dir),
+    assert main(["plot", "all", "--analysis-dir", str(root / "analysis"), "--output-dir", str(figures_dir),
                  "--settings", png_only]) == 0
     assert time.perf_counter() - start < 60.0
     stems = [f"condition_{name}" for name in names] + ["sweep_msd_vs_field", "mobility_vs_field", "transverse_forces", "arrhenius"]
@@ -81,7 +81,7 @@ def test_plot_all_regenerates_every_figure_quickly(campaign):
     assert not list(figures_dir.glob(".*.tmp"))
     # default formats: PNG and PDF
     record = str(root / "analysis" / f"{names[1]}.json")
-    assert main(["plot", "condition", record, "--output-stem", str(figures_dir / "both")]) == 0
+    assert main(["plot", "condition", record, "--output", str(figures_dir / "both")]) == 0
     assert (figures_dir / "both.pdf").read_bytes().startswith(b"%PDF")
     assert (figures_dir / "both.png").exists()
 
@@ -107,4 +107,4 @@ def test_style_is_consistent():
 def test_cli_reports_bad_input(tmp_path, capsys):
     assert main(["analyze", "condition", str(tmp_path / "nope"), "--output", str(tmp_path / "x.json")]) == 2
     assert "not found" in capsys.readouterr().err
-    assert main(["plot", "all", "--analysis-dir", str(tmp_path), "--figures-dir", str(tmp_path / "f")]) == 2
+    assert main(["plot", "all", "--analysis-dir", str(tmp_path), "--output-dir", str(tmp_path / "f")]) == 2

@@ -237,7 +237,7 @@ def test_cli_writes_the_record_of_a_campaign_config(tmp_path: Path) -> None:
     assert not list(output.parent.glob(".*.tmp"))
     bad = subprocess.run(
         [str(Path(sys.executable).with_name("bornfield")), "provenance",
-         "--config-json", '{"seed": -1}', "--output", str(tmp_path / "bad.json")],
+         "--settings", '{"seed": -1}', "--output", str(tmp_path / "bad.json")],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert bad.returncode == 2 and "invalid config key 'seed'" in bad.stderr

@@ -69,7 +69,7 @@ def test_members_obey_rotation_asr_and_permutation_in_float64(model_set, held_ou
 
 def test_recorded_held_out_metrics_are_reproduced(model_set, tmp_path):
     out = tmp_path / "evaluation.json"
-    argv = ["train", "evaluate", "--dataset", str(model_set.test_set), "--split-key", "--subset", "test", "--out", str(out)]
+    argv = ["train", "evaluate", "--dataset", str(model_set.test_set), "--split-key", "--subset", "test", "--output", str(out)]
     for kind in ("potential", "born", "baseline"):
         members = getattr(model_set, kind)
         if members:

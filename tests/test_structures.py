@@ -223,7 +223,7 @@ def test_cli_crystals_writes_md_cells_and_candidates(tmp_path):
     section = {"phases": ["beta", "beta_vacancy", "gamma_frenkel"], "md_supercell": {"target_atoms": 64},
                "perturbations": {"rattle_copies": 1, "strain_copies": 0}}
     code = main(["structures", "crystals", "--settings", json.dumps({"structures": section}), "--seed", "3",
-                 "--outdir", str(tmp_path)])
+                 "--output-dir", str(tmp_path)])
     assert code == 0
     for phase in section["phases"]:
         images = read_structures(tmp_path / "md_cells" / f"{phase}.extxyz")
@@ -237,7 +237,7 @@ def test_cli_crystals_writes_md_cells_and_candidates(tmp_path):
 
 def test_cli_rejects_bad_settings_with_exit_code_2(tmp_path, capsys):
     code = main(["structures", "crystals", "--settings", '{"structures": {"phases": ["beta"], "bogus": 1}}', "--seed", "1",
-                 "--outdir", str(tmp_path)])
+                 "--output-dir", str(tmp_path)])
     assert code == 2
     assert "bogus" in capsys.readouterr().err
     assert not (tmp_path / "md_cells").exists()
@@ -252,8 +252,8 @@ def test_malformed_structure_file_names_the_file(tmp_path, content, capsys):
     path.write_text(content)
     with pytest.raises(InputFileError, match="broken.extxyz"):
         read_structures(path)
-    code = main(["structures", "report", "--settings", "{}", "--input", str(path), "--set-name", "x",
-                 "--json", str(tmp_path / "x.json"), "--png", str(tmp_path / "x.png")])
+    code = main(["structures", "report", "--settings", "{}", "--structures", str(path), "--set-name", "x",
+                 "--report-json", str(tmp_path / "x.json"), "--report-png", str(tmp_path / "x.png")])
     assert code == 2 and "broken.extxyz" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
 

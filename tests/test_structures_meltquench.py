@@ -137,7 +137,7 @@ def test_engine_hook_accepts_an_object():
 def test_cli_build_gather_and_report(tmp_path):
     out = tmp_path / "structures"
     assert main(["structures", "build", "--settings", json.dumps({"structures": TINY}), "--seed", "9",
-                 "--outdir", str(out)]) == 0
+                 "--output-dir", str(out)]) == 0
     amorphous = read_structures(out / "md_cells" / "amorphous.extxyz")
     assert len(amorphous) == 1 and amorphous[0].info["amorphous_kind"] == "md"
     candidates = read_structures(out / "dft_candidates.extxyz")
@@ -145,8 +145,8 @@ def test_cli_build_gather_and_report(tmp_path):
     assert types.count("beta") == 2 and types.count("amorphous") == 2 and types.count("melt") == 2
     assert len({a.info["structure_id"] for a in candidates}) == len(candidates)
     json_path, png_path = tmp_path / "report" / "amorphous.json", tmp_path / "report" / "amorphous.png"
-    code = main(["structures", "report", "--settings", "{}", "--input", str(out / "md_cells" / "amorphous.extxyz"),
-                 "--set-name", "amorphous", "--json", str(json_path), "--png", str(png_path)])
+    code = main(["structures", "report", "--settings", "{}", "--structures", str(out / "md_cells" / "amorphous.extxyz"),
+                 "--set-name", "amorphous", "--report-json", str(json_path), "--report-png", str(png_path)])
     assert code == 0 and png_path.stat().st_size > 10000
     report = json.loads(json_path.read_text())
     assert set(report["acceptance"]) == {"density_g_cm3", "P-O_first_peak_A", "P_fourfold_fraction", "all_pass"}

@@ -222,25 +222,25 @@ def test_cli_train_evaluate_select(dataset, tmp_path):
         "born": {"committee": 2, "channels": 4, "hidden": 16, "radial_hidden": 16, "max_epochs": 2, "batch_size": 4},
     }})
     outdir = tmp_path / "gen0"
-    assert main(["train", "split", "--settings", settings, "--seed", "7", "--dataset", str(dataset), "--out", str(outdir / "split.json")]) == 0
+    assert main(["train", "split", "--settings", settings, "--seed", "7", "--dataset", str(dataset), "--output", str(outdir / "split.json")]) == 0
     for kind in ("potential", "born"):
         for member in (0, 1):
             assert main(["train", kind, "--settings", settings, "--seed", "7", "--dataset", str(dataset),
-                         "--outdir", str(outdir), "--member", str(member), "--no-progress"]) == 0
+                         "--output-dir", str(outdir), "--member", str(member), "--no-progress"]) == 0
     assert main(["train", "born", "--settings", settings, "--seed", "7", "--dataset", str(dataset),
-                 "--outdir", str(outdir), "--member", "2", "--no-progress"]) == 2  # outside the committee
+                 "--output-dir", str(outdir), "--member", "2", "--no-progress"]) == 2  # outside the committee
     pots = [str(outdir / f"potential_{i}.pt") for i in (0, 1)]
     borns = [str(outdir / f"born_{i}.pt") for i in (0, 1)]
     report = tmp_path / "evaluation.json"
     assert main(["train", "evaluate", "--dataset", str(dataset), "--split", str(outdir / "split.json"),
-                 "--potential", *pots, "--born", *borns, "--out", str(report)]) == 0
+                 "--potential", *pots, "--born", *borns, "--output", str(report)]) == 0
     records = {r["metric"]: r for r in json.loads(report.read_text())}
     for key in ("bec_rmse_e", "bec_rmse_offdiag_e", "bec_rmse_e_Li", "force_rmse_meV_per_A", "energy_rmse_meV_per_atom"):
         assert np.isfinite(records[key]["value"]) and records[key]["split"] == "test"
     assert records["bec_asr_max_abs_e"]["value"] < 1e-5
     selected = tmp_path / "selected.extxyz"
     assert main(["train", "select", "--candidates", str(dataset), "--potential", *pots, "--born", *borns,
-                 "-n", "3", "--min-frame-gap", "0", "--out", str(selected), "--report", str(tmp_path / "sel.json")]) == 0
+                 "--select-per-generation", "3", "--min-frame-gap", "0", "--output", str(selected), "--report-json", str(tmp_path / "sel.json")]) == 0
     frames = read(selected, index=":")
     assert len(frames) == 3 and "born_charges" not in frames[0].arrays and "al_score" in frames[0].info
     scores = json.loads((tmp_path / "sel.json").read_text())["scores"]
@@ -382,7 +382,7 @@ def test_predefined_split_is_honoured(tmp_path, capsys):
     settings = json.dumps({"train": {"cutoff": 4.0, "born": dict({k: v for k, v in TINY.items() if k in (
         "channels", "n_basis", "radial_hidden", "hidden", "batch_size")}, committee=1, max_epochs=1, interactions=1)}})
     common = ["--settings", settings, "--seed", "3", "--dataset", str(data), "--no-progress"]
-    assert main(["train", "born", *common, "--outdir", str(tmp_path / "key")]) == 0
+    assert main(["train", "born", *common, "--output-dir", str(tmp_path / "key")]) == 0
     split = json.loads((tmp_path / "key" / "split.json").read_text())
     for name in ("train", "val", "test"):
         assert split[name] == [k for k, label in enumerate(labels) if label == name]
@@ -390,7 +390,7 @@ def test_predefined_split_is_honoured(tmp_path, capsys):
     # a split file wins over the key
     user = {"train": [0, 1, 2, 3, 4, 5], "val": [6, 7], "test": [8, 9]}
     (tmp_path / "mine.json").write_text(json.dumps(user))
-    assert main(["train", "born", *common, "--outdir", str(tmp_path / "file"),
+    assert main(["train", "born", *common, "--output-dir", str(tmp_path / "file"),
                  "--split-file", str(tmp_path / "mine.json")]) == 0
     split = json.loads((tmp_path / "file" / "split.json").read_text())
     assert {k: split[k] for k in user} == user
@@ -403,26 +403,26 @@ def test_predefined_split_is_honoured(tmp_path, capsys):
     write(tmp_path / "ledger_like.extxyz", ledger_like, format="extxyz")
     ledger_settings = json.dumps({"train": {**json.loads(settings)["train"], "split": {"val_fraction": 0.25}}})
     assert main(["train", "born", "--settings", ledger_settings, "--seed", "3", "--dataset",
-                 str(tmp_path / "ledger_like.extxyz"), "--no-progress", "--outdir", str(tmp_path / "ledger")]) == 0
+                 str(tmp_path / "ledger_like.extxyz"), "--no-progress", "--output-dir", str(tmp_path / "ledger")]) == 0
     split = json.loads((tmp_path / "ledger" / "split.json").read_text())
     assert split["test"] == [2, 5] and len(split["val"]) == 2
     assert sorted(split["train"] + split["val"]) == [k for k, label in enumerate(labels) if label != "test"]
     # evaluate takes the subset from the key
     assert main(["train", "evaluate", "--dataset", str(data), "--split-key", "--subset", "test",
-                 "--born", str(tmp_path / "key" / "born_0.pt"), "--out", str(tmp_path / "eval.json")]) == 0
+                 "--born", str(tmp_path / "key" / "born_0.pt"), "--output", str(tmp_path / "eval.json")]) == 0
     records = json.loads((tmp_path / "eval.json").read_text())
     assert {r["n_structures"] for r in records} == {2}
     # a key on some frames only, a bad value, a bad file: clear errors
     frames[3].info.pop("split")
     write(data, frames, format="extxyz")
-    assert main(["train", "born", *common, "--outdir", str(tmp_path / "partial")]) != 0
+    assert main(["train", "born", *common, "--output-dir", str(tmp_path / "partial")]) != 0
     assert "not on structure(s) [3]" in capsys.readouterr().err
     frames[3].info["split"] = "holdout"
     write(data, frames, format="extxyz")
-    assert main(["train", "born", *common, "--outdir", str(tmp_path / "bad")]) != 0
+    assert main(["train", "born", *common, "--output-dir", str(tmp_path / "bad")]) != 0
     assert "holdout" in capsys.readouterr().err
     (tmp_path / "bad.json").write_text(json.dumps({"train": [0, 1], "test": [1, 12]}))
-    assert main(["train", "born", *common, "--outdir", str(tmp_path / "badfile"),
+    assert main(["train", "born", *common, "--output-dir", str(tmp_path / "badfile"),
                  "--split-file", str(tmp_path / "bad.json")]) != 0
     assert "outside 0..9" in capsys.readouterr().err
 
@@ -458,7 +458,7 @@ def test_log_reports_the_best_epoch(dataset, tmp_path, caplog):
         "learning_rate": 0.05, "patience": 2, "warmup_epochs": 0, "ema_decay": 0, "interactions": 1}}})
     with caplog.at_level(logging.INFO, logger="bornfield.train"):
         assert main(["train", "born", "--settings", settings, "--seed", "3", "--dataset", str(dataset),
-                     "--outdir", str(tmp_path), "--no-progress"]) == 0
+                     "--output-dir", str(tmp_path), "--no-progress"]) == 0
     rows = list(csv.DictReader((tmp_path / "born_0.metrics.csv").open()))
     losses = [float(r["val_loss"]) for r in rows]
     best = int(np.argmin(losses))

@@ -1,7 +1,10 @@
 """The ``bornfield`` command: one sub-command per stage.
 
 Each stage module in ``STAGES`` exposes ``register(subparsers)``; every leaf
-parser sets ``func`` to a callable ``run(args) -> int``.
+parser sets ``func`` to a callable ``run(args) -> int``. Every parser of the tree
+is a :class:`BornfieldParser` (sub-parsers inherit the class): the same help
+format, defaults shown, and ``-v/--verbose`` before or after a sub-command.
+The option names follow the vocabulary of ``docs/cli.md``.
 """
 
 from __future__ import annotations
@@ -31,13 +34,63 @@ STAGES = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _shown(value) -> str:
+    """A default as a user would type it: lists space-separated, '' quoted."""
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value)) if value else "none"
+    return "''" if value == "" else str(value)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to every option that has a default value.
+
+    Options without one (default ``None``) say in their help what happens when
+    they are left out; flags (``store_true``) and required options show nothing.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or action.required or default is None or default is argparse.SUPPRESS
+                or isinstance(default, bool) or action.nargs == 0):
+            return text
+        return f"{text} (default: {_shown(default).replace('%', '%%')})"
+
+
+class BornfieldParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` with the shared help format and ``-v/--verbose`` on every level."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+        # SUPPRESS: a sub-parser sets 'verbose' only when -v is given there, so a -v given
+        # before the sub-command is not overwritten by the sub-parser's default
+        self.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                          help="debug logging (accepted before or after any sub-command)")
+
+
+MODEL_HELP = {
+    "potential": "NN-potential file(s), one or more (a committee, member 0 first)",
+    "born": "Born-charge model file(s), one or more (a committee, member 0 first)",
+    "baseline": "paper-style row baseline file(s), one or more",
+}
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, kinds: tuple[str, ...], required: bool = False,
+                        absent: str = "none of this kind", note: str = "") -> None:
+    """``--potential/--born/--baseline FILE...``: one or more model files each (``nargs='+'``);
+    ``absent`` says what leaving an optional one out means, ``note`` what the command does with them."""
+    for kind in kinds:
+        parser.add_argument(f"--{kind}", nargs="+", metavar="FILE", required=required,
+                            help=MODEL_HELP[kind] + note + ("" if required else f" (default: {absent})"))
+
+
+def build_parser() -> BornfieldParser:
+    parser = BornfieldParser(
         prog="bornfield",
         description="Ion migration under electric fields: structures, DFT/DFPT, NN models, field MD, analysis.",
     )
     parser.add_argument("--version", action="version", version=f"bornfield {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in STAGES:
         importlib.import_module(module_name).register(subparsers)
@@ -48,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if not hasattr(args, "func"):

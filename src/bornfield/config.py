@@ -550,9 +550,10 @@ COMMAND_KEYS: dict[str, Callable[..., tuple[str, ...]] | tuple[str, ...]] = {
     "dft provision": ("dft.pseudopotentials.set", "dft.pseudopotentials.search_dirs",
                       "dft.pseudopotentials.ld1_command"),
     "dft plan": ("dft.qe", "dft.pseudopotentials.set", "dft.max_structures"),
-    # the launcher (with the rank count) comes from --launcher, the ledger from --ledger, when given
-    "dft run": lambda launcher_given, ledger_given=False: _DFT_JOB + (
-        () if launcher_given else ("dft.run.launcher", "dft.run.ranks")) + (() if ledger_given else ("dft.ledger",)),
+    # the launcher, rank count and ledger come from --launcher, --ranks and --ledger when given
+    "dft run": lambda launcher_given=False, ranks_given=False, ledger_given=False: _DFT_JOB + (
+        () if launcher_given else ("dft.run.launcher",)) + (() if ranks_given else ("dft.run.ranks",)) + (
+        () if ledger_given else ("dft.ledger",)),
     "dataset assemble": ("dataset",),
     "train split": ("seed", "train.split"),
     "train potential": _TRAIN_MODEL + ("train.potential",),
@@ -564,7 +565,7 @@ COMMAND_KEYS: dict[str, Callable[..., tuple[str, ...]] | tuple[str, ...]] = {
                      "train.active_learning.min_frame_gap"),
     "md list": ("md.seed", "md.sweep", "md.extra_conditions"),
     # the condition itself, as a one-condition sweep (see command_settings); the model
-    # files and start cells come from --potential/--born/--cells when given
+    # files, start cells and output directory come from --potential/--born/--structures/--output-dir when given
     "md run": lambda condition, inputs_given: _MD_DYNAMICS + (
         () if inputs_given else ("results_dir", "md.model_generation", "md.committee_size")),
     "analyze condition": _ANALYSIS_CONDITION,
@@ -645,11 +646,12 @@ def settings_json(settings: Mapping, command: str, **context: Any) -> str:
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--config FILE`` and ``--settings JSON`` to a stage's parser."""
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--config", help="campaign config (YAML); keys it leaves out take the schema defaults")
+    group.add_argument("--config", help="campaign config (YAML); keys it leaves out take their schema defaults "
+                       "(default: none, every key at its schema default)")
     group.add_argument(
         "--settings",
         help="the keys this command reads, as a JSON config sub-tree (what the Snakemake rules pass); "
-        "keys left out take the schema defaults",
+        "keys left out take their schema defaults (default: none, every key at its schema default)",
     )
 
 
@@ -683,17 +685,18 @@ def register(subparsers) -> None:
         description="Resolve a config exactly as Snakemake and every command do and print it as YAML; "
         "exit 2 with the broken keys named if it is invalid.")
     parser.add_argument("--config", required=True, help="campaign config (YAML)")
-    parser.add_argument("--command", help="print only the keys 'bornfield <COMMAND>' reads, e.g. 'train born'")
+    parser.add_argument("--command", dest="only_command",
+                        help="print only the keys 'bornfield <COMMAND>' reads, e.g. 'train born' (default: every key)")
     parser.set_defaults(func=_run_show)
 
 
 def _run_show(args: argparse.Namespace) -> int:
     settings = load_config(args.config)
-    if args.command:
+    if args.only_command:
         try:
-            settings = command_settings(settings, args.command)
+            settings = command_settings(settings, args.only_command)
         except (KeyError, TypeError) as exc:
-            raise ConfigError(f"--command {args.command!r}: {exc.args[0]} (commands whose keys depend on "
+            raise ConfigError(f"--command {args.only_command!r}: {exc.args[0]} (commands whose keys depend on "
                               f"their options, e.g. 'md run', cannot be shown alone)") from None
     print(yaml.safe_dump(settings.to_dict(), sort_keys=False), end="")
     return 0

@@ -360,14 +360,15 @@ def format_table(rows: list[dict], cores: int) -> str:
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "estimate", help="core-hours per stage of a campaign config (dry-run sizing from measured costs)",
-        description=__doc__.splitlines()[0],
+        description="Core-hours per stage of a campaign config, from the costs measured on this project's "
+        "benchmark machine (2 cores, no GPU); a dry-run sizing before submitting a campaign.",
     )
     parser.add_argument("--config", required=True, help="campaign config (YAML)")
     parser.add_argument("--cores", type=int, default=2, help="cores of the machine for the wall-time column")
     parser.add_argument("--speed", type=float, default=1.0, help="relative core speed (2 = twice as fast as the benchmark machine)")
-    parser.add_argument("--json", type=Path, help="also write the rows (+ cost model) as JSON here")
-    parser.add_argument("--cost-model", type=Path, default=COST_FILE,
-                        help="cost-model JSON (default: the one derived from this project's benchmark records)")
+    parser.add_argument("--report-json", type=Path, help="also write the rows (+ cost model) as JSON here (default: not written)")
+    parser.add_argument("--cost-model", type=Path,
+                        help="cost-model JSON (default: the shipped one, derived from this project's benchmark records)")
     parser.set_defaults(func=run)
 
 
@@ -375,12 +376,12 @@ def run(args: argparse.Namespace) -> int:
     if args.speed <= 0 or args.cores < 1:
         raise ConfigError(f"--speed must be > 0 and --cores >= 1 (got {args.speed}, {args.cores})")
     config = load_config(args.config)
-    cost = CostModel.load(args.cost_model)
+    cost = CostModel.load(args.cost_model or COST_FILE)
     rows = estimate(config, cost)
     for row in rows:
         row["core_hours"] /= args.speed
     print(format_table(rows, args.cores))
-    if args.json:
-        atomic.write_json(args.json, {"config": str(args.config), "rows": rows, "cost_model": cost.to_dict(),
+    if args.report_json:
+        atomic.write_json(args.report_json, {"config": str(args.config), "rows": rows, "cost_model": cost.to_dict(),
                                       "speed": args.speed})
     return 0

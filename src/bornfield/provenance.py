@@ -365,12 +365,12 @@ def run_write(args) -> int:
         config = load_config(args.config)
     else:
         try:
-            data = json.loads(args.config_json)
+            data = json.loads(args.settings)
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"--config-json is not valid JSON: {exc}") from exc
+            raise ConfigError(f"--settings is not valid JSON: {exc}") from exc
         if not isinstance(data, dict):
-            raise ConfigError("--config-json: expected a JSON object (the whole campaign config)")
-        config = resolve_config(data, source="--config-json")
+            raise ConfigError("--settings: expected a JSON object (the whole campaign config)")
+        config = resolve_config(data, source="--settings")
     record = write_provenance(
         args.output, config, campaign_seeds(config), pw_executable=config["dft"]["run"]["pw_command"]
     )
@@ -385,13 +385,13 @@ def run_write(args) -> int:
 
 
 def register(subparsers) -> None:
-    """``bornfield provenance --config FILE | --config-json JSON --output FILE``."""
+    """``bornfield provenance --config FILE | --settings JSON --output FILE``."""
     parser = subparsers.add_parser(
         "provenance",
         help="write the provenance record of a results tree (versions, machine, config, seeds)",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="campaign config (YAML)")
-    source.add_argument("--config-json", help="the whole campaign config as JSON (what the workflow passes)")
+    source.add_argument("--settings", help="the whole campaign config as JSON (what the workflow passes)")
     parser.add_argument("--output", required=True, help="JSON file to write, e.g. results/provenance.json")
     parser.set_defaults(func=run_write)

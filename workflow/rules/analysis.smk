@@ -58,7 +58,7 @@ rule analyze_condition:
         tasks=1,
     shell:
         "bornfield analyze condition {params.condition_dir} --output {output.json}"
-        " --csv {output.msd} --settings {params.settings} > {log} 2>&1"
+        " --msd-csv {output.msd} --settings {params.settings} > {log} 2>&1"
 
 
 rule analyze_sweep:

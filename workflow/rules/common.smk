@@ -48,6 +48,11 @@ def get_final_targets(skip=()):
     return targets
 
 
+def files_option(option, files):
+    """`option file ...` for a list option of bornfield (one or more files), '' without files."""
+    return f"{option} {' '.join(shlex.quote(str(f)) for f in files)}" if files else ""
+
+
 def settings_arg(command, **context):
     """The settings `bornfield <command>` reads (bornfield.config.COMMAND_KEYS), as one
     shell-quoted JSON argument: a job's params change exactly when one of them does."""

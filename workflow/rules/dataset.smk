@@ -58,7 +58,7 @@ rule dataset_assemble:
         ),
     params:
         settings=lambda wc: settings_arg("dataset assemble"),
-        jobs_dir=lambda wc, input: os.path.dirname(os.path.dirname(input.labels[0])) if input.labels else f"{DFT}/jobs",
+        jobs_dir=f"{DFT}/jobs",  # where get_dft_labels finds every job
     log:
         f"{LOGS}/dataset/gen{{gen}}.log",
     benchmark:

@@ -65,14 +65,12 @@ rule dft_job:
         labels=f"{DFT}/jobs/{{dft_id}}/labels.json",
     params:
         # with dft.ledger: a job the ledger holds is taken from it (QE not run)
-        settings=lambda wc: settings_arg("dft run", launcher_given=True),
+        settings=lambda wc: settings_arg("dft run", launcher_given=True, ranks_given=True),
         pseudo_dir=lambda wc, input: os.path.dirname(input.manifest),
         jobs_dir=lambda wc, output: os.path.dirname(os.path.dirname(output.labels)),
-        # "<launcher> -n <ranks>" as ONE shell-quoted argument (the launcher may hold flags,
-        # e.g. "srun --mpi=pmix"); one rank: '' = pw.x/ph.x run without launcher
-        launcher=lambda wc, resources: shlex.quote(
-            f"{resources.mpi} -n {resources.tasks}" if resources.tasks > 1 else ""
-        ),
+        # the launcher as ONE shell-quoted argument (it may hold flags, e.g. "srun --mpi=pmix");
+        # one rank: '' = pw.x/ph.x run without launcher (no `mpi` resource then)
+        launcher=lambda wc, resources: shlex.quote(resources.mpi if resources.tasks > 1 else ""),
         entries_dir=f"{DFT}/entries",
     log:
         f"{LOGS}/dft/job_{{dft_id}}.log",
@@ -93,4 +91,4 @@ rule dft_job:
     shell:
         "bornfield dft run --settings {params.settings} --structure {input.structure}"
         " --pseudo-dir {params.pseudo_dir} --jobs-dir {params.jobs_dir}"
-        " --launcher {params.launcher} --entries-dir {params.entries_dir} > {log} 2>&1"
+        " --launcher {params.launcher} --ranks {resources.tasks} --entries-dir {params.entries_dir} > {log} 2>&1"

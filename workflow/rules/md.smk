@@ -49,8 +49,8 @@ rule md_condition:
         **({"mpi": MD_SETTINGS["resources"]["mpi"]} if MD_RANKS > 1 else {}),
     shell:
         "{params.launch} bornfield md run --settings {params.settings}"
-        " --condition {wildcards.condition} --cells {input.cells}"
-        " --potential {input.potentials} --born {input.born} --outdir {params.outdir}"
+        " --condition {wildcards.condition} --structures {input.cells}"
+        " --potential {input.potentials} --born {input.born} --output-dir {params.outdir}"
         " --threads 1 --no-progress > {log} 2>&1"
 
 

@@ -24,7 +24,7 @@ rule provenance:
         cpus_per_task=1,
         tasks=1,
     shell:
-        "bornfield provenance --config-json {params.config} --output {output.record} > {log} 2>&1"
+        "bornfield provenance --settings {params.config} --output {output.record} > {log} 2>&1"
 
 
 STAGE_TARGETS["provenance"] = lambda: [f"{RESULTS}/provenance.json"]

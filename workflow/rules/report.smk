@@ -66,7 +66,7 @@ rule figures:
         tasks=1,
     shell:
         "bornfield plot all --analysis-dir {params.analysis_dir} --records {input.records}"
-        " --figures-dir {params.figures_dir} --settings {params.settings} > {log} 2>&1"
+        " --output-dir {params.figures_dir} --settings {params.settings} > {log} 2>&1"
 
 
 STAGE_TARGETS["figures"] = lambda: FIGURE_FILES if STAGE_TARGETS["analysis"]() else []

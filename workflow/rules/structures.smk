@@ -49,7 +49,7 @@ rule structures_md_cells:
         tasks=1,
     shell:
         "bornfield structures crystals --only md-cells --settings {params.settings}"
-        " --outdir {params.outdir} > {log} 2>&1"
+        " --output-dir {params.outdir} > {log} 2>&1"
 
 
 rule structures_crystals_dft:
@@ -72,7 +72,7 @@ rule structures_crystals_dft:
         tasks=1,
     shell:
         "bornfield structures crystals --only dft --settings {params.settings}"
-        " --outdir {params.outdir} > {log} 2>&1"
+        " --output-dir {params.outdir} > {log} 2>&1"
 
 
 rule structures_melt_quench:
@@ -134,6 +134,7 @@ rule structures_gather:
         ),
     params:
         settings=lambda wc: settings_arg("structures gather"),
+        amorphous=lambda wc, input: files_option("--amorphous", input.amorphous),
         outdir=lambda wc, output: os.path.dirname(output.dft_candidates),
     log:
         f"{LOGS}/structures/gather.log",
@@ -149,8 +150,8 @@ rule structures_gather:
         tasks=1,
     shell:
         "bornfield structures gather --settings {params.settings}"
-        " --crystals-dft {input.crystals_dft} --amorphous {input.amorphous}"
-        " --outdir {params.outdir} > {log} 2>&1"
+        " --crystals-dft {input.crystals_dft} {params.amorphous}"
+        " --output-dir {params.outdir} > {log} 2>&1"
 
 
 rule structures_validate_potential:
@@ -208,7 +209,7 @@ rule structures_report:
         tasks=1,
     shell:
         "bornfield structures report --settings {params.settings}"
-        " --input {input} --set-name {wildcards.set} --json {output.json} --png {output.png}"
+        " --structures {input} --set-name {wildcards.set} --report-json {output.json} --report-png {output.png}"
         " > {log} 2>&1"
 
 

@@ -37,7 +37,7 @@ rule train_split:
         tasks=1,
     shell:
         "bornfield train split --settings {params.settings}"
-        " --dataset {input.dataset} --out {output.split} > {log} 2>&1"
+        " --dataset {input.dataset} --output {output.split} > {log} 2>&1"
 
 
 rule train_potential:
@@ -66,7 +66,7 @@ rule train_potential:
         tasks=1,
     shell:
         "bornfield train potential --settings {params.settings}"
-        " --dataset {input.dataset} --outdir {params.outdir} --member {wildcards.member}"
+        " --dataset {input.dataset} --output-dir {params.outdir} --member {wildcards.member}"
         " > {log} 2>&1"
 
 
@@ -96,7 +96,7 @@ rule train_born:
         tasks=1,
     shell:
         "bornfield train born --settings {params.settings}"
-        " --dataset {input.dataset} --outdir {params.outdir} --member {wildcards.member}"
+        " --dataset {input.dataset} --output-dir {params.outdir} --member {wildcards.member}"
         " > {log} 2>&1"
 
 
@@ -127,7 +127,7 @@ rule train_baseline:
         tasks=1,
     shell:
         "bornfield train baseline --settings {params.settings}"
-        " --dataset {input.dataset} --outdir {params.outdir} --member {wildcards.member}"
+        " --dataset {input.dataset} --output-dir {params.outdir} --member {wildcards.member}"
         " > {log} 2>&1"
 
 
@@ -157,6 +157,8 @@ rule train_evaluate:
             caption="../report/train.rst",
             category="Models",
         ),
+    params:
+        baseline=lambda wc, input: files_option("--baseline", input.baseline),
     log:
         f"{LOGS}/train/gen{{gen}}/evaluate.log",
     benchmark:
@@ -171,8 +173,8 @@ rule train_evaluate:
         tasks=1,
     shell:
         "bornfield train evaluate --dataset {input.dataset} --split {input.split} --subset test"
-        " --potential {input.potential} --born {input.born} --baseline {input.baseline}"
-        " --out {output.records} > {log} 2>&1"
+        " --potential {input.potential} --born {input.born} {params.baseline}"
+        " --output {output.records} > {log} 2>&1"
 
 
 # Active learning: generation g >= 1 gets its DFT candidates from exploration MD with the
@@ -212,7 +214,7 @@ rule train_explore:
     shell:
         "bornfield train explore --settings {params.settings}"
         " --structures {input.structures} --potential {input.potential} --born {input.born}"
-        " --generation {wildcards.gen} --out {output.samples} --report {output.report}"
+        " --generation {wildcards.gen} --output {output.samples} --report-json {output.report}"
         " --no-progress > {log} 2>&1"
 
 
@@ -247,7 +249,7 @@ rule train_select:
     shell:
         "bornfield train select --settings {params.settings} --candidates {input.samples}"
         " --potential {input.potential} --born {input.born} --generation {wildcards.gen}"
-        " --out {output.candidates} --report {output.report} > {log} 2>&1"
+        " --output {output.candidates} --report-json {output.report} > {log} 2>&1"
 
 
 rule train_al_report:
@@ -277,7 +279,7 @@ rule train_al_report:
         tasks=1,
     shell:
         "bornfield train evaluate --dataset {input.dataset} --dft-generation {wildcards.gen}"
-        " --potential {input.potential} --born {input.born} --out {output.records}"
+        " --potential {input.potential} --born {input.born} --output {output.records}"
         " --notes 'generation-{wildcards.gen} structures (chosen by committee disagreement)"
         " predicted by the generation-(gen-1) committees' > {log} 2>&1"
 
@@ -311,6 +313,7 @@ if TRAIN.ship_to:
                 f"--ledger {SETTINGS.dft['ledger']}" if SETTINGS.dataset["source"] == "ledger" else ""
             ),
             outdir=TRAIN.ship_to,
+            baseline=lambda wc, input: files_option("--baseline", input.baseline),
         log:
             f"{LOGS}/train/ship_models.log",
         conda:
@@ -323,4 +326,4 @@ if TRAIN.ship_to:
             tasks=1,
         shell:
             "bornfield train ship --dataset {input.dataset} {params.ledger} --potential {input.potential}"
-            " --born {input.born} --baseline {input.baseline} --outdir {params.outdir} > {log} 2>&1"
+            " --born {input.born} {params.baseline} --output-dir {params.outdir} > {log} 2>&1"

@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="MSD, drift, mobility, transverse forces, Arrhenius and sweep tables",
         description="Analyse field-MD trajectories (traj.h5) and aggregate conditions.",
     )
-    commands = parser.add_subparsers(dest="analyze_command", metavar="WHAT", required=True)
+    commands = parser.add_subparsers(dest="analyze_command", metavar="SUBCOMMAND", required=True)
 
     condition = commands.add_parser(
         "condition",
@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(treated as completed replicas of one condition)",
     )
     condition.add_argument("--output", required=True, help="analysis record (JSON) to write")
-    condition.add_argument("--csv", help="long-format MSD table (CSV); default: <output stem>_msd.csv")
+    condition.add_argument("--msd-csv", help="long-format MSD table (CSV) (default: <output stem>_msd.csv)")
     condition.add_argument(
         "--unwrap", action="store_true",
         help="the trajectories hold wrapped positions (not the bornfield format): unwrap them first",
@@ -84,7 +84,7 @@ def run_condition(args: argparse.Namespace) -> int:
             f"analyze condition: {args.inputs} is neither one condition directory nor a list of .h5 trajectories"
         )
     output = Path(args.output)
-    csv_path = Path(args.csv) if args.csv else output.with_name(output.stem + "_msd.csv")
+    csv_path = Path(args.msd_csv) if args.msd_csv else output.with_name(output.stem + "_msd.csv")
     write_msd_csv(csv_path, record)
     write_json(output, record)
     used = record["replicas"]

@@ -53,21 +53,33 @@ def register(subparsers) -> None:
     job.add_argument("--structure", required=True, help="extxyz with one structure (from plan)")
     job.add_argument("--pseudo-dir", required=True, help="provisioned pseudopotential directory (manifest.json)")
     job.add_argument("--jobs-dir", required=True, help="parent of the <dft_id> job directories")
-    job.add_argument("--launcher", default=None, help="MPI launcher with rank count, e.g. '/usr/bin/mpirun -n 2' or 'srun -n 4'")
+    add_launch_arguments(job)
     job.add_argument("--retry-failed", action="store_true", help="rerun a job whose state is 'failed'")
     job.add_argument("--ledger", default=None,
                      help="label ledger to take a finished job from instead of running QE "
                      "(default: dft.ledger of the config; '' for none)")
-    job.add_argument("--entries-dir", default=None, help="also write the finished job here in the ledger's entry format")
+    job.add_argument("--entries-dir", default=None, help="also write the finished job here in the ledger's entry format (default: not written)")
     job.set_defaults(func=run_job, exit_on_sigterm=True)
 
     many = sub.add_parser("run-plan", help="run every job of a plan sequentially (local)")
     add_settings_arguments(many)
     many.add_argument("--plan", required=True, help="plan.json from 'bornfield dft plan'")
-    many.add_argument("--pseudo-dir", required=True)
-    many.add_argument("--jobs-dir", required=True)
-    many.add_argument("--launcher", default=None)
+    many.add_argument("--pseudo-dir", required=True, help="provisioned pseudopotential directory (manifest.json)")
+    many.add_argument("--jobs-dir", required=True, help="parent of the <dft_id> job directories")
+    add_launch_arguments(many)
     many.set_defaults(func=run_many, exit_on_sigterm=True)
+
+
+def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--launcher`` and ``--ranks``: ``dft.run.launcher`` and ``dft.run.ranks``, as for ``bornfield label``."""
+    parser.add_argument("--launcher", help="MPI launcher of QE without the rank count, e.g. /usr/bin/mpirun or srun; "
+                        "'' runs QE without one (default: dft.run.launcher of the config)")
+    parser.add_argument("--ranks", type=int, help="MPI ranks per QE job; 1 runs QE without launcher "
+                        "(default: dft.run.ranks of the config)")
+
+
+def _launch_context(args: argparse.Namespace) -> dict:
+    return {"launcher_given": args.launcher is not None, "ranks_given": args.ranks is not None}
 
 
 def load_manifest(pseudo_dir: str | Path) -> dict[str, PseudoRecord]:
@@ -129,26 +141,25 @@ def run_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _job(atoms, section: dict, pseudo_dir: str, jobs_dir: str, launcher: str | None) -> DFTJob:
+def _job(atoms, section: dict, pseudo_dir: str, jobs_dir: str, launcher: str | None, ranks: int | None) -> DFTJob:
     return DFTJob(
         atoms,
         DFTSettings.from_section(section),
         load_manifest(pseudo_dir),
         pseudo_dir,
         jobs_dir,
-        RunnerOptions.from_section(section, launcher),
+        RunnerOptions.from_section(section, launcher, ranks),
         QCThresholds.from_section(section),
     )
 
 
 def run_job(args: argparse.Namespace) -> int:
     """Run one job; exit 0 also when QE failed (the failure is recorded as data)."""
-    section = settings_from_args(args, "dft run", launcher_given=args.launcher is not None,
-                                 ledger_given=args.ledger is not None).dft
+    section = settings_from_args(args, "dft run", **_launch_context(args), ledger_given=args.ledger is not None).dft
     ledger = args.ledger if args.ledger is not None else section["ledger"]
     path = Path(args.structure)
     atoms = read_checked(path, species=pseudo_elements(section["pseudopotentials"]["set"]))[-1]
-    job = _job(atoms, section, args.pseudo_dir, args.jobs_dir, args.launcher)
+    job = _job(atoms, section, args.pseudo_dir, args.jobs_dir, args.launcher, args.ranks)
     if path.stem != job.dft_id and len(path.stem) == 16:
         raise InputFileError(
             f"{path}: file name says dft_id {path.stem} but structure + settings hash to {job.dft_id} "
@@ -190,7 +201,7 @@ def take_from_ledger(job: DFTJob, ledger_dir: str, jobs_dir: str) -> bool:
 
 def run_many(args: argparse.Namespace) -> int:
     """Run all jobs of a plan, one after the other, with a progress bar."""
-    section = settings_from_args(args, "dft run", launcher_given=args.launcher is not None).dft
+    section = settings_from_args(args, "dft run", **_launch_context(args)).dft
     plan = json.loads(Path(args.plan).read_text(encoding="utf-8"))
     inputs_dir = Path(plan["inputs_dir"])
     failed = 0
@@ -199,7 +210,7 @@ def run_many(args: argparse.Namespace) -> int:
         if not structure.exists():
             raise InputFileError(f"{structure}: structure of job {entry['dft_id']} (plan {args.plan}) missing")
         atoms = read_checked(structure, species=pseudo_elements(section["pseudopotentials"]["set"]))[-1]
-        labels = _job(atoms, section, args.pseudo_dir, args.jobs_dir, args.launcher).run()
+        labels = _job(atoms, section, args.pseudo_dir, args.jobs_dir, args.launcher, args.ranks).run()
         failed += labels["state"] != "completed"
     LOG.info("%d jobs, %d failed", len(plan["jobs"]), failed)
     return 0

@@ -114,11 +114,18 @@ class LaunchFailed(BornfieldError):
     so the job is neither completed nor failed; fix the launcher and run it again."""
 
 
+def launch_prefix(launcher: str, ranks: int) -> str:
+    """The command prefix QE runs under: ``"<launcher> -n <ranks>"``, or ``""`` (QE run
+    directly, one process) for one rank or an empty launcher (``dft.run.launcher`` holds
+    no rank count; ``dft.run.ranks`` is the count)."""
+    return f"{launcher} -n {ranks}" if launcher and ranks > 1 else ""
+
+
 @dataclass(frozen=True)
 class RunnerOptions:
     """How QE is launched and how failures are handled (``dft.run`` config section).
 
-    ``launcher``: MPI launcher command *including* the rank count, e.g.
+    ``launcher``: the launch prefix *including* the rank count (:func:`launch_prefix`), e.g.
     ``/usr/bin/mpirun -n 2`` (Debian QE is built against Open MPI — never the venv's
     MPICH ``mpirun``) or ``srun -n 2``. Empty string: run serially.
     ``max_seconds``: QE's own soft walltime (s) so a killed job leaves restart files.
@@ -135,17 +142,17 @@ class RunnerOptions:
     keep_scratch: bool
 
     @classmethod
-    def from_section(cls, section: dict, launcher: str | None = None) -> RunnerOptions:
-        """Build from resolved ``dft`` settings; ``launcher`` (with the rank count) replaces
-        ``dft.run.launcher -n dft.run.ranks``."""
+    def from_section(cls, section: dict, launcher: str | None = None, ranks: int | None = None) -> RunnerOptions:
+        """Build from resolved ``dft`` settings; ``launcher`` (without the rank count) and
+        ``ranks``, when given, replace ``dft.run.launcher`` and ``dft.run.ranks``."""
         run = section["run"]
-        if launcher is None:
-            if run["ranks"] % run["pools"]:
-                raise ConfigError(f"dft.run.pools = {run['pools']} must divide dft.run.ranks = {run['ranks']} "
-                                  "(QE splits the ranks into pools)")
-            launcher = f"{run['launcher']} -n {run['ranks']}"
+        launcher = run["launcher"] if launcher is None else launcher
+        ranks = int(run["ranks"] if ranks is None else ranks)
+        if ranks < 1 or ranks % run["pools"]:
+            raise ConfigError(f"dft.run.pools = {run['pools']} must divide the {ranks} MPI rank(s) of a QE job "
+                              "(dft.run.ranks or --ranks; QE splits the ranks into pools)")
         return cls(
-            launcher=launcher,
+            launcher=launch_prefix(launcher, ranks),
             pools=int(run["pools"]),
             pw_command=run["pw_command"],
             ph_command=run["ph_command"],

@@ -36,19 +36,19 @@ def register(subparsers) -> None:
     ``dft.ledger``, ``dft.run.launcher`` and ``dft.run.ranks`` (what a campaign uses).
     """
     ledger_dir = schema_default("dft.ledger")
-    ledger_help = f"ledger directory (default: {ledger_dir}, the schema default of dft.ledger)"
+    ledger_help = "ledger directory (the schema default of dft.ledger)"
     launcher, ranks = schema_default("dft.run.launcher"), schema_default("dft.run.ranks")
     lab = subparsers.add_parser("label", help="label queue entries into the ledger within a wall-time budget")
     lab.add_argument("--hours", type=float, required=True, help="wall-time budget (h); no job starts that would not fit")
     lab.add_argument("--ranks", type=int, default=ranks,
-                     help=f"MPI ranks per QE job (default: {ranks}, dft.run.ranks; 1 leaves a core free)")
+                     help="MPI ranks per QE job (the schema default of dft.run.ranks; 1 leaves a core free)")
     lab.add_argument("--ledger", default=ledger_dir, help=ledger_help)
-    lab.add_argument("--work-dir", default=DEFAULT_WORK, help=f"job directory, not committed (default: {DEFAULT_WORK})")
+    lab.add_argument("--work-dir", default=DEFAULT_WORK, help="job directory, not committed")
     lab.add_argument("--launcher", default=launcher,
-                     help=f"MPI launcher of QE without the rank count (default: {launcher}, dft.run.launcher)")
+                     help="MPI launcher of QE without the rank count (the schema default of dft.run.launcher)")
     lab.add_argument("--max-jobs", type=int, default=None, help="stop after this many finished jobs (default: no limit)")
-    lab.add_argument("--kind", choices=["dfpt", "scf"], action="append", help="label only this kind (repeatable; default: both)")
-    lab.add_argument("--summary", type=Path, default=None, help="also write the run's summary as JSON here")
+    lab.add_argument("--kind", choices=["dfpt", "scf"], action="append", help="label only this kind, repeatable (default: both)")
+    lab.add_argument("--report-json", type=Path, default=None, help="also write the run's summary as JSON here (default: not written)")
     lab.set_defaults(func=run_label, exit_on_sigterm=True)
 
     parser = subparsers.add_parser("ledger", help="the committed DFT label ledger: init, plan, status, add, export")
@@ -61,12 +61,12 @@ def register(subparsers) -> None:
 
     plan = sub.add_parser("plan", help="write the designed base queue (queue.extxyz) of a ledger")
     plan.add_argument("--ledger", default=ledger_dir, help=ledger_help)
-    plan.add_argument("--seed", type=int, default=20231, help="master seed of the base set (default: 20231)")
+    plan.add_argument("--seed", type=int, default=20231, help="master seed of the base set")
     plan.set_defaults(func=run_plan)
 
     status = sub.add_parser("status", help="entries, pending queue and cost per kind and family")
     status.add_argument("--ledger", default=ledger_dir, help=ledger_help)
-    status.add_argument("--json", type=Path, default=None, help="also write the status as JSON here")
+    status.add_argument("--report-json", type=Path, default=None, help="also write the status as JSON here (default: not written)")
     status.set_defaults(func=run_status)
 
     append = sub.add_parser("append", help="append structures (e.g. active-learning picks) to the queue, near-duplicates dropped")
@@ -95,16 +95,16 @@ def register(subparsers) -> None:
     field = max(schema_default("md.sweep.field_strengths_V_per_A"))
     efield = sub.add_parser("efield", help="finite-field pw.x (Berry phase) at E = 0, +E, -E on a DFPT entry's structure")
     efield.add_argument("--dft-id", required=True, help="the DFPT entry (16 hex digits) whose structure and Born charges are checked")
-    efield.add_argument("--axis", choices=["x", "y", "z"], default="z", help="Cartesian field axis (default: z)")
+    efield.add_argument("--axis", choices=["x", "y", "z"], default="z", help="Cartesian field axis")
     efield.add_argument("--field-V-per-A", type=float, default=field,
-                        help=f"field strength in V/Å (default: {field:g}, the largest default of md.sweep.field_strengths_V_per_A)")
+                        help="field strength in V/Å (the largest schema default of md.sweep.field_strengths_V_per_A)")
     efield.add_argument("--field-k-factor", type=int, default=1,
-                        help="multiply the k mesh along the field's reciprocal vector (denser Berry-phase strings; default: 1)")
-    efield.add_argument("--ranks", type=int, default=ranks, help=f"MPI ranks per pw.x run (default: {ranks}, dft.run.ranks)")
+                        help="multiply the k mesh along the field's reciprocal vector (denser Berry-phase strings)")
+    efield.add_argument("--ranks", type=int, default=ranks, help="MPI ranks per pw.x run (the schema default of dft.run.ranks)")
     efield.add_argument("--launcher", default=launcher,
-                        help=f"MPI launcher of QE without the rank count (default: {launcher}, dft.run.launcher)")
+                        help="MPI launcher of QE without the rank count (the schema default of dft.run.launcher)")
     efield.add_argument("--ledger", default=ledger_dir, help=ledger_help)
-    efield.add_argument("--work-dir", default=DEFAULT_WORK, help=f"job directory, not committed (default: {DEFAULT_WORK})")
+    efield.add_argument("--work-dir", default=DEFAULT_WORK, help="job directory, not committed")
     efield.add_argument("--max-seconds", type=float, default=None,
                         help="QE's soft walltime per pw.x run (s); a stopped run resumes on the next call (default: none)")
     efield.add_argument("--estimate-only", action="store_true", help="print the estimate and stop")
@@ -112,7 +112,8 @@ def register(subparsers) -> None:
 
     efield_report = sub.add_parser("efield-report", help="finite-field forces vs DFPT Born charges: linear and non-linear parts")
     efield_report.add_argument("--ledger", default=ledger_dir, help=ledger_help)
-    efield_report.add_argument("--json", type=Path, default=None, help="write the benchmark records (DESIGN.md format) here")
+    efield_report.add_argument("--report-json", type=Path, default=None,
+                               help="also write the benchmark records (DESIGN.md format) here (default: not written)")
     efield_report.set_defaults(func=run_efield_report)
 
 
@@ -121,8 +122,8 @@ def run_label(args: argparse.Namespace) -> int:
 
     summary = label(args.ledger, args.hours, args.ranks, args.work_dir, args.launcher, args.max_jobs,
                     tuple(args.kind or ("dfpt", "scf")))
-    if args.summary:
-        atomic.write_text(args.summary, json.dumps(summary, indent=1) + "\n")
+    if args.report_json:
+        atomic.write_text(args.report_json, json.dumps(summary, indent=1) + "\n")
     return 0
 
 
@@ -193,8 +194,8 @@ def ledger_status(ledger_dir: str | Path) -> dict:
 def run_status(args: argparse.Namespace) -> int:
     status = ledger_status(args.ledger)
     print(json.dumps(status, indent=1))
-    if args.json:
-        atomic.write_text(args.json, json.dumps(status, indent=1) + "\n")
+    if args.report_json:
+        atomic.write_text(args.report_json, json.dumps(status, indent=1) + "\n")
     return 0
 
 
@@ -287,7 +288,7 @@ def run_efield_report(args: argparse.Namespace) -> int:
                   f"transverse {sm['transverse_force_error_rms_meV_per_A']:.3g}); |F_even| RMS "
                   f"{sm['nonlinear_force_rms_meV_per_A']:.3g} meV/Å (max {sm['nonlinear_force_max_meV_per_A']:.3g}, "
                   f"{100 * sm['nonlinear_force_rel']:.3g} %); Born row RMSE {sm['bec_row_rmse_e']:.3g} e")
-    if args.json:
-        atomic.write_text(args.json, json.dumps(records, indent=1) + "\n")
-        LOG.info("wrote %d records of %d result(s) to %s", len(records), len(summaries), args.json)
+    if args.report_json:
+        atomic.write_text(args.report_json, json.dumps(records, indent=1) + "\n")
+        LOG.info("wrote %d records of %d result(s) to %s", len(records), len(summaries), args.report_json)
     return 0

@@ -40,7 +40,7 @@ from bornfield.dft.efield import (
 )
 from bornfield.dft.inputs import kpoint_mesh
 from bornfield.dft.parsers import read_berry_field
-from bornfield.dft.runner import DFTJob, RunnerOptions
+from bornfield.dft.runner import DFTJob, RunnerOptions, launch_prefix
 from bornfield.errors import BornfieldError, ConfigError, InputFileError
 from bornfield.ledger.labeller import JobClaim, provision_checked
 from bornfield.ledger.store import Ledger, settings_for_kind
@@ -192,7 +192,7 @@ def run_efield(ledger_dir: str | Path, request: EfieldRequest, ranks: int = 1, l
         raise ConfigError(f"{work / 'locks'}: another process runs {request.name}")
     jobs_dir = work / EFIELD_DIR / request.name
     settings = settings_for_kind(ledger.spec.settings, "scf")
-    options = RunnerOptions.defaults(launcher=f"{launcher} -n {ranks}" if ranks > 1 else "", max_seconds=max_seconds)
+    options = RunnerOptions.defaults(launcher=launch_prefix(launcher, ranks), max_seconds=max_seconds)
     start = clock()
     jobs = {}
     try:

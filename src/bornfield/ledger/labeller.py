@@ -24,7 +24,7 @@ from ase import Atoms
 
 from bornfield.dft.inputs import compute_dft_id
 from bornfield.dft.pseudopotentials import provision_pseudopotentials
-from bornfield.dft.runner import DFTJob, JobInterrupted, RunnerOptions
+from bornfield.dft.runner import DFTJob, JobInterrupted, RunnerOptions, launch_prefix
 from bornfield.errors import ConfigError
 from bornfield.ledger.queue import read_queue
 from bornfield.ledger.store import Ledger, settings_for_kind
@@ -132,7 +132,7 @@ def label(ledger_dir: str | Path, hours: float, ranks: int, work_dir: str | Path
     work = Path(work_dir)
     pseudo_dir = work / "pseudo"
     provision_checked(ledger, pseudo_dir)
-    options = RunnerOptions.defaults(launcher=f"{launcher} -n {ranks}" if ranks > 1 else "")
+    options = RunnerOptions.defaults(launcher=launch_prefix(launcher, ranks))
     pending = [job for job in pending_jobs(ledger) if job.kind in kinds]
     correction = cost_correction(ledger)
     LOG.info("ledger %s: %d entries; %d queue jobs pending (%s); cost correction %s",

@@ -8,7 +8,8 @@ Run one condition with all its replicas (serial or under MPI)::
 
 Models are read from ``{results_dir}/models/gen<md.model_generation>/``
 (``potential_<i>.pt`` for i < ``md.committee_size``, ``born_0.pt``), start
-cells from ``{results_dir}/structures/md_cells/<phase>.extxyz``.
+cells from ``{results_dir}/structures/md_cells/<phase>.extxyz`` (or ``--potential``,
+``--born``, ``--structures`` and ``--output-dir``, all four given).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import logging
 from pathlib import Path
 
+from bornfield.cli import add_model_arguments
 from bornfield.config import add_settings_arguments, settings_from_args
 from bornfield.errors import ConfigError, InputFileError
 from bornfield.md.conditions import expand_conditions
@@ -53,14 +55,16 @@ def run_condition_cli(args: argparse.Namespace) -> int:
     comm = MPI.COMM_WORLD
     if bool(args.potential) != bool(args.born):
         raise ConfigError("give both --potential and --born (or neither, to use --results-dir)")
+    if args.born and len(args.born) > 1:
+        raise ConfigError(f"md run drives the MD with one Born-charge model, got --born {' '.join(args.born)}: give one file")
     # the model files, start cells and output directory given: the campaign layout is not read
-    inputs_given = bool(args.potential and args.cells and args.outdir)
+    inputs_given = bool(args.potential and args.structures and args.output_dir)
     full = settings_from_args(args, "md run", condition=args.condition, inputs_given=inputs_given)
     settings = full.md
     (condition,) = expand_conditions(settings)
     results_dir = None if inputs_given else Path(args.results_dir or full.results_dir)
     if args.potential:
-        potential_files, born_file = [Path(p) for p in args.potential], Path(args.born)
+        potential_files, born_file = [Path(p) for p in args.potential], Path(args.born[0])
     else:
         potential_files, born_file = model_paths(results_dir, settings)
     missing = [str(p) for p in [*potential_files, born_file] if not p.exists()]
@@ -74,14 +78,14 @@ def run_condition_cli(args: argparse.Namespace) -> int:
 
     # one torch thread per rank by default: the ranks already fill the cores, and
     # oversubscribed intra-op threads slow the small per-step graphs down by 10x
-    torch.set_num_threads(int(args.threads or 1))
+    torch.set_num_threads(args.threads)
     potentials = [load_potential(p) for p in potential_files]
     born = load_born(born_file)
-    cells_path = Path(args.cells) if args.cells else start_cells_path(results_dir, condition.phase)
+    cells_path = Path(args.structures) if args.structures else start_cells_path(results_dir, condition.phase)
     cells = read_start_cells(cells_path)
     for index, atoms in enumerate(cells):  # before any step: no NaN, coincident atoms or unknown elements
         check_structure(atoms, f"{cells_path} frame {index}", potentials[0].species)
-    outdir = Path(args.outdir) if args.outdir else results_dir / "md" / condition.name
+    outdir = Path(args.output_dir) if args.output_dir else results_dir / "md" / condition.name
     try:
         summary = run_condition(settings, condition, outdir, potentials[0], born, cells,
                                 committee=potentials[1:], comm=comm, progress=not args.no_progress)
@@ -99,22 +103,23 @@ def run_condition_cli(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("md", help="field molecular dynamics (F = F_NNP + e Z^T E)")
-    sub = parser.add_subparsers(dest="md_command", metavar="ACTION")
+    sub = parser.add_subparsers(dest="md_command", metavar="SUBCOMMAND", required=True)
 
     listing = sub.add_parser("list", help="print the condition names of the md section")
     add_settings_arguments(listing)
-    listing.add_argument("--json", action="store_true", help="one JSON object per condition")
+    listing.add_argument("--json", action="store_true", help="print one JSON object per condition instead of its name")
     listing.set_defaults(func=run_list)
 
     run = sub.add_parser("run", help="run all replicas of one condition (MPI-aware)")
     add_settings_arguments(run)
     run.add_argument("--condition", required=True, help="condition name (see 'bornfield md list')")
     run.add_argument("--results-dir", help="campaign results directory (default: the config's results_dir)")
-    run.add_argument("--outdir", help="output directory (default: <results-dir>/md/<condition>)")
-    run.add_argument("--cells", help="start cells (default: <results-dir>/structures/md_cells/<phase>.extxyz)")
-    run.add_argument("--potential", nargs="+",
-                     help="potential files, member 0 drives (default: <results-dir>/models/gen<k>/potential_<i>.pt)")
-    run.add_argument("--born", help="Born-charge model file (default: <results-dir>/models/gen<k>/born_0.pt)")
-    run.add_argument("--threads", type=int, default=0, help="torch threads per rank (default 1)")
+    run.add_argument("--output-dir", help="output directory (default: <results-dir>/md/<condition>)")
+    run.add_argument("--structures", help="start cells, extxyz (default: <results-dir>/structures/md_cells/<phase>.extxyz)")
+    add_model_arguments(run, ("potential",), absent="<results-dir>/models/gen<k>/potential_<i>.pt",
+                        note="; member 0 drives the MD, the others give its force uncertainty")
+    add_model_arguments(run, ("born",), absent="<results-dir>/models/gen<k>/born_0.pt",
+                        note="; the MD takes exactly one")
+    run.add_argument("--threads", type=int, default=1, help="torch threads per rank")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=run_condition_cli)

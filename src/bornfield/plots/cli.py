@@ -3,11 +3,11 @@
 Examples::
 
     bornfield plot condition results/analysis/amorphous_T600K_E0.1_x.json \\
-        --output-stem results/figures/condition_amorphous_T600K_E0.1_x
-    bornfield plot sweep --records results/analysis/*_E*.json \\
+        --output results/figures/condition_amorphous_T600K_E0.1_x
+    bornfield plot sweep results/analysis/*_E*.json \\
         --linear-response results/analysis/sweep_linear_response.csv \\
         --arrhenius results/analysis/arrhenius.json --output-dir results/figures
-    bornfield plot all --analysis-dir results/analysis --figures-dir results/figures
+    bornfield plot all --analysis-dir results/analysis --output-dir results/figures
 """
 
 from __future__ import annotations
@@ -32,23 +32,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="figures (PNG + PDF) from stored analysis results",
         description="Draw the bornfield figures from analysis JSON/CSV files.",
     )
-    commands = parser.add_subparsers(dest="plot_command", metavar="WHAT", required=True)
+    commands = parser.add_subparsers(dest="plot_command", metavar="SUBCOMMAND", required=True)
 
     condition = commands.add_parser("condition", help="MSD, drift and transverse-force figure of one condition")
     condition.add_argument("record", help="analysis/<condition>.json")
-    condition.add_argument("--output-stem", required=True, help="figure path without extension")
+    condition.add_argument("--output", required=True, metavar="STEM",
+                           help="figure path without extension: one file per analysis.figures.formats")
     add_settings_arguments(condition)
     condition.set_defaults(func=run_condition)
 
     sweep = commands.add_parser("sweep", help="campaign figures: MSD vs field, mobility, transverse forces, Arrhenius")
-    sweep.add_argument("--records", nargs="+", required=True, help="per-condition analysis JSON files")
+    sweep.add_argument("records", nargs="+", help="per-condition analysis JSON files")
     sweep.add_argument("--linear-response", required=True, help="analysis/sweep_linear_response.csv")
     sweep.add_argument("--arrhenius", required=True, help="analysis/arrhenius.json")
     sweep.add_argument("--output-dir", required=True, help="figure directory")
     add_settings_arguments(sweep)
     sweep.set_defaults(func=run_sweep)
 
-    everything = commands.add_parser("all", help="every figure from an analysis directory (what `snakemake figures` does)")
+    everything = commands.add_parser("all", help="every figure from an analysis directory (what 'snakemake figures' does)")
     everything.add_argument(
         "--analysis-dir", required=True,
         help="directory with sweep_linear_response.csv, arrhenius.json and the per-condition records",
@@ -57,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--records", nargs="+",
         help="per-condition records to draw (default: every <condition>.json in --analysis-dir)",
     )
-    everything.add_argument("--figures-dir", required=True)
+    everything.add_argument("--output-dir", required=True, help="figure directory")
     add_settings_arguments(everything)
     everything.set_defaults(func=run_all)
 
@@ -72,7 +73,7 @@ def run_condition(args: argparse.Namespace) -> int:
 
     settings = analysis_settings(args, "plot")
     (record,) = load_records([args.record])
-    paths = figures.plot_condition(record, args.output_stem, **_figure_options(settings))
+    paths = figures.plot_condition(record, args.output, **_figure_options(settings))
     LOG.info("wrote %s", ", ".join(map(str, paths)))
     return 0
 
@@ -126,7 +127,7 @@ def run_all(args: argparse.Namespace) -> int:
     if not record_paths:
         raise InputFileError(f"{analysis_dir}: no per-condition analysis records (*.json)")
     records = load_records(record_paths)
-    figures_dir = Path(args.figures_dir)
+    figures_dir = Path(args.output_dir)
     options = _figure_options(settings)
     for record in tqdm(records, desc="condition figures", unit="fig", disable=None):
         figures.plot_condition(record, figures_dir / f"condition_{record['condition']['name']}", **options)

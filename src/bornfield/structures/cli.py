@@ -43,7 +43,7 @@ def run_crystals(args: argparse.Namespace) -> int:
 
     only = getattr(args, "only", None)
     settings, seed = _settings(args, only=only)
-    outdir = Path(args.outdir)
+    outdir = Path(args.output_dir)
     if only in (None, "md-cells"):
         for name, images in build_crystal_md_cells(settings, seed).items():
             path = write_extxyz_atomic(outdir / "md_cells" / f"{name}.extxyz", images)
@@ -126,7 +126,7 @@ def gather(settings: dict, master_seed: int, crystals_dft: Path, amorphous_files
 
 def run_gather(args: argparse.Namespace) -> int:
     settings, seed = _settings(args)
-    gather(settings, seed, Path(args.crystals_dft), [Path(p) for p in args.amorphous], Path(args.outdir))
+    gather(settings, seed, Path(args.crystals_dft), [Path(p) for p in args.amorphous], Path(args.output_dir))
     return 0
 
 
@@ -154,15 +154,15 @@ def run_report(args: argparse.Namespace) -> int:
     from bornfield.structures.report import build_report, plot_report
 
     settings, _ = _settings(args)
-    images = [atoms for path in args.input for atoms in read_structures(path)]
+    images = [atoms for path in args.structures for atoms in read_structures(path)]
     if args.config_type:
         images = [a for a in images if a.info.get("config_type") == args.config_type]
         if not images:
-            raise ConfigError(f"no structure with config_type '{args.config_type}' in {args.input}")
+            raise ConfigError(f"no structure with config_type '{args.config_type}' in {args.structures}")
     report = build_report(images, args.set_name, settings["report"])
-    report["inputs"] = [str(p) for p in args.input]
-    plot_report(report, args.png)
-    write_json_atomic(args.json, report)
+    report["inputs"] = [str(p) for p in args.structures]
+    plot_report(report, args.report_png)
+    write_json_atomic(args.report_json, report)
     m = report["metrics"]
     log.info("%s: density %.3f ± %.3f g/cm3, P-O peak %.3f Å, P four-fold %.3f, P2O7 %.2f",
              args.set_name, m["density_g_cm3"]["mean"], m["density_g_cm3"]["std"],
@@ -179,7 +179,7 @@ def run_build(args: argparse.Namespace) -> int:
     from bornfield.structures.io import write_extxyz_atomic, write_json_atomic
 
     settings, seed = _settings(args)
-    outdir = Path(args.outdir)
+    outdir = Path(args.output_dir)
     run_crystals(argparse.Namespace(**{**vars(args), "only": None}))
     amorphous_files = []
     for kind in ("dft", "md"):
@@ -197,11 +197,11 @@ def run_build(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("structures", help="crystals, defects, melt-quench, structure reports")
-    sub = parser.add_subparsers(dest="structures_command", metavar="ACTION")
+    sub = parser.add_subparsers(dest="structures_command", metavar="SUBCOMMAND", required=True)
 
     p = sub.add_parser("crystals", help="crystal/defect MD cells and crystal DFT candidates")
     _common(p)
-    p.add_argument("--outdir", required=True, help="stage directory, e.g. results/structures")
+    p.add_argument("--output-dir", required=True, help="stage directory, e.g. results/structures")
     p.add_argument("--only", choices=["md-cells", "dft"],
                    help="only md_cells/<phase>.extxyz or only intermediate/crystals_dft.extxyz (default: both)")
     p.set_defaults(func=run_crystals)
@@ -211,35 +211,34 @@ def register(subparsers) -> None:
     p.add_argument("--kind", required=True, choices=["dft", "md"], help="small DFT cell or large MD cell")
     p.add_argument("--index", required=True, type=int, help="cell number 0 .. seeds-1")
     p.add_argument("--output", required=True, help="<name>.extxyz (a <name>.json trace is written beside it)")
-    p.add_argument("--lammps-log", help="LAMMPS log file")
+    p.add_argument("--lammps-log", help="LAMMPS log file (default: none written)")
     p.set_defaults(func=run_melt_quench)
 
     p = sub.add_parser("gather", help="md_cells/amorphous.extxyz and dft_candidates.extxyz")
     _common(p)
     p.add_argument("--crystals-dft", required=True, help="intermediate/crystals_dft.extxyz")
-    p.add_argument("--amorphous", nargs="*", default=[], help="melt-quench outputs (.extxyz)")
-    p.add_argument("--outdir", required=True, help="stage directory, e.g. results/structures")
+    p.add_argument("--amorphous", nargs="+", metavar="FILE", default=[], help="melt-quench outputs (.extxyz), one or more")
+    p.add_argument("--output-dir", required=True, help="stage directory, e.g. results/structures")
     p.set_defaults(func=run_gather)
 
     p = sub.add_parser("validate-potential", help="Pedone potential on the crystals (box relaxation)")
     _common(p, seed=False)
     p.add_argument("--output", required=True, help="JSON file")
-    p.add_argument("--target-atoms", type=int, default=128, help="supercell size of the check")
+    p.add_argument("--target-atoms", type=int, default=128, help="supercell size of the check (atoms)")
     p.add_argument("--strict", action="store_true", help="exit 1 if a lattice deviates by more than 3 %%")
     p.set_defaults(func=run_validate_potential)
 
     p = sub.add_parser("report", help="structure report (JSON + PNG) of one set")
     _common(p, seed=False)
-    p.add_argument("--input", required=True, nargs="+", help="extxyz file(s) of the set")
+    p.add_argument("--structures", required=True, nargs="+", help="extxyz file(s) of the set")
     p.add_argument("--set-name", required=True, help="label of the set, e.g. amorphous")
-    p.add_argument("--config-type", help="analyse only frames with this config_type")
-    p.add_argument("--json", required=True, help="output JSON")
-    p.add_argument("--png", required=True, help="output PNG")
+    p.add_argument("--config-type", help="analyse only frames with this config_type (default: every frame)")
+    p.add_argument("--report-json", required=True, help="report (JSON) to write")
+    p.add_argument("--report-png", required=True, help="figure of the report (PNG) to write")
     p.set_defaults(func=run_report)
 
     p = sub.add_parser("build", help="the whole stage in one process (no Snakemake)")
     _common(p)
-    p.add_argument("--outdir", required=True, help="stage directory, e.g. results/structures")
+    p.add_argument("--output-dir", required=True, help="stage directory, e.g. results/structures")
     p.set_defaults(func=run_build)
 
-    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])

@@ -31,6 +31,7 @@ import torch
 
 from bornfield import atomic
 from bornfield.atomic import atomic_path
+from bornfield.cli import add_model_arguments
 from bornfield.config import add_settings_arguments, settings_from_args
 from bornfield.errors import ConfigError, InputFileError
 
@@ -121,7 +122,7 @@ def run_split(args: argparse.Namespace) -> int:
 
     settings, master = _settings(args, "train split")
     samples = read_samples(args.dataset)
-    out = Path(args.out)
+    out = Path(args.output)
     record = resolve_split(samples, settings, master, out, _dataset_hash(args.dataset), args.split_file)
     print(f"split of {len(samples)} structures: train {len(record['train'])}, val {len(record['val'])}, "
           f"test {len(record['test'])} -> {out}")
@@ -131,11 +132,12 @@ def run_split(args: argparse.Namespace) -> int:
 def run_init(args: argparse.Namespace) -> int:
     from bornfield.models.io import create_random_model_file
 
+    kind = KIND_OF_COMMAND[args.kind]
     hyper = {}
     for key in ("channels", "n_basis", "radial_hidden", "hidden"):
         if getattr(args, key) is not None:
             hyper[key] = getattr(args, key)
-    if args.kind == "born_row":
+    if kind == "born_row":
         hyper["field_axis"] = args.field_axis
     if args.mean_charge:
         if args.kind != "born":
@@ -151,7 +153,7 @@ def run_init(args: argparse.Namespace) -> int:
         if unknown:
             raise ConfigError(f"--mean-charge for {unknown}, which are not in --species {args.species}")
         hyper["mean_charges"] = charges
-    path = create_random_model_file(args.kind, args.species, args.cutoff, args.out, args.seed, **hyper)
+    path = create_random_model_file(kind, args.species, args.cutoff, args.output, args.seed, **hyper)
     print(f"wrote untrained {args.kind} model {path} (species {args.species}, cutoff {args.cutoff} Å)")
     return 0
 
@@ -173,7 +175,7 @@ def run_train(args: argparse.Namespace) -> int:
     section.update(cutoff=settings["cutoff"], dtype=settings["dtype"])
     samples = read_samples(args.dataset)
     data_hash = _dataset_hash(args.dataset)
-    outdir = Path(args.outdir)
+    outdir = Path(args.output_dir)
     split = resolve_split(samples, settings, master, outdir / "split.json", data_hash, args.split_file)
     species = args.species or dataset_species(samples)
     train = [samples[i] for i in split["train"]]
@@ -263,8 +265,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if not samples:
         raise InputFileError(f"the '{subset}' subset of {args.dataset} is empty: nothing to evaluate")
     records, summary = [], {}
-    plots_dir = Path(args.plots_dir) if args.plots_dir else Path(args.out).parent
-    stem = Path(args.out).stem
+    figures_dir = Path(args.figures_dir) if args.figures_dir else Path(args.output).parent
+    stem = Path(args.output).stem
     notes = args.notes or f"dataset {', '.join(args.dataset)}; subset {subset}"
     if args.potential and not any(s.energy is not None and s.forces is not None for s in samples):
         log.warning("no structure of the subset has the labels of the %s models: not evaluated", "potential")
@@ -273,7 +275,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         metrics, arrays = M.potential_metrics(models, samples)
         records += _records(metrics, "bornfield-potential", False, subset, notes + f"; committee {len(models)}")
         summary["potential"] = metrics
-        plots.potential_parity(arrays, plots_dir / f"{stem}_potential_parity.png", f"NN potential ({subset})")
+        plots.potential_parity(arrays, figures_dir / f"{stem}_potential_parity.png", f"NN potential ({subset})")
     if args.born and not any(s.born is not None for s in samples):
         log.warning("no structure of the subset has the labels of the %s models: not evaluated", "born")
     elif args.born:
@@ -281,7 +283,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         metrics, arrays = M.born_metrics(models, samples)
         records += _records(metrics, "bornfield-born", False, subset, notes + f"; committee {len(models)}")
         summary["born"] = metrics
-        plots.born_parity(arrays, plots_dir / f"{stem}_born_parity.png", f"equivariant Born model ({subset})")
+        plots.born_parity(arrays, figures_dir / f"{stem}_born_parity.png", f"equivariant Born model ({subset})")
     if args.baseline and not any(s.born is not None for s in samples):
         log.warning("no structure of the subset has the labels of the %s models: not evaluated", "baseline")
     elif args.baseline:
@@ -289,10 +291,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
         metrics, arrays = M.row_metrics(models, samples)
         records += _records(metrics, "paper-row-baseline", True, subset, notes + f"; committee {len(models)}")
         summary["baseline"] = metrics
-        plots.row_parity(arrays, plots_dir / f"{stem}_baseline_parity.png", f"paper-style baseline ({subset})")
+        plots.row_parity(arrays, figures_dir / f"{stem}_baseline_parity.png", f"paper-style baseline ({subset})")
     if not records:
         raise ConfigError("nothing to evaluate: give --potential, --born and/or --baseline model files")
-    _write_json(Path(args.out), records)
+    _write_json(Path(args.output), records)
     for name, metrics in summary.items():
         print(summary_line(name, metrics))
     return 0
@@ -330,14 +332,14 @@ def run_learning_curve(args: argparse.Namespace) -> int:
     from bornfield.train.data import dataset_species, file_sha256, read_samples
     from bornfield.train.trainer import train_model, usable_samples
 
-    kind = {"potential": "potential", "born": "born", "baseline": "born_row"}[args.kind]
+    kind = KIND_OF_COMMAND[args.kind]
     settings, master = _settings(args, "train learning-curve", kind=args.kind)
     torch.set_num_threads(int(settings["threads"]))
     section = dict(settings[SECTION_OF_KIND[kind]])
     section.update(cutoff=settings["cutoff"], dtype=settings["dtype"])
     samples = read_samples(args.dataset)
     data_hash = _dataset_hash(args.dataset)
-    outdir = Path(args.outdir)
+    outdir = Path(args.output_dir)
     split = resolve_split(samples, settings, master, outdir / "split.json", data_hash, args.split_file)
     species = dataset_species(samples)
     train_all = usable_samples(kind, [samples[i] for i in split["train"]])
@@ -378,7 +380,7 @@ def run_select(args: argparse.Namespace) -> int:
     )
 
     settings = settings_from_args(args, "train select").train.active_learning
-    n_select = args.n if args.n is not None else settings["select_per_generation"]
+    n_select = args.select_per_generation if args.select_per_generation is not None else settings["select_per_generation"]
     score_name = args.score or settings["score"]
     gap = args.min_frame_gap if args.min_frame_gap is not None else settings["min_frame_gap"]
     candidates = read_candidates(args.candidates, args.stride)
@@ -407,10 +409,10 @@ def run_select(args: argparse.Namespace) -> int:
         if args.generation is not None:
             atoms.info["al_generation"] = int(args.generation)
         selected.append(atoms)
-    out = Path(args.out)
+    out = Path(args.output)
     with atomic_path(out) as tmp:
         write(tmp, selected, format="extxyz")
-    if args.report:
+    if args.report_json:
         report = {
             "candidates": [str(p) for p in args.candidates], "n_candidates": len(candidates),
             "trajectory": [str(a.info.get("trajectory", "")) for a in candidates],
@@ -419,7 +421,7 @@ def run_select(args: argparse.Namespace) -> int:
             "force_std_eV_per_A": disagreement["force_std"].tolist(),
             "born_std_e": disagreement["born_std"].tolist(), "scores": scores.tolist(),
         }
-        atomic.write_text(args.report, json.dumps(report, indent=1, default=lambda v: None))
+        atomic.write_text(args.report_json, json.dumps(report, indent=1, default=lambda v: None))
     print(f"selected {len(chosen)} of {len(candidates)} candidates -> {out}")
     return 0
 
@@ -452,11 +454,11 @@ def run_explore(args: argparse.Namespace) -> int:
         )
     for atoms in snapshots:
         atoms.info["al_generation"] = int(args.generation)
-    out = Path(args.out)
+    out = Path(args.output)
     with atomic_path(out) as tmp:
         write(tmp, snapshots, format="extxyz")
-    if args.report:
-        _write_json(Path(args.report), {"structures": str(path), "generation": args.generation,
+    if args.report_json:
+        _write_json(Path(args.report_json), {"structures": str(path), "generation": args.generation,
                                         "n_snapshots": len(snapshots), "trajectories": records})
     print(f"{len(snapshots)} snapshots from {len(records)} trajectories -> {out}")
     return 0
@@ -507,7 +509,7 @@ def run_predict(args: argparse.Namespace) -> int:
         a.info["field_V_per_A"] = np.asarray(args.field, dtype=float)
         a.info["predicted_by"] = ";".join(str(p) for p in (args.potential or []) + (args.born or []))
         out_frames.append(a)
-    out = Path(args.out)
+    out = Path(args.output)
     with atomic_path(out) as tmp:
         write(tmp, out_frames, format="extxyz")
     print(f"wrote {len(out_frames)} structures to {out}")
@@ -540,14 +542,14 @@ def run_ship(args: argparse.Namespace) -> int:
             metrics = Path(scratch) / "evaluation.json"
             run_evaluate(argparse.Namespace(
                 dataset=[str(args.dataset)], split=None, split_key=True, subset="test", dft_generation=None,
-                potential=args.potential, born=args.born, baseline=args.baseline, out=str(metrics),
-                plots_dir=scratch, notes=f"held-out rows (info split=test) of {args.dataset}"))
+                potential=args.potential, born=args.born, baseline=args.baseline, output=str(metrics),
+                figures_dir=scratch, notes=f"held-out rows (info split=test) of {args.dataset}"))
             records = json.loads(metrics.read_text(encoding="utf-8"))
             figures = sorted(Path(scratch).glob("*.png"))
         else:
             log.warning("%s has no held-out rows (info split=test): the model set has no accuracy yet", args.dataset)
             records = []
-        out = write_model_set(args.outdir, models, test_frames, records, source, figures)
+        out = write_model_set(args.output_dir, models, test_frames, records, source, figures)
     print(accuracy_table(read_model_set(out)), end="")
     return 0
 
@@ -559,30 +561,35 @@ def run_table(args: argparse.Namespace) -> int:
     return 0
 
 
+SPLIT_FILE_HELP = ("predefined split: JSON lists train/val/test of structure indices (default: train.split.file, "
+                   "else info['split'] of the dataset, else the stratified split)")
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser("train", help="train/evaluate NN potential and Born-charge models, active learning")
-    sub = parser.add_subparsers(dest="train_command", metavar="ACTION")
+    sub = parser.add_subparsers(dest="train_command", metavar="SUBCOMMAND", required=True)
 
     p = sub.add_parser("split", help="train/val/test split by structure, stratified by config_type (split.json)")
     add_settings_arguments(p)
-    p.add_argument("--seed", type=int, help="master seed of the campaign (config key 'seed')")
+    p.add_argument("--seed", type=int, help="master seed of the campaign (default: the config's 'seed')")
     p.add_argument("--dataset", nargs="+", required=True, help="labelled extxyz file(s)")
-    p.add_argument("--out", required=True, help="split.json (models of this generation go beside it)")
-    p.add_argument("--split-file", help="predefined split: JSON lists train/val/test of structure indices "
-                   "(else train.split.file, else info['split'] of the dataset, else the stratified split)")
+    p.add_argument("--output", required=True, help="split.json (models of this generation go beside it)")
+    p.add_argument("--split-file", help=SPLIT_FILE_HELP)
     p.set_defaults(func=run_split)
 
     p = sub.add_parser("init", help="write a randomly initialised (untrained) model file")
-    p.add_argument("--kind", choices=["potential", "born", "born_row"], required=True)
+    p.add_argument("--kind", choices=["potential", "born", "baseline"], required=True, help="model kind")
     p.add_argument("--species", nargs="+", required=True, help="chemical symbols, e.g. Li P O")
-    p.add_argument("--cutoff", type=float, default=5.0, help="Å")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="model file (.pt)")
-    p.add_argument("--field-axis", type=int, choices=[0, 1, 2], default=0, help="born_row only")
-    p.add_argument("--mean-charge", nargs="*", default=[], metavar="SYMBOL=VALUE",
-                   help="born only: isotropic prior charge per species (e), e.g. Li=1 P=3.3 O=-1.8")
+    p.add_argument("--cutoff", type=float, default=5.0, help="radial cutoff (Å)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
+    p.add_argument("--output", required=True, help="model file (.pt)")
+    p.add_argument("--field-axis", type=int, choices=[0, 1, 2], default=0, help="field axis of a baseline model (0 = x)")
+    p.add_argument("--mean-charge", nargs="+", metavar="SYMBOL=VALUE",
+                   help="born only: isotropic prior charge per species (e), e.g. Li=1 P=3.3 O=-1.8 "
+                   "(default: the model's own prior)")
     for key in ("channels", "n_basis", "radial_hidden", "hidden"):
-        p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=int)
+        p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=int,
+                       help=f"model hyperparameter '{key}' (default: the model's own default)")
     p.set_defaults(func=run_init)
 
     for name, help_text in (
@@ -592,13 +599,12 @@ def register(subparsers) -> None:
     ):
         p = sub.add_parser(name, help=help_text)
         add_settings_arguments(p)
-        p.add_argument("--seed", type=int, help="master seed of the campaign (config key 'seed')")
+        p.add_argument("--seed", type=int, help="master seed of the campaign (default: the config's 'seed')")
         p.add_argument("--dataset", nargs="+", required=True, help="labelled extxyz file(s)")
-        p.add_argument("--outdir", required=True, help="e.g. results/models/gen0")
+        p.add_argument("--output-dir", required=True, help="model directory, e.g. results/models/gen0")
         p.add_argument("--member", type=int, default=0, help="committee member index i")
         p.add_argument("--species", nargs="+", help="elements the model knows (default: those in the data)")
-        p.add_argument("--split-file", help="predefined split: JSON lists train/val/test of structure indices "
-                       "(else train.split.file, else info['split'] of the dataset, else the stratified split)")
+        p.add_argument("--split-file", help=SPLIT_FILE_HELP)
         p.add_argument("--init-model", type=Path, default=None,
                        help="fine-tune: start from this trained model file of the same kind, e.g. one pre-trained "
                        "on other labels (default: a new random model)")
@@ -607,32 +613,32 @@ def register(subparsers) -> None:
         p.set_defaults(func=run_train)
 
     p = sub.add_parser("evaluate", help="test-set metrics (benchmark JSON records) and parity plots")
-    p.add_argument("--dataset", nargs="+", required=True)
+    p.add_argument("--dataset", nargs="+", required=True, help="labelled extxyz file(s)")
     p.add_argument("--split", help="split.json written by training (default: all structures)")
     p.add_argument("--split-key", action="store_true",
                    help="take the --subset structures from the dataset's info['split'] keys")
-    p.add_argument("--subset", choices=["train", "val", "test"], default="test")
+    p.add_argument("--subset", choices=["train", "val", "test"], default="test",
+                   help="subset of --split or --split-key to evaluate")
     p.add_argument("--dft-generation", type=int,
-                   help="only structures labelled in this active-learning generation (info['dft_generation'])")
-    p.add_argument("--potential", nargs="*", default=[])
-    p.add_argument("--born", nargs="*", default=[])
-    p.add_argument("--baseline", nargs="*", default=[])
-    p.add_argument("--out", required=True, help="JSON records")
-    p.add_argument("--plots-dir")
-    p.add_argument("--notes", default="")
+                   help="only structures labelled in this active-learning generation (info['dft_generation']) "
+                   "(default: every generation)")
+    add_model_arguments(p, ("potential", "born", "baseline"))
+    p.add_argument("--output", required=True, help="JSON records")
+    p.add_argument("--figures-dir", help="directory of the parity plots (default: beside --output)")
+    p.add_argument("--notes", help="notes field of every record (default: names the dataset and subset)")
     p.set_defaults(func=run_evaluate)
 
     p = sub.add_parser("learning-curve", help="test error vs training-set size")
     add_settings_arguments(p)
-    p.add_argument("--seed", type=int, help="master seed")
-    p.add_argument("--kind", choices=["potential", "born", "baseline"], required=True)
-    p.add_argument("--dataset", nargs="+", required=True)
-    p.add_argument("--outdir", required=True)
-    p.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 1.0])
-    p.add_argument("--split-file", help="predefined split: JSON lists train/val/test of structure indices "
-                   "(else train.split.file, else info['split'] of the dataset, else the stratified split)")
-    p.add_argument("--no-resume", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--seed", type=int, help="master seed of the campaign (default: the config's 'seed')")
+    p.add_argument("--kind", choices=["potential", "born", "baseline"], required=True, help="model kind to train")
+    p.add_argument("--dataset", nargs="+", required=True, help="labelled extxyz file(s)")
+    p.add_argument("--output-dir", required=True, help="directory of the models, learning_curve_<kind>.json and .png")
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 1.0],
+                   help="fractions of the training set to train on")
+    p.add_argument("--split-file", help=SPLIT_FILE_HELP)
+    p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_learning_curve)
 
     p = sub.add_parser("select", help="active learning: pick candidates by committee disagreement")
@@ -640,52 +646,50 @@ def register(subparsers) -> None:
     p.add_argument("--candidates", nargs="+", required=True,
                    help="extxyz files and/or MD trajectories traj.h5 (NN MD of the current generation)")
     p.add_argument("--stride", type=int, default=1, help="take every n-th frame of each candidate file")
-    p.add_argument("--potential", nargs="*", default=[], help="potential committee files")
-    p.add_argument("--born", nargs="*", default=[], help="Born committee files")
-    p.add_argument("-n", type=int, help="number to select (default: active_learning.select_per_generation)")
-    p.add_argument("--score", choices=["forces", "born", "combined"])
-    p.add_argument("--min-frame-gap", type=int)
-    p.add_argument("--generation", type=int, help="generation the selection is for (stored in info)")
-    p.add_argument("--out", required=True, help="selected structures (extxyz, labels removed)")
-    p.add_argument("--report", help="JSON with every candidate's disagreement")
+    add_model_arguments(p, ("potential", "born"))
+    p.add_argument("--select-per-generation", type=int,
+                   help="number to select (default: train.active_learning.select_per_generation)")
+    p.add_argument("--score", choices=["forces", "born", "combined"],
+                   help="disagreement score to rank by (default: train.active_learning.score)")
+    p.add_argument("--min-frame-gap", type=int,
+                   help="minimum frame distance of two picks from one trajectory "
+                   "(default: train.active_learning.min_frame_gap)")
+    p.add_argument("--generation", type=int, help="generation the selection is for, stored in info (default: not stored)")
+    p.add_argument("--output", required=True, help="selected structures (extxyz, labels removed)")
+    p.add_argument("--report-json", help="JSON with every candidate's disagreement (default: not written)")
     p.set_defaults(func=run_select)
 
     p = sub.add_parser("explore", help="active learning: exploration MD with a committee (snapshots for select)")
     add_settings_arguments(p)
-    p.add_argument("--seed", type=int, help="master seed")
+    p.add_argument("--seed", type=int, help="master seed of the campaign (default: the config's 'seed')")
     p.add_argument("--structures", required=True, help="starting cells (extxyz), e.g. the DFT candidates")
-    p.add_argument("--potential", nargs="+", required=True, help="potential committee of generation k")
-    p.add_argument("--born", nargs="+", required=True, help="Born committee of generation k")
+    add_model_arguments(p, ("potential", "born"), required=True)
     p.add_argument("--generation", type=int, required=True, help="generation k+1 the snapshots are for")
-    p.add_argument("--out", required=True, help="snapshots (extxyz)")
-    p.add_argument("--report", help="JSON: one record per trajectory (stops and reasons)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--output", required=True, help="snapshots (extxyz)")
+    p.add_argument("--report-json", help="JSON: one record per trajectory, stops and reasons (default: not written)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_explore)
 
     p = sub.add_parser("ship", help="write a model set (committees + held-out set + metrics + manifest), e.g. models/li3po4")
     p.add_argument("--dataset", required=True, help="the labelled extxyz the models were trained on (info['split'] per row)")
     p.add_argument("--metrics", help="JSON records of 'train evaluate' on the dataset's test rows "
                    "(default: evaluate the test rows here)")
-    p.add_argument("--ledger", help="ledger the dataset was exported from (its identity goes into the manifest)")
-    p.add_argument("--potential", nargs="*", default=[], help="potential committee files")
-    p.add_argument("--born", nargs="*", default=[], help="Born committee files")
-    p.add_argument("--baseline", nargs="*", default=[], help="paper-style row baseline files")
-    p.add_argument("--outdir", required=True, help="model set directory (replaced as a whole)")
+    p.add_argument("--ledger", help="ledger the dataset was exported from; its identity goes into the manifest (default: none recorded)")
+    add_model_arguments(p, ("potential", "born", "baseline"))
+    p.add_argument("--output-dir", required=True, help="model set directory (replaced as a whole)")
     p.set_defaults(func=run_ship)
 
     p = sub.add_parser("table", help="print the held-out accuracy table of a model set (Markdown)")
-    p.add_argument("--models", default="models/li3po4", help="model set directory (default: %(default)s)")
+    p.add_argument("--models", default="models/li3po4", help="model set directory")
     p.set_defaults(func=run_table)
-
-    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
 
     p = subparsers.add_parser("predict", help="label structures with NN potential / Born-charge committees")
     p.add_argument("--structures", required=True, help="input extxyz")
-    p.add_argument("--potential", nargs="*", default=[], help="potential model file(s)")
-    p.add_argument("--born", nargs="*", default=[], help="Born model file(s)")
-    p.add_argument("--field", type=float, nargs=3, default=[0.0, 0.0, 0.0], metavar=("EX", "EY", "EZ"), help="V/Å")
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    add_model_arguments(p, ("potential", "born"))
+    p.add_argument("--field", type=float, nargs=3, default=[0.0, 0.0, 0.0], metavar=("EX", "EY", "EZ"),
+                   help="electric field (V/Å)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="evaluation precision")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy machine)")
-    p.add_argument("--out", required=True, help="output extxyz")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--output", required=True, help="output extxyz")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_predict)
