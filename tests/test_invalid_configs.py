@@ -129,6 +129,11 @@ CASES = [
      "allowed: > 1.0"),
     ("baseline-dsf-alpha-zero", "train.potential.baseline_dsf_alpha_per_A", 0, "train.potential.baseline_dsf_alpha_per_A",
      "allowed: > 0"),
+    # pre-training on other labels
+    ("pretrain-dataset-missing", "train.potential.pretrain.dataset", "data/no_such_set.extxyz",
+     "train.potential.pretrain.dataset", "no such file"),
+    ("pretrain-epochs-zero", "train.potential.pretrain.max_epochs", 0, "train.potential.pretrain.max_epochs",
+     "allowed: >= 1"),
 ]
 
 

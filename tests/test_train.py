@@ -506,3 +506,34 @@ def test_fine_tuning_starts_from_the_given_model_with_refitted_reference_energie
     assert model.metadata["trained"] is True
     with pytest.raises(ConfigError, match="fine-tuning a 'born' model"):
         fine_tuning_start(pretrained, "born", species, other[:18], torch.float32)
+
+
+def test_pretrain_command_trains_on_the_configured_set_and_fine_tuning_records_it(dataset, tmp_path, capsys):
+    import json
+
+    import yaml
+
+    from bornfield.models.io import load_model
+
+    config = tmp_path / "config.yaml"
+    potential = {k: v for k, v in TINY.items() if k not in ("cutoff", "dtype", "interactions")}
+    potential.update(max_epochs=2, committee=2, pretrain={"dataset": str(dataset), "max_epochs": 1, "batch_size": 3})
+    config.write_text(yaml.safe_dump({"train": {"cutoff": 4.0, "potential": potential}}))
+    assert main(["train", "pretrain", "--config", str(config), "--output-dir", str(tmp_path / "pre"),
+                 "--member", "1", "--no-progress"]) == 0
+    pretrained = load_model(tmp_path / "pre" / "potential_1.pt")
+    assert pretrained.metadata["pretraining"] is True
+    assert pretrained.metadata["training_data"] == [str(dataset)]
+    split = json.loads((tmp_path / "pre" / "split.json").read_text())
+    assert split["test"] == [] and split["val"] and len(split["train"]) + len(split["val"]) == 24
+    assert main(["train", "potential", "--config", str(config), "--dataset", str(dataset), "--output-dir",
+                 str(tmp_path / "fine"), "--member", "1", "--init-model", str(tmp_path / "pre" / "potential_1.pt"),
+                 "--no-progress"]) == 0
+    fine = load_model(tmp_path / "fine" / "potential_1.pt")
+    assert fine.metadata["initial_model"]["training_data"] == [str(dataset)]
+    assert len(fine.metadata["initial_model"]["sha256"]) == 64
+    assert main(["train", "pretrain", "--config", str(config), "--output-dir", str(tmp_path / "pre"), "--member", "2"]) == 2
+    assert "--member 2 is outside the committee" in capsys.readouterr().err
+    config.write_text(yaml.safe_dump({"train": {"cutoff": 4.0, "potential": dict(potential, pretrain={})}}))
+    assert main(["train", "pretrain", "--config", str(config), "--output-dir", str(tmp_path / "pre2")]) == 2
+    assert "train.potential.pretrain.dataset is empty" in capsys.readouterr().err

@@ -448,6 +448,11 @@ def check_config(config: Mapping, source: str = "config") -> list[str]:
         elif md["committee_size"] > members:
             bad("md.committee_size", md["committee_size"], f"the model set {md['models']} holds {members} "
                 f"potentials; allowed: 1..{members}")
+    pretrain = train["potential"]["pretrain"]["dataset"]
+    if pretrain and not Path(pretrain).is_file():
+        bad("train.potential.pretrain.dataset", pretrain, "no such file (relative paths are taken from the "
+            "working directory, the repository root for Snakemake); give a labelled extxyz file or '' for "
+            "no pre-training")
     exploration = train["active_learning"]["exploration"]
     if exploration["sample_interval"] > exploration["steps"]:
         bad("train.active_learning.exploration.sample_interval", exploration["sample_interval"],
@@ -557,6 +562,7 @@ COMMAND_KEYS: dict[str, Callable[..., tuple[str, ...]] | tuple[str, ...]] = {
     "dataset assemble": ("dataset",),
     "train split": ("seed", "train.split"),
     "train potential": _TRAIN_MODEL + ("train.potential",),
+    "train pretrain": _TRAIN_MODEL + ("train.potential",),
     "train born": _TRAIN_MODEL + ("train.born",),
     "train baseline": _TRAIN_MODEL + ("train.baseline",),
     "train learning-curve": lambda kind: _TRAIN_MODEL + (f"train.{kind}",),

@@ -12,6 +12,8 @@ TRAIN_MEMBERS = {
 }
 BASELINE_AXIS = "xyz"[TRAIN.baseline.field_axis]
 BASELINE_ON = TRAIN.baseline.enabled
+# pre-training of each potential member on other labels (train.potential.pretrain.dataset)
+PRETRAIN = TRAIN.potential.pretrain.dataset
 
 
 rule train_split:
@@ -40,6 +42,33 @@ rule train_split:
         " --dataset {input.dataset} --output {output.split} > {log} 2>&1"
 
 
+rule train_pretrain:
+    wildcard_constraints:
+        member=r"\d+",
+    input:
+        dataset=PRETRAIN or [],
+    output:
+        model=f"{MODELS}/pretrain/potential_{{member}}.pt",
+    params:
+        settings=lambda wc: settings_arg("train pretrain"),
+        outdir=f"{MODELS}/pretrain",
+    log:
+        f"{LOGS}/train/pretrain/potential_{{member}}.log",
+    benchmark:
+        f"{BENCH}/train/pretrain/potential_{{member}}.tsv"
+    conda:
+        "../../envs/bornfield.yaml"
+    threads: TRAIN.threads
+    resources:
+        runtime=480,
+        mem_mb=6000,
+        cpus_per_task=TRAIN.threads,
+        tasks=1,
+    shell:
+        "bornfield train pretrain --settings {params.settings}"
+        " --output-dir {params.outdir} --member {wildcards.member} > {log} 2>&1"
+
+
 rule train_potential:
     wildcard_constraints:
         gen=r"\d+",
@@ -47,11 +76,13 @@ rule train_potential:
     input:
         dataset=f"{RESULTS}/dataset/gen{{gen}}.extxyz",
         split=f"{MODELS}/gen{{gen}}/split.json",
+        pretrained=lambda wc: [f"{MODELS}/pretrain/potential_{wc.member}.pt"] if PRETRAIN else [],
     output:
         model=f"{MODELS}/gen{{gen}}/potential_{{member}}.pt",
     params:
         settings=lambda wc: settings_arg("train potential"),
         outdir=lambda wc: f"{MODELS}/gen{wc.gen}",
+        init=lambda wc, input: f" --init-model {input.pretrained}" if PRETRAIN else "",
     log:
         f"{LOGS}/train/gen{{gen}}/potential_{{member}}.log",
     benchmark:
@@ -67,7 +98,7 @@ rule train_potential:
     shell:
         "bornfield train potential --settings {params.settings}"
         " --dataset {input.dataset} --output-dir {params.outdir} --member {wildcards.member}"
-        " > {log} 2>&1"
+        "{params.init} > {log} 2>&1"
 
 
 rule train_born:

@@ -160,40 +160,16 @@ def run_init(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from bornfield.train.data import dataset_species, file_sha256, read_samples
-    from bornfield.train.trainer import train_model
 
     kind = KIND_OF_COMMAND[args.train_command]
     settings, master = _settings(args, f"train {args.train_command}")
-    torch.set_num_threads(int(settings["threads"]))
-    section = dict(settings[SECTION_OF_KIND[kind]])
-    if kind == "born_row" and not section["enabled"]:
-        raise ConfigError("train.baseline.enabled is false: the paper-style baseline is switched off")
-    if not 0 <= args.member < section["committee"]:
-        raise ConfigError(
-            f"--member {args.member} is outside the committee of train.{SECTION_OF_KIND[kind]}.committee = {section['committee']}"
-        )
-    section.update(cutoff=settings["cutoff"], dtype=settings["dtype"])
+    section = _member_section(settings, kind, args.member)
     samples = read_samples(args.dataset)
     data_hash = _dataset_hash(args.dataset)
     outdir = Path(args.output_dir)
     split = resolve_split(samples, settings, master, outdir / "split.json", data_hash, args.split_file)
     species = args.species or dataset_species(samples)
-    train = [samples[i] for i in split["train"]]
-    val = [samples[i] for i in split["val"]]
-    field_axis = int(section["field_axis"]) if kind == "born_row" else 0
-    out = outdir / model_filename(kind, args.member, field_axis)
-    seed = derived_seed(master, "train", kind, args.member)
-    metadata = {
-        "training_data_hash": data_hash,
-        "training_data": [str(p) for p in args.dataset],
-        "split_file": str(outdir / "split.json"),
-        "committee_member": args.member,
-        "description": {
-            "potential": "NN potential: energy (eV), forces (eV/Å), stress (eV/Å^3)",
-            "born": "equivariant NN Born charges Z[atom, field α, force β] (e), ASR by mean subtraction",
-            "born_row": f"paper-style baseline: Z[atom, {'xyz'[field_axis]}, :] (e) from invariant features",
-        }[kind],
-    }
+    metadata = {}
     init_model = None
     if args.init_model is not None:
         from bornfield.models.io import load_model
@@ -201,13 +177,70 @@ def run_train(args: argparse.Namespace) -> int:
         init_model = load_model(args.init_model, kind=kind, species=species)
         metadata["initial_model"] = {"file": str(args.init_model), "sha256": file_sha256(args.init_model),
                                      "training_data": init_model.metadata.get("training_data")}
+    _train_member(args, kind, section, settings, samples, split, species, args.dataset, data_hash, outdir,
+                  derived_seed(master, "train", kind, args.member), metadata, init_model)
+    return 0
+
+
+def run_pretrain(args: argparse.Namespace) -> int:
+    from bornfield.train.data import dataset_species, read_samples, stratified_split
+
+    settings, master = _settings(args, "train pretrain")
+    section = _member_section(settings, "potential", args.member)
+    pretrain = section["pretrain"]
+    if not pretrain["dataset"]:
+        raise ConfigError("train.potential.pretrain.dataset is empty: there is nothing to pre-train on")
+    section.update(max_epochs=pretrain["max_epochs"], batch_size=pretrain["batch_size"])
+    dataset = [pretrain["dataset"]]
+    samples = read_samples(dataset)
+    outdir = Path(args.output_dir)
+    split = stratified_split(samples, settings["split"]["val_fraction"], 0.0, derived_seed(master, "pretrain split"))
+    _write_json(outdir / "split.json", {**split, "source": f"stratified, val_fraction {settings['split']['val_fraction']}"})
+    species = args.species or dataset_species(samples)
+    _train_member(args, "potential", section, settings, samples, split, species, dataset, _dataset_hash(dataset),
+                  outdir, derived_seed(master, "pretrain", "potential", args.member), {"pretraining": True}, None)
+    return 0
+
+
+def _member_section(settings, kind: str, member: int) -> dict:
+    """The model block of ``kind`` with ``cutoff`` and ``dtype``, after checking the member index."""
+    section = dict(settings[SECTION_OF_KIND[kind]])
+    if kind == "born_row" and not section["enabled"]:
+        raise ConfigError("train.baseline.enabled is false: the paper-style baseline is switched off")
+    if not 0 <= member < section["committee"]:
+        raise ConfigError(
+            f"--member {member} is outside the committee of train.{SECTION_OF_KIND[kind]}.committee = {section['committee']}"
+        )
+    torch.set_num_threads(int(settings["threads"]))
+    return {**section, "cutoff": settings["cutoff"], "dtype": settings["dtype"]}
+
+
+def _train_member(args, kind, section, settings, samples, split, species, dataset, data_hash, outdir, seed,
+                  extra_metadata, init_model) -> None:
+    from bornfield.train.trainer import train_model
+
+    train = [samples[i] for i in split["train"]]
+    val = [samples[i] for i in split["val"]]
+    field_axis = int(section["field_axis"]) if kind == "born_row" else 0
+    out = outdir / model_filename(kind, args.member, field_axis)
+    metadata = {
+        "training_data_hash": data_hash,
+        "training_data": [str(p) for p in dataset],
+        "split_file": str(outdir / "split.json"),
+        "committee_member": args.member,
+        "description": {
+            "potential": "NN potential: energy (eV), forces (eV/Å), stress (eV/Å^3)",
+            "born": "equivariant NN Born charges Z[atom, field α, force β] (e), ASR by mean subtraction",
+            "born_row": f"paper-style baseline: Z[atom, {'xyz'[field_axis]}, :] (e) from invariant features",
+        }[kind],
+        **extra_metadata,
+    }
     model, history = train_model(
         kind, train, val, section, out, seed, species, metadata,
         resume=not args.no_resume, progress=not args.no_progress, init_model=init_model,
     )
     log.info("wrote %s (best epoch %s of %d, validation loss %.4g at the best epoch)", out,
              model.metadata.get("best_epoch"), len(history), model.metadata.get("best_monitor_loss", float("nan")))
-    return 0
 
 
 def _records(metrics: dict, system: str, baseline: bool, subset: str, notes: str) -> list[dict]:
@@ -611,6 +644,17 @@ def register(subparsers) -> None:
         p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         p.set_defaults(func=run_train)
+
+    p = sub.add_parser("pretrain", help="pre-train one NN-potential committee member on train.potential.pretrain.dataset "
+                       "(other labels, e.g. a universal potential's), for fine-tuning with --init-model")
+    add_settings_arguments(p)
+    p.add_argument("--seed", type=int, help="master seed of the campaign (config key 'seed')")
+    p.add_argument("--output-dir", required=True, help="e.g. results/models/pretrain")
+    p.add_argument("--member", type=int, default=0, help="committee member index i")
+    p.add_argument("--species", nargs="+", help="elements the model knows (default: those in the data)")
+    p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_pretrain)
 
     p = sub.add_parser("evaluate", help="test-set metrics (benchmark JSON records) and parity plots")
     p.add_argument("--dataset", nargs="+", required=True, help="labelled extxyz file(s)")
