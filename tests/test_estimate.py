@@ -82,3 +82,23 @@ def test_size_factor_is_continuous_and_steeper_above_32_atoms():
     assert factor(33) == pytest.approx(factor(32) * (33 / 32) ** large)  # no jump at the pivot
     assert factor(64) / factor(32) == pytest.approx(2.0**large)
     assert factor(64) / factor(32) > factor(32) / factor(16)
+
+
+def test_model_sets_ledger_data_pretraining_and_the_md_baseline_are_costed(tmp_path):
+    """A model set runs no DFT or training; ledger data run no DFT; a Pedone baseline slows MD by its measured factor."""
+    cost = CostModel.load()
+    assert cost.md_rate(128, "ase", "pedone") == pytest.approx(cost.md_rate(128, "ase") / cost.md_baseline_slowdown["ase"])
+    assert 1.5 < cost.md_baseline_slowdown["ase"] < 5
+    md = {"sweep": {"phases": ["beta"], "temperatures_K": [900.0], "field_strengths_V_per_A": [0.1], "replicas": 2}}
+    plain = {r["stage"]: r for r in estimate(resolve_config({"md": md}))}
+    with_baseline = {r["stage"]: r for r in estimate(resolve_config({"md": md, "train": {"potential": {"baseline": "pedone"}}}))}
+    key = "field MD (all conditions x replicas)"
+    assert with_baseline[key]["core_hours"] == pytest.approx(plain[key]["core_hours"] * cost.md_baseline_slowdown["ase"])
+    model_set = {r["stage"]: r for r in estimate(resolve_config({"md": dict(md, models=str(ROOT / "models" / "li3po4"))}))}
+    assert set(model_set) == {"structures (melt-quench)", key}
+    assert "potential baseline pedone" in model_set[key]["units"]
+    models = {r["stage"]: r for r in estimate(load_config(ROOT / "config" / "models.yaml"))}
+    assert models["dft (ph.x DFPT Born charges)"]["core_hours"] == 0.0
+    assert "ledger entries" in models["dft (pw.x SCF)"]["units"]
+    pretrain = models["pre-train potentials (upper bound: max_epochs)"]
+    assert pretrain["units"].startswith("19342 atoms x 80 epochs x 4") and pretrain["core_hours"] > 0

@@ -67,6 +67,7 @@ class CostModel:
     cutoff_exponent: float
     melt_quench_atom_steps_per_core_s: dict[int, float]
     md_atom_steps_per_core_s: dict[str, dict[int, float]]
+    md_baseline_slowdown: dict[str, float]  # MD time with the potential's Pedone baseline / without, per backend
     train_core_s_per_atom_epoch: dict[str, float]
     sources: dict[str, str]
 
@@ -94,12 +95,18 @@ class CostModel:
             return (n_atoms / 16) ** exponent
         return 2.0**exponent * (n_atoms / 32) ** exponent_large
 
-    def md_rate(self, n_atoms: int, backend: str) -> float:
-        """Field-MD atom-steps per core-second of ``backend`` at ``n_atoms``."""
+    def md_rate(self, n_atoms: int, backend: str, baseline: str = "none") -> float:
+        """Field-MD atom-steps per core-second of ``backend`` at ``n_atoms``, for a potential with
+        the physical ``baseline`` (``none`` or ``pedone``, train.potential.baseline)."""
         if backend not in self.md_atom_steps_per_core_s:
             raise ConfigError(f"cost model has no MD rate for backend {backend!r} "
                               f"(measured: {sorted(self.md_atom_steps_per_core_s)})")
-        return _log_interpolate(self.md_atom_steps_per_core_s[backend], n_atoms)
+        rate = _log_interpolate(self.md_atom_steps_per_core_s[backend], n_atoms)
+        if baseline == "none":
+            return rate
+        if baseline != "pedone":
+            raise ConfigError(f"cost model has no MD rate for a potential baseline {baseline!r} (known: none, pedone)")
+        return rate / self.md_baseline_slowdown[backend]
 
     def melt_quench_rate(self, n_atoms: int) -> float:
         """LAMMPS melt-quench atom-steps per core-second at ``n_atoms``."""
@@ -144,6 +151,9 @@ def cost_model_from_records(results_dir: str | Path) -> CostModel:
     * melt-quench: ``melt_quench_throughput.json``, atom-steps/s on 1 rank per cell size;
     * MD: ``md_throughput.json``, atom-steps per CPU-s of ``bornfield-ase`` / ``bornfield-lammps``
       on 1 rank, mean of the repeated runs per cell size;
+    * MD with the potential's Pedone baseline: the slowdown per backend in
+      ``md_throughput_baseline.json`` (``bornfield-<backend>`` over ``bornfield-pedone10-<backend>``,
+      1 rank, the same run);
     * training: ``train_speed.json``, CPU-s per atom-epoch of the potential and the Born model.
     """
     results_dir = Path(results_dir)
@@ -188,6 +198,17 @@ def cost_model_from_records(results_dir: str | Path) -> CostModel:
             if r["metric"] == "atom_steps_per_cpu_s" and r["ranks"] == 1 and r["system"] == f"bornfield-{backend}":
                 by_size.setdefault(int(r["n_atoms"]), []).append(float(r["value"]))
         md_rates[backend] = {n: float(np.mean(v)) for n, v in sorted(by_size.items())}
+    with_baseline = _records(results_dir, "md_throughput_baseline.json")
+    slowdown = {}
+    for backend in ("ase", "lammps"):
+        def rates(system: str, b=backend) -> list[float]:
+            return [float(r["value"]) for r in with_baseline if r["metric"] == "atom_steps_per_cpu_s"
+                    and r["ranks"] == 1 and r["system"] == system.format(b)]
+        plain, pedone = rates("bornfield-{}"), rates("bornfield-pedone10-{}")
+        if not plain or not pedone:
+            raise InputFileError(f"md_throughput_baseline.json: no 1-rank bornfield-{backend} and "
+                                 f"bornfield-pedone10-{backend} records for the cost model")
+        slowdown[backend] = float(np.mean(plain) / np.mean(pedone))
     train = _records(results_dir, "train_speed.json")
     train_costs = {kind: float(_one(train, "train_speed.json", metric="train_cpu_s_per_atom_epoch",
                                     system=f"bornfield-{kind}")["value"]) for kind in ("potential", "born")}
@@ -204,10 +225,13 @@ def cost_model_from_records(results_dir: str | Path) -> CostModel:
         cutoff_exponent=cutoff_exponent,
         melt_quench_atom_steps_per_core_s=melt_rates,
         md_atom_steps_per_core_s=md_rates,
+        md_baseline_slowdown=slowdown,
         train_core_s_per_atom_epoch=train_costs,
         sources={
             "dft": f"dft_convergence.json ({job['system']}, scf_ec<E>_k223), dft_scaling_openblas.json",
             "melt_quench": "melt_quench_throughput.json", "md": "md_throughput.json",
+            "md_baseline": "md_throughput_baseline.json (bornfield-<backend> vs bornfield-pedone10-<backend>: "
+                           "Pedone baseline at its default 10 Å cutoff)",
             "train": "train_speed.json",
         },
     )
@@ -280,6 +304,9 @@ def estimate(config: dict, cost: CostModel | None = None) -> list[dict]:
     rows.append({"stage": "structures (melt-quench)", "units": f"{atom_steps:.3g} atom-steps",
                  "core_hours": melt_s / 3600})
 
+    if config["md"]["models"]:  # a model set drives the MD: nothing is labelled or trained
+        return rows + _md_rows(config, cost)
+
     dft = config["dft"]
     settings = DFTSettings.from_section(dft)
     all_candidates = dft_candidate_cells(config)
@@ -287,6 +314,15 @@ def estimate(config: dict, cost: CostModel | None = None) -> list[dict]:
     if dft["max_structures"] is not None:
         candidates = candidates[: dft["max_structures"]]
     al = config["train"]["active_learning"]
+    if config["dataset"]["source"] == "ledger":  # labels come from the ledger: no DFT in the campaign
+        from bornfield.ledger.store import Ledger
+
+        from bornfield.structures.io import read_structures
+
+        ledger = Ledger(dft["ledger"])
+        candidates = all_candidates = [(None, len(read_structures(ledger.entries_dir / i / "entry.extxyz",
+                                                                  require_info=False)[0]), None)
+                                       for i in ledger.dft_ids()]
     n_selected = max(al["generations"] - 1, 0) * al["select_per_generation"]
     max_atoms = al["exploration"]["max_atoms"]
     explorable = [c for c in all_candidates if max_atoms is None or c[1] <= max_atoms]
@@ -295,15 +331,20 @@ def estimate(config: dict, cost: CostModel | None = None) -> list[dict]:
     # selected snapshots: as large on average as the cells exploration starts from
     jobs = candidates + [explorable[k % len(explorable)] for k in range(n_selected)]
     scf_s = ph_s = 0.0
-    for _, n_atoms, cell in jobs:
+    for _, n_atoms, cell in ([] if config["dataset"]["source"] == "ledger" else jobs):
         job_scf, job_ph = dft_job_core_seconds(n_atoms, cell, settings, cost)
         scf_s += job_scf
         ph_s += job_ph
     n_atoms_total = sum(j[1] for j in jobs)
-    rows.append({"stage": "dft (pw.x SCF)", "units": f"{len(jobs)} jobs, {n_atoms_total} atoms",
-                 "core_hours": scf_s / 3600})
-    rows.append({"stage": "dft (ph.x DFPT Born charges)", "units": f"{len(jobs) if settings.born_charges else 0} jobs",
-                 "core_hours": ph_s / 3600})
+    if config["dataset"]["source"] == "ledger":
+        what = f"none: {len(jobs)} ledger entries ({n_atoms_total} atoms) at {dft['ledger']}"
+        rows.append({"stage": "dft (pw.x SCF)", "units": what, "core_hours": 0.0})
+        rows.append({"stage": "dft (ph.x DFPT Born charges)", "units": what, "core_hours": 0.0})
+    else:
+        rows.append({"stage": "dft (pw.x SCF)", "units": f"{len(jobs)} jobs, {n_atoms_total} atoms",
+                     "core_hours": scf_s / 3600})
+        rows.append({"stage": "dft (ph.x DFPT Born charges)", "units": f"{len(jobs) if settings.born_charges else 0} jobs",
+                     "core_hours": ph_s / 3600})
 
     train = config["train"]
     generations = max(al["generations"], 1)
@@ -317,6 +358,15 @@ def estimate(config: dict, cost: CostModel | None = None) -> list[dict]:
                         * cost.train_core_s_per_atom_epoch[measured])
     rows.append({"stage": "train (committees, upper bound: max_epochs)", "units": f"{generations} generation(s)",
                  "core_hours": train_s / 3600})
+    pretrain = train["potential"]["pretrain"]
+    if pretrain["dataset"]:
+        from bornfield.structures.io import read_structures
+
+        pretrain_atoms = sum(len(a) for a in read_structures(pretrain["dataset"], require_info=False))
+        rows.append({"stage": "pre-train potentials (upper bound: max_epochs)",
+                     "units": f"{pretrain_atoms} atoms x {pretrain['max_epochs']} epochs x {train['potential']['committee']}",
+                     "core_hours": train["potential"]["committee"] * pretrain["max_epochs"] * pretrain_atoms
+                     * cost.train_core_s_per_atom_epoch["potential"] / 3600})
 
     exploration = al["exploration"]
     n_traj = min(len(explorable), exploration["max_structures"]) * len(exploration["temperatures_K"]) * len(exploration["fields_V_per_A"])
@@ -327,7 +377,32 @@ def estimate(config: dict, cost: CostModel | None = None) -> list[dict]:
     rows.append({"stage": "active-learning exploration MD", "units": f"{explore_steps:.3g} atom-steps x committee",
                  "core_hours": explore_s / 3600})
 
+    return rows + _md_rows(config, cost)
+
+
+def _potential_baseline(config: dict) -> str:
+    """The physical baseline of the potentials the MD uses: the model set's, else train.potential.baseline."""
+    models = config["md"]["models"]
+    if not models:
+        return config["train"]["potential"]["baseline"]
+    from bornfield.models.baseline import NAME as PEDONE
+
+    manifest = json.loads((Path(models) / "manifest.json").read_text(encoding="utf-8"))
+    first = manifest["members"]["potential"][0]["hyperparameters"].get("baseline")
+    if first is None:
+        return "none"
+    if first["name"] != PEDONE:
+        raise ConfigError(f"md.models = {models}: potential baseline {first['name']!r} has no measured MD cost")
+    return "pedone"
+
+
+def _md_rows(config: dict, cost: CostModel) -> list[dict]:
+    """Exploration-free field MD of every condition and replica."""
+    from bornfield.md.conditions import expand_conditions
+
+    structures, amorphous = config["structures"], config["structures"]["amorphous"]
     md = config["md"]
+    baseline = _potential_baseline(config)
     conditions = expand_conditions(md)
     md_atoms = {}
     for phase in {c.phase for c in conditions}:
@@ -340,12 +415,12 @@ def estimate(config: dict, cost: CostModel | None = None) -> list[dict]:
             md_atoms[phase] = len(phase_cell(phase, target["target_atoms"], target["max_excess_fraction"], int(config["seed"]),
                                              "md", structures["frenkel_min_separation_A"]))
     steps_md = md["equilibration_steps"] + md["production_steps"]
-    md_s = sum(c.replicas * steps_md * md_atoms[c.phase] / cost.md_rate(md_atoms[c.phase], md["backend"])
+    md_s = sum(c.replicas * steps_md * md_atoms[c.phase] / cost.md_rate(md_atoms[c.phase], md["backend"], baseline)
                for c in conditions)
-    rows.append({"stage": "field MD (all conditions x replicas)",
-                 "units": f"{len(conditions)} conditions, {sum(c.replicas for c in conditions)} replicas, {steps_md} steps",
-                 "core_hours": md_s / 3600})
-    return rows
+    return [{"stage": "field MD (all conditions x replicas)",
+             "units": f"{len(conditions)} conditions, {sum(c.replicas for c in conditions)} replicas, {steps_md} steps, "
+                      f"potential baseline {baseline}",
+             "core_hours": md_s / 3600}]
 
 
 def format_table(rows: list[dict], cores: int) -> str:
