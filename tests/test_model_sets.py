@@ -107,3 +107,26 @@ def test_campaign_on_a_model_set_labels_and_trains_nothing(shipped, tmp_path):
     assert "md_condition" in jobs and f"{outdir}/potential_1.pt" in jobs
     for rule in ("dft_plan", "dft_run", "dataset_assemble", "train_potential", "train_born"):
         assert f"rule {rule}:" not in jobs, rule
+
+
+def test_ship_names_the_validation_rows_of_the_training_split(shipped, tmp_path, capsys):
+    outdir, frames, _ = shipped
+    model_set = read_model_set(outdir)
+    extra = frames[0].copy()
+    extra.positions[0] += 0.05
+    extra.info["dft_id"] = "f" * 16
+    dataset = tmp_path / "three.extxyz"
+    write(dataset, [frames[0], extra, frames[1]], format="extxyz")
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": [0], "val": [1], "test": [2]}))
+    again = tmp_path / "with_split"
+    assert main(["train", "ship", "--dataset", str(dataset), "--split", str(split), "--output-dir",
+                 str(again), "--potential", *map(str, model_set.potential), "--born", *map(str, model_set.born)]) == 0
+    source = read_model_set(again).manifest["source"]
+    assert (source["n_train"], source["n_val"], source["n_test"]) == (1, 1, 1)
+    assert source["dft_ids"]["val"] == ["f" * 16]
+    split.write_text(json.dumps({"train": [2], "val": [1], "test": [0]}))  # not the dataset's held-out row
+    assert main(["train", "ship", "--dataset", str(dataset), "--split", str(split), "--output-dir",
+                 str(tmp_path / "wrong"), "--potential", *map(str, model_set.potential)]) != 0
+    assert "test rows are not the dataset's info['split'] test rows" in capsys.readouterr().err
+    assert not (tmp_path / "wrong").exists()

@@ -331,6 +331,7 @@ if TRAIN.ship_to:
     rule ship_models:
         input:
             dataset=f"{RESULTS}/dataset/gen0.extxyz",
+            split=f"{MODELS}/gen0/split.json",
             potential=expand(f"{MODELS}/gen0/potential_{{i}}.pt", i=TRAIN_MEMBERS["potential"]),
             born=expand(f"{MODELS}/gen0/born_{{i}}.pt", i=TRAIN_MEMBERS["born"]),
             baseline=expand(
@@ -356,5 +357,6 @@ if TRAIN.ship_to:
             cpus_per_task=1,
             tasks=1,
         shell:
-            "bornfield train ship --dataset {input.dataset} {params.ledger} --potential {input.potential}"
+            "bornfield train ship --dataset {input.dataset} --split {input.split} {params.ledger}"
+            " --potential {input.potential}"
             " --born {input.born} {params.baseline} --output-dir {params.outdir} > {log} 2>&1"

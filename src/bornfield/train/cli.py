@@ -557,6 +557,15 @@ def run_ship(args: argparse.Namespace) -> int:
     frames = read(args.dataset, index=":", format="extxyz")
     splits = {name: [str(a.info.get("dft_id", i)) for i, a in enumerate(frames) if a.info.get("split") == name]
               for name in ("train", "val", "test")}
+    if args.split:  # the training split (validation carved from the 'train' rows)
+        from bornfield.train.data import read_split_file
+
+        used = read_split_file(args.split, len(frames))
+        named = {name: [str(frames[i].info.get("dft_id", i)) for i in used[name]] for name in ("train", "val", "test")}
+        if sorted(named["test"]) != sorted(splits["test"]):
+            raise InputFileError(f"{args.split}: its test rows are not the dataset's info['split'] test rows "
+                                 f"({len(named['test'])} vs {len(splits['test'])}); was it written for {args.dataset}?")
+        splits = named
     test_frames = [a for a in frames if a.info.get("split") == "test"]
     source = {"dataset": str(args.dataset), "dataset_sha256": _dataset_hash([args.dataset]), "n_entries": len(frames),
               "n_train": len(splits["train"]), "n_val": len(splits["val"]), "n_test": len(splits["test"]),
@@ -648,7 +657,7 @@ def register(subparsers) -> None:
     p = sub.add_parser("pretrain", help="pre-train one NN-potential committee member on train.potential.pretrain.dataset "
                        "(other labels, e.g. a universal potential's), for fine-tuning with --init-model")
     add_settings_arguments(p)
-    p.add_argument("--seed", type=int, help="master seed of the campaign (config key 'seed')")
+    p.add_argument("--seed", type=int, help="master seed of the campaign (default: the config's 'seed')")
     p.add_argument("--output-dir", required=True, help="e.g. results/models/pretrain")
     p.add_argument("--member", type=int, default=0, help="committee member index i")
     p.add_argument("--species", nargs="+", help="elements the model knows (default: those in the data)")
@@ -719,6 +728,8 @@ def register(subparsers) -> None:
     p.add_argument("--metrics", help="JSON records of 'train evaluate' on the dataset's test rows "
                    "(default: evaluate the test rows here)")
     p.add_argument("--ledger", help="ledger the dataset was exported from; its identity goes into the manifest (default: none recorded)")
+    p.add_argument("--split", help="split.json written by training: the manifest then names the validation rows too "
+                   "(default: info['split'] of the dataset, train and test only)")
     add_model_arguments(p, ("potential", "born", "baseline"))
     p.add_argument("--output-dir", required=True, help="model set directory (replaced as a whole)")
     p.set_defaults(func=run_ship)
