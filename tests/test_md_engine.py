@@ -284,6 +284,18 @@ def test_temperature_runaway_and_committee_uncertainty_detected(tmp_path):
                             committee=[MorsePotential(cutoff=4.0, depth=0.8)], progress=False)
     assert summary["replicas_failed"] == 1
     assert "uncertainty" in summary["replicas"][0]["reason"]
+    stats = summary["replicas"][0]["force_uncertainty_eV_per_A"]
+    assert stats["max"] > 0.05 and stats["fraction_below_limit"] < 1.0 and stats["checks"] >= 1
+    # a run that holds records how far below the limit its committee stayed
+    settings = make_settings(production_steps=40, committee_size=2,
+                             safety={"max_force_uncertainty_eV_per_A": 1e3, "uncertainty_check_interval": 10})
+    summary = run_condition(settings, expand_conditions(settings)[0], tmp_path / "committee_ok",
+                            MorsePotential(cutoff=4.0), EnvironmentBorn(cutoff=3.5), [fcc_cell(3)],
+                            committee=[MorsePotential(cutoff=4.0, depth=0.8)], progress=False)
+    stats = summary["replicas"][0]["force_uncertainty_eV_per_A"]
+    assert summary["replicas_completed"] == 1 and stats["fraction_below_limit"] == 1.0
+    assert stats["checks"] == 1 + (settings["equilibration_steps"] + 40) // 10  # step 0 and every 10 steps
+    assert 0 < stats["median"] <= stats["max"] < 1e3
 
 
 def test_condition_dataclass_drives_the_field(tmp_path):

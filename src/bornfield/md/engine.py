@@ -151,6 +151,7 @@ class ReplicaRunner:
         self.distance_interval = int(safety["distance_check_interval"])
         self.uncertainty_interval = int(safety["uncertainty_check_interval"])
         self.limits = SafetyLimits.from_md_settings(settings)
+        self.uncertainties: list[float] = []  # committee force std (eV/Å) of every check of this process
 
     # -- helpers --------------------------------------------------------
     def _bcast(self, value):
@@ -159,7 +160,7 @@ class ReplicaRunner:
         return self.comm.bcast(value, root=0)
 
     def _status(self, state: str, reason: str, step: int, wall_s: float) -> dict:
-        return {
+        status = {
             "state": state,
             "reason": reason,
             "steps": int(step),
@@ -170,6 +171,14 @@ class ReplicaRunner:
             "seed": self.attributes.get("seed"),
             "backend": self.attributes.get("backend"),
         }
+        if self.uncertainties:  # checks since this process started (a resumed run: since the resume)
+            values = np.asarray(self.uncertainties)
+            limit = self.limits.max_force_uncertainty_eV_per_A
+            status["force_uncertainty_eV_per_A"] = {
+                "checks": int(values.size), "median": float(np.median(values)), "max": float(values.max()),
+                "fraction_below_limit": float(np.mean(values <= limit)) if limit is not None else None,
+            }
+        return status
 
     def _write_outputs(self, snap: Snapshot, traj: TrajectoryWriter | None, thermo: ThermoWriter | None):
         step = snap.step
@@ -215,7 +224,10 @@ class ReplicaRunner:
         if step % self.distance_interval == 0:
             self.limits.check_min_distance(self.backend.min_distance(), f" at step {step}")
         if step % self.uncertainty_interval == 0:
-            self.limits.check_force_uncertainty(self.backend.committee_force_std(), f" at step {step}")
+            std = self.backend.committee_force_std()
+            if std is not None:
+                self.uncertainties.append(float(std))
+            self.limits.check_force_uncertainty(std, f" at step {step}")
 
     # -- main loop ------------------------------------------------------
     def run(self) -> dict:
