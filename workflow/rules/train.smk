@@ -51,7 +51,7 @@ rule train_pretrain:
         model=f"{MODELS}/pretrain/potential_{{member}}.pt",
     params:
         settings=lambda wc: settings_arg("train pretrain"),
-        outdir=f"{MODELS}/pretrain",
+        outdir=lambda wc, output: os.path.dirname(output.model),
     log:
         f"{LOGS}/train/pretrain/potential_{{member}}.log",
     benchmark:
@@ -82,7 +82,7 @@ rule train_potential:
     params:
         settings=lambda wc: settings_arg("train potential"),
         outdir=lambda wc: f"{MODELS}/gen{wc.gen}",
-        init=lambda wc, input: f" --init-model {input.pretrained}" if PRETRAIN else "",
+        init=lambda wc: f" --init-model {MODELS}/pretrain/potential_{wc.member}.pt" if PRETRAIN else "",
     log:
         f"{LOGS}/train/gen{{gen}}/potential_{{member}}.log",
     benchmark:
