@@ -314,9 +314,9 @@ def estimate(config: dict, cost: CostModel | None = None) -> list[dict]:
     if dft["max_structures"] is not None:
         candidates = candidates[: dft["max_structures"]]
     al = config["train"]["active_learning"]
-    if config["dataset"]["source"] == "ledger":  # labels come from the ledger: no DFT in the campaign
+    from_ledger = config["dataset"]["source"] == "ledger"  # labels come from the ledger: no DFT in the campaign
+    if from_ledger:
         from bornfield.ledger.store import Ledger
-
         from bornfield.structures.io import read_structures
 
         ledger = Ledger(dft["ledger"])
@@ -331,12 +331,12 @@ def estimate(config: dict, cost: CostModel | None = None) -> list[dict]:
     # selected snapshots: as large on average as the cells exploration starts from
     jobs = candidates + [explorable[k % len(explorable)] for k in range(n_selected)]
     scf_s = ph_s = 0.0
-    for _, n_atoms, cell in ([] if config["dataset"]["source"] == "ledger" else jobs):
+    for _, n_atoms, cell in ([] if from_ledger else jobs):
         job_scf, job_ph = dft_job_core_seconds(n_atoms, cell, settings, cost)
         scf_s += job_scf
         ph_s += job_ph
     n_atoms_total = sum(j[1] for j in jobs)
-    if config["dataset"]["source"] == "ledger":
+    if from_ledger:
         what = f"none: {len(jobs)} ledger entries ({n_atoms_total} atoms) at {dft['ledger']}"
         rows.append({"stage": "dft (pw.x SCF)", "units": what, "core_hours": 0.0})
         rows.append({"stage": "dft (ph.x DFPT Born charges)", "units": what, "core_hours": 0.0})

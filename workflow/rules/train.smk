@@ -82,7 +82,7 @@ rule train_potential:
     params:
         settings=lambda wc: settings_arg("train potential"),
         outdir=lambda wc: f"{MODELS}/gen{wc.gen}",
-        init=lambda wc: f" --init-model {MODELS}/pretrain/potential_{wc.member}.pt" if PRETRAIN else "",
+        init=lambda wc, input: f" --init-model {input.pretrained}" if PRETRAIN else "",
     log:
         f"{LOGS}/train/gen{{gen}}/potential_{{member}}.log",
     benchmark:
