@@ -371,3 +371,31 @@ def test_sigterm_to_the_labeller_alone_stops_its_qe_child(tmp_path, pseudo, fake
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert ledger.dft_ids() == []
+
+
+def test_a_running_labeller_takes_picks_appended_during_its_run(tmp_path, pseudo, fake_qe, monkeypatch):
+    import bornfield.ledger.labeller as labeller
+
+    ledger = _ledger(tmp_path / "ledger", pseudo)
+    _queue(ledger, [_structure(0.01, kind="scf"), _structure(0.02, kind="scf")])
+    picks = tmp_path / "picks.extxyz"
+    pick = _structure(0.3)
+    pick.info.pop("label_kind")
+    pick.info.pop("family")
+    write(picks, [pick], format="extxyz")
+    run_one = labeller._run_one
+    calls = []
+
+    def run_then_append(*args, **kwargs):
+        record = run_one(*args, **kwargs)
+        if not calls:  # while the first job finishes, a user appends an active-learning pick
+            assert main(["ledger", "append", "--ledger", str(ledger.root), "--structures", str(picks),
+                         "--kind", "scf", "--first"]) == 0
+        calls.append(record["dft_id"])
+        return record
+
+    monkeypatch.setattr(labeller, "_run_one", run_then_append)
+    summary = label(ledger.root, hours=1.0, ranks=1, work_dir=tmp_path / "work", max_jobs=2)
+    families = {atoms.info["dft_id"]: atoms.info["family"] for atoms in Ledger(ledger.root).frames()}
+    assert summary["jobs_finished"] == 2
+    assert [families[d] for d in calls] == ["beta_thermal", "active_learning"]

@@ -6,7 +6,8 @@ ledger's own entries of the same kind (median of measured core-seconds / estimat
 by the ranks. QE gets the rest of the budget as ``max_seconds``, so a wrong estimate ends in
 QE's clean stop (resumable next time) rather than in a kill. Jobs run in a work directory
 (not committed) with the DFT runner's rules for resuming; a finished job (completed or
-failed) enters the ledger atomically and its work directory is removed. Several labellers
+failed) enters the ledger atomically and its work directory is removed. The queue is re-read
+after every job, so entries appended meanwhile (``ledger append --first``) are run in order. Several labellers
 may share a ledger and work directory: a job is claimed with a lock that dies with its process.
 """
 
@@ -171,6 +172,8 @@ def label(ledger_dir: str | Path, hours: float, ranks: int, work_dir: str | Path
                 claim.release()
             done.append(record)
             correction = cost_correction(ledger)  # every finished job sharpens the next estimates
+            pending = [c for c in pending_jobs(ledger) if c.kind in kinds]  # picks appended meanwhile count
+            bar.total = len(done) + len(pending)
             bar.update(1)
             remaining = sum(SAFETY * c.est_core_s * correction[c.kind] / ranks for c in pending)
             bar.set_postfix_str(f"last {record['wall_time_s'] / 60:.0f} min; queue left ~{remaining / 3600:.1f} h at {ranks} rank(s)")
