@@ -27,8 +27,9 @@ def snakemake(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     )
 
 
-def test_lint_is_clean():
-    result = snakemake("--lint", "--configfile", "config/config.yaml")
+@pytest.mark.parametrize("config", ["config/config.yaml", "config/models.yaml"])
+def test_lint_is_clean(config):
+    result = snakemake("--lint", "--configfile", config)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "Lints for" not in output, output

@@ -1,6 +1,7 @@
 # Shared helpers: the resolved config first, then small input functions.
 # Logic belongs in src/bornfield (unit-tested); this file stays small.
 import json
+import os
 import shlex
 from pathlib import Path
 

@@ -23,7 +23,7 @@ if SETTINGS.dataset["source"] == "ledger":
                 category="Dataset",
             ),
         params:
-            ledger=SETTINGS.dft["ledger"],
+            ledger=lambda wc, input: os.path.dirname(input.ledger),
         log:
             f"{LOGS}/dataset/gen0.log",
         benchmark:

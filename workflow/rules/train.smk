@@ -344,7 +344,7 @@ if TRAIN.ship_to:
             ledger=(
                 f"--ledger {SETTINGS.dft['ledger']}" if SETTINGS.dataset["source"] == "ledger" else ""
             ),
-            outdir=TRAIN.ship_to,
+            outdir=lambda wc, output: os.path.dirname(output.manifest),
             baseline=lambda wc, input: files_option("--baseline", input.baseline),
         log:
             f"{LOGS}/train/ship_models.log",
