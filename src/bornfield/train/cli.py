@@ -211,7 +211,6 @@ def _member_section(settings, kind: str, member: int) -> dict:
         raise ConfigError(
             f"--member {member} is outside the committee of train.{SECTION_OF_KIND[kind]}.committee = {section['committee']}"
         )
-    torch.set_num_threads(int(settings["threads"]))
     return {**section, "cutoff": settings["cutoff"], "dtype": settings["dtype"]}
 
 
@@ -219,6 +218,7 @@ def _train_member(args, kind, section, settings, samples, split, species, datase
                   extra_metadata, init_model) -> None:
     from bornfield.train.trainer import train_model
 
+    torch.set_num_threads(int(settings["threads"]))
     train = [samples[i] for i in split["train"]]
     val = [samples[i] for i in split["val"]]
     field_axis = int(section["field_axis"]) if kind == "born_row" else 0
