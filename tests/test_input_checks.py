@@ -1,7 +1,7 @@
 """Structures and training data are checked at the door: file, frame, atom and key named, nothing written.
 
 Every entry point that reads structures (``dft plan``/``run``, ``predict``,
-``train explore``/``select``, ``md run``, ``structures report``) refuses NaN or
+``train explore``/``select``, ``md run``, ``structures report``, ``ledger append``) refuses NaN or
 coincident positions and unknown elements before any work; a dataset with a
 non-finite label is refused before the split or a model file is written.
 """
@@ -9,6 +9,7 @@ non-finite label is refused before the split or a model file is written.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from bornfield.models import create_random_model_file
 from bornfield.structures.crystals import build_crystal
 from bornfield.structures.io import check_structure
 
+REPO = Path(__file__).resolve().parents[1]
 SMALL = {"channels": 2, "hidden": 4, "radial_hidden": 4}
 
 
@@ -75,19 +77,42 @@ def test_dft_plan_refuses_a_broken_candidate_and_writes_nothing(tmp_path, capsys
     assert not (tmp_path / "gen0").exists() and not (tmp_path / "inputs").exists()
 
 
-def test_predict_refuses_coincident_atoms_instead_of_writing_nan(tmp_path, capsys, models):
+@pytest.mark.parametrize(("kind", "text"), [("coincident", "atoms 3 (Li) and 7 (P)"), ("nan", "atom 5 (Li)")])
+def test_predict_refuses_a_broken_structure_instead_of_writing_nan(tmp_path, capsys, models, kind, text):
     structures = tmp_path / "in.extxyz"
-    write(structures, [_beta(), _broken("coincident")], format="extxyz")
+    write(structures, [_beta(), _broken(kind)], format="extxyz")
     out = tmp_path / "out.extxyz"
     code = main(["predict", "--structures", str(structures), "--potential", str(models["potential"]),
                  "--born", str(models["born"]), "--output", str(out), "--no-progress"])
     assert code == 2
-    assert f"{structures} frame 1: atoms 3 (Li) and 7 (P)" in capsys.readouterr().err
+    assert f"{structures} frame 1: {text}" in capsys.readouterr().err
     assert not out.exists()
     write(structures, [_beta()], format="extxyz")
     assert main(["predict", "--structures", str(structures), "--potential", str(models["potential"]),
                  "--output", str(out), "--no-progress"]) == 0
     assert np.isfinite(read(out).get_forces()).all()
+
+
+def test_dft_run_refuses_a_broken_structure_before_its_job_directory(tmp_path, capsys):
+    structure = tmp_path / "one.extxyz"
+    write(structure, _broken("nan"), format="extxyz")
+    jobs = tmp_path / "jobs"
+    code = main(["dft", "run", "--settings", json.dumps({"dft": {"run": {"pw_command": "/bin/false"}}}),
+                 "--structure", str(structure), "--pseudo-dir", str(tmp_path / "pseudo"), "--jobs-dir", str(jobs),
+                 "--launcher", "", "--ranks", "1", "--ledger", ""])
+    assert code == 2 and f"{structure} frame 0: atom 5 (Li)" in capsys.readouterr().err
+    assert not jobs.exists()
+
+
+def test_ledger_append_refuses_a_broken_structure_and_leaves_the_queue(tmp_path, capsys):
+    ledger = tmp_path / "ledger"
+    shutil.copytree(REPO / "data" / "ledger", ledger)
+    before = (ledger / "queue.extxyz").read_bytes()
+    picks = tmp_path / "picks.extxyz"
+    write(picks, [_beta(), _broken("coincident")], format="extxyz")
+    code = main(["ledger", "append", "--ledger", str(ledger), "--structures", str(picks), "--kind", "scf"])
+    assert code == 2 and f"{picks} frame 1: atoms 3 (Li) and 7 (P)" in capsys.readouterr().err
+    assert (ledger / "queue.extxyz").read_bytes() == before
 
 
 def test_explore_and_select_refuse_broken_structures(tmp_path, capsys, models):
