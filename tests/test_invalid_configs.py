@@ -119,6 +119,10 @@ CASES = [
     ("sample-interval-beyond-steps", "train.active_learning.exploration.sample_interval", 50,
      "train.active_learning.exploration.sample_interval", "allowed: 1..10"),
     ("split-leaves-no-training-data", "train.split.val_fraction", 0.5, "train.split.test_fraction", "must be < 1"),
+    # YAML's .nan passes every range check (any comparison with it is false)
+    ("ecutrho-nan", "dft.qe.ecutrho_Ry", float("nan"), "dft.qe.ecutrho_Ry", "NaN is not a number"),
+    ("timestep-nan", "md.timestep_fs", float("nan"), "md.timestep_fs", "NaN is not a number"),
+    ("temperature-nan", "md.sweep.temperatures_K", [300.0, float("nan")], "md.sweep.temperatures_K.1", "NaN is not a number"),
     # model sets and the ledger as the data source
     ("md-models-not-a-model-set", "md.models", "config", "md.models", "not a model set"),
     ("dataset-source-unknown", "dataset.source", "cloud", "dataset.source", "allowed values: ['campaign', 'ledger']"),

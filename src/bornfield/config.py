@@ -31,12 +31,13 @@ import copy
 import difflib
 import functools
 import json
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
-from jsonschema import Draft202012Validator, validators
+from jsonschema import Draft202012Validator, ValidationError, validators
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
@@ -209,8 +210,13 @@ def _registry() -> Registry:
 
 @functools.lru_cache(maxsize=1)
 def _validator_with_defaults():
-    """A Draft 2020-12 validator class that also fills in ``default`` values."""
+    """A Draft 2020-12 validator class that also fills in ``default`` values and refuses NaN.
+
+    NaN (YAML ``.nan``) is a float, so ``type: number`` accepts it, and every range
+    check passes it (a comparison with NaN is false).
+    """
     validate_properties = Draft202012Validator.VALIDATORS["properties"]
+    validate_type = Draft202012Validator.VALIDATORS["type"]
 
     def set_defaults(validator, properties, instance, schema):
         if isinstance(instance, dict):
@@ -219,7 +225,12 @@ def _validator_with_defaults():
                     instance[name] = copy.deepcopy(subschema["default"])
         yield from validate_properties(validator, properties, instance, schema)
 
-    return validators.extend(Draft202012Validator, {"properties": set_defaults})
+    def type_without_nan(validator, types, instance, schema):
+        yield from validate_type(validator, types, instance, schema)
+        if isinstance(instance, float) and math.isnan(instance):
+            yield ValidationError("NaN is not a number")
+
+    return validators.extend(Draft202012Validator, {"properties": set_defaults, "type": type_without_nan})
 
 
 def _short(value: Any, limit: int = 80) -> str:
