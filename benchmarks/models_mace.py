@@ -112,7 +112,12 @@ def ensure_mace_venv() -> None:
 
 
 def write_mace_split(samples, split: dict, workdir: Path) -> dict[str, Path]:
-    """train/val/test extxyz with MACE's REF_* keys (ASE would hide plain ``energy`` in a calculator)."""
+    """train/val/test extxyz with MACE's REF_* keys (ASE would hide plain ``energy`` in a calculator).
+
+    A charged cell (``Sample.charge != 0``) gets forces only: its DFT energy and stress carry the
+    compensating-background terms, so, as bornfield's ``charged_cells: forces_only``, they are left
+    out (MACE then weights that cell's energy and stress loss by 0).
+    """
     from ase.io import write
 
     paths = {}
@@ -122,8 +127,11 @@ def write_mace_split(samples, split: dict, workdir: Path) -> dict[str, Path]:
             s = samples[index]
             atoms = s.atoms.copy()
             atoms.calc = None
-            atoms.info = {"REF_energy": s.energy, "REF_stress": s.stress.ravel().tolist(),
-                          "config_type": s.config_type, "structure_index": int(index)}
+            atoms.info = {"config_type": s.config_type, "structure_index": int(index)}
+            if s.charge == 0:
+                atoms.info["REF_energy"] = s.energy
+                if s.stress is not None:
+                    atoms.info["REF_stress"] = s.stress.ravel().tolist()
             for key in list(atoms.arrays):
                 if key not in ("numbers", "positions"):
                     del atoms.arrays[key]
@@ -137,14 +145,19 @@ def write_mace_split(samples, split: dict, workdir: Path) -> dict[str, Path]:
     return paths
 
 
-def mace_train_command(paths: dict[str, Path], workdir: Path, epochs: int, seed: int) -> list[str]:
-    args = [str(MACE_VENV / "bin" / "mace_run_train"), "--name=proxy_mace", f"--seed={seed}", "--device=cpu",
+def mace_train_command(paths: dict[str, Path], workdir: Path, epochs: int, seed: int, name: str = "proxy_mace",
+                       options: dict | None = None) -> list[str]:
+    """``mace_run_train`` arguments: MACE_ARCH and MACE_OPTIM, then ``options`` (overrides, same keys as the CLI).
+
+    Writes into ``workdir/mace`` (model ``<name>.model``, log, ``results/<name>_run-<seed>_train.txt``).
+    """
+    args = [str(MACE_VENV / "bin" / "mace_run_train"), f"--name={name}", f"--seed={seed}", "--device=cpu",
             f"--train_file={paths['train']}", f"--valid_file={paths['val']}", f"--test_file={paths['test']}",
             "--energy_key=REF_energy", "--forces_key=REF_forces", "--stress_key=REF_stress",
             "--compute_stress=True", "--error_table=PerAtomRMSEstressvirials", f"--max_num_epochs={epochs}",
             f"--patience={epochs}", "--eval_interval=1", "--num_workers=0",
             f"--work_dir={workdir / 'mace'}"]
-    for key, value in {**MACE_ARCH, **MACE_OPTIM}.items():
+    for key, value in {**MACE_ARCH, **MACE_OPTIM, **(options or {})}.items():
         if value is True:
             args.append(f"--{key}")
         else:
@@ -186,17 +199,32 @@ def mace_predict(model_path: Path, structures: Path, out: Path) -> dict:
 def error_table(samples, pred: dict) -> dict[str, dict[str, float]]:
     """Errors overall ("all") and per config_type.
 
-    ``pred``: ``energy`` (S,) eV, ``forces`` (sum n, 3) eV/Å, ``stress`` (S, 3, 3) eV/Å³.
+    ``pred``: ``energy`` (S,) eV, ``forces`` (sum n, 3) eV/Å, ``stress`` (S, 3, 3) eV/Å³. Energy and
+    stress errors use neutral cells with those labels only (as ``bornfield train evaluate``: a charged
+    cell's DFT energy holds background terms); a group without any is NaN. Force errors use every cell.
     """
     import numpy as np
     from ase.units import GPa
 
     n_atoms = np.array([s.n_atoms for s in samples])
     offsets = np.concatenate([[0], np.cumsum(n_atoms)])
-    de = (np.asarray(pred["energy"]) - np.array([s.energy for s in samples])) / n_atoms * 1000.0
+    neutral = np.array([s.charge == 0 for s in samples])
+    e_ref = np.array([s.energy if s.energy is not None else np.nan for s in samples])
+    de = np.where(neutral, (np.asarray(pred["energy"]) - e_ref) / n_atoms * 1000.0, np.nan)
     f_ref = np.concatenate([s.forces for s in samples])
     df = (np.asarray(pred["forces"]) - f_ref) * 1000.0
-    ds = (np.asarray(pred["stress"]) - np.stack([s.stress for s in samples])) / GPa
+    s_ref = np.stack([s.stress if s.stress is not None and s.charge == 0 else np.full((3, 3), np.nan)
+                      for s in samples])
+    ds = (np.asarray(pred["stress"]) - s_ref) / GPa
+
+    def rms(x):
+        x = x[np.isfinite(x)]
+        return float(np.sqrt(np.mean(x**2))) if x.size else float("nan")
+
+    def mae(x):
+        x = x[np.isfinite(x)]
+        return float(np.mean(np.abs(x))) if x.size else float("nan")
+
     groups = {"all": list(range(len(samples)))}
     for k, s in enumerate(samples):
         groups.setdefault(s.config_type, []).append(k)
@@ -206,12 +234,11 @@ def error_table(samples, pred: dict) -> dict[str, dict[str, float]]:
         e, f, st = de[members], df[atoms_idx], ds[members]
         table[name] = {
             "n_structures": len(members), "n_atoms": int(n_atoms[members].sum()),
-            "energy_rmse_meV_per_atom": float(np.sqrt(np.mean(e**2))),
-            "energy_mae_meV_per_atom": float(np.mean(np.abs(e))),
-            "force_rmse_meV_per_A": float(np.sqrt(np.mean(f**2))),
-            "force_mae_meV_per_A": float(np.mean(np.abs(f))),
-            "stress_rmse_GPa": float(np.sqrt(np.mean(st**2))),
-            "force_ref_rms_meV_per_A": float(np.sqrt(np.mean((f_ref[atoms_idx] * 1000.0) ** 2))),
+            "n_energy_structures": int(np.isfinite(e).sum()),
+            "energy_rmse_meV_per_atom": rms(e), "energy_mae_meV_per_atom": mae(e),
+            "force_rmse_meV_per_A": rms(f), "force_mae_meV_per_A": mae(f),
+            "stress_rmse_GPa": rms(st),
+            "force_ref_rms_meV_per_A": rms(f_ref[atoms_idx] * 1000.0),
         }
     return table
 
@@ -225,6 +252,8 @@ def to_records(table: dict, system: str, baseline: bool, notes: str, extra: dict
     out = []
     for config_type, row in table.items():
         for metric, unit in UNITS.items():
+            if row[metric] != row[metric]:  # NaN: no labels of that kind in the group (charged cells only)
+                continue
             out.append({"metric": metric, "value": row[metric], "unit": unit, "system": system,
                         "n_atoms": row["n_atoms"], "ranks": 1, "threads": 1, "baseline": baseline, "date": date,
                         "machine": MACHINE, "split": "test", "config_type": config_type,
@@ -232,7 +261,9 @@ def to_records(table: dict, system: str, baseline: bool, notes: str, extra: dict
     return out
 
 
-def parity_plot(samples, preds: dict[str, dict], tables: dict[str, dict], path: Path) -> None:
+def parity_plot(samples, preds: dict[str, dict], tables: dict[str, dict], path: Path, reference: str = "CHGNet",
+                title: str | None = None) -> None:
+    """Energy/force/stress parity, one row per model; energy and stress of neutral cells only."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -241,13 +272,16 @@ def parity_plot(samples, preds: dict[str, dict], tables: dict[str, dict], path: 
     from ase.units import GPa
 
     n_atoms = np.array([s.n_atoms for s in samples])
-    refs = {"energy": np.array([s.energy for s in samples]) / n_atoms,
+    neutral = [k for k, s in enumerate(samples) if s.charge == 0 and s.energy is not None]
+    stressed = [k for k in neutral if samples[k].stress is not None]
+    refs = {"energy": np.array([samples[k].energy for k in neutral]) / n_atoms[neutral],
             "forces": np.concatenate([s.forces for s in samples]).ravel(),
-            "stress": np.stack([s.stress for s in samples]).ravel() / GPa}
+            "stress": np.stack([samples[k].stress for k in stressed]).ravel() / GPa if stressed else np.zeros(0)}
     fig, axes = plt.subplots(len(preds), 3, figsize=(12, 4 * len(preds)), squeeze=False)
     for row, (name, pred) in enumerate(preds.items()):
-        values = {"energy": np.asarray(pred["energy"]) / n_atoms, "forces": np.asarray(pred["forces"]).ravel(),
-                  "stress": np.asarray(pred["stress"]).ravel() / GPa}
+        values = {"energy": np.asarray(pred["energy"])[neutral] / n_atoms[neutral],
+                  "forces": np.asarray(pred["forces"]).ravel(),
+                  "stress": np.asarray(pred["stress"])[stressed].ravel() / GPa}
         t = tables[name]["all"]
         titles = {"energy": f"energy RMSE {t['energy_rmse_meV_per_atom']:.2f} meV/atom",
                   "forces": f"force RMSE {t['force_rmse_meV_per_A']:.0f} meV/Å",
@@ -255,13 +289,16 @@ def parity_plot(samples, preds: dict[str, dict], tables: dict[str, dict], path: 
         units = {"energy": "eV/atom", "forces": "eV/Å", "stress": "GPa"}
         for col, key in enumerate(("energy", "forces", "stress")):
             ax = axes[row, col]
+            if not refs[key].size:
+                ax.set_axis_off()
+                continue
             ax.scatter(refs[key], values[key], s=3, alpha=0.4)
             lo, hi = float(min(refs[key].min(), values[key].min())), float(max(refs[key].max(), values[key].max()))
             ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
-            ax.set_xlabel(f"CHGNet {key} ({units[key]})")
+            ax.set_xlabel(f"{reference} {key} ({units[key]})")
             ax.set_ylabel(f"{name} ({units[key]})")
             ax.set_title(f"{name}: {titles[key]}", fontsize=9)
-    fig.suptitle(f"Held-out test set of the CHGNet proxy ({len(samples)} structures; labels CHGNet, not DFT)")
+    fig.suptitle(title or f"Held-out test set of the CHGNet proxy ({len(samples)} structures; labels CHGNet, not DFT)")
     fig.tight_layout()
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, dpi=110)
@@ -269,10 +306,29 @@ def parity_plot(samples, preds: dict[str, dict], tables: dict[str, dict], path: 
     os.replace(tmp, path)
 
 
+def print_tables(tables: dict[str, dict]) -> None:
+    """One line per model and config_type of :func:`error_table` results."""
+    for name, table in tables.items():
+        print(f"\n{name}")
+        for config_type, row in table.items():
+            print(f"  {config_type:18s} n={row['n_structures']:3d}  E {row['energy_rmse_meV_per_atom']:7.2f} meV/atom  "
+                  f"F {row['force_rmse_meV_per_A']:7.1f} (MAE {row['force_mae_meV_per_A']:6.1f}) meV/A  "
+                  f"S {row['stress_rmse_GPa']:.3f} GPa")
+
+
 def count_parameters_bornfield(path: Path) -> int:
     from bornfield.models import load_potential
 
     return int(sum(p.numel() for p in load_potential(path).parameters()))
+
+
+def count_parameters_mace(model_path: Path) -> int:
+    """Parameters of a saved MACE model (loaded in ``.venv-mace``)."""
+    out = subprocess.run(
+        [str(MACE_PYTHON), "-c", "import sys,torch; m=torch.load(sys.argv[1], weights_only=False); "
+         "print(sum(p.numel() for p in m.parameters()))", str(model_path)],
+        check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]  # mace prints notices first
+    return int(out)
 
 
 # ============================================================================ main
@@ -352,10 +408,7 @@ def main() -> int:
              "mace-0.3.16-small": mace_predict(mace_model, paths["test"], work / "mace" / "test_pred.npz"),
              "bornfield-potential-same-epochs": predict_potential([load_potential(same_epochs_path)], test)}
     tables = {name: error_table(test, pred) for name, pred in preds.items()}
-    mace_params = subprocess.run(
-        [str(MACE_PYTHON), "-c", "import sys,torch; m=torch.load(sys.argv[1], weights_only=False); "
-         "print(sum(p.numel() for p in m.parameters()))", str(mace_model)],
-        check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]  # mace prints notices first
+    mace_params = count_parameters_mace(mace_model)
     notes_common = (f"{LABELS}; {len(split['train'])}/{len(split['val'])}/{len(split['test'])} train/val/test "
                     f"structures (split by structure, stratified by config_type, seed {args.seed}); same wall-clock "
                     f"budget, 1 thread: bornfield {args.bornfield_epochs} epochs in "
@@ -381,12 +434,7 @@ def main() -> int:
     write_json_atomic(args.output, records)
     parity_plot(test, {k: preds[k] for k in ("bornfield-potential", "mace-0.3.16-small")}, tables,
                 args.output.with_name("models_mace_parity.png"))
-    for name, table in tables.items():
-        print(f"\n{name}")
-        for config_type, row in table.items():
-            print(f"  {config_type:14s} n={row['n_structures']:3d}  E {row['energy_rmse_meV_per_atom']:7.2f} meV/atom  "
-                  f"F {row['force_rmse_meV_per_A']:7.1f} (MAE {row['force_mae_meV_per_A']:6.1f}) meV/A  "
-                  f"S {row['stress_rmse_GPa']:.3f} GPa")
+    print_tables(tables)
     print(json.dumps(timings))
     return 0
 
