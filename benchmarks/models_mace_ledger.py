@@ -207,6 +207,12 @@ def curves_plot(curves: dict[str, dict], stage_two: int, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def shown(path: Path) -> str:
+    """``path`` relative to the repository if inside it (records carry no machine paths)."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def force_ratio(tables: dict[str, dict], system: str) -> float:
     """Test force RMSE of the shipped committee over that of ``system`` (all cells)."""
     return tables["bornfield-potential"]["all"]["force_rmse_meV_per_A"] / tables[system]["all"]["force_rmse_meV_per_A"]
@@ -266,7 +272,7 @@ def main() -> int:
     stage_two = args.epochs // 4 * 3  # MACE's own default start of stage two
     for size in sizes:
         name = f"ledger_mace_{size}"
-        model = work / "mace" / f"{name}.model"
+        model = work / "mace" / f"{name}_stagetwo.model"  # with --swa, <name>.model is stage one's best
         options = {**LEDGER_OPTIM, **MACE_SIZES[size], "scheduler_patience": args.scheduler_patience,
                    "swa": True, "start_swa": stage_two,
                    "E0s": json.dumps({str(z): v for z, v in e0s.items()}).replace('"', "")}
@@ -290,11 +296,10 @@ def main() -> int:
 
     # --- records
     n_sub = {k: len(v) for k, v in split.items()}
-    common = (f"{DATASET}: {args.ledger} rows named by {args.models}/manifest.json source.dft_ids "
+    common = (f"{DATASET}: {shown(args.ledger)} rows named by {shown(args.models)}/manifest.json source.dft_ids "
               f"({n_sub['train']}/{n_sub['val']}/{n_sub['test']} train/val/test); energy and stress errors on "
               "neutral cells only, charged cells enter forces only")
-    extra = {"dataset": DATASET, "models": str(args.models.relative_to(ROOT) if args.models.is_absolute()
-                                               and args.models.is_relative_to(ROOT) else args.models)}
+    extra = {"dataset": DATASET, "models": shown(args.models)}
     bf = manifest["members"]["potential"][0]["training"]["train_settings"]
     records = to_records(tables["bornfield-potential"], "bornfield-potential", False,
                          f"{common}; shipped committee of {len(members)} (mean of energies and forces, as MD); "
