@@ -162,6 +162,41 @@ def run_records(spec: dict, evaluation: Path, frames: list, notes: str) -> list[
     return out
 
 
+def table(records: list[dict]) -> str:
+    """Markdown tables of the test errors, mean over repeats (values of each repeat in brackets)."""
+
+    def cell(rows, metric, digits):
+        values = [r["value"] for r in sorted(rows, key=lambda r: r["repeat"]) if r["metric"] == metric]
+        if not values:
+            return "–"
+        each = " / ".join(f"{v:.{digits}f}" for v in values)
+        return f"{np.mean(values):.{digits}f} ({each})" if len(values) > 1 else each
+
+    def groups(kind, variants):
+        rows = [r for r in records if r["system"] == f"bornfield-{kind}" and r["variant"] in variants]
+        for n in sorted({r["n_structures"] for r in rows}):
+            yield n, [r for r in rows if r["n_structures"] == n]
+
+    lines = ["| DFPT structures | training atoms | BEC RMSE all (e) | MAE all | RMSE diag | RMSE off-diag "
+             "| MAE diag | MAE off-diag | row x RMSE |", "|---|---|---|---|---|---|---|---|---|"]
+    for n, rows in groups("born", ("scratch",)):
+        atoms = "/".join(sorted({str(r["n_train_atoms"]) for r in rows}, key=int))
+        lines.append(f"| {n} | {atoms} | " + " | ".join(cell(rows, m, 4) for m in (
+            "bec_rmse_e", "bec_mae_e", "bec_rmse_diag_e", "bec_rmse_offdiag_e", "bec_mae_diag_e",
+            "bec_mae_offdiag_e", "bec_row_x_rmse_e")) + " |")
+    lines += ["", "| structures (DFPT) | training atoms | force RMSE scratch (meV/Å) | force RMSE pre-trained "
+              "| energy RMSE scratch (meV/atom) | energy RMSE pre-trained |", "|---|---|---|---|---|---|"]
+    for n, rows in groups("potential", ("scratch", "pretrained", "pretrained-only")):
+        by = {v: [r for r in rows if r["variant"] == v] for v in ("scratch", "pretrained", "pretrained-only")}
+        pre = by["pretrained"] or by["pretrained-only"]
+        dfpt = "/".join(sorted({str(r["n_dfpt_structures"]) for r in rows}, key=int))
+        atoms = "/".join(sorted({str(r["n_train_atoms"]) for r in rows}, key=int))
+        lines.append(f"| {n} ({dfpt}) | {atoms} | {cell(by['scratch'], 'force_rmse_meV_per_A', 1)} | "
+                     f"{cell(pre, 'force_rmse_meV_per_A', 1)} | {cell(by['scratch'], 'energy_rmse_meV_per_atom', 2)} | "
+                     f"{cell(by['pretrained'], 'energy_rmse_meV_per_atom', 2)} |")
+    return "\n".join(lines)
+
+
 def plot(records: list[dict], path: Path) -> None:
     """Two panels: Born RMSE vs DFPT structures; force RMSE vs structures, scratch vs pre-trained."""
     import matplotlib
@@ -197,7 +232,7 @@ def plot(records: list[dict], path: Path) -> None:
     alone = [r["value"] for r in records if r["metric"] == "force_rmse_meV_per_A" and r["variant"] == "pretrained-only"]
     if alone:
         right.axhline(np.mean(alone), color="grey", ls=":", label="pre-trained only, no ledger data (mean)")
-    right.set_xticks(sorted({r["n_structures"] for r in records if r["variant"] in ("scratch", "pretrained")}))
+    right.set_xticks(sorted({r["n_structures"] for r in records if r["metric"] == "force_rmse_meV_per_A" and r["n_structures"]}))
     right.set_xlabel("training structures (DFT-labelled ledger entries)")
     right.set_ylabel("force test RMSE (meV/Å)")
     right.set_title("NN potential", fontsize=10)
@@ -300,6 +335,7 @@ def main() -> int:
     out = Path(args.output)
     write_json(out, records)
     plot(records, out.with_suffix(".png"))
+    print(table(records))
     print(f"wrote {out} ({len(records)} records) and {out.with_suffix('.png')} "
           f"in {time.perf_counter() - started:.0f} s", flush=True)
     return 0
