@@ -21,7 +21,7 @@ from ase.spacegroup import crystal
 
 from bornfield.cli import main
 from bornfield.errors import InputFileError
-from bornfield.train.data import dataset_species, read_samples, stratified_split
+from bornfield.train.data import carve_validation, dataset_species, read_samples, stratified_split
 from bornfield.train.select import select_candidates
 from bornfield.train.trainer import train_model
 
@@ -425,6 +425,30 @@ def test_predefined_split_is_honoured(tmp_path, capsys):
     assert main(["train", "born", *common, "--output-dir", str(tmp_path / "badfile"),
                  "--split-file", str(tmp_path / "bad.json")]) != 0
     assert "outside 0..9" in capsys.readouterr().err
+
+
+def test_validation_carved_from_a_ledger_split_takes_dfpt_rows_in_their_own_proportion(tmp_path):
+    """The ledger's train rows: validation takes round(n f) of the rows with Born labels and of those without,
+    the same rows whatever the file order; config_type groups do not each round up into the scarce DFPT rows."""
+    frames = synthetic_frames(16, seed=5)
+    for k, frame in enumerate(frames):
+        frame.info.update(dft_id=f"entry{k:02d}", config_type=f"family{k % 4}")  # config_type groups of 4
+    write(tmp_path / "a.extxyz", frames, format="extxyz")
+    write(tmp_path / "b.extxyz", frames[::-1], format="extxyz")
+    samples = read_samples([tmp_path / "a.extxyz"])
+    with_born = [s.index for s in samples if s.born is not None]
+    carved = carve_validation(samples, [s.index for s in samples], 0.15, seed=7)
+    assert len(with_born) == 12 and len([i for i in carved["val"] if i in with_born]) == 2  # round(12 * 0.15)
+    assert len([i for i in carved["val"] if i not in with_born]) == 1  # round(4 * 0.15)
+    assert sorted(carved["train"] + carved["val"]) == list(range(16))
+    by_config_type = stratified_split(samples, 0.15, 0.0, seed=7)  # the carve before: one row of each group of 4
+    assert len([i for i in by_config_type["val"] if i in with_born]) > 2
+    reversed_samples = read_samples([tmp_path / "b.extxyz"])
+    again = carve_validation(reversed_samples, [s.index for s in reversed_samples], 0.15, seed=7)
+    names = lambda rows, idx: sorted(rows[i].atoms.info["dft_id"] for i in idx)  # noqa: E731
+    assert names(reversed_samples, again["val"]) == names(samples, carved["val"])
+    one = carve_validation(samples, with_born[:1], 0.5, seed=7)
+    assert one == {"train": with_born[:1], "val": []}  # a group keeps at least one training row
 
 
 def test_warmup_and_clipping_catch_a_diverging_run(tmp_path):

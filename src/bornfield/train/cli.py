@@ -81,9 +81,9 @@ def resolve_split(samples, settings: dict, master_seed: int, path: Path, data_ha
     dataset's ``info["split"]`` keys; otherwise the seeded stratified split. A
     predefined split without validation structures (e.g. the ledger's train/test
     keys, whose "train" includes validation) takes ``val_fraction`` of its training
-    structures for validation (stratified, seeded); its test set is kept as given.
+    structures for validation (:func:`carve_validation`); its test set is kept as given.
     """
-    from bornfield.train.data import read_split_file, split_from_info, stratified_split
+    from bornfield.train.data import carve_validation, read_split_file, split_from_info, stratified_split
 
     split_settings = settings["split"]
     split_file = split_file or split_settings["file"] or None
@@ -98,10 +98,10 @@ def resolve_split(samples, settings: dict, master_seed: int, path: Path, data_ha
             samples, split_settings["val_fraction"], split_settings["test_fraction"], derived_seed(master_seed, "split")
         )
     if source and not split["val"] and split_settings["val_fraction"] > 0:
-        train = [samples[i] for i in split["train"]]
-        carved = stratified_split(train, split_settings["val_fraction"], 0.0, derived_seed(master_seed, "split"))
+        carved = carve_validation(samples, split["train"], split_settings["val_fraction"], derived_seed(master_seed, "split"))
         split = {"train": carved["train"], "val": carved["val"], "test": split["test"]}  # dataset indices
-        source["source"] += f"; validation: val_fraction {split_settings['val_fraction']} of its training structures"
+        source["source"] += (f"; validation: val_fraction {split_settings['val_fraction']} of its training structures"
+                             " with and of those without Born labels")
     if source:
         log.info("predefined split (%s): train %d, val %d, test %d", source["source"], *map(len, split.values()))
     record = {"training_data_hash": data_hash, "n_structures": len(samples), **source, **split}

@@ -198,6 +198,31 @@ def stratified_split(
     return {k: sorted(v) for k, v in split.items()}
 
 
+def carve_validation(samples: Sequence[Sample], train: Sequence[int], val_fraction: float, seed: int) -> dict[str, list[int]]:
+    """Validation rows carved from the training rows ``train`` of a predefined split (e.g. the ledger's).
+
+    Rows with Born-charge labels and rows without are carved separately, ``round(n * val_fraction)``
+    of each group with at least one training row left in it, so the scarce DFPT rows go to
+    validation in proportion to their own number. Within a group rows are ordered by
+    ``sha256(seed, dft_id)`` (the row index when a row has no ``dft_id``): the choice does not
+    depend on the order of the dataset file, and rows added later change it only where they
+    enter the order. Returns sorted dataset indices ``{"train": [...], "val": [...]}``.
+    """
+    by_index = {s.index: s for s in samples}
+
+    def order_key(index: int) -> str:
+        name = by_index[index].atoms.info.get("dft_id", f"row {index}")
+        return hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()
+
+    split = {"train": [], "val": []}
+    for has_born in (True, False):
+        group = sorted((i for i in train if (by_index[i].born is not None) == has_born), key=order_key)
+        n_val = min(int(round(len(group) * val_fraction)), max(len(group) - 1, 0))
+        split["val"].extend(group[:n_val])
+        split["train"].extend(group[n_val:])
+    return {k: sorted(v) for k, v in split.items()}
+
+
 SPLIT_NAMES = ("train", "val", "test")
 
 
