@@ -208,15 +208,13 @@ def carve_validation(samples: Sequence[Sample], train: Sequence[int], val_fracti
     depend on the order of the dataset file, and rows added later change it only where they
     enter the order. Returns sorted dataset indices ``{"train": [...], "val": [...]}``.
     """
-    by_index = {s.index: s for s in samples}
-
     def order_key(index: int) -> str:
-        name = by_index[index].atoms.info.get("dft_id", f"row {index}")
+        name = samples[index].atoms.info.get("dft_id", f"row {index}")
         return hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()
 
     split = {"train": [], "val": []}
     for has_born in (True, False):
-        group = sorted((i for i in train if (by_index[i].born is not None) == has_born), key=order_key)
+        group = sorted((i for i in train if (samples[i].born is not None) == has_born), key=order_key)
         n_val = min(int(round(len(group) * val_fraction)), max(len(group) - 1, 0))
         split["val"].extend(group[:n_val])
         split["train"].extend(group[n_val:])
