@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import os
 import shutil
@@ -44,6 +43,8 @@ import numpy as np
 from bornfield.cli import main as bornfield
 from bornfield.config import load_config
 from bornfield.train.cli import derived_seed
+from chgnet_proxy import sha256_of  # same directory
+from models_mace_ledger import shown  # same directory
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -56,16 +57,6 @@ METRICS = {
     "potential": ("force_rmse_meV_per_A", "force_mae_meV_per_A", "energy_rmse_meV_per_atom",
                   "energy_mae_meV_per_atom", "stress_rmse_GPa"),
 }
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def shown(path) -> str:
-    """A path as the notes give it: relative to the repository when inside it."""
-    path = Path(path).resolve()
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def write_json(path: Path, data) -> None:
@@ -301,14 +292,14 @@ def main() -> int:
                     specs.append({"name": f"{kind}_{variant}_n{n:02d}_r{r}", "kind": kind, "variant": variant,
                                   "n": n, "repeat": r, "seed": seed, "train": sorted(int(i) for i in order[:n]),
                                   "init": init, "init_source": shown(args.pretrained[r]) if init else None,
-                                  "init_sha256": sha256(init) if init else None,
+                                  "init_sha256": sha256_of(init) if init else None,
                                   "max_epochs": int(train[kind]["max_epochs"]),
-                                  "section": train[kind], "dataset_sha256": sha256(dataset)})
+                                  "section": train[kind], "dataset_sha256": sha256_of(dataset)})
         specs.append({"name": f"potential_pretrained-only_n00_r{r}", "kind": "potential",
                       "variant": "pretrained-only", "n": 0, "repeat": r, "seed": seed, "train": [],
                       "init": str(pretrained[r]), "init_source": shown(args.pretrained[r]),
-                      "init_sha256": sha256(pretrained[r]),
-                      "dataset_sha256": sha256(dataset)})
+                      "init_sha256": sha256_of(pretrained[r]),
+                      "dataset_sha256": sha256_of(dataset)})
     print(f"learning curve: {len(frames)} ledger rows (train {len(split['train'])}, of them DFPT "
           f"{len(pools['born'])}; val {len(split['val'])}; test {len(split['test'])}); {len(specs)} runs in {work}",
           flush=True)

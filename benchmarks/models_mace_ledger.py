@@ -207,9 +207,9 @@ def curves_plot(curves: dict[str, dict], stage_two: int, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def shown(path: Path) -> str:
+def shown(path: str | Path) -> str:
     """``path`` relative to the repository if inside it (records carry no machine paths)."""
-    path = path.resolve()
+    path = Path(path).resolve()
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
