@@ -42,7 +42,9 @@ import numpy as np
 
 from bornfield.cli import main as bornfield
 from bornfield.config import load_config
+from bornfield.errors import InputFileError
 from bornfield.train.cli import derived_seed
+from bornfield.train.shipped import model_set_rows
 from chgnet_proxy import sha256_of  # same directory
 from models_mace_ledger import shown  # same directory
 
@@ -66,32 +68,32 @@ def write_json(path: Path, data) -> None:
 
 
 def ledger_rows(ledger: str, manifest_path: str, work: Path) -> tuple[Path, list, dict[str, list[int]]]:
-    """The manifest's ledger entries as ``work/dataset.extxyz`` (exported once), the frames and
-    the manifest's split as row indices of that file."""
+    """The model set's ledger rows (``model_set_rows``) as ``work/dataset.extxyz`` (written once, in
+    ledger order), the frames of that file and the model set's split as row indices of it."""
     from ase.io import read, write
 
-    source = json.loads(Path(manifest_path).read_text())["source"]
-    ids = source["dft_ids"]
-    wanted = {i for name in ("train", "val", "test") for i in ids[name]}
+    manifest = Path(manifest_path)
+    if manifest.name != "manifest.json":
+        raise SystemExit(f"--manifest {manifest}: expected the manifest.json of a model set")
+    try:
+        rows = model_set_rows(ledger, manifest.parent)
+    except InputFileError as exc:
+        raise SystemExit(str(exc)) from exc
+    ids = {name: [str(a.info["dft_id"]) for a in group] for name, group in rows.items()}
     dataset = work / "dataset.extxyz"
-    if not dataset.exists():
-        export = work / "ledger_export.extxyz"
-        if bornfield(["ledger", "export", "--ledger", ledger, "--output", str(export)]) != 0:
-            raise SystemExit(f"bornfield ledger export --ledger {ledger} failed")
-        frames = [a for a in read(export, ":") if a.info.get("dft_id") in wanted]
+    if not dataset.exists():  # each group is in ledger order, i.e. by dft_id: so is the merge
+        frames = sorted((a for group in rows.values() for a in group), key=lambda a: str(a.info["dft_id"]))
         write(work / "dataset.tmp.extxyz", frames, format="extxyz")
         (work / "dataset.tmp.extxyz").replace(dataset)
-        export.unlink()
     frames = read(dataset, ":")
     row = {str(a.info.get("dft_id")): i for i, a in enumerate(frames)}
-    missing = sorted(wanted - set(row))
-    if missing or len(row) != len(frames):
-        raise SystemExit(f"{dataset}: ledger {ledger} lacks the manifest's entries {missing[:5]} "
-                         f"(or has duplicate dft_ids); remove {dataset} to export again")
-    split = {name: sorted(row[i] for i in ids[name]) for name in ("train", "val", "test")}
+    if len(row) != len(frames) or sorted(row) != sorted(d for group in ids.values() for d in group):
+        raise SystemExit(f"{dataset}: its rows are not the {sum(map(len, ids.values()))} ledger rows named by "
+                         f"{manifest} (or a dft_id repeats); remove {dataset} to write it again")
+    split = {name: sorted(row[i] for i in group) for name, group in ids.items()}
     info_test = sorted(i for i, a in enumerate(frames) if a.info.get("split") == "test")
     if info_test != split["test"]:
-        raise SystemExit(f"{manifest_path}: its test entries are not the ledger's info['split'] == 'test' rows")
+        raise SystemExit(f"{manifest}: its test entries are not the ledger's info['split'] == 'test' rows")
     return dataset, frames, split
 
 

@@ -2,9 +2,8 @@
 
 Issue 17 asks for a potential "force RMSE within 1.2x of converged MACE on the same split". The split is
 the one a shipped model set was trained on: ``<models>/manifest.json`` -> ``source.dft_ids`` lists the
-ledger entries (``dft_id``) of its train, val and test sets. This harness exports the ledger
-(``bornfield ledger export``), takes exactly those rows (entries added to the ledger later are ignored)
-and
+ledger entries (``dft_id``) of its train, val and test sets. This harness takes exactly those ledger
+rows (``bornfield.train.shipped.model_set_rows``; entries added to the ledger later are ignored) and
 
 * evaluates the SHIPPED potential committee on the test rows: every member and the committee mean
   (energies and forces averaged over the members, as MD and ``bornfield train evaluate`` use it);
@@ -75,38 +74,25 @@ PLATEAU_TOLERANCE = 0.02
 
 
 # ============================================================================ data
-def manifest_split(models_dir: Path) -> dict[str, list[str]]:
-    """``source.dft_ids`` of a model set: {"train": [...], "val": [...], "test": [...]}."""
-    path = models_dir / "manifest.json"
-    if not path.is_file():
-        raise SystemExit(f"{path} missing: --models must be a bornfield model set")
-    ids = json.loads(path.read_text()).get("source", {}).get("dft_ids")
-    subsets = ("train", "val", "test")
-    if not isinstance(ids, dict) or not all(isinstance(ids.get(k), list) and ids[k] for k in subsets):
-        raise SystemExit(f"{path}: source.dft_ids must list non-empty 'train', 'val' and 'test' dft_ids "
-                         f"(got {ids!r})")
-    return {k: [str(x) for x in ids[k]] for k in ("train", "val", "test")}
+def ledger_samples(ledger: Path, models_dir: Path):
+    """The model set's ledger rows as samples (train, then val, then test rows) and the split as indices into them."""
+    from bornfield.errors import InputFileError
+    from bornfield.train.data import SPLIT_NAMES, samples_of
+    from bornfield.train.shipped import model_set_rows
 
-
-def ledger_samples(ledger: Path, work: Path, ids: dict[str, list[str]]):
-    """All ledger rows -> (samples, split of indices into them) for the manifest's dft_ids."""
-    from bornfield.cli import main as bornfield
-    from bornfield.train.data import read_samples
-
-    exported = work / "ledger.extxyz"
-    if bornfield(["ledger", "export", "--ledger", str(ledger), "--output", str(exported)]) != 0:
-        raise SystemExit(f"bornfield ledger export of {ledger} failed")
-    samples = read_samples(exported)
-    index: dict[str, int] = {}
-    for k, s in enumerate(samples):
-        dft_id = str(s.atoms.info.get("dft_id", ""))
-        if dft_id in index:
-            raise SystemExit(f"{ledger}: dft_id {dft_id} appears twice in the export")
-        index[dft_id] = k
-    missing = [d for sub in ids.values() for d in sub if d not in index]
-    if missing:
-        raise SystemExit(f"{ledger}: the model set's dft_ids {missing} are not in the ledger export {exported}")
-    split = {name: [index[d] for d in sub] for name, sub in ids.items()}
+    try:
+        rows = model_set_rows(ledger, models_dir)
+    except InputFileError as exc:
+        raise SystemExit(str(exc)) from exc
+    empty = [name for name in SPLIT_NAMES if not rows[name]]
+    if empty:
+        raise SystemExit(f"{models_dir / 'manifest.json'}: source.dft_ids lists no {' and no '.join(empty)} rows")
+    frames = [atoms for name in SPLIT_NAMES for atoms in rows[name]]
+    samples = samples_of(frames, f"ledger {ledger}")
+    split, start = {}, 0
+    for name in SPLIT_NAMES:
+        split[name] = list(range(start, start + len(rows[name])))
+        start += len(rows[name])
     return samples, split
 
 
@@ -243,9 +229,8 @@ def main() -> int:
     torch.set_num_threads(1)
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
-    ids = manifest_split(args.models)
-    check_test_file(args.models, ids["test"])
-    samples, split = ledger_samples(args.ledger, work, ids)
+    samples, split = ledger_samples(args.ledger, args.models)
+    check_test_file(args.models, [str(samples[i].atoms.info["dft_id"]) for i in split["test"]])
     test = [samples[i] for i in split["test"]]
     timings = json.loads((work / "timings.json").read_text()) if (work / "timings.json").is_file() else {}
 

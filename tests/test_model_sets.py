@@ -130,3 +130,119 @@ def test_ship_names_the_validation_rows_of_the_training_split(shipped, tmp_path,
                  str(tmp_path / "wrong"), "--potential", *map(str, model_set.potential)]) != 0
     assert "test rows are not the dataset's info['split'] test rows" in capsys.readouterr().err
     assert not (tmp_path / "wrong").exists()
+
+
+# ---------------------------------------------------------------- the ledger rows of a model set
+LEDGER_SPLIT = {"a0": "train", "a1": "test", "a2": "train", "a3": "val", "a4": "train"}
+
+
+def _job(root, atoms, dft_id: str, split: str, born: bool, settings, pseudos):
+    """A finished DFT job directory as the runner leaves it (structure, labels, status)."""
+    job = root / dft_id
+    job.mkdir(parents=True)
+    atoms = atoms.copy()
+    atoms.calc = None
+    atoms.info = {"config_type": "beta", "structure_id": f"s-{dft_id}", "split": split, "label_kind": "dfpt" if born else "scf"}
+    for key in [k for k in atoms.arrays if k not in ("numbers", "positions")]:
+        del atoms.arrays[key]
+    write(job / "structure.extxyz", atoms, format="extxyz")
+    rng = np.random.default_rng(int(dft_id[1:]))
+    labels = {"dft_id": dft_id, "energy": -7190.0 - rng.random(), "forces": rng.normal(size=(len(atoms), 3)).tolist(),
+              "stress": rng.normal(size=6).tolist(), "qe_version": "test",
+              "settings": settings.to_dict(), "pseudopotentials": {el: {"md5": r.md5} for el, r in pseudos.items()}}
+    if born:
+        z = rng.normal(size=(len(atoms), 3, 3))
+        labels.update(born_charges=(z - z.mean(axis=0)).tolist(), epsilon_inf=np.eye(3).tolist(), asr_residual=[[0.0] * 3] * 3)
+    (job / "labels.json").write_text(json.dumps(labels))
+    status = {"dft_id": dft_id, "state": "completed", "settings": settings.to_dict(),
+              "pseudopotentials": {el: {"file": r.filename, "md5": r.md5} for el, r in pseudos.items()}}
+    (job / "status.json").write_text(json.dumps(status))
+    return job
+
+
+def _tiny_ledger(root, data_dir, ids, settings=None):
+    """A ledger (``Ledger.create`` + ``add_job``) holding labelled rows ``ids`` of ``LEDGER_SPLIT``; no QE is run."""
+    from bornfield.dft.inputs import DFTSettings
+    from bornfield.dft.pseudopotentials import PseudoRecord
+    from bornfield.dft.qc import QCThresholds
+    from bornfield.ledger.store import Ledger, LedgerSpec, identity_of
+
+    settings = settings or DFTSettings.defaults()
+    pseudos = {el: PseudoRecord(el, f"{el}.UPF", f"{k:032x}", "test") for k, el in enumerate(SPECIES)}
+    ledger = Ledger.create(root, LedgerSpec(identity_of(settings, pseudos), settings, pseudos, QCThresholds.defaults()))
+    frame = read(data_dir / "qe" / "labelled_small.extxyz", index=0)
+    for k, dft_id in enumerate(ids):
+        assert ledger.add_job(_job(root.parent / f"{root.name}_jobs", frame, dft_id, LEDGER_SPLIT[dft_id], born=k % 2 == 0,
+                                   settings=settings, pseudos=pseudos))
+    return ledger
+
+
+@pytest.fixture()
+def ledger_set(tmp_path, data_dir):
+    """A tiny ledger, a model set shipped from its export (train/val/test by info['split']), then one more entry."""
+    ledger = _tiny_ledger(tmp_path / "ledger", data_dir, ["a0", "a1", "a2", "a3"])
+    export = tmp_path / "export.extxyz"
+    (tmp_path / "metrics.json").write_text("[]")
+    assert main(["ledger", "export", "--ledger", str(ledger.root), "--output", str(export)]) == 0
+    for recorded, name in ((True, "set"), (False, "set_without_identity")):
+        assert main(["train", "ship", "--dataset", str(export), "--metrics", str(tmp_path / "metrics.json"),
+                     "--output-dir", str(tmp_path / name), *(["--ledger", str(ledger.root)] if recorded else [])]) == 0
+    assert ledger.add_job(_job(tmp_path / "later_jobs", read(export, index=0), "a4", "train", born=True,
+                               settings=ledger.spec.settings, pseudos=ledger.spec.pseudopotentials))
+    return ledger, tmp_path / "set", export
+
+
+def test_model_set_rows_are_the_ledger_rows_of_its_split(ledger_set):
+    from bornfield.train.shipped import model_set_rows
+
+    ledger, model_set, export = ledger_set
+    rows = model_set_rows(ledger.root, model_set)
+    assert {k: [a.info["dft_id"] for a in v] for k, v in rows.items()} == {"train": ["a0", "a2"], "val": ["a3"], "test": ["a1"]}
+    exported = {a.info["dft_id"]: a for a in read(export, index=":")}
+    for atoms in (a for group in rows.values() for a in group):  # the ledger's labelled rows, labels included
+        ref = exported[atoms.info["dft_id"]]
+        assert atoms.info["split"] == ref.info["split"]
+        np.testing.assert_array_equal(atoms.positions, ref.positions)
+        np.testing.assert_allclose(atoms.arrays["forces"], ref.get_forces(), rtol=0, atol=1e-12)
+        assert atoms.info["energy"] == pytest.approx(ref.get_potential_energy(), abs=1e-9)
+        assert ("born_charges" in atoms.arrays) == (atoms.info["dft_id"] in ("a0", "a2"))
+    assert "a4" in ledger.dft_ids()  # labelled after shipping: not a row of the set
+
+
+def test_model_set_rows_name_the_manifest_and_the_dft_ids_the_ledger_lacks(ledger_set, tmp_path, data_dir):
+    from bornfield.train.shipped import model_set_rows
+
+    ledger, model_set, _ = ledger_set
+    smaller = _tiny_ledger(tmp_path / "smaller", data_dir, ["a0", "a2", "a4"])
+    with pytest.raises(InputFileError, match=r"set/manifest.json: ledger .*smaller has no labelled row for 2 dft_id\(s\) "
+                                             r"of source.dft_ids \(val: a3; test: a1\)"):
+        model_set_rows(smaller.root, model_set)
+    # a ledger of other DFT settings is refused by identity, rows or not
+    from dataclasses import replace
+
+    other = _tiny_ledger(tmp_path / "other", data_dir, ["a0", "a1", "a2", "a3"],
+                         settings=replace(ledger.spec.settings, ecutrho_Ry=ledger.spec.settings.ecutrho_Ry + 40))
+    with pytest.raises(InputFileError, match=rf"set/manifest.json: the set was made from a ledger of settings identity "
+                                             rf"{ledger.identity}, ledger .*other has identity {other.identity}"):
+        model_set_rows(other.root, model_set)
+    # ... unless the set recorded no ledger identity
+    rows = model_set_rows(other.root, tmp_path / "set_without_identity")
+    assert [a.info["dft_id"] for a in rows["test"]] == ["a1"]
+
+
+def test_model_set_rows_refuse_a_manifest_without_a_clean_split(ledger_set):
+    from bornfield.train.shipped import model_set_rows
+
+    ledger, model_set, _ = ledger_set
+    path = model_set / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["source"]["dft_ids"]["val"].append("a0")
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(InputFileError, match="manifest.json: dft_id a0 is listed in source.dft_ids.train and source.dft_ids.val"):
+        model_set_rows(ledger.root, model_set)
+    del manifest["source"]["dft_ids"]
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(InputFileError, match=r"manifest.json: source.dft_ids must hold lists \['train', 'val', 'test'\]"):
+        model_set_rows(ledger.root, model_set)
+    with pytest.raises(InputFileError, match="not a model set"):
+        model_set_rows(ledger.root, model_set.parent)

@@ -118,29 +118,39 @@ def read_samples(paths: str | Path | Sequence[str | Path]) -> list[Sample]:
             frames = read(path, index=":", format="extxyz")
         except Exception as exc:  # ASE raises several types on malformed extxyz
             raise InputFileError(f"{path}: not a readable extxyz file: {exc}") from exc
-        for k, atoms in enumerate(frames):
-            where = f"{path} frame {k}"
-            check_structure(atoms, where, species=None)
-            energy, forces, stress, born = labels_of(atoms, where)
-            residual = None
-            if born is not None:
-                residual = born.sum(axis=0)
-                born = asr_correct(born)
-            samples.append(
-                Sample(
-                    index=len(samples),
-                    atoms=atoms,
-                    config_type=str(atoms.info.get("config_type", "unknown")),
-                    energy=energy,
-                    forces=forces,
-                    stress=stress,
-                    born=born,
-                    born_asr_residual=residual,
-                    charge=float(atoms.info.get("charge", 0.0) or 0.0),
-                )
-            )
+        samples.extend(samples_of(frames, str(path), first_index=len(samples)))
     if not samples:
         raise InputFileError(f"no structures in {', '.join(map(str, paths))}")
+    return samples
+
+
+def samples_of(frames: Sequence[Atoms], source: str, first_index: int = 0) -> list[Sample]:
+    """Labelled Atoms (DESIGN.md keys or an ASE calculator) as :class:`Sample` objects.
+
+    Sample ``k`` gets ``index`` ``first_index + k``; errors name ``"<source> frame <k>"``.
+    """
+    samples = []
+    for k, atoms in enumerate(frames):
+        where = f"{source} frame {k}"
+        check_structure(atoms, where, species=None)
+        energy, forces, stress, born = labels_of(atoms, where)
+        residual = None
+        if born is not None:
+            residual = born.sum(axis=0)
+            born = asr_correct(born)
+        samples.append(
+            Sample(
+                index=first_index + k,
+                atoms=atoms,
+                config_type=str(atoms.info.get("config_type", "unknown")),
+                energy=energy,
+                forces=forces,
+                stress=stress,
+                born=born,
+                born_asr_residual=residual,
+                charge=float(atoms.info.get("charge", 0.0) or 0.0),
+            )
+        )
     return samples
 
 

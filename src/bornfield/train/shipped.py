@@ -10,6 +10,7 @@ A model set directory (e.g. ``models/li3po4``) holds::
                      file checksums (sha256), training settings per member, creation time
 
 Reading a set checks every checksum, so a model file edited after shipping is refused.
+``model_set_rows`` gives back the ledger rows a set was trained, validated and tested on.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from ase import Atoms
 from ase.io import write
 
 from bornfield import __version__
 from bornfield.errors import InputFileError
 from bornfield.models.io import file_sha256, read_model_file
 from bornfield.structures.io import write_json_atomic
+from bornfield.train.data import SPLIT_NAMES
 
 MANIFEST = "manifest.json"
 FORMAT = "bornfield-model-set"
@@ -149,6 +152,55 @@ def read_model_set(root: str | Path) -> ModelSet:
     test_set = root / "test.extxyz" if "test.extxyz" in manifest["files"] else None
     records = tuple(json.loads((root / "metrics.json").read_text(encoding="utf-8")))
     return ModelSet(root, kinds["potential"], kinds["born"], kinds["baseline"], test_set, records, manifest)
+
+
+def model_set_rows(ledger_dir: str | Path, model_set_dir: str | Path) -> dict[str, list[Atoms]]:
+    """The ledger rows of a model set's split: ``{"train": [...], "val": [...], "test": [...]}``.
+
+    The split is the manifest's ``source.dft_ids``; the rows are the labelled Atoms of
+    ``Ledger.frames()`` (DESIGN.md info/arrays keys), each list in ledger order (by ``dft_id``).
+    Ledger rows the manifest does not name (labelled later) are left out.
+
+    Raises:
+        InputFileError: the set is unreadable (see ``read_model_set``), its manifest lacks the
+            dft_id lists or names one dft_id twice, the ledger's settings identity differs from the
+            manifest's ``source.ledger_identity`` (when recorded), or the ledger lacks rows it names.
+    """
+    from bornfield.ledger.store import Ledger
+
+    model_set = read_model_set(model_set_dir)
+    manifest = model_set.root / MANIFEST
+    source = model_set.manifest.get("source") or {}
+    ids = source.get("dft_ids")
+    if not isinstance(ids, dict) or not all(isinstance(ids.get(name), list) for name in SPLIT_NAMES):
+        raise InputFileError(f"{manifest}: source.dft_ids must hold lists {list(SPLIT_NAMES)} of dft_ids (got {ids!r})")
+    split_of: dict[str, str] = {}
+    for name in SPLIT_NAMES:
+        for dft_id in map(str, ids[name]):
+            if dft_id in split_of:
+                raise InputFileError(f"{manifest}: dft_id {dft_id} is listed in source.dft_ids.{split_of[dft_id]} "
+                                     f"and source.dft_ids.{name}")
+            split_of[dft_id] = name
+    ledger = Ledger(ledger_dir)
+    recorded = source.get("ledger_identity")
+    if recorded is not None and recorded != ledger.identity:
+        raise InputFileError(f"{manifest}: the set was made from a ledger of settings identity {recorded}, "
+                             f"ledger {ledger.root} has identity {ledger.identity} (other DFT settings)")
+    rows: dict[str, list[Atoms]] = {name: [] for name in SPLIT_NAMES}
+    found: set[str] = set()
+    for atoms in ledger.frames():
+        dft_id = str(atoms.info.get("dft_id"))
+        if dft_id in split_of:
+            if dft_id in found:
+                raise InputFileError(f"ledger {ledger.root}: dft_id {dft_id} (named by {manifest}) has two rows")
+            found.add(dft_id)
+            rows[split_of[dft_id]].append(atoms)
+    missing = {name: [d for d in map(str, ids[name]) if d not in found] for name in SPLIT_NAMES}
+    if any(missing.values()):
+        listed = "; ".join(f"{name}: {', '.join(d)}" for name, d in missing.items() if d)
+        raise InputFileError(f"{manifest}: ledger {ledger.root} has no labelled row for {sum(map(len, missing.values()))} "
+                             f"dft_id(s) of source.dft_ids ({listed})")
+    return rows
 
 
 def _metric(records, system: str, metric: str):
