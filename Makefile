@@ -2,6 +2,7 @@
 #   make demo   set up everything, run the demo campaign (config/config.yaml) end to end
 #   make test   set up everything, run the test suite
 #   make label HOURS=2 RANKS=1   add DFT labels to the committed ledger (data/ledger) within a budget
+#   make chain  every stage on this machine (coarse DFT labels, training, MD; config/chain.yaml)
 #   make models  retrain the shipped committees (models/li3po4) on the ledger (commit models/ afterwards)
 # Both are idempotent: with nothing changed, set-up is a few stamp checks.
 
@@ -19,11 +20,16 @@ LEDGER    ?= data/ledger
 # rule commands call `bornfield` and MPI launchers from the venv
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo test setup system label models figures report lint dryrun clean-results
+.PHONY: demo chain test setup system label models figures report lint dryrun clean-results
 
 demo: setup
 	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG)
 	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) --report results/report.html
+
+# the full chain: structures -> coarse DFT/DFPT -> training (2 active-learning generations) -> MD
+chain: setup
+	$(BIN)/snakemake --cores $(CORES) --configfile config/chain.yaml
+	$(BIN)/snakemake --cores $(CORES) --configfile config/chain.yaml --report results-chain/report.html
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -63,8 +69,8 @@ lint: setup
 	$(BIN)/snakemake --lint --configfile $(CONFIG)
 
 dryrun: setup
-	for c in config/config.yaml config/paper.yaml .test/config.yaml; do \
+	for c in config/config.yaml config/chain.yaml config/reference.yaml config/paper.yaml config/models.yaml .test/config.yaml; do \
 	  $(BIN)/snakemake -n --configfile $$c --quiet || exit 1; done
 
 clean-results:
-	rm -rf results .snakemake
+	rm -rf results results-chain .snakemake

@@ -28,7 +28,7 @@ from bornfield.config import (
 )
 from bornfield.errors import ConfigError
 
-CONFIGS = ["config/config.yaml", "config/paper.yaml", ".test/config.yaml"]
+CONFIGS = ["config/config.yaml", "config/chain.yaml", "config/reference.yaml", "config/paper.yaml", ".test/config.yaml"]
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -155,7 +155,7 @@ def _command_and_context(argv: list[str]) -> tuple[str, dict]:
     return command, context
 
 
-@pytest.fixture(params=["config/config.yaml", "config/paper.yaml", "config/models.yaml", ".test/config.yaml", "partial"])
+@pytest.fixture(params=["config/config.yaml", "config/chain.yaml", "config/paper.yaml", "config/models.yaml", ".test/config.yaml", "partial"])
 def config_file(request, tmp_path) -> Path:
     if request.param == "partial":
         path = tmp_path / "partial.yaml"
@@ -170,6 +170,7 @@ def test_snakemake_and_the_cli_resolve_a_config_identically(config_file, tmp_pat
     workdir = tmp_path / "work"
     workdir.mkdir()
     (workdir / "data").symlink_to(REPO / "data")  # config/models.yaml's ledger and pre-training set
+    (workdir / "models").symlink_to(REPO / "models")  # the model set of the demo's MD (md.models)
     commands = _commands(_dry_run(workdir, config_file))
     resolved = load_config(config_file)
     (provenance,) = [argv for argv in commands if argv[1] == "provenance"]
@@ -188,7 +189,9 @@ def test_snakemake_and_the_cli_resolve_a_config_identically(config_file, tmp_pat
         checked.add(command)
     expected = {"structures crystals", "structures melt-quench", "dft plan", "train potential", "train born",
                 "md run", "analyze condition", "analyze sweep", "plot"}
-    if resolved.dataset.source == "ledger":  # labels come from the ledger: no DFT plan, pre-training instead
+    if resolved.md.models:  # MD on a shipped model set: nothing is labelled or trained
+        expected = expected - {"dft plan", "train potential", "train born"}
+    elif resolved.dataset.source == "ledger":  # labels come from the ledger: no DFT plan, pre-training instead
         expected = expected - {"dft plan"} | {"train pretrain"}
     assert expected <= checked, sorted(checked)
 
@@ -200,9 +203,9 @@ def test_a_partial_config_means_the_schema_defaults_everywhere(tmp_path):
     resolved = load_config(path)
     schema = default_settings()
     assert resolved.dft.qe.ecutwfc_Ry == 40 and resolved.dft.qe.kpoint_density_per_inv_A == schema.dft.qe.kpoint_density_per_inv_A
-    assert resolved.dft.max_structures is None  # the demo labels only 2
-    demo = load_config(REPO / "config" / "config.yaml")
-    assert resolved.train == schema.train != demo.train  # the demo's smaller models are not inherited
+    assert resolved.dft.max_structures is None  # the full-chain demo labels only 2
+    chain = load_config(REPO / "config" / "chain.yaml")
+    assert resolved.train == schema.train != chain.train  # the full-chain demo's smaller models are not inherited
     assert resolved.md.model_generation == resolved.train.active_learning.generations - 1
     workdir = tmp_path / "work"
     workdir.mkdir()
@@ -212,6 +215,7 @@ def test_a_partial_config_means_the_schema_defaults_everywhere(tmp_path):
 
 def test_snakemake_without_configfile_runs_the_demo(tmp_path):
     """`make demo` passes config/config.yaml; plain `snakemake` means the same."""
+    (tmp_path / "models").symlink_to(REPO / "models")
     (provenance,) = [a for a in _commands(_dry_run(tmp_path)) if a[1] == "provenance"]
     assert json.loads(_option(provenance, "--settings")) == load_config(REPO / "config" / "config.yaml").to_dict()
 

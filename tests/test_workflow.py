@@ -11,7 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-CONFIGS = ["config/config.yaml", "config/paper.yaml", ".test/config.yaml"]
+CONFIGS = ["config/config.yaml", "config/chain.yaml", "config/reference.yaml", "config/paper.yaml", ".test/config.yaml"]
 
 
 def snakemake(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -27,7 +27,7 @@ def snakemake(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("config", ["config/config.yaml", "config/models.yaml"])
+@pytest.mark.parametrize("config", ["config/config.yaml", "config/chain.yaml", "config/models.yaml"])
 def test_lint_is_clean(config):
     result = snakemake("--lint", "--configfile", config)
     output = result.stdout + result.stderr

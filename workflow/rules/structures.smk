@@ -100,6 +100,8 @@ rule structures_melt_quench:
     conda:
         "../../envs/bornfield.yaml"
     threads: lambda wc: 1 if wc.kind == "dft" else STRUCT_LAMMPS_RANKS
+    # first in line: the amorphous cells' MD waits for it (the campaign's longest chain)
+    priority: 10
     resources:
         runtime=lambda wc: 60 if wc.kind == "dft" else 600,
         mem_mb=4000,
