@@ -50,7 +50,7 @@ from bornfield.errors import ConfigError
 from bornfield.fieldphysics import SafetyLimits, asr_correct, check_finite, field_forces, per_atom_uncertainty
 from bornfield.models import load_born, load_potential
 from bornfield.models.born import EquivariantBornModel
-from bornfield.models.combined import evaluate_periodic
+from bornfield.models.combined import evaluate_periodic, verlet_graphs
 from bornfield.models.committee import BornCommittee, PotentialCommittee
 from bornfield.models.graph import build_graph
 from bornfield.models.interface import BornChargeModel, PotentialModel
@@ -59,6 +59,8 @@ from bornfield.models.potential import NNPotential
 ModelSpec = (str | Path | Sequence[str | Path] | NNPotential | EquivariantBornModel | PotentialCommittee
              | BornCommittee | PotentialModel | BornChargeModel | None)
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: Å, default skin of the calculator's neighbour list (md.neighbour_skin_A has the same default)
+DEFAULT_NEIGHBOUR_SKIN_A = 1.0
 _STATISTICS = frozenset({"energies", "energy_var", "energies_var", "forces_var", "stress_var", "born_charges_var",
                          "forces_uncertainty", "born_charges_uncertainty"})
 
@@ -100,6 +102,10 @@ class FieldCalculator(Calculator):
         born_refresh_interval: recompute Z when ``step`` is a multiple of n
             (1 = at every evaluation); in between the cached Z is used.
         safety: limits checked at every evaluation (the ASR tolerance; default: none).
+        neighbour_skin: Å, skin of the neighbour list kept between evaluations (a Verlet
+            list, rebuilt when an atom moved more than half of it or the cell changed;
+            :class:`~bornfield.models.graph.VerletGraphs`); 0 = a fresh list at every
+            evaluation. Results are the same to round-off either way.
     """
 
     implemented_properties = [
@@ -122,7 +128,7 @@ class FieldCalculator(Calculator):
 
     def __init__(self, potential: ModelSpec = None, born: ModelSpec = None, field=(0.0, 0.0, 0.0),
                  dtype: str = "float32", born_refresh_interval: int = 1, safety: SafetyLimits | None = None,
-                 **kwargs):
+                 neighbour_skin: float = DEFAULT_NEIGHBOUR_SKIN_A, **kwargs):
         super().__init__(**kwargs)
         if dtype not in _DTYPES:
             raise ConfigError(f"FieldCalculator dtype must be one of {sorted(_DTYPES)} (got {dtype!r})")
@@ -135,6 +141,9 @@ class FieldCalculator(Calculator):
             raise ConfigError(f"FieldCalculator born_refresh_interval must be >= 1 (got {born_refresh_interval!r})")
         self.born_refresh_interval = int(born_refresh_interval)
         self.safety = safety if safety is not None else SafetyLimits()
+        if not float(neighbour_skin) >= 0.0:
+            raise ConfigError(f"FieldCalculator neighbour_skin must be >= 0 Å (got {neighbour_skin!r})")
+        self.graphs = verlet_graphs(self.potential, self.born, float(neighbour_skin))
         self.field = self._check_field(field)
         self.step = 0  # MD step of the next evaluation (for born_refresh_interval > 1)
         self.born_step = -1  # step at which cached_born was computed
@@ -160,6 +169,21 @@ class FieldCalculator(Calculator):
         if not keep_results:
             self.reset()
 
+    def rebuild_neighbour_list(self, atoms) -> None:
+        """Build the kept neighbour list anew at the positions of ``atoms`` (results are kept).
+
+        An MD checkpoint calls it, and so does the restart from it: both runs then
+        continue with a list built at the same positions, bit for bit alike.
+        """
+        if self.graphs is not None:
+            self.graphs.reset()
+            self.graphs.graph(*self._structure(atoms))
+
+    @staticmethod
+    def _structure(atoms) -> tuple:
+        """(positions wrapped into the cell (N, 3) Å, numbers, cell (3, 3) Å, pbc) as the models get them."""
+        return atoms.get_positions(wrap=True), atoms.numbers, np.asarray(atoms.cell), np.asarray(atoms.pbc)
+
     @property
     def receptive_field(self) -> float:
         return max(m.receptive_field for m in (self.potential, self.born) if m is not None)
@@ -171,7 +195,7 @@ class FieldCalculator(Calculator):
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
-        structure = (atoms.get_positions(wrap=True), atoms.numbers, np.asarray(atoms.cell), np.asarray(atoms.pbc))
+        structure = self._structure(atoms)
         periodic = bool(np.all(atoms.pbc))
         statistics = self.potential is None or not _STATISTICS.isdisjoint(properties)
         refresh = self.born is not None and (statistics or self._born_due())
@@ -205,7 +229,8 @@ class FieldCalculator(Calculator):
 
     def _evaluate_shared(self, structure, refresh: bool, stress: bool) -> tuple[dict, np.ndarray | None]:
         """Committee means of both models from one neighbour list; Z ASR-corrected (or None)."""
-        step = evaluate_periodic(self.potential, self.born, *structure, with_born=refresh, stress=stress)
+        step = evaluate_periodic(self.potential, self.born, *structure, with_born=refresh, stress=stress,
+                                 graphs=self.graphs)
         results = {"energy": float(step.energy), "free_energy": float(step.energy), "forces": step.forces}
         if step.stress is not None:
             results["stress"] = full_3x3_to_voigt_6_stress(step.stress)
@@ -215,7 +240,9 @@ class FieldCalculator(Calculator):
         """Means and variances over the committee members; Z mean and variance of ASR-corrected members."""
         potential, born = self.potential, self.born
         graph = None
-        if (isinstance(potential, PotentialCommittee) and isinstance(born, BornCommittee)
+        if self.graphs is not None:  # both models are bornfield's (or one is absent): the shared list
+            graph = self.graphs.graph(*structure)
+        elif (isinstance(potential, PotentialCommittee) and isinstance(born, BornCommittee)
                 and potential.species == born.species):
             graph = build_graph([structure], potential.species, max(potential.cutoff, born.cutoff), potential.dtype)
         results: dict[str, np.ndarray | float] = {}

@@ -541,8 +541,8 @@ _DFT_JOB = ("dft.qe", "dft.pseudopotentials.set", "dft.qc", "dft.run.pw_command"
 _TRAIN_MODEL = ("seed", "train.cutoff", "train.dtype", "train.threads", "train.split")
 _MD_DYNAMICS = tuple(f"md.{key}" for key in (
     "seed", "backend", "timestep_fs", "equilibration_steps", "production_steps", "ensemble",
-    "thermostat_time_constant_fs", "nose_hoover_chain_length", "born_refresh_interval", "field_schedule",
-    "output", "safety", "lammps"))
+    "thermostat_time_constant_fs", "nose_hoover_chain_length", "born_refresh_interval", "neighbour_skin_A",
+    "field_schedule", "output", "safety", "lammps"))
 _ANALYSIS_CONDITION = tuple(f"analysis.{key}" for key in (
     "species", "mobile_species", "reference_axis", "equilibration_fs", "max_lag_fraction", "fit_window_fraction",
     "fit_window_fs", "msd_reference_time_fs", "unwrap", "curve_points", "transverse"))

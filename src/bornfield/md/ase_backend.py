@@ -45,6 +45,7 @@ from bornfield.calculators import FieldCalculator
 from bornfield.fieldphysics import SafetyLimits, committee_force_uncertainty, min_distance
 from bornfield.md.engine import Backend, Snapshot, kinetic_temperature
 from bornfield.md.fields import FieldSchedule
+from bornfield.models.combined import member_forces
 
 LOG = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ class ASEBackend(Backend):
         self.atoms.set_constraint(FixCom())
         self.safety = SafetyLimits.from_md_settings(settings)
         self.calc = FieldCalculator(potential, born, born_refresh_interval=settings["born_refresh_interval"],
-                                    safety=self.safety)
+                                    safety=self.safety, neighbour_skin=settings["neighbour_skin_A"])
         self.atoms.calc = self.calc
         self.numbers = self.atoms.numbers.copy()
         self.masses = self.atoms.get_masses()
@@ -231,11 +232,9 @@ class ASEBackend(Backend):
     def committee_force_std(self) -> float | None:
         if not self.committee:
             return None
-        positions = self.atoms.get_positions(wrap=True)
-        cell, pbc = self.cell, np.asarray(self.atoms.pbc)
         members = [self.potential, *self.committee]
-        return committee_force_uncertainty([m.energy_forces_stress(positions, self.numbers, cell, pbc)[1]
-                                            for m in members])
+        return committee_force_uncertainty(member_forces(members, self.atoms.get_positions(wrap=True), self.numbers,
+                                                         self.cell, np.asarray(self.atoms.pbc), self.calc.graphs))
 
     # -- checkpoints ----------------------------------------------------
     def checkpoint_state(self) -> tuple[dict[str, np.ndarray], dict]:
@@ -259,6 +258,9 @@ class ASEBackend(Backend):
         if self.dyn_kind == "nose_hoover_chain":
             metadata["nhc_eta"] = self.dyn._thermostat._eta.tolist()
             metadata["nhc_p_eta"] = self.dyn._thermostat._p_eta.tolist()
+        # the next steps use a neighbour list built here, as a run resumed from this checkpoint does
+        # (restore): the two continue bit for bit alike
+        self.calc.rebuild_neighbour_list(self.atoms)
         return arrays, metadata
 
     def restore(self, arrays: dict[str, np.ndarray], metadata: dict) -> None:
@@ -278,6 +280,7 @@ class ASEBackend(Backend):
             self.calc.cached_born = np.array(arrays["born_cache"])
         self.calc.born_step = int(metadata["born_step"])
         self.calc.results = {}
+        self.calc.rebuild_neighbour_list(self.atoms)
         self.dyn = None
         self.dyn_kind = None
         self._set_field_for(self.step)

@@ -60,7 +60,7 @@ from bornfield.fieldphysics import (
 )
 from bornfield.md.engine import Backend, BlowUp, Snapshot, kinetic_temperature
 from bornfield.md.fields import FieldSchedule
-from bornfield.models.combined import evaluate_cluster, evaluate_periodic, shared_members
+from bornfield.models.combined import evaluate_cluster, evaluate_periodic, member_forces, shared_members, verlet_graphs
 
 LOG = logging.getLogger(__name__)
 
@@ -129,6 +129,8 @@ class LammpsBackend(Backend):
             self.mass_of_type[t] = self.masses[self.numbers == z][0]
         self.types = np.array([self.type_of_number[int(z)] for z in self.numbers], dtype=int)
         self.safety = SafetyLimits.from_md_settings(settings)
+        # the models' neighbour list kept between steps (one rank per replica: periodic evaluation)
+        self.graphs = verlet_graphs(potential, born, settings["neighbour_skin_A"]) if self.comm.Get_size() == 1 else None
 
         velocity_seq, thermostat_seq = np.random.SeedSequence(int(seed)).spawn(2)
         self.thermostat_seed = int(thermostat_seq.generate_state(1)[0] % 900_000_000) + 1
@@ -328,7 +330,7 @@ class LammpsBackend(Backend):
                 # neighbour list and edge geometry for both models (see bornfield.models.combined)
                 owned = self._wrap(positions[:nlocal])
                 step = evaluate_periodic(self.potential, self.born, owned, numbers[:nlocal], self.cell_L,
-                                         np.ones(3, dtype=bool), with_born=refresh)
+                                         np.ones(3, dtype=bool), with_born=refresh, graphs=self.graphs)
                 raw = step.born_raw
                 forces = step.forces
                 energy_local = step.energy
@@ -479,10 +481,8 @@ class LammpsBackend(Backend):
         nlocal, positions, numbers = self._local_and_ghost_positions()
         members = [self.potential, *self.committee]
         if self.comm.Get_size() == 1:
-            owned = self._wrap(positions[:nlocal])
-            pbc = np.ones(3, dtype=bool)
-            forces = [np.asarray(m.energy_forces_stress(owned, numbers[:nlocal], self.cell_L, pbc)[1])
-                      for m in members]
+            forces = member_forces(members, self._wrap(positions[:nlocal]), numbers[:nlocal], self.cell_L,
+                                   np.ones(3, dtype=bool), self.graphs)
         else:
             n = len(positions)
             ids = np.array(self.lmp.numpy.extract_atom("id", nelem=n), dtype=np.int64).reshape(n)

@@ -124,6 +124,9 @@ class PairBaseline(nn.Module):
         x = torch.exp(-a * (rc - r0))
         self._sr_at_cutoff = d0 * (x * x - 2.0 * x) + c0 / rc**12  # (S, S) eV
         self._sr_slope_at_cutoff = -2.0 * a * d0 * (x * x - x) - 12.0 * c0 / rc**13  # (S, S) eV/Å
+        # per species pair s_i * S + s_j: k q_i q_j, D0, a, r0, C0, m(r_c), m'(r_c) (one gather per evaluation)
+        qq = self.k * torch.outer(self._charges, self._charges)
+        self._pair_table = torch.stack([qq, d0, a, r0, c0, self._sr_at_cutoff, self._sr_slope_at_cutoff]).reshape(7, n * n)
 
     def self_energies(self, species: torch.Tensor) -> torch.Tensor:
         """Per-atom DSF self energy (eV, float64) of atoms with species indices ``species``."""
@@ -134,29 +137,36 @@ class PairBaseline(nn.Module):
 
         Valid for ``r < cutoff``; the caller masks pairs beyond it.
         """
-        rc, alpha, k = self.cutoff, self.alpha, self.k
-        qq = k * self._charges[si] * self._charges[sj]
-        erfc = torch.special.erfc(alpha * r)
-        gauss = torch.exp(-(alpha * r) ** 2)
+        rc, alpha = self.cutoff, self.alpha
+        qq, d0, a, r0, c0, sr_cut, sr_slope = self._pair_table[:, si * len(self.species) + sj]
+        scaled = alpha * r
+        erfc = torch.special.erfc(scaled)
+        gauss = torch.exp(-scaled * scaled)
         inv_r = 1.0 / r
-        phi = qq * (erfc * inv_r - self._e_shift - r * self._f_shift)
-        dphi = qq * (-erfc * inv_r * inv_r - (2.0 * alpha / math.sqrt(math.pi)) * gauss * inv_r - self._f_shift)
-        d0, a, r0, c0 = (t[si, sj] for t in self._table)
+        inv_r6 = inv_r * inv_r
+        inv_r6 = inv_r6 * inv_r6 * inv_r6
+        inv_r12 = inv_r6 * inv_r6
         x = torch.exp(-a * (r - r0))
-        inv_r12 = inv_r**12
-        phi = phi + d0 * (x * x - 2.0 * x) + c0 * inv_r12 - self._sr_at_cutoff[si, sj] \
-            - (r - rc) * self._sr_slope_at_cutoff[si, sj]
-        dphi = dphi - 2.0 * a * d0 * (x * x - x) - 12.0 * c0 * inv_r12 * inv_r - self._sr_slope_at_cutoff[si, sj]
+        phi = qq * (erfc * inv_r - self._e_shift - r * self._f_shift) \
+            + d0 * (x * x - 2.0 * x) + c0 * inv_r12 - sr_cut - (r - rc) * sr_slope
+        dphi = qq * (-erfc * inv_r * inv_r - (2.0 * alpha / math.sqrt(math.pi)) * gauss * inv_r - self._f_shift) \
+            - 2.0 * a * d0 * (x * x - x) - 12.0 * c0 * inv_r12 * inv_r - sr_slope
         return phi, dphi
 
     def site_energies_and_edge_gradient(
         self, graph: Graph, energy_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Site energies (N_c,) eV and ``dE/d edge_vec`` (N_c, K, 3) eV/Å, float64, no autograd graph.
+        """Site energies (N_c,) eV and an edge gradient (N_c, K, 3) eV/Å, float64, no autograd graph.
 
         ``graph`` must hold every pair closer than :attr:`cutoff` (``graph.cutoff >= cutoff``).
         ``E = Σ site_energies`` (or ``Σ site_energies[energy_mask]``, (N_c,) bool, for the gradient).
-        Rows are evaluated in blocks of centres (in parallel threads, :mod:`bornfield.models.threads`).
+        The gradient ``g`` gives the forces and the virial of E through
+        :func:`~bornfield.models.potential.forces_from_edge_gradient` and
+        :func:`~bornfield.models.potential.stress_from_edge_gradient`: ``g_e = ½ φ'(r) r̂`` on each
+        edge, except in graphs whose rows are all atoms (``centres`` None) without ``energy_mask``,
+        where every pair is in both rows and is evaluated once: ``φ'(r) r̂`` on one of its two
+        edges, 0 on the other (same forces and virial). Pairs in blocks (parallel threads,
+        :mod:`bornfield.models.threads`).
         """
         if graph.cutoff is not None and graph.cutoff < self.cutoff:
             raise ValueError(
@@ -164,30 +174,41 @@ class PairBaseline(nn.Module):
                 f"({self.cutoff} Å): build the graph with the model's cutoff")
         with torch.no_grad():
             edge_vec = graph.inference_edge_vectors()
-            centre_species = graph.centre_species
             n, k = edge_vec.shape[:2]
+            slots = graph.mask.reshape(-1).nonzero().squeeze(1)  # flat (row, neighbour) slots of real pairs
+            rows = torch.div(slots, k, rounding_mode="floor")
+            cols = graph.neighbours.reshape(-1).index_select(0, slots)
+            once = graph.centres is None and energy_mask is None
+            if once:  # keep the edge i -> j with j > i, or of a periodic image of i, the one with a positive shift
+                keep = cols > rows
+                images = (cols == rows).nonzero().squeeze(1)
+                if len(images):
+                    sx, sy, sz = graph.shifts.reshape(-1, 3).index_select(0, slots.index_select(0, images)).unbind(-1)
+                    keep[images] = (sx > 0) | ((sx == 0) & ((sy > 0) | ((sy == 0) & (sz > 0))))
+                pick = keep.nonzero().squeeze(1)
+                slots, rows, cols = slots.index_select(0, pick), rows.index_select(0, pick), cols.index_select(0, pick)
+            vec = edge_vec.reshape(-1, 3).index_select(0, slots).to(torch.float64)
+            r = torch.linalg.norm(vec, dim=-1)
+            if not bool((r < self.cutoff).all()):
+                pick = (r < self.cutoff).nonzero().squeeze(1)
+                slots, rows, cols, vec, r = (t.index_select(0, pick) for t in (slots, rows, cols, vec, r))
+            centre_species = graph.centre_species
 
-            def block(rows: slice):
-                vec = edge_vec[rows].to(torch.float64)
-                r = torch.linalg.norm(vec, dim=-1)
-                valid = graph.mask[rows] & (r < self.cutoff)
-                r_safe = torch.where(valid, r, torch.full_like(r, self.cutoff))
-                si = centre_species[rows].unsqueeze(1).expand_as(r)
-                sj = graph.species[graph.neighbours[rows]]
-                phi, dphi = self.pair_energy_and_derivative(r_safe, si, sj)
-                zero = torch.zeros_like(phi)
-                phi, dphi = torch.where(valid, phi, zero), torch.where(valid, dphi, zero)
-                sites = 0.5 * phi.sum(1) + self.self_energies(centre_species[rows])
-                grad = (0.5 * dphi / r_safe).unsqueeze(-1) * vec
-                if energy_mask is not None:
-                    grad = grad * energy_mask[rows].to(grad.dtype).view(-1, 1, 1)
-                return sites, grad
+            def block(pairs: slice):
+                return self.pair_energy_and_derivative(r[pairs], centre_species[rows[pairs]],
+                                                       graph.species[cols[pairs]])
 
-            parts = map_blocks(block, centre_blocks(n, k, EDGES_PER_TASK, parallel_workers()))
-            if not parts:
-                return torch.zeros(0, dtype=torch.float64), torch.zeros(0, k, 3, dtype=torch.float64)
-            sites, grads = zip(*parts)
-            return torch.cat(sites), torch.cat(grads)
+            parts = map_blocks(block, centre_blocks(len(r), 1, EDGES_PER_TASK, parallel_workers()))
+            phi = torch.cat([p[0] for p in parts]) if parts else r.new_zeros(0)
+            dphi = torch.cat([p[1] for p in parts]) if parts else r.new_zeros(0)
+            sites = self.self_energies(centre_species).index_add(0, rows, 0.5 * phi)
+            if once:
+                sites = sites.index_add(0, cols, 0.5 * phi)
+            pair_grad = ((1.0 if once else 0.5) * dphi / r).unsqueeze(-1) * vec
+            if energy_mask is not None:
+                pair_grad = pair_grad * energy_mask[rows].to(pair_grad.dtype).unsqueeze(-1)
+            grad = torch.zeros(n * k, 3, dtype=torch.float64).index_copy_(0, slots, pair_grad)
+            return sites, grad.view(n, k, 3)
 
 
 __all__ = ["COULOMB_CONSTANT", "NAME", "PairBaseline", "pedone_baseline"]

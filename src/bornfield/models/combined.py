@@ -27,7 +27,7 @@ import torch
 
 from bornfield.models.born import EquivariantBornModel
 from bornfield.models.committee import BornCommittee, PotentialCommittee
-from bornfield.models.graph import Graph, build_cluster_graph, build_graph
+from bornfield.models.graph import Graph, VerletGraphs, build_cluster_graph, build_graph
 from bornfield.models.layers import EdgeGeometry
 from bornfield.models.threads import map_geometry_blocks, parallel_section
 from bornfield.models.potential import (
@@ -140,8 +140,36 @@ def _baselines(potentials) -> list[tuple]:
     return [(members[0], len(members) / len(potentials)) for members in groups.values()]
 
 
+def verlet_graphs(potential, born, skin: float) -> VerletGraphs | None:
+    """The neighbour lists of :func:`evaluate_periodic` of these models along a trajectory (Verlet list).
+
+    ``skin`` Å > 0: a :class:`~bornfield.models.graph.VerletGraphs` with the models'
+    longest cutoff and their local cutoffs as sub-graphs, to be passed as
+    ``graphs`` at every step; None if ``skin`` is 0 (a fresh list per
+    evaluation) or the models cannot share one evaluation (:func:`shared_members`).
+    """
+    if float(skin) < 0.0:
+        raise ValueError(f"neighbour-list skin must be >= 0 Å (got {skin!r})")
+    shared = shared_members(potential, born)
+    if float(skin) == 0.0 or shared is None:
+        return None
+    models = shared[0] + shared[1]
+    return VerletGraphs(models[0].species, max(m.cutoff for m in models), float(skin), models[0].dtype,
+                        sub_cutoffs=[max(m.local_cutoff for m in models)] + [m.local_cutoff for m in models])
+
+
+def _periodic_graph(graphs: VerletGraphs | None, models, positions, numbers, cell, pbc) -> Graph:
+    """The graph of ``models`` for one periodic structure: from ``graphs`` if they serve the models, else fresh."""
+    cutoff = max(m.cutoff for m in models)
+    species, dtype = models[0].species, models[0].dtype
+    if graphs is not None and graphs.cutoff >= cutoff and graphs.species == species and graphs.dtype == dtype:
+        return graphs.graph(positions, numbers, cell, pbc)
+    return build_graph([(positions, numbers, cell, pbc)], species, cutoff, dtype)
+
+
 def evaluate_periodic(
-    potential, born, positions, numbers, cell, pbc, with_born: bool = True, stress: bool = False
+    potential, born, positions, numbers, cell, pbc, with_born: bool = True, stress: bool = False,
+    graphs: VerletGraphs | None = None,
 ) -> StepResult:
     """Potential (energy, forces, optional stress) and raw Born charges of one periodic structure.
 
@@ -151,6 +179,9 @@ def evaluate_periodic(
         positions: (N, 3) Å. numbers: (N,). cell: (3, 3) Å rows. pbc: (3,) bool.
         with_born: evaluate the Born model on this step.
         stress: also compute the stress.
+        graphs: the neighbour lists kept along a trajectory (:func:`verlet_graphs`);
+            None (or lists of other species, dtype or a shorter cutoff): a fresh list
+            (same results to round-off).
 
     Returns:
         :class:`StepResult`; ``born_raw`` is the model's ASR-corrected Z in the
@@ -166,9 +197,18 @@ def evaluate_periodic(
                           np.asarray(stress_value, dtype=float) if stress else None, z,
                           np.full(len(numbers), np.nan))
     potentials, borns = shared
-    cutoff = max(m.cutoff for m in potentials + borns)
-    graph = build_graph([(positions, numbers, cell, pbc)], potentials[0].species, cutoff, potentials[0].dtype)
+    graph = _periodic_graph(graphs, potentials + borns, positions, numbers, cell, pbc)
     return _evaluate_graph(graph, potentials, borns, stress and bool(np.all(pbc)))
+
+
+def member_forces(members, positions, numbers, cell, pbc, graphs: VerletGraphs | None = None) -> list[np.ndarray]:
+    """Forces (N, 3) eV/Å of each potential in ``members`` on one periodic structure (committee statistics).
+
+    With ``graphs`` (:func:`verlet_graphs` of the MD's models, called at the same
+    positions) the members share the step's neighbour list and edge geometry.
+    """
+    return [evaluate_periodic(member, None, positions, numbers, cell, pbc, with_born=False, graphs=graphs).forces
+            for member in members]
 
 
 def evaluate_cluster(potential, born, positions, numbers, centre_mask, with_born: bool = True) -> StepResult:
@@ -198,4 +238,4 @@ def evaluate_cluster(potential, born, positions, numbers, centre_mask, with_born
     return _evaluate_graph(graph, potentials, borns, stress=False)
 
 
-__all__ = ["StepResult", "evaluate_cluster", "evaluate_periodic", "shared_members"]
+__all__ = ["StepResult", "evaluate_cluster", "evaluate_periodic", "member_forces", "shared_members", "verlet_graphs"]

@@ -37,7 +37,9 @@ class Graph:
         neighbours: (N, K) int64 index of neighbour j of atom i (padding: i itself).
         mask: (N, K) bool, True for real neighbours within the cutoff.
         shifts: (N, K, 3) Å, Cartesian periodic offset added to ``r_j - r_i``; padding
-            slots hold ``(pad_length, 0, 0)``, so their edge vector is exactly that.
+            slots hold ``(pad_length, 0, 0)``, so their edge vector is exactly that. The
+            other masked slots (pairs of a :class:`VerletGraphs` list now beyond the cutoff)
+            hold their pair's shift: every masked edge vector is at least ``cutoff`` long.
         batch: (N,) int64 structure index of each atom.
         cells: (B, 3, 3) Å, rows are cell vectors (zeros for open boundaries).
         volumes: (B,) Å³ (0 for structures that are not fully periodic).
@@ -214,6 +216,18 @@ def neighbour_list(
     Returns:
         i (E,), j (E,) int64 and the Cartesian shifts (E, 3) Å = S @ cell.
     """
+    i, j, shifts, cell = _integer_neighbour_list(positions, cell, pbc, cutoff)
+    return i, j, shifts.astype(np.float64) @ cell
+
+
+def _integer_neighbour_list(
+    positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float, distances: bool = False
+) -> tuple[np.ndarray, ...]:
+    """:func:`neighbour_list` with integer shifts: i, j (E,) int64, S (E, 3) int64 and the cell (3, 3) Å used.
+
+    The cell is zero for open boundaries; the Cartesian shift of pair e is ``S[e] @ cell``.
+    ``distances``: the pair distances (E,) Å are appended.
+    """
     positions = np.ascontiguousarray(positions, dtype=np.float64)
     pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
     cell = np.asarray(cell, dtype=np.float64)
@@ -224,9 +238,10 @@ def neighbour_list(
     else:
         cell = np.zeros((3, 3))
     calculator = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
-    i, j, shifts = calculator.compute(positions, cell, [bool(p) for p in pbc], quantities="ijS")
-    cartesian = np.asarray(shifts, dtype=np.float64) @ cell
-    return np.asarray(i, dtype=np.int64), np.asarray(j, dtype=np.int64), cartesian
+    out = calculator.compute(positions, cell, [bool(p) for p in pbc], quantities="ijSd" if distances else "ijS")
+    i, j, shifts = (np.asarray(out[0], dtype=np.int64), np.asarray(out[1], dtype=np.int64),
+                    np.asarray(out[2], dtype=np.int64))
+    return (i, j, shifts, cell, np.asarray(out[3], dtype=np.float64)) if distances else (i, j, shifts, cell)
 
 
 @dataclass
@@ -302,15 +317,18 @@ def _padded_rows(
     n_rows = len(row_atoms)
     counts = np.bincount(row, minlength=n_rows)
     k_max = max(int(counts.max()) if len(counts) else 0, 1)
-    # stable sort by row; 16-bit keys sort by radix (several times faster than 64-bit keys)
-    keys = row.astype(np.uint16) if n_rows <= np.iinfo(np.uint16).max + 1 else row
-    order = np.argsort(keys, kind="stable")
     starts = np.zeros(n_rows, dtype=np.int64)
     np.cumsum(counts[:-1], out=starts[1:])
-    row_sorted = row[order]
     # flat slot of every edge in the (n_rows, k_max) matrix, in the input order of the edges
-    flat = np.empty(len(row), dtype=np.int64)
-    flat[order] = np.arange(len(row), dtype=np.int64) + (row_sorted * k_max - starts[row_sorted])
+    if np.all(row[1:] >= row[:-1]):  # already grouped by row (vesin's order, Verlet lists): no sort
+        flat = np.arange(len(row), dtype=np.int64) + (row * k_max - starts[row])
+    else:
+        # stable sort by row; 16-bit keys sort by radix (several times faster than 64-bit keys)
+        keys = row.astype(np.uint16) if n_rows <= np.iinfo(np.uint16).max + 1 else row
+        order = np.argsort(keys, kind="stable")
+        row_sorted = row[order]
+        flat = np.empty(len(row), dtype=np.int64)
+        flat[order] = np.arange(len(row), dtype=np.int64) + (row_sorted * k_max - starts[row_sorted])
     neighbours = np.repeat(np.asarray(row_atoms, dtype=np.int64), k_max)
     neighbours[flat] = dst
     mask = np.zeros(n_rows * k_max, dtype=bool)
@@ -384,3 +402,199 @@ def graph_from_atoms(atoms_list, species: Sequence[str], cutoff: float, dtype=to
         cutoff,
         dtype,
     )
+
+
+class VerletGraphs:
+    """Graphs of one structure along a trajectory from a neighbour list with a skin (Verlet list).
+
+    The list holds the pairs closer than ``cutoff + skin`` Å at the positions of
+    its last build. It is rebuilt when an atom has moved more than ``skin / 2``
+    since then (a move counts modulo lattice translations, so wrapped positions
+    are fine), or when the atom count, atomic numbers, cell or pbc change; while
+    no atom has, every pair now closer than ``cutoff`` is in it. ``skin = 0``
+    rebuilds at every call.
+
+    Each :meth:`graph` has the list's padded rows with ``mask`` True exactly for
+    the pairs now closer than ``cutoff`` (the other slots are masked, their edge
+    vectors are the real ones, up to ``cutoff + skin`` long); its sub-graphs of
+    ``sub_cutoffs``, served by :meth:`Graph.within`, hold only their own pairs.
+    Edge vectors are those of a fresh list (:func:`build_graph`); only the order
+    of a centre's neighbours may differ, so results agree to round-off.
+
+    Args:
+        species: model species (chemical symbols).
+        cutoff: Å, the graph's cutoff (the longest any model needs).
+        skin: Å, >= 0.
+        dtype: floating-point dtype of the graphs.
+        sub_cutoffs: Å, shorter cutoffs whose :meth:`Graph.within` sub-graphs are precomputed.
+
+    Attributes:
+        builds: number of neighbour-list builds so far.
+    """
+
+    def __init__(self, species: Sequence[str], cutoff: float, skin: float, dtype: torch.dtype = torch.float64,
+                 sub_cutoffs: Sequence[float] = ()):
+        if not float(skin) >= 0.0:
+            raise ValueError(f"neighbour-list skin must be >= 0 Å (got {skin!r})")
+        self.species = tuple(species)
+        self.cutoff = float(cutoff)
+        self.skin = float(skin)
+        self.dtype = dtype
+        self.sub_cutoffs = sorted({float(c) for c in sub_cutoffs if float(c) < self.cutoff})
+        self.builds = 0
+        self._list: dict | None = None
+        self._last: tuple[np.ndarray, Graph] | None = None  # positions and graph of the last call
+
+    def reset(self) -> None:
+        """Forget the list: the next :meth:`graph` builds a new one at its positions."""
+        self._list = None
+        self._last = None
+
+    def graph(self, positions, numbers, cell, pbc) -> Graph:
+        """The graph of one structure ``(positions (N, 3) Å, numbers (N,), cell (3, 3) Å rows, pbc (3,))``."""
+        positions = np.ascontiguousarray(np.asarray(positions, dtype=np.float64).reshape(-1, 3))
+        numbers = np.asarray(numbers, dtype=np.int64).reshape(-1)
+        cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
+        pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
+        if numbers.shape != (len(positions),):
+            raise ValueError(f"{len(numbers)} atomic numbers for {len(positions)} positions")
+        images = None
+        if not self._stale(numbers, cell, pbc):
+            if self._last is not None and np.array_equal(self._last[0], positions):
+                return self._last[1]
+            images = self._images(positions)
+        if images is None:
+            self._build(positions, numbers, cell, pbc)
+            images = self._list["images"]
+        graph = self._graph(positions, images)
+        self._last = (positions.copy(), graph)
+        return graph
+
+    # -- the list -----------------------------------------------------------------------
+    def _stale(self, numbers: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> bool:
+        state = self._list
+        return (state is None or self.skin == 0.0 or not np.array_equal(state["numbers"], numbers)
+                or not np.array_equal(state["cell"], cell) or not np.array_equal(state["pbc"], pbc))
+
+    def _images(self, positions: np.ndarray) -> np.ndarray | None:
+        """Lattice images n (N, 3) int of the atoms' moves since the build (move = u + n @ cell, |u| <= skin/2).
+
+        None if an atom moved farther than ``skin / 2`` (modulo lattice translations in fully periodic cells).
+        """
+        state = self._list
+        moved = positions - state["positions"]
+        if not np.isfinite(moved).all():
+            return None  # the fresh list decides what to do with such positions
+        if state["inverse"] is not None:
+            images = np.rint(moved @ state["inverse"]).astype(np.int64)
+            moved = moved - images @ state["cell"]
+        else:  # not fully periodic: a wrapped atom counts as moved
+            images = state["images"]
+        if np.einsum("ij,ij->i", moved, moved).max(initial=0.0) > (0.5 * self.skin) ** 2:
+            return None
+        return images
+
+    def _build(self, positions: np.ndarray, numbers: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> None:
+        """Neighbour list within cutoff + skin as padded rows (integer shifts), and each sub-cutoff's candidates."""
+        i, j, shifts, list_cell, distances = _integer_neighbour_list(positions, cell, pbc, self.cutoff + self.skin,
+                                                                     distances=True)
+        n = len(positions)
+        if not np.all(i[1:] >= i[:-1]):  # pairs by centre (vesin's order already)
+            order = np.argsort(i, kind="stable")
+            i, j, shifts, distances = i[order], j[order], shifts[order], distances[order]
+        counts = np.bincount(i, minlength=n)
+        k = max(int(counts.max()) if n else 0, 1)
+        starts = np.zeros(n, dtype=np.int64)
+        np.cumsum(counts[:-1], out=starts[1:])
+        flat = i * k + (np.arange(len(i), dtype=np.int64) - starts[i])  # slot of each pair, row-major order
+        neighbours = np.repeat(np.arange(n, dtype=np.int64), k)
+        neighbours[flat] = j
+        in_list = np.zeros(n * k, dtype=bool)
+        in_list[flat] = True
+        cartesian = torch.zeros(n * k, 3, dtype=self.dtype)  # (torch: numpy's row scatter is several times slower)
+        cartesian[:, 0] = _pad_length(self.cutoff)
+        cartesian.index_copy_(0, torch.from_numpy(flat), torch.from_numpy(shifts.astype(np.float64) @ list_cell).to(
+            self.dtype))
+        # pairs by neighbour (16-bit keys sort by radix, several times faster)
+        by_neighbour = np.argsort(j.astype(np.uint16) if n <= np.iinfo(np.uint16).max + 1 else j, kind="stable")
+        fully_periodic = bool(pbc.all())
+        self._list = {
+            "positions": positions.copy(), "numbers": numbers.copy(), "cell": cell.copy(), "pbc": pbc.copy(),
+            "inverse": np.linalg.inv(cell) if fully_periodic else None, "list_cell": list_cell,
+            "k": k, "in_list": torch.from_numpy(in_list.reshape(n, k)),
+            # per pair (row-major slot order): slot, centre, neighbour, integer shift S (edge = r_j - r_i + S @ cell)
+            "slots": flat, "centres": i, "neighbours": j, "integer_shifts": shifts,
+            # the pairs of each atom as centre (starts[a] + range(counts[a])) and as neighbour (CSR)
+            "starts": starts, "counts": counts, "as_neighbour": by_neighbour,
+            "as_neighbour_starts": np.concatenate([[0], np.cumsum(np.bincount(j, minlength=n))]),
+            "images": np.zeros((n, 3), dtype=np.int64),
+            "shifts": cartesian.view(n, k, 3),
+            # slots of the pairs that can come within each sub-cutoff before the next build (row-major)
+            "candidates": {c: torch.from_numpy(flat[distances < c + self.skin]) for c in self.sub_cutoffs},
+            "species": torch.from_numpy(species_indices(numbers, self.species)),
+            "neighbour_tensor": torch.from_numpy(neighbours.reshape(n, k)),
+            "cells": torch.tensor(list_cell, dtype=self.dtype).unsqueeze(0),  # as collate: zeros if open
+            "volumes": torch.tensor([abs(np.linalg.det(cell)) if fully_periodic else 0.0], dtype=self.dtype),
+        }
+        self.builds += 1
+
+    def _shift_tensor(self, images: np.ndarray) -> torch.Tensor:
+        """(N, K, 3) Cartesian shifts (Å, dtype) when the atoms moved by lattice images ``images`` (N, 3) int.
+
+        An atom moved by ``n @ cell`` keeps its pairs' edge vectors with the shifts
+        ``S + n_i - n_j``: the pairs of the atoms whose image changed since the last call are recomputed.
+        """
+        state = self._list
+        changed = np.flatnonzero(np.any(images != state["images"], axis=1))
+        if len(changed) == 0:
+            return state["shifts"]
+        starts, counts, by_neighbour = state["starts"], state["counts"], state["as_neighbour_starts"]
+        pairs = np.concatenate(  # the pairs of the changed atoms, as centre and as neighbour
+            [np.arange(starts[a], starts[a] + counts[a]) for a in changed]
+            + [state["as_neighbour"][by_neighbour[a]:by_neighbour[a + 1]] for a in changed])
+        integer = state["integer_shifts"][pairs] + images[state["centres"][pairs]] - images[state["neighbours"][pairs]]
+        cartesian = integer.astype(np.float64) @ state["list_cell"]
+        slots = state["slots"][pairs]
+        shifts = state["shifts"].clone()  # graphs of earlier calls keep theirs
+        shifts.view(-1, 3)[torch.from_numpy(slots)] = torch.from_numpy(cartesian).to(self.dtype)
+        state["shifts"], state["images"] = shifts, images
+        return shifts
+
+    # -- graphs of one call -------------------------------------------------------------
+    def _graph(self, positions: np.ndarray, images: np.ndarray) -> Graph:
+        state = self._list
+        n = len(positions)
+
+        def make(neighbours, mask, shifts, cutoff) -> Graph:
+            return Graph(positions=position_tensor, species=state["species"], neighbours=neighbours, mask=mask,
+                         shifts=shifts, batch=torch.zeros(n, dtype=torch.int64), cells=state["cells"],
+                         volumes=state["volumes"], n_structures=1, pad_length=_pad_length(self.cutoff),
+                         cutoff=cutoff)
+
+        position_tensor = torch.tensor(positions, dtype=self.dtype)
+        shifts = self._shift_tensor(images)
+        with torch.no_grad():
+            vectors = make(state["neighbour_tensor"], state["in_list"], shifts, self.cutoff).edge_vectors()
+            within = state["in_list"] & ((vectors * vectors).sum(-1) < self.cutoff**2)
+            full = make(state["neighbour_tensor"], within, shifts, self.cutoff)
+            full.cached(("edge_vectors",), lambda: vectors)
+            for cutoff in self.sub_cutoffs:
+                candidates = state["candidates"][cutoff]
+                # the test of Graph.within (the norm of the same edge vectors), on the candidates only
+                slots = candidates[torch.linalg.norm(vectors.view(-1, 3)[candidates], dim=-1) < cutoff]
+                rows = torch.div(slots, state["k"], rounding_mode="floor")
+                counts = torch.bincount(rows, minlength=n)
+                k = max(int(counts.max()) if n else 0, 1)
+                starts = torch.cumsum(counts, 0) - counts
+                flat = rows * k + (torch.arange(len(slots)) - starts[rows])
+                neighbours = torch.arange(n).repeat_interleave(k)
+                neighbours[flat] = state["neighbour_tensor"].view(-1)[slots]
+                mask = torch.zeros(n * k, dtype=torch.bool)
+                mask[flat] = True
+                sub_shifts = shifts.new_zeros(n * k, 3)
+                sub_shifts[:, 0] = _pad_length(self.cutoff)
+                sub_shifts[flat] = shifts.view(-1, 3)[slots]
+                sub = make(neighbours.view(n, k), mask.view(n, k), sub_shifts.view(n, k, 3), cutoff)
+                full.cached(("within", cutoff), lambda sub=sub: sub)  # what full.within(cutoff) would compute
+        return full
+
