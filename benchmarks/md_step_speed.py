@@ -34,12 +34,13 @@ import argparse
 import datetime
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from md_throughput import run_worker  # same directory
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -111,14 +112,7 @@ def measure(cell: str, steps: int, skin: float | None, models: Path, src: str | 
     command = [sys.executable, __file__, "--worker", "--cell", cell, "--steps", str(steps), "--models", str(models)]
     if skin is not None:
         command += ["--skin", repr(skin)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    if src is not None:  # an older bornfield source tree shadows the installed (editable) one
-        env["PYTHONPATH"] = str(Path(src).resolve())
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3600)
-    for line in result.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    raise RuntimeError(f"{command} failed:\n{result.stderr[-3000:]}")
+    return run_worker(command, src, timeout=3600)
 
 
 def record(metric, value, unit, system, n_atoms, notes) -> dict:

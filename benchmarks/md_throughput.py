@@ -134,10 +134,19 @@ def measure(potential: Path, born: Path, backend: str, n_atoms: int, ranks: int,
                "--replicas", str(replicas)]
     if ranks > 1:
         command = [str(BIN / "mpiexec"), "-n", str(ranks), *command]
+    return run_worker(command, src, timeout=7200)
+
+
+def run_worker(command: list[str], src: str | None, timeout: float) -> dict:
+    """Run a benchmark worker in a fresh single-threaded process; the JSON of its ``RESULT`` line.
+
+    ``src``: an older bornfield source tree put first on PYTHONPATH (it shadows the installed,
+    editable one), for before/after records in one run.
+    """
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    if src is not None:  # an older bornfield source tree shadows the installed (editable) one
+    if src is not None:
         env["PYTHONPATH"] = str(Path(src).resolve())
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=7200)
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
     for line in result.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
