@@ -340,9 +340,38 @@ def test_sweep_tables_from_analysed_conditions(tmp_path, settings):
     assert float(rows[1]["mu_over_mu_lowest_field"]) == pytest.approx(1.0, abs=0.3)
     transport_rows = list(csv.DictReader(open(outputs["transport"])))
     assert len(transport_rows) == 9 and {r["species"] for r in transport_rows} == {"Li", "P", "O"}
+    # MSD along E against the zero-field run of the same phase and temperature
+    by_key = {(r["condition"], r["species"]): r for r in transport_rows}
+    li_field, li_zero = by_key[("E2", "Li")], by_key[("E0", "Li")]
+    assert li_zero["msd_field_effect"] == "" and li_field["msd_field_effect"] in {"enhanced", "not resolved"}
+    assert float(li_field["msd_parallel_excess_at_ref_A2"]) == pytest.approx(
+        float(li_field["msd_parallel_at_ref_A2"]) - float(li_zero["msd_parallel_at_ref_A2"]), rel=1e-4)
+    assert float(li_field["msd_parallel_excess_at_ref_A2"]) > 0 < float(li_field["msd_parallel_excess_at_ref_sem_A2"])
     transverse_rows = list(csv.DictReader(open(outputs["transverse"])))
     li = [r for r in transverse_rows if r["species"] == "Li" and r["condition"] == "E2"][0]
     assert float(li["median_ratio"]) == pytest.approx(0.2, rel=1e-5)
+
+
+def test_msd_field_effect_reads_the_field_run_against_its_zero_field_run():
+    from bornfield.analysis.sweep import msd_field_effect
+
+    def record(field, msd, sem, axis=(1.0, 0.0, 0.0), time_fs=800.0, n_used=4):
+        at_ref = {"time_fs": time_fs, "parallel": {"value": msd, "sem": sem}}
+        return {"condition": {"field_strength_V_per_A": field}, "parallel_axis": list(axis),
+                "replicas": {"n_used": n_used}, "species": {"Li": {"msd_at_reference": at_ref}}}
+
+    zero = record(0.0, 0.60, 0.05)
+    small = msd_field_effect(record(0.1, 0.87, 0.08), zero, "Li", 2.0)
+    assert small["msd_field_effect"] == "not resolved"  # 0.27 vs 3.2 x 0.094 with 3 degrees of freedom
+    assert small["msd_parallel_excess_at_ref_A2"] == pytest.approx(0.27)
+    assert small["msd_parallel_excess_at_ref_sem_A2"] == pytest.approx(np.hypot(0.05, 0.08))
+    assert msd_field_effect(record(0.1, 1.20, 0.05), zero, "Li", 2.0)["msd_field_effect"] == "enhanced"
+    assert msd_field_effect(record(0.1, 0.20, 0.05), zero, "Li", 2.0)["msd_field_effect"] == "reduced"
+    assert msd_field_effect(record(0.1, 1.20, 0.05), zero, "Li", 2.0)["msd_parallel_zero_field_at_ref_A2"] == 0.60
+    for other in (record(0.1, 1.2, 0.05, axis=(0, 1, 0)), record(0.1, 1.2, 0.05, time_fs=600.0)):
+        assert msd_field_effect(other, zero, "Li", 2.0)["msd_field_effect"].startswith("undetermined")
+    assert msd_field_effect(record(0.1, 1.2, 0.05), None, "Li", 2.0)["msd_field_effect"].startswith("undetermined")
+    assert msd_field_effect(zero, zero, "Li", 2.0)["msd_field_effect"] == ""
 
 
 def test_transverse_percentiles_stay_accurate_when_samples_are_thinned():

@@ -113,7 +113,10 @@ TRANSPORT_COLUMNS = [
     "msd_reference_time_fs", "msd_parallel_at_ref_A2", "msd_parallel_at_ref_sem_A2",
     "msd_perpendicular_per_direction_at_ref_A2", "msd_perpendicular_per_direction_at_ref_sem_A2",
     "msd_total_per_direction_at_ref_A2", "msd_total_per_direction_at_ref_sem_A2",
-    "drift_parallel_at_ref_A", "drift_parallel_at_ref_sem_A", "volume_A3", "temperature_measured_K",
+    "drift_parallel_at_ref_A", "drift_parallel_at_ref_sem_A",
+    "msd_parallel_zero_field_at_ref_A2", "msd_parallel_zero_field_at_ref_sem_A2",
+    "msd_parallel_excess_at_ref_A2", "msd_parallel_excess_at_ref_sem_A2", "msd_field_effect",
+    "volume_A3", "temperature_measured_K",
 ]
 
 TRANSVERSE_COLUMNS = [
@@ -127,12 +130,56 @@ TRANSVERSE_COLUMNS = [
 ]
 
 
-def transport_rows(records: list[dict]) -> list[dict]:
+def _zero_field_partners(records: list[dict]) -> dict[tuple, dict]:
+    """Analysed zero-field records keyed by (phase, temperature)."""
+    return {
+        (r["condition"].get("phase"), round(r["condition"]["temperature_K"], 6)): r
+        for r in records
+        if r.get("state") == "analysed" and r["condition"]["field_strength_V_per_A"] == 0
+    }
+
+
+def msd_field_effect(record: dict, reference: dict | None, species: str, n_sigma: float) -> dict:
+    """MSD along E at the reference time, field run minus its zero-field run (same phase, T, axis).
+
+    In an anisotropic crystal MSD ∥ and ⊥ differ without a field, so the field effect is read
+    against the zero-field MSD along the same axis. Verdict: ``enhanced`` / ``reduced`` when the
+    difference exceeds the Student-t critical value of ``n_sigma`` times its combined replica
+    standard error, else ``not resolved``; ``undetermined`` without a comparable zero-field run.
+    """
+    empty = {"msd_parallel_zero_field_at_ref_A2": float("nan"), "msd_parallel_zero_field_at_ref_sem_A2": float("nan"),
+             "msd_parallel_excess_at_ref_A2": float("nan"), "msd_parallel_excess_at_ref_sem_A2": float("nan")}
+    if record["condition"]["field_strength_V_per_A"] == 0:
+        return {**empty, "msd_field_effect": ""}
+    if (reference is None or species not in reference["species"]
+            or not np.allclose(reference["parallel_axis"], record["parallel_axis"], atol=1e-6)
+            or not math.isclose(reference["species"][species]["msd_at_reference"]["time_fs"],
+                                record["species"][species]["msd_at_reference"]["time_fs"], rel_tol=1e-9)):
+        return {**empty, "msd_field_effect": "undetermined (no zero-field run along the same axis and time)"}
+    field = record["species"][species]["msd_at_reference"]["parallel"]
+    zero = reference["species"][species]["msd_at_reference"]["parallel"]
+    excess = _get(field) - _get(zero)
+    excess_sem = math.hypot(_get(field, "sem"), _get(zero, "sem"))
+    if not math.isfinite(excess_sem):
+        verdict = "undetermined (no error estimate: one replica)"
+    else:
+        dof = min(record["replicas"]["n_used"], reference["replicas"]["n_used"]) - 1
+        threshold = critical_value(n_sigma, dof) * excess_sem
+        verdict = "enhanced" if excess > threshold else "reduced" if excess < -threshold else "not resolved"
+    return {"msd_parallel_zero_field_at_ref_A2": _get(zero), "msd_parallel_zero_field_at_ref_sem_A2": _get(zero, "sem"),
+            "msd_parallel_excess_at_ref_A2": excess, "msd_parallel_excess_at_ref_sem_A2": excess_sem,
+            "msd_field_effect": verdict}
+
+
+def transport_rows(records: list[dict], n_sigma: float) -> list[dict]:
+    """One row per analysed condition and species; field runs also against their zero-field run."""
+    zero_field = _zero_field_partners(records)
     rows = []
     for record in records:
         if record.get("state") != "analysed":
             continue
         base = _condition_columns(record)
+        reference = zero_field.get((record["condition"].get("phase"), round(record["condition"]["temperature_K"], 6)))
         for species, data in record["species"].items():
             diffusion = data["diffusion"]
             mobility = data.get("mobility") or {}
@@ -176,6 +223,7 @@ def transport_rows(records: list[dict]) -> list[dict]:
                     "msd_total_per_direction_at_ref_sem_A2": _get(at_ref["total_per_direction"], "sem"),
                     "drift_parallel_at_ref_A": _get(at_ref["drift_parallel"]),
                     "drift_parallel_at_ref_sem_A": _get(at_ref["drift_parallel"], "sem"),
+                    **msd_field_effect(record, reference, species, n_sigma),
                     "volume_A3": record["system"]["volume_A3"],
                     "temperature_measured_K": (record["system"].get("temperature_measured_K") or {}).get("mean"),
                 }
@@ -299,11 +347,7 @@ def linear_response_rows(records: list[dict], settings: dict) -> list[dict]:
     options = settings["linear_response"]
     tolerance, n_sigma, hop = options["tolerance"], options["n_sigma"], options["hop_length_A"]
     analysed = [r for r in records if r.get("state") == "analysed" and species in r["species"]]
-    zero_field = {
-        (r["condition"].get("phase"), round(r["condition"]["temperature_K"], 6)): r
-        for r in analysed
-        if r["condition"]["field_strength_V_per_A"] == 0
-    }
+    zero_field = _zero_field_partners(analysed)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for record in analysed:
         condition = record["condition"]
@@ -551,7 +595,8 @@ def write_sweep(records: list[dict], settings: dict, output_dir: str | Path) -> 
                 record.get("state"), replicas["n_used"], replicas["n_failed"], replicas["n_incomplete"],
             )
     paths = {
-        "transport": _write_csv(output_dir / "sweep_transport.csv", TRANSPORT_COLUMNS, transport_rows(records)),
+        "transport": _write_csv(output_dir / "sweep_transport.csv", TRANSPORT_COLUMNS,
+                                transport_rows(records, settings["linear_response"]["n_sigma"])),
         "transverse": _write_csv(output_dir / "sweep_transverse.csv", TRANSVERSE_COLUMNS, transverse_rows(records)),
         "linear_response": _write_csv(output_dir / "sweep_linear_response.csv", LINEAR_RESPONSE_COLUMNS, linear),
     }
