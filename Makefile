@@ -69,7 +69,7 @@ lint: setup
 	$(BIN)/snakemake --lint --configfile $(CONFIG)
 
 dryrun: setup
-	for c in config/config.yaml config/chain.yaml config/reference.yaml config/paper.yaml config/models.yaml .test/config.yaml; do \
+	for c in config/config.yaml config/chain.yaml config/reference.yaml config/stability.yaml config/paper.yaml config/models.yaml .test/config.yaml; do \
 	  $(BIN)/snakemake -n --configfile $$c --quiet || exit 1; done
 
 clean-results:

@@ -28,7 +28,7 @@ from bornfield.config import (
 )
 from bornfield.errors import ConfigError
 
-CONFIGS = ["config/config.yaml", "config/chain.yaml", "config/reference.yaml", "config/paper.yaml", ".test/config.yaml"]
+CONFIGS = ["config/config.yaml", "config/chain.yaml", "config/reference.yaml", "config/stability.yaml", "config/paper.yaml", ".test/config.yaml"]
 
 
 @pytest.mark.parametrize("name", CONFIGS)

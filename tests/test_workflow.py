@@ -11,7 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-CONFIGS = ["config/config.yaml", "config/chain.yaml", "config/reference.yaml", "config/paper.yaml", ".test/config.yaml"]
+CONFIGS = ["config/config.yaml", "config/chain.yaml", "config/reference.yaml", "config/stability.yaml", "config/paper.yaml", ".test/config.yaml"]
 
 
 def snakemake(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
