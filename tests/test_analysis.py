@@ -485,3 +485,48 @@ def test_diffusion_of_a_species_with_few_atoms_is_unbiased():
     )
     _, still, _ = diffusion_tensors([drifting], li.size, np.arange(max_lag + 1) * interval, first, last)
     np.testing.assert_allclose(still, 0.0, atol=1e-12)
+
+
+def test_claims_state_the_seed_study_claims_with_verdicts(tmp_path, settings):
+    from bornfield.analysis.claims import signed_verdict
+    from bornfield.analysis.sweep import load_records
+
+    # Student-t at 2 sigma with 3 degrees of freedom: 3.3 standard errors
+    assert signed_verdict(3.0, 1.0, 4, 2.0, "up", "down") == "not resolved"
+    assert signed_verdict(3.5, 1.0, 4, 2.0, "up", "down") == "up"
+    assert signed_verdict(-3.5, 1.0, 4, 2.0, "up", "down") == "down"
+    assert signed_verdict(10.0, float("nan"), 1, 2.0, "up", "down").startswith("undetermined")
+
+    common = dict(n_replicas=3, n_frames=150, frame_interval_fs=10.0, n_formula_units=8,
+                  born_charges={"Li": [[1.0, 0.2, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], "P": np.eye(3), "O": -np.eye(3)})
+    paths = []
+    # amorphous: Li drifts along +E (expected); defect-free beta: Li drifts too (against the expectation);
+    # beta with a vacancy: no expectation
+    for name, phase, field, drift in (("amorphous_E0", "amorphous", (0, 0, 0), 0.0),
+                                      ("amorphous_E1", "amorphous", (0.1, 0, 0), 1e-3),
+                                      ("beta_E1", "beta", (0.1, 0, 0), 1e-3),
+                                      ("beta_vacancy_E1", "beta_vacancy", (0.1, 0, 0), 0.0)):
+        write_synthetic_condition(tmp_path / name, field_V_per_A=field, drift_A_per_fs={"Li": drift}, phase=phase, **common)
+        paths.append(write_json(tmp_path / f"{name}.json", analyze_condition(tmp_path / name, settings)))
+    outputs = write_sweep(load_records(paths), settings, tmp_path / "out")
+    claims = json.loads(outputs["claims_json"].read_text())
+    migration = {r["condition"]: r for r in claims["migration"]}
+    assert migration["amorphous_E1"]["drift"] == "along +E" and migration["amorphous_E1"]["agrees_with_seed_study"]
+    assert migration["amorphous_E1"]["drift_velocity_A_per_ps"] == pytest.approx(1.0, rel=0.3)
+    assert migration["beta_E1"]["expected"] == "no drift resolved" and migration["beta_E1"]["agrees_with_seed_study"] is False
+    assert migration["beta_vacancy_E1"]["agrees_with_seed_study"] is None
+    assert migration["beta_vacancy_E1"]["drift"] == "no drift resolved"
+    msd = {r["condition"]: r for r in claims["msd_along_field"]}
+    assert set(msd) == {"amorphous_E1", "beta_E1", "beta_vacancy_E1"}
+    assert msd["amorphous_E1"]["excess_over_zero_field_A2"] > 0
+    assert msd["beta_E1"]["field_effect"].startswith("undetermined")  # no zero-field beta run
+    assert {r["species"] for r in claims["transverse_forces"]} == {"Li", "P", "O"}
+    assert [r["reference_eV"] for r in claims["arrhenius"] if r["phase"] == "amorphous"] == [0.55, 0.58]
+    # every Markdown table row has as many cells as its header
+    text = outputs["claims_md"].read_text()
+    tables = [block for block in text.split("\n\n") if block.startswith("|")]
+    assert len(tables) == 6
+    for block in tables:
+        lines = block.strip().splitlines()
+        assert len({line.count("|") for line in lines}) == 1, block
+    assert "amorphous_E1 | 3 |" in text

@@ -20,6 +20,7 @@ ANALYSIS_SWEEP_TABLES = {
     "transverse": f"{ANALYSIS}/sweep_transverse.csv",
     "linear_response": f"{ANALYSIS}/sweep_linear_response.csv",
     "arrhenius_csv": f"{ANALYSIS}/arrhenius.csv",
+    "claims_md": f"{ANALYSIS}/claims.md",
 }
 
 
@@ -89,6 +90,13 @@ rule analyze_sweep:
             caption="../report/analysis_arrhenius_table.rst",
             category="Analysis",
             subcategory="Sweep tables",
+        ),
+        claims_json=f"{ANALYSIS}/claims.json",
+        claims_md=report(
+            ANALYSIS_SWEEP_TABLES["claims_md"],
+            caption="../report/analysis_claims.rst",
+            category="Analysis",
+            subcategory="Paper claims",
         ),
     params:
         settings=lambda wc: settings_arg("analyze sweep"),

@@ -12,7 +12,9 @@ writes (under ``{results_dir}/analysis/``):
   (b) ``<Z_∥> e D/(k_B T)`` from the zero-field run (Haven ratio as configured),
   (c) the hopping model ``sinh(x)/x`` with ``x = e E a/(2 k_B T)``;
 * ``arrhenius.json`` / ``arrhenius.csv``: zero-field diffusion vs temperature per
-  phase, activation energy with its fit uncertainty, Nernst–Einstein conductivity.
+  phase, activation energy with its fit uncertainty, Nernst–Einstein conductivity;
+* ``claims.json`` / ``claims.md``: the seed study's claims with numbers and verdicts
+  (:mod:`bornfield.analysis.claims`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import numpy as np
 from ase.units import kB
 
 from bornfield.analysis import transport
+from bornfield.analysis.claims import build_claims, write_claims
 from bornfield.analysis.condition import RESULT_FORMAT, write_json
 from bornfield.atomic import atomic_path
 from bornfield.errors import InputFileError
@@ -594,10 +597,11 @@ def write_sweep(records: list[dict], settings: dict, output_dir: str | Path) -> 
                 "%s: %s, replicas used %d, failed %d, incomplete %d", record["condition"].get("name"),
                 record.get("state"), replicas["n_used"], replicas["n_failed"], replicas["n_incomplete"],
             )
+    transport_table = transport_rows(records, settings["linear_response"]["n_sigma"])
+    transverse_table = transverse_rows(records)
     paths = {
-        "transport": _write_csv(output_dir / "sweep_transport.csv", TRANSPORT_COLUMNS,
-                                transport_rows(records, settings["linear_response"]["n_sigma"])),
-        "transverse": _write_csv(output_dir / "sweep_transverse.csv", TRANSVERSE_COLUMNS, transverse_rows(records)),
+        "transport": _write_csv(output_dir / "sweep_transport.csv", TRANSPORT_COLUMNS, transport_table),
+        "transverse": _write_csv(output_dir / "sweep_transverse.csv", TRANSVERSE_COLUMNS, transverse_table),
         "linear_response": _write_csv(output_dir / "sweep_linear_response.csv", LINEAR_RESPONSE_COLUMNS, linear),
     }
     result = arrhenius(records, settings)
@@ -621,4 +625,6 @@ def write_sweep(records: list[dict], settings: dict, output_dir: str | Path) -> 
                 }
             )
     paths["arrhenius_csv"] = _write_csv(output_dir / "arrhenius.csv", ARRHENIUS_COLUMNS, rows)
+    claims = build_claims(transport_table, transverse_table, linear, result, settings)
+    paths["claims_json"], paths["claims_md"] = write_claims(claims, output_dir / "claims.json", output_dir / "claims.md")
     return paths
