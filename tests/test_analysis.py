@@ -519,6 +519,11 @@ def test_claims_state_the_seed_study_claims_with_verdicts(tmp_path, settings):
     msd = {r["condition"]: r for r in claims["msd_along_field"]}
     assert set(msd) == {"amorphous_E1", "beta_E1", "beta_vacancy_E1"}
     assert msd["amorphous_E1"]["excess_over_zero_field_A2"] > 0
+    # the paired per-replica difference has the difference of the means as its mean
+    row = msd["amorphous_E1"]
+    assert row["parallel_minus_perpendicular_A2"] == pytest.approx(row["msd_parallel_A2"] - row["msd_perpendicular_A2"], rel=1e-4)
+    assert 0 < row["parallel_minus_perpendicular_sem_A2"] != pytest.approx(
+        math.hypot(row["msd_parallel_sem_A2"], row["msd_perpendicular_sem_A2"]), rel=1e-6)
     assert msd["beta_E1"]["field_effect"].startswith("undetermined")  # no zero-field beta run
     assert {r["species"] for r in claims["transverse_forces"]} == {"Li", "P", "O"}
     assert [r["reference_eV"] for r in claims["arrhenius"] if r["phase"] == "amorphous"] == [0.55, 0.58]

@@ -61,7 +61,10 @@ def msd_claim_rows(transport: list[dict], species: str, n_sigma: float) -> list[
         parallel, parallel_sem = _finite(row["msd_parallel_at_ref_A2"]), _finite(row["msd_parallel_at_ref_sem_A2"])
         perp = _finite(row["msd_perpendicular_per_direction_at_ref_A2"])
         perp_sem = _finite(row["msd_perpendicular_per_direction_at_ref_sem_A2"])
-        anisotropy, anisotropy_sem = parallel - perp, math.hypot(parallel_sem, perp_sem)
+        anisotropy = _finite(row.get("msd_parallel_minus_perpendicular_at_ref_A2"))
+        anisotropy_sem = _finite(row.get("msd_parallel_minus_perpendicular_at_ref_sem_A2"))
+        if not math.isfinite(anisotropy):  # records written before the paired difference existed
+            anisotropy, anisotropy_sem = parallel - perp, math.hypot(parallel_sem, perp_sem)
         rows.append({
             "condition": row["condition"], "phase": row["phase"], "temperature_K": row["temperature_K"],
             "field_V_per_A": row["field_V_per_A"], "species": species, "n_replicas_used": row["n_replicas_used"],
@@ -206,7 +209,7 @@ def claims_markdown(claims: dict) -> str:
         "(replicas used − 1 degrees of freedom); one replica gives no verdict.", "",
         f"## 1. {species} MSD along the field", "",
         f"MSD per direction at the reference time; ∥ − ⊥ in the field run (⊥ = mean of the two directions "
-        "normal to E; the combined error ignores their correlation) and the excess of ∥ over the zero-field run "
+        "normal to E; error of the per-replica differences) and the excess of ∥ over the zero-field run "
         "at the same phase and temperature (the test that survives crystal anisotropy).", "",
     ]
     lines += _table(

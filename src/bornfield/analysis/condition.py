@@ -494,6 +494,9 @@ def analyze_replicas(replicas: ReplicaSet, settings: dict) -> dict:
                 "time_fs": reference_index * dt,
                 "tensor_A2": stat(tensors[:, reference_index]),
                 **{key: stat(curves[key][:, reference_index]) for key in ("parallel", "perpendicular_per_direction", "total_per_direction", "parallel_drift_corrected", "drift_parallel")},
+                # paired per replica: the error of the difference, not of each part
+                "parallel_minus_perpendicular": stat(
+                    curves["parallel"][:, reference_index] - curves["perpendicular_per_direction"][:, reference_index]),
             },
         }
         if strength > 0:
