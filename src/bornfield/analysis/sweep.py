@@ -61,6 +61,23 @@ def load_records(paths: Iterable[str | Path]) -> list[dict]:
     return records
 
 
+def find_condition_records(analysis_dir: str | Path) -> list[Path]:
+    """The per-condition analysis records (format ``bornfield-analysis``) among ``analysis_dir/*.json``.
+
+    The sweep's own JSON outputs (arrhenius.json, claims.json, ...) sit in the same directory and are skipped;
+    an unreadable JSON file raises InputFileError naming it.
+    """
+    found = []
+    for path in sorted(Path(analysis_dir).glob("*.json")):
+        try:
+            content = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputFileError(f"{path}: cannot read analysis JSON ({exc})") from exc
+        if isinstance(content, dict) and content.get("format") == RESULT_FORMAT:
+            found.append(path)
+    return found
+
+
 def _get(entry: dict | None, key: str = "value") -> float:
     if entry is None:
         return float("nan")

@@ -68,7 +68,7 @@ def _figure_options(settings: dict) -> dict:
 
 
 def run_condition(args: argparse.Namespace) -> int:
-    from bornfield.analysis.sweep import load_records
+    from bornfield.analysis.sweep import find_condition_records, load_records
     from bornfield.plots import figures
 
     settings = analysis_settings(args, "plot")
@@ -115,7 +115,7 @@ def run_sweep(args: argparse.Namespace) -> int:
 def run_all(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from bornfield.analysis.sweep import load_records
+    from bornfield.analysis.sweep import find_condition_records, load_records
     from bornfield.plots import figures
 
     settings = analysis_settings(args, "plot")
@@ -123,7 +123,7 @@ def run_all(args: argparse.Namespace) -> int:
     if args.records:
         record_paths = [Path(p) for p in args.records]
     else:
-        record_paths = sorted(p for p in analysis_dir.glob("*.json") if p.name != "arrhenius.json")
+        record_paths = find_condition_records(analysis_dir)
     if not record_paths:
         raise InputFileError(f"{analysis_dir}: no per-condition analysis records (*.json)")
     records = load_records(record_paths)
