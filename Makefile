@@ -4,6 +4,8 @@
 #   make label HOURS=2 RANKS=1   add DFT labels to the committed ledger (data/ledger) within a budget
 #   make chain  every stage on this machine (coarse DFT labels, training, MD; config/chain.yaml)
 #   make models  retrain the shipped committees (models/li3po4) on the ledger (commit models/ afterwards)
+#   make reference  run the pending conditions of config/reference.yaml one by one (commit results-reference/analysis after each)
+#   make results    sweep tables, figures and RESULTS.md from the stored reference analysis (under a minute)
 # Both are idempotent: with nothing changed, set-up is a few stamp checks.
 
 VENV      ?= .venv
@@ -20,7 +22,7 @@ LEDGER    ?= data/ledger
 # rule commands call `bornfield` and MPI launchers from the venv
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo chain test setup system label models figures report lint dryrun clean-results
+.PHONY: demo chain test setup system label models figures report lint dryrun clean-results reference results
 
 demo: setup
 	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG)
@@ -42,6 +44,22 @@ label: setup
 MODELS_CONFIG ?= config/models.yaml
 models: setup
 	$(BIN)/snakemake ship_models --cores $(CORES) --configfile $(MODELS_CONFIG)
+
+# the reference campaign behind RESULTS.md: its per-condition analysis records are committed as they
+# finish (results-reference/analysis), so the campaign accumulates across working stretches
+REFERENCE ?= config/reference.yaml
+REFERENCE_DIR ?= results-reference
+reference: setup
+	for c in $$($(BIN)/bornfield md list --config $(REFERENCE)); do \
+	  test -f $(REFERENCE_DIR)/analysis/$$c.json && continue; \
+	  $(BIN)/snakemake --cores $(CORES) --configfile $(REFERENCE) $(REFERENCE_DIR)/analysis/$$c.json || exit 1; \
+	done
+	$(MAKE) results
+
+results: setup
+	$(BIN)/bornfield analyze sweep $(REFERENCE_DIR)/analysis --output-dir $(REFERENCE_DIR)/analysis --config $(REFERENCE)
+	$(BIN)/bornfield plot all --analysis-dir $(REFERENCE_DIR)/analysis --output-dir $(REFERENCE_DIR)/figures --config $(REFERENCE)
+	$(BIN)/bornfield analyze results --config $(REFERENCE) --results-dir $(REFERENCE_DIR) --output RESULTS.md
 
 setup: $(STAMPS)/system.stamp $(STAMPS)/venv.stamp
 

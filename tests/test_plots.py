@@ -108,3 +108,46 @@ def test_cli_reports_bad_input(tmp_path, capsys):
     assert main(["analyze", "condition", str(tmp_path / "nope"), "--output", str(tmp_path / "x.json")]) == 2
     assert "not found" in capsys.readouterr().err
     assert main(["plot", "all", "--analysis-dir", str(tmp_path), "--output-dir", str(tmp_path / "f")]) == 2
+
+
+def test_sweep_from_a_stored_analysis_directory_skips_its_own_outputs(campaign, tmp_path, capsys):
+    root, names = campaign
+    (tmp_path / "empty").mkdir()
+    # the directory already holds claims.json, arrhenius.json, ...: only the condition records are read
+    assert main(["analyze", "sweep", str(root / "analysis"), "--output-dir", str(tmp_path)]) == 0
+    claims = json.loads((tmp_path / "claims.json").read_text())
+    assert {r["condition"] for r in claims["migration"]} == {n for n in names if not n.endswith("E0")}
+    assert main(["analyze", "sweep", str(tmp_path / "empty"), "--output-dir", str(tmp_path)]) == 2
+    assert "no per-condition analysis records" in capsys.readouterr().err
+
+
+def test_results_page_states_done_and_pending_conditions_and_refuses_mixed_models(campaign, tmp_path):
+    from bornfield.analysis.condition import md_run_facts
+    from bornfield.analysis.results import model_set_identity, results_markdown, stored_records
+
+    root, names = campaign
+    records = stored_records(root / "analysis")
+    assert sorted(r["condition"]["name"] for r in records) == sorted(names)
+    conditions = [{"name": r["condition"]["name"], "phase": r["condition"]["phase"],
+                   "temperature_K": r["condition"]["temperature_K"],
+                   "field_strength_V_per_A": r["condition"]["field_strength_V_per_A"], "replicas": 3} for r in records]
+    conditions.append({"name": "amorphous_T1300K_E0.2_x", "phase": "amorphous", "temperature_K": 1300.0,
+                       "field_strength_V_per_A": 0.2, "replicas": 4})
+    models = {"potentials": [{"file": "m/potential_0.pt", "sha256": "a" * 64}], "born": {"file": "m/born_0.pt", "sha256": "b" * 64}}
+    for record in records:
+        record["md_run"] = {"models": models, "core_hours": 0.25, "replicas_total": 3}
+    text = results_markdown("config/x.yaml", "x/analysis", conditions, records,
+                            (root / "analysis" / "claims.md").read_text(), [], ["figures/arrhenius.png"])
+    assert f"{len(names)} of {len(names) + 1} conditions done, {0.25 * len(names):.2f} core-hours" in text
+    assert "| amorphous_T1300K_E0.2_x | amorphous | 1300 | 0.2 | 0 / 0 / 4 | – | – | – | pending |" in text
+    assert "| amorphous_T1000K_E0.1 | amorphous | 1000 | 0.1 | 2 / 1 / 3 |" in text
+    assert "### 1. Li MSD along the field" in text and "![arrhenius](figures/arrhenius.png)" in text
+    assert "no finite-field result in the ledger yet" in text
+    assert model_set_identity(records) == models
+    records[1]["md_run"] = {"models": {**models, "born": {"file": "m/born_0.pt", "sha256": "c" * 64}}}
+    with pytest.raises(Exception, match="other model files"):
+        model_set_identity(records)
+    # MD cost from a summary.json: replica wall time x ranks per replica
+    facts = md_run_facts({"replicas": [{"wall_time_s": 1800.0}, {"wall_time_s": 3600.0}], "ranks_per_replica": 2,
+                          "replicas_total": 2})
+    assert facts["core_hours"] == pytest.approx(3.0) and facts["models"] is None

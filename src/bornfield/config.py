@@ -587,6 +587,7 @@ COMMAND_KEYS: dict[str, Callable[..., tuple[str, ...]] | tuple[str, ...]] = {
         () if inputs_given else ("results_dir", "md.model_generation", "md.committee_size")),
     "analyze condition": _ANALYSIS_CONDITION,
     "analyze sweep": ("analysis.mobile_species", "analysis.linear_response", "analysis.arrhenius"),
+    "analyze results": ("results_dir", "md.seed", "md.sweep", "md.extra_conditions"),
     "plot": ("analysis.mobile_species", "analysis.figures"),
     "estimate": lambda: tuple(_schema(TOP_SCHEMA)["properties"]),
     "provenance": lambda: tuple(_schema(TOP_SCHEMA)["properties"]),

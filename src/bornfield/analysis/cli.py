@@ -6,6 +6,8 @@ Examples::
         --output results/analysis/amorphous_T600K_E0.1_x.json --config config/config.yaml
     bornfield analyze condition my_run/traj.h5 --output my_run.json      # any trajectory
     bornfield analyze sweep results/analysis/*_E*.json --output-dir results/analysis
+    bornfield analyze sweep results-reference/analysis --output-dir results-reference/analysis  # a directory: its records
+    bornfield analyze results --config config/reference.yaml --output RESULTS.md
 """
 
 from __future__ import annotations
@@ -53,10 +55,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     condition.set_defaults(func=run_condition)
 
     sweep = commands.add_parser("sweep", help="aggregate per-condition JSON records into CSV tables + Arrhenius fit")
-    sweep.add_argument("records", nargs="+", help="per-condition analysis JSON files")
-    sweep.add_argument("--output-dir", required=True, help="directory for sweep_*.csv, arrhenius.json/.csv")
+    sweep.add_argument("records", nargs="+", help="per-condition analysis JSON files, or directories: every "
+                       "per-condition record in them (their other JSON files are skipped)")
+    sweep.add_argument("--output-dir", required=True, help="directory for sweep_*.csv, arrhenius.json/.csv, claims.json/.md")
     add_settings_arguments(sweep)
     sweep.set_defaults(func=run_sweep)
+
+    results = commands.add_parser(
+        "results", help="RESULTS.md of a campaign from its stored analysis (records, claims, figures) and "
+        "the ledger's finite-field results")
+    results.add_argument("--results-dir", help="campaign results with the stored analysis/ and figures/ "
+                         "(default: results_dir of the config)")
+    results.add_argument("--ledger", default="data/ledger", help="ledger with finite-field results")
+    results.add_argument("--output", default="RESULTS.md", help="page to write")
+    add_settings_arguments(results)
+    results.set_defaults(func=run_results)
 
 
 def run_condition(args: argparse.Namespace) -> int:
@@ -102,9 +115,38 @@ def run_sweep(args: argparse.Namespace) -> int:
 
     from bornfield.analysis.sweep import load_records, write_sweep
 
+    from bornfield.analysis.sweep import find_condition_records
+
     settings = analysis_settings(args, "analyze sweep")
-    records = load_records(tqdm(args.records, desc="records", unit="file", disable=None))
+    paths_in = []
+    for given in map(Path, args.records):
+        found = find_condition_records(given) if given.is_dir() else [given]
+        if not found:
+            raise InputFileError(f"{given}: no per-condition analysis records (format bornfield-analysis) in this directory")
+        paths_in += found
+    records = load_records(tqdm(paths_in, desc="records", unit="file", disable=None))
     paths = write_sweep(records, settings, args.output_dir)
     for name, path in paths.items():
         LOG.info("%s -> %s", name, path)
+    return 0
+
+
+def run_results(args: argparse.Namespace) -> int:
+    from bornfield.analysis.results import (claims_markdown_of, relative_figures, results_markdown,
+                                            stored_records, write_results)
+    from bornfield.ledger.efield import efield_report
+    from bornfield.md.conditions import expand_conditions
+
+    full = settings_from_args(args, "analyze results")
+    results_dir = Path(args.results_dir or full.results_dir)
+    analysis_dir, figures_dir = results_dir / "analysis", results_dir / "figures"
+    if not analysis_dir.is_dir():
+        raise InputFileError(f"{analysis_dir}: no stored analysis directory")
+    records = stored_records(analysis_dir)
+    conditions = [c.to_dict() for c in expand_conditions(full.md)]
+    _, efield = efield_report(args.ledger)
+    text = results_markdown(args.config or "(schema defaults)", str(analysis_dir), conditions, records,
+                            claims_markdown_of(analysis_dir), efield,
+                            relative_figures(figures_dir, args.output) if figures_dir.is_dir() else [])
+    LOG.info("wrote %s (%d of %d conditions stored)", write_results(args.output, text), len(records), len(conditions))
     return 0

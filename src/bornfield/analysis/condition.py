@@ -307,6 +307,21 @@ def replicas_from_files(paths: list[str | Path]) -> ReplicaSet:
     return ReplicaSet(paths[0].resolve().parent.parent, paths, [], [], summary)
 
 
+def md_run_facts(summary: dict) -> dict:
+    """Model identity and MD cost of a condition from its summary.json (empty values if not recorded).
+
+    core_hours: replica wall time x ranks per replica, summed over every replica (failed ones too).
+    """
+    if not isinstance(summary, dict) or not summary:
+        return {"models": None, "core_hours": None, "replicas_total": None}
+    core_hours = summary.get("core_hours")
+    if core_hours is None and summary.get("replicas"):
+        ranks = int(summary.get("ranks_per_replica", 1))
+        core_hours = sum(float(r.get("wall_time_s", 0.0)) for r in summary["replicas"]) * ranks / 3600.0
+    return {"models": summary.get("models"), "core_hours": core_hours,
+            "replicas_total": summary.get("replicas_total")}
+
+
 def analyze_replicas(replicas: ReplicaSet, settings: dict) -> dict:
     """Analyse the completed trajectories of a :class:`ReplicaSet` (see :func:`analyze_condition`)."""
     condition_dir = replicas.condition_dir
@@ -325,6 +340,7 @@ def analyze_replicas(replicas: ReplicaSet, settings: dict) -> dict:
             "n_incomplete": len(replicas.incomplete),
         },
         "notes": notes,
+        "md_run": md_run_facts(replicas.summary),
     }
     if not replicas.completed:
         LOG.warning("%s: no completed replica (%d failed, %d incomplete)", condition_dir, len(replicas.failed), len(replicas.incomplete))

@@ -74,6 +74,7 @@ def run_condition_cli(args: argparse.Namespace) -> int:
 
     from bornfield.md.runner import read_start_cells, run_condition
     from bornfield.models import load_born, load_potential
+    from bornfield.models.io import file_sha256
     from bornfield.structures.io import check_structure
 
     # one torch thread per rank by default: the ranks already fill the cores, and
@@ -81,6 +82,8 @@ def run_condition_cli(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     potentials = [load_potential(p) for p in potential_files]
     born = load_born(born_file)
+    model_files = {"potentials": [{"file": str(p), "sha256": file_sha256(p)} for p in potential_files],
+                   "born": {"file": str(born_file), "sha256": file_sha256(born_file)}}
     cells_path = Path(args.structures) if args.structures else start_cells_path(results_dir, condition.phase)
     cells = read_start_cells(cells_path)
     for index, atoms in enumerate(cells):  # before any step: no NaN, coincident atoms or unknown elements
@@ -88,7 +91,8 @@ def run_condition_cli(args: argparse.Namespace) -> int:
     outdir = Path(args.output_dir) if args.output_dir else results_dir / "md" / condition.name
     try:
         summary = run_condition(settings, condition, outdir, potentials[0], born, cells,
-                                committee=potentials[1:], comm=comm, progress=not args.no_progress)
+                                committee=potentials[1:], comm=comm, progress=not args.no_progress,
+                                model_files=model_files)
     except BaseException as exc:
         if comm.Get_size() > 1:
             # the other ranks would wait forever in a collective: take the whole job down

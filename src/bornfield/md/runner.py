@@ -65,7 +65,7 @@ def replica_layout(world_size: int, n_replicas: int, backend: str) -> tuple[int,
 
 def run_condition(settings: dict, condition: MDCondition, outdir: Path, potential, born,
                   start_cells: Sequence[Atoms], committee: Sequence = (), comm=None,
-                  progress: bool = True) -> dict | None:
+                  progress: bool = True, model_files: dict | None = None) -> dict | None:
     """Run every replica of ``condition`` that is not finished; write summary.json.
 
     Args:
@@ -77,6 +77,8 @@ def run_condition(settings: dict, condition: MDCondition, outdir: Path, potentia
         committee: further potentials for the uncertainty check.
         comm: MPI communicator of the whole job (default: COMM_WORLD if
             mpi4py is importable and more than one rank runs, else serial).
+        model_files: identity of the model files ({"potentials": [...], "born": ...},
+            each {"file", "sha256"}), written to summary.json as ``models``.
 
     Returns:
         The summary dict on world rank 0, None on other ranks.
@@ -176,6 +178,8 @@ def run_condition(settings: dict, condition: MDCondition, outdir: Path, potentia
         "mpi_ranks": world_size,
         "ranks_per_replica": group_size,
         "wall_time_s": round(time.perf_counter() - start, 3),
+        "core_hours": round(sum(float(s.get("wall_time_s", 0.0)) for s in replicas) * group_size / 3600.0, 4),
+        "models": model_files,
         "settings": settings,
     }
     write_json(outdir / "summary.json", summary)

@@ -1,0 +1,180 @@
+"""RESULTS.md of a reference campaign, written from its stored analysis.
+
+A reference campaign is too long for one working stretch, so its per-condition analysis
+records (``<results_dir>/analysis/<condition>.json``) are committed as each condition
+finishes; the sweep tables, the claims and the figures are regenerated from them.
+This module writes the Markdown page from those files: which conditions are done (replicas,
+length, cell size, MD cost in core-hours, model set), the claims with their verdicts
+(``claims.md`` of :mod:`bornfield.analysis.claims`), the finite-field check of the linear
+response on ledger structures (:func:`bornfield.ledger.efield.efield_report`), and what is
+still below the scale of the seed study.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from bornfield import atomic
+from bornfield.errors import InputFileError
+
+FS_PER_PS = 1000.0
+
+
+def model_set_identity(records: list[dict]) -> dict | None:
+    """The model files (with sha256) shared by every record's MD run, or None if none recorded.
+
+    Raises InputFileError naming two records whose MD ran with different model files: their
+    numbers cannot be compared in one table.
+    """
+    identity, first = None, None
+    for record in records:
+        models = (record.get("md_run") or {}).get("models")
+        if models is None:
+            continue
+        key = ([m["sha256"] for m in models["potentials"]], models["born"]["sha256"])
+        if identity is None:
+            identity, first = (key, models), record
+        elif key != identity[0]:
+            raise InputFileError(
+                f"{record.get('_path')}: MD ran with other model files than {first.get('_path')} "
+                f"(born sha256 {models['born']['sha256'][:12]} vs {identity[1]['born']['sha256'][:12]}); "
+                "rerun one of them with the current model set")
+    return None if identity is None else identity[1]
+
+
+def condition_rows(conditions: list[dict], records: list[dict]) -> list[dict]:
+    """One row per configured condition (``md list --json`` dicts): stored record facts or pending."""
+    by_name = {r["condition"].get("name"): r for r in records}
+    rows = []
+    for condition in conditions:
+        record = by_name.get(condition["name"])
+        row = {"name": condition["name"], "phase": condition["phase"], "temperature_K": condition["temperature_K"],
+               "field_V_per_A": condition["field_strength_V_per_A"], "replicas": condition["replicas"],
+               "state": "pending", "n_used": 0, "n_failed": 0, "n_atoms": None, "production_ps": None,
+               "core_hours": None}
+        if record is not None:
+            md_run = record.get("md_run") or {}
+            row.update(state=record.get("state", "?"), n_used=record["replicas"]["n_used"],
+                       n_failed=record["replicas"]["n_failed"],
+                       n_atoms=(record.get("system") or {}).get("n_atoms"),
+                       production_ps=((record.get("time") or {}).get("duration_fs") or float("nan")) / FS_PER_PS,
+                       core_hours=md_run.get("core_hours"))
+        rows.append(row)
+    return rows
+
+
+def _num(value: Any, fmt: str = ".3g") -> str:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return "–"
+    return "–" if not math.isfinite(value) else format(value, fmt)
+
+
+def _demote(markdown: str) -> list[str]:
+    """claims.md with its title dropped and its headings one level down."""
+    lines = markdown.splitlines()
+    if lines and lines[0].startswith("# "):
+        lines = lines[1:]
+    return [("#" + line) if line.startswith("#") else line for line in lines]
+
+
+def linear_response_lines(summaries: list[dict]) -> list[str]:
+    """Finite-field (pw.x lelfield) forces against Zᵀ·E of the DFPT Born charges, one row per result."""
+    if not summaries:
+        return ["(no finite-field result in the ledger yet: `bornfield ledger efield --dft-id <DFPT entry> --axis x`)", ""]
+    lines = ["| structure | config type | atoms | axis | E (V/Å) | RMS Zᵀ·E (meV/Å) | RMS linear misfit (meV/Å) "
+             "| relative | RMS even part (meV/Å) | relative | Born row RMSE (e) | cost (core-h) |",
+             "|" + "---|" * 12]
+    for item in summaries:
+        m = item["metrics"]
+        lines.append(
+            f"| {item['dft_id']} | {item.get('config_type') or '–'} | {item['n_atoms']} | {item['axis']} "
+            f"| {_num(item['field_V_per_A'])} | {_num(m.get('field_force_rms_meV_per_A'))} "
+            f"| {_num(m.get('linear_force_error_rms_meV_per_A'))} | {_num(m.get('linear_force_error_rel'), '.2%')} "
+            f"| {_num(m.get('nonlinear_force_rms_meV_per_A'))} | {_num(m.get('nonlinear_force_rel'), '.2%')} "
+            f"| {_num(m.get('bec_row_rmse_e'))} | {_num(float(item['core_time_s']) / 3600.0, '.2f')} |")
+    return lines + [
+        "",
+        "Odd part (F(+E) − F(−E))/2 against Zᵀ·E: the linear response the MD uses and how well DFPT predicts it; "
+        "even part (F(+E) + F(−E))/2 − F(0): the leading non-linear (quadratic) response at this field.", ""]
+
+
+def results_markdown(config_path: str, analysis_dir: str, conditions: list[dict], records: list[dict],
+                     claims_md: str | None, efield_summaries: list[dict], figures: list[str]) -> str:
+    """The RESULTS.md page (see the module docstring)."""
+    rows = condition_rows(conditions, records)
+    done = [r for r in rows if r["state"] != "pending"]
+    costs = [float(r["core_hours"]) for r in done if r["core_hours"] is not None]
+    spent = sum(costs) if costs else None
+    models = model_set_identity(records)
+    lines = [
+        "# Results: field-driven Li migration in Li3PO4", "",
+        f"Written by `bornfield analyze results` from the stored analysis in `{analysis_dir}` of the campaign "
+        f"`{config_path}`; regenerate tables, figures and this page with `make results` (under a minute). "
+        "Every number below comes from those records.", "",
+        "## Runs", "",
+        f"{len(done)} of {len(rows)} conditions done, {_num(spent, '.2f')} core-hours of MD recorded so far. "
+        f"A pending condition runs with `make reference` (one condition after another, each committed when "
+        f"its analysis is written), or alone: `snakemake --cores 1 --configfile {config_path} "
+        f"{analysis_dir}/<condition>.json`.", "",
+    ]
+    if models is not None:
+        lines += ["Model set: " + ", ".join(f"`{Path(m['file']).name}` ({m['sha256'][:12]})" for m in models["potentials"])
+                  + f"; Born charges `{Path(models['born']['file']).name}` ({models['born']['sha256'][:12]}).", ""]
+    lines += ["| condition | phase | T (K) | E (V/Å) | replicas used / failed / planned | atoms | production (ps) "
+              "| MD (core-h) | state |", "|" + "---|" * 9]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['phase']} | {_num(r['temperature_K'], 'g')} | {_num(r['field_V_per_A'], 'g')} "
+                     f"| {r['n_used']} / {r['n_failed']} / {r['replicas']} | {r['n_atoms'] or '–'} "
+                     f"| {_num(r['production_ps'], 'g')} | {_num(r['core_hours'], '.2f')} | {r['state']} |")
+    lines += ["", "## The seed study's claims", ""]
+    lines += _demote(claims_md) if claims_md else ["(no condition analysed yet)"]
+    lines += ["", "## Linear response at the source: finite-field DFT against DFPT Born charges", ""]
+    lines += linear_response_lines(efield_summaries)
+    if figures:
+        lines += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures] + [""]
+    lines += ["## Below the seed study's scale", ""]
+    atoms = sorted({int(r["n_atoms"]) for r in done if r["n_atoms"]})
+    lengths = sorted({float(r["production_ps"]) for r in done if r["production_ps"] is not None
+                      and math.isfinite(float(r["production_ps"]))})
+    lines += [
+        f"- cells of {', '.join(map(str, atoms)) or '–'} atoms, {', '.join(_num(x, 'g') for x in lengths) or '–'} ps "
+        "of production per replica; conditions still pending: "
+        f"{', '.join(r['name'] for r in rows if r['state'] == 'pending') or 'none'}.",
+        "- the models are trained on the label ledger as it stands (see README, 'Shipped models'); the numbers "
+        "move as labels accumulate and the committees are retrained.",
+        "- the seed study's own cell sizes, temperatures and MD lengths are not known (abstract only), so no "
+        "one-to-one comparison of magnitudes is made.", ""]
+    return "\n".join(lines)
+
+
+def write_results(output: str | Path, text: str) -> Path:
+    output = Path(output)
+    atomic.write_text(output, text + "\n")
+    return output
+
+
+def relative_figures(figures_dir: str | Path, output: str | Path) -> list[str]:
+    """PNG figures of ``figures_dir`` as paths relative to the page's directory."""
+    import os
+
+    figures_dir, base = Path(figures_dir), Path(output).resolve().parent
+    return [os.path.relpath(p.resolve(), base) for p in sorted(figures_dir.glob("*.png"))]
+
+
+def stored_records(analysis_dir: str | Path) -> list[dict]:
+    from bornfield.analysis.sweep import find_condition_records, load_records
+
+    return load_records(find_condition_records(analysis_dir))
+
+
+def claims_markdown_of(analysis_dir: str | Path) -> str | None:
+    path = Path(analysis_dir) / "claims.md"
+    return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
+__all__ = ["model_set_identity", "condition_rows", "results_markdown", "write_results", "linear_response_lines",
+           "relative_figures", "stored_records", "claims_markdown_of"]
