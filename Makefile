@@ -52,7 +52,7 @@ REFERENCE_DIR ?= results-reference
 reference: setup
 	for c in $$($(BIN)/bornfield md list --config $(REFERENCE)); do \
 	  test -f $(REFERENCE_DIR)/analysis/$$c.json && continue; \
-	  $(BIN)/snakemake --cores $(CORES) --configfile $(REFERENCE) $(REFERENCE_DIR)/analysis/$$c.json || exit 1; \
+	  $(BIN)/snakemake $(REFERENCE_DIR)/analysis/$$c.json --cores $(CORES) --configfile $(REFERENCE) || exit 1; \
 	done
 	$(MAKE) results
 

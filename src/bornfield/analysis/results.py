@@ -118,8 +118,8 @@ def results_markdown(config_path: str, analysis_dir: str, conditions: list[dict]
         "## Runs", "",
         f"{len(done)} of {len(rows)} conditions done, {_num(spent, '.2f')} core-hours of MD recorded so far. "
         f"A pending condition runs with `make reference` (one condition after another, each committed when "
-        f"its analysis is written), or alone: `snakemake --cores 1 --configfile {config_path} "
-        f"{analysis_dir}/<condition>.json`.", "",
+        f"its analysis is written), or alone: `snakemake {analysis_dir}/<condition>.json --cores 1 "
+        f"--configfile {config_path}`.", "",
     ]
     if models is not None:
         lines += ["Model set: " + ", ".join(f"`{Path(m['file']).name}` ({m['sha256'][:12]})" for m in models["potentials"])
