@@ -535,6 +535,12 @@ _AMORPHOUS_PROTOCOL = tuple(
         "quench_rate_K_per_ps", "final_temperature_K", "anneal_time_ps", "anneal_pressure_bar",
         "npt_quench_below_K", "relax", "thermostat_damping_fs", "barostat_damping_fs", "min_separation_A",
         "lammps.cutoff_A", "lammps.kspace_accuracy", "lammps.thermo_every"))
+_NN_EQUILIBRATION = tuple(
+    f"structures.amorphous.nn_equilibration.{key}" for key in (
+        "anneal_temperature_K", "anneal_time_ps", "final_temperature_K", "final_time_ps", "pressure_bar",
+        "timestep_fs", "thermostat_time_constant_fs", "barostat_time_constant_fs", "min_distance_A",
+        "max_force_uncertainty_eV_per_A", "max_temperature_factor", "max_density_change_fraction",
+        "check_interval_steps", "trace_interval_steps"))
 _DFT_JOB = ("dft.qe", "dft.pseudopotentials.set", "dft.qc", "dft.run.pw_command", "dft.run.ph_command",
             "dft.run.pools", "dft.run.max_scf_attempts", "dft.run.ph_retries", "dft.run.max_seconds",
             "dft.run.keep_scratch")
@@ -558,6 +564,7 @@ COMMAND_KEYS: dict[str, Callable[..., tuple[str, ...]] | tuple[str, ...]] = {
         "seed", *_AMORPHOUS_PROTOCOL, f"structures.amorphous.{kind}_cells.n_atoms",
         *(("structures.amorphous.dft_cells.melt_snapshots",) if kind == "dft" else ())),
     "structures gather": ("seed", "structures.perturbations"),
+    "structures nn-equilibrate": _NN_EQUILIBRATION,
     "structures validate-potential": ("structures.amorphous.lammps.cutoff_A",
                                       "structures.amorphous.lammps.kspace_accuracy",
                                       "structures.amorphous.lammps.thermo_every"),

@@ -3,6 +3,12 @@
 # Outputs under {RESULTS}/structures/ (docs/architecture.md, Files table).
 import os
 
+from bornfield.structures.cli import (
+    AMORPHOUS_CLASSICAL,
+    AMORPHOUS_MD_CELLS,
+    classical_md_cells_path,
+)
+
 STRUCT = f"{RESULTS}/structures"
 STRUCT_CFG = SETTINGS.structures
 STRUCT_CRYSTAL_PHASES = [p for p in STRUCT_CFG["phases"] if p != "amorphous"]
@@ -15,6 +21,7 @@ STRUCT_AMORPHOUS = {
         else []
     ),
 }
+STRUCT_AMORPHOUS_CELL_ATOMS = STRUCT_CFG["amorphous"]["md_cells"]["n_atoms"]
 STRUCT_AMORPHOUS_FILES = [
     f"{STRUCT}/amorphous/{kind}_{seed}.extxyz"
     for kind, seeds in STRUCT_AMORPHOUS.items()
@@ -25,6 +32,16 @@ STRUCT_REPORT_SETS = list(STRUCT_CFG["phases"]) + (
     ["amorphous_dft"] if STRUCT_AMORPHOUS["dft"] else []
 )
 STRUCT_LAMMPS_RANKS = STRUCT_CFG["amorphous"]["lammps"]["ranks"]
+# NN re-equilibration of the amorphous MD cells (structures.amorphous.nn_equilibration):
+# gather then writes the classical cells to intermediate/, rule structures_nn_equilibrate
+# makes md_cells/amorphous.extxyz with the MD's potentials; disabled, the DAG is the classical one
+STRUCT_NN = STRUCT_CFG["amorphous"]["nn_equilibration"]
+STRUCT_NN_ON = bool(STRUCT_NN["enabled"] and STRUCT_AMORPHOUS["md"])
+STRUCT_NN_MODELS = (
+    SETTINGS.md["models"] or f"{RESULTS}/models/gen{SETTINGS.md['model_generation']}"
+)
+if STRUCT_NN_ON:
+    STRUCT_REPORT_SETS.append("amorphous_classical")
 
 
 rule structures_md_cells:
@@ -127,7 +144,9 @@ rule structures_gather:
     output:
         dft_candidates=f"{STRUCT}/dft_candidates.extxyz",
         md_cells=(
-            [f"{STRUCT}/md_cells/amorphous.extxyz"] if STRUCT_AMORPHOUS["md"] else []
+            [f"{STRUCT}/{classical_md_cells_path(STRUCT_CFG)}"]
+            if STRUCT_AMORPHOUS["md"]
+            else []
         ),
         amorphous_dft=(
             [f"{STRUCT}/intermediate/amorphous_dft.extxyz"]
@@ -136,7 +155,10 @@ rule structures_gather:
         ),
     params:
         settings=lambda wc: settings_arg("structures gather"),
-        amorphous=lambda wc, input: files_option("--amorphous", input.amorphous),
+        # with nn_equilibration the classical MD cells go to intermediate/ (one string: the
+        # params of a disabled campaign stay those of before the option existed)
+        amorphous=lambda wc, input: files_option("--amorphous", input.amorphous)
+        + (f" --md-cells-extxyz {STRUCT}/{AMORPHOUS_CLASSICAL}" if STRUCT_NN_ON else ""),
         outdir=lambda wc, output: os.path.dirname(output.dft_candidates),
     log:
         f"{LOGS}/structures/gather.log",
@@ -154,6 +176,49 @@ rule structures_gather:
         "bornfield structures gather --settings {params.settings}"
         " --crystals-dft {input.crystals_dft} {params.amorphous}"
         " --output-dir {params.outdir} > {log} 2>&1"
+
+
+if STRUCT_NN_ON:
+
+    rule structures_nn_equilibrate:
+        input:
+            cells=f"{STRUCT}/{AMORPHOUS_CLASSICAL}",
+            potentials=[
+                f"{STRUCT_NN_MODELS}/potential_{i}.pt"
+                for i in range(SETTINGS.md["committee_size"])
+            ],
+        output:
+            cells=f"{STRUCT}/{AMORPHOUS_MD_CELLS}",
+            trace=f"{STRUCT}/amorphous/nn_equilibration.json",
+        params:
+            settings=lambda wc: settings_arg("structures nn-equilibrate"),
+        log:
+            f"{LOGS}/structures/nn_equilibrate.log",
+        benchmark:
+            f"{BENCH}/structures/nn_equilibrate.tsv"
+        conda:
+            "../../envs/bornfield.yaml"
+        threads: 1
+        # the MD of the amorphous cells waits for it
+        priority: 10
+        resources:
+            # ~1.3 CPU-min per ps of a 192-atom cell, 4 members (docs/decisions.md); 3 min/ps for a busy node
+            runtime=lambda wc: 10
+            + int(
+                3
+                * (STRUCT_NN["anneal_time_ps"] + STRUCT_NN["final_time_ps"])
+                * STRUCT_AMORPHOUS_CELL_ATOMS
+                * len(STRUCT_AMORPHOUS["md"])
+                / 192
+            ),
+            mem_mb=4000,
+            cpus_per_task=1,
+            tasks=1,
+        shell:
+            "bornfield structures nn-equilibrate --settings {params.settings}"
+            " --structures {input.cells} --potential {input.potentials}"
+            " --output {output.cells} --report-json {output.trace} --threads 1 --no-progress"
+            " > {log} 2>&1"
 
 
 rule structures_validate_potential:
@@ -183,7 +248,11 @@ rule structures_report:
         lambda wc: (
             f"{STRUCT}/intermediate/amorphous_dft.extxyz"
             if wc.set == "amorphous_dft"
-            else f"{STRUCT}/md_cells/{wc.set}.extxyz"
+            else (
+                f"{STRUCT}/{AMORPHOUS_CLASSICAL}"
+                if wc.set == "amorphous_classical"
+                else f"{STRUCT}/md_cells/{wc.set}.extxyz"
+            )
         ),
     output:
         json=f"{STRUCT}/report/{{set}}.json",
@@ -218,6 +287,7 @@ rule structures_report:
 STAGE_TARGETS["structures"] = lambda: [
     *rules.structures_md_cells.output.md_cells,
     *rules.structures_gather.output,
+    *(rules.structures_nn_equilibrate.output if STRUCT_NN_ON else []),
     *rules.structures_validate_potential.output,
     *expand(f"{STRUCT}/report/{{set}}.{{ext}}", set=STRUCT_REPORT_SETS, ext=["json", "png"]),
 ]

@@ -14,9 +14,12 @@ from ase.neighborlist import neighbor_list
 from bornfield.structures.crystals import density_g_cm3
 
 #: partial RDFs computed for every set, (centre species, neighbour species)
-RDF_PAIRS = (("P", "O"), ("Li", "O"), ("O", "O"))
+RDF_PAIRS = (("P", "O"), ("Li", "O"), ("O", "O"), ("Li", "Li"))
 #: windows (Å) in which the first RDF peak is searched
-FIRST_PEAK_WINDOWS = {"P-O": (1.2, 2.0), "Li-O": (1.6, 2.6), "O-O": (2.2, 3.3)}
+FIRST_PEAK_WINDOWS = {"P-O": (1.2, 2.0), "Li-O": (1.6, 2.6), "O-O": (2.2, 3.3), "Li-Li": (2.0, 3.8)}
+#: Gaussian smoothing (Å) before the first-peak search, per pair (default 0.03): Li-Li is a broad
+#: shell whose single-cell histogram is spiky
+FIRST_PEAK_SMOOTHING = {"Li-Li": 0.1}
 
 
 def partial_rdf(atoms: Atoms, a: str, b: str, rmax: float, dr: float) -> tuple[np.ndarray, np.ndarray]:
@@ -50,7 +53,11 @@ def first_peak(r: np.ndarray, g: np.ndarray, window: tuple[float, float], smooth
     spikes); the first local maximum reaching half of the window's maximum is
     refined by a parabola through three bins. For the crystals this picks the
     nearest-neighbour shell even when a later shell in the window is higher.
+    NaN when the window holds no finite positive maximum (empty pair, NaN in g).
     """
+    r, g = np.asarray(r, dtype=float), np.asarray(g, dtype=float)
+    if r.size < 3 or not np.all(np.isfinite(g)):
+        return float("nan")
     dr = r[1] - r[0]
     sigma = max(smoothing / dr, 1e-9)
     half = int(np.ceil(4 * sigma))
@@ -60,8 +67,10 @@ def first_peak(r: np.ndarray, g: np.ndarray, window: tuple[float, float], smooth
     if inside.size < 3 or not np.any(smooth[inside] > 0):
         return float("nan")
     threshold = 0.5 * smooth[inside].max()
-    k = next(i for i in inside[1:-1]
-             if smooth[i] >= threshold and smooth[i] >= smooth[i - 1] and smooth[i] >= smooth[i + 1])
+    k = next((i for i in inside[1:-1]
+              if smooth[i] >= threshold and smooth[i] >= smooth[i - 1] and smooth[i] >= smooth[i + 1]), None)
+    if k is None:  # monotonic inside the window: no peak there
+        return float("nan")
     y0, y1, y2 = smooth[k - 1], smooth[k], smooth[k + 1]
     denom = y0 - 2 * y1 + y2
     shift = 0.5 * (y0 - y2) / denom if denom != 0 else 0.0
@@ -126,7 +135,7 @@ def analyse_structure(atoms: Atoms, rmax: float = 6.0, dr: float = 0.02, p_o_cut
         key = f"{a}-{b}"
         result["rdf"][key] = g
         result["rdf"]["r_A"] = r
-        result[f"{key}_first_peak_A"] = first_peak(r, g, FIRST_PEAK_WINDOWS[key])
+        result[f"{key}_first_peak_A"] = first_peak(r, g, FIRST_PEAK_WINDOWS[key], FIRST_PEAK_SMOOTHING.get(key, 0.03))
     _, cn_p, d_po = coordination(atoms, "P", "O", p_o_cutoff)
     _, cn_li, d_lio = coordination(atoms, "Li", "O", li_o_cutoff)
     result["P-O_coordination"] = float(cn_p.mean()) if cn_p.size else float("nan")

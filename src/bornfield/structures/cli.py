@@ -5,7 +5,9 @@ Sub-commands (each writes its outputs atomically):
 * ``crystals``  crystal/defect MD cells ``md_cells/<phase>.extxyz`` and the
   crystal DFT candidates ``intermediate/crystals_dft.extxyz``;
 * ``melt-quench``  one amorphous cell (kind ``dft`` or ``md``, index i);
-* ``gather``  ``md_cells/amorphous.extxyz`` and ``dft_candidates.extxyz``;
+* ``gather``  ``md_cells/amorphous.extxyz`` (``intermediate/amorphous_classical.extxyz``
+  with ``amorphous.nn_equilibration.enabled``) and ``dft_candidates.extxyz``;
+* ``nn-equilibrate``  amorphous cells re-equilibrated (NPT) with the NN potential committee;
 * ``validate-potential``  Pedone potential on the crystals (box relaxation);
 * ``report``  structure report (JSON + PNG) of one structure file;
 * ``build``  everything above in one process (no Snakemake needed).
@@ -17,6 +19,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from bornfield.cli import add_model_arguments
 from bornfield.config import add_settings_arguments, settings_from_args
 from bornfield.errors import ConfigError
 
@@ -86,12 +89,23 @@ def run_melt_quench(args: argparse.Namespace) -> int:
     return 0
 
 
+AMORPHOUS_MD_CELLS = "md_cells/amorphous.extxyz"
+AMORPHOUS_CLASSICAL = "intermediate/amorphous_classical.extxyz"
+
+
+def classical_md_cells_path(settings) -> str:
+    """Where the classical amorphous MD cells go (relative to the stage directory):
+    :data:`AMORPHOUS_CLASSICAL` when ``amorphous.nn_equilibration.enabled`` (the NN cells then
+    take :data:`AMORPHOUS_MD_CELLS`), else :data:`AMORPHOUS_MD_CELLS`."""
+    return AMORPHOUS_CLASSICAL if settings["amorphous"]["nn_equilibration"]["enabled"] else AMORPHOUS_MD_CELLS
+
+
 def gather(settings: dict, master_seed: int, crystals_dft: Path, amorphous_files: list[Path],
-           outdir: Path) -> dict[str, Path]:
+           outdir: Path, md_cells: Path | None = None) -> dict[str, Path]:
     """Combine crystal candidates and melt-quench results into the stage's final files.
 
-    Reads ``settings["perturbations"]``. ``md_cells/amorphous.extxyz`` is written when
-    ``amorphous_files`` hold MD cells (kind ``md``).
+    Reads ``settings["perturbations"]``. The MD cells (kind ``md``) of ``amorphous_files``
+    go to ``md_cells`` (default ``outdir /`` :data:`AMORPHOUS_MD_CELLS`).
     """
     from bornfield.structures.builder import check_unique_ids, perturbed_copies
     from bornfield.structures.io import read_structures, write_extxyz_atomic
@@ -114,7 +128,7 @@ def gather(settings: dict, master_seed: int, crystals_dft: Path, amorphous_files
     check_unique_ids(candidates, "DFT candidates")
     written = {"dft_candidates": write_extxyz_atomic(outdir / "dft_candidates.extxyz", candidates)}
     if md_amorphous:
-        written["amorphous"] = write_extxyz_atomic(outdir / "md_cells" / "amorphous.extxyz", md_amorphous)
+        written["amorphous"] = write_extxyz_atomic(md_cells or outdir / AMORPHOUS_MD_CELLS, md_amorphous)
     if dft_amorphous:
         written["amorphous_dft"] = write_extxyz_atomic(outdir / "intermediate" / "amorphous_dft.extxyz",
                                                        dft_amorphous)
@@ -126,7 +140,46 @@ def gather(settings: dict, master_seed: int, crystals_dft: Path, amorphous_files
 
 def run_gather(args: argparse.Namespace) -> int:
     settings, seed = _settings(args)
-    gather(settings, seed, Path(args.crystals_dft), [Path(p) for p in args.amorphous], Path(args.output_dir))
+    gather(settings, seed, Path(args.crystals_dft), [Path(p) for p in args.amorphous], Path(args.output_dir),
+           Path(args.md_cells_extxyz) if args.md_cells_extxyz else None)
+    return 0
+
+
+def run_nn_equilibrate(args: argparse.Namespace) -> int:
+    import torch
+
+    from bornfield.fieldphysics import UnsafeState
+    from bornfield.models import load_potential
+    from bornfield.structures.io import read_structures, write_extxyz_atomic, write_json_atomic
+    from bornfield.structures.nn_equilibration import NNEquilibrationProtocol, equilibrate_cells, models_digest
+
+    settings, _ = _settings(args)
+    protocol = NNEquilibrationProtocol.from_settings(settings["amorphous"]["nn_equilibration"])
+    output = Path(args.output)
+    if output.suffix != ".extxyz":
+        raise ConfigError(f"--output must end in .extxyz, got {output}")
+    torch.set_num_threads(args.threads)
+    cells = read_structures(args.structures)
+    potential = load_potential(list(args.potential))
+    digest = models_digest(args.potential)
+    try:
+        outputs, records = equilibrate_cells(cells, potential, protocol, digest, progress=not args.no_progress)
+    except UnsafeState as exc:
+        log.error("NN equilibration stopped, nothing written: %s", exc)
+        return 1
+    if args.report_json:
+        # the trace first: the .extxyz is the rule's completion marker
+        write_json_atomic(args.report_json, {
+            "input": str(args.structures), "output": str(output), "potentials": [str(p) for p in args.potential],
+            "models_sha256_12": digest, "settings": protocol.__dict__, "cells": records})
+    write_extxyz_atomic(output, outputs)
+    for record in records:
+        m = record["summary"]
+        log.info("%s -> %s: density %.4f -> %.4f ± %.4f g/cm3, committee spread max %s eV/Å, %.0f CPU-s",
+                 record["classical_structure_id"], record["structure_id"], m["classical_density_g_cm3"],
+                 m["nn_density_g_cm3"], m["nn_density_std_g_cm3"], m["force_uncertainty_max_eV_per_A"],
+                 m["cpu_time_s"])
+    log.info("wrote %s (%d cells)", output, len(outputs))
     return 0
 
 
@@ -191,7 +244,13 @@ def run_build(args: argparse.Namespace) -> int:
             write_json_atomic(path.with_suffix(".json"), {"summary": result.summary, "trace": result.trace})
             write_extxyz_atomic(path, [final, *snaps])
             amorphous_files.append(path)
-    written = gather(settings, seed, outdir / "intermediate" / "crystals_dft.extxyz", amorphous_files, outdir)
+    written = gather(settings, seed, outdir / "intermediate" / "crystals_dft.extxyz", amorphous_files, outdir,
+                     outdir / classical_md_cells_path(settings))
+    if "amorphous" in written and settings["amorphous"]["nn_equilibration"]["enabled"]:
+        log.warning("amorphous.nn_equilibration is enabled: %s holds the classical cells; run "
+                    "'bornfield structures nn-equilibrate --structures %s --potential ... --output %s' "
+                    "to make %s", written["amorphous"], written["amorphous"], outdir / AMORPHOUS_MD_CELLS,
+                    AMORPHOUS_MD_CELLS)
     return 0 if written else 1
 
 
@@ -219,7 +278,21 @@ def register(subparsers) -> None:
     p.add_argument("--crystals-dft", required=True, help="intermediate/crystals_dft.extxyz")
     p.add_argument("--amorphous", nargs="+", metavar="FILE", default=[], help="melt-quench outputs (.extxyz), one or more")
     p.add_argument("--output-dir", required=True, help="stage directory, e.g. results/structures")
+    p.add_argument("--md-cells-extxyz", help="where the amorphous MD cells go, e.g. <output-dir>/"
+                   f"{AMORPHOUS_CLASSICAL} before 'nn-equilibrate' (default: <output-dir>/{AMORPHOUS_MD_CELLS})")
     p.set_defaults(func=run_gather)
+
+    p = sub.add_parser("nn-equilibrate", help="re-equilibrate amorphous cells (NPT) with the NN potential committee")
+    _common(p, seed=False)
+    p.add_argument("--structures", required=True, help="classical amorphous cells (extxyz), e.g. "
+                   f"results/structures/{AMORPHOUS_CLASSICAL}")
+    add_model_arguments(p, ("potential",), required=True,
+                        note="; their mean drives the NPT, their spread is checked")
+    p.add_argument("--output", required=True, help="NN-equilibrated cells (.extxyz), one per input cell")
+    p.add_argument("--report-json", help="settings, summary and thermodynamic trace per cell (default: none written)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_nn_equilibrate)
 
     p = sub.add_parser("validate-potential", help="Pedone potential on the crystals (box relaxation)")
     _common(p, seed=False)

@@ -18,11 +18,17 @@ from bornfield.atomic import atomic_path
 from bornfield.structures.analysis import RDF_PAIRS, analyse_structure
 
 SCALAR_METRICS = (
-    "density_g_cm3", "P-O_first_peak_A", "Li-O_first_peak_A", "O-O_first_peak_A",
+    "density_g_cm3", "P-O_first_peak_A", "Li-O_first_peak_A", "O-O_first_peak_A", "Li-Li_first_peak_A",
     "P-O_mean_bond_A", "P-O_min_bond_A", "P-O_max_bond_A", "Li-O_mean_bond_A",
     "P-O_coordination", "Li-O_coordination", "P_fourfold_fraction", "isolated_PO4_fraction",
     "bridging_O", "P2O7_count",
 )
+
+#: info keys of melt-quench cells reported (mean ± std over cells) when present
+MELT_QUENCH_KEYS = ("pressure_before_anneal_bar", "anneal_density_g_cm3")
+#: info keys of NN-equilibrated cells (bornfield.structures.nn_equilibration) reported when present
+NN_KEYS = ("classical_density_g_cm3", "nn_density_g_cm3", "nn_density_std_g_cm3", "nn_density_drift_g_cm3_per_ps",
+           "nn_force_uncertainty_max_eV_per_A")
 
 #: acceptance windows for amorphous Li3PO4: metric -> (low, high)
 AMORPHOUS_ACCEPTANCE = {
@@ -66,7 +72,7 @@ def build_report(images: list[Atoms], set_name: str, settings: dict) -> dict:
         "metrics": metrics,
         "rdf": rdf,
     }
-    for key in ("pressure_before_anneal_bar", "anneal_density_g_cm3"):  # melt-quench records
+    for key in (*MELT_QUENCH_KEYS, *NN_KEYS):
         values = [float(a.info[key]) for a in images if key in a.info]
         if values:
             report["metrics"][key] = _stats(values)
@@ -97,16 +103,19 @@ def plot_report(report: dict, path: str | Path) -> None:
     path = Path(path)
     rdf = report["rdf"]
     r = np.asarray(rdf["r_A"])
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), constrained_layout=True)
+    fig, axes = plt.subplots(1, len(RDF_PAIRS), figsize=(4 * len(RDF_PAIRS), 3.6), constrained_layout=True)
     for ax, (a, b) in zip(axes, RDF_PAIRS):
         key = f"{a}-{b}"
         g, s = np.asarray(rdf[key]), np.asarray(rdf[f"{key}_std"])
         ax.plot(r, g, lw=1.2, label=key)
         if report["n_structures"] > 1:
             ax.fill_between(r, g - s, g + s, alpha=0.3, lw=0)
-        peak = report["metrics"][f"{key}_first_peak_A"]
-        ax.axvline(peak["mean"], ls=":", c="k", lw=0.8)
-        ax.set_title(f"g$_{{{key}}}$(r), first peak {peak['mean']:.3f} Å")
+        peak = report["metrics"][f"{key}_first_peak_A"]["mean"]
+        if math.isfinite(peak):
+            ax.axvline(peak, ls=":", c="k", lw=0.8)
+            ax.set_title(f"g$_{{{key}}}$(r), first peak {peak:.3f} Å")
+        else:
+            ax.set_title(f"g$_{{{key}}}$(r), no first peak")
         ax.set_xlabel("r (Å)")
         ax.set_ylabel("g(r)")
     m = report["metrics"]
@@ -115,7 +124,12 @@ def plot_report(report: dict, path: str | Path) -> None:
             f"CN(P–O) {m['P-O_coordination']['mean']:.2f}, CN(Li–O) {m['Li-O_coordination']['mean']:.2f}; "
             f"P four-fold {100 * m['P_fourfold_fraction']['mean']:.0f} %; "
             f"P2O7 {m['P2O7_count']['mean']:.1f} per cell")
-    if "anneal_density_g_cm3" in m:
+    if "nn_density_g_cm3" in m:
+        text += f"\nNN-equilibrated (NPT): classical {m['classical_density_g_cm3']['mean']:.3f} → NN " \
+                f"{m['nn_density_g_cm3']['mean']:.3f} g/cm³ (fluctuation ± {m['nn_density_std_g_cm3']['mean']:.3f})"
+        if "nn_force_uncertainty_max_eV_per_A" in m:
+            text += f"; committee force spread max {m['nn_force_uncertainty_max_eV_per_A']['max']:.2f} eV/Å"
+    elif "anneal_density_g_cm3" in m:
         text += f"\nrelaxed cells; during the NPT anneal: {m['anneal_density_g_cm3']['mean']:.3f} ± " \
                 f"{m['anneal_density_g_cm3']['std']:.3f} g/cm³"
     fig.suptitle(text, fontsize=9)
