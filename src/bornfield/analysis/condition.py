@@ -314,10 +314,11 @@ def md_run_facts(summary: dict) -> dict:
     """
     if not isinstance(summary, dict) or not summary:
         return {"models": None, "core_hours": None, "replicas_total": None}
+    from bornfield.md.output import md_core_hours
+
     core_hours = summary.get("core_hours")
     if core_hours is None and summary.get("replicas"):
-        ranks = int(summary.get("ranks_per_replica", 1))
-        core_hours = sum(float(r.get("wall_time_s", 0.0)) for r in summary["replicas"]) * ranks / 3600.0
+        core_hours = md_core_hours(summary["replicas"], summary.get("ranks_per_replica", 1))
     return {"models": summary.get("models"), "core_hours": core_hours,
             "replicas_total": summary.get("replicas_total")}
 

@@ -41,6 +41,11 @@ thermostat added (NaN for Langevin, whose heat exchange is not tracked);
 the zero-field equilibration)."""
 
 
+def md_core_hours(replica_statuses: list[dict], ranks_per_replica: int) -> float:
+    """Core-hours of a condition: replica wall time (status ``wall_time_s``) x ranks per replica, summed."""
+    return sum(float(s.get("wall_time_s", 0.0)) for s in replica_statuses) * int(ranks_per_replica) / 3600.0
+
+
 def write_json(path: Path, data: Any) -> None:
     atomic.write_json(path, data, indent=2, sort_keys=True)
 

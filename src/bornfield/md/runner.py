@@ -24,7 +24,7 @@ from bornfield.errors import ConfigError, InputFileError
 from bornfield.md.conditions import MDCondition
 from bornfield.md.engine import ReplicaRunner
 from bornfield.md.fields import FieldSchedule
-from bornfield.md.output import read_json, write_json
+from bornfield.md.output import md_core_hours, read_json, write_json
 
 LOG = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def run_condition(settings: dict, condition: MDCondition, outdir: Path, potentia
         "mpi_ranks": world_size,
         "ranks_per_replica": group_size,
         "wall_time_s": round(time.perf_counter() - start, 3),
-        "core_hours": round(sum(float(s.get("wall_time_s", 0.0)) for s in replicas) * group_size / 3600.0, 4),
+        "core_hours": round(md_core_hours(replicas, group_size), 4),
         "models": model_files,
         "settings": settings,
     }
