@@ -83,3 +83,24 @@ def test_bad_directions_rejected():
                   field_directions=[[0, 0, 0]])
     with pytest.raises(ConfigError, match="zero length"):
         expand_conditions(s)
+
+
+def test_an_extra_condition_runs_its_own_production_length():
+    from bornfield.config import command_settings, resolve_config
+
+    md = {"production_steps": 2000, "output": {"trajectory_stride": 10},
+          "sweep": {"phases": ["amorphous"], "temperatures_K": [900], "field_strengths_V_per_A": [0.1]},
+          "extra_conditions": [{"phase": "beta_vacancy", "temperature_K": 1200, "field_strength_V_per_A": 0.1,
+                                "production_steps": 15000}]}
+    settings = resolve_config({"md": md})
+    conditions = {c.name: c for c in expand_conditions(settings.md)}
+    assert conditions["amorphous_T900K_E0.1_x"].production_steps is None
+    assert conditions["beta_vacancy_T1200K_E0.1_x"].production_steps == 15000
+    # what `bornfield md run` reads for each condition (the Snakemake rule passes the same)
+    run = {name: command_settings(settings, "md run", condition=name, inputs_given=True).md["production_steps"]
+           for name in conditions}
+    assert run == {"amorphous_T900K_E0.1_x": 2000, "beta_vacancy_T1200K_E0.1_x": 15000}
+    # the trajectory stride is checked against the shortest run
+    short = {**md, "extra_conditions": [{**md["extra_conditions"][0], "production_steps": 5}]}
+    with pytest.raises(ConfigError, match="shortest production run"):
+        resolve_config({"md": short})

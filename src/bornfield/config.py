@@ -470,10 +470,11 @@ def check_config(config: Mapping, source: str = "config") -> list[str]:
             f"larger than exploration.steps = {exploration['steps']}: no snapshot would be taken; "
             f"allowed: 1..{exploration['steps']}")
 
-    production = md["production_steps"]
+    production = min([md["production_steps"], *(e.get("production_steps", md["production_steps"])
+                                                 for e in md["extra_conditions"])])
     if md["output"]["trajectory_stride"] > production:
-        bad("md.output.trajectory_stride", md["output"]["trajectory_stride"], f"larger than "
-            f"md.production_steps = {production}: the trajectory would hold one frame and no MSD; "
+        bad("md.output.trajectory_stride", md["output"]["trajectory_stride"], f"larger than the "
+            f"shortest production run ({production} steps): the trajectory would hold one frame and no MSD; "
             f"allowed: 1..{production}")
 
     if not out:  # names, seeds and field directions of the MD conditions (zero-length vectors, clashes)
@@ -627,8 +628,12 @@ def command_settings(settings: Mapping, command: str, **context: Any) -> Setting
             node = node.setdefault(part, {})
         node[last] = _thaw(source[last])
     if command == "md run":
+        from bornfield.md.conditions import condition_by_name, condition_production_steps
+
+        condition = condition_by_name(settings["md"], context["condition"])
         tree["md"]["sweep"] = _one_condition_sweep(settings["md"], context["condition"])
         tree["md"]["extra_conditions"] = []
+        tree["md"]["production_steps"] = condition_production_steps(settings["md"], condition)
     note = f" - 'bornfield {command}' reads only {list(command_keys(command, **context))} (bornfield.config.COMMAND_KEYS)"
     return Settings(tree, note=note)
 

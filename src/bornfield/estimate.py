@@ -398,7 +398,7 @@ def _potential_baseline(config: dict) -> str:
 
 def _md_rows(config: dict, cost: CostModel) -> list[dict]:
     """Exploration-free field MD of every condition and replica."""
-    from bornfield.md.conditions import expand_conditions
+    from bornfield.md.conditions import condition_production_steps, expand_conditions
 
     structures, amorphous = config["structures"], config["structures"]["amorphous"]
     md = config["md"]
@@ -414,11 +414,13 @@ def _md_rows(config: dict, cost: CostModel) -> list[dict]:
             target = structures["md_supercell"]
             md_atoms[phase] = len(phase_cell(phase, target["target_atoms"], target["max_excess_fraction"], int(config["seed"]),
                                              "md", structures["frenkel_min_separation_A"]))
-    steps_md = md["equilibration_steps"] + md["production_steps"]
-    md_s = sum(c.replicas * steps_md * md_atoms[c.phase] / cost.md_rate(md_atoms[c.phase], md["backend"], baseline)
+    steps = {c.name: md["equilibration_steps"] + condition_production_steps(md, c) for c in conditions}
+    md_s = sum(c.replicas * steps[c.name] * md_atoms[c.phase] / cost.md_rate(md_atoms[c.phase], md["backend"], baseline)
                for c in conditions)
+    lengths = sorted(set(steps.values()))
+    length_text = f"{lengths[0]} steps" if len(lengths) == 1 else f"{lengths[0]}-{lengths[-1]} steps"
     return [{"stage": "field MD (all conditions x replicas)",
-             "units": f"{len(conditions)} conditions, {sum(c.replicas for c in conditions)} replicas, {steps_md} steps, "
+             "units": f"{len(conditions)} conditions, {sum(c.replicas for c in conditions)} replicas, {length_text}, "
                       f"potential baseline {baseline}",
              "core_hours": md_s / 3600}]
 

@@ -70,6 +70,8 @@ class MDCondition:
         direction_label: ``x``, ``y``, ``z``, ``mx``, …, ``u…`` or ``none``.
         replicas: number of independent replicas.
         seeds: one seed per replica (length ``replicas``).
+        production_steps: this condition's production steps, or None for
+            ``md.production_steps`` (see :func:`condition_production_steps`).
     """
 
     name: str
@@ -80,6 +82,7 @@ class MDCondition:
     direction_label: str
     replicas: int
     seeds: tuple[int, ...]
+    production_steps: int | None = None
 
     @property
     def field_V_per_A(self) -> np.ndarray:
@@ -157,6 +160,7 @@ def _make_condition(
     replicas: int,
     master_seed: int,
     where: str,
+    production_steps: int | None = None,
 ) -> MDCondition:
     if not isinstance(phase, str) or not _SAFE_NAME.match(phase):
         raise ConfigError(
@@ -187,6 +191,7 @@ def _make_condition(
         direction_label=label,
         replicas=int(replicas),
         seeds=seeds,
+        production_steps=None if production_steps is None else int(production_steps),
     )
 
 
@@ -244,6 +249,7 @@ def expand_conditions(md_settings: dict) -> list[MDCondition]:
                 int(extra["replicas"]),
                 master_seed,
                 f"md.extra_conditions[{index}]",
+                extra.get("production_steps"),
             )
         )
 
@@ -258,6 +264,13 @@ def expand_conditions(md_settings: dict) -> list[MDCondition]:
                 f"({previous} vs {condition}); make temperatures/strengths/directions distinct"
             )
     return list(unique.values())
+
+
+def condition_production_steps(md_settings: Mapping, condition: MDCondition) -> int:
+    """Production steps of ``condition``: its own, else ``md.production_steps``."""
+    if condition.production_steps is not None:
+        return condition.production_steps
+    return int(md_settings["production_steps"])
 
 
 def condition_by_name(md_settings: dict, name: str) -> MDCondition:
