@@ -183,9 +183,14 @@ def build_claims(transport: list[dict], transverse: list[dict], linear: list[dic
     }
 
 
-def _num(value: Any, digits: int = 3) -> str:
+def format_number(value: Any, fmt: str = ".3g") -> str:
+    """``value`` formatted with ``fmt``; "–" for None, text or a non-finite number (tables of records)."""
     value = _finite(value)
-    return "–" if not math.isfinite(value) else f"{value:.{digits}g}"
+    return "–" if not math.isfinite(value) else format(value, fmt)
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    return format_number(value, f".{digits}g")
 
 
 def _pm(value: Any, sem: Any, digits: int = 3) -> str:

@@ -115,16 +115,8 @@ def run_sweep(args: argparse.Namespace) -> int:
 
     from bornfield.analysis.sweep import load_records, write_sweep
 
-    from bornfield.analysis.sweep import find_condition_records
-
     settings = analysis_settings(args, "analyze sweep")
-    paths_in = []
-    for given in map(Path, args.records):
-        found = find_condition_records(given) if given.is_dir() else [given]
-        if not found:
-            raise InputFileError(f"{given}: no per-condition analysis records (format bornfield-analysis) in this directory")
-        paths_in += found
-    records = load_records(tqdm(paths_in, desc="records", unit="file", disable=None))
+    records = load_records(tqdm(args.records, desc="records", unit="path", disable=None))
     paths = write_sweep(records, settings, args.output_dir)
     for name, path in paths.items():
         LOG.info("%s -> %s", name, path)

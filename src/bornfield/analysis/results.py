@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 from bornfield import atomic
+from bornfield.analysis.claims import format_number
 from bornfield.errors import InputFileError
 
 FS_PER_PS = 1000.0
@@ -65,12 +65,6 @@ def condition_rows(conditions: list[dict], records: list[dict]) -> list[dict]:
     return rows
 
 
-def _num(value: Any, fmt: str = ".3g") -> str:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return "–"
-    return "–" if not math.isfinite(value) else format(value, fmt)
 
 
 def _demote(markdown: str) -> list[str]:
@@ -92,10 +86,10 @@ def linear_response_lines(summaries: list[dict]) -> list[str]:
         m = item["metrics"]
         lines.append(
             f"| {item['dft_id']} | {item.get('config_type') or '–'} | {item['n_atoms']} | {item['axis']} "
-            f"| {_num(item['field_V_per_A'])} | {_num(m.get('field_force_rms_meV_per_A'))} "
-            f"| {_num(m.get('linear_force_error_rms_meV_per_A'))} | {_num(m.get('linear_force_error_rel'), '.2%')} "
-            f"| {_num(m.get('nonlinear_force_rms_meV_per_A'))} | {_num(m.get('nonlinear_force_rel'), '.2%')} "
-            f"| {_num(m.get('bec_row_rmse_e'))} | {_num(float(item['core_time_s']) / 3600.0, '.2f')} |")
+            f"| {format_number(item['field_V_per_A'])} | {format_number(m.get('field_force_rms_meV_per_A'))} "
+            f"| {format_number(m.get('linear_force_error_rms_meV_per_A'))} | {format_number(m.get('linear_force_error_rel'), '.2%')} "
+            f"| {format_number(m.get('nonlinear_force_rms_meV_per_A'))} | {format_number(m.get('nonlinear_force_rel'), '.2%')} "
+            f"| {format_number(m.get('bec_row_rmse_e'))} | {format_number(float(item['core_time_s']) / 3600.0, '.2f')} |")
     return lines + [
         "",
         "Odd part (F(+E) − F(−E))/2 against Zᵀ·E: the linear response the MD uses and how well DFPT predicts it; "
@@ -116,7 +110,7 @@ def results_markdown(config_path: str, analysis_dir: str, conditions: list[dict]
         f"`{config_path}`; regenerate tables, figures and this page with `make results` (under a minute). "
         "Every number below comes from those records.", "",
         "## Runs", "",
-        f"{len(done)} of {len(rows)} conditions done, {_num(spent, '.2f')} core-hours of MD recorded so far. "
+        f"{len(done)} of {len(rows)} conditions done, {format_number(spent, '.2f')} core-hours of MD recorded so far. "
         f"A pending condition runs with `make reference` (one condition after another, each committed when "
         f"its analysis is written), or alone: `snakemake {analysis_dir}/<condition>.json --cores 1 "
         f"--configfile {config_path}`.", "",
@@ -127,9 +121,9 @@ def results_markdown(config_path: str, analysis_dir: str, conditions: list[dict]
     lines += ["| condition | phase | T (K) | E (V/Å) | replicas used / failed / planned | atoms | production (ps) "
               "| MD (core-h) | state |", "|" + "---|" * 9]
     for r in rows:
-        lines.append(f"| {r['name']} | {r['phase']} | {_num(r['temperature_K'], 'g')} | {_num(r['field_V_per_A'], 'g')} "
+        lines.append(f"| {r['name']} | {r['phase']} | {format_number(r['temperature_K'], 'g')} | {format_number(r['field_V_per_A'], 'g')} "
                      f"| {r['n_used']} / {r['n_failed']} / {r['replicas']} | {r['n_atoms'] or '–'} "
-                     f"| {_num(r['production_ps'], 'g')} | {_num(r['core_hours'], '.2f')} | {r['state']} |")
+                     f"| {format_number(r['production_ps'], 'g')} | {format_number(r['core_hours'], '.2f')} | {r['state']} |")
     lines += ["", "## The seed study's claims", ""]
     lines += _demote(claims_md) if claims_md else ["(no condition analysed yet)"]
     lines += ["", "## Linear response at the source: finite-field DFT against DFPT Born charges", ""]
@@ -141,7 +135,7 @@ def results_markdown(config_path: str, analysis_dir: str, conditions: list[dict]
     lengths = sorted({float(r["production_ps"]) for r in done if r["production_ps"] is not None
                       and math.isfinite(float(r["production_ps"]))})
     lines += [
-        f"- cells of {', '.join(map(str, atoms)) or '–'} atoms, {', '.join(_num(x, 'g') for x in lengths) or '–'} ps "
+        f"- cells of {', '.join(map(str, atoms)) or '–'} atoms, {', '.join(format_number(x, 'g') for x in lengths) or '–'} ps "
         "of production per replica; conditions still pending: "
         f"{', '.join(r['name'] for r in rows if r['state'] == 'pending') or 'none'}.",
         "- the models are trained on the label ledger as it stands (see README, 'Shipped models'); the numbers "
@@ -166,9 +160,10 @@ def relative_figures(figures_dir: str | Path, output: str | Path) -> list[str]:
 
 
 def stored_records(analysis_dir: str | Path) -> list[dict]:
-    from bornfield.analysis.sweep import find_condition_records, load_records
+    from bornfield.analysis.sweep import load_records
 
-    return load_records(find_condition_records(analysis_dir))
+    directory = Path(analysis_dir)
+    return load_records([directory], require=False) if directory.is_dir() else []
 
 
 def claims_markdown_of(analysis_dir: str | Path) -> str | None:

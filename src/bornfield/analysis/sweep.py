@@ -45,37 +45,33 @@ def phase_class(phase: str | None) -> str:
     return "amorphous" if any(key in name for key in ("amorph", "glass", "melt")) else "crystalline"
 
 
-def load_records(paths: Iterable[str | Path]) -> list[dict]:
-    """Read per-condition analysis JSON files (raises InputFileError on a foreign or broken file)."""
-    records = []
-    for path in paths:
-        path = Path(path)
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputFileError(f"{path}: cannot read analysis record ({exc})") from exc
-        if record.get("format") != RESULT_FORMAT:
-            raise InputFileError(f"{path}: format {record.get('format')!r}, expected {RESULT_FORMAT!r}")
-        record["_path"] = str(path)
-        records.append(record)
-    return records
+def load_records(paths: Iterable[str | Path], require: bool = True) -> list[dict]:
+    """Per-condition analysis records (format ``bornfield-analysis``), each file read once.
 
-
-def find_condition_records(analysis_dir: str | Path) -> list[Path]:
-    """The per-condition analysis records (format ``bornfield-analysis``) among ``analysis_dir/*.json``.
-
-    The sweep's own JSON outputs (arrhenius.json, claims.json, ...) sit in the same directory and are skipped;
-    an unreadable JSON file raises InputFileError naming it.
+    A file must be a record (else InputFileError naming it). A directory gives the records among its
+    ``*.json`` (the sweep's own outputs, arrhenius.json, claims.json, ..., sit there too and are skipped);
+    with ``require`` a directory holding none raises InputFileError. Each record gets ``_path``.
     """
-    found = []
-    for path in sorted(Path(analysis_dir).glob("*.json")):
-        try:
-            content = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputFileError(f"{path}: cannot read analysis JSON ({exc})") from exc
-        if isinstance(content, dict) and content.get("format") == RESULT_FORMAT:
-            found.append(path)
-    return found
+    records = []
+    for path in map(Path, paths):
+        is_dir = path.is_dir()
+        found = 0
+        for file in sorted(path.glob("*.json")) if is_dir else [path]:
+            try:
+                record = json.loads(file.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as exc:
+                raise InputFileError(f"{file}: cannot read analysis record ({exc})") from exc
+            fmt = record.get("format") if isinstance(record, dict) else None
+            if fmt != RESULT_FORMAT:
+                if is_dir:
+                    continue
+                raise InputFileError(f"{file}: format {fmt!r}, expected {RESULT_FORMAT!r}")
+            record["_path"] = str(file)
+            records.append(record)
+            found += 1
+        if is_dir and require and not found:
+            raise InputFileError(f"{path}: no per-condition analysis records (format {RESULT_FORMAT}) in this directory")
+    return records
 
 
 def _get(entry: dict | None, key: str = "value") -> float:

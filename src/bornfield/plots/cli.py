@@ -68,10 +68,12 @@ def _figure_options(settings: dict) -> dict:
 
 
 def run_condition(args: argparse.Namespace) -> int:
-    from bornfield.analysis.sweep import find_condition_records, load_records
+    from bornfield.analysis.sweep import load_records
     from bornfield.plots import figures
 
     settings = analysis_settings(args, "plot")
+    if Path(args.record).is_dir():
+        raise InputFileError(f"{args.record}: a directory; give one per-condition analysis record (JSON file)")
     (record,) = load_records([args.record])
     paths = figures.plot_condition(record, args.output, **_figure_options(settings))
     LOG.info("wrote %s", ", ".join(map(str, paths)))
@@ -115,18 +117,12 @@ def run_sweep(args: argparse.Namespace) -> int:
 def run_all(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from bornfield.analysis.sweep import find_condition_records, load_records
+    from bornfield.analysis.sweep import load_records
     from bornfield.plots import figures
 
     settings = analysis_settings(args, "plot")
     analysis_dir = Path(args.analysis_dir)
-    if args.records:
-        record_paths = [Path(p) for p in args.records]
-    else:
-        record_paths = find_condition_records(analysis_dir)
-    if not record_paths:
-        raise InputFileError(f"{analysis_dir}: no per-condition analysis records (*.json)")
-    records = load_records(record_paths)
+    records = load_records(args.records or [analysis_dir])
     figures_dir = Path(args.output_dir)
     options = _figure_options(settings)
     for record in tqdm(records, desc="condition figures", unit="fig", disable=None):
