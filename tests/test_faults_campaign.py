@@ -273,7 +273,9 @@ def test_kill_during_dft_and_md_then_rerun_completes_with_failure_reported(tmp_p
     summary = json.loads((replica.parent / "summary.json").read_text())
     assert summary["replicas_completed"] == summary["replicas_total"] == settings["sweep"]["replicas"]
 
-    # no temporary file left anywhere, no truncated output taken for a result
+    # every rule wrote its log; no temporary file left anywhere, no truncated output taken for a result
+    logs = {path.relative_to(results / "logs").parts[0].removesuffix(".log") for path in (results / "logs").rglob("*.log")}
+    assert {"structures", "dft", "dataset", "train", "md", "analysis", "figures", "provenance"} <= logs, sorted(logs)
     assert not _leftover_temporaries(results), _leftover_temporaries(results)
     for labels in jobs.glob("*/labels.json"):
         json.loads(labels.read_text())
