@@ -57,6 +57,9 @@ VARIANTS: dict[str, dict] = {
     "default": {},
     "legacy": {"interactions": 1, "learning_rate": 0.005, "warmup_epochs": 0, "grad_clip": 0.0, "ema_decay": 0.0},
     "one-interaction": {"interactions": 1},
+    "edge": {"architecture": "edge", "edge_layers": 2, "lr_schedule": "cosine", "patience": 1000},
+    "edge3": {"architecture": "edge", "edge_layers": 3, "lr_schedule": "cosine", "patience": 1000},
+    "edge-c16": {"architecture": "edge", "edge_layers": 2, "channels": 16, "lr_schedule": "cosine", "patience": 1000},
 }
 BASELINE_SETTINGS: dict = {}
 
@@ -123,10 +126,10 @@ def model_from_checkpoint(checkpoint: Path, out: Path) -> tuple[Path, str]:
     """Model file of the best state of a (possibly unfinished) training checkpoint, and a note saying so."""
     import torch
 
-    from bornfield.models.io import MODEL_CLASSES, save_model
+    from bornfield.models.io import model_class, save_model
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    model = MODEL_CLASSES[state["kind"]](**state["hyperparameters"])
+    model = model_class(state["kind"], state["hyperparameters"])(**state["hyperparameters"])
     model.load_state_dict(state["best_model"])
     note = (f"best state (epoch {state['best_epoch']}, validation loss {state['best_loss']:.4g}) of checkpoint "
             f"{checkpoint} after {state['epoch'] + 1} epochs")
