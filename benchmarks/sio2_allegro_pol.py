@@ -60,6 +60,10 @@ VARIANTS: dict[str, dict] = {
     "edge": {"architecture": "edge", "edge_layers": 2, "lr_schedule": "cosine", "patience": 1000},
     "edge3": {"architecture": "edge", "edge_layers": 3, "lr_schedule": "cosine", "patience": 1000},
     "edge-c16": {"architecture": "edge", "edge_layers": 2, "channels": 16, "lr_schedule": "cosine", "patience": 1000},
+    "edge-b1": {"architecture": "edge", "edge_layers": 2, "batch_size": 1, "lr_schedule": "cosine", "patience": 1000},
+    "edge3-b1": {"architecture": "edge", "edge_layers": 3, "batch_size": 1, "lr_schedule": "cosine", "patience": 1000},
+    "edge-b1-lr5": {"architecture": "edge", "edge_layers": 2, "batch_size": 1, "learning_rate": 0.005,
+                    "lr_schedule": "cosine", "patience": 1000},
 }
 BASELINE_SETTINGS: dict = {}
 
