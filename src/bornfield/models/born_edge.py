@@ -92,8 +92,11 @@ class EdgeLayer(nn.Module):
             self.update[-1].weight.mul_(0.1)
             self.gates.bias.fill_(1.0)
 
-    def forward(self, x, v, sh_env, basis, gate_index, avg_neighbours):
-        """x (N, K, H), v (N, C, K, 12), sh_env (N, K, 9) harmonics × envelope -> new (x, v)."""
+    def forward(self, x, v, sh_env, basis, norm_sums, avg_neighbours):
+        """x (N, K, H), v (N, C, K, 12), sh_env (N, K, 9) harmonics × envelope -> new (x, v).
+
+        ``norm_sums`` (11, 3) 0/1 sums the squared 1o, 1e, 2e components.
+        """
         n, c, k, _ = v.shape
         weights = self.env_weights(x)  # (N, K, 3C)
         full = torch.bmm(weights.transpose(1, 2), sh_env) / avg_neighbours  # (N, 3C, 9)
@@ -102,13 +105,13 @@ class EdgeLayer(nn.Module):
         matrices = torch.bmm(env.transpose(0, 1), coupling).view(c, n, 12, 12).transpose(0, 1)  # (N, C, 12, 12)
         out = torch.bmm(v.reshape(n * c, k, 12), matrices.reshape(n * c, 12, 12)).view(n, c, k * 12)
         out = torch.matmul(self.mix, out).view(n, c, k, 12)
-        invariants = torch.cat(
-            [out[..., 0], out[..., 1:4].pow(2).sum(-1), out[..., 4:7].pow(2).sum(-1), out[..., 7:12].pow(2).sum(-1)],
-            dim=1,
-        )  # (N, 4C, K)
-        x = x + self.update(torch.cat([x, invariants.transpose(1, 2)], dim=-1))
-        gates = self.gates(x).view(n, k, 4, c)[:, :, gate_index, :]  # (N, K, 12, C)
-        return x, v + out * gates.permute(0, 3, 1, 2)
+        # invariants: the 0e value and the squared norms of 1o, 1e, 2e -> (N, K, 4C), irrep-major
+        norms = torch.matmul(out[..., 1:].square(), norm_sums.to(out.dtype))  # (N, C, K, 3)
+        invariants = torch.cat([out[..., :1], norms], dim=-1).permute(0, 2, 3, 1).reshape(n, k, 4 * c)
+        x = x + self.update(torch.cat([x, invariants], dim=-1))
+        gates = self.gates(x).view(n, k, 4, c).permute(0, 3, 1, 2)  # (N, C, K, 4)
+        gated = torch.cat([out[..., lo:hi] * gates[..., s : s + 1] for s, (lo, hi) in enumerate(FEATURE_SLICES)], -1)
+        return x, v + gated
 
 
 class EdgeBornModel(EquivariantBornModel):
@@ -179,8 +182,10 @@ class EdgeBornModel(EquivariantBornModel):
         finally:
             torch.set_default_dtype(previous)
         self.constants = ExactConstants(coupling=coupling, to_cartesian=to_cartesian)
-        # feature irrep of each of the 12 components (gate index)
-        self.gate_index = [a for a, (lo, hi) in enumerate(FEATURE_SLICES) for _ in range(lo, hi)]
+        # (11, 3): sums the squares of the 1o, 1e, 2e components (0/1)
+        self.norm_sums = torch.zeros(11, 3)
+        for a, (lo, hi) in enumerate(FEATURE_SLICES[1:]):
+            self.norm_sums[lo - 1 : hi - 1, a] = 1.0
 
     def set_charge_scales(self, charge_scales: dict[str, float]) -> None:
         """Per-species scale (e) of the network output (the spread of the training tensors)."""
@@ -212,7 +217,7 @@ class EdgeBornModel(EquivariantBornModel):
         v[..., 7:12] = (w0[:, :, 2].unsqueeze(-1) * sh[..., 4:9].unsqueeze(2)).permute(0, 2, 1, 3)
         basis = self.constants.get("coupling", dtype)
         for layer in self.layers:
-            x, v = layer(x, v, sh_env, basis, self.gate_index, self.avg_neighbours)
+            x, v = layer(x, v, sh_env, basis, self.norm_sums, self.avg_neighbours)
         coeffs = self.readout(x) * (envelope * self.avg_neighbours**-0.5).unsqueeze(-1)  # (N, K, 1 + 2C)
         scalar = coeffs[..., 0].sum(1, keepdim=True)  # (N, 1)
         vector = torch.einsum("nkc,nckm->nm", coeffs[..., 1 : 1 + c], v[..., 4:7])
