@@ -64,6 +64,8 @@ VARIANTS: dict[str, dict] = {
     "edge3-b1": {"architecture": "edge", "edge_layers": 3, "batch_size": 1, "lr_schedule": "cosine", "patience": 1000},
     "edge-b1-lr5": {"architecture": "edge", "edge_layers": 2, "batch_size": 1, "learning_rate": 0.005,
                     "lr_schedule": "cosine", "patience": 1000},
+    "edge3-b1-lr5": {"architecture": "edge", "edge_layers": 3, "batch_size": 1, "learning_rate": 0.005,
+                     "lr_schedule": "cosine", "patience": 1000},
 }
 BASELINE_SETTINGS: dict = {}
 
