@@ -28,7 +28,7 @@ Steps:
         [--max-epochs N] [--workdir benchmarks/work/sio2] [--seed 7]
 
 A variant is a name of :data:`VARIANTS` (train.born settings merged over the
-schema defaults); ``--model`` evaluates a model trained elsewhere (or the best
+schema defaults; a variant's own ``max_epochs`` wins over ``--max-epochs``); ``--model`` evaluates a model trained elsewhere (or the best
 state of a training checkpoint) on the same test frames. Records of a system
 replace that system's earlier records in the JSON.
 """
@@ -66,6 +66,8 @@ VARIANTS: dict[str, dict] = {
                     "lr_schedule": "cosine", "patience": 1000},
     "edge3-b1-lr5": {"architecture": "edge", "edge_layers": 3, "batch_size": 1, "learning_rate": 0.005,
                      "lr_schedule": "cosine", "patience": 1000},
+    "edge3-b1-lr5-e180": {"architecture": "edge", "edge_layers": 3, "batch_size": 1, "learning_rate": 0.005,
+                          "lr_schedule": "cosine", "patience": 1000, "max_epochs": 180},
 }
 BASELINE_SETTINGS: dict = {}
 
