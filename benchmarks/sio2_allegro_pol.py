@@ -57,15 +57,16 @@ DATASET = "allegro-pol-SiO2"
 #: Born-model settings compared on this set (train.born keys over the schema defaults).
 #: "legacy" is the model and schedule before issue 17 (one density, Adam at 0.005, no
 #: warm-up, clipping or weight averaging); "one-interaction" isolates the schedule.
+#: "edge*" use the edge architecture (``edge3``: 3 edge layers), ``b1`` batch size 1, ``lr5``
+#: learning rate 0.005, all with the cosine schedule; "default-b1-lr5" is the default
+#: architecture with that schedule.
 VARIANTS: dict[str, dict] = {
     "default": {},
     "legacy": {"interactions": 1, "learning_rate": 0.005, "warmup_epochs": 0, "grad_clip": 0.0, "ema_decay": 0.0},
     "one-interaction": {"interactions": 1},
+    "default-b1-lr5": {"batch_size": 1, "learning_rate": 0.005, "lr_schedule": "cosine", "patience": 1000},
     "edge": {"architecture": "edge", "edge_layers": 2, "lr_schedule": "cosine", "patience": 1000},
-    "edge3": {"architecture": "edge", "edge_layers": 3, "lr_schedule": "cosine", "patience": 1000},
-    "edge-c16": {"architecture": "edge", "edge_layers": 2, "channels": 16, "lr_schedule": "cosine", "patience": 1000},
     "edge-b1": {"architecture": "edge", "edge_layers": 2, "batch_size": 1, "lr_schedule": "cosine", "patience": 1000},
-    "edge3-b1": {"architecture": "edge", "edge_layers": 3, "batch_size": 1, "lr_schedule": "cosine", "patience": 1000},
     "edge-b1-lr5": {"architecture": "edge", "edge_layers": 2, "batch_size": 1, "learning_rate": 0.005,
                     "lr_schedule": "cosine", "patience": 1000},
     "edge3-b1-lr5": {"architecture": "edge", "edge_layers": 3, "batch_size": 1, "learning_rate": 0.005,
