@@ -71,6 +71,8 @@ VARIANTS: dict[str, dict] = {
                     "lr_schedule": "cosine", "patience": 1000},
     "edge3-b1-lr5": {"architecture": "edge", "edge_layers": 3, "batch_size": 1, "learning_rate": 0.005,
                      "lr_schedule": "cosine", "patience": 1000},
+    "edge3-b1-lr5-wide": {"architecture": "edge", "edge_layers": 3, "batch_size": 1, "learning_rate": 0.005,
+                          "lr_schedule": "cosine", "patience": 1000, "channels": 16, "radial_hidden": 64},
     "edge3-b1-lr5-e180": {"architecture": "edge", "edge_layers": 3, "batch_size": 1, "learning_rate": 0.005,
                           "lr_schedule": "cosine", "patience": 1000, "max_epochs": 180},
 }
