@@ -33,6 +33,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -81,7 +82,7 @@ def measure(n_atoms, threads, channels, radial_hidden, cutoff, dtype_name, repea
     clock = {"wall": time.perf_counter, "cpu": time.process_time}[clock_name]
     hyper = {"channels": channels, "radial_hidden": radial_hidden}
     potential = create_model("potential", SPECIES, cutoff, seed=0, **hyper).to(dtype)
-    born_hyper = dict(hyper, **({"interactions": born_interactions} if born_interactions else {}))
+    born_hyper = dict(hyper, **born_settings(born_interactions))
     born = create_model("born", SPECIES, cutoff, seed=1, **born_hyper).to(dtype)
     atoms = beta_supercell(SIZES[n_atoms])
     args = (atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)
@@ -114,6 +115,20 @@ def measure(n_atoms, threads, channels, radial_hidden, cutoff, dtype_name, repea
         out[name] = {"best_s": best, "median_s": median}
     out["peak_rss_MiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return out
+
+
+def born_settings(variant) -> dict:
+    """Born constructor settings of a --born-variants token: "1"/"2" (interactions) or "edge<L>[c<C>]"
+    (edge architecture, L layers, C channels)."""
+    if not variant:
+        return {}
+    match = re.fullmatch(r"edge(\d*)(?:c(\d+))?", str(variant))
+    if match is None:
+        return {"interactions": int(variant)}
+    settings = {"architecture": "edge", "edge_layers": int(match.group(1) or 2)}
+    if match.group(2):
+        settings["channels"] = int(match.group(2))
+    return settings
 
 
 def child(args):
@@ -155,11 +170,12 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     parser.add_argument("--no-sweep", action="store_true")
-    parser.add_argument("--born-interactions", type=int, default=None,
+    parser.add_argument("--born-interactions", default=None,
                         help=argparse.SUPPRESS)
     parser.add_argument("--born-variants", default="",
-                        help="comma list of Born-model interactions (1, 2) measured side by side as "
-                             "bornfield-i<k>-<system> (default: the model constructor's default, as bornfield-<system>)")
+                        help="comma list of Born-model variants measured side by side: interactions 1, 2 as "
+                             "bornfield-i<k>-<system>, edge architecture edge<L>[c<C>] (L layers, C channels) as "
+                             "bornfield-<token>-<system> (default: the model constructor's default, as bornfield-<system>)")
     parser.add_argument("--parts", default="wall,cpu,sweep",
                         help="comma list of wall (wall clock at 1 and --threads threads), cpu (1-thread CPU time), sweep")
     parser.add_argument("--wall-threads", default=None,
@@ -198,8 +214,9 @@ def main():
                     else sorted({1, args.threads}))
 
     base = f"channels {args.channels}, radial_hidden {args.radial_hidden}, hidden 64, cutoff {args.cutoff} Å, {args.dtype}"
-    variants = [int(v) for v in args.born_variants.split(",") if v.strip()]
-    trees = ([(f"bornfield-i{k}", None, {"_born_interactions": k}) for k in variants] or [("bornfield", None, None)])
+    variants = [v.strip() for v in args.born_variants.split(",") if v.strip()]
+    trees = ([(f"bornfield-{k}" if k.startswith("edge") else f"bornfield-i{k}", None, {"_born_interactions": k})
+              for k in variants] or [("bornfield", None, None)])
     trees += [("bornfield-before", args.before_src, None)] if args.before_src else []
     intraop = ("bornfield-intraop", None, {"BORNFIELD_MODEL_THREADS": "intraop"})
     wall_runs = [(n, t) for n in sizes for t in wall_threads] if "wall" in parts else []
@@ -217,7 +234,7 @@ def main():
             if env:
                 notes += f"; environment {env}"
             if born_k:
-                notes += f"; Born model with {born_k} interaction(s)"
+                notes += f"; Born model {born_settings(born_k)}"
             systems = [k for k, v in result.items() if isinstance(v, dict)]
             for system in systems:
                 best = result[system]["best_s"]
@@ -240,7 +257,8 @@ def main():
             for system in systems:
                 record("atom_evals_per_cpu_s", n_atoms / result[system]["best_s"], "atom-evals/CPU-s",
                        f"{prefix}-{system}", n_atoms, 1,
-                       f"{base}; CPU time (process_time) of one thread, best of {repeats}; includes vesin neighbour list")
+                       f"{base}; CPU time (process_time) of one thread, best of {repeats}; includes vesin neighbour list"
+                       + (f"; Born model {born_settings(born_k)}" if born_k else ""))
             print(prefix, n_atoms, "cpu", {k: round(n_atoms / result[k]["best_s"]) for k in systems}, flush=True)
 
     if "sweep" in parts:

@@ -21,14 +21,17 @@ Steps:
 3. ``bornfield train born`` (each named variant) and ``bornfield train baseline``
    (paper-style rows, one per field axis), then ``bornfield train evaluate`` on the
    test frames; records (``dataset: "allegro-pol-SiO2"``, the command in ``notes``)
-   go to ``benchmarks/results/sio2_allegro_pol.json``.
+   go to ``benchmarks/results/sio2_allegro_pol.json``; each variant's per-epoch training
+   and validation errors to ``benchmarks/results/sio2_allegro_pol_curves/<variant>.metrics.csv``
+   (plotted in ``sio2_allegro_pol_curves.png``).
 
     nice -n 10 .venv/bin/python benchmarks/sio2_allegro_pol.py --data /path/to/SiO2.xyz \
         [--variant default legacy] [--baseline | --baseline-files X Y Z] [--model NAME FILE.pt|FILE.ckpt] \
         [--max-epochs N] [--workdir benchmarks/work/sio2] [--seed 7]
+    python benchmarks/sio2_allegro_pol.py --plot-curves   # redraw the training curves only
 
 A variant is a name of :data:`VARIANTS` (train.born settings merged over the
-schema defaults); ``--model`` evaluates a model trained elsewhere (or the best
+schema defaults; a variant's own ``max_epochs`` wins over ``--max-epochs``); ``--model`` evaluates a model trained elsewhere (or the best
 state of a training checkpoint) on the same test frames. Records of a system
 replace that system's earlier records in the JSON.
 """
@@ -38,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -53,10 +57,24 @@ DATASET = "allegro-pol-SiO2"
 #: Born-model settings compared on this set (train.born keys over the schema defaults).
 #: "legacy" is the model and schedule before issue 17 (one density, Adam at 0.005, no
 #: warm-up, clipping or weight averaging); "one-interaction" isolates the schedule.
+#: "edge*" use the edge architecture (``edge3``: 3 edge layers), ``b1`` batch size 1, ``lr5``
+#: learning rate 0.005, all with the cosine schedule; "default-b1-lr5" is the default
+#: architecture with that schedule.
 VARIANTS: dict[str, dict] = {
     "default": {},
     "legacy": {"interactions": 1, "learning_rate": 0.005, "warmup_epochs": 0, "grad_clip": 0.0, "ema_decay": 0.0},
     "one-interaction": {"interactions": 1},
+    "default-b1-lr5": {"batch_size": 1, "learning_rate": 0.005, "lr_schedule": "cosine", "patience": 1000},
+    "edge": {"architecture": "edge", "edge_layers": 2, "lr_schedule": "cosine", "patience": 1000},
+    "edge-b1": {"architecture": "edge", "edge_layers": 2, "batch_size": 1, "lr_schedule": "cosine", "patience": 1000},
+    "edge-b1-lr5": {"architecture": "edge", "edge_layers": 2, "batch_size": 1, "learning_rate": 0.005,
+                    "lr_schedule": "cosine", "patience": 1000},
+    "edge3-b1-lr5": {"architecture": "edge", "edge_layers": 3, "batch_size": 1, "learning_rate": 0.005,
+                     "lr_schedule": "cosine", "patience": 1000},
+    "edge3-b1-lr5-wide": {"architecture": "edge", "edge_layers": 3, "batch_size": 1, "learning_rate": 0.005,
+                          "lr_schedule": "cosine", "patience": 1000, "channels": 16, "radial_hidden": 64},
+    "edge3-b1-lr5-e180": {"architecture": "edge", "edge_layers": 3, "batch_size": 1, "learning_rate": 0.005,
+                          "lr_schedule": "cosine", "patience": 1000, "max_epochs": 180},
 }
 BASELINE_SETTINGS: dict = {}
 
@@ -123,10 +141,10 @@ def model_from_checkpoint(checkpoint: Path, out: Path) -> tuple[Path, str]:
     """Model file of the best state of a (possibly unfinished) training checkpoint, and a note saying so."""
     import torch
 
-    from bornfield.models.io import MODEL_CLASSES, save_model
+    from bornfield.models.io import model_class, save_model
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    model = MODEL_CLASSES[state["kind"]](**state["hyperparameters"])
+    model = model_class(state["kind"], state["hyperparameters"])(**state["hyperparameters"])
     model.load_state_dict(state["best_model"])
     note = (f"best state (epoch {state['best_epoch']}, validation loss {state['best_loss']:.4g}) of checkpoint "
             f"{checkpoint} after {state['epoch'] + 1} epochs")
@@ -153,9 +171,37 @@ def evaluate(work: Path, data: Path, models: dict[str, list[str]], system: str, 
     return records
 
 
+def plot_curves(directory: Path) -> Path:
+    """Training curves (RMSE = sqrt of the epoch's mean squared error, e) of every ``<variant>.metrics.csv``."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for k, path in enumerate(sorted(directory.glob("*.metrics.csv"))):
+        rows = list(csv.DictReader(path.open()))
+        epochs = [int(r["epoch"]) + 1 for r in rows]
+        colour = f"C{k % 10}"
+        name = path.name.removesuffix(".metrics.csv")
+        ax.plot(epochs, [float(r["val_born_mse"]) ** 0.5 for r in rows], color=colour, label=f"{name} (validation)")
+        ax.plot(epochs, [float(r["train_born_mse"]) ** 0.5 for r in rows], color=colour, ls=":", lw=1)
+    ax.set(xscale="log", yscale="log", xlabel="epoch", ylabel="Born-charge RMSE (e)",
+           title="allegro-pol SiO2: validation (solid) and training (dotted) RMSE")
+    ax.axhline(0.012, color="k", lw=0.8, ls="--")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    png = directory.with_suffix(".png")
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="allegro-pol scripts/2.ParseQE/SiO2/SiO2.xyz")
+    parser.add_argument("--data", help="allegro-pol scripts/2.ParseQE/SiO2/SiO2.xyz (required unless --plot-curves)")
     parser.add_argument("--variant", nargs="*", default=[], choices=sorted(VARIANTS),
                         help="Born-model settings to train and evaluate")
     parser.add_argument("--baseline", action="store_true", help="also the paper-style row baseline (x, y, z)")
@@ -170,7 +216,14 @@ def main() -> int:
                         help="evaluate these row-baseline files (field axes x, y, z; .pt or the best state of a "
                              ".ckpt) instead of training them")
     parser.add_argument("--output", default=str(HERE / "results" / "sio2_allegro_pol.json"))
+    parser.add_argument("--plot-curves", action="store_true",
+                        help="only redraw <output>_curves.png from the saved <output>_curves/*.metrics.csv")
     args = parser.parse_args()
+    if args.plot_curves:
+        print(plot_curves(Path(args.output).parent / f"{Path(args.output).stem}_curves"))
+        return 0
+    if not args.data:
+        parser.error("--data is required")
     command = "nice -n 10 python benchmarks/sio2_allegro_pol.py " + shlex.join(sys.argv[1:])
 
     work = Path(args.workdir)
@@ -213,6 +266,10 @@ def main() -> int:
         records = evaluate(work, data, {"born": [str(outdir / "born_0.pt")]}, system, False, command,
                            data_notes + f"; train.born {json.dumps(born)}")
         merge_records(out, records, {system})
+        curve = out.parent / f"{out.stem}_curves" / f"{name}.metrics.csv"
+        curve.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(outdir / "born_0.metrics.csv", curve)
+        plot_curves(curve.parent)
     if args.baseline_files:
         files, origins = [], []
         for axis, path in zip("xyz", args.baseline_files):

@@ -74,10 +74,15 @@ def potential():
     return make("potential", 1)
 
 
-@pytest.fixture(scope="module", params=[1, 2], ids=["one-interaction", "two-interactions"])
+def born_variant(variant):
+    """Constructor settings of a Born-model variant: 1 or 2 interactions, or the edge architecture."""
+    return {"architecture": "edge", "edge_layers": 2} if variant == "edge" else {"interactions": variant}
+
+
+@pytest.fixture(scope="module", params=[1, 2, "edge"], ids=["one-interaction", "two-interactions", "edge"])
 def born(request):
-    """The Born model with one density and with the second, strictly local interaction (float64)."""
-    return make("born", 2, interactions=request.param, charge_scales={"Li": 0.3, "P": 0.5, "O": 0.4})
+    """The Born model with one density, with the second local interaction, and the edge model (float64)."""
+    return make("born", 2, **born_variant(request.param), charge_scales={"Li": 0.3, "P": 0.5, "O": 0.4})
 
 
 def args(atoms):
@@ -212,11 +217,11 @@ def test_smooth_at_cutoff(potential, born):
     assert np.abs(z_near - z_far).max() < 1e-8
 
 
-@pytest.mark.parametrize("interactions", [1, 2])
-def test_cluster_evaluation_reproduces_periodic(structure, interactions):
+@pytest.mark.parametrize("variant", [1, 2, "edge"])
+def test_cluster_evaluation_reproduces_periodic(structure, variant):
     """Owned atoms + ghosts (open boundaries) give the periodic site energies, forces and raw Z."""
     potential = make("potential", 4, cutoff=4.0)
-    born = make("born", 5, cutoff=4.0, interactions=interactions)
+    born = make("born", 5, cutoff=4.0, **born_variant(variant))
     cell = np.asarray(structure.cell)
     n = len(structure)
     images = [(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)]
@@ -289,3 +294,40 @@ def test_random_model_files_and_committees(tmp_path, structure):
     out = committee_p.evaluate_graph(committee_p.make_graph(*args(structure)))
     assert out["forces_var"].shape == (len(structure), 3) and out["forces_var"].max() > 0
     assert load_model(paths_p[0]).metadata["trained"] is False
+
+
+def test_edge_model_is_strictly_local(structure):
+    """The edge model's raw Z of an atom ignores atoms beyond the cutoff (receptive field = cutoff)."""
+    born = make("born", 6, cutoff=4.0, architecture="edge", edge_layers=3)
+    assert born.receptive_field == born.cutoff == 4.0
+    positions, numbers = structure.positions, structure.numbers
+    distances = np.linalg.norm(positions - positions[0], axis=1)
+    far = np.flatnonzero(distances > 4.0)
+    assert far.size
+    moved = positions.copy()
+    moved[far] += np.random.default_rng(2).normal(scale=0.2, size=(far.size, 3))
+    keep = np.linalg.norm(moved[far] - positions[0], axis=1) > 4.0
+    moved[far[~keep]] = positions[far[~keep]]
+    mask = np.zeros(len(numbers), dtype=bool)
+    mask[0] = True
+    z = born.cluster_born_charges_raw(positions, numbers, mask)
+    z_moved = born.cluster_born_charges_raw(moved, numbers, mask)
+    np.testing.assert_allclose(z_moved, z, atol=1e-12)
+    near = np.flatnonzero((distances > 0.1) & (distances < 3.0))[0]
+    moved = positions.copy()
+    moved[near] += 0.05
+    assert np.abs(born.cluster_born_charges_raw(moved, numbers, mask) - z).max() > 1e-6
+
+
+def test_edge_model_file_names_its_architecture(tmp_path, structure):
+    """A saved edge model reloads as the edge model; files without ``architecture`` load the density model."""
+    from bornfield.models.born_edge import EdgeBornModel
+    from bornfield.models.born import EquivariantBornModel
+
+    edge = make("born", 7, architecture="edge", edge_layers=1)
+    path = save_model(edge, tmp_path / "edge.pt")
+    assert load_model(path).hyperparameters["architecture"] == "edge"
+    assert type(load_model(path, kind="born")) is EdgeBornModel
+    density = make("born", 7, interactions=2)
+    assert "architecture" not in density.hyperparameters
+    assert type(load_model(save_model(density, tmp_path / "density.pt"))) is EquivariantBornModel

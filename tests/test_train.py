@@ -147,6 +147,23 @@ def test_training_lowers_loss_and_resumes(dataset, tmp_path, kind):
     assert [row["epoch"] for row in fresh] == [0, 1]
 
 
+def test_edge_born_model_trains_with_a_cosine_schedule(dataset, tmp_path):
+    """train.born.architecture edge builds and saves the edge model; cosine decays to min_lr at max_epochs."""
+    from bornfield.models import load_born
+    from bornfield.models.born_edge import EdgeBornModel
+
+    samples = read_samples(dataset)
+    settings = dict(TINY, max_epochs=4, architecture="edge", edge_layers=2, lr_schedule="cosine", warmup_epochs=1)
+    model, history = train_model("born", samples[:18], samples[18:], settings, tmp_path / "born_0.pt", seed=3,
+                                 species=dataset_species(samples), progress=False)
+    assert isinstance(model, EdgeBornModel) and len(history) == 4
+    assert history[-1]["val_loss"] < history[0]["val_loss"]
+    lrs = [row["lr"] for row in history]
+    assert lrs[1] > lrs[2] > lrs[3] == pytest.approx(settings["min_lr"])
+    loaded = load_born(tmp_path / "born_0.pt")
+    assert isinstance(loaded, EdgeBornModel) and loaded.hyperparameters["edge_layers"] == 2
+
+
 @pytest.mark.skipif(not REAL_DATA.exists(), reason=f"real DFT/DFPT labels not available ({REAL_DATA})")
 @pytest.mark.parametrize("kind", ["potential", "born"])
 def test_training_lowers_loss_on_real_dft_data(tmp_path, kind):

@@ -31,6 +31,7 @@ from bornfield import __version__, atomic
 from bornfield.errors import InputFileError
 from bornfield.models.base import BornfieldModel
 from bornfield.models.born import EquivariantBornModel, PaperRowBaseline
+from bornfield.models.born_edge import EdgeBornModel
 from bornfield.models.potential import NNPotential
 
 FORMAT = "bornfield-model"
@@ -40,6 +41,20 @@ MODEL_CLASSES: dict[str, type[BornfieldModel]] = {
     EquivariantBornModel.kind: EquivariantBornModel,
     PaperRowBaseline.kind: PaperRowBaseline,
 }
+#: Born-model classes by the ``architecture`` hyperparameter (files without it: "density")
+BORN_ARCHITECTURES: dict[str, type[BornfieldModel]] = {"density": EquivariantBornModel, "edge": EdgeBornModel}
+
+
+def model_class(kind: str, hyperparameters: dict[str, Any]) -> type[BornfieldModel]:
+    """The class that rebuilds a model of ``kind`` from its ``hyperparameters``."""
+    if kind == EquivariantBornModel.kind:
+        architecture = hyperparameters.get("architecture", "density")
+        if architecture not in BORN_ARCHITECTURES:
+            raise ValueError(f"unknown Born architecture '{architecture}' (known: {sorted(BORN_ARCHITECTURES)})")
+        return BORN_ARCHITECTURES[architecture]
+    return MODEL_CLASSES[kind]
+
+
 UNITS = {"length": "Å", "energy": "eV", "force": "eV/Å", "stress": "eV/Å^3", "charge": "e", "field": "V/Å"}
 
 
@@ -151,6 +166,7 @@ def load_model(
             raise InputFileError(f"{path}: model does not know species {missing} (knows {payload['species']})")
     cls = MODEL_CLASSES[payload["kind"]]
     try:
+        cls = model_class(payload["kind"], payload["hyperparameters"])
         model = cls(**payload["hyperparameters"])
         stored = [v.dtype for v in payload["state_dict"].values() if v.is_floating_point()]
         model.to(stored[0] if stored else dtype)  # load without rounding, then cast
@@ -173,7 +189,7 @@ def create_model(
     generator_state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
-        model = MODEL_CLASSES[kind](species=list(species), cutoff=cutoff, **hyperparameters)
+        model = model_class(kind, hyperparameters)(species=list(species), cutoff=cutoff, **hyperparameters)
     finally:
         torch.random.set_rng_state(generator_state)
     model.metadata = {"seed": int(seed), "trained": False}
@@ -206,6 +222,7 @@ __all__ = [
     "create_random_model_file",
     "file_sha256",
     "load_model",
+    "model_class",
     "read_model_file",
     "save_model",
 ]

@@ -4,7 +4,9 @@ One loop serves the three model kinds (:data:`KINDS`): Adam (AdamW with
 ``weight_decay`` > 0), a linear learning-rate warm-up over ``warmup_epochs``,
 gradient-norm clipping at ``grad_clip``, an exponential moving average of the
 weights (``ema_decay``; validation, early stopping and the saved model use the
-averaged weights), learning rate reduced on a validation plateau, early
+averaged weights), learning rate reduced on a validation plateau (``lr_schedule``
+"plateau") or decayed along a half cosine from ``learning_rate`` to ``min_lr`` at
+``max_epochs`` ("cosine", per epoch after the warm-up), early
 stopping on the validation loss, the best parameters kept (the log and the
 model file name the best epoch and its validation loss), a checkpoint written atomically after every epoch
 (``<model>.ckpt``: resumable with ``resume=True``; a checkpoint of other
@@ -40,7 +42,7 @@ from bornfield.errors import ConfigError, InputFileError
 from bornfield.models.base import BornfieldModel
 from bornfield.models.graph import collate
 from bornfield.atomic import write_bytes
-from bornfield.models.io import MODEL_CLASSES, create_model, save_model
+from bornfield.models.io import create_model, model_class, save_model
 from bornfield.train.data import (
     Sample,
     attach_edges,
@@ -137,7 +139,10 @@ def initialise_model(
         means = mean_born_per_species(train_samples, species)
         hyper["mean_charges"] = {x: float(np.trace(z) / 3.0) for x, z in means.items()}
         hyper["interactions"] = int(architecture["interactions"])
-        if hyper["interactions"] > 1:
+        if architecture.get("architecture", "density") == "edge":
+            hyper["architecture"] = "edge"
+            hyper["edge_layers"] = int(architecture["edge_layers"])
+        if hyper["interactions"] > 1 or hyper.get("architecture") == "edge":
             hyper["charge_scales"] = born_scale_per_species(train_samples, species, hyper["mean_charges"])
     elif kind == "born_row":
         means = mean_born_per_species(train_samples, species)
@@ -180,7 +185,7 @@ def fine_tuning_start(
         raise ConfigError(f"fine-tuning a '{kind}' model from a '{init_model.kind}' model")
     if list(init_model.species) != list(species):
         raise ConfigError(f"fine-tuning: the initial model knows {list(init_model.species)}, the data has {list(species)}")
-    model = MODEL_CLASSES[kind](**init_model.hyperparameters).to(dtype)
+    model = model_class(kind, init_model.hyperparameters)(**init_model.hyperparameters).to(dtype)
     model.load_state_dict(init_model.state_dict())
     if kind == "potential":
         attach_edges(train_samples, species, model.cutoff)
@@ -381,7 +386,7 @@ def train_model(
             log.warning("%s belongs to other training data or another model kind: starting afresh", ckpt_path)
             state = None
     if state is not None:
-        model = MODEL_CLASSES[kind](**state["hyperparameters"]).to(dtype)
+        model = model_class(kind, state["hyperparameters"])(**state["hyperparameters"]).to(dtype)
         model.load_state_dict(state["model"])
         log.info("resuming %s from epoch %d", ckpt_path, state["epoch"])
     elif init_model is not None:
@@ -439,6 +444,7 @@ def train_model(
     max_epochs = int(settings["max_epochs"])
     patience = int(settings["patience"])
     min_lr = float(settings["min_lr"])
+    cosine = settings.get("lr_schedule", "plateau") == "cosine"
     batch_size = int(settings["batch_size"])
     bar = tqdm(range(start_epoch, max_epochs), desc=f"train {kind} {out_path.name}", disable=not progress,
                initial=start_epoch, total=max_epochs, mininterval=2.0)
@@ -449,7 +455,12 @@ def train_model(
         average.swap()  # validate (and keep) the averaged weights
         val_parts = _epoch_average(model, monitor, weights, batch_size)
         val_loss = val_parts["loss"]
-        if epoch + 1 >= warmup_epochs:  # the plateau schedule starts after the warm-up
+        if cosine:  # per epoch after the warm-up, from learning_rate down to min_lr at max_epochs
+            progress = min(1.0, max(0.0, (epoch + 1 - warmup_epochs) / max(1, max_epochs - warmup_epochs)))
+            if epoch + 1 >= warmup_epochs:
+                for group in optimizer.param_groups:
+                    group["lr"] = min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+        elif epoch + 1 >= warmup_epochs:  # the plateau schedule starts after the warm-up
             scheduler.step(val_loss)
         if val_loss < best_loss:
             best_loss, best_epoch, bad_epochs = val_loss, epoch, 0
@@ -482,7 +493,7 @@ def train_model(
         _write_csv(csv_path, history)
         if not np.isfinite(val_loss):
             raise InputFileError(f"training of {out_path} diverged (validation loss {val_loss}) at epoch {epoch}")
-        if bad_epochs >= patience or (lr < min_lr and epoch + 1 >= warmup_epochs):
+        if bad_epochs >= patience or (not cosine and lr < min_lr and epoch + 1 >= warmup_epochs):
             log.info("early stop at epoch %d (best epoch %d, validation loss %.4g)", epoch, best_epoch, best_loss)
             break
     bar.close()
