@@ -628,27 +628,28 @@ def command_settings(settings: Mapping, command: str, **context: Any) -> Setting
             node = node.setdefault(part, {})
         node[last] = _thaw(source[last])
     if command == "md run":
-        from bornfield.md.conditions import condition_by_name, condition_production_steps
-
-        condition = condition_by_name(settings["md"], context["condition"])
-        tree["md"]["sweep"] = _one_condition_sweep(settings["md"], context["condition"])
+        sweep, own_steps = _one_condition_sweep(settings["md"], context["condition"])
+        tree["md"]["sweep"] = sweep
         tree["md"]["extra_conditions"] = []
-        tree["md"]["production_steps"] = condition_production_steps(settings["md"], condition)
+        if own_steps is not None:  # an extra condition's own run length
+            tree["md"]["production_steps"] = own_steps
     note = f" - 'bornfield {command}' reads only {list(command_keys(command, **context))} (bornfield.config.COMMAND_KEYS)"
     return Settings(tree, note=note)
 
 
-def _one_condition_sweep(md: Mapping, name: str) -> dict:
-    """An ``md.sweep`` whose only condition is ``name`` (same name, seeds and field direction)."""
+def _one_condition_sweep(md: Mapping, name: str) -> tuple[dict, int | None]:
+    """An ``md.sweep`` whose only condition is ``name`` (same name, seeds and field direction),
+    and that condition's own ``production_steps`` (None: ``md.production_steps``)."""
     key = json.dumps({k: md[k] for k in ("seed", "sweep", "extra_conditions")}, sort_keys=True)
     sweeps = _one_condition_sweeps(key)
     if name not in sweeps:
         raise ConfigError(f"md: no condition named {name!r}; the config defines {sorted(sweeps)}")
-    return copy.deepcopy(sweeps[name])
+    sweep, own_steps = sweeps[name]
+    return copy.deepcopy(sweep), own_steps
 
 
 @functools.lru_cache(maxsize=8)
-def _one_condition_sweeps(md_json: str) -> dict[str, dict]:
+def _one_condition_sweeps(md_json: str) -> dict[str, tuple[dict, int | None]]:
     from bornfield.md.conditions import expand_conditions, normalize_direction
 
     md = json.loads(md_json)
@@ -658,10 +659,10 @@ def _one_condition_sweeps(md_json: str) -> dict[str, dict]:
         direction: Any = "x"  # a zero field has no direction (named "none")
         if condition.field_strength_V_per_A:
             direction = next(d for d in given if normalize_direction(d)[0] == condition.field_direction)
-        sweeps[condition.name] = {
+        sweeps[condition.name] = ({
             "phases": [condition.phase], "temperatures_K": [condition.temperature_K],
             "field_strengths_V_per_A": [condition.field_strength_V_per_A], "field_directions": [direction],
-            "replicas": condition.replicas}
+            "replicas": condition.replicas}, condition.production_steps)
     return sweeps
 
 
