@@ -65,8 +65,6 @@ def condition_rows(conditions: list[dict], records: list[dict]) -> list[dict]:
     return rows
 
 
-
-
 def _demote(markdown: str) -> list[str]:
     """claims.md with its title dropped and its headings one level down."""
     lines = markdown.splitlines()

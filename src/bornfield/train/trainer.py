@@ -456,10 +456,10 @@ def train_model(
         val_parts = _epoch_average(model, monitor, weights, batch_size)
         val_loss = val_parts["loss"]
         if cosine:  # per epoch after the warm-up, from learning_rate down to min_lr at max_epochs
-            progress = min(1.0, max(0.0, (epoch + 1 - warmup_epochs) / max(1, max_epochs - warmup_epochs)))
+            done = min(1.0, max(0.0, (epoch + 1 - warmup_epochs) / max(1, max_epochs - warmup_epochs)))
             if epoch + 1 >= warmup_epochs:
                 for group in optimizer.param_groups:
-                    group["lr"] = min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+                    group["lr"] = min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * done))
         elif epoch + 1 >= warmup_epochs:  # the plateau schedule starts after the warm-up
             scheduler.step(val_loss)
         if val_loss < best_loss:
