@@ -33,6 +33,8 @@ HEADLINE = {
     "peak_rss_MiB",
     "scaling_exponent",
     "asr_residual_max_e",
+    "nve_energy_rms_over_kinetic_rms",
+    "nve_energy_drift_meV_per_atom_ps",
 }
 
 
