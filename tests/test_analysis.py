@@ -355,23 +355,45 @@ def test_sweep_tables_from_analysed_conditions(tmp_path, settings):
 def test_msd_field_effect_reads_the_field_run_against_its_zero_field_run():
     from bornfield.analysis.sweep import msd_field_effect
 
-    def record(field, msd, sem, axis=(1.0, 0.0, 0.0), time_fs=800.0, n_used=4):
+    def record(field, msd, sem, axis=(1.0, 0.0, 0.0), time_fs=800.0, n_used=4, tensors=None):
         at_ref = {"time_fs": time_fs, "parallel": {"value": msd, "sem": sem}}
+        if tensors is not None:
+            at_ref["tensor_per_replica_A2"] = np.asarray(tensors).tolist()
         return {"condition": {"field_strength_V_per_A": field}, "parallel_axis": list(axis),
                 "replicas": {"n_used": n_used}, "species": {"Li": {"msd_at_reference": at_ref}}}
 
-    zero = record(0.0, 0.60, 0.05)
+    # zero-field replicas of an anisotropic crystal: MSD_xx around 0.6, MSD_yy around 1.0, MSD_xy 0.2
+    xx = np.array([0.50, 0.55, 0.65, 0.70])
+    yy = np.array([0.90, 1.10, 0.95, 1.05])
+    tensors = np.zeros((4, 3, 3))
+    tensors[:, 0, 0], tensors[:, 1, 1], tensors[:, 2, 2] = xx, yy, 0.8
+    tensors[:, 0, 1] = tensors[:, 1, 0] = 0.2
+    zero = record(0.0, 0.60, 0.05, tensors=tensors)
+    sem_xx = xx.std(ddof=1) / 2.0
     small = msd_field_effect(record(0.1, 0.87, 0.08), zero, "Li", 2.0)
-    assert small["msd_field_effect"] == "not resolved"  # 0.27 vs 3.2 x 0.094 with 3 degrees of freedom
-    assert small["msd_parallel_excess_at_ref_A2"] == pytest.approx(0.27)
-    assert small["msd_parallel_excess_at_ref_sem_A2"] == pytest.approx(np.hypot(0.05, 0.08))
+    assert small["msd_field_effect"] == "not resolved"  # 0.27 vs 3.2 x 0.1 with 3 degrees of freedom
+    assert small["msd_parallel_zero_field_at_ref_A2"] == pytest.approx(xx.mean())
+    assert small["msd_parallel_excess_at_ref_A2"] == pytest.approx(0.87 - xx.mean())
+    assert small["msd_parallel_excess_at_ref_sem_A2"] == pytest.approx(np.hypot(sem_xx, 0.08))
     assert msd_field_effect(record(0.1, 1.20, 0.05), zero, "Li", 2.0)["msd_field_effect"] == "enhanced"
     assert msd_field_effect(record(0.1, 0.20, 0.05), zero, "Li", 2.0)["msd_field_effect"] == "reduced"
-    assert msd_field_effect(record(0.1, 1.20, 0.05), zero, "Li", 2.0)["msd_parallel_zero_field_at_ref_A2"] == 0.60
-    for other in (record(0.1, 1.2, 0.05, axis=(0, 1, 0)), record(0.1, 1.2, 0.05, time_fs=600.0)):
-        assert msd_field_effect(other, zero, "Li", 2.0)["msd_field_effect"].startswith("undetermined")
+    # a field along y is read against the zero-field MSD along y, not along the zero-field run's own axis
+    along_y = msd_field_effect(record(0.1, 1.20, 0.05, axis=(0, 1, 0)), zero, "Li", 2.0)
+    assert along_y["msd_parallel_zero_field_at_ref_A2"] == pytest.approx(yy.mean())
+    assert along_y["msd_parallel_zero_field_at_ref_sem_A2"] == pytest.approx(yy.std(ddof=1) / 2.0)
+    assert along_y["msd_field_effect"] == "not resolved"  # 1.2 - 1.0 vs 3.2 x 0.1
+    # along [1,1,0]: the projection carries the off-diagonal part, its error is that of the projections
+    u = np.array([1.0, 1.0, 0.0]) / np.sqrt(2.0)
+    diagonal = msd_field_effect(record(0.1, 1.5, 0.05, axis=u), zero, "Li", 2.0)
+    projections = (xx + yy) / 2.0 + 0.2
+    assert diagonal["msd_parallel_zero_field_at_ref_A2"] == pytest.approx(projections.mean())
+    assert diagonal["msd_parallel_zero_field_at_ref_sem_A2"] == pytest.approx(projections.std(ddof=1) / 2.0)
+    assert msd_field_effect(record(0.1, 1.2, 0.05, time_fs=600.0), zero, "Li", 2.0)["msd_field_effect"].startswith(
+        "undetermined")
     assert msd_field_effect(record(0.1, 1.2, 0.05), None, "Li", 2.0)["msd_field_effect"].startswith("undetermined")
     assert msd_field_effect(zero, zero, "Li", 2.0)["msd_field_effect"] == ""
+    with pytest.raises(InputFileError, match="tensor_per_replica_A2"):
+        msd_field_effect(record(0.1, 1.2, 0.05), record(0.0, 0.6, 0.05), "Li", 2.0)
 
 
 def test_transverse_percentiles_stay_accurate_when_samples_are_thinned():

@@ -510,6 +510,7 @@ def analyze_replicas(replicas: ReplicaSet, settings: dict) -> dict:
             "msd_at_reference": {
                 "time_fs": reference_index * dt,
                 "tensor_A2": stat(tensors[:, reference_index]),
+                "tensor_per_replica_A2": tensors[:, reference_index].tolist(),
                 **{key: stat(curves[key][:, reference_index]) for key in ("parallel", "perpendicular_per_direction", "total_per_direction", "parallel_drift_corrected", "drift_parallel")},
                 # paired per replica: the error of the difference, not of each part
                 "parallel_minus_perpendicular": stat(

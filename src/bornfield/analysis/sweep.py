@@ -160,32 +160,49 @@ def msd_field_effect(record: dict, reference: dict | None, species: str, n_sigma
     """MSD along E at the reference time, field run minus its zero-field run (same phase, T, axis).
 
     In an anisotropic crystal MSD ∥ and ⊥ differ without a field, so the field effect is read
-    against the zero-field MSD along the same axis. Verdict: ``enhanced`` / ``reduced`` when the
-    difference exceeds the Student-t critical value of ``n_sigma`` times its combined replica
-    standard error, else ``not resolved``; ``undetermined`` without a comparable zero-field run.
+    against the zero-field MSD along the same axis: ``êᵀ MSD ê`` of the zero-field run's tensor
+    (:func:`projected_msd_at_reference`), whatever its own reference axis. Verdict: ``enhanced`` /
+    ``reduced`` when the difference exceeds the Student-t critical value of ``n_sigma`` times its
+    combined replica standard error, else ``not resolved``; ``undetermined`` without a zero-field
+    run at the same reference time.
     """
     empty = {"msd_parallel_zero_field_at_ref_A2": float("nan"), "msd_parallel_zero_field_at_ref_sem_A2": float("nan"),
              "msd_parallel_excess_at_ref_A2": float("nan"), "msd_parallel_excess_at_ref_sem_A2": float("nan")}
     if record["condition"]["field_strength_V_per_A"] == 0:
         return {**empty, "msd_field_effect": ""}
     if (reference is None or species not in reference["species"]
-            or not np.allclose(reference["parallel_axis"], record["parallel_axis"], atol=1e-6)
             or not math.isclose(reference["species"][species]["msd_at_reference"]["time_fs"],
                                 record["species"][species]["msd_at_reference"]["time_fs"], rel_tol=1e-9)):
-        return {**empty, "msd_field_effect": "undetermined (no zero-field run along the same axis and time)"}
+        return {**empty, "msd_field_effect": "undetermined (no zero-field run at the same reference time)"}
     field = record["species"][species]["msd_at_reference"]["parallel"]
-    zero = reference["species"][species]["msd_at_reference"]["parallel"]
-    excess = _get(field) - _get(zero)
-    excess_sem = math.hypot(_get(field, "sem"), _get(zero, "sem"))
+    zero, zero_sem = projected_msd_at_reference(reference, species, np.asarray(record["parallel_axis"], dtype=float))
+    excess = _get(field) - zero
+    excess_sem = math.hypot(_get(field, "sem"), zero_sem)
     if not math.isfinite(excess_sem):
         verdict = "undetermined (no error estimate: one replica)"
     else:
         dof = min(record["replicas"]["n_used"], reference["replicas"]["n_used"]) - 1
         threshold = critical_value(n_sigma, dof) * excess_sem
         verdict = "enhanced" if excess > threshold else "reduced" if excess < -threshold else "not resolved"
-    return {"msd_parallel_zero_field_at_ref_A2": _get(zero), "msd_parallel_zero_field_at_ref_sem_A2": _get(zero, "sem"),
+    return {"msd_parallel_zero_field_at_ref_A2": zero, "msd_parallel_zero_field_at_ref_sem_A2": zero_sem,
             "msd_parallel_excess_at_ref_A2": excess, "msd_parallel_excess_at_ref_sem_A2": excess_sem,
             "msd_field_effect": verdict}
+
+
+def projected_msd_at_reference(record: dict, species: str, direction: np.ndarray) -> tuple[float, float]:
+    """``êᵀ MSD ê`` (Å²) at the record's reference time and its standard error over replicas.
+
+    Like :func:`projected_diffusion`, the error is that of the per-replica projections.
+    """
+    at_reference = record["species"][species]["msd_at_reference"]
+    if "tensor_per_replica_A2" not in at_reference:
+        raise InputFileError(
+            f"{record.get('_path', record['condition'].get('name'))}: species.{species}.msd_at_reference has no "
+            "tensor_per_replica_A2 (written by an older bornfield); re-run `bornfield analyze condition`"
+        )
+    tensors = np.asarray(at_reference["tensor_per_replica_A2"], dtype=float)  # (R, 3, 3)
+    mean, sem = transport.mean_and_sem(np.einsum("rab,a,b->r", tensors, direction, direction))
+    return float(mean), float("nan") if sem is None else float(sem)
 
 
 def transport_rows(records: list[dict], n_sigma: float) -> list[dict]:
