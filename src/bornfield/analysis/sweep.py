@@ -190,17 +190,25 @@ def msd_field_effect(record: dict, reference: dict | None, species: str, n_sigma
 
 
 def projected_msd_at_reference(record: dict, species: str, direction: np.ndarray) -> tuple[float, float]:
-    """``êᵀ MSD ê`` (Å²) at the record's reference time and its standard error over replicas.
-
-    Like :func:`projected_diffusion`, the error is that of the per-replica projections.
-    """
+    """``êᵀ MSD ê`` (Å²) at the record's reference time and its standard error over replicas."""
     at_reference = record["species"][species]["msd_at_reference"]
-    if "tensor_per_replica_A2" not in at_reference:
+    return _projected_per_replica(record, at_reference, "tensor_per_replica_A2",
+                                  f"species.{species}.msd_at_reference", direction)
+
+
+def _projected_per_replica(record: dict, section: dict, key: str, where: str,
+                           direction: np.ndarray) -> tuple[float, float]:
+    """Mean and standard error over replicas of ``êᵀ T_r ê`` for the (R, 3, 3) tensors ``section[key]``.
+
+    The error is that of the per-replica projections: the tensor components of one replica are
+    correlated (T_xy and T_yx are one number), so their separate errors do not combine in quadrature.
+    """
+    if key not in section:
         raise InputFileError(
-            f"{record.get('_path', record['condition'].get('name'))}: species.{species}.msd_at_reference has no "
-            "tensor_per_replica_A2 (written by an older bornfield); re-run `bornfield analyze condition`"
+            f"{record.get('_path', record['condition'].get('name'))}: {where} has no {key} "
+            "(written by an older bornfield); re-run `bornfield analyze condition`"
         )
-    tensors = np.asarray(at_reference["tensor_per_replica_A2"], dtype=float)  # (R, 3, 3)
+    tensors = np.asarray(section[key], dtype=float)  # (R, 3, 3)
     mean, sem = transport.mean_and_sem(np.einsum("rab,a,b->r", tensors, direction, direction))
     return float(mean), float("nan") if sem is None else float(sem)
 
@@ -361,20 +369,9 @@ def _verdict(
 
 
 def projected_diffusion(record: dict, species: str, direction: np.ndarray) -> tuple[float, float]:
-    """``êᵀ D ê`` (Å²/fs) of a record and its standard error over replicas.
-
-    The error is that of the per-replica projections: the tensor components of one replica are
-    correlated (D_xy and D_yx are one number), so their separate errors do not combine in quadrature.
-    """
+    """``êᵀ D ê`` (Å²/fs) of a record and its standard error over replicas (per-replica projections)."""
     diffusion = record["species"][species]["diffusion"]
-    if "tensor_per_replica" not in diffusion:
-        raise InputFileError(
-            f"{record.get('_path', record['condition'].get('name'))}: species.{species}.diffusion has no "
-            "tensor_per_replica (written by an older bornfield); re-run `bornfield analyze condition`"
-        )
-    tensors = np.asarray(diffusion["tensor_per_replica"], dtype=float)  # (R, 3, 3)
-    mean, sem = transport.mean_and_sem(np.einsum("rab,a,b->r", tensors, direction, direction))
-    return float(mean), float("nan") if sem is None else float(sem)
+    return _projected_per_replica(record, diffusion, "tensor_per_replica", f"species.{species}.diffusion", direction)
 
 
 def linear_response_rows(records: list[dict], settings: dict) -> list[dict]:
