@@ -20,6 +20,7 @@ with index order ``Z[atom, field α, force β]``.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +28,7 @@ import torch
 
 from bornfield.models.born import EquivariantBornModel
 from bornfield.models.committee import BornCommittee, PotentialCommittee
-from bornfield.models.graph import Graph, VerletGraphs, build_cluster_graph, build_graph
+from bornfield.models.graph import Graph, VerletGraphs, build_cluster_graph, build_graph, merge_graphs
 from bornfield.models.layers import EdgeGeometry
 from bornfield.models.threads import map_geometry_blocks, parallel_section
 from bornfield.models.potential import (
@@ -77,13 +78,17 @@ def shared_members(potential, born) -> tuple[list[NNPotential], list[Equivariant
 
 
 def _evaluate_graph(graph: Graph, potentials, borns, stress: bool) -> StepResult:
-    """:func:`_evaluate_blocks` in one :func:`~bornfield.models.threads.parallel_section`."""
+    """:func:`_evaluate_blocks` of a one-structure graph in one :func:`~bornfield.models.threads.parallel_section`."""
     with parallel_section():
-        return _evaluate_blocks(graph, potentials, borns, stress)
+        sites, forces, stress_value, born_raw = _evaluate_blocks(graph, potentials, borns, stress)
+    return StepResult(float(sites.sum()), forces, None if stress_value is None else stress_value[0], born_raw, sites)
 
 
-def _evaluate_blocks(graph: Graph, potentials, borns, stress: bool) -> StepResult:
+def _evaluate_blocks(graph: Graph, potentials, borns, stress: bool) -> tuple:
     """Forward, backward and Born charges block by block of centres.
+
+    Returns numpy float64 arrays of the whole graph: site energies (N_c,) eV, forces
+    (N, 3) eV/Å, stress (B, 3, 3) eV/Å³ or None, raw Born tensors (N_c, 3, 3) e or None.
 
     Site energies and Born charges of a centre depend only on its own row of
     edge vectors, so each block's gradient is complete on its own: exact, and
@@ -116,18 +121,17 @@ def _evaluate_blocks(graph: Graph, potentials, borns, stress: bool) -> StepResul
     site_energies = torch.cat(sites_parts)
     with torch.no_grad():
         forces = forces_from_edge_gradient(graph, grad).double()
-        stress_value = stress_from_edge_gradient(graph, edge_vec, grad)[0].double() if stress else None
+        stress_value = stress_from_edge_gradient(graph, edge_vec, grad).double() if stress else None
         for baseline, weight in _baselines(potentials):
             b_sites, b_grad = baseline.site_energies_and_edge_gradient(full)
             site_energies = site_energies + weight * b_sites
             forces = forces + weight * forces_from_edge_gradient(full, b_grad)
             if stress:
                 b_vec = full.inference_edge_vectors().to(torch.float64)
-                stress_value = stress_value + weight * stress_from_edge_gradient(full, b_vec, b_grad)[0]
-    site_energies = site_energies.numpy()
+                stress_value = stress_value + weight * stress_from_edge_gradient(full, b_vec, b_grad)
     born_raw = torch.cat(born_parts).numpy() if borns else None
-    return StepResult(float(site_energies.sum()), forces.numpy(), None if stress_value is None else stress_value.numpy(),
-                      born_raw, site_energies)
+    return (site_energies.numpy(), forces.numpy(), None if stress_value is None else stress_value.numpy(),
+            born_raw)
 
 
 def _baselines(potentials) -> list[tuple]:
@@ -201,6 +205,64 @@ def evaluate_periodic(
     return _evaluate_graph(graph, potentials, borns, stress and bool(np.all(pbc)))
 
 
+def evaluate_periodic_batch(
+    potential, born, structures, with_born: bool | Sequence[bool] = True, stress: bool = False,
+    graphs: Sequence[VerletGraphs | None] | None = None,
+) -> list[StepResult]:
+    """:func:`evaluate_periodic` of several periodic structures in one batched model evaluation.
+
+    The structures' graphs (from their own ``graphs``, or fresh) are merged into one
+    batch graph (:func:`~bornfield.models.graph.merge_graphs`) and both models run once
+    over it; for small cells this saves most of the per-call cost. Models that cannot
+    share one evaluation (:func:`shared_members`) are evaluated structure by structure.
+
+    Args:
+        potential, born: as for :func:`evaluate_periodic`.
+        structures: B tuples ``(positions (N_b, 3) Å, numbers (N_b,), cell (3, 3) Å rows, pbc (3,))``.
+        with_born: whose Born charges are wanted, one bool for all or one per structure
+            (the Born model runs over the whole batch if any structure wants them).
+        stress: also compute each fully periodic structure's stress.
+        graphs: one :class:`~bornfield.models.graph.VerletGraphs` (or None: a fresh list)
+            per structure, each kept along that structure's trajectory.
+
+    Returns:
+        B :class:`StepResult`, each equal to :func:`evaluate_periodic` of its structure to
+        float round-off (``born_raw`` None where not wanted).
+    """
+    structures = list(structures)
+    count = len(structures)
+    wanted = [bool(with_born)] * count if isinstance(with_born, (bool, np.bool_)) else [bool(w) for w in with_born]
+    graphs = [None] * count if graphs is None else list(graphs)
+    if len(wanted) != count or len(graphs) != count:
+        raise ValueError(f"{count} structures, {len(wanted)} with_born flags and {len(graphs)} graphs")
+    any_born = born is not None and any(wanted)
+    shared = shared_members(potential, born if any_born else None)
+    if shared is None or count == 1:
+        return [evaluate_periodic(potential, born, *structure, with_born=w, stress=stress, graphs=g)
+                for structure, w, g in zip(structures, wanted, graphs)]
+    potentials, borns = shared
+    models = potentials + borns
+    parts = [_periodic_graph(g, models, *structure) for structure, g in zip(structures, graphs)]
+    if len({(part.cutoff, part.pad_length) for part in parts}) > 1:  # lists of different cutoffs: one by one
+        return [_evaluate_graph(part, potentials, borns if w else [], stress and bool(np.all(structure[3])))
+                for part, structure, w in zip(parts, structures, wanted)]
+    batch = merge_graphs(parts, sub_cutoffs=[max(m.local_cutoff for m in models)])
+    periodic = [bool(np.all(structure[3])) for structure in structures]
+    with parallel_section():
+        sites, forces, stress_value, born_raw = _evaluate_blocks(batch, potentials, borns, stress and any(periodic))
+    results = []
+    start = 0
+    for index, part in enumerate(parts):
+        stop = start + part.n_atoms
+        results.append(StepResult(
+            float(sites[start:stop].sum()), forces[start:stop],
+            stress_value[index] if stress and periodic[index] else None,
+            born_raw[start:stop] if born_raw is not None and wanted[index] and born is not None else None,
+            sites[start:stop]))
+        start = stop
+    return results
+
+
 def member_forces(members, positions, numbers, cell, pbc, graphs: VerletGraphs | None = None) -> list[np.ndarray]:
     """Forces (N, 3) eV/Å of each potential in ``members`` on one periodic structure (committee statistics).
 
@@ -238,4 +300,5 @@ def evaluate_cluster(potential, born, positions, numbers, centre_mask, with_born
     return _evaluate_graph(graph, potentials, borns, stress=False)
 
 
-__all__ = ["StepResult", "evaluate_cluster", "evaluate_periodic", "member_forces", "shared_members", "verlet_graphs"]
+__all__ = ["StepResult", "evaluate_cluster", "evaluate_periodic", "evaluate_periodic_batch", "member_forces",
+           "shared_members", "verlet_graphs"]

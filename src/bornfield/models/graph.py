@@ -598,3 +598,93 @@ class VerletGraphs:
                 full.cached(("within", cutoff), lambda sub=sub: sub)  # what full.within(cutoff) would compute
         return full
 
+
+
+def merge_graphs(graphs: Sequence[Graph], sub_cutoffs: Sequence[float] = ()) -> Graph:
+    """One batch graph of the structures of ``graphs`` (e.g. the :class:`VerletGraphs` graphs of MD replicas).
+
+    Atoms, structures and neighbour rows are concatenated in the order of ``graphs``
+    (neighbour indices offset by the atoms before, ``batch`` by the structures before);
+    rows narrower than the widest are padded as :func:`collate` pads (neighbour = the
+    row's atom, ``mask`` False, shift ``(pad_length, 0, 0)`` Å). Every edge vector of
+    the batch is the corresponding one of its own graph, so a model evaluated on the
+    batch gives each structure's results to float round-off (the padding width can
+    change the order of sums). The batch's :meth:`Graph.within` sub-graphs of
+    ``sub_cutoffs`` Å are the merged sub-graphs of the inputs (precomputed ones, e.g.
+    a :class:`VerletGraphs` list's, are reused).
+
+    Args:
+        graphs: graphs with every atom a centre (``centres`` None), the same dtype,
+            padding length and cutoff.
+        sub_cutoffs: Å, cutoffs whose sub-graphs are merged now.
+
+    Returns:
+        The batch graph (``graphs[0]`` itself if there is one graph).
+    """
+    graphs = list(graphs)
+    if not graphs:
+        raise ValueError("merge_graphs needs at least one graph")
+    if len(graphs) == 1:
+        return graphs[0]
+    first = graphs[0]
+    for graph in graphs:
+        if graph.centres is not None:
+            raise ValueError("merge_graphs: graphs with a centre subset (cluster graphs) cannot be merged")
+        if (graph.positions.dtype != first.positions.dtype or graph.pad_length != first.pad_length
+                or graph.cutoff != first.cutoff):
+            raise ValueError("merge_graphs: the graphs differ in dtype, padding length or cutoff")
+    merged = _merge_rows(graphs, torch.cat([g.positions for g in graphs]))
+    # the inputs' edge vectors (VerletGraphs computed them already), padded: the same numbers as recomputing
+    vectors = [g.inference_edge_vectors() for g in graphs]
+    width = merged.neighbours.shape[1]
+    padded = []
+    for vec in vectors:
+        if vec.shape[1] < width:
+            padding = vec.new_zeros(vec.shape[0], width - vec.shape[1], 3)
+            padding[..., 0] = merged.pad_length  # a padding slot's vector: its neighbour is its centre
+            vec = torch.cat([vec, padding], dim=1)
+        padded.append(vec)
+    merged.cached(("edge_vectors",), lambda: torch.cat(padded))
+    for cutoff in sub_cutoffs:
+        if merged.cutoff is None or float(cutoff) < merged.cutoff:
+            sub = _merge_rows([g.within(float(cutoff)) for g in graphs], merged.positions)
+            merged.cached(("within", float(cutoff)), lambda sub=sub: sub)
+    return merged
+
+
+def _merge_rows(graphs: Sequence[Graph], positions: torch.Tensor) -> Graph:
+    """:func:`merge_graphs` without the checks and sub-graphs; ``positions`` is the batch's (N, 3) tensor."""
+    width = max(int(g.neighbours.shape[1]) for g in graphs)
+    pad_length = graphs[0].pad_length
+    neighbours, masks, shifts, batches = [], [], [], []
+    atoms = structures = 0
+    for graph in graphs:
+        n, k = graph.neighbours.shape
+        rows = torch.arange(atoms, atoms + n)
+        row_neighbours = graph.neighbours + atoms
+        row_mask, row_shifts = graph.mask, graph.shifts
+        if k < width:
+            row_neighbours = torch.cat([row_neighbours, rows.unsqueeze(1).expand(n, width - k)], dim=1)
+            row_mask = torch.cat([row_mask, row_mask.new_zeros(n, width - k)], dim=1)
+            padding = row_shifts.new_zeros(n, width - k, 3)
+            padding[..., 0] = pad_length
+            row_shifts = torch.cat([row_shifts, padding], dim=1)
+        neighbours.append(row_neighbours)
+        masks.append(row_mask)
+        shifts.append(row_shifts)
+        batches.append(graph.batch + structures)
+        atoms += n
+        structures += graph.n_structures
+    return Graph(
+        positions=positions,
+        species=torch.cat([g.species for g in graphs]),
+        neighbours=torch.cat(neighbours),
+        mask=torch.cat(masks),
+        shifts=torch.cat(shifts),
+        batch=torch.cat(batches),
+        cells=torch.cat([g.cells for g in graphs]),
+        volumes=torch.cat([g.volumes for g in graphs]),
+        n_structures=structures,
+        pad_length=pad_length,
+        cutoff=graphs[0].cutoff,
+    )
