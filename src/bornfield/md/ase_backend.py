@@ -258,9 +258,12 @@ class ASEBackend(Backend):
         if self.dyn_kind == "nose_hoover_chain":
             metadata["nhc_eta"] = self.dyn._thermostat._eta.tolist()
             metadata["nhc_p_eta"] = self.dyn._thermostat._p_eta.tolist()
-        # the next steps use a neighbour list built here, as a run resumed from this checkpoint does
-        # (restore): the two continue bit for bit alike
+        # the next steps use a neighbour list built here and this step's forces evaluated on it, as a run
+        # resumed from this checkpoint does (restore): the two continue bit for bit alike, also when the
+        # forces come from a batch of replicas (whose padding follows the lists)
         self.calc.rebuild_neighbour_list(self.atoms)
+        self.calc.results = {}
+        self.atoms.get_forces()
         return arrays, metadata
 
     def restore(self, arrays: dict[str, np.ndarray], metadata: dict) -> None:
