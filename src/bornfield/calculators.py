@@ -106,6 +106,11 @@ class FieldCalculator(Calculator):
             list, rebuilt when an atom moved more than half of it or the cell changed;
             :class:`~bornfield.models.graph.VerletGraphs`); 0 = a fresh list at every
             evaluation. Results are the same to round-off either way.
+        evaluator: what evaluates the means (energy, forces, stress, Z) in place of
+            :func:`~bornfield.models.combined.evaluate_periodic`, called with the same
+            arguments and returning the same :class:`~bornfield.models.combined.StepResult`,
+            e.g. a :class:`bornfield.md.batching.ReplicaSlot` that batches replicas; None =
+            ``evaluate_periodic``. Committee statistics are always evaluated here.
     """
 
     implemented_properties = [
@@ -128,7 +133,7 @@ class FieldCalculator(Calculator):
 
     def __init__(self, potential: ModelSpec = None, born: ModelSpec = None, field=(0.0, 0.0, 0.0),
                  dtype: str = "float32", born_refresh_interval: int = 1, safety: SafetyLimits | None = None,
-                 neighbour_skin: float = DEFAULT_NEIGHBOUR_SKIN_A, **kwargs):
+                 neighbour_skin: float = DEFAULT_NEIGHBOUR_SKIN_A, evaluator=None, **kwargs):
         super().__init__(**kwargs)
         if dtype not in _DTYPES:
             raise ConfigError(f"FieldCalculator dtype must be one of {sorted(_DTYPES)} (got {dtype!r})")
@@ -144,6 +149,7 @@ class FieldCalculator(Calculator):
         if not float(neighbour_skin) >= 0.0:
             raise ConfigError(f"FieldCalculator neighbour_skin must be >= 0 Å (got {neighbour_skin!r})")
         self.graphs = verlet_graphs(self.potential, self.born, float(neighbour_skin))
+        self.evaluator = evaluator
         self.field = self._check_field(field)
         self.step = 0  # MD step of the next evaluation (for born_refresh_interval > 1)
         self.born_step = -1  # step at which cached_born was computed
@@ -229,8 +235,8 @@ class FieldCalculator(Calculator):
 
     def _evaluate_shared(self, structure, refresh: bool, stress: bool) -> tuple[dict, np.ndarray | None]:
         """Committee means of both models from one neighbour list; Z ASR-corrected (or None)."""
-        step = evaluate_periodic(self.potential, self.born, *structure, with_born=refresh, stress=stress,
-                                 graphs=self.graphs)
+        evaluate = evaluate_periodic if self.evaluator is None else self.evaluator.evaluate
+        step = evaluate(self.potential, self.born, *structure, with_born=refresh, stress=stress, graphs=self.graphs)
         results = {"energy": float(step.energy), "free_energy": float(step.energy), "forces": step.forces}
         if step.stress is not None:
             results["stress"] = full_3x3_to_voigt_6_stress(step.stress)

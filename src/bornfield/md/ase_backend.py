@@ -113,12 +113,15 @@ class ASEBackend(Backend):
         seed: replica seed; velocities and thermostat noise come from
             independent streams of ``np.random.SeedSequence(seed)``.
         committee: extra potentials used only for the uncertainty check.
+        evaluator: evaluates the models in place of ``evaluate_periodic`` (the
+            FieldCalculator's ``evaluator``, e.g. a
+            :class:`~bornfield.md.batching.ReplicaSlot` shared with other replicas); None = direct.
     """
 
     is_writer = True
 
     def __init__(self, atoms: Atoms, potential, born, settings: dict, schedule: FieldSchedule,
-                 temperature_K: float, seed: int, committee: Sequence = ()):
+                 temperature_K: float, seed: int, committee: Sequence = (), evaluator=None):
         self.settings = settings
         self.schedule = schedule
         self.temperature_K = float(temperature_K)
@@ -128,7 +131,8 @@ class ASEBackend(Backend):
         self.atoms.set_constraint(FixCom())
         self.safety = SafetyLimits.from_md_settings(settings)
         self.calc = FieldCalculator(potential, born, born_refresh_interval=settings["born_refresh_interval"],
-                                    safety=self.safety, neighbour_skin=settings["neighbour_skin_A"])
+                                    safety=self.safety, neighbour_skin=settings["neighbour_skin_A"],
+                                    evaluator=evaluator)
         self.atoms.calc = self.calc
         self.numbers = self.atoms.numbers.copy()
         self.masses = self.atoms.get_masses()

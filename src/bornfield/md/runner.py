@@ -3,8 +3,12 @@
 Layout: with W ranks in ``COMM_WORLD`` and R replicas, ``G = min(R, W)``
 replica groups of ``W / G`` ranks each are formed by ``Comm.Split`` (W must
 be divisible by G). Replica r runs on group ``r % G``; a group runs its
-replicas one after the other. Within a group the LAMMPS backend decomposes the
-cell over the group's ranks; the ASE backend needs groups of one rank.
+replicas one after the other, or, with the ASE backend and ``md.batch_replicas``,
+all at once in lockstep: one thread per replica, their model evaluations
+batched into one per MD step (:mod:`bornfield.md.batching`; each replica keeps
+its own files, checkpoints, checks and status). Within a group the LAMMPS
+backend decomposes the cell over the group's ranks; the ASE backend needs
+groups of one rank.
 A replica that blows up is marked failed and the others continue. Completed
 and failed replicas are not run again, except that a completed replica is
 extended from its final checkpoint when ``production_steps`` was increased.
@@ -13,7 +17,9 @@ extended from its final checkpoint when ``production_steps`` was increased.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -63,6 +69,113 @@ def replica_layout(world_size: int, n_replicas: int, backend: str) -> tuple[int,
     return groups, size
 
 
+def batch_replicas(settings: dict) -> bool:
+    """Whether the replicas of one rank run in lockstep with batched model evaluations (ASE backend only)."""
+    return settings["backend"] == "ase" and bool(settings.get("batch_replicas", False))
+
+
+@dataclass
+class _Job:
+    """A replica to run: its index, seed, start cell, directory and traj.h5 attributes."""
+
+    replica: int
+    seed: int
+    atoms: Atoms
+    directory: Path
+    attributes: dict
+
+
+def _prepare_replica(settings: dict, condition: MDCondition, outdir: Path, replica: int,
+                     start_cells: Sequence[Atoms], group_comm) -> _Job | dict:
+    """The replica's :class:`_Job`, or its status if it is completed or failed and not to be extended."""
+    replica_dir = outdir / f"replica_{replica}"
+    status_path = replica_dir / "status.json"
+    existing = None
+    if group_comm.Get_rank() == 0 and status_path.exists():
+        existing = read_json(status_path)
+    existing = group_comm.bcast(existing, root=0)
+    total_steps = int(settings["equilibration_steps"]) + int(settings["production_steps"])
+    extend = (existing is not None and existing.get("state") == "completed"
+              and int(existing.get("total_steps", 0)) < total_steps)
+    if existing is not None and existing.get("state") in ("completed", "failed") and not extend:
+        LOG.info("%s: already %s, skipped", replica_dir, existing["state"])
+        return existing
+    if extend:  # more production steps configured: continue from the final checkpoint
+        LOG.info("%s: extending from %s to %d steps", replica_dir, existing["total_steps"], total_steps)
+        if group_comm.Get_rank() == 0:
+            status_path.unlink()
+    seed = condition.seeds[replica]
+    atoms = start_cells[replica % len(start_cells)]
+    if group_comm.Get_rank() == 0:
+        LOG.info("%s: replica %d, seed %d, start cell %d (%d atoms)", condition.name, replica, seed,
+                 replica % len(start_cells), len(atoms))
+    attributes = {
+        "condition": condition.name,
+        "replica": replica,
+        "seed": seed,
+        "temperature_K": condition.temperature_K,
+        "ensemble": settings["ensemble"],
+        "backend": settings["backend"],
+        "start_cell_index": replica % len(start_cells),
+        "field_V_per_A": condition.field_V_per_A,
+        "field_schedule": settings["field_schedule"]["kind"],
+    }
+    return _Job(replica, seed, atoms, replica_dir, attributes)
+
+
+def _run_batched(jobs: Sequence[_Job], make_backend, make_runner, group_index: int) -> dict[int, dict]:
+    """Run ``jobs`` in one thread each, their model evaluations batched (:mod:`bornfield.md.batching`).
+
+    A replica that blows up is marked failed by its runner and its slot closed, so
+    the others go on. Any other exception in a replica thread closes its slot too;
+    the other replicas run to their end, then the first such exception (by replica
+    index) is raised. An exception in the calling thread (e.g. KeyboardInterrupt)
+    aborts the batch: every replica thread stops at its next model evaluation.
+
+    Returns:
+        {replica: status} of the replicas whose runner returned.
+    """
+    from bornfield.md.batching import BatchEvaluator
+
+    evaluator = BatchEvaluator()
+    slots = {job.replica: evaluator.slot() for job in jobs}  # all open before any thread submits
+    statuses: dict[int, dict] = {}
+    errors: dict[int, BaseException] = {}
+
+    def work(job: _Job, position: int) -> None:
+        backend = None
+        try:
+            backend = make_backend(job, slots[job.replica])
+            statuses[job.replica] = make_runner(job, backend, position).run()
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the calling thread
+            errors[job.replica] = exc
+        finally:
+            slots[job.replica].close()
+            if backend is not None:
+                backend.close()
+
+    threads = [threading.Thread(target=work, args=(job, group_index * len(jobs) + index),
+                                name=f"replica-{job.replica}", daemon=True)
+               for index, job in enumerate(jobs)]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            thread.join()
+    except BaseException:
+        evaluator.abort()
+        for thread in threads:
+            thread.join()
+        raise
+    LOG.info("%d batched model evaluations, %.2f replicas each", evaluator.batches,
+             evaluator.requests / max(evaluator.batches, 1))
+    if errors:
+        for replica in sorted(errors)[1:]:
+            LOG.error("replica %d raised %r", replica, errors[replica])
+        raise errors[min(errors)]
+    return statuses
+
+
 def run_condition(settings: dict, condition: MDCondition, outdir: Path, potential, born,
                   start_cells: Sequence[Atoms], committee: Sequence = (), comm=None,
                   progress: bool = True, model_files: dict | None = None) -> dict | None:
@@ -104,60 +217,42 @@ def run_condition(settings: dict, condition: MDCondition, outdir: Path, potentia
     schedule = FieldSchedule.from_settings(condition.field_V_per_A, settings)
     start = time.perf_counter()
     statuses: dict[int, dict] = {}
+    jobs: list[_Job] = []
     for replica in range(condition.replicas):
         if replica % n_groups != group_index:
             continue
-        replica_dir = outdir / f"replica_{replica}"
-        status_path = replica_dir / "status.json"
-        existing = None
-        if group_comm.Get_rank() == 0 and status_path.exists():
-            existing = read_json(status_path)
-        existing = group_comm.bcast(existing, root=0)
-        total_steps = int(settings["equilibration_steps"]) + int(settings["production_steps"])
-        extend = (existing is not None and existing.get("state") == "completed"
-                  and int(existing.get("total_steps", 0)) < total_steps)
-        if existing is not None and existing.get("state") in ("completed", "failed") and not extend:
-            LOG.info("%s: already %s, skipped", replica_dir, existing["state"])
-            statuses[replica] = existing
-            continue
-        if extend:  # more production steps configured: continue from the final checkpoint
-            LOG.info("%s: extending from %s to %d steps", replica_dir, existing["total_steps"], total_steps)
-            if group_comm.Get_rank() == 0:
-                status_path.unlink()
-        seed = condition.seeds[replica]
-        atoms = start_cells[replica % len(start_cells)]
-        if group_comm.Get_rank() == 0:
-            LOG.info("%s: replica %d, seed %d, start cell %d (%d atoms)", condition.name, replica, seed,
-                     replica % len(start_cells), len(atoms))
-        attributes = {
-            "condition": condition.name,
-            "replica": replica,
-            "seed": seed,
-            "temperature_K": condition.temperature_K,
-            "ensemble": settings["ensemble"],
-            "backend": backend_name,
-            "start_cell_index": replica % len(start_cells),
-            "field_V_per_A": condition.field_V_per_A,
-            "field_schedule": settings["field_schedule"]["kind"],
-        }
+        job = _prepare_replica(settings, condition, outdir, replica, start_cells, group_comm)
+        if isinstance(job, dict):  # already completed or failed
+            statuses[replica] = job
+        else:
+            jobs.append(job)
+
+    def make_backend(job: _Job, evaluator=None):
         if backend_name == "ase":
             from bornfield.md.ase_backend import ASEBackend
 
-            backend = ASEBackend(atoms, potential, born, settings, schedule,
-                                 condition.temperature_K, seed, committee=committee)
-        else:
-            from bornfield.md.lammps_backend import LammpsBackend
+            return ASEBackend(job.atoms, potential, born, settings, schedule, condition.temperature_K, job.seed,
+                              committee=committee, evaluator=evaluator)
+        from bornfield.md.lammps_backend import LammpsBackend
 
-            backend = LammpsBackend(atoms, potential, born, settings, schedule,
-                                    condition.temperature_K, seed, committee=committee,
-                                    comm=group_comm)
-        try:
-            runner = ReplicaRunner(backend, settings, replica_dir, attributes, condition.temperature_K,
-                                   group_comm=group_comm, progress=progress,
-                                   progress_position=group_index)
-            statuses[replica] = runner.run()
-        finally:
-            backend.close()
+        return LammpsBackend(job.atoms, potential, born, settings, schedule, condition.temperature_K, job.seed,
+                             committee=committee, comm=group_comm)
+
+    def make_runner(job: _Job, backend, position: int) -> ReplicaRunner:
+        return ReplicaRunner(backend, settings, job.directory, job.attributes, condition.temperature_K,
+                             group_comm=group_comm, progress=progress, progress_position=position)
+
+    if batch_replicas(settings) and len(jobs) > 1:
+        LOG.info("%s: %d replicas on this rank in lockstep, one batched model evaluation per step",
+                 condition.name, len(jobs))
+        statuses.update(_run_batched(jobs, make_backend, make_runner, group_index))
+    else:
+        for job in jobs:
+            backend = make_backend(job)
+            try:
+                statuses[job.replica] = make_runner(job, backend, group_index).run()
+            finally:
+                backend.close()
     # collect statuses from the group leaders
     local = statuses if group_comm.Get_rank() == 0 else {}
     gathered = comm.gather(local, root=0)
