@@ -71,7 +71,7 @@ def replica_layout(world_size: int, n_replicas: int, backend: str) -> tuple[int,
 
 def batch_replicas(settings: dict) -> bool:
     """Whether the replicas of one rank run in lockstep with batched model evaluations (ASE backend only)."""
-    return settings["backend"] == "ase" and bool(settings.get("batch_replicas", False))
+    return settings["backend"] == "ase" and bool(settings["batch_replicas"])
 
 
 @dataclass
