@@ -35,6 +35,8 @@ HEADLINE = {
     "asr_residual_max_e",
     "nve_energy_rms_over_kinetic_rms",
     "nve_energy_drift_meV_per_atom_ps",
+    "md_replica_step_cpu_ms_median",
+    "replica_batch_speedup",
 }
 
 
