@@ -227,6 +227,26 @@ def test_zero_field_uses_reference_axis_and_hypothetical_unit_field(tmp_path, se
     np.testing.assert_allclose(li["msd"]["total_per_direction"]["value"], total / 3)
 
 
+def test_replicas_may_start_from_different_cells_of_the_same_atoms(tmp_path, settings):
+    import h5py
+
+    write_synthetic_condition(tmp_path / "c", n_replicas=3, n_frames=100, n_formula_units=4)
+    with h5py.File(tmp_path / "c/replica_0/traj.h5") as traj:
+        volume = abs(np.linalg.det(traj["cell"][:]))
+    with h5py.File(tmp_path / "c/replica_2/traj.h5", "r+") as traj:  # an independently quenched, denser cell
+        traj["cell"][...] = traj["cell"][:] * 0.97
+    record = analyze_condition(tmp_path / "c", settings)
+    volumes = record["system"]["volume_per_replica_A3"]
+    assert volumes[:2] == pytest.approx([volume, volume]) and volumes[2] == pytest.approx(0.97**3 * volume)
+    assert record["system"]["volume_A3"] == pytest.approx(np.mean(volumes))
+    assert any("different cells" in note for note in record["notes"])
+    with h5py.File(tmp_path / "c/replica_2/traj.h5", "r+") as traj:  # other atoms: not one system
+        numbers = traj["numbers"][:]
+        traj["numbers"][...] = numbers[::-1]
+    with pytest.raises(InputFileError, match="replica_2.*atoms or masses differ"):
+        analyze_condition(tmp_path / "c", settings)
+
+
 def test_failed_and_incomplete_replicas_are_not_used(tmp_path, settings):
     write_synthetic_condition(tmp_path / "c", n_replicas=4, n_frames=100, failed_replicas=[1], n_formula_units=4)
     (tmp_path / "c/replica_3/status.json").unlink()  # still running / killed

@@ -80,21 +80,17 @@ def _constant_field(trajectories: list[Trajectory]) -> np.ndarray:
 
 
 def _check_same_system(trajectories: list[Trajectory]) -> None:
+    """Every replica holds the same atoms (species and masses, in the same order).
+
+    The cells may differ: replicas can start from independent cells of one phase (e.g. several
+    melt-quenched amorphous cells); the record then gives the mean volume and each replica's.
+    """
     first = trajectories[0]
     for other in trajectories[1:]:
-        if not (
-            np.array_equal(first.numbers, other.numbers)
-            and np.allclose(first.masses, other.masses)
-            and np.allclose(first.cell, other.cell)
-        ):
+        if not (np.array_equal(first.numbers, other.numbers) and np.allclose(first.masses, other.masses)):
             raise InputFileError(
-                f"{other.path}: atoms, masses or cell differ from {first.path}; replicas of one "
-                "condition must simulate the same system"
-            )
-        if not math.isclose(first.frame_interval_fs, other.frame_interval_fs, rel_tol=1e-9):
-            raise InputFileError(
-                f"{other.path}: frame interval {other.frame_interval_fs} fs differs from "
-                f"{first.frame_interval_fs} fs in {first.path}"
+                f"{other.path}: atoms or masses differ from {first.path}; replicas of one "
+                "condition must simulate the same atoms in the same order"
             )
 
 
@@ -356,6 +352,10 @@ def analyze_replicas(replicas: ReplicaSet, settings: dict) -> dict:
     ]
     record["replicas"]["used"] = [str(t.path) for t in trajectories]
     _check_same_system(trajectories)
+    volumes = [t.volume_A3 for t in trajectories]
+    if max(volumes) - min(volumes) > 1e-6 * max(volumes):
+        notes.append(f"replicas start from different cells (volumes {min(volumes):.1f}–{max(volumes):.1f} Å³); "
+                     "number densities use the mean volume")
     n_frames = min(t.n_frames for t in trajectories)
     if any(t.n_frames != n_frames for t in trajectories):
         notes.append(f"replica lengths differ ({[t.n_frames for t in trajectories]} frames); all truncated to {n_frames}")
@@ -421,7 +421,8 @@ def analyze_replicas(replicas: ReplicaSet, settings: dict) -> dict:
             "com_reference": "positions relative to the mass-weighted centre of mass of the whole cell, frame by frame",
             "system": {
                 "n_atoms": first.n_atoms,
-                "volume_A3": first.volume_A3,
+                "volume_A3": float(np.mean(volumes)),
+                "volume_per_replica_A3": volumes,
                 "counts": {s: int((first.numbers == atomic_numbers[s]).sum()) for s in dict.fromkeys(first.symbols)},
                 "thermal_energy_eV": kT,
                 "temperature_measured_K": thermo,
