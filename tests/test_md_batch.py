@@ -239,23 +239,14 @@ def test_blown_up_replicas_fail_alone(tmp_path, models, monkeypatch):
     assert trajectory(out, 2).shape[0] == 7
 
 
-def test_batched_run_resumes_from_its_checkpoints(tmp_path, models, monkeypatch):
-    from bornfield.md import ase_backend
-
+def test_batched_run_resumes_from_its_checkpoints(tmp_path, models, kill_md_at_step):
     settings = md_settings(True, production_steps=40)
     reference, whole = run(tmp_path, settings, models, "whole")
-    original = ase_backend.ASEBackend.advance
-
-    def killed(self, n_steps):
-        if self.step >= 25:
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, n_steps)
-
-    monkeypatch.setattr(ase_backend.ASEBackend, "advance", killed)
+    disarm = kill_md_at_step(25)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, settings, models, "resumed")
     assert not (tmp_path / "resumed" / "replica_0" / "status.json").exists()
-    monkeypatch.setattr(ase_backend.ASEBackend, "advance", original)
+    disarm()
     summary, resumed = run(tmp_path, settings, models, "resumed")
     assert summary["replicas_completed"] == reference["replicas_completed"] == 3
     for replica in range(3):

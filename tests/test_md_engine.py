@@ -217,29 +217,19 @@ def test_replicas_differ_and_same_seed_reproduces(tmp_path):
 
 
 @pytest.mark.parametrize("ensemble", ["bussi", "nose_hoover_chain"])
-def test_checkpoint_restart_continues_identically(tmp_path, monkeypatch, ensemble):
+def test_checkpoint_restart_continues_identically(tmp_path, kill_md_at_step, ensemble):
     settings = make_settings(ensemble=ensemble, equilibration_steps=20, production_steps=130,
                              output={"checkpoint_interval": 40, "trajectory_stride": 10},
                              born_refresh_interval=3)
     reference_summary, reference = run(tmp_path, settings, name="reference")
-
-    from bornfield.md import ase_backend
-
-    original = ase_backend.ASEBackend.advance
-
-    def killed(self, n_steps):
-        if self.step >= 95:
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, n_steps)
-
-    monkeypatch.setattr(ase_backend.ASEBackend, "advance", killed)
+    disarm = kill_md_at_step(95)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, settings, name="restarted")
     replica = tmp_path / "restarted" / "replica_0"
     assert not (replica / "status.json").exists()
     with h5py.File(replica / "traj.h5") as traj:  # readable after the kill
         assert traj["step"][-1] >= 80
-    monkeypatch.setattr(ase_backend.ASEBackend, "advance", original)
+    disarm()
     summary, restarted = run(tmp_path, settings, name="restarted")
     assert summary["replicas_completed"] == 1
     with h5py.File(reference / "replica_0" / "traj.h5") as a, h5py.File(restarted / "replica_0" / "traj.h5") as b:
