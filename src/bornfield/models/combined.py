@@ -257,7 +257,7 @@ def evaluate_periodic_batch(
         results.append(StepResult(
             float(sites[start:stop].sum()), forces[start:stop],
             stress_value[index] if stress and periodic[index] else None,
-            born_raw[start:stop] if born_raw is not None and wanted[index] and born is not None else None,
+            born_raw[start:stop] if born_raw is not None and wanted[index] else None,
             sites[start:stop]))
         start = stop
     return results

@@ -599,7 +599,6 @@ class VerletGraphs:
         return full
 
 
-
 def merge_graphs(graphs: Sequence[Graph], sub_cutoffs: Sequence[float] = ()) -> Graph:
     """One batch graph of the structures of ``graphs`` (e.g. the :class:`VerletGraphs` graphs of MD replicas).
 
@@ -635,15 +634,10 @@ def merge_graphs(graphs: Sequence[Graph], sub_cutoffs: Sequence[float] = ()) -> 
             raise ValueError("merge_graphs: the graphs differ in dtype, padding length or cutoff")
     merged = _merge_rows(graphs, torch.cat([g.positions for g in graphs]))
     # the inputs' edge vectors (VerletGraphs computed them already), padded: the same numbers as recomputing
-    vectors = [g.inference_edge_vectors() for g in graphs]
+    # (a padding slot's neighbour is its centre, so its vector is its shift)
     width = merged.neighbours.shape[1]
-    padded = []
-    for vec in vectors:
-        if vec.shape[1] < width:
-            padding = vec.new_zeros(vec.shape[0], width - vec.shape[1], 3)
-            padding[..., 0] = merged.pad_length  # a padding slot's vector: its neighbour is its centre
-            vec = torch.cat([vec, padding], dim=1)
-        padded.append(vec)
+    pad_vector = torch.tensor([merged.pad_length, 0.0, 0.0])
+    padded = [_widen(g.inference_edge_vectors(), width, pad_vector) for g in graphs]
     merged.cached(("edge_vectors",), lambda: torch.cat(padded))
     for cutoff in sub_cutoffs:
         if merged.cutoff is None or float(cutoff) < merged.cutoff:
@@ -656,22 +650,15 @@ def _merge_rows(graphs: Sequence[Graph], positions: torch.Tensor) -> Graph:
     """:func:`merge_graphs` without the checks and sub-graphs; ``positions`` is the batch's (N, 3) tensor."""
     width = max(int(g.neighbours.shape[1]) for g in graphs)
     pad_length = graphs[0].pad_length
+    pad_shift = torch.tensor([pad_length, 0.0, 0.0])
     neighbours, masks, shifts, batches = [], [], [], []
     atoms = structures = 0
     for graph in graphs:
-        n, k = graph.neighbours.shape
-        rows = torch.arange(atoms, atoms + n)
-        row_neighbours = graph.neighbours + atoms
-        row_mask, row_shifts = graph.mask, graph.shifts
-        if k < width:
-            row_neighbours = torch.cat([row_neighbours, rows.unsqueeze(1).expand(n, width - k)], dim=1)
-            row_mask = torch.cat([row_mask, row_mask.new_zeros(n, width - k)], dim=1)
-            padding = row_shifts.new_zeros(n, width - k, 3)
-            padding[..., 0] = pad_length
-            row_shifts = torch.cat([row_shifts, padding], dim=1)
-        neighbours.append(row_neighbours)
-        masks.append(row_mask)
-        shifts.append(row_shifts)
+        n = graph.neighbours.shape[0]
+        own_atoms = torch.arange(atoms, atoms + n).unsqueeze(1)  # a padding slot's neighbour: its centre
+        neighbours.append(_widen(graph.neighbours + atoms, width, own_atoms))
+        masks.append(_widen(graph.mask, width, torch.tensor(False)))
+        shifts.append(_widen(graph.shifts, width, pad_shift))
         batches.append(graph.batch + structures)
         atoms += n
         structures += graph.n_structures
@@ -688,3 +675,11 @@ def _merge_rows(graphs: Sequence[Graph], positions: torch.Tensor) -> Graph:
         pad_length=pad_length,
         cutoff=graphs[0].cutoff,
     )
+
+
+def _widen(rows: torch.Tensor, width: int, fill: torch.Tensor) -> torch.Tensor:
+    """``rows`` (n, k, ...) with columns appended up to ``width``, holding ``fill`` broadcast to (n, width − k, ...)."""
+    n, k = rows.shape[:2]
+    if k >= width:
+        return rows
+    return torch.cat([rows, torch.broadcast_to(fill.to(rows.dtype), (n, width - k, *rows.shape[2:]))], dim=1)
