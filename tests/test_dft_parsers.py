@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from ase.io import read
 
-from bornfield.dft.parsers import read_ph_output, read_pw_output, read_tensors_xml
+from bornfield.dft.parsers import read_ph_output, read_program_times, read_pw_output, read_tensors_xml
 from bornfield.dft.qc import QCThresholds, run_gates
 from bornfield.errors import InputFileError
 
@@ -157,3 +157,15 @@ def test_truncated_pw_output_raises(tmp_path, qe_dir):
     (tmp_path / "pw.out").write_text(text[: text.index("convergence has been achieved")])
     with pytest.raises(InputFileError, match="no usable SCF labels"):
         read_pw_output(tmp_path / "pw.out")
+
+
+def test_program_times_from_real_outputs(data_dir):
+    beta = data_dir / "qe" / "beta_rattled16"
+    assert read_program_times((beta / "pw.out").read_text()) == pytest.approx((27.22, 90.27))
+    assert read_program_times((beta / "ph.out").read_text(), "PHONON") == pytest.approx((233.60, 670.49))
+    # hours: "1h24m CPU      2h 8m WALL"
+    assert read_program_times((data_dir / "qe" / "vcrelax_beta" / "pw.out").read_text()) == pytest.approx((5040.0, 7680.0))
+    # a run killed before its summary line
+    text = (beta / "pw.out").read_text()
+    assert read_program_times(text[: text.index("PWSCF        :")]) is None
+    assert read_program_times(text, "PHONON") is None

@@ -308,8 +308,12 @@ def test_finite_field_results_are_stored_once_beside_the_ledger(tmp_path, pseudo
     assert {r["species"] for r in records if "species" in r} == {"Li", "O"}
     assert main(["ledger", "status", "--ledger", str(ledger.root), "--report-json", str(tmp_path / "status.json")]) == 0
     assert json.loads((tmp_path / "status.json").read_text())["efield"]["results"] == [request.name]
-    # a stored result makes the next estimate use the measured cost ratio
-    assert estimate(ledger, request, 1)["cost_ratio_source"].startswith("measured")
+    # a stored result makes the next estimate use the measured cost ratio: the median over the three
+    # runs of CPU core-s per k point against the entry's SCF (Li2O: 5.50 s / 12 k; runs 3.73, 10.65, 17.69 s / 16 k)
+    plan = estimate(ledger, request, 1)
+    assert plan["cost_ratio_source"].startswith("measured")
+    assert plan["cost_ratio"] == pytest.approx((10.65 / 16) / (5.50 / 12), abs=1e-3)
+    assert plan["core_s"] == pytest.approx(3 * 5.50 / 12 * np.prod(plan["kpoints"]) * plan["cost_ratio"], rel=1e-3)
 
 
 def test_refused_entries_and_failed_runs_store_nothing(tmp_path, pseudo, fake_qe, monkeypatch):

@@ -323,3 +323,28 @@ def read_berry_field(path: str | Path) -> np.ndarray | None:
     if match is None:
         return None
     return np.array([float(v.replace("D", "E").replace("d", "e")) for v in match.groups()])
+
+
+_PROGRAM_TIME_RE = re.compile(r"^\s*(PWSCF|PHONON)\s*:\s*(.+?)\s+CPU\s+(.+?)\s+WALL\s*$", re.MULTILINE)
+_DURATION_RE = re.compile(r"^(?:(\d+)h\s*)?(?:(\d+)m\s*)?(?:([\d.]+)s)?$")
+
+
+def _qe_duration_s(text: str) -> float | None:
+    """Seconds of a QE duration such as ``27.22s``, ``4m 0.76s`` or ``1h24m``."""
+    match = _DURATION_RE.match(text.strip())
+    if match is None or not any(match.groups()):
+        return None
+    hours, minutes, seconds = match.groups()
+    return 3600.0 * int(hours or 0) + 60.0 * int(minutes or 0) + float(seconds or 0.0)
+
+
+def read_program_times(text: str, program: str = "PWSCF") -> tuple[float, float] | None:
+    """(CPU s, wall s) of the last ``PWSCF :`` (or ``PHONON :``) summary line of a QE output text.
+
+    The CPU time is that of the first MPI rank; None when the run printed no summary line.
+    """
+    found = [m for m in _PROGRAM_TIME_RE.finditer(text) if m.group(1) == program]
+    if not found:
+        return None
+    cpu, wall = (_qe_duration_s(found[-1].group(i)) for i in (2, 3))
+    return None if cpu is None or wall is None else (cpu, wall)

@@ -39,7 +39,7 @@ from bornfield.dft.efield import (
     species_metrics, string_index, zener_drop_eV,
 )
 from bornfield.dft.inputs import kpoint_mesh
-from bornfield.dft.parsers import read_berry_field
+from bornfield.dft.parsers import read_berry_field, read_program_times
 from bornfield.dft.runner import DFTJob, RunnerOptions, launch_prefix
 from bornfield.errors import BornfieldError, ConfigError, InputFileError
 from bornfield.ledger.labeller import JobClaim, provision_checked
@@ -114,30 +114,38 @@ def results_dir(ledger: Ledger) -> Path:
     return ledger.root / EFIELD_DIR
 
 
+def _pw_core_s_per_k(text: str, ranks: int, where: Path) -> float:
+    """Core-seconds per k point of one pw.x output: its CPU time (not wall, which a shared machine
+    inflates) times the ranks, over the k points it ran."""
+    times = read_program_times(text)
+    match = re.search(r"number of k points=\s*(\d+)", text)
+    if times is None or match is None or times[0] <= 0:
+        raise InputFileError(f"{where}: no pw.x CPU time or k-point count to scale an estimate")
+    return times[0] * max(int(ranks or 1), 1) / int(match.group(1))
+
+
 def _entry_pw_core_s_per_k(ledger: Ledger, dft_id: str, status: dict) -> float:
-    """Measured core-seconds per irreducible k point of the entry's pw.x SCF."""
-    core_s = sum(a.get("wall_s", 0.0) for a in status.get("attempts", []) if a.get("program") == "pw.x")
-    core_s *= status.get("ranks", 1)
-    match = re.search(r"number of k points=\s*(\d+)", ledger.archived_text(dft_id, "pw.out"))
-    if match is None or core_s <= 0:
-        raise InputFileError(f"{ledger.entries_dir / dft_id}: no pw.x wall time or k-point count to scale an estimate")
-    return core_s / int(match.group(1))
+    """Core-seconds per irreducible k point of the entry's pw.x SCF."""
+    return _pw_core_s_per_k(ledger.archived_text(dft_id, "pw.out"), status.get("ranks"),
+                            ledger.entries_dir / dft_id / "qe.tar.xz")
 
 
 def _measured_ratio(ledger: Ledger) -> float | None:
     """Median over stored finite-field runs of (core-s per k point) / (entry pw.x core-s per k point)."""
     ratios = []
-    for status in result_statuses(ledger):
-        per_k = status["estimate"]["entry_pw_core_s_per_k"]
-        n_k = int(np.prod(status["kpoints"]))
-        if per_k <= 0:
-            continue
-        ratios += [run["wall_time_s"] * status["ranks"] / n_k / per_k for run in status["runs"].values()]
+    for path in _result_dirs(ledger):
+        status = json.loads((path / "status.json").read_text(encoding="utf-8"))
+        entry_status = json.loads((ledger.entries_dir / status["dft_id"] / "status.json").read_text(encoding="utf-8"))
+        entry_per_k = _entry_pw_core_s_per_k(ledger, status["dft_id"], entry_status)
+        with tarfile.open(path / "qe.tar.xz", "r:xz") as tar:
+            for tag, _ in RUNS:
+                text = tar.extractfile(f"{tag}/pw.out").read().decode("utf-8", errors="replace")
+                ratios.append(_pw_core_s_per_k(text, status["ranks"], path / "qe.tar.xz" / tag) / entry_per_k)
     return float(np.median(ratios)) if ratios else None
 
 
 def estimate(ledger: Ledger, request: EfieldRequest, ranks: int) -> dict:
-    """Wall-time estimate of the three runs: the entry's measured pw.x core-seconds per k point,
+    """Wall-time estimate of the three runs: the entry's pw.x CPU core-seconds per k point,
     times the finite-field mesh (full, no symmetry), times the lelfield cost ratio (measured on
     stored finite-field runs when there are some, else :data:`LELFIELD_COST_RATIO`)."""
     structure, _, status = dfpt_entry(ledger, request.dft_id)
