@@ -325,3 +325,45 @@ def test_completed_replica_is_extended_when_production_grows(tmp_path):
     with h5py.File(out / "replica_0" / "traj.h5") as a, h5py.File(reference / "replica_0" / "traj.h5") as b:
         assert np.array_equal(a["step"][:], b["step"][:])
         assert np.abs(a["positions"][:] - b["positions"][:]).max() < 1e-10
+
+
+def test_replica_of_other_models_or_start_cell_restarts_never_resumes(tmp_path, caplog):
+    settings = make_settings(ensemble="bussi", production_steps=40, output={"checkpoint_interval": 20})
+    condition = expand_conditions(settings)[0]
+    out = tmp_path / "cond"
+
+    def files(tag):
+        return {"potentials": [{"file": "p.pt", "sha256": tag * 64}], "born": {"file": "b.pt", "sha256": "b" * 64}}
+
+    def go(potential, model_files, cell=None, directory=out):
+        return run_condition(settings, condition, directory, potential, EnvironmentBorn(cutoff=3.5),
+                             [cell or fcc_cell(3)], progress=False, model_files=model_files)
+
+    def final_positions(directory):
+        with h5py.File(directory / "replica_0" / "traj.h5") as traj:
+            return traj["positions"][-1]
+
+    soft, stiff = MorsePotential(cutoff=4.0), MorsePotential(depth=0.8, cutoff=4.0)
+    go(soft, files("a"))
+    identity = json.loads((out / "replica_0" / "identity.json").read_text())
+    assert identity["models"]["potentials"] == ["a" * 64] and identity["seed"] == condition.seeds[0]
+    # same identity: the completed replica is kept, not run again
+    calls = soft.calls
+    go(soft, files("a"))
+    assert soft.calls == calls
+    # retrained model (other sha256): the old trajectory is removed and the replica runs from step 0
+    caplog.clear()
+    summary = go(stiff, files("c"))
+    assert "made with other models" in caplog.text and summary["replicas_completed"] == 1
+    go(stiff, files("c"), directory=tmp_path / "fresh")
+    np.testing.assert_array_equal(final_positions(out), final_positions(tmp_path / "fresh"))
+    # another start cell restarts it too; so does a directory from before identities were recorded
+    moved = fcc_cell(3)
+    moved.positions[0] += 0.05
+    caplog.clear()
+    go(stiff, files("c"), cell=moved)
+    assert "made with other start_cell_sha256" in caplog.text
+    (out / "replica_0" / "identity.json").unlink()
+    caplog.clear()
+    go(stiff, files("c"), cell=moved)
+    assert "made before run identities were recorded" in caplog.text

@@ -12,11 +12,18 @@ groups of one rank.
 A replica that blows up is marked failed and the others continue. Completed
 and failed replicas are not run again, except that a completed replica is
 extended from its final checkpoint when ``production_steps`` was increased.
+Each replica directory records the identity of its run (``identity.json``: model
+file hashes, start cell, seed, condition and the settings that shape the
+trajectory); a directory made under another identity is stale and restarts from
+step 0, so a retrained model or a new start cell never resumes old data.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -74,6 +81,53 @@ def batch_replicas(settings: dict) -> bool:
     return settings["backend"] == "ase" and bool(settings["batch_replicas"])
 
 
+IDENTITY_NAME = "identity.json"
+#: md settings that shape a replica's trajectory (production_steps may grow: the run is extended)
+TRAJECTORY_SETTINGS = ("backend", "born_refresh_interval", "ensemble", "equilibration_steps", "field_schedule",
+                       "lammps", "nose_hoover_chain_length", "output", "safety", "thermostat_time_constant_fs",
+                       "timestep_fs")
+
+
+def replica_identity(settings: dict, condition: MDCondition, replica: int, atoms: Atoms,
+                     model_files: dict | None) -> dict:
+    """What a replica's trajectory depends on, as a JSON-able dict with its ``digest``.
+
+    Model files count by content (sha256), the start cell by its numbers, positions and cell.
+    """
+    cell = hashlib.sha256()
+    for array in (atoms.numbers.astype(np.int64), atoms.positions.astype(np.float64), atoms.cell.array.astype(np.float64)):
+        cell.update(np.ascontiguousarray(array).tobytes())
+    models = None
+    if model_files is not None:
+        models = {"potentials": [m["sha256"] for m in model_files["potentials"]], "born": model_files["born"]["sha256"]}
+    body = {
+        "models": models,
+        "start_cell_sha256": cell.hexdigest(),
+        "seed": int(condition.seeds[replica]),
+        "temperature_K": condition.temperature_K,
+        "field_V_per_A": [float(v) for v in condition.field_V_per_A],
+        "settings": {key: settings.get(key) for key in TRAJECTORY_SETTINGS},
+    }
+    text = json.dumps(body, sort_keys=True, default=str)
+    return {"digest": hashlib.sha256(text.encode()).hexdigest()[:16], **json.loads(text)}
+
+
+def _stale_reason(replica_dir: Path, identity: dict) -> str | None:
+    """Why the files in ``replica_dir`` are not of this run, or None (same run, or nothing there)."""
+    if not replica_dir.is_dir() or not any(replica_dir.iterdir()):
+        return None
+    path = replica_dir / IDENTITY_NAME
+    if not path.exists():
+        return f"no {IDENTITY_NAME} (made before run identities were recorded)"
+    recorded = read_json(path)
+    if recorded.get("digest") == identity["digest"]:
+        return None
+    changed = [key for key in identity if key not in ("digest", "settings") and recorded.get(key) != identity[key]]
+    changed += [f"md.{key}" for key in TRAJECTORY_SETTINGS
+                if recorded.get("settings", {}).get(key) != identity["settings"].get(key)]
+    return f"made with other {', '.join(changed) or 'inputs'}"
+
+
 @dataclass
 class _Job:
     """A replica to run: its index, seed, start cell, directory and traj.h5 attributes."""
@@ -86,13 +140,25 @@ class _Job:
 
 
 def _prepare_replica(settings: dict, condition: MDCondition, outdir: Path, replica: int,
-                     start_cells: Sequence[Atoms], group_comm) -> _Job | dict:
-    """The replica's :class:`_Job`, or its status if it is completed or failed and not to be extended."""
+                     start_cells: Sequence[Atoms], group_comm, model_files: dict | None = None) -> _Job | dict:
+    """The replica's :class:`_Job`, or its status if it is completed or failed and not to be extended.
+
+    Files of another run identity (:func:`replica_identity`) are removed first: the replica restarts.
+    """
     replica_dir = outdir / f"replica_{replica}"
     status_path = replica_dir / "status.json"
+    atoms = start_cells[replica % len(start_cells)]
+    identity = replica_identity(settings, condition, replica, atoms, model_files)
     existing = None
-    if group_comm.Get_rank() == 0 and status_path.exists():
-        existing = read_json(status_path)
+    if group_comm.Get_rank() == 0:
+        stale = _stale_reason(replica_dir, identity)
+        if stale is not None:
+            LOG.warning("%s: %s; its files are removed and the replica restarts from step 0", replica_dir, stale)
+            shutil.rmtree(replica_dir)
+        replica_dir.mkdir(parents=True, exist_ok=True)
+        write_json(replica_dir / IDENTITY_NAME, identity)
+        if status_path.exists():
+            existing = read_json(status_path)
     existing = group_comm.bcast(existing, root=0)
     total_steps = int(settings["equilibration_steps"]) + int(settings["production_steps"])
     extend = (existing is not None and existing.get("state") == "completed"
@@ -105,7 +171,6 @@ def _prepare_replica(settings: dict, condition: MDCondition, outdir: Path, repli
         if group_comm.Get_rank() == 0:
             status_path.unlink()
     seed = condition.seeds[replica]
-    atoms = start_cells[replica % len(start_cells)]
     if group_comm.Get_rank() == 0:
         LOG.info("%s: replica %d, seed %d, start cell %d (%d atoms)", condition.name, replica, seed,
                  replica % len(start_cells), len(atoms))
@@ -221,7 +286,7 @@ def run_condition(settings: dict, condition: MDCondition, outdir: Path, potentia
     for replica in range(condition.replicas):
         if replica % n_groups != group_index:
             continue
-        job = _prepare_replica(settings, condition, outdir, replica, start_cells, group_comm)
+        job = _prepare_replica(settings, condition, outdir, replica, start_cells, group_comm, model_files)
         if isinstance(job, dict):  # already completed or failed
             statuses[replica] = job
         else:
