@@ -62,6 +62,30 @@ def test_list_prints_condition_names():
     assert out == ["fcc_T300K_E0.1_u0_0.7071_0.7071"]
 
 
+def test_list_pending_in_names_missing_and_stale_analysis_records(campaign, tmp_path):
+    from bornfield.models.io import file_sha256
+
+    two = json.loads(settings("ase", sweep={"phases": ["fcc"], "temperatures_K": [300.0], "field_strengths_V_per_A": [0.0, 0.1],
+                                            "field_directions": ["x"], "replicas": 1}))
+    two = json.dumps({**two, "results_dir": str(campaign)})
+    names = bornfield("md", "list", "--settings", two).stdout.split()
+    assert names == ["fcc_T300K_E0_none", "fcc_T300K_E0.1_x"]
+    models = campaign / "models" / "gen0"
+    current = {"potentials": [{"file": "p", "sha256": file_sha256(models / f"potential_{i}.pt")} for i in range(2)],
+               "born": {"file": "b", "sha256": file_sha256(models / "born_0.pt")}}
+    analysis = tmp_path / "analysis"
+    analysis.mkdir()
+    (analysis / f"{names[0]}.json").write_text(json.dumps({"md_run": {"models": current}}))
+    pending = bornfield("md", "list", "--settings", two, "--pending-in", str(analysis))
+    assert pending.stdout.split() == [names[1]]
+    # a record made with a retrained Born model is listed again, with the reason on stderr
+    retrained = {**current, "born": {"file": "b", "sha256": "0" * 64}}
+    (analysis / f"{names[1]}.json").write_text(json.dumps({"md_run": {"models": retrained}}))
+    (analysis / f"{names[0]}.json").write_text(json.dumps({"md_run": {"models": retrained}}))
+    pending = bornfield("md", "list", "--settings", two, "--pending-in", str(analysis))
+    assert pending.stdout.split() == names and "made with other model files" in pending.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.mpi
 def test_run_with_model_files_ase_then_lammps_two_ranks(campaign, tmp_path):

@@ -588,7 +588,9 @@ COMMAND_KEYS: dict[str, Callable[..., tuple[str, ...]] | tuple[str, ...]] = {
     "train explore": ("seed", "train.threads", "train.active_learning.exploration"),
     "train select": ("train.active_learning.select_per_generation", "train.active_learning.score",
                      "train.active_learning.min_frame_gap"),
-    "md list": ("md.seed", "md.sweep", "md.extra_conditions"),
+    # --pending-in compares analysis records with the configured model files
+    "md list": ("md.seed", "md.sweep", "md.extra_conditions", "results_dir", "md.models", "md.model_generation",
+                "md.committee_size"),
     # the condition itself, as a one-condition sweep (see command_settings); the model
     # files, start cells and output directory come from --potential/--born/--structures/--output-dir when given
     "md run": lambda condition, inputs_given: _MD_DYNAMICS + (

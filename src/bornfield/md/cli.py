@@ -28,11 +28,30 @@ LOG = logging.getLogger(__name__)
 
 
 def model_paths(results_dir: Path, settings: dict) -> tuple[list[Path], Path]:
-    """(potential files of the committee, Born model file) for the configured generation
-    (resolved ``md`` settings: ``model_generation`` is a number)."""
-    directory = Path(results_dir) / "models" / f"gen{settings['model_generation']}"
+    """(potential files of the committee, Born model file): the model set ``md.models`` if given,
+    else the configured generation of this campaign (resolved ``md`` settings)."""
+    directory = Path(settings["models"]) if settings.get("models") else (
+        Path(results_dir) / "models" / f"gen{settings['model_generation']}")
     potentials = [directory / f"potential_{i}.pt" for i in range(settings["committee_size"])]
     return potentials, directory / "born_0.pt"
+
+
+def stale_analysis_reason(record_path: Path, potential_files: list[Path], born_file: Path) -> str | None:
+    """Why an analysis record is not of the current model files (sha256), or None if it is,
+    or if the model files do not exist yet (nothing to compare with)."""
+    from bornfield.models.io import file_sha256
+
+    if not all(p.exists() for p in [*potential_files, born_file]):
+        return None
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    models = (record.get("md_run") or {}).get("models")
+    if models is None:
+        return "its MD run recorded no model files"
+    recorded = ([m["sha256"] for m in models["potentials"]], models["born"]["sha256"])
+    current = ([file_sha256(p) for p in potential_files], file_sha256(born_file))
+    if recorded != current:
+        return f"made with other model files (born sha256 {recorded[1][:12]}, now {current[1][:12]})"
+    return None
 
 
 def start_cells_path(results_dir: Path, phase: str) -> Path:
@@ -40,8 +59,23 @@ def start_cells_path(results_dir: Path, phase: str) -> Path:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args, "md list").md
-    for condition in expand_conditions(settings):
+    full = settings_from_args(args, "md list")
+    settings = full.md
+    conditions = expand_conditions(settings)
+    if args.pending_in:
+        potential_files, born_file = model_paths(Path(full.results_dir), settings)
+        pending = []
+        for condition in conditions:
+            record = Path(args.pending_in) / f"{condition.name}.json"
+            if not record.exists():
+                pending.append(condition)
+                continue
+            stale = stale_analysis_reason(record, potential_files, born_file)
+            if stale is not None:
+                LOG.warning("%s: %s; the condition is listed to run again", record, stale)
+                pending.append(condition)
+        conditions = pending
+    for condition in conditions:
         if args.json:
             print(json.dumps(condition.to_dict(), sort_keys=True))
         else:
@@ -112,6 +146,9 @@ def register(subparsers) -> None:
     listing = sub.add_parser("list", help="print the condition names of the md section")
     add_settings_arguments(listing)
     listing.add_argument("--json", action="store_true", help="print one JSON object per condition instead of its name")
+    listing.add_argument("--pending-in", metavar="ANALYSIS_DIR",
+                         help="list only the conditions whose analysis record in this directory is missing or was "
+                              "made with other model files than the configured ones (default: every condition)")
     listing.set_defaults(func=run_list)
 
     run = sub.add_parser("run", help="run all replicas of one condition (MPI-aware)")
