@@ -18,10 +18,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
+
+from bornfield.atomic import write_json
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -105,9 +106,7 @@ def main() -> int:
                 "std": (sum((v - sum(values) / len(values)) ** 2 for v in values) / max(1, len(values) - 1)) ** 0.5}
     recs = records(report, source + (f"; {args.note}" if args.note else ""))
     out = RESULTS / f"{NAME}.json"
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(recs, indent=2) + "\n")
-    os.replace(tmp, out)
+    write_json(out, recs, indent=2)
     for rec in recs[:-1]:
         print(f"{rec['metric']:36s} {rec['value']:.4f} ± {rec['std']:.4f} {rec['unit']}")
     print(f"wrote {out}")

@@ -30,7 +30,6 @@ Writes ``benchmarks/results/learning_curve.json`` (design-note records, ``datase
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import shutil
@@ -39,14 +38,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+from chgnet_proxy import sha256_of  # same directory
+from models_mace_ledger import shown  # same directory
 
+from bornfield.atomic import write_json
 from bornfield.cli import main as bornfield
 from bornfield.config import load_config
 from bornfield.errors import InputFileError
 from bornfield.train.cli import derived_seed
 from bornfield.train.shipped import model_set_rows
-from chgnet_proxy import sha256_of  # same directory
-from models_mace_ledger import shown  # same directory
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -59,12 +59,6 @@ METRICS = {
     "potential": ("force_rmse_meV_per_A", "force_mae_meV_per_A", "energy_rmse_meV_per_atom",
                   "energy_mae_meV_per_atom", "stress_rmse_GPa"),
 }
-
-
-def write_json(path: Path, data) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
 
 
 def ledger_rows(ledger: str, manifest_path: str, work: Path) -> tuple[Path, list, dict[str, list[int]]]:

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from bornfield.atomic import write_json
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -116,9 +116,7 @@ def main() -> None:
                   flush=True)
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{NAME}.json"
-    tmp_path = path.with_suffix(".json.tmp")
-    tmp_path.write_text(json.dumps(records, indent=1) + "\n")
-    os.replace(tmp_path, path)
+    write_json(path, records)
 
     import matplotlib
 

@@ -43,6 +43,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bornfield.atomic import write_json
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -79,8 +80,8 @@ def write_models(directory: Path, baseline_cutoff: float | None = None, alpha: f
 
 def worker(args) -> None:
     """One measurement (possibly under mpiexec); rank 0 prints a JSON line."""
-    from mpi4py import MPI
     import torch
+    from mpi4py import MPI
 
     torch.set_num_threads(1)
     from bornfield.config import validate_section
@@ -323,9 +324,7 @@ def main() -> None:
                                       f"1 rank (1 = no parallel overhead; insensitive to machine load){repeat_of(r)}"))
     if args.append and out.exists():
         records = json.loads(out.read_text()) + records
-    tmp_out = out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(records, indent=1) + "\n")
-    os.replace(tmp_out, out)
+    write_json(out, records)
     plot(records, out.with_suffix(".png"))
     print(f"wrote {out}")
 

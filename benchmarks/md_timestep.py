@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
+
+from bornfield.atomic import write_json
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -136,9 +136,7 @@ def main() -> None:
 
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"{NAME}.json"
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(records, indent=1) + "\n")
-    os.replace(tmp, out)
+    write_json(out, records)
 
     import matplotlib
 

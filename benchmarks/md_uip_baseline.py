@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bornfield.atomic import write_json
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 NAME = "md_uip_baseline"
@@ -104,9 +106,7 @@ def main() -> None:
                                  "(no Born charges / field)"})
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"{NAME}.json"
-    tmp_out = out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(records, indent=1) + "\n")
-    os.replace(tmp_out, out)
+    write_json(out, records)
     print(f"wrote {out}")
 
 

@@ -24,6 +24,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bornfield.atomic import write_json
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 NAME = "melt_quench_throughput"
@@ -89,9 +91,7 @@ def driver(args: argparse.Namespace) -> int:
             })
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"{NAME}.json"
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(records, indent=2) + "\n")
-    os.replace(tmp, out)
+    write_json(out, records, indent=2)
     plot(records, RESULTS / f"{NAME}.png")
     print(f"wrote {out}")
     return 0
