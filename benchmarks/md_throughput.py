@@ -19,7 +19,8 @@ side by side in the same run (systems ``bornfield-before-*``), interleaved point
 ``--baseline-cutoffs 8 10`` also measures, interleaved, the same potential with the physical
 baseline (Pedone 2006 + DSF Coulomb, ``train.potential.baseline: pedone``, alpha ``--baseline-alpha``)
 at each cutoff (systems ``bornfield-pedone<rc>-*``); ``--backends ase,lammps1`` limits the backends;
-``--repeats N`` measures every point N times (interleaved rounds), ``--no-replicas`` skips the
+``--model-set models/li3po4`` also measures the shipped model files as the MD runs them
+(systems ``bornfield-shipped-*``); ``--repeats N`` measures every point N times (interleaved rounds), ``--no-replicas`` skips the
 weak scaling, ``--note TEXT`` starts every record's notes, and ``--append`` keeps the records
 already in the JSON file (the new ones are added after them).
 
@@ -245,6 +246,8 @@ def main() -> None:
     parser.add_argument("--baseline-alpha", type=float, default=0.2, help="DSF damping of the baseline (1/Å)")
     parser.add_argument("--backends", default="ase,lammps1,lammps2",
                         help="comma list of ase, lammps1, lammps2 (LAMMPS with 1 or 2 ranks)")
+    parser.add_argument("--model-set", default=None,
+                        help="also measure this model set's potential_0.pt + born_0.pt (systems bornfield-shipped-*)")
     parser.add_argument("--output", default=None, help=f"JSON file (default benchmarks/results/{NAME}.json)")
     parser.add_argument("--with-uip", action="store_true",
                         help="also measure the CHGNet baseline (benchmarks/.venv-uip) at sizes <= 1,024 in the same run")
@@ -260,22 +263,33 @@ def main() -> None:
     records = []
     with tempfile.TemporaryDirectory() as tmp:
         potential, born = write_models(Path(tmp))
-        potentials = {None: potential}
+        models = {None: (potential, born)}
         for cutoff in args.baseline_cutoffs:
-            potentials[cutoff] = write_models(Path(tmp), cutoff, args.baseline_alpha)[0]
+            models[cutoff] = (write_models(Path(tmp), cutoff, args.baseline_alpha)[0], born)
+        if args.model_set:
+            shipped = Path(args.model_set)
+            models["shipped"] = (shipped / "potential_0.pt", shipped / "born_0.pt")
+            missing = [str(f) for f in models["shipped"] if not f.exists()]
+            if missing:
+                raise SystemExit(f"--model-set {shipped}: missing {missing}")
         backends = {"ase": ("ase", 1), "lammps1": ("lammps", 1), "lammps2": ("lammps", 2)}
         configurations = [backends[b] for b in args.backends.split(",")]
         for n_atoms in args.sizes:
             steps = max(3, min(args.steps * 1024 // n_atoms, 50))
             trees = [("bornfield", None, None)] + ([("bornfield-before", args.before_src, None)] if args.before_src else [])
             trees += [(f"bornfield-pedone{cutoff:g}", None, cutoff) for cutoff in args.baseline_cutoffs]
+            trees += [("bornfield-shipped", None, "shipped")] if args.model_set else []
             points = [(c, t, k) for k in range(args.repeats) for c in configurations for t in trees]
             for (backend, ranks), (prefix, src, cutoff), repeat in points:
                 load = os.getloadavg()[0]
-                result = measure(potentials[cutoff], born, backend, n_atoms, ranks, steps, src=src)
+                result = measure(*models[cutoff], backend, n_atoms, ranks, steps, src=src)
                 system = f"{prefix}-{backend}"
-                model_note = ("" if cutoff is None else
-                              f"potential + Pedone baseline (rc {cutoff:g} Å, DSF alpha {args.baseline_alpha:g}/Å); ")
+                if cutoff is None:
+                    model_note = ""
+                elif cutoff == "shipped":
+                    model_note = f"model set {args.model_set} (potential_0 + born_0, as the MD runs it); "
+                else:
+                    model_note = f"potential + Pedone baseline (rc {cutoff:g} Å, DSF alpha {args.baseline_alpha:g}/Å); "
                 notes = (f"{args.note}{model_note}{steps} timed steps, Bussi NVT 600 K, E = 0.1 V/Å, beta-Li3PO4; wall clock; "
                          f"1-min load average {load:.1f} before the run"
                          + (f"; repeat {repeat + 1} of {args.repeats}" if args.repeats > 1 else ""))
