@@ -367,3 +367,30 @@ def test_replica_of_other_models_or_start_cell_restarts_never_resumes(tmp_path, 
     caplog.clear()
     go(stiff, files("c"), cell=moved)
     assert "made before run identities were recorded" in caplog.text
+
+
+class SpikingBorn(EnvironmentBorn):
+    """Born charges that blow up 40-fold after ``after`` evaluations: a model leaving its training data."""
+
+    def __init__(self, after):
+        super().__init__(cutoff=3.5)
+        self.after, self.calls = after, 0
+
+    def born_charges(self, positions, numbers, cell, pbc):
+        self.calls += 1
+        z = super().born_charges(positions, numbers, cell, pbc)
+        return z * (40.0 if self.calls > self.after else 1.0)
+
+
+def test_born_charges_beyond_the_limit_stop_the_replica(tmp_path):
+    settings = make_settings(production_steps=40)
+    summary, out = run(tmp_path, settings, born=SpikingBorn(after=25), name="spike")
+    status = summary["replicas"][0]
+    assert status["state"] == "failed"
+    assert "above safety.max_born_charge_e = 10" in status["reason"] and "extrapolating" in status["reason"]
+    # under a limit above them the field pumps energy in until the temperature runs away, later and
+    # without naming the cause (what happened to a 1200 K amorphous replica with a real model)
+    loose = make_settings(production_steps=40, safety={"max_born_charge_e": 1e3})
+    summary, _ = run(tmp_path, loose, born=SpikingBorn(after=25), name="loose")
+    assert "temperature runaway" in summary["replicas"][0]["reason"]
+    assert status["steps"] < summary["replicas"][0]["steps"]

@@ -226,6 +226,8 @@ class FieldCalculator(Calculator):
             check_finite("energy or forces from the models", results["energy"], forces)
         if self.born is not None:
             check_finite("Born charges from the model", z)
+            if refresh:
+                self.safety.check_born_charges(z)
             self.safety.check_asr(ffield.sum(axis=0))
         if self.potential is not None or np.any(self.field != 0):
             results["forces"] = forces

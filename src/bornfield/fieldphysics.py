@@ -184,6 +184,9 @@ class SafetyLimits:
         min_distance_A: smallest allowed interatomic distance (Å).
         max_force_uncertainty_eV_per_A: max per-atom committee force std (eV/Å).
         max_force_eV_per_A: max |force component| (eV/Å).
+        max_born_charge_e: max |Z_ab| of any atom (e): a Born model far outside its
+            training data predicts charges no material has, and e·Zᵀ·E then pumps
+            energy into the cell while the potential committee still agrees.
         key_prefix: prefix of the setting names quoted in the messages
             (e.g. ``safety.`` for the MD settings).
     """
@@ -192,6 +195,7 @@ class SafetyLimits:
     min_distance_A: float | None = None
     max_force_uncertainty_eV_per_A: float | None = None
     max_force_eV_per_A: float | None = None
+    max_born_charge_e: float | None = None
     key_prefix: str = ""
 
     @classmethod
@@ -201,6 +205,7 @@ class SafetyLimits:
         return cls(asr_tolerance_eV_per_A=safety["asr_tolerance_eV_per_A"],
                    min_distance_A=safety["min_distance_A"],
                    max_force_uncertainty_eV_per_A=safety["max_force_uncertainty_eV_per_A"],
+                   max_born_charge_e=safety["max_born_charge_e"],
                    key_prefix="safety.")
 
     def check_asr(self, net_field_force: np.ndarray, where: str = "") -> None:
@@ -211,6 +216,17 @@ class SafetyLimits:
         if residual > float(self.asr_tolerance_eV_per_A):
             raise UnsafeState(f"acoustic sum rule violated{where}: net field force {residual:.3e} eV/Å "
                               f"> {self.key_prefix}asr_tolerance_eV_per_A = {self.asr_tolerance_eV_per_A:g}")
+
+    def check_born_charges(self, born_charges: np.ndarray, where: str = "") -> None:
+        """Raise if a Born-charge component (N, 3, 3) e exceeds the limit in magnitude."""
+        limit = self.max_born_charge_e
+        if limit is None or not len(born_charges):
+            return
+        largest = float(np.abs(born_charges).max())
+        if largest > float(limit):
+            atom = int(np.abs(born_charges).reshape(len(born_charges), -1).max(axis=1).argmax())
+            raise UnsafeState(f"Born charge {largest:.1f} e on atom {atom}{where} above "
+                              f"{self.key_prefix}max_born_charge_e = {limit:g} (Born model extrapolating)")
 
     def check_min_distance(self, distance_A: float, where: str = "") -> None:
         """Raise if the shortest interatomic distance is below the limit."""

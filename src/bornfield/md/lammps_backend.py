@@ -374,10 +374,15 @@ class LammpsBackend(Backend):
             summed = np.empty_like(partial)
             comm.Allreduce(partial, summed, op=self.MPI.SUM)
             forces = summed[tags - 1]
+        born_error = None
         if refresh:
             if raw is None:
                 raw = np.zeros((nlocal, 3, 3))
             born = asr_correct(raw, comm=comm)  # mean over all owned atoms of the replica
+            try:
+                self.safety.check_born_charges(born, f" at step {ntimestep}")
+            except UnsafeState as exc:  # the other ranks learn of it in the reduction below
+                born_error = str(exc)
             if interval > 1:  # keep Z of every atom (by tag) for the steps until the next refresh
                 table = np.zeros((self.n_atoms, 3, 3))
                 table[tags - 1] = born
@@ -392,13 +397,16 @@ class LammpsBackend(Backend):
         ffield = field_forces(born, field_L)
         total = forces + ffield
         bad = 0.0 if (error is None and all_finite(total, energy_local)) else 1.0
-        reduced = np.array([energy_local, *ffield.sum(axis=0), bad])
+        reduced = np.array([energy_local, *ffield.sum(axis=0), bad, 0.0 if born_error is None else 1.0])
         if comm.Get_size() > 1:
             reduced = comm.allreduce(reduced, op=self.MPI.SUM)
         self.epot = float(reduced[0])
         if reduced[4] > 0:
             self.error = error or f"non-finite energy or forces at step {ntimestep}"
             total = np.zeros_like(total)
+        elif reduced[5] > 0:
+            self.error = born_error or (f"Born charge above safety.max_born_charge_e on another rank at step "
+                                        f"{ntimestep} (Born model extrapolating)")
         else:
             try:
                 self.safety.check_asr(reduced[1:4], f" at step {ntimestep}")
