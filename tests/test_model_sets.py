@@ -246,3 +246,32 @@ def test_model_set_rows_refuse_a_manifest_without_a_clean_split(ledger_set):
         model_set_rows(ledger.root, model_set)
     with pytest.raises(InputFileError, match="not a model set"):
         model_set_rows(ledger.root, model_set.parent)
+
+
+def test_the_member_with_the_lowest_validation_loss_ships_as_member_0(tmp_path, data_dir):
+    """MD drives with potential_0 and born_0, so the set puts the best-validated member first."""
+    from bornfield.models import create_model
+    from bornfield.models.io import file_sha256, save_model
+
+    frames = read(data_dir / "qe" / "labelled_small.extxyz", index=":")
+    for frame, split in zip(frames, ("train", "test")):
+        frame.info["split"] = split
+    dataset = tmp_path / "ledger.extxyz"
+    write(dataset, frames, format="extxyz")
+    work = tmp_path / "work"
+    losses = {"born": [3e-4, 1e-4, 2e-4], "potential": [0.02, 0.01]}
+    files = {kind: [save_model(create_model(kind, SPECIES, 4.5, seed=i, **SMALL), work / f"{kind}_{i}.pt",
+                               {"best_monitor_loss": loss})
+                    for i, loss in enumerate(values)] for kind, values in losses.items()}
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text("[]")
+    outdir = tmp_path / "set"
+    assert main(["train", "ship", "--dataset", str(dataset), "--metrics", str(metrics), "--output-dir", str(outdir),
+                 "--potential", *map(str, files["potential"]), "--born", *map(str, files["born"])]) == 0
+    model_set = read_model_set(outdir)
+    members = model_set.manifest["members"]
+    assert [m["trained_as"] for m in members["born"]] == ["born_1.pt", "born_2.pt", "born_0.pt"]
+    assert [m["file"] for m in members["born"]] == ["born_0.pt", "born_1.pt", "born_2.pt"]
+    assert file_sha256(outdir / "born_0.pt") == file_sha256(files["born"][1])
+    assert [m["trained_as"] for m in members["potential"]] == ["potential_1.pt", "potential_0.pt"]
+    assert file_sha256(outdir / "potential_0.pt") == file_sha256(files["potential"][1])

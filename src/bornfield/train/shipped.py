@@ -34,6 +34,9 @@ from bornfield.train.data import SPLIT_NAMES
 MANIFEST = "manifest.json"
 FORMAT = "bornfield-model-set"
 KINDS = {"potential": "potential", "born": "born", "baseline": "born_row"}
+#: kinds whose member 0 drives field MD (md loads potential_0 + the rest as committee, born_0):
+#: shipped ordered by validation loss, best first
+DRIVING_KINDS = ("potential", "born")
 _MEMBER = {
     "potential": re.compile(r"potential_(\d+)\.pt$"),
     "born": re.compile(r"born_(\d+)\.pt$"),
@@ -65,6 +68,9 @@ def write_model_set(outdir: str | Path, models: dict[str, list[str | Path]], tes
                     records: list[dict], source: dict, figures: list[str | Path] = ()) -> Path:
     """Write a model set atomically (a complete new directory replaces the old one).
 
+    Potential and Born members are written as ``<kind>_<i>.pt`` in order of their best
+    validation loss (``trained_as`` keeps the training name): member 0 drives the MD.
+
     Args:
         outdir: target directory.
         models: kind (potential, born, baseline) -> member files.
@@ -85,18 +91,22 @@ def write_model_set(outdir: str | Path, models: dict[str, list[str | Path]], tes
             if payload["kind"] != KINDS[kind]:
                 raise InputFileError(f"{path}: holds a '{payload['kind']}' model, expected {KINDS[kind]}")
             checked[kind].append((path, payload))
+        if kind in DRIVING_KINDS:  # member 0 drives the MD: the lowest validation loss first
+            checked[kind].sort(key=lambda pair: pair[1]["metadata"].get("best_monitor_loss", float("inf")))
     partial = outdir.with_name(f".{outdir.name}.part")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     files, members = {}, {}
     for kind, pairs in checked.items():
         entries = []
-        for path, payload in pairs:
-            shutil.copyfile(path, partial / path.name)
-            files[path.name] = file_sha256(partial / path.name)
+        for rank, (path, payload) in enumerate(pairs):
+            name = f"{kind}_{rank}.pt" if kind in DRIVING_KINDS else path.name
+            shutil.copyfile(path, partial / name)
+            files[name] = file_sha256(partial / name)
             meta = payload["metadata"]
             entries.append({
-                "file": path.name,
+                "file": name,
+                "trained_as": path.name,
                 "species": list(payload["species"]),
                 "cutoff_A": float(payload["cutoff"]),
                 "hyperparameters": payload["hyperparameters"],
