@@ -17,13 +17,19 @@ SPECIES = ["Li", "P", "O"]
 SMALL = {"channels": 4, "hidden": 16, "radial_hidden": 16}
 
 
-@pytest.fixture()
-def shipped(tmp_path, data_dir):
+def split_dataset(tmp_path, data_dir):
+    """Two real labelled rows, the first for training and the second held out: (path, frames)."""
     frames = read(data_dir / "qe" / "labelled_small.extxyz", index=":")
     for frame, split in zip(frames, ("train", "test")):
         frame.info["split"] = split
     dataset = tmp_path / "ledger.extxyz"
     write(dataset, frames, format="extxyz")
+    return dataset, frames
+
+
+@pytest.fixture()
+def shipped(tmp_path, data_dir):
+    dataset, frames = split_dataset(tmp_path, data_dir)
     models = tmp_path / "work"
     potentials = [create_random_model_file("potential", SPECIES, 4.5, models / f"potential_{i}.pt", seed=i, **SMALL)
                   for i in range(2)]
@@ -253,11 +259,7 @@ def test_the_member_with_the_lowest_validation_loss_ships_as_member_0(tmp_path, 
     from bornfield.models import create_model
     from bornfield.models.io import file_sha256, save_model
 
-    frames = read(data_dir / "qe" / "labelled_small.extxyz", index=":")
-    for frame, split in zip(frames, ("train", "test")):
-        frame.info["split"] = split
-    dataset = tmp_path / "ledger.extxyz"
-    write(dataset, frames, format="extxyz")
+    dataset, _ = split_dataset(tmp_path, data_dir)
     work = tmp_path / "work"
     losses = {"born": [3e-4, 1e-4, 2e-4], "potential": [0.02, 0.01]}
     files = {kind: [save_model(create_model(kind, SPECIES, 4.5, seed=i, **SMALL), work / f"{kind}_{i}.pt",
