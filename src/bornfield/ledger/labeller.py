@@ -140,7 +140,6 @@ def label(ledger_dir: str | Path, hours: float, ranks: int, work_dir: str | Path
              ledger.root, len(ledger.dft_ids()), len(pending), ", ".join(kinds),
              {k: round(v, 2) for k, v in correction.items()})
     done: list[dict] = []
-    skipped_for_budget = 0
     bar = tqdm(total=len(pending), unit="job", desc="labelling", mininterval=10.0)
     try:
         while max_jobs is None or len(done) < max_jobs:
@@ -156,7 +155,6 @@ def label(ledger_dir: str | Path, hours: float, ranks: int, work_dir: str | Path
                     break
                 claim.release()
             if job is None:
-                skipped_for_budget = sum(1 for c in pending if c.dft_id not in ledger)
                 break
             pending.remove(job)
             wall = SAFETY * job.est_core_s * correction[job.kind] / ranks
@@ -179,12 +177,14 @@ def label(ledger_dir: str | Path, hours: float, ranks: int, work_dir: str | Path
             bar.set_postfix_str(f"last {record['wall_time_s'] / 60:.0f} min; queue left ~{remaining / 3600:.1f} h at {ranks} rank(s)")
     finally:
         bar.close()
+    # not yet in the ledger: the ones that did not fit the budget and an interrupted one
+    still_pending = sum(1 for c in pending_jobs(ledger) if c.kind in kinds)
     summary = {
-        "jobs_finished": len(done), "jobs": done, "pending_not_started": skipped_for_budget,
+        "jobs_finished": len(done), "jobs": done, "pending_not_started": still_pending,
         "wall_time_s": round(clock() - start, 1), "ledger_entries": len(ledger.dft_ids()),
     }
     LOG.info("labelled %d job(s) in %.1f min; %d queue job(s) still pending; ledger holds %d entries",
-             len(done), summary["wall_time_s"] / 60, skipped_for_budget, summary["ledger_entries"])
+             len(done), summary["wall_time_s"] / 60, still_pending, summary["ledger_entries"])
     return summary
 
 
