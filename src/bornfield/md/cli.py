@@ -36,19 +36,29 @@ def model_paths(results_dir: Path, settings: dict) -> tuple[list[Path], Path]:
     return potentials, directory / "born_0.pt"
 
 
+def model_files_record(potential_files: list[Path], born_file: Path) -> dict:
+    """``{"potentials": [{"file", "sha256"}, ...], "born": {"file", "sha256"}}``: the model files an MD
+    run records (summary.json ``models``, the analysis record's ``md_run.models``)."""
+    from bornfield.models.io import file_sha256
+
+    return {"potentials": [{"file": str(p), "sha256": file_sha256(p)} for p in potential_files],
+            "born": {"file": str(born_file), "sha256": file_sha256(born_file)}}
+
+
+def _sha256s(models: dict) -> tuple[list[str], str]:
+    return [m["sha256"] for m in models["potentials"]], models["born"]["sha256"]
+
+
 def stale_analysis_reason(record_path: Path, potential_files: list[Path], born_file: Path) -> str | None:
     """Why an analysis record is not of the current model files (sha256), or None if it is,
     or if the model files do not exist yet (nothing to compare with)."""
-    from bornfield.models.io import file_sha256
-
     if not all(p.exists() for p in [*potential_files, born_file]):
         return None
     record = json.loads(record_path.read_text(encoding="utf-8"))
     models = (record.get("md_run") or {}).get("models")
     if models is None:
         return "its MD run recorded no model files"
-    recorded = ([m["sha256"] for m in models["potentials"]], models["born"]["sha256"])
-    current = ([file_sha256(p) for p in potential_files], file_sha256(born_file))
+    recorded, current = _sha256s(models), _sha256s(model_files_record(potential_files, born_file))
     if recorded != current:
         return f"made with other model files (born sha256 {recorded[1][:12]}, now {current[1][:12]})"
     return None
@@ -108,7 +118,6 @@ def run_condition_cli(args: argparse.Namespace) -> int:
 
     from bornfield.md.runner import read_start_cells, run_condition
     from bornfield.models import load_born, load_potential
-    from bornfield.models.io import file_sha256
     from bornfield.structures.io import check_structure
 
     # one torch thread per rank by default: the ranks already fill the cores, and
@@ -116,8 +125,7 @@ def run_condition_cli(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     potentials = [load_potential(p) for p in potential_files]
     born = load_born(born_file)
-    model_files = {"potentials": [{"file": str(p), "sha256": file_sha256(p)} for p in potential_files],
-                   "born": {"file": str(born_file), "sha256": file_sha256(born_file)}}
+    model_files = model_files_record(potential_files, born_file)
     cells_path = Path(args.structures) if args.structures else start_cells_path(results_dir, condition.phase)
     cells = read_start_cells(cells_path)
     for index, atoms in enumerate(cells):  # before any step: no NaN, coincident atoms or unknown elements
