@@ -594,7 +594,7 @@ COMMAND_KEYS: dict[str, Callable[..., tuple[str, ...]] | tuple[str, ...]] = {
     # the condition itself, as a one-condition sweep (see command_settings); the model
     # files, start cells and output directory come from --potential/--born/--structures/--output-dir when given
     "md run": lambda condition, inputs_given: _MD_DYNAMICS + (
-        () if inputs_given else ("results_dir", "md.model_generation", "md.committee_size")),
+        () if inputs_given else ("results_dir", "md.models", "md.model_generation", "md.committee_size")),
     "analyze condition": _ANALYSIS_CONDITION,
     "analyze sweep": ("analysis.mobile_species", "analysis.linear_response", "analysis.arrhenius"),
     "analyze results": ("results_dir", "md.seed", "md.sweep", "md.extra_conditions"),
