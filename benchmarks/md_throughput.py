@@ -84,7 +84,7 @@ def worker(args) -> None:
     import torch
     from mpi4py import MPI
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.torch_threads)
     from bornfield.config import validate_section
     from bornfield.md.fields import FieldSchedule
     from bornfield.models import load_born, load_potential
@@ -93,6 +93,7 @@ def worker(args) -> None:
     settings = validate_section({
         "backend": args.backend, "ensemble": "bussi", "equilibration_steps": 0,
         "production_steps": 10**6, "safety": {"max_temperature_factor": 1e3},
+        "lammps": {"baseline_in_lammps": not args.baseline_in_torch},
     }, "md")
     potential, born = load_potential(args.potential), load_born(args.born)
     atoms = beta_supercell(args.n_atoms)
@@ -130,10 +131,11 @@ def worker(args) -> None:
 
 
 def measure(potential: Path, born: Path, backend: str, n_atoms: int, ranks: int, steps: int,
-            replicas: int = 1, src: str | None = None) -> dict:
+            replicas: int = 1, src: str | None = None, threads: int = 1, baseline_in_torch: bool = False) -> dict:
     command = [str(sys.executable), __file__, "--worker", "--backend", backend, "--n-atoms", str(n_atoms),
                "--steps", str(steps), "--potential", str(potential), "--born", str(born),
-               "--replicas", str(replicas)]
+               "--replicas", str(replicas), "--torch-threads", str(threads)]
+    command += ["--baseline-in-torch"] if baseline_in_torch else []
     if ranks > 1:
         command = [str(BIN / "mpiexec"), "-n", str(ranks), *command]
     return run_worker(command, src, timeout=7200)
@@ -145,7 +147,8 @@ def run_worker(command: list[str], src: str | None, timeout: float) -> dict:
     ``src``: an older bornfield source tree put first on PYTHONPATH (it shadows the installed,
     editable one), for before/after records in one run.
     """
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    threads = command[command.index("--torch-threads") + 1] if "--torch-threads" in command else "1"
+    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     if src is not None:
         env["PYTHONPATH"] = str(Path(src).resolve())
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
@@ -160,9 +163,9 @@ def repeat_of(r: dict) -> str:
     return "; repeat" + r["notes"].split("; repeat")[-1] if "; repeat" in r["notes"] else ""
 
 
-def record(metric, value, unit, system, n_atoms, ranks, notes="") -> dict:
+def record(metric, value, unit, system, n_atoms, ranks, notes="", threads=1) -> dict:
     return {"metric": metric, "value": float(value), "unit": unit, "system": system, "n_atoms": n_atoms,
-            "ranks": ranks, "threads": 1, "baseline": False, "date": datetime.date.today().isoformat(),
+            "ranks": ranks, "threads": threads, "baseline": False, "date": datetime.date.today().isoformat(),
             "machine": MACHINE, "notes": notes}
 
 
@@ -245,7 +248,12 @@ def main() -> None:
                         help="also measure the potential with the Pedone baseline at these cutoffs (Å)")
     parser.add_argument("--baseline-alpha", type=float, default=0.2, help="DSF damping of the baseline (1/Å)")
     parser.add_argument("--backends", default="ase,lammps1,lammps2",
-                        help="comma list of ase, lammps1, lammps2 (LAMMPS with 1 or 2 ranks)")
+                        help="comma list of ase, ase2t (2 torch threads), lammps1, lammps2 (LAMMPS with 1 or 2 ranks)")
+    parser.add_argument("--torch-threads", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--baseline-in-torch", action="store_true",
+                        help="worker: md.lammps.baseline_in_lammps false")
+    parser.add_argument("--compare-baseline-in-torch", action="store_true",
+                        help="with --model-set: also the shipped set with its baseline in torch (LAMMPS backends)")
     parser.add_argument("--model-set", default=None,
                         help="also measure this model set's potential_0.pt + born_0.pt (systems bornfield-shipped-*)")
     parser.add_argument("--output", default=None, help=f"JSON file (default benchmarks/results/{NAME}.json)")
@@ -272,33 +280,42 @@ def main() -> None:
             missing = [str(f) for f in models["shipped"] if not f.exists()]
             if missing:
                 raise SystemExit(f"--model-set {shipped}: missing {missing}")
-        backends = {"ase": ("ase", 1), "lammps1": ("lammps", 1), "lammps2": ("lammps", 2)}
-        configurations = [backends[b] for b in args.backends.split(",")]
+        backends = {"ase": ("ase", 1), "ase2t": ("ase", 1), "lammps1": ("lammps", 1), "lammps2": ("lammps", 2)}
+        threads_of = {"ase2t": 2}
+        configurations = [(*backends[b], threads_of.get(b, 1)) for b in args.backends.split(",")]
         for n_atoms in args.sizes:
             steps = max(3, min(args.steps * 1024 // n_atoms, 50))
             trees = [("bornfield", None, None)] + ([("bornfield-before", args.before_src, None)] if args.before_src else [])
             trees += [(f"bornfield-pedone{cutoff:g}", None, cutoff) for cutoff in args.baseline_cutoffs]
             trees += [("bornfield-shipped", None, "shipped")] if args.model_set else []
-            points = [(c, t, k) for k in range(args.repeats) for c in configurations for t in trees]
-            for (backend, ranks), (prefix, src, cutoff), repeat in points:
+            if args.model_set and args.compare_baseline_in_torch:
+                trees += [("bornfield-shipped-torchbaseline", None, "shipped")]
+            points = [(c, t, k) for k in range(args.repeats) for c in configurations for t in trees
+                      if not (t[0].endswith("torchbaseline") and c[0] == "ase")]
+            for (backend, ranks, threads), (prefix, src, cutoff), repeat in points:
                 load = os.getloadavg()[0]
-                result = measure(*models[cutoff], backend, n_atoms, ranks, steps, src=src)
-                system = f"{prefix}-{backend}"
+                result = measure(*models[cutoff], backend, n_atoms, ranks, steps, src=src, threads=threads,
+                                 baseline_in_torch=prefix.endswith("torchbaseline"))
+                system = f"{prefix}-{backend}" + (f"-{threads}threads" if threads > 1 else "")
                 if cutoff is None:
                     model_note = ""
                 elif cutoff == "shipped":
-                    model_note = f"model set {args.model_set} (potential_0 + born_0, as the MD runs it); "
+                    where = ("baseline in torch" if prefix.endswith("torchbaseline")
+                             else "baseline as LAMMPS pair styles" if backend == "lammps" else "baseline in torch")
+                    model_note = f"model set {args.model_set} (potential_0 + born_0, as the MD runs it; {where}); "
                 else:
                     model_note = f"potential + Pedone baseline (rc {cutoff:g} Å, DSF alpha {args.baseline_alpha:g}/Å); "
-                notes = (f"{args.note}{model_note}{steps} timed steps, Bussi NVT 600 K, E = 0.1 V/Å, beta-Li3PO4; wall clock; "
+                notes = (f"{args.note}{model_note}{threads} torch thread(s) per rank; {steps} timed steps, Bussi NVT 600 K, "
+                         "E = 0.1 V/Å, beta-Li3PO4; wall clock; "
                          f"1-min load average {load:.1f} before the run"
                          + (f"; repeat {repeat + 1} of {args.repeats}" if args.repeats > 1 else ""))
                 records.append(record("atom_steps_per_s", result["atom_steps_per_s"], "atom-steps/s", system,
-                                      n_atoms, ranks, notes))
+                                      n_atoms, ranks, notes, threads))
                 records.append(record("atom_steps_per_cpu_s", result["atom_steps_per_cpu_s"], "atom-steps/CPU-s",
-                                      system, n_atoms, ranks, notes.replace("wall clock", "CPU time summed over ranks")))
+                                      system, n_atoms, ranks, notes.replace("wall clock", "CPU time summed over ranks"),
+                                      threads))
                 records.append(record("max_rss_MB_per_rank", result["max_rss_MB_per_rank"], "MB", system,
-                                      n_atoms, ranks, notes))
+                                      n_atoms, ranks, notes, threads))
                 print(system, n_atoms, ranks, f"{result['atom_steps_per_s']:.0f} atom-steps/s",
                       f"{result['atom_steps_per_cpu_s']:.0f} atom-steps/CPU-s",
                       f"{result['max_rss_MB_per_rank']:.0f} MB/rank, load {load:.1f}", flush=True)

@@ -1,7 +1,7 @@
 """Run one field-MD condition with the analytic test models (used by tests via subprocess/mpiexec).
 
     python tests/md_mpi_driver.py OUTDIR BACKEND ENSEMBLE STEPS [--cell fcc|triclinic|beta] [--interrupt-at N]
-        [--models analytic|nn-baseline] [--ghost-cutoff Å]
+        [--models analytic|nn-baseline] [--ghost-cutoff Å] [--baseline-in-torch]
 
 ``--models nn-baseline``: small random bornfield models (float64) instead of the analytic ones, an
 NN potential with the Pedone baseline (8 Å, longer than the network's 4 Å) and an equivariant Born
@@ -39,11 +39,13 @@ def main() -> None:
     parser.add_argument("--born-refresh", type=int, default=1)
     parser.add_argument("--models", default="analytic")
     parser.add_argument("--ghost-cutoff", type=float, default=None, help="md.lammps.ghost_cutoff_A (Å)")
+    parser.add_argument("--baseline-in-torch", action="store_true", help="md.lammps.baseline_in_lammps false")
     args = parser.parse_args()
     settings = validate_section({
         "backend": args.backend, "ensemble": args.ensemble,
         "equilibration_steps": 0, "production_steps": args.steps,
-        "lammps": {"skin_A": 0.5, "ghost_cutoff_A": args.ghost_cutoff}, "born_refresh_interval": args.born_refresh,
+        "lammps": {"skin_A": 0.5, "ghost_cutoff_A": args.ghost_cutoff,
+                   "baseline_in_lammps": not args.baseline_in_torch}, "born_refresh_interval": args.born_refresh,
         "output": {"trajectory_stride": 50, "thermo_stride": 10, "checkpoint_interval": 100,
                    "velocities": True, "born_charges": True},
         "sweep": {"phases": ["fcc"], "temperatures_K": [300.0], "field_strengths_V_per_A": [0.1],

@@ -1,11 +1,12 @@
 """LAMMPS reference of the Pedone baseline for tests/test_baseline.py (run in a subprocess).
 
-    python tests/pedone_lammps_driver.py STRUCTURE.extxyz CUTOFF ALPHA  ->  JSON on stdout
+    python tests/pedone_lammps_driver.py STRUCTURE.extxyz CUTOFF ALPHA [--model-commands]  ->  JSON on stdout
 
 ``pair_style hybrid/overlay pedone morse/smooth/linear coul/dsf``: ``pedone`` carries the
 C0/r^12 wall (D0 = 0 there), ``morse/smooth/linear`` the Morse term in the shifted-force form of
 the baseline, ``coul/dsf`` the Coulomb sum; parameters from :mod:`bornfield.pedone`. Orthorhombic
-cells only (no rotation into the LAMMPS frame). A subprocess keeps LAMMPS's OpenMP set-up (it
+cells only (no rotation into the LAMMPS frame). ``--model-commands``: the pair styles and charges
+that the MD's LAMMPS backend uses instead (:meth:`PairBaseline.lammps_pair_commands`). A subprocess keeps LAMMPS's OpenMP set-up (it
 sets the process's OpenMP thread count to 1) out of the test process.
 """
 
@@ -44,14 +45,24 @@ create_box 3 box
     positions = atoms.get_positions(wrap=True)
     types = [order.index(s) + 1 for s in atoms.get_chemical_symbols()]
     lmp.create_atoms(len(atoms), list(range(1, len(atoms) + 1)), types, positions.ravel().tolist())
-    for t, symbol in enumerate(order, start=1):
-        lmp.command(f"mass {t} 1.0")
-        lmp.command(f"set type {t} charge {PEDONE_CHARGES[symbol]}")
-    lmp.command(f"pair_style hybrid/overlay pedone {cutoff} morse/smooth/linear {cutoff} coul/dsf {alpha} {cutoff}")
-    lmp.command("pair_coeff * * coul/dsf")
-    for i, j, (d0, a, r0, c0) in lammps_pair_coefficients(order):
-        lmp.command(f"pair_coeff {i} {j} pedone 0.0 {a} {r0} {c0}")
-        lmp.command(f"pair_coeff {i} {j} morse/smooth/linear {d0} {a} {r0}")
+    if "--model-commands" in sys.argv:
+        from bornfield.md.lammps_backend import QQR2E
+        from bornfield.models.baseline import PairBaseline, pedone_baseline
+
+        charges, commands = PairBaseline(order, pedone_baseline(cutoff, alpha)).lammps_pair_commands(order, QQR2E)
+        for t in charges:
+            lmp.command(f"mass {t} 1.0")
+            lmp.command(f"set type {t} charge {charges[t]!r}")
+        lmp.commands_list(commands)
+    else:
+        for t, symbol in enumerate(order, start=1):
+            lmp.command(f"mass {t} 1.0")
+            lmp.command(f"set type {t} charge {PEDONE_CHARGES[symbol]}")
+        lmp.command(f"pair_style hybrid/overlay pedone {cutoff} morse/smooth/linear {cutoff} coul/dsf {alpha} {cutoff}")
+        lmp.command("pair_coeff * * coul/dsf")
+        for i, j, (d0, a, r0, c0) in lammps_pair_coefficients(order):
+            lmp.command(f"pair_coeff {i} {j} pedone 0.0 {a} {r0} {c0}")
+            lmp.command(f"pair_coeff {i} {j} morse/smooth/linear {d0} {a} {r0}")
     lmp.command("thermo_style custom pe pxx pyy pzz pyz pxz pxy")
     lmp.command("run 0")
     energy = lmp.get_thermo("pe")

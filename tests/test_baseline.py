@@ -68,11 +68,13 @@ def amorphous_like(n_atoms=64, seed=3):
     return random_start(n_atoms, 2.3, seed, min_separation=1.5)
 
 
-def lammps_reference(atoms, tmp_path, cutoff=CUTOFF, alpha=ALPHA):
-    """Energy (eV), forces (eV/Å), stress (eV/Å^3, ASE sign) from LAMMPS (tests/pedone_lammps_driver.py)."""
+def lammps_reference(atoms, tmp_path, cutoff=CUTOFF, alpha=ALPHA, model_commands=False):
+    """Energy (eV), forces (eV/Å), stress (eV/Å^3, ASE sign) from LAMMPS (tests/pedone_lammps_driver.py);
+    ``model_commands``: with the pair styles the MD's LAMMPS backend uses (coul/dsf + lepton)."""
     path = tmp_path / "structure.extxyz"
     write(path, atoms)
-    result = subprocess.run([sys.executable, str(DRIVER), str(path), repr(cutoff), repr(alpha)],
+    flags = ["--model-commands"] if model_commands else []
+    result = subprocess.run([sys.executable, str(DRIVER), str(path), repr(cutoff), repr(alpha), *flags],
                             capture_output=True, text=True, timeout=300)
     if result.returncode != 0:
         raise AssertionError(f"LAMMPS reference failed:\n{result.stderr[-3000:]}")
@@ -80,14 +82,16 @@ def lammps_reference(atoms, tmp_path, cutoff=CUTOFF, alpha=ALPHA):
     return out["energy"], np.array(out["forces"]), np.array(out["stress"])
 
 
+@pytest.mark.parametrize("model_commands", [False, True], ids=["pedone-styles", "md-backend-styles"])
 @pytest.mark.parametrize("name", ["beta", "amorphous"])
-def test_baseline_equals_lammps(name, tmp_path):
+def test_baseline_equals_lammps(name, model_commands, tmp_path):
     """Within LAMMPS's own approximations: erfc by a 5-term polynomial (|error| < 1.5e-7, i.e.
     up to ~1e-4 eV per atom over the ~200 Coulomb pairs within 8 Å) and k = 14.399645 eV Å
-    (ASE: 14.3996454784)."""
+    (ASE: 14.3996454784). Both LAMMPS set-ups: pedone + morse/smooth/linear + coul/dsf, and the
+    coul/dsf + lepton styles of :meth:`PairBaseline.lammps_pair_commands` (field MD in LAMMPS)."""
     atoms = rattled_beta() if name == "beta" else amorphous_like()
     energy, forces, stress = baseline_model().energy_forces_stress(*args(atoms))
-    ref_energy, ref_forces, ref_stress = lammps_reference(atoms, tmp_path)
+    ref_energy, ref_forces, ref_stress = lammps_reference(atoms, tmp_path, model_commands=model_commands)
     assert abs(energy) > 10 and np.abs(forces).max() > 1.0 and np.abs(stress).max() > 1e-3  # not vacuous
     assert energy == pytest.approx(ref_energy, abs=1e-5 * len(atoms))
     np.testing.assert_allclose(forces, ref_forces, rtol=0, atol=2e-5)

@@ -147,17 +147,25 @@ def test_born_refresh_interval_same_in_both_backends(tmp_path):
 
 @pytest.mark.mpi
 def test_nn_potential_with_baseline_one_and_two_ranks(tmp_path):
-    """A potential whose physical baseline (8 Å) reaches beyond its network (4 Å): the ghost
-    shell follows the receptive field, so 2 LAMMPS ranks reproduce 1 rank and the ASE backend."""
+    """A potential whose physical baseline (8 Å) reaches beyond its network (4 Å), evaluated by
+    LAMMPS pair styles (the default) or in torch: both reproduce the ASE backend, and 2 ranks
+    reproduce 1 rank (the networks' cluster needs only their own 4 Å shell)."""
     extra = ("--models", "nn-baseline")
     drive(tmp_path / "ase", "ase", 50, extra=extra, cell="beta")
     drive(tmp_path / "l1", "lammps", 50, extra=extra, cell="beta")
     drive(tmp_path / "l2", "lammps", 50, ranks=2, extra=extra, cell="beta")
-    ase, one, two = load(tmp_path / "ase"), load(tmp_path / "l1"), load(tmp_path / "l2")
+    drive(tmp_path / "torch", "lammps", 50, ranks=2, extra=(*extra, "--baseline-in-torch"), cell="beta")
+    ase, one, two, torch_baseline = (load(tmp_path / name) for name in ("ase", "l1", "l2", "torch"))
     assert one["step"][-1] == 50 and np.ptp(one["epot_eV"]) > 1e-2
     keys = ("positions", "velocities", "epot_eV", "econs_eV", "field_work_eV")
+    ase_vs_torch = max_difference(ase, torch_baseline, keys)
+    assert ase_vs_torch["positions"] < 1e-6 and ase_vs_torch["epot_eV"] < 1e-5, ase_vs_torch
+    # LAMMPS's coul/dsf takes erfc from a polynomial: forces agree to ~1e-5 eV/Å, the
+    # energy to an offset of ~2e-4 eV in this 64-atom cell that varies by < 1e-4 eV
     ase_vs_lammps = max_difference(ase, one, keys)
-    assert ase_vs_lammps["positions"] < 1e-6 and ase_vs_lammps["epot_eV"] < 1e-5, ase_vs_lammps
+    assert ase_vs_lammps["positions"] < 1e-6 and ase_vs_lammps["epot_eV"] < 1e-3, ase_vs_lammps
+    offset = one["epot_eV"] - ase["epot_eV"]
+    assert np.ptp(offset) < 1e-4 and np.ptp(one["econs_eV"] - ase["econs_eV"]) < 1e-4, offset
     ranks = max_difference(one, two, keys)
     assert ranks["positions"] < 1e-9 and ranks["epot_eV"] < 1e-8, ranks
 

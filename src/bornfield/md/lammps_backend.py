@@ -19,6 +19,11 @@ decomposes the cell; bornfield's models supply the forces in a
   (ghosts enter as neighbours only, :func:`bornfield.models.combined.evaluate_cluster`),
   and one graph serves the potential and the Born model, so a rank's cost
   scales with its owned atoms rather than owned + ghosts;
+* a potential's physical baseline (Pedone + DSF Coulomb) is evaluated by LAMMPS
+  pair styles (``md.lammps.baseline_in_lammps``, :meth:`PairBaseline.lammps_pair_commands`):
+  LAMMPS adds its forces, its energy enters ``pe``, and the networks see only their
+  own cutoff (periodic list, or owned atoms + a local-cutoff shell with several ranks);
+  the field-power velocities add LAMMPS's pair forces (atom ``f`` at ``post_force``);
 * the site energies of owned atoms are summed and **allreduced** before being
   handed to ``fix_external_set_energy_global`` (LAMMPS does not sum it);
 * Born charges: raw per-site tensors from the model's cluster call, the ASR
@@ -44,6 +49,7 @@ from typing import Sequence
 
 import numpy as np
 from ase import Atoms, units
+from ase.data import chemical_symbols
 from ase.constraints import FixCom
 from ase.parallel import DummyMPI
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
@@ -60,7 +66,14 @@ from bornfield.fieldphysics import (
 )
 from bornfield.md.engine import Backend, BlowUp, Snapshot, kinetic_temperature
 from bornfield.md.fields import FieldSchedule
-from bornfield.models.combined import evaluate_cluster, evaluate_periodic, member_forces, shared_members, verlet_graphs
+from bornfield.models.combined import (
+    common_baseline,
+    evaluate_cluster,
+    evaluate_periodic,
+    member_forces,
+    shared_members,
+    verlet_graphs,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -68,6 +81,8 @@ MVV2E = 1.0364269e-4
 """LAMMPS metal units: (g/mol)(Å/ps)² -> eV."""
 FTM2V = 1.0 / 1.0364269e-4
 """LAMMPS metal units: (eV/Å)/(g/mol) -> Å/ps²."""
+QQR2E = 14.399645
+"""LAMMPS metal units: Coulomb constant e²/(4πε0) in eV·Å."""
 
 
 def _f(value) -> str:
@@ -129,8 +144,15 @@ class LammpsBackend(Backend):
             self.mass_of_type[t] = self.masses[self.numbers == z][0]
         self.types = np.array([self.type_of_number[int(z)] for z in self.numbers], dtype=int)
         self.safety = SafetyLimits.from_md_settings(settings)
+        # bornfield models sharing species/dtype: one graph per step for both (else Protocol calls)
+        self._shared = shared_members(potential, born) is not None
+        # the potential's physical baseline as LAMMPS pair styles (the networks alone in the callback)
+        self.pair_baseline = (common_baseline(potential)
+                              if self._shared and settings["lammps"]["baseline_in_lammps"] else None)
         # the models' neighbour list kept between steps (one rank per replica: periodic evaluation)
-        self.graphs = verlet_graphs(potential, born, settings["neighbour_skin_A"]) if self.comm.Get_size() == 1 else None
+        self.graphs = (verlet_graphs(potential, born, settings["neighbour_skin_A"],
+                                     with_baseline=self.pair_baseline is None)
+                       if self.comm.Get_size() == 1 else None)
 
         velocity_seq, thermostat_seq = np.random.SeedSequence(int(seed)).spawn(2)
         self.thermostat_seed = int(thermostat_seq.generate_state(1)[0] % 900_000_000) + 1
@@ -158,16 +180,17 @@ class LammpsBackend(Backend):
             self.ghost_cutoff = receptive + skin
         else:  # periodic evaluation; ghosts only for the minimum-distance check
             self.ghost_cutoff = max(min_distance, 1.0) + skin
-        self.potential_reach = max([float(potential.receptive_field)]
+        # atoms beyond the owned ones that an owned site energy can depend on
+        self.committee_reach = max([float(potential.receptive_field)]
                                    + [float(m.receptive_field) for m in self.committee]) + 1e-6
+        self.potential_reach = (self.committee_reach if self.pair_baseline is None
+                                else max(m.local_cutoff for m in shared_members(potential, None)[0]) + 1e-6)
         self.born_reach = float(born.receptive_field) + 1e-6
-        # bornfield models sharing species/dtype: one graph per step for both (else Protocol calls)
-        self._shared = shared_members(potential, born) is not None
         self.lmp = lammps(cmdargs=["-screen", "none", "-log", "none", "-nocite"], comm=self.comm)
         lower = self.cell_L
         commands = [
             "units metal",
-            "atom_style atomic",
+            f"atom_style {'atomic' if self.pair_baseline is None else 'charge'}",
             "atom_modify map array sort 0 0.0",
             "boundary p p p",
             f"region cell prism 0 {_f(lower[0, 0])} 0 {_f(lower[1, 1])} 0 {_f(lower[2, 2])} "
@@ -175,9 +198,14 @@ class LammpsBackend(Backend):
             f"create_box {len(species)} cell",
         ]
         commands += [f"mass {t} {_f(self.mass_of_type[t])}" for t in range(1, len(species) + 1)]
+        if self.pair_baseline is None:
+            commands += ["pair_style zero 1.0", "pair_coeff * *"]
+            self.type_charges = {}
+        else:
+            symbols = [chemical_symbols[int(self.number_of_type[t])] for t in range(1, len(species) + 1)]
+            self.type_charges, pair_commands = self.pair_baseline.lammps_pair_commands(symbols, QQR2E)
+            commands += pair_commands
         commands += [
-            "pair_style zero 1.0",
-            "pair_coeff * *",
             f"neighbor {_f(skin)} bin",
             "neigh_modify every 1 delay 0 check yes",
             f"comm_modify cutoff {_f(self.ghost_cutoff)}",
@@ -232,6 +260,8 @@ class LammpsBackend(Backend):
         created = self.lmp.get_natoms()
         if created != self.n_atoms:
             raise InputFileError(f"LAMMPS created {created} of {self.n_atoms} atoms (atoms outside the cell?)")
+        for atom_type, charge in self.type_charges.items():
+            self.lmp.command(f"set type {atom_type} charge {_f(charge)}")
 
     # -- integrators ----------------------------------------------------
     def _wanted_kind(self) -> str:
@@ -330,7 +360,8 @@ class LammpsBackend(Backend):
                 # neighbour list and edge geometry for both models (see bornfield.models.combined)
                 owned = self._wrap(positions[:nlocal])
                 step = evaluate_periodic(self.potential, self.born, owned, numbers[:nlocal], self.cell_L,
-                                         np.ones(3, dtype=bool), with_born=refresh, graphs=self.graphs)
+                                         np.ones(3, dtype=bool), with_born=refresh, graphs=self.graphs,
+                                         with_baseline=self.pair_baseline is None)
                 raw = step.born_raw
                 forces = step.forces
                 energy_local = step.energy
@@ -342,7 +373,7 @@ class LammpsBackend(Backend):
                 centres = np.zeros(int(sel.sum()), dtype=bool)
                 centres[:nlocal] = True  # owned atoms come first and are always selected
                 step = evaluate_cluster(self.potential, self.born, positions[sel], numbers[sel], centres,
-                                        with_born=refresh)
+                                        with_born=refresh, with_baseline=self.pair_baseline is None)
                 partial = np.zeros((self.n_atoms, 3))
                 np.add.at(partial, ids[sel] - 1, step.forces)
                 energy_local = step.energy
@@ -418,7 +449,10 @@ class LammpsBackend(Backend):
         velocities = np.array(self.lmp.numpy.extract_atom("v", nelem=nlocal), dtype=float).reshape(nlocal, 3)
         if not setup:
             mass = self.mass_of_type[types[:nlocal]][:, None]
-            velocities = velocities + 0.5 * self.dt_ps * total / mass * FTM2V
+            acting = total
+            if self.pair_baseline is not None:  # LAMMPS's pair forces, already in atom f (post_force)
+                acting = total + np.array(self.lmp.numpy.extract_atom("f", nelem=nlocal), dtype=float).reshape(nlocal, 3)
+            velocities = velocities + 0.5 * self.dt_ps * acting / mass * FTM2V
         power = float(np.sum(ffield * velocities))  # eV/ps
         if not setup:
             self.work_local += 0.5 * self.dt_ps * (self.power_prev_local + power)
@@ -457,7 +491,9 @@ class LammpsBackend(Backend):
         work = self._sum(self.work_local)
         thermostat = self._thermostat_energy()
         with_arrays = bool(self.comm.bcast(with_arrays, root=0)) if self.comm.Get_size() > 1 else with_arrays
-        snap = Snapshot(step=self.step, epot=self.epot, ekin=ekin,
+        # LAMMPS's pe: the pair baseline + the networks' energy handed to fix external
+        epot = self.epot if self.pair_baseline is None else float(self.lmp.get_thermo("pe"))
+        snap = Snapshot(step=self.step, epot=epot, ekin=ekin,
                         temperature_K=kinetic_temperature(ekin, self.n_dof), field_work=work,
                         thermostat_energy=thermostat, field=self.schedule(self.step))
         if with_arrays:
@@ -495,7 +531,7 @@ class LammpsBackend(Backend):
             n = len(positions)
             ids = np.array(self.lmp.numpy.extract_atom("id", nelem=n), dtype=np.int64).reshape(n)
             tags = ids[:nlocal]
-            sel = self._distance_outside_owned(positions, nlocal) <= self.potential_reach
+            sel = self._distance_outside_owned(positions, nlocal) <= self.committee_reach
             mask = np.zeros(int(sel.sum()), dtype=bool)
             mask[:nlocal] = True
             forces = []

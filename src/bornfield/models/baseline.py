@@ -128,6 +128,44 @@ class PairBaseline(nn.Module):
         qq = self.k * torch.outer(self._charges, self._charges)
         self._pair_table = torch.stack([qq, d0, a, r0, c0, self._sr_at_cutoff, self._sr_slope_at_cutoff]).reshape(7, n * n)
 
+    def lammps_pair_commands(self, type_symbols, lammps_coulomb_constant: float) -> tuple[dict[int, float], list[str]]:
+        """The same pair energy as LAMMPS pair styles: ``coul/dsf`` + ``lepton`` (shifted-force short range).
+
+        Args:
+            type_symbols: chemical symbol of LAMMPS atom type 1, 2, ... (each a species of the baseline).
+            lammps_coulomb_constant: eV·Å, LAMMPS's ``qqr2e`` of the run's units (``metal``: 14.399645).
+
+        Returns:
+            ``({type: charge}, commands)``: per-type charges (e, scaled by
+            ``sqrt(k / qqr2e)`` so LAMMPS's Coulomb constant gives this model's ``k``)
+            for ``set type <t> charge <q>`` on an ``atom_style charge`` system, and the
+            ``pair_style`` / ``pair_coeff`` commands. LAMMPS's ``coul/dsf`` evaluates erfc
+            by a polynomial (relative error ~1e-7), so forces agree to ~1e-5 eV/Å.
+        """
+        symbols = [str(s) for s in type_symbols]
+        unknown = [s for s in symbols if s not in self.hyperparameters["charges"]]
+        if unknown:
+            raise ValueError(f"baseline {NAME!r} has no charge for LAMMPS atom types of {unknown}")
+        scale = math.sqrt(self.k / float(lammps_coulomb_constant))
+        charges = {t + 1: self.hyperparameters["charges"][s] * scale for t, s in enumerate(symbols)}
+        rc = self.cutoff
+        commands = [f"pair_style hybrid/overlay coul/dsf {self.alpha!r} {rc!r} lepton {rc!r}",
+                    "pair_coeff * * coul/dsf"]
+        for name, (d0, a, r0, c0) in self.hyperparameters["pairs"].items():
+            first, _, second = name.partition("-")
+            if first not in symbols or second not in symbols:
+                continue
+            x = math.exp(-a * (rc - r0))
+            at_cutoff = d0 * (x * x - 2.0 * x) + c0 / rc**12
+            slope = -2.0 * a * d0 * (x * x - x) - 12.0 * c0 / rc**13
+            m = f"{d0!r}*(exp(-2*{a!r}*(r-{r0!r}))-2*exp(-{a!r}*(r-{r0!r})))+{c0!r}/r^12"
+            energy = f"{m}-({at_cutoff!r})-(r-{rc!r})*({slope!r})"
+            for i in range(len(symbols)):  # every type pair of these two species
+                for j in range(i, len(symbols)):
+                    if sorted((symbols[i], symbols[j])) == sorted((first, second)):
+                        commands.append(f'pair_coeff {i + 1} {j + 1} lepton "{energy}"')
+        return charges, commands
+
     def self_energies(self, species: torch.Tensor) -> torch.Tensor:
         """Per-atom DSF self energy (eV, float64) of atoms with species indices ``species``."""
         return self._self_factor * self._charges[species] ** 2

@@ -77,14 +77,14 @@ def shared_members(potential, born) -> tuple[list[NNPotential], list[Equivariant
     return potentials, borns
 
 
-def _evaluate_graph(graph: Graph, potentials, borns, stress: bool) -> StepResult:
+def _evaluate_graph(graph: Graph, potentials, borns, stress: bool, with_baseline: bool = True) -> StepResult:
     """:func:`_evaluate_blocks` of a one-structure graph in one :func:`~bornfield.models.threads.parallel_section`."""
     with parallel_section():
-        sites, forces, stress_value, born_raw = _evaluate_blocks(graph, potentials, borns, stress)
+        sites, forces, stress_value, born_raw = _evaluate_blocks(graph, potentials, borns, stress, with_baseline)
     return StepResult(float(sites.sum()), forces, None if stress_value is None else stress_value[0], born_raw, sites)
 
 
-def _evaluate_blocks(graph: Graph, potentials, borns, stress: bool) -> tuple:
+def _evaluate_blocks(graph: Graph, potentials, borns, stress: bool, with_baseline: bool = True) -> tuple:
     """Forward, backward and Born charges block by block of centres.
 
     Returns numpy float64 arrays of the whole graph: site energies (N_c,) eV, forces
@@ -98,7 +98,8 @@ def _evaluate_blocks(graph: Graph, potentials, borns, stress: bool) -> tuple:
     threads the blocks run in parallel threads (:mod:`bornfield.models.threads`).
     The networks see the pairs within their local cutoffs (:meth:`Graph.within`);
     the potentials' physical baselines (each distinct one evaluated once) use the
-    whole graph.
+    whole graph, unless ``with_baseline`` is False (the caller adds the baseline,
+    e.g. LAMMPS pair styles, :func:`~bornfield.models.baseline.lammps_pair_commands`).
     """
     full = graph
     graph = full.within(max(m.local_cutoff for m in potentials + borns))
@@ -122,7 +123,7 @@ def _evaluate_blocks(graph: Graph, potentials, borns, stress: bool) -> tuple:
     with torch.no_grad():
         forces = forces_from_edge_gradient(graph, grad).double()
         stress_value = stress_from_edge_gradient(graph, edge_vec, grad).double() if stress else None
-        for baseline, weight in _baselines(potentials):
+        for baseline, weight in (_baselines(potentials) if with_baseline else ()):
             b_sites, b_grad = baseline.site_energies_and_edge_gradient(full)
             site_energies = site_energies + weight * b_sites
             forces = forces + weight * forces_from_edge_gradient(full, b_grad)
@@ -132,6 +133,21 @@ def _evaluate_blocks(graph: Graph, potentials, borns, stress: bool) -> tuple:
     born_raw = torch.cat(born_parts).numpy() if borns else None
     return (site_energies.numpy(), forces.numpy(), None if stress_value is None else stress_value.numpy(),
             born_raw)
+
+
+def common_baseline(potential):
+    """The physical baseline every member of ``potential`` has (a :class:`PairBaseline`), else None.
+
+    None also for potentials without a baseline, members with different ones and
+    models that are not bornfield potentials.
+    """
+    members = _members(potential, NNPotential, PotentialCommittee)
+    if not members:
+        return None
+    groups = _baselines(members)
+    if len(groups) != 1 or groups[0][1] != 1.0:
+        return None
+    return groups[0][0]
 
 
 def _baselines(potentials) -> list[tuple]:
@@ -144,13 +160,15 @@ def _baselines(potentials) -> list[tuple]:
     return [(members[0], len(members) / len(potentials)) for members in groups.values()]
 
 
-def verlet_graphs(potential, born, skin: float) -> VerletGraphs | None:
+def verlet_graphs(potential, born, skin: float, with_baseline: bool = True) -> VerletGraphs | None:
     """The neighbour lists of :func:`evaluate_periodic` of these models along a trajectory (Verlet list).
 
     ``skin`` Å > 0: a :class:`~bornfield.models.graph.VerletGraphs` with the models'
     longest cutoff and their local cutoffs as sub-graphs, to be passed as
     ``graphs`` at every step; None if ``skin`` is 0 (a fresh list per
     evaluation) or the models cannot share one evaluation (:func:`shared_members`).
+    ``with_baseline`` False: lists for evaluations without the physical baselines
+    (the networks' cutoffs only).
     """
     if float(skin) < 0.0:
         raise ValueError(f"neighbour-list skin must be >= 0 Å (got {skin!r})")
@@ -158,13 +176,19 @@ def verlet_graphs(potential, born, skin: float) -> VerletGraphs | None:
     if float(skin) == 0.0 or shared is None:
         return None
     models = shared[0] + shared[1]
-    return VerletGraphs(models[0].species, max(m.cutoff for m in models), float(skin), models[0].dtype,
+    return VerletGraphs(models[0].species, graph_cutoff(models, with_baseline), float(skin), models[0].dtype,
                         sub_cutoffs=[max(m.local_cutoff for m in models)] + [m.local_cutoff for m in models])
 
 
-def _periodic_graph(graphs: VerletGraphs | None, models, positions, numbers, cell, pbc) -> Graph:
+def graph_cutoff(models, with_baseline: bool = True) -> float:
+    """Å, the neighbour-list cutoff an evaluation of ``models`` needs (networks only if not ``with_baseline``)."""
+    return max(m.cutoff if with_baseline else m.local_cutoff for m in models)
+
+
+def _periodic_graph(graphs: VerletGraphs | None, models, positions, numbers, cell, pbc,
+                    with_baseline: bool = True) -> Graph:
     """The graph of ``models`` for one periodic structure: from ``graphs`` if they serve the models, else fresh."""
-    cutoff = max(m.cutoff for m in models)
+    cutoff = graph_cutoff(models, with_baseline)
     species, dtype = models[0].species, models[0].dtype
     if graphs is not None and graphs.cutoff >= cutoff and graphs.species == species and graphs.dtype == dtype:
         return graphs.graph(positions, numbers, cell, pbc)
@@ -173,7 +197,7 @@ def _periodic_graph(graphs: VerletGraphs | None, models, positions, numbers, cel
 
 def evaluate_periodic(
     potential, born, positions, numbers, cell, pbc, with_born: bool = True, stress: bool = False,
-    graphs: VerletGraphs | None = None,
+    graphs: VerletGraphs | None = None, with_baseline: bool = True,
 ) -> StepResult:
     """Potential (energy, forces, optional stress) and raw Born charges of one periodic structure.
 
@@ -186,6 +210,8 @@ def evaluate_periodic(
         graphs: the neighbour lists kept along a trajectory (:func:`verlet_graphs`);
             None (or lists of other species, dtype or a shorter cutoff): a fresh list
             (same results to round-off).
+        with_baseline: include the potentials' physical baselines; False leaves them to
+            the caller (bornfield models only: other models raise ValueError).
 
     Returns:
         :class:`StepResult`; ``born_raw`` is the model's ASR-corrected Z in the
@@ -194,6 +220,8 @@ def evaluate_periodic(
     """
     with_born = with_born and born is not None
     shared = shared_members(potential, born if with_born else None)
+    if shared is None and not with_baseline:
+        raise ValueError("with_baseline=False needs bornfield models that share one evaluation")
     if shared is None:
         energy, forces, stress_value = potential.energy_forces_stress(positions, numbers, cell, pbc)
         z = np.asarray(born.born_charges(positions, numbers, cell, pbc), dtype=float) if with_born else None
@@ -201,8 +229,8 @@ def evaluate_periodic(
                           np.asarray(stress_value, dtype=float) if stress else None, z,
                           np.full(len(numbers), np.nan))
     potentials, borns = shared
-    graph = _periodic_graph(graphs, potentials + borns, positions, numbers, cell, pbc)
-    return _evaluate_graph(graph, potentials, borns, stress and bool(np.all(pbc)))
+    graph = _periodic_graph(graphs, potentials + borns, positions, numbers, cell, pbc, with_baseline)
+    return _evaluate_graph(graph, potentials, borns, stress and bool(np.all(pbc)), with_baseline)
 
 
 def evaluate_periodic_batch(
@@ -273,7 +301,8 @@ def member_forces(members, positions, numbers, cell, pbc, graphs: VerletGraphs |
             for member in members]
 
 
-def evaluate_cluster(potential, born, positions, numbers, centre_mask, with_born: bool = True) -> StepResult:
+def evaluate_cluster(potential, born, positions, numbers, centre_mask, with_born: bool = True,
+                     with_baseline: bool = True) -> StepResult:
     """Open-boundary evaluation of M atoms (owned + ghosts) in which only ``centre_mask`` atoms are centres.
 
     ``forces`` (M, 3) are ``-d/dr Σ_{centres} E_i`` on every atom (ghost
@@ -283,10 +312,13 @@ def evaluate_cluster(potential, born, positions, numbers, centre_mask, with_born
 
     Falls back to the Protocol calls (``cluster_site_energies_forces``,
     ``cluster_born_charges_raw``) for models that cannot share one graph.
+    ``with_baseline`` as in :func:`evaluate_periodic`.
     """
     centre_mask = np.asarray(centre_mask, dtype=bool)
     with_born = with_born and born is not None
     shared = shared_members(potential, born if with_born else None)
+    if shared is None and not with_baseline:
+        raise ValueError("with_baseline=False needs bornfield models that share one evaluation")
     if shared is None:
         sites, forces = potential.cluster_site_energies_forces(positions, numbers, centre_mask)
         sites = np.asarray(sites, dtype=float)[centre_mask]
@@ -295,10 +327,10 @@ def evaluate_cluster(potential, born, positions, numbers, centre_mask, with_born
             z = np.asarray(born.cluster_born_charges_raw(positions, numbers), dtype=float)[centre_mask]
         return StepResult(float(sites.sum()), np.asarray(forces, dtype=float), None, z, sites)
     potentials, borns = shared
-    cutoff = max(m.cutoff for m in potentials + borns)
+    cutoff = graph_cutoff(potentials + borns, with_baseline)
     graph = build_cluster_graph(positions, numbers, centre_mask, potentials[0].species, cutoff, potentials[0].dtype)
-    return _evaluate_graph(graph, potentials, borns, stress=False)
+    return _evaluate_graph(graph, potentials, borns, stress=False, with_baseline=with_baseline)
 
 
-__all__ = ["StepResult", "evaluate_cluster", "evaluate_periodic", "evaluate_periodic_batch", "member_forces",
+__all__ = ["StepResult", "common_baseline", "evaluate_cluster", "evaluate_periodic", "evaluate_periodic_batch", "graph_cutoff", "member_forces",
            "shared_members", "verlet_graphs"]

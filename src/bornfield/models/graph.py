@@ -418,6 +418,9 @@ class VerletGraphs:
     the pairs now closer than ``cutoff`` (the other slots are masked, their edge
     vectors are the real ones, up to ``cutoff + skin`` long); its sub-graphs of
     ``sub_cutoffs``, served by :meth:`Graph.within`, hold only their own pairs.
+    If ``cutoff`` itself is among ``sub_cutoffs``, :meth:`graph` returns that
+    compacted graph instead (rows as narrow as a fresh list's: networks
+    evaluated on every row slot do not pay for the skin).
     Edge vectors are those of a fresh list (:func:`build_graph`); only the order
     of a centre's neighbours may differ, so results agree to round-off.
 
@@ -440,7 +443,7 @@ class VerletGraphs:
         self.cutoff = float(cutoff)
         self.skin = float(skin)
         self.dtype = dtype
-        self.sub_cutoffs = sorted({float(c) for c in sub_cutoffs if float(c) < self.cutoff})
+        self.sub_cutoffs = sorted({float(c) for c in sub_cutoffs if float(c) <= self.cutoff})
         self.builds = 0
         self._list: dict | None = None
         self._last: tuple[np.ndarray, Graph] | None = None  # positions and graph of the last call
@@ -578,6 +581,7 @@ class VerletGraphs:
             within = state["in_list"] & ((vectors * vectors).sum(-1) < self.cutoff**2)
             full = make(state["neighbour_tensor"], within, shifts, self.cutoff)
             full.cached(("edge_vectors",), lambda: vectors)
+            subs = {}
             for cutoff in self.sub_cutoffs:
                 candidates = state["candidates"][cutoff]
                 # the test of Graph.within (the norm of the same edge vectors), on the candidates only
@@ -595,8 +599,12 @@ class VerletGraphs:
                 sub_shifts[:, 0] = _pad_length(self.cutoff)
                 sub_shifts[flat] = shifts.view(-1, 3)[slots]
                 sub = make(neighbours.view(n, k), mask.view(n, k), sub_shifts.view(n, k, 3), cutoff)
-                full.cached(("within", cutoff), lambda sub=sub: sub)  # what full.within(cutoff) would compute
-        return full
+                subs[cutoff] = sub
+            result = subs.get(self.cutoff, full)
+            for cutoff, sub in subs.items():
+                if cutoff < self.cutoff:
+                    result.cached(("within", cutoff), lambda sub=sub: sub)  # what result.within(cutoff) would compute
+        return result
 
 
 def merge_graphs(graphs: Sequence[Graph], sub_cutoffs: Sequence[float] = ()) -> Graph:
