@@ -59,12 +59,15 @@ DATASET = "allegro-pol-SiO2"
 #: warm-up, clipping or weight averaging); "one-interaction" isolates the schedule.
 #: "edge*" use the edge architecture (``edge3``: 3 edge layers), ``b1`` batch size 1, ``lr5``
 #: learning rate 0.005, all with the cosine schedule; "default-b1-lr5" is the default
-#: architecture with that schedule.
+#: architecture with that schedule ("-nosquash": without ``feature_squash``, the default before 2026-12-04;
+#: the record "default-b1-lr5" of 2026-12-04 and earlier predates it too).
 VARIANTS: dict[str, dict] = {
     "default": {},
     "legacy": {"interactions": 1, "learning_rate": 0.005, "warmup_epochs": 0, "grad_clip": 0.0, "ema_decay": 0.0},
     "one-interaction": {"interactions": 1},
     "default-b1-lr5": {"batch_size": 1, "learning_rate": 0.005, "lr_schedule": "cosine", "patience": 1000},
+    "default-b1-lr5-nosquash": {"batch_size": 1, "learning_rate": 0.005, "lr_schedule": "cosine", "patience": 1000,
+                                "feature_squash": False},
     "edge": {"architecture": "edge", "edge_layers": 2, "lr_schedule": "cosine", "patience": 1000},
     "edge-b1": {"architecture": "edge", "edge_layers": 2, "batch_size": 1, "lr_schedule": "cosine", "patience": 1000},
     "edge-b1-lr5": {"architecture": "edge", "edge_layers": 2, "batch_size": 1, "learning_rate": 0.005,

@@ -75,11 +75,17 @@ def potential():
 
 
 def born_variant(variant):
-    """Constructor settings of a Born-model variant: 1 or 2 interactions, or the edge architecture."""
-    return {"architecture": "edge", "edge_layers": 2} if variant == "edge" else {"interactions": variant}
+    """Constructor settings of a Born-model variant: 1 or 2 interactions (``"squash"``: 2 with
+    ``feature_squash``), or the edge architecture."""
+    if variant == "edge":
+        return {"architecture": "edge", "edge_layers": 2}
+    if variant == "squash":
+        return {"interactions": 2, "feature_squash": True}
+    return {"interactions": variant}
 
 
-@pytest.fixture(scope="module", params=[1, 2, "edge"], ids=["one-interaction", "two-interactions", "edge"])
+@pytest.fixture(scope="module", params=[1, 2, "squash", "edge"],
+                ids=["one-interaction", "two-interactions", "two-interactions-squash", "edge"])
 def born(request):
     """The Born model with one density, with the second local interaction, and the edge model (float64)."""
     return make("born", 2, **born_variant(request.param), charge_scales={"Li": 0.3, "P": 0.5, "O": 0.4})
@@ -217,7 +223,7 @@ def test_smooth_at_cutoff(potential, born):
     assert np.abs(z_near - z_far).max() < 1e-8
 
 
-@pytest.mark.parametrize("variant", [1, 2, "edge"])
+@pytest.mark.parametrize("variant", [1, 2, "squash", "edge"])
 def test_cluster_evaluation_reproduces_periodic(structure, variant):
     """Owned atoms + ghosts (open boundaries) give the periodic site energies, forces and raw Z."""
     potential = make("potential", 4, cutoff=4.0)
@@ -331,3 +337,22 @@ def test_edge_model_file_names_its_architecture(tmp_path, structure):
     density = make("born", 7, interactions=2)
     assert "architecture" not in density.hyperparameters
     assert type(load_model(save_model(density, tmp_path / "density.pt"))) is EquivariantBornModel
+
+
+def test_feature_squash_keeps_far_out_of_range_features_from_blowing_up_z(structure):
+    """Standardisation fitted on a narrow training set puts a new environment's invariants at
+    hundreds of standard deviations; products of MLP outputs and densities then grow Z
+    polynomially (|Z| of 10^3 e seen in amorphous MD). With ``feature_squash`` the MLPs see
+    asinh of the features: the same weights give a bounded Z, and the file keeps the setting."""
+    plain = make("born", 3, interactions=2)
+    squash = make("born", 3, interactions=2, feature_squash=True)
+    squash.load_state_dict(plain.state_dict())
+    for model in (plain, squash):
+        with torch.no_grad():  # a training set whose features barely varied
+            model.density.feature_scale.mul_(1e-3)
+            model.interaction.edge_scale.mul_(1e-3)
+            model.interaction.feature_scale.mul_(1e-3)
+    z_plain = np.abs(plain.born_charges(*args(structure))).max()
+    z_squash = np.abs(squash.born_charges(*args(structure))).max()
+    assert z_plain > 100 * z_squash, (z_plain, z_squash)
+    assert squash.hyperparameters["feature_squash"] is True and "feature_squash" not in plain.hyperparameters

@@ -60,6 +60,12 @@ from bornfield.models.potential import edge_geometry
 from bornfield.models.threads import map_geometry_blocks, parallel_section
 
 
+def squashed(features: torch.Tensor, squash: bool) -> torch.Tensor:
+    """``asinh`` of standardised invariant features if ``squash`` (identity near 0, logarithmic
+    beyond a few standard deviations), else the features unchanged."""
+    return torch.asinh(features) if squash else features
+
+
 class EdgeInteraction(nn.Module):
     """Second strictly local interaction: a density whose edge weights see the centre's environment.
 
@@ -69,10 +75,12 @@ class EdgeInteraction(nn.Module):
     Invariants of the pair (A, B): ``B0``, ``B1·A1``, ``B2·A2``, ``|B1|²``, ``|B2|²`` (5C, standardised).
     """
 
-    def __init__(self, n_species: int, n_basis: int, channels: int, hidden: int, latent: int):
+    def __init__(self, n_species: int, n_basis: int, channels: int, hidden: int, latent: int,
+                 squash: bool = False):
         super().__init__()
         c = channels
         self.channels = c
+        self.squash = bool(squash)
         self.first = nn.Linear(n_basis + 2 * n_species + 2 * c, hidden)
         self.from_latent = nn.Linear(latent, hidden, bias=False)
         self.rest = nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 3 * c))
@@ -90,7 +98,7 @@ class EdgeInteraction(nn.Module):
 
     def densities(self, geometry: EdgeGeometry, density: AtomicDensity, a1, a2, latent):
         """Second density B0 (N, C), B1 (N, C, 3), B2 (N, C, 5) of the centres of ``geometry``."""
-        edge = (self.edge_invariants(geometry, a1, a2) - self.edge_shift) / self.edge_scale
+        edge = squashed((self.edge_invariants(geometry, a1, a2) - self.edge_shift) / self.edge_scale, self.squash)
         radial_in = torch.cat([geometry.bessel(density.basis), geometry.species_onehot(density.n_species, a1.dtype)], -1)
         hidden = self.first(torch.cat([radial_in, edge], -1)) + self.from_latent(latent).unsqueeze(1)
         weights = self.rest(hidden)  # (N, K, 3C)
@@ -111,7 +119,8 @@ class EdgeInteraction(nn.Module):
     def forward(self, geometry, density, a1, a2, latent):
         """B0 (N, C), B1 (N, C, 3), B2 (N, C, 5) and the standardised invariants (N, 5C)."""
         b0, b1, b2 = self.densities(geometry, density, a1, a2, latent)
-        invariants = (self._invariants(a1, a2, b0, b1, b2) - self.feature_shift) / self.feature_scale
+        invariants = squashed((self._invariants(a1, a2, b0, b1, b2) - self.feature_shift) / self.feature_scale,
+                              self.squash)
         return b0, b1, b2, invariants
 
     @staticmethod
@@ -136,6 +145,9 @@ class EquivariantBornModel(BornfieldModel):
             tr(Z)/3 in the training data; the network learns the rest.
         interactions: 1 (one density, the original model) or 2 (plus :class:`EdgeInteraction`).
         charge_scales: per-species scale (e) of the learned part (interactions=2; 1 if absent).
+        feature_squash: ``asinh`` of every standardised invariant before an MLP (:func:`squashed`),
+            so features far outside the training range (disordered environments) grow the
+            outputs logarithmically, not polynomially; False in files written before it.
     """
 
     kind = "born"
@@ -152,6 +164,7 @@ class EquivariantBornModel(BornfieldModel):
         mean_charges: dict[str, float] | None = None,
         interactions: int = 1,
         charge_scales: dict[str, float] | None = None,
+        feature_squash: bool = False,
     ):
         super().__init__(species, cutoff)
         if interactions not in (1, 2):
@@ -164,6 +177,9 @@ class EquivariantBornModel(BornfieldModel):
             "interactions": int(interactions),
             "charge_scales": charge_scales,
         }
+        self.feature_squash = bool(feature_squash)
+        if self.feature_squash:  # (absent from older files: they load unchanged)
+            self.hyperparameters["feature_squash"] = True
         c = int(channels)
         self.channels = c
         self.interactions = int(interactions)
@@ -173,7 +189,7 @@ class EquivariantBornModel(BornfieldModel):
             self.readout = SpeciesMLP(n_species, self.density.n_invariants, hidden, 1 + 4 * c)
         else:
             self.latent = SpeciesMLP(n_species, self.density.n_invariants, hidden, hidden)
-            self.interaction = EdgeInteraction(n_species, n_basis, c, radial_hidden, hidden)
+            self.interaction = EdgeInteraction(n_species, n_basis, c, radial_hidden, hidden, self.feature_squash)
             # 0e: 1; 1e: A1xA1', A2xA2', A1xB1, A2xB2; 2e: A2, (A1A1')_2, B2, (A1B1)_2, (A2B2)_2
             self.readout = SpeciesMLP(n_species, hidden + self.interaction.n_invariants, hidden, 1 + 9 * c)
         with torch.no_grad():  # start near the isotropic prior
@@ -236,7 +252,8 @@ class EquivariantBornModel(BornfieldModel):
         """A1 (N, C, 3), A2 (N, C, 5) and the latent (N, hidden) of the centres of ``geometry``."""
         density = self.density
         a0, a1, a2 = density.densities_from_geometry(geometry)
-        return a1, a2, self.latent(density.invariants(a0, a1, a2), geometry.centre_species)
+        return a1, a2, self.latent(squashed(density.invariants(a0, a1, a2), self.feature_squash),
+                                   geometry.centre_species)
 
     def raw_charges(self, graph: Graph, geometry: EdgeGeometry | None = None) -> torch.Tensor:
         """Per-centre tensors (N_c, 3, 3) e before the ASR correction.
@@ -253,7 +270,7 @@ class EquivariantBornModel(BornfieldModel):
         density = self.density
         species = geometry.centre_species
         a0, a1, a2 = density.densities_from_geometry(geometry)
-        features = density.invariants(a0, a1, a2)
+        features = squashed(density.invariants(a0, a1, a2), self.feature_squash)
         coeffs = self.readout(features, species)
         c = self.channels
         a1m = torch.einsum("ncm,cd->ndm", a1, density.mix1)

@@ -139,6 +139,8 @@ def initialise_model(
         means = mean_born_per_species(train_samples, species)
         hyper["mean_charges"] = {x: float(np.trace(z) / 3.0) for x, z in means.items()}
         hyper["interactions"] = int(architecture["interactions"])
+        if architecture.get("feature_squash", False) and architecture.get("architecture", "density") == "density":
+            hyper["feature_squash"] = True
         if architecture.get("architecture", "density") == "edge":
             hyper["architecture"] = "edge"
             hyper["edge_layers"] = int(architecture["edge_layers"])
