@@ -68,6 +68,8 @@ VARIANTS: dict[str, dict] = {
     "default-b1-lr5": {"batch_size": 1, "learning_rate": 0.005, "lr_schedule": "cosine", "patience": 1000},
     "default-b1-lr5-nosquash": {"batch_size": 1, "learning_rate": 0.005, "lr_schedule": "cosine", "patience": 1000,
                                 "feature_squash": False},
+    "default-b1-lr5-e200": {"batch_size": 1, "learning_rate": 0.005, "lr_schedule": "cosine", "patience": 1000,
+                            "max_epochs": 200},
     "edge": {"architecture": "edge", "edge_layers": 2, "lr_schedule": "cosine", "patience": 1000},
     "edge-b1": {"architecture": "edge", "edge_layers": 2, "batch_size": 1, "lr_schedule": "cosine", "patience": 1000},
     "edge-b1-lr5": {"architecture": "edge", "edge_layers": 2, "batch_size": 1, "learning_rate": 0.005,
