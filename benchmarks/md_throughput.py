@@ -20,7 +20,10 @@ side by side in the same run (systems ``bornfield-before-*``), interleaved point
 baseline (Pedone 2006 + DSF Coulomb, ``train.potential.baseline: pedone``, alpha ``--baseline-alpha``)
 at each cutoff (systems ``bornfield-pedone<rc>-*``); ``--backends ase,lammps1`` limits the backends;
 ``--model-set models/li3po4`` also measures the shipped model files as the MD runs them
-(systems ``bornfield-shipped-*``); ``--repeats N`` measures every point N times (interleaved rounds), ``--no-replicas`` skips the
+(systems ``bornfield-shipped-*``; in LAMMPS the baseline is LAMMPS pair styles, and
+``--compare-baseline-in-torch`` adds ``bornfield-shipped-torchbaseline-lammps``, the baseline in
+torch as before ``md.lammps.baseline_in_lammps``); backend ``ase2t`` is the ASE backend with 2 torch
+threads (system suffix ``-2threads``); ``--repeats N`` measures every point N times (interleaved rounds), ``--no-replicas`` skips the
 weak scaling, ``--note TEXT`` starts every record's notes, and ``--append`` keeps the records
 already in the JSON file (the new ones are added after them).
 
@@ -93,7 +96,8 @@ def worker(args) -> None:
     settings = validate_section({
         "backend": args.backend, "ensemble": "bussi", "equilibration_steps": 0,
         "production_steps": 10**6, "safety": {"max_temperature_factor": 1e3},
-        "lammps": {"baseline_in_lammps": not args.baseline_in_torch},
+        # (only when asked: a --before-src tree may predate the key)
+        **({"lammps": {"baseline_in_lammps": False}} if args.baseline_in_torch else {}),
     }, "md")
     potential, born = load_potential(args.potential), load_born(args.born)
     atoms = beta_supercell(args.n_atoms)
