@@ -142,17 +142,16 @@ def measure(potential: Path, born: Path, backend: str, n_atoms: int, ranks: int,
     command += ["--baseline-in-torch"] if baseline_in_torch else []
     if ranks > 1:
         command = [str(BIN / "mpiexec"), "-n", str(ranks), *command]
-    return run_worker(command, src, timeout=7200)
+    return run_worker(command, src, timeout=7200, threads=threads)
 
 
-def run_worker(command: list[str], src: str | None, timeout: float) -> dict:
-    """Run a benchmark worker in a fresh single-threaded process; the JSON of its ``RESULT`` line.
+def run_worker(command: list[str], src: str | None, timeout: float, threads: int = 1) -> dict:
+    """Run a benchmark worker in a fresh process with ``threads`` OpenMP/MKL threads; the JSON of its ``RESULT`` line.
 
     ``src``: an older bornfield source tree put first on PYTHONPATH (it shadows the installed,
     editable one), for before/after records in one run.
     """
-    threads = command[command.index("--torch-threads") + 1] if "--torch-threads" in command else "1"
-    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     if src is not None:
         env["PYTHONPATH"] = str(Path(src).resolve())
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)

@@ -46,10 +46,10 @@ create_box 3 box
     types = [order.index(s) + 1 for s in atoms.get_chemical_symbols()]
     lmp.create_atoms(len(atoms), list(range(1, len(atoms) + 1)), types, positions.ravel().tolist())
     if "--model-commands" in sys.argv:
-        from bornfield.md.lammps_backend import QQR2E
         from bornfield.models.baseline import PairBaseline, pedone_baseline
 
-        charges, commands = PairBaseline(order, pedone_baseline(cutoff, alpha)).lammps_pair_commands(order, QQR2E)
+        baseline = PairBaseline(order, pedone_baseline(cutoff, alpha))
+        charges, commands = baseline.lammps_pair_commands(order, lmp.extract_global("qqr2e"))
         for t in charges:
             lmp.command(f"mass {t} 1.0")
             lmp.command(f"set type {t} charge {charges[t]!r}")

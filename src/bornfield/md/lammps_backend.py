@@ -70,6 +70,7 @@ from bornfield.models.combined import (
     common_baseline,
     evaluate_cluster,
     evaluate_periodic,
+    graph_cutoff,
     member_forces,
     shared_members,
     verlet_graphs,
@@ -81,8 +82,6 @@ MVV2E = 1.0364269e-4
 """LAMMPS metal units: (g/mol)(Å/ps)² -> eV."""
 FTM2V = 1.0 / 1.0364269e-4
 """LAMMPS metal units: (eV/Å)/(g/mol) -> Å/ps²."""
-QQR2E = 14.399645
-"""LAMMPS metal units: Coulomb constant e²/(4πε0) in eV·Å."""
 
 
 def _f(value) -> str:
@@ -184,12 +183,12 @@ class LammpsBackend(Backend):
         self.committee_reach = max([float(potential.receptive_field)]
                                    + [float(m.receptive_field) for m in self.committee]) + 1e-6
         self.potential_reach = (self.committee_reach if self.pair_baseline is None
-                                else max(m.local_cutoff for m in shared_members(potential, None)[0]) + 1e-6)
+                                else graph_cutoff(shared_members(potential, None)[0], with_baseline=False) + 1e-6)
         self.born_reach = float(born.receptive_field) + 1e-6
         self.lmp = lammps(cmdargs=["-screen", "none", "-log", "none", "-nocite"], comm=self.comm)
+        self.lmp.command("units metal")
         lower = self.cell_L
         commands = [
-            "units metal",
             f"atom_style {'atomic' if self.pair_baseline is None else 'charge'}",
             "atom_modify map array sort 0 0.0",
             "boundary p p p",
@@ -203,7 +202,8 @@ class LammpsBackend(Backend):
             self.type_charges = {}
         else:
             symbols = [chemical_symbols[int(self.number_of_type[t])] for t in range(1, len(species) + 1)]
-            self.type_charges, pair_commands = self.pair_baseline.lammps_pair_commands(symbols, QQR2E)
+            self.type_charges, pair_commands = self.pair_baseline.lammps_pair_commands(
+                symbols, self.lmp.extract_global("qqr2e"))
             commands += pair_commands
         commands += [
             f"neighbor {_f(skin)} bin",

@@ -132,7 +132,7 @@ class PairBaseline(nn.Module):
         """The same pair energy as LAMMPS pair styles: ``coul/dsf`` + ``lepton`` (shifted-force short range).
 
         Args:
-            type_symbols: chemical symbol of LAMMPS atom type 1, 2, ... (each a species of the baseline).
+            type_symbols: chemical symbol of LAMMPS atom type 1, 2, ... (each one of the model's species).
             lammps_coulomb_constant: eV·Å, LAMMPS's ``qqr2e`` of the run's units (``metal``: 14.399645).
 
         Returns:
@@ -143,27 +143,25 @@ class PairBaseline(nn.Module):
             by a polynomial (relative error ~1e-7), so forces agree to ~1e-5 eV/Å.
         """
         symbols = [str(s) for s in type_symbols]
-        unknown = [s for s in symbols if s not in self.hyperparameters["charges"]]
+        unknown = [s for s in symbols if s not in self.species]
         if unknown:
-            raise ValueError(f"baseline {NAME!r} has no charge for LAMMPS atom types of {unknown}")
+            raise ValueError(f"LAMMPS atom types of {unknown} are not species of this model {self.species}")
+        index = [self.species.index(s) for s in symbols]
         scale = math.sqrt(self.k / float(lammps_coulomb_constant))
-        charges = {t + 1: self.hyperparameters["charges"][s] * scale for t, s in enumerate(symbols)}
+        charges = {t + 1: float(self._charges[i]) * scale for t, i in enumerate(index)}
         rc = self.cutoff
         commands = [f"pair_style hybrid/overlay coul/dsf {self.alpha!r} {rc!r} lepton {rc!r}",
                     "pair_coeff * * coul/dsf"]
-        for name, (d0, a, r0, c0) in self.hyperparameters["pairs"].items():
-            first, _, second = name.partition("-")
-            if first not in symbols or second not in symbols:
-                continue
-            x = math.exp(-a * (rc - r0))
-            at_cutoff = d0 * (x * x - 2.0 * x) + c0 / rc**12
-            slope = -2.0 * a * d0 * (x * x - x) - 12.0 * c0 / rc**13
-            m = f"{d0!r}*(exp(-2*{a!r}*(r-{r0!r}))-2*exp(-{a!r}*(r-{r0!r})))+{c0!r}/r^12"
-            energy = f"{m}-({at_cutoff!r})-(r-{rc!r})*({slope!r})"
-            for i in range(len(symbols)):  # every type pair of these two species
-                for j in range(i, len(symbols)):
-                    if sorted((symbols[i], symbols[j])) == sorted((first, second)):
-                        commands.append(f'pair_coeff {i + 1} {j + 1} lepton "{energy}"')
+        for ti, i in enumerate(index):  # every type pair with a short-range term, its constants from __init__
+            for tj in range(ti, len(index)):
+                j = index[tj]
+                d0, a, r0, c0 = (float(v) for v in self._table[:, i, j])
+                if d0 == 0.0 and c0 == 0.0:
+                    continue
+                at_cutoff, slope = float(self._sr_at_cutoff[i, j]), float(self._sr_slope_at_cutoff[i, j])
+                m = f"{d0!r}*(exp(-2*{a!r}*(r-{r0!r}))-2*exp(-{a!r}*(r-{r0!r})))+{c0!r}/r^12"
+                energy = f"{m}-({at_cutoff!r})-(r-{rc!r})*({slope!r})"
+                commands.append(f'pair_coeff {ti + 1} {tj + 1} lepton "{energy}"')
         return charges, commands
 
     def self_energies(self, species: torch.Tensor) -> torch.Tensor:

@@ -99,7 +99,7 @@ def _evaluate_blocks(graph: Graph, potentials, borns, stress: bool, with_baselin
     The networks see the pairs within their local cutoffs (:meth:`Graph.within`);
     the potentials' physical baselines (each distinct one evaluated once) use the
     whole graph, unless ``with_baseline`` is False (the caller adds the baseline,
-    e.g. LAMMPS pair styles, :func:`~bornfield.models.baseline.lammps_pair_commands`).
+    e.g. LAMMPS pair styles, :meth:`~bornfield.models.baseline.PairBaseline.lammps_pair_commands`).
     """
     full = graph
     graph = full.within(max(m.local_cutoff for m in potentials + borns))

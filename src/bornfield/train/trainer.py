@@ -139,9 +139,10 @@ def initialise_model(
         means = mean_born_per_species(train_samples, species)
         hyper["mean_charges"] = {x: float(np.trace(z) / 3.0) for x, z in means.items()}
         hyper["interactions"] = int(architecture["interactions"])
-        if architecture.get("feature_squash", False) and architecture.get("architecture", "density") == "density":
+        born_architecture = architecture.get("architecture", "density")
+        if born_architecture == "density" and architecture.get("feature_squash", False):
             hyper["feature_squash"] = True
-        if architecture.get("architecture", "density") == "edge":
+        if born_architecture == "edge":
             hyper["architecture"] = "edge"
             hyper["edge_layers"] = int(architecture["edge_layers"])
         if hyper["interactions"] > 1 or hyper.get("architecture") == "edge":
