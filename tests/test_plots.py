@@ -147,7 +147,11 @@ def test_results_page_states_done_and_pending_conditions_and_refuses_mixed_model
     records[1]["md_run"] = {"models": {**models, "born": {"file": "m/born_0.pt", "sha256": "c" * 64}}}
     with pytest.raises(Exception, match="other model files"):
         model_set_identity(records)
-    # MD cost from a summary.json: replica wall time x ranks per replica
-    facts = md_run_facts({"replicas": [{"wall_time_s": 1800.0}, {"wall_time_s": 3600.0}], "ranks_per_replica": 2,
-                          "replicas_total": 2})
-    assert facts["core_hours"] == pytest.approx(3.0) and facts["models"] is None
+    # MD cost from a summary.json: the job's wall time x its ranks; replicas batched on one rank ran
+    # concurrently, so their own wall times are not added (a stored core_hours of the old rule is replaced)
+    facts = md_run_facts({"replicas": [{"wall_time_s": 1800.0}, {"wall_time_s": 1800.0}], "ranks_per_replica": 1,
+                          "mpi_ranks": 2, "wall_time_s": 1800.0, "core_hours": 4.0, "replicas_total": 4})
+    assert facts["core_hours"] == pytest.approx(1.0) and facts["models"] is None
+    facts = md_run_facts({"replicas": [{"wall_time_s": 900.0}] * 4, "mpi_ranks": 1, "wall_time_s": 900.0,
+                          "replicas_total": 4})
+    assert facts["core_hours"] == pytest.approx(0.25)

@@ -306,15 +306,16 @@ def replicas_from_files(paths: list[str | Path]) -> ReplicaSet:
 def md_run_facts(summary: dict) -> dict:
     """Model identity and MD cost of a condition from its summary.json (empty values if not recorded).
 
-    core_hours: replica wall time x ranks per replica, summed over every replica (failed ones too).
+    core_hours: the MD job's wall time x its MPI ranks (``md.output.md_core_hours``), failed replicas
+    included; a summary without them keeps its stored ``core_hours``.
     """
     if not isinstance(summary, dict) or not summary:
         return {"models": None, "core_hours": None, "replicas_total": None}
     from bornfield.md.output import md_core_hours
 
     core_hours = summary.get("core_hours")
-    if core_hours is None and summary.get("replicas"):
-        core_hours = md_core_hours(summary["replicas"], summary.get("ranks_per_replica", 1))
+    if "wall_time_s" in summary and "mpi_ranks" in summary:
+        core_hours = md_core_hours(summary["wall_time_s"], summary["mpi_ranks"])
     return {"models": summary.get("models"), "core_hours": core_hours,
             "replicas_total": summary.get("replicas_total")}
 

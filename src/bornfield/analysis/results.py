@@ -18,6 +18,7 @@ from pathlib import Path
 from bornfield import atomic
 from bornfield.analysis.claims import format_number
 from bornfield.errors import InputFileError
+from bornfield.md.output import model_files_key
 
 FS_PER_PS = 1000.0
 
@@ -33,7 +34,7 @@ def model_set_identity(records: list[dict]) -> dict | None:
         models = (record.get("md_run") or {}).get("models")
         if models is None:
             continue
-        key = ([m["sha256"] for m in models["potentials"]], models["born"]["sha256"])
+        key = model_files_key(models)
         if identity is None:
             identity, first = (key, models), record
         elif key != identity[0]:

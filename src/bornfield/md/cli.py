@@ -23,6 +23,7 @@ from bornfield.cli import add_model_arguments
 from bornfield.config import add_settings_arguments, settings_from_args
 from bornfield.errors import ConfigError, InputFileError
 from bornfield.md.conditions import expand_conditions
+from bornfield.md.output import model_files_key, model_files_record
 
 LOG = logging.getLogger(__name__)
 
@@ -36,19 +37,6 @@ def model_paths(results_dir: Path, settings: dict) -> tuple[list[Path], Path]:
     return potentials, directory / "born_0.pt"
 
 
-def model_files_record(potential_files: list[Path], born_file: Path) -> dict:
-    """``{"potentials": [{"file", "sha256"}, ...], "born": {"file", "sha256"}}``: the model files an MD
-    run records (summary.json ``models``, the analysis record's ``md_run.models``)."""
-    from bornfield.models.io import file_sha256
-
-    return {"potentials": [{"file": str(p), "sha256": file_sha256(p)} for p in potential_files],
-            "born": {"file": str(born_file), "sha256": file_sha256(born_file)}}
-
-
-def _sha256s(models: dict) -> tuple[list[str], str]:
-    return [m["sha256"] for m in models["potentials"]], models["born"]["sha256"]
-
-
 def stale_analysis_reason(record_path: Path, potential_files: list[Path], born_file: Path) -> str | None:
     """Why an analysis record is not of the current model files (sha256), or None if it is,
     or if the model files do not exist yet (nothing to compare with)."""
@@ -58,7 +46,7 @@ def stale_analysis_reason(record_path: Path, potential_files: list[Path], born_f
     models = (record.get("md_run") or {}).get("models")
     if models is None:
         return "its MD run recorded no model files"
-    recorded, current = _sha256s(models), _sha256s(model_files_record(potential_files, born_file))
+    recorded, current = model_files_key(models), model_files_key(model_files_record(potential_files, born_file))
     if recorded != current:
         return f"made with other model files (born sha256 {recorded[1][:12]}, now {current[1][:12]})"
     return None

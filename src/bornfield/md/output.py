@@ -41,9 +41,28 @@ thermostat added (NaN for Langevin, whose heat exchange is not tracked);
 the zero-field equilibration)."""
 
 
-def md_core_hours(replica_statuses: list[dict], ranks_per_replica: int) -> float:
-    """Core-hours of a condition: replica wall time (status ``wall_time_s``) x ranks per replica, summed."""
-    return sum(float(s.get("wall_time_s", 0.0)) for s in replica_statuses) * int(ranks_per_replica) / 3600.0
+def model_files_record(potential_files: list[Path], born_file: Path) -> dict:
+    """``{"potentials": [{"file", "sha256"}, ...], "born": {"file", "sha256"}}``: the model files an MD
+    run records (summary.json ``models``, the analysis record's ``md_run.models``)."""
+    from bornfield.models.io import file_sha256
+
+    return {"potentials": [{"file": str(p), "sha256": file_sha256(p)} for p in potential_files],
+            "born": {"file": str(born_file), "sha256": file_sha256(born_file)}}
+
+
+def model_files_key(models: dict) -> tuple[list[str], str]:
+    """(potential sha256s, Born sha256) of a ``model_files_record``: equal keys mean the same model set."""
+    return [m["sha256"] for m in models["potentials"]], models["born"]["sha256"]
+
+
+def md_core_hours(wall_time_s: float, mpi_ranks: int) -> float:
+    """Core-hours of a condition's MD job: its wall time (s) x the MPI ranks it held.
+
+    Replicas of one rank run concurrently (batched) or one after the other inside that wall time, so
+    their own wall times are not added up. A condition resumed from checkpoints counts the
+    invocation that finished it.
+    """
+    return float(wall_time_s) * int(mpi_ranks) / 3600.0
 
 
 def write_json(path: Path, data: Any) -> None:

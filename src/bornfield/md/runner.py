@@ -328,6 +328,7 @@ def run_condition(settings: dict, condition: MDCondition, outdir: Path, potentia
     for part in gathered:
         merged.update(part)
     replicas = [merged[r] for r in sorted(merged)]
+    wall_time_s = time.perf_counter() - start
     summary = {
         "condition": condition.to_dict(),
         "replicas_total": condition.replicas,
@@ -337,8 +338,8 @@ def run_condition(settings: dict, condition: MDCondition, outdir: Path, potentia
         "replicas": replicas,
         "mpi_ranks": world_size,
         "ranks_per_replica": group_size,
-        "wall_time_s": round(time.perf_counter() - start, 3),
-        "core_hours": round(md_core_hours(replicas, group_size), 4),
+        "wall_time_s": round(wall_time_s, 3),
+        "core_hours": round(md_core_hours(wall_time_s, world_size), 4),
         "models": model_files,
         "settings": settings,
     }
