@@ -76,18 +76,18 @@ def potential():
 
 def born_variant(variant):
     """Constructor settings of a Born-model variant: 1 or 2 interactions (``"squash"``: 2 with
-    ``feature_squash``), or the edge architecture."""
-    if variant == "edge":
-        return {"architecture": "edge", "edge_layers": 2}
+    ``feature_squash``), or the edge or polar architecture."""
+    if variant in ("edge", "polar"):
+        return {"architecture": variant, "edge_layers": 2}
     if variant == "squash":
         return {"interactions": 2, "feature_squash": True}
     return {"interactions": variant}
 
 
-@pytest.fixture(scope="module", params=[1, 2, "squash", "edge"],
-                ids=["one-interaction", "two-interactions", "two-interactions-squash", "edge"])
+@pytest.fixture(scope="module", params=[1, 2, "squash", "edge", "polar"],
+                ids=["one-interaction", "two-interactions", "two-interactions-squash", "edge", "polar"])
 def born(request):
-    """The Born model with one density, with the second local interaction, and the edge model (float64)."""
+    """The Born model with one density, with the second local interaction, the edge and the polar model (float64)."""
     return make("born", 2, **born_variant(request.param), charge_scales={"Li": 0.3, "P": 0.5, "O": 0.4})
 
 
@@ -223,14 +223,16 @@ def test_smooth_at_cutoff(potential, born):
     assert np.abs(z_near - z_far).max() < 1e-8
 
 
-@pytest.mark.parametrize("variant", [1, 2, "squash", "edge"])
+@pytest.mark.parametrize("variant", [1, 2, "squash", "edge", "polar"])
 def test_cluster_evaluation_reproduces_periodic(structure, variant):
     """Owned atoms + ghosts (open boundaries) give the periodic site energies, forces and raw Z."""
     potential = make("potential", 4, cutoff=4.0)
     born = make("born", 5, cutoff=4.0, **born_variant(variant))
     cell = np.asarray(structure.cell)
     n = len(structure)
-    images = [(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)]
+    reach = int(np.ceil(born.receptive_field / min(np.linalg.norm(cell, axis=1))))  # image shells the ghosts need
+    shells = range(-reach, reach + 1)
+    images = [(i, j, k) for i in shells for j in shells for k in shells]
     positions = np.concatenate([structure.positions + np.array(s) @ cell for s in images])
     numbers = np.tile(structure.numbers, len(images))
     owned = np.zeros(len(positions), dtype=bool)
@@ -325,10 +327,54 @@ def test_edge_model_is_strictly_local(structure):
     assert np.abs(born.cluster_born_charges_raw(moved, numbers, mask) - z).max() > 1e-6
 
 
+def test_polar_model_is_the_derivative_of_one_polarization(structure):
+    """Z of the polar model is dP/dr: its mixed derivatives commute (dZ[j,a,b]/dr_kc = dZ[k,a,c]/dr_jb,
+    which a direct tensor model does not obey), and an atom's Z sees the atoms within twice the
+    cutoff (the dipoles of its neighbours), not beyond."""
+    born = make("born", 8, cutoff=4.0, architecture="polar", edge_layers=2, charge_scales={"Li": 0.3, "P": 0.5, "O": 0.4})
+    assert born.receptive_field == 8.0 and born.shares_blocks is False
+    positions, numbers, cell, pbc = args(structure)
+    distances = np.linalg.norm(positions - positions[0], axis=1)
+    j, k, h = 0, int(np.flatnonzero((distances > 1.0) & (distances < 3.0))[0]), 1e-5
+
+    def dz(model, atom, moved):  # dZ[atom, a, b] / dr_moved,c  -> (a, b, c)
+        out = np.zeros((3, 3, 3))
+        for c in range(3):
+            step = np.zeros_like(positions)
+            step[moved, c] = h
+            out[..., c] = (model.born_charges(positions + step, numbers, cell, pbc)[atom]
+                           - model.born_charges(positions - step, numbers, cell, pbc)[atom]) / (2 * h)
+        return out
+
+    d_jk, d_kj = dz(born, j, k), dz(born, k, j)
+    assert np.abs(d_jk).max() > 1e-3
+    np.testing.assert_allclose(d_jk, d_kj.transpose(0, 2, 1), atol=1e-7)
+    edge = make("born", 8, cutoff=4.0, architecture="edge", edge_layers=2, charge_scales={"Li": 0.3, "P": 0.5, "O": 0.4})
+    assert np.abs(dz(edge, j, k) - dz(edge, k, j).transpose(0, 2, 1)).max() > 1e-4  # a direct model is not curl-free
+    # receptive field: open cluster around atom 0 from a 5x5x5 block of images
+    shells = range(-2, 3)
+    images = np.array([(a, b, c) for a in shells for b in shells for c in shells], dtype=float)
+    block = (positions[None] + (images @ cell)[:, None]).reshape(-1, 3)
+    block_numbers = np.tile(numbers, len(images))
+    r = np.linalg.norm(block - positions[0], axis=1)
+    mask = r < 1e-9
+    z = born.cluster_born_charges_raw(block, block_numbers, mask)
+    rng = np.random.default_rng(3)
+    beyond = r > 8.5
+    moved = block.copy()
+    moved[beyond] += rng.normal(scale=0.1, size=(int(beyond.sum()), 3))
+    np.testing.assert_allclose(born.cluster_born_charges_raw(moved, block_numbers, mask), z, atol=1e-12)
+    between = np.flatnonzero((r > 4.5) & (r < 7.0))
+    moved = block.copy()
+    moved[between] += rng.normal(scale=0.1, size=(between.size, 3))
+    assert np.abs(born.cluster_born_charges_raw(moved, block_numbers, mask) - z).max() > 1e-6
+
+
 def test_edge_model_file_names_its_architecture(tmp_path, structure):
     """A saved edge model reloads as the edge model; files without ``architecture`` load the density model."""
-    from bornfield.models.born_edge import EdgeBornModel
     from bornfield.models.born import EquivariantBornModel
+    from bornfield.models.born_edge import EdgeBornModel
+    from bornfield.models.born_polar import PolarizationBornModel
 
     edge = make("born", 7, architecture="edge", edge_layers=1)
     path = save_model(edge, tmp_path / "edge.pt")
@@ -337,6 +383,8 @@ def test_edge_model_file_names_its_architecture(tmp_path, structure):
     density = make("born", 7, interactions=2)
     assert "architecture" not in density.hyperparameters
     assert type(load_model(save_model(density, tmp_path / "density.pt"))) is EquivariantBornModel
+    polar = make("born", 7, architecture="polar", edge_layers=1)
+    assert type(load_model(save_model(polar, tmp_path / "polar.pt"), kind="born")) is PolarizationBornModel
 
 
 def test_feature_squash_keeps_far_out_of_range_features_from_blowing_up_z(structure):

@@ -151,6 +151,9 @@ class EquivariantBornModel(BornfieldModel):
     """
 
     kind = "born"
+    #: Z of a centre depends on its own edges only: evaluable block by block of centres, in one
+    #: pass with the potential (bornfield.models.combined)
+    shares_blocks = True
 
     def __init__(
         self,

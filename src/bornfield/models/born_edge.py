@@ -127,6 +127,8 @@ class EdgeBornModel(EquivariantBornModel):
         interactions: stored for file compatibility; unused.
     """
 
+    architecture = "edge"
+
     def __init__(
         self,
         species,
@@ -143,8 +145,8 @@ class EdgeBornModel(EquivariantBornModel):
         interactions: int = 2,
     ):
         BornfieldModel.__init__(self, species, cutoff)
-        if architecture != "edge":
-            raise ValueError(f"EdgeBornModel needs architecture 'edge' (got {architecture!r})")
+        if architecture != self.architecture:
+            raise ValueError(f"{type(self).__name__} needs architecture {self.architecture!r} (got {architecture!r})")
         if edge_layers < 1:
             raise ValueError(f"edge_layers must be >= 1 (got {edge_layers})")
         mean_charges = {s: float((mean_charges or {}).get(s, 0.0)) for s in self.species}
@@ -154,7 +156,7 @@ class EdgeBornModel(EquivariantBornModel):
             "mean_charges": mean_charges,
             "charge_scales": charge_scales,
             "edge_layers": int(edge_layers),
-            "architecture": "edge",
+            "architecture": self.architecture,
             "interactions": int(interactions),
         }
         c, h = int(channels), int(radial_hidden)
@@ -169,7 +171,7 @@ class EdgeBornModel(EquivariantBornModel):
         paths, coupling = tensor_product_paths()
         path_out = [p[2] for p in paths]
         self.layers = nn.ModuleList(EdgeLayer(c, h, len(paths), path_out) for _ in range(int(edge_layers)))
-        self.readout = _mlp(h, hidden, 1 + 2 * c)
+        self.readout = _mlp(h, hidden, self.readout_width(c))
         with torch.no_grad():  # start near the isotropic prior
             self.readout[-1].weight.mul_(0.1)
             self.readout[-1].bias.zero_()
@@ -187,6 +189,11 @@ class EdgeBornModel(EquivariantBornModel):
         for a, (lo, hi) in enumerate(FEATURE_SLICES[1:]):
             self.norm_sums[lo - 1 : hi - 1, a] = 1.0
 
+    @staticmethod
+    def readout_width(channels: int) -> int:
+        """Outputs of the per-edge readout MLP: the 0e coefficient and the 1e, 2e channel weights."""
+        return 1 + 2 * channels
+
     def set_charge_scales(self, charge_scales: dict[str, float]) -> None:
         """Per-species scale (e) of the network output (the spread of the training tensors)."""
         values = {s: float(charge_scales.get(s, 1.0)) for s in self.species}
@@ -198,11 +205,8 @@ class EdgeBornModel(EquivariantBornModel):
     def fit_normalisation(self, graphs) -> None:
         """Nothing to fit: the edge sums are normalised by ``avg_neighbours`` and the output by ``charge_scales``."""
 
-    def raw_charges(self, graph: Graph, geometry: EdgeGeometry | None = None) -> torch.Tensor:
-        """Per-centre tensors (N_c, 3, 3) e before the ASR correction (``geometry`` may be a block of centres)."""
-        if geometry is None:
-            graph = graph.within(self.cutoff)
-            geometry = edge_geometry(graph, graph.edge_vectors())
+    def edge_features(self, geometry: EdgeGeometry) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """After the edge layers: latent x (N, K, H), features v (N, C, K, 12), envelope (N, K) (0 on padding)."""
         dtype = geometry.sh.dtype
         c = self.channels
         n, k = geometry.r.shape
@@ -218,6 +222,16 @@ class EdgeBornModel(EquivariantBornModel):
         basis = self.constants.get("coupling", dtype)
         for layer in self.layers:
             x, v = layer(x, v, sh_env, basis, self.norm_sums, self.avg_neighbours)
+        return x, v, envelope
+
+    def raw_charges(self, graph: Graph, geometry: EdgeGeometry | None = None) -> torch.Tensor:
+        """Per-centre tensors (N_c, 3, 3) e before the ASR correction (``geometry`` may be a block of centres)."""
+        if geometry is None:
+            graph = graph.within(self.cutoff)
+            geometry = edge_geometry(graph, graph.edge_vectors())
+        dtype = geometry.sh.dtype
+        c = self.channels
+        x, v, envelope = self.edge_features(geometry)
         coeffs = self.readout(x) * (envelope * self.avg_neighbours**-0.5).unsqueeze(-1)  # (N, K, 1 + 2C)
         scalar = coeffs[..., 0].sum(1, keepdim=True)  # (N, 1)
         vector = torch.einsum("nkc,nckm->nm", coeffs[..., 1 : 1 + c], v[..., 4:7])

@@ -125,6 +125,8 @@ class BornCommittee(_Committee):
         """Member mean of the raw tensors of all atoms, or of the ``centre_mask`` atoms only."""
         if centre_mask is None:
             centre_mask = np.ones(len(numbers), dtype=bool)
+        if not all(m.shares_blocks for m in self.members):  # each member builds the cluster it needs
+            return np.mean([m.cluster_born_charges_raw(positions, numbers, centre_mask) for m in self.members], axis=0)
         graph = build_cluster_graph(positions, numbers, centre_mask, self.species, self.cutoff, self.dtype)
         return self.evaluate_graph(graph, asr=False)["born_charges"]
 

@@ -32,6 +32,7 @@ from bornfield.errors import InputFileError
 from bornfield.models.base import BornfieldModel
 from bornfield.models.born import EquivariantBornModel, PaperRowBaseline
 from bornfield.models.born_edge import EdgeBornModel
+from bornfield.models.born_polar import PolarizationBornModel
 from bornfield.models.potential import NNPotential
 
 FORMAT = "bornfield-model"
@@ -42,7 +43,8 @@ MODEL_CLASSES: dict[str, type[BornfieldModel]] = {
     PaperRowBaseline.kind: PaperRowBaseline,
 }
 #: Born-model classes by the ``architecture`` hyperparameter (files without it: "density")
-BORN_ARCHITECTURES: dict[str, type[BornfieldModel]] = {"density": EquivariantBornModel, "edge": EdgeBornModel}
+BORN_ARCHITECTURES: dict[str, type[BornfieldModel]] = {
+    "density": EquivariantBornModel, "edge": EdgeBornModel, "polar": PolarizationBornModel}
 
 
 def model_class(kind: str, hyperparameters: dict[str, Any]) -> type[BornfieldModel]:

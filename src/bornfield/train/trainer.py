@@ -142,10 +142,10 @@ def initialise_model(
         born_architecture = architecture.get("architecture", "density")
         if born_architecture == "density" and architecture.get("feature_squash", False):
             hyper["feature_squash"] = True
-        if born_architecture == "edge":
-            hyper["architecture"] = "edge"
+        if born_architecture in ("edge", "polar"):
+            hyper["architecture"] = born_architecture
             hyper["edge_layers"] = int(architecture["edge_layers"])
-        if hyper["interactions"] > 1 or hyper.get("architecture") == "edge":
+        if hyper["interactions"] > 1 or born_architecture in ("edge", "polar"):
             hyper["charge_scales"] = born_scale_per_species(train_samples, species, hyper["mean_charges"])
     elif kind == "born_row":
         means = mean_born_per_species(train_samples, species)

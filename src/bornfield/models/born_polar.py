@@ -1,0 +1,115 @@
+"""Born charges as the derivative of a learned polarization (``architecture: "polar"``).
+
+The Born tensor is by definition ``Z[j, α, β] = Ω/e ∂P_α/∂r_jβ``. With localised (Wannier)
+electrons the cell dipole splits into fixed ionic charges and local dipoles,
+``Ω P / e = Σ_i q_{s_i} r_i + Σ_i μ_i``, where ``μ_i`` (e·Å) is a polar vector of atom i's
+environment. This model learns ``μ_i`` and differentiates:
+
+    ``Z[j] = q_{s_j} 1 + Σ_i ∂μ_i/∂r_j``.
+
+* ``μ_i = s_{z_i} Σ_k env(r_ik) Σ_c a_c(x_ik) V_ik[c, 1o] / sqrt(avg_neighbours)``: the 1o
+  channels of the edge features of :class:`~bornfield.models.born_edge.EdgeBornModel` (same
+  layers, same hyperparameters), ``s`` the per-species ``charge_scales``; ``q`` the per-species
+  ``mean_charges`` (learned offsets).
+* The derivative is taken through the edge vectors and scattered onto atoms like forces
+  (:func:`~bornfield.models.potential.forces_from_edge_gradient`): three backward passes, one per
+  field component α, kept differentiable while training.
+* Acoustic sum rule: ``Σ_j ∂μ_i/∂r_j = 0`` exactly (μ depends on differences only); the constant
+  part is made sum-free by the usual mean subtraction (:mod:`bornfield.fieldphysics`).
+* Equivariance: μ is an O(3) polar vector, so Z rotates as ``R Z Rᵀ``. The mixed derivatives of
+  one function ``P`` make Z curl-free: ``∂Z[j, α, β]/∂r_kγ = ∂Z[k, α, γ]/∂r_jβ``.
+* Receptive field: ``Z[j]`` collects ``μ_i`` of every i within the cutoff of j, each of which sees
+  its own cutoff: twice the cutoff. The model is therefore evaluated as a whole structure (periodic)
+  or through the cluster protocol with ghosts to :attr:`receptive_field`, not block by block of
+  centres (:func:`bornfield.models.combined.shared_members` leaves it out of the shared pass).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+
+from bornfield.fieldphysics import asr_correct_batched
+from bornfield.models.born_edge import EdgeBornModel
+from bornfield.models.graph import Graph, build_cluster_graph
+from bornfield.models.potential import edge_geometry, forces_from_edge_gradient
+
+
+class PolarizationBornModel(EdgeBornModel):
+    """Z = d(polarization)/d(position) of learned local dipoles (e); ``architecture="polar"``.
+
+    Hyperparameters as :class:`EdgeBornModel`.
+    """
+
+    architecture = "polar"
+    #: Z[j] needs the dipoles of its neighbours: not evaluable block by block of centres
+    shares_blocks = False
+
+    @staticmethod
+    def readout_width(channels: int) -> int:
+        """Outputs of the per-edge readout MLP: one weight per 1o channel."""
+        return channels
+
+    @property
+    def receptive_field(self) -> float:
+        """Å: twice the cutoff (the dipoles of the neighbours within one cutoff)."""
+        return 2.0 * self.cutoff
+
+    def dipoles(self, geometry) -> torch.Tensor:
+        """Local dipoles μ (N_c, 3) e·Å of the centres of ``geometry``."""
+        x, v, envelope = self.edge_features(geometry)
+        coeffs = self.readout(x) * (envelope * self.avg_neighbours**-0.5).unsqueeze(-1)  # (N, K, C)
+        vector = torch.einsum("nkc,nckm->nm", coeffs, v[..., 1:4])  # 1o = Cartesian (x, y, z)
+        return vector * self.charge_scale[geometry.centre_species, None]
+
+    def raw_charges(self, graph: Graph, geometry=None) -> torch.Tensor:
+        """Tensors (N, 3, 3) e of every atom of ``graph`` before the ASR correction.
+
+        Z of an atom is complete when every atom within one cutoff of it is a centre with its
+        whole neighbourhood in the graph (periodic graphs; clusters as built by
+        :meth:`cluster_born_charges_raw`). ``geometry`` (a block of centres) is not accepted.
+        """
+        if geometry is not None:
+            raise ValueError("PolarizationBornModel evaluates whole graphs, not blocks of centres")
+        graph = graph.within(self.cutoff)
+        keep_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            edge_vec = graph.edge_vectors().detach().requires_grad_(True)
+            mu = self.dipoles(edge_geometry(graph, edge_vec))
+            rows = []
+            for alpha in range(3):
+                (grad,) = torch.autograd.grad(mu[:, alpha].sum(), edge_vec, create_graph=keep_graph,
+                                              retain_graph=True)
+                rows.append(-forces_from_edge_gradient(graph, grad))  # dP_α/dr (N, 3)
+        z = torch.stack(rows, dim=1)  # (N, α, β)
+        if not keep_graph:
+            z = z.detach()
+        offset = self.charge_offset[graph.species].to(z.dtype)
+        return z + offset[:, None, None] * torch.eye(3, dtype=z.dtype)
+
+    def forward(self, graph: Graph, asr: bool = True) -> torch.Tensor:
+        """Born charges (N, 3, 3) e of every atom; ASR-corrected per structure unless ``asr=False``."""
+        graph = graph.within(self.cutoff)
+        z = self.raw_charges(graph)
+        return asr_correct_batched(z, graph.batch, graph.n_structures) if asr else z
+
+    def cluster_born_charges_raw(self, positions, numbers, centre_mask=None) -> np.ndarray:
+        """Open-boundary raw tensors of the ``centre_mask`` atoms (default all), (count, 3, 3) e.
+
+        The dipoles are summed over every atom within one cutoff of a requested atom, so the
+        cluster must hold all atoms within :attr:`receptive_field` of the requested ones.
+        """
+        numbers = np.asarray(numbers)
+        if centre_mask is None:
+            centre_mask = np.ones(len(numbers), dtype=bool)
+        centre_mask = np.asarray(centre_mask, dtype=bool)
+        positions = np.asarray(positions, dtype=float)
+        dipole_centres = np.zeros(len(numbers), dtype=bool)
+        if centre_mask.any():
+            distance, _ = cKDTree(positions[centre_mask]).query(positions, distance_upper_bound=self.cutoff)
+            dipole_centres = distance < self.cutoff
+        graph = build_cluster_graph(positions, numbers, dipole_centres, self.species, self.cutoff, self.dtype)
+        with torch.no_grad():
+            z = self.raw_charges(graph)
+        return z.double().numpy()[centre_mask]
