@@ -120,6 +120,42 @@ def test_combined_step_equals_separate_autograd_evaluations():
                                rtol=1e-10, atol=1e-12)
 
 
+def test_polar_born_model_is_evaluated_beside_the_shared_potential_pass():
+    """A polar Born committee (not evaluable block by block) leaves the potential its shared pass and
+    neighbour lists; its Z comes from its own periodic / cluster evaluation, identical to the direct calls;
+    replica batches keep batching it."""
+    from bornfield.models.combined import evaluate_periodic_batch, evaluated_separately, verlet_graphs
+
+    potentials = PotentialCommittee([make("potential", s, cutoff=4.5) for s in (6, 7)])
+    polar = BornCommittee([make("born", s, cutoff=4.0, architecture="polar", edge_layers=1) for s in (8, 9)])
+    assert evaluated_separately(polar) and not evaluated_separately(BornCommittee([make("born", 8, cutoff=4.5)]))
+    atoms = rattled((1, 2, 1), seed=5)
+    args = (atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)
+    graphs = verlet_graphs(potentials, polar, 0.5)
+    assert graphs is not None  # the potential keeps its Verlet lists
+    step = evaluate_periodic(potentials, polar, *args, stress=True, graphs=graphs)
+    alone = evaluate_periodic(potentials, None, *args, stress=True)
+    np.testing.assert_allclose(step.forces, alone.forces, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(step.stress, alone.stress, rtol=1e-10, atol=1e-12)
+    z = polar.born_charges(*args)
+    np.testing.assert_allclose(step.born_raw - step.born_raw.mean(0), z, atol=1e-12)
+    assert np.abs(z - z.mean(0)).max() > 1e-3
+    batch = evaluate_periodic_batch(potentials, polar, [args, args], with_born=[True, False])
+    np.testing.assert_allclose(batch[0].born_raw, step.born_raw, atol=1e-12)
+    assert batch[1].born_raw is None
+    np.testing.assert_allclose(batch[1].forces, alone.forces, rtol=1e-10, atol=1e-12)
+    # cluster: owned cell + images to twice the cutoff
+    cell = np.asarray(atoms.cell)
+    reach = int(np.ceil(polar.receptive_field / min(np.linalg.norm(cell, axis=1))))
+    shells = range(-reach, reach + 1)
+    images = [(0, 0, 0)] + [(i, j, k) for i in shells for j in shells for k in shells if (i, j, k) != (0, 0, 0)]
+    positions = np.concatenate([atoms.positions + np.array(v) @ cell for v in images])
+    numbers = np.tile(atoms.numbers, len(images))
+    owned = np.arange(len(positions)) < len(atoms)
+    cluster = evaluate_cluster(potentials, polar, positions, numbers, owned)
+    np.testing.assert_allclose(cluster.born_raw - cluster.born_raw.mean(0), z, atol=1e-10)
+
+
 def test_saved_model_gives_its_recorded_outputs():
     """Model files written by the code before the speed work: same numbers to float32 round-off."""
     potential = load_potential(DATA / "potential_ref.pt")

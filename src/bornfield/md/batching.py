@@ -37,7 +37,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from bornfield.models.combined import StepResult, evaluate_periodic, evaluate_periodic_batch, shared_members
+from bornfield.models.combined import StepResult, evaluate_periodic, evaluate_periodic_batch, model_members
 
 
 class BatchAborted(RuntimeError):
@@ -61,8 +61,7 @@ class _Request:
 
     def __post_init__(self) -> None:
         # requests whose models are the same members (each FieldCalculator wraps them in its own committee) batch
-        shared = shared_members(self.potential, self.born)
-        members = (id(self.potential), id(self.born)) if shared is None else tuple(map(id, shared[0] + shared[1]))
+        members = tuple(map(id, model_members(self.potential))), tuple(map(id, model_members(self.born)))
         self.key = (members, self.stress)
 
 

@@ -70,6 +70,7 @@ from bornfield.models.combined import (
     common_baseline,
     evaluate_cluster,
     evaluate_periodic,
+    evaluated_separately,
     graph_cutoff,
     member_forces,
     shared_members,
@@ -144,7 +145,7 @@ class LammpsBackend(Backend):
         self.types = np.array([self.type_of_number[int(z)] for z in self.numbers], dtype=int)
         self.safety = SafetyLimits.from_md_settings(settings)
         # bornfield models sharing species/dtype: one graph per step for both (else Protocol calls)
-        self._shared = shared_members(potential, born) is not None
+        self._shared = shared_members(potential, None if evaluated_separately(born) else born) is not None
         # the potential's physical baseline as LAMMPS pair styles (the networks alone in the callback)
         self.pair_baseline = (common_baseline(potential)
                               if self._shared and settings["lammps"]["baseline_in_lammps"] else None)

@@ -65,6 +65,20 @@ def _members(model, single: type, committee: type) -> list | None:
     return None
 
 
+def evaluated_separately(born) -> bool:
+    """True if ``born`` is a bornfield Born model (or committee) that cannot join the potential's
+    block-by-block pass (``shares_blocks`` False, e.g. the polar model): the evaluations below then
+    run the potential in its shared pass and the Born model through its own Protocol call."""
+    members = None if born is None else _members(born, EquivariantBornModel, BornCommittee)
+    return members is not None and not all(m.shares_blocks for m in members)
+
+
+def model_members(model) -> list:
+    """The members of a bornfield model or committee (one-element list for a single model or any other object)."""
+    return (_members(model, NNPotential, PotentialCommittee) or _members(model, EquivariantBornModel, BornCommittee)
+            or [model])
+
+
 def shared_members(potential, born) -> tuple[list[NNPotential], list[EquivariantBornModel]] | None:
     """Members of ``potential`` and ``born`` if one shared evaluation can serve them all, else None."""
     potentials = _members(potential, NNPotential, PotentialCommittee)
@@ -172,7 +186,7 @@ def verlet_graphs(potential, born, skin: float, with_baseline: bool = True) -> V
     """
     if float(skin) < 0.0:
         raise ValueError(f"neighbour-list skin must be >= 0 Å (got {skin!r})")
-    shared = shared_members(potential, born)
+    shared = shared_members(potential, None if evaluated_separately(born) else born)
     if float(skin) == 0.0 or shared is None:
         return None
     models = shared[0] + shared[1]
@@ -219,6 +233,11 @@ def evaluate_periodic(
         subtract the mean over atoms in float64 either way.
     """
     with_born = with_born and born is not None
+    if with_born and evaluated_separately(born):
+        step = evaluate_periodic(potential, None, positions, numbers, cell, pbc, with_born=False, stress=stress,
+                                 graphs=graphs, with_baseline=with_baseline)
+        step.born_raw = np.asarray(born.born_charges(positions, numbers, cell, pbc), dtype=float)
+        return step
     shared = shared_members(potential, born if with_born else None)
     if shared is None and not with_baseline:
         raise ValueError("with_baseline=False needs bornfield models that share one evaluation")
@@ -264,6 +283,12 @@ def evaluate_periodic_batch(
     if len(wanted) != count or len(graphs) != count:
         raise ValueError(f"{count} structures, {len(wanted)} with_born flags and {len(graphs)} graphs")
     any_born = born is not None and any(wanted)
+    if any_born and evaluated_separately(born):
+        results = evaluate_periodic_batch(potential, None, structures, with_born=False, stress=stress, graphs=graphs)
+        for result, structure, want in zip(results, structures, wanted):
+            if want:
+                result.born_raw = np.asarray(born.born_charges(*structure), dtype=float)
+        return results
     shared = shared_members(potential, born if any_born else None)
     if shared is None or count == 1:
         return [evaluate_periodic(potential, born, *structure, with_born=w, stress=stress, graphs=g)
@@ -316,6 +341,11 @@ def evaluate_cluster(potential, born, positions, numbers, centre_mask, with_born
     """
     centre_mask = np.asarray(centre_mask, dtype=bool)
     with_born = with_born and born is not None
+    if with_born and evaluated_separately(born):
+        step = evaluate_cluster(potential, None, positions, numbers, centre_mask, with_born=False,
+                                with_baseline=with_baseline)
+        step.born_raw = np.asarray(born.cluster_born_charges_raw(positions, numbers, centre_mask), dtype=float)
+        return step
     shared = shared_members(potential, born if with_born else None)
     if shared is None and not with_baseline:
         raise ValueError("with_baseline=False needs bornfield models that share one evaluation")
@@ -332,5 +362,5 @@ def evaluate_cluster(potential, born, positions, numbers, centre_mask, with_born
     return _evaluate_graph(graph, potentials, borns, stress=False, with_baseline=with_baseline)
 
 
-__all__ = ["StepResult", "common_baseline", "evaluate_cluster", "evaluate_periodic", "evaluate_periodic_batch", "graph_cutoff", "member_forces",
-           "shared_members", "verlet_graphs"]
+__all__ = ["StepResult", "common_baseline", "evaluate_cluster", "evaluate_periodic", "evaluate_periodic_batch",
+           "evaluated_separately", "graph_cutoff", "member_forces", "model_members", "shared_members", "verlet_graphs"]
