@@ -118,16 +118,16 @@ def measure(n_atoms, threads, channels, radial_hidden, cutoff, dtype_name, repea
 
 
 def born_settings(variant) -> dict:
-    """Born constructor settings of a --born-variants token: "1"/"2" (interactions) or "edge<L>[c<C>]"
-    (edge architecture, L layers, C channels)."""
+    """Born constructor settings of a --born-variants token: "1"/"2" (interactions) or "edge<L>[c<C>]" /
+    "polar<L>[c<C>]" (edge or polar architecture, L layers, C channels)."""
     if not variant:
         return {}
-    match = re.fullmatch(r"edge(\d*)(?:c(\d+))?", str(variant))
+    match = re.fullmatch(r"(edge|polar)(\d*)(?:c(\d+))?", str(variant))
     if match is None:
         return {"interactions": int(variant)}
-    settings = {"architecture": "edge", "edge_layers": int(match.group(1) or 2)}
-    if match.group(2):
-        settings["channels"] = int(match.group(2))
+    settings = {"architecture": match.group(1), "edge_layers": int(match.group(2) or 2)}
+    if match.group(3):
+        settings["channels"] = int(match.group(3))
     return settings
 
 
