@@ -147,37 +147,23 @@ def test_training_lowers_loss_and_resumes(dataset, tmp_path, kind):
     assert [row["epoch"] for row in fresh] == [0, 1]
 
 
-def test_edge_born_model_trains_with_a_cosine_schedule(dataset, tmp_path):
-    """train.born.architecture edge builds and saves the edge model; cosine decays to min_lr at max_epochs."""
+@pytest.mark.parametrize("architecture", ["edge", "polar"])
+def test_edge_and_polar_born_models_train_with_a_cosine_schedule(dataset, tmp_path, architecture):
+    """train.born.architecture edge / polar builds and saves that model (polar: the loss on Z = dP/dr reaches
+    the weights by double backward); cosine decays to min_lr at max_epochs; the reloaded model keeps the sum rule."""
     from bornfield.models import load_born
-    from bornfield.models.born_edge import EdgeBornModel
+    from bornfield.models.io import BORN_ARCHITECTURES
 
     samples = read_samples(dataset)
-    settings = dict(TINY, max_epochs=4, architecture="edge", edge_layers=2, lr_schedule="cosine", warmup_epochs=1)
+    settings = dict(TINY, max_epochs=4, architecture=architecture, edge_layers=2, lr_schedule="cosine", warmup_epochs=1)
     model, history = train_model("born", samples[:18], samples[18:], settings, tmp_path / "born_0.pt", seed=3,
                                  species=dataset_species(samples), progress=False)
-    assert isinstance(model, EdgeBornModel) and len(history) == 4
+    assert type(model) is BORN_ARCHITECTURES[architecture] and len(history) == 4
     assert history[-1]["val_loss"] < history[0]["val_loss"]
     lrs = [row["lr"] for row in history]
     assert lrs[1] > lrs[2] > lrs[3] == pytest.approx(settings["min_lr"])
     loaded = load_born(tmp_path / "born_0.pt")
-    assert isinstance(loaded, EdgeBornModel) and loaded.hyperparameters["edge_layers"] == 2
-
-
-def test_polar_born_model_trains_through_its_derivative(dataset, tmp_path):
-    """train.born.architecture polar: the loss on Z = dP/dr reaches the weights (double backward) and falls;
-    the saved file reloads as the polar model with an exact sum rule."""
-    from bornfield.models import load_born
-    from bornfield.models.born_polar import PolarizationBornModel
-
-    samples = read_samples(dataset)
-    settings = dict(TINY, max_epochs=4, architecture="polar", edge_layers=1, lr_schedule="cosine", warmup_epochs=1)
-    model, history = train_model("born", samples[:18], samples[18:], settings, tmp_path / "born_0.pt", seed=3,
-                                 species=dataset_species(samples), progress=False)
-    assert isinstance(model, PolarizationBornModel) and len(history) == 4
-    assert history[-1]["val_loss"] < history[0]["val_loss"]
-    loaded = load_born(tmp_path / "born_0.pt")
-    assert isinstance(loaded, PolarizationBornModel)
+    assert type(loaded) is BORN_ARCHITECTURES[architecture] and loaded.hyperparameters["edge_layers"] == 2
     atoms = samples[18].atoms
     z = loaded.born_charges(atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)
     assert np.abs(z.sum(0)).max() < 1e-5 and np.abs(z - z.mean(0)).max() > 1e-3
