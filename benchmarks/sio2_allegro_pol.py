@@ -82,6 +82,8 @@ VARIANTS: dict[str, dict] = {
                           "lr_schedule": "cosine", "patience": 1000, "max_epochs": 180},
     "polar-b1-lr5": {"architecture": "polar", "edge_layers": 2, "batch_size": 1, "learning_rate": 0.005,
                      "lr_schedule": "cosine", "patience": 1000},
+    "polar-b1-lr5-wide": {"architecture": "polar", "edge_layers": 2, "batch_size": 1, "learning_rate": 0.005,
+                          "lr_schedule": "cosine", "patience": 1000, "channels": 16, "radial_hidden": 64},
 }
 BASELINE_SETTINGS: dict = {}
 
