@@ -29,9 +29,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from sio2_allegro_pol import merge_records  # noqa: E402
+from sio2_allegro_pol import evaluate as evaluate_test_rows
+from sio2_allegro_pol import merge_records
 
-from bornfield.cli import main as bornfield  # noqa: E402
+from bornfield.cli import main as bornfield
 
 DATASET = "li3po4-ledger"
 SCHEDULE = {"committee": 1, "batch_size": 1, "learning_rate": 0.005, "lr_schedule": "cosine", "patience": 1000}
@@ -68,17 +69,6 @@ def born_speed(files: list[str], structure: tuple, repeats: int) -> float:
     return len(structure[1]) / best
 
 
-def evaluate(work: Path, data: str, split: str, files: list[str], system: str, notes: str) -> list[dict]:
-    out = work / f"eval_{system}.json"
-    if bornfield(["train", "evaluate", "--dataset", data, "--split", split, "--subset", "test", "--born", *files,
-                  "--output", str(out), "--figures-dir", str(work)]) != 0:
-        raise RuntimeError(f"evaluation of {system} failed")
-    records = json.loads(out.read_text())
-    for record in records:
-        record.update(system=system, dataset=DATASET, baseline=False, notes=notes)
-    return records
-
-
 def plot(records: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -88,10 +78,10 @@ def plot(records: list[dict], path: Path) -> None:
     rmse = {r["system"]: r["value"] for r in records if r["metric"] == "bec_rmse_e"}
     speed = {r["system"]: r["value"] for r in records if r["metric"] == "born_atom_evals_per_cpu_s"}
     fig, ax = plt.subplots(figsize=(6, 4))
-    for system in rmse:
+    for system, error in rmse.items():
         if system in speed:
-            ax.scatter(speed[system], rmse[system])
-            ax.annotate(system.removeprefix("bornfield-born[").rstrip("]"), (speed[system], rmse[system]),
+            ax.scatter(speed[system], error)
+            ax.annotate(system.removeprefix("bornfield-born[").rstrip("]"), (speed[system], error),
                         textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("Born model atom-evaluations per CPU-second (1,024 atoms, 1 thread)")
@@ -129,9 +119,10 @@ def main() -> int:
 
     shipped = sorted(str(p) for p in Path(args.shipped).glob("born_[0-9]*.pt"))
     system = "bornfield-born[shipped]"
-    records += evaluate(work, args.dataset, args.split, shipped, system,
-                        f"the Born committee of {args.shipped} ({len(shipped)} members, trained by make models); "
-                        f"command: {command}")
+    split = ("--split", args.split)
+    records += evaluate_test_rows(work, args.dataset, {"born": shipped}, system, False, command,
+                                  f"the Born committee of {args.shipped} ({len(shipped)} members, trained by make models)",
+                                  split=split, dataset=DATASET)
     records.append(speed_record(system, shipped))
     for name in args.variant:
         born = {**SCHEDULE, "max_epochs": args.max_epochs, **VARIANTS[name]}
@@ -142,8 +133,8 @@ def main() -> int:
             return 1
         system = f"bornfield-born[{name}]"
         files = [str(outdir / "born_0.pt")]
-        records += evaluate(work, args.dataset, args.split, files, system,
-                            f"one member, train.born {json.dumps(born)}; command: {command}")
+        records += evaluate_test_rows(work, args.dataset, {"born": files}, system, False, command,
+                                      f"one member, train.born {json.dumps(born)}", split=split, dataset=DATASET)
         records.append(speed_record(system, files))
         print(f"{name}: " + ", ".join(f"{r['metric']} {r['value']:.4g}" for r in records
                                       if r["system"] == system and r["metric"] in ("bec_rmse_e", "born_atom_evals_per_cpu_s")))

@@ -162,10 +162,12 @@ def model_from_checkpoint(checkpoint: Path, out: Path) -> tuple[Path, str]:
 
 
 def evaluate(work: Path, data: Path, models: dict[str, list[str]], system: str, baseline: bool,
-             command: str, extra_notes: str) -> list[dict]:
-    """``bornfield train evaluate`` on the test frames -> records tagged with the dataset and command."""
+             command: str, extra_notes: str, split: tuple[str, ...] = ("--split-key",),
+             dataset: str = DATASET) -> list[dict]:
+    """``bornfield train evaluate`` on the test frames (of the dataset's ``split`` key, or of the split
+    options ``split`` names) -> records tagged with the dataset and command."""
     out = work / f"eval_{system}.json"
-    args = ["train", "evaluate", "--dataset", str(data), "--split-key", "--subset", "test",
+    args = ["train", "evaluate", "--dataset", str(data), *split, "--subset", "test",
             "--output", str(out), "--figures-dir", str(work)]
     for kind, files in models.items():
         args += [f"--{kind}", *files]
@@ -175,7 +177,7 @@ def evaluate(work: Path, data: Path, models: dict[str, list[str]], system: str, 
     for record in records:
         record["system"] = system
         record["baseline"] = baseline
-        record["dataset"] = DATASET
+        record["dataset"] = dataset
         record["notes"] = f"{extra_notes}; command: {command}"
     return records
 

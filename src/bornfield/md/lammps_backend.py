@@ -144,7 +144,8 @@ class LammpsBackend(Backend):
             self.mass_of_type[t] = self.masses[self.numbers == z][0]
         self.types = np.array([self.type_of_number[int(z)] for z in self.numbers], dtype=int)
         self.safety = SafetyLimits.from_md_settings(settings)
-        # bornfield models sharing species/dtype: one graph per step for both (else Protocol calls)
+        # bornfield models sharing species/dtype: one graph per step for the potential and a block-wise Born
+        # model (a polar Born model runs beside it, combined.evaluated_separately; else Protocol calls)
         self._shared = shared_members(potential, None if evaluated_separately(born) else born) is not None
         # the potential's physical baseline as LAMMPS pair styles (the networks alone in the callback)
         self.pair_baseline = (common_baseline(potential)
