@@ -249,6 +249,11 @@ def test_batched_run_resumes_from_its_checkpoints(tmp_path, models, kill_md_at_s
     disarm()
     summary, resumed = run(tmp_path, settings, models, "resumed")
     assert summary["replicas_completed"] == reference["replicas_completed"] == 3
+    # the killed invocation's wall time is kept and counted with the one that finished
+    killed, finished = summary["invocations"]
+    assert not killed["finished"] and finished["finished"] and killed["wall_time_s"] > 0
+    assert summary["core_hours"] == pytest.approx((killed["wall_time_s"] + finished["wall_time_s"]) / 3600, abs=1e-4)
+    assert len(reference["invocations"]) == 1
     for replica in range(3):
         for key in ("positions", "velocities"):
             assert np.array_equal(trajectory(whole, replica, key), trajectory(resumed, replica, key)), (replica, key)
@@ -259,3 +264,22 @@ def test_schema_default_and_lammps_ignore_batching():
 
     assert batch_replicas(validate_section({}, "md")) is bool(validate_section({}, "md")["batch_replicas"])
     assert not batch_replicas(validate_section({"backend": "lammps", "batch_replicas": True}, "md"))
+
+
+def test_invocation_clock_records_a_killed_invocation_while_it_runs(tmp_path):
+    import time
+
+    from bornfield.md.output import InvocationClock, read_json
+
+    with InvocationClock(tmp_path, mpi_ranks=2, interval_s=0.05):
+        time.sleep(0.3)
+        running = read_json(tmp_path / InvocationClock.FILE)  # what a kill at this moment leaves
+    assert len(running) == 1 and not running[0]["finished"] and running[0]["mpi_ranks"] == 2
+    assert 0.1 <= running[0]["wall_time_s"] <= 0.3
+    with pytest.raises(RuntimeError), InvocationClock(tmp_path, mpi_ranks=1, interval_s=0.05):
+        raise RuntimeError("killed")
+    first, second = read_json(tmp_path / InvocationClock.FILE)
+    assert first["finished"] and first["wall_time_s"] >= 0.3 and not second["finished"]
+    (tmp_path / InvocationClock.FILE).write_text('{"not": "a list"}')
+    with pytest.raises(Exception, match="invocations.json: expected a list"):
+        InvocationClock(tmp_path, mpi_ranks=1)

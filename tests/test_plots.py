@@ -155,3 +155,8 @@ def test_results_page_states_done_and_pending_conditions_and_refuses_mixed_model
     facts = md_run_facts({"replicas": [{"wall_time_s": 900.0}] * 4, "mpi_ranks": 1, "wall_time_s": 900.0,
                           "replicas_total": 4})
     assert facts["core_hours"] == pytest.approx(0.25)
+    # a condition resumed from checkpoints counts every invocation, the killed ones included
+    facts = md_run_facts({"mpi_ranks": 1, "wall_time_s": 900.0, "replicas_total": 4,
+                          "invocations": [{"mpi_ranks": 2, "wall_time_s": 1800.0, "finished": False},
+                                          {"mpi_ranks": 1, "wall_time_s": 900.0, "finished": True}]})
+    assert facts["core_hours"] == pytest.approx(1.25)

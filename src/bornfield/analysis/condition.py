@@ -306,15 +306,18 @@ def replicas_from_files(paths: list[str | Path]) -> ReplicaSet:
 def md_run_facts(summary: dict) -> dict:
     """Model identity and MD cost of a condition from its summary.json (empty values if not recorded).
 
-    core_hours: the MD job's wall time x its MPI ranks (``md.output.md_core_hours``), failed replicas
-    included; a summary without them keeps its stored ``core_hours``.
+    core_hours: wall time x MPI ranks summed over the job's invocations (``md.output.InvocationClock``),
+    failed replicas included; a summary without invocations counts its last invocation; one without
+    wall time keeps its stored ``core_hours``.
     """
     if not isinstance(summary, dict) or not summary:
         return {"models": None, "core_hours": None, "replicas_total": None}
-    from bornfield.md.output import md_core_hours
+    from bornfield.md.output import invocations_core_hours, md_core_hours
 
     core_hours = summary.get("core_hours")
-    if "wall_time_s" in summary and "mpi_ranks" in summary:
+    if summary.get("invocations"):
+        core_hours = invocations_core_hours(summary["invocations"])
+    elif "wall_time_s" in summary and "mpi_ranks" in summary:
         core_hours = md_core_hours(summary["wall_time_s"], summary["mpi_ranks"])
     return {"models": summary.get("models"), "core_hours": core_hours,
             "replicas_total": summary.get("replicas_total")}

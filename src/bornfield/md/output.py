@@ -13,9 +13,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+import threading
+import time
 import zipfile
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import h5py
 import numpy as np
@@ -56,13 +59,70 @@ def model_files_key(models: dict) -> tuple[list[str], str]:
 
 
 def md_core_hours(wall_time_s: float, mpi_ranks: int) -> float:
-    """Core-hours of a condition's MD job: its wall time (s) x the MPI ranks it held.
+    """Core-hours of one MD job invocation: its wall time (s) x the MPI ranks it held.
 
     Replicas of one rank run concurrently (batched) or one after the other inside that wall time, so
-    their own wall times are not added up. A condition resumed from checkpoints counts the
-    invocation that finished it.
+    their own wall times are not added up.
     """
     return float(wall_time_s) * int(mpi_ranks) / 3600.0
+
+
+def invocations_core_hours(invocations: list[dict]) -> float:
+    """Core-hours of a condition over all its invocations (``InvocationClock`` records)."""
+    return sum(md_core_hours(item["wall_time_s"], item["mpi_ranks"]) for item in invocations)
+
+
+class InvocationClock:
+    """Wall time of every invocation of a condition's MD job, kept in ``<condition>/invocations.json``.
+
+    A list of ``{"started_utc", "mpi_ranks", "wall_time_s", "finished"}``, one per invocation; the
+    running entry is rewritten every ``interval_s`` seconds, so a killed invocation (resumed later from
+    checkpoints) still counts up to its last update. Use as a context manager on the rank that writes.
+    """
+
+    FILE = "invocations.json"
+
+    def __init__(self, condition_dir: Path, mpi_ranks: int, interval_s: float = 60.0):
+        self.path = Path(condition_dir) / self.FILE
+        self.previous = read_json(self.path) if self.path.is_file() else []
+        if not isinstance(self.previous, list):
+            raise InputFileError(f"{self.path}: expected a list of invocation records")
+        self.entry = {"started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+                      "mpi_ranks": int(mpi_ranks), "wall_time_s": 0.0, "finished": False}
+        self.interval_s = float(interval_s)
+        self._start = 0.0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def invocations(self) -> list[dict]:
+        return [*self.previous, dict(self.entry)]
+
+    def update(self, finished: bool = False) -> list[dict]:
+        """Record the running invocation's wall time so far; returns all invocations."""
+        with self._lock:
+            self.entry["wall_time_s"] = round(time.perf_counter() - self._start, 3)
+            self.entry["finished"] = bool(finished)
+            write_json(self.path, self.invocations)
+            return self.invocations
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.update()
+
+    def __enter__(self) -> Self:
+        self._start = time.perf_counter()
+        self.update()
+        self._thread = threading.Thread(target=self._tick, name="invocation-clock", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.update(finished=exc_info[0] is None)
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -20,12 +20,12 @@ step 0, so a retrained model or a new start cell never resumes old data.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import shutil
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -37,7 +37,7 @@ from bornfield.errors import ConfigError, InputFileError
 from bornfield.md.conditions import MDCondition
 from bornfield.md.engine import ReplicaRunner
 from bornfield.md.fields import FieldSchedule
-from bornfield.md.output import md_core_hours, read_json, write_json
+from bornfield.md.output import InvocationClock, invocations_core_hours, read_json, write_json
 
 LOG = logging.getLogger(__name__)
 
@@ -280,55 +280,56 @@ def run_condition(settings: dict, condition: MDCondition, outdir: Path, potentia
                  group_size, backend_name, settings["ensemble"], condition.field_V_per_A.tolist(),
                  condition.temperature_K)
     schedule = FieldSchedule.from_settings(condition.field_V_per_A, settings)
-    start = time.perf_counter()
-    statuses: dict[int, dict] = {}
-    jobs: list[_Job] = []
-    for replica in range(condition.replicas):
-        if replica % n_groups != group_index:
-            continue
-        job = _prepare_replica(settings, condition, outdir, replica, start_cells, group_comm, model_files)
-        if isinstance(job, dict):  # already completed or failed
-            statuses[replica] = job
+    clock = InvocationClock(outdir, world_size) if world_rank == 0 else contextlib.nullcontext()
+    with clock:
+        statuses: dict[int, dict] = {}
+        jobs: list[_Job] = []
+        for replica in range(condition.replicas):
+            if replica % n_groups != group_index:
+                continue
+            job = _prepare_replica(settings, condition, outdir, replica, start_cells, group_comm, model_files)
+            if isinstance(job, dict):  # already completed or failed
+                statuses[replica] = job
+            else:
+                jobs.append(job)
+
+        def make_backend(job: _Job, evaluator=None):
+            if backend_name == "ase":
+                from bornfield.md.ase_backend import ASEBackend
+
+                return ASEBackend(job.atoms, potential, born, settings, schedule, condition.temperature_K, job.seed,
+                                  committee=committee, evaluator=evaluator)
+            from bornfield.md.lammps_backend import LammpsBackend
+
+            return LammpsBackend(job.atoms, potential, born, settings, schedule, condition.temperature_K, job.seed,
+                                 committee=committee, comm=group_comm)
+
+        def make_runner(job: _Job, backend, position: int) -> ReplicaRunner:
+            return ReplicaRunner(backend, settings, job.directory, job.attributes, condition.temperature_K,
+                                 group_comm=group_comm, progress=progress, progress_position=position)
+
+        if batch_replicas(settings) and len(jobs) > 1:
+            LOG.info("%s: %d replicas on this rank in lockstep, one batched model evaluation per step",
+                     condition.name, len(jobs))
+            statuses.update(_run_batched(jobs, make_backend, make_runner, group_index))
         else:
-            jobs.append(job)
-
-    def make_backend(job: _Job, evaluator=None):
-        if backend_name == "ase":
-            from bornfield.md.ase_backend import ASEBackend
-
-            return ASEBackend(job.atoms, potential, born, settings, schedule, condition.temperature_K, job.seed,
-                              committee=committee, evaluator=evaluator)
-        from bornfield.md.lammps_backend import LammpsBackend
-
-        return LammpsBackend(job.atoms, potential, born, settings, schedule, condition.temperature_K, job.seed,
-                             committee=committee, comm=group_comm)
-
-    def make_runner(job: _Job, backend, position: int) -> ReplicaRunner:
-        return ReplicaRunner(backend, settings, job.directory, job.attributes, condition.temperature_K,
-                             group_comm=group_comm, progress=progress, progress_position=position)
-
-    if batch_replicas(settings) and len(jobs) > 1:
-        LOG.info("%s: %d replicas on this rank in lockstep, one batched model evaluation per step",
-                 condition.name, len(jobs))
-        statuses.update(_run_batched(jobs, make_backend, make_runner, group_index))
-    else:
-        for job in jobs:
-            backend = make_backend(job)
-            try:
-                statuses[job.replica] = make_runner(job, backend, group_index).run()
-            finally:
-                backend.close()
-    # collect statuses from the group leaders
-    local = statuses if group_comm.Get_rank() == 0 else {}
-    gathered = comm.gather(local, root=0)
-    group_comm.Free()
+            for job in jobs:
+                backend = make_backend(job)
+                try:
+                    statuses[job.replica] = make_runner(job, backend, group_index).run()
+                finally:
+                    backend.close()
+        # collect statuses from the group leaders
+        local = statuses if group_comm.Get_rank() == 0 else {}
+        gathered = comm.gather(local, root=0)
+        group_comm.Free()
     if world_rank != 0:
         return None
     merged: dict[int, dict] = {}
     for part in gathered:
         merged.update(part)
     replicas = [merged[r] for r in sorted(merged)]
-    wall_time_s = time.perf_counter() - start
+    invocations = clock.update(finished=True)
     summary = {
         "condition": condition.to_dict(),
         "replicas_total": condition.replicas,
@@ -338,8 +339,9 @@ def run_condition(settings: dict, condition: MDCondition, outdir: Path, potentia
         "replicas": replicas,
         "mpi_ranks": world_size,
         "ranks_per_replica": group_size,
-        "wall_time_s": round(wall_time_s, 3),
-        "core_hours": round(md_core_hours(wall_time_s, world_size), 4),
+        "wall_time_s": invocations[-1]["wall_time_s"],
+        "invocations": invocations,
+        "core_hours": round(invocations_core_hours(invocations), 4),
         "models": model_files,
         "settings": settings,
     }
