@@ -128,6 +128,8 @@ class EdgeBornModel(EquivariantBornModel):
     """
 
     architecture = "edge"
+    #: Z is assembled from its 0e + 1e + 2e parts (the change of basis to Cartesian 3x3 is kept)
+    assembles_irreps = True
 
     def __init__(
         self,
@@ -177,13 +179,15 @@ class EdgeBornModel(EquivariantBornModel):
             self.readout[-1].bias.zero_()
         self.charge_offset = nn.Parameter(torch.tensor([mean_charges[s] for s in self.species]))
         self.register_buffer("charge_scale", torch.tensor([charge_scales[s] for s in self.species]))
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(torch.float64)
-        try:
-            to_cartesian = io.CartesianTensor("ij").reduced_tensor_products().change_of_basis
-        finally:
-            torch.set_default_dtype(previous)
-        self.constants = ExactConstants(coupling=coupling, to_cartesian=to_cartesian)
+        constants = {"coupling": coupling}
+        if self.assembles_irreps:
+            previous = torch.get_default_dtype()
+            torch.set_default_dtype(torch.float64)
+            try:
+                constants["to_cartesian"] = io.CartesianTensor("ij").reduced_tensor_products().change_of_basis
+            finally:
+                torch.set_default_dtype(previous)
+        self.constants = ExactConstants(**constants)
         # (11, 3): sums the squares of the 1o, 1e, 2e components (0/1)
         self.norm_sums = torch.zeros(11, 3)
         for a, (lo, hi) in enumerate(FEATURE_SLICES[1:]):

@@ -45,6 +45,7 @@ class PolarizationBornModel(EdgeBornModel):
     architecture = "polar"
     #: Z[j] needs the dipoles of its neighbours: not evaluable block by block of centres
     shares_blocks = False
+    assembles_irreps = False
 
     @staticmethod
     def readout_width(channels: int) -> int:
