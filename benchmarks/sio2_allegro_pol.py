@@ -58,7 +58,7 @@ DATASET = "allegro-pol-SiO2"
 #: "legacy" is the model and schedule before issue 17 (one density, Adam at 0.005, no
 #: warm-up, clipping or weight averaging); "one-interaction" isolates the schedule.
 #: "edge*" use the edge architecture (``edge3``: 3 edge layers), "polar*" the polar one (Z = dP/dr), ``b1`` batch size 1, ``lr5``
-#: learning rate 0.005, all with the cosine schedule; "default-b1-lr5" is the default
+#: learning rate 0.005, all with the cosine schedule, ``-e<N>`` N epochs, ``-wide`` 16 channels and latent 64; "default-b1-lr5" is the default
 #: architecture with that schedule ("-nosquash": without ``feature_squash``, the default before 2026-12-04;
 #: the record "default-b1-lr5" of 2026-12-04 and earlier predates it too).
 VARIANTS: dict[str, dict] = {
@@ -82,6 +82,8 @@ VARIANTS: dict[str, dict] = {
                           "lr_schedule": "cosine", "patience": 1000, "max_epochs": 180},
     "polar-b1-lr5": {"architecture": "polar", "edge_layers": 2, "batch_size": 1, "learning_rate": 0.005,
                      "lr_schedule": "cosine", "patience": 1000},
+    "polar-b1-lr5-e100": {"architecture": "polar", "edge_layers": 2, "batch_size": 1, "learning_rate": 0.005,
+                          "lr_schedule": "cosine", "patience": 1000, "max_epochs": 100},
     "polar-b1-lr5-wide": {"architecture": "polar", "edge_layers": 2, "batch_size": 1, "learning_rate": 0.005,
                           "lr_schedule": "cosine", "patience": 1000, "channels": 16, "radial_hidden": 64},
 }
