@@ -1,13 +1,21 @@
-"""Born-charge accuracy on outside data: alpha-quartz finite-field QE Born charges of allegro-pol.
+"""Born-charge accuracy on outside data: finite-field QE Born charges of allegro-pol (SiO2, BaTiO3).
 
-Data (not in this repository, not fetched at run time): ``scripts/2.ParseQE/SiO2/SiO2.xyz``
-of the public GitHub repository mir-group/allegro-pol (MIT licence, commit 7748968,
-3.5 MB): 201 frames of 72-atom alpha-quartz (300 K and 600 K MD snapshots, one
-orthorhombic cell), QE PBE finite-field labels: ``born_charge`` (9 floats per atom,
+Data (not in this repository, not fetched at run time), from the public GitHub repository
+mir-group/allegro-pol (MIT licence, commit 7748968):
+
+* ``--system SiO2`` (default): ``scripts/2.ParseQE/SiO2/SiO2.xyz`` (3.5 MB), 201 frames of 72-atom
+  alpha-quartz (300 K and 600 K MD snapshots, one orthorhombic cell); sha256
+  b6ff24426d63deaf762922ebeddd3c760462f3acfd29f9a074f95e25d0972e53.
+* ``--system BaTiO3``: ``scripts/2.ParseQE/BaTiO3/BaTiO3.xyz`` (2.3 MB), 73 frames of a
+  135-atom (3x3x3) BaTiO3 cell.
+
+Both hold QE PBE finite-field labels: ``born_charge`` (9 floats per atom,
 ``q[atom, i, j] = (F_j(E_i) - F_j(0)) / E_i``, so rows are the field index, our
 ``Z[atom, α, β]``), forces (eV/Å), ``total_energy`` (eV), ``polarization`` (e·Å)
-and ``polarizability``. sha256 of the file used here:
-b6ff24426d63deaf762922ebeddd3c760462f3acfd29f9a074f95e25d0972e53.
+and ``polarizability``. ``--predictions scripts/3.Parity/<system>/<system>-ML.xyz`` (same
+repository) holds allegro-pol's own predictions on every frame (its parity-plot file); they are
+scored on the same test frames as a baseline record, "allegro-pol (repository predictions)".
+Which frames allegro-pol trained on is not stated there, so that row may include training frames.
 
 Steps:
 
@@ -17,17 +25,18 @@ Steps:
    two frames, minimum-image displacements); the field-row reading must beat the
    transposed one, else the run stops;
 2. seeded split by frame: 20 % test, 10 % validation, 70 % training, written as
-   ``info["split"]`` into ``<workdir>/sio2.extxyz`` (the trainer honours it);
+   ``info["split"]`` into ``<workdir>/<system>.extxyz`` (lower case; the trainer honours it);
 3. ``bornfield train born`` (each named variant) and ``bornfield train baseline``
    (paper-style rows, one per field axis), then ``bornfield train evaluate`` on the
-   test frames; records (``dataset: "allegro-pol-SiO2"``, the command in ``notes``)
-   go to ``benchmarks/results/sio2_allegro_pol.json``; each variant's per-epoch training
-   and validation errors to ``benchmarks/results/sio2_allegro_pol_curves/<variant>.metrics.csv``
-   (plotted in ``sio2_allegro_pol_curves.png``).
+   test frames; records (``dataset: "allegro-pol-SiO2"`` or ``"allegro-pol-BaTiO3"``, the
+   command in ``notes``) go to ``benchmarks/results/sio2_allegro_pol.json`` (BaTiO3:
+   ``batio3_allegro_pol.json``); each variant's per-epoch training and validation errors to
+   ``<output>_curves/<variant>.metrics.csv`` (plotted in ``<output>_curves.png``).
 
     nice -n 10 .venv/bin/python benchmarks/sio2_allegro_pol.py --data /path/to/SiO2.xyz \
+        [--system SiO2|BaTiO3] [--predictions /path/to/SiO2-ML.xyz] \
         [--variant default legacy] [--baseline | --baseline-files X Y Z] [--model NAME FILE.pt|FILE.ckpt] \
-        [--max-epochs N] [--workdir benchmarks/work/sio2] [--seed 7]
+        [--max-epochs N] [--workdir benchmarks/work/<system>] [--seed 7]
     python benchmarks/sio2_allegro_pol.py --plot-curves   # redraw the training curves only
 
 A variant is a name of :data:`VARIANTS` (train.born settings merged over the
@@ -52,7 +61,15 @@ from bornfield import atomic
 from bornfield.cli import main as bornfield
 
 HERE = Path(__file__).resolve().parent
-DATASET = "allegro-pol-SiO2"
+#: the outside sets: dataset name of the records, config_type of the frames, file in allegro-pol
+SYSTEMS: dict[str, dict[str, str]] = {
+    "SiO2": {"dataset": "allegro-pol-SiO2", "config_type": "alpha_quartz",
+             "file": "scripts/2.ParseQE/SiO2/SiO2.xyz", "output": "sio2_allegro_pol.json"},
+    "BaTiO3": {"dataset": "allegro-pol-BaTiO3", "config_type": "batio3",
+               "file": "scripts/2.ParseQE/BaTiO3/BaTiO3.xyz", "output": "batio3_allegro_pol.json"},
+}
+DATASET = SYSTEMS["SiO2"]["dataset"]
+PREDICTIONS_SYSTEM = "allegro-pol (repository predictions)"
 
 #: Born-model settings compared on this set (train.born keys over the schema defaults).
 #: "legacy" is the model and schedule before issue 17 (one density, Adam at 0.005, no
@@ -90,21 +107,21 @@ VARIANTS: dict[str, dict] = {
 BASELINE_SETTINGS: dict = {}
 
 
-def convert(path: Path) -> list:
-    """Frames of allegro-pol's SiO2.xyz with bornfield's label keys (Z[atom, field α, force β] in e)."""
+def convert(path: Path, system: str = "SiO2") -> list:
+    """Frames of an allegro-pol data file with bornfield's label keys (Z[atom, field α, force β] in e)."""
     frames = read(path, index=":", format="extxyz")
     out = []
     for k, atoms in enumerate(frames):
         if "born_charge" not in atoms.arrays:
-            raise ValueError(f"{path} frame {k}: no 'born_charge' array (is this allegro-pol's SiO2.xyz?)")
+            raise ValueError(f"{path} frame {k}: no 'born_charge' array (is this allegro-pol's {system}.xyz?)")
         results = atoms.calc.results if atoms.calc is not None else {}
         new = atoms.copy()
         for key in list(new.arrays):
             if key not in ("numbers", "positions"):
                 del new.arrays[key]
         new.info = {
-            "config_type": "alpha_quartz",
-            "source": f"allegro-pol SiO2.xyz frame {k}",
+            "config_type": SYSTEMS[system]["config_type"],
+            "source": f"allegro-pol {system}.xyz frame {k}",
             "original_dataset_index": int(atoms.info.get("original_dataset_index", k)),
             "energy": float(atoms.info["total_energy"]),
             "polarization_eA": [float(v) for v in results["polarization"]],
@@ -116,8 +133,17 @@ def convert(path: Path) -> list:
 
 
 def index_order_check(frames: list) -> dict[str, float]:
-    """Median |ΔP - Σ Z Δu| (e·Å) over frame pairs (0, k) for Z read as field rows and as transposed."""
+    """Median |ΔP - Σ Z Δu| (e·Å) over frame pairs (0, k) for Z read as field rows and as transposed.
+
+    The residual is folded into the cell by the dipole quantum e·R (R a lattice vector): Berry-phase
+    polarizations of two frames may sit on different branches (BaTiO3's do).
+    """
     cell = frames[0].cell.array
+
+    def fold(dipole):
+        frac = np.linalg.solve(cell.T, dipole)
+        return (frac - np.round(frac)) @ cell
+
     r0, p0 = frames[0].positions, np.asarray(frames[0].info["polarization_eA"])
     z0 = frames[0].arrays["born_charges"].reshape(-1, 3, 3)
     rows, transposed = [], []
@@ -126,8 +152,8 @@ def index_order_check(frames: list) -> dict[str, float]:
         du = (frac - np.round(frac)) @ cell
         z = 0.5 * (z0 + atoms.arrays["born_charges"].reshape(-1, 3, 3))
         dp = np.asarray(atoms.info["polarization_eA"]) - p0
-        rows.append(np.linalg.norm(dp - np.einsum("kab,kb->a", z, du)))
-        transposed.append(np.linalg.norm(dp - np.einsum("kba,kb->a", z, du)))
+        rows.append(np.linalg.norm(fold(dp - np.einsum("kab,kb->a", z, du))))
+        transposed.append(np.linalg.norm(fold(dp - np.einsum("kba,kb->a", z, du))))
     return {"field_rows_eA": float(np.median(rows)), "transposed_eA": float(np.median(transposed))}
 
 
@@ -184,7 +210,35 @@ def evaluate(work: Path, data: Path, models: dict[str, list[str]], system: str, 
     return records
 
 
-def plot_curves(directory: Path) -> Path:
+def score_predictions(frames: list, path: Path, system: str, notes: str) -> list[dict]:
+    """Records of allegro-pol's own predicted Born charges (its parity file ``path``) on the test frames
+    of ``frames`` (converted, with ``info["split"]``), scored by the function ``train evaluate`` uses."""
+    from bornfield.train.cli import metric_records
+    from bornfield.train.metrics import born_error_metrics
+
+    predicted = read(path, index=":", format="extxyz")
+    if len(predicted) != len(frames):
+        raise SystemExit(f"{path}: {len(predicted)} frames, the data file has {len(frames)}")
+    pred, ref, symbols = [], [], []
+    for k, (atoms, guess) in enumerate(zip(frames, predicted)):
+        if not (np.array_equal(atoms.numbers, guess.numbers)
+                and np.allclose(atoms.positions, guess.positions, atol=1e-4)):
+            raise SystemExit(f"{path} frame {k}: species or positions differ from frame {k} of the data file")
+        if "born_charge" not in guess.arrays:
+            raise SystemExit(f"{path} frame {k}: no 'born_charge' array")
+        if atoms.info["split"] == "test":
+            pred.append(np.asarray(guess.arrays["born_charge"], dtype=float).reshape(-1, 3, 3))
+            ref.append(atoms.arrays["born_charges"].reshape(-1, 3, 3))
+            symbols += atoms.get_chemical_symbols()
+    metrics = {"n_structures": len(pred), "n_atoms": len(symbols),
+               **born_error_metrics(np.concatenate(pred), np.concatenate(ref), np.array(symbols))}
+    records = metric_records(metrics, PREDICTIONS_SYSTEM, True, "test", notes)
+    for record in records:
+        record["dataset"] = SYSTEMS[system]["dataset"]
+    return records
+
+
+def plot_curves(directory: Path, system: str = "SiO2") -> Path:
     """Training curves (RMSE = sqrt of the epoch's mean squared error, e) of every ``<variant>.metrics.csv``."""
     import csv
 
@@ -202,7 +256,7 @@ def plot_curves(directory: Path) -> Path:
         ax.plot(epochs, [float(r["val_born_mse"]) ** 0.5 for r in rows], color=colour, label=f"{name} (validation)")
         ax.plot(epochs, [float(r["train_born_mse"]) ** 0.5 for r in rows], color=colour, ls=":", lw=1)
     ax.set(xscale="log", yscale="log", xlabel="epoch", ylabel="Born-charge RMSE (e)",
-           title="allegro-pol SiO2: validation (solid) and training (dotted) RMSE")
+           title=f"allegro-pol {system}: validation (solid) and training (dotted) RMSE")
     ax.axhline(0.012, color="k", lw=0.8, ls="--")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -214,11 +268,14 @@ def plot_curves(directory: Path) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", help="allegro-pol scripts/2.ParseQE/SiO2/SiO2.xyz (required unless --plot-curves)")
+    parser.add_argument("--data", help="allegro-pol scripts/2.ParseQE/<system>/<system>.xyz (required unless --plot-curves)")
+    parser.add_argument("--system", default="SiO2", choices=sorted(SYSTEMS), help="which allegro-pol set --data is")
+    parser.add_argument("--predictions", help="allegro-pol scripts/3.Parity/<system>/<system>-ML.xyz: score its "
+                                              "predictions on the test frames as a baseline")
     parser.add_argument("--variant", nargs="*", default=[], choices=sorted(VARIANTS),
                         help="Born-model settings to train and evaluate")
     parser.add_argument("--baseline", action="store_true", help="also the paper-style row baseline (x, y, z)")
-    parser.add_argument("--workdir", default=str(HERE / "work" / "sio2"))
+    parser.add_argument("--workdir", help="(default: benchmarks/work/<system in lower case>)")
     parser.add_argument("--seed", type=int, default=7, help="split and training seed")
     parser.add_argument("--max-epochs", type=int, help="override train.*.max_epochs (default: the schema's)")
     parser.add_argument("--model", nargs=2, action="append", default=[], metavar=("NAME", "FILE"),
@@ -228,20 +285,24 @@ def main() -> int:
     parser.add_argument("--baseline-files", nargs=3, metavar=("X", "Y", "Z"),
                         help="evaluate these row-baseline files (field axes x, y, z; .pt or the best state of a "
                              ".ckpt) instead of training them")
-    parser.add_argument("--output", default=str(HERE / "results" / "sio2_allegro_pol.json"))
+    parser.add_argument("--output", help="(default: benchmarks/results/sio2_allegro_pol.json, "
+                                         "batio3_allegro_pol.json for BaTiO3)")
     parser.add_argument("--plot-curves", action="store_true",
                         help="only redraw <output>_curves.png from the saved <output>_curves/*.metrics.csv")
     args = parser.parse_args()
+    spec = SYSTEMS[args.system]
+    dataset = spec["dataset"]
+    out = Path(args.output or HERE / "results" / spec["output"])
     if args.plot_curves:
-        print(plot_curves(Path(args.output).parent / f"{Path(args.output).stem}_curves"))
+        print(plot_curves(out.parent / f"{out.stem}_curves", args.system))
         return 0
     if not args.data:
         parser.error("--data is required")
     command = "nice -n 10 python benchmarks/sio2_allegro_pol.py " + shlex.join(sys.argv[1:])
 
-    work = Path(args.workdir)
+    work = Path(args.workdir or HERE / "work" / args.system.lower())
     work.mkdir(parents=True, exist_ok=True)
-    frames = convert(Path(args.data))
+    frames = convert(Path(args.data), args.system)
     check = index_order_check(frames)
     print(f"index order: |ΔP - ZΔu| median {check['field_rows_eA']:.4f} e·Å (rows = field), "
           f"{check['transposed_eA']:.4f} e·Å (transposed)")
@@ -250,15 +311,20 @@ def main() -> int:
     asr = max(float(np.abs(a.arrays["born_charges"].reshape(-1, 3, 3).sum(0)).max()) for a in frames)
     for atoms, label in zip(frames, frame_split(len(frames), args.seed)):
         atoms.info["split"] = label
-    data = work / "sio2.extxyz"
+    data = work / f"{args.system.lower()}.extxyz"
     write(data, frames, format="extxyz")
     counts = {s: sum(a.info["split"] == s for a in frames) for s in ("train", "val", "test")}
     print(f"{len(frames)} frames -> {counts}; raw ASR residual max {asr:.2e} e")
-    data_notes = (f"{DATASET}: mir-group/allegro-pol scripts/2.ParseQE/SiO2/SiO2.xyz (MIT), {len(frames)} frames "
-                  f"x 72 atoms; seeded split by frame (seed {args.seed}) train {counts['train']} / val "
+    data_notes = (f"{dataset}: mir-group/allegro-pol {spec['file']} (MIT), {len(frames)} frames "
+                  f"x {len(frames[0])} atoms; seeded split by frame (seed {args.seed}) train {counts['train']} / val "
                   f"{counts['val']} / test {counts['test']}; index check |dP - Z du| {check['field_rows_eA']:.3f} "
                   f"(rows) vs {check['transposed_eA']:.3f} e*A (transposed)")
-    out = Path(args.output)
+    if args.predictions:
+        records = score_predictions(frames, Path(args.predictions), args.system,
+                                    data_notes + f"; allegro-pol's predictions from {args.predictions} "
+                                    "(its parity-plot file; its training frames are not stated there); "
+                                    f"command: {command}")
+        merge_records(out, records, {PREDICTIONS_SYSTEM})
     epochs = {} if args.max_epochs is None else {"max_epochs": args.max_epochs}
     for name, path in args.model:
         system = f"bornfield-born[{name}]"
@@ -266,7 +332,7 @@ def main() -> int:
         if path.endswith(".ckpt"):  # the best state so far of a training run
             path, origin = model_from_checkpoint(Path(path), work / f"{name}.pt")
         records = evaluate(work, data, {"born": [str(path)]}, system, False, command,
-                           data_notes + f"; {origin}: {args.model_notes}")
+                           data_notes + f"; {origin}: {args.model_notes}", dataset=dataset)
         merge_records(out, records, {system})
     for name in args.variant:
         born = {"committee": 1, **epochs, **VARIANTS[name]}
@@ -277,12 +343,12 @@ def main() -> int:
             return 1
         system = f"bornfield-born[{name}]"
         records = evaluate(work, data, {"born": [str(outdir / "born_0.pt")]}, system, False, command,
-                           data_notes + f"; train.born {json.dumps(born)}")
+                           data_notes + f"; train.born {json.dumps(born)}", dataset=dataset)
         merge_records(out, records, {system})
         curve = out.parent / f"{out.stem}_curves" / f"{name}.metrics.csv"
         curve.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(outdir / "born_0.metrics.csv", curve)
-        plot_curves(curve.parent)
+        plot_curves(curve.parent, args.system)
     if args.baseline_files:
         files, origins = [], []
         for axis, path in zip("xyz", args.baseline_files):
@@ -294,7 +360,7 @@ def main() -> int:
         system = "paper-row-baseline"
         records = evaluate(work, data, {"baseline": files}, system, True, command,
                            data_notes + "; one row model per field axis (x, y, z), rows stacked into Z; "
-                           + "; ".join(origins) + f"; {args.model_notes}")
+                           + "; ".join(origins) + f"; {args.model_notes}", dataset=dataset)
         merge_records(out, records, {system})
     elif args.baseline:
         outdir = work / "baseline"
@@ -308,7 +374,8 @@ def main() -> int:
         system = "paper-row-baseline"
         records = evaluate(work, data, {"baseline": files}, system, True, command,
                            data_notes + "; one row model per field axis (x, y, z), rows stacked into Z; "
-                           f"train.baseline {json.dumps({'committee': 1, **epochs, **BASELINE_SETTINGS})}")
+                           f"train.baseline {json.dumps({'committee': 1, **epochs, **BASELINE_SETTINGS})}",
+                           dataset=dataset)
         merge_records(out, records, {system})
     print(f"records -> {out}")
     return 0

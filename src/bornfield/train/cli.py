@@ -243,7 +243,8 @@ def _train_member(args, kind, section, settings, samples, split, species, datase
              model.metadata.get("best_epoch"), len(history), model.metadata.get("best_monitor_loss", float("nan")))
 
 
-def _records(metrics: dict, system: str, baseline: bool, subset: str, notes: str) -> list[dict]:
+def metric_records(metrics: dict, system: str, baseline: bool, subset: str, notes: str) -> list[dict]:
+    """Design-note benchmark records, one per metric of ``metrics`` (``n_*`` counts go into each record)."""
     units = {"meV_per_atom": "meV/atom", "meV_per_A": "meV/Å", "GPa": "GPa", "_e": "e"}
     records = []
     for key, value in metrics.items():
@@ -306,7 +307,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     elif args.potential:
         models = [load_model(p, kind="potential") for p in args.potential]
         metrics, arrays = M.potential_metrics(models, samples)
-        records += _records(metrics, "bornfield-potential", False, subset, notes + f"; committee {len(models)}")
+        records += metric_records(metrics, "bornfield-potential", False, subset, notes + f"; committee {len(models)}")
         summary["potential"] = metrics
         plots.potential_parity(arrays, figures_dir / f"{stem}_potential_parity.png", f"NN potential ({subset})")
     if args.born and not any(s.born is not None for s in samples):
@@ -314,7 +315,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     elif args.born:
         models = [load_model(p, kind="born") for p in args.born]
         metrics, arrays = M.born_metrics(models, samples)
-        records += _records(metrics, "bornfield-born", False, subset, notes + f"; committee {len(models)}")
+        records += metric_records(metrics, "bornfield-born", False, subset, notes + f"; committee {len(models)}")
         summary["born"] = metrics
         plots.born_parity(arrays, figures_dir / f"{stem}_born_parity.png", f"equivariant Born model ({subset})")
     if args.baseline and not any(s.born is not None for s in samples):
@@ -322,7 +323,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     elif args.baseline:
         models = [load_model(p, kind="born_row") for p in args.baseline]
         metrics, arrays = M.row_metrics(models, samples)
-        records += _records(metrics, "paper-row-baseline", True, subset, notes + f"; committee {len(models)}")
+        records += metric_records(metrics, "paper-row-baseline", True, subset, notes + f"; committee {len(models)}")
         summary["baseline"] = metrics
         plots.row_parity(arrays, figures_dir / f"{stem}_baseline_parity.png", f"paper-style baseline ({subset})")
     if not records:
