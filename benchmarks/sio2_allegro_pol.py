@@ -75,7 +75,8 @@ PREDICTIONS_SYSTEM = "allegro-pol (repository predictions)"
 #: "legacy" is the model and schedule before issue 17 (one density, Adam at 0.005, no
 #: warm-up, clipping or weight averaging); "one-interaction" isolates the schedule.
 #: "edge*" use the edge architecture (``edge3``: 3 edge layers), "polar*" the polar one (Z = dP/dr), ``b1`` batch size 1, ``lr5``
-#: learning rate 0.005, all with the cosine schedule, ``-e<N>`` N epochs, ``-wide`` 16 channels and latent 64; "default-b1-lr5" is the default
+#: learning rate 0.005, all with the cosine schedule, ``-e<N>`` N epochs, ``-wide`` 16 channels and latent 64, ``-r6`` a
+#: 6 Å cutoff (train.cutoff; 5 Å otherwise); "default-b1-lr5" is the default
 #: architecture with that schedule ("-nosquash": without ``feature_squash``, the default before 2026-12-04;
 #: the record "default-b1-lr5" of 2026-12-04 and earlier predates it too).
 VARIANTS: dict[str, dict] = {
@@ -103,7 +104,11 @@ VARIANTS: dict[str, dict] = {
                           "lr_schedule": "cosine", "patience": 1000, "max_epochs": 100},
     "polar-b1-lr5-wide": {"architecture": "polar", "edge_layers": 2, "batch_size": 1, "learning_rate": 0.005,
                           "lr_schedule": "cosine", "patience": 1000, "channels": 16, "radial_hidden": 64},
+    "polar-b1-lr5-r6": {"architecture": "polar", "edge_layers": 2, "batch_size": 1, "learning_rate": 0.005,
+                        "lr_schedule": "cosine", "patience": 1000, "cutoff": 6.0},
 }
+#: variant keys that are train-level settings (train.<key>), not train.born ones
+TRAIN_KEYS = ("cutoff",)
 BASELINE_SETTINGS: dict = {}
 
 
@@ -160,7 +165,7 @@ def index_order_check(frames: list) -> dict[str, float]:
 def frame_split(n: int, seed: int, test: float = 0.2, val: float = 0.1) -> list[str]:
     """Seeded split label of each frame: ``round(test n)`` test, ``round(val n)`` val, rest train."""
     order = np.random.default_rng(seed).permutation(n)
-    n_test, n_val = int(round(test * n)), int(round(val * n))
+    n_test, n_val = round(test * n), round(val * n)
     labels = np.full(n, "train", dtype=object)
     labels[order[:n_test]] = "test"
     labels[order[n_test : n_test + n_val]] = "val"
@@ -336,14 +341,16 @@ def main() -> int:
         merge_records(out, records, {system})
     for name in args.variant:
         born = {"committee": 1, **epochs, **VARIANTS[name]}
-        settings = json.dumps({"train": {"born": born}})
+        train = {key: born.pop(key) for key in TRAIN_KEYS if key in born}
+        settings = json.dumps({"train": {**train, "born": born}})
         outdir = work / name
         if bornfield(["train", "born", "--settings", settings, "--seed", str(args.seed), "--dataset", str(data),
                       "--output-dir", str(outdir), "--no-progress"]) != 0:
             return 1
         system = f"bornfield-born[{name}]"
         records = evaluate(work, data, {"born": [str(outdir / "born_0.pt")]}, system, False, command,
-                           data_notes + f"; train.born {json.dumps(born)}", dataset=dataset)
+                           data_notes + f"; train {json.dumps(train)}, train.born {json.dumps(born)}",
+                           dataset=dataset)
         merge_records(out, records, {system})
         curve = out.parent / f"{out.stem}_curves" / f"{name}.metrics.csv"
         curve.parent.mkdir(parents=True, exist_ok=True)
