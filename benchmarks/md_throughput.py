@@ -22,7 +22,9 @@ at each cutoff (systems ``bornfield-pedone<rc>-*``); ``--backends ase,lammps1`` 
 ``--model-set models/li3po4`` also measures the shipped model files as the MD runs them
 (systems ``bornfield-shipped-*``; in LAMMPS the baseline is LAMMPS pair styles, and
 ``--compare-baseline-in-torch`` adds ``bornfield-shipped-torchbaseline-lammps``, the baseline in
-torch as before ``md.lammps.baseline_in_lammps``); backend ``ase2t`` is the ASE backend with 2 torch
+torch as before ``md.lammps.baseline_in_lammps``), and ``--other-born NAME FILE`` (repeatable) the set's
+potential_0 with another Born model file (systems ``bornfield-shipped-NAME-*``, e.g. a polar Born
+model); backend ``ase2t`` is the ASE backend with 2 torch
 threads (system suffix ``-2threads``); ``--repeats N`` measures every point N times (interleaved rounds), ``--no-replicas`` skips the
 weak scaling, ``--note TEXT`` starts every record's notes, and ``--append`` keeps the records
 already in the JSON file (the new ones are added after them).
@@ -257,6 +259,9 @@ def main() -> None:
                         help="worker: md.lammps.baseline_in_lammps false")
     parser.add_argument("--compare-baseline-in-torch", action="store_true",
                         help="with --model-set: also the shipped set with its baseline in torch (LAMMPS backends)")
+    parser.add_argument("--other-born", nargs=2, action="append", default=[], metavar=("NAME", "FILE"),
+                        help="with --model-set: also its potential_0.pt with this Born model file "
+                             "(system bornfield-shipped-NAME-*)")
     parser.add_argument("--model-set", default=None,
                         help="also measure this model set's potential_0.pt + born_0.pt (systems bornfield-shipped-*)")
     parser.add_argument("--output", default=None, help=f"JSON file (default benchmarks/results/{NAME}.json)")
@@ -283,6 +288,10 @@ def main() -> None:
             missing = [str(f) for f in models["shipped"] if not f.exists()]
             if missing:
                 raise SystemExit(f"--model-set {shipped}: missing {missing}")
+        for name, born_file in args.other_born:
+            if not args.model_set or not Path(born_file).is_file():
+                raise SystemExit(f"--other-born {name} {born_file}: needs --model-set and an existing Born model file")
+            models[f"shipped-{name}"] = (models["shipped"][0], Path(born_file))
         backends = {"ase": ("ase", 1), "ase2t": ("ase", 1), "lammps1": ("lammps", 1), "lammps2": ("lammps", 2)}
         threads_of = {"ase2t": 2}
         configurations = [(*backends[b], threads_of.get(b, 1)) for b in args.backends.split(",")]
@@ -291,6 +300,7 @@ def main() -> None:
             trees = [("bornfield", None, None)] + ([("bornfield-before", args.before_src, None)] if args.before_src else [])
             trees += [(f"bornfield-pedone{cutoff:g}", None, cutoff) for cutoff in args.baseline_cutoffs]
             trees += [("bornfield-shipped", None, "shipped")] if args.model_set else []
+            trees += [(f"bornfield-shipped-{name}", None, f"shipped-{name}") for name, _ in args.other_born]
             if args.model_set and args.compare_baseline_in_torch:
                 trees += [("bornfield-shipped-torchbaseline", None, "shipped")]
             points = [(c, t, k) for k in range(args.repeats) for c in configurations for t in trees
@@ -302,6 +312,9 @@ def main() -> None:
                 system = f"{prefix}-{backend}" + (f"-{threads}threads" if threads > 1 else "")
                 if cutoff is None:
                     model_note = ""
+                elif str(cutoff).startswith("shipped-"):
+                    model_note = (f"model set {args.model_set} potential_0 with Born model "
+                                  f"{dict(args.other_born)[cutoff.removeprefix('shipped-')]}; ")
                 elif cutoff == "shipped":
                     where = ("baseline in torch" if prefix.endswith("torchbaseline")
                              else "baseline as LAMMPS pair styles" if backend == "lammps" else "baseline in torch")
