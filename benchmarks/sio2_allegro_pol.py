@@ -145,16 +145,16 @@ def index_order_check(frames: list) -> dict[str, float]:
     """
     cell = frames[0].cell.array
 
-    def fold(dipole):
-        frac = np.linalg.solve(cell.T, dipole)
+    def fold(vectors):
+        """Vectors (..., 3) reduced by lattice vectors (minimum image, and the dipole quantum in e·Å)."""
+        frac = np.linalg.solve(cell.T, vectors.T).T
         return (frac - np.round(frac)) @ cell
 
     r0, p0 = frames[0].positions, np.asarray(frames[0].info["polarization_eA"])
     z0 = frames[0].arrays["born_charges"].reshape(-1, 3, 3)
     rows, transposed = [], []
     for atoms in frames[1:]:
-        frac = np.linalg.solve(cell.T, (atoms.positions - r0).T).T
-        du = (frac - np.round(frac)) @ cell
+        du = fold(atoms.positions - r0)
         z = 0.5 * (z0 + atoms.arrays["born_charges"].reshape(-1, 3, 3))
         dp = np.asarray(atoms.info["polarization_eA"]) - p0
         rows.append(np.linalg.norm(fold(dp - np.einsum("kab,kb->a", z, du))))
