@@ -367,53 +367,109 @@ def test_sweep_tables_from_analysed_conditions(tmp_path, settings):
     assert float(li_field["msd_parallel_excess_at_ref_A2"]) == pytest.approx(
         float(li_field["msd_parallel_at_ref_A2"]) - float(li_zero["msd_parallel_at_ref_A2"]), rel=1e-4)
     assert float(li_field["msd_parallel_excess_at_ref_A2"]) > 0 < float(li_field["msd_parallel_excess_at_ref_sem_A2"])
+    # the growth over the fit window: the record's MSD at the window start is the curve's value there
+    record = json.loads(paths[2].read_text())["species"]["Li"]
+    start = record["msd_at_window_start"]
+    assert start["time_fs"] == float(li_field["fit_window_start_fs"])
+    assert np.einsum("rab,a,b->r", np.asarray(start["tensor_per_replica_A2"]), [1, 0, 0], [1, 0, 0]).mean() == (
+        pytest.approx(start["parallel"]["value"]))
+    assert float(li_field["msd_parallel_growth_A2"]) == pytest.approx(
+        record["msd_at_reference"]["parallel"]["value"] - start["parallel"]["value"], rel=1e-5)
+    assert float(li_field["msd_parallel_growth_A2"]) > 0
     transverse_rows = list(csv.DictReader(open(outputs["transverse"])))
     li = [r for r in transverse_rows if r["species"] == "Li" and r["condition"] == "E2"][0]
     assert float(li["median_ratio"]) == pytest.approx(0.2, rel=1e-5)
 
 
-def test_msd_field_effect_reads_the_field_run_against_its_zero_field_run():
-    from bornfield.analysis.sweep import msd_field_effect
+def _msd_record(field, at_reference, at_start, axis=(1.0, 0.0, 0.0), time_fs=800.0, start_fs=200.0, n_used=4):
+    """A minimal analysed record: per-replica MSD tensors (R, 3, 3) at the reference time and the window start."""
+    axis = np.asarray(axis, dtype=float)
+    projections = np.einsum("rab,a,b->r", at_reference, axis, axis)
+    sem = projections.std(ddof=1) / np.sqrt(len(projections)) if len(projections) > 1 else float("nan")
+    parallel = {"value": projections.mean(), "sem": sem}
+    return {"condition": {"field_strength_V_per_A": field}, "parallel_axis": axis.tolist(),
+            "replicas": {"n_used": n_used},
+            "species": {"Li": {"msd_at_reference": {"time_fs": time_fs, "parallel": parallel,
+                                                    "tensor_per_replica_A2": np.asarray(at_reference).tolist()},
+                               "msd_at_window_start": {"time_fs": start_fs,
+                                                       "tensor_per_replica_A2": np.asarray(at_start).tolist()}}}}
 
-    def record(field, msd, sem, axis=(1.0, 0.0, 0.0), time_fs=800.0, n_used=4, tensors=None):
-        at_ref = {"time_fs": time_fs, "parallel": {"value": msd, "sem": sem}}
-        if tensors is not None:
-            at_ref["tensor_per_replica_A2"] = np.asarray(tensors).tolist()
-        return {"condition": {"field_strength_V_per_A": field}, "parallel_axis": list(axis),
-                "replicas": {"n_used": n_used}, "species": {"Li": {"msd_at_reference": at_ref}}}
+
+def _tensors(xx, yy, zz=0.8, xy=0.2):
+    tensors = np.zeros((len(xx), 3, 3))
+    tensors[:, 0, 0], tensors[:, 1, 1], tensors[:, 2, 2] = xx, yy, zz
+    tensors[:, 0, 1] = tensors[:, 1, 0] = xy
+    return tensors
+
+
+def test_msd_field_effect_reads_the_growth_of_the_field_run_against_its_zero_field_run():
+    from bornfield.analysis.sweep import msd_field_effect
 
     # zero-field replicas of an anisotropic crystal: MSD_xx around 0.6, MSD_yy around 1.0, MSD_xy 0.2
     xx = np.array([0.50, 0.55, 0.65, 0.70])
     yy = np.array([0.90, 1.10, 0.95, 1.05])
-    tensors = np.zeros((4, 3, 3))
-    tensors[:, 0, 0], tensors[:, 1, 1], tensors[:, 2, 2] = xx, yy, 0.8
-    tensors[:, 0, 1] = tensors[:, 1, 0] = 0.2
-    zero = record(0.0, 0.60, 0.05, tensors=tensors)
-    sem_xx = xx.std(ddof=1) / 2.0
-    small = msd_field_effect(record(0.1, 0.87, 0.08), zero, "Li", 2.0)
-    assert small["msd_field_effect"] == "not resolved"  # 0.27 vs 3.2 x 0.1 with 3 degrees of freedom
-    assert small["msd_parallel_zero_field_at_ref_A2"] == pytest.approx(xx.mean())
-    assert small["msd_parallel_excess_at_ref_A2"] == pytest.approx(0.87 - xx.mean())
-    assert small["msd_parallel_excess_at_ref_sem_A2"] == pytest.approx(np.hypot(sem_xx, 0.08))
-    assert msd_field_effect(record(0.1, 1.20, 0.05), zero, "Li", 2.0)["msd_field_effect"] == "enhanced"
-    assert msd_field_effect(record(0.1, 0.20, 0.05), zero, "Li", 2.0)["msd_field_effect"] == "reduced"
+    zero_ref, zero_start = _tensors(xx, yy), _tensors(xx / 2, yy / 2, 0.4, 0.1)
+    zero = _msd_record(0.0, zero_ref, zero_start)
+    noise = np.array([0.01, -0.02, 0.015, -0.005])
+
+    # a field that only raises the plateau along E (larger vibration or a static shift): the excess at
+    # the reference time is resolved, the excess growth is not, and the verdict says so
+    offset = _tensors(xx + 0.3 + noise, yy)
+    plateau = msd_field_effect(_msd_record(0.1, offset, _tensors(xx / 2 + 0.3, yy / 2, 0.4, 0.1)), zero, "Li", 2.0)
+    assert plateau["msd_parallel_excess_at_ref_A2"] == pytest.approx(0.3 + noise.mean())
+    assert plateau["msd_parallel_zero_field_at_ref_A2"] == pytest.approx(xx.mean())
+    assert plateau["msd_parallel_excess_growth_A2"] == pytest.approx(noise.mean(), abs=1e-12)
+    assert plateau["msd_field_effect"].startswith("not resolved (a plateau offset")
+
+    # migration: the MSD along E grows faster than at E = 0 (error of the per-replica growth differences)
+    faster = msd_field_effect(_msd_record(0.1, _tensors(xx + 0.6 + noise, yy), zero_start), zero, "Li", 2.0)
+    growth_field = xx + 0.6 + noise - xx / 2
+    assert faster["msd_parallel_growth_A2"] == pytest.approx(growth_field.mean())
+    assert faster["msd_parallel_growth_sem_A2"] == pytest.approx(growth_field.std(ddof=1) / 2.0)
+    assert faster["msd_parallel_zero_field_growth_A2"] == pytest.approx((xx / 2).mean())
+    assert faster["msd_parallel_excess_growth_sem_A2"] == pytest.approx(
+        np.hypot(growth_field.std(ddof=1), (xx / 2).std(ddof=1)) / 2.0)
+    assert faster["msd_field_effect"] == "enhanced"
+    slower = msd_field_effect(_msd_record(0.1, _tensors(xx - 0.2 + noise, yy), zero_start), zero, "Li", 2.0)
+    assert slower["msd_field_effect"] == "reduced"
+    # within the replica scatter: 3 degrees of freedom, Student-t 3.2 sigma
+    small = msd_field_effect(_msd_record(0.1, _tensors(xx + 0.02 + noise, yy), zero_start), zero, "Li", 2.0)
+    assert small["msd_field_effect"] == "not resolved"
+
     # a field along y is read against the zero-field MSD along y, not along the zero-field run's own axis
-    along_y = msd_field_effect(record(0.1, 1.20, 0.05, axis=(0, 1, 0)), zero, "Li", 2.0)
+    along_y = msd_field_effect(_msd_record(0.1, _tensors(xx, yy + 0.6 + noise), zero_start, axis=(0, 1, 0)),
+                               zero, "Li", 2.0)
     assert along_y["msd_parallel_zero_field_at_ref_A2"] == pytest.approx(yy.mean())
     assert along_y["msd_parallel_zero_field_at_ref_sem_A2"] == pytest.approx(yy.std(ddof=1) / 2.0)
-    assert along_y["msd_field_effect"] == "not resolved"  # 1.2 - 1.0 vs 3.2 x 0.1
+    assert along_y["msd_parallel_zero_field_growth_A2"] == pytest.approx((yy / 2).mean())
+    assert along_y["msd_field_effect"] == "enhanced"
     # along [1,1,0]: the projection carries the off-diagonal part, its error is that of the projections
     u = np.array([1.0, 1.0, 0.0]) / np.sqrt(2.0)
-    diagonal = msd_field_effect(record(0.1, 1.5, 0.05, axis=u), zero, "Li", 2.0)
+    diagonal = msd_field_effect(_msd_record(0.1, zero_ref, zero_start, axis=u), zero, "Li", 2.0)
     projections = (xx + yy) / 2.0 + 0.2
     assert diagonal["msd_parallel_zero_field_at_ref_A2"] == pytest.approx(projections.mean())
     assert diagonal["msd_parallel_zero_field_at_ref_sem_A2"] == pytest.approx(projections.std(ddof=1) / 2.0)
-    assert msd_field_effect(record(0.1, 1.2, 0.05, time_fs=600.0), zero, "Li", 2.0)["msd_field_effect"].startswith(
+    assert diagonal["msd_parallel_excess_growth_A2"] == pytest.approx(0.0, abs=1e-12)
+
+    same = (offset, zero_start)
+    assert msd_field_effect(_msd_record(0.1, *same, time_fs=600.0), zero, "Li", 2.0)["msd_field_effect"].startswith(
         "undetermined")
-    assert msd_field_effect(record(0.1, 1.2, 0.05), None, "Li", 2.0)["msd_field_effect"].startswith("undetermined")
+    assert msd_field_effect(_msd_record(0.1, *same, start_fs=400.0), zero, "Li", 2.0)["msd_field_effect"].startswith(
+        "undetermined")
+    assert msd_field_effect(_msd_record(0.1, *same), None, "Li", 2.0)["msd_field_effect"].startswith("undetermined")
     assert msd_field_effect(zero, zero, "Li", 2.0)["msd_field_effect"] == ""
+    one = msd_field_effect(_msd_record(0.1, offset[:1], zero_start[:1], n_used=1), _msd_record(
+        0.0, zero_ref[:1], zero_start[:1], n_used=1), "Li", 2.0)
+    assert one["msd_field_effect"].startswith("undetermined (no error estimate")
+    # records from before the growth test name what is missing and how to get it
+    old = _msd_record(0.0, zero_ref, zero_start)
+    del old["species"]["Li"]["msd_at_window_start"]
+    with pytest.raises(InputFileError, match="msd_at_window_start"):
+        msd_field_effect(_msd_record(0.1, *same), old, "Li", 2.0)
+    old = _msd_record(0.0, zero_ref, zero_start)
+    del old["species"]["Li"]["msd_at_reference"]["tensor_per_replica_A2"]
     with pytest.raises(InputFileError, match="tensor_per_replica_A2"):
-        msd_field_effect(record(0.1, 1.2, 0.05), record(0.0, 0.6, 0.05), "Li", 2.0)
+        msd_field_effect(_msd_record(0.1, *same), old, "Li", 2.0)
 
 
 def test_transverse_percentiles_stay_accurate_when_samples_are_thinned():

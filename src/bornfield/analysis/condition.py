@@ -281,7 +281,8 @@ def analyze_condition(condition_dir: str | Path, settings: dict) -> dict:
         replicas), ``diffusion`` (tensor, total, parallel, perpendicular,
         per direction; Å²/fs and cm²/s), ``msd_exponent_in_fit_window``, ``regime``,
         ``drift_velocity``, ``mobility`` (Å²/(V·fs) and cm²/(V·s)),
-        ``nernst_einstein_mobility``, ``msd_at_reference`` and ``transverse_forces``.
+        ``nernst_einstein_mobility``, ``msd_at_reference``, ``msd_at_window_start`` and
+        ``transverse_forces``.
     """
     return analyze_replicas(discover_replicas(condition_dir), settings)
 
@@ -520,6 +521,11 @@ def analyze_replicas(replicas: ReplicaSet, settings: dict) -> dict:
                 # paired per replica: the error of the difference, not of each part
                 "parallel_minus_perpendicular": stat(
                     curves["parallel"][:, reference_index] - curves["perpendicular_per_direction"][:, reference_index]),
+            },
+            "msd_at_window_start": {
+                "time_fs": i0 * dt,
+                "tensor_per_replica_A2": tensors[:, i0].tolist(),
+                "parallel": stat(curves["parallel"][:, i0]),
             },
         }
         if strength > 0:

@@ -132,7 +132,10 @@ TRANSPORT_COLUMNS = [
     "drift_parallel_at_ref_A", "drift_parallel_at_ref_sem_A",
     "msd_parallel_minus_perpendicular_at_ref_A2", "msd_parallel_minus_perpendicular_at_ref_sem_A2",
     "msd_parallel_zero_field_at_ref_A2", "msd_parallel_zero_field_at_ref_sem_A2",
-    "msd_parallel_excess_at_ref_A2", "msd_parallel_excess_at_ref_sem_A2", "msd_field_effect",
+    "msd_parallel_excess_at_ref_A2", "msd_parallel_excess_at_ref_sem_A2",
+    "msd_parallel_growth_A2", "msd_parallel_growth_sem_A2",
+    "msd_parallel_zero_field_growth_A2", "msd_parallel_zero_field_growth_sem_A2",
+    "msd_parallel_excess_growth_A2", "msd_parallel_excess_growth_sem_A2", "msd_field_effect",
     "volume_A3", "temperature_measured_K",
 ]
 
@@ -157,58 +160,100 @@ def _zero_field_partners(records: list[dict]) -> dict[tuple, dict]:
 
 
 def msd_field_effect(record: dict, reference: dict | None, species: str, n_sigma: float) -> dict:
-    """MSD along E at the reference time, field run minus its zero-field run (same phase, T, axis).
+    """MSD along E, field run minus its zero-field run (same phase, T, axis), at the reference time and
+    as growth over the fit window.
 
     In an anisotropic crystal MSD ∥ and ⊥ differ without a field, so the field effect is read
     against the zero-field MSD along the same axis: ``êᵀ MSD ê`` of the zero-field run's tensor
-    (:func:`projected_msd_at_reference`), whatever its own reference axis. Verdict: ``enhanced`` /
-    ``reduced`` when the difference exceeds the Student-t critical value of ``n_sigma`` times its
-    combined replica standard error, else ``not resolved``; ``undetermined`` without a zero-field
-    run at the same reference time.
+    (:func:`projected_msd_at_reference`), whatever its own reference axis. The verdict tests the
+    excess *growth*, ``ΔMSD∥ = MSD∥(t_ref) − MSD∥(t_window_start)`` per replica: an ion that
+    vibrates with a larger amplitude along E, or sits displaced by it, raises the MSD plateau
+    without migrating, and only growth is migration. Verdict: ``enhanced`` / ``reduced`` when the
+    excess growth exceeds the Student-t critical value of ``n_sigma`` times its combined replica
+    standard error, else ``not resolved`` (with a remark when the excess at the reference time
+    alone is resolved); ``undetermined`` without a zero-field run at the same times.
     """
-    empty = {"msd_parallel_zero_field_at_ref_A2": float("nan"), "msd_parallel_zero_field_at_ref_sem_A2": float("nan"),
-             "msd_parallel_excess_at_ref_A2": float("nan"), "msd_parallel_excess_at_ref_sem_A2": float("nan")}
+    keys = ("msd_parallel_zero_field_at_ref_A2", "msd_parallel_zero_field_at_ref_sem_A2",
+            "msd_parallel_excess_at_ref_A2", "msd_parallel_excess_at_ref_sem_A2",
+            "msd_parallel_growth_A2", "msd_parallel_growth_sem_A2",
+            "msd_parallel_zero_field_growth_A2", "msd_parallel_zero_field_growth_sem_A2",
+            "msd_parallel_excess_growth_A2", "msd_parallel_excess_growth_sem_A2")
+    empty = dict.fromkeys(keys, float("nan"))
     if record["condition"]["field_strength_V_per_A"] == 0:
         return {**empty, "msd_field_effect": ""}
+
+    def same_time(section: str) -> bool:
+        times = [_section(r, r["species"][species], section, f"species.{species}")["time_fs"] for r in (reference, record)]
+        return math.isclose(*times, rel_tol=1e-9)
+
     if (reference is None or species not in reference["species"]
-            or not math.isclose(reference["species"][species]["msd_at_reference"]["time_fs"],
-                                record["species"][species]["msd_at_reference"]["time_fs"], rel_tol=1e-9)):
-        return {**empty, "msd_field_effect": "undetermined (no zero-field run at the same reference time)"}
+            or not same_time("msd_at_reference") or not same_time("msd_at_window_start")):
+        return {**empty, "msd_field_effect": "undetermined (no zero-field run at the same reference time and fit window)"}
+    axis = np.asarray(record["parallel_axis"], dtype=float)
     field = record["species"][species]["msd_at_reference"]["parallel"]
-    zero, zero_sem = projected_msd_at_reference(reference, species, np.asarray(record["parallel_axis"], dtype=float))
+    zero, zero_sem = projected_msd_at_reference(reference, species, axis)
     excess = _get(field) - zero
     excess_sem = math.hypot(_get(field, "sem"), zero_sem)
-    if not math.isfinite(excess_sem):
+    growth, growth_sem = projected_msd_growth(record, species, axis)
+    zero_growth, zero_growth_sem = projected_msd_growth(reference, species, axis)
+    excess_growth = growth - zero_growth
+    excess_growth_sem = math.hypot(growth_sem, zero_growth_sem)
+    if not math.isfinite(excess_growth_sem):
         verdict = "undetermined (no error estimate: one replica)"
     else:
         dof = min(record["replicas"]["n_used"], reference["replicas"]["n_used"]) - 1
-        threshold = critical_value(n_sigma, dof) * excess_sem
-        verdict = "enhanced" if excess > threshold else "reduced" if excess < -threshold else "not resolved"
-    return {"msd_parallel_zero_field_at_ref_A2": zero, "msd_parallel_zero_field_at_ref_sem_A2": zero_sem,
-            "msd_parallel_excess_at_ref_A2": excess, "msd_parallel_excess_at_ref_sem_A2": excess_sem,
-            "msd_field_effect": verdict}
+        critical = critical_value(n_sigma, dof)
+        threshold = critical * excess_growth_sem
+        verdict = ("enhanced" if excess_growth > threshold else "reduced" if excess_growth < -threshold
+                   else "not resolved")
+        if verdict == "not resolved" and abs(excess) > critical * excess_sem:
+            verdict = "not resolved (a plateau offset without extra growth: vibration, not migration)"
+    values = (zero, zero_sem, excess, excess_sem, growth, growth_sem, zero_growth, zero_growth_sem,
+              excess_growth, excess_growth_sem)
+    return {**dict(zip(keys, values)), "msd_field_effect": verdict}
+
+
+def projected_msd_growth(record: dict, species: str, direction: np.ndarray) -> tuple[float, float]:
+    """``êᵀ [MSD(t_ref) − MSD(t_window_start)] ê`` (Å²): mean and standard error of the per-replica growth."""
+    data = record["species"][species]
+    at_reference = _per_replica_tensors(record, data["msd_at_reference"], "tensor_per_replica_A2",
+                                        f"species.{species}.msd_at_reference")
+    at_start = _per_replica_tensors(record, _window_start(record, species), "tensor_per_replica_A2",
+                                    f"species.{species}.msd_at_window_start")
+    return _projection_mean_and_sem(at_reference - at_start, direction)
 
 
 def projected_msd_at_reference(record: dict, species: str, direction: np.ndarray) -> tuple[float, float]:
     """``êᵀ MSD ê`` (Å²) at the record's reference time and its standard error over replicas."""
-    at_reference = record["species"][species]["msd_at_reference"]
-    return _projected_per_replica(record, at_reference, "tensor_per_replica_A2",
-                                  f"species.{species}.msd_at_reference", direction)
+    tensors = _per_replica_tensors(record, record["species"][species]["msd_at_reference"], "tensor_per_replica_A2",
+                                   f"species.{species}.msd_at_reference")
+    return _projection_mean_and_sem(tensors, direction)
 
 
-def _projected_per_replica(record: dict, section: dict, key: str, where: str,
-                           direction: np.ndarray) -> tuple[float, float]:
-    """Mean and standard error over replicas of ``êᵀ T_r ê`` for the (R, 3, 3) tensors ``section[key]``.
+def _window_start(record: dict, species: str) -> dict:
+    return _section(record, record["species"][species], "msd_at_window_start", f"species.{species}")
 
-    The error is that of the per-replica projections: the tensor components of one replica are
-    correlated (T_xy and T_yx are one number), so their separate errors do not combine in quadrature.
-    """
-    if key not in section:
+
+def _per_replica_tensors(record: dict, section: dict, key: str, where: str) -> np.ndarray:
+    """The (R, 3, 3) per-replica tensors ``section[key]``."""
+    return np.asarray(_section(record, section, key, where), dtype=float)
+
+
+def _section(record: dict, parent: dict, key: str, where: str):
+    if key not in parent:
         raise InputFileError(
             f"{record.get('_path', record['condition'].get('name'))}: {where} has no {key} "
             "(written by an older bornfield); re-run `bornfield analyze condition`"
         )
-    tensors = np.asarray(section[key], dtype=float)  # (R, 3, 3)
+    return parent[key]
+
+
+def _projection_mean_and_sem(tensors: np.ndarray, direction: np.ndarray) -> tuple[float, float]:
+    """Mean and standard error over replicas of ``êᵀ T_r ê`` for (R, 3, 3) tensors.
+
+    The error is that of the per-replica projections: the tensor components of one replica are
+    correlated (T_xy and T_yx are one number), so their separate errors do not combine in quadrature.
+    """
     mean, sem = transport.mean_and_sem(np.einsum("rab,a,b->r", tensors, direction, direction))
     return float(mean), float("nan") if sem is None else float(sem)
 
@@ -370,8 +415,9 @@ def _verdict(
 
 def projected_diffusion(record: dict, species: str, direction: np.ndarray) -> tuple[float, float]:
     """``êᵀ D ê`` (Å²/fs) of a record and its standard error over replicas (per-replica projections)."""
-    diffusion = record["species"][species]["diffusion"]
-    return _projected_per_replica(record, diffusion, "tensor_per_replica", f"species.{species}.diffusion", direction)
+    tensors = _per_replica_tensors(record, record["species"][species]["diffusion"], "tensor_per_replica",
+                                   f"species.{species}.diffusion")
+    return _projection_mean_and_sem(tensors, direction)
 
 
 def linear_response_rows(records: list[dict], settings: dict) -> list[dict]:
