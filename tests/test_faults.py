@@ -108,7 +108,8 @@ def test_blown_up_replica_stops_alone_and_the_analysis_counts_the_replicas_used(
     assert "replicas used 2, failed 1" in result.stderr
 
 
-ONE_REPLICA = md_settings(sweep={**md_settings()["sweep"], "replicas": 1})
+ONE_REPLICA = md_settings(sweep={**md_settings()["sweep"], "replicas": 1},
+                          safety={**md_settings()["safety"], "uncertainty_check_interval": 5})
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +136,12 @@ def test_resume_from_an_intact_checkpoint_is_logged(models, interrupted, tmp_pat
     result = run_md(models, root / "cells.extxyz", outdir, {**ONE_REPLICA, "production_steps": 40})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming from checkpoint at step 30" in result.stderr
-    assert json.loads((outdir / "replica_0" / "status.json").read_text())["steps"] == 40
+    status = json.loads((outdir / "replica_0" / "status.json").read_text())
+    assert status["steps"] == 40
+    # the committee checks of the run before the kill come back from the checkpoint: one per
+    # uncertainty_check_interval steps from step 0 to 40, not only the 10 steps since the resume
+    interval = json.loads((outdir / "summary.json").read_text())["settings"]["safety"]["uncertainty_check_interval"]
+    assert status["force_uncertainty_eV_per_A"]["checks"] == 40 // interval + 1
     with h5py.File(outdir / "replica_0" / "traj.h5") as traj:
         assert list(traj["step"][:]) == list(range(0, 41, 5))  # no frame lost or repeated
 

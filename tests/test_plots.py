@@ -139,7 +139,7 @@ def test_results_page_states_done_and_pending_conditions_and_refuses_mixed_model
     text = results_markdown("config/x.yaml", "x/analysis", conditions, records,
                             (root / "analysis" / "claims.md").read_text(), [], ["figures/arrhenius.png"])
     assert f"{len(names)} of {len(names) + 1} conditions done, {0.25 * len(names):.2f} core-hours" in text
-    assert "| amorphous_T1300K_E0.2_x | amorphous | 1300 | 0.2 | 0 / 0 / 4 | – | – | – | pending |" in text
+    assert "| amorphous_T1300K_E0.2_x | amorphous | 1300 | 0.2 | 0 / 0 / 4 | – | – | – | – | pending |" in text
     assert "| amorphous_T1000K_E0.1 | amorphous | 1000 | 0.1 | 2 / 1 / 3 |" in text
     assert "### 1. Li MSD along the field" in text and "![arrhenius](figures/arrhenius.png)" in text
     assert "no finite-field result in the ledger yet" in text
@@ -159,4 +159,20 @@ def test_results_page_states_done_and_pending_conditions_and_refuses_mixed_model
     facts = md_run_facts({"mpi_ranks": 1, "wall_time_s": 900.0, "replicas_total": 4,
                           "invocations": [{"mpi_ranks": 2, "wall_time_s": 1800.0, "finished": False},
                                           {"mpi_ranks": 1, "wall_time_s": 900.0, "finished": True}]})
-    assert facts["core_hours"] == pytest.approx(1.25)
+    assert facts["core_hours"] == pytest.approx(1.25) and facts["force_uncertainty"] is None
+    # the committee spread over the replicas: checks summed, the fraction below the limit weighted by them
+    spread = {"replicas": [{"force_uncertainty_eV_per_A": {"checks": 30, "median": 0.2, "max": 0.9,
+                                                           "fraction_below_limit": 1.0}},
+                           {"force_uncertainty_eV_per_A": {"checks": 10, "median": 0.4, "max": 2.5,
+                                                           "fraction_below_limit": 0.6}},
+                           {"force_uncertainty_eV_per_A": {"checks": 20, "median": 0.3, "max": 1.1,
+                                                           "fraction_below_limit": 1.0}},
+                           {"state": "failed"}],
+              "settings": {"safety": {"max_force_uncertainty_eV_per_A": 2.0}}}
+    facts = md_run_facts(spread)["force_uncertainty"]
+    assert facts == {"checks": 60, "replicas": 3, "max": 2.5, "median": 0.3, "fraction_below_limit": pytest.approx(56 / 60),
+                     "limit_eV_per_A": 2.0}
+    records[1]["md_run"] = {"models": models, "core_hours": 0.25, "replicas_total": 3}
+    records[0]["md_run"]["force_uncertainty"] = facts
+    text = results_markdown("config/x.yaml", "x/analysis", conditions, records, None, [], [])
+    assert "| 0.25 | 0.30 / 2.50, 93.3% of 60 ≤ 2 | analysed |" in text

@@ -312,7 +312,7 @@ def md_run_facts(summary: dict) -> dict:
     wall time keeps its stored ``core_hours``.
     """
     if not isinstance(summary, dict) or not summary:
-        return {"models": None, "core_hours": None, "replicas_total": None}
+        return {"models": None, "core_hours": None, "replicas_total": None, "force_uncertainty": None}
     from bornfield.md.output import invocations_core_hours, md_core_hours
 
     core_hours = summary.get("core_hours")
@@ -321,7 +321,32 @@ def md_run_facts(summary: dict) -> dict:
     elif "wall_time_s" in summary and "mpi_ranks" in summary:
         core_hours = md_core_hours(summary["wall_time_s"], summary["mpi_ranks"])
     return {"models": summary.get("models"), "core_hours": core_hours,
-            "replicas_total": summary.get("replicas_total")}
+            "replicas_total": summary.get("replicas_total"), "force_uncertainty": committee_spread(summary)}
+
+
+def committee_spread(summary: dict) -> dict | None:
+    """The committee force spread (eV/Å) over the replicas of a summary.json, or None without checks.
+
+    ``checks`` (all replicas), ``max``, ``median`` (of the per-replica medians), ``fraction_below_limit``
+    (weighted by checks) and ``limit_eV_per_A`` (md.safety.max_force_uncertainty_eV_per_A); a replica
+    resumed from a checkpoint written before the check history was kept counts its last invocation only.
+    """
+    per_replica = [r["force_uncertainty_eV_per_A"] for r in summary.get("replicas") or []
+                   if isinstance(r, dict) and r.get("force_uncertainty_eV_per_A")]
+    if not per_replica:
+        return None
+    checks = np.asarray([r["checks"] for r in per_replica], dtype=float)
+    fractions = [r.get("fraction_below_limit") for r in per_replica]
+    limit = ((summary.get("settings") or {}).get("safety") or {}).get("max_force_uncertainty_eV_per_A")
+    return {
+        "checks": int(checks.sum()),
+        "replicas": len(per_replica),
+        "max": float(max(r["max"] for r in per_replica)),
+        "median": float(np.median([r["median"] for r in per_replica])),
+        "fraction_below_limit": (None if any(f is None for f in fractions)
+                                 else float(np.dot(checks, fractions) / checks.sum())),
+        "limit_eV_per_A": limit,
+    }
 
 
 def analyze_replicas(replicas: ReplicaSet, settings: dict) -> dict:

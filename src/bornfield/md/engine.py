@@ -38,6 +38,8 @@ from bornfield.md.output import (
 LOG = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.npz"
+#: checkpoint array holding the committee force spread (eV/Å) of every check up to the checkpoint
+UNCERTAINTY_CHECKS_KEY = "force_uncertainty_checks"
 
 
 BlowUp = UnsafeState
@@ -151,7 +153,7 @@ class ReplicaRunner:
         self.distance_interval = int(safety["distance_check_interval"])
         self.uncertainty_interval = int(safety["uncertainty_check_interval"])
         self.limits = SafetyLimits.from_md_settings(settings)
-        self.uncertainties: list[float] = []  # committee force std (eV/Å) of every check of this process
+        self.uncertainties: list[float] = []  # committee force std (eV/Å) of every check of the run
 
     # -- helpers --------------------------------------------------------
     def _bcast(self, value):
@@ -171,7 +173,7 @@ class ReplicaRunner:
             "seed": self.attributes.get("seed"),
             "backend": self.attributes.get("backend"),
         }
-        if self.uncertainties:  # checks since this process started (a resumed run: since the resume)
+        if self.uncertainties:  # every check of the run (a resumed run restores the earlier ones from its checkpoint)
             values = np.asarray(self.uncertainties)
             limit = self.limits.max_force_uncertainty_eV_per_A
             status["force_uncertainty_eV_per_A"] = {
@@ -243,6 +245,9 @@ class ReplicaRunner:
         if resumed:
             if writer:
                 arrays, metadata = load_checkpoint(checkpoint_path)
+                # absent in checkpoints written before the history was kept: the summary then counts
+                # the checks since this resume only
+                self.uncertainties = arrays.pop(UNCERTAINTY_CHECKS_KEY, np.zeros(0)).astype(float).tolist()
             else:
                 arrays, metadata = None, None
             backend.restore(arrays, metadata)
@@ -322,6 +327,7 @@ class ReplicaRunner:
         if self.backend.is_writer:
             traj.flush()
             thermo.flush()
+            arrays = {**arrays, UNCERTAINTY_CHECKS_KEY: np.asarray(self.uncertainties, dtype=float)}
             save_checkpoint(self.outdir / CHECKPOINT_NAME, arrays, metadata)
 
 
