@@ -472,6 +472,37 @@ def test_msd_field_effect_reads_the_growth_of_the_field_run_against_its_zero_fie
         msd_field_effect(_msd_record(0.1, *same), old, "Li", 2.0)
 
 
+def test_msd_growth_verdict_keeps_its_false_alarm_rate_under_a_plateau_offset():
+    """Replica scatter drawn from known distributions: a field that only lifts the MSD plateau is
+    called enhanced at about the one-sided rate of a 2-sigma test, the old test at one time calls it
+    enhanced almost always, and a real excess growth of 4 standard errors is found."""
+    from bornfield.analysis.sweep import msd_field_effect
+
+    rng = np.random.default_rng(12)
+    n_replicas, trials, scatter = 8, 600, 0.05
+
+    def campaign(offset: float, extra_growth: float) -> tuple[dict, dict]:
+        def replicas(lift: float, growth: float) -> tuple[np.ndarray, np.ndarray]:
+            start = 1.0 + lift + scatter * rng.standard_normal(n_replicas)
+            end = start + 0.5 + growth + scatter * rng.standard_normal(n_replicas)
+            return _tensors(end, end), _tensors(start, start)
+
+        return _msd_record(0.1, *replicas(offset, extra_growth), n_used=n_replicas), _msd_record(
+            0.0, *replicas(0.0, 0.0), n_used=n_replicas)
+
+    def enhanced_rate(offset: float, extra_growth: float) -> float:
+        verdicts = [msd_field_effect(*campaign(offset, extra_growth), "Li", 2.0)["msd_field_effect"] for _ in range(trials)]
+        return float(np.mean([v == "enhanced" for v in verdicts]))
+
+    excess_growth_sem = scatter * np.sqrt(2.0 / n_replicas)  # per replica the growth scatters by `scatter`
+    assert enhanced_rate(offset=10 * scatter, extra_growth=0.0) < 0.05
+    assert enhanced_rate(offset=0.0, extra_growth=4.0 * excess_growth_sem) > 0.8
+    # the excess at the reference time alone (the former verdict) is resolved in nearly every offset trial
+    field, zero = campaign(10 * scatter, 0.0)
+    result = msd_field_effect(field, zero, "Li", 2.0)
+    assert result["msd_parallel_excess_at_ref_A2"] > 4 * result["msd_parallel_excess_at_ref_sem_A2"]
+
+
 def test_transverse_percentiles_stay_accurate_when_samples_are_thinned():
     from bornfield.analysis.forces import TransverseAccumulator
 
