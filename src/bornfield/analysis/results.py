@@ -136,7 +136,7 @@ def results_markdown(config_path: str, analysis_dir: str, conditions: list[dict]
                      f"| {format_number(r['production_ps'], 'g')} | {format_number(r['core_hours'], '.2f')} "
                      f"| {spread_cell(r['spread'])} | {r['state']} |")
     lines += ["", "Committee spread: the force standard deviation over the potential committee, checked every "
-              "`md.safety.uncertainty_check_interval` steps; a replica stops above the limit.", ""]
+              "`md.safety.uncertainty_check_interval` steps; a replica stops above the limit."]
     lines += ["", "## The seed study's claims", ""]
     lines += _demote(claims_md) if claims_md else ["(no condition analysed yet)"]
     lines += ["", "## Linear response at the source: finite-field DFT against DFPT Born charges", ""]
