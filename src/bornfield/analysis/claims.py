@@ -202,6 +202,11 @@ def _pm(value: Any, sem: Any, digits: int = 3) -> str:
     return f"{_num(value, digits)} ± {_num(sem, 2)}" if math.isfinite(_finite(sem)) else _num(value, digits)
 
 
+def _interval(halfwidth: Any) -> str:
+    text = _num(halfwidth, 2)
+    return text if text == "–" else f"± {text}"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     if not rows:
         return ["(no runs of this kind)", ""]
@@ -263,7 +268,7 @@ def claims_markdown(claims: dict) -> str:
     lines += _table(
         ["phase", "temperatures (K)", "Ea (eV)", "95 % interval (eV)", "published (eV)", "source", "within 95 %"],
         [[r["phase"], ", ".join(f"{t:g}" for t in r["temperatures_K"]) or "–",
-          _pm(r["activation_energy_eV"], r["activation_energy_sem_eV"]), "± " + _num(r["ci95_halfwidth_eV"], 2),
+          _pm(r["activation_energy_eV"], r["activation_energy_sem_eV"]), _interval(r["ci95_halfwidth_eV"]),
           _num(r.get("reference_eV")), r.get("reference_source", "–"),
           {True: "yes", False: "no", None: "–"}[r.get("within_ci95")]]
          for r in claims["arrhenius"]])
