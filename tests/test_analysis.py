@@ -503,6 +503,29 @@ def test_msd_growth_verdict_keeps_its_false_alarm_rate_under_a_plateau_offset():
     assert result["msd_parallel_excess_at_ref_A2"] > 4 * result["msd_parallel_excess_at_ref_sem_A2"]
 
 
+def test_correlated_li_reads_as_a_haven_ratio_not_as_nonlinear_response(tmp_path, settings):
+    """Li whose drift is twice the tracer Nernst–Einstein value at every field (charge diffusion twice
+    the tracer one, H_R = 0.5): the field sweep calls the response linear, the Nernst–Einstein
+    comparison with H_R = 1 does not, and the implied Haven ratio is 0.5."""
+    diffusion, temperature = 1.0e-3, 600.0
+    common = dict(n_replicas=8, n_frames=400, frame_interval_fs=10.0, temperature_K=temperature, n_formula_units=32,
+                  diffusion_A2_per_fs={"Li": diffusion}, phase="amorphous",
+                  born_charges={"Li": np.eye(3), "P": 5.0 * np.eye(3), "O": -2.0 * np.eye(3)})
+    write_synthetic_condition(tmp_path / "E0", seed=31, **common)
+    for name, strength, seed in (("E1", 0.05, 32), ("E2", 0.1, 33)):
+        drift = 2.0 * diffusion * strength / (transport.kB * temperature)
+        write_synthetic_condition(tmp_path / name, field_V_per_A=(strength, 0, 0), drift_A_per_fs={"Li": drift},
+                                  seed=seed, **common)
+    rows, _ = _linear_response_rows(tmp_path, settings, ["E0", "E1", "E2"])
+    low, high = sorted(rows, key=lambda r: float(r["field_V_per_A"]))
+    assert low["linear_response"] == "reference (lowest field of the sweep)"
+    assert high["verdict_vs_lowest_field"].startswith("linear") and high["linear_response"] == "linear"
+    for row in (low, high):
+        assert row["verdict_vs_nernst_einstein"] == "nonlinear"
+        haven, haven_sem = float(row["implied_haven_ratio"]), float(row["implied_haven_ratio_sem"])
+        assert 0 < haven_sem < 0.05 and abs(haven - 0.5) < 3 * haven_sem, (haven, haven_sem)
+
+
 def test_transverse_percentiles_stay_accurate_when_samples_are_thinned():
     from bornfield.analysis.forces import TransverseAccumulator
 
@@ -547,7 +570,9 @@ def test_li_that_obeys_nernst_einstein_gives_mobility_ratio_one_and_linear_verdi
     ratio, sem = float(row["mu_over_ne"]), float(row["mu_over_ne_sem"])
     assert 0 < sem < 0.05
     assert abs(ratio - 1.0) < 2.5 * sem, (ratio, sem)
-    assert row["verdict_vs_nernst_einstein"].startswith("linear") and row["linear_response"] == "linear"
+    assert row["verdict_vs_nernst_einstein"].startswith("linear")
+    assert row["linear_response"] == "linear (Nernst–Einstein with H_R = 1)"  # one field: no sweep to test
+    assert abs(float(row["implied_haven_ratio"]) - 1.0) < 2.5 * float(row["implied_haven_ratio_sem"])
     # the same data measured relative to the centre of mass would fail: μ_com/μ_NE = 1 - f
     f = field["host_frame"]["mobile_mass_fraction"]
     mu_com = field["species"]["Li"]["drift_velocity_A_per_fs"]["parallel"]["value"] / strength

@@ -165,7 +165,7 @@ def linear_response_claim_rows(linear: list[dict]) -> list[dict]:
     keep = ("condition", "phase", "temperature_K", "field_V_per_A", "species", "n_replicas_used",
             "mobility_cm2_per_V_s", "mobility_sem_cm2_per_V_s", "mu_over_mu_lowest_field",
             "mu_over_mu_lowest_field_sem", "verdict_vs_lowest_field", "mu_over_ne", "mu_over_ne_sem",
-            "verdict_vs_nernst_einstein", "linear_response")
+            "implied_haven_ratio", "implied_haven_ratio_sem", "verdict_vs_nernst_einstein", "linear_response")
     return [{key: row.get(key) for key in keep} for row in linear]
 
 
@@ -185,6 +185,8 @@ def build_claims(transport: list[dict], transverse: list[dict], linear: list[dic
         "transverse_forces": transverse_claim_rows(transverse),
         "arrhenius": arrhenius_claim_rows(arrhenius, list(settings["arrhenius"]["reference_activation_energies"])),
         "linear_response": linear_response_claim_rows(linear),
+        "haven_ratio_assumed": float(settings["arrhenius"]["haven_ratio"]),
+        "reference_haven_ratios": list(settings["linear_response"]["reference_haven_ratios"]),
     }
 
 
@@ -274,15 +276,25 @@ def claims_markdown(claims: dict) -> str:
          for r in claims["arrhenius"]])
     notes = sorted({note for r in claims["arrhenius"] for note in r["notes"]})
     lines += [f"- {note}" for note in notes] + ([""] if notes else [])
+    haven = claims.get("haven_ratio_assumed", 1.0)
     lines += ["## 5. Linear response", "",
-              "Mobility (drift relative to the host per |E|) against the lowest field and against the "
-              "Nernst–Einstein mobility of the zero-field run.", ""]
+              "Mobility (drift relative to the host per |E|) against the lowest field of the same phase, "
+              "temperature and axis (the linear-response test), and against the Nernst–Einstein mobility "
+              f"⟨Z∥⟩ e D / (H_R k_B T) of the zero-field run with H_R = {haven:g}. The drift measures the "
+              "charge (collective) diffusion and D the tracer one, so where the response is linear "
+              f"μ / μ_NE = {haven:g} / H_R: the comparison measures the Haven ratio (implied H_R) rather "
+              "than testing linearity.", ""]
     lines += _table(
-        ["condition", "species", "μ (cm²/V/s)", "μ / μ(lowest E)", "vs lowest E", "μ / μ_NE", "vs Nernst–Einstein"],
+        ["condition", "species", "μ (cm²/V/s)", "μ / μ(lowest E)", "vs lowest E", "μ / μ_NE", "vs Nernst–Einstein",
+         "implied H_R", "linear response"],
         [[r["condition"], r["species"], _pm(r["mobility_cm2_per_V_s"], r["mobility_sem_cm2_per_V_s"]),
           _pm(r["mu_over_mu_lowest_field"], r["mu_over_mu_lowest_field_sem"]), str(r["verdict_vs_lowest_field"]),
-          _pm(r["mu_over_ne"], r["mu_over_ne_sem"]), str(r["verdict_vs_nernst_einstein"])]
+          _pm(r["mu_over_ne"], r["mu_over_ne_sem"]), str(r["verdict_vs_nernst_einstein"]),
+          _pm(r.get("implied_haven_ratio"), r.get("implied_haven_ratio_sem")), str(r["linear_response"])]
          for r in claims["linear_response"]])
+    published = claims.get("reference_haven_ratios") or []
+    lines += [f"- published Haven ratio, {r['phase']}: {_pm(r['haven_ratio'], r.get('sem'))} ({r['source']})"
+              for r in published] + ([""] if published else [])
     return "\n".join(lines)
 
 

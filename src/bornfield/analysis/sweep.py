@@ -420,6 +420,29 @@ def projected_diffusion(record: dict, species: str, direction: np.ndarray) -> tu
     return _projection_mean_and_sem(tensors, direction)
 
 
+def implied_haven_ratio(assumed: float, ratio: float, ratio_sem: float, diffusive: bool) -> tuple[float, float]:
+    """H_R that makes μ = μ_NE: ``assumed / (μ/μ_NE)`` and its error; NaN unless the zero-field run is
+    diffusive and the ratio positive. The drift measures the charge (collective) diffusion and D the
+    tracer one, so in linear response μ/μ_NE = H_R(assumed)/H_R."""
+    if not (diffusive and math.isfinite(ratio) and ratio > 0):
+        return float("nan"), float("nan")
+    return assumed / ratio, assumed * ratio_sem / ratio**2
+
+
+def overall_linear_response(verdict_sweep: str, verdict_ne: str, n_fields: int, haven_ratio: float,
+                            model_verdict: str) -> str:
+    """The row's linear-response verdict: the field sweep decides where there is one (the lowest field
+    is its reference); a single field falls back on the Nernst–Einstein comparison, which holds the
+    assumed Haven ratio as part of the test, then on the hopping model."""
+    if n_fields >= 2:
+        return "reference (lowest field of the sweep)" if verdict_sweep == "reference" else (
+            "linear" if verdict_sweep.startswith("linear") else verdict_sweep)
+    if verdict_ne.startswith(("linear", "nonlinear")):
+        return ("linear" if verdict_ne.startswith("linear") else "nonlinear") + \
+            f" (Nernst–Einstein with H_R = {haven_ratio:g})"
+    return f"undetermined (hopping model: {model_verdict})"
+
+
 def linear_response_rows(records: list[dict], settings: dict) -> list[dict]:
     """Mobility of the mobile species vs field strength, with linear-response verdicts."""
     species = settings["mobile_species"]
@@ -475,6 +498,8 @@ def linear_response_rows(records: list[dict], settings: dict) -> list[dict]:
                 mu_ne_sem = charge * d_u_sem / (settings["arrhenius"]["haven_ratio"] * kT)
                 ratio_ne, ratio_ne_sem = _ratio(mu, mu_sem, mu_ne, mu_ne_sem)
                 regime = reference["species"][species]["regime"]
+                haven, haven_sem = implied_haven_ratio(settings["arrhenius"]["haven_ratio"], ratio_ne, ratio_ne_sem,
+                                                       regime == "diffusive")
                 verdict_ne = (
                     _verdict(
                         mu, mu_sem, mu_ne, mu_ne_sem, tolerance, n_sigma,
@@ -493,6 +518,8 @@ def linear_response_rows(records: list[dict], settings: dict) -> list[dict]:
                         "ne_mobility_cm2_per_V_s": mu_ne * transport.MOBILITY_A2_PER_V_FS_IN_CM2_PER_V_S,
                         "mu_over_ne": ratio_ne,
                         "mu_over_ne_sem": ratio_ne_sem,
+                        "implied_haven_ratio": haven,
+                        "implied_haven_ratio_sem": haven_sem,
                         "verdict_vs_nernst_einstein": verdict_ne,
                     }
                 )
@@ -506,14 +533,9 @@ def linear_response_rows(records: list[dict], settings: dict) -> list[dict]:
             model = transport.hopping_nonlinearity(strength, record["condition"]["temperature_K"], hop)
             model_verdict = "linear" if model["relative_excess"] <= tolerance else "nonlinear"
             row.update({"hopping_reduced_field": model["reduced_field"], "hopping_relative_excess": model["relative_excess"], "verdict_hopping_model": model_verdict})
-            data_verdicts = [v for v in (verdict_low, row["verdict_vs_nernst_einstein"]) if v.startswith(("linear", "nonlinear"))]
-            if any(v == "nonlinear" for v in data_verdicts):
-                overall = "nonlinear"
-            elif data_verdicts:
-                overall = "linear"
-            else:
-                overall = f"undetermined (hopping model: {model_verdict})"
-            row["linear_response"] = overall
+            row["linear_response"] = overall_linear_response(
+                verdict_low, row["verdict_vs_nernst_einstein"], len(members), settings["arrhenius"]["haven_ratio"],
+                model_verdict)
             row["basis"] = "; ".join(reasons + [f"eEa/2kT = {model['reduced_field']:.3g}"])
             rows.append(row)
     return rows
@@ -525,8 +547,8 @@ LINEAR_RESPONSE_COLUMNS = [
     "mu_over_mu_lowest_field", "mu_over_mu_lowest_field_sem", "verdict_vs_lowest_field",
     "zero_field_condition", "D_zero_field_along_E_A2_per_fs", "D_zero_field_along_E_sem_A2_per_fs",
     "mean_par_charge_e", "haven_ratio", "ne_mobility_A2_per_V_fs", "ne_mobility_sem_A2_per_V_fs",
-    "ne_mobility_cm2_per_V_s", "mu_over_ne", "mu_over_ne_sem", "verdict_vs_nernst_einstein",
-    "hopping_reduced_field", "hopping_relative_excess", "verdict_hopping_model", "linear_response", "basis",
+    "ne_mobility_cm2_per_V_s", "mu_over_ne", "mu_over_ne_sem", "implied_haven_ratio", "implied_haven_ratio_sem",
+    "verdict_vs_nernst_einstein", "hopping_reduced_field", "hopping_relative_excess", "verdict_hopping_model", "linear_response", "basis",
 ]
 
 
