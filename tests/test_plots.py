@@ -139,8 +139,11 @@ def test_results_page_states_done_and_pending_conditions_and_refuses_mixed_model
     text = results_markdown("config/x.yaml", "x/analysis", conditions, records,
                             (root / "analysis" / "claims.md").read_text(), [], ["figures/arrhenius.png"])
     assert f"{len(names)} of {len(names) + 1} conditions done, {0.25 * len(names):.2f} core-hours" in text
-    assert "| amorphous_T1300K_E0.2_x | amorphous | 1300 | 0.2 | 0 / 0 / 4 | – | – | – | – | pending |" in text
-    assert "| amorphous_T1000K_E0.1 | amorphous | 1000 | 0.1 | 2 / 1 / 3 |" in text
+    assert "| amorphous_T1300K_E0.2_x | amorphous | 1300 | – | 0.2 | 0 / 0 / 4 | – | – | – | – | pending |" in text
+    measured = records[[r["condition"]["name"] for r in records].index("amorphous_T1000K_E0.1")]["system"].get(
+        "temperature_measured_K")
+    cell = "–" if not measured else f"{measured['mean']:.0f}"
+    assert f"| amorphous_T1000K_E0.1 | amorphous | 1000 | {cell} | 0.1 | 2 / 1 / 3 |" in text
     assert "### 1. Li MSD along the field" in text and "![arrhenius](figures/arrhenius.png)" in text
     assert "no finite-field result in the ledger yet" in text
     assert model_set_identity(records) == models

@@ -54,14 +54,15 @@ def condition_rows(conditions: list[dict], records: list[dict]) -> list[dict]:
         row = {"name": condition["name"], "phase": condition["phase"], "temperature_K": condition["temperature_K"],
                "field_V_per_A": condition["field_strength_V_per_A"], "replicas": condition["replicas"],
                "state": "pending", "n_used": 0, "n_failed": 0, "n_atoms": None, "production_ps": None,
-               "core_hours": None, "spread": None}
+               "core_hours": None, "spread": None, "measured_K": None}
         if record is not None:
             md_run = record.get("md_run") or {}
             row.update(state=record.get("state", "?"), n_used=record["replicas"]["n_used"],
                        n_failed=record["replicas"]["n_failed"],
                        n_atoms=(record.get("system") or {}).get("n_atoms"),
                        production_ps=((record.get("time") or {}).get("duration_fs") or float("nan")) / FS_PER_PS,
-                       core_hours=md_run.get("core_hours"), spread=md_run.get("force_uncertainty"))
+                       core_hours=md_run.get("core_hours"), spread=md_run.get("force_uncertainty"),
+                       measured_K=((record.get("system") or {}).get("temperature_measured_K") or {}).get("mean"))
         rows.append(row)
     return rows
 
@@ -128,15 +129,18 @@ def results_markdown(config_path: str, analysis_dir: str, conditions: list[dict]
     if models is not None:
         lines += ["Model set: " + ", ".join(f"`{Path(m['file']).name}` ({m['sha256'][:12]})" for m in models["potentials"])
                   + f"; Born charges `{Path(models['born']['file']).name}` ({models['born']['sha256'][:12]}).", ""]
-    lines += ["| condition | phase | T (K) | E (V/Å) | replicas used / failed / planned | atoms | production (ps) "
-              "| MD (core-h) | committee spread median / max (eV/Å), checks below limit | state |", "|" + "---|" * 10]
+    lines += ["| condition | phase | T (K) | T measured (K) | E (V/Å) | replicas used / failed / planned | atoms "
+              "| production (ps) | MD (core-h) | committee spread median / max (eV/Å), checks below limit | state |",
+              "|" + "---|" * 11]
     for r in rows:
-        lines.append(f"| {r['name']} | {r['phase']} | {format_number(r['temperature_K'], 'g')} | {format_number(r['field_V_per_A'], 'g')} "
+        lines.append(f"| {r['name']} | {r['phase']} | {format_number(r['temperature_K'], 'g')} "
+                     f"| {format_number(r['measured_K'], '.0f')} | {format_number(r['field_V_per_A'], 'g')} "
                      f"| {r['n_used']} / {r['n_failed']} / {r['replicas']} | {r['n_atoms'] or '–'} "
                      f"| {format_number(r['production_ps'], 'g')} | {format_number(r['core_hours'], '.2f')} "
                      f"| {spread_cell(r['spread'])} | {r['state']} |")
     lines += ["", "Committee spread: the force standard deviation over the potential committee, checked every "
-              "`md.safety.uncertainty_check_interval` steps; a replica stops above the limit."]
+              "`md.safety.uncertainty_check_interval` steps; a replica stops above the limit. T measured: the mean "
+              "kinetic temperature of the analysed frames (a field's work can outpace the thermostat)."]
     lines += ["", "## The seed study's claims", ""]
     lines += _demote(claims_md) if claims_md else ["(no condition analysed yet)"]
     lines += ["", "## Linear response at the source: finite-field DFT against DFPT Born charges", ""]
