@@ -218,8 +218,8 @@ def projected_msd_growth(record: dict, species: str, direction: np.ndarray) -> t
     data = record["species"][species]
     at_reference = _per_replica_tensors(record, data["msd_at_reference"], "tensor_per_replica_A2",
                                         f"species.{species}.msd_at_reference")
-    at_start = _per_replica_tensors(record, _window_start(record, species), "tensor_per_replica_A2",
-                                    f"species.{species}.msd_at_window_start")
+    at_start = _per_replica_tensors(record, _section(record, data, "msd_at_window_start", f"species.{species}"),
+                                    "tensor_per_replica_A2", f"species.{species}.msd_at_window_start")
     return _projection_mean_and_sem(at_reference - at_start, direction)
 
 
@@ -228,10 +228,6 @@ def projected_msd_at_reference(record: dict, species: str, direction: np.ndarray
     tensors = _per_replica_tensors(record, record["species"][species]["msd_at_reference"], "tensor_per_replica_A2",
                                    f"species.{species}.msd_at_reference")
     return _projection_mean_and_sem(tensors, direction)
-
-
-def _window_start(record: dict, species: str) -> dict:
-    return _section(record, record["species"][species], "msd_at_window_start", f"species.{species}")
 
 
 def _per_replica_tensors(record: dict, section: dict, key: str, where: str) -> np.ndarray:
