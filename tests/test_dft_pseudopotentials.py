@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+
+import numpy as np
 
 import pytest
 
 from bornfield.dft.pseudopotentials import (
     PSEUDO_SETS,
+    generate_pseudopotential,
     md5sum,
+    packaged_upf_text,
     provision_pseudopotentials,
     transferability_tests,
     wrap_upf_numeric_lines,
@@ -44,11 +49,26 @@ def test_generated_p_is_provisioned_wrapped_and_recorded(tmp_path):
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     for element, record in records.items():
         assert manifest[element]["md5"] == md5sum(tmp_path / record.filename) == record.md5
-    assert records["P"].source.startswith("generated:")
+    assert records["P"].source.startswith("packaged:")  # the committed bytes, the same on every machine
     # second call finds everything and regenerates nothing
     before = p_file.stat().st_mtime_ns
     provision_pseudopotentials(tmp_path, "pbesol_paw")
     assert p_file.stat().st_mtime_ns == before
+
+
+@needs_ld1
+def test_packaged_p_is_what_its_ld1_recipe_makes(tmp_path):
+    """ld1.x remakes the packaged P file from the committed input: the same markup and, number by
+    number, the same values to 1e-8 relative (its last digits depend on the CPU's BLAS kernels)."""
+    made = generate_pseudopotential("P.pbesol-n-kjpaw_bornfield.ld1.in", tmp_path, "ld1.x").read_text()
+    packaged = packaged_upf_text("P.pbesol-n-kjpaw_bornfield.UPF")
+    number = r"[-+]?\d+\.\d*(?:[eE][-+]?\d+)?"
+    assert re.sub(number, "#", made) == re.sub(number, "#", packaged)
+    a = np.array([float(x) for x in re.findall(number, made)])
+    b = np.array([float(x) for x in re.findall(number, packaged)])
+    assert a.size > 50_000
+    np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-12)
+    assert packaged_upf_text("no_such.UPF") is None
 
 
 @needs_ld1

@@ -399,3 +399,56 @@ def test_a_running_labeller_takes_picks_appended_during_its_run(tmp_path, pseudo
     families = {atoms.info["dft_id"]: atoms.info["family"] for atoms in Ledger(ledger.root).frames()}
     assert summary["jobs_finished"] == 2
     assert [families[d] for d in calls] == ["beta_thermal", "active_learning"]
+
+
+def test_a_pseudopotential_rebuilt_elsewhere_joins_only_after_recomputed_labels_agree(tmp_path, pseudo, fake_qe):
+    """A generated file with other bytes (ld1.x on another CPU) is refused until admit-pseudo has recomputed
+    entries with it within tolerance; then labels made with it join, naming the file they used."""
+    from bornfield.ledger.equivalence import admit_pseudopotentials
+
+    pseudo_dir, records = pseudo
+    ledger = _ledger(tmp_path / "ledger", pseudo)
+    _queue(ledger, [_structure(), _structure(0.05, kind="scf", family="beta_strain")])
+    label(ledger.root, hours=1.0, ranks=1, work_dir=tmp_path / "work", max_jobs=1, kinds=("dfpt",))
+    (dft_id,) = ledger.dft_ids()
+    # the ledger as if made on another machine, where ld1.x wrote P with other bytes
+    elsewhere = {**records, "P": replace(records["P"], md5="f" * 32)}
+    spec = LedgerSpec(identity_of(SETTINGS, elsewhere), SETTINGS, elsewhere, QC)
+    (ledger.root / "ledger.json").write_text(json.dumps(spec.to_dict()))
+    with pytest.raises(ConfigError, match=f"md5 {records['P'].md5} .*admit-pseudo"):
+        label(ledger.root, hours=1.0, ranks=1, work_dir=tmp_path / "work")
+    assert Ledger(ledger.root).identity_of_job(SETTINGS, records) != spec.identity  # the campaign does not reuse it
+
+    # recomputed labels that differ (1 mRy on 16 atoms: 0.85 meV/atom) admit nothing
+    (fake_qe / "pw.x").write_text(
+        f"#!/bin/sh\nsed 's/-528.50410765 Ry/-528.50510765 Ry/' {REAL / 'pw.out'}\n")
+    with pytest.raises(ConfigError, match=r"not admitted.*energy_meV_per_atom"):
+        admit_pseudopotentials(ledger.root, [dft_id], tmp_path / "admit_bad", 1, "")
+    assert "equivalent_pseudopotentials" not in json.loads((ledger.root / "ledger.json").read_text())
+    # an SCF-only recomputation is not enough: Born charges must be compared
+    (fake_qe / "pw.x").write_text(f"#!/bin/sh\ncat {REAL / 'pw.out'}\n")
+    with pytest.raises(ConfigError, match="at least one DFPT entry"):
+        admit_pseudopotentials(ledger.root, [], tmp_path / "admit_none", 1, "")
+
+    # agreeing labels admit the file, with the comparison kept as evidence
+    assert main(["ledger", "admit-pseudo", "--ledger", str(ledger.root), "--entries", dft_id, "--work-dir",
+                 str(tmp_path / "admit"), "--ranks", "1", "--launcher", "", "--report-json", str(tmp_path / "a.json")]) == 0
+    admitted = Ledger(ledger.root)
+    assert admitted.identity == spec.identity  # the identity of the ledger's own files is unchanged
+    evidence = admitted.spec.equivalents["P"][records["P"].md5]
+    assert evidence["entries"][dft_id] == {"energy_meV_per_atom": 0.0, "force_meV_per_A": 0.0, "stress_GPa": 0.0,
+                                           "born_charge_e": 0.0, "epsilon_inf": 0.0}
+    assert json.loads((tmp_path / "a.json").read_text())["admitted"] == {"P": records["P"].md5}
+    assert admitted.identity_of_job(SETTINGS, records) == admitted.identity  # the campaign reuses entries again
+    with pytest.raises(ConfigError, match="already the ledger's own or admitted"):
+        admit_pseudopotentials(ledger.root, [dft_id], tmp_path / "admit_again", 1, "")
+    # the labeller runs again; its entry names the admitted file it ran with
+    summary = label(ledger.root, hours=1.0, ranks=1, work_dir=tmp_path / "work")
+    assert summary["jobs_finished"] == 1
+    (new_id,) = set(admitted.dft_ids()) - {dft_id}
+    status = admitted.status(new_id)
+    assert status["pseudopotentials"]["P"]["md5"] == "f" * 32
+    assert status["pseudopotential_files_used"]["P"]["md5"] == records["P"].md5
+    # a file of yet other bytes is still refused
+    other = {**records, "P": replace(records["P"], md5="0" * 32)}
+    assert admitted.identity_of_job(SETTINGS, other) != admitted.identity

@@ -183,13 +183,13 @@ def run_job(args: argparse.Namespace) -> int:
 
 def take_from_ledger(job: DFTJob, ledger_dir: str, jobs_dir: str) -> bool:
     """Unpack the ledger's entry of ``job`` into ``jobs_dir`` if the ledger holds it; True if so."""
-    from bornfield.ledger.store import Ledger, identity_of
+    from bornfield.ledger.store import Ledger
 
     if not (Path(ledger_dir) / "ledger.json").exists():
         LOG.info("no ledger at %s: %s runs QE", ledger_dir, job.dft_id)
         return False
     ledger = Ledger(ledger_dir)
-    if identity_of(job.settings, job.pseudos) != ledger.identity:
+    if ledger.identity_of_job(job.settings, job.pseudos) != ledger.identity:
         LOG.info("ledger %s holds other settings (identity %s): %s runs QE", ledger_dir, ledger.identity, job.dft_id)
         return False
     if job.dft_id not in ledger:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import lzma
 import os
 import re
 import shutil
@@ -142,6 +143,18 @@ def _run_ld1(ld1_text: str, workdir: Path, ld1_command: str) -> str:
     return out
 
 
+def packaged_upf_text(upf_name: str) -> str | None:
+    """The committed copy of a generated UPF (package data ``bornfield/dft/data/<upf_name>.xz``), or None.
+
+    ld1.x's output differs in its last digits between CPUs, so the file made once is shipped and
+    every machine uses the same bytes; :func:`generate_pseudopotential` remakes it from its input.
+    """
+    resource = resources.files("bornfield.dft").joinpath("data", f"{upf_name}.xz")
+    if not resource.is_file():
+        return None
+    return lzma.decompress(resource.read_bytes()).decode("utf-8")
+
+
 def generate_pseudopotential(ld1_name: str, target_dir: Path, ld1_command: str) -> Path:
     """Generate a UPF file with ``ld1.x`` from committed input ``ld1_name``; re-wrap; install.
 
@@ -230,9 +243,14 @@ def provision_pseudopotentials(
             source = f"shipped:{name}"
         else:
             target = pseudo_dir / _upf_name_in(ld1_input_text(name))
+            packaged = packaged_upf_text(target.name)
             if not target.exists():
-                generate_pseudopotential(name, pseudo_dir, ld1_command)
-            source = f"generated:{name}"
+                if packaged is None:
+                    generate_pseudopotential(name, pseudo_dir, ld1_command)
+                else:
+                    atomic.write_text(target, packaged)
+            same = packaged is not None and hashlib.md5(packaged.encode()).hexdigest() == md5sum(target)  # noqa: S324
+            source = f"packaged:{target.name}.xz (ld1.x, {name})" if same else f"generated:{name}"
         records[element] = PseudoRecord(element, target.name, md5sum(target), source)
     atomic.write_json(pseudo_dir / "manifest.json", {k: asdict(v) for k, v in records.items()}, indent=2)
     return records

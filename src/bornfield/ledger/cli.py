@@ -7,6 +7,8 @@
 * ``ledger status``: entries, pending queue and cost per kind and family.
 * ``ledger add``: add finished job directories (e.g. a cluster campaign's ``dft/jobs/*``).
 * ``ledger export``: every labelled entry as one extxyz dataset.
+* ``ledger admit-pseudo``: recompute entries with this machine's pseudopotential files and admit
+  files of other bytes (a generated one rebuilt elsewhere) if the labels agree.
 * ``ledger efield``: finite-field pw.x at 0, ±E beside a DFPT entry (stored under ``<ledger>/efield``).
 * ``ledger efield-report``: those forces against the entries' DFPT Born charges (benchmark records).
 """
@@ -87,6 +89,18 @@ def register(subparsers) -> None:
     add.add_argument("--ledger", default=ledger_dir, help=ledger_help)
     add.set_defaults(func=run_add)
 
+    admit = sub.add_parser("admit-pseudo", help="recompute entries with this machine's pseudopotential files; "
+                           "admit files of other bytes if the labels agree within tolerance")
+    admit.add_argument("--ledger", default=ledger_dir, help=ledger_help)
+    admit.add_argument("--entries", nargs="+", required=True, metavar="DFT_ID",
+                       help="ledger entries to recompute (at least one DFPT entry; a disordered one is advisable)")
+    admit.add_argument("--work-dir", default=f"{DEFAULT_WORK}/admit", help="job directory, not committed")
+    admit.add_argument("--ranks", type=int, default=ranks, help="MPI ranks per QE job (the schema default of dft.run.ranks)")
+    admit.add_argument("--launcher", default=launcher,
+                       help="MPI launcher of QE without the rank count (the schema default of dft.run.launcher)")
+    admit.add_argument("--report-json", type=Path, default=None, help="also write the comparison as JSON here (default: not written)")
+    admit.set_defaults(func=run_admit_pseudo, exit_on_sigterm=True)
+
     export = sub.add_parser("export", help="every labelled entry as one extxyz file")
     export.add_argument("--ledger", default=ledger_dir, help=ledger_help)
     export.add_argument("--output", type=Path, required=True, help="extxyz file to write")
@@ -122,6 +136,15 @@ def run_label(args: argparse.Namespace) -> int:
 
     summary = label(args.ledger, args.hours, args.ranks, args.work_dir, args.launcher, args.max_jobs,
                     tuple(args.kind or ("dfpt", "scf")))
+    if args.report_json:
+        atomic.write_text(args.report_json, json.dumps(summary, indent=1) + "\n")
+    return 0
+
+
+def run_admit_pseudo(args: argparse.Namespace) -> int:
+    from bornfield.ledger.equivalence import admit_pseudopotentials
+
+    summary = admit_pseudopotentials(args.ledger, args.entries, args.work_dir, args.ranks, args.launcher)
     if args.report_json:
         atomic.write_text(args.report_json, json.dumps(summary, indent=1) + "\n")
     return 0

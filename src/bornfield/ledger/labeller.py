@@ -17,14 +17,14 @@ import fcntl
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from ase import Atoms
 
 from bornfield.dft.inputs import compute_dft_id
-from bornfield.dft.pseudopotentials import provision_pseudopotentials
+from bornfield.dft.pseudopotentials import PseudoRecord, provision_pseudopotentials
 from bornfield.dft.runner import DFTJob, JobInterrupted, RunnerOptions, launch_prefix
 from bornfield.errors import ConfigError
 from bornfield.ledger.queue import read_queue
@@ -92,16 +92,28 @@ def pending_core_hours(ledger: Ledger, pending: list[PlannedJob] | None = None) 
     return sum(job.est_core_s * correction[job.kind] for job in jobs) / 3600
 
 
-def provision_checked(ledger: Ledger, pseudo_dir: Path) -> None:
-    """Provision the ledger's pseudopotential set in ``pseudo_dir``; its md5s must be the ledger's."""
+def provision_checked(ledger: Ledger, pseudo_dir: Path) -> dict[str, PseudoRecord]:
+    """Provision the ledger's pseudopotential set in ``pseudo_dir`` and return the files' records.
+
+    Each file's md5 must be the ledger's or one admitted as equivalent (``bornfield ledger admit-pseudo``).
+    """
     records = provision_pseudopotentials(pseudo_dir, ledger.spec.settings.pseudo_set)
     for element, expected in ledger.spec.pseudopotentials.items():
         got = records.get(element)
-        if got is None or got.md5 != expected.md5:
+        if got is None or not ledger.spec.accepts(element, got.md5):
             raise ConfigError(
                 f"pseudopotential {element}: provisioned {got.filename if got else 'nothing'} md5 "
                 f"{got.md5 if got else None} in {pseudo_dir}, ledger {ledger.root} was made with "
-                f"{expected.filename} md5 {expected.md5}; labels would not be comparable (other QE/ld1.x build?)")
+                f"{expected.filename} md5 {expected.md5}; labels would not be comparable (other QE/ld1.x build?); "
+                f"if the file is the same pseudopotential rebuilt elsewhere, 'bornfield ledger admit-pseudo' "
+                f"recomputes entries with it and admits it if the labels agree")
+    return records
+
+
+def equivalent_files_used(ledger: Ledger, records: dict[str, PseudoRecord]) -> dict:
+    """Status annotation naming the admitted equivalent files a job ran with (empty if all are the ledger's own)."""
+    other = {el: asdict(rec) for el, rec in sorted(records.items()) if rec.md5 != ledger.spec.pseudopotentials[el].md5}
+    return {"pseudopotential_files_used": other} if other else {}
 
 
 class JobClaim:
@@ -132,7 +144,7 @@ def label(ledger_dir: str | Path, hours: float, ranks: int, work_dir: str | Path
     ledger = Ledger(ledger_dir)
     work = Path(work_dir)
     pseudo_dir = work / "pseudo"
-    provision_checked(ledger, pseudo_dir)
+    provenance = equivalent_files_used(ledger, provision_checked(ledger, pseudo_dir))
     options = RunnerOptions.defaults(launcher=launch_prefix(launcher, ranks))
     pending = [job for job in pending_jobs(ledger) if job.kind in kinds]
     correction = cost_correction(ledger)
@@ -162,7 +174,8 @@ def label(ledger_dir: str | Path, hours: float, ranks: int, work_dir: str | Path
                      job.dft_id, job.kind, job.atoms.info.get("family"), len(job.atoms), job.atoms.info["config_type"],
                      wall / 60, left / 60)
             try:
-                record = _run_one(ledger, job, ranks, work, pseudo_dir, options, max_seconds=max(60.0, left - 60.0))
+                record = _run_one(ledger, job, ranks, work, pseudo_dir, options, max_seconds=max(60.0, left - 60.0),
+                                  provenance=provenance)
             except JobInterrupted as exc:
                 LOG.warning("%s; it resumes in the next labelling run", exc)
                 break
@@ -189,7 +202,7 @@ def label(ledger_dir: str | Path, hours: float, ranks: int, work_dir: str | Path
 
 
 def _run_one(ledger: Ledger, job: PlannedJob, ranks: int, work: Path, pseudo_dir: Path, options: RunnerOptions,
-             max_seconds: float) -> dict:
+             max_seconds: float, provenance: dict | None = None) -> dict:
     settings = settings_for_kind(ledger.spec.settings, job.kind)
     run_options = RunnerOptions(**{**options.__dict__, "max_seconds": max_seconds})
     dft_job = DFTJob(job.atoms, settings, ledger.spec.pseudopotentials, pseudo_dir, work / "jobs", run_options, ledger.spec.qc)
@@ -198,7 +211,8 @@ def _run_one(ledger: Ledger, job: PlannedJob, ranks: int, work: Path, pseudo_dir
     labels = dft_job.run()
     status = dft_job.status()
     # what the cost correction needs: the estimate and the ranks of this run
-    ledger.add_job(dft_job.dir, {"est_core_s": job.est_core_s, "ranks": ranks, "queue_index": int(job.atoms.info["queue_index"])})
+    ledger.add_job(dft_job.dir, {"est_core_s": job.est_core_s, "ranks": ranks, "queue_index": int(job.atoms.info["queue_index"]),
+                                 **(provenance or {})})
     shutil.rmtree(dft_job.dir, ignore_errors=True)
     return {"dft_id": job.dft_id, "kind": job.kind, "state": labels["state"], "n_atoms": len(job.atoms),
             "wall_time_s": status["wall_time_s"], "est_core_s": job.est_core_s,

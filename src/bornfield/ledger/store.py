@@ -11,6 +11,10 @@ Layout of a ledger directory (committed, e.g. ``data/ledger``)::
 The **identity** is a hash of every setting that changes a label: the numerical DFT
 settings (cutoffs, k rule, thresholds; not the SCF-only/DFPT choice, which is per entry)
 and the md5 of each pseudopotential file. An entry made at another identity is refused.
+A pseudopotential file with other bytes (a generated one rebuilt on other hardware) counts
+as the ledger's own only once ``bornfield ledger admit-pseudo`` has recomputed entries with
+it within the label tolerances; ``ledger.json`` keeps that evidence under
+``equivalent_pseudopotentials``.
 Entries are written under a temporary name and renamed, so a killed writer leaves no
 half entry; an entry, once written, is never changed or recomputed.
 """
@@ -24,7 +28,7 @@ import logging
 import os
 import shutil
 import tarfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -71,18 +75,32 @@ class LedgerSpec:
     settings: DFTSettings
     pseudopotentials: dict[str, PseudoRecord]
     qc: QCThresholds
+    #: element -> {md5 of an admitted equivalent file: the evidence that admitted it}
+    equivalents: dict[str, dict[str, dict]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """The JSON form stored in ``ledger.json``."""
         numerical = self.settings.to_dict()
         numerical.pop("born_charges")
-        return {
+        data = {
             "format": LEDGER_FORMAT,
             "identity": self.identity,
             "settings": numerical,
             "pseudopotentials": {el: asdict(rec) for el, rec in sorted(self.pseudopotentials.items())},
             "qc": asdict(self.qc),
         }
+        if self.equivalents:
+            data["equivalent_pseudopotentials"] = {el: dict(sorted(v.items())) for el, v in sorted(self.equivalents.items())}
+        return data
+
+    def accepts(self, element: str, md5: str) -> bool:
+        """True if a file of ``md5`` is the ledger's pseudopotential of ``element`` or an admitted equivalent."""
+        own = self.pseudopotentials.get(element)
+        return own is not None and (md5 == own.md5 or md5 in self.equivalents.get(element, {}))
+
+    def canonical(self, pseudos: dict[str, PseudoRecord]) -> dict[str, PseudoRecord]:
+        """``pseudos`` with each admitted equivalent file replaced by the ledger's own record."""
+        return {el: self.pseudopotentials[el] if self.accepts(el, rec.md5) else rec for el, rec in pseudos.items()}
 
     @classmethod
     def from_dict(cls, data: dict, source: str) -> LedgerSpec:
@@ -93,12 +111,16 @@ class LedgerSpec:
             settings = DFTSettings(**data["settings"], born_charges=True)
             pseudos = {el: PseudoRecord(**rec) for el, rec in data["pseudopotentials"].items()}
             qc = QCThresholds(**data["qc"])
-        except (KeyError, TypeError) as exc:
+            equivalents = {el: dict(v) for el, v in data.get("equivalent_pseudopotentials", {}).items()}
+        except (KeyError, TypeError, ValueError) as exc:
             raise InputFileError(f"{source}: malformed ledger description ({exc})") from exc
+        unknown = sorted(set(equivalents) - set(pseudos))
+        if unknown:
+            raise InputFileError(f"{source}: equivalent_pseudopotentials for {unknown}, which the ledger has no pseudopotential for")
         identity = identity_of(settings, pseudos)
         if identity != data.get("identity"):
             raise InputFileError(f"{source}: identity {data.get('identity')} does not match its settings ({identity})")
-        return cls(identity, settings, pseudos, qc)
+        return cls(identity, settings, pseudos, qc, equivalents)
 
 
 QUEUE_KEYS = ("label_kind", "queue_index", "family", "split", "melt_seed", "thermal_K", "perturbation", "strain", "defect")
@@ -129,6 +151,20 @@ class Ledger:
     @property
     def identity(self) -> str:
         return self.spec.identity
+
+    def identity_of_job(self, settings: DFTSettings, pseudos: dict[str, PseudoRecord]) -> str:
+        """The identity of a job's settings and files, admitted equivalent files counted as the ledger's own."""
+        return identity_of(settings, self.spec.canonical(pseudos))
+
+    def admit_equivalent(self, element: str, md5: str, evidence: dict) -> None:
+        """Record a pseudopotential file of ``md5`` as equivalent to the ledger's ``element`` file (rewrites ledger.json)."""
+        if element not in self.spec.pseudopotentials:
+            raise ConfigError(f"ledger {self.root} has no pseudopotential for {element}")
+        equivalents = {el: dict(v) for el, v in self.spec.equivalents.items()}
+        equivalents.setdefault(element, {})[md5] = evidence
+        spec = LedgerSpec(self.spec.identity, self.spec.settings, self.spec.pseudopotentials, self.spec.qc, equivalents)
+        atomic.write_text(self.root / "ledger.json", json.dumps(spec.to_dict(), indent=1) + "\n")
+        self.spec = spec
 
     @property
     def entries_dir(self) -> Path:
@@ -179,7 +215,7 @@ class Ledger:
                        for el, rec in status["pseudopotentials"].items()}
         except (KeyError, TypeError) as exc:
             raise InputFileError(f"{status_path}: no settings/pseudopotentials record ({exc})") from exc
-        identity = identity_of(settings, pseudos)
+        identity = self.identity_of_job(settings, pseudos)
         if identity != self.identity:
             raise ConfigError(
                 f"{job_dir}: made at settings identity {identity}, ledger {self.root} holds {self.identity} "
@@ -303,6 +339,6 @@ def _differences(settings: DFTSettings, pseudos: dict[str, PseudoRecord], spec: 
     for el in sorted(set(pseudos) | set(spec.pseudopotentials)):
         a = pseudos.get(el)
         b = spec.pseudopotentials.get(el)
-        if a is None or b is None or a.md5 != b.md5:
+        if a is None or b is None or not spec.accepts(el, a.md5):
             diffs.append(f"{el} pseudopotential md5 {a.md5 if a else None} vs {b.md5 if b else None}")
     return "; ".join(diffs) or "same values, other identity"
