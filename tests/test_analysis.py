@@ -689,3 +689,39 @@ def test_claims_state_the_seed_study_claims_with_verdicts(tmp_path, settings):
         lines = block.strip().splitlines()
         assert len({line.count("|") for line in lines}) == 1, block
     assert "amorphous_E1 | 3 |" in text
+
+
+def test_nernst_einstein_comparison_uses_the_zero_field_runs_measured_temperature_and_refuses_a_heated_field_run(
+        tmp_path, settings):
+    """k_B T of μ_NE is the zero-field run's measured temperature (where D was measured); a field run
+    the field heated beyond max_temperature_mismatch is not compared (no implied Haven ratio)."""
+    from bornfield.analysis.sweep import load_records
+
+    diffusion, temperature, strength = 1.0e-3, 600.0, 0.1
+    common = dict(n_replicas=4, n_frames=200, frame_interval_fs=10.0, temperature_K=temperature, n_formula_units=16,
+                  diffusion_A2_per_fs={"Li": diffusion}, phase="amorphous",
+                  born_charges={"Li": np.eye(3), "P": 5.0 * np.eye(3), "O": -2.0 * np.eye(3)})
+    write_synthetic_condition(tmp_path / "E0", seed=41, **common)
+    write_synthetic_condition(tmp_path / "E1", field_V_per_A=(strength, 0, 0),
+                              drift_A_per_fs={"Li": diffusion * strength / (transport.kB * temperature)}, seed=42, **common)
+    paths = [write_json(tmp_path / f"{n}.json", analyze_condition(tmp_path / n, settings)) for n in ("E0", "E1")]
+
+    def row_with(t_zero: float, t_field: float) -> dict:
+        import csv
+
+        for path, value in zip(paths, (t_zero, t_field)):
+            record = json.loads(path.read_text())
+            record["system"]["temperature_measured_K"] = {"mean": value, "replica_means": [value] * 4}
+            path.write_text(json.dumps(record))
+        outputs = write_sweep(load_records(paths), settings, tmp_path / f"out_{t_zero:g}_{t_field:g}")
+        (row,) = list(csv.DictReader(open(outputs["linear_response"])))
+        return row
+
+    nominal, warm = row_with(600.0, 610.0), row_with(660.0, 665.0)
+    assert float(warm["zero_field_temperature_measured_K"]) == 660.0
+    assert float(warm["ne_mobility_A2_per_V_fs"]) == pytest.approx(float(nominal["ne_mobility_A2_per_V_fs"]) * 600 / 660, rel=1e-4)
+    assert not warm["verdict_vs_nernst_einstein"].startswith("undetermined")
+    heated = row_with(600.0, 700.0)  # 17 % hotter than its zero-field run
+    assert heated["verdict_vs_nernst_einstein"].startswith("undetermined (field run at 700 K, its zero-field run at 600 K")
+    assert heated["implied_haven_ratio"] in ("", "nan")
+    assert float(heated["mu_over_ne"]) == pytest.approx(float(nominal["mu_over_ne"]), rel=1e-4)  # the ratio is still shown

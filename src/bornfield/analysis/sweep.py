@@ -439,6 +439,12 @@ def overall_linear_response(verdict_sweep: str, verdict_ne: str, n_fields: int, 
     return f"undetermined (hopping model: {model_verdict})"
 
 
+def measured_temperature(record: dict) -> float:
+    """Mean measured temperature (K) of a record's replicas; its nominal temperature if none was stored."""
+    measured = (record.get("system", {}).get("temperature_measured_K") or {}).get("mean")
+    return float(measured) if measured is not None and math.isfinite(measured) else float(record["condition"]["temperature_K"])
+
+
 def linear_response_rows(records: list[dict], settings: dict) -> list[dict]:
     """Mobility of the mobile species vs field strength, with linear-response verdicts."""
     species = settings["mobile_species"]
@@ -488,25 +494,28 @@ def linear_response_rows(records: list[dict], settings: dict) -> list[dict]:
             # (b) against <Z_par> e D_u / (H_R k_B T) of the zero-field run
             if reference is not None and species in reference["species"]:
                 d_u, d_u_sem = projected_diffusion(reference, species, direction)
-                kT = transport.thermal_energy_eV(record["condition"]["temperature_K"])
+                t_zero, t_field = measured_temperature(reference), measured_temperature(record)
+                kT = transport.thermal_energy_eV(t_zero)  # D was measured at the zero-field run's temperature
+                heated = abs(t_field - t_zero) > options["max_temperature_mismatch"] * t_zero
                 charge = z_parallel if z_parallel is not None else 1.0
                 mu_ne = charge * d_u / (settings["arrhenius"]["haven_ratio"] * kT)
                 mu_ne_sem = charge * d_u_sem / (settings["arrhenius"]["haven_ratio"] * kT)
                 ratio_ne, ratio_ne_sem = _ratio(mu, mu_sem, mu_ne, mu_ne_sem)
                 regime = reference["species"][species]["regime"]
                 haven, haven_sem = implied_haven_ratio(settings["arrhenius"]["haven_ratio"], ratio_ne, ratio_ne_sem,
-                                                       regime == "diffusive")
-                verdict_ne = (
-                    _verdict(
-                        mu, mu_sem, mu_ne, mu_ne_sem, tolerance, n_sigma,
-                        min(record["replicas"]["n_used"], reference["replicas"]["n_used"]) - 1,
-                    )
-                    if regime == "diffusive"
-                    else "undetermined (zero-field run not diffusive)"
-                )
+                                                       regime == "diffusive" and not heated)
+                if regime != "diffusive":
+                    verdict_ne = "undetermined (zero-field run not diffusive)"
+                elif heated:
+                    verdict_ne = (f"undetermined (field run at {t_field:.0f} K, its zero-field run at {t_zero:.0f} K: "
+                                  "the field's heating makes D and the drift incomparable)")
+                else:
+                    verdict_ne = _verdict(mu, mu_sem, mu_ne, mu_ne_sem, tolerance, n_sigma,
+                                          min(record["replicas"]["n_used"], reference["replicas"]["n_used"]) - 1)
                 row.update(
                     {
                         "zero_field_condition": reference["condition"]["name"],
+                        "zero_field_temperature_measured_K": t_zero,
                         "D_zero_field_along_E_A2_per_fs": d_u,
                         "D_zero_field_along_E_sem_A2_per_fs": d_u_sem,
                         "ne_mobility_A2_per_V_fs": mu_ne,
@@ -541,7 +550,7 @@ LINEAR_RESPONSE_COLUMNS = [
     "condition", "phase", "temperature_K", "field_V_per_A", "direction", "n_replicas_used", "species",
     "mobility_A2_per_V_fs", "mobility_sem_A2_per_V_fs", "mobility_cm2_per_V_s", "mobility_sem_cm2_per_V_s",
     "mu_over_mu_lowest_field", "mu_over_mu_lowest_field_sem", "verdict_vs_lowest_field",
-    "zero_field_condition", "D_zero_field_along_E_A2_per_fs", "D_zero_field_along_E_sem_A2_per_fs",
+    "zero_field_condition", "zero_field_temperature_measured_K", "D_zero_field_along_E_A2_per_fs", "D_zero_field_along_E_sem_A2_per_fs",
     "mean_par_charge_e", "haven_ratio", "ne_mobility_A2_per_V_fs", "ne_mobility_sem_A2_per_V_fs",
     "ne_mobility_cm2_per_V_s", "mu_over_ne", "mu_over_ne_sem", "implied_haven_ratio", "implied_haven_ratio_sem",
     "verdict_vs_nernst_einstein", "hopping_reduced_field", "hopping_relative_excess", "verdict_hopping_model", "linear_response", "basis",
