@@ -30,6 +30,7 @@ from bornfield.ledger import labeller
 from bornfield.ledger.labeller import cost_correction, label, pending_jobs
 from bornfield.ledger.queue import deduplicate, finalise, interleave, near_duplicate, read_queue, write_queue, Family
 from bornfield.ledger.store import Ledger, LedgerSpec, identity_of
+from bornfield.provenance import cpu_model
 
 REAL = Path(__file__).parent / "data" / "qe" / "beta_rattled16"
 SETTINGS = DFTSettings.defaults()  # the production settings (schema defaults)
@@ -449,6 +450,33 @@ def test_a_pseudopotential_rebuilt_elsewhere_joins_only_after_recomputed_labels_
     status = admitted.status(new_id)
     assert status["pseudopotentials"]["P"]["md5"] == "f" * 32
     assert status["pseudopotential_files_used"]["P"]["md5"] == records["P"].md5
+    assert status["machine"] == cpu_model()  # what the labeller's cost correction is grouped by
     # a file of yet other bytes is still refused
     other = {**records, "P": replace(records["P"], md5="0" * 32)}
     assert admitted.identity_of_job(SETTINGS, other) != admitted.identity
+
+
+def test_cost_correction_follows_the_machine_a_labeller_runs_on(tmp_path, pseudo):
+    """Entries record the CPU they ran on; a kind measured on this machine takes its own median, a
+    kind not yet measured here the ledger-wide median scaled by this machine's speed on the others."""
+    ledger = _ledger(tmp_path / "ledger", pseudo)
+
+    def entry(dft_id: str, kind: str, ratio: float, machine: str | None) -> None:
+        directory = ledger.entries_dir / dft_id
+        directory.mkdir(parents=True)
+        status = {"state": "completed", "settings": {"born_charges": kind == "dfpt"}, "est_core_s": 100.0, "ranks": 2,
+                  "wall_time_s": 50.0 * ratio, **({"machine": machine} if machine else {})}
+        (directory / "status.json").write_text(json.dumps(status))
+        (directory / "qe.tar.xz").write_bytes(b"")
+
+    for i, ratio in enumerate((0.8, 1.0, 1.2)):
+        entry(f"d{i}", "dfpt", ratio, "old cpu" if i else None)
+        entry(f"s{i}", "scf", 2.0 * ratio, "old cpu")
+    assert cost_correction(ledger) == {"dfpt": 1.0, "scf": 2.0}
+    assert cost_correction(ledger, "new cpu") == {"dfpt": 1.0, "scf": 2.0}  # nothing measured here yet
+    entry("d_new", "dfpt", 2.5, "new cpu")  # this machine ran one DFPT job 2.5x slower than estimated
+    overall = cost_correction(ledger)
+    here = cost_correction(ledger, "new cpu")
+    assert here["dfpt"] == 2.5
+    assert here["scf"] == pytest.approx(overall["scf"] * 2.5 / overall["dfpt"])
+    assert cost_correction(ledger, "old cpu") == {"dfpt": 1.1, "scf": 2.0}

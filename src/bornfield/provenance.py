@@ -72,6 +72,14 @@ _MPI_PROBE = (
 _MPI_LAUNCHER_ENV_PREFIXES = ("PMI_", "PMIX_", "OMPI_", "HYDRA_", "MPIR_", "SLURM_STEP_")
 
 
+def cpu_model() -> str:
+    """CPU model name and architecture of this machine, e.g. ``"Intel(R) Xeon(R) Processor (x86_64)"``."""
+    cpuinfo = Path("/proc/cpuinfo")
+    text = cpuinfo.read_text(encoding="utf-8", errors="replace") if cpuinfo.exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+    return f"{model} ({platform.machine()})" if model else platform.machine()
+
+
 def _run(command: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         list(command),

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
-import platform
 import shutil
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from bornfield.dft.inputs import DFTSettings
 from bornfield.dft.pseudopotentials import provision_pseudopotentials
 from bornfield.dft.runner import DFTJob, RunnerOptions, launch_prefix
 from bornfield.errors import BornfieldError, ConfigError
+from bornfield.provenance import cpu_model
 from bornfield.ledger.store import Ledger
 
 LOG = logging.getLogger(__name__)
@@ -47,14 +47,6 @@ def label_differences(stored: dict, recomputed: dict, n_atoms: int) -> dict[str,
         diffs["born_charge_e"] = float(np.max(np.abs(np.subtract(recomputed["born_charges"], stored["born_charges"]))))
         diffs["epsilon_inf"] = float(np.max(np.abs(np.subtract(recomputed["epsilon_inf"], stored["epsilon_inf"]))))
     return diffs
-
-
-def _machine() -> str:
-    """CPU model and architecture of this machine (what a generated file's bytes depend on)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    text = cpuinfo.read_text(encoding="utf-8", errors="replace") if cpuinfo.exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
-    return f"{model} ({platform.machine()})".strip()
 
 
 def _same_input(archived: str, written: str) -> bool:
@@ -108,7 +100,7 @@ def admit_pseudopotentials(ledger_dir: str | Path, dft_ids: list[str], work_dir:
     if failed:
         raise ConfigError(f"not admitted: labels recomputed with {sorted(r.filename for r in new.values())} differ "
                           f"beyond {TOLERANCES}: {failed}")
-    evidence = {"admitted": dt.date.today().isoformat(), "machine": _machine(), "qe_version": sorted(qe_versions, key=str),
+    evidence = {"admitted": dt.date.today().isoformat(), "machine": cpu_model(), "qe_version": sorted(qe_versions, key=str),
                 "entries": compared, "tolerances": TOLERANCES}
     for element, rec in new.items():
         ledger.admit_equivalent(element, rec.md5, {**evidence, "file": rec.filename, "source": rec.source})

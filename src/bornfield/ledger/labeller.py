@@ -29,6 +29,7 @@ from bornfield.dft.runner import DFTJob, JobInterrupted, RunnerOptions, launch_p
 from bornfield.errors import ConfigError
 from bornfield.ledger.queue import read_queue
 from bornfield.ledger.store import Ledger, settings_for_kind
+from bornfield.provenance import cpu_model
 
 LOG = logging.getLogger(__name__)
 
@@ -71,9 +72,15 @@ def pending_jobs(ledger: Ledger) -> list[PlannedJob]:
     return out
 
 
-def cost_correction(ledger: Ledger) -> dict[str, float]:
-    """Median (measured core-seconds / estimate) per kind over the ledger's entries (1.0 without data)."""
+def cost_correction(ledger: Ledger, machine: str | None = None) -> dict[str, float]:
+    """Median (measured core-seconds / estimate) per kind over the ledger's entries (1.0 without data).
+
+    With ``machine`` (:func:`bornfield.provenance.cpu_model`), a kind with entries made on that
+    machine takes their median, and a kind without takes the ledger-wide median scaled by how much
+    slower or faster this machine was on the kinds it has run: machines differ by 2x in QE speed.
+    """
     ratios: dict[str, list[float]] = {"scf": [], "dfpt": []}
+    local: dict[str, list[float]] = {"scf": [], "dfpt": []}
     for dft_id in ledger.dft_ids():
         status = ledger.status(dft_id)
         estimate = status.get("est_core_s")
@@ -81,8 +88,16 @@ def cost_correction(ledger: Ledger) -> dict[str, float]:
         if not estimate or not ranks or status.get("state") != "completed":
             continue
         kind = "dfpt" if status["settings"].get("born_charges") else "scf"
-        ratios[kind].append(status["wall_time_s"] * ranks / estimate)
-    return {kind: float(np.median(values)) if values else 1.0 for kind, values in ratios.items()}
+        ratio = status["wall_time_s"] * ranks / estimate
+        ratios[kind].append(ratio)
+        if machine is not None and status.get("machine") == machine:
+            local[kind].append(ratio)
+    overall = {kind: float(np.median(values)) if values else 1.0 for kind, values in ratios.items()}
+    here = {kind: float(np.median(values)) for kind, values in local.items() if values}
+    if not here:
+        return overall
+    speed = float(np.median([here[kind] / overall[kind] for kind in here]))
+    return {kind: here.get(kind, overall[kind] * speed) for kind in overall}
 
 
 def pending_core_hours(ledger: Ledger, pending: list[PlannedJob] | None = None) -> float:
@@ -144,10 +159,11 @@ def label(ledger_dir: str | Path, hours: float, ranks: int, work_dir: str | Path
     ledger = Ledger(ledger_dir)
     work = Path(work_dir)
     pseudo_dir = work / "pseudo"
-    provenance = equivalent_files_used(ledger, provision_checked(ledger, pseudo_dir))
+    machine = cpu_model()
+    provenance = {**equivalent_files_used(ledger, provision_checked(ledger, pseudo_dir)), "machine": machine}
     options = RunnerOptions.defaults(launcher=launch_prefix(launcher, ranks))
     pending = [job for job in pending_jobs(ledger) if job.kind in kinds]
-    correction = cost_correction(ledger)
+    correction = cost_correction(ledger, machine)
     LOG.info("ledger %s: %d entries; %d queue jobs pending (%s); cost correction %s",
              ledger.root, len(ledger.dft_ids()), len(pending), ", ".join(kinds),
              {k: round(v, 2) for k, v in correction.items()})
@@ -182,7 +198,7 @@ def label(ledger_dir: str | Path, hours: float, ranks: int, work_dir: str | Path
             finally:
                 claim.release()
             done.append(record)
-            correction = cost_correction(ledger)  # every finished job sharpens the next estimates
+            correction = cost_correction(ledger, machine)  # every finished job sharpens the next estimates
             pending = [c for c in pending_jobs(ledger) if c.kind in kinds]  # picks appended meanwhile count
             bar.total = len(done) + len(pending)
             bar.update(1)
