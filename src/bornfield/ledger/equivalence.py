@@ -93,7 +93,7 @@ def admit_pseudopotentials(ledger_dir: str | Path, dft_ids: list[str], work_dir:
         if not _same_input(ledger.archived_text(dft_id, "pw.in"), (job.dir / "pw.in").read_text(encoding="utf-8")):
             raise ConfigError(f"entry {dft_id}: the recomputed pw.in differs from the archived one beyond its directories")
         qe_versions.add(job.status().get("qe_version"))
-        compared[dft_id] = {k: round(v, 6) for k, v in label_differences(ledger.labels(dft_id), labels, len(structure)).items()}
+        compared[dft_id] = {k: float(f"{v:.3g}") for k, v in label_differences(ledger.labels(dft_id), labels, len(structure)).items()}
         LOG.info("admit-pseudo: %s differences %s", dft_id, compared[dft_id])
     failed = {i: {k: v for k, v in d.items() if v > TOLERANCES[k]} for i, d in compared.items()}
     failed = {i: d for i, d in failed.items() if d}
