@@ -22,7 +22,7 @@ LEDGER    ?= data/ledger
 # rule commands call `bornfield` and MPI launchers from the venv
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo chain test setup system label models figures report lint dryrun clean-results reference results
+.PHONY: demo chain test setup system label models figures report lint dryrun clean-results reference results stability
 
 demo: setup
 	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG)
@@ -55,6 +55,16 @@ reference: setup
 	  $(BIN)/snakemake $(REFERENCE_DIR)/analysis/$$c.json --cores $(CORES) --configfile $(REFERENCE) || exit 1; \
 	done
 	$(MAKE) results
+
+# field-MD stability with the shipped models (config/stability.yaml, 100 ps per condition): pending
+# conditions one after another, then results-stability/STABILITY.md; commit results-stability/analysis
+STABILITY ?= config/stability.yaml
+STABILITY_DIR ?= results-stability
+stability: setup
+	for c in $$($(BIN)/bornfield md list --config $(STABILITY) --pending-in $(STABILITY_DIR)/analysis); do \
+	  $(BIN)/snakemake $(STABILITY_DIR)/analysis/$$c.json --cores $(CORES) --configfile $(STABILITY) || exit 1; \
+	done
+	$(BIN)/bornfield analyze stability --config $(STABILITY) --results-dir $(STABILITY_DIR)
 
 results: setup
 	$(BIN)/bornfield analyze sweep $(REFERENCE_DIR)/analysis --output-dir $(REFERENCE_DIR)/analysis --config $(REFERENCE)

@@ -179,3 +179,43 @@ def test_results_page_states_done_and_pending_conditions_and_refuses_mixed_model
     records[0]["md_run"]["force_uncertainty"] = facts
     text = results_markdown("config/x.yaml", "x/analysis", conditions, records, None, [], [])
     assert "| 0.25 | 0.30 / 2.50, 93.3% of 60 ≤ 2 | analysed |" in text
+
+
+def test_stability_page_passes_only_complete_runs_with_the_spread_below_the_limit_often_enough(campaign, tmp_path):
+    from ase.units import _amu
+
+    from bornfield.analysis.results import density_g_cm3, stability_markdown, stability_verdicts, stored_records
+
+    def row(**changes):
+        base = {"name": "c", "state": "analysed", "n_used": 2, "n_failed": 0, "replicas": 2, "production_ps": 100.0,
+                "spread": {"fraction_below_limit": 0.97}}
+        return {**base, **changes}
+
+    rows = [row(), row(n_used=1, n_failed=1), row(production_ps=40.0), row(spread={"fraction_below_limit": 0.94}),
+            row(spread=None), row(state="pending")]
+    verdicts = stability_verdicts(rows, [100.0] * len(rows), 0.95)
+    assert verdicts[0] == "holds" and verdicts[-1] == "pending"
+    assert verdicts[1] == "fails: 1 of 2 replicas used, 1 failed"
+    assert verdicts[2] == "fails: 40 of 100 ps"
+    assert verdicts[3].startswith("fails: spread below the limit in 94.0% of checks")
+    assert verdicts[4].startswith("fails: spread below the limit in –")
+    # density from the stored volume and counts: one Li3PO4 formula unit (115.79 u) in 78.1 Å^3 -> 2.462 g/cm3
+    mass = (3 * 6.94 + 30.974 + 4 * 15.999) * _amu * 1e3
+    assert density_g_cm3({"system": {"volume_A3": 78.1, "counts": {"Li": 3, "P": 1, "O": 4}}}) == pytest.approx(
+        mass / 78.1e-24, rel=1e-3)
+    assert density_g_cm3({"system": {}}) is None
+    # the page from a stored campaign: the failed-replica conditions fail, the others hold
+    root, names = campaign
+    records = stored_records(root / "analysis")
+    conditions = [{"name": r["condition"]["name"], "phase": r["condition"]["phase"],
+                   "temperature_K": r["condition"]["temperature_K"],
+                   "field_strength_V_per_A": r["condition"]["field_strength_V_per_A"], "replicas": 3} for r in records]
+    planned = [r["time"]["duration_fs"] / 1000.0 for r in records]
+    for record in records:
+        record["md_run"] = {"force_uncertainty": {"checks": 10, "median": 0.3, "max": 1.0, "fraction_below_limit": 1.0,
+                                                  "limit_eV_per_A": 2.0}}
+    text = stability_markdown("config/s.yaml", "s/analysis", conditions, records, planned, 0.95)
+    assert f"{sum('E0.1' not in n for n in names)} of {len(names)} conditions hold" in text
+    assert text.count("| holds |") == sum("E0.1" not in n for n in names)
+    assert "fails: 2 of 3 replicas used, 1 failed" in text
+    assert main(["analyze", "stability", "--results-dir", str(root), "--min-fraction", "1.5"]) != 0

@@ -598,6 +598,7 @@ COMMAND_KEYS: dict[str, Callable[..., tuple[str, ...]] | tuple[str, ...]] = {
     "analyze condition": _ANALYSIS_CONDITION,
     "analyze sweep": ("analysis.mobile_species", "analysis.linear_response", "analysis.arrhenius"),
     "analyze results": ("results_dir", "md.seed", "md.sweep", "md.extra_conditions"),
+    "analyze stability": ("results_dir", "md.seed", "md.sweep", "md.extra_conditions", "md.production_steps", "md.timestep_fs"),
     "plot": ("analysis.mobile_species", "analysis.figures"),
     "estimate": lambda: tuple(_schema(TOP_SCHEMA)["properties"]),
     "provenance": lambda: tuple(_schema(TOP_SCHEMA)["properties"]),

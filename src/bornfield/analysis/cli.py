@@ -71,6 +71,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_settings_arguments(results)
     results.set_defaults(func=run_results)
 
+    stability = commands.add_parser(
+        "stability", help="stability page of a campaign's stored analysis: every replica complete, committee "
+        "spread below the safety limit in enough checks")
+    stability.add_argument("--results-dir", help="campaign results with the stored analysis/ (default: results_dir of the config)")
+    stability.add_argument("--min-fraction", type=float, default=0.95,
+                           help="fraction of committee checks that must lie below the safety limit")
+    stability.add_argument("--output", help="page to write (default: <results-dir>/STABILITY.md)")
+    add_settings_arguments(stability)
+    stability.set_defaults(func=run_stability)
+
 
 def run_condition(args: argparse.Namespace) -> int:
     from bornfield.analysis.condition import (
@@ -141,4 +151,24 @@ def run_results(args: argparse.Namespace) -> int:
                             claims_markdown_of(analysis_dir), efield,
                             relative_figures(figures_dir, args.output) if figures_dir.is_dir() else [])
     LOG.info("wrote %s (%d of %d conditions stored)", write_results(args.output, text), len(records), len(conditions))
+    return 0
+
+
+def run_stability(args: argparse.Namespace) -> int:
+    from bornfield.analysis.results import stability_markdown, stored_records, write_results
+    from bornfield.md.conditions import expand_conditions
+
+    full = settings_from_args(args, "analyze stability")
+    results_dir = Path(args.results_dir or full.results_dir)
+    analysis_dir = results_dir / "analysis"
+    if not 0 < args.min_fraction <= 1:
+        raise InputFileError(f"--min-fraction {args.min_fraction}: expected a fraction in (0, 1]")
+    records = stored_records(analysis_dir) if analysis_dir.is_dir() else []
+    conditions = [c.to_dict() for c in expand_conditions(full.md)]
+    production_ps = [(c["production_steps"] or full.md["production_steps"]) * full.md["timestep_fs"] / 1000.0
+                     for c in conditions]
+    output = Path(args.output or results_dir / "STABILITY.md")
+    text = stability_markdown(args.config or "(schema defaults)", str(analysis_dir), conditions, records,
+                              production_ps, args.min_fraction)
+    LOG.info("wrote %s (%d of %d conditions stored)", write_results(output, text), len(records), len(conditions))
     return 0

@@ -78,6 +78,80 @@ def spread_cell(spread: dict | None) -> str:
             f"{spread['checks']} ≤ {format_number(limit, 'g')}")
 
 
+def runs_table_lines(rows: list[dict], extra: dict[str, list[str]] | None = None) -> list[str]:
+    """Markdown table of :func:`condition_rows`; ``extra`` adds columns (header -> one cell per row)."""
+    extra = extra or {}
+    header = ("| condition | phase | T (K) | T measured (K) | E (V/Å) | replicas used / failed / planned | atoms "
+              "| production (ps) | MD (core-h) | committee spread median / max (eV/Å), checks below limit | state |")
+    lines = [header + "".join(f" {name} |" for name in extra), "|" + "---|" * (11 + len(extra))]
+    for i, r in enumerate(rows):
+        lines.append(f"| {r['name']} | {r['phase']} | {format_number(r['temperature_K'], 'g')} "
+                     f"| {format_number(r['measured_K'], '.0f')} | {format_number(r['field_V_per_A'], 'g')} "
+                     f"| {r['n_used']} / {r['n_failed']} / {r['replicas']} | {r['n_atoms'] or '–'} "
+                     f"| {format_number(r['production_ps'], 'g')} | {format_number(r['core_hours'], '.2f')} "
+                     f"| {spread_cell(r['spread'])} | {r['state']} |" + "".join(f" {cells[i]} |" for cells in extra.values()))
+    return lines
+
+
+def density_g_cm3(record: dict) -> float | None:
+    """Mean mass density (g/cm³) of a record's cells from its stored volume and species counts."""
+    from ase.data import atomic_masses, atomic_numbers
+    from ase.units import _amu
+
+    system = record.get("system") or {}
+    volume, counts = system.get("volume_A3"), system.get("counts")
+    if not volume or not counts:
+        return None
+    mass_amu = sum(int(n) * atomic_masses[atomic_numbers[symbol]] for symbol, n in counts.items())
+    return mass_amu * _amu * 1e3 / (float(volume) * 1e-24)
+
+
+def stability_verdicts(rows: list[dict], production_ps: list[float], min_fraction: float) -> list[str]:
+    """Per :func:`condition_rows` row: "holds", "fails: <reasons>" or "pending".
+
+    Holds when every planned replica completed its planned ``production_ps`` (one per row) and the
+    committee spread stayed below the safety limit in at least ``min_fraction`` of the checks.
+    """
+    verdicts = []
+    for r, planned in zip(rows, production_ps, strict=True):
+        if r["state"] == "pending":
+            verdicts.append("pending")
+            continue
+        reasons = []
+        if r["n_failed"] or r["n_used"] < r["replicas"]:
+            reasons.append(f"{r['n_used']} of {r['replicas']} replicas used, {r['n_failed']} failed")
+        if r["production_ps"] is None or not r["production_ps"] >= planned * (1 - 1e-6):
+            reasons.append(f"{format_number(r['production_ps'], 'g')} of {planned:g} ps")
+        fraction = (r["spread"] or {}).get("fraction_below_limit")
+        if fraction is None or fraction < min_fraction:
+            reasons.append(f"spread below the limit in {format_number(fraction, '.1%')} of checks (< {min_fraction:.0%})")
+        verdicts.append("holds" if not reasons else "fails: " + "; ".join(reasons))
+    return verdicts
+
+
+def stability_markdown(config_path: str, analysis_dir: str, conditions: list[dict], records: list[dict],
+                       production_ps: list[float], min_fraction: float) -> str:
+    """The stability page: the runs table with density and a verdict per condition."""
+    rows = condition_rows(conditions, records)
+    by_name = {r["condition"].get("name"): r for r in records}
+    densities = [format_number(density_g_cm3(by_name[r["name"]]) if r["name"] in by_name else None, ".3f") for r in rows]
+    verdicts = stability_verdicts(rows, production_ps, min_fraction)
+    held = sum(v == "holds" for v in verdicts)
+    lines = [
+        "# Stability of field MD with the shipped models", "",
+        f"Written by `bornfield analyze stability` from the stored analysis in `{analysis_dir}` of `{config_path}`; "
+        f"a pending condition runs with `make stability` (one condition after another). A condition holds when "
+        f"every replica completes its production ({', '.join(f'{x:g}' for x in sorted(set(production_ps)))} ps) "
+        "and the committee force spread stays below the safety "
+        f"limit in at least {min_fraction:.0%} of the checks. {held} of {len(rows)} conditions hold.", ""]
+    models = model_set_identity(records)
+    if models is not None:
+        lines += ["Model set: " + ", ".join(f"`{Path(m['file']).name}` ({m['sha256'][:12]})" for m in models["potentials"])
+                  + f"; Born charges `{Path(models['born']['file']).name}` ({models['born']['sha256'][:12]}).", ""]
+    lines += runs_table_lines(rows, {"density (g/cm³)": densities, "verdict": verdicts})
+    return "\n".join(lines) + "\n"
+
+
 def _demote(markdown: str) -> list[str]:
     """claims.md with its title dropped and its headings one level down."""
     lines = markdown.splitlines()
@@ -129,15 +203,7 @@ def results_markdown(config_path: str, analysis_dir: str, conditions: list[dict]
     if models is not None:
         lines += ["Model set: " + ", ".join(f"`{Path(m['file']).name}` ({m['sha256'][:12]})" for m in models["potentials"])
                   + f"; Born charges `{Path(models['born']['file']).name}` ({models['born']['sha256'][:12]}).", ""]
-    lines += ["| condition | phase | T (K) | T measured (K) | E (V/Å) | replicas used / failed / planned | atoms "
-              "| production (ps) | MD (core-h) | committee spread median / max (eV/Å), checks below limit | state |",
-              "|" + "---|" * 11]
-    for r in rows:
-        lines.append(f"| {r['name']} | {r['phase']} | {format_number(r['temperature_K'], 'g')} "
-                     f"| {format_number(r['measured_K'], '.0f')} | {format_number(r['field_V_per_A'], 'g')} "
-                     f"| {r['n_used']} / {r['n_failed']} / {r['replicas']} | {r['n_atoms'] or '–'} "
-                     f"| {format_number(r['production_ps'], 'g')} | {format_number(r['core_hours'], '.2f')} "
-                     f"| {spread_cell(r['spread'])} | {r['state']} |")
+    lines += runs_table_lines(rows)
     lines += ["", "Committee spread: the force standard deviation over the potential committee, checked every "
               "`md.safety.uncertainty_check_interval` steps; a replica stops above the limit. T measured: the mean "
               "kinetic temperature of the analysed frames (a field's work can outpace the thermostat)."]
