@@ -45,15 +45,21 @@ MODELS_CONFIG ?= config/models.yaml
 models: setup
 	$(BIN)/snakemake ship_models --cores $(CORES) --configfile $(MODELS_CONFIG)
 
+# the conditions of config $(1) without a current analysis record in $(2)/analysis, one Snakemake
+# target after another (each record can be committed as soon as it is written)
+define run_pending_conditions
+	for c in $$($(BIN)/bornfield md list --config $(1) --pending-in $(2)/analysis); do \
+	  $(BIN)/snakemake $(2)/analysis/$$c.json --cores $(CORES) --configfile $(1) || exit 1; \
+	done
+endef
+
 # the reference campaign behind RESULTS.md: its per-condition analysis records are committed as they
 # finish (results-reference/analysis), so the campaign accumulates across working stretches; a record
 # made with other model files than config/reference.yaml's md.models runs again
 REFERENCE ?= config/reference.yaml
 REFERENCE_DIR ?= results-reference
 reference: setup
-	for c in $$($(BIN)/bornfield md list --config $(REFERENCE) --pending-in $(REFERENCE_DIR)/analysis); do \
-	  $(BIN)/snakemake $(REFERENCE_DIR)/analysis/$$c.json --cores $(CORES) --configfile $(REFERENCE) || exit 1; \
-	done
+	$(call run_pending_conditions,$(REFERENCE),$(REFERENCE_DIR))
 	$(MAKE) results
 
 # field-MD stability with the shipped models (config/stability.yaml, 100 ps per condition): pending
@@ -61,9 +67,7 @@ reference: setup
 STABILITY ?= config/stability.yaml
 STABILITY_DIR ?= results-stability
 stability: setup
-	for c in $$($(BIN)/bornfield md list --config $(STABILITY) --pending-in $(STABILITY_DIR)/analysis); do \
-	  $(BIN)/snakemake $(STABILITY_DIR)/analysis/$$c.json --cores $(CORES) --configfile $(STABILITY) || exit 1; \
-	done
+	$(call run_pending_conditions,$(STABILITY),$(STABILITY_DIR))
 	$(BIN)/bornfield analyze stability --config $(STABILITY) --results-dir $(STABILITY_DIR)
 
 results: setup
