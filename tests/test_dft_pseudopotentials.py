@@ -59,7 +59,7 @@ def test_generated_p_is_provisioned_wrapped_and_recorded(tmp_path):
 @needs_ld1
 def test_packaged_p_is_what_its_ld1_recipe_makes(tmp_path):
     """ld1.x remakes the packaged P file from the committed input: the same markup and, number by
-    number, the same values to 1e-8 relative (its last digits depend on the CPU's BLAS kernels)."""
+    number, the same values to 1e-6 relative or 1e-10 absolute (its last digits depend on the CPU's BLAS kernels)."""
     made = generate_pseudopotential("P.pbesol-n-kjpaw_bornfield.ld1.in", tmp_path, "ld1.x").read_text()
     packaged = packaged_upf_text("P.pbesol-n-kjpaw_bornfield.UPF")
     number = r"[-+]?\d+\.\d*(?:[eE][-+]?\d+)?"
@@ -67,7 +67,7 @@ def test_packaged_p_is_what_its_ld1_recipe_makes(tmp_path):
     a = np.array([float(x) for x in re.findall(number, made)])
     b = np.array([float(x) for x in re.findall(number, packaged)])
     assert a.size > 50_000
-    np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-10)
     assert packaged_upf_text("no_such.UPF") is None
 
 
