@@ -54,7 +54,7 @@ def condition_rows(conditions: list[dict], records: list[dict]) -> list[dict]:
         row = {"name": condition["name"], "phase": condition["phase"], "temperature_K": condition["temperature_K"],
                "field_V_per_A": condition["field_strength_V_per_A"], "replicas": condition["replicas"],
                "state": "pending", "n_used": 0, "n_failed": 0, "n_atoms": None, "production_ps": None,
-               "core_hours": None, "spread": None, "measured_K": None}
+               "core_hours": None, "spread": None, "measured_K": None, "density_g_cm3": None}
         if record is not None:
             md_run = record.get("md_run") or {}
             row.update(state=record.get("state", "?"), n_used=record["replicas"]["n_used"],
@@ -62,7 +62,8 @@ def condition_rows(conditions: list[dict], records: list[dict]) -> list[dict]:
                        n_atoms=(record.get("system") or {}).get("n_atoms"),
                        production_ps=((record.get("time") or {}).get("duration_fs") or float("nan")) / FS_PER_PS,
                        core_hours=md_run.get("core_hours"), spread=md_run.get("force_uncertainty"),
-                       measured_K=((record.get("system") or {}).get("temperature_measured_K") or {}).get("mean"))
+                       measured_K=((record.get("system") or {}).get("temperature_measured_K") or {}).get("mean"),
+                       density_g_cm3=density_g_cm3(record))
         rows.append(row)
     return rows
 
@@ -76,6 +77,14 @@ def spread_cell(spread: dict | None) -> str:
     limit = spread.get("limit_eV_per_A")
     return (f"{format_number(spread['median'], '.2f')} / {format_number(spread['max'], '.2f')}, {below} of "
             f"{spread['checks']} ≤ {format_number(limit, 'g')}")
+
+
+def model_set_lines(models: dict | None) -> list[str]:
+    """The paragraph naming the model files (and sha256 prefixes) of :func:`model_set_identity`; none without."""
+    if models is None:
+        return []
+    return ["Model set: " + ", ".join(f"`{Path(m['file']).name}` ({m['sha256'][:12]})" for m in models["potentials"])
+            + f"; Born charges `{Path(models['born']['file']).name}` ({models['born']['sha256'][:12]}).", ""]
 
 
 def runs_table_lines(rows: list[dict], extra: dict[str, list[str]] | None = None) -> list[str]:
@@ -133,8 +142,7 @@ def stability_markdown(config_path: str, analysis_dir: str, conditions: list[dic
                        production_ps: list[float], min_fraction: float) -> str:
     """The stability page: the runs table with density and a verdict per condition."""
     rows = condition_rows(conditions, records)
-    by_name = {r["condition"].get("name"): r for r in records}
-    densities = [format_number(density_g_cm3(by_name[r["name"]]) if r["name"] in by_name else None, ".3f") for r in rows]
+    densities = [format_number(r["density_g_cm3"], ".3f") for r in rows]
     verdicts = stability_verdicts(rows, production_ps, min_fraction)
     held = sum(v == "holds" for v in verdicts)
     lines = [
@@ -144,10 +152,7 @@ def stability_markdown(config_path: str, analysis_dir: str, conditions: list[dic
         f"every replica completes its production ({', '.join(f'{x:g}' for x in sorted(set(production_ps)))} ps) "
         "and the committee force spread stays below the safety "
         f"limit in at least {min_fraction:.0%} of the checks. {held} of {len(rows)} conditions hold.", ""]
-    models = model_set_identity(records)
-    if models is not None:
-        lines += ["Model set: " + ", ".join(f"`{Path(m['file']).name}` ({m['sha256'][:12]})" for m in models["potentials"])
-                  + f"; Born charges `{Path(models['born']['file']).name}` ({models['born']['sha256'][:12]}).", ""]
+    lines += model_set_lines(model_set_identity(records))
     lines += runs_table_lines(rows, {"density (g/cm³)": densities, "verdict": verdicts})
     return "\n".join(lines) + "\n"
 
@@ -200,9 +205,7 @@ def results_markdown(config_path: str, analysis_dir: str, conditions: list[dict]
         f"its analysis is written), or alone: `snakemake {analysis_dir}/<condition>.json --cores 1 "
         f"--configfile {config_path}`.", "",
     ]
-    if models is not None:
-        lines += ["Model set: " + ", ".join(f"`{Path(m['file']).name}` ({m['sha256'][:12]})" for m in models["potentials"])
-                  + f"; Born charges `{Path(models['born']['file']).name}` ({models['born']['sha256'][:12]}).", ""]
+    lines += model_set_lines(models)
     lines += runs_table_lines(rows)
     lines += ["", "Committee spread: the force standard deviation over the potential committee, checked every "
               "`md.safety.uncertainty_check_interval` steps; a replica stops above the limit. T measured: the mean "

@@ -249,7 +249,7 @@ def provision_pseudopotentials(
                     generate_pseudopotential(name, pseudo_dir, ld1_command)
                 else:
                     atomic.write_text(target, packaged)
-            same = packaged is not None and hashlib.md5(packaged.encode()).hexdigest() == md5sum(target)  # noqa: S324
+            same = packaged is not None and target.read_bytes() == packaged.encode("utf-8")
             source = f"packaged:{target.name}.xz (ld1.x, {name})" if same else f"generated:{name}"
         records[element] = PseudoRecord(element, target.name, md5sum(target), source)
     atomic.write_json(pseudo_dir / "manifest.json", {k: asdict(v) for k, v in records.items()}, indent=2)

@@ -145,7 +145,7 @@ class Ledger:
         if path.exists():
             raise InputFileError(f"{path} exists: a ledger's settings are fixed once created")
         (root / "entries").mkdir(parents=True, exist_ok=True)
-        atomic.write_text(path, json.dumps(spec.to_dict(), indent=1) + "\n")
+        _write_spec(path, spec)
         return cls(root)
 
     @property
@@ -163,7 +163,7 @@ class Ledger:
         equivalents = {el: dict(v) for el, v in self.spec.equivalents.items()}
         equivalents.setdefault(element, {})[md5] = evidence
         spec = LedgerSpec(self.spec.identity, self.spec.settings, self.spec.pseudopotentials, self.spec.qc, equivalents)
-        atomic.write_text(self.root / "ledger.json", json.dumps(spec.to_dict(), indent=1) + "\n")
+        _write_spec(self.root / "ledger.json", spec)
         self.spec = spec
 
     @property
@@ -289,6 +289,11 @@ class Ledger:
             shutil.rmtree(target)
         partial.replace(target)
         return target
+
+
+def _write_spec(path: Path, spec: LedgerSpec) -> None:
+    """Write ``ledger.json`` atomically."""
+    atomic.write_text(path, json.dumps(spec.to_dict(), indent=1) + "\n")
 
 
 def is_entry(path: Path) -> bool:
