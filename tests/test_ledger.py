@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from bornfield.cli import main
 from bornfield.dft.inputs import DFTSettings
 from bornfield.dft.pseudopotentials import provision_pseudopotentials
 from bornfield.dft.qc import QCThresholds
+from bornfield.dft.runner import DFTJob
 from bornfield.errors import ConfigError, InputFileError
 from bornfield.ledger import labeller
 from bornfield.ledger.labeller import cost_correction, label, pending_jobs
@@ -402,7 +404,8 @@ def test_a_running_labeller_takes_picks_appended_during_its_run(tmp_path, pseudo
     assert [families[d] for d in calls] == ["beta_thermal", "active_learning"]
 
 
-def test_a_pseudopotential_rebuilt_elsewhere_joins_only_after_recomputed_labels_agree(tmp_path, pseudo, fake_qe):
+def test_a_pseudopotential_rebuilt_elsewhere_joins_only_after_recomputed_labels_agree(tmp_path, pseudo, fake_qe,
+                                                                                        monkeypatch):
     """A generated file with other bytes (ld1.x on another CPU) is refused until admit-pseudo has recomputed
     entries with it within tolerance; then labels made with it join, naming the file they used."""
     from bornfield.ledger.equivalence import admit_pseudopotentials
@@ -430,6 +433,22 @@ def test_a_pseudopotential_rebuilt_elsewhere_joins_only_after_recomputed_labels_
     (fake_qe / "pw.x").write_text(f"#!/bin/sh\ncat {REAL / 'pw.out'}\n")
     with pytest.raises(ConfigError, match="at least one DFPT entry"):
         admit_pseudopotentials(ledger.root, [], tmp_path / "admit_none", 1, "")
+
+    # a pw.in this machine would write otherwise (beyond directories) is refused before anything runs
+    ran = tmp_path / "pw_ran"
+    (fake_qe / "pw.x").write_text(f"#!/bin/sh\ntouch {ran}\ncat {REAL / 'pw.out'}\n")
+    write_scf_input = DFTJob.write_scf_input
+
+    def other_cutoff(job, path, attempt, restart):
+        result = write_scf_input(job, path, attempt, restart)
+        Path(path).write_text(re.sub(r"ecutwfc\s*=\s*\S+", "ecutwfc = 99", Path(path).read_text()))
+        return result
+
+    with monkeypatch.context() as patched, pytest.raises(ConfigError, match="differs from the archived one.*nothing was run"):
+        patched.setattr(DFTJob, "write_scf_input", other_cutoff)
+        admit_pseudopotentials(ledger.root, [dft_id], tmp_path / "admit_other_input", 1, "")
+    assert not ran.exists()
+    (fake_qe / "pw.x").write_text(f"#!/bin/sh\ncat {REAL / 'pw.out'}\n")
 
     # agreeing labels admit the file, with the comparison kept as evidence
     assert main(["ledger", "admit-pseudo", "--ledger", str(ledger.root), "--entries", dft_id, "--work-dir",

@@ -379,20 +379,25 @@ class DFTJob:
         LOG.warning("%s: %s.x stopped at max_seconds; rerun the job to resume from QE restart files", self.dft_id, stage)
         raise JobInterrupted(f"{self.dft_id}: {stage}.x reached max_seconds; job left resumable in {self.dir}")
 
+    def write_scf_input(self, path: str | Path, attempt: int, restart: bool) -> tuple[PwOverrides, tuple[int, int, int]]:
+        """Write the pw.x input of SCF attempt ``attempt`` (1-based) to ``path``; return its overrides and k mesh."""
+        overrides = scf_escalation(self.settings, attempt)
+        overrides.restart = restart
+        overrides.max_seconds = self.options.max_seconds
+        multiplier = (1, 1, 1)
+        if self.variant is not None:
+            overrides, multiplier = self.variant.overrides(overrides), self.variant.kpoint_multiplier
+        kpts = write_pw_input(
+            path, self.atoms, self.settings,
+            {el: r.filename for el, r in self.pseudos.items()}, self.pseudo_dir, overrides, multiplier,
+        )
+        return overrides, kpts
+
     def _run_scf(self, status: dict, resume: bool):
         kpts = None
         restart = resume and (self.dir / "tmp" / "bornfield.save").exists() and (self.dir / "pw.out").exists()
         for attempt in range(1, self.options.max_scf_attempts + 1):
-            overrides = scf_escalation(self.settings, attempt)
-            overrides.restart = restart
-            overrides.max_seconds = self.options.max_seconds
-            multiplier = (1, 1, 1)
-            if self.variant is not None:
-                overrides, multiplier = self.variant.overrides(overrides), self.variant.kpoint_multiplier
-            kpts = write_pw_input(
-                self.dir / "pw.in", self.atoms, self.settings,
-                {el: r.filename for el, r in self.pseudos.items()}, self.pseudo_dir, overrides, multiplier,
-            )
+            overrides, kpts = self.write_scf_input(self.dir / "pw.in", attempt, restart)
             status["kpoints"] = list(kpts)
             wall, peak_rss = self._run_program(self.options.pw_command, "pw.in", "pw.out")
             failure = classify_pw_failure(self.dir / "pw.out")

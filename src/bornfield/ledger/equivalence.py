@@ -56,6 +56,15 @@ def _same_input(archived: str, written: str) -> bool:
     return strip(archived) == strip(written)
 
 
+def _planned_input(job: DFTJob, status: dict, directory: Path) -> str:
+    """The pw.in ``job`` writes for the SCF attempt that made the archived entry's pw.in (its last pw.x attempt)."""
+    last = [a for a in status.get("attempts", []) if a.get("program") == "pw.x"][-1]
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{job.dft_id}.pw.in"
+    job.write_scf_input(path, int(last["attempt"]), bool(last.get("restart")))
+    return path.read_text(encoding="utf-8")
+
+
 def admit_pseudopotentials(ledger_dir: str | Path, dft_ids: list[str], work_dir: str | Path, ranks: int,
                            launcher: str) -> dict:
     """Recompute ``dft_ids`` with the pseudopotential files provisioned here; admit the new files if all agree.
@@ -85,6 +94,9 @@ def admit_pseudopotentials(ledger_dir: str | Path, dft_ids: list[str], work_dir:
         job = DFTJob(structure, DFTSettings(**status["settings"]), records, pseudo_dir, work / "jobs", options, ledger.spec.qc)
         if job.dft_id != dft_id:
             raise ConfigError(f"entry {dft_id}: the recomputed job has id {job.dft_id} (structure or settings differ)")
+        if not _same_input(ledger.archived_text(dft_id, "pw.in"), _planned_input(job, status, work / "planned")):
+            raise ConfigError(f"entry {dft_id}: the pw.in this machine would write differs from the archived one "
+                              "beyond its directories (nothing was run)")
         LOG.info("admit-pseudo: recomputing %s (%d atoms, %s)", dft_id, len(structure),
                  "DFPT" if status["settings"].get("born_charges") else "SCF")
         labels = job.run()
@@ -106,4 +118,5 @@ def admit_pseudopotentials(ledger_dir: str | Path, dft_ids: list[str], work_dir:
         ledger.admit_equivalent(element, rec.md5, {**evidence, "file": rec.filename, "source": rec.source})
         LOG.info("admitted %s md5 %s as ledger %s's %s pseudopotential", rec.filename, rec.md5, ledger.root, element)
     shutil.rmtree(work / "jobs", ignore_errors=True)
+    shutil.rmtree(work / "planned", ignore_errors=True)
     return {"admitted": {el: rec.md5 for el, rec in new.items()}, "entries": compared, "tolerances": TOLERANCES}
