@@ -102,6 +102,8 @@ VARIANTS: dict[str, dict] = {
                      "lr_schedule": "cosine", "patience": 1000},
     "polar-b1-lr5-e100": {"architecture": "polar", "edge_layers": 2, "batch_size": 1, "learning_rate": 0.005,
                           "lr_schedule": "cosine", "patience": 1000, "max_epochs": 100},
+    "polar-b1-lr5-e200": {"architecture": "polar", "edge_layers": 2, "batch_size": 1, "learning_rate": 0.005,
+                          "lr_schedule": "cosine", "patience": 1000, "max_epochs": 200},
     "polar-b1-lr5-wide": {"architecture": "polar", "edge_layers": 2, "batch_size": 1, "learning_rate": 0.005,
                           "lr_schedule": "cosine", "patience": 1000, "channels": 16, "radial_hidden": 64},
     "polar-b1-lr5-r6": {"architecture": "polar", "edge_layers": 2, "batch_size": 1, "learning_rate": 0.005,
