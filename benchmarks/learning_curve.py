@@ -91,6 +91,29 @@ def ledger_rows(ledger: str, manifest_path: str, work: Path) -> tuple[Path, list
     return dataset, frames, split
 
 
+def add_ledger_run_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    """The options of a benchmark that trains on a model set's ledger rows (``name``: its work and result file stem)."""
+    parser.add_argument("--ledger", default=str(ROOT / "data" / "ledger"))
+    parser.add_argument("--manifest", default=str(ROOT / "models" / "li3po4" / "manifest.json"),
+                        help="model set whose train/val/test dft_ids fix the rows")
+    parser.add_argument("--config", default=str(ROOT / "config" / "models.yaml"), help="train.born / train.potential settings")
+    parser.add_argument("--pretrained", nargs="+", required=True,
+                        help="pre-trained potentials (bornfield train pretrain), one per repeat")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="independent repeats (repeat r: pre-trained file r, master seed config seed + r)")
+    parser.add_argument("--max-epochs", type=int, help="max_epochs of every run (default: the config's)")
+    parser.add_argument("--workdir", default=str(HERE / "work" / name))
+    parser.add_argument("--output", default=str(HERE / "results" / f"{name}.json"))
+
+
+def parse_ledger_run_arguments(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parsed arguments, with one pre-trained file per repeat checked."""
+    args = parser.parse_args()
+    if len(args.pretrained) < args.repeats:
+        raise SystemExit(f"--pretrained: {len(args.pretrained)} file(s) for --repeats {args.repeats}")
+    return args
+
+
 def run_one(spec: dict, dataset: Path, split: dict, settings: str, work: Path) -> Path:
     """Train (unless done) and evaluate (unless done) one model; returns its eval JSON.
 
@@ -235,23 +258,12 @@ def plot(records: list[dict], path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ledger", default=str(ROOT / "data" / "ledger"))
-    parser.add_argument("--manifest", default=str(ROOT / "models" / "li3po4" / "manifest.json"),
-                        help="model set whose train/val/test dft_ids fix the rows")
-    parser.add_argument("--config", default=str(ROOT / "config" / "models.yaml"), help="train.born / train.potential settings")
-    parser.add_argument("--pretrained", nargs="+", required=True,
-                        help="pre-trained potentials (bornfield train pretrain), one per repeat")
+    add_ledger_run_arguments(parser, "learning_curve")
     parser.add_argument("--born-sizes", type=int, nargs="+", default=[1, 2, 4],
                         help="DFPT training structures per Born run (all of them is always added)")
     parser.add_argument("--potential-sizes", type=int, nargs="+", default=[2, 5, 10],
                         help="training structures per potential run (all of them is always added)")
-    parser.add_argument("--repeats", type=int, default=2, help="independent subset orderings and training seeds")
-    parser.add_argument("--max-epochs", type=int, help="max_epochs of every run (default: the config's)")
-    parser.add_argument("--workdir", default=str(HERE / "work" / "learning_curve"))
-    parser.add_argument("--output", default=str(HERE / "results" / "learning_curve.json"))
-    args = parser.parse_args()
-    if len(args.pretrained) < args.repeats:
-        raise SystemExit(f"--pretrained: {len(args.pretrained)} file(s) for --repeats {args.repeats}")
+    args = parse_ledger_run_arguments(parser)
 
     started = time.perf_counter()
     work = Path(args.workdir)
