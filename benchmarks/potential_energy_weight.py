@@ -5,9 +5,10 @@ For each energy weight and repeat, member 0 of the potential is fine-tuned from 
 member (repeat r starts from ``--pretrained`` file r, as ``make models`` does) on every training
 entry of a model set (its manifest's ``source.dft_ids``; validation and the fixed held-out cells as
 that set had them), through the ``bornfield train`` CLI (the runs of ``learning_curve.py``). Records
-per run: held-out energy and force RMSE/MAE (neutral cells for energy), and the mean signed energy
-error per atom on the neutral held-out cells (``energy_bias_meV_per_atom``: a model that learns
-energies only through forces leaves the crystal–amorphous energy difference free).
+per run: held-out energy and force RMSE/MAE and the mean signed energy error
+(``energy_bias_meV_per_atom``; energies of neutral cells only, as ``bornfield train evaluate``
+scores them): a model that learns energies only through forces leaves the crystal–amorphous energy
+difference free.
 
     .venv/bin/python benchmarks/potential_energy_weight.py \\
         --pretrained results-models/models/pretrain/potential_0.pt results-models/models/pretrain/potential_1.pt \\
@@ -34,30 +35,25 @@ from models_mace_ledger import shown  # same directory
 
 from bornfield.atomic import write_json
 from bornfield.config import load_config
+from bornfield.train.data import read_samples
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 ENERGY_TARGET_MEV = 3.0  # issue 17: energy RMSE <= 3 meV/atom
 
 
-def energy_bias(model_file: Path, frames: list, rows: list[int]) -> tuple[float, int]:
-    """Mean (E_model - E_DFT)/N in meV/atom over the neutral cells among ``rows``; and their count."""
+def energy_bias(model_file: Path, samples: list) -> float:
+    """Mean signed energy error (predicted - reference, meV/atom) over the cells whose energies
+    ``bornfield.train.metrics.potential_metrics`` scores (neutral ones)."""
     import torch
 
     from bornfield.models import load_potential
+    from bornfield.train.metrics import potential_metrics
 
-    model = load_potential(model_file, dtype=torch.float64)
-    errors = []
-    for i in rows:
-        atoms = frames[i]
-        reference = atoms.calc.results.get("energy") if atoms.calc is not None else atoms.info.get("energy")
-        if int(atoms.info.get("charge", 0) or 0) != 0 or reference is None:
-            continue
-        energy = model.energy_forces_stress(atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)[0]
-        errors.append(1000.0 * (float(energy) - float(reference)) / len(atoms))
-    if not errors:
+    _, arrays = potential_metrics(load_potential(model_file, dtype=torch.float64), samples)
+    if not arrays["energy_ref"].size:
         raise SystemExit("the held-out cells hold no neutral cell with an energy: no bias to measure")
-    return float(np.mean(errors)), len(errors)
+    return 1000.0 * float(np.mean(arrays["energy_pred"] - arrays["energy_ref"]))
 
 
 def table(records: list[dict]) -> str:
@@ -125,6 +121,8 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     config = load_config(args.config)
     dataset, frames, split = ledger_rows(args.ledger, args.manifest, work)
+    samples = read_samples(dataset)
+    test_samples = [samples[i] for i in split["test"]]
     (work / "pretrained").mkdir(exist_ok=True)
 
     def pretrained(r: int) -> Path:
@@ -156,9 +154,9 @@ def main() -> int:
                  f"energy_weight {weight:g}, member 0, torch threads 1; starts from {spec['init_source']} "
                  f"(sha256 {spec['init_sha256'][:12]}, pre-trained on the CHGNet proxy set)")
         rows = [{**rec, "energy_weight": weight} for rec in run_records(spec, evaluation, frames, notes)]
-        bias, n_cells = energy_bias(evaluation.parent / "potential_0.pt", frames, split["test"])
         template = next(rec for rec in rows if rec["metric"] == "energy_rmse_meV_per_atom")
-        rows.append({**template, "metric": "energy_bias_meV_per_atom", "value": bias, "n_test_structures": n_cells})
+        rows.append({**template, "metric": "energy_bias_meV_per_atom",
+                     "value": energy_bias(evaluation.parent / "potential_0.pt", test_samples)})
         records += rows
         shown_values = {rec["metric"]: round(rec["value"], 2) for rec in rows
                         if rec["metric"] in ("energy_rmse_meV_per_atom", "energy_bias_meV_per_atom", "force_rmse_meV_per_A")}
