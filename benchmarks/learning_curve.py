@@ -57,7 +57,7 @@ METRICS = {
     "born": ("bec_rmse_e", "bec_mae_e", "bec_rmse_diag_e", "bec_mae_diag_e", "bec_rmse_offdiag_e",
              "bec_mae_offdiag_e", "bec_row_x_rmse_e", "bec_row_x_mae_e"),
     "potential": ("force_rmse_meV_per_A", "force_mae_meV_per_A", "energy_rmse_meV_per_atom",
-                  "energy_mae_meV_per_atom", "stress_rmse_GPa"),
+                  "energy_mae_meV_per_atom", "energy_mean_error_meV_per_atom", "stress_rmse_GPa"),
 }
 
 

@@ -260,6 +260,20 @@ def test_cli_train_evaluate_select(dataset, tmp_path):
     for key in ("bec_rmse_e", "bec_rmse_offdiag_e", "bec_rmse_e_Li", "force_rmse_meV_per_A", "energy_rmse_meV_per_atom"):
         assert np.isfinite(records[key]["value"]) and records[key]["split"] == "test"
     assert records["bec_asr_max_abs_e"]["value"] < 1e-5
+    # the signed energy error is predicted - reference: raising every reference energy by 2 meV/atom
+    # lowers it by 2 and leaves the RMSE of a constant shift consistent with it
+    from dataclasses import replace
+
+    from bornfield.models import load_potential
+    from bornfield.train.metrics import potential_metrics
+
+    committee = [load_potential(p, dtype=torch.float64) for p in pots]
+    samples = read_samples(dataset)
+    base, _ = potential_metrics(committee, samples)
+    shifted, _ = potential_metrics(committee, [replace(s, energy=s.energy + 0.002 * s.n_atoms) for s in samples])
+    assert base["energy_mean_error_meV_per_atom"] - shifted["energy_mean_error_meV_per_atom"] == pytest.approx(2.0, abs=1e-9)
+    assert abs(base["energy_mean_error_meV_per_atom"]) <= base["energy_mae_meV_per_atom"] + 1e-12
+    assert records["energy_mean_error_meV_per_atom"]["unit"] == "meV/atom"
     selected = tmp_path / "selected.extxyz"
     assert main(["train", "select", "--candidates", str(dataset), "--potential", *pots, "--born", *borns,
                  "--select-per-generation", "3", "--min-frame-gap", "0", "--output", str(selected), "--report-json", str(tmp_path / "sel.json")]) == 0

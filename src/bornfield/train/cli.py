@@ -337,7 +337,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def summary_line(name: str, metrics: dict) -> str:
     """One printed line of test metrics: RMSE and MAE (all, diagonal, off-diagonal, per species)."""
     if "energy_rmse_meV_per_atom" in metrics:
-        parts = [f"energy RMSE {metrics['energy_rmse_meV_per_atom']:.4g} MAE {metrics['energy_mae_meV_per_atom']:.4g} meV/atom",
+        parts = [f"energy RMSE {metrics['energy_rmse_meV_per_atom']:.4g} MAE {metrics['energy_mae_meV_per_atom']:.4g} "
+                 f"mean error {metrics['energy_mean_error_meV_per_atom']:+.3g} meV/atom",
                  f"force RMSE {metrics['force_rmse_meV_per_A']:.4g} MAE {metrics['force_mae_meV_per_A']:.4g} meV/Å"]
         parts += [f"{k.rsplit('_', 1)[1]} {v:.4g}" for k, v in metrics.items() if k.startswith("force_rmse_meV_per_A_")]
         if "stress_rmse_GPa" in metrics:

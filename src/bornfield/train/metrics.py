@@ -87,7 +87,8 @@ def predict_rows(models, samples: Sequence[Sample], batch_size: int = 8) -> np.n
 def potential_metrics(models, samples: Sequence[Sample]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Energy/force/stress errors; returns (metrics, arrays for parity plots).
 
-    Energy and stress errors use neutral cells only (charged-cell DFT energies
+    Errors are predicted - reference; ``energy_mean_error_meV_per_atom`` is the signed mean (a
+    systematic offset). Energy and stress errors use neutral cells only (charged-cell DFT energies
     include background terms, see ``charged_cells`` in the train schema); force
     errors use every structure.
     """
@@ -107,6 +108,7 @@ def potential_metrics(models, samples: Sequence[Sample]) -> tuple[dict[str, floa
         "n_charged_structures": float((~neutral).sum()),
         "energy_rmse_meV_per_atom": _rmse(de),
         "energy_mae_meV_per_atom": _mae(de),
+        "energy_mean_error_meV_per_atom": float(np.mean(de)) if de.size else float("nan"),
         "force_rmse_meV_per_A": _rmse(df),
         "force_mae_meV_per_A": _mae(df),
     }

@@ -241,6 +241,7 @@ def accuracy_table(model_set: ModelSet) -> str:
         ("Paper-style row baseline RMSE, row x (e)", "paper-row-baseline", "bec_row_x_rmse_e"),
         ("Force RMSE (meV/Å)", "bornfield-potential", "force_rmse_meV_per_A"),
         ("Energy RMSE (meV/atom)", "bornfield-potential", "energy_rmse_meV_per_atom"),
+        ("Energy mean error, predicted - DFT (meV/atom)", "bornfield-potential", "energy_mean_error_meV_per_atom"),
     ]
     species = sorted({r["metric"].removeprefix("bec_rmse_e_") for r in rec
                       if r["system"] == "bornfield-born" and re.fullmatch(r"bec_rmse_e_[A-Z][a-z]?", r["metric"])})
