@@ -36,7 +36,10 @@ def _args(atoms):
     return atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc
 
 
-def test_model_set_is_complete_and_comes_from_the_ledger(model_set):
+@pytest.mark.parametrize("root", sorted(p.parent for p in SHIPPED.parent.glob("*/manifest.json")), ids=lambda p: p.name)
+def test_model_set_is_complete_and_comes_from_the_ledger(root):
+    """Every committed set (the shipped one and those kept for the results made with them)."""
+    model_set = read_model_set(root)  # checks every file against the manifest's sha256
     assert len(model_set.potential) >= 2 and len(model_set.born) >= 2  # committees, for the uncertainty
     source = model_set.manifest["source"]
     ledger = json.loads((SHIPPED.parents[1] / "data" / "ledger" / "ledger.json").read_text())
