@@ -32,7 +32,10 @@ per stage and wall time are recorded; the curves are plotted.
 Writes ``benchmarks/results/models_mace_ledger.json`` (design-note records, ``dataset``
 "li3po4-ledger", MACE ``baseline: true``, plus a ``force_rmse_ratio`` record per MACE size),
 ``models_mace_ledger_parity.png`` and ``models_mace_ledger_curves.png``. Trained MACE models and
-logs stay in ``benchmarks/work/models_mace_ledger`` and are reused if present.
+logs stay in ``benchmarks/work/models_mace_ledger/<split key>`` (one directory per split: the sha256
+prefix of the manifest's ``source.dft_ids``) and are reused if present. Training can be interrupted
+and resumed: MACE writes a checkpoint every epoch, and a rerun continues from the latest one
+(``--restart_latest``; the epochs after the latest checkpoint are repeated, wall time adds up).
 """
 
 from __future__ import annotations
@@ -199,6 +202,14 @@ def shown(path: str | Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
+def split_key(models: Path) -> str:
+    """sha256 prefix of a model set's ``source.dft_ids``: MACE work of one split never serves another."""
+    import hashlib
+
+    dft_ids = json.loads((models / "manifest.json").read_text())["source"]["dft_ids"]
+    return hashlib.sha256(json.dumps(dft_ids, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def force_ratio(tables: dict[str, dict], system: str) -> float:
     """Test force RMSE of the shipped committee over that of ``system`` (all cells)."""
     return tables["bornfield-potential"]["all"]["force_rmse_meV_per_A"] / tables[system]["all"]["force_rmse_meV_per_A"]
@@ -227,9 +238,9 @@ def main() -> int:
     from bornfield.train.metrics import predict_potential
 
     torch.set_num_threads(1)
-    work = args.workdir
-    work.mkdir(parents=True, exist_ok=True)
     samples, split = ledger_samples(args.ledger, args.models)
+    work = args.workdir / split_key(args.models)
+    work.mkdir(parents=True, exist_ok=True)
     check_test_file(args.models, [str(samples[i].atoms.info["dft_id"]) for i in split["test"]])
     test = [samples[i] for i in split["test"]]
     timings = json.loads((work / "timings.json").read_text()) if (work / "timings.json").is_file() else {}
@@ -262,14 +273,22 @@ def main() -> int:
                    "swa": True, "start_swa": stage_two,
                    "E0s": json.dumps({str(z): v for z, v in e0s.items()}).replace('"', "")}
         if not model.is_file():
+            if timings.get(f"mace_{size}_epochs", args.epochs) != args.epochs:
+                raise SystemExit(f"{work}: MACE {size} was started with --epochs {timings[f'mace_{size}_epochs']}; "
+                                 f"resume with that budget or remove {work / 'mace'}")
+            resume = any((work / "mace" / "checkpoints").glob(f"{name}_run-{args.seed}_epoch-*.pt"))
+            options = {**options, "save_all_checkpoints": True, **({"restart_latest": True} if resume else {})}
             t0 = time.perf_counter()
-            with open(work / "mace" / f"{name}.log", "w") as log:
+            with open(work / "mace" / f"{name}.log", "a") as log:
                 command = mace_train_command(paths, work, args.epochs, args.seed, name=name, options=options)
-                subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT,
-                               env=dict(os.environ, OMP_NUM_THREADS="1"))
-            timings[f"mace_{size}_train_s"] = time.perf_counter() - t0
-            timings[f"mace_{size}_epochs"] = args.epochs
-            write_json_atomic(work / "timings.json", timings)
+                try:
+                    subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT,
+                                   env=dict(os.environ, OMP_NUM_THREADS="1"))
+                finally:  # an interrupted run's time counts when it is resumed
+                    timings[f"mace_{size}_train_s"] = timings.get(f"mace_{size}_train_s", 0.0) + time.perf_counter() - t0
+                    timings[f"mace_{size}_epochs"] = args.epochs
+                    timings[f"mace_{size}_sessions"] = timings.get(f"mace_{size}_sessions", 0) + 1
+                    write_json_atomic(work / "timings.json", timings)
         if not model.is_file():
             raise SystemExit(f"MACE training finished without {model}: see {work / 'mace' / (name + '.log')}")
         system = f"{MACE_SYSTEM}-{size}"
