@@ -145,6 +145,22 @@ def test_training_lowers_loss_and_resumes(dataset, tmp_path, kind):
     _, fresh = train_model(kind, train, val, dict(settings, max_epochs=2), tmp_path / f"{kind}_0.pt", seed=3,
                            species=species, metadata={"training_data_hash": "other"}, progress=False)
     assert [row["epoch"] for row in fresh] == [0, 1]
+    # nor is one of other settings on the same data (a loss weight, the learning rate), other rows or a start model
+    variants = [{"settings": dict(settings, learning_rate=settings["learning_rate"] / 2)},
+                {"train": train[1:]}, {"init_model": model}]
+    if kind == "potential":
+        variants.append({"settings": dict(settings, energy_weight=10.0)})
+    for variant in variants:
+        _, first = train_model(kind, train, val, settings, tmp_path / "same.pt", seed=3, species=species,
+                               metadata={"training_data_hash": "h"}, progress=False)
+        _, again = train_model(kind, train, val, dict(settings, max_epochs=5), tmp_path / "same.pt", seed=3,
+                               species=species, metadata={"training_data_hash": "h"}, progress=False)
+        assert len(again) == 5 and again[:4] == first  # the same run resumes
+        run = {"settings": settings, "train": train, **variant}
+        _, fresh = train_model(kind, run["train"], val, dict(run["settings"], max_epochs=2), tmp_path / "same.pt",
+                               seed=3, species=species, metadata={"training_data_hash": "h"}, progress=False,
+                               init_model=run.get("init_model"))
+        assert [row["epoch"] for row in fresh] == [0, 1], variant
 
 
 @pytest.mark.parametrize("architecture", ["edge", "polar"])

@@ -9,8 +9,8 @@ averaged weights), learning rate reduced on a validation plateau (``lr_schedule`
 ``max_epochs`` ("cosine", per epoch after the warm-up), early
 stopping on the validation loss, the best parameters kept (the log and the
 model file name the best epoch and its validation loss), a checkpoint written atomically after every epoch
-(``<model>.ckpt``: resumable with ``resume=True``; a checkpoint of other
-training data, e.g. after the dataset changed, is ignored with a warning), a metrics CSV and a tqdm
+(``<model>.ckpt``: resumable with ``resume=True``; a checkpoint of another run -- other training
+data, split, settings, seed or start model -- is ignored with a warning), a metrics CSV and a tqdm
 progress bar. Everything random derives from ``seed`` (initialisation and the
 per-epoch shuffling), so a run is reproducible and a resumed run continues
 exactly where the checkpoint left it.
@@ -26,7 +26,9 @@ Losses (per batch of structures):
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import logging
 import math
 import time
@@ -319,6 +321,27 @@ def _write_csv(path: Path, history: list[dict[str, float]]) -> None:
     write_bytes(path, buffer.getvalue().encode())
 
 
+# settings that only say when to stop: changing them continues a run (e.g. a longer max_epochs)
+RESUMABLE_SETTINGS = ("max_epochs", "patience")
+
+
+def run_identity(kind: str, train: Sequence[Sample], val: Sequence[Sample], settings: dict[str, Any], seed: int,
+                 species: Sequence[str], training_data_hash: str | None, init_model: BornfieldModel | None) -> str:
+    """sha256 of everything a checkpoint's training run depends on except :data:`RESUMABLE_SETTINGS`:
+    model kind, data hash, the train/val rows (dataset indices), settings, seed, species and the
+    start model's parameters. A checkpoint resumes only a run of the same identity."""
+    digest = hashlib.sha256()
+    kept = {k: v for k, v in settings.items() if k not in RESUMABLE_SETTINGS}
+    digest.update(json.dumps({"kind": kind, "data": training_data_hash, "train": [s.index for s in train],
+                              "val": [s.index for s in val], "settings": kept, "seed": int(seed),
+                              "species": list(species)}, sort_keys=True, default=str).encode())
+    if init_model is not None:
+        for name, tensor in sorted(init_model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def train_model(
     kind: str,
     train: Sequence[Sample],
@@ -378,15 +401,17 @@ def train_model(
     if not val:
         log.warning("no validation structures: early stopping monitors the training loss")
 
+    identity = run_identity(kind, train, val, settings, seed, species, (metadata or {}).get("training_data_hash"),
+                            init_model)
     state: dict[str, Any] | None = None
     if resume and ckpt_path.exists():
         try:
             state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise InputFileError(f"{ckpt_path}: unreadable training checkpoint: {exc}") from exc
-        expected = (metadata or {}).get("training_data_hash")
-        if state.get("training_data_hash") != expected or state.get("kind") != kind:
-            log.warning("%s belongs to other training data or another model kind: starting afresh", ckpt_path)
+        if state.get("run_identity") != identity:
+            log.warning("%s belongs to another run (training data, split, settings, seed or start model differ): "
+                        "starting afresh", ckpt_path)
             state = None
     if state is not None:
         model = model_class(kind, state["hyperparameters"])(**state["hyperparameters"]).to(dtype)
@@ -479,6 +504,7 @@ def train_model(
         bar.set_postfix(train=f"{train_parts['loss']:.3g}", val=f"{val_loss:.3g}", lr=f"{lr:.1e}")
         checkpoint = {
             "kind": kind,
+            "run_identity": identity,
             "training_data_hash": (metadata or {}).get("training_data_hash"),
             "hyperparameters": model.hyperparameters,
             "model": model.state_dict(),
