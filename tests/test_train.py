@@ -290,6 +290,7 @@ def test_cli_train_evaluate_select(dataset, tmp_path):
     assert base["energy_mean_error_meV_per_atom"] - shifted["energy_mean_error_meV_per_atom"] == pytest.approx(2.0, abs=1e-9)
     assert abs(base["energy_mean_error_meV_per_atom"]) <= base["energy_mae_meV_per_atom"] + 1e-12
     assert records["energy_mean_error_meV_per_atom"]["unit"] == "meV/atom"
+    assert np.isfinite(records["force_error_spread_ratio"]["value"]) and records["force_error_spread_ratio"]["unit"] == "1"
     selected = tmp_path / "selected.extxyz"
     assert main(["train", "select", "--candidates", str(dataset), "--potential", *pots, "--born", *borns,
                  "--select-per-generation", "3", "--min-frame-gap", "0", "--output", str(selected), "--report-json", str(tmp_path / "sel.json")]) == 0
@@ -297,6 +298,19 @@ def test_cli_train_evaluate_select(dataset, tmp_path):
     assert len(frames) == 3 and "born_charges" not in frames[0].arrays and "al_score" in frames[0].info
     scores = json.loads((tmp_path / "sel.json").read_text())["scores"]
     assert min(f.info["al_score"] for f in frames) >= sorted(scores)[-3] - 1e-12
+
+
+def test_committee_calibration_reads_error_against_spread():
+    from bornfield.train.metrics import committee_calibration
+
+    rng = np.random.default_rng(3)
+    spread = np.abs(rng.normal(size=(50, 3))) + 0.01
+    calibrated = committee_calibration(2.0 * spread, spread)
+    assert calibrated["force_error_spread_ratio"] == pytest.approx(2.0)
+    assert calibrated["force_error_spread_spearman"] == pytest.approx(1.0)
+    assert calibrated["force_spread_rms_meV_per_A"] == pytest.approx(1000.0 * np.sqrt(np.mean(spread**2)))
+    unrelated = committee_calibration(rng.permutation(spread), spread)
+    assert abs(unrelated["force_error_spread_spearman"]) < 0.4
 
 
 def test_selection_is_greedy_and_decorrelated():

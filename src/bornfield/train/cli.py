@@ -22,6 +22,7 @@ import argparse
 import datetime as dt
 import json
 import logging
+import re
 import tempfile
 import zlib
 from pathlib import Path
@@ -245,12 +246,15 @@ def _train_member(args, kind, section, settings, samples, split, species, datase
 
 def metric_records(metrics: dict, system: str, baseline: bool, subset: str, notes: str) -> list[dict]:
     """Design-note benchmark records, one per metric of ``metrics`` (``n_*`` counts go into each record)."""
-    units = {"meV_per_atom": "meV/atom", "meV_per_A": "meV/Å", "GPa": "GPa", "_e": "e"}
+    # the unit is the key's last part, before a species suffix (force_rmse_meV_per_A_Li, bec_rmse_e_O)
+    units = {"meV_per_atom": "meV/atom", "meV_per_A": "meV/Å", "GPa": "GPa", "e": "e"}
+    pattern = re.compile(r"_(meV_per_atom|meV_per_A|GPa|e)(_[A-Z][a-z]?)?$")
     records = []
     for key, value in metrics.items():
         if key.startswith("n_"):
             continue
-        unit = next((u for suffix, u in units.items() if suffix in key), "")
+        match = pattern.search(key)
+        unit = units[match.group(1)] if match else "1"
         records.append(
             {
                 "metric": key,
@@ -343,6 +347,9 @@ def summary_line(name: str, metrics: dict) -> str:
         parts += [f"{k.rsplit('_', 1)[1]} {v:.4g}" for k, v in metrics.items() if k.startswith("force_rmse_meV_per_A_")]
         if "stress_rmse_GPa" in metrics:
             parts.append(f"stress RMSE {metrics['stress_rmse_GPa']:.4g} GPa")
+        if "force_error_spread_ratio" in metrics:
+            parts.append(f"committee force error / spread {metrics['force_error_spread_ratio']:.3g} "
+                         f"(Spearman {metrics['force_error_spread_spearman']:.2f})")
         return f"{name}: " + "; ".join(parts)
     # full tensors if present, else the first field-axis row of a row baseline
     prefix = "bec" if "bec_rmse_e" in metrics else next(

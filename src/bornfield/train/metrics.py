@@ -114,6 +114,8 @@ def potential_metrics(models, samples: Sequence[Sample]) -> tuple[dict[str, floa
     }
     for symbol in sorted(set(symbols)):
         metrics[f"force_rmse_meV_per_A_{symbol}"] = _rmse(df[symbols == symbol])
+    if isinstance(models, (list, tuple)) and len(models) > 1:
+        metrics.update(committee_calibration(df / 1000.0, pred["forces_std"]))
     has_stress = [k for k, s in enumerate(samples) if s.stress is not None and s.atoms.pbc.all() and neutral[k]]
     arrays = {"energy_ref": e_ref[neutral], "energy_pred": e_pred[neutral], "forces_ref": f_ref,
               "forces_pred": pred["forces"]}
@@ -123,6 +125,20 @@ def potential_metrics(models, samples: Sequence[Sample]) -> tuple[dict[str, floa
         metrics["stress_rmse_GPa"] = _rmse((s_pred - s_ref) / GPa)
         arrays["stress_ref"], arrays["stress_pred"] = s_ref / GPa, s_pred / GPa
     return metrics, arrays
+
+
+def committee_calibration(errors: np.ndarray, spread: np.ndarray) -> dict[str, float]:
+    """How well a committee's force spread predicts its error (both (n, 3), eV/Å: error of the
+    committee mean, population std over members). ``force_error_spread_ratio``: RMS error / RMS
+    spread (1 = calibrated, > 1 = the spread understates the error); ``force_error_spread_spearman``:
+    rank correlation of per-atom |error| and |spread| (1 = the spread ranks atoms by error)."""
+    from scipy.stats import spearmanr
+
+    ratio = float(np.sqrt(np.mean(errors**2) / np.mean(spread**2))) if np.any(spread) else float("nan")
+    rho = float(spearmanr(np.linalg.norm(spread, axis=1), np.linalg.norm(errors, axis=1)).statistic) \
+        if len(errors) > 2 else float("nan")
+    return {"force_spread_rms_meV_per_A": _rmse(spread * 1000.0), "force_error_spread_ratio": ratio,
+            "force_error_spread_spearman": rho}
 
 
 def born_error_metrics(

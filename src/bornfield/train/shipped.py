@@ -242,6 +242,10 @@ def accuracy_table(model_set: ModelSet) -> str:
         ("Force RMSE (meV/Å)", "bornfield-potential", "force_rmse_meV_per_A"),
         ("Energy RMSE (meV/atom)", "bornfield-potential", "energy_rmse_meV_per_atom"),
         ("Energy mean error, predicted - DFT (meV/atom)", "bornfield-potential", "energy_mean_error_meV_per_atom"),
+        ("Committee calibration: force RMS error / RMS spread (1 = calibrated)", "bornfield-potential",
+         "force_error_spread_ratio"),
+        ("Committee calibration: Spearman of per-atom force error and spread", "bornfield-potential",
+         "force_error_spread_spearman"),
     ]
     species = sorted({r["metric"].removeprefix("bec_rmse_e_") for r in rec
                       if r["system"] == "bornfield-born" and re.fullmatch(r"bec_rmse_e_[A-Z][a-z]?", r["metric"])})
