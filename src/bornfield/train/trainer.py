@@ -505,7 +505,6 @@ def train_model(
         checkpoint = {
             "kind": kind,
             "run_identity": identity,
-            "training_data_hash": (metadata or {}).get("training_data_hash"),
             "hyperparameters": model.hyperparameters,
             "model": model.state_dict(),
             "best_model": best_state,
