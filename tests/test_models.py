@@ -69,9 +69,10 @@ def structure():
     return atoms
 
 
-@pytest.fixture(scope="module")
-def potential():
-    return make("potential", 1)
+@pytest.fixture(scope="module", params=[1, 2], ids=["potential-one-interaction", "potential-two-interactions"])
+def potential(request):
+    """The potential with one density and with the second local interaction (float64)."""
+    return make("potential", 1, interactions=request.param)
 
 
 def born_variant(variant):
@@ -226,7 +227,7 @@ def test_smooth_at_cutoff(potential, born):
 @pytest.mark.parametrize("variant", [1, 2, "squash", "edge", "polar"])
 def test_cluster_evaluation_reproduces_periodic(structure, variant):
     """Owned atoms + ghosts (open boundaries) give the periodic site energies, forces and raw Z."""
-    potential = make("potential", 4, cutoff=4.0)
+    potential = make("potential", 4, cutoff=4.0, interactions=2 if variant == 2 else 1)
     born = make("born", 5, cutoff=4.0, **born_variant(variant))
     cell = np.asarray(structure.cell)
     n = len(structure)

@@ -70,8 +70,11 @@ def test_tape_equals_autograd_periodic(repeat):
         torch.testing.assert_close(fast[key], reference[key], rtol=1e-10, atol=1e-12, msg=key)
 
 
-def test_tape_equals_autograd_batched_structures_and_energy_mask():
-    potential = make("potential", 4, cutoff=4.5)
+@pytest.mark.parametrize("interactions", [1, 2])
+def test_tape_equals_autograd_batched_structures_and_energy_mask(interactions):
+    """The inference forces (hand-written tape; autograd without a kept graph for 2 interactions)
+    equal the training path's (autograd with create_graph) for two structures and an energy mask."""
+    potential = make("potential", 4, cutoff=4.5, interactions=interactions)
     structures = [rattled(seed=s) for s in (1, 2)]
     graph = build_graph([(a.positions, a.numbers, np.asarray(a.cell), a.pbc) for a in structures], SPECIES, 4.5)
     mask = torch.from_numpy(np.random.default_rng(5).random(graph.n_atoms) < 0.4)
@@ -94,7 +97,7 @@ def test_tape_equals_autograd_cluster_with_ghosts():
 
 
 def test_combined_step_equals_separate_autograd_evaluations():
-    potentials = [make("potential", s, cutoff=c) for s, c in ((6, 4.5), (7, 5.0))]
+    potentials = [make("potential", s, cutoff=c, interactions=i) for s, c, i in ((6, 4.5, 1), (7, 5.0, 2))]
     borns = [make("born", s, cutoff=4.5) for s in (8, 9)]
     atoms = rattled((1, 2, 1), seed=4)
     args = (atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)

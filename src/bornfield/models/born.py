@@ -55,82 +55,17 @@ from torch import nn
 from bornfield.fieldphysics import asr_correct_batched
 from bornfield.models.base import BornfieldModel
 from bornfield.models.graph import Graph, build_cluster_graph
-from bornfield.models.layers import AtomicDensity, EdgeGeometry, ExactConstants, SpeciesMLP, coupled
+from bornfield.models.layers import (
+    AtomicDensity,
+    EdgeGeometry,
+    EdgeInteraction,
+    ExactConstants,
+    SpeciesMLP,
+    coupled,
+    squashed,
+)
 from bornfield.models.potential import edge_geometry
 from bornfield.models.threads import map_geometry_blocks, parallel_section
-
-
-def squashed(features: torch.Tensor, squash: bool) -> torch.Tensor:
-    """``asinh`` of standardised invariant features if ``squash`` (identity near 0, logarithmic
-    beyond a few standard deviations), else the features unchanged."""
-    return torch.asinh(features) if squash else features
-
-
-class EdgeInteraction(nn.Module):
-    """Second strictly local interaction: a density whose edge weights see the centre's environment.
-
-    Edge scalars ``s_ij = [bessel(r_ij), onehot(z_i), onehot(z_j), Y1(r̂_ij)·A1_i,c, Y2(r̂_ij)·A2_i,c]``
-    (the last two standardised) and the centre latent ``h_i`` give, through an MLP,
-    ``W_ij`` (3C): ``B_i[l, c] = Σ_j W_ij,lc env(r_ij) Y_l(r̂_ij) / sqrt(avg_neighbours)``.
-    Invariants of the pair (A, B): ``B0``, ``B1·A1``, ``B2·A2``, ``|B1|²``, ``|B2|²`` (5C, standardised).
-    """
-
-    def __init__(self, n_species: int, n_basis: int, channels: int, hidden: int, latent: int,
-                 squash: bool = False):
-        super().__init__()
-        c = channels
-        self.channels = c
-        self.squash = bool(squash)
-        self.first = nn.Linear(n_basis + 2 * n_species + 2 * c, hidden)
-        self.from_latent = nn.Linear(latent, hidden, bias=False)
-        self.rest = nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 3 * c))
-        self.n_invariants = 5 * c
-        self.register_buffer("edge_shift", torch.zeros(2 * c))
-        self.register_buffer("edge_scale", torch.ones(2 * c))
-        self.register_buffer("feature_shift", torch.zeros(5 * c))
-        self.register_buffer("feature_scale", torch.ones(5 * c))
-
-    @staticmethod
-    def edge_invariants(geometry: EdgeGeometry, a1: torch.Tensor, a2: torch.Tensor) -> torch.Tensor:
-        """(N, K, 2C) unstandardised ``Y1(r̂_ij)·A1_i,c`` and ``Y2(r̂_ij)·A2_i,c``."""
-        sh = geometry.sh
-        return torch.cat([torch.bmm(sh[..., 1:4], a1.transpose(1, 2)), torch.bmm(sh[..., 4:9], a2.transpose(1, 2))], -1)
-
-    def densities(self, geometry: EdgeGeometry, density: AtomicDensity, a1, a2, latent):
-        """Second density B0 (N, C), B1 (N, C, 3), B2 (N, C, 5) of the centres of ``geometry``."""
-        edge = squashed((self.edge_invariants(geometry, a1, a2) - self.edge_shift) / self.edge_scale, self.squash)
-        radial_in = torch.cat([geometry.bessel(density.basis), geometry.species_onehot(density.n_species, a1.dtype)], -1)
-        hidden = self.first(torch.cat([radial_in, edge], -1)) + self.from_latent(latent).unsqueeze(1)
-        weights = self.rest(hidden)  # (N, K, 3C)
-        harmonics = geometry.scaled_harmonics(density.cutoff, density.avg_neighbours)  # (N, K, 9), envelope included
-        full = torch.bmm(weights.transpose(1, 2), harmonics)  # (N, 3C, 9)
-        c = self.channels
-        return full[:, :c, 0], full[:, c : 2 * c, 1:4], full[:, 2 * c :, 4:9]
-
-    def raw_invariants(self, geometry, density, a1, a2, latent) -> torch.Tensor:
-        """(N, 5C) unstandardised invariants of (A, B)."""
-        b0, b1, b2 = self.densities(geometry, density, a1, a2, latent)
-        return self._invariants(a1, a2, b0, b1, b2)
-
-    @staticmethod
-    def _invariants(a1, a2, b0, b1, b2) -> torch.Tensor:
-        return torch.cat([b0, (b1 * a1).sum(-1), (b2 * a2).sum(-1), b1.pow(2).sum(-1), b2.pow(2).sum(-1)], -1)
-
-    def forward(self, geometry, density, a1, a2, latent):
-        """B0 (N, C), B1 (N, C, 3), B2 (N, C, 5) and the standardised invariants (N, 5C)."""
-        b0, b1, b2 = self.densities(geometry, density, a1, a2, latent)
-        invariants = squashed((self._invariants(a1, a2, b0, b1, b2) - self.feature_shift) / self.feature_scale,
-                              self.squash)
-        return b0, b1, b2, invariants
-
-    @staticmethod
-    @torch.no_grad()
-    def fit_normalisation(shift: torch.Tensor, scale: torch.Tensor, values: torch.Tensor) -> None:
-        """Mean/std standardisation of ``values`` (M, F) into the buffers (std floored at 10 % of the RMS)."""
-        rms = values.pow(2).mean(0).sqrt()
-        std = values.std(0) if values.shape[0] > 1 else torch.zeros_like(rms)
-        shift.copy_(values.mean(0))
-        scale.copy_(torch.maximum(std, 0.1 * rms).clamp(min=1e-6))
 
 
 class EquivariantBornModel(BornfieldModel):

@@ -2,7 +2,10 @@
 
 Site energy ``E_i = E0[z_i] + scale * MLP_{z_i}(invariants_i) [+ baseline_i]`` where the
 invariants come from the strictly local :class:`~bornfield.models.layers.AtomicDensity`
-(receptive field = cutoff) and the optional physical baseline
+(receptive field = cutoff) or, with ``interactions=2``, from the density plus the second
+strictly local :class:`~bornfield.models.layers.EdgeInteraction` (the readout sees a
+per-atom latent of the first density and the invariants of the second; receptive field
+still the cutoff), and the optional physical baseline
 (:mod:`bornfield.models.baseline`, Δ-learning: the network learns the residual to it)
 is a fixed pair potential with its own, usually longer, cutoff. The model's
 neighbour list covers the longer of the two (``cutoff``); the network sees only
@@ -25,7 +28,7 @@ import torch
 from bornfield.models.base import BornfieldModel
 from bornfield.models.baseline import PairBaseline
 from bornfield.models.graph import Graph, build_cluster_graph
-from bornfield.models.layers import AtomicDensity, EdgeGeometry, SpeciesMLP
+from bornfield.models.layers import AtomicDensity, EdgeGeometry, EdgeInteraction, SpeciesMLP
 from bornfield.models.threads import map_geometry_blocks, parallel_section
 
 
@@ -72,6 +75,8 @@ class NNPotential(BornfieldModel):
         energy_scale: eV, scale of the network output.
         baseline: hyperparameters of a physical baseline added to the energy
             (:func:`bornfield.models.baseline.pedone_baseline`), or None (no baseline).
+        interactions: 1 (one density; forces from the hand-written edge backward) or 2
+            (plus :class:`~bornfield.models.layers.EdgeInteraction`; forces by autograd).
     """
 
     kind = "potential"
@@ -88,16 +93,27 @@ class NNPotential(BornfieldModel):
         atomic_energies: dict[str, float] | None = None,
         energy_scale: float = 1.0,
         baseline: dict | None = None,
+        interactions: int = 1,
     ):
         super().__init__(species, cutoff)
+        if interactions not in (1, 2):
+            raise ValueError(f"interactions must be 1 or 2 (got {interactions})")
         atomic_energies = {s: float((atomic_energies or {}).get(s, 0.0)) for s in self.species}
         self.hyperparameters = {
             **self._density_hyperparameters(channels, n_basis, radial_hidden, hidden, avg_neighbours),
             "atomic_energies": atomic_energies,
             "energy_scale": float(energy_scale),
         }
-        self.density = AtomicDensity(len(self.species), cutoff, channels, n_basis, radial_hidden, avg_neighbours)
-        self.readout = SpeciesMLP(len(self.species), self.density.n_invariants, hidden, 1)
+        n_species = len(self.species)
+        self.interactions = int(interactions)
+        self.density = AtomicDensity(n_species, cutoff, channels, n_basis, radial_hidden, avg_neighbours)
+        if self.interactions == 1:
+            self.readout = SpeciesMLP(n_species, self.density.n_invariants, hidden, 1)
+        else:  # (files of one interaction carry no "interactions" key and load unchanged)
+            self.hyperparameters["interactions"] = 2
+            self.latent = SpeciesMLP(n_species, self.density.n_invariants, hidden, hidden)
+            self.interaction = EdgeInteraction(n_species, n_basis, channels, radial_hidden, hidden)
+            self.readout = SpeciesMLP(n_species, hidden + self.interaction.n_invariants, hidden, 1)
         # float64 reference energies kept out of the state dict's dtype casts
         self._e0 = torch.tensor([atomic_energies[s] for s in self.species], dtype=torch.float64)
         self.baseline = None if baseline is None else PairBaseline(self.species, baseline)
@@ -130,8 +146,33 @@ class NNPotential(BornfieldModel):
     def _site_energies_from_densities(self, densities, geometry: EdgeGeometry) -> torch.Tensor:
         features = self.density.invariants(*densities)
         species = geometry.centre_species
+        if self.interactions == 2:
+            latent = self.latent(features, species)
+            *_, second = self.interaction(geometry, self.density, densities[1], densities[2], latent)
+            features = torch.cat([latent, second], dim=-1)
         network = self.readout(features, species).squeeze(-1) * self.hyperparameters["energy_scale"]
         return network.to(torch.float64) + self._e0[species]
+
+    @torch.no_grad()
+    def fit_normalisation(self, graphs) -> None:
+        """Standardise the invariant features on training graphs (list of Graph, pairs within :attr:`cutoff`).
+
+        The first density's invariants, then (``interactions=2``) the second
+        interaction's edge invariants and its density invariants, each fitted on
+        the features standardised before it.
+        """
+        geometries = [edge_geometry(g, g.edge_vectors()) for g in (graph.within(self.local_cutoff) for graph in graphs)]
+        density = self.density
+        first = [density.densities_from_geometry(g) for g in geometries]
+        density.fit_normalisation(torch.cat([density.invariants(*a) for a in first]))
+        if self.interactions == 1:
+            return
+        interaction = self.interaction
+        edge = [interaction.edge_invariants(g, a1, a2)[g.r < density.cutoff] for g, (_, a1, a2) in zip(geometries, first)]
+        interaction.fit_normalisation(interaction.edge_shift, interaction.edge_scale, torch.cat(edge))
+        node = [interaction.raw_invariants(g, density, a1, a2, self.latent(density.invariants(a0, a1, a2), g.centre_species))
+                for g, (a0, a1, a2) in zip(geometries, first)]
+        interaction.fit_normalisation(interaction.feature_shift, interaction.feature_scale, torch.cat(node))
 
     def site_energies_and_edge_gradient(
         self,
@@ -150,7 +191,17 @@ class NNPotential(BornfieldModel):
 
         ``geometry`` (built under ``torch.no_grad()`` from the same ``edge_vec``)
         shares per-edge quantities with other models evaluated on the same step.
+        With ``interactions=2`` the gradient is autograd's through a geometry of its own.
         """
+        if self.interactions == 2:
+            vectors = edge_vec.detach().requires_grad_(True)
+            with torch.enable_grad():
+                own = edge_geometry(graph, vectors) if geometry is None else EdgeGeometry(
+                    vectors, geometry.centre_species, geometry.neighbour_species)
+                sites = self._site_energies_from_densities(self.density.densities_from_geometry(own), own)
+                target = sites[energy_mask].sum() if energy_mask is not None else sites.sum()
+                (grad,) = torch.autograd.grad(target, vectors)
+            return sites.detach(), grad
         with torch.no_grad():
             if geometry is None:
                 geometry = edge_geometry(graph, edge_vec.detach())

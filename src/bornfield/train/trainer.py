@@ -137,6 +137,8 @@ def initialise_model(
         baseline = potential_baseline(architecture)
         if baseline is not None:
             hyper["baseline"] = baseline
+        if int(architecture.get("interactions", 1)) != 1:
+            hyper["interactions"] = int(architecture["interactions"])
     elif kind == "born":
         means = mean_born_per_species(train_samples, species)
         hyper["mean_charges"] = {x: float(np.trace(z) / 3.0) for x, z in means.items()}
@@ -160,7 +162,7 @@ def initialise_model(
     graphs = [collate([s.edges for s in train_samples[start : start + 8]], dtype)
               for start in range(0, min(len(train_samples), 64), 8)]
     with torch.no_grad():
-        if kind == "born":
+        if kind in ("born", "potential"):
             model.fit_normalisation(graphs)
         else:
             feats = []
