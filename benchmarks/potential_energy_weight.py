@@ -12,7 +12,10 @@ difference free.
     .venv/bin/python benchmarks/potential_energy_weight.py \\
         --pretrained results-models/models/pretrain/potential_0.pt results-models/models/pretrain/potential_1.pt \\
         [--weights 1 10 100] [--repeats 2] [--ledger data/ledger] [--manifest models/li3po4/manifest.json] \\
-        [--config config/models.yaml] [--max-epochs N]
+        [--config config/models.yaml] [--max-epochs N] [--potential-setting KEY=VALUE ...]
+
+``--potential-setting`` overrides a ``train.potential`` key of the config for every run (e.g.
+``interactions=2``, with pre-trained files of that architecture); the overrides are stored in each record.
 
 Writes ``benchmarks/results/potential_energy_weight.json`` (design-note records, ``dataset:
 "li3po4-ledger"``, ``energy_weight`` in each) and ``potential_energy_weight.png``.
@@ -28,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 from chgnet_proxy import sha256_of  # same directory
 from learning_curve import add_ledger_run_arguments, ledger_rows, parse_ledger_run_arguments, run_one, run_records  # same directory
 from models_mace_ledger import shown  # same directory
@@ -96,7 +100,15 @@ def main() -> int:
     add_ledger_run_arguments(parser, "potential_energy_weight")
     parser.add_argument("--weights", type=float, nargs="+", default=[1.0, 10.0, 100.0],
                         help="train.potential.energy_weight values (force_weight as configured)")
+    parser.add_argument("--potential-setting", action="append", default=[], metavar="KEY=VALUE",
+                        help="override train.potential KEY of the config (value parsed as YAML), repeatable")
     args = parse_ledger_run_arguments(parser)
+    overrides = {}
+    for item in args.potential_setting:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--potential-setting {item!r}: expected KEY=VALUE")
+        overrides[key] = yaml.safe_load(value)
     if any(w <= 0 for w in args.weights):
         raise SystemExit(f"--weights {args.weights}: energy weights must be positive")
 
@@ -122,6 +134,7 @@ def main() -> int:
         t0 = time.perf_counter()
         train = json.loads(json.dumps(config["train"]))
         train["threads"] = 1
+        train["potential"].update(overrides)
         train["potential"]["energy_weight"] = weight
         if args.max_epochs:
             train["potential"]["max_epochs"] = args.max_epochs
@@ -133,9 +146,9 @@ def main() -> int:
         evaluation = run_one(spec, dataset, split, json.dumps({"train": train}), work)
         notes = (f"ledger {shown(args.ledger)} rows of {shown(args.manifest)} (train {len(split['train'])}, val "
                  f"{len(split['val'])}, test {len(split['test'])} fixed); train.potential of {shown(args.config)} with "
-                 f"energy_weight {weight:g}, member 0, torch threads 1; starts from {spec['init_source']} "
+                 f"energy_weight {weight:g}{''.join(f', {k} {v}' for k, v in overrides.items())}, member 0, torch threads 1; starts from {spec['init_source']} "
                  f"(sha256 {spec['init_sha256'][:12]}, pre-trained on the CHGNet proxy set)")
-        rows = [{**rec, "energy_weight": weight} for rec in run_records(spec, evaluation, frames, notes)]
+        rows = [{**rec, **overrides, "energy_weight": weight} for rec in run_records(spec, evaluation, frames, notes)]
         records += rows
         shown_values = {rec["metric"]: round(rec["value"], 2) for rec in rows
                         if rec["metric"] in ("energy_rmse_meV_per_atom", "energy_mean_error_meV_per_atom", "force_rmse_meV_per_A")}

@@ -296,7 +296,21 @@ def test_cli_train_evaluate_select(dataset, tmp_path):
     report = tmp_path / "evaluation.json"
     assert main(["train", "evaluate", "--dataset", str(dataset), "--split", str(outdir / "split.json"),
                  "--potential", *pots, "--born", *borns, "--output", str(report)]) == 0
-    records = {r["metric"]: r for r in json.loads(report.read_text())}
+    all_records = json.loads(report.read_text())
+    records = {r["metric"]: r for r in all_records if not r["system"].endswith("-member-0")}
+    # member 0 drives field MD: its own errors are recorded beside the committee's, equal to evaluating it alone
+    alone = tmp_path / "member0.json"
+    assert main(["train", "evaluate", "--dataset", str(dataset), "--split", str(outdir / "split.json"),
+                 "--potential", pots[0], "--born", borns[0], "--output", str(alone)]) == 0
+    single = json.loads(alone.read_text())
+    assert {r["system"] for r in single} == {"bornfield-potential", "bornfield-born"}  # no member rows for one model
+    for system in ("bornfield-potential", "bornfield-born"):
+        member = {r["metric"]: r["value"] for r in all_records if r["system"] == f"{system}-member-0"}
+        expected = {r["metric"]: r["value"] for r in single if r["system"] == system}
+        assert member.keys() == expected.keys() and member == pytest.approx(expected, rel=1e-12)
+    assert records["force_rmse_meV_per_A"]["value"] != pytest.approx(
+        next(r["value"] for r in all_records if r["system"] == "bornfield-potential-member-0"
+             and r["metric"] == "force_rmse_meV_per_A"), rel=1e-9)
     for key in ("bec_rmse_e", "bec_rmse_offdiag_e", "bec_rmse_e_Li", "force_rmse_meV_per_A", "energy_rmse_meV_per_atom"):
         assert np.isfinite(records[key]["value"]) and records[key]["split"] == "test"
     assert records["bec_asr_max_abs_e"]["value"] < 1e-5

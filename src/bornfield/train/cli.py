@@ -312,6 +312,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         models = [load_model(p, kind="potential") for p in args.potential]
         metrics, arrays = M.potential_metrics(models, samples)
         records += metric_records(metrics, "bornfield-potential", False, subset, notes + f"; committee {len(models)}")
+        records += driving_member_records(models, samples, M.potential_metrics, "bornfield-potential", subset, notes)
         summary["potential"] = metrics
         plots.potential_parity(arrays, figures_dir / f"{stem}_potential_parity.png", f"NN potential ({subset})")
     if args.born and not any(s.born is not None for s in samples):
@@ -320,6 +321,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         models = [load_model(p, kind="born") for p in args.born]
         metrics, arrays = M.born_metrics(models, samples)
         records += metric_records(metrics, "bornfield-born", False, subset, notes + f"; committee {len(models)}")
+        records += driving_member_records(models, samples, M.born_metrics, "bornfield-born", subset, notes)
         summary["born"] = metrics
         plots.born_parity(arrays, figures_dir / f"{stem}_born_parity.png", f"equivariant Born model ({subset})")
     if args.baseline and not any(s.born is not None for s in samples):
@@ -336,6 +338,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
     for name, metrics in summary.items():
         print(summary_line(name, metrics))
     return 0
+
+
+def driving_member_records(models: list, samples: list, metric_function, system: str, subset: str,
+                           notes: str) -> list[dict]:
+    """Records of member 0 alone (system ``<system>-member-0``) when ``models`` is a committee: field MD
+    integrates member 0's forces and Born charges (the others give the committee spread), so its error
+    is the one the trajectories carry. Empty for a single model."""
+    if len(models) < 2:
+        return []
+    metrics, _ = metric_function(models[:1], samples)
+    return metric_records(metrics, f"{system}-member-0", False, subset,
+                          notes + f"; member 0 of a committee of {len(models)} (drives field MD)")
 
 
 def summary_line(name: str, metrics: dict) -> str:
@@ -561,7 +575,7 @@ def run_predict(args: argparse.Namespace) -> int:
 def run_ship(args: argparse.Namespace) -> int:
     from ase.io import read
 
-    from bornfield.train.shipped import accuracy_table, read_model_set, write_model_set
+    from bornfield.train.shipped import accuracy_table, model_set_order, read_model_set, write_model_set
 
     frames = read(args.dataset, index=":", format="extxyz")
     splits = {name: [str(a.info.get("dft_id", i)) for i, a in enumerate(frames) if a.info.get("split") == name]
@@ -584,7 +598,9 @@ def run_ship(args: argparse.Namespace) -> int:
 
         ledger = Ledger(args.ledger)
         source.update(ledger=str(args.ledger), ledger_identity=ledger.identity, ledger_entries=len(ledger.dft_ids()))
-    models = {kind: getattr(args, kind) for kind in ("potential", "born", "baseline") if getattr(args, kind)}
+    # in the order the set stores them, so that member 0's records are those of the member that drives MD
+    models = {kind: [str(p) for p in model_set_order(kind, getattr(args, kind))]
+              for kind in ("potential", "born", "baseline") if getattr(args, kind)}
     figures = []
     with tempfile.TemporaryDirectory() as scratch:
         if args.metrics:
@@ -593,7 +609,8 @@ def run_ship(args: argparse.Namespace) -> int:
             metrics = Path(scratch) / "evaluation.json"
             run_evaluate(argparse.Namespace(
                 dataset=[str(args.dataset)], split=None, split_key=True, subset="test", dft_generation=None,
-                potential=args.potential, born=args.born, baseline=args.baseline, output=str(metrics),
+                potential=models.get("potential"), born=models.get("born"), baseline=models.get("baseline"),
+                output=str(metrics),
                 figures_dir=scratch, notes=f"held-out rows (info split=test) of {args.dataset}"))
             records = json.loads(metrics.read_text(encoding="utf-8"))
             figures = sorted(Path(scratch).glob("*.png"))

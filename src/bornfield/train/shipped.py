@@ -64,6 +64,27 @@ def _member_order(path: Path, kind: str) -> int:
     return int(match.group(1))
 
 
+def _checked_members(kind: str, paths) -> list[tuple[Path, dict]]:
+    """(path, payload) of each member file of ``kind`` in model-set order: by member index, and for
+    the kinds that drive MD by best validation loss (member 0 drives)."""
+    if kind not in KINDS:
+        raise InputFileError(f"unknown model kind '{kind}' (known: {sorted(KINDS)})")
+    members = []
+    for path in sorted(map(Path, paths), key=lambda p: _member_order(p, kind)):
+        payload = read_model_file(path)
+        if payload["kind"] != KINDS[kind]:
+            raise InputFileError(f"{path}: holds a '{payload['kind']}' model, expected {KINDS[kind]}")
+        members.append((path, payload))
+    if kind in DRIVING_KINDS:
+        members.sort(key=lambda pair: pair[1]["metadata"].get("best_monitor_loss", float("inf")))
+    return members
+
+
+def model_set_order(kind: str, paths) -> list[Path]:
+    """Member files of ``kind`` in the order :func:`write_model_set` writes them (member 0 first)."""
+    return [path for path, _ in _checked_members(kind, paths)]
+
+
 def write_model_set(outdir: str | Path, models: dict[str, list[str | Path]], test_frames: list,
                     records: list[dict], source: dict, figures: list[str | Path] = ()) -> Path:
     """Write a model set atomically (a complete new directory replaces the old one).
@@ -83,16 +104,7 @@ def write_model_set(outdir: str | Path, models: dict[str, list[str | Path]], tes
     unknown = sorted(set(models) - set(KINDS))
     if unknown:
         raise InputFileError(f"unknown model kinds {unknown} (known: {sorted(KINDS)})")
-    checked = {}
-    for kind, paths in models.items():
-        checked[kind] = []
-        for path in sorted(map(Path, paths), key=lambda p: _member_order(p, kind)):
-            payload = read_model_file(path)
-            if payload["kind"] != KINDS[kind]:
-                raise InputFileError(f"{path}: holds a '{payload['kind']}' model, expected {KINDS[kind]}")
-            checked[kind].append((path, payload))
-        if kind in DRIVING_KINDS:  # member 0 drives the MD: the lowest validation loss first
-            checked[kind].sort(key=lambda pair: pair[1]["metadata"].get("best_monitor_loss", float("inf")))
+    checked = {kind: _checked_members(kind, paths) for kind, paths in models.items()}
     partial = outdir.with_name(f".{outdir.name}.part")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -239,9 +251,13 @@ def accuracy_table(model_set: ModelSet) -> str:
         ("Born RMSE, off-diagonal (e)", "bornfield-born", "bec_rmse_offdiag_e"),
         ("Born RMSE, field-axis row x (e; paper's row model 0.0376 on its data)", "bornfield-born", "bec_row_x_rmse_e"),
         ("Paper-style row baseline RMSE, row x (e)", "paper-row-baseline", "bec_row_x_rmse_e"),
+        ("Born RMSE of member 0 alone, which field MD uses (e)", "bornfield-born-member-0", "bec_rmse_e"),
         ("Force RMSE (meV/Å)", "bornfield-potential", "force_rmse_meV_per_A"),
+        ("Force RMSE of member 0 alone, which drives field MD (meV/Å)", "bornfield-potential-member-0",
+         "force_rmse_meV_per_A"),
         ("Energy RMSE (meV/atom)", "bornfield-potential", "energy_rmse_meV_per_atom"),
         ("Energy mean error, predicted - DFT (meV/atom)", "bornfield-potential", "energy_mean_error_meV_per_atom"),
+        ("Energy RMSE of member 0 alone (meV/atom)", "bornfield-potential-member-0", "energy_rmse_meV_per_atom"),
         ("Committee calibration: force RMS error / RMS spread (1 = calibrated)", "bornfield-potential",
          "force_error_spread_ratio"),
         ("Committee calibration: Spearman of per-atom force error and spread", "bornfield-potential",
@@ -255,6 +271,6 @@ def accuracy_table(model_set: ModelSet) -> str:
         value = _metric(rec, system, metric)
         if value is not None:
             lines.append(f"| {label} | {value:.4g} |")
-    n = {r["system"]: r["n_structures"] for r in rec}
+    n = {r["system"]: r["n_structures"] for r in rec if "-member-" not in r["system"]}
     lines += ["", "Held-out structures: " + ", ".join(f"{k} {v}" for k, v in sorted(n.items())) + "."]
     return "\n".join(lines) + "\n"
