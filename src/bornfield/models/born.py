@@ -179,12 +179,7 @@ class EquivariantBornModel(BornfieldModel):
                                                   for g in geometries]))
         if self.interactions == 1:
             return
-        interaction = self.interaction
-        first = [self._first_interaction(g) for g in geometries]
-        edge = [interaction.edge_invariants(g, a1, a2)[g.r < density.cutoff] for g, (a1, a2, _) in zip(geometries, first)]
-        interaction.fit_normalisation(interaction.edge_shift, interaction.edge_scale, torch.cat(edge))
-        node = [interaction.raw_invariants(g, density, a1, a2, latent) for g, (a1, a2, latent) in zip(geometries, first)]
-        interaction.fit_normalisation(interaction.feature_shift, interaction.feature_scale, torch.cat(node))
+        self.interaction.fit_normalisation(geometries, density, [self._first_interaction(g) for g in geometries])
 
     def _first_interaction(self, geometry: EdgeGeometry):
         """A1 (N, C, 3), A2 (N, C, 5) and the latent (N, hidden) of the centres of ``geometry``."""

@@ -367,12 +367,20 @@ class AtomicDensity(nn.Module):
 
         Called once by the trainer on the training set before optimisation.
         """
-        # the floor keeps features that barely vary in a small training set (e.g. one crystal)
-        # from being blown up: scale >= 10 % of the feature's RMS
-        rms = features_raw.pow(2).mean(0).sqrt()
-        std = features_raw.std(0) if features_raw.shape[0] > 1 else torch.zeros_like(rms)
-        self.feature_shift.copy_(features_raw.mean(0))
-        self.feature_scale.copy_(torch.maximum(std, 0.1 * rms).clamp(min=1e-6))
+        fit_standardisation(self.feature_shift, self.feature_scale, features_raw)
+
+
+@torch.no_grad()
+def fit_standardisation(shift: torch.Tensor, scale: torch.Tensor, values: torch.Tensor) -> None:
+    """Mean/std standardisation of ``values`` (M, F) into the buffers ``shift``, ``scale`` (F,).
+
+    The std is floored at 10 % of the feature's RMS, so features that barely vary in a small
+    training set (e.g. one crystal) are not blown up.
+    """
+    rms = values.pow(2).mean(0).sqrt()
+    std = values.std(0) if values.shape[0] > 1 else torch.zeros_like(rms)
+    shift.copy_(values.mean(0))
+    scale.copy_(torch.maximum(std, 0.1 * rms).clamp(min=1e-6))
 
 
 def squashed(features: torch.Tensor, squash: bool) -> torch.Tensor:
@@ -438,14 +446,17 @@ class EdgeInteraction(nn.Module):
                               self.squash)
         return b0, b1, b2, invariants
 
-    @staticmethod
     @torch.no_grad()
-    def fit_normalisation(shift: torch.Tensor, scale: torch.Tensor, values: torch.Tensor) -> None:
-        """Mean/std standardisation of ``values`` (M, F) into the buffers (std floored at 10 % of the RMS)."""
-        rms = values.pow(2).mean(0).sqrt()
-        std = values.std(0) if values.shape[0] > 1 else torch.zeros_like(rms)
-        shift.copy_(values.mean(0))
-        scale.copy_(torch.maximum(std, 0.1 * rms).clamp(min=1e-6))
+    def fit_normalisation(self, geometries: list[EdgeGeometry], density: AtomicDensity, inputs: list) -> None:
+        """Standardise the edge invariants, then the invariants of (A, B), on training geometries.
+
+        ``inputs``: per geometry ``(a1, a2, latent)`` of its centres (the first density, already
+        standardised upstream, and the centre latent the model feeds this interaction).
+        """
+        edge = [self.edge_invariants(g, a1, a2)[g.r < density.cutoff] for g, (a1, a2, _) in zip(geometries, inputs)]
+        fit_standardisation(self.edge_shift, self.edge_scale, torch.cat(edge))
+        node = [self.raw_invariants(g, density, a1, a2, latent) for g, (a1, a2, latent) in zip(geometries, inputs)]
+        fit_standardisation(self.feature_shift, self.feature_scale, torch.cat(node))
 
 
 class DensityTape:

@@ -167,12 +167,9 @@ class NNPotential(BornfieldModel):
         density.fit_normalisation(torch.cat([density.invariants(*a) for a in first]))
         if self.interactions == 1:
             return
-        interaction = self.interaction
-        edge = [interaction.edge_invariants(g, a1, a2)[g.r < density.cutoff] for g, (_, a1, a2) in zip(geometries, first)]
-        interaction.fit_normalisation(interaction.edge_shift, interaction.edge_scale, torch.cat(edge))
-        node = [interaction.raw_invariants(g, density, a1, a2, self.latent(density.invariants(a0, a1, a2), g.centre_species))
-                for g, (a0, a1, a2) in zip(geometries, first)]
-        interaction.fit_normalisation(interaction.feature_shift, interaction.feature_scale, torch.cat(node))
+        inputs = [(a1, a2, self.latent(density.invariants(a0, a1, a2), g.centre_species))
+                  for g, (a0, a1, a2) in zip(geometries, first)]
+        self.interaction.fit_normalisation(geometries, density, inputs)
 
     def site_energies_and_edge_gradient(
         self,

@@ -137,8 +137,7 @@ def initialise_model(
         baseline = potential_baseline(architecture)
         if baseline is not None:
             hyper["baseline"] = baseline
-        if int(architecture.get("interactions", 1)) != 1:
-            hyper["interactions"] = int(architecture["interactions"])
+        hyper["interactions"] = int(architecture.get("interactions", 1))
     elif kind == "born":
         means = mean_born_per_species(train_samples, species)
         hyper["mean_charges"] = {x: float(np.trace(z) / 3.0) for x, z in means.items()}
