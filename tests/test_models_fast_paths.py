@@ -21,7 +21,8 @@ from e3nn import o3
 from bornfield.models import PotentialCommittee, BornCommittee, load_born, load_potential
 from bornfield.models.combined import evaluate_cluster, evaluate_periodic
 from bornfield.models.graph import build_cluster_graph, build_graph
-from bornfield.models.layers import _HARMONIC_POLYNOMIALS, polynomial_envelope, polynomial_envelope_derivative
+from bornfield.models.layers import (_HARMONIC_POLYNOMIALS, polynomial_envelope, polynomial_envelope_derivative,
+                                     squashed)
 
 from test_models import SPECIES, beta_li3po4, make
 
@@ -49,6 +50,26 @@ def test_harmonic_polynomials_reproduce_e3nn():
     quadratic = _HARMONIC_POLYNOMIALS.get("quadratic", torch.float64)
     torch.testing.assert_close(u @ linear.T, sh[:, :3], rtol=0, atol=1e-13)
     torch.testing.assert_close(torch.einsum("na,mab,nb->nm", u, quadratic, u), sh[:, 3:], rtol=0, atol=1e-13)
+
+
+def test_inference_squash_is_asinh_and_training_squash_has_asinh_derivative():
+    """Without autograd ``squashed`` uses the log/hypot form: torch.asinh's values to round-off
+    (float64, |x| from 0 to 1e300, no overflow); with autograd it is torch.asinh, slope 1 at 0."""
+    magnitudes = torch.cat([torch.zeros(1), torch.logspace(-12, 300, 2000, dtype=torch.float64)])
+    x = torch.cat([magnitudes, -magnitudes])
+    with torch.no_grad():
+        fast = squashed(x, True)
+    exact = torch.asinh(x)
+    assert torch.equal(fast[x == 0], exact[x == 0])
+    assert torch.all(torch.sign(fast) == torch.sign(exact))
+    assert torch.allclose(fast, exact, rtol=1e-12, atol=1e-15)
+    single = x[x.abs() < 1e30].float()
+    with torch.no_grad():
+        assert torch.allclose(squashed(single, True), torch.asinh(single), rtol=1e-6, atol=1e-7)
+    leaf = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    (slope,) = torch.autograd.grad(squashed(leaf, True).sum(), leaf)
+    assert torch.equal(slope, torch.ones(3, dtype=torch.float64))
+    assert squashed(x, False) is x
 
 
 def test_envelope_derivative_is_the_gradient():

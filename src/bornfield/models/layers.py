@@ -164,6 +164,16 @@ class EdgeGeometry:
         return self._cached(("sh", float(cutoff), float(avg_neighbours)), compute)
 
 
+def sequential(layers: nn.Sequential, inputs: torch.Tensor) -> torch.Tensor:
+    """``layers(inputs)``; without autograd, with in-place activations (no buffers to keep)."""
+    if torch.is_grad_enabled():
+        return layers(inputs)
+    hidden = inputs
+    for layer in layers:
+        hidden = nn.functional.silu(hidden, inplace=True) if isinstance(layer, nn.SiLU) else layer(hidden)
+    return hidden
+
+
 class ExactConstants:
     """Fixed coupling tensors (Wigner 3j, change of basis) kept in float64 and cast on use.
 
@@ -296,13 +306,7 @@ class AtomicDensity(nn.Module):
         ``radial_in`` is ``[bessel(r), onehot(z_i), onehot(z_j)]`` (..., n_basis + 2 n_species),
         see :meth:`EdgeGeometry.radial_inputs`.
         """
-        if torch.is_grad_enabled():
-            return self.radial(radial_in)
-        # inference: the same layers with in-place activations (no autograd buffers to keep)
-        hidden = radial_in
-        for layer in self.radial:
-            hidden = nn.functional.silu(hidden, inplace=True) if isinstance(layer, nn.SiLU) else layer(hidden)
-        return hidden
+        return sequential(self.radial, radial_in)
 
     def densities_from_geometry(self, geometry: EdgeGeometry) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A0 (N, C), A1 (N, C, 3), A2 (N, C, 5) from shared per-edge quantities (see :meth:`densities`).
@@ -385,8 +389,18 @@ def fit_standardisation(shift: torch.Tensor, scale: torch.Tensor, values: torch.
 
 def squashed(features: torch.Tensor, squash: bool) -> torch.Tensor:
     """``asinh`` of standardised invariant features if ``squash`` (identity near 0, logarithmic
-    beyond a few standard deviations), else the features unchanged."""
-    return torch.asinh(features) if squash else features
+    beyond a few standard deviations), else the features unchanged.
+
+    Without a gradient to propagate, asinh is evaluated as ``sign(x) log(|x| + hypot(x, 1))``
+    (the same values to round-off; torch's own CPU asinh kernel is several times slower,
+    ``benchmarks/md_throughput.py --before-src``); with one, ``torch.asinh`` (exact derivative at 0).
+    """
+    if not squash:
+        return features
+    if torch.is_grad_enabled() and features.requires_grad:
+        return torch.asinh(features)
+    magnitude = features.abs()
+    return torch.copysign(torch.log(magnitude + torch.hypot(magnitude, torch.ones((), dtype=features.dtype))), features)
 
 
 class EdgeInteraction(nn.Module):
@@ -424,7 +438,7 @@ class EdgeInteraction(nn.Module):
         edge = squashed((self.edge_invariants(geometry, a1, a2) - self.edge_shift) / self.edge_scale, self.squash)
         radial_in = torch.cat([geometry.bessel(density.basis), geometry.species_onehot(density.n_species, a1.dtype)], -1)
         hidden = self.first(torch.cat([radial_in, edge], -1)) + self.from_latent(latent).unsqueeze(1)
-        weights = self.rest(hidden)  # (N, K, 3C)
+        weights = sequential(self.rest, hidden)  # (N, K, 3C)
         harmonics = geometry.scaled_harmonics(density.cutoff, density.avg_neighbours)  # (N, K, 9), envelope included
         full = torch.bmm(weights.transpose(1, 2), harmonics)  # (N, 3C, 9)
         c = self.channels
