@@ -21,7 +21,8 @@ from e3nn import o3
 from bornfield.models import PotentialCommittee, BornCommittee, load_born, load_potential
 from bornfield.models.combined import evaluate_cluster, evaluate_periodic
 from bornfield.models.graph import build_cluster_graph, build_graph
-from bornfield.models.layers import (_HARMONIC_POLYNOMIALS, polynomial_envelope, polynomial_envelope_derivative,
+from bornfield.models.layers import (_HARMONIC_POLYNOMIALS, AtomicDensity, EdgeGeometry, EdgeInteraction,
+                                     edge_vector_gradient, polynomial_envelope, polynomial_envelope_derivative,
                                      squashed)
 
 from test_models import SPECIES, beta_li3po4, make
@@ -78,9 +79,9 @@ def test_envelope_derivative_is_the_gradient():
     torch.testing.assert_close(polynomial_envelope_derivative(r.detach(), 5.0), grad, rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("repeat", [(1, 1, 1), (2, 2, 1)])
-def test_tape_equals_autograd_periodic(repeat):
-    potential = make("potential", 3, cutoff=5.0, channels=6, radial_hidden=24)
+@pytest.mark.parametrize("repeat,interactions", [((1, 1, 1), 1), ((2, 2, 1), 1), ((1, 1, 1), 2), ((2, 2, 1), 2)])
+def test_tape_equals_autograd_periodic(repeat, interactions):
+    potential = make("potential", 3, cutoff=5.0, channels=6, radial_hidden=24, interactions=interactions)
     atoms = rattled(repeat, seed=sum(repeat))
     graph = build_graph([(atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)], SPECIES, 5.0)
     reference = autograd_reference(potential, graph)
@@ -93,8 +94,8 @@ def test_tape_equals_autograd_periodic(repeat):
 
 @pytest.mark.parametrize("interactions", [1, 2])
 def test_tape_equals_autograd_batched_structures_and_energy_mask(interactions):
-    """The inference forces (hand-written tape; autograd without a kept graph for 2 interactions)
-    equal the training path's (autograd with create_graph) for two structures and an energy mask."""
+    """The inference forces (hand-written tapes) equal the training path's (autograd with
+    create_graph) for two structures and an energy mask."""
     potential = make("potential", 4, cutoff=4.5, interactions=interactions)
     structures = [rattled(seed=s) for s in (1, 2)]
     graph = build_graph([(a.positions, a.numbers, np.asarray(a.cell), a.pbc) for a in structures], SPECIES, 4.5)
@@ -105,8 +106,9 @@ def test_tape_equals_autograd_batched_structures_and_energy_mask(interactions):
         torch.testing.assert_close(fast[key], reference[key], rtol=1e-10, atol=1e-12, msg=key)
 
 
-def test_tape_equals_autograd_cluster_with_ghosts():
-    potential = make("potential", 5, cutoff=4.5)
+@pytest.mark.parametrize("interactions", [1, 2])
+def test_tape_equals_autograd_cluster_with_ghosts(interactions):
+    potential = make("potential", 5, cutoff=4.5, interactions=interactions)
     atoms = rattled(seed=9)
     atoms.pbc = False
     centres = np.random.default_rng(2).random(len(atoms)) < 0.5
@@ -115,6 +117,43 @@ def test_tape_equals_autograd_cluster_with_ghosts():
     fast = potential.forward(graph, forces=True, stress=False)
     torch.testing.assert_close(fast["site_energies"], reference["site_energies"], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(fast["forces"], reference["forces"], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("squash", [False, True])
+def test_interaction_tape_equals_autograd(squash):
+    """:class:`InteractionTape` gives autograd's gradients of a scalar of the second density B
+    with respect to the edge vectors, A1, A2 and the latent (float64, fitted-like standardisation)."""
+    torch.manual_seed(3)
+    density = AtomicDensity(3, 4.5, channels=5, n_basis=6, radial_hidden=16).double()
+    density.EDGES_PER_BLOCK = 300  # several blocks of centres
+    interaction = EdgeInteraction(3, 6, 5, 16, 7, squash=squash).double()
+    interaction.edge_shift.normal_()
+    interaction.edge_scale.uniform_(0.05, 0.5)
+    atoms = rattled((1, 2, 1), seed=6)
+    graph = build_graph([(atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)], SPECIES, 4.5)
+    vectors = graph.edge_vectors().detach().double()
+    n, c = vectors.shape[0], 5
+    a1, a2, latent = (torch.randn(n, c, 3, dtype=torch.float64), torch.randn(n, c, 5, dtype=torch.float64),
+                      torch.randn(n, 7, dtype=torch.float64))
+    probes = [torch.randn(n, c, dtype=torch.float64), torch.randn(n, c, 3, dtype=torch.float64),
+              torch.randn(n, c, 5, dtype=torch.float64)]
+    leaves = [t.clone().requires_grad_(True) for t in (vectors, a1, a2, latent)]
+    geometry = EdgeGeometry(leaves[0], graph.centre_species, graph.species[graph.neighbours])
+    b = interaction.densities(geometry, density, *leaves[1:])
+    target = sum((x * p).sum() for x, p in zip(b, probes))
+    expected = torch.autograd.grad(target, leaves)
+    with torch.no_grad():
+        geometry = EdgeGeometry(vectors, graph.centre_species, graph.species[graph.neighbours])
+        b_tape, tape = interaction.densities_with_tape(geometry, density, a1, a2, latent)
+        blocks, g_a1, g_a2, g_latent = tape.backward(*probes)
+        rows = density.rows_per_block(vectors.shape[1])
+        assert rows < n
+        got = (edge_vector_gradient(density, geometry, rows, blocks), g_a1, g_a2, g_latent)
+    for x, y in zip(b_tape, b):
+        torch.testing.assert_close(x, y.detach(), rtol=1e-12, atol=1e-12)
+    assert float(expected[0].abs().max()) > 1e-3 and float(expected[1].abs().max()) > 1e-3  # not vacuous
+    for name, x, y in zip(("edge_vec", "a1", "a2", "latent"), got, expected):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12, msg=name)
 
 
 def test_combined_step_equals_separate_autograd_evaluations():

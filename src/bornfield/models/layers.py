@@ -430,8 +430,7 @@ class EdgeInteraction(nn.Module):
     @staticmethod
     def edge_invariants(geometry: EdgeGeometry, a1: torch.Tensor, a2: torch.Tensor) -> torch.Tensor:
         """(N, K, 2C) unstandardised ``Y1(r̂_ij)·A1_i,c`` and ``Y2(r̂_ij)·A2_i,c``."""
-        sh = geometry.sh
-        return torch.cat([torch.bmm(sh[..., 1:4], a1.transpose(1, 2)), torch.bmm(sh[..., 4:9], a2.transpose(1, 2))], -1)
+        return _edge_products(geometry.sh, a1, a2)
 
     def densities(self, geometry: EdgeGeometry, density: AtomicDensity, a1, a2, latent):
         """Second density B0 (N, C), B1 (N, C, 3), B2 (N, C, 5) of the centres of ``geometry``."""
@@ -453,12 +452,38 @@ class EdgeInteraction(nn.Module):
     def _invariants(a1, a2, b0, b1, b2) -> torch.Tensor:
         return torch.cat([b0, (b1 * a1).sum(-1), (b2 * a2).sum(-1), b1.pow(2).sum(-1), b2.pow(2).sum(-1)], -1)
 
+    def standardised_invariants(self, a1, a2, b0, b1, b2) -> torch.Tensor:
+        """(N, 5C) standardised (and squashed if so built) invariants of (A, B)."""
+        return squashed((self._invariants(a1, a2, b0, b1, b2) - self.feature_shift) / self.feature_scale, self.squash)
+
     def forward(self, geometry, density, a1, a2, latent):
         """B0 (N, C), B1 (N, C, 3), B2 (N, C, 5) and the standardised invariants (N, 5C)."""
         b0, b1, b2 = self.densities(geometry, density, a1, a2, latent)
-        invariants = squashed((self._invariants(a1, a2, b0, b1, b2) - self.feature_shift) / self.feature_scale,
-                              self.squash)
-        return b0, b1, b2, invariants
+        return b0, b1, b2, self.standardised_invariants(a1, a2, b0, b1, b2)
+
+    def densities_with_tape(self, geometry: EdgeGeometry, density: AtomicDensity, a1, a2, latent):
+        """:meth:`densities` without autograd (blocks of centres as the density's tape), plus its
+        :class:`InteractionTape`. Call under ``torch.no_grad()`` with detached inputs."""
+        c = self.channels
+        rows = density.rows_per_block(geometry.r.shape[1])
+        inputs = geometry.radial_inputs(density.basis, density.n_species, rows)
+        harmonics = geometry.scaled_harmonics_blocks(density.cutoff, density.avg_neighbours, rows)
+        shifted = self.from_latent(latent).unsqueeze(1) + self.first.bias
+        weight_radial = self.first.weight[:, : inputs[0].shape[-1]]
+        weight_edge = self.first.weight[:, inputs[0].shape[-1] :]
+        _, second, _, last = self.rest
+        saved, parts = [], []
+        for x, h, sh, b1, b2, bias in zip(inputs, harmonics, geometry.sh.split(rows), a1.split(rows),
+                                          a2.split(rows), shifted.split(rows)):
+            standard = (_edge_products(sh, b1, b2) - self.edge_shift) / self.edge_scale
+            pre1 = x @ weight_radial.T + squashed(standard, self.squash) @ weight_edge.T + bias
+            pre2 = second(nn.functional.silu(pre1))
+            weights = last(nn.functional.silu(pre2))
+            saved.append((standard, pre1, pre2, weights))
+            parts.append(torch.bmm(weights.transpose(1, 2), h))
+        full = parts[0] if len(parts) == 1 else torch.cat(parts)
+        densities = (full[:, :c, 0], full[:, c : 2 * c, 1:4], full[:, 2 * c :, 4:9])
+        return densities, InteractionTape(self, density, geometry, rows, saved, harmonics, a1, a2)
 
     @torch.no_grad()
     def fit_normalisation(self, geometries: list[EdgeGeometry], density: AtomicDensity, inputs: list) -> None:
@@ -471,6 +496,58 @@ class EdgeInteraction(nn.Module):
         fit_standardisation(self.edge_shift, self.edge_scale, torch.cat(edge))
         node = [self.raw_invariants(g, density, a1, a2, latent) for g, (a1, a2, latent) in zip(geometries, inputs)]
         fit_standardisation(self.feature_shift, self.feature_scale, torch.cat(node))
+
+
+def _edge_products(sh: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor) -> torch.Tensor:
+    """(N, K, 2C) ``Y1(r̂_ij)·A1_i,c`` and ``Y2(r̂_ij)·A2_i,c`` of harmonics ``sh`` (N, K, 9)."""
+    return torch.cat([torch.bmm(sh[..., 1:4], a1.transpose(1, 2)), torch.bmm(sh[..., 4:9], a2.transpose(1, 2))], -1)
+
+
+class InteractionTape:
+    """Hand-written backward pass of :meth:`EdgeInteraction.densities_with_tape` (the analogue of
+    :class:`DensityTape` for the second interaction).
+
+    From ``dE/dB`` it gives the per-edge upstream gradients for :func:`edge_vector_gradient`
+    (through the Bessel basis, the scaled harmonics of B and the bare harmonics of the edge
+    invariants ``Y·A``) and the gradients of its per-atom inputs A1, A2 and the latent.
+    Same result as autograd (tested in float64); no autograd graph over the edges is built.
+    """
+
+    def __init__(self, interaction: "EdgeInteraction", density: AtomicDensity, geometry: EdgeGeometry, rows: int,
+                 saved: list, harmonics: list, a1: torch.Tensor, a2: torch.Tensor):
+        self.interaction, self.density, self.geometry = interaction, density, geometry
+        self.rows, self.saved, self.harmonics = rows, saved, harmonics
+        self.a1, self.a2 = a1, a2
+
+    def backward(self, grad_b0, grad_b1, grad_b2) -> tuple[list, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Edge upstream blocks, dE/dA1 (N, C, 3), dE/dA2 (N, C, 5), dE/dlatent (N, latent)
+        from dE/dB0 (N, C), dE/dB1 (N, C, 3), dE/dB2 (N, C, 5)."""
+        interaction = self.interaction
+        c = interaction.channels
+        upstream = density_upstream(grad_b0, grad_b1, grad_b2, c)
+        n_basis = int(self.density.basis.frequencies.numel())
+        weight = interaction.first.weight
+        weight_bessel, weight_edge = weight[:, :n_basis], weight[:, weight.shape[1] - 2 * c :]
+        _, second, _, last = interaction.rest
+        blocks, grad_a1, grad_a2, grad_latent = [], [], [], []
+        for (standard, pre1, pre2, weights), h, g, sh, a1, a2 in zip(
+            self.saved, self.harmonics, upstream.split(self.rows), self.geometry.sh.split(self.rows),
+            self.a1.split(self.rows), self.a2.split(self.rows),
+        ):
+            grad_weights = torch.bmm(h, g.transpose(1, 2))  # (n, K, 3C)
+            grad = torch.ops.aten.silu_backward(grad_weights @ last.weight, pre2)
+            grad = torch.ops.aten.silu_backward(grad @ second.weight, pre1)  # dE/d(first layer) (n, K, hidden)
+            grad_latent.append(grad.sum(1) @ interaction.from_latent.weight)
+            grad_edge = grad @ weight_edge
+            if interaction.squash:
+                grad_edge = grad_edge * torch.rsqrt(1.0 + standard * standard)
+            grad_edge = grad_edge / interaction.edge_scale
+            edge1, edge2 = grad_edge[..., :c], grad_edge[..., c:]
+            grad_y = torch.cat([torch.zeros_like(sh[..., :1]), torch.bmm(edge1, a1), torch.bmm(edge2, a2)], -1)
+            grad_a1.append(torch.bmm(edge1.transpose(1, 2), sh[..., 1:4]))
+            grad_a2.append(torch.bmm(edge2.transpose(1, 2), sh[..., 4:9]))
+            blocks.append([grad @ weight_bessel, torch.bmm(weights, g), grad_y])
+        return blocks, torch.cat(grad_a1), torch.cat(grad_a2), torch.cat(grad_latent)
 
 
 class DensityTape:
@@ -498,46 +575,69 @@ class DensityTape:
 
     def edge_gradient(self, grad_a0: torch.Tensor, grad_a1: torch.Tensor, grad_a2: torch.Tensor) -> torch.Tensor:
         """dE/d edge_vec (N, K, 3) from dE/dA0 (N, C), dE/dA1 (N, C, 3), dE/dA2 (N, C, 5)."""
-        density, geometry = self.density, self.geometry
-        c = density.channels
-        dtype = self.harmonics[0].dtype
-        upstream = grad_a0.new_zeros(grad_a0.shape[0], 3 * c, 9)
-        upstream[:, :c, 0] = grad_a0
-        upstream[:, c : 2 * c, 1:4] = grad_a1
-        upstream[:, 2 * c :, 4:9] = grad_a2
-        first, _, second, _, last = density.radial
-        n_basis = int(density.basis.frequencies.numel())
-        bessel_weight = first.weight[:, :n_basis]
-        polynomials = _HARMONIC_POLYNOMIALS.get("linear", dtype), _HARMONIC_POLYNOMIALS.get("quadratic", dtype)
-        linear, quadratic = polynomials[0], polynomials[1].reshape(5, 9)
-        scale = density.avg_neighbours**-0.5
-        rows = self.rows
-        r_blocks = geometry.r.split(rows)
-        unit_blocks = geometry.unit_vectors().split(rows)
-        sh_blocks = geometry.sh.split(rows)
-        bessel_blocks = geometry.bessel(density.basis).split(rows)
-        parts = []
-        for (pre1, pre2, weights), h, g, r, unit, sh, bessel in zip(
-            self.saved, self.harmonics, upstream.split(rows), r_blocks, unit_blocks, sh_blocks, bessel_blocks
-        ):
+        return edge_vector_gradient(self.density, self.geometry, self.rows,
+                                    self.edge_upstream(grad_a0, grad_a1, grad_a2))
+
+    def edge_upstream(self, grad_a0: torch.Tensor, grad_a1: torch.Tensor, grad_a2: torch.Tensor) -> list:
+        """Per block of centres ``[dE/d bessel (n, K, n_basis), dE/dH (n, K, 9), None]`` (see
+        :func:`edge_vector_gradient`) from the gradients of the densities."""
+        c = self.density.channels
+        upstream = density_upstream(grad_a0, grad_a1, grad_a2, c)
+        first, _, second, _, last = self.density.radial
+        bessel_weight = first.weight[:, : int(self.density.basis.frequencies.numel())]
+        out = []
+        for (pre1, pre2, weights), h, g in zip(self.saved, self.harmonics, upstream.split(self.rows)):
             grad_weights = torch.bmm(h, g.transpose(1, 2))  # (n, K, 3C)
-            grad_h = torch.bmm(weights, g)  # (n, K, 9)
             grad = torch.ops.aten.silu_backward(grad_weights @ last.weight, pre2)
             grad = torch.ops.aten.silu_backward(grad @ second.weight, pre1)
-            grad_bessel = grad @ bessel_weight  # (n, K, n_basis)
-            grad_r = (grad_bessel * density.basis.derivative(r, bessel)).sum(-1)
-            envelope = polynomial_envelope(r, density.cutoff) * scale
-            envelope_slope = polynomial_envelope_derivative(r, density.cutoff) * scale
-            grad_r = grad_r + (grad_h * sh).sum(-1) * envelope_slope
-            grad_sh = grad_h * envelope.unsqueeze(-1)
-            # ∇P(u)·dE/dY: l = 1 linear, l = 2 2 Q u
-            tangent = grad_sh[..., 1:4] @ linear
-            weighted = grad_sh[..., 4:9] @ quadratic  # (n, K, 9): M_ab = Σ_m dE/dY2_m Q_m[a, b]
-            for b in range(3):  # tangent_a += 2 Σ_b M_ab u_b (fused multiply-adds, no batched 3x3 products)
-                tangent = torch.addcmul(tangent, weighted[..., b::3], unit[..., b : b + 1], value=2.0)
-            radial_part = tangent - (tangent * unit).sum(-1, keepdim=True) * unit
-            parts.append(grad_r.unsqueeze(-1) * unit + radial_part / r.unsqueeze(-1))
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+            out.append([grad @ bessel_weight, torch.bmm(weights, g), None])
+        return out
+
+
+def density_upstream(grad_0: torch.Tensor, grad_1: torch.Tensor, grad_2: torch.Tensor, channels: int) -> torch.Tensor:
+    """(N, 3C, 9) gradient of the ``(radial weights)ᵀ @ harmonics`` product whose diagonal
+    (l, l) blocks are the densities (N, C), (N, C, 3), (N, C, 5)."""
+    c = channels
+    upstream = grad_0.new_zeros(grad_0.shape[0], 3 * c, 9)
+    upstream[:, :c, 0] = grad_0
+    upstream[:, c : 2 * c, 1:4] = grad_1
+    upstream[:, 2 * c :, 4:9] = grad_2
+    return upstream
+
+
+def edge_vector_gradient(density: AtomicDensity, geometry: EdgeGeometry, rows: int, blocks: list) -> torch.Tensor:
+    """dE/d edge_vec (N, K, 3) of the centres of ``geometry`` from per-edge upstream gradients.
+
+    ``blocks``: per block of ``rows`` centres ``[dE/d bessel, dE/dH, dE/dY or None]`` with the
+    Bessel basis of ``density.basis`` (n, K, n_basis), the scaled harmonics
+    ``H = Y env(r) / sqrt(avg_neighbours)`` of ``density`` (n, K, 9) and the bare harmonics
+    ``Y`` (n, K, 9). Then ``dE/dv = dE/dr u + (1 - u uᵀ) ∇P(u)·dE/dY / r`` (l = 1, 2 polynomials
+    of :func:`_harmonic_polynomials`; Y_00 is constant).
+    """
+    dtype = geometry.sh.dtype
+    linear = _HARMONIC_POLYNOMIALS.get("linear", dtype)
+    quadratic = _HARMONIC_POLYNOMIALS.get("quadratic", dtype).reshape(5, 9)
+    scale = density.avg_neighbours**-0.5
+    parts = []
+    for (grad_bessel, grad_h, grad_y), r, unit, sh, bessel in zip(
+        blocks, geometry.r.split(rows), geometry.unit_vectors().split(rows), geometry.sh.split(rows),
+        geometry.bessel(density.basis).split(rows),
+    ):
+        grad_r = (grad_bessel * density.basis.derivative(r, bessel)).sum(-1)
+        envelope = polynomial_envelope(r, density.cutoff) * scale
+        envelope_slope = polynomial_envelope_derivative(r, density.cutoff) * scale
+        grad_r = grad_r + (grad_h * sh).sum(-1) * envelope_slope
+        grad_sh = grad_h * envelope.unsqueeze(-1)
+        if grad_y is not None:
+            grad_sh = grad_sh + grad_y
+        # ∇P(u)·dE/dY: l = 1 linear, l = 2 2 Q u
+        tangent = grad_sh[..., 1:4] @ linear
+        weighted = grad_sh[..., 4:9] @ quadratic  # (n, K, 9): M_ab = Σ_m dE/dY2_m Q_m[a, b]
+        for b in range(3):  # tangent_a += 2 Σ_b M_ab u_b (fused multiply-adds, no batched 3x3 products)
+            tangent = torch.addcmul(tangent, weighted[..., b::3], unit[..., b : b + 1], value=2.0)
+        radial_part = tangent - (tangent * unit).sum(-1, keepdim=True) * unit
+        parts.append(grad_r.unsqueeze(-1) * unit + radial_part / r.unsqueeze(-1))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 _HARMONIC_POLYNOMIALS = ExactConstants(**_harmonic_polynomials())

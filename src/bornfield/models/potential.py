@@ -28,7 +28,7 @@ import torch
 from bornfield.models.base import BornfieldModel
 from bornfield.models.baseline import PairBaseline
 from bornfield.models.graph import Graph, build_cluster_graph
-from bornfield.models.layers import AtomicDensity, EdgeGeometry, EdgeInteraction, SpeciesMLP
+from bornfield.models.layers import AtomicDensity, EdgeGeometry, EdgeInteraction, SpeciesMLP, edge_vector_gradient
 from bornfield.models.threads import map_geometry_blocks, parallel_section
 
 
@@ -75,8 +75,8 @@ class NNPotential(BornfieldModel):
         energy_scale: eV, scale of the network output.
         baseline: hyperparameters of a physical baseline added to the energy
             (:func:`bornfield.models.baseline.pedone_baseline`), or None (no baseline).
-        interactions: 1 (one density; forces from the hand-written edge backward) or 2
-            (plus :class:`~bornfield.models.layers.EdgeInteraction`; forces by autograd).
+        interactions: 1 (one density) or 2
+            (plus :class:`~bornfield.models.layers.EdgeInteraction`, with its own edge backward).
     """
 
     kind = "potential"
@@ -150,6 +150,9 @@ class NNPotential(BornfieldModel):
             latent = self.latent(features, species)
             *_, second = self.interaction(geometry, self.density, densities[1], densities[2], latent)
             features = torch.cat([latent, second], dim=-1)
+        return self._site_energies_from_features(features, species)
+
+    def _site_energies_from_features(self, features: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
         network = self.readout(features, species).squeeze(-1) * self.hyperparameters["energy_scale"]
         return network.to(torch.float64) + self._e0[species]
 
@@ -188,21 +191,15 @@ class NNPotential(BornfieldModel):
 
         ``geometry`` (built under ``torch.no_grad()`` from the same ``edge_vec``)
         shares per-edge quantities with other models evaluated on the same step.
-        With ``interactions=2`` the gradient is autograd's through a geometry of its own.
+        With ``interactions=2`` the second interaction has its own tape
+        (:class:`~bornfield.models.layers.InteractionTape`).
         """
-        if self.interactions == 2:
-            vectors = edge_vec.detach().requires_grad_(True)
-            with torch.enable_grad():
-                own = edge_geometry(graph, vectors) if geometry is None else EdgeGeometry(
-                    vectors, geometry.centre_species, geometry.neighbour_species)
-                sites = self._site_energies_from_densities(self.density.densities_from_geometry(own), own)
-                target = sites[energy_mask].sum() if energy_mask is not None else sites.sum()
-                (grad,) = torch.autograd.grad(target, vectors)
-            return sites.detach(), grad
         with torch.no_grad():
             if geometry is None:
                 geometry = edge_geometry(graph, edge_vec.detach())
             densities, tape = self.density.densities_with_tape(geometry)
+        if self.interactions == 2:
+            return self._two_interaction_edge_gradient(geometry, densities, tape, energy_mask)
         with torch.enable_grad():
             leaves = [d.detach().requires_grad_(True) for d in densities]
             sites = self._site_energies_from_densities(leaves, geometry)
@@ -210,6 +207,32 @@ class NNPotential(BornfieldModel):
             upstream = torch.autograd.grad(target, leaves)
         with torch.no_grad():
             return sites.detach(), tape.edge_gradient(*upstream)
+
+    def _two_interaction_edge_gradient(self, geometry, densities, tape, energy_mask):
+        """:meth:`site_energies_and_edge_gradient` with ``interactions=2``: autograd only over
+        per-atom tensors, both tapes over the edges, one conversion to edge-vector gradients."""
+        species = geometry.centre_species
+        with torch.enable_grad():
+            a0, a1, a2 = (d.detach().requires_grad_(True) for d in densities)
+            latent = self.latent(self.density.invariants(a0, a1, a2), species)
+        with torch.no_grad():
+            second, second_tape = self.interaction.densities_with_tape(
+                geometry, self.density, densities[1], densities[2], latent.detach())
+        with torch.enable_grad():
+            b0, b1, b2 = (b.requires_grad_(True) for b in second)
+            latent_leaf = latent.detach().requires_grad_(True)
+            invariants = self.interaction.standardised_invariants(a1, a2, b0, b1, b2)
+            sites = self._site_energies_from_features(torch.cat([latent_leaf, invariants], -1), species)
+            target = sites[energy_mask].sum() if energy_mask is not None else sites.sum()
+            g_a1, g_a2, g_b0, g_b1, g_b2, g_latent = torch.autograd.grad(target, (a1, a2, b0, b1, b2, latent_leaf))
+        with torch.no_grad():
+            second_upstream, t_a1, t_a2, t_latent = second_tape.backward(g_b0, g_b1, g_b2)
+        with torch.enable_grad():
+            l_a0, l_a1, l_a2 = torch.autograd.grad(latent, (a0, a1, a2), g_latent + t_latent)
+        with torch.no_grad():
+            first_upstream = tape.edge_upstream(l_a0, l_a1 + g_a1 + t_a1, l_a2 + g_a2 + t_a2)
+            blocks = [[f[0] + s[0], f[1] + s[1], s[2]] for f, s in zip(first_upstream, second_upstream)]
+            return sites.detach(), edge_vector_gradient(self.density, geometry, tape.rows, blocks)
 
     def forward(
         self,
