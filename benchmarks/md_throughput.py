@@ -21,6 +21,7 @@ baseline (Pedone 2006 + DSF Coulomb, ``train.potential.baseline: pedone``, alpha
 at each cutoff (systems ``bornfield-pedone<rc>-*``); ``--backends ase,lammps1`` limits the backends;
 ``--model-set models/li3po4`` also measures the shipped model files as the MD runs them
 (systems ``bornfield-shipped-*``; in LAMMPS the baseline is LAMMPS pair styles, and
+with ``--before-src`` also measured with the older tree (``bornfield-shipped-before-*``);
 ``--compare-baseline-in-torch`` adds ``bornfield-shipped-torchbaseline-lammps``, the baseline in
 torch as before ``md.lammps.baseline_in_lammps``), and ``--other-born NAME FILE`` (repeatable) the set's
 potential_0 with another Born model file (systems ``bornfield-shipped-NAME-*``, e.g. a polar Born
@@ -300,6 +301,7 @@ def main() -> None:
             trees = [("bornfield", None, None)] + ([("bornfield-before", args.before_src, None)] if args.before_src else [])
             trees += [(f"bornfield-pedone{cutoff:g}", None, cutoff) for cutoff in args.baseline_cutoffs]
             trees += [("bornfield-shipped", None, "shipped")] if args.model_set else []
+            trees += [("bornfield-shipped-before", args.before_src, "shipped")] if args.model_set and args.before_src else []
             trees += [(f"bornfield-shipped-{name}", None, f"shipped-{name}") for name, _ in args.other_born]
             if args.model_set and args.compare_baseline_in_torch:
                 trees += [("bornfield-shipped-torchbaseline", None, "shipped")]

@@ -293,6 +293,43 @@ def test_fixed_test_split_holds_out_whole_melt_quench_groups():
     assert [a.info["split"] for a in frames] == before  # deterministic
 
 
+def test_family_batches_are_reproducible_distinct_and_go_ahead_of_pending_entries(tmp_path, pseudo, monkeypatch):
+    from bornfield.ledger.queue import build_family_batch
+
+    def melt(seed):  # a stand-in builder: 5 melt-quench groups of 2 cells whose positions follow the seed
+        rng = np.random.default_rng(seed)
+        frames = []
+        for group in range(5):
+            for _ in range(2):
+                atoms = _structure(shift=float(rng.uniform(0.1, 1.0)))
+                atoms.info.update(config_type="amorphous", melt_seed=int(rng.integers(1 << 30)))
+                frames.append(atoms)
+        return frames
+
+    families = [Family("amorphous_x", "scf", melt)]
+    first = build_family_batch("amorphous_x", 7, 1, families)
+    again = build_family_batch("amorphous_x", 7, 1, families)
+    second = build_family_batch("amorphous_x", 7, 2, families)
+    assert [a.positions[0, 0] for a in first] == [a.positions[0, 0] for a in again]
+    assert not {a.positions[0, 0] for a in first} & {a.positions[0, 0] for a in second}
+    assert all(a.info["family"] == "amorphous_x" and a.info["label_kind"] == "scf" for a in first)
+    assert {a.info["split"] for a in first} == {"train", "test"}
+    with pytest.raises(ConfigError, match="amorphous_y"):
+        build_family_batch("amorphous_y", 7, 1, families)
+    with pytest.raises(ConfigError, match="batch 0"):
+        build_family_batch("amorphous_x", 7, 0, families)
+
+    ledger = _ledger(tmp_path / "ledger", pseudo)
+    _queue(ledger, [_structure(0.01), _structure(0.02, kind="scf")])
+    monkeypatch.setattr("bornfield.ledger.queue.base_families", lambda: families)
+    assert main(["ledger", "extend", "--ledger", str(ledger.root), "--family", "amorphous_x", "--batch", "1",
+                 "--seed", "7", "--first"]) == 0
+    queue = read_queue(ledger.root / "queue.extxyz")
+    assert len(queue) == 12
+    assert [a.info.get("family_batch") for a in queue[:10]] == [1] * 10  # ahead of both pending entries
+    assert [a.positions[0, 0] for a in queue[:10]] == pytest.approx([a.positions[0, 0] for a in first])
+
+
 def test_append_to_queue_drops_near_duplicates_and_keeps_order(tmp_path, pseudo):
     ledger = _ledger(tmp_path / "ledger", pseudo)
     _queue(ledger, [_structure(0.01), _structure(0.02, kind="scf")])

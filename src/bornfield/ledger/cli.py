@@ -80,6 +80,14 @@ def register(subparsers) -> None:
                         "(default: at the end of the queue)")
     append.set_defaults(func=run_append)
 
+    extend = sub.add_parser("extend", help="add more structures of a base-set family (fresh seeds) to the queue")
+    extend.add_argument("--family", required=True, help="base family name, e.g. amorphous_32 (see queue.base_families)")
+    extend.add_argument("--batch", type=int, required=True, help="extension number >= 1; each gives other structures")
+    extend.add_argument("--seed", type=int, default=20231, help="master seed of the base set")
+    extend.add_argument("--ledger", default=ledger_dir, help=ledger_help)
+    extend.add_argument("--first", action="store_true", help="put them ahead of every pending entry (default: at the end)")
+    extend.set_defaults(func=run_extend)
+
     revise = sub.add_parser("revise", help="re-apply the queue rules (label kind, cost) to pending entries; labelled ones stay")
     revise.add_argument("--ledger", default=ledger_dir, help=ledger_help)
     revise.set_defaults(func=run_revise)
@@ -234,15 +242,36 @@ def run_append(args: argparse.Namespace) -> int:
             raise InputFileError(f"{args.structures}: frame {index} has no info['config_type']")
         atoms.info["label_kind"] = args.kind
         atoms.info.setdefault("split", "train")
-    is_pending = None
-    if args.first:
-        from bornfield.ledger.labeller import is_labelled
-
-        def is_pending(atoms):
-            return not is_labelled(ledger, atoms, atoms.info["label_kind"])
-
-    added = append_to_queue(ledger.root / "queue.extxyz", frames, ledger.spec.settings, is_pending)
+    added = append_to_queue(ledger.root / "queue.extxyz", frames, ledger.spec.settings,
+                            _pending_rule(ledger, args.first))
     LOG.info("added %d of %d structures to %s %s (near-duplicates dropped)", len(added), len(frames),
+             ledger.root / "queue.extxyz", "ahead of the pending entries" if args.first else "at the end")
+    return 0
+
+
+def _pending_rule(ledger, first: bool):
+    """``is_pending`` for :func:`~bornfield.ledger.queue.append_to_queue`: None (append at the end) unless ``first``."""
+    if not first:
+        return None
+    from bornfield.ledger.labeller import is_labelled
+
+    def is_pending(atoms):
+        return not is_labelled(ledger, atoms, atoms.info["label_kind"])
+
+    return is_pending
+
+
+def run_extend(args: argparse.Namespace) -> int:
+    from bornfield.ledger.queue import append_to_queue, build_family_batch
+    from bornfield.ledger.store import Ledger
+
+    ledger = Ledger(args.ledger)
+    frames = build_family_batch(args.family, args.seed, args.batch)
+    added = append_to_queue(ledger.root / "queue.extxyz", frames, ledger.spec.settings,
+                            _pending_rule(ledger, args.first))
+    hours = sum(a.info["est_core_s"] for a in added) / 3600
+    LOG.info("family %s batch %d: added %d of %d structures (%d held out, estimated %.1f core-hours) to %s %s",
+             args.family, args.batch, len(added), len(frames), sum(a.info["split"] == "test" for a in added), hours,
              ledger.root / "queue.extxyz", "ahead of the pending entries" if args.first else "at the end")
     return 0
 

@@ -250,7 +250,7 @@ def assign_test_split(frames: list[Atoms], seed: int, fraction: float = TEST_FRA
     """
     by_family: dict[str, dict[str, list[Atoms]]] = {}
     for atoms in frames:
-        group = str(atoms.info.get("melt_seed", atoms.info["structure_id"]))
+        group = str(atoms.info["melt_seed"] if "melt_seed" in atoms.info else atoms.info["structure_id"])
         by_family.setdefault(atoms.info["family"], {}).setdefault(group, []).append(atoms)
         atoms.info["split"] = "train"
     for family, groups in by_family.items():
@@ -266,21 +266,45 @@ def assign_test_split(frames: list[Atoms], seed: int, fraction: float = TEST_FRA
             held += len(groups[group])
 
 
+def _build_family(family: Family, family_seed: int) -> list[Atoms]:
+    frames = family.build(family_seed)
+    for atoms in frames:
+        atoms.wrap()
+        atoms.info["family"] = family.name
+        atoms.info["label_kind"] = family.kind
+        atoms.info.setdefault("seed", family_seed)
+    LOG.info("queue family %s (%s): %d structures", family.name, family.kind, len(frames))
+    return frames
+
+
 def build_base_queue(settings, seed: int, families: list[Family] | None = None) -> list[Atoms]:
     """Every base-set structure, de-duplicated, with its fixed test/train split, in label order."""
-    built = []
-    for family in families or base_families():
-        frames = family.build(derive_seed(seed, "ledger", family.name))
-        for atoms in frames:
-            atoms.wrap()
-            atoms.info["family"] = family.name
-            atoms.info["label_kind"] = family.kind
-            atoms.info.setdefault("seed", derive_seed(seed, "ledger", family.name))
-        LOG.info("queue family %s (%s): %d structures", family.name, family.kind, len(frames))
-        built.append((family, frames))
+    built = [(family, _build_family(family, derive_seed(seed, "ledger", family.name)))
+             for family in families or base_families()]
     frames = deduplicate(interleave(built))
     assign_test_split(frames, seed)
     return finalise(frames, settings)
+
+
+def build_family_batch(name: str, seed: int, batch: int, families: list[Family] | None = None) -> list[Atoms]:
+    """More structures of base family ``name``, built as the base set's with fresh seeds.
+
+    ``batch`` (>= 1) numbers the extensions: the same (seed, name, batch) gives the same
+    structures, so an extension is reproducible and two batches never repeat each other.
+    The batch's own held-out share is drawn as in the base set (:func:`assign_test_split`).
+    Not yet de-duplicated or annotated: :func:`append_to_queue` does both.
+    """
+    by_name = {family.name: family for family in families or base_families()}
+    if name not in by_name:
+        raise ConfigError(f"ledger family {name!r}: expected one of {sorted(by_name)}")
+    if batch < 1:
+        raise ConfigError(f"ledger family batch {batch}: expected >= 1 (batch 0 is the base queue)")
+    batch_seed = derive_seed(seed, "ledger", name, "batch", batch)
+    frames = _build_family(by_name[name], batch_seed)
+    for atoms in frames:
+        atoms.info["family_batch"] = batch
+    assign_test_split(frames, batch_seed)
+    return frames
 
 
 def read_queue(path: str | Path) -> list[Atoms]:
