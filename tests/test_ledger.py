@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ase.geometry import get_distances
 from ase.io import read, write
 
 from bornfield.cli import main
@@ -328,6 +329,31 @@ def test_family_batches_are_reproducible_distinct_and_go_ahead_of_pending_entrie
     assert len(queue) == 12
     assert [a.info.get("family_batch") for a in queue[:10]] == [1] * 10  # ahead of both pending entries
     assert [a.positions[0, 0] for a in queue[:10]] == pytest.approx([a.positions[0, 0] for a in first])
+
+
+def test_promote_moves_chosen_pending_entries_ahead_and_leaves_labelled_ones(tmp_path, pseudo, fake_qe, capsys):
+    from bornfield.ledger.queue import has_rare_oxygen
+
+    ledger = _ledger(tmp_path / "ledger", pseudo)
+    frames = [_structure(0.01 * k, kind="scf") for k in range(1, 6)]
+    oxide = frames[3]
+    o_index = next(i for i, s in enumerate(oxide.get_chemical_symbols()) if s == "O")
+    p_positions = oxide.positions[[s == "P" for s in oxide.get_chemical_symbols()]]
+    grid = np.stack(np.meshgrid(*[np.linspace(0, 1, 12)] * 3), -1).reshape(-1, 3) @ oxide.cell[:]
+    distances = get_distances(grid, p_positions, cell=oxide.cell, pbc=True)[1].min(1)
+    oxide.positions[o_index] = grid[int(np.argmax(distances))]  # an O farther than 2 A from every P
+    assert has_rare_oxygen(oxide) and not any(has_rare_oxygen(a) for a in frames[:3])
+    _queue(ledger, frames)
+    label(ledger.root, hours=1.0, ranks=1, work_dir=tmp_path / "work", launcher="", max_jobs=1)  # labels entry 0
+    ids = [a.info["structure_id"] for a in read_queue(ledger.root / "queue.extxyz")]
+    assert main(["ledger", "promote", "--ledger", str(ledger.root), "--structure-ids", ids[4], ids[2]]) == 0
+    assert [a.info["structure_id"] for a in read_queue(ledger.root / "queue.extxyz")] == \
+        [ids[0], ids[2], ids[4], ids[1], ids[3]]
+    assert main(["ledger", "promote", "--ledger", str(ledger.root), "--rare-oxygen"]) == 0
+    assert [a.info["structure_id"] for a in read_queue(ledger.root / "queue.extxyz")] == \
+        [ids[0], ids[3], ids[2], ids[4], ids[1]]
+    assert main(["ledger", "promote", "--ledger", str(ledger.root), "--structure-ids", ids[0]]) == 2
+    assert f"no pending entry with structure_id ['{ids[0]}']" in capsys.readouterr().err
 
 
 def test_append_to_queue_drops_near_duplicates_and_keeps_order(tmp_path, pseudo):

@@ -172,8 +172,10 @@ def test_p2o7_dimer_is_counted():
                  [2 * o + 0.5, 1.45, 0], [2 * o + 0.5, -0.7, 1.2], [2 * o + 0.5, -0.7, -1.2]]
     atoms = Atoms("P2O7", positions=np.array(positions) + 10, cell=[20] * 3, pbc=True)
     units = phosphate_units(atoms, 2.0)
-    assert units["bridging_O"] == 1 and units["P2O7_count"] == 1
+    assert units["bridging_O"] == 1 and units["P2O7_count"] == 1 and units["free_O"] == 0
     assert units["P_fourfold_fraction"] == 1.0 and units["isolated_PO4_fraction"] == 0.0
+    atoms += Atoms("O", positions=[[15.0, 15.0, 15.0]])  # an oxide ion bonded to no P
+    assert phosphate_units(atoms, 2.0)["free_O"] == 1
 
 
 def test_npt_quench_branch_sets_the_glass_at_the_anneal_pressure():

@@ -88,6 +88,14 @@ def register(subparsers) -> None:
     extend.add_argument("--first", action="store_true", help="put them ahead of every pending entry (default: at the end)")
     extend.set_defaults(func=run_extend)
 
+    promote = sub.add_parser("promote", help="label the chosen pending queue entries before the other pending ones")
+    promote.add_argument("--ledger", default=ledger_dir, help=ledger_help)
+    choice = promote.add_mutually_exclusive_group(required=True)
+    choice.add_argument("--structure-ids", nargs="+", metavar="ID", help="info['structure_id'] of the entries")
+    choice.add_argument("--rare-oxygen", action="store_true",
+                        help="entries with a bridging P-O-P oxygen or an oxygen bonded to no P (P-O within 2.0 A)")
+    promote.set_defaults(func=run_promote)
+
     revise = sub.add_parser("revise", help="re-apply the queue rules (label kind, cost) to pending entries; labelled ones stay")
     revise.add_argument("--ledger", default=ledger_dir, help=ledger_help)
     revise.set_defaults(func=run_revise)
@@ -273,6 +281,30 @@ def run_extend(args: argparse.Namespace) -> int:
     LOG.info("family %s batch %d: added %d of %d structures (%d held out, estimated %.1f core-hours) to %s %s",
              args.family, args.batch, len(added), len(frames), sum(a.info["split"] == "test" for a in added), hours,
              ledger.root / "queue.extxyz", "ahead of the pending entries" if args.first else "at the end")
+    return 0
+
+
+def run_promote(args: argparse.Namespace) -> int:
+    from bornfield.ledger.queue import has_rare_oxygen, promote, read_queue, write_queue
+    from bornfield.ledger.store import Ledger
+
+    ledger = Ledger(args.ledger)
+    path = ledger.root / "queue.extxyz"
+    queue = read_queue(path)
+    is_pending = _pending_rule(ledger, True)
+    if args.structure_ids:
+        wanted = set(args.structure_ids)
+        known = {str(a.info.get("structure_id")) for a in queue if is_pending(a)}
+        if wanted - known:
+            raise InputFileError(f"{path}: no pending entry with structure_id {sorted(wanted - known)}")
+
+        def chosen(atoms):
+            return str(atoms.info.get("structure_id")) in wanted
+    else:
+        chosen = has_rare_oxygen
+    count = promote(queue, chosen, is_pending)
+    write_queue(path, queue)
+    LOG.info("queue %s: %d pending entries moved ahead of the other pending entries", path, count)
     return 0
 
 

@@ -307,6 +307,28 @@ def build_family_batch(name: str, seed: int, batch: int, families: list[Family] 
     return frames
 
 
+def has_rare_oxygen(atoms: Atoms, p_o_cutoff: float = 2.0) -> bool:
+    """True if the structure holds a bridging P–O–P oxygen or an oxygen bonded to no P
+    (P–O within ``p_o_cutoff`` Å): environments the ideal orthophosphate lacks."""
+    from bornfield.structures.analysis import phosphate_units
+
+    units = phosphate_units(atoms, p_o_cutoff)
+    return units["bridging_O"] > 0 or units["free_O"] > 0
+
+
+def promote(queue: list[Atoms], chosen: Callable[[Atoms], bool], is_pending: Callable[[Atoms], bool]) -> int:
+    """Move the chosen pending entries ahead of the other pending entries (in place, each group
+    keeps its order; labelled entries keep their positions). Returns how many were chosen."""
+    pending = sorted((a for a in queue if is_pending(a)), key=lambda a: int(a.info["queue_index"]))
+    flags = [bool(chosen(a)) for a in pending]
+    first = [a for a, flag in zip(pending, flags) if flag]
+    rest = [a for a, flag in zip(pending, flags) if not flag]
+    slots = [int(a.info["queue_index"]) for a in pending]
+    for atoms, index in zip(first + rest, slots):
+        atoms.info["queue_index"] = index
+    return len(first)
+
+
 def read_queue(path: str | Path) -> list[Atoms]:
     """Queue entries sorted by ``queue_index`` (empty list if the file does not exist)."""
     path = Path(path)

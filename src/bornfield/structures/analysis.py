@@ -97,7 +97,7 @@ def phosphate_units(atoms: Atoms, cutoff: float) -> dict:
 
     Returns:
         dict with ``P_fourfold_fraction`` (P with exactly 4 O), ``bridging_O``
-        (O bonded to two or more P), ``P2O7_count`` (P–P pairs sharing a
+        (O bonded to two or more P), ``free_O`` (O bonded to no P), ``P2O7_count``  (P–P pairs sharing a
         bridging O that form an isolated dimer), ``isolated_PO4_fraction``
         (P bonded to no bridging O: Q0 units).
     """
@@ -119,6 +119,7 @@ def phosphate_units(atoms: Atoms, cutoff: float) -> dict:
     return {
         "P_fourfold_fraction": float(np.mean(n_o == 4)) if len(phosphorus) else float("nan"),
         "bridging_O": len(bridging),
+        "free_O": int(np.sum(symbols == "O")) - len(p_of_o),
         "P2O7_count": len(dimers),
         "isolated_PO4_fraction": float(np.mean([len(links[int(p)]) == 0 for p in phosphorus]))
         if len(phosphorus) else float("nan"),
