@@ -85,7 +85,8 @@ def test_size_factor_is_continuous_and_steeper_above_32_atoms():
 
 
 def test_model_sets_ledger_data_pretraining_and_the_md_baseline_are_costed(tmp_path):
-    """A model set runs no DFT or training; ledger data run no DFT; a Pedone baseline slows MD by its measured factor."""
+    """A model set runs no DFT or training and its MD runs at its measured rate; ledger data run no DFT;
+    a Pedone baseline slows MD by its measured factor."""
     cost = CostModel.load()
     assert cost.md_rate(128, "ase", "pedone") == pytest.approx(cost.md_rate(128, "ase") / cost.md_baseline_slowdown["ase"])
     assert 1.5 < cost.md_baseline_slowdown["ase"] < 5
@@ -96,7 +97,10 @@ def test_model_sets_ledger_data_pretraining_and_the_md_baseline_are_costed(tmp_p
     assert with_baseline[key]["core_hours"] == pytest.approx(plain[key]["core_hours"] * cost.md_baseline_slowdown["ase"])
     model_set = {r["stage"]: r for r in estimate(resolve_config({"md": dict(md, models=str(ROOT / "models" / "li3po4"))}))}
     assert set(model_set) == {"structures (melt-quench)", key}
-    assert "potential baseline pedone" in model_set[key]["units"]
+    assert "potential baseline pedone" in model_set[key]["units"] and "model set" in model_set[key]["units"]
+    assert model_set[key]["core_hours"] == pytest.approx(plain[key]["core_hours"] * cost.md_model_set_slowdown["ase"])
+    assert cost.md_rate(1024, "lammps", "pedone", model_set=True) == pytest.approx(
+        cost.md_rate(1024, "lammps") / cost.md_model_set_slowdown["lammps"])
     models = {r["stage"]: r for r in estimate(load_config(ROOT / "config" / "models.yaml"))}
     assert models["dft (ph.x DFPT Born charges)"]["core_hours"] == 0.0
     assert "ledger entries" in models["dft (pw.x SCF)"]["units"]

@@ -68,6 +68,7 @@ class CostModel:
     melt_quench_atom_steps_per_core_s: dict[int, float]
     md_atom_steps_per_core_s: dict[str, dict[int, float]]
     md_baseline_slowdown: dict[str, float]  # MD time with the potential's Pedone baseline / without, per backend
+    md_model_set_slowdown: dict[str, float]  # MD time with the shipped model set / the generic models, per backend
     train_core_s_per_atom_epoch: dict[str, float]
     sources: dict[str, str]
 
@@ -95,13 +96,16 @@ class CostModel:
             return (n_atoms / 16) ** exponent
         return 2.0**exponent * (n_atoms / 32) ** exponent_large
 
-    def md_rate(self, n_atoms: int, backend: str, baseline: str = "none") -> float:
+    def md_rate(self, n_atoms: int, backend: str, baseline: str = "none", model_set: bool = False) -> float:
         """Field-MD atom-steps per core-second of ``backend`` at ``n_atoms``, for a potential with
-        the physical ``baseline`` (``none`` or ``pedone``, train.potential.baseline)."""
+        the physical ``baseline`` (``none`` or ``pedone``, train.potential.baseline), or with
+        ``model_set`` for the shipped model set (``md.models``; its baseline included)."""
         if backend not in self.md_atom_steps_per_core_s:
             raise ConfigError(f"cost model has no MD rate for backend {backend!r} "
                               f"(measured: {sorted(self.md_atom_steps_per_core_s)})")
         rate = _log_interpolate(self.md_atom_steps_per_core_s[backend], n_atoms)
+        if model_set:
+            return rate / self.md_model_set_slowdown[backend]
         if baseline == "none":
             return rate
         if baseline != "pedone":
@@ -209,6 +213,16 @@ def cost_model_from_records(results_dir: str | Path) -> CostModel:
             raise InputFileError(f"md_throughput_baseline.json: no 1-rank bornfield-{backend} and "
                                  f"bornfield-pedone10-{backend} records for the cost model")
         slowdown[backend] = float(np.mean(plain) / np.mean(pedone))
+    shipped = _records(results_dir, "md_throughput_model_set.json")
+    model_set_slowdown = {}
+    for backend in ("ase", "lammps"):
+        pairs = [(r, o) for r in shipped for o in shipped
+                 if r["metric"] == o["metric"] == "atom_steps_per_cpu_s" and r["system"] == f"bornfield-{backend}"
+                 and o["system"] == f"bornfield-shipped-{backend}" and (r["n_atoms"], r["ranks"]) == (o["n_atoms"], o["ranks"])]
+        if not pairs:
+            raise InputFileError(f"md_throughput_model_set.json: no bornfield-{backend} and bornfield-shipped-{backend} "
+                                 "records at the same size and ranks for the cost model")
+        model_set_slowdown[backend] = float(np.mean([r["value"] for r, _ in pairs]) / np.mean([o["value"] for _, o in pairs]))
     train = _records(results_dir, "train_speed.json")
     train_costs = {kind: float(_one(train, "train_speed.json", metric="train_cpu_s_per_atom_epoch",
                                     system=f"bornfield-{kind}")["value"]) for kind in ("potential", "born")}
@@ -226,12 +240,15 @@ def cost_model_from_records(results_dir: str | Path) -> CostModel:
         melt_quench_atom_steps_per_core_s=melt_rates,
         md_atom_steps_per_core_s=md_rates,
         md_baseline_slowdown=slowdown,
+        md_model_set_slowdown=model_set_slowdown,
         train_core_s_per_atom_epoch=train_costs,
         sources={
             "dft": f"dft_convergence.json ({job['system']}, scf_ec<E>_k223), dft_scaling_openblas.json",
             "melt_quench": "melt_quench_throughput.json", "md": "md_throughput.json",
             "md_baseline": "md_throughput_baseline.json (bornfield-<backend> vs bornfield-pedone10-<backend>: "
                            "Pedone baseline at its default 10 Å cutoff)",
+            "md_model_set": "md_throughput_model_set.json (bornfield-<backend> vs bornfield-shipped-<backend>: "
+                            "the shipped model set, as the MD runs it, measured in the same run)",
             "train": "train_speed.json",
         },
     )
@@ -415,13 +432,14 @@ def _md_rows(config: dict, cost: CostModel) -> list[dict]:
             md_atoms[phase] = len(phase_cell(phase, target["target_atoms"], target["max_excess_fraction"], int(config["seed"]),
                                              "md", structures["frenkel_min_separation_A"]))
     steps = {c.name: md["equilibration_steps"] + condition_production_steps(md, c) for c in conditions}
-    md_s = sum(c.replicas * steps[c.name] * md_atoms[c.phase] / cost.md_rate(md_atoms[c.phase], md["backend"], baseline)
-               for c in conditions)
+    model_set = bool(md["models"])
+    md_s = sum(c.replicas * steps[c.name] * md_atoms[c.phase]
+               / cost.md_rate(md_atoms[c.phase], md["backend"], baseline, model_set) for c in conditions)
     lengths = sorted(set(steps.values()))
     length_text = f"{lengths[0]} steps" if len(lengths) == 1 else f"{lengths[0]}-{lengths[-1]} steps"
     return [{"stage": "field MD (all conditions x replicas)",
              "units": f"{len(conditions)} conditions, {sum(c.replicas for c in conditions)} replicas, {length_text}, "
-                      f"potential baseline {baseline}",
+                      f"potential baseline {baseline}" + (f", model set {md['models']}" if model_set else ""),
              "core_hours": md_s / 3600}]
 
 

@@ -434,13 +434,33 @@ class EdgeInteraction(nn.Module):
 
     def densities(self, geometry: EdgeGeometry, density: AtomicDensity, a1, a2, latent):
         """Second density B0 (N, C), B1 (N, C, 3), B2 (N, C, 5) of the centres of ``geometry``."""
-        edge = squashed((self.edge_invariants(geometry, a1, a2) - self.edge_shift) / self.edge_scale, self.squash)
-        radial_in = torch.cat([geometry.bessel(density.basis), geometry.species_onehot(density.n_species, a1.dtype)], -1)
-        hidden = self.first(torch.cat([radial_in, edge], -1)) + self.from_latent(latent).unsqueeze(1)
-        weights = sequential(self.rest, hidden)  # (N, K, 3C)
-        harmonics = geometry.scaled_harmonics(density.cutoff, density.avg_neighbours)  # (N, K, 9), envelope included
-        full = torch.bmm(weights.transpose(1, 2), harmonics)  # (N, 3C, 9)
+        return self._blocked_densities(geometry, density, a1, a2, latent, None)
+
+    def _blocked_densities(self, geometry: EdgeGeometry, density: AtomicDensity, a1, a2, latent, saved: list | None):
+        """:meth:`densities` in the density's cache-sized blocks of centres; with ``saved`` (a list,
+        no autograd) the per-block tensors :class:`InteractionTape` needs are appended to it."""
         c = self.channels
+        rows = density.rows_per_block(geometry.r.shape[1])
+        inputs = geometry.radial_inputs(density.basis, density.n_species, rows)  # [bessel(r), onehot(z_i), onehot(z_j)]
+        harmonics = geometry.scaled_harmonics_blocks(density.cutoff, density.avg_neighbours, rows)  # envelope included
+        n_radial = inputs[0].shape[-1]
+        weight_radial, weight_edge = self.first.weight[:, :n_radial], self.first.weight[:, n_radial:]
+        shifted = (self.from_latent(latent) + self.first.bias).unsqueeze(1)
+        _, second, _, last = self.rest
+        parts = []
+        for x, h, sh, b1, b2, bias in zip(inputs, harmonics, geometry.sh.split(rows), a1.split(rows),
+                                          a2.split(rows), shifted.split(rows)):
+            standard = (_edge_products(sh, b1, b2) - self.edge_shift) / self.edge_scale
+            # first layer on [radial inputs, edge invariants] as two products (no concatenated copy)
+            pre1 = x @ weight_radial.T + squashed(standard, self.squash) @ weight_edge.T + bias
+            if saved is None:
+                weights = sequential(self.rest, pre1)  # (n, K, 3C)
+            else:
+                pre2 = second(nn.functional.silu(pre1))
+                weights = last(nn.functional.silu(pre2))
+                saved.append((standard, pre1, pre2, weights))
+            parts.append(torch.bmm(weights.transpose(1, 2), h))
+        full = parts[0] if len(parts) == 1 else torch.cat(parts)
         return full[:, :c, 0], full[:, c : 2 * c, 1:4], full[:, 2 * c :, 4:9]
 
     def raw_invariants(self, geometry, density, a1, a2, latent) -> torch.Tensor:
@@ -462,40 +482,14 @@ class EdgeInteraction(nn.Module):
         return b0, b1, b2, self.standardised_invariants(a1, a2, b0, b1, b2)
 
     def densities_with_tape(self, geometry: EdgeGeometry, density: AtomicDensity, a1, a2, latent):
-        """:meth:`densities` without autograd (blocks of centres as the density's tape), plus its
-        :class:`InteractionTape`. Call under ``torch.no_grad()`` with detached inputs."""
-        c = self.channels
-        rows = density.rows_per_block(geometry.r.shape[1])
-        inputs = geometry.radial_inputs(density.basis, density.n_species, rows)
-        harmonics = geometry.scaled_harmonics_blocks(density.cutoff, density.avg_neighbours, rows)
-        shifted = self.from_latent(latent).unsqueeze(1) + self.first.bias
-        weight_radial = self.first.weight[:, : inputs[0].shape[-1]]
-        weight_edge = self.first.weight[:, inputs[0].shape[-1] :]
-        _, second, _, last = self.rest
-        saved, parts = [], []
-        for x, h, sh, b1, b2, bias in zip(inputs, harmonics, geometry.sh.split(rows), a1.split(rows),
-                                          a2.split(rows), shifted.split(rows)):
-            standard = (_edge_products(sh, b1, b2) - self.edge_shift) / self.edge_scale
-            pre1 = x @ weight_radial.T + squashed(standard, self.squash) @ weight_edge.T + bias
-            pre2 = second(nn.functional.silu(pre1))
-            weights = last(nn.functional.silu(pre2))
-            saved.append((standard, pre1, pre2, weights))
-            parts.append(torch.bmm(weights.transpose(1, 2), h))
-        full = parts[0] if len(parts) == 1 else torch.cat(parts)
-        densities = (full[:, :c, 0], full[:, c : 2 * c, 1:4], full[:, 2 * c :, 4:9])
-        return densities, InteractionTape(self, density, geometry, rows, saved, harmonics, a1, a2)
-
-    @torch.no_grad()
-    def fit_normalisation(self, geometries: list[EdgeGeometry], density: AtomicDensity, inputs: list) -> None:
-        """Standardise the edge invariants, then the invariants of (A, B), on training geometries.
-
-        ``inputs``: per geometry ``(a1, a2, latent)`` of its centres (the first density, already
-        standardised upstream, and the centre latent the model feeds this interaction).
-        """
-        edge = [self.edge_invariants(g, a1, a2)[g.r < density.cutoff] for g, (a1, a2, _) in zip(geometries, inputs)]
-        fit_standardisation(self.edge_shift, self.edge_scale, torch.cat(edge))
-        node = [self.raw_invariants(g, density, a1, a2, latent) for g, (a1, a2, latent) in zip(geometries, inputs)]
-        fit_standardisation(self.feature_shift, self.feature_scale, torch.cat(node))
+        """:meth:`densities` without autograd, plus its :class:`InteractionTape`.
+        Call under ``torch.no_grad()`` with detached inputs."""
+        saved: list = []
+        densities = self._blocked_densities(geometry, density, a1, a2, latent, saved)
+        harmonics = geometry.scaled_harmonics_blocks(density.cutoff, density.avg_neighbours,
+                                                     density.rows_per_block(geometry.r.shape[1]))
+        return densities, InteractionTape(self, density, geometry, density.rows_per_block(geometry.r.shape[1]),
+                                          saved, harmonics, a1, a2)
 
 
 def _edge_products(sh: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor) -> torch.Tensor:
