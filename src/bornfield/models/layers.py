@@ -21,6 +21,7 @@ invariant/equivariant by construction; tests check it numerically.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 
 import torch
 from e3nn import o3
@@ -572,20 +573,19 @@ class DensityTape:
         return edge_vector_gradient(self.density, self.geometry, self.rows,
                                     self.edge_upstream(grad_a0, grad_a1, grad_a2))
 
-    def edge_upstream(self, grad_a0: torch.Tensor, grad_a1: torch.Tensor, grad_a2: torch.Tensor) -> list:
+    def edge_upstream(self, grad_a0: torch.Tensor, grad_a1: torch.Tensor, grad_a2: torch.Tensor) -> Iterator[list]:
         """Per block of centres ``[dE/d bessel (n, K, n_basis), dE/dH (n, K, 9), None]`` (see
-        :func:`edge_vector_gradient`) from the gradients of the densities."""
+        :func:`edge_vector_gradient`) from the gradients of the densities; yielded block by block,
+        so each block is converted while it is in cache."""
         c = self.density.channels
         upstream = density_upstream(grad_a0, grad_a1, grad_a2, c)
         first, _, second, _, last = self.density.radial
         bessel_weight = first.weight[:, : int(self.density.basis.frequencies.numel())]
-        out = []
         for (pre1, pre2, weights), h, g in zip(self.saved, self.harmonics, upstream.split(self.rows)):
             grad_weights = torch.bmm(h, g.transpose(1, 2))  # (n, K, 3C)
             grad = torch.ops.aten.silu_backward(grad_weights @ last.weight, pre2)
             grad = torch.ops.aten.silu_backward(grad @ second.weight, pre1)
-            out.append([grad @ bessel_weight, torch.bmm(weights, g), None])
-        return out
+            yield [grad @ bessel_weight, torch.bmm(weights, g), None]
 
 
 def density_upstream(grad_0: torch.Tensor, grad_1: torch.Tensor, grad_2: torch.Tensor, channels: int) -> torch.Tensor:
@@ -599,7 +599,7 @@ def density_upstream(grad_0: torch.Tensor, grad_1: torch.Tensor, grad_2: torch.T
     return upstream
 
 
-def edge_vector_gradient(density: AtomicDensity, geometry: EdgeGeometry, rows: int, blocks: list) -> torch.Tensor:
+def edge_vector_gradient(density: AtomicDensity, geometry: EdgeGeometry, rows: int, blocks: Iterable) -> torch.Tensor:
     """dE/d edge_vec (N, K, 3) of the centres of ``geometry`` from per-edge upstream gradients.
 
     ``blocks``: per block of ``rows`` centres ``[dE/d bessel, dE/dH, dE/dY or None]`` with the

@@ -231,7 +231,7 @@ class NNPotential(BornfieldModel):
             l_a0, l_a1, l_a2 = torch.autograd.grad(latent, (a0, a1, a2), g_latent + t_latent)
         with torch.no_grad():
             first_upstream = tape.edge_upstream(l_a0, l_a1 + g_a1 + t_a1, l_a2 + g_a2 + t_a2)
-            blocks = [[f[0] + s[0], f[1] + s[1], s[2]] for f, s in zip(first_upstream, second_upstream)]
+            blocks = ([f[0] + s[0], f[1] + s[1], s[2]] for f, s in zip(first_upstream, second_upstream))
             return sites.detach(), edge_vector_gradient(self.density, geometry, tape.rows, blocks)
 
     def forward(
