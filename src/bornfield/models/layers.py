@@ -487,10 +487,21 @@ class EdgeInteraction(nn.Module):
         Call under ``torch.no_grad()`` with detached inputs."""
         saved: list = []
         densities = self._blocked_densities(geometry, density, a1, a2, latent, saved)
-        harmonics = geometry.scaled_harmonics_blocks(density.cutoff, density.avg_neighbours,
-                                                     density.rows_per_block(geometry.r.shape[1]))
-        return densities, InteractionTape(self, density, geometry, density.rows_per_block(geometry.r.shape[1]),
-                                          saved, harmonics, a1, a2)
+        rows = density.rows_per_block(geometry.r.shape[1])
+        harmonics = geometry.scaled_harmonics_blocks(density.cutoff, density.avg_neighbours, rows)  # cached
+        return densities, InteractionTape(self, density, geometry, rows, saved, harmonics, a1, a2)
+
+    @torch.no_grad()
+    def fit_normalisation(self, geometries: list[EdgeGeometry], density: AtomicDensity, inputs: list) -> None:
+        """Standardise the edge invariants, then the invariants of (A, B), on training geometries.
+
+        ``inputs``: per geometry ``(a1, a2, latent)`` of its centres (the first density, already
+        standardised upstream, and the centre latent the model feeds this interaction).
+        """
+        edge = [self.edge_invariants(g, a1, a2)[g.r < density.cutoff] for g, (a1, a2, _) in zip(geometries, inputs)]
+        fit_standardisation(self.edge_shift, self.edge_scale, torch.cat(edge))
+        node = [self.raw_invariants(g, density, a1, a2, latent) for g, (a1, a2, latent) in zip(geometries, inputs)]
+        fit_standardisation(self.feature_shift, self.feature_scale, torch.cat(node))
 
 
 def _edge_products(sh: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor) -> torch.Tensor:
