@@ -553,6 +553,13 @@ def test_validation_carved_from_a_ledger_split_takes_dfpt_rows_in_their_own_prop
     assert names(reversed_samples, again["val"]) == names(samples, carved["val"])
     one = carve_validation(samples, with_born[:1], 0.5, seed=7)
     assert one == {"train": with_born[:1], "val": []}  # a group keeps at least one training row
+    # config types kept out of validation stay in training; the others are carved as before
+    kept = carve_validation(samples, [s.index for s in samples], 0.5, seed=7, val_exclude=["family1"])
+    family1 = [s.index for s in samples if s.config_type == "family1"]
+    assert set(family1) <= set(kept["train"]) and not set(family1) & set(kept["val"])
+    assert sorted(kept["train"] + kept["val"]) == list(range(16)) and len(kept["val"]) == 6  # round(9/2) + round(3/2)
+    by_type = stratified_split(samples, 0.5, 0.0, seed=7, val_exclude=["family1"])
+    assert not set(family1) & set(by_type["val"]) and len(by_type["val"]) == 6
 
 
 def test_warmup_and_clipping_catch_a_diverging_run(tmp_path):

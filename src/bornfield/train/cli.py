@@ -96,13 +96,17 @@ def resolve_split(samples, settings: dict, master_seed: int, path: Path, data_ha
         split, source = predefined, {"source": "dataset info['split']"}
     else:
         split = stratified_split(
-            samples, split_settings["val_fraction"], split_settings["test_fraction"], derived_seed(master_seed, "split")
+            samples, split_settings["val_fraction"], split_settings["test_fraction"], derived_seed(master_seed, "split"),
+            split_settings["val_exclude_config_types"],
         )
     if source and not split["val"] and split_settings["val_fraction"] > 0:
-        carved = carve_validation(samples, split["train"], split_settings["val_fraction"], derived_seed(master_seed, "split"))
+        excluded = split_settings["val_exclude_config_types"]
+        carved = carve_validation(samples, split["train"], split_settings["val_fraction"],
+                                  derived_seed(master_seed, "split"), excluded)
         split = {"train": carved["train"], "val": carved["val"], "test": split["test"]}  # dataset indices
         source["source"] += (f"; validation: val_fraction {split_settings['val_fraction']} of its training structures"
-                             " with and of those without Born labels")
+                             " with and of those without Born labels"
+                             + (f", config types {sorted(excluded)} kept in training" if excluded else ""))
     if source:
         log.info("predefined split (%s): train %d, val %d, test %d", source["source"], *map(len, split.values()))
     record = {"training_data_hash": data_hash, "n_structures": len(samples), **source, **split}

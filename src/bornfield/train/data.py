@@ -171,7 +171,8 @@ def dataset_species(samples: Sequence[Sample]) -> list[str]:
 
 
 def stratified_split(
-    samples: Sequence[Sample], val_fraction: float, test_fraction: float, seed: int
+    samples: Sequence[Sample], val_fraction: float, test_fraction: float, seed: int,
+    val_exclude: Sequence[str] = (),
 ) -> dict[str, list[int]]:
     """Split structures into train/val/test, stratified by ``config_type``.
 
@@ -181,7 +182,8 @@ def stratified_split(
     goes to training. A subset asked for (fraction > 0) that comes out empty
     -- small datasets of many singleton config_types -- gets one structure
     from the largest training group (ties: first name), as long as one
-    training structure remains. Returns sorted sample indices per split.
+    training structure remains. Config types in ``val_exclude`` never go to
+    validation. Returns sorted sample indices per split.
     """
     rng = np.random.default_rng(seed)
     groups: dict[str, list[int]] = {}
@@ -193,14 +195,17 @@ def stratified_split(
         rng.shuffle(members)
         n = len(members)
         n_test = min(int(round(n * test_fraction)), max(n - 1, 0))
-        n_val = min(int(round(n * val_fraction)), max(n - 1 - n_test, 0))
+        n_val = 0 if name in val_exclude else min(int(round(n * val_fraction)), max(n - 1 - n_test, 0))
         split["test"].extend(members[:n_test].tolist())
         split["val"].extend(members[n_test : n_test + n_val].tolist())
         split["train"].extend(members[n_test + n_val :].tolist())
     config_type = {s.index: s.config_type for s in samples}
     for subset, fraction in (("test", test_fraction), ("val", val_fraction)):
         if fraction > 0 and not split[subset] and len(split["train"]) > 1:
-            sizes = {name: sum(config_type[i] == name for i in split["train"]) for name in sorted(groups)}
+            sizes = {name: sum(config_type[i] == name for i in split["train"]) for name in sorted(groups)
+                     if not (subset == "val" and name in val_exclude)}
+            if not sizes:
+                continue
             donor = max(sorted(sizes), key=lambda name: sizes[name])
             moved = next(i for i in split["train"] if config_type[i] == donor)
             split["train"].remove(moved)
@@ -208,7 +213,8 @@ def stratified_split(
     return {k: sorted(v) for k, v in split.items()}
 
 
-def carve_validation(samples: Sequence[Sample], train: Sequence[int], val_fraction: float, seed: int) -> dict[str, list[int]]:
+def carve_validation(samples: Sequence[Sample], train: Sequence[int], val_fraction: float, seed: int,
+                     val_exclude: Sequence[str] = ()) -> dict[str, list[int]]:
     """Validation rows carved from the training rows ``train`` of a predefined split (e.g. the ledger's).
 
     Rows with Born-charge labels and rows without are carved separately, ``round(n * val_fraction)``
@@ -216,15 +222,17 @@ def carve_validation(samples: Sequence[Sample], train: Sequence[int], val_fracti
     validation in proportion to their own number. Within a group rows are ordered by
     ``sha256(seed, dft_id)`` (the row index when a row has no ``dft_id``): the choice does not
     depend on the order of the dataset file, and rows added later change it only where they
-    enter the order. Returns sorted dataset indices ``{"train": [...], "val": [...]}``.
+    enter the order. Rows whose config type is in ``val_exclude`` stay in training.
+    Returns sorted dataset indices ``{"train": [...], "val": [...]}``.
     """
     def order_key(index: int) -> str:
         name = samples[index].atoms.info.get("dft_id", f"row {index}")
         return hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()
 
-    split = {"train": [], "val": []}
+    split = {"train": [i for i in train if samples[i].config_type in val_exclude], "val": []}
     for has_born in (True, False):
-        group = sorted((i for i in train if (samples[i].born is not None) == has_born), key=order_key)
+        group = sorted((i for i in train if (samples[i].born is not None) == has_born
+                        and samples[i].config_type not in val_exclude), key=order_key)
         n_val = min(int(round(len(group) * val_fraction)), max(len(group) - 1, 0))
         split["val"].extend(group[:n_val])
         split["train"].extend(group[n_val:])
