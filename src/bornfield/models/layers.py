@@ -540,9 +540,7 @@ class InteractionTape:
             self.saved, self.harmonics, upstream.split(self.rows), self.geometry.sh.split(self.rows),
             self.a1.split(self.rows), self.a2.split(self.rows),
         ):
-            grad_weights = torch.bmm(h, g.transpose(1, 2))  # (n, K, 3C)
-            grad = torch.ops.aten.silu_backward(grad_weights @ last.weight, pre2)
-            grad = torch.ops.aten.silu_backward(grad @ second.weight, pre1)  # dE/d(first layer) (n, K, hidden)
+            grad, grad_h = _weights_backward(h, g, weights, pre1, pre2, second, last)  # grad: dE/d(first layer)
             grad_latent.append(grad.sum(1) @ interaction.from_latent.weight)
             grad_edge = grad @ weight_edge
             if interaction.squash:
@@ -552,7 +550,7 @@ class InteractionTape:
             grad_y = torch.cat([torch.zeros_like(sh[..., :1]), torch.bmm(edge1, a1), torch.bmm(edge2, a2)], -1)
             grad_a1.append(torch.bmm(edge1.transpose(1, 2), sh[..., 1:4]))
             grad_a2.append(torch.bmm(edge2.transpose(1, 2), sh[..., 4:9]))
-            blocks.append([grad @ weight_bessel, torch.bmm(weights, g), grad_y])
+            blocks.append([grad @ weight_bessel, grad_h, grad_y])
         return blocks, torch.cat(grad_a1), torch.cat(grad_a2), torch.cat(grad_latent)
 
 
@@ -593,10 +591,18 @@ class DensityTape:
         first, _, second, _, last = self.density.radial
         bessel_weight = first.weight[:, : int(self.density.basis.frequencies.numel())]
         for (pre1, pre2, weights), h, g in zip(self.saved, self.harmonics, upstream.split(self.rows)):
-            grad_weights = torch.bmm(h, g.transpose(1, 2))  # (n, K, 3C)
-            grad = torch.ops.aten.silu_backward(grad_weights @ last.weight, pre2)
-            grad = torch.ops.aten.silu_backward(grad @ second.weight, pre1)
-            yield [grad @ bessel_weight, torch.bmm(weights, g), None]
+            grad, grad_h = _weights_backward(h, g, weights, pre1, pre2, second, last)
+            yield [grad @ bessel_weight, grad_h, None]
+
+
+def _weights_backward(h, g, weights, pre1, pre2, second: nn.Linear, last: nn.Linear):
+    """Backward of ``B = (weights)ᵀ @ h`` with ``weights = last(silu(second(silu(pre1))))``
+    (``pre2 = second(silu(pre1))``) for the upstream ``g = dE/dB`` (n, 3C, 9) of one block:
+    ``dE/d pre1`` (n, K, hidden) and ``dE/dh`` (n, K, 9)."""
+    grad_weights = torch.bmm(h, g.transpose(1, 2))  # (n, K, 3C)
+    grad = torch.ops.aten.silu_backward(grad_weights @ last.weight, pre2)
+    grad = torch.ops.aten.silu_backward(grad @ second.weight, pre1)
+    return grad, torch.bmm(weights, g)
 
 
 def density_upstream(grad_0: torch.Tensor, grad_1: torch.Tensor, grad_2: torch.Tensor, channels: int) -> torch.Tensor:

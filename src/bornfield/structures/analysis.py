@@ -97,7 +97,7 @@ def phosphate_units(atoms: Atoms, cutoff: float) -> dict:
 
     Returns:
         dict with ``P_fourfold_fraction`` (P with exactly 4 O), ``bridging_O``
-        (O bonded to two or more P), ``free_O`` (O bonded to no P), ``P2O7_count``  (P–P pairs sharing a
+        (O bonded to two or more P), ``free_O`` (O bonded to no P), ``P2O7_count`` (P–P pairs sharing a
         bridging O that form an isolated dimer), ``isolated_PO4_fraction``
         (P bonded to no bridging O: Q0 units).
     """
