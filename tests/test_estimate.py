@@ -106,3 +106,15 @@ def test_model_sets_ledger_data_pretraining_and_the_md_baseline_are_costed(tmp_p
     assert "ledger entries" in models["dft (pw.x SCF)"]["units"]
     pretrain = models["pre-train potentials (upper bound: max_epochs)"]
     assert pretrain["units"].startswith("19342 atoms x 80 epochs x 4") and pretrain["core_hours"] > 0
+
+
+def test_a_second_training_stage_is_charged_at_its_epochs():
+    key = "train (committees, upper bound: max_epochs)"
+
+    def train_hours(max_epochs: int, stage_two_epochs: int) -> float:
+        potential = {"max_epochs": max_epochs, "stage_two": {"epochs": stage_two_epochs}}
+        rows = estimate(resolve_config({"train": {"potential": potential}}))
+        return next(r["core_hours"] for r in rows if r["stage"] == key)
+
+    assert train_hours(100, 50) > train_hours(100, 0)
+    assert train_hours(100, 50) == pytest.approx(train_hours(150, 0))

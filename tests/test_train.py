@@ -672,3 +672,47 @@ def test_pretrain_command_trains_on_the_configured_set_and_fine_tuning_records_i
     config.write_text(yaml.safe_dump({"train": {"cutoff": 4.0, "potential": dict(potential, pretrain={})}}))
     assert main(["train", "pretrain", "--config", str(config), "--output-dir", str(tmp_path / "pre2")]) == 2
     assert "train.potential.pretrain.dataset is empty" in capsys.readouterr().err
+
+
+def test_stage_two_continues_from_stage_one_at_its_energy_weight_and_pretraining_stays_one_stage(dataset, tmp_path):
+    import yaml
+
+    from bornfield.models.io import load_model
+    from bornfield.train.data import file_sha256
+    from bornfield.train.trainer import stage_settings
+
+    potential = {k: v for k, v in TINY.items() if k not in ("cutoff", "dtype", "interactions")}
+    potential.update(max_epochs=3, committee=1, energy_weight=0.5,
+                     stage_two={"epochs": 2, "energy_weight": 20.0, "learning_rate": 0.0003, "warmup_epochs": 0},
+                     pretrain={"dataset": str(dataset), "max_epochs": 1, "batch_size": 3, "energy_weight": 7.0})
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"train": {"cutoff": 4.0, "potential": potential}}))
+    assert main(["train", "pretrain", "--config", str(config), "--output-dir", str(tmp_path / "pre"),
+                 "--no-progress"]) == 0
+    pre = load_model(tmp_path / "pre" / "potential_0.pt")
+    assert pre.metadata["train_settings"]["energy_weight"] == 7.0 and pre.metadata["epochs_run"] == 1
+    assert not (tmp_path / "pre" / "potential_0.stage_one.pt").exists()
+    assert main(["train", "potential", "--config", str(config), "--dataset", str(dataset), "--output-dir",
+                 str(tmp_path / "two"), "--init-model", str(tmp_path / "pre" / "potential_0.pt"), "--no-progress"]) == 0
+    one = load_model(tmp_path / "two" / "potential_0.stage_one.pt")
+    two = load_model(tmp_path / "two" / "potential_0.pt")
+    assert one.metadata["train_settings"]["energy_weight"] == 0.5 and one.metadata["epochs_run"] <= 3
+    assert two.metadata["train_settings"]["energy_weight"] == 20.0
+    assert two.metadata["train_settings"]["learning_rate"] == 0.0003
+    assert two.metadata["train_settings"]["lr_schedule"] == "cosine" and two.metadata["epochs_run"] == 2
+    assert two.metadata["stage_one"]["best_epoch"] == one.metadata["best_epoch"]
+    assert two.metadata["stage_one"]["sha256"] == file_sha256(tmp_path / "two" / "potential_0.stage_one.pt")
+    assert two.metadata["initial_model"]["sha256"] == file_sha256(tmp_path / "pre" / "potential_0.pt")
+    # stage two starts from stage one's best weights: its first epoch's force error is stage one's best,
+    # moved by one epoch at a small learning rate
+    import csv
+    with open(tmp_path / "two" / "potential_0.stage_one.metrics.csv") as handle:
+        rows_one = list(csv.DictReader(handle))
+    with open(tmp_path / "two" / "potential_0.metrics.csv") as handle:
+        rows_two = list(csv.DictReader(handle))
+    assert len(rows_two) == 2
+    best_one = float(rows_one[one.metadata["best_epoch"]]["val_forces_mse"])
+    assert float(rows_two[0]["val_forces_mse"]) == pytest.approx(best_one, rel=0.3)
+    first, second = stage_settings(dict(potential, cutoff=4.0, dtype="float32"))
+    assert "stage_two" not in first and second["max_epochs"] == second["patience"] == 2
+    assert stage_settings({**first, "stage_two": {"epochs": 0}})[1] is None

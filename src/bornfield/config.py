@@ -582,6 +582,8 @@ COMMAND_KEYS: dict[str, Callable[..., tuple[str, ...]] | tuple[str, ...]] = {
     "train split": ("seed", "train.split"),
     "train potential": _TRAIN_MODEL + ("train.potential",),
     "train pretrain": _TRAIN_MODEL + ("train.potential",),
+    "train fit-baseline": ("seed", "train.split", "train.potential.baseline", "train.potential.baseline_cutoff_A",
+                           "train.potential.baseline_dsf_alpha_per_A"),
     "train born": _TRAIN_MODEL + ("train.born",),
     "train baseline": _TRAIN_MODEL + ("train.baseline",),
     "train learning-curve": lambda kind: _TRAIN_MODEL + (f"train.{kind}",),

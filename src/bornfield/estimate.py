@@ -371,7 +371,8 @@ def estimate(config: dict, cost: CostModel | None = None) -> list[dict]:
         # the baseline (invariant features, one row of Z) is charged at the Born model's cost: an upper bound
         blocks = [("potential", "potential"), ("born", "born")] + ([("baseline", "born")] if train["baseline"]["enabled"] else [])
         for block, measured in blocks:
-            train_s += (train[block]["committee"] * train[block]["max_epochs"] * labelled_atoms
+            epochs = train[block]["max_epochs"] + (train[block]["stage_two"]["epochs"] if block == "potential" else 0)
+            train_s += (train[block]["committee"] * epochs * labelled_atoms
                         * cost.train_core_s_per_atom_epoch[measured])
     rows.append({"stage": "train (committees, upper bound: max_epochs)", "units": f"{generations} generation(s)",
                  "core_hours": train_s / 3600})
@@ -400,8 +401,9 @@ def estimate(config: dict, cost: CostModel | None = None) -> list[dict]:
 def _potential_baseline(config: dict) -> str:
     """The physical baseline of the potentials the MD uses: the model set's, else train.potential.baseline."""
     models = config["md"]["models"]
-    if not models:
-        return config["train"]["potential"]["baseline"]
+    if not models:  # a fitted Pedone baseline costs what the published one does (same form and cutoff)
+        return {"pedone_fitted": "pedone"}.get(config["train"]["potential"]["baseline"],
+                                                config["train"]["potential"]["baseline"])
     from bornfield.models.baseline import NAME as PEDONE
 
     manifest = json.loads((Path(models) / "manifest.json").read_text(encoding="utf-8"))

@@ -14,6 +14,8 @@ BASELINE_AXIS = "xyz"[TRAIN.baseline.field_axis]
 BASELINE_ON = TRAIN.baseline.enabled
 # pre-training of each potential member on other labels (train.potential.pretrain.dataset)
 PRETRAIN = TRAIN.potential.pretrain.dataset
+# the potential's Pedone baseline fitted to the first generation's training forces (baseline: pedone_fitted)
+PAIR_BASELINE = f"{MODELS}/pair_baseline.json" if TRAIN.potential.baseline == "pedone_fitted" else None
 
 
 rule train_split:
@@ -42,16 +44,43 @@ rule train_split:
         " --dataset {input.dataset} --output {output.split} > {log} 2>&1"
 
 
+rule train_fit_baseline:
+    input:
+        dataset=f"{RESULTS}/dataset/gen0.extxyz",
+        split=f"{MODELS}/gen0/split.json",
+    output:
+        fitted=f"{MODELS}/pair_baseline.json",
+    params:
+        settings=lambda wc: settings_arg("train fit-baseline"),
+    log:
+        f"{LOGS}/train/pair_baseline.log",
+    benchmark:
+        f"{BENCH}/train/pair_baseline.tsv"
+    conda:
+        "../../envs/bornfield.yaml"
+    threads: 1
+    resources:
+        runtime=30,
+        mem_mb=4000,
+        cpus_per_task=1,
+        tasks=1,
+    shell:
+        "bornfield train fit-baseline --settings {params.settings}"
+        " --dataset {input.dataset} --split-file {input.split} --output {output.fitted} > {log} 2>&1"
+
+
 rule train_pretrain:
     wildcard_constraints:
         member=r"\d+",
     input:
         dataset=PRETRAIN or [],
+        pair_baseline=PAIR_BASELINE or [],
     output:
         model=f"{MODELS}/pretrain/potential_{{member}}.pt",
     params:
         settings=lambda wc: settings_arg("train pretrain"),
         outdir=lambda wc, output: os.path.dirname(output.model),
+        pair_baseline=f" --pair-baseline {PAIR_BASELINE}" if PAIR_BASELINE else "",
     log:
         f"{LOGS}/train/pretrain/potential_{{member}}.log",
     benchmark:
@@ -66,7 +95,7 @@ rule train_pretrain:
         tasks=1,
     shell:
         "bornfield train pretrain --settings {params.settings}"
-        " --output-dir {params.outdir} --member {wildcards.member} > {log} 2>&1"
+        " --output-dir {params.outdir} --member {wildcards.member}{params.pair_baseline} > {log} 2>&1"
 
 
 rule train_potential:
@@ -77,12 +106,14 @@ rule train_potential:
         dataset=f"{RESULTS}/dataset/gen{{gen}}.extxyz",
         split=f"{MODELS}/gen{{gen}}/split.json",
         pretrained=lambda wc: [f"{MODELS}/pretrain/potential_{wc.member}.pt"] if PRETRAIN else [],
+        pair_baseline=PAIR_BASELINE or [],
     output:
         model=f"{MODELS}/gen{{gen}}/potential_{{member}}.pt",
     params:
         settings=lambda wc: settings_arg("train potential"),
         outdir=lambda wc: f"{MODELS}/gen{wc.gen}",
-        init=lambda wc, input: f" --init-model {input.pretrained}" if PRETRAIN else "",
+        init=lambda wc, input: (f" --init-model {input.pretrained}" if PRETRAIN else "")
+        + (f" --pair-baseline {PAIR_BASELINE}" if PAIR_BASELINE else ""),
     log:
         f"{LOGS}/train/gen{{gen}}/potential_{{member}}.log",
     benchmark:

@@ -182,9 +182,52 @@ def run_train(args: argparse.Namespace) -> int:
         init_model = load_model(args.init_model, kind=kind, species=species)
         metadata["initial_model"] = {"file": str(args.init_model), "sha256": file_sha256(args.init_model),
                                      "training_data": init_model.metadata.get("training_data")}
+    if kind == "potential":
+        section = _with_pair_baseline(section, args.pair_baseline, init_model, args.init_model)
+    elif args.pair_baseline is not None:
+        raise ConfigError(f"--pair-baseline applies to 'train potential', not 'train {args.train_command}'")
     _train_member(args, kind, section, settings, samples, split, species, args.dataset, data_hash, outdir,
                   derived_seed(master, "train", kind, args.member), metadata, init_model)
     return 0
+
+
+def run_fit_baseline(args: argparse.Namespace) -> int:
+    from bornfield.train.data import dataset_species, read_samples, read_split_file
+    from bornfield.train.pair_baseline import fit_pedone_baseline
+
+    settings, master = _settings(args, "train fit-baseline")
+    potential = settings["potential"]
+    samples = read_samples(args.dataset)
+    split = read_split_file(args.split_file, len(samples))
+    train = [samples[i] for i in split["train"]]
+    species = args.species or dataset_species(samples)
+    description = (f"train rows of {args.split_file} ({len(train)} structures) of "
+                   f"{' '.join(map(str, args.dataset))} (sha256 {_dataset_hash(args.dataset)})")
+    fitted = fit_pedone_baseline(train, species, float(potential["baseline_cutoff_A"]),
+                                 float(potential["baseline_dsf_alpha_per_A"]), description)
+    _write_json(Path(args.output), fitted)
+    fit = fitted["fit"]
+    print(f"pair baseline fitted to the forces of {fit['n_structures']} structures: force RMSE "
+          f"{fit['force_rmse_eV_per_A_before']['all']:.3f} -> {fit['force_rmse_eV_per_A_after']['all']:.3f} eV/Å, "
+          f"charge scale {fit['charge_scale']:.3f} -> {args.output}")
+    return 0
+
+
+def _with_pair_baseline(section: dict, path: Path | None, init_model=None, init_path: Path | None = None) -> dict:
+    """``section`` with the fitted pair baseline of ``path`` (``baseline: pedone_fitted``); checks a start model's."""
+    if path is None:
+        return section
+    if section["baseline"] != "pedone_fitted":
+        raise ConfigError(f"--pair-baseline {path} is given but train.potential.baseline is {section['baseline']!r}, "
+                          "not 'pedone_fitted'")
+    try:
+        fitted = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputFileError(f"{path}: not a pair-baseline JSON file of 'bornfield train fit-baseline': {exc}") from exc
+    if init_model is not None and init_model.hyperparameters.get("baseline") != fitted:
+        raise ConfigError(f"--init-model {init_path} carries another pair baseline than "
+                          f"--pair-baseline {path}; fine-tuning keeps the start model's baseline")
+    return {**section, "baseline_parameters": fitted}
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
@@ -196,6 +239,10 @@ def run_pretrain(args: argparse.Namespace) -> int:
     if not pretrain["dataset"]:
         raise ConfigError("train.potential.pretrain.dataset is empty: there is nothing to pre-train on")
     section.update(max_epochs=pretrain["max_epochs"], batch_size=pretrain["batch_size"])
+    if pretrain.get("energy_weight") is not None:
+        section["energy_weight"] = pretrain["energy_weight"]
+    section.pop("stage_two", None)  # pre-training is one stage
+    section = _with_pair_baseline(section, args.pair_baseline)
     dataset = [pretrain["dataset"]]
     samples = read_samples(dataset)
     outdir = Path(args.output_dir)
@@ -221,7 +268,8 @@ def _member_section(settings, kind: str, member: int) -> dict:
 
 def _train_member(args, kind, section, settings, samples, split, species, dataset, data_hash, outdir, seed,
                   extra_metadata, init_model) -> None:
-    from bornfield.train.trainer import train_model
+    from bornfield.train.data import file_sha256
+    from bornfield.train.trainer import stage_settings, train_model
 
     torch.set_num_threads(int(settings["threads"]))
     train = [samples[i] for i in split["train"]]
@@ -240,8 +288,21 @@ def _train_member(args, kind, section, settings, samples, split, species, datase
         }[kind],
         **extra_metadata,
     }
+    first, second = stage_settings(section)
+    if second is not None:
+        stage_one = out.with_name(f"{out.stem}.stage_one{out.suffix}")
+        model, history = train_model(
+            kind, train, val, first, stage_one, seed, species, metadata,
+            resume=not args.no_resume, progress=not args.no_progress, init_model=init_model,
+        )
+        log.info("stage one: wrote %s (best epoch %s of %d, validation loss %.4g)", stage_one,
+                 model.metadata.get("best_epoch"), len(history), model.metadata.get("best_monitor_loss", float("nan")))
+        metadata["stage_one"] = {"file": str(stage_one), "sha256": file_sha256(stage_one),
+                                 "best_epoch": model.metadata.get("best_epoch"), "epochs_run": len(history),
+                                 "best_monitor_loss": model.metadata.get("best_monitor_loss")}
+        first, init_model = second, model
     model, history = train_model(
-        kind, train, val, section, out, seed, species, metadata,
+        kind, train, val, first, out, seed, species, metadata,
         resume=not args.no_resume, progress=not args.no_progress, init_model=init_model,
     )
     log.info("wrote %s (best epoch %s of %d, validation loss %.4g at the best epoch)", out,
@@ -633,6 +694,9 @@ def run_table(args: argparse.Namespace) -> int:
     return 0
 
 
+PAIR_BASELINE_HELP = ("fitted pair baseline (JSON of 'bornfield train fit-baseline') of a new potential with "
+                      "train.potential.baseline: pedone_fitted; with --init-model it must be the start model's "
+                      "(default: none, for baseline none or pedone)")
 SPLIT_FILE_HELP = ("predefined split: JSON lists train/val/test of structure indices (default: train.split.file, "
                    "else info['split'] of the dataset, else the stratified split)")
 
@@ -680,6 +744,7 @@ def register(subparsers) -> None:
         p.add_argument("--init-model", type=Path, default=None,
                        help="fine-tune: start from this trained model file of the same kind, e.g. one pre-trained "
                        "on other labels (default: a new random model)")
+        p.add_argument("--pair-baseline", type=Path, default=None, help=PAIR_BASELINE_HELP)
         p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         p.set_defaults(func=run_train)
@@ -691,9 +756,20 @@ def register(subparsers) -> None:
     p.add_argument("--output-dir", required=True, help="e.g. results/models/pretrain")
     p.add_argument("--member", type=int, default=0, help="committee member index i")
     p.add_argument("--species", nargs="+", help="elements the model knows (default: those in the data)")
+    p.add_argument("--pair-baseline", type=Path, default=None, help=PAIR_BASELINE_HELP)
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_pretrain)
+
+    p = sub.add_parser("fit-baseline", help="fit the potential's Pedone pair baseline (charge scale, Morse r0) to the "
+                       "forces of the training rows, for train.potential.baseline: pedone_fitted")
+    add_settings_arguments(p)
+    p.add_argument("--seed", type=int, help="master seed of the campaign (default: the config's 'seed')")
+    p.add_argument("--dataset", nargs="+", required=True, help="labelled extxyz file(s)")
+    p.add_argument("--split-file", required=True, help="split.json of the training run (its train rows are fitted)")
+    p.add_argument("--species", nargs="+", help="elements the model knows (default: those in the data)")
+    p.add_argument("--output", required=True, help="pair-baseline JSON, e.g. results/models/pair_baseline.json")
+    p.set_defaults(func=run_fit_baseline)
 
     p = sub.add_parser("evaluate", help="test-set metrics (benchmark JSON records) and parity plots")
     p.add_argument("--dataset", nargs="+", required=True, help="labelled extxyz file(s)")

@@ -79,16 +79,28 @@ def potential_baseline(settings: dict[str, Any]) -> dict[str, Any] | None:
     """Hyperparameters of the physical baseline that ``train.potential`` asks for (None for ``baseline: none``).
 
     ``settings``: the ``train.potential`` block (keys ``baseline``, ``baseline_cutoff_A`` in Å,
-    ``baseline_dsf_alpha_per_A`` in 1/Å; every one, no fallbacks).
+    ``baseline_dsf_alpha_per_A`` in 1/Å; every one, no fallbacks); with ``pedone_fitted`` also
+    ``baseline_parameters``, the hyperparameters written by ``bornfield train fit-baseline``
+    (:func:`bornfield.train.pair_baseline.fit_pedone_baseline`), whose cutoff and damping must match.
     """
     name = str(settings["baseline"])
     if name == "none":
         return None
+    if name not in ("pedone", "pedone_fitted"):
+        raise ConfigError(f"train.potential.baseline = {name!r}: expected 'none', 'pedone' or 'pedone_fitted'")
+    cutoff, alpha = float(settings["baseline_cutoff_A"]), float(settings["baseline_dsf_alpha_per_A"])
     if name == "pedone":
         from bornfield.models.baseline import pedone_baseline
 
-        return pedone_baseline(float(settings["baseline_cutoff_A"]), float(settings["baseline_dsf_alpha_per_A"]))
-    raise ConfigError(f"train.potential.baseline = {name!r}: expected 'none' or 'pedone'")
+        return pedone_baseline(cutoff, alpha)
+    fitted = settings.get("baseline_parameters")
+    if not fitted:
+        raise ConfigError("train.potential.baseline = 'pedone_fitted' needs the fitted parameters: pass "
+                          "--pair-baseline FILE (written by 'bornfield train fit-baseline')")
+    if (float(fitted["cutoff"]), float(fitted["dsf_alpha"])) != (cutoff, alpha):
+        raise ConfigError(f"the fitted pair baseline has cutoff {fitted['cutoff']} Å and dsf_alpha {fitted['dsf_alpha']} "
+                          f"1/Å, train.potential asks for {cutoff} and {alpha}: refit it")
+    return dict(fitted)
 
 
 def baseline_labels(model: BornfieldModel, samples: Sequence[Sample]) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -324,6 +336,24 @@ def _write_csv(path: Path, history: list[dict[str, float]]) -> None:
 
 # settings that only say when to stop: changing them continues a run (e.g. a longer max_epochs)
 RESUMABLE_SETTINGS = ("max_epochs", "patience")
+
+
+def stage_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The settings of the first training stage and of the second (None without ``stage_two``).
+
+    The second stage (a potential's ``stage_two`` block) starts from the first stage's
+    best weights: ``epochs`` epochs at its own ``energy_weight``, a cosine learning rate
+    from its ``learning_rate`` down to ``min_lr`` after ``warmup_epochs``, no early stop.
+    """
+    stage = dict(settings.get("stage_two") or {})
+    first = {k: v for k, v in settings.items() if k != "stage_two"}
+    epochs = int(stage.get("epochs", 0))
+    if epochs <= 0:
+        return first, None
+    second = {**first, "energy_weight": float(stage["energy_weight"]), "learning_rate": float(stage["learning_rate"]),
+              "warmup_epochs": int(stage["warmup_epochs"]), "max_epochs": epochs, "patience": epochs,
+              "lr_schedule": "cosine"}
+    return first, second
 
 
 def run_identity(kind: str, train: Sequence[Sample], val: Sequence[Sample], settings: dict[str, Any], seed: int,
