@@ -128,7 +128,7 @@ CASES = [
     ("dataset-source-unknown", "dataset.source", "cloud", "dataset.source", "allowed values: ['campaign', 'ledger']"),
     # the potential's physical baseline
     ("unknown-potential-baseline", "train.potential.baseline", "buckingham", "train.potential.baseline",
-     "allowed values: ['none', 'pedone']"),
+     "allowed values: ['none', 'pedone', 'pedone_fitted']"),
     ("baseline-cutoff-too-short", "train.potential.baseline_cutoff_A", 0.5, "train.potential.baseline_cutoff_A",
      "allowed: > 1.0"),
     ("baseline-dsf-alpha-zero", "train.potential.baseline_dsf_alpha_per_A", 0, "train.potential.baseline_dsf_alpha_per_A",

@@ -25,33 +25,34 @@ CUTOFF, ALPHA = 6.0, 0.3
 TRUE = np.array([0.8, 2.60, 1.75, 3.50])  # charge scale, r0 of Li-O, P-O, O-O (Å)
 
 
-def frames_of_a_known_baseline(n: int, seed: int = 0):
-    """Rattled 2x1x1 beta cells whose forces are a Pedone baseline with scaled charges and shifted r0."""
+def frames_of_a_known_baseline(n: int, tmp_path, seed: int = 0, noise: float = 0.0):
+    """Rattled 2x1x1 beta cells whose forces (eV/Å) are a Pedone baseline with scaled charges and shifted r0
+    (plus Gaussian noise), written to ``tmp_path``/data.extxyz; returns the path and the true baseline."""
     rng = np.random.default_rng(seed)
     truth = _with_parameters(pedone_baseline(CUTOFF, ALPHA), TRUE)
     frames = []
     for _ in range(n):
         atoms = beta().repeat((2, 1, 1))
         atoms.positions += rng.normal(0, 0.08, atoms.positions.shape)
-        frames.append(atoms)
-    for atoms in frames:
-        atoms.info.update(energy=0.0, config_type="beta")
+        atoms.info.update(energy=float(rng.normal(0, 0.1)), config_type="beta")
         atoms.arrays["forces"] = np.zeros((len(atoms), 3))
-    return frames, truth
-
-
-def test_fit_recovers_the_charge_scale_and_bond_lengths_of_a_known_baseline(tmp_path):
-    frames, truth = frames_of_a_known_baseline(6)
+        frames.append(atoms)
     path = tmp_path / "data.extxyz"
     write(path, frames, format="extxyz")
     samples = read_samples(path)
     attach_edges(samples, SPECIES, CUTOFF)
-    target = _forces(truth, SPECIES, [collate([s.edges], torch.float64) for s in samples])
+    forces = _forces(truth, SPECIES, [collate([s.edges], torch.float64) for s in samples])
     offset = 0
-    for s in samples:
-        s.forces = target[offset:offset + s.n_atoms]
-        offset += s.n_atoms
-    fitted = fit_pedone_baseline(samples, SPECIES, CUTOFF, ALPHA, "known baseline")
+    for atoms in frames:
+        atoms.arrays["forces"] = forces[offset:offset + len(atoms)] + rng.normal(0, noise, (len(atoms), 3))
+        offset += len(atoms)
+    write(path, frames, format="extxyz")
+    return path, truth
+
+
+def test_fit_recovers_the_charge_scale_and_bond_lengths_of_a_known_baseline(tmp_path):
+    path, _ = frames_of_a_known_baseline(6, tmp_path)
+    fitted = fit_pedone_baseline(read_samples(path), SPECIES, CUTOFF, ALPHA, "known baseline")
     assert fitted["fit"]["charge_scale"] == pytest.approx(TRUE[0], abs=1e-4)
     assert [v[2] for v in fitted["pairs"].values()] == pytest.approx(list(TRUE[1:]), abs=1e-4)
     published = pedone_baseline(CUTOFF, ALPHA)
@@ -63,19 +64,7 @@ def test_fit_recovers_the_charge_scale_and_bond_lengths_of_a_known_baseline(tmp_
 
 
 def test_fit_baseline_command_feeds_pretraining_and_fine_tuning_keeps_it(tmp_path, capsys):
-    frames, truth = frames_of_a_known_baseline(8, seed=1)
-    rng = np.random.default_rng(2)
-    path = tmp_path / "data.extxyz"
-    write(path, frames, format="extxyz")
-    samples = read_samples(path)
-    attach_edges(samples, SPECIES, CUTOFF)
-    forces = _forces(truth, SPECIES, [collate([s.edges], torch.float64) for s in samples])
-    offset = 0
-    for atoms, s in zip(frames, samples):  # forces of "DFT": the known baseline plus a little noise
-        atoms.arrays["forces"] = forces[offset:offset + s.n_atoms] + rng.normal(0, 0.01, (s.n_atoms, 3))
-        atoms.info["energy"] = float(rng.normal(0, 0.1))
-        offset += s.n_atoms
-    write(path, frames, format="extxyz")
+    path, _ = frames_of_a_known_baseline(8, tmp_path, seed=1, noise=0.01)  # "DFT": the baseline plus noise
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"train": list(range(6)), "val": [6], "test": [7]}))
     potential = {k: v for k, v in TINY.items() if k not in ("cutoff", "dtype", "interactions")}

@@ -716,3 +716,29 @@ def test_stage_two_continues_from_stage_one_at_its_energy_weight_and_pretraining
     first, second = stage_settings(dict(potential, cutoff=4.0, dtype="float32"))
     assert "stage_two" not in first and second["max_epochs"] == second["patience"] == 2
     assert stage_settings({**first, "stage_two": {"epochs": 0}})[1] is None
+
+
+def test_a_run_that_stopped_early_resumes_without_training_more(dataset, tmp_path):
+    samples = read_samples(dataset)
+    train, val = samples[:18], samples[18:]
+    species = dataset_species(samples)
+    # learning rate 0: no epoch improves on the first, so patience 2 stops the run after epoch 2
+    settings = dict(TINY, max_epochs=20, patience=2, learning_rate=0.0, min_lr=0.0)
+    _, history = train_model("potential", train, val, settings, tmp_path / "p.pt", seed=3, species=species,
+                             metadata={"training_data_hash": "h"}, progress=False)
+    assert len(history) == 3
+    _, again = train_model("potential", train, val, settings, tmp_path / "p.pt", seed=3, species=species,
+                           metadata={"training_data_hash": "h"}, progress=False)
+    assert again == history  # nothing trained again
+    # a larger patience (a resumable setting) continues the stopped run
+    _, longer = train_model("potential", train, val, dict(settings, patience=5), tmp_path / "p.pt", seed=3,
+                            species=species, metadata={"training_data_hash": "h"}, progress=False)
+    assert len(longer) == 6 and longer[:3] == history
+    # a run that stopped because its plateau schedule went below min_lr does not resume either
+    low = dict(TINY, max_epochs=20, learning_rate=1e-9)
+    _, first = train_model("potential", train, val, low, tmp_path / "q.pt", seed=3, species=species,
+                           metadata={"training_data_hash": "h"}, progress=False)
+    assert len(first) == 1
+    _, second = train_model("potential", train, val, low, tmp_path / "q.pt", seed=3, species=species,
+                            metadata={"training_data_hash": "h"}, progress=False)
+    assert second == first

@@ -477,6 +477,10 @@ def train_model(
         best_loss, best_epoch, bad_epochs = state["best_loss"], state["best_epoch"], state["bad_epochs"]
         best_state = state["best_model"]
         start_epoch = state["epoch"] + 1
+        plateau_end = (settings.get("lr_schedule", "plateau") != "cosine"
+                       and optimizer.param_groups[0]["lr"] < float(settings["min_lr"]))
+        if state.get("stopped") and (bad_epochs >= int(settings["patience"]) or plateau_end):
+            start_epoch = max(start_epoch, int(settings["max_epochs"]))  # stopped early: nothing more to train
     counter = {"step": start_epoch * steps_per_epoch}
     average = WeightAverage(model, float(settings["ema_decay"]), (state or {}).get("average"), counter["step"])
 
@@ -547,12 +551,13 @@ def train_model(
             "best_epoch": best_epoch,
             "bad_epochs": bad_epochs,
             "history": history,
+            "stopped": bool(bad_epochs >= patience or (not cosine and lr < min_lr and epoch + 1 >= warmup_epochs)),
         }
         write_bytes(ckpt_path, lambda handle, c=checkpoint: torch.save(c, handle))
         _write_csv(csv_path, history)
         if not np.isfinite(val_loss):
             raise InputFileError(f"training of {out_path} diverged (validation loss {val_loss}) at epoch {epoch}")
-        if bad_epochs >= patience or (not cosine and lr < min_lr and epoch + 1 >= warmup_epochs):
+        if checkpoint["stopped"]:
             log.info("early stop at epoch %d (best epoch %d, validation loss %.4g)", epoch, best_epoch, best_loss)
             break
     bar.close()
