@@ -195,7 +195,7 @@ def run_fit_baseline(args: argparse.Namespace) -> int:
     from bornfield.train.data import dataset_species, read_samples, read_split_file
     from bornfield.train.pair_baseline import fit_pedone_baseline
 
-    settings, master = _settings(args, "train fit-baseline")
+    settings, _ = _settings(args, "train fit-baseline")
     potential = settings["potential"]
     samples = read_samples(args.dataset)
     split = read_split_file(args.split_file, len(samples))
@@ -764,7 +764,6 @@ def register(subparsers) -> None:
     p = sub.add_parser("fit-baseline", help="fit the potential's Pedone pair baseline (charge scale, Morse r0) to the "
                        "forces of the training rows, for train.potential.baseline: pedone_fitted")
     add_settings_arguments(p)
-    p.add_argument("--seed", type=int, help="master seed of the campaign (default: the config's 'seed')")
     p.add_argument("--dataset", nargs="+", required=True, help="labelled extxyz file(s)")
     p.add_argument("--split-file", required=True, help="split.json of the training run (its train rows are fitted)")
     p.add_argument("--species", nargs="+", help="elements the model knows (default: those in the data)")

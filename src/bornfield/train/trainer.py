@@ -468,6 +468,15 @@ def train_model(
     warmup_epochs = int(settings["warmup_epochs"])
     grad_clip = float(settings["grad_clip"])
     steps_per_epoch = max(1, math.ceil(len(train) / int(settings["batch_size"])))
+    max_epochs = int(settings["max_epochs"])
+    patience = int(settings["patience"])
+    min_lr = float(settings["min_lr"])
+    cosine = settings.get("lr_schedule", "plateau") == "cosine"
+
+    def stop_reached(epoch: int, bad: int, lr: float) -> bool:
+        """Early stop after ``epoch``: no improvement for ``patience`` epochs, or the plateau schedule below min_lr."""
+        return bad >= patience or (not cosine and lr < min_lr and epoch + 1 >= warmup_epochs)
+
     history: list[dict[str, float]] = []
     best_loss, best_state, best_epoch, bad_epochs, start_epoch = math.inf, None, -1, 0, 0
     if state is not None:
@@ -477,10 +486,8 @@ def train_model(
         best_loss, best_epoch, bad_epochs = state["best_loss"], state["best_epoch"], state["bad_epochs"]
         best_state = state["best_model"]
         start_epoch = state["epoch"] + 1
-        plateau_end = (settings.get("lr_schedule", "plateau") != "cosine"
-                       and optimizer.param_groups[0]["lr"] < float(settings["min_lr"]))
-        if state.get("stopped") and (bad_epochs >= int(settings["patience"]) or plateau_end):
-            start_epoch = max(start_epoch, int(settings["max_epochs"]))  # stopped early: nothing more to train
+        if stop_reached(state["epoch"], bad_epochs, optimizer.param_groups[0]["lr"]):
+            start_epoch = max(start_epoch, max_epochs)  # the run had stopped early: nothing more to train
     counter = {"step": start_epoch * steps_per_epoch}
     average = WeightAverage(model, float(settings["ema_decay"]), (state or {}).get("average"), counter["step"])
 
@@ -504,10 +511,6 @@ def train_model(
             optimizer.step()
             average.update()
 
-    max_epochs = int(settings["max_epochs"])
-    patience = int(settings["patience"])
-    min_lr = float(settings["min_lr"])
-    cosine = settings.get("lr_schedule", "plateau") == "cosine"
     batch_size = int(settings["batch_size"])
     bar = tqdm(range(start_epoch, max_epochs), desc=f"train {kind} {out_path.name}", disable=not progress,
                initial=start_epoch, total=max_epochs, mininterval=2.0)
@@ -551,13 +554,12 @@ def train_model(
             "best_epoch": best_epoch,
             "bad_epochs": bad_epochs,
             "history": history,
-            "stopped": bool(bad_epochs >= patience or (not cosine and lr < min_lr and epoch + 1 >= warmup_epochs)),
         }
         write_bytes(ckpt_path, lambda handle, c=checkpoint: torch.save(c, handle))
         _write_csv(csv_path, history)
         if not np.isfinite(val_loss):
             raise InputFileError(f"training of {out_path} diverged (validation loss {val_loss}) at epoch {epoch}")
-        if checkpoint["stopped"]:
+        if stop_reached(epoch, bad_epochs, lr):
             log.info("early stop at epoch %d (best epoch %d, validation loss %.4g)", epoch, best_epoch, best_loss)
             break
     bar.close()
