@@ -52,6 +52,17 @@ def test_shipped_cost_model_is_the_one_the_benchmark_records_give():
     assert json.loads(COST_FILE.read_text()) == cost_model_from_records(results).to_dict()
 
 
+def test_model_set_md_rate_is_the_measured_rate_of_the_shipped_set():
+    """At the size it was measured, the shipped set's MD rate is its benchmark record's, per backend."""
+    cost = CostModel.load()
+    records = json.loads((ROOT / "benchmarks" / "results" / "md_throughput_model_set.json").read_text())
+    for backend in ("ase", "lammps"):
+        found = [r for r in records if r["metric"] == "atom_steps_per_cpu_s" and r["system"] == f"bornfield-shipped-{backend}"]
+        assert found
+        for r in found:
+            assert cost.md_rate(int(r["n_atoms"]), backend, "pedone", model_set=True) == pytest.approx(r["value"])
+
+
 def test_estimate_uses_the_recorded_costs():
     """The DFT cost of one 16-atom job at the calibration settings is the calibration job's CPU time."""
     cost = CostModel.load()

@@ -104,3 +104,25 @@ def test_an_extra_condition_runs_its_own_production_length():
     short = {**md, "extra_conditions": [{**md["extra_conditions"][0], "production_steps": 5}]}
     with pytest.raises(ConfigError, match="shortest production run"):
         resolve_config({"md": short})
+
+
+def test_scheduling_priorities_start_the_longest_condition_first():
+    from bornfield.config import resolve_config
+    from bornfield.md.conditions import condition_work, scheduling_priorities
+
+    md = {"production_steps": 2500, "equilibration_steps": 250,
+          "sweep": {"phases": ["amorphous"], "temperatures_K": [900], "field_strengths_V_per_A": [0.0, 0.1],
+                    "replicas": 4},
+          "extra_conditions": [{"phase": "beta_vacancy", "temperature_K": 1200, "field_strength_V_per_A": 0.1,
+                                "field_direction": "y", "replicas": 8, "production_steps": 10000},
+                               {"phase": "beta", "temperature_K": 1200, "field_strength_V_per_A": 0.0}]}
+    settings = resolve_config({"md": md, "structures": {"amorphous": {"md_cells": {"n_atoms": 192}},
+                                                        "md_supercell": {"target_atoms": 64}}})
+    work = {c.name: condition_work(settings.md, settings.structures, c) for c in expand_conditions(settings.md)}
+    assert work["amorphous_T900K_E0.1_x"] == 4 * 2750 * 192
+    assert work["beta_vacancy_T1200K_E0.1_y"] == 8 * 10250 * 64
+    priority = scheduling_priorities(settings.md, settings.structures)
+    assert priority["beta_vacancy_T1200K_E0.1_y"] == 9
+    assert priority["amorphous_T900K_E0.1_x"] == priority["amorphous_T900K_E0_none"] == 1 + round(8 * 2112000 / 5248000)
+    assert priority["beta_T1200K_E0_none"] == 1 + round(8 * 4 * 2750 * 64 / 5248000) < priority["amorphous_T900K_E0.1_x"]
+    assert all(1 <= p <= 9 for p in priority.values())

@@ -4,7 +4,7 @@
 import os
 import re
 
-from bornfield.md.conditions import expand_conditions
+from bornfield.md.conditions import expand_conditions, scheduling_priorities
 
 MD = f"{RESULTS}/md"
 # resolved: model_generation null is the final active-learning generation
@@ -13,6 +13,9 @@ MD_CONDITIONS = {c.name: c for c in expand_conditions(MD_SETTINGS)}
 MD_RANKS = MD_SETTINGS["resources"]["tasks"]
 # a model set (md.models, written by `make models`) or this campaign's generation
 MD_MODELS = MD_SETTINGS["models"] or f"{RESULTS}/models/gen{MD_SETTINGS['model_generation']}"
+
+# longest conditions first, after the structure jobs (priority 10) they wait on
+MD_PRIORITY = scheduling_priorities(MD_SETTINGS, SETTINGS.structures)
 
 
 rule md_condition:
@@ -41,6 +44,7 @@ rule md_condition:
     conda:
         "../../envs/bornfield.yaml"
     threads: MD_RANKS
+    priority: lambda wc: MD_PRIORITY[wc.condition]
     resources:
         runtime=MD_SETTINGS["resources"]["runtime_min"],
         mem_mb=MD_SETTINGS["resources"]["mem_mb"],

@@ -273,6 +273,26 @@ def condition_production_steps(md_settings: Mapping, condition: MDCondition) -> 
     return int(md_settings["production_steps"])
 
 
+def condition_work(md_settings: Mapping, structures_settings: Mapping, condition: MDCondition) -> int:
+    """Atom-steps of ``condition``: replicas x (equilibration + production steps) x its cell's configured
+    size (amorphous: ``structures.amorphous.md_cells.n_atoms``, else ``structures.md_supercell.target_atoms``)."""
+    if condition.phase == "amorphous":
+        atoms = int(structures_settings["amorphous"]["md_cells"]["n_atoms"])
+    else:
+        atoms = int(structures_settings["md_supercell"]["target_atoms"])
+    steps = int(md_settings["equilibration_steps"]) + condition_production_steps(md_settings, condition)
+    return condition.replicas * steps * atoms
+
+
+def scheduling_priorities(md_settings: Mapping, structures_settings: Mapping, top: int = 9) -> dict[str, int]:
+    """Priority 1..``top`` per condition name, rising with :func:`condition_work`, so that a scheduler
+    starts the longest conditions first."""
+    conditions = expand_conditions(md_settings)
+    work = {c.name: condition_work(md_settings, structures_settings, c) for c in conditions}
+    largest = max(work.values(), default=1)
+    return {name: 1 + round((top - 1) * w / largest) for name, w in work.items()}
+
+
 def condition_by_name(md_settings: dict, name: str) -> MDCondition:
     """The condition called ``name`` (raises ConfigError listing the known names)."""
     conditions = expand_conditions(md_settings)
