@@ -20,8 +20,8 @@ lr 0.01 falling by 0.8 after ``--scheduler-patience`` epochs without validation 
 0.99), then "stage two" (``--swa``) for the last quarter of the budget (energy weight 1000, lr 1e-3);
 the final model is the best-validation EMA weights of stage two. mace-torch 0.3.16's ``--patience``
 only logs and does not stop a single-process run, so training runs a fixed budget (``--epochs``).
-The split has ONE validation cell (32 atoms), a noisy stopping signal, so the rule is judged on the
-recorded curves, not one number: the run counts as converged when, in each stage, the best
+The validation set is a few cells (the split's validation rows), a noisy stopping signal, so the rule is
+judged on the recorded curves, not one number: the run counts as converged when, in each stage, the best
 validation loss of the stage's last quarter improves on the best before it by less than
 ``PLATEAU_TOLERANCE`` (``stage_*_val_gain_last_quarter``). Best epoch, best and final validation loss
 per stage and wall time are recorded; the curves are plotted.
