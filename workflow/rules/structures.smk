@@ -167,6 +167,8 @@ rule structures_gather:
     conda:
         "../../envs/bornfield.yaml"
     threads: 1
+    # the amorphous cells' MD waits for it
+    priority: 10
     resources:
         runtime=10,
         mem_mb=2000,
@@ -233,6 +235,8 @@ rule structures_validate_potential:
     conda:
         "../../envs/bornfield.yaml"
     threads: 1
+    # the melt-quench waits for it
+    priority: 10
     resources:
         runtime=20,
         mem_mb=2000,
