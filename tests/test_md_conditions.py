@@ -108,7 +108,7 @@ def test_an_extra_condition_runs_its_own_production_length():
 
 def test_scheduling_priorities_start_the_longest_condition_first():
     from bornfield.config import resolve_config
-    from bornfield.md.conditions import condition_work, scheduling_priorities
+    from bornfield.md.conditions import condition_work, configured_cell_atoms, scheduling_priorities
 
     md = {"production_steps": 2500, "equilibration_steps": 250,
           "sweep": {"phases": ["amorphous"], "temperatures_K": [900], "field_strengths_V_per_A": [0.0, 0.1],
@@ -118,7 +118,8 @@ def test_scheduling_priorities_start_the_longest_condition_first():
                                {"phase": "beta", "temperature_K": 1200, "field_strength_V_per_A": 0.0}]}
     settings = resolve_config({"md": md, "structures": {"amorphous": {"md_cells": {"n_atoms": 192}},
                                                         "md_supercell": {"target_atoms": 64}}})
-    work = {c.name: condition_work(settings.md, settings.structures, c) for c in expand_conditions(settings.md)}
+    work = {c.name: condition_work(settings.md, c, configured_cell_atoms(settings.structures, c.phase))
+            for c in expand_conditions(settings.md)}
     assert work["amorphous_T900K_E0.1_x"] == 4 * 2750 * 192
     assert work["beta_vacancy_T1200K_E0.1_y"] == 8 * 10250 * 64
     priority = scheduling_priorities(settings.md, settings.structures)

@@ -416,7 +416,7 @@ def _potential_baseline(config: dict) -> str:
 
 def _md_rows(config: dict, cost: CostModel) -> list[dict]:
     """Exploration-free field MD of every condition and replica."""
-    from bornfield.md.conditions import condition_production_steps, expand_conditions
+    from bornfield.md.conditions import condition_production_steps, condition_work, expand_conditions
 
     structures, amorphous = config["structures"], config["structures"]["amorphous"]
     md = config["md"]
@@ -434,7 +434,7 @@ def _md_rows(config: dict, cost: CostModel) -> list[dict]:
                                              "md", structures["frenkel_min_separation_A"]))
     steps = {c.name: md["equilibration_steps"] + condition_production_steps(md, c) for c in conditions}
     model_set = bool(md["models"])
-    md_s = sum(c.replicas * steps[c.name] * md_atoms[c.phase]
+    md_s = sum(condition_work(md, c, md_atoms[c.phase])
                / cost.md_rate(md_atoms[c.phase], md["backend"], baseline, model_set) for c in conditions)
     lengths = sorted(set(steps.values()))
     length_text = f"{lengths[0]} steps" if len(lengths) == 1 else f"{lengths[0]}-{lengths[-1]} steps"

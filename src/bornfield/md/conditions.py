@@ -273,22 +273,25 @@ def condition_production_steps(md_settings: Mapping, condition: MDCondition) -> 
     return int(md_settings["production_steps"])
 
 
-def condition_work(md_settings: Mapping, structures_settings: Mapping, condition: MDCondition) -> int:
-    """Atom-steps of ``condition``: replicas x (equilibration + production steps) x its cell's configured
-    size (amorphous: ``structures.amorphous.md_cells.n_atoms``, else ``structures.md_supercell.target_atoms``)."""
-    if condition.phase == "amorphous":
-        atoms = int(structures_settings["amorphous"]["md_cells"]["n_atoms"])
-    else:
-        atoms = int(structures_settings["md_supercell"]["target_atoms"])
+def condition_work(md_settings: Mapping, condition: MDCondition, n_atoms: int) -> int:
+    """Atom-steps of ``condition`` on a cell of ``n_atoms``: replicas x (equilibration + production steps) x atoms."""
     steps = int(md_settings["equilibration_steps"]) + condition_production_steps(md_settings, condition)
-    return condition.replicas * steps * atoms
+    return condition.replicas * steps * int(n_atoms)
+
+
+def configured_cell_atoms(structures_settings: Mapping, phase: str) -> int:
+    """The MD cell size the ``structures`` section asks for: ``amorphous.md_cells.n_atoms`` for the amorphous
+    phase, else ``md_supercell.target_atoms`` (the built crystal or defect cell may differ by a few atoms)."""
+    if phase == "amorphous":
+        return int(structures_settings["amorphous"]["md_cells"]["n_atoms"])
+    return int(structures_settings["md_supercell"]["target_atoms"])
 
 
 def scheduling_priorities(md_settings: Mapping, structures_settings: Mapping, top: int = 9) -> dict[str, int]:
-    """Priority 1..``top`` per condition name, rising with :func:`condition_work`, so that a scheduler
-    starts the longest conditions first."""
-    conditions = expand_conditions(md_settings)
-    work = {c.name: condition_work(md_settings, structures_settings, c) for c in conditions}
+    """Priority 1..``top`` per condition name, rising with :func:`condition_work` on the configured cell size,
+    so that a scheduler starts the longest conditions first."""
+    work = {c.name: condition_work(md_settings, c, configured_cell_atoms(structures_settings, c.phase))
+            for c in expand_conditions(md_settings)}
     largest = max(work.values(), default=1)
     return {name: 1 + round((top - 1) * w / largest) for name, w in work.items()}
 
