@@ -338,6 +338,22 @@ def metric_records(metrics: dict, system: str, baseline: bool, subset: str, note
     return records
 
 
+#: what ``train evaluate`` does per model option: (option, model kind, metric function of
+#: bornfield.train.metrics, record system, baseline flag, parity plot of bornfield.train.plots, plot title)
+EVALUATED_KINDS = (
+    ("potential", "potential", "potential_metrics", "bornfield-potential", False, "potential_parity", "NN potential"),
+    ("born", "born", "born_metrics", "bornfield-born", False, "born_parity", "equivariant Born model"),
+    ("baseline", "born_row", "row_metrics", "paper-row-baseline", True, "row_parity", "paper-style baseline"),
+)
+
+
+def _has_labels(kind: str, sample) -> bool:
+    """Whether ``sample`` carries the labels a model of ``kind`` is evaluated on."""
+    if kind == "potential":
+        return sample.energy is not None and sample.forces is not None
+    return sample.born is not None
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     from bornfield.models import load_model
     from bornfield.train import metrics as M
@@ -371,32 +387,21 @@ def run_evaluate(args: argparse.Namespace) -> int:
     figures_dir = Path(args.figures_dir) if args.figures_dir else Path(args.output).parent
     stem = Path(args.output).stem
     notes = args.notes or f"dataset {', '.join(args.dataset)}; subset {subset}"
-    if args.potential and not any(s.energy is not None and s.forces is not None for s in samples):
-        log.warning("no structure of the subset has the labels of the %s models: not evaluated", "potential")
-    elif args.potential:
-        models = [load_model(p, kind="potential") for p in args.potential]
-        metrics, arrays = M.potential_metrics(models, samples)
-        records += metric_records(metrics, "bornfield-potential", False, subset, notes + f"; committee {len(models)}")
-        records += driving_member_records(models, samples, M.potential_metrics, "bornfield-potential", subset, notes)
-        summary["potential"] = metrics
-        plots.potential_parity(arrays, figures_dir / f"{stem}_potential_parity.png", f"NN potential ({subset})")
-    if args.born and not any(s.born is not None for s in samples):
-        log.warning("no structure of the subset has the labels of the %s models: not evaluated", "born")
-    elif args.born:
-        models = [load_model(p, kind="born") for p in args.born]
-        metrics, arrays = M.born_metrics(models, samples)
-        records += metric_records(metrics, "bornfield-born", False, subset, notes + f"; committee {len(models)}")
-        records += driving_member_records(models, samples, M.born_metrics, "bornfield-born", subset, notes)
-        summary["born"] = metrics
-        plots.born_parity(arrays, figures_dir / f"{stem}_born_parity.png", f"equivariant Born model ({subset})")
-    if args.baseline and not any(s.born is not None for s in samples):
-        log.warning("no structure of the subset has the labels of the %s models: not evaluated", "baseline")
-    elif args.baseline:
-        models = [load_model(p, kind="born_row") for p in args.baseline]
-        metrics, arrays = M.row_metrics(models, samples)
-        records += metric_records(metrics, "paper-row-baseline", True, subset, notes + f"; committee {len(models)}")
-        summary["baseline"] = metrics
-        plots.row_parity(arrays, figures_dir / f"{stem}_baseline_parity.png", f"paper-style baseline ({subset})")
+    for option, kind, metric_name, system, is_baseline, plot_name, title in EVALUATED_KINDS:
+        paths = getattr(args, option)
+        if paths and not any(_has_labels(kind, s) for s in samples):
+            log.warning("no structure of the subset has the labels of the %s models: not evaluated", option)
+            continue
+        if not paths:
+            continue
+        models = [load_model(p, kind=kind) for p in paths]
+        metric_function = getattr(M, metric_name)
+        metrics, arrays = metric_function(models, samples)
+        records += metric_records(metrics, system, is_baseline, subset, notes + f"; committee {len(models)}")
+        if not is_baseline:
+            records += driving_member_records(models, samples, metric_function, system, subset, notes)
+        summary[option] = metrics
+        getattr(plots, plot_name)(arrays, figures_dir / f"{stem}_{option}_parity.png", f"{title} ({subset})")
     if not records:
         raise ConfigError("nothing to evaluate: give --potential, --born and/or --baseline model files")
     _write_json(Path(args.output), records)
