@@ -1,12 +1,14 @@
 """LAMMPS reference of the Pedone baseline for tests/test_baseline.py (run in a subprocess).
 
-    python tests/pedone_lammps_driver.py STRUCTURE.extxyz CUTOFF ALPHA [--model-commands]  ->  JSON on stdout
+    python tests/pedone_lammps_driver.py STRUCTURE.extxyz CUTOFF ALPHA [--model-commands [--baseline-json FILE]]
+        ->  JSON on stdout
 
 ``pair_style hybrid/overlay pedone morse/smooth/linear coul/dsf``: ``pedone`` carries the
 C0/r^12 wall (D0 = 0 there), ``morse/smooth/linear`` the Morse term in the shifted-force form of
 the baseline, ``coul/dsf`` the Coulomb sum; parameters from :mod:`bornfield.pedone`. Orthorhombic
 cells only (no rotation into the LAMMPS frame). ``--model-commands``: the pair styles and charges
-that the MD's LAMMPS backend uses instead (:meth:`PairBaseline.lammps_pair_commands`). A subprocess keeps LAMMPS's OpenMP set-up (it
+that the MD's LAMMPS backend uses instead (:meth:`PairBaseline.lammps_pair_commands`), of the
+baseline hyperparameters in ``--baseline-json`` if given. A subprocess keeps LAMMPS's OpenMP set-up (it
 sets the process's OpenMP thread count to 1) out of the test process.
 """
 
@@ -48,7 +50,10 @@ create_box 3 box
     if "--model-commands" in sys.argv:
         from bornfield.models.baseline import PairBaseline, pedone_baseline
 
-        baseline = PairBaseline(order, pedone_baseline(cutoff, alpha))
+        hyperparameters = pedone_baseline(cutoff, alpha)
+        if "--baseline-json" in sys.argv:  # another baseline of the same form, e.g. with Born-Mayer walls
+            hyperparameters = json.loads(open(sys.argv[sys.argv.index("--baseline-json") + 1]).read())
+        baseline = PairBaseline(order, hyperparameters)
         charges, commands = baseline.lammps_pair_commands(order, lmp.extract_global("qqr2e"))
         for t in charges:
             lmp.command(f"mass {t} 1.0")

@@ -68,12 +68,16 @@ def amorphous_like(n_atoms=64, seed=3):
     return random_start(n_atoms, 2.3, seed, min_separation=1.5)
 
 
-def lammps_reference(atoms, tmp_path, cutoff=CUTOFF, alpha=ALPHA, model_commands=False):
+def lammps_reference(atoms, tmp_path, cutoff=CUTOFF, alpha=ALPHA, model_commands=False, hyperparameters=None):
     """Energy (eV), forces (eV/Å), stress (eV/Å^3, ASE sign) from LAMMPS (tests/pedone_lammps_driver.py);
-    ``model_commands``: with the pair styles the MD's LAMMPS backend uses (coul/dsf + lepton)."""
+    ``model_commands``: with the pair styles the MD's LAMMPS backend uses (coul/dsf + lepton), of
+    ``hyperparameters`` if given (else the Pedone baseline)."""
     path = tmp_path / "structure.extxyz"
     write(path, atoms)
     flags = ["--model-commands"] if model_commands else []
+    if hyperparameters is not None:
+        (tmp_path / "baseline.json").write_text(json.dumps(hyperparameters))
+        flags += ["--baseline-json", str(tmp_path / "baseline.json")]
     result = subprocess.run([sys.executable, str(DRIVER), str(path), repr(cutoff), repr(alpha), *flags],
                             capture_output=True, text=True, timeout=300)
     if result.returncode != 0:
@@ -96,6 +100,56 @@ def test_baseline_equals_lammps(name, model_commands, tmp_path):
     assert energy == pytest.approx(ref_energy, abs=1e-5 * len(atoms))
     np.testing.assert_allclose(forces, ref_forces, rtol=0, atol=2e-5)
     np.testing.assert_allclose(stress, ref_stress, rtol=0, atol=1e-6)
+
+
+def walled_baseline(cutoff=CUTOFF, alpha=ALPHA):
+    """Pedone with Born-Mayer walls: a new Li-Li pair (Coulomb only in Pedone) and one added to O-O."""
+    h = pedone_baseline(cutoff, alpha)
+    h["pairs"] = {**h["pairs"], "Li-Li": [0.0, 1.0, 1.0, 0.0, 35.0, 0.55],
+                  "O-O": h["pairs"]["O-O"] + [80.0, 0.3]}
+    return h
+
+
+def test_born_mayer_walls_equal_lammps(tmp_path):
+    """The walls A exp(-r/rho) (shifted force) in the lepton styles the LAMMPS MD backend uses."""
+    atoms = amorphous_like()
+    model = make("potential", 0, cutoff=4.5, baseline=walled_baseline())
+    model.set_energy_scale(0.0)
+    energy, forces, stress = model.energy_forces_stress(*args(atoms))
+    plain_energy, plain_forces, _ = baseline_model().energy_forces_stress(*args(atoms))
+    assert energy - plain_energy > 0.1 and np.abs(forces - plain_forces).max() > 0.05  # the walls act
+    ref_energy, ref_forces, ref_stress = lammps_reference(atoms, tmp_path, model_commands=True,
+                                                          hyperparameters=walled_baseline())
+    assert energy == pytest.approx(ref_energy, abs=1e-5 * len(atoms))
+    np.testing.assert_allclose(forces, ref_forces, rtol=0, atol=2e-5)
+    np.testing.assert_allclose(stress, ref_stress, rtol=0, atol=1e-6)
+
+
+def test_born_mayer_wall_is_smooth_and_conservative():
+    """A Li-Li pair with only a wall: force = -dE/dr, energy and force reach zero at the cutoff;
+    a wall with A = 0 is the four-number pair; a non-positive rho or a wrong count is refused."""
+    h = pedone_baseline(CUTOFF, ALPHA)
+    walled = dict(h, pairs={**h["pairs"], "Li-Li": [0.0, 1.0, 1.0, 0.0, 35.0, 0.55]})
+    plain, wall = PairBaseline(SPECIES, h), PairBaseline(SPECIES, walled)
+    li = torch.tensor([SPECIES.index("Li")] * 5)
+    r = torch.tensor([1.2, 1.8, 2.5, CUTOFF - 1e-3, CUTOFF - 1e-4], dtype=torch.float64)
+    phi, dphi = wall.pair_energy_and_derivative(r, li, li)
+    phi0, dphi0 = plain.pair_energy_and_derivative(r, li, li)
+    extra, slope = (phi - phi0).numpy(), (dphi - dphi0).numpy()
+    assert extra[0] == pytest.approx(35.0 * np.exp(-1.2 / 0.55), rel=1e-3) and extra[0] > extra[1] > extra[2] > 0
+    assert abs(extra[3]) < 1e-6 and abs(slope[4]) < 1e-6
+    delta = 1e-6
+    up, _ = wall.pair_energy_and_derivative(r + delta, li, li)
+    down, _ = wall.pair_energy_and_derivative(r - delta, li, li)
+    np.testing.assert_allclose(dphi.numpy(), ((up - down) / (2 * delta)).numpy(), rtol=1e-6, atol=1e-8)
+    zero_wall = dict(h, pairs={**h["pairs"], "O-O": h["pairs"]["O-O"] + [0.0, 0.4]})
+    o = torch.tensor([SPECIES.index("O")] * 5)
+    np.testing.assert_array_equal(PairBaseline(SPECIES, zero_wall).pair_energy_and_derivative(r, o, o)[0].numpy(),
+                                  plain.pair_energy_and_derivative(r, o, o)[0].numpy())
+    for values, message in (([0.0, 1.0, 1.0, 0.0, 35.0, 0.0], "rho must be positive"),
+                            ([0.0, 1.0, 1.0, 0.0, 35.0], "4 numbers")):
+        with pytest.raises(ValueError, match=message):
+            PairBaseline(SPECIES, dict(h, pairs={**h["pairs"], "Li-Li": values}))
 
 
 @pytest.fixture(scope="module")

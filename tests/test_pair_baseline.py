@@ -16,7 +16,7 @@ from bornfield.models.baseline import pedone_baseline
 from bornfield.models.io import load_model
 from bornfield.models.graph import collate
 from bornfield.train.data import attach_edges, read_samples
-from bornfield.train.pair_baseline import _forces, _with_parameters, fit_pedone_baseline
+from bornfield.train.pair_baseline import _evaluate, _forces, _with_parameters, fit_pedone_baseline
 from bornfield.train.trainer import potential_baseline
 from test_train import TINY, beta
 
@@ -61,6 +61,55 @@ def test_fit_recovers_the_charge_scale_and_bond_lengths_of_a_known_baseline(tmp_
     assert sum(fitted["charges"][s] * n for s, n in (("Li", 3), ("P", 1), ("O", 4))) == pytest.approx(0, abs=1e-12)
     assert fitted["fit"]["force_rmse_eV_per_A_after"]["all"] < 1e-4 < fitted["fit"]["force_rmse_eV_per_A_before"]["all"]
     assert fitted["name"] == published["name"] and fitted["cutoff"] == CUTOFF
+
+
+def test_fit_recovers_a_born_mayer_wall_from_forces_and_energies(tmp_path):
+    """Labels made by a baseline with a Li-Li wall A exp(-r/rho), energies shifted by per-species references:
+    the force-and-energy fit recovers charge scale, r0, A and rho; its energy error falls to ~0."""
+    wall = (40.0, 0.45)
+    truth = _with_parameters(pedone_baseline(CUTOFF, ALPHA), np.r_[TRUE, wall], ["Li-Li"])
+    assert truth["pairs"]["Li-Li"] == [0.0, 1.0, 1.0, 0.0, *wall]
+    rng = np.random.default_rng(5)
+    frames = []
+    for _ in range(6):
+        atoms = beta().repeat((2, 1, 1))
+        atoms.positions += rng.normal(0, 0.1, atoms.positions.shape)
+        atoms.info.update(energy=0.0, config_type="beta")
+        atoms.arrays["forces"] = np.zeros((len(atoms), 3))
+        frames.append(atoms)
+    path = tmp_path / "data.extxyz"
+    write(path, frames, format="extxyz")
+    samples = read_samples(path)
+    attach_edges(samples, SPECIES, CUTOFF)
+    graphs = [collate([s.edges], torch.float64) for s in samples]
+    references = {"Li": -190.3, "O": -420.7, "P": -180.2}  # eV per atom, as DFT totals would carry
+    for atoms, graph in zip(frames, graphs):
+        energy, forces = _evaluate(truth, SPECIES, [graph])
+        atoms.arrays["forces"] = forces
+        atoms.info["energy"] = float(energy[0]) + sum(references[s] for s in atoms.get_chemical_symbols())
+    write(path, frames, format="extxyz")
+    fitted = fit_pedone_baseline(read_samples(path), SPECIES, CUTOFF, ALPHA, "known walled baseline",
+                                 energy_weight=10.0, wall_pairs=["Li-Li"])
+    assert fitted["fit"]["charge_scale"] == pytest.approx(TRUE[0], abs=1e-3)
+    assert [fitted["pairs"][name][2] for name in ("Li-O", "P-O", "O-O")] == pytest.approx(list(TRUE[1:]), abs=1e-3)
+    assert fitted["pairs"]["Li-Li"][4:] == pytest.approx(list(wall), rel=1e-2)
+    assert fitted["fit"]["wall_pairs"] == {"Li-Li": fitted["pairs"]["Li-Li"][4:]}
+    fit = fitted["fit"]
+    assert fit["energy_rmse_meV_per_atom_after"]["all"] < 0.01 < fit["energy_rmse_meV_per_atom_before"]["all"]
+    assert fit["force_rmse_eV_per_A_after"]["all"] < 1e-3 < fit["force_rmse_eV_per_A_before"]["all"]
+    assert "and energies" in fitted["source"] and "Li-Li" in fitted["source"]
+
+
+@pytest.mark.parametrize("pairs, weight, message", [
+    (["Li-Xe"], 0.0, "not 'A-B' of the model's species"),
+    (["Li-O", "O-Li"], 0.0, "names a pair twice"),
+    ([], -1.0, "must be >= 0"),
+])
+def test_fit_refuses_bad_wall_pairs_and_weights(tmp_path, pairs, weight, message):
+    path, _ = frames_of_a_known_baseline(2, tmp_path)
+    with pytest.raises(ConfigError, match=message):
+        fit_pedone_baseline(read_samples(path), SPECIES, CUTOFF, ALPHA, "known baseline", energy_weight=weight,
+                            wall_pairs=pairs)
 
 
 def test_fit_baseline_command_feeds_pretraining_and_fine_tuning_keeps_it(tmp_path, capsys):

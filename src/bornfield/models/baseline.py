@@ -3,10 +3,11 @@
 The baseline is the Pedone 2006 potential (:mod:`bornfield.pedone`), made
 smooth at one cutoff ``r_c`` (Å) so that energy and forces go to zero there:
 
-* short range per anion pair, shifted force:
+* short range per listed pair, shifted force:
   ``φ_SR(r) = m(r) - m(r_c) - (r - r_c) m'(r_c)``,
-  ``m(r) = D0[exp(-2a(r-r0)) - 2exp(-a(r-r0))] + C0/r^12``
-  (LAMMPS ``morse/smooth/linear`` for the Morse part);
+  ``m(r) = D0[exp(-2a(r-r0)) - 2exp(-a(r-r0))] + C0/r^12 + A exp(-r/ρ)``
+  (LAMMPS ``morse/smooth/linear`` for the Morse part); Pedone's pairs have no Born–Mayer
+  term (A = 0), a fitted baseline may add one (:mod:`bornfield.train.pair_baseline`);
 * Coulomb between the partial charges by the damped shifted force method
   (Fennell & Gezelter, J. Chem. Phys. 124, 234104 (2006)), exactly as LAMMPS
   ``coul/dsf`` (damping α, 1/Å):
@@ -37,11 +38,13 @@ from bornfield.models.graph import Graph
 from bornfield.models.threads import centre_blocks, map_blocks, parallel_workers, EDGES_PER_TASK
 
 NAME = "pedone2006-dsf"
+#: a pair's numbers: the Pedone four, optionally followed by a Born–Mayer wall (A = 0 without)
+PAIR_UNITS = "eV, Å, e; pairs: [D0 eV, a 1/Å, r0 Å, C0 eV Å^12] or [D0, a, r0, C0, A eV, rho Å]"
 #: e²/(4πε0) in eV·Å (ASE units)
 COULOMB_CONSTANT = units.Hartree * units.Bohr
 FORM = (
     "E = sum_i [self_i + 1/2 sum_{j: r<cutoff} (phi_SR + phi_C)(r_ij)]; "
-    "phi_SR = m(r) - m(rc) - (r - rc) m'(rc), m = D0[exp(-2a(r-r0)) - 2exp(-a(r-r0))] + C0/r^12 per pair "
+    "phi_SR = m(r) - m(rc) - (r - rc) m'(rc), m = D0[exp(-2a(r-r0)) - 2exp(-a(r-r0))] + C0/r^12 + A exp(-r/rho) per pair "
     "(other pairs: Coulomb only); phi_C = k q_i q_j [erfc(alpha r)/r - e_s - r f_s], "
     "f_s = -(erfc(alpha rc)/rc^2 + 2 alpha/sqrt(pi) exp(-alpha^2 rc^2)/rc), e_s = erfc(alpha rc)/rc - f_s rc "
     "(damped shifted force, Fennell & Gezelter 2006, as LAMMPS coul/dsf); self_i = -k q_i^2 (e_s/2 + alpha/sqrt(pi))"
@@ -61,7 +64,7 @@ def pedone_baseline(cutoff: float, dsf_alpha: float) -> dict[str, Any]:
         "name": NAME,
         "form": FORM,
         "source": SOURCE + "; Coulomb: Fennell & Gezelter, J. Chem. Phys. 124, 234104 (2006)",
-        "units": "eV, Å, e; pairs: [D0 eV, a 1/Å, r0 Å, C0 eV Å^12]",
+        "units": PAIR_UNITS,
         "cutoff": float(cutoff),
         "dsf_alpha": float(dsf_alpha),
         "coulomb_constant": float(COULOMB_CONSTANT),
@@ -101,15 +104,20 @@ class PairBaseline(nn.Module):
         if unknown:
             raise ValueError(f"baseline {NAME!r} has no charge for species {unknown} (charges: {charges})")
         n = len(self.species)
-        table = torch.zeros(4, n, n, dtype=torch.float64)  # D0, a, r0, C0 per species pair
+        table = torch.zeros(6, n, n, dtype=torch.float64)  # D0, a, r0, C0, A, rho per species pair
         table[2] = 1.0  # r0 of pairs without a short-range term (D0 = C0 = 0): any finite value
+        table[5] = 1.0  # rho of pairs without a Born-Mayer wall (A = 0): any positive value
         for name, values in h["pairs"].items():
             a, _, b = name.partition("-")
-            if a not in charges or b not in charges or len(values) != 4:
-                raise ValueError(f"baseline pair {name!r}: expected 'A-B' of known species and 4 numbers (got {values})")
+            if a not in charges or b not in charges or len(values) not in (4, 6):
+                raise ValueError(f"baseline pair {name!r}: expected 'A-B' of known species and 4 numbers "
+                                 f"(D0, a, r0, C0) or 6 (and A, rho) (got {values})")
+            if len(values) == 6 and not float(values[5]) > 0:
+                raise ValueError(f"baseline pair {name!r}: Born-Mayer rho must be positive (got {values[5]} Å)")
             if a in self.species and b in self.species:
                 i, j = self.species.index(a), self.species.index(b)
-                table[:, i, j] = table[:, j, i] = torch.tensor([float(v) for v in values], dtype=torch.float64)
+                table[:len(values), i, j] = table[:len(values), j, i] = torch.tensor(
+                    [float(v) for v in values], dtype=torch.float64)
         self.hyperparameters = {**h, "charges": charges,
                                 "pairs": {k: [float(v) for v in values] for k, values in h["pairs"].items()}}
         # float64 constants, kept out of the module's dtype casts (plain attributes)
@@ -120,13 +128,15 @@ class PairBaseline(nn.Module):
         self._f_shift = -(erfc_rc / rc**2 + 2.0 * alpha / math.sqrt(math.pi) * math.exp(-((alpha * rc) ** 2)) / rc)
         self._e_shift = erfc_rc / rc - self._f_shift * rc
         self._self_factor = -self.k * (self._e_shift / 2.0 + alpha / math.sqrt(math.pi))
-        d0, a, r0, c0 = table
+        d0, a, r0, c0, wall, rho = table
         x = torch.exp(-a * (rc - r0))
-        self._sr_at_cutoff = d0 * (x * x - 2.0 * x) + c0 / rc**12  # (S, S) eV
-        self._sr_slope_at_cutoff = -2.0 * a * d0 * (x * x - x) - 12.0 * c0 / rc**13  # (S, S) eV/Å
-        # per species pair s_i * S + s_j: k q_i q_j, D0, a, r0, C0, m(r_c), m'(r_c) (one gather per evaluation)
+        y = wall * torch.exp(-rc / rho)
+        self._sr_at_cutoff = d0 * (x * x - 2.0 * x) + c0 / rc**12 + y  # (S, S) eV
+        self._sr_slope_at_cutoff = -2.0 * a * d0 * (x * x - x) - 12.0 * c0 / rc**13 - y / rho  # (S, S) eV/Å
+        # per species pair s_i * S + s_j: k q_i q_j, D0, a, r0, C0, A, rho, m(r_c), m'(r_c) (one gather per evaluation)
         qq = self.k * torch.outer(self._charges, self._charges)
-        self._pair_table = torch.stack([qq, d0, a, r0, c0, self._sr_at_cutoff, self._sr_slope_at_cutoff]).reshape(7, n * n)
+        self._pair_table = torch.stack([qq, d0, a, r0, c0, wall, rho, self._sr_at_cutoff,
+                                        self._sr_slope_at_cutoff]).reshape(9, n * n)
 
     def lammps_pair_commands(self, type_symbols, lammps_coulomb_constant: float) -> tuple[dict[int, float], list[str]]:
         """The same pair energy as LAMMPS pair styles: ``coul/dsf`` + ``lepton`` (shifted-force short range).
@@ -155,11 +165,11 @@ class PairBaseline(nn.Module):
         for ti, i in enumerate(index):  # every type pair with a short-range term, its constants from __init__
             for tj in range(ti, len(index)):
                 j = index[tj]
-                d0, a, r0, c0 = (float(v) for v in self._table[:, i, j])
-                if d0 == 0.0 and c0 == 0.0:
+                d0, a, r0, c0, wall, rho = (float(v) for v in self._table[:, i, j])
+                if d0 == 0.0 and c0 == 0.0 and wall == 0.0:
                     continue
                 at_cutoff, slope = float(self._sr_at_cutoff[i, j]), float(self._sr_slope_at_cutoff[i, j])
-                m = f"{d0!r}*(exp(-2*{a!r}*(r-{r0!r}))-2*exp(-{a!r}*(r-{r0!r})))+{c0!r}/r^12"
+                m = f"{d0!r}*(exp(-2*{a!r}*(r-{r0!r}))-2*exp(-{a!r}*(r-{r0!r})))+{c0!r}/r^12+{wall!r}*exp(-r/{rho!r})"
                 energy = f"{m}-({at_cutoff!r})-(r-{rc!r})*({slope!r})"
                 commands.append(f'pair_coeff {ti + 1} {tj + 1} lepton "{energy}"')
         return charges, commands
@@ -174,7 +184,7 @@ class PairBaseline(nn.Module):
         Valid for ``r < cutoff``; the caller masks pairs beyond it.
         """
         rc, alpha = self.cutoff, self.alpha
-        qq, d0, a, r0, c0, sr_cut, sr_slope = self._pair_table[:, si * len(self.species) + sj]
+        qq, d0, a, r0, c0, wall, rho, sr_cut, sr_slope = self._pair_table[:, si * len(self.species) + sj]
         scaled = alpha * r
         erfc = torch.special.erfc(scaled)
         gauss = torch.exp(-scaled * scaled)
@@ -183,10 +193,11 @@ class PairBaseline(nn.Module):
         inv_r6 = inv_r6 * inv_r6 * inv_r6
         inv_r12 = inv_r6 * inv_r6
         x = torch.exp(-a * (r - r0))
+        y = wall * torch.exp(-r / rho)
         phi = qq * (erfc * inv_r - self._e_shift - r * self._f_shift) \
-            + d0 * (x * x - 2.0 * x) + c0 * inv_r12 - sr_cut - (r - rc) * sr_slope
+            + d0 * (x * x - 2.0 * x) + c0 * inv_r12 + y - sr_cut - (r - rc) * sr_slope
         dphi = qq * (-erfc * inv_r * inv_r - (2.0 * alpha / math.sqrt(math.pi)) * gauss * inv_r - self._f_shift) \
-            - 2.0 * a * d0 * (x * x - x) - 12.0 * c0 * inv_r12 * inv_r - sr_slope
+            - 2.0 * a * d0 * (x * x - x) - 12.0 * c0 * inv_r12 * inv_r - y / rho - sr_slope
         return phi, dphi
 
     def site_energies_and_edge_gradient(

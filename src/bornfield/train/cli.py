@@ -204,12 +204,18 @@ def run_fit_baseline(args: argparse.Namespace) -> int:
     description = (f"train rows of {args.split_file} ({len(train)} structures) of "
                    f"{' '.join(map(str, args.dataset))} (sha256 {_dataset_hash(args.dataset)})")
     fitted = fit_pedone_baseline(train, species, float(potential["baseline_cutoff_A"]),
-                                 float(potential["baseline_dsf_alpha_per_A"]), description)
+                                 float(potential["baseline_dsf_alpha_per_A"]), description,
+                                 energy_weight=float(potential["baseline_energy_weight"]),
+                                 wall_pairs=potential["baseline_wall_pairs"])
     _write_json(Path(args.output), fitted)
     fit = fitted["fit"]
-    print(f"pair baseline fitted to the forces of {fit['n_structures']} structures: force RMSE "
-          f"{fit['force_rmse_eV_per_A_before']['all']:.3f} -> {fit['force_rmse_eV_per_A_after']['all']:.3f} eV/Å, "
-          f"charge scale {fit['charge_scale']:.3f} -> {args.output}")
+    energy = (f", energy RMSE {fit['energy_rmse_meV_per_atom_before']['all']:.1f} -> "
+              f"{fit['energy_rmse_meV_per_atom_after']['all']:.1f} meV/atom"
+              if "energy_rmse_meV_per_atom_after" in fit else "")
+    walls = "".join(f", {name} wall A {a:.3g} eV, rho {rho:.3f} Å" for name, (a, rho) in fit["wall_pairs"].items())
+    print(f"pair baseline fitted to {fit['target']} ({fit['n_structures']} structures): force RMSE "
+          f"{fit['force_rmse_eV_per_A_before']['all']:.3f} -> {fit['force_rmse_eV_per_A_after']['all']:.3f} eV/Å"
+          f"{energy}, charge scale {fit['charge_scale']:.3f}{walls} -> {args.output}")
     return 0
 
 
