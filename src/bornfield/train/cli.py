@@ -772,8 +772,9 @@ def register(subparsers) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_pretrain)
 
-    p = sub.add_parser("fit-baseline", help="fit the potential's Pedone pair baseline (charge scale, Morse r0) to the "
-                       "forces of the training rows, for train.potential.baseline: pedone_fitted")
+    p = sub.add_parser("fit-baseline", help="fit the potential's Pedone pair baseline (charge scale, Morse r0, "
+                       "optional Born-Mayer walls) to the forces (and energies) of the training rows, for "
+                       "train.potential.baseline: pedone_fitted")
     add_settings_arguments(p)
     p.add_argument("--dataset", nargs="+", required=True, help="labelled extxyz file(s)")
     p.add_argument("--split-file", required=True, help="split.json of the training run (its train rows are fitted)")
