@@ -16,7 +16,7 @@ from bornfield.models.baseline import pedone_baseline
 from bornfield.models.io import load_model
 from bornfield.models.graph import collate
 from bornfield.train.data import attach_edges, read_samples
-from bornfield.train.pair_baseline import _evaluate, _forces, _with_parameters, fit_pedone_baseline
+from bornfield.train.pair_baseline import _evaluate, _with_parameters, fit_pedone_baseline
 from bornfield.train.trainer import potential_baseline
 from test_train import TINY, beta
 
@@ -25,15 +25,18 @@ CUTOFF, ALPHA = 6.0, 0.3
 TRUE = np.array([0.8, 2.60, 1.75, 3.50])  # charge scale, r0 of Li-O, P-O, O-O (Å)
 
 
-def frames_of_a_known_baseline(n: int, tmp_path, seed: int = 0, noise: float = 0.0):
-    """Rattled 2x1x1 beta cells whose forces (eV/Å) are a Pedone baseline with scaled charges and shifted r0
-    (plus Gaussian noise), written to ``tmp_path``/data.extxyz; returns the path and the true baseline."""
+def frames_of_a_known_baseline(n: int, tmp_path, seed: int = 0, noise: float = 0.0, truth=None,
+                               amplitude: float = 0.08, references: dict[str, float] | None = None):
+    """Rattled 2x1x1 beta cells whose forces (eV/Å) are a Pedone baseline (``truth``, default: scaled charges
+    and shifted r0 of TRUE) plus Gaussian noise; energies random, or with ``references`` (eV per atom of each
+    species) the baseline's energy plus the references. Written to ``tmp_path``/data.extxyz; returns the
+    path and the true baseline."""
     rng = np.random.default_rng(seed)
-    truth = _with_parameters(pedone_baseline(CUTOFF, ALPHA), TRUE)
+    truth = truth or _with_parameters(pedone_baseline(CUTOFF, ALPHA), TRUE)
     frames = []
     for _ in range(n):
         atoms = beta().repeat((2, 1, 1))
-        atoms.positions += rng.normal(0, 0.08, atoms.positions.shape)
+        atoms.positions += rng.normal(0, amplitude, atoms.positions.shape)
         atoms.info.update(energy=float(rng.normal(0, 0.1)), config_type="beta")
         atoms.arrays["forces"] = np.zeros((len(atoms), 3))
         frames.append(atoms)
@@ -41,11 +44,11 @@ def frames_of_a_known_baseline(n: int, tmp_path, seed: int = 0, noise: float = 0
     write(path, frames, format="extxyz")
     samples = read_samples(path)
     attach_edges(samples, SPECIES, CUTOFF)
-    forces = _forces(truth, SPECIES, [collate([s.edges], torch.float64) for s in samples])
-    offset = 0
-    for atoms in frames:
-        atoms.arrays["forces"] = forces[offset:offset + len(atoms)] + rng.normal(0, noise, (len(atoms), 3))
-        offset += len(atoms)
+    for atoms, sample in zip(frames, samples):
+        energy, forces = _evaluate(truth, SPECIES, [collate([sample.edges], torch.float64)])
+        atoms.arrays["forces"] = forces + rng.normal(0, noise, forces.shape)
+        if references is not None:
+            atoms.info["energy"] = float(energy[0]) + sum(references[s] for s in atoms.get_chemical_symbols())
     write(path, frames, format="extxyz")
     return path, truth
 
@@ -69,25 +72,8 @@ def test_fit_recovers_a_born_mayer_wall_from_forces_and_energies(tmp_path):
     wall = (40.0, 0.45)
     truth = _with_parameters(pedone_baseline(CUTOFF, ALPHA), np.r_[TRUE, wall], ["Li-Li"])
     assert truth["pairs"]["Li-Li"] == [0.0, 1.0, 1.0, 0.0, *wall]
-    rng = np.random.default_rng(5)
-    frames = []
-    for _ in range(6):
-        atoms = beta().repeat((2, 1, 1))
-        atoms.positions += rng.normal(0, 0.1, atoms.positions.shape)
-        atoms.info.update(energy=0.0, config_type="beta")
-        atoms.arrays["forces"] = np.zeros((len(atoms), 3))
-        frames.append(atoms)
-    path = tmp_path / "data.extxyz"
-    write(path, frames, format="extxyz")
-    samples = read_samples(path)
-    attach_edges(samples, SPECIES, CUTOFF)
-    graphs = [collate([s.edges], torch.float64) for s in samples]
     references = {"Li": -190.3, "O": -420.7, "P": -180.2}  # eV per atom, as DFT totals would carry
-    for atoms, graph in zip(frames, graphs):
-        energy, forces = _evaluate(truth, SPECIES, [graph])
-        atoms.arrays["forces"] = forces
-        atoms.info["energy"] = float(energy[0]) + sum(references[s] for s in atoms.get_chemical_symbols())
-    write(path, frames, format="extxyz")
+    path, _ = frames_of_a_known_baseline(6, tmp_path, seed=5, truth=truth, amplitude=0.1, references=references)
     fitted = fit_pedone_baseline(read_samples(path), SPECIES, CUTOFF, ALPHA, "known walled baseline",
                                  energy_weight=10.0, wall_pairs=["Li-Li"])
     assert fitted["fit"]["charge_scale"] == pytest.approx(TRUE[0], abs=1e-3)

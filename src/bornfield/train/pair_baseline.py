@@ -67,11 +67,6 @@ def _evaluate(hyperparameters: dict[str, Any], species: Sequence[str], graphs) -
     return np.concatenate(energies), np.concatenate(forces)
 
 
-def _forces(hyperparameters: dict[str, Any], species: Sequence[str], graphs) -> np.ndarray:
-    """Baseline forces (sum n, 3) eV/Å of the collated ``graphs``."""
-    return _evaluate(hyperparameters, species, graphs)[1]
-
-
 def _rmse_per_species(error: np.ndarray, symbols: np.ndarray) -> dict[str, float]:
     out = {"all": float(np.sqrt((error ** 2).mean()))}
     for s in sorted(set(symbols)):
