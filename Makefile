@@ -15,9 +15,10 @@ CONFIG    ?= config/config.yaml
 STAMPS    := .make
 BIN       := $(VENV)/bin
 PYTEST_ARGS ?=
-# label ledger: wall-time budget (h) and MPI ranks per QE job of `make label`
+# label ledger: wall-time budget (h), MPI ranks per QE job and labellers side by side of `make label`
 HOURS     ?= 1
 RANKS     ?= 2
+WORKERS   ?= 1
 LEDGER    ?= data/ledger
 # rule commands call `bornfield` and MPI launchers from the venv
 export PATH := $(abspath $(BIN)):$(PATH)
@@ -38,7 +39,7 @@ test: setup
 
 # run queue entries of the committed label ledger for HOURS of wall time (commit data/ afterwards)
 label: setup
-	$(BIN)/bornfield label --hours $(HOURS) --ranks $(RANKS) --ledger $(LEDGER)
+	$(BIN)/bornfield label --hours $(HOURS) --ranks $(RANKS) --workers $(WORKERS) --ledger $(LEDGER)
 
 # train the committees of config/models.yaml on the ledger and write the model set (train.ship_to)
 MODELS_CONFIG ?= config/models.yaml

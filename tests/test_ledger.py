@@ -439,6 +439,53 @@ def test_sigterm_to_the_labeller_alone_stops_its_qe_child(tmp_path, pseudo, fake
     assert ledger.dft_ids() == []
 
 
+def test_workers_label_side_by_side_each_job_once(tmp_path, pseudo, fake_qe):
+    """--workers 2: two labellers on one ledger claim different jobs; the report merges both."""
+    ledger = _ledger(tmp_path / "ledger", pseudo)
+    _queue(ledger, [_structure(0.01 * k, kind="scf") for k in range(1, 5)])
+    report = tmp_path / "report.json"
+    cmd = [sys.executable, "-m", "bornfield.cli", "label", "--hours", "1", "--ranks", "1", "--workers", "2",
+           "--ledger", str(ledger.root), "--work-dir", str(tmp_path / "work"), "--launcher", "",
+           "--report-json", str(report)]
+    subprocess.run(cmd, env={**os.environ, "FAKE_QE_SLEEP": "3"}, check=True, capture_output=True, timeout=300)
+    summary = json.loads(report.read_text())
+    ids = [job["dft_id"] for job in summary["jobs"]]
+    assert summary["workers"] == 2 and summary["jobs_finished"] == 4 and len(set(ids)) == 4
+    assert {job["worker"] for job in summary["jobs"]} == {0, 1}  # both took jobs
+    assert sorted(ids) == ledger.dft_ids() and pending_jobs(ledger) == [] and summary["pending_not_started"] == 0
+
+
+def test_sigterm_to_a_multi_worker_labeller_stops_every_worker_and_qe(tmp_path, pseudo, fake_qe):
+    ledger = _ledger(tmp_path / "ledger", pseudo)
+    _queue(ledger, [_structure(0.01 * k, kind="scf") for k in range(1, 4)])
+    cmd = [sys.executable, "-m", "bornfield.cli", "label", "--hours", "1", "--ranks", "1", "--workers", "2",
+           "--ledger", str(ledger.root), "--work-dir", str(tmp_path / "work"), "--launcher", ""]
+    proc = subprocess.Popen(cmd, env={**os.environ, "FAKE_QE_SLEEP": "120"}, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    qe_pattern = str(fake_qe / "pw.x")
+
+    def running_qe() -> int:
+        found = subprocess.run(["pgrep", "-f", qe_pattern], capture_output=True, text=True).stdout.split()
+        return len(found)
+
+    try:
+        deadline = time.time() + 90
+        while running_qe() < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        assert running_qe() == 2, "the two workers' pw.x never ran side by side"
+        proc.send_signal(signal.SIGTERM)  # the first labeller only, not its process group
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+        deadline = time.time() + 30
+        while running_qe() and time.time() < deadline:
+            time.sleep(0.2)
+        assert running_qe() == 0, "a worker's pw.x outlived the labeller"
+        assert subprocess.run(["pgrep", "-f", f"{ledger.root}.*--worker-index"], capture_output=True).returncode
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert ledger.dft_ids() == []
+
+
 def test_a_running_labeller_takes_picks_appended_during_its_run(tmp_path, pseudo, fake_qe, monkeypatch):
     import bornfield.ledger.labeller as labeller
 

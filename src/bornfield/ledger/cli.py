@@ -1,6 +1,7 @@
 """``bornfield label`` (budgeted labelling) and ``bornfield ledger …`` (create, plan, inspect, merge).
 
-* ``label --hours H``: run queue entries into the ledger within H hours of wall time.
+* ``label --hours H``: run queue entries into the ledger within H hours of wall time
+  (``--workers N``: N labellers side by side on one ledger).
 * ``ledger init``: fix a new ledger's settings from a config's ``dft`` section.
 * ``ledger plan``: write the designed base queue (once).
 * ``ledger append``: append structures (active-learning picks) to the queue.
@@ -18,13 +19,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
+import subprocess
+import sys
 import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
 
 from bornfield import atomic
 from bornfield.config import load_config, schema_default
-from bornfield.errors import InputFileError
+from bornfield.errors import BornfieldError, ConfigError, InputFileError
 
 LOG = logging.getLogger(__name__)
 
@@ -51,6 +55,12 @@ def register(subparsers) -> None:
     lab.add_argument("--max-jobs", type=int, default=None, help="stop after this many finished jobs (default: no limit)")
     lab.add_argument("--kind", choices=["dfpt", "scf"], action="append", help="label only this kind, repeatable (default: both)")
     lab.add_argument("--report-json", type=Path, default=None, help="also write the run's summary as JSON here (default: not written)")
+    lab.add_argument("--workers", type=int, default=1,
+                     help="labellers run side by side, each on its own job with --ranks ranks (cores used: "
+                          "workers x ranks)")
+    lab.add_argument("--worker-index", type=int, default=None,
+                     help="this labeller's index among side-by-side workers, in its log lines and progress bar "
+                          "(set by --workers for the ones it starts) (default: none, or 0 with --workers > 1)")
     lab.set_defaults(func=run_label, exit_on_sigterm=True)
 
     parser = subparsers.add_parser("ledger", help="the committed DFT label ledger: init, plan, status, add, export")
@@ -148,13 +158,50 @@ def register(subparsers) -> None:
 
 
 def run_label(args: argparse.Namespace) -> int:
-    from bornfield.ledger.labeller import label
+    """One labeller, or with ``--workers N`` this one plus N - 1 labeller processes on the same ledger
+    and work directory (jobs are claimed by lock, so no two run the same job). SIGTERM or an error
+    here stops the others (each leaves its job resumable); otherwise it waits for them to finish."""
+    from bornfield.ledger.labeller import label, merge_summaries
 
-    summary = label(args.ledger, args.hours, args.ranks, args.work_dir, args.launcher, args.max_jobs,
-                    tuple(args.kind or ("dfpt", "scf")))
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1 (got {args.workers})")
+    kinds = tuple(args.kind or ("dfpt", "scf"))
+    scratch = Path(args.work_dir) / "worker-reports"
+    others = [_start_worker(args, k, scratch / f"worker-{k}.json") for k in range(1, args.workers)]
+    try:
+        summary = label(args.ledger, args.hours, args.ranks, args.work_dir, args.launcher, args.max_jobs, kinds,
+                        worker=args.worker_index if args.worker_index is not None else (0 if others else None))
+    except BaseException:
+        for process, _ in others:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process, _ in others:
+            process.wait()
+        raise
+    codes = [process.wait() for process, _ in others]
+    failed = [f"worker {k} (exit {code})" for k, code in enumerate(codes, start=1) if code != 0]
+    if others:
+        reports = [json.loads(path.read_text()) for (_, path), code in zip(others, codes) if code == 0]
+        summary = merge_summaries(args.ledger, kinds, [summary, *reports])
     if args.report_json:
         atomic.write_text(args.report_json, json.dumps(summary, indent=1) + "\n")
+    if failed:
+        raise BornfieldError(f"label: {', '.join(failed)} failed; see the log above (their finished jobs are in "
+                             f"the ledger)")
     return 0
+
+
+def _start_worker(args: argparse.Namespace, index: int, report: Path):
+    """Start labeller ``index`` of ``--workers`` as a process with the same options; (process, report path)."""
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "bornfield.cli", "label", "--hours", repr(args.hours), "--ranks", str(args.ranks),
+            "--ledger", str(args.ledger), "--work-dir", str(args.work_dir), "--launcher", args.launcher,
+            "--worker-index", str(index), "--report-json", str(report)]
+    argv += ["--max-jobs", str(args.max_jobs)] if args.max_jobs is not None else []
+    for kind in args.kind or ():
+        argv += ["--kind", kind]
+    return subprocess.Popen(argv), report
 
 
 def run_admit_pseudo(args: argparse.Namespace) -> int:

@@ -148,8 +148,12 @@ class JobClaim:
 
 
 def label(ledger_dir: str | Path, hours: float, ranks: int, work_dir: str | Path, launcher: str = "/usr/bin/mpirun",
-          max_jobs: int | None = None, kinds: tuple[str, ...] = ("dfpt", "scf"), clock=time.monotonic) -> dict:
-    """Label queue entries into the ledger within ``hours`` of wall time; return a summary dict."""
+          max_jobs: int | None = None, kinds: tuple[str, ...] = ("dfpt", "scf"), clock=time.monotonic,
+          worker: int | None = None) -> dict:
+    """Label queue entries into the ledger within ``hours`` of wall time; return a summary dict.
+
+    ``worker``: this labeller's index when several run side by side (``bornfield label --workers``):
+    it names the progress bar and log lines."""
     if hours <= 0 or ranks < 1:
         raise ConfigError(f"label needs --hours > 0 and --ranks >= 1 (got {hours}, {ranks})")
     from tqdm import tqdm
@@ -168,7 +172,9 @@ def label(ledger_dir: str | Path, hours: float, ranks: int, work_dir: str | Path
              ledger.root, len(ledger.dft_ids()), len(pending), ", ".join(kinds),
              {k: round(v, 2) for k, v in correction.items()})
     done: list[dict] = []
-    bar = tqdm(total=len(pending), unit="job", desc="labelling", mininterval=10.0)
+    who = "" if worker is None else f"worker {worker}: "
+    bar = tqdm(total=len(pending), unit="job", desc=f"{who}labelling", mininterval=10.0,
+               position=worker or 0)
     try:
         while max_jobs is None or len(done) < max_jobs:
             left = deadline - clock()
@@ -186,8 +192,8 @@ def label(ledger_dir: str | Path, hours: float, ranks: int, work_dir: str | Path
                 break
             pending.remove(job)
             wall = SAFETY * job.est_core_s * correction[job.kind] / ranks
-            LOG.info("label %s: %s %s, %d atoms (%s), estimated %.0f min, %.0f min of budget left",
-                     job.dft_id, job.kind, job.atoms.info.get("family"), len(job.atoms), job.atoms.info["config_type"],
+            LOG.info("%slabel %s: %s %s, %d atoms (%s), estimated %.0f min, %.0f min of budget left",
+                     who, job.dft_id, job.kind, job.atoms.info.get("family"), len(job.atoms), job.atoms.info["config_type"],
                      wall / 60, left / 60)
             try:
                 record = _run_one(ledger, job, ranks, work, pseudo_dir, options, max_seconds=max(60.0, left - 60.0),
@@ -197,7 +203,7 @@ def label(ledger_dir: str | Path, hours: float, ranks: int, work_dir: str | Path
                 break
             finally:
                 claim.release()
-            done.append(record)
+            done.append(record if worker is None else {**record, "worker": worker})
             correction = cost_correction(ledger, machine)  # every finished job sharpens the next estimates
             pending = [c for c in pending_jobs(ledger) if c.kind in kinds]  # picks appended meanwhile count
             bar.total = len(done) + len(pending)
@@ -212,9 +218,20 @@ def label(ledger_dir: str | Path, hours: float, ranks: int, work_dir: str | Path
         "jobs_finished": len(done), "jobs": done, "pending_not_started": still_pending,
         "wall_time_s": round(clock() - start, 1), "ledger_entries": len(ledger.dft_ids()),
     }
-    LOG.info("labelled %d job(s) in %.1f min; %d queue job(s) still pending; ledger holds %d entries",
-             len(done), summary["wall_time_s"] / 60, still_pending, summary["ledger_entries"])
+    LOG.info("%slabelled %d job(s) in %.1f min; %d queue job(s) still pending; ledger holds %d entries",
+             who, len(done), summary["wall_time_s"] / 60, still_pending, summary["ledger_entries"])
     return summary
+
+
+def merge_summaries(ledger_dir: str | Path, kinds: tuple[str, ...], summaries: list[dict]) -> dict:
+    """One summary of labellers that ran side by side: their jobs, the longest wall time, and the
+    pending count and ledger size after all of them."""
+    ledger = Ledger(ledger_dir)
+    jobs = [job for summary in summaries for job in summary["jobs"]]
+    return {"jobs_finished": len(jobs), "jobs": jobs, "workers": len(summaries),
+            "pending_not_started": sum(1 for c in pending_jobs(ledger) if c.kind in kinds),
+            "wall_time_s": max(summary["wall_time_s"] for summary in summaries),
+            "ledger_entries": len(ledger.dft_ids())}
 
 
 def _run_one(ledger: Ledger, job: PlannedJob, ranks: int, work: Path, pseudo_dir: Path, options: RunnerOptions,
