@@ -59,15 +59,22 @@ def test_generated_p_is_provisioned_wrapped_and_recorded(tmp_path):
 @needs_ld1
 def test_packaged_p_is_what_its_ld1_recipe_makes(tmp_path):
     """ld1.x remakes the packaged P file from the committed input: the same markup and, number by
-    number, the same values to 1e-6 relative or 1e-10 absolute (its last digits depend on the CPU's BLAS kernels)."""
+    number, the same values to 1e-6 relative or 5e-6 absolute (its last digits depend on the CPU)."""
     made = generate_pseudopotential("P.pbesol-n-kjpaw_bornfield.ld1.in", tmp_path, "ld1.x").read_text()
     packaged = packaged_upf_text("P.pbesol-n-kjpaw_bornfield.UPF")
     number = r"[-+]?\d+\.\d*(?:[eE][-+]?\d+)?"
-    assert re.sub(number, "#", made) == re.sub(number, "#", packaged)
+    # markup compared with runs of blanks collapsed: a value at rounding level may print as -0.0 here, 0.0 there
+    def markup(text: str) -> str:
+        return re.sub(r"[ \t]+", " ", re.sub(number, "#", text))
+
+    assert markup(made) == markup(packaged)
     a = np.array([float(x) for x in re.findall(number, made)])
     b = np.array([float(x) for x in re.findall(number, packaged)])
     assert a.size > 50_000
-    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-10)
+    # ld1.x on an AMD EPYC (2026-12-06) differs from the Intel-made file by up to 1.2e-6 absolute in 0.9 %
+    # of the values (its self-consistency stops at its own threshold); the labels' agreement is checked by
+    # `ledger admit-pseudo`, not here
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=5e-6)
     assert packaged_upf_text("no_such.UPF") is None
 
 
