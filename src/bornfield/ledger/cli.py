@@ -57,7 +57,7 @@ def register(subparsers) -> None:
     lab.add_argument("--report-json", type=Path, default=None, help="also write the run's summary as JSON here (default: not written)")
     lab.add_argument("--workers", type=int, default=1,
                      help="labellers run side by side, each on its own job with --ranks ranks (cores used: "
-                          "workers x ranks)")
+                          "workers x ranks; --max-jobs counts per worker)")
     lab.add_argument("--worker-index", type=int, default=None,
                      help="this labeller's index among side-by-side workers, in its log lines and progress bar "
                           "(set by --workers for the ones it starts) (default: none, or 0 with --workers > 1)")
