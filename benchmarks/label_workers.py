@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import re
 import subprocess
 import sys
 import tarfile
@@ -40,16 +39,16 @@ CORES = 2
 SETUPS = {"one-worker-2-ranks": (1, 2), "two-workers-1-rank": (2, 1)}  # name: (workers, ranks)
 
 
-def scf_iterations(entry: Path) -> tuple[int, int]:
-    """(SCF iterations, atoms) of a ledger entry, read from the pw.out in its ``qe.tar.xz``."""
+def scf_iterations(entry: Path, scratch: Path) -> tuple[int, int]:
+    """(SCF iterations, atoms) of a ledger entry, from the pw.out in its ``qe.tar.xz`` (bornfield's parser)."""
+    from bornfield.dft.parsers import read_pw_output
+
     with tarfile.open(entry / "qe.tar.xz") as archive:
         member = next(name for name in archive.getnames() if name.endswith("pw.out"))
-        text = archive.extractfile(member).read().decode(errors="replace")
-    iterations = re.search(r"convergence has been achieved in\s+(\d+) iterations", text)
-    atoms = re.search(r"number of atoms/cell\s*=\s*(\d+)", text)
-    if iterations is None or atoms is None:
-        raise SystemExit(f"{entry}: pw.out without a converged SCF")
-    return int(iterations.group(1)), int(atoms.group(1))
+        path = scratch / f"{entry.name}.pw.out"
+        path.write_bytes(archive.extractfile(member).read())
+    output = read_pw_output(path)
+    return output.n_scf_iterations, len(output.atoms)
 
 
 def run_setup(name: str, workers: int, ranks: int, jobs: int, hours: float, ledger: Path, report: Path) -> dict:
@@ -66,7 +65,7 @@ def run_setup(name: str, workers: int, ranks: int, jobs: int, hours: float, ledg
     for job in summary["jobs"]:
         if job["state"] != "completed":
             raise SystemExit(f"{name}: job {job['dft_id']} ended {job['state']}")
-        iterations, atoms = scf_iterations(ledger / "entries" / job["dft_id"])
+        iterations, atoms = scf_iterations(ledger / "entries" / job["dft_id"], report.parent)
         rows.append({"dft_id": job["dft_id"], "n_atoms": atoms, "scf_iterations": iterations,
                      "wall_time_s": job["wall_time_s"], "core_s_per_scf_iteration": job["wall_time_s"] * ranks / iterations})
     return {"workers": workers, "ranks": ranks, "phase_wall_s": wall, "jobs": rows}
@@ -103,8 +102,9 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     results = {name: run_setup(name, workers, ranks, args.jobs, args.hours, args.ledger, work / f"{name}.json")
                for name, (workers, ranks) in SETUPS.items()}
-    machine = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"],
-                             capture_output=True, text=True).stdout.strip()
+    from bornfield.provenance import cpu_model
+
+    machine = cpu_model()
     records = []
     for name, result in results.items():
         per_iteration = [row["core_s_per_scf_iteration"] for row in result["jobs"]]

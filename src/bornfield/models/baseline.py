@@ -130,6 +130,8 @@ class PairBaseline(nn.Module):
         self._self_factor = -self.k * (self._e_shift / 2.0 + alpha / math.sqrt(math.pi))
         d0, a, r0, c0, wall, rho = table
         x = torch.exp(-a * (rc - r0))
+        #: whether any pair has a Born-Mayer wall (without, the per-pair evaluation skips its exponential)
+        self._walls = bool((wall != 0).any())
         y = wall * torch.exp(-rc / rho)
         self._sr_at_cutoff = d0 * (x * x - 2.0 * x) + c0 / rc**12 + y  # (S, S) eV
         self._sr_slope_at_cutoff = -2.0 * a * d0 * (x * x - x) - 12.0 * c0 / rc**13 - y / rho  # (S, S) eV/Å
@@ -169,7 +171,8 @@ class PairBaseline(nn.Module):
                 if d0 == 0.0 and c0 == 0.0 and wall == 0.0:
                     continue
                 at_cutoff, slope = float(self._sr_at_cutoff[i, j]), float(self._sr_slope_at_cutoff[i, j])
-                m = f"{d0!r}*(exp(-2*{a!r}*(r-{r0!r}))-2*exp(-{a!r}*(r-{r0!r})))+{c0!r}/r^12+{wall!r}*exp(-r/{rho!r})"
+                m = f"{d0!r}*(exp(-2*{a!r}*(r-{r0!r}))-2*exp(-{a!r}*(r-{r0!r})))+{c0!r}/r^12"
+                m += f"+{wall!r}*exp(-r/{rho!r})" if wall != 0.0 else ""
                 energy = f"{m}-({at_cutoff!r})-(r-{rc!r})*({slope!r})"
                 commands.append(f'pair_coeff {ti + 1} {tj + 1} lepton "{energy}"')
         return charges, commands
@@ -193,11 +196,14 @@ class PairBaseline(nn.Module):
         inv_r6 = inv_r6 * inv_r6 * inv_r6
         inv_r12 = inv_r6 * inv_r6
         x = torch.exp(-a * (r - r0))
-        y = wall * torch.exp(-r / rho)
         phi = qq * (erfc * inv_r - self._e_shift - r * self._f_shift) \
-            + d0 * (x * x - 2.0 * x) + c0 * inv_r12 + y - sr_cut - (r - rc) * sr_slope
+            + d0 * (x * x - 2.0 * x) + c0 * inv_r12 - sr_cut - (r - rc) * sr_slope
         dphi = qq * (-erfc * inv_r * inv_r - (2.0 * alpha / math.sqrt(math.pi)) * gauss * inv_r - self._f_shift) \
-            - 2.0 * a * d0 * (x * x - x) - 12.0 * c0 * inv_r12 * inv_r - y / rho - sr_slope
+            - 2.0 * a * d0 * (x * x - x) - 12.0 * c0 * inv_r12 * inv_r - sr_slope
+        if self._walls:
+            y = wall * torch.exp(-r / rho)
+            phi = phi + y
+            dphi = dphi - y / rho
         return phi, dphi
 
     def site_energies_and_edge_gradient(

@@ -395,10 +395,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     notes = args.notes or f"dataset {', '.join(args.dataset)}; subset {subset}"
     for option, kind, metric_name, system, is_baseline, plot_name, title in EVALUATED_KINDS:
         paths = getattr(args, option)
-        if paths and not any(_has_labels(kind, s) for s in samples):
-            log.warning("no structure of the subset has the labels of the %s models: not evaluated", option)
-            continue
         if not paths:
+            continue
+        if not any(_has_labels(kind, s) for s in samples):
+            log.warning("no structure of the subset has the labels of the %s models: not evaluated", option)
             continue
         models = [load_model(p, kind=kind) for p in paths]
         metric_function = getattr(M, metric_name)

@@ -67,10 +67,12 @@ def _evaluate(hyperparameters: dict[str, Any], species: Sequence[str], graphs) -
     return np.concatenate(energies), np.concatenate(forces)
 
 
-def _rmse_per_species(error: np.ndarray, symbols: np.ndarray) -> dict[str, float]:
+def _rmse_by_label(error: np.ndarray, labels) -> dict[str, float]:
+    """RMSE of ``error`` (rows: atoms or structures) over all rows and per value of ``labels`` (one per row)."""
+    labels = np.asarray(labels)
     out = {"all": float(np.sqrt((error ** 2).mean()))}
-    for s in sorted(set(symbols)):
-        out[s] = float(np.sqrt((error[symbols == s] ** 2).mean()))
+    for label in sorted(set(labels.tolist())):
+        out[label] = float(np.sqrt((error[labels == label] ** 2).mean()))
     return out
 
 
@@ -78,14 +80,6 @@ def _energy_residual(delta: np.ndarray, fractions: np.ndarray) -> np.ndarray:
     """Per-atom energy residuals (eV/atom) ``delta - fractions @ e`` with the least-squares references ``e``."""
     references = np.linalg.lstsq(fractions, delta, rcond=None)[0]
     return delta - fractions @ references
-
-
-def _rmse_per_config_type(error: np.ndarray, config_types: list[str]) -> dict[str, float]:
-    out = {"all": float(np.sqrt((error ** 2).mean()))}
-    for c in sorted(set(config_types)):
-        mask = np.array([t == c for t in config_types])
-        out[c] = float(np.sqrt((error[mask] ** 2).mean()))
-    return out
 
 
 def fit_pedone_baseline(samples: Sequence[Sample], species: Sequence[str], cutoff: float, dsf_alpha: float,
@@ -173,13 +167,11 @@ def fit_pedone_baseline(samples: Sequence[Sample], species: Sequence[str], cutof
         "n_atoms": int(len(target)),
         "charge_scale": float(result.x[0]),
         "wall_pairs": {name: fitted["pairs"][name][4:] for name in wall_pairs},
-        "force_rmse_eV_per_A_before": _rmse_per_species(f_before - target, symbols),
-        "force_rmse_eV_per_A_after": _rmse_per_species(f_after - target, symbols),
+        "force_rmse_eV_per_A_before": _rmse_by_label(f_before - target, symbols),
+        "force_rmse_eV_per_A_after": _rmse_by_label(f_after - target, symbols),
         "evaluations": int(result.nfev),
     }
     if energetic.any():
-        fitted["fit"]["energy_rmse_meV_per_atom_before"] = _rmse_per_config_type(energy_error(e_before) * 1000,
-                                                                                 config_types)
-        fitted["fit"]["energy_rmse_meV_per_atom_after"] = _rmse_per_config_type(energy_error(e_after) * 1000,
-                                                                                config_types)
+        fitted["fit"]["energy_rmse_meV_per_atom_before"] = _rmse_by_label(energy_error(e_before) * 1000, config_types)
+        fitted["fit"]["energy_rmse_meV_per_atom_after"] = _rmse_by_label(energy_error(e_after) * 1000, config_types)
     return fitted
