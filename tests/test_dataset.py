@@ -68,6 +68,19 @@ def test_rejected_bec_keeps_scf_labels_and_has_no_born_charges_key(job_dirs, tmp
     assert all("born_charges" in a.arrays for a in back[1:])
 
 
+def test_scf_only_job_is_not_a_born_charge_rejection(job_dirs):
+    labels_path = job_dirs[0] / "labels.json"
+    labels = json.loads(labels_path.read_text())
+    for key in ("born_charges", "born_charges_raw", "epsilon_inf", "asr_residual", "bec_precision"):
+        labels.pop(key, None)
+    labels["settings"] = {**labels["settings"], "born_charges": False}
+    labels["qc"] = {"scf_ok": True, "bec_ok": False, "reasons": ["no Born charges (DFPT failed or not requested)"]}
+    labels_path.write_text(json.dumps(labels))
+    frames, report = assemble(job_dirs)
+    assert report.n_structures == len(job_dirs) and report.n_with_born_charges == len(job_dirs) - 1
+    assert report.rejected_bec == [] and report.failure_counts == {}
+
+
 def test_failed_job_is_reported_not_written(job_dirs, tmp_path):
     failed = tmp_path / "jobs" / "0000000000000000"
     shutil.copytree(job_dirs[0], failed)

@@ -128,7 +128,7 @@ def assemble_labels(jobs: Iterable[tuple[Atoms, dict]]) -> tuple[list[Atoms], As
         counts[config_type]["structures"] += 1
         if "born_charges" in atoms.arrays:
             counts[config_type]["born_charges"] += 1
-        else:
+        elif labels.get("settings", {}).get("born_charges", True) or "born_charges_raw" in labels:
             reasons = list(labels.get("qc", {}).get("reasons", []))
             if labels.get("failure"):
                 reasons.insert(0, labels["failure"].get("reason"))
