@@ -168,7 +168,7 @@ def label(ledger_dir: str | Path, hours: float, ranks: int, work_dir: str | Path
     options = RunnerOptions.defaults(launcher=launch_prefix(launcher, ranks))
     pending = [job for job in pending_jobs(ledger) if job.kind in kinds]
     correction = cost_correction(ledger, machine)
-    LOG.info("ledger %s: %d entries; %d queue jobs pending (%s); cost correction %s",
+    LOG.info("ledger %s: %d entries; %d queue jobs pending of the kinds run (%s); cost correction %s",
              ledger.root, len(ledger.dft_ids()), len(pending), ", ".join(kinds),
              {k: round(v, 2) for k, v in correction.items()})
     done: list[dict] = []
