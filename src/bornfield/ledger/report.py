@@ -86,8 +86,11 @@ def plot_ledger_report(frames: list, report: dict, path: str | Path) -> None:
             axes[2].legend(fontsize=7)
     residuals = report["asr_residuals"]
     if residuals:
-        axes[3].scatter([r["n_atoms"] for r in residuals], [r["max_abs_e"] for r in residuals],
-                        c=["tab:blue" if r["accepted"] else "tab:red" for r in residuals], s=14)
+        for accepted, colour, label in ((True, "tab:blue", "kept (ASR-corrected)"), (False, "tab:red", "rejected by QC")):
+            chosen = [r for r in residuals if r["accepted"] is accepted]
+            if chosen:
+                axes[3].scatter([r["n_atoms"] for r in chosen], [r["max_abs_e"] for r in chosen], c=colour, s=14, label=label)
+        axes[3].legend(fontsize=7)
     axes[3].set_xlabel("atoms")
     axes[3].set_ylabel("raw ASR residual max |Σ Z| (e)")
     spent = report["core_hours_spent"]
@@ -95,9 +98,8 @@ def plot_ledger_report(frames: list, report: dict, path: str | Path) -> None:
     axes[4].bar(["pending"], [report["pending_core_hours_estimate"]], color="0.7", label="pending (estimate)")
     axes[4].set_ylabel("core-hours")
     axes[4].legend(fontsize=7)
-    entries = report["entries"]
-    n_dfpt = report["n_with_born_charges"]
-    fig.suptitle(f"label ledger {report['identity']}: {report['n_structures']} structures with SCF labels, "
-                 f"{n_dfpt} with Born charges, {len(report['failed'])} failed; entries {entries}")
+    entries = ", ".join(f"{sum(states.values())} {kind.upper()}" for kind, states in report["entries"].items())
+    fig.suptitle(f"label ledger {report['identity']}: entries {entries}; {report['n_structures']} structures with "
+                 f"SCF labels, {report['n_with_born_charges']} with Born charges, {len(report['failed'])} failed")
     fig.tight_layout()
     save_figure(fig, Path(path).with_suffix(""), formats=("png",), dpi=110)
