@@ -79,7 +79,8 @@ def test_restart_and_escalation_overrides(tmp_path, beta):
     overrides = PwOverrides(restart=True, max_seconds=600)
     write_pw_input(tmp_path / "pw.in", beta, settings, PSEUDOS, tmp_path, overrides)
     text = (tmp_path / "pw.in").read_text()
-    assert _namelist_value(text, "restart_mode") == "'restart'"
+    assert _namelist_value(text, "restart_mode") == "'from_scratch'"
+    assert _namelist_value(text, "startingpot") == "'file'"
     assert float(_namelist_value(text, "max_seconds")) == 600
 
 

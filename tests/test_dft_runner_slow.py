@@ -105,7 +105,7 @@ def test_real_scf_failure_escalates_then_fails_with_reason(tmp_path, pseudos, li
 
 
 def test_walltime_stop_leaves_a_resumable_job_that_restarts(tmp_path, pseudos, li2o):
-    """QE stops itself at max_seconds; the rerun continues with restart_mode='restart'."""
+    """QE stops itself at max_seconds; the rerun starts from the stopped run's charge density."""
     from bornfield.dft.runner import JobInterrupted
 
     pseudo_dir, records = pseudos
@@ -124,5 +124,6 @@ def test_walltime_stop_leaves_a_resumable_job_that_restarts(tmp_path, pseudos, l
     status = job.status()
     pw_attempts = [a for a in status["attempts"] if a["program"] == "pw.x"]
     assert pw_attempts[-1]["restart"] is True and pw_attempts[-1]["outcome"] == "converged"
-    assert "restart_mode     = 'restart'" in (job.dir / "pw.in").read_text()
+    assert "startingpot      = 'file'" in (job.dir / "pw.in").read_text()
+    assert "The initial density is read from file" in (job.dir / "pw.out").read_text()
     assert status["state"] == "completed" and "energy" in labels and "born_charges" not in labels

@@ -87,7 +87,10 @@ def kpoint_mesh(atoms: Atoms, density_per_inv_A: float) -> tuple[int, int, int]:
 
 @dataclass
 class PwOverrides:
-    """Per-attempt changes of the SCF (escalation after non-convergence) and restarts."""
+    """Per-attempt changes of the SCF (escalation after non-convergence) and restarts.
+
+    ``restart``: start from the charge density of the stopped run (``startingpot='file'``).
+    """
 
     mixing_beta: float | None = None
     electron_maxstep: int | None = None
@@ -146,7 +149,7 @@ def pw_input_data(atoms: Atoms, settings: DFTSettings, pseudo_dir: str | Path, o
         "tprnfor": True,
         "tstress": True,
         "disk_io": "low",
-        "restart_mode": "restart" if overrides.restart else "from_scratch",
+        "restart_mode": "from_scratch",
     }
     if overrides.max_seconds:
         control["max_seconds"] = float(overrides.max_seconds)
@@ -162,6 +165,8 @@ def pw_input_data(atoms: Atoms, settings: DFTSettings, pseudo_dir: str | Path, o
         "electron_maxstep": overrides.electron_maxstep or settings.electron_maxstep,
         "diagonalization": overrides.diagonalization or settings.diagonalization,
     }
+    if overrides.restart:
+        electrons["startingpot"] = "file"
     electrons.update(overrides.extra_electrons)
     return {"control": control, "system": system, "electrons": electrons, **overrides.extra_namelists}
 

@@ -18,9 +18,9 @@ Policy:
   records why the Born charges are missing;
 * a job stopped by the walltime resumes from QE restart files: QE stops itself
   cleanly at ``max_seconds`` (state ``interrupted``, :class:`JobInterrupted` raised, the
-  CLI exits non-zero so the scheduler's retry resubmits), and the next run continues
-  pw.x with ``restart_mode='restart'`` or ph.x with ``recover=.true.``; a hard-killed
-  SCF whose restart files are unusable starts over once;
+  CLI exits non-zero so the scheduler's retry resubmits), and the next run starts
+  pw.x from the stopped run's charge density or continues ph.x with ``recover=.true.``;
+  a hard-killed SCF whose restart files are unusable starts over once;
 * a hard-killed ph.x (no clean stop: SIGKILL, node failure) starts over from the SCF: the
   recover files of such a run are not trusted (why: ``docs/decisions.md``).
 """
