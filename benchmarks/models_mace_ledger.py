@@ -71,7 +71,7 @@ DATASET = "li3po4-ledger"
 MACE_SYSTEM = "mace-0.3.16"
 # model sizes: overrides of models_mace.MACE_ARCH
 MACE_SIZES = {"small": {}, "large": {"hidden_irreps": "64x0e+64x1o", "MLP_irreps": "16x0e"}}
-# small-data training: bornfield's ledger batch size; validation every epoch (one cell)
+# small-data training: bornfield's ledger batch size; validation every epoch
 LEDGER_OPTIM = {"batch_size": 2, "valid_batch_size": 2}
 PLATEAU_TOLERANCE = 0.02
 
@@ -167,7 +167,7 @@ def convergence(curve: dict, stage_two: int) -> dict:
     return out
 
 
-def curves_plot(curves: dict[str, dict], stage_two: int, path: Path) -> None:
+def curves_plot(curves: dict[str, dict], stage_two: int, n_val: int, path: Path) -> None:
     """Validation loss, mean training loss and validation force RMSE per epoch; dashed: start of stage two."""
     import matplotlib
 
@@ -188,7 +188,7 @@ def curves_plot(curves: dict[str, dict], stage_two: int, path: Path) -> None:
     axes[1].set_ylabel("validation force RMSE (meV/Å)")
     axes[1].set_yscale("log")
     axes[1].legend(fontsize=7)
-    fig.suptitle("MACE on the Li3PO4 ledger split (1 validation cell)")
+    fig.suptitle(f"MACE on the Li3PO4 ledger split ({n_val} validation cells)")
     fig.tight_layout()
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, dpi=110)
@@ -340,7 +340,7 @@ def main() -> int:
     parity_plot(test, {k: preds[k] for k in ("bornfield-potential", *[f"{MACE_SYSTEM}-{s}" for s in sizes])}, tables,
                 args.output.with_name(f"{args.output.stem}_parity.png"), reference="DFT",
                 title=f"Li3PO4 ledger test rows of {args.models.name} ({len(test)} cells; DFT labels)")
-    curves_plot(curves, stage_two, args.output.with_name(f"{args.output.stem}_curves.png"))
+    curves_plot(curves, stage_two, len(split["val"]), args.output.with_name(f"{args.output.stem}_curves.png"))
     write_json_atomic(work / "curves.json", curves)
 
     print_tables(tables)
