@@ -4,6 +4,7 @@
 #   make label HOURS=2 RANKS=1   add DFT labels to the committed ledger (data/ledger) within a budget
 #   make chain  every stage on this machine (coarse DFT labels, training, MD; config/chain.yaml)
 #   make models  retrain the shipped committees (models/li3po4) on the ledger (commit models/ afterwards)
+#   make models-polar  the accuracy setting of the Born model on the split of models/li3po4 -> models/li3po4-polar
 #   make reference  run the pending conditions of config/reference.yaml one by one (commit results-reference/analysis after each)
 #   make results    sweep tables, figures and RESULTS.md from the stored reference analysis (under a minute)
 # Both are idempotent: with nothing changed, set-up is a few stamp checks.
@@ -23,7 +24,7 @@ LEDGER    ?= data/ledger
 # rule commands call `bornfield` and MPI launchers from the venv
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo chain test setup system label models figures report lint dryrun clean-results reference results stability
+.PHONY: demo chain test setup system label models models-polar figures report lint dryrun clean-results reference results stability
 
 demo: setup
 	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG)
@@ -45,6 +46,26 @@ label: setup
 MODELS_CONFIG ?= config/models.yaml
 models: setup
 	$(BIN)/snakemake ship_models --cores $(CORES) --configfile $(MODELS_CONFIG)
+
+# polar Born committee (config/models_polar.yaml) trained on the ledger rows and split of MODEL_SET,
+# shipped with MODEL_SET's potentials and row baseline as POLAR_SET (logs in POLAR_WORK/logs)
+POLAR_CONFIG ?= config/models_polar.yaml
+MODEL_SET    ?= models/li3po4
+POLAR_SET    ?= models/li3po4-polar
+POLAR_WORK   ?= results-models-polar
+models-polar: setup
+	mkdir -p $(POLAR_WORK)/logs
+	$(BIN)/bornfield train set-rows --models $(MODEL_SET) --ledger $(LEDGER) \
+	  --output $(POLAR_WORK)/dataset.extxyz --split-json $(POLAR_WORK)/split.json
+	$(BIN)/python -c "import yaml; print(*range(yaml.safe_load(open('$(POLAR_CONFIG)'))['train']['born']['committee']))" \
+	  | tr ' ' '\n' | xargs -P $(CORES) -I{} sh -c '$(BIN)/bornfield train born --config $(POLAR_CONFIG) \
+	  --dataset $(POLAR_WORK)/dataset.extxyz --split-file $(POLAR_WORK)/split.json --output-dir $(POLAR_WORK)/models \
+	  --member {} --no-progress > $(POLAR_WORK)/logs/born_{}.log 2>&1 || { tail -5 $(POLAR_WORK)/logs/born_{}.log; exit 255; }'
+	$(BIN)/bornfield train ship --dataset $(POLAR_WORK)/dataset.extxyz --split $(POLAR_WORK)/split.json --ledger $(LEDGER) \
+	  --potential $(MODEL_SET)/potential_[0-9]*.pt --born $(POLAR_WORK)/models/born_[0-9]*.pt \
+	  --baseline $(MODEL_SET)/born_row_*.pt --output-dir $(POLAR_SET) > $(POLAR_WORK)/logs/ship.log 2>&1 \
+	  || { tail -5 $(POLAR_WORK)/logs/ship.log; exit 1; }
+	$(BIN)/bornfield train table --models $(POLAR_SET)
 
 # the conditions of config $(1) without a current analysis record in $(2)/analysis, one Snakemake
 # target after another (each record can be committed as soon as it is written)

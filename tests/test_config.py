@@ -28,7 +28,8 @@ from bornfield.config import (
 )
 from bornfield.errors import ConfigError
 
-CONFIGS = ["config/config.yaml", "config/chain.yaml", "config/reference.yaml", "config/stability.yaml", "config/paper.yaml", ".test/config.yaml"]
+CONFIGS = ["config/config.yaml", "config/chain.yaml", "config/reference.yaml", "config/stability.yaml", "config/paper.yaml",
+           "config/models_polar.yaml", ".test/config.yaml"]
 
 
 @pytest.mark.parametrize("name", CONFIGS)

@@ -215,6 +215,28 @@ def test_model_set_rows_are_the_ledger_rows_of_its_split(ledger_set):
     assert "a4" in ledger.dft_ids()  # labelled after shipping: not a row of the set
 
 
+def test_set_rows_rebuilds_the_training_data_and_split_a_new_set_can_ship_on(ledger_set, tmp_path, capsys):
+    """`train set-rows` gives back the set's rows (byte-identical export) and its split, without later entries."""
+    from bornfield.train.data import read_split_file
+
+    ledger, model_set, export = ledger_set
+    dataset, split = tmp_path / "rows" / "dataset.extxyz", tmp_path / "rows" / "split.json"
+    assert main(["train", "set-rows", "--models", str(model_set), "--ledger", str(ledger.root),
+                 "--output", str(dataset), "--split-json", str(split)]) == 0
+    assert "4 ledger rows" in capsys.readouterr().out
+    assert dataset.read_bytes() == export.read_bytes()  # a4, labelled after shipping, is left out
+    frames = read(dataset, index=":")
+    indices = read_split_file(split, len(frames))
+    assert {k: [frames[i].info["dft_id"] for i in v] for k, v in indices.items()} == {
+        "train": ["a0", "a2"], "val": ["a3"], "test": ["a1"]}
+    assert json.loads(split.read_text())["training_data_hash"] == read_model_set(model_set).manifest["source"]["dataset_sha256"]
+    # a second set shipped on those rows names the same split as the first
+    assert main(["train", "ship", "--dataset", str(dataset), "--split", str(split), "--ledger", str(ledger.root),
+                 "--metrics", str(tmp_path / "metrics.json"), "--output-dir", str(tmp_path / "second")]) == 0
+    first, second = (read_model_set(d).manifest["source"] for d in (model_set, tmp_path / "second"))
+    assert second["dft_ids"] == first["dft_ids"] and second["dataset_sha256"] == first["dataset_sha256"]
+
+
 def test_model_set_rows_name_the_manifest_and_the_dft_ids_the_ledger_lacks(ledger_set, tmp_path, data_dir):
     from bornfield.train.shipped import model_set_rows
 

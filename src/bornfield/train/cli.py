@@ -698,6 +698,24 @@ def run_ship(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_set_rows(args: argparse.Namespace) -> int:
+    from bornfield.structures.io import write_extxyz_atomic
+    from bornfield.train.shipped import model_set_frames, read_model_set
+
+    frames, split = model_set_frames(args.ledger, args.models)
+    dataset, split_path = Path(args.output), Path(args.split_json)
+    write_extxyz_atomic(dataset, frames)
+    data_hash = _dataset_hash([str(dataset)])
+    _write_json(split_path, {"training_data_hash": data_hash, "n_structures": len(frames),
+                             "source": f"model set {args.models} (manifest source.dft_ids)", **split})
+    shipped_hash = read_model_set(args.models).manifest["source"].get("dataset_sha256")
+    print(f"{len(frames)} ledger rows of model set {args.models} (train {len(split['train'])}, val "
+          f"{len(split['val'])}, test {len(split['test'])}) -> {dataset}, {split_path}; "
+          + ("byte-identical to the dataset the set was trained on" if shipped_hash == data_hash
+             else "same rows as the set's training data, not byte-identical to it (ledger rows rewritten since?)"))
+    return 0
+
+
 def run_table(args: argparse.Namespace) -> int:
     from bornfield.train.shipped import accuracy_table, read_model_set
 
@@ -850,6 +868,15 @@ def register(subparsers) -> None:
     add_model_arguments(p, ("potential", "born", "baseline"))
     p.add_argument("--output-dir", required=True, help="model set directory (replaced as a whole)")
     p.set_defaults(func=run_ship)
+
+    p = sub.add_parser("set-rows", help="write the ledger rows a model set was trained, validated and tested on, "
+                       "as a dataset and its split file (to train more models on the set's split)")
+    p.add_argument("--models", default="models/li3po4", help="model set directory")
+    p.add_argument("--ledger", default="data/ledger", help="ledger the set was made from")
+    p.add_argument("--output", required=True, help="extxyz file to write (ledger rows, info['split'] train or test)")
+    p.add_argument("--split-json", required=True, help="split file to write (train/val/test indices into --output, "
+                   "for --split-file of 'train potential/born' and --split of 'train ship')")
+    p.set_defaults(func=run_set_rows)
 
     p = sub.add_parser("table", help="print the held-out accuracy table of a model set (Markdown)")
     p.add_argument("--models", default="models/li3po4", help="model set directory")

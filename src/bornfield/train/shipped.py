@@ -10,7 +10,8 @@ A model set directory (e.g. ``models/li3po4``) holds::
                      file checksums (sha256), training settings per member, creation time
 
 Reading a set checks every checksum, so a model file edited after shipping is refused.
-``model_set_rows`` gives back the ledger rows a set was trained, validated and tested on.
+``model_set_rows`` and ``model_set_frames`` give back the ledger rows a set was trained, validated and
+tested on (``bornfield train set-rows`` writes them as a dataset and split file).
 """
 
 from __future__ import annotations
@@ -179,8 +180,18 @@ def read_model_set(root: str | Path) -> ModelSet:
 def model_set_rows(ledger_dir: str | Path, model_set_dir: str | Path) -> dict[str, list[Atoms]]:
     """The ledger rows of a model set's split: ``{"train": [...], "val": [...], "test": [...]}``.
 
+    Each list in ledger order (by ``dft_id``); see :func:`model_set_frames` for the rows and errors.
+    """
+    frames, split = model_set_frames(ledger_dir, model_set_dir)
+    return {name: [frames[i] for i in indices] for name, indices in split.items()}
+
+
+def model_set_frames(ledger_dir: str | Path, model_set_dir: str | Path) -> tuple[list[Atoms], dict[str, list[int]]]:
+    """The ledger rows a model set was trained, validated and tested on, and its split over them.
+
     The split is the manifest's ``source.dft_ids``; the rows are the labelled Atoms of
-    ``Ledger.frames()`` (DESIGN.md info/arrays keys), each list in ledger order (by ``dft_id``).
+    ``Ledger.frames()`` (DESIGN.md info/arrays keys, ``info["split"]`` train or test) in ledger
+    order (by ``dft_id``), and the split maps "train", "val", "test" to 0-based indices into them.
     Ledger rows the manifest does not name (labelled later) are left out.
 
     Raises:
@@ -208,7 +219,8 @@ def model_set_rows(ledger_dir: str | Path, model_set_dir: str | Path) -> dict[st
     if recorded is not None and recorded != ledger.identity:
         raise InputFileError(f"{manifest}: the set was made from a ledger of settings identity {recorded}, "
                              f"ledger {ledger.root} has identity {ledger.identity} (other DFT settings)")
-    rows: dict[str, list[Atoms]] = {name: [] for name in SPLIT_NAMES}
+    frames: list[Atoms] = []
+    split: dict[str, list[int]] = {name: [] for name in SPLIT_NAMES}
     found: set[str] = set()
     for atoms in ledger.frames():
         dft_id = str(atoms.info.get("dft_id"))
@@ -216,13 +228,14 @@ def model_set_rows(ledger_dir: str | Path, model_set_dir: str | Path) -> dict[st
             if dft_id in found:
                 raise InputFileError(f"ledger {ledger.root}: dft_id {dft_id} (named by {manifest}) has two rows")
             found.add(dft_id)
-            rows[split_of[dft_id]].append(atoms)
+            split[split_of[dft_id]].append(len(frames))
+            frames.append(atoms)
     missing = {name: [d for d in map(str, ids[name]) if d not in found] for name in SPLIT_NAMES}
     if any(missing.values()):
         listed = "; ".join(f"{name}: {', '.join(d)}" for name, d in missing.items() if d)
         raise InputFileError(f"{manifest}: ledger {ledger.root} has no labelled row for {sum(map(len, missing.values()))} "
                              f"dft_id(s) of source.dft_ids ({listed})")
-    return rows
+    return frames, split
 
 
 def _metric(records, system: str, metric: str):
