@@ -36,6 +36,9 @@ logs stay in ``benchmarks/work/models_mace_ledger/<split key>`` (one directory p
 prefix of the manifest's ``source.dft_ids``) and are reused if present. Training can be interrupted
 and resumed: MACE writes a checkpoint every epoch, and a rerun continues from the latest one
 (``--restart_latest``; the epochs after the latest checkpoint are repeated, wall time adds up).
+A finished run that the rule does not call converged is continued with a larger budget by
+``--extend``: stage one resumes from its last checkpoint and runs on to the new stage-two start; the
+old stage two (its checkpoints, models and curve rows) is moved to ``mace/budget-<old epochs>/``.
 """
 
 from __future__ import annotations
@@ -144,6 +147,32 @@ def read_curve(results_txt: Path) -> dict:
             "train_epoch": sorted(train), "train_loss": [sum(train[e]) / len(train[e]) for e in sorted(train)]}
 
 
+def extend_budget(mace_dir: Path, name: str, seed: int, old_epochs: int) -> None:
+    """Move a finished run's stage two aside (``mace_dir/budget-<old_epochs>``) so stage one resumes.
+
+    MACE's ``--restart_latest`` loads the latest stage-two (``_swa``) checkpoint when there is one;
+    without them it loads the latest stage-one checkpoint. The curve file keeps its stage-one rows.
+    """
+    import shutil
+
+    aside = mace_dir / f"budget-{old_epochs}"
+    aside.mkdir(exist_ok=True)
+    old_stage_two = old_epochs // 4 * 3
+    moved = sorted((mace_dir / "checkpoints").glob(f"{name}_run-{seed}_epoch-*_swa.pt"))
+    moved += [p for p in (mace_dir / f"{name}.model", mace_dir / f"{name}_compiled.model",
+                          mace_dir / f"{name}_stagetwo.model", mace_dir / f"{name}_stagetwo_compiled.model",
+                          mace_dir / f"{name}_test_pred.npz", mace_dir / "checkpoints" / f"{name}_run-{seed}.model")
+              if p.is_file()]
+    for path in moved:
+        shutil.move(path, aside / path.name)
+    curve = mace_dir / "results" / f"{name}_run-{seed}_train.txt"
+    shutil.copy2(curve, aside / curve.name)
+    rows = [line for line in curve.read_text().splitlines()
+            if json.loads(line).get("epoch") is None or int(json.loads(line)["epoch"]) < old_stage_two]
+    curve.write_text("".join(line + "\n" for line in rows))
+    print(f"extending {name} beyond {old_epochs} epochs: {len(moved)} stage-two files moved to {aside}", flush=True)
+
+
 def convergence(curve: dict, stage_two: int) -> dict:
     """Best epoch and the plateau figures of the docstring's rule, per stage (stage two from epoch ``stage_two``)."""
     import numpy as np
@@ -221,6 +250,8 @@ def main() -> int:
     parser.add_argument("--models", type=Path, default=ROOT / "models" / "li3po4", help="shipped model set")
     parser.add_argument("--ledger", type=Path, default=ROOT / "data" / "ledger")
     parser.add_argument("--epochs", type=int, default=100, help="MACE epoch budget (see the convergence rule)")
+    parser.add_argument("--extend", action="store_true",
+                        help="continue a finished run with the larger --epochs (stage one resumes; see the docstring)")
     parser.add_argument("--scheduler-patience", type=int, default=10, help="MACE ReduceLROnPlateau patience (epochs)")
     parser.add_argument("--sizes", default="small,large", help=f"MACE sizes, of {sorted(MACE_SIZES)}")
     parser.add_argument("--seed", type=int, default=20231)
@@ -272,6 +303,11 @@ def main() -> int:
         options = {**LEDGER_OPTIM, **MACE_SIZES[size], "scheduler_patience": args.scheduler_patience,
                    "swa": True, "start_swa": stage_two,
                    "E0s": json.dumps({str(z): v for z, v in e0s.items()}).replace('"', "")}
+        if args.extend and timings.get(f"mace_{size}_epochs", args.epochs) < args.epochs:
+            extend_budget(work / "mace", name, args.seed, timings[f"mace_{size}_epochs"])
+            timings[f"mace_{size}_extended_from_epochs"] = timings[f"mace_{size}_epochs"]
+            timings[f"mace_{size}_epochs"] = args.epochs
+            write_json_atomic(work / "timings.json", timings)
         if not model.is_file():
             if timings.get(f"mace_{size}_epochs", args.epochs) != args.epochs:
                 raise SystemExit(f"{work}: MACE {size} was started with --epochs {timings[f'mace_{size}_epochs']}; "
