@@ -1,4 +1,4 @@
-"""The committed model set (models/li3po4) keeps its promises: its files are the ones shipped,
+"""The committed model sets (models/li3po4 and its polar-Born setting) keep their promises: its files are the ones shipped,
 every member satisfies the contracts in float64 on real held-out Li3PO4 cells, and its recorded
 held-out metrics are reproduced by the evaluation path."""
 
@@ -18,11 +18,13 @@ from bornfield.models import load_model
 from bornfield.train.shipped import read_model_set
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "li3po4"
+# the shipped set and its accuracy setting of the Born model (`make models-polar`): same potentials
+SETTINGS_SHIPPED = ("li3po4", "li3po4-polar")
 
 
-@pytest.fixture(scope="module")
-def model_set():
-    return read_model_set(SHIPPED)
+@pytest.fixture(scope="module", params=SETTINGS_SHIPPED)
+def model_set(request):
+    return read_model_set(SHIPPED.parent / request.param)
 
 
 @pytest.fixture(scope="module")
@@ -86,11 +88,25 @@ def test_recorded_held_out_metrics_are_reproduced(model_set, tmp_path):
 
 
 
-def test_readme_accuracy_table_is_the_model_sets(model_set):
+def test_readme_accuracy_table_is_the_model_sets():
     from bornfield.train.shipped import accuracy_table
 
+    model_set = read_model_set(SHIPPED)
     readme = (SHIPPED.parents[1] / "README.md").read_text(encoding="utf-8")
     begin, end = "<!-- model-set-table:begin -->\n", "\n<!-- model-set-table:end -->"
     shown = readme[readme.index(begin) + len(begin):readme.index(end)]
     expected = accuracy_table(model_set).replace(str(model_set.root), "models/li3po4")
     assert shown.strip() == expected.strip(), "regenerate with: bornfield train table --models models/li3po4"
+
+
+def test_the_polar_setting_has_the_shipped_potentials_and_split_and_polar_born_models():
+    """`make models-polar` changes only the Born committee of the shipped set."""
+    from bornfield.models.io import file_sha256, read_model_file
+
+    shipped, polar = read_model_set(SHIPPED), read_model_set(SHIPPED.parent / "li3po4-polar")
+    assert [file_sha256(p) for p in polar.potential] == [file_sha256(p) for p in shipped.potential]
+    assert [file_sha256(p) for p in polar.baseline] == [file_sha256(p) for p in shipped.baseline]
+    assert polar.manifest["source"]["dft_ids"] == shipped.manifest["source"]["dft_ids"]
+    assert polar.manifest["source"]["dataset_sha256"] == shipped.manifest["source"]["dataset_sha256"]
+    assert {read_model_file(p)["hyperparameters"]["architecture"] for p in polar.born} == {"polar"}
+    assert {read_model_file(p)["hyperparameters"].get("architecture", "density") for p in shipped.born} == {"density"}
