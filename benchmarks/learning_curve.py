@@ -97,8 +97,8 @@ def add_ledger_run_arguments(parser: argparse.ArgumentParser, name: str) -> None
     parser.add_argument("--manifest", default=str(ROOT / "models" / "li3po4" / "manifest.json"),
                         help="model set whose train/val/test dft_ids fix the rows")
     parser.add_argument("--config", default=str(ROOT / "config" / "models.yaml"), help="train.born / train.potential settings")
-    parser.add_argument("--pretrained", nargs="+", required=True,
-                        help="pre-trained potentials (bornfield train pretrain), one per repeat")
+    parser.add_argument("--pretrained", nargs="+", default=[],
+                        help="pre-trained potentials (bornfield train pretrain), one per repeat (needed for potential runs)")
     parser.add_argument("--repeats", type=int, default=2,
                         help="independent repeats (repeat r: pre-trained file r, master seed config seed + r)")
     parser.add_argument("--max-epochs", type=int, help="max_epochs of every run (default: the config's)")
@@ -109,7 +109,7 @@ def add_ledger_run_arguments(parser: argparse.ArgumentParser, name: str) -> None
 def parse_ledger_run_arguments(parser: argparse.ArgumentParser) -> argparse.Namespace:
     """Parsed arguments, with one pre-trained file per repeat checked."""
     args = parser.parse_args()
-    if len(args.pretrained) < args.repeats:
+    if "potential" in getattr(args, "kinds", ["potential"]) and len(args.pretrained) < args.repeats:
         raise SystemExit(f"--pretrained: {len(args.pretrained)} file(s) for --repeats {args.repeats}")
     return args
 
@@ -221,7 +221,9 @@ def plot(records: list[dict], path: Path) -> None:
         means = [np.mean([r["value"] for r in rows if r[x_key] == x]) for x in xs]
         return xs, means, points
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    with_potential = any(r["metric"] == "force_rmse_meV_per_A" for r in records)
+    fig, axes = plt.subplots(1, 2 if with_potential else 1, figsize=(10 if with_potential else 5.5, 4), squeeze=False)
+    left = axes[0][0]
     for metric, label, style in (("bec_rmse_e", "all 9 components", "o-"),
                                  ("bec_row_x_rmse_e", "field-axis row x", "s--")):
         xs, means, points = series(metric, "scratch", "n_dfpt_structures")
@@ -235,22 +237,27 @@ def plot(records: list[dict], path: Path) -> None:
     left.set_title("Born model (from scratch)", fontsize=10)
     left.set_ylim(bottom=0)
     left.legend(fontsize=7)
-    for variant, label in (("scratch", "from scratch"), ("pretrained", "pre-trained (CHGNet proxy) + fine-tuned")):
-        xs, means, points = series("force_rmse_meV_per_A", variant, "n_structures")
-        line, = right.plot(xs, means, "o-", label=f"{label} (mean)")
-        right.scatter(*zip(*points), s=12, alpha=0.5, color=line.get_color())
-    alone = [r["value"] for r in records if r["metric"] == "force_rmse_meV_per_A" and r["variant"] == "pretrained-only"]
-    if alone:
-        right.axhline(np.mean(alone), color="grey", ls=":", label="pre-trained only, no ledger data (mean)")
-    right.set_xticks(sorted({r["n_structures"] for r in records if r["metric"] == "force_rmse_meV_per_A" and r["n_structures"]}))
-    right.set_xlabel("training structures (DFT-labelled ledger entries)")
-    right.set_ylabel("force test RMSE (meV/Å)")
-    right.set_title("NN potential", fontsize=10)
-    right.set_yscale("log")
-    right.legend(fontsize=7)
     test = {r["metric"]: f"{r['n_test_structures']} cells ({r['n_atoms']} atoms)" for r in records}
-    fig.suptitle(f"Li3PO4 ledger learning curve; fixed test set: {test['bec_rmse_e']} with DFPT labels, "
-                 f"{test['force_rmse_meV_per_A']} for forces", fontsize=10)
+    if not with_potential:
+        fig.suptitle(f"Li3PO4 ledger learning curve; fixed test set: {test['bec_rmse_e']} with DFPT labels", fontsize=10)
+    else:
+        right = axes[0][1]
+        for variant, label in (("scratch", "from scratch"), ("pretrained", "pre-trained (CHGNet proxy) + fine-tuned")):
+            xs, means, points = series("force_rmse_meV_per_A", variant, "n_structures")
+            line, = right.plot(xs, means, "o-", label=f"{label} (mean)")
+            right.scatter(*zip(*points), s=12, alpha=0.5, color=line.get_color())
+        alone = [r["value"] for r in records if r["metric"] == "force_rmse_meV_per_A" and r["variant"] == "pretrained-only"]
+        if alone:
+            right.axhline(np.mean(alone), color="grey", ls=":", label="pre-trained only, no ledger data (mean)")
+        right.set_xticks(sorted({r["n_structures"] for r in records
+                                 if r["metric"] == "force_rmse_meV_per_A" and r["n_structures"]}))
+        right.set_xlabel("training structures (DFT-labelled ledger entries)")
+        right.set_ylabel("force test RMSE (meV/Å)")
+        right.set_title("NN potential", fontsize=10)
+        right.set_yscale("log")
+        right.legend(fontsize=7)
+        fig.suptitle(f"Li3PO4 ledger learning curve; fixed test set: {test['bec_rmse_e']} with DFPT labels, "
+                     f"{test['force_rmse_meV_per_A']} for forces", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -263,6 +270,8 @@ def main() -> int:
                         help="DFPT training structures per Born run (all of them is always added)")
     parser.add_argument("--potential-sizes", type=int, nargs="+", default=[2, 5, 10],
                         help="training structures per potential run (all of them is always added)")
+    parser.add_argument("--kinds", nargs="+", default=["born", "potential"], choices=["born", "potential"],
+                        help="which models get a learning curve")
     args = parse_ledger_run_arguments(parser)
 
     started = time.perf_counter()
@@ -289,7 +298,7 @@ def main() -> int:
     specs = []
     for r in range(args.repeats):
         seed = int(config["seed"]) + r
-        for kind in ("born", "potential"):
+        for kind in args.kinds:
             pool = pools[kind]
             order = np.random.default_rng(derived_seed(config["seed"], "learning-curve", kind, r)).permutation(pool)
             sizes = sorted({min(n, len(pool)) for n in wanted[kind]} | {len(pool)})
@@ -303,6 +312,8 @@ def main() -> int:
                                   "init_sha256": sha256_of(init) if init else None,
                                   "max_epochs": int(train[kind]["max_epochs"]),
                                   "section": train[kind], "dataset_sha256": sha256_of(dataset)})
+        if "potential" not in args.kinds:
+            continue
         specs.append({"name": f"potential_pretrained-only_n00_r{r}", "kind": "potential",
                       "variant": "pretrained-only", "n": 0, "repeat": r, "seed": seed, "train": [],
                       "init": str(pretrained[r]), "init_source": shown(args.pretrained[r]),
