@@ -3,7 +3,7 @@
 #   make test   set up everything, run the test suite
 #   make label HOURS=2 RANKS=1   add DFT labels to the committed ledger (data/ledger) within a budget
 #   make chain  every stage on this machine (coarse DFT labels, training, MD; config/chain.yaml)
-#   make models  retrain the shipped committees (models/li3po4) on the ledger (commit models/ afterwards)
+#   make models  retrain the shipped committees (models/li3po4) on the ledger (then make models-polar; commit models/)
 #   make models-polar  the accuracy setting of the Born model on the split of models/li3po4 -> models/li3po4-polar
 #   make reference  run the pending conditions of config/reference.yaml one by one (commit results-reference/analysis after each)
 #   make results    sweep tables, figures and RESULTS.md from the stored reference analysis (under a minute)
