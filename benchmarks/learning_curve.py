@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -234,7 +235,8 @@ def plot(records: list[dict], path: Path) -> None:
     left.set_xticks(sorted({r["n_dfpt_structures"] for r in records if r["metric"] == "bec_rmse_e"}))
     left.set_xlabel("DFPT-labelled training structures")
     left.set_ylabel("Born-charge test RMSE (e)")
-    left.set_title("Born model (from scratch)", fontsize=10)
+    config = re.search(r"settings train\.\w+ of (\S+?),", next(r["notes"] for r in records if r["metric"] == "bec_rmse_e"))
+    left.set_title("Born model (from scratch" + (f"; train.born of {config.group(1)})" if config else ")"), fontsize=10)
     left.set_ylim(bottom=0)
     left.legend(fontsize=7)
     test = {r["metric"]: f"{r['n_test_structures']} cells ({r['n_atoms']} atoms)" for r in records}
