@@ -1,6 +1,6 @@
 """The committed model sets (models/li3po4 and its polar-Born setting) keep their promises: their files
-are the ones shipped, every member satisfies the contracts in float64 on real held-out Li3PO4 cells, and its recorded
-held-out metrics are reproduced by the evaluation path."""
+are the ones shipped, every member satisfies the contracts in float64 on real held-out Li3PO4 cells,
+and their recorded held-out metrics are reproduced by the evaluation path."""
 
 from __future__ import annotations
 
