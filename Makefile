@@ -57,7 +57,7 @@ models-polar: setup
 	mkdir -p $(POLAR_WORK)/logs
 	$(BIN)/bornfield train set-rows --models $(MODEL_SET) --ledger $(LEDGER) \
 	  --output $(POLAR_WORK)/dataset.extxyz --split-json $(POLAR_WORK)/split.json
-	$(BIN)/python -c "import yaml; print(*range(yaml.safe_load(open('$(POLAR_CONFIG)'))['train']['born']['committee']))" \
+	$(BIN)/python -c "from bornfield.config import load_config; print(*range(load_config('$(POLAR_CONFIG)')['train']['born']['committee']))" \
 	  | tr ' ' '\n' | xargs -P $(CORES) -I{} sh -c '$(BIN)/bornfield train born --config $(POLAR_CONFIG) \
 	  --dataset $(POLAR_WORK)/dataset.extxyz --split-file $(POLAR_WORK)/split.json --output-dir $(POLAR_WORK)/models \
 	  --member {} --no-progress > $(POLAR_WORK)/logs/born_{}.log 2>&1 || { tail -5 $(POLAR_WORK)/logs/born_{}.log; exit 255; }'

@@ -147,6 +147,11 @@ def read_curve(results_txt: Path) -> dict:
             "train_epoch": sorted(train), "train_loss": [sum(train[e]) / len(train[e]) for e in sorted(train)]}
 
 
+def stage_two_start(epochs: int) -> int:
+    """First epoch of stage two in a budget of ``epochs`` (MACE's own default start)."""
+    return epochs // 4 * 3
+
+
 def extend_budget(mace_dir: Path, name: str, seed: int, old_epochs: int) -> None:
     """Move a finished run's stage two aside (``mace_dir/budget-<old_epochs>``) so stage one resumes.
 
@@ -157,7 +162,7 @@ def extend_budget(mace_dir: Path, name: str, seed: int, old_epochs: int) -> None
 
     aside = mace_dir / f"budget-{old_epochs}"
     aside.mkdir(exist_ok=True)
-    old_stage_two = old_epochs // 4 * 3
+    old_stage_two = stage_two_start(old_epochs)
     moved = sorted((mace_dir / "checkpoints").glob(f"{name}_run-{seed}_epoch-*_swa.pt"))
     moved += [p for p in (mace_dir / f"{name}.model", mace_dir / f"{name}_compiled.model",
                           mace_dir / f"{name}_stagetwo.model", mace_dir / f"{name}_stagetwo_compiled.model",
@@ -167,8 +172,8 @@ def extend_budget(mace_dir: Path, name: str, seed: int, old_epochs: int) -> None
         shutil.move(path, aside / path.name)
     curve = mace_dir / "results" / f"{name}_run-{seed}_train.txt"
     shutil.copy2(curve, aside / curve.name)
-    rows = [line for line in curve.read_text().splitlines()
-            if json.loads(line).get("epoch") is None or int(json.loads(line)["epoch"]) < old_stage_two]
+    epochs = [(line, json.loads(line).get("epoch")) for line in curve.read_text().splitlines()]
+    rows = [line for line, epoch in epochs if epoch is None or int(epoch) < old_stage_two]
     curve.write_text("".join(line + "\n" for line in rows))
     print(f"extending {name} beyond {old_epochs} epochs: {len(moved)} stage-two files moved to {aside}", flush=True)
 
@@ -296,7 +301,7 @@ def main() -> int:
     paths = write_mace_split(samples, split, work)
     e0s = neutral_e0s(samples, split["train"])
     curves, conv, mace_params = {}, {}, {}
-    stage_two = args.epochs // 4 * 3  # MACE's own default start of stage two
+    stage_two = stage_two_start(args.epochs)
     for size in sizes:
         name = f"ledger_mace_{size}"
         model = work / "mace" / f"{name}_stagetwo.model"  # with --swa, <name>.model is stage one's best
