@@ -69,10 +69,18 @@ def structure():
     return atoms
 
 
-@pytest.fixture(scope="module", params=[1, 2], ids=["potential-one-interaction", "potential-two-interactions"])
+def potential_variant(variant):
+    """Constructor settings of a potential variant: 1 or 2 interactions, or the edge architecture."""
+    if variant == "edge":
+        return {"architecture": "edge", "edge_layers": 2}
+    return {"interactions": variant}
+
+
+@pytest.fixture(scope="module", params=[1, 2, "edge"],
+                ids=["potential-one-interaction", "potential-two-interactions", "potential-edge"])
 def potential(request):
-    """The potential with one density and with the second local interaction (float64)."""
-    return make("potential", 1, interactions=request.param)
+    """The potential with one density, with the second local interaction and the edge model (float64)."""
+    return make("potential", 1, **potential_variant(request.param))
 
 
 def born_variant(variant):
@@ -227,7 +235,7 @@ def test_smooth_at_cutoff(potential, born):
 @pytest.mark.parametrize("variant", [1, 2, "squash", "edge", "polar"])
 def test_cluster_evaluation_reproduces_periodic(structure, variant):
     """Owned atoms + ghosts (open boundaries) give the periodic site energies, forces and raw Z."""
-    potential = make("potential", 4, cutoff=4.0, interactions=2 if variant == 2 else 1)
+    potential = make("potential", 4, cutoff=4.0, **potential_variant(variant if variant in (2, "edge") else 1))
     born = make("born", 5, cutoff=4.0, **born_variant(variant))
     cell = np.asarray(structure.cell)
     n = len(structure)
@@ -372,10 +380,13 @@ def test_polar_model_is_the_derivative_of_one_polarization(structure):
 
 
 def test_edge_model_file_names_its_architecture(tmp_path, structure):
-    """A saved edge model reloads as the edge model; files without ``architecture`` load the density model."""
+    """A saved edge model (Born or potential) reloads as the edge model; files without ``architecture`` load
+    the density model."""
     from bornfield.models.born import EquivariantBornModel
     from bornfield.models.born_edge import EdgeBornModel
     from bornfield.models.born_polar import PolarizationBornModel
+    from bornfield.models.potential import NNPotential
+    from bornfield.models.potential_edge import EdgePotential
 
     edge = make("born", 7, architecture="edge", edge_layers=1)
     path = save_model(edge, tmp_path / "edge.pt")
@@ -386,6 +397,9 @@ def test_edge_model_file_names_its_architecture(tmp_path, structure):
     assert type(load_model(save_model(density, tmp_path / "density.pt"))) is EquivariantBornModel
     polar = make("born", 7, architecture="polar", edge_layers=1)
     assert type(load_model(save_model(polar, tmp_path / "polar.pt"), kind="born")) is PolarizationBornModel
+    edge_potential = make("potential", 7, architecture="edge", edge_layers=1)
+    assert type(load_model(save_model(edge_potential, tmp_path / "edge_potential.pt"), kind="potential")) is EdgePotential
+    assert type(load_model(save_model(make("potential", 7), tmp_path / "potential.pt"))) is NNPotential
 
 
 def test_feature_squash_keeps_far_out_of_range_features_from_blowing_up_z(structure):

@@ -209,6 +209,29 @@ def test_potential_with_two_interactions_trains_and_reloads(dataset, tmp_path):
     assert e == pytest.approx(e_ref, abs=1e-5) and np.abs(f - f_ref).max() < 1e-5
 
 
+def test_edge_potential_trains_and_reloads(dataset, tmp_path):
+    """train.potential.architecture edge builds the edge potential on the fitted reference energies, lowers
+    the loss on forces, and the saved file reloads as that model with the same energies and forces."""
+    from bornfield.models import load_potential
+    from bornfield.models.potential_edge import EdgePotential
+
+    samples = read_samples(dataset)
+    settings = dict(TINY, max_epochs=4, architecture="edge", edge_layers=2)
+    model, history = train_model("potential", samples[:18], samples[18:], settings, tmp_path / "potential_0.pt",
+                                 seed=3, species=dataset_species(samples), progress=False)
+    assert type(model) is EdgePotential and len(history) == 4
+    assert history[-1]["train_loss"] < 0.7 * history[0]["train_loss"]
+    assert history[-1]["val_loss"] < history[0]["val_loss"]
+    loaded = load_potential(tmp_path / "potential_0.pt")
+    assert type(loaded) is EdgePotential and loaded.hyperparameters["edge_layers"] == 2
+    assert "interactions" not in loaded.hyperparameters
+    atoms = samples[18].atoms
+    structure = (atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)
+    e, f, _ = loaded.energy_forces_stress(*structure)
+    e_ref, f_ref, _ = model.energy_forces_stress(*structure)
+    assert e == pytest.approx(e_ref, abs=1e-5) and np.abs(f - f_ref).max() < 1e-5
+
+
 @pytest.mark.skipif(not REAL_DATA.exists(), reason=f"real DFT/DFPT labels not available ({REAL_DATA})")
 @pytest.mark.parametrize("kind", ["potential", "born"])
 def test_training_lowers_loss_on_real_dft_data(tmp_path, kind):

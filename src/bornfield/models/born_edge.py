@@ -114,7 +114,56 @@ class EdgeLayer(nn.Module):
         return x, v + gated
 
 
-class EdgeBornModel(EquivariantBornModel):
+class EdgeStack:
+    """The edge layers of an Allegro-style model (mixin of an ``nn.Module`` with ``constants``).
+
+    :meth:`build_edge_stack` creates the embedding of the edges, their first equivariant features
+    and the :class:`EdgeLayer` s; :meth:`edge_features` runs them. The subclass stores the returned
+    coupling tensor as ``constants["coupling"]`` and reads the edges out.
+    """
+
+    def build_edge_stack(self, cutoff: float, channels: int, n_basis: int, radial_hidden: int,
+                         avg_neighbours: float, edge_layers: int) -> torch.Tensor:
+        """Create the stack's modules; returns the tensor-product coupling (P, 9, 12, 12), float64."""
+        if edge_layers < 1:
+            raise ValueError(f"edge_layers must be >= 1 (got {edge_layers})")
+        c, h = int(channels), int(radial_hidden)
+        self.channels = c
+        self.avg_neighbours = float(avg_neighbours)
+        self.n_species = len(self.species)
+        self.basis = BesselBasis(cutoff, n_basis)
+        self.embed = nn.Sequential(_mlp(n_basis + 2 * self.n_species, h, h), nn.SiLU())
+        self.initial = nn.Linear(h, 3 * c)  # weights of Y_0, Y_1, Y_2 in the first edge features
+        paths, coupling = tensor_product_paths()
+        path_out = [p[2] for p in paths]
+        self.layers = nn.ModuleList(EdgeLayer(c, h, len(paths), path_out) for _ in range(int(edge_layers)))
+        # (11, 3): sums the squares of the 1o, 1e, 2e components (0/1)
+        self.norm_sums = torch.zeros(11, 3)
+        for a, (lo, hi) in enumerate(FEATURE_SLICES[1:]):
+            self.norm_sums[lo - 1 : hi - 1, a] = 1.0
+        return coupling
+
+    def edge_features(self, geometry: EdgeGeometry) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """After the edge layers: latent x (N, K, H), features v (N, C, K, 12), envelope (N, K) (0 on padding)."""
+        dtype = geometry.sh.dtype
+        c = self.channels
+        n, k = geometry.r.shape
+        envelope = polynomial_envelope(geometry.r, self.cutoff)  # (N, K); 0 on padding slots
+        sh = geometry.sh
+        sh_env = sh * envelope.unsqueeze(-1)
+        x = self.embed(torch.cat([geometry.bessel(self.basis), geometry.species_onehot(self.n_species, dtype)], -1))
+        w0 = self.initial(x).view(n, k, 3, c)  # (N, K, 3, C)
+        v = sh.new_zeros(n, c, k, 12)
+        v[..., 0] = (w0[:, :, 0] * sh[..., 0:1]).transpose(1, 2)
+        v[..., 1:4] = (w0[:, :, 1].unsqueeze(-1) * sh[..., 1:4].unsqueeze(2)).permute(0, 2, 1, 3)
+        v[..., 7:12] = (w0[:, :, 2].unsqueeze(-1) * sh[..., 4:9].unsqueeze(2)).permute(0, 2, 1, 3)
+        basis = self.constants.get("coupling", dtype)
+        for layer in self.layers:
+            x, v = layer(x, v, sh_env, basis, self.norm_sums, self.avg_neighbours)
+        return x, v, envelope
+
+
+class EdgeBornModel(EdgeStack, EquivariantBornModel):
     """Allegro-style edge model of the full Born tensor (e); ``architecture="edge"``.
 
     Args:
@@ -149,8 +198,6 @@ class EdgeBornModel(EquivariantBornModel):
         BornfieldModel.__init__(self, species, cutoff)
         if architecture != self.architecture:
             raise ValueError(f"{type(self).__name__} needs architecture {self.architecture!r} (got {architecture!r})")
-        if edge_layers < 1:
-            raise ValueError(f"edge_layers must be >= 1 (got {edge_layers})")
         mean_charges = {s: float((mean_charges or {}).get(s, 0.0)) for s in self.species}
         charge_scales = {s: float((charge_scales or {}).get(s, 1.0)) for s in self.species}
         self.hyperparameters = {
@@ -161,18 +208,9 @@ class EdgeBornModel(EquivariantBornModel):
             "architecture": self.architecture,
             "interactions": int(interactions),
         }
-        c, h = int(channels), int(radial_hidden)
-        self.channels = c
         self.interactions = int(interactions)
-        self.avg_neighbours = float(avg_neighbours)
-        n_species = len(self.species)
-        self.n_species = n_species
-        self.basis = BesselBasis(cutoff, n_basis)
-        self.embed = nn.Sequential(_mlp(n_basis + 2 * n_species, h, h), nn.SiLU())
-        self.initial = nn.Linear(h, 3 * c)  # weights of Y_0, Y_1, Y_2 in the first edge features
-        paths, coupling = tensor_product_paths()
-        path_out = [p[2] for p in paths]
-        self.layers = nn.ModuleList(EdgeLayer(c, h, len(paths), path_out) for _ in range(int(edge_layers)))
+        coupling = self.build_edge_stack(cutoff, channels, n_basis, radial_hidden, avg_neighbours, edge_layers)
+        c, h = self.channels, int(radial_hidden)
         self.readout = _mlp(h, hidden, self.readout_width(c))
         with torch.no_grad():  # start near the isotropic prior
             self.readout[-1].weight.mul_(0.1)
@@ -188,10 +226,6 @@ class EdgeBornModel(EquivariantBornModel):
             finally:
                 torch.set_default_dtype(previous)
         self.constants = ExactConstants(**constants)
-        # (11, 3): sums the squares of the 1o, 1e, 2e components (0/1)
-        self.norm_sums = torch.zeros(11, 3)
-        for a, (lo, hi) in enumerate(FEATURE_SLICES[1:]):
-            self.norm_sums[lo - 1 : hi - 1, a] = 1.0
 
     @staticmethod
     def readout_width(channels: int) -> int:
@@ -208,25 +242,6 @@ class EdgeBornModel(EquivariantBornModel):
     @torch.no_grad()
     def fit_normalisation(self, graphs) -> None:
         """Nothing to fit: the edge sums are normalised by ``avg_neighbours`` and the output by ``charge_scales``."""
-
-    def edge_features(self, geometry: EdgeGeometry) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """After the edge layers: latent x (N, K, H), features v (N, C, K, 12), envelope (N, K) (0 on padding)."""
-        dtype = geometry.sh.dtype
-        c = self.channels
-        n, k = geometry.r.shape
-        envelope = polynomial_envelope(geometry.r, self.cutoff)  # (N, K); 0 on padding slots
-        sh = geometry.sh
-        sh_env = sh * envelope.unsqueeze(-1)
-        x = self.embed(torch.cat([geometry.bessel(self.basis), geometry.species_onehot(self.n_species, dtype)], -1))
-        w0 = self.initial(x).view(n, k, 3, c)  # (N, K, 3, C)
-        v = sh.new_zeros(n, c, k, 12)
-        v[..., 0] = (w0[:, :, 0] * sh[..., 0:1]).transpose(1, 2)
-        v[..., 1:4] = (w0[:, :, 1].unsqueeze(-1) * sh[..., 1:4].unsqueeze(2)).permute(0, 2, 1, 3)
-        v[..., 7:12] = (w0[:, :, 2].unsqueeze(-1) * sh[..., 4:9].unsqueeze(2)).permute(0, 2, 1, 3)
-        basis = self.constants.get("coupling", dtype)
-        for layer in self.layers:
-            x, v = layer(x, v, sh_env, basis, self.norm_sums, self.avg_neighbours)
-        return x, v, envelope
 
     def raw_charges(self, graph: Graph, geometry: EdgeGeometry | None = None) -> torch.Tensor:
         """Per-centre tensors (N_c, 3, 3) e before the ASR correction (``geometry`` may be a block of centres)."""

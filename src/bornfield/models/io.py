@@ -34,6 +34,7 @@ from bornfield.models.born import EquivariantBornModel, PaperRowBaseline
 from bornfield.models.born_edge import EdgeBornModel
 from bornfield.models.born_polar import PolarizationBornModel
 from bornfield.models.potential import NNPotential
+from bornfield.models.potential_edge import EdgePotential
 
 FORMAT = "bornfield-model"
 FORMAT_VERSION = 1
@@ -45,15 +46,19 @@ MODEL_CLASSES: dict[str, type[BornfieldModel]] = {
 #: Born-model classes by the ``architecture`` hyperparameter (files without it: "density")
 BORN_ARCHITECTURES: dict[str, type[BornfieldModel]] = {
     "density": EquivariantBornModel, "edge": EdgeBornModel, "polar": PolarizationBornModel}
+#: potential classes by the ``architecture`` hyperparameter (files without it: "density")
+POTENTIAL_ARCHITECTURES: dict[str, type[BornfieldModel]] = {"density": NNPotential, "edge": EdgePotential}
 
 
 def model_class(kind: str, hyperparameters: dict[str, Any]) -> type[BornfieldModel]:
     """The class that rebuilds a model of ``kind`` from its ``hyperparameters``."""
-    if kind == EquivariantBornModel.kind:
+    by_architecture = {EquivariantBornModel.kind: BORN_ARCHITECTURES, NNPotential.kind: POTENTIAL_ARCHITECTURES}
+    if kind in by_architecture:
+        classes = by_architecture[kind]
         architecture = hyperparameters.get("architecture", "density")
-        if architecture not in BORN_ARCHITECTURES:
-            raise ValueError(f"unknown Born architecture '{architecture}' (known: {sorted(BORN_ARCHITECTURES)})")
-        return BORN_ARCHITECTURES[architecture]
+        if architecture not in classes:
+            raise ValueError(f"unknown {kind} architecture '{architecture}' (known: {sorted(classes)})")
+        return classes[architecture]
     return MODEL_CLASSES[kind]
 
 

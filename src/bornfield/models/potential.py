@@ -114,7 +114,10 @@ class NNPotential(BornfieldModel):
             self.latent = SpeciesMLP(n_species, self.density.n_invariants, hidden, hidden)
             self.interaction = EdgeInteraction(n_species, n_basis, channels, radial_hidden, hidden)
             self.readout = SpeciesMLP(n_species, hidden + self.interaction.n_invariants, hidden, 1)
-        # float64 reference energies kept out of the state dict's dtype casts
+        self._init_energy_terms(atomic_energies, baseline)
+
+    def _init_energy_terms(self, atomic_energies: dict[str, float], baseline: dict | None) -> None:
+        """Reference energies (float64, kept out of the state dict's dtype casts) and the pair baseline."""
         self._e0 = torch.tensor([atomic_energies[s] for s in self.species], dtype=torch.float64)
         self.baseline = None if baseline is None else PairBaseline(self.species, baseline)
         if self.baseline is not None:

@@ -149,7 +149,11 @@ def initialise_model(
         baseline = potential_baseline(architecture)
         if baseline is not None:
             hyper["baseline"] = baseline
-        hyper["interactions"] = int(architecture.get("interactions", 1))
+        if architecture.get("architecture", "density") == "edge":
+            hyper["architecture"] = "edge"
+            hyper["edge_layers"] = int(architecture["edge_layers"])
+        else:
+            hyper["interactions"] = int(architecture.get("interactions", 1))
     elif kind == "born":
         means = mean_born_per_species(train_samples, species)
         hyper["mean_charges"] = {x: float(np.trace(z) / 3.0) for x, z in means.items()}
