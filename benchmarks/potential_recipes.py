@@ -3,7 +3,8 @@
 For each ``--set NAME=FILE[,FILE...]`` (a committee, member 0 first) the held-out force RMSE
 (meV/Å) and energy RMSE (meV/atom, neutral cells) of the committee mean and of member 0 (the one
 field MD integrates), over all held-out rows, the rows without 3000 K melt snapshots
-(``config_type`` melt / al_melt: what the MD at 600-900 K samples) and the melt rows alone.
+(``config_type`` melt / al_melt: what the MD at 600-900 K samples) and the melt rows alone;
+``--parts train test`` also records the training rows (the generalisation gap).
 Records in the DESIGN.md format (dataset ``li3po4-ledger``), and a bar chart.
 
     .venv/bin/python benchmarks/potential_recipes.py --dataset gen0.extxyz --split split.json \\
@@ -64,15 +65,18 @@ def main() -> None:
                         help="a potential committee, member 0 first (repeat for each set)")
     parser.add_argument("--output", required=True, help="JSON records (a PNG is written beside it)")
     parser.add_argument("--notes", default="", help="what the sets are and how they were trained")
+    parser.add_argument("--parts", nargs="+", default=["test"], choices=["train", "val", "test"],
+                        help="rows of --split evaluated (the table and chart show the test rows)")
     args = parser.parse_args()
 
     samples = read_samples(args.dataset)
-    test = [samples[i] for i in read_split_file(args.split, len(samples))["test"]] if args.split else samples
+    split = read_split_file(args.split, len(samples)) if args.split else {"test": range(len(samples))}
     records, table = [], {}
-    for item in args.set:
+    for item, part in ((item, part) for item in args.set for part in args.parts):
         name, _, files = item.partition("=")
-        result = errors(files.split(","), test)
-        table[name] = result
+        result = errors(files.split(","), [samples[i] for i in split[part]])
+        if part == "test":
+            table[name] = result
         for who, values in result.items():
             for key, value in values.items():
                 metric, group = key.split(":")
@@ -81,11 +85,11 @@ def main() -> None:
                 records.append({
                     "metric": metric, "value": value, "unit": "meV/Å" if "force" in metric else "meV/atom",
                     "system": f"{name}-bornfield-potential" + ("" if who == "committee" else "-member-0"),
-                    "config_type": group, "n_structures": values[f"n_structures:{group}"], "split": "test",
+                    "config_type": group, "n_structures": values[f"n_structures:{group}"], "split": part,
                     "dataset": "li3po4-ledger", "baseline": False, "date": dt.date.today().isoformat(),
                     "machine": "2 cores, no GPU (shared with a labelling job)", "ranks": 1, "threads": 1,
                     "notes": f"{args.notes}; files: {files}; "
-                             + (f"test rows of {args.split} in {args.dataset}" if args.split else f"rows of {args.dataset}"),
+                             + (f"{part} rows of {args.split} in {args.dataset}" if args.split else f"rows of {args.dataset}"),
                 })
     Path(args.output).write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
     for name, result in table.items():

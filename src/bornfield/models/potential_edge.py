@@ -60,7 +60,6 @@ class EdgePotential(EdgeStack, NNPotential):
             "architecture": self.architecture,
             "edge_layers": int(edge_layers),
         }
-        self.interactions = 1  # no density interactions (read by code shared with NNPotential)
         coupling = self.build_edge_stack(cutoff, channels, n_basis, radial_hidden, avg_neighbours, edge_layers)
         self.edge_energy = _mlp(int(radial_hidden), int(hidden), 1)
         with torch.no_grad():  # start near the reference energies
