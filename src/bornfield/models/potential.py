@@ -98,12 +98,8 @@ class NNPotential(BornfieldModel):
         super().__init__(species, cutoff)
         if interactions not in (1, 2):
             raise ValueError(f"interactions must be 1 or 2 (got {interactions})")
-        atomic_energies = {s: float((atomic_energies or {}).get(s, 0.0)) for s in self.species}
-        self.hyperparameters = {
-            **self._density_hyperparameters(channels, n_basis, radial_hidden, hidden, avg_neighbours),
-            "atomic_energies": atomic_energies,
-            "energy_scale": float(energy_scale),
-        }
+        self.hyperparameters = self._potential_hyperparameters(
+            channels, n_basis, radial_hidden, hidden, avg_neighbours, atomic_energies, energy_scale)
         n_species = len(self.species)
         self.interactions = int(interactions)
         self.density = AtomicDensity(n_species, cutoff, channels, n_basis, radial_hidden, avg_neighbours)
@@ -114,10 +110,22 @@ class NNPotential(BornfieldModel):
             self.latent = SpeciesMLP(n_species, self.density.n_invariants, hidden, hidden)
             self.interaction = EdgeInteraction(n_species, n_basis, channels, radial_hidden, hidden)
             self.readout = SpeciesMLP(n_species, hidden + self.interaction.n_invariants, hidden, 1)
-        self._init_energy_terms(atomic_energies, baseline)
+        self._init_energy_terms(baseline)
 
-    def _init_energy_terms(self, atomic_energies: dict[str, float], baseline: dict | None) -> None:
-        """Reference energies (float64, kept out of the state dict's dtype casts) and the pair baseline."""
+    def _potential_hyperparameters(self, channels, n_basis, radial_hidden, hidden, avg_neighbours,
+                                   atomic_energies: dict[str, float] | None, energy_scale: float) -> dict:
+        """The density hyperparameters, the reference energy of every species (eV, 0 if not given)
+        and the energy scale (eV)."""
+        return {
+            **self._density_hyperparameters(channels, n_basis, radial_hidden, hidden, avg_neighbours),
+            "atomic_energies": {s: float((atomic_energies or {}).get(s, 0.0)) for s in self.species},
+            "energy_scale": float(energy_scale),
+        }
+
+    def _init_energy_terms(self, baseline: dict | None) -> None:
+        """Reference energies of the hyperparameters (float64, kept out of the state dict's dtype casts) and
+        the pair baseline."""
+        atomic_energies = self.hyperparameters["atomic_energies"]
         self._e0 = torch.tensor([atomic_energies[s] for s in self.species], dtype=torch.float64)
         self.baseline = None if baseline is None else PairBaseline(self.species, baseline)
         if self.baseline is not None:

@@ -52,11 +52,9 @@ class EdgePotential(EdgeStack, NNPotential):
         BornfieldModel.__init__(self, species, cutoff)
         if architecture != self.architecture:
             raise ValueError(f"{type(self).__name__} needs architecture {self.architecture!r} (got {architecture!r})")
-        atomic_energies = {s: float((atomic_energies or {}).get(s, 0.0)) for s in self.species}
         self.hyperparameters = {
-            **self._density_hyperparameters(channels, n_basis, radial_hidden, hidden, avg_neighbours),
-            "atomic_energies": atomic_energies,
-            "energy_scale": float(energy_scale),
+            **self._potential_hyperparameters(
+                channels, n_basis, radial_hidden, hidden, avg_neighbours, atomic_energies, energy_scale),
             "architecture": self.architecture,
             "edge_layers": int(edge_layers),
         }
@@ -66,7 +64,7 @@ class EdgePotential(EdgeStack, NNPotential):
             self.edge_energy[-1].weight.mul_(0.1)
             self.edge_energy[-1].bias.zero_()
         self.constants = ExactConstants(coupling=coupling)
-        self._init_energy_terms(atomic_energies, baseline)
+        self._init_energy_terms(baseline)
 
     @torch.no_grad()
     def fit_normalisation(self, graphs) -> None:
