@@ -24,12 +24,10 @@ MELT = ("melt", "al_melt")
 GROUPS = {"all": lambda c: True, "no_melt": lambda c: c not in MELT, "melt": lambda c: c in MELT}
 
 
-def errors(files: list[str], samples) -> dict[str, dict[str, float]]:
-    """{member0|committee: {group_metric: value}} for the potential files on the samples."""
-    from bornfield.models.io import load_model
+def errors(models: list, samples) -> dict[str, dict[str, float]]:
+    """{member0|committee: {group_metric: value}} for the potential committee (member 0 first) on the samples."""
     from bornfield.train.metrics import predict_potential
 
-    models = [load_model(f) for f in files]
     out = {}
     for who, chosen in (("committee", models), ("member-0", models[:1])):
         p = predict_potential(chosen, samples)
@@ -56,6 +54,7 @@ def errors(files: list[str], samples) -> dict[str, dict[str, float]]:
 
 
 def main() -> None:
+    from bornfield.models.io import load_model
     from bornfield.train.data import read_samples, read_split_file
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -72,25 +71,28 @@ def main() -> None:
     samples = read_samples(args.dataset)
     split = read_split_file(args.split, len(samples)) if args.split else {"test": range(len(samples))}
     records, table = [], {}
-    for item, part in ((item, part) for item in args.set for part in args.parts):
+    for item in args.set:
         name, _, files = item.partition("=")
-        result = errors(files.split(","), [samples[i] for i in split[part]])
-        if part == "test":
-            table[name] = result
-        for who, values in result.items():
-            for key, value in values.items():
-                metric, group = key.split(":")
-                if metric.startswith("n_"):
-                    continue
-                records.append({
-                    "metric": metric, "value": value, "unit": "meV/Å" if "force" in metric else "meV/atom",
-                    "system": f"{name}-bornfield-potential" + ("" if who == "committee" else "-member-0"),
-                    "config_type": group, "n_structures": values[f"n_structures:{group}"], "split": part,
-                    "dataset": "li3po4-ledger", "baseline": False, "date": dt.date.today().isoformat(),
-                    "machine": "2 cores, no GPU (shared with a labelling job)", "ranks": 1, "threads": 1,
-                    "notes": f"{args.notes}; files: {files}; "
-                             + (f"{part} rows of {args.split} in {args.dataset}" if args.split else f"rows of {args.dataset}"),
-                })
+        models = [load_model(f) for f in files.split(",")]
+        for part in args.parts:
+            result = errors(models, [samples[i] for i in split[part]])
+            if part == "test":
+                table[name] = result
+            for who, values in result.items():
+                for key, value in values.items():
+                    metric, group = key.split(":")
+                    if metric.startswith("n_"):
+                        continue
+                    records.append({
+                        "metric": metric, "value": value, "unit": "meV/Å" if "force" in metric else "meV/atom",
+                        "system": f"{name}-bornfield-potential" + ("" if who == "committee" else "-member-0"),
+                        "config_type": group, "n_structures": values[f"n_structures:{group}"], "split": part,
+                        "dataset": "li3po4-ledger", "baseline": False, "date": dt.date.today().isoformat(),
+                        "machine": "2 cores, no GPU (shared with a labelling job)", "ranks": 1, "threads": 1,
+                        "notes": f"{args.notes}; files: {files}; "
+                                 + (f"{part} rows of {args.split} in {args.dataset}" if args.split
+                                    else f"rows of {args.dataset}"),
+                    })
     Path(args.output).write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
     for name, result in table.items():
         c, m = result["committee"], result["member-0"]

@@ -48,13 +48,14 @@ BORN_ARCHITECTURES: dict[str, type[BornfieldModel]] = {
     "density": EquivariantBornModel, "edge": EdgeBornModel, "polar": PolarizationBornModel}
 #: potential classes by the ``architecture`` hyperparameter (files without it: "density")
 POTENTIAL_ARCHITECTURES: dict[str, type[BornfieldModel]] = {"density": NNPotential, "edge": EdgePotential}
+#: the kinds whose class depends on the ``architecture`` hyperparameter
+ARCHITECTURES = {EquivariantBornModel.kind: BORN_ARCHITECTURES, NNPotential.kind: POTENTIAL_ARCHITECTURES}
 
 
 def model_class(kind: str, hyperparameters: dict[str, Any]) -> type[BornfieldModel]:
     """The class that rebuilds a model of ``kind`` from its ``hyperparameters``."""
-    by_architecture = {EquivariantBornModel.kind: BORN_ARCHITECTURES, NNPotential.kind: POTENTIAL_ARCHITECTURES}
-    if kind in by_architecture:
-        classes = by_architecture[kind]
+    if kind in ARCHITECTURES:
+        classes = ARCHITECTURES[kind]
         architecture = hyperparameters.get("architecture", "density")
         if architecture not in classes:
             raise ValueError(f"unknown {kind} architecture '{architecture}' (known: {sorted(classes)})")

@@ -91,13 +91,16 @@ class EdgePotential(EdgeStack, NNPotential):
         """Site energies (N_c,) eV (float64, detached) and ``dE/d edge_vec`` (N_c, K, 3) eV/Å, by autograd.
 
         Same contract as :meth:`NNPotential.site_energies_and_edge_gradient`; ``geometry`` (a block of
-        centres, possibly built without gradients) only supplies the species of its edges.
+        centres, possibly built without gradients) only supplies the species of its edges (default: the
+        graph's).
         """
         if geometry is None:
-            geometry = edge_geometry(graph, edge_vec)
+            species = graph.centre_species, graph.species[graph.neighbours]
+        else:
+            species = geometry.centre_species, geometry.neighbour_species
         with torch.enable_grad():
             vec = edge_vec.detach().requires_grad_(True)
-            own = EdgeGeometry(vec, geometry.centre_species, geometry.neighbour_species)
+            own = EdgeGeometry(vec, *species)
             sites = self.site_energies(graph, vec, own)
             target = sites[energy_mask].sum() if energy_mask is not None else sites.sum()
             (grad,) = torch.autograd.grad(target, vec)
