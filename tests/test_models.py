@@ -70,16 +70,18 @@ def structure():
 
 
 def potential_variant(variant):
-    """Constructor settings of a potential variant: 1 or 2 interactions, or the edge architecture."""
+    """Constructor settings of a potential variant: 1 or 2 interactions, or the edge or message architecture."""
     if variant == "edge":
         return {"architecture": "edge", "edge_layers": 2}
+    if variant == "message":
+        return {"architecture": "message", "interactions": 2}
     return {"interactions": variant}
 
 
-@pytest.fixture(scope="module", params=[1, 2, "edge"],
-                ids=["potential-one-interaction", "potential-two-interactions", "potential-edge"])
+@pytest.fixture(scope="module", params=[1, 2, "edge", "message"],
+                ids=["potential-one-interaction", "potential-two-interactions", "potential-edge", "potential-message"])
 def potential(request):
-    """The potential with one density, with the second local interaction and the edge model (float64)."""
+    """The potential with one density, with the second local interaction, the edge and the message model (float64)."""
     return make("potential", 1, **potential_variant(request.param))
 
 
@@ -107,7 +109,8 @@ def args(atoms):
 def test_protocols_and_receptive_field(potential, born):
     assert isinstance(potential, PotentialModel)
     assert isinstance(born, BornChargeModel)
-    assert potential.receptive_field == potential.cutoff == 4.5
+    assert potential.cutoff == 4.5
+    assert potential.receptive_field == (9.0 if potential.hyperparameters.get("architecture") == "message" else 4.5)
     assert born.species == tuple(SPECIES)
 
 
@@ -232,14 +235,15 @@ def test_smooth_at_cutoff(potential, born):
     assert np.abs(z_near - z_far).max() < 1e-8
 
 
-@pytest.mark.parametrize("variant", [1, 2, "squash", "edge", "polar"])
+@pytest.mark.parametrize("variant", [1, 2, "squash", "edge", "polar", "message"])
 def test_cluster_evaluation_reproduces_periodic(structure, variant):
     """Owned atoms + ghosts (open boundaries) give the periodic site energies, forces and raw Z."""
-    potential = make("potential", 4, cutoff=4.0, **potential_variant(variant if variant in (2, "edge") else 1))
-    born = make("born", 5, cutoff=4.0, **born_variant(variant))
+    potential = make("potential", 4, cutoff=4.0, **potential_variant(variant if variant in (2, "edge", "message") else 1))
+    born = make("born", 5, cutoff=4.0, **born_variant(variant if variant != "message" else 2))
     cell = np.asarray(structure.cell)
     n = len(structure)
-    reach = int(np.ceil(born.receptive_field / min(np.linalg.norm(cell, axis=1))))  # image shells the ghosts need
+    receptive_field = max(born.receptive_field, potential.receptive_field)
+    reach = int(np.ceil(receptive_field / min(np.linalg.norm(cell, axis=1))))  # image shells the ghosts need
     shells = range(-reach, reach + 1)
     images = [(i, j, k) for i in shells for j in shells for k in shells]
     positions = np.concatenate([structure.positions + np.array(s) @ cell for s in images])
@@ -334,6 +338,34 @@ def test_edge_model_is_strictly_local(structure):
     moved = positions.copy()
     moved[near] += 0.05
     assert np.abs(born.cluster_born_charges_raw(moved, numbers, mask) - z).max() > 1e-6
+
+
+def test_message_potential_sees_two_cutoffs(structure):
+    """The message potential's site energy of an atom depends on atoms between one and two cutoffs
+    (through its neighbours' latents) and on nothing beyond two cutoffs."""
+    potential = make("potential", 8, cutoff=3.0, architecture="message", interactions=2)
+    assert potential.receptive_field == 6.0
+    big = structure.repeat((3, 3, 3))
+    positions, numbers = big.positions, big.numbers
+    centre = np.argmin(np.linalg.norm(positions - positions.mean(0), axis=1))
+    distances = np.linalg.norm(positions - positions[centre], axis=1)
+    mask = np.zeros(len(numbers), dtype=bool)
+    mask[centre] = True
+
+    def site_energy(moved):
+        return potential.cluster_site_energies_forces(moved, numbers, mask)[0][centre]
+
+    e = site_energy(positions)
+    rng = np.random.default_rng(3)
+    for lower, upper, changes in ((3.3, 5.7, True), (6.3, np.inf, False)):
+        shell = np.flatnonzero((distances > lower) & (distances < upper))
+        assert shell.size
+        moved = positions.copy()
+        moved[shell] += rng.normal(scale=0.1, size=(shell.size, 3))
+        moved[shell] = np.where((np.linalg.norm(moved[shell] - positions[centre], axis=1)[:, None] - lower)
+                                * (np.linalg.norm(moved[shell] - positions[centre], axis=1)[:, None] - upper) < 0,
+                                moved[shell], positions[shell])  # stay in the shell
+        assert (abs(site_energy(moved) - e) > 1e-6) == changes
 
 
 def test_polar_model_is_the_derivative_of_one_polarization(structure):

@@ -219,6 +219,40 @@ def test_polar_born_model_is_evaluated_beside_the_shared_potential_pass():
     np.testing.assert_allclose(cluster.born_raw - cluster.born_raw.mean(0), z, atol=1e-10)
 
 
+def test_message_potential_is_evaluated_whole_in_steps_and_clusters():
+    """A message-passing potential committee (not evaluable block by block) gives the MD step evaluations
+    (periodic, replica batch, cluster with ghosts to twice the cutoff) its own whole-graph numbers."""
+    from bornfield.models.combined import evaluate_periodic_batch, verlet_graphs
+
+    potentials = PotentialCommittee([make("potential", s, cutoff=3.5, architecture="message", interactions=2)
+                                     for s in (6, 7)])
+    born = BornCommittee([make("born", 8, cutoff=3.5)])
+    assert verlet_graphs(potentials, born, 0.5) is None
+    atoms = rattled((1, 2, 1), seed=5)
+    args = (atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)
+    energy, forces, stress = potentials.energy_forces_stress(*args)
+    assert np.abs(forces).max() > 1e-3
+    step = evaluate_periodic(potentials, born, *args, stress=True)
+    assert step.energy == pytest.approx(energy, rel=1e-12)
+    np.testing.assert_allclose(step.forces, forces, atol=1e-12)
+    np.testing.assert_allclose(step.stress, stress, atol=1e-12)
+    z = born.born_charges(*args)
+    np.testing.assert_allclose(step.born_raw - step.born_raw.mean(0), z, atol=1e-12)
+    batch = evaluate_periodic_batch(potentials, born, [args, args], with_born=[True, False])
+    np.testing.assert_allclose(batch[1].forces, forces, atol=1e-12)
+    cell = np.asarray(atoms.cell)
+    reach = int(np.ceil(potentials.receptive_field / min(np.linalg.norm(cell, axis=1))))
+    shells = range(-reach, reach + 1)
+    images = [(0, 0, 0)] + [(i, j, k) for i in shells for j in shells for k in shells if (i, j, k) != (0, 0, 0)]
+    positions = np.concatenate([atoms.positions + np.array(v) @ cell for v in images])
+    numbers = np.tile(atoms.numbers, len(images))
+    owned = np.arange(len(positions)) < len(atoms)
+    cluster = evaluate_cluster(potentials, born, positions, numbers, owned)
+    assert cluster.energy == pytest.approx(energy, rel=1e-10)
+    np.testing.assert_allclose(cluster.forces.reshape(len(images), len(atoms), 3).sum(0), forces, atol=1e-10)
+    np.testing.assert_allclose(cluster.born_raw - cluster.born_raw.mean(0), z, atol=1e-10)
+
+
 def test_saved_model_gives_its_recorded_outputs():
     """Model files written by the code before the speed work: same numbers to float32 round-off."""
     potential = load_potential(DATA / "potential_ref.pt")

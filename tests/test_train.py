@@ -209,22 +209,28 @@ def test_potential_with_two_interactions_trains_and_reloads(dataset, tmp_path):
     assert e == pytest.approx(e_ref, abs=1e-5) and np.abs(f - f_ref).max() < 1e-5
 
 
-def test_edge_potential_trains_and_reloads(dataset, tmp_path):
-    """train.potential.architecture edge builds the edge potential on the fitted reference energies, lowers
-    the loss on forces, and the saved file reloads as that model with the same energies and forces."""
+@pytest.mark.parametrize("architecture", ["edge", "message"])
+def test_edge_and_message_potentials_train_and_reload(dataset, tmp_path, architecture):
+    """train.potential.architecture edge / message builds that potential on the fitted reference energies,
+    lowers the loss on forces, and the saved file reloads as that model with the same energies and forces."""
     from bornfield.models import load_potential
     from bornfield.models.potential_edge import EdgePotential
+    from bornfield.models.potential_message import MessagePotential
 
     samples = read_samples(dataset)
-    settings = dict(TINY, max_epochs=4, architecture="edge", edge_layers=2)
+    settings = dict(TINY, max_epochs=4, architecture=architecture, edge_layers=2, interactions=2)
     model, history = train_model("potential", samples[:18], samples[18:], settings, tmp_path / "potential_0.pt",
                                  seed=3, species=dataset_species(samples), progress=False)
-    assert type(model) is EdgePotential and len(history) == 4
+    expected = {"edge": EdgePotential, "message": MessagePotential}[architecture]
+    assert type(model) is expected and len(history) == 4
     assert history[-1]["train_loss"] < 0.7 * history[0]["train_loss"]
     assert history[-1]["val_loss"] < history[0]["val_loss"]
     loaded = load_potential(tmp_path / "potential_0.pt")
-    assert type(loaded) is EdgePotential and loaded.hyperparameters["edge_layers"] == 2
-    assert "interactions" not in loaded.hyperparameters
+    assert type(loaded) is expected and loaded.hyperparameters["architecture"] == architecture
+    if architecture == "edge":
+        assert loaded.hyperparameters["edge_layers"] == 2 and "interactions" not in loaded.hyperparameters
+    else:
+        assert loaded.hyperparameters["interactions"] == 2 and "edge_layers" not in loaded.hyperparameters
     atoms = samples[18].atoms
     structure = (atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)
     e, f, _ = loaded.energy_forces_stress(*structure)

@@ -20,6 +20,8 @@ class BornfieldModel(nn.Module):
     """
 
     kind: ClassVar[str] = ""
+    #: site quantities of a block of centres need only that block's edges (False: whole graphs only)
+    shares_blocks: ClassVar[bool] = True
 
     def __init__(self, species: tuple[str, ...] | list[str], cutoff: float):
         super().__init__()

@@ -83,7 +83,7 @@ def shared_members(potential, born) -> tuple[list[NNPotential], list[Equivariant
     """Members of ``potential`` and ``born`` if one shared evaluation can serve them all, else None."""
     potentials = _members(potential, NNPotential, PotentialCommittee)
     borns = [] if born is None else _members(born, EquivariantBornModel, BornCommittee)
-    if potentials is None or borns is None or not all(m.shares_blocks for m in borns):
+    if potentials is None or borns is None or not all(m.shares_blocks for m in potentials + borns):
         return None
     models = potentials + borns
     if len({m.species for m in models}) != 1 or len({m.dtype for m in models}) != 1:

@@ -88,6 +88,9 @@ class PotentialCommittee(_Committee):
     def cluster_site_energies_forces(self, positions, numbers, energy_mask):
         """Member means; only ``energy_mask`` atoms are centres (site energies NaN elsewhere)."""
         mask = np.asarray(energy_mask, dtype=bool)
+        if not all(m.shares_blocks for m in self.members):  # each member builds the cluster it needs
+            sites, forces = zip(*(m.cluster_site_energies_forces(positions, numbers, mask) for m in self.members))
+            return np.mean(sites, axis=0), np.mean(forces, axis=0)
         graph = build_cluster_graph(positions, numbers, mask, self.species, self.cutoff, self.dtype)
         sites, forces = [], []
         for m in self.members:

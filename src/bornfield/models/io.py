@@ -35,6 +35,7 @@ from bornfield.models.born_edge import EdgeBornModel
 from bornfield.models.born_polar import PolarizationBornModel
 from bornfield.models.potential import NNPotential
 from bornfield.models.potential_edge import EdgePotential
+from bornfield.models.potential_message import MessagePotential
 
 FORMAT = "bornfield-model"
 FORMAT_VERSION = 1
@@ -47,7 +48,8 @@ MODEL_CLASSES: dict[str, type[BornfieldModel]] = {
 BORN_ARCHITECTURES: dict[str, type[BornfieldModel]] = {
     "density": EquivariantBornModel, "edge": EdgeBornModel, "polar": PolarizationBornModel}
 #: potential classes by the ``architecture`` hyperparameter (files without it: "density")
-POTENTIAL_ARCHITECTURES: dict[str, type[BornfieldModel]] = {"density": NNPotential, "edge": EdgePotential}
+POTENTIAL_ARCHITECTURES: dict[str, type[BornfieldModel]] = {
+    "density": NNPotential, "edge": EdgePotential, "message": MessagePotential}
 #: the kinds whose class depends on the ``architecture`` hyperparameter
 ARCHITECTURES = {EquivariantBornModel.kind: BORN_ARCHITECTURES, NNPotential.kind: POTENTIAL_ARCHITECTURES}
 

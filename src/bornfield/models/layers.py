@@ -414,13 +414,15 @@ class EdgeInteraction(nn.Module):
     """
 
     def __init__(self, n_species: int, n_basis: int, channels: int, hidden: int, latent: int,
-                 squash: bool = False):
+                 squash: bool = False, neighbour_latent: bool = False):
         super().__init__()
         c = channels
         self.channels = c
         self.squash = bool(squash)
         self.first = nn.Linear(n_basis + 2 * n_species + 2 * c, hidden)
         self.from_latent = nn.Linear(latent, hidden, bias=False)
+        #: message passing: the edge weights also see the neighbour's latent (``edge_bias`` of the calls below)
+        self.from_neighbour = nn.Linear(latent, hidden, bias=False) if neighbour_latent else None
         self.rest = nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 3 * c))
         self.n_invariants = 5 * c
         self.register_buffer("edge_shift", torch.zeros(2 * c))
@@ -433,13 +435,20 @@ class EdgeInteraction(nn.Module):
         """(N, K, 2C) unstandardised ``Y1(r̂_ij)·A1_i,c`` and ``Y2(r̂_ij)·A2_i,c``."""
         return _edge_products(geometry.sh, a1, a2)
 
-    def densities(self, geometry: EdgeGeometry, density: AtomicDensity, a1, a2, latent):
-        """Second density B0 (N, C), B1 (N, C, 3), B2 (N, C, 5) of the centres of ``geometry``."""
-        return self._blocked_densities(geometry, density, a1, a2, latent, None)
+    def densities(self, geometry: EdgeGeometry, density: AtomicDensity, a1, a2, latent, edge_bias=None):
+        """Second density B0 (N, C), B1 (N, C, 3), B2 (N, C, 5) of the centres of ``geometry``.
 
-    def _blocked_densities(self, geometry: EdgeGeometry, density: AtomicDensity, a1, a2, latent, saved: list | None):
+        ``edge_bias`` (N, K, hidden): a per-edge term added to the first layer of the edge MLP
+        (:meth:`from_neighbour` of the neighbours' latents, message passing), or None.
+        """
+        return self._blocked_densities(geometry, density, a1, a2, latent, None, edge_bias)
+
+    def _blocked_densities(self, geometry: EdgeGeometry, density: AtomicDensity, a1, a2, latent, saved: list | None,
+                           edge_bias=None):
         """:meth:`densities` in the density's cache-sized blocks of centres; with ``saved`` (a list,
         no autograd) the per-block tensors :class:`InteractionTape` needs are appended to it."""
+        if edge_bias is not None and saved is not None:
+            raise ValueError("the interaction tape has no backward for a per-edge bias (message passing)")
         c = self.channels
         rows = density.rows_per_block(geometry.r.shape[1])
         inputs = geometry.radial_inputs(density.basis, density.n_species, rows)  # [bessel(r), onehot(z_i), onehot(z_j)]
@@ -448,9 +457,10 @@ class EdgeInteraction(nn.Module):
         weight_radial, weight_edge = self.first.weight[:, :n_radial], self.first.weight[:, n_radial:]
         shifted = (self.from_latent(latent) + self.first.bias).unsqueeze(1)
         _, second, _, last = self.rest
+        biases = shifted.split(rows) if edge_bias is None else (shifted + edge_bias).split(rows)
         parts = []
         for x, h, sh, b1, b2, bias in zip(inputs, harmonics, geometry.sh.split(rows), a1.split(rows),
-                                          a2.split(rows), shifted.split(rows)):
+                                          a2.split(rows), biases):
             standard = (_edge_products(sh, b1, b2) - self.edge_shift) / self.edge_scale
             # first layer on [radial inputs, edge invariants] as two products (no concatenated copy)
             pre1 = x @ weight_radial.T + squashed(standard, self.squash) @ weight_edge.T + bias
@@ -464,9 +474,9 @@ class EdgeInteraction(nn.Module):
         full = parts[0] if len(parts) == 1 else torch.cat(parts)
         return full[:, :c, 0], full[:, c : 2 * c, 1:4], full[:, 2 * c :, 4:9]
 
-    def raw_invariants(self, geometry, density, a1, a2, latent) -> torch.Tensor:
+    def raw_invariants(self, geometry, density, a1, a2, latent, edge_bias=None) -> torch.Tensor:
         """(N, 5C) unstandardised invariants of (A, B)."""
-        b0, b1, b2 = self.densities(geometry, density, a1, a2, latent)
+        b0, b1, b2 = self.densities(geometry, density, a1, a2, latent, edge_bias)
         return self._invariants(a1, a2, b0, b1, b2)
 
     @staticmethod
@@ -477,9 +487,9 @@ class EdgeInteraction(nn.Module):
         """(N, 5C) standardised (and squashed if so built) invariants of (A, B)."""
         return squashed((self._invariants(a1, a2, b0, b1, b2) - self.feature_shift) / self.feature_scale, self.squash)
 
-    def forward(self, geometry, density, a1, a2, latent):
+    def forward(self, geometry, density, a1, a2, latent, edge_bias=None):
         """B0 (N, C), B1 (N, C, 3), B2 (N, C, 5) and the standardised invariants (N, 5C)."""
-        b0, b1, b2 = self.densities(geometry, density, a1, a2, latent)
+        b0, b1, b2 = self.densities(geometry, density, a1, a2, latent, edge_bias)
         return b0, b1, b2, self.standardised_invariants(a1, a2, b0, b1, b2)
 
     def densities_with_tape(self, geometry: EdgeGeometry, density: AtomicDensity, a1, a2, latent):
@@ -495,12 +505,13 @@ class EdgeInteraction(nn.Module):
     def fit_normalisation(self, geometries: list[EdgeGeometry], density: AtomicDensity, inputs: list) -> None:
         """Standardise the edge invariants, then the invariants of (A, B), on training geometries.
 
-        ``inputs``: per geometry ``(a1, a2, latent)`` of its centres (the first density, already
-        standardised upstream, and the centre latent the model feeds this interaction).
+        ``inputs``: per geometry ``(a1, a2, latent)`` or ``(a1, a2, latent, edge_bias)`` of its centres
+        (the first density, already standardised upstream, the centre latent the model feeds this
+        interaction and the per-edge bias of message passing).
         """
-        edge = [self.edge_invariants(g, a1, a2)[g.r < density.cutoff] for g, (a1, a2, _) in zip(geometries, inputs)]
+        edge = [self.edge_invariants(g, x[0], x[1])[g.r < density.cutoff] for g, x in zip(geometries, inputs)]
         fit_standardisation(self.edge_shift, self.edge_scale, torch.cat(edge))
-        node = [self.raw_invariants(g, density, a1, a2, latent) for g, (a1, a2, latent) in zip(geometries, inputs)]
+        node = [self.raw_invariants(g, density, *x) for g, x in zip(geometries, inputs)]
         fit_standardisation(self.feature_shift, self.feature_scale, torch.cat(node))
 
 

@@ -289,6 +289,9 @@ class NNPotential(BornfieldModel):
             sites = self.site_energies(graph, edge_vec)
             target = sites[energy_mask].sum() if energy_mask is not None else sites.sum()
             (grad,) = torch.autograd.grad(target, edge_vec, create_graph=True)
+        elif not self.shares_blocks:  # inference on the whole graph at once
+            edge_vec = graph.edge_vectors().detach()
+            sites, grad = self.site_energies_and_edge_gradient(graph, edge_vec, None, energy_mask)
         else:  # inference: hand-written backward over the edges (same numbers, a fraction of the work)
 
             def block(rows: slice, geometry: EdgeGeometry):

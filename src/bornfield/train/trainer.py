@@ -152,6 +152,8 @@ def initialise_model(
         if architecture.get("architecture", "density") == "edge":
             hyper["architecture"] = "edge"
             hyper["edge_layers"] = int(architecture["edge_layers"])
+        elif architecture.get("architecture", "density") == "message":
+            hyper["architecture"] = "message"
         else:
             hyper["interactions"] = int(architecture.get("interactions", 1))
     elif kind == "born":
