@@ -4,6 +4,7 @@
 #   make label HOURS=2 RANKS=1   add DFT labels to the committed ledger (data/ledger) within a budget
 #   make chain  every stage on this machine (coarse DFT labels, training, MD; config/chain.yaml)
 #   make models  retrain the shipped committees (models/li3po4) on the ledger (then make models-polar; commit models/)
+#   make models-potential  retrain only the potentials of models/li3po4 on its own rows and split (config/models.yaml)
 #   make models-polar  the accuracy setting of the Born model on the split of models/li3po4 -> models/li3po4-polar
 #   make reference  run the pending conditions of config/reference.yaml one by one (commit results-reference/analysis after each)
 #   make results    sweep tables, figures and RESULTS.md from the stored reference analysis (under a minute)
@@ -24,7 +25,7 @@ LEDGER    ?= data/ledger
 # rule commands call `bornfield` and MPI launchers from the venv
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo chain test setup system label models models-polar figures report lint dryrun clean-results reference results stability
+.PHONY: demo chain test setup system label models models-potential models-polar figures report lint dryrun clean-results reference results stability
 
 demo: setup
 	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG)
@@ -46,6 +47,35 @@ label: setup
 MODELS_CONFIG ?= config/models.yaml
 models: setup
 	$(BIN)/snakemake ship_models --cores $(CORES) --configfile $(MODELS_CONFIG)
+
+# the potential committee of MODELS_CONFIG retrained on the ledger rows and split of MODEL_SET (its Pedone
+# baseline refitted to those training rows, members pre-trained if MODELS_CONFIG asks for it), shipped with
+# MODEL_SET's Born committee and row baseline in place of MODEL_SET (logs in POTENTIAL_WORK/logs)
+POTENTIAL_WORK ?= results-models-potential
+models-potential: setup
+	rm -rf $(POTENTIAL_WORK)/set && mkdir -p $(POTENTIAL_WORK)/logs $(POTENTIAL_WORK)/models
+	$(BIN)/bornfield train set-rows --models $(MODEL_SET) --ledger $(LEDGER) \
+	  --output $(POTENTIAL_WORK)/dataset.extxyz --split-json $(POTENTIAL_WORK)/split.json
+	$(BIN)/bornfield train fit-baseline --config $(MODELS_CONFIG) --dataset $(POTENTIAL_WORK)/dataset.extxyz \
+	  --split-file $(POTENTIAL_WORK)/split.json --output $(POTENTIAL_WORK)/pair_baseline.json \
+	  > $(POTENTIAL_WORK)/logs/fit_baseline.log 2>&1 || { tail -5 $(POTENTIAL_WORK)/logs/fit_baseline.log; exit 1; }
+	$(BIN)/python -c "from bornfield.config import load_config; print(*range(load_config('$(MODELS_CONFIG)')['train']['potential']['committee']))" \
+	  | tr ' ' '\n' | xargs -P $(CORES) -I{} sh -c 'PRETRAIN=$$($(BIN)/python -c "from bornfield.config import load_config; print(load_config(\"$(MODELS_CONFIG)\")[\"train\"][\"potential\"][\"pretrain\"][\"dataset\"] or \"\")"); \
+	  INIT=""; if [ -n "$$PRETRAIN" ]; then \
+	    $(BIN)/bornfield train pretrain --config $(MODELS_CONFIG) --output-dir $(POTENTIAL_WORK)/pretrain --member {} \
+	      --pair-baseline $(POTENTIAL_WORK)/pair_baseline.json --no-progress > $(POTENTIAL_WORK)/logs/pretrain_{}.log 2>&1 \
+	      || { tail -5 $(POTENTIAL_WORK)/logs/pretrain_{}.log; exit 255; }; \
+	    INIT="--init-model $(POTENTIAL_WORK)/pretrain/potential_{}.pt"; fi; \
+	  $(BIN)/bornfield train potential --config $(MODELS_CONFIG) --dataset $(POTENTIAL_WORK)/dataset.extxyz \
+	  --split-file $(POTENTIAL_WORK)/split.json --output-dir $(POTENTIAL_WORK)/models --member {} $$INIT \
+	  --pair-baseline $(POTENTIAL_WORK)/pair_baseline.json --no-progress > $(POTENTIAL_WORK)/logs/potential_{}.log 2>&1 \
+	  || { tail -5 $(POTENTIAL_WORK)/logs/potential_{}.log; exit 255; }'
+	$(BIN)/bornfield train ship --dataset $(POTENTIAL_WORK)/dataset.extxyz --split $(POTENTIAL_WORK)/split.json --ledger $(LEDGER) \
+	  --potential $(POTENTIAL_WORK)/models/potential_[0-9]*.pt --born $(MODEL_SET)/born_[0-9]*.pt \
+	  --baseline $(MODEL_SET)/born_row_*.pt --output-dir $(POTENTIAL_WORK)/set > $(POTENTIAL_WORK)/logs/ship.log 2>&1 \
+	  || { tail -5 $(POTENTIAL_WORK)/logs/ship.log; exit 1; }
+	rm -rf $(MODEL_SET) && cp -r $(POTENTIAL_WORK)/set $(MODEL_SET)
+	$(BIN)/bornfield train table --models $(MODEL_SET)
 
 # polar Born committee (config/models_polar.yaml) trained on the ledger rows and split of MODEL_SET,
 # shipped with MODEL_SET's potentials and row baseline as POLAR_SET (logs in POLAR_WORK/logs)

@@ -39,6 +39,8 @@ and resumed: MACE writes a checkpoint every epoch, and a rerun continues from th
 A finished run that the rule does not call converged is continued with a larger budget by
 ``--extend``: stage one resumes from its last checkpoint and runs on to the new stage-two start; the
 old stage two (its checkpoints, models and curve rows) is moved to ``mace/budget-<old epochs>/``.
+``--kept-budget N`` evaluates that kept N-epoch run (its stage-two model, curve and test predictions)
+without training, e.g. to compare a new model set on the same split while the extension is unfinished.
 """
 
 from __future__ import annotations
@@ -257,6 +259,8 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=100, help="MACE epoch budget (see the convergence rule)")
     parser.add_argument("--extend", action="store_true",
                         help="continue a finished run with the larger --epochs (stage one resumes; see the docstring)")
+    parser.add_argument("--kept-budget", type=int, default=None,
+                        help="evaluate the finished run of this budget kept in mace/budget-N by --extend; no training")
     parser.add_argument("--scheduler-patience", type=int, default=10, help="MACE ReduceLROnPlateau patience (epochs)")
     parser.add_argument("--sizes", default="small,large", help=f"MACE sizes, of {sorted(MACE_SIZES)}")
     parser.add_argument("--seed", type=int, default=20231)
@@ -301,14 +305,21 @@ def main() -> int:
     paths = write_mace_split(samples, split, work)
     e0s = neutral_e0s(samples, split["train"])
     curves, conv, mace_params = {}, {}, {}
-    stage_two = stage_two_start(args.epochs)
+    epochs = args.kept_budget or args.epochs
+    stage_two = stage_two_start(epochs)
+    run_dir = work / "mace" / (f"budget-{args.kept_budget}" if args.kept_budget else "")
     for size in sizes:
         name = f"ledger_mace_{size}"
-        model = work / "mace" / f"{name}_stagetwo.model"  # with --swa, <name>.model is stage one's best
+        model = run_dir / f"{name}_stagetwo.model"  # with --swa, <name>.model is stage one's best
+        if args.kept_budget and not model.is_file():
+            raise SystemExit(f"--kept-budget {args.kept_budget}: no {model} (kept runs: "
+                             f"{sorted(p.name for p in (work / 'mace').glob('budget-*'))})")
         options = {**LEDGER_OPTIM, **MACE_SIZES[size], "scheduler_patience": args.scheduler_patience,
                    "swa": True, "start_swa": stage_two,
                    "E0s": json.dumps({str(z): v for z, v in e0s.items()}).replace('"', "")}
-        if args.extend and timings.get(f"mace_{size}_epochs", args.epochs) < args.epochs:
+        if args.kept_budget:
+            pass
+        elif args.extend and timings.get(f"mace_{size}_epochs", args.epochs) < args.epochs:
             extend_budget(work / "mace", name, args.seed, timings[f"mace_{size}_epochs"])
             timings[f"mace_{size}_extended_from_epochs"] = timings[f"mace_{size}_epochs"]
             timings[f"mace_{size}_epochs"] = args.epochs
@@ -333,10 +344,11 @@ def main() -> int:
         if not model.is_file():
             raise SystemExit(f"MACE training finished without {model}: see {work / 'mace' / (name + '.log')}")
         system = f"{MACE_SYSTEM}-{size}"
-        curves[system] = read_curve(work / "mace" / "results" / f"{name}_run-{args.seed}_train.txt")
+        curve_dir = run_dir if args.kept_budget else work / "mace" / "results"
+        curves[system] = read_curve(curve_dir / f"{name}_run-{args.seed}_train.txt")
         conv[system] = convergence(curves[system], stage_two)
         mace_params[system] = count_parameters_mace(model)
-        preds[system] = mace_predict(model, paths["test"], work / "mace" / f"{name}_test_pred.npz")
+        preds[system] = mace_predict(model, paths["test"], run_dir / f"{name}_test_pred.npz")
         tables[system] = error_table(test, preds[system])
 
     # --- records
@@ -346,10 +358,12 @@ def main() -> int:
               "neutral cells only, charged cells enter forces only")
     extra = {"dataset": DATASET, "models": shown(args.models)}
     bf = manifest["members"]["potential"][0]["training"]["train_settings"]
+    recipe = (f"architecture {members[0].hyperparameters.get('architecture', 'density')}, "
+              + ("pre-trained on other labels, then trained" if "initial_model" in members[0].metadata
+                 else "trained from scratch") + " on the train rows")
     records = to_records(tables["bornfield-potential"], "bornfield-potential", False,
                          f"{common}; shipped committee of {len(members)} (mean of energies and forces, as MD); "
-                         "pre-trained on the CHGNet proxy set, fine-tuned on the train rows (channels "
-                         f"{bf['channels']}, best epochs "
+                         f"{recipe} (channels {bf['channels']}, best epochs of the last stage "
                          f"{[m['training']['best_epoch'] for m in manifest['members']['potential']]})",
                          {**extra, "committee": len(members),
                           "n_parameters": count_parameters_bornfield(member_files[0])})
@@ -362,13 +376,14 @@ def main() -> int:
         arch = {**MACE_ARCH, **MACE_SIZES[size]}
         records += to_records(
             tables[system], system, True,
-            f"{common}; MACE from scratch on the train rows, {args.epochs}-epoch budget, best-validation EMA weights "
+            f"{common}; MACE from scratch on the train rows, {epochs}-epoch budget, best-validation EMA weights "
             f"(stage two from epoch {stage_two}, best epoch {c['stage_two_best_epoch']}), "
             f"converged={c['converged']} by the rule of models_mace_ledger.py; "
             f"MACE {arch}, {MACE_OPTIM} with {LEDGER_OPTIM}, scheduler_patience {args.scheduler_patience}, "
             f"E0s least squares on neutral train cells {e0s}",
-            {**extra, **c, "epochs": args.epochs,
-             "train_wall_s": round(timings.get(f"mace_{size}_train_s", float("nan")), 1),
+            {**extra, **c, "epochs": epochs,
+             # a kept run's own wall time is not separated from the extension's in timings.json
+             "train_wall_s": None if args.kept_budget else round(timings.get(f"mace_{size}_train_s", float("nan")), 1),
              "n_parameters": mace_params[system]})
         ratio = force_ratio(tables, system)
         records.append({"metric": "force_rmse_ratio", "value": ratio, "unit": "1",
