@@ -1,11 +1,12 @@
 """Run one field-MD condition with the analytic test models (used by tests via subprocess/mpiexec).
 
     python tests/md_mpi_driver.py OUTDIR BACKEND ENSEMBLE STEPS [--cell fcc|triclinic|beta] [--interrupt-at N]
-        [--models analytic|nn-baseline] [--ghost-cutoff Å] [--baseline-in-torch]
+        [--models analytic|nn-baseline|nn-message] [--ghost-cutoff Å] [--baseline-in-torch]
 
 ``--models nn-baseline``: small random bornfield models (float64) instead of the analytic ones, an
 NN potential with the Pedone baseline (8 Å, longer than the network's 4 Å) and an equivariant Born
-model, on a 2x2x2 beta-Li3PO4 cell (``--cell beta``).
+model, on a 2x2x2 beta-Li3PO4 cell (``--cell beta``). ``--models nn-message``: the same with the
+message-passing potential (network 4 Å, receptive field 8 Å).
 """
 
 from __future__ import annotations
@@ -74,22 +75,25 @@ def main() -> None:
 
         lammps_backend.LammpsBackend.advance = interrupted
     condition = expand_conditions(settings)[0]
-    if args.models == "nn-baseline":
-        potential, born = nn_models_with_baseline()
+    if args.models in ("nn-baseline", "nn-message"):
+        potential, born = nn_models_with_baseline(message=args.models == "nn-message")
     else:
         potential, born = MorsePotential(cutoff=3.4), EnvironmentBorn(cutoff=3.0)
     run_condition(settings, condition, Path(args.outdir), potential, born, [atoms], progress=False)
 
 
-def nn_models_with_baseline():
-    """Random (seeded, identical on every rank) float64 potential with the Pedone baseline + Born model."""
+def nn_models_with_baseline(message: bool = False):
+    """Random (seeded, identical on every rank) float64 potential with the Pedone baseline + Born model;
+    ``message``: the message-passing potential."""
     import torch
 
     from bornfield.models import create_model
     from bornfield.models.baseline import pedone_baseline
 
     small = {"channels": 4, "hidden": 16, "radial_hidden": 16}
-    potential = create_model("potential", ["Li", "P", "O"], 4.0, seed=1, baseline=pedone_baseline(8.0, 0.22), **small)
+    architecture = {"architecture": "message", "interactions": 2} if message else {}
+    potential = create_model("potential", ["Li", "P", "O"], 4.0, seed=1, baseline=pedone_baseline(8.0, 0.22),
+                             **small, **architecture)
     born = create_model("born", ["Li", "P", "O"], 4.0, seed=2, mean_charges={"Li": 1.0, "P": 3.2, "O": -1.55}, **small)
     generator = torch.Generator().manual_seed(3)
     with torch.no_grad():

@@ -171,6 +171,23 @@ def test_nn_potential_with_baseline_one_and_two_ranks(tmp_path):
 
 
 @pytest.mark.mpi
+def test_message_potential_one_and_two_ranks(tmp_path):
+    """The message-passing potential (network 4 Å, receptive field 8 Å, evaluated as a whole cluster with
+    ghosts to twice its cutoff) with the 8 Å baseline: LAMMPS 1 and 2 ranks reproduce the ASE backend."""
+    extra = ("--models", "nn-message")
+    drive(tmp_path / "ase", "ase", 30, extra=extra, cell="beta")
+    drive(tmp_path / "l1", "lammps", 30, extra=extra, cell="beta")
+    drive(tmp_path / "l2", "lammps", 30, ranks=2, extra=extra, cell="beta")
+    ase, one, two = (load(tmp_path / name) for name in ("ase", "l1", "l2"))
+    assert one["step"][-1] == 30 and np.ptp(one["epot_eV"]) > 1e-2
+    keys = ("positions", "velocities", "epot_eV", "econs_eV", "field_work_eV")
+    ase_vs_one = max_difference(ase, one, keys)
+    assert ase_vs_one["positions"] < 1e-6 and ase_vs_one["epot_eV"] < 1e-5, ase_vs_one
+    ranks = max_difference(one, two, keys)
+    assert ranks["positions"] < 1e-9 and ranks["epot_eV"] < 1e-8, ranks
+
+
+@pytest.mark.mpi
 def test_a_ghost_shell_shorter_than_the_baseline_is_refused(tmp_path):
     """md.lammps.ghost_cutoff_A = 6 Å with the 8 Å baseline on 2 ranks would drop neighbours
     (site energies of owned atoms need ghosts up to the receptive field + skin): refused before MD."""
