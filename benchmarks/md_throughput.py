@@ -25,7 +25,8 @@ with ``--before-src`` also measured with the older tree (``bornfield-shipped-bef
 ``--compare-baseline-in-torch`` adds ``bornfield-shipped-torchbaseline-lammps``, the baseline in
 torch as before ``md.lammps.baseline_in_lammps``), and ``--other-born NAME FILE`` (repeatable) the set's
 potential_0 with another Born model file (systems ``bornfield-shipped-NAME-*``, e.g. a polar Born
-model); backend ``ase2t`` is the ASE backend with 2 torch
+model), ``--other-potential NAME FILE`` (repeatable) the set's born_0 with another potential file
+(same system names, e.g. the potential of an earlier set); backend ``ase2t`` is the ASE backend with 2 torch
 threads (system suffix ``-2threads``); ``--repeats N`` measures every point N times (interleaved rounds), ``--no-replicas`` skips the
 weak scaling, ``--note TEXT`` starts every record's notes, and ``--append`` keeps the records
 already in the JSON file (the new ones are added after them).
@@ -263,6 +264,9 @@ def main() -> None:
     parser.add_argument("--other-born", nargs=2, action="append", default=[], metavar=("NAME", "FILE"),
                         help="with --model-set: also its potential_0.pt with this Born model file "
                              "(system bornfield-shipped-NAME-*)")
+    parser.add_argument("--other-potential", nargs=2, action="append", default=[], metavar=("NAME", "FILE"),
+                        help="with --model-set: also its born_0.pt with this potential file "
+                             "(system bornfield-shipped-NAME-*)")
     parser.add_argument("--model-set", default=None,
                         help="also measure this model set's potential_0.pt + born_0.pt (systems bornfield-shipped-*)")
     parser.add_argument("--output", default=None, help=f"JSON file (default benchmarks/results/{NAME}.json)")
@@ -289,10 +293,18 @@ def main() -> None:
             missing = [str(f) for f in models["shipped"] if not f.exists()]
             if missing:
                 raise SystemExit(f"--model-set {shipped}: missing {missing}")
-        for name, born_file in args.other_born:
-            if not args.model_set or not Path(born_file).is_file():
-                raise SystemExit(f"--other-born {name} {born_file}: needs --model-set and an existing Born model file")
-            models[f"shipped-{name}"] = (models["shipped"][0], Path(born_file))
+        others = {}  # NAME: what replaces the set's file
+        for option, kind, pairs in (("--other-born", "Born model", args.other_born),
+                                    ("--other-potential", "potential", args.other_potential)):
+            for name, file in pairs:
+                if not args.model_set or not Path(file).is_file() or f"shipped-{name}" in models:
+                    raise SystemExit(f"{option} {name} {file}: needs --model-set, an existing {kind} file "
+                                     "and a name of its own")
+                shipped_potential, shipped_born = models["shipped"]
+                models[f"shipped-{name}"] = ((shipped_potential, Path(file)) if kind == "Born model"
+                                             else (Path(file), shipped_born))
+                others[name] = (f"model set {args.model_set} potential_0 with Born model {file}; " if kind == "Born model"
+                                else f"model set {args.model_set} born_0 with potential {file}; ")
         backends = {"ase": ("ase", 1), "ase2t": ("ase", 1), "lammps1": ("lammps", 1), "lammps2": ("lammps", 2)}
         threads_of = {"ase2t": 2}
         configurations = [(*backends[b], threads_of.get(b, 1)) for b in args.backends.split(",")]
@@ -302,7 +314,7 @@ def main() -> None:
             trees += [(f"bornfield-pedone{cutoff:g}", None, cutoff) for cutoff in args.baseline_cutoffs]
             trees += [("bornfield-shipped", None, "shipped")] if args.model_set else []
             trees += [("bornfield-shipped-before", args.before_src, "shipped")] if args.model_set and args.before_src else []
-            trees += [(f"bornfield-shipped-{name}", None, f"shipped-{name}") for name, _ in args.other_born]
+            trees += [(f"bornfield-shipped-{name}", None, f"shipped-{name}") for name in others]
             if args.model_set and args.compare_baseline_in_torch:
                 trees += [("bornfield-shipped-torchbaseline", None, "shipped")]
             points = [(c, t, k) for k in range(args.repeats) for c in configurations for t in trees
@@ -315,8 +327,7 @@ def main() -> None:
                 if cutoff is None:
                     model_note = ""
                 elif str(cutoff).startswith("shipped-"):
-                    model_note = (f"model set {args.model_set} potential_0 with Born model "
-                                  f"{dict(args.other_born)[cutoff.removeprefix('shipped-')]}; ")
+                    model_note = others[cutoff.removeprefix("shipped-")]
                 elif cutoff == "shipped":
                     where = ("baseline in torch" if prefix.endswith("torchbaseline")
                              else "baseline as LAMMPS pair styles" if backend == "lammps" else "baseline in torch")

@@ -172,17 +172,23 @@ def test_nn_potential_with_baseline_one_and_two_ranks(tmp_path):
 
 @pytest.mark.mpi
 def test_message_potential_one_and_two_ranks(tmp_path):
-    """The message-passing potential (network 4 Å, receptive field 8 Å, evaluated as a whole cluster with
-    ghosts to twice its cutoff) with the 8 Å baseline: LAMMPS 1 and 2 ranks reproduce the ASE backend."""
+    """The message-passing potential (network 4 Å, receptive field 8 Å: a cluster of latent centres
+    with ghosts to twice its cutoff) with the 8 Å baseline as LAMMPS pair styles or in torch: LAMMPS
+    on 1 and 2 ranks reproduces the ASE backend (the pair styles' energy offset as in
+    test_nn_potential_with_baseline_one_and_two_ranks)."""
     extra = ("--models", "nn-message")
     drive(tmp_path / "ase", "ase", 30, extra=extra, cell="beta")
     drive(tmp_path / "l1", "lammps", 30, extra=extra, cell="beta")
     drive(tmp_path / "l2", "lammps", 30, ranks=2, extra=extra, cell="beta")
-    ase, one, two = (load(tmp_path / name) for name in ("ase", "l1", "l2"))
+    drive(tmp_path / "torch", "lammps", 30, ranks=2, extra=(*extra, "--baseline-in-torch"), cell="beta")
+    ase, one, two, torch_baseline = (load(tmp_path / name) for name in ("ase", "l1", "l2", "torch"))
     assert one["step"][-1] == 30 and np.ptp(one["epot_eV"]) > 1e-2
     keys = ("positions", "velocities", "epot_eV", "econs_eV", "field_work_eV")
+    ase_vs_torch = max_difference(ase, torch_baseline, keys)
+    assert ase_vs_torch["positions"] < 1e-6 and ase_vs_torch["epot_eV"] < 1e-5, ase_vs_torch
     ase_vs_one = max_difference(ase, one, keys)
-    assert ase_vs_one["positions"] < 1e-6 and ase_vs_one["epot_eV"] < 1e-5, ase_vs_one
+    assert ase_vs_one["positions"] < 1e-6 and ase_vs_one["epot_eV"] < 1e-3, ase_vs_one
+    assert np.ptp(one["epot_eV"] - ase["epot_eV"]) < 1e-4
     ranks = max_difference(one, two, keys)
     assert ranks["positions"] < 1e-9 and ranks["epot_eV"] < 1e-8, ranks
 

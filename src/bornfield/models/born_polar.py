@@ -57,6 +57,10 @@ class PolarizationBornModel(EdgeBornModel):
         """Å: twice the cutoff (the dipoles of the neighbours within one cutoff)."""
         return 2.0 * self.cutoff
 
+    @property
+    def network_receptive_field(self) -> float:
+        return self.receptive_field
+
     def dipoles(self, geometry) -> torch.Tensor:
         """Local dipoles μ (N_c, 3) e·Å of the centres of ``geometry``."""
         x, v, envelope = self.edge_features(geometry)

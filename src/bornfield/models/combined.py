@@ -80,10 +80,14 @@ def model_members(model) -> list:
 
 
 def shared_members(potential, born) -> tuple[list[NNPotential], list[EquivariantBornModel]] | None:
-    """Members of ``potential`` and ``born`` if one shared evaluation can serve them all, else None."""
+    """Members of ``potential`` and ``born`` if one shared evaluation can serve them all, else None.
+
+    Potentials that are evaluated as whole graphs (``shares_blocks`` False, the message-passing
+    potential) join it on the same graph; Born models must be evaluable block by block.
+    """
     potentials = _members(potential, NNPotential, PotentialCommittee)
     borns = [] if born is None else _members(born, EquivariantBornModel, BornCommittee)
-    if potentials is None or borns is None or not all(m.shares_blocks for m in potentials + borns):
+    if potentials is None or borns is None or not all(m.shares_blocks for m in borns):
         return None
     models = potentials + borns
     if len({m.species for m in models}) != 1 or len({m.dtype for m in models}) != 1:
@@ -103,6 +107,9 @@ def _evaluate_blocks(graph: Graph, potentials, borns, stress: bool, with_baselin
 
     Returns numpy float64 arrays of the whole graph: site energies (N_c,) eV, forces
     (N, 3) eV/Å, stress (B, 3, 3) eV/Å³ or None, raw Born tensors (N_c, 3, 3) e or None.
+    Potentials that are not evaluable block by block (``shares_blocks`` False) run once on the
+    whole graph after the blocks, on the same edge vectors: the graph must then hold every
+    atom's whole neighbourhood (periodic graphs; not clusters of centres and ghosts).
 
     Site energies and Born charges of a centre depend only on its own row of
     edge vectors, so each block's gradient is complete on its own: exact, and
@@ -117,23 +124,33 @@ def _evaluate_blocks(graph: Graph, potentials, borns, stress: bool, with_baselin
     """
     full = graph
     graph = full.within(max(m.local_cutoff for m in potentials + borns))
+    blockwise = [m for m in potentials if m.shares_blocks]
+    whole = [m for m in potentials if not m.shares_blocks]
+    if whole and graph.centres is not None:
+        raise ValueError("potentials evaluated as whole graphs need a periodic graph, not a cluster of centres")
+    weight = 1.0 / max(len(potentials), 1)
 
     def evaluate_block(rows: slice, geometry: EdgeGeometry):
         vec = geometry.edge_vec
-        sites, grad = potentials[0].site_energies_and_edge_gradient(graph, vec, geometry)
-        for member in potentials[1:]:
+        sites = torch.zeros(vec.shape[0], dtype=torch.float64)
+        grad = torch.zeros_like(vec)
+        for member in blockwise:
             member_sites, member_grad = member.site_energies_and_edge_gradient(graph, vec, geometry)
             sites, grad = sites + member_sites, grad + member_grad
         born = None
         if borns:
             with torch.no_grad():
                 born = sum(member.raw_charges(graph, geometry).double() for member in borns) / len(borns)
-        return sites / len(potentials), grad / len(potentials), born
+        return sites * weight, grad * weight, born
 
     sites_parts, grad_parts, born_parts = zip(*map_geometry_blocks(graph, evaluate_block))
     edge_vec = graph.inference_edge_vectors()  # those of the blocks (the graph's cache)
     grad = torch.cat(grad_parts) if len(grad_parts) > 1 else grad_parts[0]
     site_energies = torch.cat(sites_parts)
+    for member in whole:
+        member_sites, member_grad = member.site_energies_and_edge_gradient(graph, edge_vec)
+        site_energies = site_energies + weight * member_sites
+        grad = grad + weight * member_grad.to(grad.dtype)
     with torch.no_grad():
         forces = forces_from_edge_gradient(graph, grad).double()
         stress_value = stress_from_edge_gradient(graph, edge_vec, grad).double() if stress else None
@@ -357,6 +374,15 @@ def evaluate_cluster(potential, born, positions, numbers, centre_mask, with_born
             z = np.asarray(born.cluster_born_charges_raw(positions, numbers), dtype=float)[centre_mask]
         return StepResult(float(sites.sum()), np.asarray(forces, dtype=float), None, z, sites)
     potentials, borns = shared
+    if not all(m.shares_blocks for m in potentials):  # the potential builds the cluster of latent centres it needs
+        sites, forces = potential.cluster_site_energies_forces(positions, numbers, centre_mask, with_baseline)
+        sites = np.asarray(sites, dtype=float)[centre_mask]
+        z = None
+        if borns:
+            graph = build_cluster_graph(positions, numbers, centre_mask, borns[0].species, graph_cutoff(borns),
+                                        borns[0].dtype)
+            z = _evaluate_graph(graph, [], borns, stress=False).born_raw
+        return StepResult(float(sites.sum()), np.asarray(forces, dtype=float), None, z, sites)
     cutoff = graph_cutoff(potentials + borns, with_baseline)
     graph = build_cluster_graph(positions, numbers, centre_mask, potentials[0].species, cutoff, potentials[0].dtype)
     return _evaluate_graph(graph, potentials, borns, stress=False, with_baseline=with_baseline)

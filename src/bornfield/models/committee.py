@@ -42,6 +42,7 @@ class _Committee:
         self.species = _check_members(self.members, what)
         self.cutoff = max(m.cutoff for m in self.members)
         self.receptive_field = max(m.receptive_field for m in self.members)
+        self.network_receptive_field = max(m.network_receptive_field for m in self.members)
         self.paths = [m.metadata.get("path") for m in self.members]
 
     def __len__(self) -> int:
@@ -85,16 +86,19 @@ class PotentialCommittee(_Committee):
         out = self.evaluate_graph(self.make_graph(positions, numbers, cell, pbc))
         return float(out["energy"]), out["forces"], out["stress"]
 
-    def cluster_site_energies_forces(self, positions, numbers, energy_mask):
-        """Member means; only ``energy_mask`` atoms are centres (site energies NaN elsewhere)."""
+    def cluster_site_energies_forces(self, positions, numbers, energy_mask, with_baseline: bool = True):
+        """Member means; only ``energy_mask`` atoms are centres (site energies NaN elsewhere);
+        ``with_baseline`` False: the networks alone."""
         mask = np.asarray(energy_mask, dtype=bool)
         if not all(m.shares_blocks for m in self.members):  # each member builds the cluster it needs
-            sites, forces = zip(*(m.cluster_site_energies_forces(positions, numbers, mask) for m in self.members))
+            sites, forces = zip(*(m.cluster_site_energies_forces(positions, numbers, mask, with_baseline)
+                                  for m in self.members))
             return np.mean(sites, axis=0), np.mean(forces, axis=0)
-        graph = build_cluster_graph(positions, numbers, mask, self.species, self.cutoff, self.dtype)
+        cutoff = self.cutoff if with_baseline else max(m.local_cutoff for m in self.members)
+        graph = build_cluster_graph(positions, numbers, mask, self.species, cutoff, self.dtype)
         sites, forces = [], []
         for m in self.members:
-            r = m.forward(graph.to(m.dtype), forces=True)
+            r = m.forward(graph.to(m.dtype), forces=True, with_baseline=with_baseline)
             sites.append(r["site_energies"].detach().numpy())
             forces.append(r["forces"].detach().double().numpy())
         all_sites = np.full(len(mask), np.nan)

@@ -252,6 +252,7 @@ class NNPotential(BornfieldModel):
         stress: bool = False,
         create_graph: bool = False,
         energy_mask: torch.Tensor | None = None,
+        with_baseline: bool = True,
     ) -> dict[str, torch.Tensor]:
         """Evaluate a batch.
 
@@ -263,6 +264,7 @@ class NNPotential(BornfieldModel):
                 :meth:`site_energies_and_edge_gradient` (blocks of centres, in parallel threads
                 when torch has several, :mod:`bornfield.models.threads`) and every output is detached.
             energy_mask: (N,) bool; if given, forces are those of ``sum(site_energies[mask])``.
+            with_baseline: add the physical baseline (False: the network alone, the caller adds it).
 
         If the graph has ``centres``, site energies are those of the centres (N_c,),
         ``energy`` sums them and ``energy_mask`` (N_c,) refers to the centres.
@@ -275,10 +277,10 @@ class NNPotential(BornfieldModel):
         """
         if (forces or stress) and not create_graph:  # inference: blocks of centres in parallel
             with parallel_section():
-                return self._forward(graph, forces, stress, create_graph, energy_mask)
-        return self._forward(graph, forces, stress, create_graph, energy_mask)
+                return self._forward(graph, forces, stress, create_graph, energy_mask, with_baseline)
+        return self._forward(graph, forces, stress, create_graph, energy_mask, with_baseline)
 
-    def _forward(self, graph, forces, stress, create_graph, energy_mask) -> dict[str, torch.Tensor]:
+    def _forward(self, graph, forces, stress, create_graph, energy_mask, with_baseline=True) -> dict[str, torch.Tensor]:
         full, graph = graph, graph.within(self.local_cutoff)  # the network's pairs
         grad = None
         if not (forces or stress):
@@ -302,7 +304,7 @@ class NNPotential(BornfieldModel):
             edge_vec = graph.inference_edge_vectors()  # those of the blocks (the graph's cache)
             sites, grad = torch.cat(site_parts), torch.cat(grad_parts)
         baseline = None
-        if self.baseline is not None:  # fixed pair potential on the full neighbour list (no parameters)
+        if self.baseline is not None and with_baseline:  # fixed pair potential on the full neighbour list
             baseline = self.baseline.site_energies_and_edge_gradient(full, energy_mask if forces or stress else None)
             sites = sites + baseline[0]
         energy = torch.zeros(graph.n_structures, dtype=torch.float64).index_add(0, graph.centre_batch, sites)
@@ -330,15 +332,18 @@ class NNPotential(BornfieldModel):
             out["stress"][0].detach().double().numpy(),
         )
 
-    def cluster_site_energies_forces(self, positions, numbers, energy_mask) -> tuple[np.ndarray, np.ndarray]:
+    def cluster_site_energies_forces(self, positions, numbers, energy_mask,
+                                     with_baseline: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Open-boundary evaluation: site energies (M,) eV, forces (M, 3) of ``sum(E[mask])``.
 
         Only the ``energy_mask`` atoms are centres (the others, e.g. ghosts, enter
         as neighbours only); their site energies are NaN in the returned array.
+        ``with_baseline`` False: the network alone (neighbours within :attr:`local_cutoff`).
         """
         mask = np.asarray(energy_mask, dtype=bool)
-        graph = build_cluster_graph(positions, numbers, mask, self.species, self.cutoff, self.dtype)
-        out = self.forward(graph, forces=True, stress=False)
+        cutoff = self.cutoff if with_baseline else self.local_cutoff
+        graph = build_cluster_graph(positions, numbers, mask, self.species, cutoff, self.dtype)
+        out = self.forward(graph, forces=True, stress=False, with_baseline=with_baseline)
         sites = np.full(len(mask), np.nan)
         sites[mask] = out["site_energies"].detach().numpy()
         return sites, out["forces"].detach().double().numpy()

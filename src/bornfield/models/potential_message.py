@@ -50,9 +50,14 @@ class MessagePotential(NNPotential):
             self.interaction.from_neighbour.weight.mul_(0.1)
 
     @property
+    def network_receptive_field(self) -> float:
+        """Å: twice the network cutoff (the neighbours' latents)."""
+        return 2.0 * self.local_cutoff
+
+    @property
     def receptive_field(self) -> float:
-        """Å: twice the network cutoff (the neighbours' latents), or the baseline's cutoff if longer."""
-        return max(2.0 * self.local_cutoff, self.cutoff)
+        """Å: :attr:`network_receptive_field`, or the baseline's cutoff if longer."""
+        return max(self.network_receptive_field, self.cutoff)
 
     def _edge_bias(self, graph: Graph, latent: torch.Tensor) -> torch.Tensor:
         """(N_c, K, hidden) ``V h_j`` of every edge; ``latent`` (N_c, hidden) of the graph's centres.
@@ -107,12 +112,13 @@ class MessagePotential(NNPotential):
             (grad,) = torch.autograd.grad(target, vec)
         return sites.detach(), grad
 
-    def cluster_site_energies_forces(self, positions, numbers, energy_mask) -> tuple[np.ndarray, np.ndarray]:
+    def cluster_site_energies_forces(self, positions, numbers, energy_mask,
+                                     with_baseline: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Open-boundary evaluation: site energies (M,) eV, forces (M, 3) of ``sum(E[mask])``.
 
         The latents are computed for every atom within one network cutoff of a masked atom, so the
-        cluster must hold all atoms within :attr:`receptive_field` of the masked ones; site
-        energies of the other atoms are NaN.
+        cluster must hold all atoms within :attr:`receptive_field` (:attr:`network_receptive_field`
+        without the baseline) of the masked ones; site energies of the other atoms are NaN.
         """
         mask = np.asarray(energy_mask, dtype=bool)
         positions = np.asarray(positions, dtype=float)
@@ -120,9 +126,10 @@ class MessagePotential(NNPotential):
         if mask.any():
             distance, _ = cKDTree(positions[mask]).query(positions, distance_upper_bound=self.local_cutoff)
             centres |= distance < self.local_cutoff
-        graph = build_cluster_graph(positions, numbers, centres, self.species, self.cutoff, self.dtype)
+        cutoff = self.cutoff if with_baseline else self.local_cutoff
+        graph = build_cluster_graph(positions, numbers, centres, self.species, cutoff, self.dtype)
         centre_mask = torch.from_numpy(mask[centres])
-        out = self.forward(graph, forces=True, stress=False, energy_mask=centre_mask)
+        out = self.forward(graph, forces=True, stress=False, energy_mask=centre_mask, with_baseline=with_baseline)
         sites = np.full(len(mask), np.nan)
         sites[mask] = out["site_energies"].detach().numpy()[mask[centres]]
         return sites, out["forces"].detach().double().numpy()
