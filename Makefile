@@ -50,7 +50,8 @@ models: setup
 
 # the potential committee of MODELS_CONFIG retrained on the ledger rows and split of MODEL_SET (its Pedone
 # baseline refitted to those training rows, members pre-trained if MODELS_CONFIG asks for it), shipped with
-# MODEL_SET's Born committee and row baseline in place of MODEL_SET (logs in POTENTIAL_WORK/logs)
+# MODEL_SET's Born committee and row baseline in place of MODEL_SET, and with POLAR_SET's Born committee in
+# place of POLAR_SET if that exists (same rows and split; logs in POTENTIAL_WORK/logs)
 POTENTIAL_WORK ?= results-models-potential
 models-potential: setup
 	rm -rf $(POTENTIAL_WORK)/set && mkdir -p $(POTENTIAL_WORK)/logs $(POTENTIAL_WORK)/models
@@ -76,6 +77,13 @@ models-potential: setup
 	  || { tail -5 $(POTENTIAL_WORK)/logs/ship.log; exit 1; }
 	rm -rf $(MODEL_SET) && cp -r $(POTENTIAL_WORK)/set $(MODEL_SET)
 	$(BIN)/bornfield train table --models $(MODEL_SET)
+	if [ -d $(POLAR_SET) ]; then \
+	  $(BIN)/bornfield train ship --dataset $(POTENTIAL_WORK)/dataset.extxyz --split $(POTENTIAL_WORK)/split.json \
+	    --ledger $(LEDGER) --potential $(MODEL_SET)/potential_[0-9]*.pt --born $(POLAR_SET)/born_[0-9]*.pt \
+	    --baseline $(MODEL_SET)/born_row_*.pt --output-dir $(POTENTIAL_WORK)/polar_set > $(POTENTIAL_WORK)/logs/ship_polar.log 2>&1 \
+	    || { tail -5 $(POTENTIAL_WORK)/logs/ship_polar.log; exit 1; }; \
+	  rm -rf $(POLAR_SET) && cp -r $(POTENTIAL_WORK)/polar_set $(POLAR_SET) && $(BIN)/bornfield train table --models $(POLAR_SET); \
+	fi
 
 # polar Born committee (config/models_polar.yaml) trained on the ledger rows and split of MODEL_SET,
 # shipped with MODEL_SET's potentials and row baseline as POLAR_SET (logs in POLAR_WORK/logs)
