@@ -72,7 +72,7 @@ models-potential: setup
 	  --pair-baseline $(POTENTIAL_WORK)/pair_baseline.json --no-progress > $(POTENTIAL_WORK)/logs/potential_{}.log 2>&1 \
 	  || { tail -5 $(POTENTIAL_WORK)/logs/potential_{}.log; exit 255; }'
 	$(BIN)/bornfield train ship --dataset $(POTENTIAL_WORK)/dataset.extxyz --split $(POTENTIAL_WORK)/split.json --ledger $(LEDGER) \
-	  --potential $(POTENTIAL_WORK)/models/potential_[0-9]*.pt --born $(MODEL_SET)/born_[0-9]*.pt \
+	  --potential $$(ls $(POTENTIAL_WORK)/models/potential_*.pt | grep -E '/potential_[0-9]+\.pt$$') --born $(MODEL_SET)/born_[0-9]*.pt \
 	  --baseline $(MODEL_SET)/born_row_*.pt --output-dir $(POTENTIAL_WORK)/set > $(POTENTIAL_WORK)/logs/ship.log 2>&1 \
 	  || { tail -5 $(POTENTIAL_WORK)/logs/ship.log; exit 1; }
 	rm -rf $(MODEL_SET) && cp -r $(POTENTIAL_WORK)/set $(MODEL_SET)

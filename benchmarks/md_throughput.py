@@ -186,7 +186,7 @@ def plot(records: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     ax = axes[0]
     measured = sorted({(r["system"], r["ranks"]) for r in records if r["metric"] == "atom_steps_per_s"
-                       and not r.get("baseline") and r["system"] != "bornfield-ase-replicas"})
+                       and not r.get("baseline") and not r["system"].endswith("-ase-replicas")})
     for system, ranks in measured:
         marker = "o" if system.endswith("-ase") else ("s" if ranks == 1 else "^")
         best: dict[int, float] = {}  # other jobs only slow a run down: the best run per size
@@ -211,14 +211,15 @@ def plot(records: list[dict], path: Path) -> None:
            title="full field MD (NNP + NN Born charges every step)")
     ax.legend(fontsize=8)
     ax = axes[1]
-    replicas: dict[int, float] = {}
+    replicas: dict[tuple[str, int], float] = {}
     for r in records:
-        if r["system"] == "bornfield-ase-replicas":
-            replicas[r["ranks"]] = max(replicas.get(r["ranks"], 0.0), r["value"])
+        if r["system"].endswith("-ase-replicas"):
+            key = (r["system"].removeprefix("bornfield-").removesuffix("-ase-replicas"), r["ranks"])
+            replicas[key] = max(replicas.get(key, 0.0), r["value"])
     points = sorted(replicas.items())
     if points:
-        x, y = zip(*points)
-        ax.bar([str(v) for v in x], y)
+        labels, y = zip(*((f"{name}\n{ranks}" if name else str(ranks), value) for (name, ranks), value in points))
+        ax.bar(labels, y)
         ax.set(xlabel="replicas (= ranks)", ylabel="total atom-steps / s", title="replica weak scaling (ASE)")
     else:  # side by side per system and ranks: median over repeats, CPU time (robust to other jobs)
         labels, values = [], []
@@ -360,14 +361,19 @@ def main() -> None:
                                 "baseline": True})
                 print("chgnet", n_atoms, f"{value:.1f} atom-steps/s", flush=True)
         weak_size = 1024
+        weak_models = [("bornfield-ase-replicas", None)] + ([("bornfield-shipped-ase-replicas", "shipped")]
+                                                            if args.model_set else [])
         for replicas in () if args.no_replicas else (1, 2):
-            steps = max(3, args.steps)
-            result = measure(potential, born, "ase", weak_size, replicas, steps, replicas=replicas)
-            records.append(record("atom_steps_per_s", result["atom_steps_per_s"], "atom-steps/s",
-                                  "bornfield-ase-replicas", weak_size, replicas,
-                                  f"{args.note}{replicas} replicas of {weak_size} atoms, one per rank; "
-                                  "total throughput"))
-            print("replicas", replicas, f"{result['atom_steps_per_s']:.0f} atom-steps/s", flush=True)
+            for system, key in weak_models:
+                steps = max(3, args.steps)
+                load = os.getloadavg()[0]
+                result = measure(*models[key], "ase", weak_size, replicas, steps, replicas=replicas)
+                what = f"model set {args.model_set} (potential_0 + born_0); " if key else ""
+                records.append(record("atom_steps_per_s", result["atom_steps_per_s"], "atom-steps/s",
+                                      system, weak_size, replicas,
+                                      f"{args.note}{what}{replicas} replicas of {weak_size} atoms, one per rank; "
+                                      f"total throughput; 1-min load average {load:.1f} before the run"))
+                print(system, replicas, f"{result['atom_steps_per_s']:.0f} atom-steps/s", flush=True)
     for r in list(records):
         if (r["metric"] in ("atom_steps_per_s", "atom_steps_per_cpu_s")
                 and r["system"] in ("bornfield-lammps", "bornfield-before-lammps") and r["ranks"] == 2
