@@ -192,8 +192,8 @@ def test_snakemake_and_the_cli_resolve_a_config_identically(config_file, tmp_pat
                 "md run", "analyze condition", "analyze sweep", "plot"}
     if resolved.md.models:  # MD on a shipped model set: nothing is labelled or trained
         expected = expected - {"dft plan", "train potential", "train born"}
-    elif resolved.dataset.source == "ledger":  # labels come from the ledger: no DFT plan, pre-training instead
-        expected = expected - {"dft plan"} | {"train pretrain"}
+    elif resolved.dataset.source == "ledger":  # labels come from the ledger: no DFT plan (pre-training if asked)
+        expected = expected - {"dft plan"} | ({"train pretrain"} if resolved.train.potential.pretrain.dataset else set())
     assert expected <= checked, sorted(checked)
 
 

@@ -208,13 +208,7 @@ def test_polar_born_model_is_evaluated_beside_the_shared_potential_pass():
     assert batch[1].born_raw is None
     np.testing.assert_allclose(batch[1].forces, alone.forces, rtol=1e-10, atol=1e-12)
     # cluster: owned cell + images to twice the cutoff
-    cell = np.asarray(atoms.cell)
-    reach = int(np.ceil(polar.receptive_field / min(np.linalg.norm(cell, axis=1))))
-    shells = range(-reach, reach + 1)
-    images = [(0, 0, 0)] + [(i, j, k) for i in shells for j in shells for k in shells if (i, j, k) != (0, 0, 0)]
-    positions = np.concatenate([atoms.positions + np.array(v) @ cell for v in images])
-    numbers = np.tile(atoms.numbers, len(images))
-    owned = np.arange(len(positions)) < len(atoms)
+    positions, numbers, owned, _ = periodic_images(atoms, polar.receptive_field)
     cluster = evaluate_cluster(potentials, polar, positions, numbers, owned)
     np.testing.assert_allclose(cluster.born_raw - cluster.born_raw.mean(0), z, atol=1e-10)
 
@@ -246,16 +240,10 @@ def test_message_potential_is_evaluated_whole_in_steps_and_clusters():
     np.testing.assert_allclose(step.born_raw - step.born_raw.mean(0), z, atol=1e-12)
     batch = evaluate_periodic_batch(potentials, born, [args, args], with_born=[True, False])
     np.testing.assert_allclose(batch[1].forces, forces, atol=1e-12)
-    cell = np.asarray(atoms.cell)
-    reach = int(np.ceil(potentials.receptive_field / min(np.linalg.norm(cell, axis=1))))
-    shells = range(-reach, reach + 1)
-    images = [(0, 0, 0)] + [(i, j, k) for i in shells for j in shells for k in shells if (i, j, k) != (0, 0, 0)]
-    positions = np.concatenate([atoms.positions + np.array(v) @ cell for v in images])
-    numbers = np.tile(atoms.numbers, len(images))
-    owned = np.arange(len(positions)) < len(atoms)
+    positions, numbers, owned, n_images = periodic_images(atoms, potentials.receptive_field)
     cluster = evaluate_cluster(potentials, born, positions, numbers, owned)
     assert cluster.energy == pytest.approx(energy, rel=1e-10)
-    np.testing.assert_allclose(cluster.forces.reshape(len(images), len(atoms), 3).sum(0), forces, atol=1e-10)
+    np.testing.assert_allclose(cluster.forces.reshape(n_images, len(atoms), 3).sum(0), forces, atol=1e-10)
     np.testing.assert_allclose(cluster.born_raw - cluster.born_raw.mean(0), z, atol=1e-10)
     # the networks alone (the baseline left to LAMMPS pair styles): ghosts to twice the network cutoff suffice
     assert potentials.network_receptive_field == 7.0 and potentials.receptive_field == 7.0
@@ -268,6 +256,20 @@ def test_message_potential_is_evaluated_whole_in_steps_and_clusters():
     assert alone.energy == pytest.approx(networks.energy, rel=1e-10)
     np.testing.assert_allclose(_fold(alone.forces, np.flatnonzero(near) % len(atoms), len(atoms)),
                                networks.forces, atol=1e-10)
+
+
+def periodic_images(atoms, reach_A):
+    """Open-boundary copy of a periodic cell: the cell first (owned), then its images out to ``reach_A``.
+
+    Returns positions (M, 3), numbers (M,), the owned mask (M,) and the number of images (cell included).
+    """
+    cell = np.asarray(atoms.cell)
+    reach = int(np.ceil(reach_A / min(np.linalg.norm(cell, axis=1))))
+    shells = range(-reach, reach + 1)
+    images = [(0, 0, 0)] + [(i, j, k) for i in shells for j in shells for k in shells if (i, j, k) != (0, 0, 0)]
+    positions = np.concatenate([atoms.positions + np.array(v) @ cell for v in images])
+    owned = np.arange(len(positions)) < len(atoms)
+    return positions, np.tile(atoms.numbers, len(images)), owned, len(images)
 
 
 def _fold(forces, atom_of_row, n_atoms):
