@@ -414,15 +414,15 @@ class EdgeInteraction(nn.Module):
     """
 
     def __init__(self, n_species: int, n_basis: int, channels: int, hidden: int, latent: int,
-                 squash: bool = False, neighbour_latent: bool = False):
+                 squash: bool = False):
         super().__init__()
         c = channels
         self.channels = c
         self.squash = bool(squash)
         self.first = nn.Linear(n_basis + 2 * n_species + 2 * c, hidden)
         self.from_latent = nn.Linear(latent, hidden, bias=False)
-        #: message passing: the edge weights also see the neighbour's latent (``edge_bias`` of the calls below)
-        self.from_neighbour = nn.Linear(latent, hidden, bias=False) if neighbour_latent else None
+        #: message passing sets a Linear(latent, hidden) of the neighbour's latent, fed as ``edge_bias`` below
+        self.from_neighbour: nn.Linear | None = None
         self.rest = nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 3 * c))
         self.n_invariants = 5 * c
         self.register_buffer("edge_shift", torch.zeros(2 * c))

@@ -8,9 +8,8 @@ interaction's edge weights see the latent of the neighbour as well as the centre
 ``h`` being the per-atom latent of the first density. ``E_i`` then depends on every atom within
 two cutoffs (a two-hop receptive field, as MACE's two layers). Consequences for evaluation, as
 for the polar Born model: whole graphs only (no blocks of centres, ``shares_blocks`` False);
-open-boundary clusters need ghosts to :attr:`receptive_field` = 2 × the network cutoff (plus
-nothing for the baseline, whose own cutoff is met by the same ghosts when shorter); forces and
-stress come from autograd through the edge vectors.
+open-boundary clusters need ghosts to :attr:`receptive_field` (twice the network cutoff, or the
+baseline's cutoff if that is longer); forces and stress come from autograd through the edge vectors.
 """
 
 from __future__ import annotations
