@@ -49,6 +49,22 @@ def forces_from_edge_gradient(graph: Graph, grad: torch.Tensor) -> torch.Tensor:
     return forces.index_add(0, graph.neighbours.reshape(-1), -grad.reshape(-1, 3))
 
 
+def edge_gradient_by_autograd(site_energies, edge_vec: torch.Tensor, energy_mask: torch.Tensor | None = None,
+                              create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Site energies and ``dE/d edge_vec`` (N_c, K, 3) eV/Å by autograd, ``E = Σ site_energies[energy_mask]``.
+
+    ``site_energies(vec)`` maps the edge vectors (a leaf requiring gradients) to site energies (N_c,) eV.
+    Without ``create_graph`` both results are detached; with it ``edge_vec`` must already require
+    gradients (the caller differentiates through it, training on forces).
+    """
+    with torch.enable_grad():
+        vec = edge_vec if create_graph else edge_vec.detach().requires_grad_(True)
+        sites = site_energies(vec)
+        target = sites[energy_mask].sum() if energy_mask is not None else sites.sum()
+        (grad,) = torch.autograd.grad(target, vec, create_graph=create_graph)
+    return (sites, grad) if create_graph else (sites.detach(), grad)
+
+
 def stress_from_edge_gradient(graph: Graph, edge_vec: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     """Stress (B, 3, 3) eV/Å³ (ASE sign), ``σ_ab = (1/V) Σ_e r_{e,a} g_{e,b}``; NaN unless fully periodic."""
     virial = torch.einsum("nka,nkb->nab", edge_vec, grad).reshape(-1, 9)
@@ -175,15 +191,21 @@ class NNPotential(BornfieldModel):
         interaction's edge invariants and its density invariants, each fitted on
         the features standardised before it.
         """
-        geometries = [edge_geometry(g, g.edge_vectors()) for g in (graph.within(self.local_cutoff) for graph in graphs)]
+        graphs = [graph.within(self.local_cutoff) for graph in graphs]
+        geometries = [edge_geometry(g, g.edge_vectors()) for g in graphs]
         density = self.density
         first = [density.densities_from_geometry(g) for g in geometries]
         density.fit_normalisation(torch.cat([density.invariants(*a) for a in first]))
         if self.interactions == 1:
             return
-        inputs = [(a1, a2, self.latent(density.invariants(a0, a1, a2), g.centre_species))
-                  for g, (a0, a1, a2) in zip(geometries, first)]
+        inputs = [self._interaction_inputs(graph, geometry, densities)
+                  for graph, geometry, densities in zip(graphs, geometries, first)]
         self.interaction.fit_normalisation(geometries, density, inputs)
+
+    def _interaction_inputs(self, graph: Graph, geometry: EdgeGeometry, densities) -> tuple:
+        """``(a1, a2, latent)`` the second interaction reads for the centres of ``geometry``."""
+        a0, a1, a2 = densities
+        return a1, a2, self.latent(self.density.invariants(a0, a1, a2), geometry.centre_species)
 
     def site_energies_and_edge_gradient(
         self,
@@ -288,9 +310,8 @@ class NNPotential(BornfieldModel):
             sites = self.site_energies(graph, edge_vec)
         elif create_graph:  # training on forces: autograd through the edges, graph of the derivatives kept
             edge_vec = graph.edge_vectors().detach().requires_grad_(True)
-            sites = self.site_energies(graph, edge_vec)
-            target = sites[energy_mask].sum() if energy_mask is not None else sites.sum()
-            (grad,) = torch.autograd.grad(target, edge_vec, create_graph=True)
+            sites, grad = edge_gradient_by_autograd(lambda vec: self.site_energies(graph, vec), edge_vec,
+                                                    energy_mask, create_graph=True)
         elif not self.shares_blocks:  # inference on the whole graph at once
             edge_vec = graph.edge_vectors().detach()
             sites, grad = self.site_energies_and_edge_gradient(graph, edge_vec, None, energy_mask)

@@ -19,7 +19,7 @@ from bornfield.models.base import BornfieldModel
 from bornfield.models.born_edge import EdgeStack, _mlp
 from bornfield.models.graph import Graph
 from bornfield.models.layers import EdgeGeometry, ExactConstants
-from bornfield.models.potential import NNPotential, edge_geometry
+from bornfield.models.potential import NNPotential, edge_geometry, edge_gradient_by_autograd
 
 
 class EdgePotential(EdgeStack, NNPotential):
@@ -98,10 +98,5 @@ class EdgePotential(EdgeStack, NNPotential):
             species = graph.centre_species, graph.species[graph.neighbours]
         else:
             species = geometry.centre_species, geometry.neighbour_species
-        with torch.enable_grad():
-            vec = edge_vec.detach().requires_grad_(True)
-            own = EdgeGeometry(vec, *species)
-            sites = self.site_energies(graph, vec, own)
-            target = sites[energy_mask].sum() if energy_mask is not None else sites.sum()
-            (grad,) = torch.autograd.grad(target, vec)
-        return sites.detach(), grad
+        return edge_gradient_by_autograd(lambda vec: self.site_energies(graph, vec, EdgeGeometry(vec, *species)),
+                                         edge_vec, energy_mask)

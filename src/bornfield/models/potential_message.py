@@ -20,7 +20,7 @@ from scipy.spatial import cKDTree
 
 from bornfield.models.graph import Graph, build_cluster_graph
 from bornfield.models.layers import EdgeGeometry
-from bornfield.models.potential import NNPotential, edge_geometry
+from bornfield.models.potential import NNPotential, edge_geometry, edge_gradient_by_autograd
 
 
 class MessagePotential(NNPotential):
@@ -70,10 +70,10 @@ class MessagePotential(NNPotential):
             atoms = latent.new_zeros(graph.n_atoms, latent.shape[-1]).index_copy(0, graph.centres, latent)
         return self.interaction.from_neighbour(atoms)[graph.neighbours]
 
-    def _features(self, graph: Graph, geometry: EdgeGeometry):
-        densities = self.density.densities_from_geometry(geometry)
-        latent = self.latent(self.density.invariants(*densities), geometry.centre_species)
-        return densities, latent, self._edge_bias(graph, latent)
+    def _interaction_inputs(self, graph: Graph, geometry: EdgeGeometry, densities) -> tuple:
+        """``(a1, a2, latent, edge_bias)`` the second interaction reads for the centres of ``graph``."""
+        a1, a2, latent = super()._interaction_inputs(graph, geometry, densities)
+        return a1, a2, latent, self._edge_bias(graph, latent)
 
     def site_energies(self, graph: Graph, edge_vec: torch.Tensor, geometry: EdgeGeometry | None = None) -> torch.Tensor:
         """Site energies (N_c,) eV (float64) of all centres of ``graph`` (pairs within :attr:`local_cutoff`).
@@ -84,32 +84,14 @@ class MessagePotential(NNPotential):
         if geometry is not None:
             raise ValueError("MessagePotential evaluates whole graphs, not blocks of centres")
         geometry = edge_geometry(graph, edge_vec)
-        densities, latent, bias = self._features(graph, geometry)
-        *_, second = self.interaction(geometry, self.density, densities[1], densities[2], latent, bias)
+        a1, a2, latent, bias = self._interaction_inputs(graph, geometry, self.density.densities_from_geometry(geometry))
+        *_, second = self.interaction(geometry, self.density, a1, a2, latent, bias)
         return self._site_energies_from_features(torch.cat([latent, second], -1), geometry.centre_species)
-
-    @torch.no_grad()
-    def fit_normalisation(self, graphs) -> None:
-        """Standardise the first density's invariants, then the second interaction's, on training graphs."""
-        graphs = [graph.within(self.local_cutoff) for graph in graphs]
-        geometries = [edge_geometry(g, g.edge_vectors()) for g in graphs]
-        first = [self.density.densities_from_geometry(g) for g in geometries]
-        self.density.fit_normalisation(torch.cat([self.density.invariants(*a) for a in first]))
-        inputs = []
-        for graph, geometry in zip(graphs, geometries):
-            (_, a1, a2), latent, bias = self._features(graph, geometry)
-            inputs.append((a1, a2, latent, bias))
-        self.interaction.fit_normalisation(geometries, self.density, inputs)
 
     def site_energies_and_edge_gradient(self, graph, edge_vec, geometry=None, energy_mask=None):
         """Site energies (N_c,) eV (float64, detached) and ``dE/d edge_vec`` (N_c, K, 3) eV/Å of a whole
         graph, by autograd (``geometry`` is refused, as in :meth:`site_energies`)."""
-        with torch.enable_grad():
-            vec = edge_vec.detach().requires_grad_(True)
-            sites = self.site_energies(graph, vec, geometry)
-            target = sites[energy_mask].sum() if energy_mask is not None else sites.sum()
-            (grad,) = torch.autograd.grad(target, vec)
-        return sites.detach(), grad
+        return edge_gradient_by_autograd(lambda vec: self.site_energies(graph, vec, geometry), edge_vec, energy_mask)
 
     def cluster_site_energies_forces(self, positions, numbers, energy_mask,
                                      with_baseline: bool = True) -> tuple[np.ndarray, np.ndarray]:

@@ -149,10 +149,11 @@ def initialise_model(
         baseline = potential_baseline(architecture)
         if baseline is not None:
             hyper["baseline"] = baseline
-        if architecture.get("architecture", "density") == "edge":
+        potential_architecture = architecture.get("architecture", "density")
+        if potential_architecture == "edge":
             hyper["architecture"] = "edge"
             hyper["edge_layers"] = int(architecture["edge_layers"])
-        elif architecture.get("architecture", "density") == "message":
+        elif potential_architecture == "message":
             hyper["architecture"] = "message"
         else:
             hyper["interactions"] = int(architecture.get("interactions", 1))
