@@ -258,6 +258,52 @@ def test_message_potential_is_evaluated_whole_in_steps_and_clusters():
                                networks.forces, atol=1e-10)
 
 
+@pytest.mark.parametrize("with_baseline", [False, True])
+def test_message_potential_exchanges_latents_between_domains(with_baseline):
+    """A domain-decomposed message step (:class:`OwnedSiteStep`), emulated serially with three
+    "ranks" owning slabs of the cell and ghosts only to one cutoff (two with the baseline), the
+    latents and their gradients exchanged by atom tag, gives the periodic energy and forces
+    (float64); a rank that owns nothing takes part with empty arrays."""
+    from bornfield.models.baseline import pedone_baseline
+
+    baseline = pedone_baseline(6.0, 0.22) if with_baseline else None
+    model = make("potential", 6, cutoff=3.5, architecture="message", interactions=2, baseline=baseline)
+    atoms = rattled((1, 2, 1), seed=5)
+    n = len(atoms)
+    energy, forces, _ = model.energy_forces_stress(atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)
+    assert np.abs(forces).max() > 1e-3
+    reach = model.cutoff if with_baseline else model.local_cutoff
+    positions, numbers, _, n_images = periodic_images(atoms, reach + 1.0)
+    tags = np.tile(np.arange(n), n_images)
+    fractional = atoms.get_scaled_positions()[:, 1]
+    owners = [fractional < 0.4, fractional >= 0.4, np.zeros(n, dtype=bool)]
+    steps, clusters = [], []
+    for owner in owners:
+        owned_rows = np.flatnonzero(owner)
+        others = np.setdiff1d(np.arange(len(positions)), owned_rows)
+        distance = np.full(len(others), np.inf)
+        if len(owned_rows):
+            distance = np.linalg.norm(positions[others, None] - positions[owned_rows][None], axis=-1).min(1)
+        rows = np.concatenate([owned_rows, others[distance < reach]])
+        clusters.append(rows)
+        graph = build_cluster_graph(positions[rows], numbers[rows], np.arange(len(rows)) < len(owned_rows),
+                                    SPECIES, reach, model.dtype)
+        steps.append(model.owned_step(graph, with_baseline=with_baseline))
+    hidden = steps[0].latents.shape[1]
+    table = np.zeros((n, hidden))
+    for owner, step in zip(owners, steps):
+        table[np.flatnonzero(owner)] = step.latents
+    gradient = np.zeros((n, hidden))
+    for rows, step in zip(clusters, steps):
+        np.add.at(gradient, tags[rows], step.latent_gradient(table[tags[rows]]))
+    total = np.zeros((n, 3))
+    for owner, rows, step in zip(owners, clusters, steps):
+        np.add.at(total, tags[rows], step.forces(gradient[np.flatnonzero(owner)]))
+    assert sum(float(step.site_energies.sum()) for step in steps) == pytest.approx(energy, rel=1e-10)
+    np.testing.assert_allclose(total, forces, atol=1e-10)
+    assert len(steps[2].site_energies) == 0
+
+
 def periodic_images(atoms, reach_A):
     """Open-boundary copy of a periodic cell: the cell first (owned), then its images out to ``reach_A``.
 

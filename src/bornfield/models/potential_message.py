@@ -20,7 +20,8 @@ from scipy.spatial import cKDTree
 
 from bornfield.models.graph import Graph, build_cluster_graph
 from bornfield.models.layers import EdgeGeometry
-from bornfield.models.potential import NNPotential, edge_geometry, edge_gradient_by_autograd
+from bornfield.models.potential import (NNPotential, edge_geometry, edge_gradient_by_autograd,
+                                        forces_from_edge_gradient)
 
 
 class MessagePotential(NNPotential):
@@ -93,6 +94,15 @@ class MessagePotential(NNPotential):
         graph, by autograd (``geometry`` is refused, as in :meth:`site_energies`)."""
         return edge_gradient_by_autograd(lambda vec: self.site_energies(graph, vec, geometry), edge_vec, energy_mask)
 
+    def owned_step(self, graph: Graph, with_baseline: bool = True) -> "OwnedSiteStep":
+        """Start a domain-decomposed step of this rank's owned atoms (:class:`OwnedSiteStep`).
+
+        ``graph``: open-boundary cluster graph (:func:`~bornfield.models.graph.build_cluster_graph`)
+        whose centres are the owned atoms, with the ghosts within :attr:`local_cutoff` of them and
+        the pairs within :attr:`local_cutoff` (:attr:`cutoff` with the baseline).
+        """
+        return OwnedSiteStep(self, graph, with_baseline)
+
     def cluster_site_energies_forces(self, positions, numbers, energy_mask,
                                      with_baseline: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Open-boundary evaluation: site energies (M,) eV, forces (M, 3) of ``sum(E[mask])``.
@@ -114,3 +124,74 @@ class MessagePotential(NNPotential):
         sites = np.full(len(mask), np.nan)
         sites[mask] = out["site_energies"].detach().numpy()[mask[centres]]
         return sites, out["forces"].detach().double().numpy()
+
+
+class OwnedSiteStep:
+    """One rank's share of a domain-decomposed step of a :class:`MessagePotential`, the neighbours'
+    latents exchanged between ranks instead of recomputed in a ghost shell.
+
+    Three calls, with two exchanges by the caller between them (sums over the ranks by atom tag):
+
+    1. construction from the cluster graph whose centres are the owned atoms: the latents
+       :attr:`latents` (n_owned, hidden) of the owned atoms;
+    2. :meth:`latent_gradient` with the latents of all M cluster atoms (each from the rank that owns it):
+       the owned site energies :attr:`site_energies` (n_owned,) eV and ``dE_rank/dh`` (M, hidden) of every
+       latent this rank's sites read;
+    3. :meth:`forces` with ``dE/dh`` (n_owned, hidden) of the owned latents summed over all ranks:
+       forces (M, 3) eV/Å on the cluster atoms.
+
+    Summed over ranks by tag, the forces are ``-dE/dx`` of the total energy ``Σ site_energies``, exactly
+    as the periodic evaluation. The cluster needs the atoms within :attr:`MessagePotential.local_cutoff`
+    of the owned ones (:attr:`MessagePotential.cutoff` with the baseline, which is added in step 3).
+    """
+
+    def __init__(self, model: MessagePotential, graph: Graph, with_baseline: bool = True):
+        if graph.centres is None:
+            raise ValueError("OwnedSiteStep needs a cluster graph whose centres are the owned atoms")
+        self.model, self.n_atoms, self.n_owned = model, graph.n_atoms, int(graph.centres.numel())
+        self.with_baseline = bool(with_baseline and model.baseline is not None)
+        hidden = model.interaction.from_neighbour.in_features
+        if self.n_owned == 0:
+            self.latents = np.zeros((0, hidden))
+            return
+        self.full = graph
+        self.graph = graph.within(model.local_cutoff)
+        self.edge_vec = self.graph.edge_vectors().detach().requires_grad_(True)
+        with torch.enable_grad():
+            self.geometry = edge_geometry(self.graph, self.edge_vec)
+            densities = model.density.densities_from_geometry(self.geometry)
+            self.a1, self.a2, self.latent = NNPotential._interaction_inputs(model, self.graph, self.geometry, densities)
+        self.latents = self.latent.detach().double().numpy()
+
+    def latent_gradient(self, latents) -> np.ndarray:
+        """``dE_rank/dh`` (M, hidden) from the latents (M, hidden) of every cluster atom."""
+        model = self.model
+        if self.n_owned == 0:
+            self.site_energies = np.zeros(0)
+            return np.zeros((self.n_atoms, self.latents.shape[1]))
+        table = torch.as_tensor(np.asarray(latents), dtype=self.latent.dtype).requires_grad_(True)
+        # the first density's outputs as leaves: its backward runs once, in forces(), for both paths
+        a1, a2, latent = (x.detach().requires_grad_(True) for x in (self.a1, self.a2, self.latent))
+        with torch.enable_grad():
+            bias = model.interaction.from_neighbour(table)[self.graph.neighbours]
+            *_, second = model.interaction(self.geometry, model.density, a1, a2, latent, bias)
+            sites = model._site_energies_from_features(torch.cat([latent, second], -1), self.geometry.centre_species)
+            self.edge_grad, *self.first_grads, grad_table = torch.autograd.grad(
+                sites.sum(), (self.edge_vec, a1, a2, latent, table), retain_graph=True)
+        self.site_energies = sites.detach().numpy()
+        return grad_table.double().numpy()
+
+    def forces(self, latent_gradient) -> np.ndarray:
+        """Forces (M, 3) eV/Å from ``dE/dh`` (n_owned, hidden) of the owned latents summed over the ranks."""
+        if self.n_owned == 0:
+            return np.zeros((self.n_atoms, 3))
+        g_a1, g_a2, g_latent = self.first_grads
+        upstream = g_latent + torch.as_tensor(np.asarray(latent_gradient), dtype=self.latent.dtype)
+        chain, = torch.autograd.grad((self.a1, self.a2, self.latent), self.edge_vec, (g_a1, g_a2, upstream))
+        with torch.no_grad():
+            forces = forces_from_edge_gradient(self.graph, self.edge_grad + chain).double()
+            if self.with_baseline:
+                b_sites, b_grad = self.model.baseline.site_energies_and_edge_gradient(self.full)
+                self.site_energies = self.site_energies + b_sites.numpy()
+                forces = forces + forces_from_edge_gradient(self.full, b_grad).double()
+        return forces.numpy()
