@@ -155,9 +155,9 @@ def test_nn_potential_with_baseline_one_and_two_ranks(tmp_path):
 
 @pytest.mark.mpi
 def test_message_potential_one_and_two_ranks(tmp_path):
-    """The message-passing potential (network 4 Å, receptive field 8 Å: a cluster of latent centres
-    with ghosts to twice its cutoff) with the 8 Å baseline as LAMMPS pair styles or in torch: LAMMPS
-    on 1 and 2 ranks reproduces the ASE backend."""
+    """The message-passing potential (network 4 Å, receptive field 8 Å) with the 8 Å baseline as
+    LAMMPS pair styles or in torch: LAMMPS on 1 rank and on 2 ranks (owned sites only, the ghosts'
+    latents and their gradients exchanged by tag, :class:`OwnedSiteStep`) reproduces the ASE backend."""
     assert_backends_agree(tmp_path, "nn-message", 30)
 
 
