@@ -10,7 +10,8 @@ Measured points (each in a fresh process, timed after 3 warm-up steps):
 
 * ``bornfield-ase``: ASE backend, 1 rank;
 * ``bornfield-lammps``: LAMMPS backend (fix external, domain decomposition), 1 and 2 ranks;
-* replica weak scaling (``bornfield-ase-replicas``): R replicas on R ranks, one per rank;
+* replica weak scaling (``bornfield-ase-replicas``; ``--replica-backends ase,lammps`` adds
+  ``bornfield-lammps-replicas``): R replicas on R ranks, one per rank;
 * peak resident memory per rank (``max_rss_MB_per_rank``);
 * CPU time summed over ranks (``atom_steps_per_cpu_s``): robust to other jobs on a shared machine.
 
@@ -186,7 +187,7 @@ def plot(records: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     ax = axes[0]
     measured = sorted({(r["system"], r["ranks"]) for r in records if r["metric"] == "atom_steps_per_s"
-                       and not r.get("baseline") and not r["system"].endswith("-ase-replicas")})
+                       and not r.get("baseline") and not r["system"].endswith("-replicas")})
     for system, ranks in measured:
         marker = "o" if system.endswith("-ase") else ("s" if ranks == 1 else "^")
         best: dict[int, float] = {}  # other jobs only slow a run down: the best run per size
@@ -213,14 +214,15 @@ def plot(records: list[dict], path: Path) -> None:
     ax = axes[1]
     replicas: dict[tuple[str, int], float] = {}
     for r in records:
-        if r["system"].endswith("-ase-replicas"):
-            key = (r["system"].removeprefix("bornfield-").removesuffix("-ase-replicas"), r["ranks"])
+        if r["system"].endswith("-replicas"):
+            key = (r["system"].removeprefix("bornfield-").removesuffix("-replicas"), r["ranks"])
             replicas[key] = max(replicas.get(key, 0.0), r["value"])
     points = sorted(replicas.items())
     if points:
         labels, y = zip(*((f"{name}\n{ranks}" if name else str(ranks), value) for (name, ranks), value in points))
         ax.bar(labels, y)
-        ax.set(xlabel="replicas (= ranks)", ylabel="total atom-steps / s", title="replica weak scaling (ASE)")
+        ax.tick_params(axis="x", labelsize=7)
+        ax.set(xlabel="replicas (= ranks)", ylabel="total atom-steps / s", title="replica weak scaling, one rank each")
     else:  # side by side per system and ranks: median over repeats, CPU time (robust to other jobs)
         labels, values = [], []
         for system, ranks in measured:
@@ -250,6 +252,8 @@ def main() -> None:
     parser.add_argument("--before-src", default=None, help="an older bornfield src/ tree to measure side by side")
     parser.add_argument("--repeats", type=int, default=1, help="measure every point this many times (interleaved)")
     parser.add_argument("--no-replicas", action="store_true", help="skip the replica weak-scaling points")
+    parser.add_argument("--replica-backends", default="ase",
+                        help="comma list of the backends (ase, lammps: one rank each) of the replica weak scaling")
     parser.add_argument("--note", default="", help="text put at the start of every record's notes")
     parser.add_argument("--append", action="store_true", help="keep the records already in the JSON file")
     parser.add_argument("--baseline-cutoffs", type=float, nargs="*", default=[],
@@ -361,13 +365,16 @@ def main() -> None:
                                 "baseline": True})
                 print("chgnet", n_atoms, f"{value:.1f} atom-steps/s", flush=True)
         weak_size = 1024
-        weak_models = [("bornfield-ase-replicas", None)] + ([("bornfield-shipped-ase-replicas", "shipped")]
-                                                            if args.model_set else [])
+        replica_backends = [b for b in args.replica_backends.split(",") if b]
+        if any(b not in ("ase", "lammps") for b in replica_backends):
+            raise SystemExit(f"--replica-backends {args.replica_backends!r}: expected a comma list of ase, lammps")
+        weak_models = [(f"bornfield-{b}-replicas", None, b) for b in replica_backends]
+        weak_models += [(f"bornfield-shipped-{b}-replicas", "shipped", b) for b in replica_backends if args.model_set]
         for replicas in () if args.no_replicas else (1, 2):
-            for system, key in weak_models:
+            for system, key, backend in weak_models:
                 steps = max(3, args.steps)
                 load = os.getloadavg()[0]
-                result = measure(*models[key], "ase", weak_size, replicas, steps, replicas=replicas)
+                result = measure(*models[key], backend, weak_size, replicas, steps, replicas=replicas)
                 what = f"model set {args.model_set} (potential_0 + born_0); " if key else ""
                 records.append(record("atom_steps_per_s", result["atom_steps_per_s"], "atom-steps/s",
                                       system, weak_size, replicas,
