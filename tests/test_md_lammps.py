@@ -195,3 +195,59 @@ def test_a_ghost_shell_shorter_than_the_baseline_is_refused(tmp_path):
     assert not (tmp_path / "short" / "replica_0" / "traj.h5").exists()
     drive(tmp_path / "enough", "lammps", 5, ranks=2, extra=("--models", "nn-baseline", "--ghost-cutoff", "8.5"),
           cell="beta")
+
+
+class _CountingComm:
+    """A one-rank communicator that counts the collectives (Allreduce copies, as with one rank)."""
+
+    def __init__(self):
+        self.allreduces = 0
+
+    def Get_size(self):
+        return 1
+
+    def Allreduce(self, send, receive, op=None):  # noqa: ARG002
+        self.allreduces += 1
+        receive[...] = send
+
+
+@pytest.mark.parametrize("failing_stage", ["owned_step", "latent_gradient", "forces"])
+def test_message_step_joins_both_exchanges_before_raising(failing_stage):
+    """A rank whose message-potential evaluation fails still joins both latent exchanges (so the
+    other ranks do not hang in them) and raises the failure afterwards."""
+    from mpi4py import MPI
+
+    from bornfield.md.lammps_backend import LammpsBackend
+    from test_models import beta_li3po4, make
+
+    potential = make("potential", 3, cutoff=3.5, architecture="message", interactions=2)
+    atoms = beta_li3po4()
+    backend = LammpsBackend.__new__(LammpsBackend)
+    backend.comm, backend.MPI, backend.n_atoms = _CountingComm(), MPI, len(atoms)
+    backend.potential, backend.born, backend.pair_baseline = potential, make("born", 4, cutoff=3.5), None
+    ids = np.arange(1, len(atoms) + 1)
+    owned = np.ones(len(atoms), dtype=bool)
+    sites, forces, _ = backend._message_step(atoms.positions, atoms.numbers, ids, owned)
+    assert backend.comm.allreduces == 2 and len(sites) == len(atoms) and forces.shape == (len(atoms), 3)
+
+    class Broken(RuntimeError):
+        pass
+
+    original = potential.owned_step
+
+    def failing_owned_step(graph, with_baseline=True):
+        if failing_stage == "owned_step":
+            raise Broken(failing_stage)
+        step = original(graph, with_baseline)
+
+        def fail(*args):
+            raise Broken(failing_stage)
+
+        setattr(step, failing_stage, fail)
+        return step
+
+    potential.owned_step = failing_owned_step
+    backend.comm = _CountingComm()
+    with pytest.raises(Broken, match=failing_stage):
+        backend._message_step(atoms.positions, atoms.numbers, ids, owned)
+    assert backend.comm.allreduces == 2
