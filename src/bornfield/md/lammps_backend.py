@@ -19,6 +19,11 @@ decomposes the cell; bornfield's models supply the forces in a
   (ghosts enter as neighbours only, :func:`bornfield.models.combined.evaluate_cluster`),
   and one graph serves the potential and the Born model, so a rank's cost
   scales with its owned atoms rather than owned + ghosts;
+* a message-passing potential (:class:`~bornfield.models.potential_message.MessagePotential`,
+  site energies that read the neighbours' latents) on several ranks: each rank computes the
+  latents of its owned atoms only; the latents, then the gradients of the energy with respect to
+  the latents each rank read, are summed over the ranks by tag (two ``Allreduce`` of (N, hidden)
+  per step, :meth:`LammpsBackend._message_step`), so the sites need ghosts to one network cutoff;
 * a potential's physical baseline (Pedone + DSF Coulomb) is evaluated by LAMMPS
   pair styles (``md.lammps.baseline_in_lammps``, :meth:`PairBaseline.lammps_pair_commands`):
   LAMMPS adds its forces, its energy enters ``pe``, and the networks see only their
