@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 import vesin
+from scipy.spatial import cKDTree
 
 from bornfield.errors import InputFileError
 
@@ -339,6 +340,17 @@ def _padded_rows(
     return neighbours.reshape(n_rows, k_max), mask.reshape(n_rows, k_max), shifts.reshape(n_rows, k_max, 3)
 
 
+def _centre_pairs(positions: np.ndarray, centres: np.ndarray, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
+    """Open-boundary pairs closer than ``cutoff`` (Å) whose first atom is a centre: row (index into
+    ``centres``) and neighbour atom (E,) int64, grouped by row, neighbours ascending."""
+    found = cKDTree(positions[centres]).sparse_distance_matrix(cKDTree(positions), cutoff, output_type="ndarray")
+    rows, atoms = found["i"].astype(np.int64), found["j"].astype(np.int64)
+    keep = (found["v"] < cutoff) & (atoms != centres[rows])
+    rows, atoms = rows[keep], atoms[keep]
+    order = np.lexsort((atoms, rows))
+    return rows[order], atoms[order]
+
+
 def build_cluster_graph(
     positions: np.ndarray,
     numbers: np.ndarray,
@@ -362,12 +374,17 @@ def build_cluster_graph(
     if centre_mask.shape != (len(pos),):
         raise ValueError(f"centre_mask has shape {centre_mask.shape}, expected ({len(pos)},)")
     atom_species = species_indices(numbers, species)
-    i, j, shift = neighbour_list(pos, np.zeros((3, 3)), np.zeros(3, dtype=bool), cutoff)
     centres = np.flatnonzero(centre_mask)
-    row_of_atom = np.full(len(pos), -1, dtype=np.int64)
-    row_of_atom[centres] = np.arange(len(centres))
-    keep = centre_mask[i]
-    neighbours, mask, shifts = _padded_rows(row_of_atom[i[keep]], j[keep], shift[keep], centres, _pad_length(cutoff))
+    if 2 * len(centres) <= len(pos):  # few centres among many ghosts: the centres' pairs only
+        rows, j = _centre_pairs(pos, centres, cutoff)
+        shift = np.zeros((len(j), 3))
+    else:
+        i, j, shift = neighbour_list(pos, np.zeros((3, 3)), np.zeros(3, dtype=bool), cutoff)
+        row_of_atom = np.full(len(pos), -1, dtype=np.int64)
+        row_of_atom[centres] = np.arange(len(centres))
+        keep = centre_mask[i]
+        rows, j, shift = row_of_atom[i[keep]], j[keep], shift[keep]
+    neighbours, mask, shifts = _padded_rows(rows, j, shift, centres, _pad_length(cutoff))
     return Graph(
         positions=torch.tensor(pos, dtype=dtype),
         species=torch.from_numpy(atom_species),
