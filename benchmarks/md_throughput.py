@@ -219,7 +219,8 @@ def plot(records: list[dict], path: Path) -> None:
             replicas[key] = max(replicas.get(key, 0.0), r["value"])
     points = sorted(replicas.items())
     if points:
-        labels, y = zip(*((f"{name}\n{ranks}" if name else str(ranks), value) for (name, ranks), value in points))
+        labels, y = zip(*((f"{name.replace('-', chr(10))}\n{ranks}" if name else str(ranks), value)
+                          for (name, ranks), value in points))
         ax.bar(labels, y)
         ax.tick_params(axis="x", labelsize=7)
         ax.set(xlabel="replicas (= ranks)", ylabel="total atom-steps / s", title="replica weak scaling, one rank each")
