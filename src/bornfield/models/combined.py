@@ -399,5 +399,6 @@ def cluster_born_charges_raw(born, positions, numbers, centre_mask, graph: Graph
     return _evaluate_graph(graph, [], borns, stress=False).born_raw
 
 
-__all__ = ["StepResult", "cluster_born_charges_raw", "common_baseline", "evaluate_cluster", "evaluate_periodic", "evaluate_periodic_batch",
-           "evaluated_separately", "graph_cutoff", "member_forces", "model_members", "shared_members", "verlet_graphs"]
+__all__ = ["StepResult", "cluster_born_charges_raw", "common_baseline", "evaluate_cluster", "evaluate_periodic",
+           "evaluate_periodic_batch", "evaluated_separately", "graph_cutoff", "member_forces", "model_members",
+           "shared_members", "verlet_graphs"]

@@ -160,7 +160,9 @@ class OwnedSiteStep:
         with torch.enable_grad():
             self.geometry = edge_geometry(self.graph, self.edge_vec)
             densities = model.density.densities_from_geometry(self.geometry)
-            self.a1, self.a2, self.latent = NNPotential._interaction_inputs(model, self.graph, self.geometry, densities)
+            # (a1, a2, latent) without the message bias: the neighbours' latents come from the exchange
+            self.a1, self.a2, self.latent = NNPotential._interaction_inputs(model, self.graph, self.geometry,
+                                                                            densities)
         self.latents = self.latent.detach().double().numpy()
 
     def latent_gradient(self, latents) -> np.ndarray:
