@@ -759,6 +759,13 @@ def test_a_run_that_stopped_early_resumes_without_training_more(dataset, tmp_pat
     _, again = train_model("potential", train, val, settings, tmp_path / "p.pt", seed=3, species=species,
                            metadata={"training_data_hash": "h"}, progress=False)
     assert again == history  # nothing trained again
+    # a cosine run given more epochs is another run (its learning rate differs at every epoch): afresh
+    cosine = dict(TINY, max_epochs=3, lr_schedule="cosine", warmup_epochs=0)
+    _, short = train_model("potential", train, val, cosine, tmp_path / "c.pt", seed=3, species=species,
+                           metadata={"training_data_hash": "h"}, progress=False)
+    _, long = train_model("potential", train, val, dict(cosine, max_epochs=5), tmp_path / "c.pt", seed=3,
+                          species=species, metadata={"training_data_hash": "h"}, progress=False)
+    assert len(long) == 5 and long[1]["lr"] > short[1]["lr"]
     # a larger patience (a resumable setting) continues the stopped run
     _, longer = train_model("potential", train, val, dict(settings, patience=5), tmp_path / "p.pt", seed=3,
                             species=species, metadata={"training_data_hash": "h"}, progress=False)

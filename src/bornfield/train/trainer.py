@@ -367,9 +367,12 @@ def run_identity(kind: str, train: Sequence[Sample], val: Sequence[Sample], sett
                  species: Sequence[str], training_data_hash: str | None, init_model: BornfieldModel | None) -> str:
     """sha256 of everything a checkpoint's training run depends on except :data:`RESUMABLE_SETTINGS`:
     model kind, data hash, the train/val rows (dataset indices), settings, seed, species and the
-    start model's parameters. A checkpoint resumes only a run of the same identity."""
+    start model's parameters. A checkpoint resumes only a run of the same identity. On a cosine
+    schedule ``max_epochs`` sets the learning rate of every epoch, so it is part of the identity
+    there (a longer cosine run is another run, not a continuation)."""
     digest = hashlib.sha256()
-    kept = {k: v for k, v in settings.items() if k not in RESUMABLE_SETTINGS}
+    resumable = [k for k in RESUMABLE_SETTINGS if not (k == "max_epochs" and settings.get("lr_schedule") == "cosine")]
+    kept = {k: v for k, v in settings.items() if k not in resumable}
     digest.update(json.dumps({"kind": kind, "data": training_data_hash, "train": [s.index for s in train],
                               "val": [s.index for s in val], "settings": kept, "seed": int(seed),
                               "species": list(species)}, sort_keys=True, default=str).encode())
