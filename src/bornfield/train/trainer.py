@@ -371,7 +371,8 @@ def run_identity(kind: str, train: Sequence[Sample], val: Sequence[Sample], sett
     schedule ``max_epochs`` sets the learning rate of every epoch, so it is part of the identity
     there (a longer cosine run is another run, not a continuation)."""
     digest = hashlib.sha256()
-    resumable = [k for k in RESUMABLE_SETTINGS if not (k == "max_epochs" and settings.get("lr_schedule") == "cosine")]
+    cosine = settings.get("lr_schedule") == "cosine"
+    resumable = [k for k in RESUMABLE_SETTINGS if not (cosine and k == "max_epochs")]
     kept = {k: v for k, v in settings.items() if k not in resumable}
     digest.update(json.dumps({"kind": kind, "data": training_data_hash, "train": [s.index for s in train],
                               "val": [s.index for s in val], "settings": kept, "seed": int(seed),
