@@ -225,6 +225,7 @@ def test_message_step_joins_both_exchanges_before_raising(failing_stage):
     backend = LammpsBackend.__new__(LammpsBackend)
     backend.comm, backend.MPI, backend.n_atoms = _CountingComm(), MPI, len(atoms)
     backend.potential, backend.born, backend.pair_baseline = potential, make("born", 4, cutoff=3.5), None
+    backend._exchange_graph_args = (potential.species, 3.5, potential.dtype)  # as __init__ sets them
     ids = np.arange(1, len(atoms) + 1)
     owned = np.ones(len(atoms), dtype=bool)
     sites, forces, _ = backend._message_step(atoms.positions, atoms.numbers, ids, owned)

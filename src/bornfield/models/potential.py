@@ -174,10 +174,16 @@ class NNPotential(BornfieldModel):
         features = self.density.invariants(*densities)
         species = geometry.centre_species
         if self.interactions == 2:
-            latent = self.latent(features, species)
-            *_, second = self.interaction(geometry, self.density, densities[1], densities[2], latent)
-            features = torch.cat([latent, second], dim=-1)
+            return self._site_energies_from_interaction(geometry, densities[1], densities[2],
+                                                        self.latent(features, species))
         return self._site_energies_from_features(features, species)
+
+    def _site_energies_from_interaction(self, geometry: EdgeGeometry, a1, a2, latent,
+                                        edge_bias=None) -> torch.Tensor:
+        """Site energies (N_c,) eV (float64) from the second interaction's inputs: the first density's
+        A1, A2, the centre latent and an optional per-edge bias (message passing)."""
+        *_, second = self.interaction(geometry, self.density, a1, a2, latent, edge_bias)
+        return self._site_energies_from_features(torch.cat([latent, second], dim=-1), geometry.centre_species)
 
     def _site_energies_from_features(self, features: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
         network = self.readout(features, species).squeeze(-1) * self.hyperparameters["energy_scale"]

@@ -69,6 +69,10 @@ class MessagePotential(NNPotential):
             atoms = latent
         else:
             atoms = latent.new_zeros(graph.n_atoms, latent.shape[-1]).index_copy(0, graph.centres, latent)
+        return self._neighbour_bias(graph, atoms)
+
+    def _neighbour_bias(self, graph: Graph, atoms: torch.Tensor) -> torch.Tensor:
+        """(N_c, K, hidden) ``V h_j`` of every edge from the latents ``atoms`` (N, hidden) of all graph atoms."""
         return self.interaction.from_neighbour(atoms)[graph.neighbours]
 
     def _interaction_inputs(self, graph: Graph, geometry: EdgeGeometry, densities) -> tuple:
@@ -85,9 +89,8 @@ class MessagePotential(NNPotential):
         if geometry is not None:
             raise ValueError("MessagePotential evaluates whole graphs, not blocks of centres")
         geometry = edge_geometry(graph, edge_vec)
-        a1, a2, latent, bias = self._interaction_inputs(graph, geometry, self.density.densities_from_geometry(geometry))
-        *_, second = self.interaction(geometry, self.density, a1, a2, latent, bias)
-        return self._site_energies_from_features(torch.cat([latent, second], -1), geometry.centre_species)
+        inputs = self._interaction_inputs(graph, geometry, self.density.densities_from_geometry(geometry))
+        return self._site_energies_from_interaction(geometry, *inputs)
 
     def site_energies_and_edge_gradient(self, graph, edge_vec, geometry=None, energy_mask=None):
         """Site energies (N_c,) eV (float64, detached) and ``dE/d edge_vec`` (N_c, K, 3) eV/Å of a whole
@@ -175,9 +178,8 @@ class OwnedSiteStep:
         # the first density's outputs as leaves: its backward runs once, in forces(), for both paths
         a1, a2, latent = (x.detach().requires_grad_(True) for x in (self.a1, self.a2, self.latent))
         with torch.enable_grad():
-            bias = model.interaction.from_neighbour(table)[self.graph.neighbours]
-            *_, second = model.interaction(self.geometry, model.density, a1, a2, latent, bias)
-            sites = model._site_energies_from_features(torch.cat([latent, second], -1), self.geometry.centre_species)
+            sites = model._site_energies_from_interaction(self.geometry, a1, a2, latent,
+                                                          model._neighbour_bias(self.graph, table))
             self.edge_grad, *self.first_grads, grad_table = torch.autograd.grad(
                 sites.sum(), (self.edge_vec, a1, a2, latent, table), retain_graph=True)
         self.site_energies = sites.detach().numpy()
