@@ -18,7 +18,8 @@ rows (``bornfield.train.shipped.model_set_rows``; entries added to the ledger la
 Convergence rule. MACE's own recipe: stage one (loss weights energy 1, forces 100, stress 10; Adam
 lr 0.01 falling by 0.8 after ``--scheduler-patience`` epochs without validation improvement; EMA
 0.99), then "stage two" (``--swa``) for the last quarter of the budget (energy weight 1000, lr 1e-3);
-the final model is the best-validation EMA weights of stage two. mace-torch 0.3.16's ``--patience``
+the final model is the EMA weights of stage two's last epoch (with a checkpoint every epoch, MACE's
+``load_latest`` picks the last one). mace-torch 0.3.16's ``--patience``
 only logs and does not stop a single-process run, so training runs a fixed budget (``--epochs``).
 The validation set is a few cells (the split's validation rows), a noisy stopping signal, so the rule is
 judged on the recorded curves, not one number: the run counts as converged when, in each stage, the best
@@ -36,6 +37,12 @@ logs stay in ``benchmarks/work/models_mace_ledger/<split key>`` (one directory p
 prefix of the manifest's ``source.dft_ids``) and are reused if present. Training can be interrupted
 and resumed: MACE writes a checkpoint every epoch, and a rerun continues from the latest one
 (``--restart_latest``; the epochs after the latest checkpoint are repeated, wall time adds up).
+A run longer than one session is split by ``--max-hours``: training stops after that wall time (MACE is
+killed; its newest checkpoint, possibly half-written, is dropped, so one more epoch repeats). What a
+rerun needs (per run and stage the latest checkpoint, the curves, final models, test predictions and
+``timings.json``; about 3 MB) is copied after every training call to ``--state``
+(``benchmarks/state/models_mace_ledger/<split key>``, committed), and a work directory without MACE
+files is filled from there: a fresh clone resumes where the last committed state stopped.
 A finished run that the rule does not call converged is continued with a larger budget by
 ``--extend``: stage one resumes from its last checkpoint and runs on to the new stage-two start; the
 old stage two (its checkpoints, models and curve rows) is moved to ``mace/budget-<old epochs>/``.
@@ -72,6 +79,7 @@ from models_mace import (  # same directory
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 WORKDIR = HERE / "work" / "models_mace_ledger"
+STATE = HERE / "state" / "models_mace_ledger"
 DATASET = "li3po4-ledger"
 MACE_SYSTEM = "mace-0.3.16"
 # model sizes: overrides of models_mace.MACE_ARCH
@@ -137,8 +145,14 @@ def neutral_e0s(samples, indices: list[int]) -> dict[int, float]:
 def read_curve(results_txt: Path) -> dict:
     """MACE's ``results/*_train.txt`` -> per-epoch validation loss / force RMSE and mean training loss."""
     val, train = {}, {}
-    for line in results_txt.read_text().splitlines():
-        row = json.loads(line)
+    lines = results_txt.read_text().splitlines()
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # the line a killed run was writing
+                continue
+            raise SystemExit(f"{results_txt}: line {number} is not JSON: {line[:80]!r}") from None
         if row.get("mode") == "eval" and row.get("epoch") is not None:
             val[int(row["epoch"])] = (float(row["loss"]), float(row.get("rmse_f", float("nan"))) * 1000.0)
         elif row.get("mode") == "opt":
@@ -178,6 +192,68 @@ def extend_budget(mace_dir: Path, name: str, seed: int, old_epochs: int) -> None
     rows = [line for line, epoch in epochs if epoch is None or int(epoch) < old_stage_two]
     curve.write_text("".join(line + "\n" for line in rows))
     print(f"extending {name} beyond {old_epochs} epochs: {len(moved)} stage-two files moved to {aside}", flush=True)
+
+
+def latest_checkpoints(checkpoints: Path) -> list[Path]:
+    """Per run tag and stage (``_swa`` or not) the checkpoint of the highest epoch in ``checkpoints``."""
+    import re
+
+    latest: dict[tuple[str, bool], tuple[int, Path]] = {}
+    for path in checkpoints.glob("*.pt"):
+        match = re.fullmatch(r"(?P<tag>.+)_epoch-(?P<epoch>\d+)(?P<swa>_swa)?\.pt", path.name)
+        if match:
+            key = (match["tag"], bool(match["swa"]))
+            if key not in latest or int(match["epoch"]) > latest[key][0]:
+                latest[key] = (int(match["epoch"]), path)
+    return sorted(path for _, path in latest.values())
+
+
+def drop_newest_checkpoint(checkpoints: Path) -> None:
+    """After a killed run: delete the most recently written checkpoint (it may be half-written)."""
+    paths = list(checkpoints.glob("*.pt"))
+    if paths:
+        newest = max(paths, key=lambda p: p.stat().st_mtime)
+        newest.unlink()
+        print(f"dropped the newest checkpoint {newest.name} of the interrupted run", flush=True)
+
+
+def state_files(work: Path) -> list[Path]:
+    """Files of ``work`` (one split's directory) that resume or re-evaluate its MACE runs, relative to it."""
+    mace = work / "mace"
+    keep = [work / "timings.json", *latest_checkpoints(mace / "checkpoints")]
+    for directory in (mace, mace / "results", *sorted(mace.glob("budget-*"))):
+        keep += [p for p in directory.glob("*") if p.is_file() and not p.name.endswith("_compiled.model")
+                 and (p.suffix in (".model", ".npz") or p.name.endswith("_train.txt"))]
+    return sorted(p.relative_to(work) for p in keep if p.is_file())
+
+
+def save_state(work: Path, state: Path) -> None:
+    """Replace ``state`` by a copy of :func:`state_files` of ``work`` (written aside, then swapped in)."""
+    import shutil
+
+    fresh = state.with_name(f".{state.name}.new")
+    shutil.rmtree(fresh, ignore_errors=True)
+    for rel in state_files(work):
+        (fresh / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(work / rel, fresh / rel)
+    old = state.with_name(f".{state.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if state.exists():
+        state.rename(old)
+    fresh.rename(state)
+    shutil.rmtree(old, ignore_errors=True)
+    size = sum(p.stat().st_size for p in state.rglob("*") if p.is_file())
+    print(f"MACE state saved to {shown(state)} ({size / 1e6:.1f} MB): commit it to resume elsewhere", flush=True)
+
+
+def restore_state(state: Path, work: Path) -> None:
+    """Fill a work directory that holds no MACE run from a saved ``state`` (nothing if there is none)."""
+    import shutil
+
+    if (work / "mace").exists() or not state.is_dir():
+        return
+    shutil.copytree(state, work, dirs_exist_ok=True)
+    print(f"MACE work restored from {shown(state)}", flush=True)
 
 
 def convergence(curve: dict, stage_two: int) -> dict:
@@ -265,6 +341,10 @@ def main() -> int:
     parser.add_argument("--sizes", default="small,large", help=f"MACE sizes, of {sorted(MACE_SIZES)}")
     parser.add_argument("--seed", type=int, default=20231)
     parser.add_argument("--workdir", type=Path, default=WORKDIR)
+    parser.add_argument("--state", type=Path, default=STATE,
+                        help="committed MACE state, one directory per split key (see the docstring)")
+    parser.add_argument("--max-hours", type=float, default=None,
+                        help="stop MACE training after this wall time (h); a rerun resumes")
     parser.add_argument("--output", type=Path, default=HERE / "results" / "models_mace_ledger.json")
     args = parser.parse_args()
     sizes = [s for s in args.sizes.split(",") if s]
@@ -278,9 +358,11 @@ def main() -> int:
     from bornfield.train.metrics import predict_potential
 
     torch.set_num_threads(1)
+    started = time.time()
     samples, split = ledger_samples(args.ledger, args.models)
     work = args.workdir / split_key(args.models)
     work.mkdir(parents=True, exist_ok=True)
+    restore_state(args.state / work.name, work)
     check_test_file(args.models, [str(samples[i].atoms.info["dft_id"]) for i in split["test"]])
     test = [samples[i] for i in split["test"]]
     timings = json.loads((work / "timings.json").read_text()) if (work / "timings.json").is_file() else {}
@@ -331,16 +413,29 @@ def main() -> int:
             resume = any((work / "mace" / "checkpoints").glob(f"{name}_run-{args.seed}_epoch-*.pt"))
             options = {**options, "save_all_checkpoints": True, **({"restart_latest": True} if resume else {})}
             t0 = time.perf_counter()
+            left = None if args.max_hours is None else args.max_hours * 3600.0 - (time.time() - started)
+            if left is not None and left <= 0:
+                raise SystemExit(f"--max-hours {args.max_hours} used up before MACE {size}: rerun to go on")
+            stopped = False
             with open(work / "mace" / f"{name}.log", "a") as log:
                 command = mace_train_command(paths, work, args.epochs, args.seed, name=name, options=options)
                 try:
-                    subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT,
+                    subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, timeout=left,
                                    env=dict(os.environ, OMP_NUM_THREADS="1"))
+                except subprocess.TimeoutExpired:
+                    stopped = True
+                    drop_newest_checkpoint(work / "mace" / "checkpoints")
                 finally:  # an interrupted run's time counts when it is resumed
                     timings[f"mace_{size}_train_s"] = timings.get(f"mace_{size}_train_s", 0.0) + time.perf_counter() - t0
                     timings[f"mace_{size}_epochs"] = args.epochs
                     timings[f"mace_{size}_sessions"] = timings.get(f"mace_{size}_sessions", 0) + 1
                     write_json_atomic(work / "timings.json", timings)
+                    save_state(work, args.state / work.name)
+            if stopped:
+                done = read_curve(work / "mace" / "results" / f"{name}_run-{args.seed}_train.txt")["epoch"]
+                raise SystemExit(f"MACE {size} stopped after --max-hours {args.max_hours} at epoch "
+                                 f"{max(done, default=-1) + 1} of {args.epochs}: commit {shown(args.state)} "
+                                 "and rerun the same command to resume")
         if not model.is_file():
             raise SystemExit(f"MACE training finished without {model}: see {work / 'mace' / (name + '.log')}")
         system = f"{MACE_SYSTEM}-{size}"
