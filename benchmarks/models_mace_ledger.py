@@ -471,8 +471,9 @@ def main() -> int:
         arch = {**MACE_ARCH, **MACE_SIZES[size]}
         records += to_records(
             tables[system], system, True,
-            f"{common}; MACE from scratch on the train rows, {epochs}-epoch budget, best-validation EMA weights "
-            f"(stage two from epoch {stage_two}, best epoch {c['stage_two_best_epoch']}), "
+            f"{common}; MACE from scratch on the train rows, {epochs}-epoch budget, EMA weights of "
+            f"the last epoch (stage two from epoch {stage_two}, its best validation epoch "
+            f"{c['stage_two_best_epoch']}), "
             f"converged={c['converged']} by the rule of models_mace_ledger.py; "
             f"MACE {arch}, {MACE_OPTIM} with {LEDGER_OPTIM}, scheduler_patience {args.scheduler_patience}, "
             f"E0s least squares on neutral train cells {e0s}",
