@@ -36,7 +36,7 @@ Writes ``benchmarks/results/models_mace_ledger.json`` (design-note records, ``da
 logs stay in ``benchmarks/work/models_mace_ledger/<split key>`` (one directory per split: the sha256
 prefix of the manifest's ``source.dft_ids``) and are reused if present. Training can be interrupted
 and resumed: MACE writes a checkpoint every epoch, and a rerun continues from the latest one
-(``--restart_latest``; the epochs after the latest checkpoint are repeated, wall time adds up).
+(``--restart_latest``; the epochs after the latest checkpoint are repeated, wall and CPU time add up; the records give both, since the machine is shared).
 A run longer than one session is split by ``--max-hours``: training stops after that wall time (MACE is
 killed; its newest checkpoint, possibly half-written, is dropped, so one more epoch repeats). What a
 rerun needs (per run and stage the latest checkpoint, the curves, final models, test predictions and
@@ -192,6 +192,14 @@ def extend_budget(mace_dir: Path, name: str, seed: int, old_epochs: int) -> None
     rows = [line for line, epoch in epochs if epoch is None or int(epoch) < old_stage_two]
     curve.write_text("".join(line + "\n" for line in rows))
     print(f"extending {name} beyond {old_epochs} epochs: {len(moved)} stage-two files moved to {aside}", flush=True)
+
+
+def children_cpu_s() -> float:
+    """User + system CPU seconds of this process's finished children (MACE's training runs)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def latest_checkpoints(checkpoints: Path) -> list[Path]:
@@ -412,7 +420,7 @@ def main() -> int:
                                  f"resume with that budget or remove {work / 'mace'}")
             resume = any((work / "mace" / "checkpoints").glob(f"{name}_run-{args.seed}_epoch-*.pt"))
             options = {**options, "save_all_checkpoints": True, **({"restart_latest": True} if resume else {})}
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), children_cpu_s()
             left = None if args.max_hours is None else args.max_hours * 3600.0 - (time.time() - started)
             if left is not None and left <= 0:
                 raise SystemExit(f"--max-hours {args.max_hours} used up before MACE {size}: rerun to go on")
@@ -427,6 +435,8 @@ def main() -> int:
                     drop_newest_checkpoint(work / "mace" / "checkpoints")
                 finally:  # an interrupted run's time counts when it is resumed
                     timings[f"mace_{size}_train_s"] = timings.get(f"mace_{size}_train_s", 0.0) + time.perf_counter() - t0
+                    timings[f"mace_{size}_train_cpu_s"] = (timings.get(f"mace_{size}_train_cpu_s", 0.0)
+                                                           + children_cpu_s() - cpu0)
                     timings[f"mace_{size}_epochs"] = args.epochs
                     timings[f"mace_{size}_sessions"] = timings.get(f"mace_{size}_sessions", 0) + 1
                     write_json_atomic(work / "timings.json", timings)
@@ -480,6 +490,7 @@ def main() -> int:
             {**extra, **c, "epochs": epochs,
              # a kept run's own wall time is not separated from the extension's in timings.json
              "train_wall_s": None if args.kept_budget else round(timings.get(f"mace_{size}_train_s", float("nan")), 1),
+             "train_cpu_s": None if args.kept_budget else round(timings.get(f"mace_{size}_train_cpu_s", float("nan")), 1),
              "n_parameters": mace_params[system]})
         ratio = force_ratio(tables, system)
         records.append({"metric": "force_rmse_ratio", "value": ratio, "unit": "1",
