@@ -36,7 +36,8 @@ Writes ``benchmarks/results/models_mace_ledger.json`` (design-note records, ``da
 logs stay in ``benchmarks/work/models_mace_ledger/<split key>`` (one directory per split: the sha256
 prefix of the manifest's ``source.dft_ids``) and are reused if present. Training can be interrupted
 and resumed: MACE writes a checkpoint every epoch, and a rerun continues from the latest one
-(``--restart_latest``; the epochs after the latest checkpoint are repeated, wall and CPU time add up; the records give both, since the machine is shared).
+(``--restart_latest``; the epochs after the latest checkpoint are repeated; wall and CPU time add up,
+and the records give both, since the machine is shared).
 A run longer than one session is split by ``--max-hours``: training stops after that wall time (MACE is
 killed; its newest checkpoint, possibly half-written, is dropped, so one more epoch repeats). What a
 rerun needs (per run and stage the latest checkpoint, the curves, final models, test predictions and
