@@ -42,8 +42,9 @@ A run longer than one session is split by ``--max-hours``: training stops after 
 killed; its newest checkpoint, possibly half-written, is dropped, so one more epoch repeats). What a
 rerun needs (per run and stage the latest checkpoint, 4.9 MB for the small model; the curves, about
 5 kB per epoch; final models, test predictions and ``timings.json``) is copied after every training
-call to ``--state`` (``benchmarks/state/models_mace_ledger/<split key>``, committed), and a work directory without MACE
-files is filled from there: a fresh clone resumes where the last committed state stopped.
+call to ``--state`` (``benchmarks/state/models_mace_ledger/<split key>``, committed), and a work
+directory without such files is filled from there: a fresh clone resumes where the last committed
+state stopped.
 A finished run that the rule does not call converged is continued with a larger budget by
 ``--extend``: stage one resumes from its last checkpoint and runs on to the new stage-two start; the
 old stage two (its checkpoints, models and curve rows) is moved to ``mace/budget-<old epochs>/``.
@@ -256,10 +257,11 @@ def save_state(work: Path, state: Path) -> None:
 
 
 def restore_state(state: Path, work: Path) -> None:
-    """Fill a work directory that holds no MACE run from a saved ``state`` (nothing if there is none)."""
+    """Fill a work directory that holds no MACE run (none of :func:`state_files`; split files alone do
+    not count) from a saved ``state`` (nothing if there is none)."""
     import shutil
 
-    if (work / "mace").exists() or not state.is_dir():
+    if state_files(work) or not state.is_dir():
         return
     shutil.copytree(state, work, dirs_exist_ok=True)
     print(f"MACE work restored from {shown(state)}", flush=True)
