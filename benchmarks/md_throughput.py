@@ -101,6 +101,7 @@ def worker(args) -> None:
     settings = validate_section({
         "backend": args.backend, "ensemble": "bussi", "equilibration_steps": 0,
         "production_steps": 10**6, "safety": {"max_temperature_factor": 1e3},
+        "born_refresh_interval": args.born_refresh_interval,
         # (only when asked: a --before-src tree may predate the key)
         **({"lammps": {"baseline_in_lammps": False}} if args.baseline_in_torch else {}),
     }, "md")
@@ -140,10 +141,12 @@ def worker(args) -> None:
 
 
 def measure(potential: Path, born: Path, backend: str, n_atoms: int, ranks: int, steps: int,
-            replicas: int = 1, src: str | None = None, threads: int = 1, baseline_in_torch: bool = False) -> dict:
+            replicas: int = 1, src: str | None = None, threads: int = 1, baseline_in_torch: bool = False,
+            born_refresh_interval: int = 1) -> dict:
     command = [str(sys.executable), __file__, "--worker", "--backend", backend, "--n-atoms", str(n_atoms),
                "--steps", str(steps), "--potential", str(potential), "--born", str(born),
                "--replicas", str(replicas), "--torch-threads", str(threads)]
+    command += ["--born-refresh-interval", str(born_refresh_interval)] if born_refresh_interval != 1 else []
     command += ["--baseline-in-torch"] if baseline_in_torch else []
     if ranks > 1:
         command = [str(BIN / "mpiexec"), "-n", str(ranks), *command]
@@ -263,6 +266,7 @@ def main() -> None:
     parser.add_argument("--backends", default="ase,lammps1,lammps2",
                         help="comma list of ase, ase2t (2 torch threads), lammps1, lammps2 (LAMMPS with 1 or 2 ranks)")
     parser.add_argument("--torch-threads", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--born-refresh-interval", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--baseline-in-torch", action="store_true",
                         help="worker: md.lammps.baseline_in_lammps false")
     parser.add_argument("--compare-baseline-in-torch", action="store_true",

@@ -1,26 +1,30 @@
 """Held-out error against speed for the model settings a user can pick, and MACE (a Pareto plot).
 
-A setting is a (potential, Born model) file pair as field MD runs it (member 0 of a model set). One run
-measures, for every setting:
+A setting is a (potential, Born model) file pair as field MD runs it (member 0 of a model set) and the
+Born refresh interval n (``md.born_refresh_interval``). One run measures, for every setting:
 
 * held-out errors: ``bornfield train evaluate`` on the held-out cells of ``--models`` (its
   ``test.extxyz``: cells never trained on, 5 of the 21 with DFPT labels): force RMSE (meV/Å),
-  energy RMSE (meV/atom), Born-charge RMSE over all nine components (e);
+  energy RMSE (meV/atom), Born-charge RMSE over all nine components (e); with n > 1 the Born
+  error is that RMSE and the staleness of charges held n steps added in quadrature (both RMS over
+  components; the staleness from ``results/md_born_refresh_trained.json``, made by
+  ``md_born_refresh.py --models`` along a 900 K amorphous trajectory);
 * field-MD speed at 1,024 atoms (``md_throughput.measure``: rattled beta-Li3PO4 supercell, Bussi 600 K,
   E = 0.1 V/Å, potential and Born charges every step): ASE backend on 1 rank and LAMMPS on 2 ranks,
   wall clock and CPU time, the settings interleaved over ``--repeats`` rounds;
 * potential-only speed (neighbour list + energy + forces at 1,024 atoms, one torch thread, the
-  children of ``models_mace_speed.py``) of every distinct potential and, side by side in the same
+  children of ``models_mace_speed.py``) of every distinct potential (recorded under the first setting
+  that uses it, ``same_potential`` naming them all) and, side by side in the same
   rounds, of the MACE baseline (``--mace-model``; default: the stage-two model that
   ``models_mace_ledger.py`` trained on the split of ``--models``, if present). MACE's held-out errors
   are its records in ``results/models_mace_ledger.json`` for the same model set (same cells).
 
 Default settings: the shipped set ``models/li3po4`` (message-passing potential, density Born model:
 what every config uses), the polar set ``models/li3po4-polar`` (same potential, Born charges as the
-derivative of a learned polarization) and the strictly local potential shipped before message passing
-(``git:5de3295:models/li3po4/potential_0.pt``, same rows and split) with the shipped Born model.
-``--setting NAME POTENTIAL BORN`` replaces them (repeatable; ``git:REV:PATH`` reads a file from
-the repository's history).
+derivative of a learned polarization) refreshed every 1, 2 and 3 steps, and the strictly local
+potential shipped before message passing (``git:5de3295:models/li3po4/potential_0.pt``, same rows and
+split) with the shipped Born model. ``--setting NAME POTENTIAL BORN N`` replaces them (repeatable;
+``git:REV:PATH`` reads a file from the repository's history).
 
     .venv/bin/python benchmarks/models_pareto.py [--repeats 2] [--steps 10] [--mace-model FILE]
 
@@ -45,7 +49,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from md_throughput import measure  # noqa: E402  (same directory)
-from models_mace_ledger import split_key  # noqa: E402
+from models_mace_ledger import shown, split_key  # noqa: E402
 from models_mace_speed import MACE_PYTHON, run_child  # noqa: E402
 
 from bornfield.atomic import write_json  # noqa: E402
@@ -54,10 +58,13 @@ MACHINE = "2 cores, no GPU"
 N_ATOMS = 1024
 MACE_SYSTEM = "mace-0.3.16-small"
 DEFAULT_SETTINGS = [
-    ("message+density", "models/li3po4/potential_0.pt", "models/li3po4/born_0.pt"),
-    ("message+polar", "models/li3po4-polar/potential_0.pt", "models/li3po4-polar/born_0.pt"),
-    ("local+density", "git:5de3295:models/li3po4/potential_0.pt", "models/li3po4/born_0.pt"),
+    ("message+density", "models/li3po4/potential_0.pt", "models/li3po4/born_0.pt", "1"),
+    ("message+polar", "models/li3po4-polar/potential_0.pt", "models/li3po4-polar/born_0.pt", "1"),
+    ("message+polar-every2", "models/li3po4-polar/potential_0.pt", "models/li3po4-polar/born_0.pt", "2"),
+    ("message+polar-every3", "models/li3po4-polar/potential_0.pt", "models/li3po4-polar/born_0.pt", "3"),
+    ("local+density", "git:5de3295:models/li3po4/potential_0.pt", "models/li3po4/born_0.pt", "1"),
 ]
+STALENESS = HERE / "results" / "md_born_refresh_trained.json"
 ERROR_METRICS = {"force_rmse_meV_per_A": "bornfield-potential", "energy_rmse_meV_per_atom": "bornfield-potential",
                  "bec_rmse_e": "bornfield-born"}
 
@@ -111,6 +118,20 @@ def mace_errors(results: Path, models: str) -> tuple[dict[str, float], dict]:
     return errors, facts
 
 
+def staleness(results: Path, born_spec: str, interval: int) -> float:
+    """RMSE (e) of ``born_spec``'s charges held ``interval`` steps (md_born_refresh.py --models records)."""
+    if interval == 1:
+        return 0.0
+    if not results.is_file():
+        raise SystemExit(f"{results}: missing; run md_born_refresh.py --models first (Born refresh {interval})")
+    found = [r["value"] for r in json.loads(results.read_text()) if r["metric"] == "bec_staleness_rmse_e"
+             and r["system"] == born_spec and r.get("born_refresh_interval") == interval]
+    if len(found) != 1:
+        raise SystemExit(f"{results}: expected one bec_staleness_rmse_e of {born_spec} at interval {interval}, "
+                         f"found {len(found)}")
+    return float(found[0])
+
+
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     """Indices of the points no other point beats on both axes (higher speed x, lower error y), by speed."""
     front = [i for i, (x, y) in enumerate(points)
@@ -139,27 +160,39 @@ def plot(records: list[dict], path: Path) -> None:
     def error(metric, system):
         return next(r["value"] for r in records if r["metric"] == metric and r["system"] == system)
 
-    settings = sorted({r["system"] for r in records if r["metric"] == "bec_rmse_e"})
-    fig, (born_ax, force_ax) = plt.subplots(1, 2, figsize=(11, 4.5))
-    for backend, ranks, marker in (("ase", 1, "o"), ("lammps", 2, "s")):
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import NullFormatter
+
+    settings = list(dict.fromkeys(r["system"] for r in records if r["metric"] == "bec_rmse_e"))
+    colour = {s: f"C{k}" for k, s in enumerate(settings)}
+    fig, (born_ax, force_ax) = plt.subplots(1, 2, figsize=(12, 4.8))
+    backends = (("ase", 1, "o", "ASE, 1 rank"), ("lammps", 2, "s", "LAMMPS, 2 ranks"))
+    for backend, ranks, marker, _ in backends:
         points = [(best(f"field_md_{backend}_atom_steps_per_s", s, ranks), error("bec_rmse_e", s)) for s in settings]
         for (x, y), s in zip(points, settings):
-            born_ax.scatter(x, y, marker=marker, s=45)
-            born_ax.annotate(f"{s} ({backend} {ranks}r)", (x, y), fontsize=7, xytext=(4, 4),
-                             textcoords="offset points")
+            born_ax.scatter(x, y, marker=marker, s=50, color=colour[s])
         front = pareto_front(points)
-        born_ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "k--", lw=0.8)
+        born_ax.plot([points[i][0] for i in front], [points[i][1] for i in front], ls="--", color="grey", lw=0.8)
+    handles = [Line2D([], [], color=colour[s], marker="o", ls="", label=s) for s in settings]
+    handles += [Line2D([], [], color="k", marker=m, ls="", mfc="none", label=label) for _, _, m, label in backends]
+    born_ax.legend(handles=handles, fontsize=7)
     born_ax.set(xscale="log", xlabel=f"field-MD atom-steps/s ({N_ATOMS} atoms, best of repeats)",
                 ylabel="held-out Born RMSE, member 0 (e)", title="Born model: accuracy vs field-MD speed")
-    potentials = sorted({r["system"] for r in records if r["metric"] == "potential_atom_evals_per_s"})
+    potentials = [s for s in dict.fromkeys(r["system"] for r in records if r["metric"] == "potential_atom_evals_per_s")]
     points = [(best("potential_atom_evals_per_s", s), error("force_rmse_meV_per_A", s)) for s in potentials]
     for (x, y), s in zip(points, potentials):
-        force_ax.scatter(x, y, marker="*" if s == MACE_SYSTEM else "o", s=80 if s == MACE_SYSTEM else 45)
-        force_ax.annotate(s, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        mace = s == MACE_SYSTEM
+        force_ax.scatter(x, y, marker="*" if mace else "o", s=90 if mace else 50, color="k" if mace else colour[s])
+        shared = next(r.get("same_potential", [s]) for r in records
+                      if r["metric"] == "potential_atom_evals_per_s" and r["system"] == s)
+        label = s if len(shared) == 1 else f"{s} (= {', '.join(shared[1:])})"
+        force_ax.annotate(label, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
     front = pareto_front(points)
-    force_ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "k--", lw=0.8)
+    force_ax.plot([points[i][0] for i in front], [points[i][1] for i in front], ls="--", color="grey", lw=0.8)
     force_ax.set(xscale="log", xlabel=f"potential atom-evals/s ({N_ATOMS} atoms, 1 thread, best of repeats)",
-                 ylabel="held-out force RMSE (meV/Å)", title="Potential: accuracy vs speed")
+                 ylabel="held-out force RMSE, member 0 (meV/Å)", title="Potential: accuracy vs speed")
+    for ax in (born_ax, force_ax):
+        ax.xaxis.set_minor_formatter(NullFormatter())
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -168,10 +201,13 @@ def plot(records: list[dict], path: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="models/li3po4", help="model set whose test.extxyz holds the held-out cells")
-    parser.add_argument("--setting", nargs=3, action="append", metavar=("NAME", "POTENTIAL", "BORN"),
-                        help="a setting (repeatable; replaces the defaults); files may be git:REV:PATH")
+    parser.add_argument("--setting", nargs=4, action="append", metavar=("NAME", "POTENTIAL", "BORN", "N"),
+                        help="a setting (repeatable; replaces the defaults): files (may be git:REV:PATH) and the "
+                             "Born refresh interval")
     parser.add_argument("--mace-model", type=Path, default=None,
                         help="MACE model to time (default: models_mace_ledger.py's stage-two model of the split)")
+    parser.add_argument("--staleness", type=Path, default=STALENESS,
+                        help="records of md_born_refresh.py --models (Born staleness per refresh interval)")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds of every speed point")
     parser.add_argument("--steps", type=int, default=10, help="timed field-MD steps per point")
     parser.add_argument("--eval-repeats", type=int, default=3, help="timed potential evaluations per point")
@@ -197,20 +233,32 @@ def main() -> int:
     records: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
-        settings = {}
-        for name, potential, born in args.setting or DEFAULT_SETTINGS:
-            settings[name] = (resolve_file(potential, scratch), resolve_file(born, scratch), potential, born)
+        settings, evaluated = {}, {}
+        for name, potential, born, interval in args.setting or DEFAULT_SETTINGS:
+            if not interval.isdigit() or int(interval) < 1:
+                raise SystemExit(f"--setting {name}: Born refresh interval {interval!r}, expected an integer >= 1")
+            settings[name] = (resolve_file(potential, scratch), resolve_file(born, scratch), potential, born,
+                              int(interval))
         where = f"held-out cells of {models} (test.extxyz)"
-        for name, (potential, born, potential_spec, born_spec) in settings.items():
-            (scratch / name).mkdir()
-            errors = held_out_errors(test, potential, born, scratch / name / "evaluation.json")
-            print(name, {k: round(v, 4) for k, v in errors.items()}, flush=True)
-            files = f"potential {potential_spec}, Born model {born_spec}"
+        for name, (potential, born, potential_spec, born_spec, interval) in settings.items():
+            if (potential_spec, born_spec) not in evaluated:
+                (scratch / f"evaluation-{len(evaluated)}").mkdir()
+                evaluated[potential_spec, born_spec] = held_out_errors(
+                    test, potential, born, scratch / f"evaluation-{len(evaluated)}" / "evaluation.json")
+            errors = dict(evaluated[potential_spec, born_spec])
+            stale = staleness(args.staleness, born_spec, interval)
+            model_bec = errors["bec_rmse_e"]
+            errors["bec_rmse_e"] = float((model_bec**2 + stale**2) ** 0.5)
+            print(name, {k: round(v, 4) for k, v in errors.items()}, f"staleness {stale:.4f} e", flush=True)
+            files = f"potential {potential_spec}, Born model {born_spec}, Born charges refreshed every {interval} step(s)"
+            unit = {"force_rmse_meV_per_A": "meV/Å", "energy_rmse_meV_per_atom": "meV/atom", "bec_rmse_e": "e"}
             for metric, value in errors.items():
-                unit = {"force_rmse_meV_per_A": "meV/Å", "energy_rmse_meV_per_atom": "meV/atom", "bec_rmse_e": "e"}
-                records.append(record(metric, value, unit[metric], name, 1, f"{where}; {files}; "
-                                      "bornfield train evaluate, one model (member 0, what field MD integrates)",
-                                      dataset="li3po4-ledger", split="test"))
+                how = ("bornfield train evaluate, one model (member 0, what field MD integrates)"
+                       if metric != "bec_rmse_e" or interval == 1 else
+                       f"held-out RMSE {model_bec:.4f} e (bornfield train evaluate, member 0) and the staleness "
+                       f"{stale:.4f} e of charges held {interval} steps ({shown(args.staleness)}) in quadrature")
+                records.append(record(metric, value, unit[metric], name, 1, f"{where}; {files}; {how}",
+                                      dataset="li3po4-ledger", split="test", born_refresh_interval=interval))
         if with_mace:
             errors, facts = mace_errors(HERE / "results" / "models_mace_ledger.json", str(models))
             for metric, value in errors.items():
@@ -219,15 +267,17 @@ def main() -> int:
                                       f"{where}; from results/models_mace_ledger.json ({facts})",
                                       dataset="li3po4-ledger", split="test"))
         potentials = {}  # distinct potential files, timed once each
-        for name, (potential, _, spec, _) in settings.items():
+        for name, (potential, *_) in settings.items():
             potentials.setdefault(potential.read_bytes(), (potential, []))[1].append(name)
         for repeat in range(args.repeats):
             suffix = f"; repeat {repeat + 1} of {args.repeats}"
-            for name, (potential, born, _, _) in settings.items():
+            for name, (potential, born, _, _, interval) in settings.items():
                 for backend, ranks in (("ase", 1), ("lammps", 2)):
                     load = os.getloadavg()[0]
-                    result = measure(potential, born, backend, N_ATOMS, ranks, args.steps)
-                    notes = (f"field MD, potential_0 + born_0 every step, beta-Li3PO4 supercell, Bussi 600 K, "
+                    result = measure(potential, born, backend, N_ATOMS, ranks, args.steps,
+                                     born_refresh_interval=interval)
+                    notes = (f"field MD, potential_0 every step + born_0 every {interval} step(s), beta-Li3PO4 "
+                             "supercell, Bussi 600 K, "
                              f"E = 0.1 V/Å, {args.steps} timed steps, 1 torch thread per rank; "
                              f"1-min load average {load:.1f} before{suffix}")
                     records.append(record(f"field_md_{backend}_atom_steps_per_s", result["atom_steps_per_s"],
@@ -242,11 +292,10 @@ def main() -> int:
                 result = run_child(child, N_ATOMS, 1, args.eval_repeats, model)
                 key = "bornfield-potential" if child == "bornfield" else MACE_SYSTEM
                 rate = N_ATOMS / result[key][0]
-                for name in names:
-                    records.append(record("potential_atom_evals_per_s", rate, "atom-evals/s", name, 1,
-                                          f"neighbour list + energy + forces (no stress), {N_ATOMS} atoms, "
-                                          f"1 thread, best of {args.eval_repeats} (median {N_ATOMS / result[key][1]:.0f}); "
-                                          f"1-min load average {load:.1f} before{suffix}"))
+                records.append(record("potential_atom_evals_per_s", rate, "atom-evals/s", names[0], 1,
+                                      f"neighbour list + energy + forces (no stress), {N_ATOMS} atoms, "
+                                      f"1 thread, best of {args.eval_repeats} (median {N_ATOMS / result[key][1]:.0f}); "
+                                      f"1-min load average {load:.1f} before{suffix}", same_potential=names))
                 print(names, f"{rate:.0f} atom-evals/s", flush=True)
     for r in records:
         r["machine"] = args.machine

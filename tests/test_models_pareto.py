@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,3 +56,34 @@ def test_mace_errors_come_from_the_same_model_set(tmp_path):
     assert facts == {"epochs": 800, "converged": True}
     with pytest.raises(SystemExit, match="no mace-0.3.16-small test force record for model set models/none"):
         mp.mace_errors(results, "models/none")
+
+
+def test_staleness_is_zero_at_every_step_and_read_per_model_and_interval(tmp_path):
+    results = tmp_path / "md_born_refresh_trained.json"
+    rows = [{"metric": "bec_staleness_rmse_e", "system": "models/a/born_0.pt", "born_refresh_interval": n,
+             "value": 0.002 * n} for n in (1, 2, 5)]
+    rows.append({"metric": "bec_staleness_rmse_e", "system": "models/b/born_0.pt", "born_refresh_interval": 2,
+                 "value": 0.5})
+    results.write_text(json.dumps(rows))
+    assert mp.staleness(tmp_path / "absent.json", "models/a/born_0.pt", 1) == 0.0
+    assert mp.staleness(results, "models/a/born_0.pt", 2) == pytest.approx(0.004)
+    assert mp.staleness(results, "models/b/born_0.pt", 2) == pytest.approx(0.5)
+    with pytest.raises(SystemExit, match="interval 10, found 0"):
+        mp.staleness(results, "models/a/born_0.pt", 10)
+    with pytest.raises(SystemExit, match="absent.json: missing"):
+        mp.staleness(tmp_path / "absent.json", "models/a/born_0.pt", 2)
+
+
+def test_born_staleness_of_charges_held_n_steps():
+    import md_born_refresh as mbr
+
+    rng = np.random.default_rng(3)
+    constant = np.repeat(rng.normal(size=(1, 4, 3, 3)), 6, axis=0)
+    assert mbr.staleness_rmse(constant, 3) == (0.0, 0.0)
+    # Z(t) = t A: held for 2 steps, the odd steps lag by one step (error A), the even ones are fresh
+    a = rng.normal(size=(4, 3, 3))
+    z = np.arange(6)[:, None, None, None] * a[None]
+    all_rmse, row_x = mbr.staleness_rmse(z, 2)
+    assert all_rmse == pytest.approx(np.sqrt(0.5 * np.mean(a**2)))
+    assert row_x == pytest.approx(np.sqrt(0.5 * np.mean(a[:, 0, :] ** 2)))
+    assert mbr.staleness_rmse(z, 1) == (0.0, 0.0)
