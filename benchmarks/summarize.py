@@ -23,6 +23,7 @@ HEADLINE = {
     "bec_row_x_rmse_e",
     "bec_rmse_e",
     "field_force_rel_rmse",
+    "bec_staleness_rmse_e",
     "qe_wall_time_s",
     "qe_cpu_time_s",
     "bec_max_dev_e",
