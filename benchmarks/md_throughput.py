@@ -145,8 +145,8 @@ def measure(potential: Path, born: Path, backend: str, n_atoms: int, ranks: int,
             born_refresh_interval: int = 1) -> dict:
     command = [str(sys.executable), __file__, "--worker", "--backend", backend, "--n-atoms", str(n_atoms),
                "--steps", str(steps), "--potential", str(potential), "--born", str(born),
-               "--replicas", str(replicas), "--torch-threads", str(threads)]
-    command += ["--born-refresh-interval", str(born_refresh_interval)] if born_refresh_interval != 1 else []
+               "--replicas", str(replicas), "--torch-threads", str(threads),
+               "--born-refresh-interval", str(born_refresh_interval)]
     command += ["--baseline-in-torch"] if baseline_in_torch else []
     if ranks > 1:
         command = [str(BIN / "mpiexec"), "-n", str(ranks), *command]

@@ -65,6 +65,7 @@ DEFAULT_SETTINGS = [
     ("local+density", "git:5de3295:models/li3po4/potential_0.pt", "models/li3po4/born_0.pt", "1"),
 ]
 STALENESS = HERE / "results" / "md_born_refresh_trained.json"
+ERROR_UNITS = {"force_rmse_meV_per_A": "meV/Å", "energy_rmse_meV_per_atom": "meV/atom", "bec_rmse_e": "e"}
 ERROR_METRICS = {"force_rmse_meV_per_A": "bornfield-potential", "energy_rmse_meV_per_atom": "bornfield-potential",
                  "bec_rmse_e": "bornfield-born"}
 
@@ -242,28 +243,27 @@ def main() -> int:
         where = f"held-out cells of {models} (test.extxyz)"
         for name, (potential, born, potential_spec, born_spec, interval) in settings.items():
             if (potential_spec, born_spec) not in evaluated:
-                (scratch / f"evaluation-{len(evaluated)}").mkdir()
-                evaluated[potential_spec, born_spec] = held_out_errors(
-                    test, potential, born, scratch / f"evaluation-{len(evaluated)}" / "evaluation.json")
+                directory = scratch / f"evaluation-{len(evaluated)}"
+                directory.mkdir()
+                evaluated[potential_spec, born_spec] = held_out_errors(test, potential, born,
+                                                                       directory / "evaluation.json")
             errors = dict(evaluated[potential_spec, born_spec])
             stale = staleness(args.staleness, born_spec, interval)
             model_bec = errors["bec_rmse_e"]
             errors["bec_rmse_e"] = float((model_bec**2 + stale**2) ** 0.5)
             print(name, {k: round(v, 4) for k, v in errors.items()}, f"staleness {stale:.4f} e", flush=True)
             files = f"potential {potential_spec}, Born model {born_spec}, Born charges refreshed every {interval} step(s)"
-            unit = {"force_rmse_meV_per_A": "meV/Å", "energy_rmse_meV_per_atom": "meV/atom", "bec_rmse_e": "e"}
             for metric, value in errors.items():
                 how = ("bornfield train evaluate, one model (member 0, what field MD integrates)"
                        if metric != "bec_rmse_e" or interval == 1 else
                        f"held-out RMSE {model_bec:.4f} e (bornfield train evaluate, member 0) and the staleness "
                        f"{stale:.4f} e of charges held {interval} steps ({shown(args.staleness)}) in quadrature")
-                records.append(record(metric, value, unit[metric], name, 1, f"{where}; {files}; {how}",
+                records.append(record(metric, value, ERROR_UNITS[metric], name, 1, f"{where}; {files}; {how}",
                                       dataset="li3po4-ledger", split="test", born_refresh_interval=interval))
         if with_mace:
             errors, facts = mace_errors(HERE / "results" / "models_mace_ledger.json", str(models))
             for metric, value in errors.items():
-                unit = {"force_rmse_meV_per_A": "meV/Å", "energy_rmse_meV_per_atom": "meV/atom"}[metric]
-                records.append(record(metric, value, unit, MACE_SYSTEM, 1,
+                records.append(record(metric, value, ERROR_UNITS[metric], MACE_SYSTEM, 1,
                                       f"{where}; from results/models_mace_ledger.json ({facts})",
                                       dataset="li3po4-ledger", split="test"))
         potentials = {}  # distinct potential files, timed once each
