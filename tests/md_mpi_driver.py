@@ -1,7 +1,7 @@
 """Run one field-MD condition with the analytic test models (used by tests via subprocess/mpiexec).
 
     python tests/md_mpi_driver.py OUTDIR BACKEND ENSEMBLE STEPS [--cell fcc|triclinic|beta] [--interrupt-at N]
-        [--models analytic|nn-baseline|nn-message] [--ghost-cutoff Å] [--baseline-in-torch]
+        [--models analytic|nn-baseline|nn-message|nn-polar] [--ghost-cutoff Å] [--baseline-in-torch]
 
 ``--models nn-baseline``: small random bornfield models (float64) instead of the analytic ones, an
 NN potential with the Pedone baseline (8 Å, longer than the network's 4 Å) and an equivariant Born
@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--models", default="analytic")
     parser.add_argument("--ghost-cutoff", type=float, default=None, help="md.lammps.ghost_cutoff_A (Å)")
     parser.add_argument("--baseline-in-torch", action="store_true", help="md.lammps.baseline_in_lammps false")
+    parser.add_argument("--no-born-output", action="store_true", help="md.output.born_charges false")
     args = parser.parse_args()
     settings = validate_section({
         "backend": args.backend, "ensemble": args.ensemble,
@@ -48,7 +49,7 @@ def main() -> None:
         "lammps": {"skin_A": 0.5, "ghost_cutoff_A": args.ghost_cutoff,
                    "baseline_in_lammps": not args.baseline_in_torch}, "born_refresh_interval": args.born_refresh,
         "output": {"trajectory_stride": 50, "thermo_stride": 10, "checkpoint_interval": 100,
-                   "velocities": True, "born_charges": True},
+                   "velocities": True, "born_charges": not args.no_born_output},
         "sweep": {"phases": ["fcc"], "temperatures_K": [300.0], "field_strengths_V_per_A": [0.1],
                   "field_directions": [[1.0, 2.0, 3.0]], "replicas": args.replicas},
     }, "md")
@@ -75,16 +76,16 @@ def main() -> None:
 
         lammps_backend.LammpsBackend.advance = interrupted
     condition = expand_conditions(settings)[0]
-    if args.models in ("nn-baseline", "nn-message"):
-        potential, born = nn_models_with_baseline(message=args.models == "nn-message")
+    if args.models in ("nn-baseline", "nn-message", "nn-polar"):
+        potential, born = nn_models_with_baseline(message=args.models == "nn-message", polar=args.models == "nn-polar")
     else:
         potential, born = MorsePotential(cutoff=3.4), EnvironmentBorn(cutoff=3.0)
     run_condition(settings, condition, Path(args.outdir), potential, born, [atoms], progress=False)
 
 
-def nn_models_with_baseline(message: bool = False):
+def nn_models_with_baseline(message: bool = False, polar: bool = False):
     """Random (seeded, identical on every rank) float64 potential with the Pedone baseline + Born model;
-    ``message``: the message-passing potential."""
+    ``message``: the message-passing potential; ``polar``: the polar Born model (3.5 Å)."""
     import torch
 
     from bornfield.models import create_model
@@ -94,7 +95,9 @@ def nn_models_with_baseline(message: bool = False):
     architecture = {"architecture": "message", "interactions": 2} if message else {}
     potential = create_model("potential", ["Li", "P", "O"], 4.0, seed=1, baseline=pedone_baseline(8.0, 0.22),
                              **small, **architecture)
-    born = create_model("born", ["Li", "P", "O"], 4.0, seed=2, mean_charges={"Li": 1.0, "P": 3.2, "O": -1.55}, **small)
+    born_architecture = {"architecture": "polar", "edge_layers": 1} if polar else {}
+    born = create_model("born", ["Li", "P", "O"], 3.5 if polar else 4.0, seed=2,
+                        mean_charges={"Li": 1.0, "P": 3.2, "O": -1.55}, **small, **born_architecture)
     generator = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for model in (potential, born):

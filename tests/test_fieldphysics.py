@@ -23,6 +23,8 @@ from bornfield.fieldphysics import (
     check_finite,
     committee_force_uncertainty,
     field_forces,
+    field_forces_batched,
+    held_rows_scale,
     min_distance,
 )
 
@@ -140,6 +142,39 @@ def test_safety_limits_name_the_setting_and_none_switches_off():
     off.check_min_distance(0.0)
     off.check_force_uncertainty(1e9)
     off.check_forces(np.full((2, 3), 1e9))
+
+
+def test_held_rows_scale_and_batched_field_forces():
+    """Held field forces serve a later field only along the held one (scaled); the torch field force of
+    several structures in their own fields is the numpy one of each."""
+    held = np.array([0.1, -0.2, 0.05])
+    assert held_rows_scale(held, held) == 1.0
+    assert held_rows_scale(0.37 * held, held) == pytest.approx(0.37, rel=1e-14)
+    assert held_rows_scale(np.zeros(3), held) == 0.0 and held_rows_scale(np.zeros(3), np.zeros(3)) == 0.0
+    assert held_rows_scale(held + [0.0, 0.0, 1e-6], held) is None  # turned
+    assert held_rows_scale(held, np.zeros(3)) is None  # switched on
+    rng = np.random.default_rng(4)
+    z, fields = rng.normal(size=(7, 3, 3)), rng.normal(size=(2, 3))
+    batch = np.array([0, 0, 0, 1, 1, 1, 1])
+    rows = field_forces_batched(torch.from_numpy(z), torch.from_numpy(fields), torch.from_numpy(batch)).numpy()
+    for b in (0, 1):
+        np.testing.assert_allclose(rows[batch == b], field_forces(z[batch == b], fields[b]), rtol=0, atol=1e-14)
+
+
+def test_born_field_rows_check_raises_only_where_the_full_check_would():
+    """The check on the rows Zᵀ·E: exact for a field along an axis, never stricter than the check on Z."""
+    limits = SafetyLimits(max_born_charge_e=10.0, key_prefix="safety.")
+    z = np.random.default_rng(5).uniform(-3.0, 3.0, size=(20, 3, 3))
+    z[4, 0, 1] = 12.0  # seen by a field along x only
+    with pytest.raises(UnsafeState, match=r"Born charge along the field 12.0 e on atom 4 at step 7 above safety"):
+        limits.check_born_field_rows(field_forces(z, [0.2, 0.0, 0.0]), [0.2, 0.0, 0.0], " at step 7")
+    limits.check_born_field_rows(field_forces(z, [0.0, 0.0, 0.2]), [0.0, 0.0, 0.2])
+    limits.check_born_field_rows(np.zeros((20, 3)), np.zeros(3))
+    rng = np.random.default_rng(6)
+    for _ in range(200):
+        z = rng.uniform(-10.0, 10.0, size=(5, 3, 3))
+        field = rng.normal(size=3)
+        limits.check_born_field_rows(field_forces(z, field), field)  # |Z_ab| <= 10 everywhere
 
 
 # --- every path goes through the core --------------------------------------------------

@@ -207,6 +207,28 @@ def test_batched_replicas_follow_the_sequential_trajectories(tmp_path, models, c
     assert np.abs(trajectory(out_b, 0) - trajectory(out_b, 1)).max() > 1e-3  # different seeds, different runs
 
 
+def test_batched_replicas_with_a_polar_born_model_follow_the_sequential_trajectories(tmp_path, models, monkeypatch):
+    """Replicas of a polar Born model ask the batch for the rows Zᵀ·E of their own fields: the batched
+    run follows the sequential one and takes no full Z except for the written frames."""
+    from test_models import make
+
+    from bornfield.models import BornCommittee
+
+    polar = BornCommittee([make("born", 8, cutoff=3.5, architecture="polar", edge_layers=1)])
+    settings = {batch: md_settings(batch, production_steps=10, field_schedule={"kind": "ramp", "ramp_fs": 8.0})
+                for batch in (False, True)}
+    sequential, out_s = run(tmp_path, settings[False], (models[0], polar), "sequential")
+    full_calls, full = [], BornCommittee.born_charges
+    monkeypatch.setattr(BornCommittee, "born_charges", lambda self, *args: full_calls.append(1) or full(self, *args))
+    batched, out_b = run(tmp_path, settings[True], (models[0], polar), "batched")
+    assert sequential["replicas_completed"] == batched["replicas_completed"] == 3
+    assert len(full_calls) == 3 * 3  # frames at steps 0, 5, 10 of each replica
+    for replica in range(3):
+        assert np.abs(trajectory(out_s, replica) - trajectory(out_b, replica)).max() < 1e-8
+        assert np.abs(trajectory(out_s, replica, "field_forces") - trajectory(out_b, replica, "field_forces")).max() < 1e-6
+        assert np.abs(trajectory(out_b, replica, "field_forces")).max() > 1e-3
+
+
 def test_blown_up_replicas_fail_alone(tmp_path, models, monkeypatch):
     from bornfield.md import ase_backend
 
@@ -221,8 +243,8 @@ def test_blown_up_replicas_fail_alone(tmp_path, models, monkeypatch):
         original_init(self, atoms, *args, **kwargs)
         self.calc.doomed = kwargs.get("seed", args[5] if len(args) > 5 else None) == condition.seeds[1]
 
-    def evaluate(self, structure, refresh, stress):
-        results, z = original_evaluate(self, structure, refresh, stress)
+    def evaluate(self, structure, refresh, stress, rows_field=None):
+        results, z = original_evaluate(self, structure, refresh, stress, rows_field)
         if getattr(self, "doomed", False) and self.step >= 13:  # replica 1: the model returns NaN at step 13
             results["forces"] = np.full_like(results["forces"], np.nan)
         return results, z

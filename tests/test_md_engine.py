@@ -394,3 +394,59 @@ def test_born_charges_beyond_the_limit_stop_the_replica(tmp_path):
     summary, _ = run(tmp_path, loose, born=SpikingBorn(after=25), name="loose")
     assert "temperature runaway" in summary["replicas"][0]["reason"]
     assert status["steps"] < summary["replicas"][0]["steps"]
+
+
+def test_polar_born_md_by_field_rows_equals_md_by_full_tensors(tmp_path, monkeypatch, kill_md_at_step):
+    """A polar Born model gives the MD its field force as the rows Zᵀ·E (one backward pass) wherever
+    nothing needs Z: the trajectory equals the one driven by the full tensors (float64, Z refreshed
+    every 2 steps, a ramped field switched on at a refresh step: held rows scale with the field),
+    the Z written at frame steps (refresh steps) are the same, and a killed run resumes from its
+    checkpoint bit for bit."""
+    from test_models import beta_li3po4, make
+
+    from bornfield import calculators
+    from bornfield.models import BornCommittee
+
+    settings = make_settings(ensemble="bussi", equilibration_steps=3, production_steps=36, born_refresh_interval=2,
+                             field_schedule={"kind": "ramp", "ramp_fs": 20.0},
+                             output={"trajectory_stride": 4, "checkpoint_interval": 12})
+    potential = make("potential", 3, cutoff=4.0)
+    polar = BornCommittee([make("born", 8, cutoff=3.5, architecture="polar", edge_layers=1)])
+    cells = [beta_li3po4()]
+    calls = {"rows": 0, "full": 0}
+    rows_call, full_call = BornCommittee.born_field_forces, BornCommittee.born_charges
+
+    def counted(name, method):
+        def wrapper(self, *args):
+            calls[name] += 1
+            return method(self, *args)
+        return wrapper
+
+    monkeypatch.setattr(BornCommittee, "born_field_forces", counted("rows", rows_call))
+    monkeypatch.setattr(BornCommittee, "born_charges", counted("full", full_call))
+    run(tmp_path, settings, potential=potential, born=polar, cells=cells, name="rows")
+    # the field steps 4..38 refreshed every 2 steps (none at zero field, step 3; the held rows scale with
+    # the ramp, also across the checkpoints' re-evaluations); full Z only for the 10 written frames
+    assert calls == {"rows": 18, "full": 10}, calls
+    rows_cheaper = calculators.field_rows_cheaper
+    monkeypatch.setattr(calculators, "field_rows_cheaper", lambda born: False)
+    run(tmp_path, settings, potential=potential, born=polar, cells=cells, name="full")
+    monkeypatch.setattr(calculators, "field_rows_cheaper", rows_cheaper)
+    disarm = kill_md_at_step(27)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, settings, potential=potential, born=polar, cells=cells, name="restarted")
+    disarm()
+    run(tmp_path, settings, potential=potential, born=polar, cells=cells, name="restarted")
+    with (h5py.File(tmp_path / "rows" / "replica_0" / "traj.h5") as rows,
+          h5py.File(tmp_path / "full" / "replica_0" / "traj.h5") as full,
+          h5py.File(tmp_path / "restarted" / "replica_0" / "traj.h5") as restarted):
+        assert np.abs(rows["field"][-1]).max() > 0.01
+        assert np.abs(rows["positions"][:] - full["positions"][:]).max() < 1e-9
+        assert np.abs(rows["field_forces"][:] - full["field_forces"][:]).max() < 1e-6
+        assert np.array_equal(rows["positions"][:], restarted["positions"][:])
+        # frames at odd steps, between refreshes: the full path writes the held Z, the rows path fresh Z
+        frame = cells[0].copy()
+        frame.positions = rows["positions"][-1]
+        fresh = polar.born_charges(frame.get_positions(wrap=True), frame.numbers, np.asarray(frame.cell), frame.pbc)
+        assert np.abs(rows["born_charges"][-1] - fresh).max() < 1e-5
+        assert np.abs(full["born_charges"][-1] - fresh).max() > 1e-4

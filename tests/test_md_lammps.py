@@ -36,9 +36,10 @@ def drive(outdir, backend, steps, ranks=1, extra=(), check=True, cell="triclinic
     return result
 
 
-def load(outdir, replica=0):
+def load(outdir, replica=0, born_charges=True):
+    keys = ("step", "positions", "velocities", "field_forces") + (("born_charges",) if born_charges else ())
     with h5py.File(Path(outdir) / f"replica_{replica}" / "traj.h5") as traj:
-        data = {key: traj[key][:] for key in ("step", "positions", "velocities", "field_forces", "born_charges")}
+        data = {key: traj[key][:] for key in keys}
     with open(Path(outdir) / f"replica_{replica}" / "thermo.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     for key in rows[0]:
@@ -159,6 +160,26 @@ def test_message_potential_one_and_two_ranks(tmp_path):
     LAMMPS pair styles or in torch: LAMMPS on 1 rank and on 2 ranks (owned sites only, the ghosts'
     latents and their gradients exchanged by tag, :class:`OwnedSiteStep`) reproduces the ASE backend."""
     assert_backends_agree(tmp_path, "nn-message", 30)
+
+
+@pytest.mark.mpi
+def test_polar_born_model_field_rows_one_and_two_ranks(tmp_path):
+    """A polar Born model (receptive field twice its 3.5 Å cutoff) refreshed every 2 steps: LAMMPS on 1 and
+    2 ranks takes the field forces as the rows Zᵀ·E when the trajectory stores no Z (held rows kept by
+    tag), and follows the ASE backend and LAMMPS with full Z."""
+    extra = ("--models", "nn-polar", "--born-refresh", "2")
+    steps = 20
+    drive(tmp_path / "ase", "ase", steps, extra=(*extra, "--no-born-output"), cell="beta")
+    drive(tmp_path / "full", "lammps", steps, ranks=2, extra=extra, cell="beta")
+    drive(tmp_path / "l1", "lammps", steps, extra=(*extra, "--no-born-output"), cell="beta")
+    drive(tmp_path / "l2", "lammps", steps, ranks=2, extra=(*extra, "--no-born-output"), cell="beta")
+    runs = {name: load(tmp_path / name, born_charges=False) for name in ("ase", "full", "l1", "l2")}
+    assert runs["l2"]["step"][-1] == steps and abs(runs["l2"]["field_work_eV"][-1]) > 1e-4
+    assert np.abs(runs["l2"]["field_forces"].sum(axis=1)).max() < 1e-5
+    keys = ("positions", "velocities", "field_forces", "epot_eV", "field_work_eV")
+    for name in ("full", "l1", "l2"):
+        diff = max_difference(runs["ase"], runs[name], keys)
+        assert diff["positions"] < 1e-6 and diff["field_forces"] < 1e-5 and diff["field_work_eV"] < 1e-6, (name, diff)
 
 
 def assert_backends_agree(tmp_path, models, steps):

@@ -481,3 +481,40 @@ def test_parallel_section_runs_torch_single_threaded_and_restores(two_torch_thre
     monkeypatch.setattr(potential, "site_energies", spy)
     potential.forward(graph, forces=True, create_graph=True)
     assert seen == [2]
+
+
+def test_polar_field_rows_are_z_transpose_e_in_every_evaluation_path():
+    """The polar model's rows Zᵀ·E by one backward pass equal the contraction of its full Z (float64):
+    Protocol call, periodic step (the potential's forces unchanged, no Z computed), replica batch with
+    rows for one structure and Z for the other, open-boundary cluster; ASR exact; a model without the
+    cheaper path gives the same rows contracted from its Z."""
+    from bornfield.fieldphysics import asr_correct, field_forces
+    from bornfield.models.combined import evaluate_periodic_batch, field_rows_cheaper
+
+    potentials = PotentialCommittee([make("potential", 6, cutoff=4.5)])
+    polar = BornCommittee([make("born", s, cutoff=4.0, architecture="polar", edge_layers=1) for s in (8, 9)])
+    density = BornCommittee([make("born", 8, cutoff=4.5)])
+    assert field_rows_cheaper(polar) and not field_rows_cheaper(density) and not field_rows_cheaper(None)
+    atoms = rattled((1, 2, 1), seed=7)
+    args = (atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)
+    field = np.array([0.03, -0.11, 0.07])
+    for born in (polar, density):
+        expected = field_forces(born.born_charges(*args), field)
+        assert np.abs(expected).max() > 1e-3
+        rows = born.born_field_forces(*args, field) if born is polar else None
+        if rows is not None:
+            np.testing.assert_allclose(rows, expected, rtol=0, atol=1e-12)
+            assert np.abs(rows.sum(axis=0)).max() < 1e-12
+        step = evaluate_periodic(potentials, born, *args, born_field=field)
+        assert step.born_raw is None
+        np.testing.assert_allclose(asr_correct(step.field_rows_raw), expected, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(step.forces, evaluate_periodic(potentials, None, *args).forces, atol=1e-12)
+        batch = evaluate_periodic_batch(potentials, born, [args, args], born_fields=[field, None])
+        np.testing.assert_allclose(asr_correct(batch[0].field_rows_raw), expected, rtol=0, atol=1e-12)
+        assert batch[0].born_raw is None and batch[1].field_rows_raw is None
+        np.testing.assert_allclose(asr_correct(batch[1].born_raw), born.born_charges(*args), atol=1e-12)
+    positions, numbers, owned, _ = periodic_images(atoms, polar.receptive_field)
+    rows = polar.cluster_field_rows_raw(positions, numbers, field, owned)
+    z = polar.cluster_born_charges_raw(positions, numbers, owned)
+    np.testing.assert_allclose(rows, field_forces(z, field), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(asr_correct(rows), field_forces(polar.born_charges(*args), field), atol=1e-10)

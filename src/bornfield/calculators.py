@@ -34,6 +34,13 @@ This is also the force field of the ASE MD backend and of the exploration MD:
 ``set_field(E, keep_results=True)`` applies E from the next evaluation on (the
 forces of the current positions stay valid), and ``born_refresh_interval = n``
 recomputes Z only when ``step`` (set by the integrator loop) is a multiple of n.
+
+Born models whose field forces cost less than Z (``field_rows_cheaper``: the polar
+model, one backward pass of E·P instead of three) give the rows ``Z.T @ E`` alone
+when nothing asks for Z (``born_charges`` then is absent from the results until
+requested; :meth:`FieldCalculator.born_charges_for_output` for trajectories); the
+same numbers to round-off. Held rows serve a later field along the same direction
+(:func:`bornfield.fieldphysics.held_rows_scale`); otherwise they are refreshed at once.
 """
 
 from __future__ import annotations
@@ -47,10 +54,11 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from bornfield.errors import ConfigError
-from bornfield.fieldphysics import SafetyLimits, asr_correct, check_finite, field_forces, per_atom_uncertainty
+from bornfield.fieldphysics import (SafetyLimits, asr_correct, check_finite, field_forces, held_rows_scale,
+                                   per_atom_uncertainty)
 from bornfield.models import load_born, load_potential
 from bornfield.models.born import EquivariantBornModel
-from bornfield.models.combined import evaluate_periodic, verlet_graphs
+from bornfield.models.combined import evaluate_periodic, field_rows_cheaper, verlet_graphs
 from bornfield.models.committee import BornCommittee, PotentialCommittee
 from bornfield.models.graph import build_graph
 from bornfield.models.interface import BornChargeModel, PotentialModel
@@ -152,9 +160,14 @@ class FieldCalculator(Calculator):
         self.evaluator = evaluator
         self.field = self._check_field(field)
         self.step = 0  # MD step of the next evaluation (for born_refresh_interval > 1)
-        self.born_step = -1  # step at which cached_born was computed
+        self.born_step = -1  # step at which cached_born (or cached_rows) was computed
         self.cached_born: np.ndarray | None = None  # (N, 3, 3) e, ASR-corrected
         self.cached_born_var: np.ndarray | None = None
+        # models with a cheaper path for the rows Zᵀ·E (the polar model) give the field forces
+        # without Z where nothing asks for Z: (N, 3) eV/Å, ASR-corrected, valid for cached_rows_field
+        self.rows_path = field_rows_cheaper(self.born)
+        self.cached_rows: np.ndarray | None = None
+        self.cached_rows_field: np.ndarray | None = None
 
     def _check_field(self, field) -> np.ndarray:
         field = np.asarray(field, dtype=float).reshape(-1)
@@ -194,9 +207,15 @@ class FieldCalculator(Calculator):
     def receptive_field(self) -> float:
         return max(m.receptive_field for m in (self.potential, self.born) if m is not None)
 
-    def _born_due(self) -> bool:
+    def _rows_scale(self) -> float | None:
+        """λ with ``field = λ · cached_rows_field`` (the cached rows times λ are the field forces), or
+        None if the cached rows cannot give them (none cached, or the field turned or switched on)."""
+        return None if self.cached_rows is None else held_rows_scale(self.field, self.cached_rows_field)
+
+    def _born_due(self, need_z: bool) -> bool:
+        usable = self.cached_born is not None or (not need_z and self._rows_scale() is not None)
         n = self.born_refresh_interval
-        return self.cached_born is None or n == 1 or (self.step % n == 0 and self.born_step != self.step)
+        return not usable or n == 1 or (self.step % n == 0 and self.born_step != self.step)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
@@ -204,20 +223,29 @@ class FieldCalculator(Calculator):
         structure = self._structure(atoms)
         periodic = bool(np.all(atoms.pbc))
         statistics = self.potential is None or not _STATISTICS.isdisjoint(properties)
-        refresh = self.born is not None and (statistics or self._born_due())
+        need_z = statistics or not self.rows_path or not {"born_charges", "born_effective_charges"}.isdisjoint(
+            properties)
+        refresh = self.born is not None and (statistics or self._born_due(need_z))
+        rows_field = None if (need_z or not refresh) else self.field.copy()
         if statistics:
             results, born, born_var = self._evaluate_members(structure, refresh, periodic)
         else:
-            results, born = self._evaluate_shared(structure, refresh, "stress" in properties and periodic)
+            results, born = self._evaluate_shared(structure, refresh, "stress" in properties and periodic, rows_field)
             born_var = None
+        if refresh and rows_field is None:
+            self.cached_born, self.cached_born_var, self.cached_rows = born, born_var, None
+        elif refresh:
+            self.cached_born, self.cached_born_var, self.cached_rows = None, None, born
+            self.cached_rows_field = rows_field
         if refresh:
-            self.cached_born, self.cached_born_var = born, born_var
             self.born_step = self.step
         forces = results.get("forces")
         if self.born is not None:
             z = self.cached_born
-            ffield = field_forces(z, self.field)
-            results.update(born_charges=z, born_effective_charges=z, field_forces=ffield)
+            ffield = self.cached_rows * self._rows_scale() if z is None else field_forces(z, self.field)
+            results["field_forces"] = ffield
+            if z is not None:
+                results.update(born_charges=z, born_effective_charges=z)
             if statistics:
                 results["born_charges_var"] = self.cached_born_var
                 results["born_charges_uncertainty"] = per_atom_uncertainty(self.cached_born_var)
@@ -225,9 +253,12 @@ class FieldCalculator(Calculator):
         if self.potential is not None:
             check_finite("energy or forces from the models", results["energy"], forces)
         if self.born is not None:
-            check_finite("Born charges from the model", z)
-            if refresh:
+            check_finite("Born charges from the model" if z is not None else "field forces from the Born model",
+                         ffield if z is None else z)
+            if refresh and z is not None:
                 self.safety.check_born_charges(z)
+            elif refresh:
+                self.safety.check_born_field_rows(ffield, self.field)
             self.safety.check_asr(ffield.sum(axis=0))
         if self.potential is not None or np.any(self.field != 0):
             results["forces"] = forces
@@ -235,14 +266,33 @@ class FieldCalculator(Calculator):
             results.pop("forces", None)
         self.results = results
 
-    def _evaluate_shared(self, structure, refresh: bool, stress: bool) -> tuple[dict, np.ndarray | None]:
-        """Committee means of both models from one neighbour list; Z ASR-corrected (or None)."""
+    def _evaluate_shared(self, structure, refresh: bool, stress: bool,
+                         rows_field: np.ndarray | None = None) -> tuple[dict, np.ndarray | None]:
+        """Committee means of both models from one neighbour list, and Z ASR-corrected (or None);
+        with ``rows_field`` (V/Å) the ASR-corrected rows Zᵀ·E (N, 3) eV/Å in place of Z
+        (zeros without evaluating the Born model if the field is zero)."""
         evaluate = evaluate_periodic if self.evaluator is None else self.evaluator.evaluate
-        step = evaluate(self.potential, self.born, *structure, with_born=refresh, stress=stress, graphs=self.graphs)
+        rows = rows_field is not None and refresh
+        with_born = refresh and not (rows and not np.any(rows_field))
+        step = evaluate(self.potential, self.born, *structure, with_born=with_born, stress=stress, graphs=self.graphs,
+                        born_field=rows_field if rows else None)
         results = {"energy": float(step.energy), "free_energy": float(step.energy), "forces": step.forces}
         if step.stress is not None:
             results["stress"] = full_3x3_to_voigt_6_stress(step.stress)
+        if rows:
+            return results, np.zeros((len(structure[1]), 3)) if not with_born else asr_correct(step.field_rows_raw)
         return results, None if step.born_raw is None else asr_correct(step.born_raw)
+
+    def born_charges_for_output(self) -> np.ndarray:
+        """ASR-corrected Z (N, 3, 3) e of the last evaluation: the tensors that gave its field
+        forces, or, where those came from the rows Zᵀ·E alone, the tensors at the current
+        positions (evaluated and safety-checked here; the field forces are not changed)."""
+        if self.cached_born is not None:
+            return self.cached_born
+        z = asr_correct(np.asarray(self.born.born_charges(*self._structure(self.atoms)), dtype=float))
+        check_finite("Born charges from the model", z)
+        self.safety.check_born_charges(z)
+        return z
 
     def _evaluate_members(self, structure, refresh: bool, periodic: bool):
         """Means and variances over the committee members; Z mean and variance of ASR-corrected members."""

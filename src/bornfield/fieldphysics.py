@@ -46,34 +46,71 @@ def field_forces(born_charges: np.ndarray, field_V_per_A: np.ndarray) -> np.ndar
     return np.einsum("...kab,...a->...kb", born_charges, field)
 
 
+def field_forces_batched(z, field, batch):
+    """:func:`field_forces` for torch tensors of several structures, each in its own field.
+
+    Args:
+        z: (N, 3, 3) Born tensors in e, [atom, field α, force β].
+        field: (B, 3) V/Å, the field of each structure.
+        batch: (N,) int64 structure index of each atom.
+
+    Returns:
+        (N, 3) eV/Å, the dtype of ``z``.
+    """
+    return (z * field.to(z.dtype)[batch][:, :, None]).sum(dim=1)
+
+
+def held_rows_scale(field_V_per_A: np.ndarray, held_field_V_per_A: np.ndarray) -> float | None:
+    """λ with ``field = λ · held_field``, or None if there is none (the field turned, or switched on).
+
+    Field forces ``Z.T @ E`` held from an earlier step (Z refreshed every n steps) serve a later
+    field only along the same direction: they are then ``λ`` times the held ones. 0 for a zero field.
+    """
+    field = np.asarray(field_V_per_A, dtype=float)
+    held = np.asarray(held_field_V_per_A, dtype=float)
+    if not np.any(field):
+        return 0.0
+    norm2 = float(held @ held)
+    if norm2 == 0.0:
+        return None
+    scale = float(field @ held) / norm2
+    return scale if np.linalg.norm(field - scale * held) <= 1e-12 * np.linalg.norm(field) else None
+
+
 def asr_correct(raw: np.ndarray, owned_mask: np.ndarray | None = None, comm=None) -> np.ndarray:
     """Subtract the mean Born tensor so that the owned tensors sum to zero (float64).
 
+    The correction is linear, so it applies equally to the field-force rows
+    ``Z̃[κ].T @ E`` (M, 3) of raw tensors: correcting the rows gives the rows of the
+    corrected tensors (the path of models that compute the rows directly,
+    :meth:`bornfield.models.born_polar.PolarizationBornModel.raw_field_rows`).
+
     Args:
-        raw: (M, 3, 3) raw per-site tensors in e (owned atoms and ghosts).
+        raw: (M, 3, 3) raw per-site tensors in e (owned atoms and ghosts), or any
+            other per-site quantity linear in them, (M, ...).
         owned_mask: (M,) bool, the atoms this process owns (default: all).
         comm: mpi4py communicator of one cell split over ranks (domain
             decomposition); the sum and the count are reduced over it so the
             correction uses the whole cell. None or one rank: serial.
 
     Returns:
-        (M, 3, 3) corrected tensors (ghost entries corrected with the same mean).
+        Corrected values, the shape of ``raw`` (ghost entries corrected with the same mean).
     """
     raw = np.asarray(raw, dtype=float)
     owned = raw if owned_mask is None else raw[owned_mask]
-    total = np.empty(10)
-    total[:9] = owned.sum(axis=0).ravel()
-    total[9] = len(owned)
+    size = int(np.prod(raw.shape[1:]))
+    total = np.empty(size + 1)
+    total[:size] = owned.sum(axis=0).ravel()
+    total[size] = len(owned)
     if comm is not None and comm.Get_size() > 1:
         from mpi4py import MPI
 
         reduced = np.empty_like(total)
         comm.Allreduce(total, reduced, op=MPI.SUM)
         total = reduced
-    if total[9] == 0:
+    if total[size] == 0:
         return raw.copy()
-    mean = (total[:9] / total[9]).reshape(3, 3)
-    return raw - mean
+    return raw - (total[:size] / total[size]).reshape(raw.shape[1:])
 
 
 def asr_correct_batched(z, batch, n_structures: int):
@@ -228,6 +265,23 @@ class SafetyLimits:
             raise UnsafeState(f"Born charge {largest:.1f} e on atom {atom}{where} above "
                               f"{self.key_prefix}max_born_charge_e = {limit:g} (Born model extrapolating)")
 
+    def check_born_field_rows(self, rows: np.ndarray, field_V_per_A: np.ndarray, where: str = "") -> None:
+        """:meth:`check_born_charges` for models that give the field forces ``Z.T @ E`` (N, 3) eV/Å only.
+
+        ``|(Zᵀ E)_β| ≤ max|Z_ab| · Σ_α |E_α|``, so the rows divided by the field's L1 norm never
+        exceed the largest component of Z: the check raises only where the full one would, and for
+        a field along an axis it is the full check on the row of Z the field acts through.
+        """
+        limit = self.max_born_charge_e
+        scale = float(np.abs(np.asarray(field_V_per_A, dtype=float)).sum())
+        if limit is None or not len(rows) or scale == 0.0:
+            return
+        per_atom = np.abs(rows).max(axis=1) / scale
+        largest = float(per_atom.max())
+        if largest > float(limit):
+            raise UnsafeState(f"Born charge along the field {largest:.1f} e on atom {int(per_atom.argmax())}{where} "
+                              f"above {self.key_prefix}max_born_charge_e = {limit:g} (Born model extrapolating)")
+
     def check_min_distance(self, distance_A: float, where: str = "") -> None:
         """Raise if the shortest interatomic distance is below the limit."""
         if self.min_distance_A is not None and distance_A < float(self.min_distance_A):
@@ -259,6 +313,8 @@ __all__ = [
     "check_finite",
     "committee_force_uncertainty",
     "field_forces",
+    "field_forces_batched",
+    "held_rows_scale",
     "min_distance",
     "per_atom_uncertainty",
 ]

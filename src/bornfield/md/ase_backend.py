@@ -226,7 +226,8 @@ class ASEBackend(Backend):
             snap.positions = self.atoms.get_positions().copy()  # never wrapped: unwrapped
             snap.velocities = (self.atoms.get_velocities() * units.fs).astype(np.float32)
             snap.field_forces = self.calc.results["field_forces"].astype(np.float32)
-            snap.born_charges = self.calc.cached_born.astype(np.float32)
+            if self.settings["output"]["born_charges"]:
+                snap.born_charges = self.calc.born_charges_for_output().astype(np.float32)
         return snap
 
     def min_distance(self) -> float:
@@ -246,6 +247,9 @@ class ASEBackend(Backend):
             "positions": self.atoms.get_positions(),
             "momenta": self.atoms.get_momenta(),
             "born_cache": self.calc.cached_born if self.calc.cached_born is not None else np.zeros(0),
+            "born_rows_cache": self.calc.cached_rows if self.calc.cached_rows is not None else np.zeros(0),
+            "born_rows_field": (self.calc.cached_rows_field if self.calc.cached_rows is not None
+                                else np.zeros(0)),
         }
         metadata = {
             "backend": "ase",
@@ -285,6 +289,9 @@ class ASEBackend(Backend):
         _set_rng_state(self.thermostat_rng, metadata["thermostat_rng"])
         if arrays["born_cache"].size:
             self.calc.cached_born = np.array(arrays["born_cache"])
+        if arrays.get("born_rows_cache", np.zeros(0)).size:
+            self.calc.cached_rows = np.array(arrays["born_rows_cache"])
+            self.calc.cached_rows_field = np.array(arrays["born_rows_field"])
         self.calc.born_step = int(metadata["born_step"])
         self.calc.results = {}
         self.calc.rebuild_neighbour_list(self.atoms)

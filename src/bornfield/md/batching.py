@@ -54,6 +54,7 @@ class _Request:
     with_born: bool
     stress: bool
     graphs: object
+    born_field: object = None  # (3,) V/Å: the rows Zᵀ·E for this field instead of Z
     result: StepResult | None = None
     error: BaseException | None = None
     done: bool = False
@@ -159,13 +160,14 @@ def _evaluate_group(group: list[_Request]) -> None:
     try:
         results = evaluate_periodic_batch(first.potential, first.born, [r.structure for r in group],
                                           with_born=[r.with_born for r in group], stress=first.stress,
-                                          graphs=[r.graphs for r in group])
+                                          graphs=[r.graphs for r in group],
+                                          born_fields=[r.born_field for r in group])
     except Exception:  # noqa: BLE001 - find out whose structure fails, as the sequential path would
         for request in group:
             try:
                 request.result = evaluate_periodic(request.potential, request.born, *request.structure,
                                                    with_born=request.with_born, stress=request.stress,
-                                                   graphs=request.graphs)
+                                                   graphs=request.graphs, born_field=request.born_field)
             except Exception as exc:  # noqa: BLE001 - raised in the replica's own thread
                 request.error = exc
             request.done = True
@@ -187,9 +189,10 @@ class ReplicaSlot:
         self.closed = False
 
     def evaluate(self, potential, born, positions, numbers, cell, pbc, with_born: bool = True,
-                 stress: bool = False, graphs=None) -> StepResult:
+                 stress: bool = False, graphs=None, born_field=None) -> StepResult:
         """:func:`evaluate_periodic` of this replica's structure, evaluated in the next batch (blocks until then)."""
-        request = _Request(potential, born, (positions, numbers, cell, pbc), bool(with_born), bool(stress), graphs)
+        request = _Request(potential, born, (positions, numbers, cell, pbc), bool(with_born), bool(stress), graphs,
+                           born_field)
         return self._owner._submit(self.index, request)
 
     def close(self) -> None:

@@ -67,6 +67,7 @@ from bornfield.fieldphysics import (
     asr_correct,
     committee_force_uncertainty,
     field_forces,
+    held_rows_scale,
     min_distance,
 )
 from bornfield.md.engine import Backend, BlowUp, Snapshot, kinetic_temperature
@@ -77,6 +78,7 @@ from bornfield.models.combined import (
     evaluate_cluster,
     evaluate_periodic,
     evaluated_separately,
+    field_rows_cheaper,
     graph_cutoff,
     member_forces,
     shared_members,
@@ -253,6 +255,11 @@ class LammpsBackend(Backend):
         self._cache = None  # (ntimestep, tags, forces, field_forces, born)
         self.born_refresh_interval = int(settings["born_refresh_interval"])
         self._born_global: np.ndarray | None = None  # (N, 3, 3) by tag, when refreshing every n > 1 steps
+        # a Born model with a cheaper path for the rows Zᵀ·E (polar) gives the field forces alone unless
+        # the trajectory stores Z; held rows (N, 3) by tag serve later fields along _rows_field only
+        self.born_rows = field_rows_cheaper(born) and not settings["output"]["born_charges"]
+        self._rows_global: np.ndarray | None = None
+        self._rows_field: np.ndarray | None = None
         self._create_atoms(atoms.get_positions(), velocities_A_per_fs)
         self._ensure_integrator()
         self._run(0, pre=True)
@@ -372,7 +379,14 @@ class LammpsBackend(Backend):
         error = None
         partial = None
         interval = self.born_refresh_interval
-        refresh = interval == 1 or self._born_global is None or ntimestep % interval == 0
+        field_L = self.schedule(ntimestep) @ self.Q
+        rows = self.born_rows
+        scale = None if self._rows_global is None else held_rows_scale(field_L, self._rows_field)
+        held = scale is not None if rows else self._born_global is not None
+        refresh = interval == 1 or not held or ntimestep % interval == 0
+        # the rows of a zero field are zero: no Born evaluation (the same decision on every rank)
+        evaluate_born = refresh and not (rows and not np.any(field_L))
+        born_field = field_L if rows else None
         raw = None
         try:
             if comm.Get_size() == 1:
@@ -380,9 +394,9 @@ class LammpsBackend(Backend):
                 # neighbour list and edge geometry for both models (see bornfield.models.combined)
                 owned = self._wrap(positions[:nlocal])
                 step = evaluate_periodic(self.potential, self.born, owned, numbers[:nlocal], self.cell_L,
-                                         np.ones(3, dtype=bool), with_born=refresh, graphs=self.graphs,
-                                         with_baseline=self.pair_baseline is None)
-                raw = step.born_raw
+                                         np.ones(3, dtype=bool), with_born=evaluate_born, graphs=self.graphs,
+                                         with_baseline=self.pair_baseline is None, born_field=born_field)
+                raw = step.field_rows_raw if rows else step.born_raw
                 forces = step.forces
                 energy_local = step.energy
             elif self._latent_exchange:
@@ -393,7 +407,9 @@ class LammpsBackend(Backend):
                 partial = np.zeros((self.n_atoms, 3))
                 np.add.at(partial, ids[sel] - 1, step_forces)
                 energy_local = float(np.sum(site_energies))
-                if refresh:
+                if evaluate_born and rows:
+                    raw = self.born.cluster_field_rows_raw(positions[sel], numbers[sel], field_L, owned)
+                elif evaluate_born:
                     raw = cluster_born_charges_raw(self.born, positions[sel], numbers[sel], owned, graph)
             elif self._shared:
                 # owned atoms are the only centres; ghosts enter as neighbours only, so each
@@ -403,11 +419,14 @@ class LammpsBackend(Backend):
                 centres = np.zeros(int(sel.sum()), dtype=bool)
                 centres[:nlocal] = True  # owned atoms come first and are always selected
                 step = evaluate_cluster(self.potential, self.born, positions[sel], numbers[sel], centres,
-                                        with_born=refresh, with_baseline=self.pair_baseline is None)
+                                        with_born=evaluate_born and not rows,
+                                        with_baseline=self.pair_baseline is None)
                 partial = np.zeros((self.n_atoms, 3))
                 np.add.at(partial, ids[sel] - 1, step.forces)
                 energy_local = step.energy
                 raw = step.born_raw
+                if evaluate_born and rows:
+                    raw = self.born.cluster_field_rows_raw(positions[sel], numbers[sel], field_L, centres)
             else:
                 ids = np.array(self.lmp.numpy.extract_atom("id", nelem=n), dtype=np.int64).reshape(n)
                 outside = self._distance_outside_owned(positions, nlocal)
@@ -422,12 +441,16 @@ class LammpsBackend(Backend):
                 partial = np.zeros((self.n_atoms, 3))
                 np.add.at(partial, ids[pot_sel] - 1, np.asarray(partial_forces, dtype=float))
                 energy_local = float(np.sum(site_energies[:nlocal]))
-                if refresh:
+                if evaluate_born and rows:
+                    born_mask = np.arange(int(born_sel.sum())) < nlocal
+                    raw = self.born.cluster_field_rows_raw(positions[born_sel], numbers[born_sel], field_L,
+                                                           born_mask)
+                elif evaluate_born:
                     raw = np.asarray(self.born.cluster_born_charges_raw(positions[born_sel],
                                                                         numbers[born_sel]), dtype=float)[:nlocal]
         except Exception as exc:  # any rank failing must still join the collectives
             error = f"model evaluation failed on rank {self.rank} at step {ntimestep}: {exc!r}"
-            raw = np.zeros((nlocal, 3, 3))
+            raw = np.zeros((nlocal, 3) if rows else (nlocal, 3, 3))
             forces = np.zeros((nlocal, 3))
             energy_local = 0.0
             partial = np.zeros((self.n_atoms, 3))
@@ -436,20 +459,29 @@ class LammpsBackend(Backend):
             comm.Allreduce(partial, summed, op=self.MPI.SUM)
             forces = summed[tags - 1]
         born_error = None
+        born = None
         if refresh:
             if raw is None:
-                raw = np.zeros((nlocal, 3, 3))
-            born = asr_correct(raw, comm=comm)  # mean over all owned atoms of the replica
+                raw = np.zeros((nlocal, 3) if rows else (nlocal, 3, 3))
+            corrected = asr_correct(raw, comm=comm)  # mean over all owned atoms of the replica
             try:
-                self.safety.check_born_charges(born, f" at step {ntimestep}")
+                if rows:
+                    self.safety.check_born_field_rows(corrected, field_L, f" at step {ntimestep}")
+                else:
+                    self.safety.check_born_charges(corrected, f" at step {ntimestep}")
             except UnsafeState as exc:  # the other ranks learn of it in the reduction below
                 born_error = str(exc)
-            if interval > 1:  # keep Z of every atom (by tag) for the steps until the next refresh
-                self._born_global = self._sum_by_tag(tags, born)
+            if interval > 1 and rows:  # keep the rows of every atom (by tag) until the next refresh
+                self._rows_global, self._rows_field = self._sum_by_tag(tags, corrected), field_L
+            elif interval > 1:  # keep Z of every atom (by tag) for the steps until the next refresh
+                self._born_global = self._sum_by_tag(tags, corrected)
+            ffield = corrected if rows else field_forces(corrected, field_L)
+            born = None if rows else corrected
+        elif rows:
+            ffield = self._rows_global[tags - 1] * scale
         else:
             born = self._born_global[tags - 1]
-        field_L = self.schedule(ntimestep) @ self.Q
-        ffield = field_forces(born, field_L)
+            ffield = field_forces(born, field_L)
         total = forces + ffield
         bad = 0.0 if (error is None and all_finite(total, energy_local)) else 1.0
         reduced = np.array([energy_local, *ffield.sum(axis=0), bad, 0.0 if born_error is None else 1.0])
@@ -561,12 +593,13 @@ class LammpsBackend(Backend):
             positions, velocities = self._gather_positions_velocities()
             _, tags, _, ffield, born = self._cache
             ffield_all = self._gather_by_tag(tags, ffield @ self.Q.T)
-            born_all = self._gather_by_tag(tags, np.einsum("ij,kjl,ml->kim", self.Q, born, self.Q))
+            born_all = (None if born is None
+                        else self._gather_by_tag(tags, np.einsum("ij,kjl,ml->kim", self.Q, born, self.Q)))
             if self.is_writer:
                 snap.positions = positions
                 snap.velocities = velocities.astype(np.float32)
                 snap.field_forces = ffield_all.astype(np.float32)
-                snap.born_charges = born_all.astype(np.float32)
+                snap.born_charges = None if born_all is None else born_all.astype(np.float32)
         return snap
 
     def _local_and_ghost_positions(self):
@@ -639,6 +672,7 @@ class LammpsBackend(Backend):
         self.work_local = float(metadata["field_work"]) if self.rank == 0 else 0.0
         self._cache = None
         self._born_global = None  # refreshed at the restart step (n > 1: not bit-identical)
+        self._rows_global = self._rows_field = None
         self._run(0, pre=True)
         self.power_prev_local = float(metadata["power_prev"]) if self.rank == 0 else 0.0
 

@@ -52,7 +52,7 @@ import torch
 from e3nn import io, o3
 from torch import nn
 
-from bornfield.fieldphysics import asr_correct_batched
+from bornfield.fieldphysics import asr_correct, asr_correct_batched, field_forces_batched
 from bornfield.models.base import BornfieldModel
 from bornfield.models.graph import Graph, build_cluster_graph
 from bornfield.models.layers import (
@@ -89,6 +89,9 @@ class EquivariantBornModel(BornfieldModel):
     #: Z of a centre depends on its own edges only: evaluable block by block of centres, in one
     #: pass with the potential (bornfield.models.combined)
     shares_blocks = True
+    #: :meth:`raw_field_rows` costs less than the full tensors (True where the rows come from one
+    #: backward pass instead of three); the MD then evaluates the rows unless it needs Z itself
+    field_rows_cheaper = False
 
     def __init__(
         self,
@@ -256,6 +259,16 @@ class EquivariantBornModel(BornfieldModel):
             z = torch.cat(map_geometry_blocks(graph, lambda rows, geometry: self.raw_charges(graph, geometry)))
             return asr_correct_batched(z, graph.centre_batch, graph.n_structures) if asr else z
 
+    def raw_field_rows(self, graph: Graph, field: torch.Tensor) -> torch.Tensor:
+        """Field-force rows ``Z̃[κ].T @ E`` (N, 3) eV/Å of the atoms :meth:`raw_charges` returns,
+        before the ASR correction (which the rows take as the tensors do, a mean subtraction).
+
+        Args:
+            graph: as for :meth:`raw_charges` (whole graph).
+            field: (B, 3) V/Å, the field of each of the graph's B structures.
+        """
+        return field_forces_batched(self.raw_charges(graph), field, graph.within(self.cutoff).centre_batch)
+
     # ---- BornChargeModel protocol ----------------------------------------------------
 
     def born_charges(self, positions, numbers, cell, pbc) -> np.ndarray:
@@ -263,6 +276,15 @@ class EquivariantBornModel(BornfieldModel):
         with torch.no_grad():
             z = self.forward(self.make_graph(positions, numbers, cell, pbc))
         return z.double().numpy()
+
+    def born_field_forces(self, positions, numbers, cell, pbc, field) -> np.ndarray:
+        """Periodic evaluation of the field forces ``Z.T @ E`` (N, 3) eV/Å for ``field`` (3,) V/Å,
+        ASR exact: ``field_forces(born_charges(...), field)`` to float round-off."""
+        graph = self.make_graph(positions, numbers, cell, pbc)
+        field = torch.as_tensor(np.asarray(field, dtype=float).reshape(1, 3))
+        with torch.no_grad():
+            rows = self.raw_field_rows(graph, field)
+        return asr_correct(rows.double().numpy())
 
     def cluster_born_charges_raw(self, positions, numbers, centre_mask=None) -> np.ndarray:
         """Open-boundary raw tensors (M, 3, 3) e before the ASR correction.

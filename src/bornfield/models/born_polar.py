@@ -13,7 +13,8 @@ environment. This model learns ``μ_i`` and differentiates:
   ``mean_charges`` (learned offsets).
 * The derivative is taken through the edge vectors and scattered onto atoms like forces
   (:func:`~bornfield.models.potential.forces_from_edge_gradient`): three backward passes, one per
-  field component α, kept differentiable while training.
+  field component α, kept differentiable while training. Field MD needs only the rows ``Zᵀ·E``:
+  :meth:`~PolarizationBornModel.raw_field_rows` gets them by one backward pass of ``E·P``.
 * Acoustic sum rule: ``Σ_j ∂μ_i/∂r_j = 0`` exactly (μ depends on differences only); the constant
   part is made sum-free by the usual mean subtraction (:mod:`bornfield.fieldphysics`).
 * Equivariance: μ is an O(3) polar vector, so Z rotates as ``R Z Rᵀ``. The mixed derivatives of
@@ -46,6 +47,8 @@ class PolarizationBornModel(EdgeBornModel):
     #: Z[j] needs the dipoles of its neighbours: not evaluable block by block of centres
     shares_blocks = False
     assembles_irreps = False
+    #: the rows Zᵀ·E take one backward pass, the full Z three
+    field_rows_cheaper = True
 
     @staticmethod
     def readout_width(channels: int) -> int:
@@ -93,6 +96,28 @@ class PolarizationBornModel(EdgeBornModel):
         offset = self.charge_offset[graph.species].to(z.dtype)
         return z + offset[:, None, None] * torch.eye(3, dtype=z.dtype)
 
+    def raw_field_rows(self, graph: Graph, field: torch.Tensor) -> torch.Tensor:
+        """``Z̃[j].T @ E`` (N, 3) eV/Å of every atom of ``graph`` by one backward pass, of
+        ``Σ_i E·μ_i`` (``E`` of each atom's structure, ``field`` (B, 3) V/Å), plus ``q_j E``."""
+        graph = graph.within(self.cutoff)
+        keep_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            edge_vec = graph.edge_vectors().detach().requires_grad_(True)
+            geometry = edge_geometry(graph, edge_vec)
+            field = field.to(edge_vec.dtype)
+            work = (self.dipoles(geometry) * field[graph.centre_batch]).sum()
+            (grad,) = torch.autograd.grad(work, edge_vec, create_graph=keep_graph)
+        rows = -forces_from_edge_gradient(graph, grad)
+        rows = rows + self.charge_offset[graph.species].to(rows.dtype)[:, None] * field[graph.batch]
+        return rows if keep_graph else rows.detach()
+
+    def cluster_field_rows_raw(self, positions, numbers, field, centre_mask=None) -> np.ndarray:
+        """:meth:`cluster_born_charges_raw` contracted with ``field`` (3,) V/Å: raw rows (count, 3) eV/Å."""
+        graph, centre_mask = self._cluster_graph(positions, numbers, centre_mask)
+        with torch.no_grad():
+            rows = self.raw_field_rows(graph, torch.as_tensor(np.asarray(field, dtype=float).reshape(1, 3)))
+        return rows.double().numpy()[centre_mask]
+
     def forward(self, graph: Graph, asr: bool = True) -> torch.Tensor:
         """Born charges (N, 3, 3) e of every atom; ASR-corrected per structure unless ``asr=False``."""
         graph = graph.within(self.cutoff)
@@ -105,6 +130,14 @@ class PolarizationBornModel(EdgeBornModel):
         The dipoles are summed over every atom within one cutoff of a requested atom, so the
         cluster must hold all atoms within :attr:`receptive_field` of the requested ones.
         """
+        graph, centre_mask = self._cluster_graph(positions, numbers, centre_mask)
+        with torch.no_grad():
+            z = self.raw_charges(graph)
+        return z.double().numpy()[centre_mask]
+
+    def _cluster_graph(self, positions, numbers, centre_mask) -> tuple[Graph, np.ndarray]:
+        """The cluster graph whose dipole centres are the atoms within one cutoff of the
+        ``centre_mask`` atoms (default all), and that mask as a bool array."""
         numbers = np.asarray(numbers)
         if centre_mask is None:
             centre_mask = np.ones(len(numbers), dtype=bool)
@@ -115,6 +148,4 @@ class PolarizationBornModel(EdgeBornModel):
             distance, _ = cKDTree(positions[centre_mask]).query(positions, distance_upper_bound=self.cutoff)
             dipole_centres = distance < self.cutoff
         graph = build_cluster_graph(positions, numbers, dipole_centres, self.species, self.cutoff, self.dtype)
-        with torch.no_grad():
-            z = self.raw_charges(graph)
-        return z.double().numpy()[centre_mask]
+        return graph, centre_mask

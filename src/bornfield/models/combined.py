@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from bornfield.fieldphysics import field_forces
 from bornfield.models.born import EquivariantBornModel
 from bornfield.models.committee import BornCommittee, PotentialCommittee
 from bornfield.models.graph import Graph, VerletGraphs, build_cluster_graph, build_graph, merge_graphs
@@ -48,6 +49,8 @@ class StepResult:
         stress: (3, 3) eV/Å³ or None (not requested / not periodic).
         born_raw: (N_c, 3, 3) e raw Born tensors of the centres (no ASR correction), or None.
         site_energies: (N_c,) eV of the centres.
+        field_rows_raw: (N_c, 3) eV/Å, the rows ``Z̃.T @ E`` in place of ``born_raw`` when the
+            caller asked for them (``born_field``), else None; raw as ``born_raw`` is.
     """
 
     energy: float
@@ -55,6 +58,7 @@ class StepResult:
     stress: np.ndarray | None
     born_raw: np.ndarray | None
     site_energies: np.ndarray
+    field_rows_raw: np.ndarray | None = None
 
 
 def _members(model, single: type, committee: type) -> list | None:
@@ -63,6 +67,13 @@ def _members(model, single: type, committee: type) -> list | None:
     if isinstance(model, committee):
         return list(model.members)
     return None
+
+
+def field_rows_cheaper(born) -> bool:
+    """True if ``born`` (a bornfield Born model or committee) computes the field-force rows Zᵀ·E for
+    less than the full tensors; field MD then asks for the rows (``born_field``) where it can."""
+    members = None if born is None else _members(born, EquivariantBornModel, BornCommittee)
+    return bool(members) and all(m.field_rows_cheaper for m in members)
 
 
 def evaluated_separately(born) -> bool:
@@ -228,7 +239,7 @@ def _periodic_graph(graphs: VerletGraphs | None, models, positions, numbers, cel
 
 def evaluate_periodic(
     potential, born, positions, numbers, cell, pbc, with_born: bool = True, stress: bool = False,
-    graphs: VerletGraphs | None = None, with_baseline: bool = True,
+    graphs: VerletGraphs | None = None, with_baseline: bool = True, born_field=None,
 ) -> StepResult:
     """Potential (energy, forces, optional stress) and raw Born charges of one periodic structure.
 
@@ -243,13 +254,19 @@ def evaluate_periodic(
             (same results to round-off).
         with_baseline: include the potentials' physical baselines; False leaves them to
             the caller (bornfield models only: other models raise ValueError).
+        born_field: (3,) V/Å, or None. Given (and ``with_born``), the step returns the rows
+            ``Z.T @ born_field`` (``field_rows_raw``) instead of Z, by the model's cheaper path
+            where it has one (:func:`field_rows_cheaper`), else contracted from Z.
 
     Returns:
         :class:`StepResult`; ``born_raw`` is the model's ASR-corrected Z in the
         fallback path and the raw mean-free-able tensors otherwise: callers
-        subtract the mean over atoms in float64 either way.
+        subtract the mean over atoms in float64 either way (``field_rows_raw`` alike).
     """
     with_born = with_born and born is not None
+    if with_born and born_field is not None:
+        return evaluate_periodic_batch(potential, born, [(positions, numbers, cell, pbc)], stress=stress,
+                                       graphs=[graphs], born_fields=[born_field], with_baseline=with_baseline)[0]
     if with_born and evaluated_separately(born):
         step = evaluate_periodic(potential, None, positions, numbers, cell, pbc, with_born=False, stress=stress,
                                  graphs=graphs, with_baseline=with_baseline)
@@ -271,7 +288,8 @@ def evaluate_periodic(
 
 def evaluate_periodic_batch(
     potential, born, structures, with_born: bool | Sequence[bool] = True, stress: bool = False,
-    graphs: Sequence[VerletGraphs | None] | None = None,
+    graphs: Sequence[VerletGraphs | None] | None = None, born_fields: Sequence | None = None,
+    with_baseline: bool = True,
 ) -> list[StepResult]:
     """:func:`evaluate_periodic` of several periodic structures in one batched model evaluation.
 
@@ -288,6 +306,9 @@ def evaluate_periodic_batch(
         stress: also compute each fully periodic structure's stress.
         graphs: one :class:`~bornfield.models.graph.VerletGraphs` (or None: a fresh list)
             per structure, each kept along that structure's trajectory.
+        born_fields: one ``born_field`` of :func:`evaluate_periodic` (None or (3,) V/Å) per
+            structure; None: Z for all.
+        with_baseline: as for :func:`evaluate_periodic`.
 
     Returns:
         B :class:`StepResult`, each equal to :func:`evaluate_periodic` of its structure to
@@ -297,29 +318,46 @@ def evaluate_periodic_batch(
     count = len(structures)
     wanted = [bool(with_born)] * count if isinstance(with_born, (bool, np.bool_)) else [bool(w) for w in with_born]
     graphs = [None] * count if graphs is None else list(graphs)
-    if len(wanted) != count or len(graphs) != count:
-        raise ValueError(f"{count} structures, {len(wanted)} with_born flags and {len(graphs)} graphs")
+    if len(wanted) != count or len(graphs) != count or (born_fields is not None and len(born_fields) != count):
+        raise ValueError(f"{count} structures, {len(wanted)} with_born flags and {len(graphs)} graphs"
+                         + ("" if born_fields is None else f" and {len(born_fields)} born_fields"))
+    if born is not None and born_fields is not None and any(f is not None for f in born_fields):
+        rows_of = [w and f is not None for w, f in zip(wanted, born_fields)]
+        cheaper = field_rows_cheaper(born)  # rows by the model's own path, else contracted from Z
+        results = evaluate_periodic_batch(
+            potential, born, structures, [w and not (cheaper and r) for w, r in zip(wanted, rows_of)],
+            stress=stress, graphs=graphs, with_baseline=with_baseline)
+        for result, structure, field, rows in zip(results, structures, born_fields, rows_of):
+            if rows and cheaper:
+                result.field_rows_raw = born.born_field_forces(*structure, field)
+            elif rows:
+                result.field_rows_raw, result.born_raw = field_forces(result.born_raw, field), None
+        return results
     any_born = born is not None and any(wanted)
     if any_born and evaluated_separately(born):
-        results = evaluate_periodic_batch(potential, None, structures, with_born=False, stress=stress, graphs=graphs)
+        results = evaluate_periodic_batch(potential, None, structures, with_born=False, stress=stress, graphs=graphs,
+                                          with_baseline=with_baseline)
         for result, structure, want in zip(results, structures, wanted):
             if want:
                 result.born_raw = np.asarray(born.born_charges(*structure), dtype=float)
         return results
     shared = shared_members(potential, born if any_born else None)
     if shared is None or count == 1:
-        return [evaluate_periodic(potential, born, *structure, with_born=w, stress=stress, graphs=g)
+        return [evaluate_periodic(potential, born, *structure, with_born=w, stress=stress, graphs=g,
+                                  with_baseline=with_baseline)
                 for structure, w, g in zip(structures, wanted, graphs)]
     potentials, borns = shared
     models = potentials + borns
-    parts = [_periodic_graph(g, models, *structure) for structure, g in zip(structures, graphs)]
+    parts = [_periodic_graph(g, models, *structure, with_baseline) for structure, g in zip(structures, graphs)]
     if len({(part.cutoff, part.pad_length) for part in parts}) > 1:  # lists of different cutoffs: one by one
-        return [_evaluate_graph(part, potentials, borns if w else [], stress and bool(np.all(structure[3])))
+        return [_evaluate_graph(part, potentials, borns if w else [], stress and bool(np.all(structure[3])),
+                                with_baseline)
                 for part, structure, w in zip(parts, structures, wanted)]
     batch = merge_graphs(parts, sub_cutoffs=[max(m.local_cutoff for m in models)])
     periodic = [bool(np.all(structure[3])) for structure in structures]
     with parallel_section():
-        sites, forces, stress_value, born_raw = _evaluate_blocks(batch, potentials, borns, stress and any(periodic))
+        sites, forces, stress_value, born_raw = _evaluate_blocks(batch, potentials, borns, stress and any(periodic),
+                                                                 with_baseline)
     results = []
     start = 0
     for index, part in enumerate(parts):
@@ -400,5 +438,5 @@ def cluster_born_charges_raw(born, positions, numbers, centre_mask, graph: Graph
 
 
 __all__ = ["StepResult", "cluster_born_charges_raw", "common_baseline", "evaluate_cluster", "evaluate_periodic",
-           "evaluate_periodic_batch", "evaluated_separately", "graph_cutoff", "member_forces", "model_members",
-           "shared_members", "verlet_graphs"]
+           "evaluate_periodic_batch", "evaluated_separately", "field_rows_cheaper", "graph_cutoff", "member_forces",
+           "model_members", "shared_members", "verlet_graphs"]
