@@ -24,6 +24,7 @@ HEADLINE = {
     "bec_rmse_e",
     "field_force_rel_rmse",
     "bec_staleness_rmse_e",
+    "exchange_ms",
     "qe_wall_time_s",
     "qe_cpu_time_s",
     "bec_max_dev_e",

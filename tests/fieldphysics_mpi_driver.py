@@ -2,6 +2,7 @@
 
     mpiexec -n R python tests/fieldphysics_mpi_driver.py core      # ASR, distance, uncertainty split by atoms
     mpiexec -n R python tests/fieldphysics_mpi_driver.py backends  # LAMMPS vs ASE forces at one state
+    mpiexec -n R python tests/fieldphysics_mpi_driver.py halo      # TagHalo vs an Allreduce by tag
 
 Rank 0 prints one line ``RESULT {json}`` with the largest differences from the serial values.
 """
@@ -94,8 +95,46 @@ def backends(comm) -> dict:
     }
 
 
+def halo(comm) -> dict:
+    """Random ownership of 60 tags, each rank reading some remote and some own tags (repeated): the
+    halo's gather and scatter_add against a table summed over all ranks (Allreduce); one rebuild
+    when a layout changes on one rank only."""
+    from bornfield.md.halo import TagHaloCache
+
+    rank, size = comm.Get_rank(), comm.Get_size()
+    n = 60
+    rng = np.random.default_rng(11)
+    owner = rng.integers(0, size, size=n)
+    rows = rng.normal(size=(n, 2, 3))  # the same on every rank: row of tag t is rows[t - 1]
+    local_rng = np.random.default_rng(100 + rank)
+    owned = local_rng.permutation(np.flatnonzero(owner == rank) + 1)  # tags in a rank's own order
+    reads = np.concatenate([owned, local_rng.choice(np.arange(1, n + 1), size=25)])
+    cache = TagHaloCache(comm, n)
+    halo = cache.get(owned, reads)
+    gathered = halo.gather(rows[owned - 1])
+    read_rows = local_rng.normal(size=(len(reads), 2, 3))
+    summed = halo.scatter_add(read_rows)
+    table = np.zeros((n, 2, 3))
+    np.add.at(table, reads - 1, read_rows)
+    total = np.empty_like(table)
+    comm.Allreduce(table, total, op=MPI.SUM)
+    same = cache.get(owned, reads) is halo
+    changed = cache.get(owned, reads[:-1] if rank == size - 1 else reads) is not halo
+    remote = np.unique(reads[~np.isin(reads, owned)])
+    out = comm.gather({"gather": float(np.abs(gathered - rows[reads - 1]).max()),
+                       "scatter_add": float(np.abs(summed - total[owned - 1]).max()),
+                       "kept": same, "rebuilt": changed, "builds": cache.builds,
+                       "received": int(halo.receive_counts.sum()), "remote_read": len(remote)}, root=0)
+    if rank != 0:
+        return {}
+    return {"ranks": size, "gather": max(o["gather"] for o in out), "scatter_add": max(o["scatter_add"] for o in out),
+            "kept": all(o["kept"] for o in out), "rebuilt": all(o["rebuilt"] for o in out),
+            "builds": [o["builds"] for o in out],
+            "received_equals_remote_read": all(o["received"] == o["remote_read"] for o in out)}
+
+
 if __name__ == "__main__":
     world = MPI.COMM_WORLD
-    out = {"core": core, "backends": backends}[sys.argv[1]](world)
+    out = {"core": core, "backends": backends, "halo": halo}[sys.argv[1]](world)
     if world.Get_rank() == 0:
         print("RESULT " + json.dumps(out), flush=True)

@@ -98,6 +98,20 @@ def test_asr_distance_and_uncertainty_split_over_two_ranks_equal_serial():
     assert result["min_distance_vs_serial"] == 0.0 and result["uncertainty_vs_serial"] == 0.0, result
 
 
+@pytest.mark.mpi
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_tag_halo_moves_only_shared_rows_and_equals_an_allreduce_by_tag(ranks):
+    """The point-to-point exchange of the LAMMPS backend (bornfield.md.halo): forward rows to the
+    atoms a rank reads and reverse sums onto their owners equal an Allreduce over all N tags; a rank
+    receives exactly the remote tags it reads; the pattern is rebuilt on every rank when one rank's
+    layout changes, and kept otherwise."""
+    result = drive("halo", ranks)
+    assert result["ranks"] == ranks
+    assert result["gather"] == 0.0 and result["scatter_add"] < 1e-14, result
+    assert result["kept"] and result["rebuilt"] and result["builds"] == [2] * ranks, result
+    assert result["received_equals_remote_read"], result
+
+
 # --- safety checks ------------------------------------------------------------------------
 
 def test_min_distance_matches_ase_neighbour_list():

@@ -218,18 +218,19 @@ def test_a_ghost_shell_shorter_than_the_baseline_is_refused(tmp_path):
           cell="beta")
 
 
-class _CountingComm:
-    """A one-rank communicator that counts the collectives (Allreduce copies, as with one rank)."""
+class _CountingHalo:
+    """The halo of one rank that owns every atom (rows pass through), counting the exchanges."""
 
     def __init__(self):
-        self.allreduces = 0
+        self.exchanges = 0
 
-    def Get_size(self):
-        return 1
+    def gather(self, owned_rows):
+        self.exchanges += 1
+        return np.asarray(owned_rows, dtype=float)
 
-    def Allreduce(self, send, receive, op=None):  # noqa: ARG002
-        self.allreduces += 1
-        receive[...] = send
+    def scatter_add(self, read_rows):
+        self.exchanges += 1
+        return np.asarray(read_rows, dtype=float)
 
 
 @pytest.mark.parametrize("failing_stage", ["owned_step", "latent_gradient", "forces"])
@@ -244,13 +245,13 @@ def test_message_step_joins_both_exchanges_before_raising(failing_stage):
     potential = make("potential", 3, cutoff=3.5, architecture="message", interactions=2)
     atoms = beta_li3po4()
     backend = LammpsBackend.__new__(LammpsBackend)
-    backend.comm, backend.MPI, backend.n_atoms = _CountingComm(), MPI, len(atoms)
+    backend.MPI, backend.n_atoms = MPI, len(atoms)
     backend.potential, backend.born, backend.pair_baseline = potential, make("born", 4, cutoff=3.5), None
     backend._exchange_graph_args = (potential.species, 3.5, potential.dtype)  # as __init__ sets them
-    ids = np.arange(1, len(atoms) + 1)
-    owned = np.ones(len(atoms), dtype=bool)
-    sites, forces, _ = backend._message_step(atoms.positions, atoms.numbers, ids, owned)
-    assert backend.comm.allreduces == 2 and len(sites) == len(atoms) and forces.shape == (len(atoms), 3)
+    selected = np.ones(len(atoms), dtype=bool)
+    halo = _CountingHalo()
+    sites, forces, _ = backend._message_step(atoms.positions, atoms.numbers, selected, len(atoms), halo)
+    assert halo.exchanges == 2 and len(sites) == len(atoms) and forces.shape == (len(atoms), 3)
 
     class Broken(RuntimeError):
         pass
@@ -269,7 +270,7 @@ def test_message_step_joins_both_exchanges_before_raising(failing_stage):
         return step
 
     potential.owned_step = failing_owned_step
-    backend.comm = _CountingComm()
+    halo = _CountingHalo()
     with pytest.raises(Broken, match=failing_stage):
-        backend._message_step(atoms.positions, atoms.numbers, ids, owned)
-    assert backend.comm.allreduces == 2
+        backend._message_step(atoms.positions, atoms.numbers, selected, len(atoms), halo)
+    assert halo.exchanges == 2

@@ -12,18 +12,19 @@ decomposes the cell; bornfield's models supply the forces in a
   ``comm_modify cutoff`` = receptive field + skin, so the site energies of the
   owned atoms are complete. The potential's cluster call returns the forces of
   Σ_owned e_s on owned atoms *and* ghost images; these partial forces are
-  summed onto the real atoms by tag with one ``Allreduce`` of an (N, 3) array
-  (a reverse communication; exact, and half the ghost shell of the
-  2 × receptive-field alternative);
+  summed onto the real atoms by tag (a reverse communication between the ranks
+  that share atoms, :class:`bornfield.md.halo.TagHalo`; exact, and half the ghost
+  shell of the 2 × receptive-field alternative);
 * with bornfield's own models only the owned atoms are neighbour-list centres
   (ghosts enter as neighbours only, :func:`bornfield.models.combined.evaluate_cluster`),
   and one graph serves the potential and the Born model, so a rank's cost
   scales with its owned atoms rather than owned + ghosts;
 * a message-passing potential (:class:`~bornfield.models.potential_message.MessagePotential`,
   site energies that read the neighbours' latents) on several ranks: each rank computes the
-  latents of its owned atoms only; the latents, then the gradients of the energy with respect to
-  the latents each rank read, are summed over the ranks by tag (two ``Allreduce`` of (N, hidden)
-  per step, :meth:`LammpsBackend._message_step`), so the sites need ghosts to one network cutoff;
+  latents of its owned atoms only; the latents go to the ranks that read them, and the gradients
+  of the energy with respect to the latents each rank read come back to their owners (the same
+  halo exchange, rows of the shared atoms only, :meth:`LammpsBackend._message_step`), so the sites
+  need ghosts to one network cutoff;
 * a potential's physical baseline (Pedone + DSF Coulomb) is evaluated by LAMMPS
   pair styles (``md.lammps.baseline_in_lammps``, :meth:`PairBaseline.lammps_pair_commands`):
   LAMMPS adds its forces, its energy enters ``pe``, and the networks see only their
@@ -72,6 +73,7 @@ from bornfield.fieldphysics import (
 )
 from bornfield.md.engine import Backend, BlowUp, Snapshot, kinetic_temperature
 from bornfield.md.fields import FieldSchedule
+from bornfield.md.halo import TagHaloCache
 from bornfield.models.combined import (
     cluster_born_charges_raw,
     common_baseline,
@@ -260,6 +262,7 @@ class LammpsBackend(Backend):
         self.born_rows = field_rows_cheaper(born) and not settings["output"]["born_charges"]
         self._rows_global: np.ndarray | None = None
         self._rows_field: np.ndarray | None = None
+        self._halos = TagHaloCache(self.comm, self.n_atoms) if self.comm.Get_size() > 1 else None
         self._create_atoms(atoms.get_positions(), velocities_A_per_fs)
         self._ensure_integrator()
         self._run(0, pre=True)
@@ -388,6 +391,10 @@ class LammpsBackend(Backend):
         evaluate_born = refresh and not (rows and not np.any(field_L))
         born_field = field_L if rows else None
         raw = None
+        halo = None
+        if comm.Get_size() > 1:  # partial forces (and latents) move between the ranks that share atoms
+            ids = np.array(self.lmp.numpy.extract_atom("id", nelem=n), dtype=np.int64).reshape(n)
+            halo = self._halos.get(ids[:nlocal], ids)
         try:
             if comm.Get_size() == 1:
                 # one domain: periodic evaluation of the whole cell, no ghost overhead; one
@@ -400,12 +407,11 @@ class LammpsBackend(Backend):
                 forces = step.forces
                 energy_local = step.energy
             elif self._latent_exchange:
-                ids = np.array(self.lmp.numpy.extract_atom("id", nelem=n), dtype=np.int64).reshape(n)
                 sel = self._distance_outside_owned(positions, nlocal) <= max(self.potential_reach, self.born_reach)
                 owned = np.arange(int(sel.sum())) < nlocal  # owned atoms come first and are always selected
-                site_energies, step_forces, graph = self._message_step(positions[sel], numbers[sel], ids[sel], owned)
-                partial = np.zeros((self.n_atoms, 3))
-                np.add.at(partial, ids[sel] - 1, step_forces)
+                site_energies, step_forces, graph = self._message_step(positions, numbers, sel, nlocal, halo)
+                partial = np.zeros((n, 3))
+                partial[sel] = step_forces
                 energy_local = float(np.sum(site_energies))
                 if evaluate_born and rows:
                     raw = self.born.cluster_field_rows_raw(positions[sel], numbers[sel], field_L, owned)
@@ -414,21 +420,19 @@ class LammpsBackend(Backend):
             elif self._shared:
                 # owned atoms are the only centres; ghosts enter as neighbours only, so each
                 # rank evaluates its own sites (cost ~ nlocal, not nlocal + nghost)
-                ids = np.array(self.lmp.numpy.extract_atom("id", nelem=n), dtype=np.int64).reshape(n)
                 sel = self._distance_outside_owned(positions, nlocal) <= max(self.potential_reach, self.born_reach)
                 centres = np.zeros(int(sel.sum()), dtype=bool)
                 centres[:nlocal] = True  # owned atoms come first and are always selected
                 step = evaluate_cluster(self.potential, self.born, positions[sel], numbers[sel], centres,
                                         with_born=evaluate_born and not rows,
                                         with_baseline=self.pair_baseline is None)
-                partial = np.zeros((self.n_atoms, 3))
-                np.add.at(partial, ids[sel] - 1, step.forces)
+                partial = np.zeros((n, 3))
+                partial[sel] = step.forces
                 energy_local = step.energy
                 raw = step.born_raw
                 if evaluate_born and rows:
                     raw = self.born.cluster_field_rows_raw(positions[sel], numbers[sel], field_L, centres)
             else:
-                ids = np.array(self.lmp.numpy.extract_atom("id", nelem=n), dtype=np.int64).reshape(n)
                 outside = self._distance_outside_owned(positions, nlocal)
                 pot_sel = outside <= self.potential_reach
                 born_sel = outside <= self.born_reach
@@ -438,8 +442,8 @@ class LammpsBackend(Backend):
                     positions[pot_sel], numbers[pot_sel], mask)
                 # forces of the owned site energies on owned atoms and on ghost images,
                 # summed onto the real atoms (tags) over the replica's ranks below
-                partial = np.zeros((self.n_atoms, 3))
-                np.add.at(partial, ids[pot_sel] - 1, np.asarray(partial_forces, dtype=float))
+                partial = np.zeros((n, 3))
+                partial[pot_sel] = np.asarray(partial_forces, dtype=float)
                 energy_local = float(np.sum(site_energies[:nlocal]))
                 if evaluate_born and rows:
                     born_mask = np.arange(int(born_sel.sum())) < nlocal
@@ -453,11 +457,9 @@ class LammpsBackend(Backend):
             raw = np.zeros((nlocal, 3) if rows else (nlocal, 3, 3))
             forces = np.zeros((nlocal, 3))
             energy_local = 0.0
-            partial = np.zeros((self.n_atoms, 3))
-        if comm.Get_size() > 1:
-            summed = np.empty_like(partial)
-            comm.Allreduce(partial, summed, op=self.MPI.SUM)
-            forces = summed[tags - 1]
+            partial = np.zeros((n, 3))
+        if halo is not None:
+            forces = halo.scatter_add(partial)
         born_error = None
         born = None
         if refresh:
@@ -523,14 +525,16 @@ class LammpsBackend(Backend):
         self.comm.Allreduce(table, summed, op=self.MPI.SUM)
         return summed
 
-    def _message_step(self, positions, numbers, ids, owned) -> tuple[np.ndarray, np.ndarray, object]:
-        """Owned site energies (n_owned,) eV, forces (M, 3) eV/Å on the cluster's M atoms (``ids`` their
-        tags, ``owned`` (M,) bool) of a message-passing potential (:meth:`MessagePotential.owned_step`)
-        and the cluster graph (for the Born model): the owned latents and the gradients of the latents
-        read are summed over the ranks by tag. Every rank joins both exchanges even if its evaluation
-        failed (with zeros); the failure is raised after them."""
+    def _message_step(self, positions, numbers, sel, nlocal: int, halo) -> tuple[np.ndarray, np.ndarray, object]:
+        """Owned site energies (nlocal,) eV, forces (M, 3) eV/Å on the cluster's M atoms (the ``sel`` (n,)
+        atoms of the rank's n owned + ghost atoms, owned first) of a message-passing potential
+        (:meth:`MessagePotential.owned_step`) and the cluster graph (for the Born model): the owned
+        latents go to the ranks that read them and the gradients of the latents read come back to
+        their owners (``halo``, :class:`~bornfield.md.halo.TagHalo` of the n atoms). Every rank joins
+        both exchanges even if its evaluation failed (with zeros); the failure is raised after them."""
         hidden = self.potential.interaction.from_neighbour.in_features
-        nlocal = int(owned.sum())
+        owned = np.arange(int(sel.sum())) < nlocal
+        positions, numbers = positions[sel], numbers[sel]
         failure = None
 
         def guarded(compute, fallback):
@@ -544,9 +548,10 @@ class LammpsBackend(Backend):
 
         graph = guarded(lambda: build_cluster_graph(positions, numbers, owned, *self._exchange_graph_args), None)
         step = guarded(lambda: self.potential.owned_step(graph, with_baseline=self.pair_baseline is None), None)
-        latents = self._sum_by_tag(ids[:nlocal], guarded(lambda: step.latents, np.zeros((nlocal, hidden))))
-        gradient = guarded(lambda: step.latent_gradient(latents[ids - 1]), np.zeros((len(ids), hidden)))
-        owned_gradient = self._sum_by_tag(ids, gradient)[ids[:nlocal] - 1]
+        latents = halo.gather(guarded(lambda: step.latents, np.zeros((nlocal, hidden))))[sel]
+        gradient = np.zeros((len(sel), hidden))
+        gradient[sel] = guarded(lambda: step.latent_gradient(latents), np.zeros((len(latents), hidden)))
+        owned_gradient = halo.scatter_add(gradient)
         forces = guarded(lambda: step.forces(owned_gradient), None)
         if failure is not None:
             raise failure
@@ -624,18 +629,15 @@ class LammpsBackend(Backend):
         else:
             n = len(positions)
             ids = np.array(self.lmp.numpy.extract_atom("id", nelem=n), dtype=np.int64).reshape(n)
-            tags = ids[:nlocal]
+            halo = self._halos.get(ids[:nlocal], ids)
             sel = self._distance_outside_owned(positions, nlocal) <= self.committee_reach
             mask = np.zeros(int(sel.sum()), dtype=bool)
             mask[:nlocal] = True
             forces = []
             for member in members:
-                partial = np.zeros((self.n_atoms, 3))
-                np.add.at(partial, ids[sel] - 1,
-                          np.asarray(member.cluster_site_energies_forces(positions[sel], numbers[sel], mask)[1]))
-                summed = np.empty_like(partial)
-                self.comm.Allreduce(partial, summed, op=self.MPI.SUM)
-                forces.append(summed[tags - 1])
+                partial = np.zeros((n, 3))
+                partial[sel] = np.asarray(member.cluster_site_energies_forces(positions[sel], numbers[sel], mask)[1])
+                forces.append(halo.scatter_add(partial))
         return committee_force_uncertainty(forces, comm=self.comm)
 
     # -- checkpoints ----------------------------------------------------
