@@ -53,8 +53,8 @@ def supercell(n_atoms: int):
 def worker(n_atoms: int, repeats: int) -> None:
     """Under mpiexec: decompose the cell in LAMMPS, time both exchanges; rank 0 prints RESULT."""
     import numpy as np
-    from mpi4py import MPI
     from lammps import lammps
+    from mpi4py import MPI
 
     from bornfield.md.halo import TagHalo
     from bornfield.md.lammps_backend import lammps_frame
@@ -65,8 +65,8 @@ def worker(n_atoms: int, repeats: int) -> None:
     lmp = lammps(cmdargs=["-screen", "none", "-log", "none", "-nocite"], comm=comm)
     lmp.commands_list([
         "units metal", "atom_style atomic", "atom_modify map array sort 0 0.0", "boundary p p p",
-        f"region cell prism 0 {lower[0, 0]} 0 {lower[1, 1]} 0 {lower[2, 2]} {lower[1, 0]} {lower[2, 0]} "
-        f"{lower[2, 1]} units box",
+        (f"region cell prism 0 {lower[0, 0]} 0 {lower[1, 1]} 0 {lower[2, 2]} {lower[1, 0]} {lower[2, 0]} "
+         f"{lower[2, 1]} units box"),
         "create_box 1 cell", "mass 1 1.0", "pair_style zero 1.0", "pair_coeff * *",
         f"comm_modify cutoff {GHOST_CUTOFF_A}", "neighbor 1.0 bin"])
     positions = atoms.get_positions() @ rotation
@@ -157,7 +157,7 @@ def main() -> None:
         load = os.getloadavg()[0]
         command = [str(BIN / "mpiexec"), "-n", str(args.ranks), str(sys.executable), __file__,
                    "--worker", str(n_atoms), "--repeats", str(args.repeats)]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=3600,
+        result = subprocess.run(command, capture_output=True, text=True, timeout=3600, check=False,
                                 env=dict(os.environ, OMP_NUM_THREADS="1"))
         line = [x for x in result.stdout.splitlines() if x.startswith("RESULT ")]
         if not line:
