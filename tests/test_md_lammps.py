@@ -274,3 +274,20 @@ def test_message_step_joins_both_exchanges_before_raising(failing_stage):
     with pytest.raises(Broken, match=failing_stage):
         backend._message_step(atoms.positions, atoms.numbers, selected, len(atoms), halo)
     assert halo.exchanges == 2
+
+
+def test_held_born_values_follow_their_atoms_to_new_owners_and_order():
+    """Between refreshes the held Z of the owned atoms are handed over by tag when the owned atoms
+    change (here their order on one rank); once handed over they are kept as they are."""
+    from mpi4py import MPI
+
+    from bornfield.md.lammps_backend import LammpsBackend
+
+    backend = LammpsBackend.__new__(LammpsBackend)
+    backend.comm, backend.MPI, backend.n_atoms = MPI.COMM_SELF, MPI, 5
+    values = np.arange(5 * 9, dtype=float).reshape(5, 3, 3)
+    backend._held = (np.array([4, 2, 5, 1, 3]), values)
+    now = np.array([1, 2, 3, 4, 5])
+    handed = backend._held_values(now)
+    assert np.array_equal(handed, values[[3, 1, 4, 0, 2]])
+    assert np.array_equal(backend._held[0], now) and backend._held_values(now) is handed

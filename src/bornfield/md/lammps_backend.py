@@ -35,7 +35,9 @@ decomposes the cell; bornfield's models supply the forces in a
 * Born charges: raw per-site tensors from the model's cluster call, the ASR
   mean is an allreduced sum over the owned atoms of the replica, the field
   force ``Z.T @ E`` is added to the owned atoms and the net field force is
-  checked (allreduced) against ``safety.asr_tolerance_eV_per_A`` every step.
+  checked (allreduced) against ``safety.asr_tolerance_eV_per_A`` every step;
+  between refreshes (``born_refresh_interval`` > 1) each rank holds the values of
+  its owned atoms and hands them to their new owners when atoms change ranks.
 
 Units: LAMMPS ``metal`` (Å, eV, ps, g/mol); all outputs are converted to the
 ASE/bornfield units (Å/fs). A general (triclinic) cell is rotated into the
@@ -73,7 +75,7 @@ from bornfield.fieldphysics import (
 )
 from bornfield.md.engine import Backend, BlowUp, Snapshot, kinetic_temperature
 from bornfield.md.fields import FieldSchedule
-from bornfield.md.halo import TagHaloCache
+from bornfield.md.halo import TagHalo, TagHaloCache
 from bornfield.models.combined import (
     cluster_born_charges_raw,
     common_baseline,
@@ -256,11 +258,13 @@ class LammpsBackend(Backend):
         self._setup_call = False
         self._cache = None  # (ntimestep, tags, forces, field_forces, born)
         self.born_refresh_interval = int(settings["born_refresh_interval"])
-        self._born_global: np.ndarray | None = None  # (N, 3, 3) by tag, when refreshing every n > 1 steps
+        # Z (n_owned, 3, 3) or the rows Zᵀ·E (n_owned, 3) of the owned atoms held between refreshes
+        # (born_refresh_interval > 1), with the tags they belong to: (tags, values), handed over to the
+        # atoms' new owners when atoms change ranks (_held_values)
+        self._held: tuple[np.ndarray, np.ndarray] | None = None
         # a Born model with a cheaper path for the rows Zᵀ·E (polar) gives the field forces alone unless
-        # the trajectory stores Z; held rows (N, 3) by tag serve later fields along _rows_field only
+        # the trajectory stores Z; held rows serve later fields along _rows_field only
         self.born_rows = field_rows_cheaper(born) and not settings["output"]["born_charges"]
-        self._rows_global: np.ndarray | None = None
         self._rows_field: np.ndarray | None = None
         self._halos = TagHaloCache(self.comm, self.n_atoms) if self.comm.Get_size() > 1 else None
         self._create_atoms(atoms.get_positions(), velocities_A_per_fs)
@@ -384,8 +388,8 @@ class LammpsBackend(Backend):
         interval = self.born_refresh_interval
         field_L = self.schedule(ntimestep) @ self.Q
         rows = self.born_rows
-        scale = None if self._rows_global is None else held_rows_scale(field_L, self._rows_field)
-        held = scale is not None if rows else self._born_global is not None
+        scale = None if self._held is None or not rows else held_rows_scale(field_L, self._rows_field)
+        held = scale is not None if rows else self._held is not None
         refresh = interval == 1 or not held or ntimestep % interval == 0
         # the rows of a zero field are zero: no Born evaluation (the same decision on every rank)
         evaluate_born = refresh and not (rows and not np.any(field_L))
@@ -473,16 +477,15 @@ class LammpsBackend(Backend):
                     self.safety.check_born_charges(corrected, f" at step {ntimestep}")
             except UnsafeState as exc:  # the other ranks learn of it in the reduction below
                 born_error = str(exc)
-            if interval > 1 and rows:  # keep the rows of every atom (by tag) until the next refresh
-                self._rows_global, self._rows_field = self._sum_by_tag(tags, corrected), field_L
-            elif interval > 1:  # keep Z of every atom (by tag) for the steps until the next refresh
-                self._born_global = self._sum_by_tag(tags, corrected)
+            if interval > 1:  # keep Z (or the rows and their field) until the next refresh
+                self._held = (tags.copy(), corrected)
+                self._rows_field = field_L if rows else None
             ffield = corrected if rows else field_forces(corrected, field_L)
             born = None if rows else corrected
         elif rows:
-            ffield = self._rows_global[tags - 1] * scale
+            ffield = self._held_values(tags) * scale
         else:
-            born = self._born_global[tags - 1]
+            born = self._held_values(tags)
             ffield = field_forces(born, field_L)
         total = forces + ffield
         bad = 0.0 if (error is None and all_finite(total, energy_local)) else 1.0
@@ -517,13 +520,17 @@ class LammpsBackend(Backend):
         self.power_prev_local = power
         self._cache = (ntimestep, tags, total.copy(), ffield, born)
 
-    def _sum_by_tag(self, ids: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """(N, ...) table of ``values`` summed by atom tag over the replica's ranks (one Allreduce)."""
-        table = np.zeros((self.n_atoms, *values.shape[1:]))
-        np.add.at(table, ids - 1, values)
-        summed = np.empty_like(table)
-        self.comm.Allreduce(table, summed, op=self.MPI.SUM)
-        return summed
+    def _held_values(self, tags: np.ndarray) -> np.ndarray:
+        """The held Born values of the atoms this rank owns now (``tags``, LAMMPS order): those of the
+        refresh, handed from their owners then to their owners now (a :class:`TagHalo` gather) on the
+        first step after atoms changed ranks or order on any rank (collective)."""
+        held_tags, values = self._held
+        moved = not np.array_equal(held_tags, tags)
+        if self.comm.Get_size() > 1:
+            moved = bool(self.comm.allreduce(int(moved), op=self.MPI.MAX))
+        if moved:
+            self._held = (tags.copy(), TagHalo(self.comm, held_tags, tags, self.n_atoms).gather(values))
+        return self._held[1]
 
     def _message_step(self, positions, numbers, sel, nlocal: int, halo) -> tuple[np.ndarray, np.ndarray, object]:
         """Owned site energies (nlocal,) eV, forces (M, 3) eV/Å on the cluster's M atoms (the ``sel`` (n,)
@@ -673,8 +680,7 @@ class LammpsBackend(Backend):
         self.thermostat_offset = float(metadata["thermostat_energy"])
         self.work_local = float(metadata["field_work"]) if self.rank == 0 else 0.0
         self._cache = None
-        self._born_global = None  # refreshed at the restart step (n > 1: not bit-identical)
-        self._rows_global = self._rows_field = None
+        self._held = self._rows_field = None  # refreshed at the restart step (n > 1: not bit-identical)
         self._run(0, pre=True)
         self.power_prev_local = float(metadata["power_prev"]) if self.rank == 0 else 0.0
 
