@@ -117,3 +117,47 @@ def test_missing_models_is_a_clear_error(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "MD models not found" in result.stderr and "potential_0.pt" in result.stderr
+
+
+def test_committee_mean_forces_drive_the_md_and_give_the_uncertainty(campaign, tmp_path):
+    """``md.committee_mean_forces``: the first NVE step follows the mean of the members' forces plus the
+    field force (velocity Verlet with FixCom, checked against the members evaluated at the written
+    positions), member 0's without it; the replica identity says which (a member-0 run is not resumed
+    as a mean run), and the members' spread is checked as the uncertainty."""
+    from ase import units
+    from ase.io import read
+
+    from bornfield.calculators import FieldCalculator
+
+    name = "fcc_T300K_E0.1_u0_0.7071_0.7071"
+    one_step = {"production_steps": 1, "output": {"trajectory_stride": 1, "thermo_stride": 1, "velocities": True,
+                                                  "checkpoint_interval": 10, "born_charges": True}}
+    atoms = read(campaign / "structures" / "md_cells" / "fcc.extxyz", 0)
+    masses = atoms.get_masses()[:, None]
+    members = [FieldCalculator(campaign / "models" / "gen0" / f"potential_{i}.pt") for i in range(2)]
+
+    def potential_forces(positions, which):
+        frame = atoms.copy()
+        frame.positions = positions
+        forces = [calc.get_forces(frame) for calc in members]
+        return np.mean(forces, axis=0) if which == "mean" else forces[0]
+
+    for which in ("member 0", "mean"):
+        out = tmp_path / which.replace(" ", "")
+        bornfield("md", "run", "--settings", settings("ase", committee_mean_forces=which == "mean", **one_step),
+                  "--results-dir", str(campaign), "--condition", name, "--output-dir", str(out), "--no-progress")
+        with h5py.File(out / "replica_0" / "traj.h5") as traj:
+            positions, velocities = traj["positions"][:], traj["velocities"][:].astype(float)
+            field = traj["field_forces"][:].astype(float)
+        dt_fs = 1.0
+        implied = (velocities[1] - velocities[0]) * 2 * masses / (dt_fs * units.fs**2)  # F(0) + F(dt), eV/Å
+        total = [potential_forces(positions[k], which) + field[k] for k in (0, 1)]
+        fixcom = [f - masses * f.sum(axis=0) / masses.sum() for f in total]
+        # float32 velocities resolve the one-step change to about 3e-6 eV/Å here
+        np.testing.assert_allclose(implied, fixcom[0] + fixcom[1], rtol=0, atol=1e-5)
+        identity = json.loads((out / "replica_0" / "identity.json").read_text())
+        assert identity.get("forces") == ("committee mean" if which == "mean" else None)
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["replicas"][0]["force_uncertainty_eV_per_A"]["checks"] >= 1
+    difference = potential_forces(positions[0], "mean") - potential_forces(positions[0], "member 0")
+    assert np.abs(difference).max() > 1e-4  # 10x the tolerance: the check tells the two apart

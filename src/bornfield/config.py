@@ -549,7 +549,7 @@ _TRAIN_MODEL = ("seed", "train.cutoff", "train.dtype", "train.threads", "train.s
 _MD_DYNAMICS = tuple(f"md.{key}" for key in (
     "seed", "backend", "timestep_fs", "equilibration_steps", "production_steps", "ensemble",
     "thermostat_time_constant_fs", "nose_hoover_chain_length", "born_refresh_interval", "neighbour_skin_A",
-    "batch_replicas", "field_schedule", "output", "safety", "lammps"))
+    "batch_replicas", "field_schedule", "output", "safety", "lammps", "committee_mean_forces"))
 _ANALYSIS_CONDITION = tuple(f"analysis.{key}" for key in (
     "species", "mobile_species", "reference_axis", "equilibration_fs", "max_lag_fraction", "fit_window_fraction",
     "fit_window_fs", "msd_reference_time_fs", "unwrap", "curve_points", "transverse"))

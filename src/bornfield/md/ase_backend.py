@@ -45,7 +45,7 @@ from bornfield.calculators import FieldCalculator
 from bornfield.fieldphysics import SafetyLimits, committee_force_uncertainty, min_distance
 from bornfield.md.engine import Backend, Snapshot, kinetic_temperature
 from bornfield.md.fields import FieldSchedule
-from bornfield.models.combined import member_forces
+from bornfield.models.combined import member_forces, model_members
 
 LOG = logging.getLogger(__name__)
 
@@ -112,7 +112,8 @@ class ASEBackend(Backend):
         temperature_K: thermostat and initial-velocity temperature.
         seed: replica seed; velocities and thermostat noise come from
             independent streams of ``np.random.SeedSequence(seed)``.
-        committee: extra potentials used only for the uncertainty check.
+        committee: extra potentials used only for the uncertainty check (a potential committee
+            ``potential``, whose mean drives the MD, brings its own members to it).
         evaluator: evaluates the models in place of ``evaluate_periodic`` (the
             FieldCalculator's ``evaluator``, e.g. a
             :class:`~bornfield.md.batching.ReplicaSlot` shared with other replicas); None = direct.
@@ -235,9 +236,9 @@ class ASEBackend(Backend):
                             cell=self.cell, pbc=self.atoms.pbc)
 
     def committee_force_std(self) -> float | None:
-        if not self.committee:
+        members = model_members(self.potential) + self.committee
+        if len(members) < 2:
             return None
-        members = [self.potential, *self.committee]
         return committee_force_uncertainty(member_forces(members, self.atoms.get_positions(wrap=True), self.numbers,
                                                          self.cell, np.asarray(self.atoms.pbc), self.calc.graphs))
 

@@ -105,13 +105,16 @@ def run_condition_cli(args: argparse.Namespace) -> int:
     import torch
 
     from bornfield.md.runner import read_start_cells, run_condition
-    from bornfield.models import load_born, load_potential
+    from bornfield.models import PotentialCommittee, load_born, load_potential
     from bornfield.structures.io import check_structure
 
     # one torch thread per rank by default: the ranks already fill the cores, and
     # oversubscribed intra-op threads slow the small per-step graphs down by 10x
     torch.set_num_threads(args.threads)
     potentials = [load_potential(p) for p in potential_files]
+    potential, committee = potentials[0], potentials[1:]
+    if settings["committee_mean_forces"]:  # the members' mean drives the MD, their spread is the uncertainty
+        potential, committee = PotentialCommittee(potentials), []
     born = load_born(born_file)
     model_files = model_files_record(potential_files, born_file)
     cells_path = Path(args.structures) if args.structures else start_cells_path(results_dir, condition.phase)
@@ -120,8 +123,8 @@ def run_condition_cli(args: argparse.Namespace) -> int:
         check_structure(atoms, f"{cells_path} frame {index}", potentials[0].species)
     outdir = Path(args.output_dir) if args.output_dir else results_dir / "md" / condition.name
     try:
-        summary = run_condition(settings, condition, outdir, potentials[0], born, cells,
-                                committee=potentials[1:], comm=comm, progress=not args.no_progress,
+        summary = run_condition(settings, condition, outdir, potential, born, cells,
+                                committee=committee, comm=comm, progress=not args.no_progress,
                                 model_files=model_files)
     except BaseException as exc:
         if comm.Get_size() > 1:

@@ -85,6 +85,7 @@ from bornfield.models.combined import (
     field_rows_cheaper,
     graph_cutoff,
     member_forces,
+    model_members,
     shared_members,
     verlet_graphs,
 )
@@ -626,10 +627,10 @@ class LammpsBackend(Backend):
         return min_distance(positions, self.settings["safety"]["min_distance_A"], n_owned=nlocal, comm=self.comm)
 
     def committee_force_std(self) -> float | None:
-        if not self.committee:
+        members = model_members(self.potential) + self.committee
+        if len(members) < 2:
             return None
         nlocal, positions, numbers = self._local_and_ghost_positions()
-        members = [self.potential, *self.committee]
         if self.comm.Get_size() == 1:
             forces = member_forces(members, self._wrap(positions[:nlocal]), numbers[:nlocal], self.cell_L,
                                    np.ones(3, dtype=bool), self.graphs)

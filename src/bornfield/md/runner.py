@@ -108,6 +108,8 @@ def replica_identity(settings: dict, condition: MDCondition, replica: int, atoms
         "field_V_per_A": [float(v) for v in condition.field_V_per_A],
         "settings": {key: settings.get(key) for key in TRAJECTORY_SETTINGS},
     }
+    if settings.get("committee_mean_forces"):  # absent otherwise: identities made before the key stay valid
+        body["forces"] = "committee mean"
     text = json.dumps(body, sort_keys=True, default=str)
     return {"digest": hashlib.sha256(text.encode()).hexdigest()[:16], **json.loads(text)}
 
@@ -250,7 +252,8 @@ def run_condition(settings: dict, condition: MDCondition, outdir: Path, potentia
         settings: validated ``md`` settings.
         condition: the condition (seeds, temperature, field).
         outdir: ``{results_dir}/md/<condition.name>``.
-        potential, born: models driving the MD (committee member 0).
+        potential, born: models driving the MD (committee member 0, or a potential committee
+            whose mean forces drive it, ``md.committee_mean_forces``).
         start_cells: start structures; replica r starts from cell r mod len.
         committee: further potentials for the uncertainty check.
         comm: MPI communicator of the whole job (default: COMM_WORLD if
