@@ -105,7 +105,8 @@ def worker(args) -> None:
         # (only when asked: a --before-src tree may predate the key)
         **({"lammps": {"baseline_in_lammps": False}} if args.baseline_in_torch else {}),
     }, "md")
-    potential, born = load_potential(args.potential), load_born(args.born)
+    files = args.potential.split(",")  # several: their committee mean drives the MD
+    potential, born = load_potential(files if len(files) > 1 else files[0]), load_born(args.born)
     atoms = beta_supercell(args.n_atoms)
     schedule = FieldSchedule((0.1, 0.0, 0.0), field_on_step=0, timestep_fs=1.0)
     if args.replicas > 1:  # weak scaling: one replica per rank
@@ -140,11 +141,13 @@ def worker(args) -> None:
                                       "max_rss_MB_per_rank": rss_max}))
 
 
-def measure(potential: Path, born: Path, backend: str, n_atoms: int, ranks: int, steps: int,
+def measure(potential: Path | list[Path], born: Path, backend: str, n_atoms: int, ranks: int, steps: int,
             replicas: int = 1, src: str | None = None, threads: int = 1, baseline_in_torch: bool = False,
             born_refresh_interval: int = 1) -> dict:
+    """One fresh worker process; ``potential`` a file, or a list of files whose committee mean drives the MD."""
+    potential = ",".join(map(str, potential)) if isinstance(potential, list) else str(potential)
     command = [str(sys.executable), __file__, "--worker", "--backend", backend, "--n-atoms", str(n_atoms),
-               "--steps", str(steps), "--potential", str(potential), "--born", str(born),
+               "--steps", str(steps), "--potential", potential, "--born", str(born),
                "--replicas", str(replicas), "--torch-threads", str(threads),
                "--born-refresh-interval", str(born_refresh_interval)]
     command += ["--baseline-in-torch"] if baseline_in_torch else []

@@ -69,9 +69,11 @@ def child_bornfield(n_atoms: int, threads: int, repeats: int, potential_path: st
     from bornfield.models.combined import evaluate_periodic
 
     torch.set_num_threads(threads)
-    potential = load_potential(potential_path)
-    hyper = {k: potential.hyperparameters[k] for k in ("channels", "n_basis", "radial_hidden", "hidden", "avg_neighbours")
-             if k in potential.hyperparameters}
+    paths = potential_path.split(",")  # several files: a committee, timed as its mean
+    potential = load_potential(paths if len(paths) > 1 else paths[0])
+    first = potential.members[0] if len(paths) > 1 else potential
+    hyper = {k: first.hyperparameters[k] for k in ("channels", "n_basis", "radial_hidden", "hidden", "avg_neighbours")
+             if k in first.hyperparameters}
     born = create_model("born", list(potential.species), potential.cutoff, seed=1, **hyper).to(potential.dtype)
     atoms = beta_supercell(SIZES[n_atoms])
     args = (atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)

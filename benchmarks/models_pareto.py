@@ -1,7 +1,8 @@
 """Held-out error against speed for the model settings a user can pick, and MACE (a Pareto plot).
 
-A setting is a (potential, Born model) file pair as field MD runs it (member 0 of a model set) and the
-Born refresh interval n (``md.born_refresh_interval``). One run measures, for every setting:
+A setting is a (potential, Born model) file pair as field MD runs it (member 0 of a model set, or the
+mean of several potential files, ``md.committee_mean_forces``) and the Born refresh interval n
+(``md.born_refresh_interval``). One run measures, for every setting:
 
 * held-out errors: ``bornfield train evaluate`` on the held-out cells of ``--models`` (its
   ``test.extxyz``: cells never trained on, 5 of the 21 with DFPT labels): force RMSE (meV/Å),
@@ -23,8 +24,9 @@ Default settings: the shipped set ``models/li3po4`` (message-passing potential, 
 what every config uses), the polar set ``models/li3po4-polar`` (same potential, Born charges as the
 derivative of a learned polarization) refreshed every 1, 2 and 3 steps, and the strictly local
 potential shipped before message passing (``git:5de3295:models/li3po4/potential_0.pt``, same rows and
-split) with the shipped Born model. ``--setting NAME POTENTIAL BORN N`` replaces them (repeatable;
-``git:REV:PATH`` reads a file from the repository's history).
+split) with the shipped Born model, and the shipped set with the mean forces of its four potentials.
+``--setting NAME POTENTIAL BORN N`` replaces them (repeatable; ``git:REV:PATH`` reads a file from the
+repository's history; POTENTIAL may list several files separated by commas: their committee mean).
 
     .venv/bin/python benchmarks/models_pareto.py [--repeats 2] [--steps 10] [--mace-model FILE]
 
@@ -63,6 +65,8 @@ DEFAULT_SETTINGS = [
     ("message+polar-every2", "models/li3po4-polar/potential_0.pt", "models/li3po4-polar/born_0.pt", "2"),
     ("message+polar-every3", "models/li3po4-polar/potential_0.pt", "models/li3po4-polar/born_0.pt", "3"),
     ("local+density", "git:5de3295:models/li3po4/potential_0.pt", "models/li3po4/born_0.pt", "1"),
+    ("message-mean4+density", ",".join(f"models/li3po4/potential_{i}.pt" for i in range(4)),
+     "models/li3po4/born_0.pt", "1"),
 ]
 STALENESS = HERE / "results" / "md_born_refresh_trained.json"
 ERROR_UNITS = {"force_rmse_meV_per_A": "meV/Å", "energy_rmse_meV_per_atom": "meV/atom", "bec_rmse_e": "e"}
@@ -86,11 +90,11 @@ def resolve_file(spec: str, scratch: Path) -> Path:
     return out
 
 
-def held_out_errors(test: Path, potential: Path, born: Path, output: Path) -> dict[str, float]:
+def held_out_errors(test: Path, potentials: list[Path], born: Path, output: Path) -> dict[str, float]:
     """Force, energy and Born RMSE (all cells) of one setting on ``test``, from ``bornfield train evaluate``
-    (its records go to ``output``, its parity plots beside it)."""
+    (several potentials: their committee mean; its records go to ``output``, its parity plots beside it)."""
     command = [str(Path(sys.executable).parent / "bornfield"), "train", "evaluate", "--dataset", str(test),
-               "--potential", str(potential), "--born", str(born), "--output", str(output),
+               "--potential", *map(str, potentials), "--born", str(born), "--output", str(output),
                "--figures-dir", str(output.parent)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -178,7 +182,7 @@ def plot(records: list[dict], path: Path) -> None:
     handles += [Line2D([], [], color="k", marker=m, ls="", mfc="none", label=label) for _, _, m, label in backends]
     born_ax.legend(handles=handles, fontsize=7)
     born_ax.set(xscale="log", xlabel=f"field-MD atom-steps/s ({N_ATOMS} atoms, best of repeats)",
-                ylabel="held-out Born RMSE, member 0 (e)", title="Born model: accuracy vs field-MD speed")
+                ylabel="held-out Born RMSE, as field MD runs it (e)", title="Born model: accuracy vs field-MD speed")
     potentials = [s for s in dict.fromkeys(r["system"] for r in records if r["metric"] == "potential_atom_evals_per_s")]
     points = [(best("potential_atom_evals_per_s", s), error("force_rmse_meV_per_A", s)) for s in potentials]
     for (x, y), s in zip(points, potentials):
@@ -191,7 +195,7 @@ def plot(records: list[dict], path: Path) -> None:
     front = pareto_front(points)
     force_ax.plot([points[i][0] for i in front], [points[i][1] for i in front], ls="--", color="grey", lw=0.8)
     force_ax.set(xscale="log", xlabel=f"potential atom-evals/s ({N_ATOMS} atoms, 1 thread, best of repeats)",
-                 ylabel="held-out force RMSE, member 0 (meV/Å)", title="Potential: accuracy vs speed")
+                 ylabel="held-out force RMSE, as field MD runs it (meV/Å)", title="Potential: accuracy vs speed")
     for ax in (born_ax, force_ax):
         ax.xaxis.set_minor_formatter(NullFormatter())
     fig.tight_layout()
@@ -238,8 +242,8 @@ def main() -> int:
         for name, potential, born, interval in args.setting or DEFAULT_SETTINGS:
             if not interval.isdigit() or int(interval) < 1:
                 raise SystemExit(f"--setting {name}: Born refresh interval {interval!r}, expected an integer >= 1")
-            settings[name] = (resolve_file(potential, scratch), resolve_file(born, scratch), potential, born,
-                              int(interval))
+            settings[name] = ([resolve_file(part, scratch) for part in potential.split(",")],
+                              resolve_file(born, scratch), potential, born, int(interval))
         where = f"held-out cells of {models} (test.extxyz)"
         for name, (potential, born, potential_spec, born_spec, interval) in settings.items():
             if (potential_spec, born_spec) not in evaluated:
@@ -253,8 +257,10 @@ def main() -> int:
             errors["bec_rmse_e"] = float((model_bec**2 + stale**2) ** 0.5)
             print(name, {k: round(v, 4) for k, v in errors.items()}, f"staleness {stale:.4f} e", flush=True)
             files = f"potential {potential_spec}, Born model {born_spec}, Born charges refreshed every {interval} step(s)"
+            what = ("one model (member 0, what field MD integrates)" if len(potential) == 1 else
+                    f"the mean of {len(potential)} potentials (md.committee_mean_forces)")
             for metric, value in errors.items():
-                how = ("bornfield train evaluate, one model (member 0, what field MD integrates)"
+                how = (f"bornfield train evaluate, {what}"
                        if metric != "bec_rmse_e" or interval == 1 else
                        f"held-out RMSE {model_bec:.4f} e (bornfield train evaluate, member 0) and the staleness "
                        f"{stale:.4f} e of charges held {interval} steps ({shown(args.staleness)}) in quadrature")
@@ -268,7 +274,8 @@ def main() -> int:
                                       dataset="li3po4-ledger", split="test"))
         potentials = {}  # distinct potential files, timed once each
         for name, (potential, *_) in settings.items():
-            potentials.setdefault(potential.read_bytes(), (potential, []))[1].append(name)
+            key = tuple(part.read_bytes() for part in potential)
+            potentials.setdefault(key, (potential, []))[1].append(name)
         for repeat in range(args.repeats):
             suffix = f"; repeat {repeat + 1} of {args.repeats}"
             for name, (potential, born, _, _, interval) in settings.items():
@@ -276,7 +283,8 @@ def main() -> int:
                     load = os.getloadavg()[0]
                     result = measure(potential, born, backend, N_ATOMS, ranks, args.steps,
                                      born_refresh_interval=interval)
-                    notes = (f"field MD, potential_0 every step + born_0 every {interval} step(s), beta-Li3PO4 "
+                    forces = "potential_0" if len(potential) == 1 else f"mean of {len(potential)} potentials"
+                    notes = (f"field MD, {forces} every step + born_0 every {interval} step(s), beta-Li3PO4 "
                              "supercell, Bussi 600 K, "
                              f"E = 0.1 V/Å, {args.steps} timed steps, 1 torch thread per rank; "
                              f"1-min load average {load:.1f} before{suffix}")
@@ -285,7 +293,7 @@ def main() -> int:
                     records.append(record(f"field_md_{backend}_atom_steps_per_cpu_s", result["atom_steps_per_cpu_s"],
                                           "atom-steps/CPU-s", name, ranks, f"CPU time summed over ranks; {notes}"))
                     print(name, backend, ranks, f"{result['atom_steps_per_s']:.0f} atom-steps/s", flush=True)
-            timed = [(names, "bornfield", potential) for potential, names in potentials.values()]
+            timed = [(names, "bornfield", ",".join(map(str, potential))) for potential, names in potentials.values()]
             timed += [([MACE_SYSTEM], "mace", mace_model)] if with_mace else []
             for names, child, model in timed:
                 load = os.getloadavg()[0]
