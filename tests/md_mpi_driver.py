@@ -1,7 +1,7 @@
 """Run one field-MD condition with the analytic test models (used by tests via subprocess/mpiexec).
 
     python tests/md_mpi_driver.py OUTDIR BACKEND ENSEMBLE STEPS [--cell fcc|triclinic|beta] [--interrupt-at N]
-        [--models analytic|nn-baseline|nn-message|nn-polar] [--ghost-cutoff Å] [--baseline-in-torch]
+        [--models analytic|nn-baseline|nn-message|nn-polar|nn-committee] [--ghost-cutoff Å] [--baseline-in-torch]
 
 ``--models nn-baseline``: small random bornfield models (float64) instead of the analytic ones, an
 NN potential with the Pedone baseline (8 Å, longer than the network's 4 Å) and an equivariant Born
@@ -78,6 +78,11 @@ def main() -> None:
     condition = expand_conditions(settings)[0]
     if args.models in ("nn-baseline", "nn-message", "nn-polar"):
         potential, born = nn_models_with_baseline(message=args.models == "nn-message", polar=args.models == "nn-polar")
+    elif args.models == "nn-committee":  # the mean of a density and a message potential drives the MD
+        from bornfield.models import PotentialCommittee
+
+        density, born = nn_models_with_baseline()
+        potential = PotentialCommittee([density, nn_models_with_baseline(message=True)[0]])
     else:
         potential, born = MorsePotential(cutoff=3.4), EnvironmentBorn(cutoff=3.0)
     run_condition(settings, condition, Path(args.outdir), potential, born, [atoms], progress=False)

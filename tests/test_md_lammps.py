@@ -182,6 +182,14 @@ def test_polar_born_model_field_rows_one_and_two_ranks(tmp_path):
         assert diff["positions"] < 1e-6 and diff["field_forces"] < 1e-5 and diff["field_work_eV"] < 1e-6, (name, diff)
 
 
+@pytest.mark.mpi
+def test_committee_mean_forces_one_and_two_ranks(tmp_path):
+    """The mean of two potentials (a density and a message-passing one, the 8 Å baseline in each) drives
+    the MD (md.committee_mean_forces): LAMMPS on 1 and 2 ranks, with the baseline as pair styles or in
+    torch, reproduces the ASE backend."""
+    assert_backends_agree(tmp_path, "nn-committee", 20)
+
+
 def assert_backends_agree(tmp_path, models, steps):
     """``--models models`` on the beta cell: ASE, LAMMPS 1 rank, LAMMPS 2 ranks (baseline as pair
     styles) and LAMMPS 2 ranks with the baseline in torch give the same trajectory."""
