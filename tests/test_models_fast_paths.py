@@ -518,3 +518,6 @@ def test_polar_field_rows_are_z_transpose_e_in_every_evaluation_path():
     z = polar.cluster_born_charges_raw(positions, numbers, owned)
     np.testing.assert_allclose(rows, field_forces(z, field), rtol=0, atol=1e-12)
     np.testing.assert_allclose(asr_correct(rows), field_forces(polar.born_charges(*args), field), atol=1e-10)
+    positions, numbers, owned, _ = periodic_images(atoms, density.receptive_field)
+    rows = density.cluster_field_rows_raw(positions, numbers, field, owned)  # contracted from its raw Z
+    np.testing.assert_allclose(asr_correct(rows), field_forces(density.born_charges(*args), field), atol=1e-10)

@@ -272,7 +272,7 @@ class FieldCalculator(Calculator):
         with ``rows_field`` (V/Å) the ASR-corrected rows Zᵀ·E (N, 3) eV/Å in place of Z
         (zeros without evaluating the Born model if the field is zero)."""
         evaluate = evaluate_periodic if self.evaluator is None else self.evaluator.evaluate
-        rows = rows_field is not None and refresh
+        rows = rows_field is not None  # given only on refresh steps
         with_born = refresh and not (rows and not np.any(rows_field))
         step = evaluate(self.potential, self.born, *structure, with_born=with_born, stress=stress, graphs=self.graphs,
                         born_field=rows_field if rows else None)

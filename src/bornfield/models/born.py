@@ -52,7 +52,12 @@ import torch
 from e3nn import io, o3
 from torch import nn
 
-from bornfield.fieldphysics import asr_correct, asr_correct_batched, field_forces_batched
+from bornfield.fieldphysics import (
+    asr_correct,
+    asr_correct_batched,
+    field_forces,
+    field_forces_batched,
+)
 from bornfield.models.base import BornfieldModel
 from bornfield.models.graph import Graph, build_cluster_graph
 from bornfield.models.layers import (
@@ -285,6 +290,10 @@ class EquivariantBornModel(BornfieldModel):
         with torch.no_grad():
             rows = self.raw_field_rows(graph, field)
         return asr_correct(rows.double().numpy())
+
+    def cluster_field_rows_raw(self, positions, numbers, field, centre_mask=None) -> np.ndarray:
+        """:meth:`cluster_born_charges_raw` contracted with ``field`` (3,) V/Å: raw rows (count, 3) eV/Å."""
+        return field_forces(self.cluster_born_charges_raw(positions, numbers, centre_mask), field)
 
     def cluster_born_charges_raw(self, positions, numbers, centre_mask=None) -> np.ndarray:
         """Open-boundary raw tensors (M, 3, 3) e before the ASR correction.

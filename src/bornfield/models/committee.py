@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from bornfield.errors import InputFileError
-from bornfield.fieldphysics import field_forces
 from bornfield.models.born import EquivariantBornModel
 from bornfield.models.graph import Graph, build_cluster_graph, build_graph
 from bornfield.models.potential import NNPotential
@@ -129,27 +128,15 @@ class BornCommittee(_Committee):
     def born_charges(self, positions, numbers, cell, pbc) -> np.ndarray:
         return self.evaluate_graph(self.make_graph(positions, numbers, cell, pbc))["born_charges"]
 
-    @property
-    def field_rows_cheaper(self) -> bool:
-        """True if every member computes the field-force rows Zᵀ·E for less than Z itself."""
-        return all(m.field_rows_cheaper for m in self.members)
-
     def born_field_forces(self, positions, numbers, cell, pbc, field) -> np.ndarray:
         """Member mean of the periodic field forces ``Z.T @ E`` (N, 3) eV/Å, ASR exact."""
         return np.mean([m.born_field_forces(positions, numbers, cell, pbc, field) for m in self.members], axis=0)
 
     def cluster_field_rows_raw(self, positions, numbers, field, centre_mask=None) -> np.ndarray:
         """Member mean of the raw rows ``Z̃.T @ E`` (count, 3) eV/Å of the ``centre_mask`` atoms
-        (default all) of an open-boundary cluster; members without a cheaper row path contract
-        their raw tensors."""
-        rows = []
-        for member in self.members:
-            if member.field_rows_cheaper:
-                rows.append(member.cluster_field_rows_raw(positions, numbers, field, centre_mask))
-            else:
-                z = member.cluster_born_charges_raw(positions, numbers, centre_mask)
-                rows.append(field_forces(z, field))
-        return np.mean(rows, axis=0)
+        (default all) of an open-boundary cluster."""
+        return np.mean([m.cluster_field_rows_raw(positions, numbers, field, centre_mask) for m in self.members],
+                       axis=0)
 
     def cluster_born_charges_raw(self, positions, numbers, centre_mask=None) -> np.ndarray:
         """Member mean of the raw tensors of all atoms, or of the ``centre_mask`` atoms only."""
