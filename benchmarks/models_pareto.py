@@ -170,7 +170,7 @@ def plot(records: list[dict], path: Path) -> None:
 
     settings = list(dict.fromkeys(r["system"] for r in records if r["metric"] == "bec_rmse_e"))
     colour = {s: f"C{k}" for k, s in enumerate(settings)}
-    fig, (born_ax, force_ax) = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig, (born_ax, force_ax) = plt.subplots(1, 2, figsize=(13, 5.6), layout="constrained")
     backends = (("ase", 1, "o", "ASE, 1 rank"), ("lammps", 2, "s", "LAMMPS, 2 ranks"))
     for backend, ranks, marker, _ in backends:
         points = [(best(f"field_md_{backend}_atom_steps_per_s", s, ranks), error("bec_rmse_e", s)) for s in settings]
@@ -180,8 +180,8 @@ def plot(records: list[dict], path: Path) -> None:
         born_ax.plot([points[i][0] for i in front], [points[i][1] for i in front], ls="--", color="grey", lw=0.8)
     handles = [Line2D([], [], color=colour[s], marker="o", ls="", label=s) for s in settings]
     handles += [Line2D([], [], color="k", marker=m, ls="", mfc="none", label=label) for _, _, m, label in backends]
-    born_ax.legend(handles=handles, fontsize=7)
-    born_ax.set(xscale="log", xlabel=f"field-MD atom-steps/s ({N_ATOMS} atoms, best of repeats)",
+    fig.legend(handles=handles, fontsize=8, loc="outside lower center", ncols=4)
+    born_ax.set(xscale="log", xlabel=f"field-MD atom-steps/s\n({N_ATOMS} atoms, best of repeats)",
                 ylabel="held-out Born RMSE, as field MD runs it (e)", title="Born model: accuracy vs field-MD speed")
     potentials = [s for s in dict.fromkeys(r["system"] for r in records if r["metric"] == "potential_atom_evals_per_s")]
     points = [(best("potential_atom_evals_per_s", s), error("force_rmse_meV_per_A", s)) for s in potentials]
@@ -190,15 +190,15 @@ def plot(records: list[dict], path: Path) -> None:
         force_ax.scatter(x, y, marker="*" if mace else "o", s=90 if mace else 50, color="k" if mace else colour[s])
         shared = next(r.get("same_potential", [s]) for r in records
                       if r["metric"] == "potential_atom_evals_per_s" and r["system"] == s)
-        label = s if len(shared) == 1 else f"{s} (= {', '.join(shared[1:])})"
+        label = s if len(shared) == 1 else f"{s}\n(= {len(shared) - 1} other settings)"
         force_ax.annotate(label, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
     front = pareto_front(points)
     force_ax.plot([points[i][0] for i in front], [points[i][1] for i in front], ls="--", color="grey", lw=0.8)
-    force_ax.set(xscale="log", xlabel=f"potential atom-evals/s ({N_ATOMS} atoms, 1 thread, best of repeats)",
+    force_ax.margins(x=0.25)
+    force_ax.set(xscale="log", xlabel=f"potential atom-evals/s\n({N_ATOMS} atoms, 1 thread, best of repeats)",
                  ylabel="held-out force RMSE, as field MD runs it (meV/Å)", title="Potential: accuracy vs speed")
     for ax in (born_ax, force_ax):
         ax.xaxis.set_minor_formatter(NullFormatter())
-    fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
 
