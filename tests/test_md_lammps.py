@@ -190,6 +190,14 @@ def test_committee_mean_forces_one_and_two_ranks(tmp_path):
     assert_backends_agree(tmp_path, "nn-committee", 20)
 
 
+@pytest.mark.mpi
+def test_message_committee_mean_forces_exchange_latents_one_and_two_ranks(tmp_path):
+    """The mean of two message-passing potentials drives the MD: on 2 ranks both members' latents go
+    through one exchange (:class:`CommitteeOwnedStep`; the driver fails if it is not used), and LAMMPS
+    on 1 and 2 ranks, with the baseline as pair styles or in torch, reproduces the ASE backend."""
+    assert_backends_agree(tmp_path, "nn-message-committee", 20)
+
+
 def assert_backends_agree(tmp_path, models, steps):
     """``--models models`` on the beta cell: ASE, LAMMPS 1 rank, LAMMPS 2 ranks (baseline as pair
     styles) and LAMMPS 2 ranks with the baseline in torch give the same trajectory."""

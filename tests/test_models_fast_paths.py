@@ -259,15 +259,23 @@ def test_message_potential_is_evaluated_whole_in_steps_and_clusters():
 
 
 @pytest.mark.parametrize("with_baseline", [False, True])
-def test_message_potential_exchanges_latents_between_domains(with_baseline):
+@pytest.mark.parametrize("committee", [False, True])
+def test_message_potential_exchanges_latents_between_domains(with_baseline, committee):
     """A domain-decomposed message step (:class:`OwnedSiteStep`), emulated serially with three
     "ranks" owning slabs of the cell and ghosts only to one cutoff (two with the baseline), the
     latents and their gradients exchanged by atom tag, gives the periodic energy and forces
-    (float64); a rank that owns nothing takes part with empty arrays."""
+    (float64); a rank that owns nothing takes part with empty arrays. A committee of two message
+    potentials (network cutoffs 3.5 and 3.0 Å) exchanges both members' latents side by side
+    (:class:`CommitteeOwnedStep`) and gives the committee mean."""
     from bornfield.models.baseline import pedone_baseline
 
     baseline = pedone_baseline(6.0, 0.22) if with_baseline else None
     model = make("potential", 6, cutoff=3.5, architecture="message", interactions=2, baseline=baseline)
+    if committee:
+        other = make("potential", 7, cutoff=3.0, architecture="message", interactions=2, baseline=baseline,
+                     channels=3)
+        model = PotentialCommittee([model, other])
+        assert model.exchanges_latents and model.latent_width == model.members[0].latent_width + other.latent_width
     atoms = rattled((1, 2, 1), seed=5)
     n = len(atoms)
     energy, forces, _ = model.energy_forces_stress(atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)

@@ -203,7 +203,8 @@ class LammpsBackend(Backend):
         self.born_reach = float(born.receptive_field) + 1e-6
         # a message-passing potential on several ranks: the latents of ghosts are exchanged by tag
         # (OwnedSiteStep) instead of recomputed, so its sites need ghosts to one network cutoff only
-        self._latent_exchange = self.comm.Get_size() > 1 and self._shared and hasattr(potential, "owned_step")
+        self._latent_exchange = (self.comm.Get_size() > 1 and self._shared
+                                 and all(hasattr(m, "owned_step") for m in model_members(potential)))
         if self._latent_exchange:
             self.potential_reach = (potential.local_cutoff if self.pair_baseline is not None
                                     else float(potential.cutoff)) + 1e-6
@@ -536,11 +537,11 @@ class LammpsBackend(Backend):
     def _message_step(self, positions, numbers, sel, nlocal: int, halo) -> tuple[np.ndarray, np.ndarray, object]:
         """Owned site energies (nlocal,) eV, forces (M, 3) eV/Å on the cluster's M atoms (the ``sel`` (n,)
         atoms of the rank's n owned + ghost atoms, owned first) of a message-passing potential
-        (:meth:`MessagePotential.owned_step`) and the cluster graph (for the Born model): the owned
+        (:meth:`MessagePotential.owned_step`, or the mean of a committee of them) and the cluster graph (for the Born model): the owned
         latents go to the ranks that read them and the gradients of the latents read come back to
         their owners (``halo``, :class:`~bornfield.md.halo.TagHalo` of the n atoms). Every rank joins
         both exchanges even if its evaluation failed (with zeros); the failure is raised after them."""
-        hidden = self.potential.interaction.from_neighbour.in_features
+        hidden = self.potential.latent_width
         owned = np.arange(int(sel.sum())) < nlocal
         positions, numbers = positions[sel], numbers[sel]
         failure = None

@@ -106,6 +106,59 @@ class PotentialCommittee(_Committee):
         return all_sites, np.mean(forces, axis=0)
 
 
+    @property
+    def local_cutoff(self) -> float:
+        """The largest network cutoff of the members (Å)."""
+        return max(m.local_cutoff for m in self.members)
+
+    @property
+    def exchanges_latents(self) -> bool:
+        """Whether every member is message-passing, so :meth:`owned_step` serves the committee."""
+        return all(hasattr(m, "owned_step") for m in self.members)
+
+    @property
+    def latent_width(self) -> int:
+        """Numbers per atom that :meth:`owned_step` exchanges: the members' latents side by side."""
+        return sum(m.latent_width for m in self.members)
+
+    def owned_step(self, graph: Graph, with_baseline: bool = True) -> CommitteeOwnedStep:
+        """A domain-decomposed step of the committee mean (message-passing members only); ``graph`` as
+        for :meth:`~bornfield.models.potential_message.MessagePotential.owned_step`, to the largest
+        member cutoff."""
+        if not self.exchanges_latents:
+            raise TypeError("a committee's owned_step needs message-passing members (MessagePotential)")
+        return CommitteeOwnedStep([m.owned_step(graph, with_baseline) for m in self.members])
+
+
+class CommitteeOwnedStep:
+    """:class:`~bornfield.models.potential_message.OwnedSiteStep` of a committee mean, one exchange for all
+    members: the members' latents side by side (n_owned, Σ widths) and their gradients likewise; site
+    energies (n_owned,) eV and forces (M, 3) eV/Å are the member means (the calls and exchanges as for
+    one member)."""
+
+    def __init__(self, steps):
+        self.steps = list(steps)
+        self._bounds = np.cumsum([0] + [step.latents.shape[1] for step in self.steps])
+        self.latents = np.concatenate([step.latents for step in self.steps], axis=1)
+
+    def _parts(self, table) -> list[np.ndarray]:
+        table = np.asarray(table)
+        return [table[:, a:b] for a, b in zip(self._bounds[:-1], self._bounds[1:])]
+
+    def latent_gradient(self, latents) -> np.ndarray:
+        """Each member's ``dE_k/dh_k`` from its own block of ``latents`` (M, Σ widths), side by side."""
+        return np.concatenate([step.latent_gradient(part) for step, part in zip(self.steps, self._parts(latents))],
+                              axis=1)
+
+    def forces(self, latent_gradient) -> np.ndarray:
+        """Mean forces (M, 3) eV/Å; each member takes its block of the rank-summed ``latent_gradient``."""
+        return np.mean([step.forces(part) for step, part in zip(self.steps, self._parts(latent_gradient))], axis=0)
+
+    @property
+    def site_energies(self) -> np.ndarray:
+        return np.mean([step.site_energies for step in self.steps], axis=0)
+
+
 class BornCommittee(_Committee):
     """Mean of N :class:`EquivariantBornModel` members; implements the BornChargeModel protocol.
 

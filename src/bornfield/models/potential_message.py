@@ -97,6 +97,11 @@ class MessagePotential(NNPotential):
         graph, by autograd (``geometry`` is refused, as in :meth:`site_energies`)."""
         return edge_gradient_by_autograd(lambda vec: self.site_energies(graph, vec, geometry), edge_vec, energy_mask)
 
+    @property
+    def latent_width(self) -> int:
+        """Numbers per atom that :class:`OwnedSiteStep` exchanges between ranks (the latent's width)."""
+        return int(self.interaction.from_neighbour.in_features)
+
     def owned_step(self, graph: Graph, with_baseline: bool = True) -> "OwnedSiteStep":
         """Start a domain-decomposed step of this rank's owned atoms (:class:`OwnedSiteStep`).
 
@@ -153,9 +158,8 @@ class OwnedSiteStep:
             raise ValueError("OwnedSiteStep needs a cluster graph whose centres are the owned atoms")
         self.model, self.n_atoms, self.n_owned = model, graph.n_atoms, int(graph.centres.numel())
         self.with_baseline = bool(with_baseline and model.baseline is not None)
-        hidden = model.interaction.from_neighbour.in_features
         if self.n_owned == 0:
-            self.latents = np.zeros((0, hidden))
+            self.latents = np.zeros((0, model.latent_width))
             return
         self.full = graph
         self.graph = graph.within(model.local_cutoff)
