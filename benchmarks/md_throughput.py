@@ -236,7 +236,8 @@ def plot(records: list[dict], path: Path) -> None:
             per_cpu = [r["value"] for r in records if r["metric"] == "atom_steps_per_cpu_s"
                        and r["system"] == system and r["ranks"] == ranks]
             if per_cpu:
-                labels.append(f"{system.replace('bornfield-', '')}\n{ranks} rank{'s' if ranks > 1 else ''}")
+                name = system.removeprefix("bornfield-").replace("-", "\n")
+                labels.append(f"{name}\n{ranks} rank{'s' if ranks > 1 else ''}")
                 values.append(float(np.median(per_cpu)))
         ax.bar(range(len(values)), values)
         ax.set_xticks(range(len(values)), labels, fontsize=7)
