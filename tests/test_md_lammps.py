@@ -292,6 +292,41 @@ def test_message_step_joins_both_exchanges_before_raising(failing_stage):
     assert halo.exchanges == 2
 
 
+@pytest.mark.parametrize("rows", [False, True])
+def test_owned_dipole_sums_join_the_exchange_when_the_born_model_fails(rows):
+    """The polar Born model's partial sums over a rank's owned dipoles: a rank owning every atom gets
+    the cluster's raw Z (or rows); a rank whose evaluation fails (or that skips it after a failed
+    potential) still joins the one exchange and reports the failure instead of raising."""
+    from mpi4py import MPI
+
+    from bornfield.md.lammps_backend import LammpsBackend
+    from test_models import beta_li3po4, make
+
+    born = make("born", 4, cutoff=3.5, architecture="polar", edge_layers=1)
+    atoms = beta_li3po4()
+    backend = LammpsBackend.__new__(LammpsBackend)
+    backend.MPI, backend.n_atoms, backend.born, backend.born_reach = MPI, len(atoms), born, 3.5 + 1e-6
+    field = np.array([0.1, 0.0, -0.2]) if rows else None
+    n = len(atoms)
+    halo = _CountingHalo()
+    values, failure = backend._owned_dipole_sums(atoms.positions, atoms.numbers, n, halo, field, skip=False)
+    expected = (born.cluster_field_rows_raw(atoms.positions, atoms.numbers, field) if rows
+                else born.cluster_born_charges_raw(atoms.positions, atoms.numbers))
+    assert failure is None and halo.exchanges == 1
+    np.testing.assert_allclose(values, expected, atol=1e-10)
+    halo = _CountingHalo()
+    values, failure = backend._owned_dipole_sums(atoms.positions, atoms.numbers, n, halo, field, skip=True)
+    assert failure is None and halo.exchanges == 1 and not np.any(values)
+
+    def broken(*args):
+        raise RuntimeError("dipoles broke")
+
+    born.cluster_owned_partial = broken
+    halo = _CountingHalo()
+    values, failure = backend._owned_dipole_sums(atoms.positions, atoms.numbers, n, halo, field, skip=False)
+    assert "dipoles broke" in failure and halo.exchanges == 1 and values.shape == expected.shape
+
+
 def test_held_born_values_follow_their_atoms_to_new_owners_and_order():
     """Between refreshes the held Z of the owned atoms are handed over by tag when the owned atoms
     change (here their order on one rank); once handed over they are kept as they are."""

@@ -529,3 +529,43 @@ def test_polar_field_rows_are_z_transpose_e_in_every_evaluation_path():
     positions, numbers, owned, _ = periodic_images(atoms, density.receptive_field)
     rows = density.cluster_field_rows_raw(positions, numbers, field, owned)  # contracted from its raw Z
     np.testing.assert_allclose(asr_correct(rows), field_forces(density.born_charges(*args), field), atol=1e-10)
+
+
+@pytest.mark.parametrize("committee", [False, True])
+def test_polar_born_values_sum_over_the_domains_owned_dipoles(committee):
+    """A polar Born model on a domain decomposition, emulated serially with three "ranks" owning slabs
+    of the cell (one owning nothing) and ghosts to one cutoff only: each rank's share
+    (``cluster_owned_partial``: the derivatives of its owned dipoles, the charge offsets of its owned
+    atoms) summed by atom tag gives the periodic raw Z and raw rows Z̃ᵀ·E (float64), for one model and
+    for the mean of a committee."""
+    model = make("born", 11, cutoff=3.5, architecture="polar", edge_layers=1)
+    if committee:
+        model = BornCommittee([model, make("born", 12, cutoff=3.0, architecture="polar", edge_layers=1)])
+    assert model.sums_owned_dipoles and not getattr(make("born", 11, cutoff=3.5), "sums_owned_dipoles", False)
+    atoms = rattled((1, 2, 1), seed=6)
+    n, field = len(atoms), np.array([0.3, -0.2, 0.5])
+    graph = build_graph([(atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)], SPECIES,
+                        model.cutoff, torch.float64)
+    members = model.members if committee else [model]
+    with torch.no_grad():
+        z = np.mean([m.raw_charges(graph).numpy() for m in members], axis=0)
+        rows = np.mean([m.raw_field_rows(graph, torch.as_tensor(field.reshape(1, 3))).numpy() for m in members], axis=0)
+    np.testing.assert_allclose(rows, np.einsum("nab,a->nb", z, field), atol=1e-12)
+    positions, numbers, _, n_images = periodic_images(atoms, model.cutoff + 1.0)
+    tags = np.tile(np.arange(n), n_images)
+    fractional = atoms.get_scaled_positions()[:, 1]
+    summed_z, summed_rows = np.zeros((n, 3, 3)), np.zeros((n, 3))
+    for owner in (fractional < 0.4, fractional >= 0.4, np.zeros(n, dtype=bool)):
+        owned_rows = np.flatnonzero(owner)
+        others = np.setdiff1d(np.arange(len(positions)), owned_rows)
+        distance = np.full(len(others), np.inf)
+        if len(owned_rows):
+            distance = np.linalg.norm(positions[others, None] - positions[owned_rows][None], axis=-1).min(1)
+        cluster = np.concatenate([owned_rows, others[distance < model.cutoff]])
+        owned = np.arange(len(cluster)) < len(owned_rows)
+        np.add.at(summed_z, tags[cluster], model.cluster_owned_partial(positions[cluster], numbers[cluster], owned))
+        np.add.at(summed_rows, tags[cluster],
+                  model.cluster_owned_partial(positions[cluster], numbers[cluster], owned, field))
+    assert np.abs(z).max() > 0.5 and np.abs(z - z.mean(axis=0)).max() > 1e-3
+    np.testing.assert_allclose(summed_z, z, atol=1e-10)
+    np.testing.assert_allclose(summed_rows, rows, atol=1e-10)

@@ -179,7 +179,12 @@ class LammpsBackend(Backend):
         velocities_A_per_fs = start.get_velocities() * units.fs
 
         ghost = settings["lammps"]["ghost_cutoff_A"]
-        receptive = max([float(potential.receptive_field), float(born.receptive_field)]
+        # a Born model whose values are sums over dipoles (the polar model) on several ranks: each rank
+        # sums the dipoles of its owned atoms and the partial values are summed by tag, so its ghosts
+        # need to reach one Born cutoff, not the receptive field of two
+        self._born_partial = self.comm.Get_size() > 1 and bool(getattr(born, "sums_owned_dipoles", False))
+        born_reach = float(born.cutoff if self._born_partial else born.receptive_field)
+        receptive = max([float(potential.receptive_field), born_reach]
                         + [float(m.receptive_field) for m in self.committee])
         skin = float(settings["lammps"]["skin_A"])
         min_distance = float(settings["safety"]["min_distance_A"])
@@ -200,7 +205,7 @@ class LammpsBackend(Backend):
                                    + [float(m.receptive_field) for m in self.committee]) + 1e-6
         self.potential_reach = (self.committee_reach if self.pair_baseline is None
                                 else max(m.network_receptive_field for m in shared_members(potential, None)[0]) + 1e-6)
-        self.born_reach = float(born.receptive_field) + 1e-6
+        self.born_reach = born_reach + 1e-6
         # a message-passing potential on several ranks: the latents of ghosts are exchanged by tag
         # (OwnedSiteStep) instead of recomputed, so its sites need ghosts to one network cutoff only
         self._latent_exchange = (self.comm.Get_size() > 1 and self._shared
@@ -395,6 +400,8 @@ class LammpsBackend(Backend):
         refresh = interval == 1 or not held or ntimestep % interval == 0
         # the rows of a zero field are zero: no Born evaluation (the same decision on every rank)
         evaluate_born = refresh and not (rows and not np.any(field_L))
+        # Born values computed here, or summed over the ranks' owned dipoles after this block
+        born_here = evaluate_born and not self._born_partial
         born_field = field_L if rows else None
         raw = None
         halo = None
@@ -419,9 +426,9 @@ class LammpsBackend(Backend):
                 partial = np.zeros((n, 3))
                 partial[sel] = step_forces
                 energy_local = float(np.sum(site_energies))
-                if evaluate_born and rows:
+                if born_here and rows:
                     raw = self.born.cluster_field_rows_raw(positions[sel], numbers[sel], field_L, owned)
-                elif evaluate_born:
+                elif born_here:
                     raw = cluster_born_charges_raw(self.born, positions[sel], numbers[sel], owned, graph)
             elif self._shared:
                 # owned atoms are the only centres; ghosts enter as neighbours only, so each
@@ -430,13 +437,13 @@ class LammpsBackend(Backend):
                 centres = np.zeros(int(sel.sum()), dtype=bool)
                 centres[:nlocal] = True  # owned atoms come first and are always selected
                 step = evaluate_cluster(self.potential, self.born, positions[sel], numbers[sel], centres,
-                                        with_born=evaluate_born and not rows,
+                                        with_born=born_here and not rows,
                                         with_baseline=self.pair_baseline is None)
                 partial = np.zeros((n, 3))
                 partial[sel] = step.forces
                 energy_local = step.energy
                 raw = step.born_raw
-                if evaluate_born and rows:
+                if born_here and rows:
                     raw = self.born.cluster_field_rows_raw(positions[sel], numbers[sel], field_L, centres)
             else:
                 outside = self._distance_outside_owned(positions, nlocal)
@@ -451,11 +458,11 @@ class LammpsBackend(Backend):
                 partial = np.zeros((n, 3))
                 partial[pot_sel] = np.asarray(partial_forces, dtype=float)
                 energy_local = float(np.sum(site_energies[:nlocal]))
-                if evaluate_born and rows:
+                if born_here and rows:
                     born_mask = np.arange(int(born_sel.sum())) < nlocal
                     raw = self.born.cluster_field_rows_raw(positions[born_sel], numbers[born_sel], field_L,
                                                            born_mask)
-                elif evaluate_born:
+                elif born_here:
                     raw = np.asarray(self.born.cluster_born_charges_raw(positions[born_sel],
                                                                         numbers[born_sel]), dtype=float)[:nlocal]
         except Exception as exc:  # any rank failing must still join the collectives
@@ -466,6 +473,11 @@ class LammpsBackend(Backend):
             partial = np.zeros((n, 3))
         if halo is not None:
             forces = halo.scatter_add(partial)
+        if evaluate_born and self._born_partial:
+            raw, born_failure = self._owned_dipole_sums(positions, numbers, nlocal, halo,
+                                                        field_L if rows else None, skip=error is not None)
+            if born_failure is not None and error is None:
+                error = f"Born model evaluation failed on rank {self.rank} at step {ntimestep}: {born_failure}"
         born_error = None
         born = None
         if refresh:
@@ -565,6 +577,25 @@ class LammpsBackend(Backend):
         if failure is not None:
             raise failure
         return step.site_energies, forces, graph
+
+    def _owned_dipole_sums(self, positions, numbers, nlocal: int, halo, field_L, skip: bool) -> tuple:
+        """Raw Born values of the owned atoms, (nlocal, 3, 3) e or the rows (nlocal, 3) eV/Å with
+        ``field_L``, summed over the ranks' owned dipoles (``cluster_owned_partial`` of the n owned +
+        ghost atoms, added onto their owners by ``halo``), and the failure text or None. Every rank
+        joins the exchange, with zeros if its evaluation failed or ``skip``."""
+        width = 9 if field_L is None else 3
+        partial = np.zeros((len(positions), width))
+        failure = None
+        if not skip:
+            try:
+                sel = self._distance_outside_owned(positions, nlocal) <= self.born_reach
+                owned = np.arange(int(sel.sum())) < nlocal
+                values = self.born.cluster_owned_partial(positions[sel], numbers[sel], owned, field_L)
+                partial[sel] = np.asarray(values, dtype=float).reshape(-1, width)
+            except Exception as exc:  # noqa: BLE001  (reported after the exchange)
+                failure = repr(exc)
+        summed = halo.scatter_add(partial)
+        return (summed if field_L is not None else summed.reshape(nlocal, 3, 3)), failure
 
     # -- observables ----------------------------------------------------
     def _sum(self, value: float) -> float:

@@ -22,7 +22,9 @@ environment. This model learns ``μ_i`` and differentiates:
 * Receptive field: ``Z[j]`` collects ``μ_i`` of every i within the cutoff of j, each of which sees
   its own cutoff: twice the cutoff. The model is therefore evaluated as a whole structure (periodic)
   or through the cluster protocol with ghosts to :attr:`receptive_field`, not block by block of
-  centres (:func:`bornfield.models.combined.shared_members` leaves it out of the shared pass).
+  centres (:func:`bornfield.models.combined.shared_members` leaves it out of the shared pass). On a
+  domain decomposition each domain sums its owned dipoles only, with ghosts to one cutoff, and the
+  shares are summed by atom tag (:meth:`PolarizationBornModel.cluster_owned_partial`).
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class PolarizationBornModel(EdgeBornModel):
     assembles_irreps = False
     #: the rows Zᵀ·E take one backward pass, the full Z three
     field_rows_cheaper = True
+    #: Z is a sum over dipoles: a domain may sum its owned dipoles only (:meth:`cluster_owned_partial`)
+    sums_owned_dipoles = True
 
     @staticmethod
     def readout_width(channels: int) -> int:
@@ -81,6 +85,12 @@ class PolarizationBornModel(EdgeBornModel):
         if geometry is not None:
             raise ValueError("PolarizationBornModel evaluates whole graphs, not blocks of centres")
         graph = graph.within(self.cutoff)
+        z = self._dipole_derivatives(graph)
+        offset = self.charge_offset[graph.species].to(z.dtype)
+        return z + offset[:, None, None] * torch.eye(3, dtype=z.dtype)
+
+    def _dipole_derivatives(self, graph: Graph) -> torch.Tensor:
+        """``Σ_i ∂μ_i/∂r_j`` (N, α, β) e of every atom j of ``graph`` over the dipoles of its centres i."""
         keep_graph = torch.is_grad_enabled()
         with torch.enable_grad():
             edge_vec = graph.edge_vectors().detach().requires_grad_(True)
@@ -91,25 +101,49 @@ class PolarizationBornModel(EdgeBornModel):
                                               retain_graph=True)
                 rows.append(-forces_from_edge_gradient(graph, grad))  # dP_α/dr (N, 3)
         z = torch.stack(rows, dim=1)  # (N, α, β)
-        if not keep_graph:
-            z = z.detach()
-        offset = self.charge_offset[graph.species].to(z.dtype)
-        return z + offset[:, None, None] * torch.eye(3, dtype=z.dtype)
+        return z if keep_graph else z.detach()
 
     def raw_field_rows(self, graph: Graph, field: torch.Tensor) -> torch.Tensor:
         """``Z̃[j].T @ E`` (N, 3) eV/Å of every atom of ``graph`` by one backward pass, of
         ``Σ_i E·μ_i`` (``E`` of each atom's structure, ``field`` (B, 3) V/Å), plus ``q_j E``."""
         graph = graph.within(self.cutoff)
+        rows = self._dipole_field_rows(graph, field)
+        return rows + self.charge_offset[graph.species].to(rows.dtype)[:, None] * field.to(rows.dtype)[graph.batch]
+
+    def _dipole_field_rows(self, graph: Graph, field: torch.Tensor) -> torch.Tensor:
+        """``∂(Σ_i E·μ_i)/∂r_j`` (N, 3) eV/Å of every atom j of ``graph`` over the dipoles of its centres i
+        (one backward pass; ``field`` (B, 3) V/Å per structure)."""
         keep_graph = torch.is_grad_enabled()
         with torch.enable_grad():
             edge_vec = graph.edge_vectors().detach().requires_grad_(True)
             geometry = edge_geometry(graph, edge_vec)
-            field = field.to(edge_vec.dtype)
-            work = (self.dipoles(geometry) * field[graph.centre_batch]).sum()
+            work = (self.dipoles(geometry) * field.to(edge_vec.dtype)[graph.centre_batch]).sum()
             (grad,) = torch.autograd.grad(work, edge_vec, create_graph=keep_graph)
         rows = -forces_from_edge_gradient(graph, grad)
-        rows = rows + self.charge_offset[graph.species].to(rows.dtype)[:, None] * field[graph.batch]
         return rows if keep_graph else rows.detach()
+
+    def cluster_owned_partial(self, positions, numbers, owned_mask, field=None) -> np.ndarray:
+        """One domain's share of the raw Born values of every atom of an open-boundary cluster: the
+        derivatives of the ``owned_mask`` atoms' dipoles only, plus the charge offsets of the owned
+        atoms; (M, 3, 3) e, or the rows ``Z̃ᵀ·E`` (M, 3) eV/Å when ``field`` (3,) V/Å is given.
+
+        Summed over domains that own every atom once, by atom tag, these are the owned atoms'
+        :meth:`cluster_born_charges_raw` (or :meth:`cluster_field_rows_raw`). The cluster must hold the
+        atoms within :attr:`cutoff` of the owned ones (not :attr:`receptive_field`).
+        """
+        owned = torch.as_tensor(np.asarray(owned_mask, dtype=bool))
+        graph = build_cluster_graph(np.asarray(positions, dtype=float), np.asarray(numbers), owned.numpy(),
+                                    self.species, self.cutoff, self.dtype)
+        offset = self.charge_offset[graph.species] * owned.to(self.charge_offset.dtype)
+        with torch.no_grad():
+            if field is None:
+                values = self._dipole_derivatives(graph)
+                values = values + offset.to(values.dtype)[:, None, None] * torch.eye(3, dtype=values.dtype)
+            else:
+                e = torch.as_tensor(np.asarray(field, dtype=float).reshape(1, 3))
+                values = self._dipole_field_rows(graph, e)
+                values = values + offset.to(values.dtype)[:, None] * e[0].to(values.dtype)
+        return values.double().numpy()
 
     def cluster_field_rows_raw(self, positions, numbers, field, centre_mask=None) -> np.ndarray:
         """:meth:`cluster_born_charges_raw` contracted with ``field`` (3,) V/Å: raw rows (count, 3) eV/Å."""

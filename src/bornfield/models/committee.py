@@ -200,5 +200,15 @@ class BornCommittee(_Committee):
         graph = build_cluster_graph(positions, numbers, centre_mask, self.species, self.cutoff, self.dtype)
         return self.evaluate_graph(graph, asr=False)["born_charges"]
 
+    @property
+    def sums_owned_dipoles(self) -> bool:
+        """Whether every member's Born values sum over dipoles (:meth:`cluster_owned_partial`)."""
+        return all(getattr(m, "sums_owned_dipoles", False) for m in self.members)
+
+    def cluster_owned_partial(self, positions, numbers, owned_mask, field=None) -> np.ndarray:
+        """Member mean of one domain's share of the raw Born values (or rows, with ``field``) of every
+        cluster atom (:meth:`~bornfield.models.born_polar.PolarizationBornModel.cluster_owned_partial`)."""
+        return np.mean([m.cluster_owned_partial(positions, numbers, owned_mask, field) for m in self.members], axis=0)
+
 
 __all__ = ["BornCommittee", "PotentialCommittee"]
