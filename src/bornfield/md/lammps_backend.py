@@ -548,10 +548,10 @@ class LammpsBackend(Backend):
 
     def _message_step(self, positions, numbers, sel, nlocal: int, halo) -> tuple[np.ndarray, np.ndarray, object]:
         """Owned site energies (nlocal,) eV, forces (M, 3) eV/Å on the cluster's M atoms (the ``sel`` (n,)
-        atoms of the rank's n owned + ghost atoms, owned first) of a message-passing potential
-        (:meth:`MessagePotential.owned_step`, or the mean of a committee of them) and the cluster graph (for the Born model): the owned
-        latents go to the ranks that read them and the gradients of the latents read come back to
-        their owners (``halo``, :class:`~bornfield.md.halo.TagHalo` of the n atoms). Every rank joins
+        atoms of the rank's n owned + ghost atoms, owned first) of a message-passing potential or the
+        mean of a committee of them (:meth:`MessagePotential.owned_step`) and the cluster graph (for the
+        Born model): the owned latents go to the ranks that read them and the gradients of the latents
+        read come back to their owners (``halo``, :class:`~bornfield.md.halo.TagHalo` of the n atoms). Every rank joins
         both exchanges even if its evaluation failed (with zeros); the failure is raised after them."""
         hidden = self.potential.latent_width
         owned = np.arange(int(sel.sum())) < nlocal

@@ -105,7 +105,6 @@ class PotentialCommittee(_Committee):
         all_sites[mask] = np.mean(sites, axis=0)
         return all_sites, np.mean(forces, axis=0)
 
-
     @property
     def local_cutoff(self) -> float:
         """The largest network cutoff of the members (Å)."""
