@@ -43,6 +43,8 @@ def main() -> None:
     parser.add_argument("--ghost-cutoff", type=float, default=None, help="md.lammps.ghost_cutoff_A (Å)")
     parser.add_argument("--baseline-in-torch", action="store_true", help="md.lammps.baseline_in_lammps false")
     parser.add_argument("--no-born-output", action="store_true", help="md.output.born_charges false")
+    parser.add_argument("--uncertainty-interval", type=int, default=100,
+                        help="md.safety.uncertainty_check_interval (the limit is then lifted to 100 eV/Å)")
     args = parser.parse_args()
     settings = validate_section({
         "backend": args.backend, "ensemble": args.ensemble,
@@ -51,6 +53,8 @@ def main() -> None:
                    "baseline_in_lammps": not args.baseline_in_torch}, "born_refresh_interval": args.born_refresh,
         "output": {"trajectory_stride": 50, "thermo_stride": 10, "checkpoint_interval": 100,
                    "velocities": True, "born_charges": not args.no_born_output},
+        "safety": {"uncertainty_check_interval": args.uncertainty_interval,
+                   **({"max_force_uncertainty_eV_per_A": 100.0} if args.uncertainty_interval != 100 else {})},
         "sweep": {"phases": ["fcc"], "temperatures_K": [300.0], "field_strengths_V_per_A": [0.1],
                   "field_directions": [[1.0, 2.0, 3.0]], "replicas": args.replicas},
     }, "md")
@@ -78,6 +82,7 @@ def main() -> None:
         lammps_backend.LammpsBackend.advance = interrupted
     condition = expand_conditions(settings)[0]
     owned_steps: list = []
+    per_member_steps: list = []
     if args.models in ("nn-baseline", "nn-message", "nn-polar"):
         potential, born = nn_models_with_baseline(message=args.models == "nn-message", polar=args.models == "nn-polar")
     elif args.models == "nn-committee":  # the mean of a density and a message potential drives the MD
@@ -91,11 +96,23 @@ def main() -> None:
         first, born = nn_models_with_baseline(message=True)
         potential = PotentialCommittee([first, nn_models_with_baseline(message=True, seed=4)[0]])
         owned_steps = count_calls(potential, "owned_step")
+        from bornfield.md.lammps_backend import LammpsBackend
+
+        original_step = LammpsBackend._message_step
+
+        def counted_step(self, *step_args, **options):  # the uncertainty checks' per-member exchange
+            per_member_steps.extend([1] if options.get("per_member") else [])
+            return original_step(self, *step_args, **options)
+
+        LammpsBackend._message_step = counted_step
     else:
         potential, born = MorsePotential(cutoff=3.4), EnvironmentBorn(cutoff=3.0)
     run_condition(settings, condition, Path(args.outdir), potential, born, [atoms], progress=False)
-    if args.models == "nn-message-committee" and MPI.COMM_WORLD.Get_size() > 1 and not owned_steps:
-        raise SystemExit("the committee of message potentials did not exchange latents between ranks")
+    if args.models == "nn-message-committee" and MPI.COMM_WORLD.Get_size() > 1:
+        if not owned_steps:
+            raise SystemExit("the committee of message potentials did not exchange latents between ranks")
+        if args.uncertainty_interval < args.steps and not per_member_steps:
+            raise SystemExit("the uncertainty checks did not take the members' forces from the latent exchange")
 
 
 def count_calls(obj, name: str) -> list:

@@ -194,14 +194,26 @@ def test_committee_mean_forces_one_and_two_ranks(tmp_path):
 def test_message_committee_mean_forces_exchange_latents_one_and_two_ranks(tmp_path):
     """The mean of two message-passing potentials drives the MD: on 2 ranks both members' latents go
     through one exchange (:class:`CommitteeOwnedStep`; the driver fails if it is not used), and LAMMPS
-    on 1 and 2 ranks, with the baseline as pair styles or in torch, reproduces the ASE backend."""
-    assert_backends_agree(tmp_path, "nn-message-committee", 20)
+    on 1 and 2 ranks, with the baseline as pair styles or in torch, reproduces the ASE backend. The
+    force uncertainty, checked every 5 steps, takes the same exchange on 2 ranks (each member's forces)
+    and equals that of the periodic evaluation on 1 rank and in ASE."""
+    assert_backends_agree(tmp_path, "nn-message-committee", 20, extra=("--uncertainty-interval", "5"))
+    checks = {}
+    for name in ("ase", "l1", "l2", "torch"):
+        status = json.loads((tmp_path / name / "replica_0" / "status.json").read_text())
+        checks[name] = status["force_uncertainty_eV_per_A"]
+    assert checks["l1"]["checks"] >= 4 and checks["l1"]["max"] > 1e-4, checks
+    for name in ("ase", "l2", "torch"):
+        assert checks[name]["checks"] == checks["l1"]["checks"], checks
+        assert checks[name]["median"] == pytest.approx(checks["l1"]["median"], rel=1e-6), checks
+        assert checks[name]["max"] == pytest.approx(checks["l1"]["max"], rel=1e-6), checks
 
 
-def assert_backends_agree(tmp_path, models, steps):
-    """``--models models`` on the beta cell: ASE, LAMMPS 1 rank, LAMMPS 2 ranks (baseline as pair
-    styles) and LAMMPS 2 ranks with the baseline in torch give the same trajectory."""
-    extra = ("--models", models)
+def assert_backends_agree(tmp_path, models, steps, extra=()):
+    """``--models models`` (and further driver options ``extra``) on the beta cell: ASE, LAMMPS 1 rank,
+    LAMMPS 2 ranks (baseline as pair styles) and LAMMPS 2 ranks with the baseline in torch give the
+    same trajectory."""
+    extra = ("--models", models, *extra)
     drive(tmp_path / "ase", "ase", steps, extra=extra, cell="beta")
     drive(tmp_path / "l1", "lammps", steps, extra=extra, cell="beta")
     drive(tmp_path / "l2", "lammps", steps, ranks=2, extra=extra, cell="beta")

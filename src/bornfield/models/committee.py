@@ -151,7 +151,11 @@ class CommitteeOwnedStep:
 
     def forces(self, latent_gradient) -> np.ndarray:
         """Mean forces (M, 3) eV/Å; each member takes its block of the rank-summed ``latent_gradient``."""
-        return np.mean([step.forces(part) for step, part in zip(self.steps, self._parts(latent_gradient))], axis=0)
+        return np.mean(self.member_forces(latent_gradient), axis=0)
+
+    def member_forces(self, latent_gradient) -> list[np.ndarray]:
+        """Each member's forces (M, 3) eV/Å from its block of the rank-summed ``latent_gradient``."""
+        return [step.forces(part) for step, part in zip(self.steps, self._parts(latent_gradient))]
 
     @property
     def site_energies(self) -> np.ndarray:
