@@ -107,6 +107,7 @@ def worker(args) -> None:
     }, "md")
     files = args.potential.split(",")  # several: their committee mean drives the MD
     potential, born = load_potential(files if len(files) > 1 else files[0]), load_born(args.born)
+    committee = [load_potential(f) for f in args.uncertainty_members.split(",")] if args.uncertainty_members else []
     atoms = beta_supercell(args.n_atoms)
     schedule = FieldSchedule((0.1, 0.0, 0.0), field_on_step=0, timestep_fs=1.0)
     if args.replicas > 1:  # weak scaling: one replica per rank
@@ -117,11 +118,12 @@ def worker(args) -> None:
     if args.backend == "ase":
         from bornfield.md.ase_backend import ASEBackend
 
-        backend = ASEBackend(atoms, potential, born, settings, schedule, 600.0, seed)
+        backend = ASEBackend(atoms, potential, born, settings, schedule, 600.0, seed, committee=committee)
     else:
         from bornfield.md.lammps_backend import LammpsBackend
 
-        backend = LammpsBackend(atoms, potential, born, settings, schedule, 600.0, seed, comm=group)
+        backend = LammpsBackend(atoms, potential, born, settings, schedule, 600.0, seed, committee=committee,
+                                comm=group)
     backend.advance(3)
     comm.Barrier()
     start = time.perf_counter()
@@ -131,6 +133,13 @@ def worker(args) -> None:
     comm.Barrier()
     elapsed = time.perf_counter() - start
     cpu_total = comm.allreduce(cpu, op=MPI.SUM)
+    check_s = None
+    if committee:  # one committee force-uncertainty check (md.safety.uncertainty_check_interval), after the steps
+        comm.Barrier()
+        check_start = time.perf_counter()
+        backend.committee_force_std()
+        comm.Barrier()
+        check_s = time.perf_counter() - check_start
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     rss_max = comm.allreduce(rss, op=MPI.MAX)
     backend.close()
@@ -138,19 +147,21 @@ def worker(args) -> None:
         total_atoms = args.n_atoms * max(args.replicas, 1)
         print("RESULT " + json.dumps({"elapsed_s": elapsed, "atom_steps_per_s": total_atoms * args.steps / elapsed,
                                       "cpu_s": cpu_total, "atom_steps_per_cpu_s": total_atoms * args.steps / cpu_total,
-                                      "max_rss_MB_per_rank": rss_max}))
+                                      "max_rss_MB_per_rank": rss_max, "uncertainty_check_s": check_s}))
 
 
 def measure(potential: Path | list[Path], born: Path, backend: str, n_atoms: int, ranks: int, steps: int,
             replicas: int = 1, src: str | None = None, threads: int = 1, baseline_in_torch: bool = False,
-            born_refresh_interval: int = 1) -> dict:
-    """One fresh worker process; ``potential`` a file, or a list of files whose committee mean drives the MD."""
+            born_refresh_interval: int = 1, uncertainty_members: list[Path] | None = None) -> dict:
+    """One fresh worker process; ``potential`` a file, or a list of files whose committee mean drives the MD;
+    ``uncertainty_members``: further potentials whose force-uncertainty check is timed once after the steps."""
     potential = ",".join(map(str, potential)) if isinstance(potential, list) else str(potential)
     command = [str(sys.executable), __file__, "--worker", "--backend", backend, "--n-atoms", str(n_atoms),
                "--steps", str(steps), "--potential", potential, "--born", str(born),
                "--replicas", str(replicas), "--torch-threads", str(threads),
                "--born-refresh-interval", str(born_refresh_interval)]
     command += ["--baseline-in-torch"] if baseline_in_torch else []
+    command += ["--uncertainty-members", ",".join(map(str, uncertainty_members))] if uncertainty_members else []
     if ranks > 1:
         command = [str(BIN / "mpiexec"), "-n", str(ranks), *command]
     return run_worker(command, src, timeout=7200, threads=threads)
@@ -282,6 +293,9 @@ def main() -> None:
                         help="with --model-set: also its born_0.pt with this potential file, or the committee mean "
                              "of a comma list of files (system bornfield-shipped-NAME-*; with --before-src also "
                              "bornfield-shipped-NAME-before-*)")
+    parser.add_argument("--uncertainty-members", default=None,
+                        help="comma list of potentials: with --model-set, time one committee force-uncertainty "
+                             "check (these members beside the MD's) after each measurement's steps")
     parser.add_argument("--no-random-models", action="store_true",
                         help="skip the random demo models (measure only --model-set and its variants)")
     parser.add_argument("--model-set", default=None,
@@ -344,8 +358,10 @@ def main() -> None:
                       if not (t[0].endswith("torchbaseline") and c[0] == "ase")]
             for (backend, ranks, threads), (prefix, src, cutoff), repeat in points:
                 load = os.getloadavg()[0]
+                members = ([Path(f) for f in args.uncertainty_members.split(",")]
+                           if args.uncertainty_members and str(cutoff).startswith("shipped") else None)
                 result = measure(*models[cutoff], backend, n_atoms, ranks, steps, src=src, threads=threads,
-                                 baseline_in_torch=prefix.endswith("torchbaseline"))
+                                 baseline_in_torch=prefix.endswith("torchbaseline"), uncertainty_members=members)
                 system = f"{prefix}-{backend}" + (f"-{threads}threads" if threads > 1 else "")
                 if cutoff is None:
                     model_note = ""
@@ -368,7 +384,13 @@ def main() -> None:
                                       threads))
                 records.append(record("max_rss_MB_per_rank", result["max_rss_MB_per_rank"], "MB", system,
                                       n_atoms, ranks, notes, threads))
+                if result.get("uncertainty_check_s") is not None:
+                    records.append(record("uncertainty_check_ms", 1e3 * result["uncertainty_check_s"], "ms", system,
+                                          n_atoms, ranks, f"one committee force-uncertainty check with "
+                                          f"{args.uncertainty_members} beside the MD's potential; {notes}", threads))
+                check = result.get("uncertainty_check_s")
                 print(system, n_atoms, ranks, f"{result['atom_steps_per_s']:.0f} atom-steps/s",
+                      "" if check is None else f"check {1e3 * check:.0f} ms",
                       f"{result['atom_steps_per_cpu_s']:.0f} atom-steps/CPU-s",
                       f"{result['max_rss_MB_per_rank']:.0f} MB/rank, load {load:.1f}", flush=True)
             if args.with_uip and n_atoms <= 1024:
