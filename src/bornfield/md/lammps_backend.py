@@ -563,8 +563,9 @@ class LammpsBackend(Backend):
         atoms of the rank's n owned + ghost atoms, owned first) of a message-passing potential or the
         mean of a committee of them (:meth:`MessagePotential.owned_step`) and the cluster graph (for the
         Born model): the owned latents go to the ranks that read them and the gradients of the latents
-        read come back to their owners (``halo``, :class:`~bornfield.md.halo.TagHalo` of the n atoms). Every rank joins
-        both exchanges even if its evaluation failed (with zeros); the failure is raised after them.
+        read come back to their owners (``halo``, :class:`~bornfield.md.halo.TagHalo` of the n atoms).
+        Every rank joins both exchanges even if its evaluation failed (with zeros); the failure is raised
+        after them.
         ``model``: another such potential or committee than the MD's; ``per_member``: each member's
         forces (K, M, 3) instead of their mean."""
         model = self.potential if model is None else model
