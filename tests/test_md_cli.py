@@ -83,7 +83,14 @@ def test_list_pending_in_names_missing_and_stale_analysis_records(campaign, tmp_
     (analysis / f"{names[1]}.json").write_text(json.dumps({"md_run": {"models": retrained}}))
     (analysis / f"{names[0]}.json").write_text(json.dumps({"md_run": {"models": retrained}}))
     pending = bornfield("md", "list", "--settings", two, "--pending-in", str(analysis))
-    assert pending.stdout.split() == names and "made with other model files" in pending.stderr
+    assert pending.stdout.split() == names and "made with other model files (born_0.pt sha256 000000000000" in pending.stderr
+    # the reason names the file that changed, here a retrained potential
+    potential_retrained = {**current, "potentials": [current["potentials"][0], {"file": "p", "sha256": "1" * 64}]}
+    (analysis / f"{names[0]}.json").write_text(json.dumps({"md_run": {"models": potential_retrained}}))
+    (analysis / f"{names[1]}.json").write_text(json.dumps({"md_run": {"models": current}}))
+    pending = bornfield("md", "list", "--settings", two, "--pending-in", str(analysis))
+    assert pending.stdout.split() == [names[0]]
+    assert "(potential_1.pt sha256 111111111111, now " in pending.stderr and "born_0.pt" not in pending.stderr
 
 
 @pytest.mark.slow
