@@ -217,17 +217,19 @@ def plot(records: list[dict], path: Path) -> None:
             ax.plot(x, y, marker=marker, label=f"{system}, {ranks} rank{'s' if ranks > 1 else ''}")
     baseline = [r for r in records if r.get("baseline")]
     baseline_file = RESULTS / "md_uip_baseline.json"
-    if not baseline and baseline_file.exists():  # measured in a separate run
+    elsewhere = ""
+    if not baseline and baseline_file.exists():
         baseline = json.loads(baseline_file.read_text())
+        elsewhere = f";\nseparate run: {baseline_file.name}"
     if baseline:  # side by side: pretrained universal potential, potential only
         points = sorted((r["n_atoms"], r["value"]) for r in baseline if r["metric"] == "atom_steps_per_s")
         if points:
             x, y = zip(*points)
-            ax.plot(x, y, "x:", color="k", label=f"{baseline[0]['system']} (baseline, no Born/field)")
+            ax.plot(x, y, "x:", color="k", label=f"{baseline[0]['system']} (baseline,\nno Born/field{elsewhere})")
     ax.axhline(10_000, color="grey", ls="--", lw=1, label="target 10,000")
     ax.set(xscale="log", yscale="log", xlabel="atoms", ylabel="atom-steps / s (best run per point)",
            title="full field MD (NNP + NN Born charges every step)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="center left")
     ax = axes[1]
     replicas: dict[tuple[str, int], float] = {}
     for r in records:
@@ -304,6 +306,8 @@ def main() -> None:
     parser.add_argument("--with-uip", action="store_true",
                         help="also measure the CHGNet baseline (benchmarks/.venv-uip) at sizes <= 1,024 in the same run")
     args = parser.parse_args()
+    if args.note.strip():
+        args.note = args.note.rstrip() + (" " if args.note.rstrip().endswith((";", ".")) else "; ")
     out = Path(args.output) if args.output else RESULTS / f"{NAME}.json"
     if args.replot:
         plot(json.loads(out.read_text()), out.with_suffix(".png"))
@@ -408,7 +412,7 @@ def main() -> None:
         replica_backends = [b for b in args.replica_backends.split(",") if b]
         if any(b not in ("ase", "lammps") for b in replica_backends):
             raise SystemExit(f"--replica-backends {args.replica_backends!r}: expected a comma list of ase, lammps")
-        weak_models = [(f"bornfield-{b}-replicas", None, b) for b in replica_backends]
+        weak_models = [] if args.no_random_models else [(f"bornfield-{b}-replicas", None, b) for b in replica_backends]
         weak_models += [(f"bornfield-shipped-{b}-replicas", "shipped", b) for b in replica_backends if args.model_set]
         for replicas in () if args.no_replicas else (1, 2):
             for system, key, backend in weak_models:
