@@ -47,10 +47,9 @@ def stale_analysis_reason(record_path: Path, potential_files: list[Path], born_f
     if models is None:
         return "its MD run recorded no model files"
     recorded, current = model_files_key(models), model_files_key(model_files_record(potential_files, born_file))
-    names = [p.name for p in potential_files] + [born_file.name]
-    changed = [f"{name} sha256 {was[:12]}, now {now[:12]}"
-               for name, was, now in zip(names, [*recorded[0], recorded[1]], [*current[0], current[1]])
-               if was != now]
+    pairs = [*zip([p.name for p in potential_files], recorded[0], current[0]),
+             (born_file.name, recorded[1], current[1])]
+    changed = [f"{name} sha256 {was[:12]}, now {now[:12]}" for name, was, now in pairs if was != now]
     if len(recorded[0]) != len(current[0]):
         changed.insert(0, f"{len(recorded[0])} potentials, now {len(current[0])}")
     if changed:
