@@ -148,7 +148,7 @@ def test_results_page_states_done_and_pending_conditions_and_refuses_mixed_model
     assert "no finite-field result in the ledger yet" in text
     assert model_set_identity(records) == models
     records[1]["md_run"] = {"models": {**models, "born": {"file": "m/born_0.pt", "sha256": "c" * 64}}}
-    with pytest.raises(Exception, match="other model files"):
+    with pytest.raises(Exception, match=r"other model files .*\(born_0\.pt sha256 [0-9a-f]{12}, now cccccccccccc\)"):
         model_set_identity(records)
     # MD cost from a summary.json: the job's wall time x its ranks; replicas batched on one rank ran
     # concurrently, so their own wall times are not added (a stored core_hours of the old rule is replaced)

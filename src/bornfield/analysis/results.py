@@ -18,7 +18,7 @@ from pathlib import Path
 from bornfield import atomic
 from bornfield.analysis.claims import format_number
 from bornfield.errors import InputFileError
-from bornfield.md.output import model_files_key
+from bornfield.md.output import model_files_changes
 
 FS_PER_PS = 1000.0
 
@@ -34,15 +34,13 @@ def model_set_identity(records: list[dict]) -> dict | None:
         models = (record.get("md_run") or {}).get("models")
         if models is None:
             continue
-        key = model_files_key(models)
         if identity is None:
-            identity, first = (key, models), record
-        elif key != identity[0]:
+            identity, first = models, record
+        elif changes := model_files_changes(identity, models):
             raise InputFileError(
                 f"{record.get('_path')}: MD ran with other model files than {first.get('_path')} "
-                f"(born sha256 {models['born']['sha256'][:12]} vs {identity[1]['born']['sha256'][:12]}); "
-                "rerun one of them with the current model set")
-    return None if identity is None else identity[1]
+                f"({'; '.join(changes)}); rerun one of them with the current model set")
+    return identity
 
 
 def condition_rows(conditions: list[dict], records: list[dict]) -> list[dict]:

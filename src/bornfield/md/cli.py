@@ -23,7 +23,7 @@ from bornfield.cli import add_model_arguments
 from bornfield.config import add_settings_arguments, settings_from_args
 from bornfield.errors import ConfigError, InputFileError
 from bornfield.md.conditions import expand_conditions
-from bornfield.md.output import model_files_key, model_files_record
+from bornfield.md.output import model_files_changes, model_files_record
 
 LOG = logging.getLogger(__name__)
 
@@ -46,12 +46,7 @@ def stale_analysis_reason(record_path: Path, potential_files: list[Path], born_f
     models = (record.get("md_run") or {}).get("models")
     if models is None:
         return "its MD run recorded no model files"
-    recorded, current = model_files_key(models), model_files_key(model_files_record(potential_files, born_file))
-    pairs = [*zip([p.name for p in potential_files], recorded[0], current[0]),
-             (born_file.name, recorded[1], current[1])]
-    changed = [f"{name} sha256 {was[:12]}, now {now[:12]}" for name, was, now in pairs if was != now]
-    if len(recorded[0]) != len(current[0]):
-        changed.insert(0, f"{len(recorded[0])} potentials, now {len(current[0])}")
+    changed = model_files_changes(models, model_files_record(potential_files, born_file))
     if changed:
         return "made with other model files (" + "; ".join(changed) + ")"
     return None

@@ -53,9 +53,16 @@ def model_files_record(potential_files: list[Path], born_file: Path) -> dict:
             "born": {"file": str(born_file), "sha256": file_sha256(born_file)}}
 
 
-def model_files_key(models: dict) -> tuple[list[str], str]:
-    """(potential sha256s, Born sha256) of a ``model_files_record``: equal keys mean the same model set."""
-    return [m["sha256"] for m in models["potentials"]], models["born"]["sha256"]
+def model_files_changes(recorded: dict, current: dict) -> list[str]:
+    """How two ``model_files_record`` dicts differ, one phrase per changed file ("potential_1.pt
+    sha256 <was>, now <now>", names of ``current``) and one for a changed committee size; empty for the
+    same model set."""
+    changes = [] if len(recorded["potentials"]) == len(current["potentials"]) else [
+        f"{len(recorded['potentials'])} potentials, now {len(current['potentials'])}"]
+    pairs = [*zip(recorded["potentials"], current["potentials"]), (recorded["born"], current["born"])]
+    changes += [f"{Path(now['file']).name} sha256 {was['sha256'][:12]}, now {now['sha256'][:12]}"
+                for was, now in pairs if was["sha256"] != now["sha256"]]
+    return changes
 
 
 def md_core_hours(wall_time_s: float, mpi_ranks: int) -> float:
