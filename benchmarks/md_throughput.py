@@ -328,6 +328,8 @@ def main() -> None:
             missing = [str(f) for f in models["shipped"] if not f.exists()]
             if missing:
                 raise SystemExit(f"--model-set {shipped}: missing {missing}")
+        uncertainty_members = ([Path(f) for f in args.uncertainty_members.split(",")]
+                               if args.uncertainty_members else None)
         others = {}  # NAME: what replaces the set's file
         for option, kind, pairs in (("--other-born", "Born model", args.other_born),
                                     ("--other-potential", "potential", args.other_potential)):
@@ -362,8 +364,7 @@ def main() -> None:
                       if not (t[0].endswith("torchbaseline") and c[0] == "ase")]
             for (backend, ranks, threads), (prefix, src, cutoff), repeat in points:
                 load = os.getloadavg()[0]
-                members = ([Path(f) for f in args.uncertainty_members.split(",")]
-                           if args.uncertainty_members and str(cutoff).startswith("shipped") else None)
+                members = uncertainty_members if str(cutoff).startswith("shipped") else None
                 result = measure(*models[cutoff], backend, n_atoms, ranks, steps, src=src, threads=threads,
                                  baseline_in_torch=prefix.endswith("torchbaseline"), uncertainty_members=members)
                 system = f"{prefix}-{backend}" + (f"-{threads}threads" if threads > 1 else "")
@@ -388,11 +389,11 @@ def main() -> None:
                                       threads))
                 records.append(record("max_rss_MB_per_rank", result["max_rss_MB_per_rank"], "MB", system,
                                       n_atoms, ranks, notes, threads))
-                if result.get("uncertainty_check_s") is not None:
-                    records.append(record("uncertainty_check_ms", 1e3 * result["uncertainty_check_s"], "ms", system,
+                check = result.get("uncertainty_check_s")
+                if check is not None:
+                    records.append(record("uncertainty_check_ms", 1e3 * check, "ms", system,
                                           n_atoms, ranks, f"one committee force-uncertainty check with "
                                           f"{args.uncertainty_members} beside the MD's potential; {notes}", threads))
-                check = result.get("uncertainty_check_s")
                 print(system, n_atoms, ranks, f"{result['atom_steps_per_s']:.0f} atom-steps/s",
                       "" if check is None else f"check {1e3 * check:.0f} ms",
                       f"{result['atom_steps_per_cpu_s']:.0f} atom-steps/CPU-s",

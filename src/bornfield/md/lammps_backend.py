@@ -221,12 +221,12 @@ class LammpsBackend(Backend):
                                          potentials[0].dtype)
         # the uncertainty members through the same latent exchange, when they fit the step's cluster and
         # share the baseline the pair styles carry (so the networks' spread is the spread)
-        members = model_members(potential) + self.committee
+        members = self._uncertainty_members = model_members(potential) + self.committee
         with_baseline = self.pair_baseline is None
         self._uncertainty_exchange = None
         if (self._latent_exchange and len(members) > 1 and all(hasattr(m, "owned_step") for m in members)
-                and graph_cutoff(members, with_baseline) <= self._exchange_graph_args[1]
-                and graph_cutoff(members, with_baseline) < self.potential_reach):
+                and (cutoff := graph_cutoff(members, with_baseline)) <= self._exchange_graph_args[1]
+                and cutoff < self.potential_reach):
             candidate = PotentialCommittee(members)
             if with_baseline or common_baseline(candidate) is not None:
                 self._uncertainty_exchange = candidate
@@ -677,7 +677,7 @@ class LammpsBackend(Backend):
         return min_distance(positions, self.settings["safety"]["min_distance_A"], n_owned=nlocal, comm=self.comm)
 
     def committee_force_std(self) -> float | None:
-        members = model_members(self.potential) + self.committee
+        members = self._uncertainty_members
         if len(members) < 2:
             return None
         nlocal, positions, numbers = self._local_and_ghost_positions()
